@@ -1,0 +1,177 @@
+import { execFile } from 'node:child_process';
+import { X509Certificate, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalCa, PkiError, splitPem } from './index.js';
+
+const run = promisify(execFile);
+let dir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'weir-pki-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function opensslVerify(rootPem: string, untrusted: string[], leafPem: string, extra: string[] = []): Promise<string> {
+  const n = Math.random().toString(36).slice(2);
+  const root = join(dir, `${n}-root.pem`);
+  const leaf = join(dir, `${n}-leaf.pem`);
+  await writeFile(root, rootPem);
+  await writeFile(leaf, leafPem);
+  const args = ['verify', '-CAfile', root, ...extra];
+  if (untrusted.length > 0) {
+    const chain = join(dir, `${n}-chain.pem`);
+    await writeFile(chain, untrusted.join(''));
+    args.push('-untrusted', chain);
+  }
+  const { stdout } = await run('openssl', [...args, leaf]);
+  return stdout;
+}
+
+describe('LocalCa', () => {
+  it('creates a P-256 root with CA:true and keyCertSign', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local', commonName: 'Weir Root' });
+    const cert = new X509Certificate(ca.certPem);
+    expect(cert.ca).toBe(true);
+    expect(cert.subject).toContain('O=cluster.local');
+    expect(cert.subject).toContain('CN=Weir Root');
+    expect(cert.checkIssued(cert)).toBe(true);
+    expect(cert.verify(cert.publicKey)).toBe(true);
+    expect(cert.publicKey.asymmetricKeyDetails?.namedCurve).toBe('prime256v1');
+    expect(ca.keyPem).toMatch(/^-----BEGIN PRIVATE KEY-----\n/);
+    expect(cert.checkPrivateKey(createPrivateKey(ca.keyPem))).toBe(true);
+    expect(ca.rootPem).toBe(ca.certPem);
+    const text = await opensslText(ca.certPem);
+    expect(text).toMatch(/CA:TRUE/);
+    expect(text).toMatch(/Certificate Sign/);
+    expect(await opensslVerify(ca.rootPem, [], ca.certPem)).toMatch(/OK/);
+  });
+
+  it('issues a workload certificate that chains to the root (node:crypto and openssl verify)', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const id = 'spiffe://cluster.local/ns/default/sa/web';
+    const wl = await ca.issueWorkloadCertificate({ identity: id });
+    const leaf = new X509Certificate(wl.certPem);
+    const root = new X509Certificate(wl.rootPem);
+    expect(leaf.checkIssued(root)).toBe(true);
+    expect(leaf.verify(root.publicKey)).toBe(true);
+    expect(leaf.ca).toBe(false);
+    expect(leaf.subjectAltName).toBe(`URI:${id}`);
+    expect(leaf.checkPrivateKey(createPrivateKey(wl.keyPem))).toBe(true);
+    expect(wl.identity).toBe(id);
+    expect(wl.chainPem).toBe(wl.certPem);
+    expect(wl.serial).toBe(leaf.serialNumber.toLowerCase());
+    const ttl = wl.notAfter.getTime() - wl.notBefore.getTime();
+    expect(ttl).toBeGreaterThanOrEqual(86_400_000);
+    expect(ttl).toBeLessThanOrEqual(86_400_000 + 120_000);
+    const text = await opensslText(wl.certPem);
+    expect(text).toMatch(/CA:FALSE/);
+    expect(text).toMatch(/Digital Signature, Key Encipherment/);
+    expect(text).toMatch(/TLS Web Server Authentication, TLS Web Client Authentication/);
+    expect(text).toMatch(/X509v3 Subject Alternative Name: critical\s+URI:spiffe:\/\/cluster\.local\/ns\/default\/sa\/web/);
+    expect(text).not.toMatch(/DNS:/);
+    expect(await opensslVerify(wl.rootPem, [], wl.certPem, ['-purpose', 'sslserver'])).toMatch(/OK/);
+    expect(await opensslVerify(wl.rootPem, [], wl.certPem, ['-purpose', 'sslclient'])).toMatch(/OK/);
+    // The key really signs: ECDSA P-256 over SHA-256.
+    const sig = sign('sha256', Buffer.from('hbone'), createPrivateKey(wl.keyPem));
+    expect(verify('sha256', Buffer.from('hbone'), createPublicKey(wl.certPem), sig)).toBe(true);
+  });
+
+  it('a certificate from another CA does not verify against this root', async () => {
+    const a = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const b = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const wl = await b.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b' });
+    expect(new X509Certificate(wl.certPem).verify(new X509Certificate(a.rootPem).publicKey)).toBe(false);
+    await expect(opensslVerify(a.rootPem, [], wl.certPem)).rejects.toThrow(/unable to get local issuer|verification failed/);
+  });
+
+  it('issues through an intermediate: chainPem is leaf + intermediate, root kept out', async () => {
+    const root = await LocalCa.create({ trustDomain: 'example.org' });
+    const inter = await root.issueIntermediate({ commonName: 'Node CA' });
+    expect(inter.rootPem).toBe(root.rootPem);
+    const wl = await inter.issueWorkloadCertificate({ identity: 'spiffe://example.org/ns/x/sa/y', ttlSeconds: 3600 });
+    const chain = splitPem(wl.chainPem);
+    expect(chain).toHaveLength(2);
+    expect(chain[0]).toBe(wl.certPem);
+    expect(chain[1]).toBe(inter.certPem);
+    expect(wl.chainPem).not.toContain(splitPem(root.rootPem)[0]!.split('\n')[1]);
+    const i = new X509Certificate(inter.certPem);
+    expect(new X509Certificate(wl.certPem).checkIssued(i)).toBe(true);
+    expect(i.checkIssued(new X509Certificate(root.rootPem))).toBe(true);
+    expect(await opensslVerify(wl.rootPem, [inter.certPem], wl.certPem)).toMatch(/OK/);
+    await expect(opensslVerify(wl.rootPem, [], wl.certPem)).rejects.toThrow();
+  });
+
+  it('loads what it created and keeps issuing verifiable certificates', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'td.test' });
+    const again = await LocalCa.load({ certPem: ca.certPem, keyPem: ca.keyPem });
+    expect(again.trustDomain).toBe('td.test');
+    expect(again.certPem).toBe(ca.certPem);
+    const wl = await again.issueWorkloadCertificate({ identity: 'spiffe://td.test/ns/n/sa/s' });
+    expect(await opensslVerify(ca.rootPem, [], wl.certPem)).toMatch(/OK/);
+  });
+
+  it('loads an openssl-made RSA CA with a SEC1/PKCS#1 key (Istio cacerts style) and issues from it', async () => {
+    const key = join(dir, 'rsa-ca.key');
+    const crt = join(dir, 'rsa-ca.crt');
+    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', crt, '-days', '30',
+      '-subj', '/CN=Root CA', '-addext', 'basicConstraints=critical,CA:true', '-addext', 'keyUsage=critical,keyCertSign']);
+    const certPem = await readFile(crt, 'utf8');
+    const keyPem = await readFile(key, 'utf8');
+    await expect(LocalCa.load({ certPem, keyPem })).rejects.toThrow(PkiError);
+    const ca = await LocalCa.load({ certPem, keyPem, trustDomain: 'cluster.local' });
+    const wl = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/default/sa/rsa' });
+    expect(await opensslVerify(certPem, [], wl.certPem)).toMatch(/OK/);
+    const ec = join(dir, 'ec.key');
+    await run('openssl', ['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', ec]);
+    const ecPem = await readFile(ec, 'utf8');
+    expect(ecPem).toMatch(/BEGIN EC PRIVATE KEY/);
+    await expect(LocalCa.load({ certPem, keyPem: ecPem, trustDomain: 'cluster.local' })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_KEY' });
+  });
+
+  it('honours notBefore/notAfter so tests can make expired and not-yet-valid certificates', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local', notBefore: new Date(Date.now() - 10 * 86_400_000) });
+    const expired = await ca.issueWorkloadCertificate({
+      identity: 'spiffe://cluster.local/ns/a/sa/b',
+      notBefore: new Date(Date.now() - 3 * 86_400_000),
+      notAfter: new Date(Date.now() - 86_400_000),
+    });
+    await expect(opensslVerify(ca.rootPem, [], expired.certPem)).rejects.toThrow(/expired/);
+    const future = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b', notBefore: new Date(Date.now() + 86_400_000) });
+    await expect(opensslVerify(ca.rootPem, [], future.certPem)).rejects.toThrow(/not yet valid/);
+  });
+
+  it('rejects bad identities, foreign trust domains, bad validity and non-CA certificates with typed errors', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local', validityDays: 2 });
+    await expect(ca.issueWorkloadCertificate({ identity: 'http://x/ns/a/sa/b' })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_IDENTITY' });
+    await expect(ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns//sa/b' })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_IDENTITY' });
+    await expect(ca.issueWorkloadCertificate({ identity: 'spiffe://other.td/ns/a/sa/b' })).rejects.toMatchObject({
+      code: 'ERR_PKI_TRUST_DOMAIN',
+      message: expect.stringContaining('other.td'),
+    });
+    await expect(ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b', ttlSeconds: 7 * 86_400 })).rejects.toMatchObject({
+      code: 'ERR_PKI_VALIDITY',
+    });
+    await expect(ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b', ttlSeconds: -1 })).rejects.toMatchObject({
+      code: 'ERR_PKI_VALIDITY',
+    });
+    await expect(LocalCa.create({ trustDomain: 'Bad Domain' })).rejects.toMatchObject({ code: 'ERR_PKI_TRUST_DOMAIN' });
+    const wl = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b' });
+    await expect(LocalCa.load({ certPem: wl.certPem, keyPem: wl.keyPem })).rejects.toMatchObject({ code: 'ERR_PKI_NOT_A_CA' });
+    const other = await LocalCa.create({ trustDomain: 'cluster.local' });
+    await expect(LocalCa.load({ certPem: ca.certPem, keyPem: other.keyPem })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_KEY' });
+    await expect(LocalCa.load({ certPem: 'nope', keyPem: ca.keyPem })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_CERTIFICATE' });
+  });
+});
+
+async function opensslText(pem: string): Promise<string> {
+  const f = join(dir, `${Math.random().toString(36).slice(2)}.pem`);
+  await writeFile(f, pem);
+  const { stdout } = await run('openssl', ['x509', '-noout', '-text', '-in', f]);
+  return stdout;
+}
