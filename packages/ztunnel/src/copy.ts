@@ -1,0 +1,47 @@
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+
+export interface CopyResult {
+  /** Bytes read from the downstream side and written upstream. */
+  received: number;
+  /** Bytes read from the upstream side and written downstream. */
+  sent: number;
+  /** The first error seen on either side (a reset counts as a close, not a failure of the copy). */
+  error?: Error;
+}
+
+/** ztunnel's keepalive and no-delay settings for accepted and dialled sockets. */
+export function tuneSocket(socket: Socket): void {
+  socket.setNoDelay(true);
+  socket.setKeepAlive(true, 180_000);
+}
+
+/**
+ * Copies both ways with backpressure, propagating half-close (one side's end ends the other's
+ * writer). Resolves once both sides are closed; an error or abrupt close on one side destroys the
+ * other.
+ */
+export function copyBidirectional(down: Duplex, up: Duplex): Promise<CopyResult> {
+  return new Promise((resolve) => {
+    const result: CopyResult = { received: 0, sent: 0 };
+    down.on('data', (c: Buffer) => (result.received += c.length));
+    up.on('data', (c: Buffer) => (result.sent += c.length));
+    const onError = (err: Error): void => {
+      result.error ??= err;
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', onError);
+    up.on('error', onError);
+    let closed = 0;
+    const onClose = (self: Duplex, other: Duplex) => (): void => {
+      // A side that closed without finishing both directions was cut off: cut the other too.
+      if (!self.readableEnded || !self.writableFinished) other.destroy();
+      if (++closed === 2) resolve(result);
+    };
+    down.once('close', onClose(down, up));
+    up.once('close', onClose(up, down));
+    down.pipe(up);
+    up.pipe(down);
+  });
+}

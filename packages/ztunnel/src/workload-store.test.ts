@@ -1,0 +1,85 @@
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseLocalConfig } from './local-config.js';
+import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
+
+const config = (extra = '') => `
+workloads:
+- {uid: ua, name: a, namespace: ns1, serviceAccount: sa-a, workloadIps: [10.0.0.1], protocol: HBONE,
+   services: {"ns1/svc.ns1.svc.cluster.local": {80: 8080}}}
+- {uid: ub, name: b, namespace: ns1, workloadIps: [10.0.0.2, "fd00::2"], protocol: HBONE, trustDomain: td.example,
+   services: {"ns1/svc.ns1.svc.cluster.local": {80: 9090}}}
+- {uid: uc, name: c, namespace: ns1, workloadIps: [10.0.0.3], status: Unhealthy,
+   services: {"ns1/svc.ns1.svc.cluster.local": {80: 8080}}}
+services:
+- {name: svc, namespace: ns1, hostname: svc.ns1.svc.cluster.local, vips: ["/10.96.0.1"], ports: {80: 7070, 81: 81}}
+policies:
+- {name: g, scope: Global, action: Deny, rules: []}
+- {name: n, namespace: ns1, scope: Namespace}
+- {name: other, namespace: ns2, scope: Namespace}
+- {name: sel, namespace: ns1, scope: WorkloadSelector}
+${extra}`;
+
+describe('WorkloadStore', () => {
+  const store = new WorkloadStore({ config: parseLocalConfig(config()) });
+
+  it('looks workloads up by IP (v4, v6, v4-mapped) and uid', () => {
+    expect(store.workloadByIp('10.0.0.1')?.name).toBe('a');
+    expect(store.workloadByIp('::ffff:10.0.0.2')?.name).toBe('b');
+    expect(store.workloadByIp('fd00::2')?.name).toBe('b');
+    expect(store.workloadByIp('10.9.9.9')).toBeUndefined();
+    expect(store.workloadByUid('ub')?.name).toBe('b');
+    expect(store.workloadByName('ns1', 'c')?.uid).toBe('uc');
+  });
+
+  it('formats identities with the workload or default trust domain', () => {
+    expect(store.identityOf(store.workloadByUid('ua')!)).toBe('spiffe://cluster.local/ns/ns1/sa/sa-a');
+    expect(store.identityOf(store.workloadByUid('ub')!)).toBe('spiffe://td.example/ns/ns1/sa/default');
+  });
+
+  it('resolves a VIP:port to healthy endpoints round robin with their target ports', () => {
+    const seen = new Map<string, number>();
+    for (let i = 0; i < 4; i++) {
+      const r = store.resolve('10.96.0.1', 80)!;
+      expect(r.service?.name).toBe('svc');
+      seen.set(r.workload.name, r.port);
+    }
+    expect(Object.fromEntries(seen)).toEqual({ a: 8080, b: 9090 });
+    expect(store.resolve('10.96.0.1', 81)?.port).toBe(81);
+    expect(store.resolve('10.96.0.1', 82)).toBeUndefined();
+    expect(store.resolve('10.0.0.3', 5000)).toMatchObject({ address: '10.0.0.3', port: 5000 });
+  });
+
+  it('selects global, namespace and named policies for a workload', () => {
+    const w = { ...store.workloadByUid('ua')!, authorizationPolicies: ['ns1/sel'] };
+    expect(store.policiesFor(w).map((p) => p.name).sort()).toEqual(['g', 'n', 'sel']);
+    expect(store.policiesFor(store.workloadByUid('ub')!).map((p) => p.name).sort()).toEqual(['g', 'n']);
+  });
+});
+
+describe('LocalConfigWatcher', () => {
+  it('reloads on replacement, keeps the previous state on a bad file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'wzt-'));
+    try {
+      const path = join(dir, 'config.yaml');
+      await writeFile(path, config());
+      const store = new WorkloadStore();
+      const watcher = new LocalConfigWatcher(path, store);
+      await watcher.start();
+      expect(store.config.workloads).toHaveLength(3);
+      const changed = new Promise<void>((r) => store.once('change', () => r()));
+      await writeFile(join(dir, 'tmp'), config('- {name: extra, namespace: ns1}'));
+      await rename(join(dir, 'tmp'), path);
+      await changed;
+      expect(store.config.policies.map((p) => p.name)).toContain('extra');
+      await writeFile(path, 'workloads: [{bogus: 1}]');
+      await watcher.reload();
+      expect(store.config.policies.map((p) => p.name)).toContain('extra');
+      watcher.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
