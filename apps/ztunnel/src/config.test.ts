@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, effectiveConfigLines, parseConfig } from './config.js';
+
+describe('parseConfig', () => {
+  it('applies ztunnel defaults', () => {
+    const c = parseConfig({});
+    expect(c).toMatchObject({
+      inpodUds: '/var/run/ztunnel/ztunnel.sock',
+      packetMark: 1337,
+      portReuse: true,
+      origSrc: 'auto',
+      ipv6Enabled: true,
+      trustDomain: 'cluster.local',
+      terminationDeadlineMs: 5000,
+      logLevel: 'info',
+      logFormat: 'text',
+      adminAddr: '127.0.0.1:15000',
+      metricsAddr: '[::]:15020',
+      readinessAddr: '[::]:15021',
+      certTtlSeconds: 86400,
+    });
+    expect(effectiveConfigLines(c).slice(0, 4)).toEqual([
+      'inpod_enabled: true',
+      'inpod_uds: /var/run/ztunnel/ztunnel.sock',
+      'inpod_port_reuse: true',
+      'inpod_mark: 1337',
+    ]);
+  });
+
+  it('reads every variable', () => {
+    const c = parseConfig({
+      INPOD_UDS: '/tmp/z.sock',
+      PACKET_MARK: '4242',
+      INPOD_PORT_REUSE: 'false',
+      ENABLE_ORIG_SRC: 'true',
+      IPV6_ENABLED: 'false',
+      LOCAL_XDS_PATH: '/etc/z.yaml',
+      TRUST_DOMAIN: 'example.org',
+      NODE_NAME: 'n1',
+      CONNECTION_TERMINATION_DEADLINE: '1.5s',
+      RUST_LOG: 'debug,ztunnel::inpod=trace',
+      LOG_FORMAT: 'json',
+      WEIR_CA_CERT: '/ca/c.pem',
+      WEIR_CA_KEY: '/ca/k.pem',
+      WEIR_ADMIN_ADDR: '127.0.0.1:0',
+      WEIR_CERT_TTL: '1h',
+    });
+    expect(c).toMatchObject({
+      inpodUds: '/tmp/z.sock',
+      packetMark: 4242,
+      portReuse: false,
+      origSrc: 'required',
+      metricsAddr: '0.0.0.0:15020',
+      localXdsPath: '/etc/z.yaml',
+      trustDomain: 'example.org',
+      nodeName: 'n1',
+      terminationDeadlineMs: 1500,
+      logLevel: 'debug',
+      logFormat: 'json',
+      ca: { certPath: '/ca/c.pem', keyPath: '/ca/k.pem' },
+      adminAddr: '127.0.0.1:0',
+      certTtlSeconds: 3600,
+    });
+    expect(parseConfig({ TERMINATION_GRACE_PERIOD_SECONDS: '30' }).terminationDeadlineMs).toBe(25_000);
+  });
+
+  it('names each bad variable and its value', () => {
+    try {
+      parseConfig({ PACKET_MARK: 'abc', INPOD_PORT_REUSE: 'maybe', WEIR_METRICS_ADDR: 'nope', CONNECTION_TERMINATION_DEADLINE: '5 parsecs' });
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      const p = (err as ConfigError).problems.join('\n');
+      expect(p).toMatch(/^PACKET_MARK="abc": /m);
+      expect(p).toMatch(/^INPOD_PORT_REUSE="maybe": expected true or false/m);
+      expect(p).toMatch(/^WEIR_METRICS_ADDR="nope": expected host:port/m);
+      expect(p).toMatch(/^CONNECTION_TERMINATION_DEADLINE="5 parsecs": expected a duration/m);
+    }
+    expect(() => parseConfig({ WEIR_CA_CERT: '/x' })).toThrow(/WEIR_CA_KEY is missing/);
+    expect(() => parseConfig({ LOG_LEVEL: 'loud' })).toThrow(/LOG_LEVEL="loud"/);
+  });
+});

@@ -1,0 +1,155 @@
+import { z } from 'zod';
+
+// Environment → typed configuration. Names follow ztunnel where it has one; WEIR_* are Weir's own.
+
+const bool = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .refine((s) => ['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'].includes(s), { message: 'expected true or false' })
+  .transform((s) => ['true', '1', 'yes', 'on'].includes(s));
+
+/** `500ms`, `10s`, `1m`, `1h`, or a bare number of seconds → milliseconds. */
+const duration = z
+  .string()
+  .trim()
+  .regex(/^\d+(\.\d+)?(ms|s|m|h)?$/, 'expected a duration like 10s, 500ms or 1m')
+  .transform((s) => {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(s)!;
+    const n = Number(m[1]);
+    const unit = m[2] ?? 's';
+    return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!);
+  });
+
+const address = z
+  .string()
+  .trim()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):\d{1,5}$/, 'expected host:port or [v6]:port')
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, { message: 'port above 65535' });
+
+const nonEmpty = z.string().trim().min(1, 'must not be empty');
+
+const logLevel = z
+  .string()
+  .trim()
+  .toLowerCase()
+  // RUST_LOG may carry per-target directives (`info,ztunnel::inpod=debug`): the global part counts.
+  .transform((s) => s.split(',').find((p) => !p.includes('=')) ?? 'info')
+  .pipe(z.enum(['trace', 'debug', 'info', 'warn', 'error']));
+
+const envSchema = z.object({
+  INPOD_ENABLED: bool.default(true).refine((v) => v, { message: 'only in-pod mode is supported (true)' }),
+  INPOD_UDS: nonEmpty.default('/var/run/ztunnel/ztunnel.sock'),
+  PACKET_MARK: z.coerce.number().int().min(1).max(0xffffffff).default(1337),
+  INPOD_PORT_REUSE: bool.default(true),
+  ENABLE_ORIG_SRC: bool.optional(),
+  IPV6_ENABLED: bool.default(true),
+  LOCAL_XDS_PATH: nonEmpty.optional(),
+  TRUST_DOMAIN: z.string().trim().regex(/^[a-z0-9._-]+$/, 'expected a lower-case trust domain').default('cluster.local'),
+  CLUSTER_ID: nonEmpty.default('Kubernetes'),
+  NODE_NAME: z.string().trim().default(''),
+  CONNECTION_TERMINATION_DEADLINE: duration.optional(),
+  TERMINATION_GRACE_PERIOD_SECONDS: z.coerce.number().int().min(0).optional(),
+  RUST_LOG: logLevel.optional(),
+  LOG_LEVEL: logLevel.optional(),
+  LOG_FORMAT: z.enum(['text', 'json']).default('text'),
+  WEIR_CA_CERT: nonEmpty.optional(),
+  WEIR_CA_KEY: nonEmpty.optional(),
+  WEIR_CERT_TTL: duration.default(86_400_000),
+  WEIR_ADMIN_ADDR: address.default('127.0.0.1:15000'),
+  WEIR_METRICS_ADDR: address.optional(),
+  WEIR_READINESS_ADDR: address.optional(),
+});
+
+export interface AppConfig {
+  inpodUds: string;
+  packetMark: number;
+  portReuse: boolean;
+  origSrc: 'auto' | 'required' | 'never';
+  ipv6Enabled: boolean;
+  localXdsPath: string | undefined;
+  trustDomain: string;
+  clusterId: string;
+  nodeName: string;
+  terminationDeadlineMs: number;
+  logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  logFormat: 'text' | 'json';
+  ca: { certPath: string; keyPath: string } | undefined;
+  certTtlSeconds: number;
+  adminAddr: string;
+  metricsAddr: string;
+  readinessAddr: string;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join('\n'));
+    this.name = 'ConfigError';
+  }
+}
+
+/** Parses the environment; throws ConfigError with one line per bad variable (`NAME=value: why`). */
+export function parseConfig(env: Record<string, string | undefined>): AppConfig {
+  const relevant = Object.fromEntries(Object.entries(env).filter(([k, v]) => k in envSchema.shape && v !== undefined && v !== ''));
+  const parsed = envSchema.safeParse(relevant);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((i) => {
+        const name = String(i.path[0] ?? '(environment)');
+        return `${name}=${JSON.stringify(env[name] ?? '')}: ${i.message}`;
+      }),
+    );
+  }
+  const e = parsed.data;
+  const problems: string[] = [];
+  if ((e.WEIR_CA_CERT === undefined) !== (e.WEIR_CA_KEY === undefined)) {
+    problems.push(`WEIR_CA_CERT and WEIR_CA_KEY must be set together (${e.WEIR_CA_CERT ? 'WEIR_CA_KEY' : 'WEIR_CA_CERT'} is missing)`);
+  }
+  if (e.WEIR_CERT_TTL < 2000) problems.push(`WEIR_CERT_TTL=${JSON.stringify(env.WEIR_CERT_TTL)}: must be at least 2s`);
+  if (problems.length > 0) throw new ConfigError(problems);
+  const any = e.IPV6_ENABLED ? '[::]' : '0.0.0.0';
+  const graceDeadline = e.TERMINATION_GRACE_PERIOD_SECONDS !== undefined ? Math.max(0, e.TERMINATION_GRACE_PERIOD_SECONDS - 5) * 1000 : undefined;
+  return {
+    inpodUds: e.INPOD_UDS,
+    packetMark: e.PACKET_MARK,
+    portReuse: e.INPOD_PORT_REUSE,
+    origSrc: e.ENABLE_ORIG_SRC === undefined ? 'auto' : e.ENABLE_ORIG_SRC ? 'required' : 'never',
+    ipv6Enabled: e.IPV6_ENABLED,
+    localXdsPath: e.LOCAL_XDS_PATH,
+    trustDomain: e.TRUST_DOMAIN,
+    clusterId: e.CLUSTER_ID,
+    nodeName: e.NODE_NAME,
+    terminationDeadlineMs: e.CONNECTION_TERMINATION_DEADLINE ?? graceDeadline ?? 5000,
+    logLevel: e.LOG_LEVEL ?? e.RUST_LOG ?? 'info',
+    logFormat: e.LOG_FORMAT,
+    ca: e.WEIR_CA_CERT && e.WEIR_CA_KEY ? { certPath: e.WEIR_CA_CERT, keyPath: e.WEIR_CA_KEY } : undefined,
+    certTtlSeconds: Math.round(e.WEIR_CERT_TTL / 1000),
+    adminAddr: e.WEIR_ADMIN_ADDR,
+    metricsAddr: e.WEIR_METRICS_ADDR ?? `${any}:15020`,
+    readinessAddr: e.WEIR_READINESS_ADDR ?? `${any}:15021`,
+  };
+}
+
+/** The effective configuration as ztunnel prints it at start (snake_case keys, one per line). */
+export function effectiveConfigLines(c: AppConfig): string[] {
+  const entries: [string, unknown][] = [
+    ['inpod_enabled', true],
+    ['inpod_uds', c.inpodUds],
+    ['inpod_port_reuse', c.portReuse],
+    ['inpod_mark', c.packetMark],
+    ['enable_original_source', c.origSrc === 'auto' ? null : c.origSrc === 'required'],
+    ['ipv6_enabled', c.ipv6Enabled],
+    ['local_xds_path', c.localXdsPath ?? null],
+    ['trust_domain', c.trustDomain],
+    ['cluster_id', c.clusterId],
+    ['node_name', c.nodeName],
+    ['termination_deadline', `${c.terminationDeadlineMs / 1000}s`],
+    ['admin_addr', c.adminAddr],
+    ['stats_addr', c.metricsAddr],
+    ['readiness_addr', c.readinessAddr],
+    ['ca', c.ca ? `${c.ca.certPath} ${c.ca.keyPath}` : 'embedded (in memory)'],
+    ['workload_cert_ttl', `${c.certTtlSeconds}s`],
+    ['log_level', c.logLevel],
+  ];
+  return entries.map(([k, v]) => `${k}: ${v === null ? '~' : String(v)}`);
+}
