@@ -1,0 +1,551 @@
+import { stat } from 'node:fs/promises';
+import { backoffDelay, Semaphore } from './backoff.js';
+import { CniAgentError, failureReason } from './errors.js';
+import { silentLogger, type Logger } from './logger.js';
+import type { AgentMetrics } from './metrics.js';
+import { NetnsHints } from './netns-hints.js';
+import { REDIRECTION_ANNOTATION, type NamespaceInfo, type PodInfo } from './pod.js';
+import type { PodSource } from './pod-source.js';
+import type { EnrollmentRule, NetnsHandle, OpenNetns, PodRules, WorkloadHandoff } from './ports.js';
+import { findPodNetnsInProc } from './proc-scan.js';
+
+export type PodState = 'idle' | 'pending' | 'captured' | 'releasing';
+
+export interface PodStatus {
+  uid: string;
+  name: string;
+  namespace: string;
+  state: PodState;
+  netns: string | undefined;
+  lastError: string | undefined;
+}
+
+export interface PodControllerOptions {
+  source: PodSource;
+  rules: PodRules;
+  ztunnel: WorkloadHandoff;
+  openNetns: OpenNetns;
+  enrolled: EnrollmentRule;
+  metrics: AgentMetrics;
+  logger?: Logger;
+  hints?: NetnsHints;
+  /** Inodes of netns that are never a pod's (the node's own). */
+  hostNetnsInodes?: number[];
+  procRoot?: string;
+  retryInitialMs?: number;
+  retryMaxMs?: number;
+  /** Captures running at once. */
+  concurrency?: number;
+}
+
+type Trigger = 'cmdadd' | 'watch' | 'startup';
+
+interface Waiter {
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+interface PodRecord {
+  uid: string;
+  pod: PodInfo;
+  state: PodState;
+  netns: NetnsHandle | undefined;
+  /** Path the netns came from (CNI_NETNS, the pods file, a hint or /proc). */
+  netnsPath: string | undefined;
+  /** IPs from the CNI event, used while the API has not reported the pod's IPs yet. */
+  eventIps: string[];
+  attempt: number;
+  retry: NodeJS.Timeout | undefined;
+  chain: Promise<void>;
+  queued: boolean;
+  enrollStart: { at: bigint; trigger: Trigger } | undefined;
+  waiters: Waiter[];
+  deleted: boolean;
+  rulesApplied: boolean;
+  hostProbe: boolean;
+  inZtunnel: boolean;
+  lastError: string | undefined;
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * The per-pod state machine: idle → pending → captured → (releasing → idle). Work for one pod is
+ * serialised on its own chain; different pods run concurrently up to a limit. Every step is
+ * idempotent, so a retry re-runs the whole capture and only what is missing changes.
+ */
+export class PodController {
+  private readonly records = new Map<string, PodRecord>();
+  private readonly log: Logger;
+  private readonly sem: Semaphore;
+  private readonly hints: NetnsHints;
+  private stopped = false;
+
+  constructor(private readonly opts: PodControllerOptions) {
+    this.log = (opts.logger ?? silentLogger).child({ scope: 'inpod' });
+    this.sem = new Semaphore(opts.concurrency ?? 8);
+    this.hints = opts.hints ?? new NetnsHints(undefined);
+  }
+
+  // ---- inputs -------------------------------------------------------------------------------
+
+  podChanged(pod: PodInfo, trigger: Trigger = 'watch'): void {
+    const rec = this.record(pod);
+    rec.pod = pod;
+    this.kick(rec, trigger);
+  }
+
+  podDeleted(pod: PodInfo): void {
+    const rec = this.records.get(pod.uid);
+    if (!rec) return;
+    rec.deleted = true;
+    this.kick(rec, 'watch');
+  }
+
+  namespaceChanged(ns: NamespaceInfo): void {
+    for (const rec of this.records.values()) if (rec.pod.namespace === ns.name) this.kick(rec, 'watch');
+  }
+
+  /**
+   * A CNI ADD for `pod` with its sandbox netns at `netnsPath`: resolves once the pod is captured
+   * and acked by ztunnel, rejects with the reason otherwise (the pod stays pending and retried).
+   */
+  async cmdAdd(pod: PodInfo, netnsPath: string, ips: string[], receivedAt: bigint, timeoutMs: number): Promise<void> {
+    const rec = this.record(pod);
+    rec.pod = pod;
+    rec.eventIps = ips;
+    if (rec.netnsPath !== netnsPath && rec.netns) {
+      // A new sandbox for the same pod: the old netns is no longer the pod's.
+      rec.netns.close();
+      rec.netns = undefined;
+      rec.state = 'pending';
+    }
+    rec.netnsPath = netnsPath;
+    rec.enrollStart = { at: receivedAt, trigger: 'cmdadd' };
+    rec.attempt = 0;
+    if (rec.state === 'captured') rec.state = 'pending';
+    const done = new Promise<void>((resolve, reject) => rec.waiters.push({ resolve, reject }));
+    this.kick(rec, 'cmdadd');
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new CniAgentError('ERR_AGENT_ZTUNNEL', `pod ${pod.namespace}/${pod.name} not captured within ${timeoutMs} ms (still pending, retrying)`)),
+        timeoutMs,
+      );
+    });
+    try {
+      await Promise.race([done, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Every pod whose first attempt is done (used once at startup, before serving ztunnel). */
+  async settled(): Promise<void> {
+    await Promise.all([...this.records.values()].map((r) => r.chain));
+  }
+
+  /** Re-attempts pending pods now (ztunnel just connected). */
+  retryPending(): void {
+    for (const rec of this.records.values()) {
+      if (rec.state === 'pending' && !rec.deleted) {
+        rec.attempt = 0;
+        this.kick(rec, 'watch');
+      }
+    }
+  }
+
+  /** Diffs every captured pod's rules and repairs drift; resolves with the number repaired. */
+  async checkDrift(): Promise<number> {
+    let repaired = 0;
+    const jobs: Promise<void>[] = [];
+    for (const rec of this.records.values()) {
+      if (rec.state !== 'captured' || !rec.netns) continue;
+      jobs.push(
+        this.enqueue(rec, async () => {
+          if (rec.state !== 'captured' || !rec.netns || rec.deleted) return;
+          try {
+            const report = await this.opts.rules.apply(rec.pod, rec.netns);
+            if (report.changed) {
+              repaired++;
+              this.opts.metrics.repairs.inc();
+              this.log.warn(
+                { uid: rec.uid, name: rec.pod.name, namespace: rec.pod.namespace, repaired: report.repaired },
+                'drift check repaired in-pod rules',
+              );
+            }
+          } catch (err) {
+            this.opts.metrics.failures.inc({ reason: 'drift_repair_failed' });
+            this.log.warn({ uid: rec.uid, err: describe(err) }, 'drift check failed, will retry on the next pass');
+          }
+        }),
+      );
+    }
+    await Promise.all(jobs);
+    return repaired;
+  }
+
+  status(): PodStatus[] {
+    return [...this.records.values()].map((r) => ({
+      uid: r.uid,
+      name: r.pod.name,
+      namespace: r.pod.namespace,
+      state: r.state,
+      netns: r.netnsPath,
+      lastError: r.lastError,
+    }));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const rec of this.records.values()) {
+      clearTimeout(rec.retry);
+      for (const w of rec.waiters.splice(0)) w.reject(new CniAgentError('ERR_AGENT_STOPPED', 'agent is stopping'));
+    }
+    await Promise.all([...this.records.values()].map((r) => r.chain));
+    for (const rec of this.records.values()) rec.netns?.close();
+    this.records.clear();
+    await this.hints.flushed();
+  }
+
+  // ---- machinery ----------------------------------------------------------------------------
+
+  private record(pod: PodInfo): PodRecord {
+    let rec = this.records.get(pod.uid);
+    if (!rec) {
+      rec = {
+        uid: pod.uid,
+        pod,
+        state: 'idle',
+        netns: undefined,
+        netnsPath: pod.netnsPath,
+        eventIps: [],
+        attempt: 0,
+        retry: undefined,
+        chain: Promise.resolve(),
+        queued: false,
+        enrollStart: undefined,
+        waiters: [],
+        deleted: false,
+        rulesApplied: false,
+        hostProbe: false,
+        inZtunnel: false,
+        lastError: undefined,
+      };
+      this.records.set(pod.uid, rec);
+    }
+    return rec;
+  }
+
+  private enqueue(rec: PodRecord, job: () => Promise<void>): Promise<void> {
+    rec.chain = rec.chain.then(() => this.sem.run(job)).catch((err: unknown) => {
+      this.log.error({ uid: rec.uid, err: describe(err) }, 'unexpected error in pod work');
+    });
+    return rec.chain;
+  }
+
+  private kick(rec: PodRecord, trigger: Trigger): void {
+    if (this.stopped) return;
+    clearTimeout(rec.retry);
+    rec.retry = undefined;
+    if (!rec.enrollStart && trigger !== 'cmdadd') rec.enrollStart = { at: process.hrtime.bigint(), trigger };
+    if (rec.queued) return;
+    rec.queued = true;
+    void this.enqueue(rec, async () => {
+      rec.queued = false;
+      await this.reconcile(rec);
+    });
+  }
+
+  private wants(pod: PodInfo): boolean {
+    if (pod.phase === 'Succeeded' || pod.phase === 'Failed') return false;
+    return this.opts.enrolled(pod, this.opts.source.namespace(pod.namespace));
+  }
+
+  private touched(rec: PodRecord): boolean {
+    return (
+      rec.rulesApplied ||
+      rec.hostProbe ||
+      rec.inZtunnel ||
+      rec.state !== 'idle' ||
+      rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled'
+    );
+  }
+
+  private async reconcile(rec: PodRecord): Promise<void> {
+    if (this.stopped) return;
+    if (rec.deleted) {
+      await this.forget(rec);
+      return;
+    }
+    if (this.wants(rec.pod)) {
+      if (rec.state === 'captured' && rec.waiters.length === 0) {
+        rec.enrollStart = undefined;
+        return;
+      }
+      await this.capture(rec);
+    } else {
+      rec.enrollStart = undefined;
+      if (this.touched(rec)) await this.release(rec);
+      for (const w of rec.waiters.splice(0)) w.resolve();
+    }
+  }
+
+  private podIps(rec: PodRecord): string[] {
+    return rec.pod.ips.length > 0 ? rec.pod.ips : rec.eventIps;
+  }
+
+  /** Opens (or reuses) the pod's netns: its known path, a remembered hint, else a /proc scan. */
+  private async netnsFor(rec: PodRecord): Promise<NetnsHandle> {
+    if (rec.netns && !rec.netns.closed) return rec.netns;
+    const candidates = [rec.netnsPath, rec.pod.netnsPath, this.hints.get(rec.uid)].filter(
+      (p): p is string => p !== undefined,
+    );
+    const errors: string[] = [];
+    for (const path of new Set(candidates)) {
+      try {
+        rec.netns = this.opts.openNetns(path);
+        rec.netnsPath = path;
+        return rec.netns;
+      } catch (err) {
+        errors.push(`${path}: ${describe(err)}`);
+      }
+    }
+    const found = await findPodNetnsInProc({
+      uid: rec.uid,
+      ips: this.podIps(rec),
+      ...(this.opts.procRoot !== undefined ? { procRoot: this.opts.procRoot } : {}),
+      excludeInodes: this.opts.hostNetnsInodes ?? [],
+    });
+    if (found) {
+      try {
+        rec.netns = this.opts.openNetns(found.path);
+        rec.netnsPath = found.path;
+        return rec.netns;
+      } catch (err) {
+        errors.push(`${found.path}: ${describe(err)}`);
+      }
+    }
+    throw new CniAgentError(
+      'ERR_AGENT_NETNS_NOT_FOUND',
+      `netns of pod ${rec.pod.namespace}/${rec.pod.name} (uid ${rec.uid}) not found: ${
+        errors.length ? errors.join('; ') : 'no known path and no process in /proc matches the pod uid'
+      }`,
+    );
+  }
+
+  /** After applying rules, the netns must still be the one at its path (it can vanish mid-capture). */
+  private async stillThere(rec: PodRecord, netns: NetnsHandle): Promise<void> {
+    const path = rec.netnsPath;
+    if (!path) return;
+    let ino: number | bigint;
+    try {
+      ino = (await stat(path)).ino;
+    } catch (cause) {
+      throw new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} vanished mid-capture`, { cause });
+    }
+    if (BigInt(ino) !== BigInt(netns.id.ino)) {
+      throw new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} was replaced mid-capture (inode ${ino}, opened ${netns.id.ino})`);
+    }
+  }
+
+  private dropNetns(rec: PodRecord): void {
+    rec.netns?.close();
+    rec.netns = undefined;
+  }
+
+  private async capture(rec: PodRecord): Promise<void> {
+    const pod = rec.pod;
+    const ids = { uid: rec.uid, name: pod.name, namespace: pod.namespace };
+    const wasCaptured = rec.state === 'captured';
+    if (!wasCaptured) rec.state = 'pending';
+    let step = 'find netns';
+    try {
+      const netns = await this.netnsFor(rec);
+      step = 'apply in-pod rules';
+      let report;
+      try {
+        report = await this.opts.rules.apply(pod, netns);
+      } catch (cause) {
+        throw new CniAgentError('ERR_AGENT_RULES', `applying in-pod rules for ${pod.namespace}/${pod.name} in ${rec.netnsPath}: ${describe(cause)}`, { cause });
+      }
+      rec.rulesApplied = true;
+      if (report.changed && rec.enrollStart?.trigger === 'startup') {
+        this.opts.metrics.repairs.inc();
+        this.log.warn({ ...ids, repaired: report.repaired }, 'restart reconcile repaired in-pod rules');
+      }
+      step = 'check netns';
+      await this.stillThere(rec, netns);
+      step = 'host probe ipset';
+      try {
+        await this.opts.rules.addHostProbe(pod, this.podIps(rec));
+      } catch (cause) {
+        throw new CniAgentError('ERR_AGENT_HOST', `adding ${pod.namespace}/${pod.name} IPs ${this.podIps(rec).join(',')} to the probe ipset: ${describe(cause)}`, { cause });
+      }
+      rec.hostProbe = true;
+      step = 'ztunnel add';
+      try {
+        await this.opts.ztunnel.addWorkload(
+          rec.uid,
+          { name: pod.name, namespace: pod.namespace, serviceAccount: pod.serviceAccount },
+          netns,
+        );
+      } catch (cause) {
+        throw new CniAgentError('ERR_AGENT_ZTUNNEL', `ztunnel did not take pod ${pod.namespace}/${pod.name} (uid ${rec.uid}): ${describe(cause)}`, { cause });
+      }
+      rec.inZtunnel = true;
+      this.hints.set(rec.uid, rec.netnsPath);
+      rec.state = 'captured';
+      rec.attempt = 0;
+      rec.lastError = undefined;
+      this.log.info({ ...ids, netns: rec.netnsPath }, 'pod captured, in-pod rules applied and netns handed to ztunnel');
+      if (rec.enrollStart) {
+        const secs = Number(process.hrtime.bigint() - rec.enrollStart.at) / 1e9;
+        this.opts.metrics.enrollmentLatency.observe({ trigger: rec.enrollStart.trigger }, secs);
+        rec.enrollStart = undefined;
+      }
+      for (const w of rec.waiters.splice(0)) w.resolve();
+      this.updateGauges();
+    } catch (err) {
+      const reason = failureReason(err);
+      if (err instanceof CniAgentError && err.code === 'ERR_AGENT_NETNS_NOT_FOUND') {
+        this.dropNetns(rec);
+        // After a restart, a captured pod whose netns we cannot find yet must not be dropped by
+        // ztunnel when it gets our snapshot.
+        if (pod.annotations[REDIRECTION_ANNOTATION] === 'enabled' && !rec.inZtunnel) {
+          this.opts.ztunnel.keepWorkload?.(rec.uid, { name: pod.name, namespace: pod.namespace, serviceAccount: pod.serviceAccount });
+        }
+      }
+      rec.state = 'pending';
+      rec.attempt++;
+      rec.lastError = describe(err);
+      this.opts.metrics.failures.inc({ reason });
+      const retryInMs = backoffDelay(rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000);
+      this.log.warn(
+        {
+          ...ids,
+          step,
+          reason,
+          err: rec.lastError,
+          rulesApplied: rec.rulesApplied,
+          retryInMs,
+          attempt: rec.attempt,
+        },
+        rec.rulesApplied
+          ? 'pod pending: in-pod rules are in place but capture is incomplete, traffic is blocked until it completes; retrying'
+          : 'pod pending: capture failed; retrying',
+      );
+      for (const w of rec.waiters.splice(0)) w.reject(err as Error);
+      // "Not connected" is ztunnel's absence, not the pod's fault: no Event for it.
+      if (!(reason === 'ztunnel_failed' && !this.opts.ztunnel.connected) && rec.attempt <= 3) {
+        void this.opts.source.recordEvent(pod, { type: 'Warning', reason: 'AmbientCaptureFailed', message: rec.lastError });
+      }
+      this.scheduleRetry(rec, retryInMs);
+      this.updateGauges();
+      return;
+    }
+    if (pod.annotations[REDIRECTION_ANNOTATION] !== 'enabled') {
+      try {
+        await this.opts.source.setRedirection(pod, 'enabled');
+      } catch (err) {
+        // Captured all the same; the annotation is only a report. Try again later.
+        this.opts.metrics.failures.inc({ reason: 'annotate_failed' });
+        this.log.warn({ ...ids, err: describe(err) }, 'cannot annotate pod redirection enabled; retrying');
+        this.scheduleRetry(rec, backoffDelay(++rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000));
+      }
+    }
+  }
+
+  private scheduleRetry(rec: PodRecord, ms: number): void {
+    if (this.stopped) return;
+    clearTimeout(rec.retry);
+    rec.retry = setTimeout(() => {
+      rec.retry = undefined;
+      if (rec.queued) return;
+      rec.queued = true;
+      void this.enqueue(rec, async () => {
+        rec.queued = false;
+        await this.reconcile(rec);
+      });
+    }, ms);
+    rec.retry.unref?.();
+  }
+
+  private async release(rec: PodRecord): Promise<void> {
+    const pod = rec.pod;
+    const ids = { uid: rec.uid, name: pod.name, namespace: pod.namespace };
+    rec.state = 'releasing';
+    try {
+      let netns: NetnsHandle | undefined;
+      try {
+        netns = await this.netnsFor(rec);
+      } catch (err) {
+        this.log.info({ ...ids, err: describe(err) }, 'netns gone, skipping in-pod rule removal');
+      }
+      if (netns) {
+        await this.opts.rules.remove(pod, netns);
+        rec.rulesApplied = false;
+      }
+      await this.opts.ztunnel.removeWorkload(rec.uid).catch((err: unknown) => {
+        if (this.opts.ztunnel.connected) throw err;
+      });
+      rec.inZtunnel = false;
+      await this.opts.rules.removeHostProbe(pod);
+      rec.hostProbe = false;
+      if (pod.annotations[REDIRECTION_ANNOTATION] !== undefined) await this.opts.source.setRedirection(pod, null);
+      this.dropNetns(rec);
+      this.hints.set(rec.uid, undefined);
+      rec.state = 'idle';
+      rec.attempt = 0;
+      rec.lastError = undefined;
+      this.log.info(ids, 'pod removed from the mesh: in-pod rules removed, ztunnel told to drain');
+    } catch (err) {
+      rec.attempt++;
+      rec.lastError = describe(err);
+      this.opts.metrics.failures.inc({ reason: 'release_failed' });
+      const retryInMs = backoffDelay(rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000);
+      this.log.warn({ ...ids, err: rec.lastError, retryInMs }, 'releasing pod failed; retrying');
+      this.scheduleRetry(rec, retryInMs);
+    }
+    this.updateGauges();
+  }
+
+  /** The pod is gone: its netns with it, so only ztunnel, the host ipset and our state remain. */
+  private async forget(rec: PodRecord): Promise<void> {
+    const ids = { uid: rec.uid, name: rec.pod.name, namespace: rec.pod.namespace };
+    clearTimeout(rec.retry);
+    for (const w of rec.waiters.splice(0)) w.reject(new CniAgentError('ERR_AGENT_POD_NOT_FOUND', `pod ${ids.namespace}/${ids.name} was deleted`));
+    try {
+      if (rec.inZtunnel || rec.state !== 'idle') {
+        await this.opts.ztunnel.removeWorkload(rec.uid).catch((err: unknown) => {
+          if (this.opts.ztunnel.connected) throw err;
+        });
+      }
+      if (rec.hostProbe || rec.state !== 'idle') await this.opts.rules.removeHostProbe(rec.pod);
+    } catch (err) {
+      this.opts.metrics.failures.inc({ reason: 'release_failed' });
+      this.log.warn({ ...ids, err: describe(err) }, 'cleaning up a deleted pod failed; retrying');
+      rec.attempt++;
+      this.scheduleRetry(rec, backoffDelay(rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000));
+      return;
+    }
+    if (rec.state !== 'idle') this.log.info(ids, 'pod deleted, removed from ztunnel and the probe ipset');
+    this.dropNetns(rec);
+    this.hints.set(rec.uid, undefined);
+    this.records.delete(rec.uid);
+    this.updateGauges();
+  }
+
+  private updateGauges(): void {
+    let captured = 0;
+    let pending = 0;
+    for (const r of this.records.values()) {
+      if (r.state === 'captured') captured++;
+      else if (r.state === 'pending') pending++;
+    }
+    this.opts.metrics.podsEnrolled.set(captured);
+    this.opts.metrics.podsPending.set(pending);
+  }
+}

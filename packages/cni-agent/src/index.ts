@@ -1,0 +1,19 @@
+export { NodeAgent, type NodeAgentOptions, type ZtunnelServer } from './agent.js';
+export { PodController, type PodControllerOptions, type PodState, type PodStatus } from './controller.js';
+export { CniAgentError, type CniAgentErrorCode } from './errors.js';
+export { CniEventServer, type CmdAddEvent, type CniEventServerOptions } from './event-server.js';
+export { FilePodSource, type FilePodSourceOptions, type PodsFile } from './file-source.js';
+export { HealthServer, type HealthServerOptions } from './health-server.js';
+export { KubePodSource, type KubePodSourceOptions } from './kube-source.js';
+export { silentLogger, type Logger } from './logger.js';
+export { AgentMetrics } from './metrics.js';
+export {
+  namespaceFromV1,
+  podFromV1,
+  REDIRECTION_ANNOTATION,
+  type NamespaceInfo,
+  type PodInfo,
+} from './pod.js';
+export type { PodEvent, PodSource, PodSourceHandlers } from './pod-source.js';
+export type { EnrollmentRule, NetnsHandle, OpenNetns, PodRules, RepairReport, WorkloadHandoff } from './ports.js';
+export { findPodNetnsInProc, type ProcNetnsMatch, type ProcScanOptions } from './proc-scan.js';

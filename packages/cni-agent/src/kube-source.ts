@@ -1,0 +1,265 @@
+import {
+  CoreV1Api,
+  ListWatch,
+  PatchStrategy,
+  Watch,
+  setHeaderOptions,
+  type KubeConfig,
+  type KubernetesObject,
+  type V1Namespace,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import { silentLogger, type Logger } from './logger.js';
+import { namespaceFromV1, podFromV1, REDIRECTION_ANNOTATION, type NamespaceInfo, type PodInfo } from './pod.js';
+import type { PodEvent, PodSource, PodSourceHandlers } from './pod-source.js';
+
+export interface KubePodSourceOptions {
+  kubeConfig: KubeConfig;
+  /** Only pods with `spec.nodeName=<nodeName>` are watched. */
+  nodeName: string;
+  logger?: Logger;
+  /** Informer restart backoff after an error: initial and maximum delay. */
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  /** Component name on recorded Events. */
+  component?: string;
+}
+
+interface Restartable {
+  informer: ListWatch<KubernetesObject>;
+  what: string;
+  delay: number;
+  timer: NodeJS.Timeout | undefined;
+  failed: boolean;
+}
+
+function statusCode(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown } | null;
+  if (typeof e?.code === 'number') return e.code;
+  if (typeof e?.statusCode === 'number') return e.statusCode;
+  return undefined;
+}
+
+/**
+ * Pods on this node (field selector `spec.nodeName`) and all namespaces, from the Kubernetes API
+ * through client-node informers. The informer relists on 410 Gone by itself; on any other error it
+ * stops, so this source restarts it with exponential backoff.
+ */
+export class KubePodSource implements PodSource {
+  private readonly log: Logger;
+  private readonly api: CoreV1Api;
+  private readonly informers: Restartable[] = [];
+  private handlers: PodSourceHandlers | undefined;
+  private stopped = false;
+
+  constructor(private readonly opts: KubePodSourceOptions) {
+    this.log = (opts.logger ?? silentLogger).child({ scope: 'kube' });
+    this.api = opts.kubeConfig.makeApiClient(CoreV1Api);
+  }
+
+  async start(handlers: PodSourceHandlers): Promise<void> {
+    this.handlers = handlers;
+    const watch = new Watch(this.opts.kubeConfig);
+    const fieldSelector = `spec.nodeName=${this.opts.nodeName}`;
+    const nsInformer = new ListWatch<V1Namespace>(
+      '/api/v1/namespaces',
+      watch,
+      () => this.api.listNamespace(),
+      false,
+    );
+    const podInformer = new ListWatch<V1Pod>(
+      '/api/v1/pods',
+      watch,
+      () => this.api.listPodForAllNamespaces({ fieldSelector }),
+      false,
+      undefined,
+      fieldSelector,
+    );
+    const onNs = (obj: V1Namespace): void => {
+      try {
+        this.handlers?.namespaceChanged(namespaceFromV1(obj));
+      } catch (err) {
+        this.invalid(err);
+      }
+    };
+    nsInformer.on('add', onNs);
+    nsInformer.on('update', onNs);
+    const onPod = (obj: V1Pod): void => {
+      try {
+        this.handlers?.podChanged(podFromV1(obj));
+      } catch (err) {
+        this.invalid(err);
+      }
+    };
+    podInformer.on('add', onPod);
+    podInformer.on('update', onPod);
+    podInformer.on('delete', (obj: V1Pod) => {
+      try {
+        this.handlers?.podDeleted(podFromV1(obj));
+      } catch (err) {
+        this.invalid(err);
+      }
+    });
+    // Namespaces first: a pod's enrollment depends on its namespace's labels.
+    await this.startSynced(this.track(nsInformer as ListWatch<KubernetesObject>, 'namespaces'));
+    await this.startSynced(this.track(podInformer as ListWatch<KubernetesObject>, `pods on node ${this.opts.nodeName}`));
+  }
+
+  private invalid(err: unknown): void {
+    this.log.warn({ err }, 'skipping malformed object from the API server');
+    this.handlers?.invalid?.(err as Error);
+  }
+
+  private track(informer: ListWatch<KubernetesObject>, what: string): Restartable {
+    const r: Restartable = {
+      informer,
+      what,
+      delay: this.opts.backoffInitialMs ?? 200,
+      timer: undefined,
+      failed: false,
+    };
+    informer.on('error', (err: unknown) => {
+      r.failed = true;
+      if (this.stopped) return;
+      const wait = r.delay;
+      r.delay = Math.min(r.delay * 2, this.opts.backoffMaxMs ?? 30_000);
+      this.log.warn(
+        { err: (err as Error)?.message ?? String(err), status: statusCode(err), retryInMs: wait, informer: what },
+        'informer stopped on error, restarting',
+      );
+      clearTimeout(r.timer);
+      r.timer = setTimeout(() => void this.restart(r), wait);
+    });
+    this.informers.push(r);
+    return r;
+  }
+
+  private async restart(r: Restartable): Promise<void> {
+    if (this.stopped) return;
+    r.failed = false;
+    await r.informer.start();
+    if (!r.failed) {
+      r.delay = this.opts.backoffInitialMs ?? 200;
+      this.log.info({ informer: r.what }, 'informer restarted');
+    }
+  }
+
+  /** Resolves once the informer listed and watches; retries with backoff until then. */
+  private async startSynced(r: Restartable): Promise<void> {
+    for (;;) {
+      if (this.stopped) return;
+      r.failed = false;
+      await r.informer.start();
+      if (!r.failed) {
+        clearTimeout(r.timer);
+        r.delay = this.opts.backoffInitialMs ?? 200;
+        return;
+      }
+      // The error handler scheduled a restart; take over that timer so only one loop runs.
+      clearTimeout(r.timer);
+      await new Promise((resolve) => setTimeout(resolve, r.delay / 2));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const r of this.informers) {
+      clearTimeout(r.timer);
+      await r.informer.stop();
+    }
+    this.handlers = undefined;
+  }
+
+  private podInformer(): ListWatch<KubernetesObject> | undefined {
+    return this.informers[1]?.informer;
+  }
+
+  pods(): PodInfo[] {
+    const out: PodInfo[] = [];
+    for (const obj of this.podInformer()?.list() ?? []) {
+      try {
+        out.push(podFromV1(obj));
+      } catch {
+        // Reported when it arrived.
+      }
+    }
+    return out;
+  }
+
+  pod(namespace: string, name: string): PodInfo | undefined {
+    const obj = this.podInformer()?.get(name, namespace);
+    if (!obj) return undefined;
+    try {
+      return podFromV1(obj);
+    } catch {
+      return undefined;
+    }
+  }
+
+  async fetchPod(namespace: string, name: string): Promise<PodInfo | undefined> {
+    const cached = this.pod(namespace, name);
+    if (cached) return cached;
+    try {
+      return podFromV1(await this.api.readNamespacedPod({ name, namespace }));
+    } catch (err) {
+      if (statusCode(err) === 404) return undefined;
+      throw err;
+    }
+  }
+
+  namespace(name: string): NamespaceInfo | undefined {
+    const obj = this.informers[0]?.informer.get(name);
+    if (!obj) return undefined;
+    try {
+      return namespaceFromV1(obj);
+    } catch {
+      return undefined;
+    }
+  }
+
+  async fetchNamespace(name: string): Promise<NamespaceInfo | undefined> {
+    const cached = this.namespace(name);
+    if (cached) return cached;
+    try {
+      return namespaceFromV1(await this.api.readNamespace({ name }));
+    } catch (err) {
+      if (statusCode(err) === 404) return undefined;
+      throw err;
+    }
+  }
+
+  async setRedirection(pod: PodInfo, value: 'enabled' | null): Promise<void> {
+    await this.api.patchNamespacedPodStatus(
+      {
+        name: pod.name,
+        namespace: pod.namespace,
+        body: { metadata: { annotations: { [REDIRECTION_ANNOTATION]: value } } },
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+  }
+
+  async recordEvent(pod: PodInfo, event: PodEvent): Promise<void> {
+    const now = new Date();
+    try {
+      await this.api.createNamespacedEvent({
+        namespace: pod.namespace,
+        body: {
+          metadata: { generateName: `${pod.name}.`, namespace: pod.namespace },
+          involvedObject: { apiVersion: 'v1', kind: 'Pod', name: pod.name, namespace: pod.namespace, uid: pod.uid },
+          type: event.type,
+          reason: event.reason,
+          message: event.message,
+          source: { component: this.opts.component ?? 'weir-cni-agent', host: this.opts.nodeName },
+          reportingComponent: this.opts.component ?? 'weir-cni-agent',
+          reportingInstance: this.opts.nodeName,
+          firstTimestamp: now,
+          lastTimestamp: now,
+          count: 1,
+        },
+      });
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, pod: `${pod.namespace}/${pod.name}` }, 'cannot record pod event');
+    }
+  }
+}

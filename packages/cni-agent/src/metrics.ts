@@ -1,0 +1,44 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** The agent's Prometheus metrics, in their own registry. */
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly podsEnrolled = new Gauge({
+    name: 'weir_cni_agent_pods_enrolled',
+    help: 'Pods on this node currently captured and handed to ztunnel',
+    registers: [this.registry],
+  });
+  readonly podsPending = new Gauge({
+    name: 'weir_cni_agent_pods_pending',
+    help: 'Enrolled pods not yet fully captured (retrying)',
+    registers: [this.registry],
+  });
+  readonly enrollmentLatency = new Histogram({
+    name: 'weir_cni_agent_enrollment_duration_seconds',
+    help: 'Time from enrollment request (cmdadd received, or label change seen) to fully captured',
+    labelNames: ['trigger'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly failures = new Counter({
+    name: 'weir_cni_agent_enrollment_failures_total',
+    help: 'Failed capture or release attempts, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly repairs = new Counter({
+    name: 'weir_cni_agent_reconcile_repairs_total',
+    help: 'Rule sets found drifted and repaired (on restart or by the periodic drift check)',
+    registers: [this.registry],
+  });
+  readonly cmdAdds = new Counter({
+    name: 'weir_cni_agent_cmdadd_total',
+    help: 'CNI plugin /cmdadd events answered, by HTTP status',
+    labelNames: ['code'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(opts: { processMetrics?: boolean } = {}) {
+    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+}

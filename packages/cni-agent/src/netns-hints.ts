@@ -1,0 +1,61 @@
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+/**
+ * Remembers the netns path each captured pod came with (the CNI_NETNS of its ADD), so that a
+ * restarted agent finds pods whose netns holds no process for the /proc scan to match.
+ */
+export class NetnsHints {
+  private readonly map = new Map<string, string>();
+  private writing: Promise<void> = Promise.resolve();
+  private dirty = false;
+
+  constructor(private readonly file: string | undefined) {}
+
+  async load(): Promise<void> {
+    if (!this.file) return;
+    try {
+      const data = JSON.parse(await readFile(this.file, 'utf8')) as unknown;
+      if (data && typeof data === 'object') {
+        for (const [uid, path] of Object.entries(data)) if (typeof path === 'string') this.map.set(uid, path);
+      }
+    } catch {
+      // Missing or torn file: the /proc scan remains.
+    }
+  }
+
+  get(uid: string): string | undefined {
+    return this.map.get(uid);
+  }
+
+  set(uid: string, path: string | undefined): void {
+    if (path === undefined || path.startsWith('/proc/')) {
+      if (!this.map.delete(uid)) return;
+    } else {
+      if (this.map.get(uid) === path) return;
+      this.map.set(uid, path);
+    }
+    this.flush();
+  }
+
+  private flush(): void {
+    const file = this.file;
+    if (!file || this.dirty) return;
+    this.dirty = true;
+    this.writing = this.writing.then(async () => {
+      this.dirty = false;
+      const tmp = `${file}.${process.pid}.tmp`;
+      try {
+        await mkdir(dirname(file), { recursive: true });
+        await writeFile(tmp, JSON.stringify(Object.fromEntries(this.map)), { mode: 0o600 });
+        await rename(tmp, file);
+      } catch {
+        // Best effort: a lost hint only means a /proc scan after restart.
+      }
+    });
+  }
+
+  async flushed(): Promise<void> {
+    await this.writing;
+  }
+}

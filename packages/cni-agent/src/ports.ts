@@ -1,0 +1,50 @@
+import type { PodInfo } from './pod.js';
+
+/** An open network namespace (the shape of @weir/netns's Netns that the agent uses). */
+export interface NetnsHandle {
+  readonly fd: number;
+  readonly id: { dev: number | bigint; ino: number | bigint };
+  readonly path: string;
+  readonly closed: boolean;
+  close(): void;
+}
+
+export type OpenNetns = (path: string) => NetnsHandle;
+
+/** What drifted and was put back. */
+export interface RepairReport {
+  /** True when anything was (re)applied. */
+  changed: boolean;
+  /** Human-readable items that were missing or different before the apply. */
+  repaired: string[];
+}
+
+/** The in-pod rules and routing, and the host-side probe SNAT. */
+export interface PodRules {
+  /** Host netns: ipset + SNAT rules for kubelet probes. Idempotent. */
+  setupHost(): Promise<void>;
+  /** Applies (or repairs) the in-pod rules and policy routing; idempotent, applies only a diff. */
+  apply(pod: PodInfo, netns: NetnsHandle): Promise<RepairReport>;
+  /** Removes every in-pod rule and route this agent installs. */
+  remove(pod: PodInfo, netns: NetnsHandle): Promise<void>;
+  addHostProbe(pod: PodInfo, ips: string[]): Promise<void>;
+  removeHostProbe(pod: PodInfo): Promise<void>;
+  /** Removes the host-side rules and ipset (real uninstall only). */
+  teardownHost(): Promise<void>;
+}
+
+/** ztunnel, over ZDS. */
+export interface WorkloadHandoff {
+  readonly connected: boolean;
+  addWorkload(
+    uid: string,
+    info: { name: string; namespace: string; serviceAccount: string },
+    netns: NetnsHandle,
+  ): Promise<void>;
+  removeWorkload(uid: string): Promise<void>;
+  /** Names a pod in ztunnel's snapshots without a netns (found none after a restart): ztunnel keeps its proxy. */
+  keepWorkload?(uid: string, info: { name: string; namespace: string; serviceAccount: string }): void;
+}
+
+/** Decides whether a pod belongs in the mesh (the rule shared with the CNI plugin). */
+export type EnrollmentRule = (pod: PodInfo, namespace: { name: string; labels: Record<string, string> } | undefined) => boolean;
