@@ -1,0 +1,12 @@
+export { FakeApiServer } from './server.js';
+export type { FakeApiServerOptions, FakeApiServerTlsOptions, FailureInjection, KubeconfigOptions, Logger } from './server.js';
+export { FakeApiServerError } from './errors.js';
+export type { FakeApiServerErrorCode } from './errors.js';
+export { createTestPki } from './tls.js';
+export type { TestPki } from './tls.js';
+export { applyMergePatch, applyJsonPatch, PatchError } from './patch.js';
+export { parseLabelSelector, parseFieldSelector, SelectorError } from './selectors.js';
+export type { Matcher } from './selectors.js';
+export { kubeStatus } from './status.js';
+export type { KubeStatus } from './status.js';
+export type { KubeObject, KubeObjectInput, ObjectMeta, RecordedRequest, WatchEvent, WatchEventType } from './types.js';
