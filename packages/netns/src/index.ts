@@ -1,0 +1,14 @@
+export { NetnsError, errnoName } from './errors.js';
+export type { NetnsErrorCode } from './errors.js';
+export { Netns, openNetns, adoptNetnsFd, currentNetns, socketNetnsId } from './netns.js';
+export type { NetnsId } from './netns.js';
+export {
+  createTcpListener,
+  listenTcp,
+  createTcpSocket,
+  connectTcp,
+  originalDst,
+  socketLocalAddress,
+} from './tcp.js';
+export type { TcpListenerOptions, TcpSocketOptions, ConnectTcpOptions, SocketAddress } from './tcp.js';
+export { SeqpacketServer, SeqpacketSocket, listenSeqpacket, connectSeqpacket } from './seqpacket.js';

@@ -1,0 +1,86 @@
+import { createRequire } from 'node:module';
+import { NetnsError } from './errors.js';
+
+/** Identity and kind of an open file, as the addon reports it. */
+export interface NativeNsInfo {
+  dev: number;
+  ino: number;
+  mode: number;
+  nsfs: boolean;
+  nstype: number;
+}
+
+export interface NativeAddress {
+  family: 4 | 6;
+  address: string;
+  port: number;
+}
+
+export interface NativeTcpSpec {
+  family: 4 | 6;
+  mark?: number;
+  transparent?: boolean;
+  freebind?: boolean;
+  reuseAddr?: boolean;
+  reusePort?: boolean;
+  ipv6Only?: boolean;
+  bindAddress?: string;
+  bindPort?: number;
+  listen?: boolean;
+  backlog?: number;
+  connectAddress?: string;
+  connectPort?: number;
+}
+
+/** A uv_poll_t on an fd; the callback gets (status < 0 on error, events bitmask). */
+export interface NativePoller {
+  start(events: number): void;
+  stop(): void;
+  close(): void;
+}
+
+export interface NativeAddon {
+  CLONE_NEWNET: number;
+  MSG_TRUNC: number;
+  MSG_CTRUNC: number;
+  MAX_RECORD: number;
+  openPath(path: string): number;
+  nsInfo(fd: number): NativeNsInfo;
+  createTcp(netnsFd: number, spec: NativeTcpSpec): number;
+  socketNetns(fd: number): number;
+  socketError(fd: number): number;
+  localAddress(fd: number): NativeAddress;
+  originalDst(fd: number): NativeAddress;
+  seqListen(path: string, backlog: number, mode: number): number;
+  seqAccept(fd: number): number;
+  seqConnect(path: string): number;
+  seqSend(fd: number, data: Uint8Array, fds: number[]): boolean;
+  seqRecv(fd: number): null | 0 | [Buffer | null, number[], number];
+  dupFd(fd: number): number;
+  Poller: new (fd: number, callback: (status: number, events: number) => void) => NativePoller;
+}
+
+export const READABLE = 1;
+export const WRITABLE = 2;
+
+function load(): NativeAddon {
+  // Checked before touching the addon, so that any other platform gets one clear message.
+  if (process.platform !== 'linux') {
+    throw new NetnsError(
+      'ERR_NETNS_UNSUPPORTED_PLATFORM',
+      `@weir/netns works only on Linux (network namespaces, setns, SO_ORIGINAL_DST); this platform is ${process.platform}`,
+    );
+  }
+  const require = createRequire(import.meta.url);
+  try {
+    return require('../build/Release/weir_netns.node') as NativeAddon;
+  } catch (e) {
+    throw new NetnsError(
+      'ERR_NETNS_ADDON_MISSING',
+      `@weir/netns native addon build/Release/weir_netns.node could not be loaded (build it with "npm run build -w @weir/netns"): ${(e as Error).message}`,
+      { cause: e },
+    );
+  }
+}
+
+export const native: NativeAddon = load();

@@ -1,0 +1,298 @@
+import { closeSync, fstatSync } from 'node:fs';
+import * as net from 'node:net';
+import { constants } from 'node:os';
+import { NetnsError, errnoName, codeForErrno, sys } from './errors.js';
+import { Netns, socketNetnsId } from './netns.js';
+import { native, WRITABLE, type NativeTcpSpec } from './native.js';
+
+export interface TcpListenerOptions {
+  /** The namespace the listener lives in. */
+  netns: Netns;
+  /** IP literal to bind (`0.0.0.0`, `::`, `127.0.0.1`, …); its family picks the socket's. */
+  host: string;
+  /** 0 picks a free port; read it with socketLocalAddress(fd) or server.address(). */
+  port: number;
+  backlog?: number;
+  /** SO_MARK (needs CAP_NET_ADMIN). */
+  mark?: number;
+  /** IP_TRANSPARENT / IPV6_TRANSPARENT. */
+  transparent?: boolean;
+  /** SO_REUSEPORT. */
+  reusePort?: boolean;
+  /** IPV6_V6ONLY for an IPv6 host; unset leaves the kernel default (dual-stack). */
+  ipv6Only?: boolean;
+}
+
+export interface TcpSocketOptions {
+  netns: Netns;
+  family: 4 | 6;
+  /** SO_MARK (needs CAP_NET_ADMIN). */
+  mark?: number;
+  /** IP_TRANSPARENT / IPV6_TRANSPARENT: bind to a non-local address (source spoofing). */
+  transparent?: boolean;
+  /** IP_FREEBIND / IPV6_FREEBIND. */
+  freebind?: boolean;
+  /** Local IP literal to bind before connecting (same family). */
+  bindAddress?: string;
+  /** Local port to bind (0 or unset: any). */
+  bindPort?: number;
+}
+
+export interface ConnectTcpOptions extends TcpSocketOptions {
+  /** Destination IP literal, same family as `family`: never a hostname (DNS would run in the host netns). */
+  host: string;
+  port: number;
+  /** Fails with ERR_NETNS_TIMEOUT after this long; unset waits for the kernel's own timeout. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** An address as getsockname or SO_ORIGINAL_DST report it. */
+export interface SocketAddress {
+  address: string;
+  port: number;
+  family: 4 | 6;
+}
+
+function invalid(message: string): NetnsError {
+  return new NetnsError('ERR_NETNS_INVALID_ARGUMENT', message);
+}
+
+function checkNetns(netns: unknown): Netns {
+  if (!(netns instanceof Netns)) throw invalid(`netns must be a Netns (from openNetns/adoptNetnsFd/currentNetns), got ${String(netns)}`);
+  return netns;
+}
+
+function checkPort(port: unknown, what: string): number {
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw invalid(`${what} must be an integer 0..65535, got ${String(port)}`);
+  }
+  return port;
+}
+
+function checkMark(mark: unknown): number | undefined {
+  if (mark === undefined) return undefined;
+  if (typeof mark !== 'number' || !Number.isInteger(mark) || mark < 0 || mark > 0xffffffff) {
+    throw invalid(`mark must be an integer 0..0xffffffff, got ${String(mark)}`);
+  }
+  return mark;
+}
+
+function ipFamily(address: unknown, what: string): 4 | 6 {
+  const family = typeof address === 'string' ? net.isIP(address) : 0;
+  if (family !== 4 && family !== 6) throw invalid(`${what} must be an IPv4 or IPv6 literal, got ${JSON.stringify(address)}`);
+  return family;
+}
+
+function hostPort(host: string, port: number): string {
+  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * A listening TCP socket created inside `netns` (nonblocking, CLOEXEC, SO_REUSEADDR like Node's
+ * own listeners). Returns the fd, owned by the caller: hand it to `server.listen({ fd })`.
+ */
+export function createTcpListener(o: TcpListenerOptions): number {
+  const netns = checkNetns(o.netns);
+  const family = ipFamily(o.host, 'listener host');
+  const port = checkPort(o.port, 'listener port');
+  if (o.backlog !== undefined && (!Number.isInteger(o.backlog) || o.backlog < 1)) {
+    throw invalid(`backlog must be a positive integer, got ${String(o.backlog)}`);
+  }
+  const spec: NativeTcpSpec = {
+    family,
+    mark: checkMark(o.mark),
+    transparent: o.transparent === true,
+    reuseAddr: true,
+    reusePort: o.reusePort === true,
+    ipv6Only: o.ipv6Only,
+    bindAddress: o.host,
+    bindPort: port,
+    listen: true,
+    backlog: o.backlog ?? 511,
+  };
+  const nsFd = netns.checkedFd();
+  return sys(
+    () => `TCP listener on ${hostPort(o.host, port)} in netns ${netns.describe()}`,
+    () => native.createTcp(nsFd, spec),
+  );
+}
+
+/**
+ * Creates a listener with {@link createTcpListener} and makes `server` (default: a new
+ * net.Server) listen on it. Resolves once listening; the server owns the fd from then on.
+ */
+export async function listenTcp(o: TcpListenerOptions, server: net.Server = net.createServer()): Promise<net.Server> {
+  const fd = createTcpListener(o);
+  return new Promise<net.Server>((resolve, reject) => {
+    const onError = (err: Error): void => {
+      server.off('listening', onListening);
+      reject(new NetnsError('ERR_NETNS_SYSCALL', `net.Server failed to listen on TCP fd ${fd} (${hostPort(o.host, o.port)} in netns ${o.netns.describe()}): ${err.message}`, { cause: err }));
+    };
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve(server);
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    try {
+      server.listen({ fd, backlog: o.backlog ?? 511 });
+    } catch (err) {
+      server.off('error', onError);
+      server.off('listening', onListening);
+      closeSync(fd);
+      reject(new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `net.Server cannot listen on TCP fd ${fd}: ${(err as Error).message}`, { cause: err }));
+    }
+  });
+}
+
+function socketSpec(o: TcpSocketOptions): NativeTcpSpec {
+  if (o.family !== 4 && o.family !== 6) throw invalid(`family must be 4 or 6, got ${String(o.family)}`);
+  let bindAddress = o.bindAddress;
+  if (bindAddress !== undefined && ipFamily(bindAddress, 'bindAddress') !== o.family) {
+    throw invalid(`bindAddress ${bindAddress} is not an IPv${o.family} address`);
+  }
+  const bindPort = o.bindPort === undefined ? 0 : checkPort(o.bindPort, 'bindPort');
+  if (bindAddress === undefined && bindPort !== 0) bindAddress = o.family === 4 ? '0.0.0.0' : '::';
+  return {
+    family: o.family,
+    mark: checkMark(o.mark),
+    transparent: o.transparent === true,
+    freebind: o.freebind === true,
+    bindAddress,
+    bindPort,
+  };
+}
+
+/**
+ * An unconnected TCP socket created inside `netns` (nonblocking, CLOEXEC), bound when bindAddress
+ * or bindPort is given. Prefer {@link connectTcp}: wrapping this fd in `net.Socket` and calling
+ * `connect()` yourself can silently produce a host-netns socket without the mark.
+ */
+export function createTcpSocket(o: TcpSocketOptions): number {
+  const netns = checkNetns(o.netns);
+  const spec = socketSpec(o);
+  const nsFd = netns.checkedFd();
+  return sys(
+    () => `TCP socket (IPv${o.family}${spec.bindAddress ? ` bound to ${hostPort(spec.bindAddress, spec.bindPort ?? 0)}` : ''}) in netns ${netns.describe()}`,
+    () => native.createTcp(nsFd, spec),
+  );
+}
+
+interface HandleWithFd {
+  _handle?: { fd?: number } | null;
+}
+
+function fdOf(socket: net.Socket): number | undefined {
+  const fd = (socket as unknown as HandleWithFd)._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+/**
+ * Connects a socket made inside `netns` to `host:port` and resolves with a connected net.Socket.
+ * The connect() runs natively on the fd we created and Node only wraps the connected fd, so Node
+ * never gets the chance to replace it with a fresh socket in the host namespace; the result is
+ * verified to be our socket and to live in `netns` before it is handed out.
+ */
+export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve, reject) => {
+    const netns = checkNetns(o.netns);
+    const spec = socketSpec(o);
+    if (ipFamily(o.host, 'connect host') !== o.family) throw invalid(`connect host ${o.host} is not an IPv${o.family} address`);
+    spec.connectAddress = o.host;
+    spec.connectPort = checkPort(o.port, 'connect port');
+    if (o.timeoutMs !== undefined && !(o.timeoutMs > 0)) throw invalid(`timeoutMs must be positive, got ${String(o.timeoutMs)}`);
+    const target = `${hostPort(o.host, o.port)} from netns ${netns.describe()}`;
+    if (o.signal?.aborted) {
+      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${target} aborted before it started`, { cause: o.signal.reason });
+    }
+    const nsFd = netns.checkedFd();
+    const fd = sys(`connect to ${target}`, () => native.createTcp(nsFd, spec));
+    const inode = fstatSync(fd).ino;
+
+    let timer: NodeJS.Timeout | undefined;
+    let done = false;
+    const poller = new native.Poller(fd, (status) => {
+      if (status < 0) return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target}: poll failed (${status})`));
+      const err = native.socketError(fd);
+      if (err !== 0) {
+        return fail(new NetnsError(codeForErrno(err), `connect to ${target} failed with ${errnoName(err)}`, { errno: err, syscall: 'connect' }));
+      }
+      finish();
+    });
+    const onAbort = (): void =>
+      fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target} aborted`, { cause: o.signal?.reason }));
+    const cleanup = (): void => {
+      done = true;
+      poller.close();
+      if (timer) clearTimeout(timer);
+      o.signal?.removeEventListener('abort', onAbort);
+    };
+    const fail = (err: NetnsError): void => {
+      if (done) return;
+      cleanup();
+      closeSync(fd);
+      reject(err);
+    };
+    const finish = (): void => {
+      if (done) return;
+      cleanup();
+      let socket: net.Socket | undefined;
+      try {
+        const actual = socketNetnsId(fd);
+        if (!netns.sameAs(actual)) {
+          throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: socket fd ${fd} lives in netns [dev ${actual.dev} ino ${actual.ino}], not in the requested one`);
+        }
+        socket = new net.Socket({ fd, readable: true, writable: true });
+        const wrapped = fdOf(socket);
+        if (wrapped !== fd || fstatSync(fd).ino !== inode) {
+          throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: net.Socket wraps fd ${String(wrapped)}, not the socket we created (fd ${fd})`);
+        }
+      } catch (e) {
+        if (socket) socket.destroy();
+        else closeSync(fd);
+        reject(e instanceof NetnsError ? e : new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target}: ${(e as Error).message}`, { cause: e }));
+        return;
+      }
+      resolve(socket);
+    };
+
+    poller.start(WRITABLE);
+    if (o.timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        fail(new NetnsError('ERR_NETNS_TIMEOUT', `connect to ${target} timed out after ${o.timeoutMs} ms`, { errno: constants.errno.ETIMEDOUT, syscall: 'connect' }));
+      }, o.timeoutMs);
+    }
+    o.signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function socketFd(socket: net.Socket | number, what: string): number {
+  if (typeof socket === 'number') {
+    if (!Number.isInteger(socket) || socket < 0) throw new NetnsError('ERR_NETNS_BAD_FD', `${what}: fd must be a non-negative integer, got ${socket}`);
+    return socket;
+  }
+  const fd = fdOf(socket);
+  if (fd === undefined) throw new NetnsError('ERR_NETNS_BAD_FD', `${what}: the net.Socket has no open fd (not connected, or destroyed)`);
+  return fd;
+}
+
+/**
+ * The destination a connection had before iptables REDIRECT/DNAT (SO_ORIGINAL_DST, then
+ * IP6T_SO_ORIGINAL_DST). Throws ERR_NETNS_NO_ORIGINAL_DST when conntrack knows no such connection.
+ */
+export function originalDst(socket: net.Socket | number): SocketAddress {
+  const fd = socketFd(socket, 'originalDst');
+  const E = constants.errno;
+  return sys(`original destination of socket fd ${fd}`, () => native.originalDst(fd), {
+    [E.ENOENT]: 'ERR_NETNS_NO_ORIGINAL_DST',
+    [E.ENOPROTOOPT]: 'ERR_NETNS_NO_ORIGINAL_DST',
+    [E.ENOTCONN]: 'ERR_NETNS_NO_ORIGINAL_DST',
+  });
+}
+
+/** getsockname of a TCP socket fd (e.g. the port a listener bound to port 0 got). */
+export function socketLocalAddress(socket: net.Socket | number): SocketAddress {
+  const fd = socketFd(socket, 'socketLocalAddress');
+  return sys(`local address of socket fd ${fd}`, () => native.localAddress(fd));
+}
