@@ -1,3 +1,5 @@
+export { ZdsClient, type ZdsClientOptions } from './client.js';
+export type { ZdsAddEvent, ZdsHandler } from './client-session.js';
 export {
   MAX_RECORD_BYTES,
   decodeAck,
@@ -18,3 +20,11 @@ export {
   type ZdsProtocolViolation,
 } from './errors.js';
 export { Version } from './gen/zds_pb.js';
+export type { ZdsLogger } from './logger.js';
+export {
+  DEFAULT_ZDS_PATH,
+  ZdsServer,
+  type ZdsConnectionInfo,
+  type ZdsServerEvents,
+  type ZdsServerOptions,
+} from './server.js';

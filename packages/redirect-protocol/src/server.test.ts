@@ -1,0 +1,177 @@
+import { currentNetns, adoptNetnsFd, type Netns } from '@weir/netns';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { encodeAck } from './codec.js';
+import { ZdsError, ZdsNackError, ZdsNotConnectedError, ZdsProtocolError } from './errors.js';
+import { Version } from './gen/zds_pb.js';
+import { ZdsServer } from './server.js';
+import { memoryPair, type MemorySocket } from './test-support/memory-socket.js';
+import { FakeZtunnel, openFdCount, until } from './test-support/peers.js';
+
+const info = { name: 'web-0', namespace: 'default', serviceAccount: 'web' };
+
+let server: ZdsServer;
+let netns: Netns;
+let disconnects: (ZdsError | undefined)[];
+let fdsBefore: number;
+
+function connect(): FakeZtunnel {
+  const [agentEnd, ztunnelEnd] = memoryPair();
+  server.attach(agentEnd);
+  return new FakeZtunnel(ztunnelEnd);
+}
+
+beforeEach(() => {
+  fdsBefore = openFdCount();
+  server = new ZdsServer({ path: '/nonexistent/unused.sock', ackTimeoutMs: 300, keepaliveIntervalMs: 50 });
+  disconnects = [];
+  server.on('disconnect', (_c, err) => disconnects.push(err));
+  netns = currentNetns();
+});
+
+afterEach(async () => {
+  await server.close();
+  netns.close();
+  await new Promise((r) => setTimeout(r, 20));
+  expect(openFdCount()).toBe(fdsBefore);
+});
+
+describe('ZdsServer', () => {
+  it('sends the snapshot after the hello: Add with the netns fd, Keep without, then SnapshotSent', async () => {
+    await expect(server.addWorkload('a', info, netns)).rejects.toBeInstanceOf(ZdsNotConnectedError);
+    server.keepWorkload('k', info);
+    const acked: number[] = [];
+    server.on('snapshotAcked', (c) => acked.push(c.id));
+    const zt = connect();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(zt.received).toEqual([]); // nothing before the hello
+    await zt.hello();
+    await until(() => acked.length === 1, 'snapshotAcked');
+    expect(zt.kinds()).toEqual(['add:a', 'keep:k', 'snapshotSent']);
+    expect(zt.received.map((r) => r.fds.length)).toEqual([1, 0, 0]);
+    const got = adoptNetnsFd(zt.received[0]!.fds.pop()!);
+    expect(got.sameAs(netns)).toBe(true);
+    got.close();
+    expect(zt.received[0]!.req).toEqual({ kind: 'add', uid: 'a', workloadInfo: info });
+    expect(server.connected).toBe(true);
+  });
+
+  it('streams Adds to the newest connection only and Dels to all', async () => {
+    const old = connect();
+    await old.hello();
+    await until(() => old.kinds().includes('snapshotSent'), 'first snapshot');
+    const newer = connect();
+    await newer.hello();
+    await until(() => newer.kinds().includes('snapshotSent'), 'second snapshot');
+    await server.addWorkload('p1', info, netns);
+    expect(newer.kinds()).toEqual(['snapshotSent', 'add:p1']);
+    expect(old.kinds()).toEqual(['snapshotSent']);
+    await server.removeWorkload('p1');
+    expect(newer.kinds()).toEqual(['snapshotSent', 'add:p1', 'del:p1']);
+    expect(old.kinds()).toEqual(['snapshotSent', 'del:p1']);
+    old.closeReceivedFds();
+    newer.closeReceivedFds();
+  });
+
+  it('surfaces a nack as ZdsNackError with the reason, keeps the pod, and the connection stays', async () => {
+    const zt = connect();
+    await zt.hello();
+    await until(() => server.connected, 'connected');
+    zt.replies.set('p1', 'failed to bind 15001: address in use');
+    const err = await server.addWorkload('p1', info, netns).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ZdsNackError);
+    expect((err as ZdsNackError).reason).toBe('failed to bind 15001: address in use');
+    expect((err as ZdsNackError).uid).toBe('p1');
+    zt.replies.clear();
+    await server.addWorkload('p1', info, netns); // the agent's retry
+    expect(disconnects).toEqual([]);
+    // a reconnect replays it: the pod stayed in the snapshot set
+    const next = connect();
+    await next.hello();
+    await until(() => next.kinds().includes('snapshotSent'), 'snapshot');
+    expect(next.kinds()).toEqual(['add:p1', 'snapshotSent']);
+    zt.closeReceivedFds();
+    next.closeReceivedFds();
+  });
+
+  it('reports snapshot nacks as nack events', async () => {
+    server.keepWorkload('k1', info);
+    const nacks: ZdsNackError[] = [];
+    server.on('nack', (e) => nacks.push(e));
+    const zt = connect();
+    zt.replies.set('k1', 'unknown pod');
+    await zt.hello();
+    await until(() => zt.kinds().includes('snapshotSent'), 'snapshot');
+    await until(() => nacks.length === 1, 'nack event');
+    expect(nacks[0]!.uid).toBe('k1');
+    expect(nacks[0]!.reason).toBe('unknown pod');
+  });
+
+  it('closes a connection whose first record is not ZdsHello{V1}', async () => {
+    const bad = connect();
+    // version NOT_USED written out explicitly (proto3 would otherwise encode it as nothing)
+    await bad.socket.send(Buffer.from([0x08, Version.NOT_USED]));
+    await until(() => disconnects.length === 1, 'disconnect');
+    expect(disconnects[0]).toBeInstanceOf(ZdsProtocolError);
+    expect((disconnects[0] as ZdsProtocolError).violation).toBe('bad-version');
+    expect(bad.socket.closed).toBe(true);
+    expect(server.connected).toBe(false);
+  });
+
+  it('drops a connection that does not ack in time and rejects the pending Add', async () => {
+    const zt = connect();
+    await zt.hello();
+    await until(() => server.connected, 'connected');
+    zt.replies.set('slow', 'silent');
+    const err = await server.addWorkload('slow', info, netns).catch((e: unknown) => e);
+    expect((err as ZdsError).code).toBe('ERR_ZDS_ACK_TIMEOUT');
+    expect(disconnects.map((e) => e?.code)).toEqual(['ERR_ZDS_ACK_TIMEOUT']);
+    zt.closeReceivedFds();
+  });
+
+  it('treats an unsolicited record and an fd on an Ack as protocol errors, closing the fd', async () => {
+    const a = connect();
+    await a.hello();
+    await until(() => server.connected, 'connected');
+    await a.socket.send(encodeAck());
+    await until(() => disconnects.length === 1, 'first disconnect');
+    expect((disconnects[0] as ZdsProtocolError).violation).toBe('sequence');
+
+    const b = connect();
+    b.replies.set('p', 'silent');
+    await b.hello();
+    await until(() => server.connected, 'connected again');
+    const pending = server.addWorkload('p', info, netns).catch((e: unknown) => e);
+    await until(() => b.received.length === 1, 'the Add');
+    await b.socket.send(encodeAck(), [netns.fd]);
+    expect(((await pending) as ZdsProtocolError).violation).toBe('fd');
+    b.closeReceivedFds();
+  });
+
+  it('keepalive drops a connection whose socket is gone without a close event', async () => {
+    const zt = connect();
+    await zt.hello();
+    await until(() => server.connected, 'connected');
+    // Simulate a socket that died silently: mark it closed, suppress events.
+    const agentEnd = zt.socket.peer as MemorySocket;
+    agentEnd.emit = () => true;
+    agentEnd.closed = true;
+    await until(() => disconnects.length === 1, 'keepalive disconnect', 1000);
+    expect(disconnects[0]?.code).toBe('ERR_ZDS_DISCONNECTED');
+    expect(server.connected).toBe(false);
+  });
+
+  it('skips a snapshot entry removed before its turn, and the Del goes out after', async () => {
+    server.keepWorkload('gone', info);
+    server.keepWorkload('stays', info);
+    const zt = connect();
+    zt.replies.set('gone', 'silent');
+    await zt.hello();
+    await until(() => zt.received.length === 1, 'first snapshot record');
+    const removal = server.removeWorkload('stays');
+    await until(() => zt.received.length === 1, 'still one');
+    // unblock: answer the silent record by hand
+    await zt.socket.send(encodeAck());
+    await removal;
+    expect(zt.kinds()).toEqual(['keep:gone', 'snapshotSent', 'del:stays']);
+  });
+});
