@@ -1,0 +1,553 @@
+import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import {
+  HboneClient,
+  HboneError,
+  bridge,
+  createHboneServer,
+  type HbonePeer,
+  type HboneServer,
+  type HboneTarget,
+  type HboneTlsOptions,
+} from '@weir/hbone';
+import { NetnsError, connectTcp, listenTcp, originalDst, socketLocalAddress, type Netns } from '@weir/netns';
+import { evaluatePolicies, type AuthorizationDecision, type PeerIdentity } from './authorization.js';
+import { ConnectionRecord } from './connection-record.js';
+import { copyBidirectional, tuneSocket } from './copy.js';
+import { ZtunnelError } from './errors.js';
+import type { IdentityManager, WorkloadCertificate } from './identity.js';
+import type { Workload } from './local-config.js';
+import type { Logger } from './logger.js';
+import type { ResponseFlag, ZtunnelMetrics } from './metrics.js';
+import type { WorkloadStore } from './workload-store.js';
+
+export interface ProxyPorts {
+  outbound: number;
+  inboundPlaintext: number;
+  inbound: number;
+}
+export const DEFAULT_PORTS: ProxyPorts = { outbound: 15001, inboundPlaintext: 15006, inbound: 15008 };
+
+/** `auto`: try IP_TRANSPARENT, fall back without; `required`: fail without it; `never`: don't try. */
+export type OrigSrcMode = 'auto' | 'required' | 'never';
+
+export interface PodWorkloadInfo {
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+}
+
+export interface InpodProxyOptions {
+  uid: string;
+  workloadInfo?: PodWorkloadInfo | undefined;
+  /** The pod's netns; the proxy borrows it (its owner closes it after stop()). */
+  netns: Netns;
+  store: WorkloadStore;
+  identities: IdentityManager;
+  /** The mesh trust bundle (PEM roots). */
+  trustBundle: string;
+  trustDomain: string;
+  mark: number;
+  reusePort: boolean;
+  origSrc: OrigSrcMode;
+  ipv6: boolean;
+  ports?: ProxyPorts;
+  metrics: ZtunnelMetrics;
+  logger: Logger;
+  /** Outbound TCP connect timeout (ztunnel: 10 s). */
+  connectTimeoutMs?: number;
+}
+
+export interface InpodProxyState {
+  uid: string;
+  name: string | undefined;
+  namespace: string | undefined;
+  identity: string;
+  netns: { dev: number; ino: number };
+  listeners: string[];
+  transparent: boolean;
+  connections: number;
+}
+
+const normalizeIp = (ip: string | undefined): string =>
+  ip === undefined ? '' : ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
+const familyOf = (ip: string): 4 | 6 => (net.isIPv6(ip) ? 6 : 4);
+const hostPort = (ip: string, port: number): string => (familyOf(ip) === 6 ? `[${ip}]:${port}` : `${ip}:${port}`);
+
+function errnoOf(err: unknown): number | undefined {
+  return err instanceof NetnsError ? err.errno : undefined;
+}
+
+// Errors where retrying a connect without source spoofing can help (no IP_TRANSPARENT, address not bindable).
+const SPOOF_ERRNOS = new Set([1, 13, 22, 99]); // EPERM EACCES EINVAL EADDRNOTAVAIL
+
+function flagFor(err: unknown): ResponseFlag {
+  if (err instanceof HboneError) {
+    if (err.code === 'ERR_HBONE_TLS' || err.code === 'ERR_HBONE_IDENTITY_MISMATCH') return 'TLS_FAILURE';
+    if (err.code === 'ERR_HBONE_TIMEOUT') return 'NETWORK_POLICY';
+    if (err.code === 'ERR_HBONE_STATUS' && err.status === 401) return 'DENY';
+  }
+  return 'CONNECT';
+}
+
+/**
+ * One pod's proxy: listeners on 15001/15006/15008 inside the pod's netns, an HBONE client for its
+ * outbound tunnels (dialled from inside the pod with the packet mark), an HBONE server for inbound,
+ * and tracking of live connections so the proxy can drain.
+ */
+export class InpodProxy {
+  readonly uid: string;
+  readonly identity: string;
+  readonly #o: InpodProxyOptions;
+  readonly #ports: ProxyPorts;
+  readonly #log: Logger;
+  readonly #servers: net.Server[] = [];
+  readonly #live = new Set<Duplex>();
+  /** IPs this pod answers on: its workload IPs plus local addresses seen on accepted inbound sockets. */
+  readonly #podIps = new Set<string>();
+  #listeners: string[] = [];
+  #transparent = false;
+  #hboneServer: HboneServer | undefined;
+  #hboneClient: HboneClient | undefined;
+  #releaseCert: (() => void) | undefined;
+  #stopped = false;
+
+  constructor(o: InpodProxyOptions) {
+    this.#o = o;
+    this.uid = o.uid;
+    this.#ports = o.ports ?? DEFAULT_PORTS;
+    const info = o.workloadInfo;
+    const w = this.#workload();
+    if (info) this.identity = `spiffe://${o.trustDomain}/ns/${info.namespace}/sa/${info.serviceAccount || 'default'}`;
+    else if (w) this.identity = o.store.identityOf(w);
+    else {
+      throw new ZtunnelError(
+        'ERR_ZTUNNEL_UNKNOWN_WORKLOAD',
+        `pod uid ${o.uid}: no workload info from the node agent and no workload with that uid in the local config`,
+      );
+    }
+    this.#log = o.logger.child({ uid: o.uid });
+  }
+
+  get netns(): Netns {
+    return this.#o.netns;
+  }
+
+  /** The pod's workload in the store (by uid, then by name/namespace); state may change under us. */
+  #workload(): Workload | undefined {
+    const { store, uid, workloadInfo } = this.#o;
+    return store.workloadByUid(uid) ?? (workloadInfo ? store.workloadByName(workloadInfo.namespace, workloadInfo.name) : undefined);
+  }
+
+  #tls(cert: WorkloadCertificate): HboneTlsOptions {
+    return { key: cert.keyPem, cert: cert.chainPem, ca: this.#o.trustBundle };
+  }
+
+  /** Fetches the pod's certificate and binds the three listeners; on failure releases everything. */
+  async start(): Promise<void> {
+    try {
+      const { cert, release } = await this.#o.identities.acquire(this.identity, (next) => {
+        this.#hboneServer?.setTls(this.#tls(next));
+        this.#hboneClient?.setTls(this.#tls(next));
+      });
+      this.#releaseCert = release;
+      const tls = this.#tls(cert);
+      this.#hboneClient = new HboneClient({
+        tls,
+        socketFactory: (peer) =>
+          connectTcp({
+            netns: this.#o.netns,
+            family: familyOf(peer.host),
+            mark: this.#o.mark,
+            host: peer.host,
+            port: peer.port,
+            timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+          }).then((s) => {
+            tuneSocket(s);
+            return s;
+          }),
+        maxStreamsPerSession: 100,
+      });
+      this.#hboneServer = createHboneServer({
+        tls,
+        validateTarget: (t) => this.#isPodIp(t.host),
+        authorize: (peer, target) => this.#authorizeHbone(peer, target),
+        connect: (target, ctx) => this.#connectHbone(target, ctx.peer, ctx.signal),
+        logger: this.#log.child({ component: 'hbone' }),
+      });
+      for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
+      await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
+      await this.#listen(this.#ports.inboundPlaintext, (s) => this.#onInboundPlaintext(s));
+      await this.#listen(this.#ports.inbound, (s) => this.#onInboundHbone(s));
+    } catch (err) {
+      await this.stop({ deadlineMs: 0 });
+      throw err;
+    }
+  }
+
+  async #listen(port: number, onConnection: (s: net.Socket) => void): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: 180_000 }, onConnection);
+    server.on('error', (err: Error) => this.#log.warn({ err, port }, 'listener error'));
+    const { origSrc, mark, reusePort, ipv6, netns } = this.#o;
+    const hosts = ipv6 ? ['::', '0.0.0.0'] : ['0.0.0.0'];
+    let lastErr: unknown;
+    for (const host of hosts) {
+      for (const transparent of origSrc === 'never' ? [false] : origSrc === 'required' ? [true] : [true, false]) {
+        if (this.#servers.length > 0 && transparent !== this.#transparent) continue;
+        try {
+          await listenTcp({ netns, host, port, mark, reusePort, transparent }, server);
+          this.#transparent = transparent;
+          this.#servers.push(server);
+          this.#listeners.push(hostPort(host, port));
+          return;
+        } catch (err) {
+          lastErr = err;
+          const errno = errnoOf(err);
+          // EPERM: no IP_TRANSPARENT here → try without; EAFNOSUPPORT/EADDRNOTAVAIL on [::]: no IPv6 → 0.0.0.0.
+          if (errno === 1 && transparent) continue;
+          if ((errno === 97 || errno === 99) && host === '::') break;
+          throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `pod ${this.uid}: cannot listen on ${hostPort(host, port)}: ${(err as Error).message}`, { cause: err });
+        }
+      }
+    }
+    throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `pod ${this.uid}: cannot listen on port ${port}: ${(lastErr as Error | undefined)?.message}`, { cause: lastErr });
+  }
+
+  #isPodIp(ip: string): boolean {
+    const n = normalizeIp(ip);
+    if (this.#podIps.has(n)) return true;
+    return this.#workload()?.workloadIps.some((a) => normalizeIp(a) === n) ?? false;
+  }
+
+  #track(d: Duplex): void {
+    this.#live.add(d);
+    d.once('close', () => this.#live.delete(d));
+  }
+
+  #src(): { workload: string | undefined; namespace: string | undefined; identity: string } {
+    const w = this.#workload();
+    return {
+      workload: w?.name ?? this.#o.workloadInfo?.name,
+      namespace: w?.namespace ?? this.#o.workloadInfo?.namespace,
+      identity: this.identity,
+    };
+  }
+
+  /** Original destination: SO_ORIGINAL_DST (REDIRECT), else the local address (TPROXY keeps it). */
+  #destination(socket: net.Socket): { address: string; port: number } | undefined {
+    try {
+      const d = originalDst(socket);
+      return { address: normalizeIp(d.address), port: d.port };
+    } catch {
+      try {
+        const d = socketLocalAddress(socket);
+        return { address: normalizeIp(d.address), port: d.port };
+      } catch {
+        return undefined;
+      }
+    }
+  }
+
+  #isOwnPort(port: number): boolean {
+    return port === this.#ports.outbound || port === this.#ports.inbound || port === this.#ports.inboundPlaintext;
+  }
+
+  // ---------------------------------------------------------------- outbound (15001)
+
+  #onOutbound(socket: net.Socket): void {
+    socket.on('error', () => {});
+    this.#track(socket);
+    tuneSocket(socket);
+    void this.#outbound(socket).catch((err) => {
+      this.#log.warn({ err }, 'outbound connection failed');
+      socket.destroy();
+    });
+  }
+
+  async #outbound(socket: net.Socket): Promise<void> {
+    const srcAddr = hostPort(normalizeIp(socket.remoteAddress), socket.remotePort ?? 0);
+    const dst = this.#destination(socket);
+    if (!dst) return void socket.destroy();
+    const dstAddr = hostPort(dst.address, dst.port);
+    if (this.#isOwnPort(dst.port)) {
+      this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': dstAddr }, 'connection failed: recursive call to ourselves');
+      return void socket.destroy();
+    }
+    const resolved = this.#o.store.resolve(dst.address, dst.port);
+    const target = resolved?.workload.protocol === 'HBONE' ? resolved : undefined;
+    const src = { addr: srcAddr, ...this.#src() };
+    if (target) {
+      const { workload: w, address, port, service } = target;
+      const identity = this.#o.store.identityOf(w);
+      const record = new ConnectionRecord(
+        {
+          direction: 'outbound',
+          src,
+          dst: {
+            addr: hostPort(address, port),
+            hboneAddr: hostPort(address, this.#ports.inbound),
+            service: service?.hostname,
+            workload: w.name,
+            namespace: w.namespace,
+            identity,
+          },
+          mtls: true,
+        },
+        this.#o.metrics,
+        this.#log.child({ component: 'access' }),
+      );
+      const abort = new AbortController();
+      const onEarlyClose = (): void => abort.abort(new Error('downstream closed'));
+      socket.once('close', onEarlyClose);
+      let tunnel: Duplex;
+      try {
+        tunnel = await this.#hboneClient!.connect({
+          peer: { host: address, port: this.#ports.inbound },
+          target: { host: address, port },
+          expectedIdentities: [identity, ...(service?.subjectAltNames ?? [])],
+          headers: { forwarded: `for="${srcAddr}"` },
+          signal: abort.signal,
+        });
+      } catch (err) {
+        const flag = flagFor(err);
+        const hint = flag === 'NETWORK_POLICY' ? ' (maybe a NetworkPolicy is blocking HBONE port 15008?)' : '';
+        record.fail(flag, `${(err as Error).message}${hint}`);
+        socket.destroy();
+        return;
+      } finally {
+        socket.off('close', onEarlyClose);
+      }
+      if (socket.destroyed) {
+        tunnel.destroy();
+        record.fail('CONNECT', 'downstream closed before the tunnel was up');
+        return;
+      }
+      const r = await bridge(tunnel, socket);
+      record.complete(r.tunnelToSocket, r.socketToTunnel);
+      return;
+    }
+    // Not a mesh workload: plain TCP, still from inside the pod and marked so the pod's rules let it out.
+    const record = new ConnectionRecord(
+      {
+        direction: 'outbound',
+        src,
+        dst: { addr: dstAddr, workload: resolved?.workload.name, namespace: resolved?.workload.namespace, service: resolved?.service?.hostname },
+        mtls: false,
+      },
+      this.#o.metrics,
+      this.#log.child({ component: 'access' }),
+    );
+    const host = resolved?.address ?? dst.address;
+    const port = resolved?.port ?? dst.port;
+    let upstream: net.Socket;
+    try {
+      upstream = await connectTcp({
+        netns: this.#o.netns,
+        family: familyOf(host),
+        mark: this.#o.mark,
+        host,
+        port,
+        timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+      });
+    } catch (err) {
+      record.fail('CONNECT', (err as Error).message);
+      socket.destroy();
+      return;
+    }
+    tuneSocket(upstream);
+    const r = await copyBidirectional(socket, upstream);
+    record.complete(r.sent, r.received);
+  }
+
+  // ---------------------------------------------------------------- inbound
+
+  #authorize(sourceIp: string, identity: PeerIdentity | undefined, dstIp: string, dstPort: number): AuthorizationDecision {
+    const w = this.#workload();
+    const policies = w ? this.#o.store.policiesFor(w) : [];
+    return evaluatePolicies(
+      policies,
+      { sourceIp, sourceIdentity: identity, destinationIp: dstIp, destinationPort: dstPort },
+      {
+        onDryRun: (p, matched) =>
+          this.#log.info({ policy: `${p.namespace}/${p.name}`, action: p.action, matched, src: sourceIp }, 'dry-run authorization policy evaluated'),
+      },
+    );
+  }
+
+  #inboundRecord(srcAddr: string, srcIdentity: string | undefined, dstIp: string, dstPort: number, mtls: boolean): ConnectionRecord {
+    const src = this.#o.store.workloadByIp(srcAddr.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''));
+    const me = this.#src();
+    return new ConnectionRecord(
+      {
+        direction: 'inbound',
+        src: { addr: srcAddr, workload: src?.name, namespace: src?.namespace, identity: srcIdentity },
+        dst: {
+          addr: hostPort(dstIp, dstPort),
+          hboneAddr: mtls ? hostPort(dstIp, this.#ports.inbound) : undefined,
+          workload: me.workload,
+          namespace: me.namespace,
+          identity: me.identity,
+        },
+        mtls,
+      },
+      this.#o.metrics,
+      this.#log.child({ component: 'access' }),
+    );
+  }
+
+  /** Connects to the app inside the pod: marked, and from the client's own address when transparent works. */
+  async #connectApp(host: string, port: number, clientIp: string, signal?: AbortSignal): Promise<net.Socket> {
+    const base = {
+      netns: this.#o.netns,
+      family: familyOf(host),
+      mark: this.#o.mark,
+      host,
+      port,
+      timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+      ...(signal ? { signal } : {}),
+    };
+    const spoof = this.#transparent && clientIp !== '' && familyOf(clientIp) === familyOf(host) && clientIp !== host;
+    let socket: net.Socket;
+    if (spoof) {
+      try {
+        socket = await connectTcp({ ...base, transparent: true, freebind: true, bindAddress: clientIp });
+      } catch (err) {
+        const errno = errnoOf(err);
+        if (this.#o.origSrc === 'required' || errno === undefined || !SPOOF_ERRNOS.has(errno)) throw err;
+        this.#log.debug({ err, clientIp }, 'source spoofing failed, connecting from the pod address');
+        socket = await connectTcp(base);
+      }
+    } else {
+      socket = await connectTcp(base);
+    }
+    tuneSocket(socket);
+    return socket;
+  }
+
+  #onInboundHbone(socket: net.Socket): void {
+    socket.on('error', () => {});
+    this.#log.debug({ src: socket.remoteAddress }, 'inbound HBONE connection');
+    const local = normalizeIp(socket.localAddress);
+    if (local !== '') this.#podIps.add(local);
+    tuneSocket(socket);
+    if (!this.#hboneServer || this.#stopped) return void socket.destroy();
+    this.#hboneServer.handleConnection(socket);
+  }
+
+  #authorizeHbone(peer: HbonePeer, target: HboneTarget): boolean {
+    const srcIp = normalizeIp(peer.remoteAddress);
+    const identity = peer.identity
+      ? { trustDomain: peer.identity.trustDomain, namespace: peer.identity.namespace, serviceAccount: peer.identity.serviceAccount }
+      : undefined;
+    const d = this.#authorize(srcIp, identity, normalizeIp(target.host), target.port);
+    if (!d.allowed) {
+      const record = this.#inboundRecord(hostPort(srcIp, peer.remotePort), peer.identity?.toString(), normalizeIp(target.host), target.port, true);
+      record.fail('DENY', `connection denied by authorization policy (${d.reason}${d.policy ? ` ${d.policy}` : ''})`);
+    }
+    return d.allowed;
+  }
+
+  async #connectHbone(target: HboneTarget, peer: HbonePeer, signal: AbortSignal): Promise<Duplex> {
+    const srcIp = normalizeIp(peer.remoteAddress);
+    const dstIp = normalizeIp(target.host);
+    const record = this.#inboundRecord(hostPort(srcIp, peer.remotePort), peer.identity?.toString(), dstIp, target.port, true);
+    let upstream: net.Socket;
+    try {
+      upstream = await this.#connectApp(dstIp, target.port, srcIp, signal);
+    } catch (err) {
+      record.fail('CONNECT', (err as Error).message);
+      throw err;
+    }
+    this.#track(upstream);
+    upstream.once('close', () => record.complete(upstream.bytesRead, upstream.bytesWritten));
+    return upstream;
+  }
+
+  #onInboundPlaintext(socket: net.Socket): void {
+    socket.on('error', () => {});
+    this.#track(socket);
+    tuneSocket(socket);
+    void this.#inboundPlaintext(socket).catch((err) => {
+      this.#log.warn({ err }, 'inbound connection failed');
+      socket.destroy();
+    });
+  }
+
+  async #inboundPlaintext(socket: net.Socket): Promise<void> {
+    const srcIp = normalizeIp(socket.remoteAddress);
+    const srcAddr = hostPort(srcIp, socket.remotePort ?? 0);
+    const dst = this.#destination(socket);
+    if (!dst) return void socket.destroy();
+    this.#podIps.add(dst.address);
+    if (this.#isOwnPort(dst.port)) {
+      this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': hostPort(dst.address, dst.port) }, 'connection failed: recursive call to ourselves');
+      return void socket.destroy();
+    }
+    const record = this.#inboundRecord(srcAddr, undefined, dst.address, dst.port, false);
+    const d = this.#authorize(srcIp, undefined, dst.address, dst.port);
+    if (!d.allowed) {
+      record.fail('DENY', `connection denied by authorization policy (${d.reason}${d.policy ? ` ${d.policy}` : ''})`);
+      return void socket.destroy();
+    }
+    let upstream: net.Socket;
+    try {
+      upstream = await this.#connectApp(dst.address, dst.port, srcIp);
+    } catch (err) {
+      record.fail('CONNECT', (err as Error).message);
+      return void socket.destroy();
+    }
+    const r = await copyBidirectional(socket, upstream);
+    record.complete(r.sent, r.received);
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  state(): InpodProxyState {
+    const info = this.#o.workloadInfo;
+    const w = this.#workload();
+    return {
+      uid: this.uid,
+      name: info?.name ?? w?.name,
+      namespace: info?.namespace ?? w?.namespace,
+      identity: this.identity,
+      netns: { dev: this.#o.netns.id.dev, ino: this.#o.netns.id.ino },
+      listeners: [...this.#listeners],
+      transparent: this.#transparent,
+      connections: this.#live.size + (this.#hboneServer?.stats().tunnels ?? 0),
+    };
+  }
+
+  /** Stops accepting at once; no-op when already stopped. */
+  closeListeners(): void {
+    for (const s of this.#servers.splice(0)) s.close();
+  }
+
+  /**
+   * Drains: listeners close at once, HBONE sessions get GOAWAY, established connections may finish
+   * until `deadlineMs` (0: cut now), then whatever is left is destroyed.
+   */
+  async stop(o: { deadlineMs: number }): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    this.closeListeners();
+    const deadline = Math.max(0, o.deadlineMs);
+    const serverClosed = this.#hboneServer?.close({ deadlineMs: deadline }) ?? Promise.resolve();
+    if (this.#live.size > 0 && deadline > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, deadline);
+        const check = (): void => {
+          if (this.#live.size === 0) {
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+        for (const d of this.#live) d.once('close', () => setImmediate(check));
+      });
+    }
+    for (const d of [...this.#live]) d.destroy();
+    await serverClosed.catch(() => {});
+    await this.#hboneClient?.close();
+    this.#releaseCert?.();
+    this.#releaseCert = undefined;
+  }
+}

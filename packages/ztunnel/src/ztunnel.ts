@@ -1,0 +1,203 @@
+import type { AddressInfo } from 'node:net';
+import { ZdsClient } from '@weir/redirect-protocol';
+import { createAdminServer, createMetricsServer, createReadinessServer, parseListenAddress, type HttpEndpoint, type ListenAddress } from './admin.js';
+import { IdentityManager, type CertificateSource } from './identity.js';
+import { InpodManager } from './inpod-manager.js';
+import type { OrigSrcMode, ProxyPorts } from './inpod-proxy.js';
+import type { LocalConfig } from './local-config.js';
+import { silentLogger, type LogLevel, type Logger } from './logger.js';
+import { ZtunnelMetrics } from './metrics.js';
+import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
+
+export interface ZtunnelOptions {
+  /** The node agent's ZDS socket (ztunnel connects). */
+  inpodUds: string;
+  /** SO_MARK on every pod socket; default 1337. */
+  packetMark?: number;
+  /** SO_REUSEPORT on pod listeners; default true. */
+  portReuse?: boolean;
+  /** Source spoofing towards the app; default `auto`. */
+  origSrc?: OrigSrcMode;
+  /** Listen on `[::]` (dual stack) rather than `0.0.0.0`; default true. */
+  ipv6Enabled?: boolean;
+  trustDomain?: string;
+  clusterId?: string;
+  nodeName?: string;
+  /** ztunnel's LOCAL_XDS_PATH: read at start and reloaded on change. */
+  localXdsPath?: string;
+  /** Inline workload state (used when no path is given). */
+  localConfig?: LocalConfig;
+  /** Issues workload certificates (an embedded LocalCa); `rootPem` is the mesh trust bundle. */
+  ca: CertificateSource & { rootPem: string };
+  /** Workload certificate lifetime; rotated at half-life. Default 24 h. */
+  certTtlSeconds?: number;
+  /** How long established connections may run after stop(); default 5 s. */
+  terminationDeadlineMs?: number;
+  /** Admin server (`/config_dump`, `/logging`, `/quitquitquit`); default 127.0.0.1:15000; null: off. */
+  adminAddress?: ListenAddress | string | null;
+  /** Metrics server; default [::]:15020; null: off. */
+  metricsAddress?: ListenAddress | string | null;
+  /** Readiness server; default [::]:15021; null: off. */
+  readinessAddress?: ListenAddress | string | null;
+  /** In-pod ports; default 15001/15006/15008. */
+  ports?: ProxyPorts;
+  /** Retry period of a proxy that failed to start; default 5 s. */
+  proxyRetryMs?: number;
+  /** ZDS reconnect backoff (ms); default 10 ms doubling to 15 s. */
+  zdsBackoff?: { initialMs: number; maxMs: number };
+  logger?: Logger;
+  /** Runtime log level control behind `/logging`. */
+  logControl?: { readonly level: LogLevel; setLevel(level: LogLevel): void };
+  /** Called on `/quitquitquit` (the app usually stops and exits). */
+  onQuit?: () => void;
+  /** Also export process metrics (CPU, memory, event loop). */
+  processMetrics?: boolean;
+}
+
+type EndpointName = 'admin' | 'metrics' | 'readiness';
+
+const toAddress = (a: ListenAddress | string): ListenAddress => (typeof a === 'string' ? parseListenAddress(a) : a);
+
+/**
+ * The node proxy: takes pods from the node agent over ZDS, runs an InpodProxy per pod, serves admin,
+ * metrics and readiness. start() once, stop() once.
+ */
+export class Ztunnel {
+  readonly store: WorkloadStore;
+  readonly metrics: ZtunnelMetrics;
+  readonly identities: IdentityManager;
+  readonly manager: InpodManager;
+  readonly #o: ZtunnelOptions;
+  readonly #log: Logger;
+  #watcher: LocalConfigWatcher | undefined;
+  #zds: ZdsClient | undefined;
+  readonly #http: { name: EndpointName; endpoint: HttpEndpoint; address: ListenAddress }[] = [];
+  #stopping: Promise<void> | undefined;
+
+  constructor(o: ZtunnelOptions) {
+    this.#o = o;
+    this.#log = o.logger ?? silentLogger;
+    const trustDomain = o.trustDomain ?? 'cluster.local';
+    this.store = new WorkloadStore({ trustDomain, ...(o.localConfig ? { config: o.localConfig } : {}) });
+    this.metrics = new ZtunnelMetrics({ processMetrics: o.processMetrics ?? false });
+    this.identities = new IdentityManager(o.ca, { ttlSeconds: o.certTtlSeconds ?? 86_400, logger: this.#log.child({ component: 'identity' }) });
+    this.manager = new InpodManager({
+      proxy: {
+        store: this.store,
+        identities: this.identities,
+        trustBundle: o.ca.rootPem,
+        trustDomain,
+        mark: o.packetMark ?? 1337,
+        reusePort: o.portReuse ?? true,
+        origSrc: o.origSrc ?? 'auto',
+        ipv6: o.ipv6Enabled ?? true,
+        ...(o.ports ? { ports: o.ports } : {}),
+      },
+      metrics: this.metrics,
+      logger: this.#log,
+      ...(o.proxyRetryMs !== undefined ? { retryMs: o.proxyRetryMs } : {}),
+    });
+    const any = (o.ipv6Enabled ?? true) ? '::' : '0.0.0.0';
+    const servers: [EndpointName, ListenAddress | string | null | undefined, ListenAddress, () => HttpEndpoint][] = [
+      ['admin', o.adminAddress, { host: '127.0.0.1', port: 15000 }, () => this.#adminServer()],
+      ['metrics', o.metricsAddress, { host: any, port: 15020 }, () => createMetricsServer(this.metrics)],
+      ['readiness', o.readinessAddress, { host: any, port: 15021 }, () => createReadinessServer(() => this.pending())],
+    ];
+    for (const [name, addr, def, make] of servers) {
+      if (addr === null) continue;
+      this.#http.push({ name, endpoint: make(), address: addr === undefined ? def : toAddress(addr) });
+    }
+  }
+
+  #adminServer(): HttpEndpoint {
+    return createAdminServer({
+      configDump: () => this.configDump(),
+      logLevel: () => this.#o.logControl?.level ?? 'info',
+      setLogLevel: (level) => {
+        if (!this.#o.logControl) throw new Error('log level is fixed (no log control given)');
+        this.#o.logControl.setLevel(level);
+        this.#log.info({ level }, 'log level changed');
+      },
+      quit: () => this.#o.onQuit?.(),
+    });
+  }
+
+  /** Loads local state, opens the HTTP endpoints and connects to the node agent. */
+  async start(): Promise<void> {
+    if (this.#o.localXdsPath !== undefined) {
+      this.#watcher = new LocalConfigWatcher(this.#o.localXdsPath, this.store, this.#log.child({ component: 'xds' }));
+      await this.#watcher.start();
+    }
+    try {
+      for (const h of this.#http) {
+        const a = await h.endpoint.listen(h.address);
+        this.#log.info({ address: `${a.address}:${a.port}`, component: h.name }, `${h.name} server listening`);
+      }
+    } catch (err) {
+      await Promise.all(this.#http.map((h) => h.endpoint.close()));
+      this.#watcher?.close();
+      throw err;
+    }
+    this.#zds = new ZdsClient({
+      path: this.#o.inpodUds,
+      logger: this.#log.child({ component: 'inpod' }),
+      ...(this.#o.zdsBackoff ? { backoff: this.#o.zdsBackoff } : {}),
+    });
+    this.#zds.start(this.manager);
+  }
+
+  /** Where each HTTP endpoint listens (useful with port 0). */
+  addresses(): Partial<Record<'admin' | 'metrics' | 'readiness', AddressInfo>> {
+    const out: Partial<Record<'admin' | 'metrics' | 'readiness', AddressInfo>> = {};
+    for (const h of this.#http) {
+      const a = h.endpoint.address();
+      if (a) out[h.name] = a;
+    }
+    return out;
+  }
+
+  /** Why readiness fails; empty when ready. */
+  pending(): string[] {
+    return this.#stopping ? ['shutting down'] : this.manager.pending();
+  }
+
+  configDump(): unknown {
+    return {
+      config: {
+        inpodUds: this.#o.inpodUds,
+        packetMark: this.#o.packetMark ?? 1337,
+        portReuse: this.#o.portReuse ?? true,
+        trustDomain: this.store.defaultTrustDomain,
+        clusterId: this.#o.clusterId ?? 'Kubernetes',
+        nodeName: this.#o.nodeName ?? '',
+        localXdsPath: this.#o.localXdsPath ?? null,
+      },
+      workloads: this.store.config.workloads,
+      services: this.store.config.services,
+      policies: this.store.config.policies,
+      certificates: this.identities.certificates(),
+      pods: this.manager.pods(),
+      ready: this.pending().length === 0,
+    };
+  }
+
+  /**
+   * Shuts down like ztunnel on SIGTERM: pod listeners close at once (a successor bound beside us with
+   * SO_REUSEPORT takes new connections), established ones run until the deadline, HBONE sessions get
+   * GOAWAY, then everything is closed.
+   */
+  stop(o: { deadlineMs?: number } = {}): Promise<void> {
+    this.#stopping ??= (async () => {
+      const deadlineMs = o.deadlineMs ?? this.#o.terminationDeadlineMs ?? 5000;
+      this.#log.info({ deadline_ms: deadlineMs }, 'shutting down: listeners closed, draining connections');
+      this.manager.closeListeners();
+      this.#zds?.close();
+      this.#watcher?.close();
+      await this.manager.close({ deadlineMs });
+      this.identities.close();
+      await Promise.all(this.#http.map((h) => h.endpoint.close()));
+      this.#log.info({}, 'shutdown complete');
+    })();
+    return this.#stopping;
+  }
+}
