@@ -1,0 +1,75 @@
+import { rm } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cgroupPids, removeCgroupParentIfEmpty, removeCgroupTree } from './cgroup.js';
+import type { Logger } from './logger.js';
+import { deleteNetns, netnsInode, netnsPath, pidsInNetns } from './netns.js';
+
+export interface TeardownTargets {
+  /** Netns names, deleted in this order (pods before nodes before the underlay reads best in logs). */
+  netns: string[];
+  /** cgroup subtrees to empty and remove. */
+  cgroups: string[];
+  /** cgroup v2 mount, to drop the shared parent when it is empty. */
+  cgroupMount?: string;
+  stateDirs: string[];
+}
+
+export interface TeardownReport {
+  netns: string[];
+  killed: number[];
+  cgroups: string[];
+  stateDirs: string[];
+}
+
+/**
+ * Remove what a topology created, without needing any live handle: SIGKILL every process inside its
+ * namespaces or cgroups (found by netns inode in /proc and by cgroup.procs), delete the namespaces (which
+ * deletes every link in them), remove the cgroups and state directories. Safe to run twice.
+ */
+export async function teardown(targets: TeardownTargets, logger: Logger): Promise<TeardownReport> {
+  const inodes = new Set<number>();
+  for (const name of targets.netns) {
+    const inode = await netnsInode(netnsPath(name));
+    if (inode !== undefined) inodes.add(inode);
+  }
+  const killed = new Set<number>();
+  // Processes can fork while we kill; a few rounds catch the stragglers.
+  for (let round = 0; round < 50; round++) {
+    const pids = new Set(await pidsInNetns(inodes));
+    for (const dir of targets.cgroups) for (const pid of await cgroupPids(dir)) pids.add(pid);
+    if (pids.size === 0) break;
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+        if (!killed.has(pid)) logger.info({ pid }, 'killed leftover process');
+        killed.add(pid);
+      } catch {
+        // Already gone.
+      }
+    }
+    await sleep(20);
+  }
+  const removedNetns: string[] = [];
+  for (const name of targets.netns) {
+    await deleteNetns(name);
+    removedNetns.push(name);
+    logger.debug({ netns: name }, 'netns deleted');
+  }
+  for (const dir of targets.cgroups) await removeCgroupWithRetry(dir);
+  if (targets.cgroupMount !== undefined) await removeCgroupParentIfEmpty(targets.cgroupMount);
+  for (const dir of targets.stateDirs) await rm(dir, { recursive: true, force: true });
+  return { netns: removedNetns, killed: [...killed], cgroups: targets.cgroups, stateDirs: targets.stateDirs };
+}
+
+async function removeCgroupWithRetry(dir: string): Promise<void> {
+  // A killed process leaves its cgroup a moment after the signal; rmdir says EBUSY until then.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await removeCgroupTree(dir);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || attempt >= 100) throw err;
+      await sleep(20);
+    }
+  }
+}
