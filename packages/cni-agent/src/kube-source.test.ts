@@ -1,0 +1,106 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KubeConfig } from '@kubernetes/client-node';
+import { FakeApiServer } from '@weir/fake-apiserver';
+import { afterEach, describe, expect, it } from 'vitest';
+import { KubePodSource } from './kube-source.js';
+import type { NamespaceInfo, PodInfo } from './pod.js';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function pod(name: string, node: string, labels: Record<string, string> = {}) {
+  return {
+    metadata: { name, namespace: 'apps', labels },
+    spec: { nodeName: node, containers: [{ name: 'c', image: 'x' }], serviceAccountName: 'web' },
+    status: { phase: 'Running', podIP: '10.1.0.5', podIPs: [{ ip: '10.1.0.5' }] },
+  };
+}
+
+async function setup() {
+  const server = await FakeApiServer.start();
+  const dir = await mkdtemp(join(tmpdir(), 'weir-agent-kube-'));
+  const kc = new KubeConfig();
+  kc.loadFromFile(await server.kubeconfig(join(dir, 'kubeconfig')));
+  const seen: string[] = [];
+  const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1', backoffInitialMs: 50, backoffMaxMs: 200 });
+  cleanups.push(async () => {
+    await src.stop();
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const handlers = {
+    podChanged: (p: PodInfo) => seen.push(`pod ${p.name} ${JSON.stringify(p.labels)}`),
+    podDeleted: (p: PodInfo) => seen.push(`deleted ${p.name}`),
+    namespaceChanged: (n: NamespaceInfo) => seen.push(`ns ${n.name} ${JSON.stringify(n.labels)}`),
+    invalid: (e: Error) => seen.push(`invalid ${e.message}`),
+  };
+  return { server, src, seen, handlers };
+}
+
+describe('KubePodSource', () => {
+  it('watches only pods on its node, relists after 410 Gone, and patches the annotation on pods/status', async () => {
+    const { server, src, seen, handlers } = await setup();
+    server.createNamespace('apps', { 'istio.io/dataplane-mode': 'ambient' });
+    server.createPod(pod('web-0', 'node-1'));
+    server.createPod(pod('other', 'node-2'));
+    await src.start(handlers);
+    expect(src.pods().map((p) => p.name)).toEqual(['web-0']);
+    expect(src.pod('apps', 'web-0')).toMatchObject({ serviceAccount: 'web', ips: ['10.1.0.5'], nodeName: 'node-1' });
+    expect(src.namespace('apps')?.labels).toMatchObject({ 'istio.io/dataplane-mode': 'ambient' });
+    const podLists = server.requests.filter((r) => r.path === '/api/v1/pods' && !r.watch);
+    expect(podLists[0]?.query.fieldSelector).toBe('spec.nodeName=node-1');
+
+    server.compact();
+    server.createPod(pod('web-1', 'node-1', { app: 'w' }));
+    await until(() => seen.some((s) => s.startsWith('pod web-1')), 'web-1 after 410');
+    expect(server.requests.filter((r) => r.path === '/api/v1/pods' && !r.watch).length).toBeGreaterThan(1);
+
+    const web0 = src.pod('apps', 'web-0')!;
+    await src.setRedirection(web0, 'enabled');
+    const patch = server.requests.find((r) => r.method === 'PATCH');
+    expect(patch?.path).toBe('/api/v1/namespaces/apps/pods/web-0/status');
+    expect(patch?.contentType).toBe('application/merge-patch+json');
+    expect(server.getPod('apps', 'web-0')?.metadata.annotations?.['ambient.istio.io/redirection']).toBe('enabled');
+    await src.setRedirection(web0, null);
+    expect(server.getPod('apps', 'web-0')?.metadata.annotations?.['ambient.istio.io/redirection']).toBeUndefined();
+
+    await src.recordEvent(web0, { type: 'Warning', reason: 'AmbientCaptureFailed', message: 'netns gone' });
+    expect(server.events[0]).toMatchObject({ reason: 'AmbientCaptureFailed', involvedObject: { name: 'web-0', kind: 'Pod' } });
+
+    server.deletePod('apps', 'web-1');
+    await until(() => seen.includes('deleted web-1'), 'delete');
+  });
+
+  it('restarts the informer with backoff after API errors and closed watches', async () => {
+    const { server, src, seen, handlers } = await setup();
+    server.failNext(3, 500, { method: 'GET', path: '/api/v1/pods' });
+    server.createPod(pod('web-0', 'node-1'));
+    await src.start(handlers);
+    expect(src.pods().map((p) => p.name)).toEqual(['web-0']);
+
+    server.closeWatches();
+    server.failNext(2, 500, { method: 'GET', path: '/api/v1/pods' });
+    server.createPod(pod('web-2', 'node-1'));
+    await until(() => seen.some((s) => s.startsWith('pod web-2')), 'web-2 after watch errors');
+    expect(server.requests.filter((r) => r.path === '/api/v1/pods' && r.status === 500)).toHaveLength(5);
+
+    // A malformed object is reported and skipped; the watch goes on.
+    server.createPod({ metadata: { name: 'bad', namespace: 'apps' }, spec: { nodeName: 'node-1', hostNetwork: 'yes' } } as never);
+    server.createPod(pod('web-3', 'node-1'));
+    await until(() => seen.some((s) => s.startsWith('pod web-3')), 'web-3 after a malformed pod');
+    expect(seen.some((s) => s.startsWith('invalid malformed pod apps/bad'))).toBe(true);
+    expect(await src.fetchPod('apps', 'nope')).toBeUndefined();
+  });
+});
