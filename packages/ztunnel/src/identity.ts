@@ -185,3 +185,8 @@ export class IdentityManager {
     this.#entries.clear();
   }
 }
+
+/** A fresh in-memory CA (the default when no CA files are configured: this ztunnel trusts only itself). */
+export async function createEmbeddedCa(trustDomain: string): Promise<LocalCa> {
+  return LocalCa.create({ trustDomain });
+}

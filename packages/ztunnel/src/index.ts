@@ -10,7 +10,7 @@ export { parseLocalConfig } from './local-config.js';
 export type { LocalConfig, Policy, RbacMatch, Service, ServiceAccountMatch, StringMatch, Workload } from './local-config.js';
 export { evaluatePolicies, policyMatches, parseSpiffeIdentity, formatSpiffeIdentity } from './authorization.js';
 export type { AuthorizationDecision, ConnectionAttributes, EvaluateOptions, PeerIdentity } from './authorization.js';
-export { IdentityManager, loadOrCreateCa } from './identity.js';
+export { IdentityManager, createEmbeddedCa, loadOrCreateCa } from './identity.js';
 export type { CaFiles, CertificateSource, CertificateState, WorkloadCertificate } from './identity.js';
 export { ZtunnelMetrics } from './metrics.js';
 export type { ResponseFlag, TcpLabels } from './metrics.js';

@@ -1,0 +1,71 @@
+#!/usr/bin/env node
+import { Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa } from '@weir/ztunnel';
+import { ConfigError, effectiveConfigLines, parseConfig, type AppConfig } from './config.js';
+
+async function main(): Promise<void> {
+  let config: AppConfig;
+  try {
+    config = parseConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      for (const p of err.problems) process.stderr.write(`weir-ztunnel: invalid configuration: ${p}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const logControl = createLogger({ level: config.logLevel, format: config.logFormat });
+  const log = logControl.logger;
+  // The effective configuration, once, as ztunnel prints it (`inpod_enabled: true`, …).
+  if (config.logFormat === 'text') process.stdout.write(effectiveConfigLines(config).join('\n') + '\n');
+  else log.info({ config: Object.fromEntries(effectiveConfigLines(config).map((l) => l.split(/: (.*)/s).slice(0, 2))) }, 'effective configuration');
+
+  const ca = config.ca
+    ? (await loadOrCreateCa({ ...config.ca, trustDomain: config.trustDomain })).ca
+    : await createEmbeddedCa(config.trustDomain);
+
+  let ztunnel: Ztunnel | undefined;
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'received termination signal, draining');
+    void (ztunnel?.stop({ deadlineMs: config.terminationDeadlineMs }) ?? Promise.resolve()).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+
+  ztunnel = new Ztunnel({
+    inpodUds: config.inpodUds,
+    packetMark: config.packetMark,
+    portReuse: config.portReuse,
+    origSrc: config.origSrc,
+    ipv6Enabled: config.ipv6Enabled,
+    trustDomain: config.trustDomain,
+    clusterId: config.clusterId,
+    nodeName: config.nodeName,
+    ...(config.localXdsPath !== undefined ? { localXdsPath: config.localXdsPath } : {}),
+    ca,
+    certTtlSeconds: config.certTtlSeconds,
+    terminationDeadlineMs: config.terminationDeadlineMs,
+    adminAddress: config.adminAddr,
+    metricsAddress: config.metricsAddr,
+    readinessAddress: config.readinessAddr,
+    logger: log,
+    logControl,
+    onQuit: () => shutdown('quitquitquit'),
+    processMetrics: true,
+  });
+  await ztunnel.start();
+  log.info({ version: '0.0.0' }, 'ztunnel started');
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`weir-ztunnel: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
