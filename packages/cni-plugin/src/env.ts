@@ -1,0 +1,95 @@
+import { z } from 'zod';
+import { CniPluginError } from './errors.js';
+
+export const CNI_COMMANDS = ['ADD', 'DEL', 'CHECK', 'VERSION', 'STATUS', 'GC'] as const;
+export type CniCommand = (typeof CNI_COMMANDS)[number];
+
+/** The Kubernetes keys a runtime puts in `CNI_ARGS` (others are ignored, as `IgnoreUnknown` would). */
+export interface K8sArgs {
+  K8S_POD_NAMESPACE?: string;
+  K8S_POD_NAME?: string;
+  K8S_POD_UID?: string;
+  K8S_POD_INFRA_CONTAINER_ID?: string;
+}
+
+/** The plugin's invocation environment, validated. */
+export interface CniEnv {
+  command: CniCommand;
+  containerId: string | undefined;
+  netns: string | undefined;
+  ifName: string | undefined;
+  args: K8sArgs;
+  /** `CNI_PATH` split on `:`. */
+  path: string[];
+}
+
+/** Which variables each command requires (SPEC.md "Parameters"). */
+const REQUIRED: Record<CniCommand, readonly string[]> = {
+  ADD: ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_PATH'],
+  CHECK: ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_PATH'],
+  DEL: ['CNI_CONTAINERID', 'CNI_IFNAME', 'CNI_PATH'],
+  VERSION: [],
+  STATUS: [],
+  GC: [],
+};
+
+const argValue = z.string().regex(/^[\x21-\x7e]*$/, 'must be printable ASCII without spaces');
+const k8sArgsSchema = z.object({
+  K8S_POD_NAMESPACE: argValue.optional(),
+  K8S_POD_NAME: argValue.optional(),
+  K8S_POD_UID: argValue.optional(),
+  K8S_POD_INFRA_CONTAINER_ID: argValue.optional(),
+});
+
+/** Parses `CNI_ARGS` (`K=V;K2=V2`); throws a code-4 error naming the bad pair. */
+export function parseCniArgs(raw: string | undefined): K8sArgs {
+  const pairs: Record<string, string> = {};
+  for (const pair of (raw ?? '').split(';')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    if (eq <= 0) {
+      throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', `CNI_ARGS: invalid pair "${pair}" (expected KEY=VALUE)`);
+    }
+    pairs[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  const parsed = k8sArgsSchema.safeParse(pairs);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new CniPluginError(
+      'ERR_CNI_INVALID_ENVIRONMENT',
+      `CNI_ARGS: ${String(issue?.path[0])}: ${issue?.message ?? 'invalid'}`,
+    );
+  }
+  return parsed.data;
+}
+
+/**
+ * Validates the CNI environment for its command. Throws CniPluginError code 4 naming the missing or
+ * bad variable (`required env variables [CNI_NETNS] missing`, `unknown CNI_COMMAND: FOO`).
+ */
+export function parseCniEnv(env: Readonly<Record<string, string | undefined>>): CniEnv {
+  const cmd = env['CNI_COMMAND'];
+  if (cmd === undefined || cmd === '') {
+    throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', 'required env variables [CNI_COMMAND] missing');
+  }
+  if (!(CNI_COMMANDS as readonly string[]).includes(cmd)) {
+    throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', `unknown CNI_COMMAND: ${cmd}`);
+  }
+  const command = cmd as CniCommand;
+  const missing = REQUIRED[command].filter((k) => (env[k] ?? '') === '');
+  if (missing.length > 0) {
+    throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', `required env variables [${missing.join(',')}] missing`);
+  }
+  const ifName = env['CNI_IFNAME'] || undefined;
+  if (ifName !== undefined && (ifName.length > 15 || /[\s/:]/.test(ifName) || ifName === '.' || ifName === '..')) {
+    throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', `CNI_IFNAME "${ifName}" is not a valid interface name`);
+  }
+  return {
+    command,
+    containerId: env['CNI_CONTAINERID'] || undefined,
+    netns: env['CNI_NETNS'] || undefined,
+    ifName,
+    args: parseCniArgs(env['CNI_ARGS']),
+    path: (env['CNI_PATH'] ?? '').split(':').filter((p) => p !== ''),
+  };
+}
