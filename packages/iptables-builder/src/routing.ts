@@ -1,0 +1,132 @@
+import { CommandFailedError } from './errors.js';
+import type { CommandExecutor } from './executor.js';
+import { silentLogger, type Logger } from './logger.js';
+import type { Family } from './model.js';
+import { ISTIO_DEFAULTS } from './presets.js';
+import { hex } from './render-iptables.js';
+
+/** `ip rule add fwmark <mark>/<mask> pref <priority> lookup <table>` */
+export interface FwmarkRule {
+  readonly family: Family;
+  readonly fwmark: number;
+  readonly mask: number;
+  readonly table: number;
+  readonly priority: number;
+}
+
+/** `ip route add local <destination> dev <device> table <table>` */
+export interface LocalRoute {
+  readonly family: Family;
+  readonly destination: string;
+  readonly device: string;
+  readonly table: number;
+}
+
+/** Policy routing a rule set needs, as data the applier (or anyone) runs. */
+export interface PolicyRouting {
+  readonly rules: readonly FwmarkRule[];
+  readonly routes: readonly LocalRoute[];
+}
+
+export interface InpodRoutingOptions {
+  readonly ipv4?: boolean;
+  readonly ipv6?: boolean;
+  readonly mark?: number;
+  readonly mask?: number;
+  readonly table?: number;
+  readonly priority?: number;
+}
+
+/**
+ * The in-pod policy routing (both modes): packets marked 0x111 (TPROXY'd inbound, and replies of
+ * inbound connections whose source ztunnel spoofed, via the connmark restore) are routed to the
+ * local stack by `table 133`'s `local 0.0.0.0/0 dev lo`.
+ */
+export function inpodRouting(options: InpodRoutingOptions = {}): PolicyRouting {
+  const d = ISTIO_DEFAULTS;
+  const families: Family[] = [];
+  if (options.ipv4 ?? true) families.push('ipv4');
+  if (options.ipv6 ?? false) families.push('ipv6');
+  const table = options.table ?? d.routeTable;
+  return {
+    rules: families.map((family) => ({
+      family,
+      fwmark: options.mark ?? d.inboundMark,
+      mask: options.mask ?? d.markMask,
+      table,
+      priority: options.priority ?? d.routeRulePriority,
+    })),
+    routes: families.map((family) => ({
+      family,
+      destination: family === 'ipv4' ? '0.0.0.0/0' : '::/0',
+      device: 'lo',
+      table,
+    })),
+  };
+}
+
+const fam = (f: Family): string => (f === 'ipv4' ? '-4' : '-6');
+
+export function ipRuleArgs(rule: FwmarkRule, op: 'add' | 'del'): string[] {
+  return [fam(rule.family), 'rule', op, 'fwmark', `${hex(rule.fwmark)}/${hex(rule.mask)}`, 'pref', String(rule.priority), 'lookup', String(rule.table)];
+}
+
+export function ipRouteArgs(route: LocalRoute, op: 'replace' | 'del'): string[] {
+  return [fam(route.family), 'route', op, 'local', route.destination, 'dev', route.device, 'table', String(route.table)];
+}
+
+/** Installs and removes policy routing idempotently (`ip rule`/`ip route`) through an executor. */
+export class RoutingApplier {
+  readonly #executor: CommandExecutor;
+  readonly #logger: Logger;
+
+  constructor(options: { executor: CommandExecutor; logger?: Logger }) {
+    this.#executor = options.executor;
+    this.#logger = options.logger ?? silentLogger;
+  }
+
+  /** What is not in place yet, as the `ip` argv that would add it. */
+  async missing(spec: PolicyRouting): Promise<string[][]> {
+    const out: string[][] = [];
+    for (const rule of spec.rules) if (!(await this.#hasRule(rule))) out.push(ipRuleArgs(rule, 'add'));
+    for (const route of spec.routes) if (!(await this.#hasRoute(route))) out.push(ipRouteArgs(route, 'replace'));
+    return out;
+  }
+
+  /** Add what is missing; returns whether anything ran. */
+  async apply(spec: PolicyRouting): Promise<{ changed: boolean }> {
+    const todo = await this.missing(spec);
+    for (const args of todo) await this.#ip(args);
+    if (todo.length) this.#logger.info({ commands: todo.map((a) => `ip ${a.join(' ')}`) }, 'applied policy routing');
+    return { changed: todo.length > 0 };
+  }
+
+  /** Remove the rules and routes of `spec` that exist; leaves everything else. */
+  async remove(spec: PolicyRouting): Promise<void> {
+    for (const rule of spec.rules) while (await this.#hasRule(rule)) await this.#ip(ipRuleArgs(rule, 'del'));
+    for (const route of spec.routes) if (await this.#hasRoute(route)) await this.#ip(ipRouteArgs(route, 'del'));
+  }
+
+  async #hasRule(rule: FwmarkRule): Promise<boolean> {
+    const out = await this.#ip([fam(rule.family), 'rule', 'show']);
+    const want = `fwmark ${hex(rule.fwmark)}/${hex(rule.mask)} lookup ${rule.table}`;
+    return out.split('\n').some((l) => l.startsWith(`${rule.priority}:`) && l.includes(want));
+  }
+
+  async #hasRoute(route: LocalRoute): Promise<boolean> {
+    const args = [fam(route.family), 'route', 'show', 'table', String(route.table)];
+    const r = await this.#executor.run('ip', args);
+    // A table with no routes yet "does not exist" to the kernel.
+    if (r.code !== 0 && /FIB table does not exist/.test(r.stderr)) return false;
+    if (r.code !== 0) throw new CommandFailedError('ERR_IPTABLES_ROUTING_FAILED', 'ip', args, r.code, r.stderr);
+    const out = r.stdout;
+    const dest = route.destination === '0.0.0.0/0' || route.destination === '::/0' ? 'default' : route.destination;
+    return out.split('\n').some((l) => l.startsWith(`local ${dest} dev ${route.device} `) || l === `local ${dest} dev ${route.device}`);
+  }
+
+  async #ip(args: string[]): Promise<string> {
+    const r = await this.#executor.run('ip', args);
+    if (r.code !== 0) throw new CommandFailedError('ERR_IPTABLES_ROUTING_FAILED', 'ip', args, r.code, r.stderr);
+    return r.stdout;
+  }
+}
