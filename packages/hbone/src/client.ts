@@ -1,0 +1,505 @@
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { type HboneTarget, formatAuthority } from './authority.js';
+import { HboneError } from './errors.js';
+import { identitiesFromCertificate } from './identity.js';
+import { type HboneLogger, silentLogger } from './logger.js';
+import { type HboneTlsOptions, type ResolvedTls, resolveTls } from './tls-options.js';
+
+const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const MiB = 1024 * 1024;
+
+export interface HboneClientOptions {
+  tls: HboneTlsOptions;
+  /** Makes the TCP connection to a peer (ztunnel passes marked sockets made in the pod netns). Must resolve connected. */
+  socketFactory?: (peer: HboneTarget) => Promise<net.Socket>;
+  /** Streams per session before another session is opened; default 100, capped by the peer's SETTINGS. */
+  maxStreamsPerSession?: number;
+  /** A session with no streams for this long is closed; default 5 min (as ztunnel). */
+  idleTimeoutMs?: number;
+  /** TCP connect + TLS handshake + peer SETTINGS deadline; default 10 s. */
+  connectTimeoutMs?: number;
+  /** Default 10 s. */
+  pingIntervalMs?: number;
+  /** Default 20 s. */
+  pingTimeoutMs?: number;
+  /** Per-stream receive window, default 4 MiB. */
+  streamWindowSize?: number;
+  /** Per-connection receive window, default 16 MiB. */
+  connectionWindowSize?: number;
+  /** nghttp2 memory cap per session in MiB, default 64. */
+  maxSessionMemory?: number;
+  logger?: HboneLogger;
+}
+
+export interface HboneConnectOptions {
+  /** The peer's HBONE endpoint, normally `<pod ip>:15008`. */
+  peer: HboneTarget;
+  /** Where the peer should connect the tunnel (the `:authority`). */
+  target: HboneTarget;
+  /** The peer's certificate must carry one of these URI SANs. */
+  expectedIdentities: string[];
+  /** Extra request headers (`baggage`, `forwarded`, `traceparent`, …), lower-case names. */
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface HboneClientStats {
+  sessions: number;
+  streams: number;
+}
+
+/** One HTTP/2 session to a peer, shared by up to `max` tunnels. */
+class PooledSession {
+  session: http2.ClientHttp2Session | undefined;
+  ready: Promise<void> | undefined;
+  /** Tunnels waiting for this session to come up. */
+  pending = 0;
+  /** Streams opened on it and not yet closed. */
+  open = 0;
+  max: number;
+  draining = false;
+  closed = false;
+  goaway: string | undefined;
+  lastError: Error | undefined;
+  idleTimer: NodeJS.Timeout | undefined;
+  pingTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly key: string,
+    max: number,
+  ) {
+    this.max = max;
+  }
+
+  hasRoom(): boolean {
+    return !this.draining && !this.closed && this.open + this.pending < this.max;
+  }
+}
+
+/**
+ * HBONE client: opens tunnels (HTTP/2 CONNECT streams) over pooled mutual-TLS sessions, keyed by
+ * (own identity, expected peer identities, peer address).
+ */
+export class HboneClient {
+  readonly #o: HboneClientOptions;
+  readonly #log: HboneLogger;
+  #tls: ResolvedTls;
+  readonly #pools = new Map<string, PooledSession[]>();
+  #closed = false;
+
+  constructor(o: HboneClientOptions) {
+    this.#o = o;
+    this.#log = o.logger ?? silentLogger;
+    this.#tls = resolveTls(o.tls);
+  }
+
+  /** Opens a tunnel; resolves once the peer answered 200, with the stream as the tunnel's Duplex. */
+  async connect(o: HboneConnectOptions): Promise<http2.ClientHttp2Stream> {
+    if (this.#closed) throw new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed');
+    if (o.expectedIdentities.length === 0) {
+      throw new HboneError('ERR_HBONE_CONFIG', `connect to ${o.peer.host}:${o.peer.port}: expectedIdentities is empty`);
+    }
+    const authority = formatAuthority(o.target);
+    const peerAuthority = formatAuthority(o.peer);
+    o.signal?.throwIfAborted?.();
+    // A GOAWAY racing our request refuses it before the peer saw it: safe to retry on a new session.
+    for (let attempt = 0; ; attempt++) {
+      const entry = this.#acquire(o, peerAuthority);
+      try {
+        await this.#waitReady(entry, o.signal);
+      } catch (err) {
+        entry.pending--;
+        this.#maybeIdle(entry);
+        throw err;
+      }
+      entry.pending--;
+      if (entry.open >= entry.max || entry.draining || entry.closed) {
+        // Capped by the peer's SETTINGS, or retired while we waited: find another.
+        this.#maybeIdle(entry);
+        if (attempt < 5) continue;
+      }
+      try {
+        return await this.#request(entry, o, authority, peerAuthority);
+      } catch (err) {
+        if (err instanceof RetryableError && attempt < 2) {
+          this.#log.debug({ peer: peerAuthority, reason: err.message }, 'retrying tunnel on a new session');
+          continue;
+        }
+        throw err instanceof RetryableError ? err.error : err;
+      }
+    }
+  }
+
+  /** New TLS material for new sessions; live sessions finish their streams and retire. */
+  setTls(t: HboneTlsOptions): void {
+    this.#tls = resolveTls(t);
+    for (const list of this.#pools.values()) {
+      for (const e of list) this.#retire(e, 'certificate rotated');
+    }
+  }
+
+  stats(): HboneClientStats {
+    let sessions = 0;
+    let streams = 0;
+    for (const list of this.#pools.values()) {
+      for (const e of list) {
+        sessions++;
+        streams += e.open;
+      }
+    }
+    return { sessions, streams };
+  }
+
+  /** Closes every session gracefully (open tunnels may finish until `deadlineMs`, default 5000), then destroys what is left. */
+  async close(o: { deadlineMs?: number } = {}): Promise<void> {
+    this.#closed = true;
+    const entries = [...this.#pools.values()].flat();
+    const waits = entries.map((e) => this.#closedPromise(e));
+    for (const e of entries) this.#retire(e, 'client closed');
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((r) => (timer = setTimeout(r, o.deadlineMs ?? 5000)));
+    await Promise.race([Promise.all(waits), deadline]);
+    clearTimeout(timer);
+    for (const e of entries) e.session?.destroy();
+    await Promise.all(waits);
+  }
+
+  #closedPromise(e: PooledSession): Promise<void> {
+    return new Promise((r) => {
+      if (e.ready === undefined) return r();
+      e.ready.then(
+        () => (e.session === undefined || e.session.destroyed ? r() : e.session.once('close', () => r())),
+        () => r(),
+      );
+    });
+  }
+
+  #acquire(o: HboneConnectOptions, peerAuthority: string): PooledSession {
+    const expected = [...new Set(o.expectedIdentities)].sort();
+    const key = `${this.#tls.identity.toString()}\n${expected.join(' ')}\n${peerAuthority}`;
+    let list = this.#pools.get(key);
+    if (list === undefined) {
+      list = [];
+      this.#pools.set(key, list);
+    }
+    for (const e of list) {
+      if (e.hasRoom()) {
+        e.pending++;
+        clearTimeout(e.idleTimer);
+        return e;
+      }
+    }
+    const e = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100);
+    list.push(e);
+    e.pending++;
+    e.ready = this.#establish(e, o.peer, peerAuthority, expected, this.#tls);
+    // Waiters attach their own handlers; this one keeps a failed handshake from being "unhandled".
+    e.ready.catch(() => {});
+    return e;
+  }
+
+  async #waitReady(e: PooledSession, signal: AbortSignal | undefined): Promise<void> {
+    if (signal === undefined) return e.ready;
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => reject(new HboneError('ERR_HBONE_ABORTED', 'tunnel aborted while the session was connecting', { cause: signal.reason }));
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      e.ready!.then(
+        () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        (err: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  async #establish(e: PooledSession, peer: HboneTarget, peerAuthority: string, expected: string[], t: ResolvedTls): Promise<void> {
+    const timeoutMs = this.#o.connectTimeoutMs ?? 10_000;
+    const log = this.#log.child({ peer: peerAuthority });
+    let raw: net.Socket | undefined;
+    let tlsSocket: tls.TLSSocket | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new HboneError(
+              'ERR_HBONE_TIMEOUT',
+              `HBONE connection to ${peerAuthority} not established within ${timeoutMs} ms (maybe a NetworkPolicy is blocking HBONE port ${peer.port})`,
+            ),
+          ),
+        timeoutMs,
+      );
+    });
+    try {
+      raw = await Promise.race([this.#tcp(peer, peerAuthority), timeout]);
+      raw.setNoDelay(true);
+      tlsSocket = tls.connect({
+        socket: raw,
+        secureContext: t.context,
+        ALPNProtocols: ['h2'],
+        rejectUnauthorized: true,
+        // Identity is checked below against the SPIFFE URI SANs, not a hostname; and no SNI is sent.
+        checkServerIdentity: () => undefined,
+      });
+      await Promise.race([handshake(tlsSocket, peerAuthority), timeout]);
+      if (tlsSocket.alpnProtocol !== 'h2') {
+        throw new HboneError('ERR_HBONE_TLS', `peer ${peerAuthority} negotiated ALPN ${String(tlsSocket.alpnProtocol)}, not h2`);
+      }
+      const cert = tlsSocket.getPeerX509Certificate();
+      const seen = cert === undefined ? [] : identitiesFromCertificate(cert).map(String);
+      if (!seen.some((id) => expected.includes(id))) {
+        throw new HboneError(
+          'ERR_HBONE_IDENTITY_MISMATCH',
+          `peer ${peerAuthority} presented identities [${seen.join(', ')}] (subjectAltName: ${cert?.subjectAltName ?? 'none'}), expected one of [${expected.join(', ')}]`,
+        );
+      }
+      const connected = tlsSocket;
+      const session = http2.connect(`https://${peerAuthority}`, {
+        createConnection: () => connected,
+        maxSessionMemory: this.#o.maxSessionMemory ?? 64,
+        settings: {
+          enablePush: false,
+          initialWindowSize: this.#o.streamWindowSize ?? 4 * MiB,
+          maxFrameSize: MiB,
+        },
+      });
+      e.session = session;
+      this.#watch(e, session, log);
+      await Promise.race([settingsReceived(session, peerAuthority), timeout]);
+      session.setLocalWindowSize(this.#o.connectionWindowSize ?? 16 * MiB);
+      const peerMax = session.remoteSettings.maxConcurrentStreams;
+      if (peerMax !== undefined && peerMax < e.max) e.max = Math.max(1, peerMax);
+      log.debug({ maxStreams: e.max }, 'hbone session established');
+      this.#maybeIdle(e);
+    } catch (err) {
+      e.closed = true;
+      this.#remove(e);
+      if (e.session !== undefined) e.session.destroy();
+      else (tlsSocket ?? raw)?.destroy();
+      throw classify(err, peerAuthority);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #tcp(peer: HboneTarget, peerAuthority: string): Promise<net.Socket> {
+    if (this.#o.socketFactory !== undefined) {
+      try {
+        return await this.#o.socketFactory(peer);
+      } catch (cause) {
+        throw new HboneError('ERR_HBONE_CONNECT', `socket factory failed for ${peerAuthority}: ${String(cause)}`, { cause });
+      }
+    }
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ host: peer.host, port: peer.port, noDelay: true });
+      s.once('connect', () => {
+        s.off('error', onError);
+        resolve(s);
+      });
+      const onError = (cause: Error): void => {
+        s.destroy();
+        reject(new HboneError('ERR_HBONE_CONNECT', `TCP connect to ${peerAuthority} failed: ${cause.message}`, { cause }));
+      };
+      s.once('error', onError);
+    });
+  }
+
+  #watch(e: PooledSession, session: http2.ClientHttp2Session, log: HboneLogger): void {
+    session.on('error', (err: Error) => {
+      e.lastError = err;
+      log.debug({ err }, 'hbone session error');
+    });
+    session.on('goaway', (code: number, lastStreamId: number, opaque?: Buffer) => {
+      const reason = opaque !== undefined && opaque.length > 0 ? ` (${opaque.toString('utf8')})` : '';
+      e.goaway = `peer sent GOAWAY code ${code} last stream ${lastStreamId}${reason}`;
+      log.debug({ code, lastStreamId }, 'hbone session received GOAWAY, retiring it');
+      this.#retire(e, e.goaway);
+    });
+    session.once('close', () => {
+      e.closed = true;
+      clearInterval(e.pingTimer);
+      clearTimeout(e.idleTimer);
+      this.#remove(e);
+    });
+    const interval = this.#o.pingIntervalMs ?? 10_000;
+    const pingTimeout = this.#o.pingTimeoutMs ?? 20_000;
+    let outstanding = false;
+    e.pingTimer = setInterval(() => {
+      if (outstanding || session.destroyed || session.connecting) return;
+      outstanding = true;
+      const deadline = setTimeout(() => {
+        log.warn({ timeoutMs: pingTimeout }, 'hbone session PING not answered, closing it');
+        session.destroy(new HboneError('ERR_HBONE_TIMEOUT', `peer did not answer PING within ${pingTimeout} ms`));
+      }, pingTimeout);
+      deadline.unref();
+      const sent = session.ping((err) => {
+        outstanding = false;
+        clearTimeout(deadline);
+        if (err !== null) log.debug({ err }, 'PING failed');
+      });
+      if (!sent) {
+        outstanding = false;
+        clearTimeout(deadline);
+      }
+    }, interval);
+    e.pingTimer.unref();
+  }
+
+  #request(e: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string): Promise<http2.ClientHttp2Stream> {
+    const session = e.session!;
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = session.request({ ...o.headers, ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+    } catch (cause) {
+      this.#retire(e, 'request failed');
+      return Promise.reject(new RetryableError(new HboneError('ERR_HBONE_SESSION', `session to ${peerAuthority} cannot open streams: ${String(cause)}`, { cause })));
+    }
+    e.open++;
+    stream.once('close', () => {
+      e.open--;
+      this.#maybeIdle(e);
+    });
+    // Errors after the tunnel is handed over surface through 'close'/rstCode to whoever owns it; never crash.
+    stream.on('error', (err: Error) => this.#log.debug({ err, peer: peerAuthority, target: authority }, 'tunnel stream error'));
+    return new Promise((resolve, reject) => {
+      let streamError: Error | undefined;
+      const onError = (err: Error): void => {
+        streamError = err;
+      };
+      const cleanup = (): void => {
+        stream.off('response', onResponse);
+        stream.off('close', onClose);
+        stream.off('error', onError);
+        o.signal?.removeEventListener('abort', onAbort);
+      };
+      const onResponse = (headers: http2.IncomingHttpHeaders): void => {
+        cleanup();
+        const status = Number(headers[':status']);
+        if (status === 200) {
+          resolve(stream);
+          return;
+        }
+        stream.close(NGHTTP2_CANCEL);
+        reject(new HboneError('ERR_HBONE_STATUS', `peer ${peerAuthority} answered CONNECT ${authority} with status ${status}`, { status }));
+      };
+      const onClose = (): void => {
+        cleanup();
+        const code = stream.rstCode;
+        const why = e.goaway ?? e.lastError?.message ?? streamError?.message ?? `stream reset with code ${code}`;
+        const err = classify(e.lastError ?? streamError, peerAuthority, `peer ${peerAuthority} closed CONNECT ${authority} before answering: ${why}`);
+        if (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined) reject(new RetryableError(err));
+        else reject(err);
+      };
+      const onAbort = (): void => {
+        cleanup();
+        stream.close(NGHTTP2_CANCEL);
+        reject(new HboneError('ERR_HBONE_ABORTED', `CONNECT ${authority} via ${peerAuthority} aborted`, { cause: o.signal?.reason }));
+      };
+      stream.once('response', onResponse);
+      stream.once('close', onClose);
+      stream.on('error', onError);
+      if (o.signal !== undefined) {
+        if (o.signal.aborted) onAbort();
+        else o.signal.addEventListener('abort', onAbort, { once: true });
+      }
+    });
+  }
+
+  #retire(e: PooledSession, reason: string): void {
+    if (e.draining) return;
+    e.draining = true;
+    this.#log.debug({ reason }, 'hbone session retired');
+    this.#maybeIdle(e);
+  }
+
+  /** Closes a session with no streams if it is retired, else arms its idle timer. */
+  #maybeIdle(e: PooledSession): void {
+    if (e.open > 0 || e.pending > 0 || e.session === undefined || e.closed) return;
+    if (e.draining) {
+      if (!e.session.closed) e.session.close();
+      this.#remove(e);
+      return;
+    }
+    clearTimeout(e.idleTimer);
+    e.idleTimer = setTimeout(() => {
+      if (e.open === 0 && e.pending === 0) {
+        this.#log.debug({}, 'hbone session idle, closing');
+        this.#retire(e, 'idle');
+      }
+    }, this.#o.idleTimeoutMs ?? 300_000);
+    e.idleTimer.unref();
+  }
+
+  #remove(e: PooledSession): void {
+    const list = this.#pools.get(e.key);
+    if (list === undefined) return;
+    const i = list.indexOf(e);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) this.#pools.delete(e.key);
+  }
+}
+
+class RetryableError extends Error {
+  constructor(readonly error: HboneError) {
+    super(error.message);
+  }
+}
+
+function handshake(s: tls.TLSSocket, peerAuthority: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (cause: Error): void => {
+      s.off('secureConnect', onOk);
+      reject(new HboneError('ERR_HBONE_TLS', `TLS handshake with ${peerAuthority} failed: ${cause.message}`, { cause }));
+    };
+    const onOk = (): void => {
+      s.off('error', onError);
+      resolve();
+    };
+    s.once('secureConnect', onOk);
+    s.once('error', onError);
+  });
+}
+
+function settingsReceived(session: http2.ClientHttp2Session, peerAuthority: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const cleanup = (): void => {
+      session.off('remoteSettings', onSettings);
+      session.off('close', onClose);
+      session.off('error', onError);
+    };
+    const onSettings = (): void => {
+      cleanup();
+      resolve();
+    };
+    let lastError: Error | undefined;
+    const onError = (err: Error): void => {
+      lastError = err;
+    };
+    const onClose = (): void => {
+      cleanup();
+      reject(classify(lastError, peerAuthority, `HTTP/2 session to ${peerAuthority} closed before the peer's SETTINGS${lastError ? `: ${lastError.message}` : ''}`));
+    };
+    session.once('remoteSettings', onSettings);
+    session.once('close', onClose);
+    session.on('error', onError);
+  });
+}
+
+/** Maps whatever went wrong to an HboneError; OpenSSL errors (e.g. an alert for our certificate) are TLS failures. */
+function classify(err: unknown, peerAuthority: string, fallback?: string): HboneError {
+  if (err instanceof HboneError) return err;
+  const code = (err as { code?: unknown } | undefined)?.code;
+  const message = err instanceof Error ? err.message : String(err);
+  if (typeof code === 'string' && (code.startsWith('ERR_SSL') || code.startsWith('ERR_TLS') || code === 'ECONNRESET' && /alert/i.test(message))) {
+    return new HboneError('ERR_HBONE_TLS', `TLS with ${peerAuthority} failed: ${message}`, { cause: err });
+  }
+  return new HboneError('ERR_HBONE_SESSION', fallback ?? `HBONE session to ${peerAuthority} failed: ${message}`, { cause: err });
+}
+

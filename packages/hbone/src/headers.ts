@@ -1,0 +1,101 @@
+import type { IncomingHttpHeaders } from 'node:http2';
+
+export interface TraceParent {
+  version: string;
+  traceId: string;
+  parentId: string;
+  flags: string;
+}
+
+export interface ForwardedElement {
+  for?: string;
+  by?: string;
+  host?: string;
+  proto?: string;
+}
+
+/** The CONNECT request headers, with the ones ztunnel sends parsed when present and well-formed. */
+export interface HboneRequestHeaders {
+  raw: IncomingHttpHeaders;
+  /** W3C baggage, `k8s.namespace.name=…,service.name=…` → record (values URI-decoded). */
+  baggage?: Record<string, string>;
+  /** RFC 7239 `Forwarded`, one element per hop. */
+  forwarded?: ForwardedElement[];
+  /** W3C trace context. */
+  traceparent?: TraceParent;
+}
+
+export function parseRequestHeaders(raw: IncomingHttpHeaders): HboneRequestHeaders {
+  const out: HboneRequestHeaders = { raw };
+  const baggage = parseBaggage(first(raw['baggage']));
+  if (baggage !== undefined) out.baggage = baggage;
+  const forwarded = parseForwarded(first(raw['forwarded']));
+  if (forwarded !== undefined) out.forwarded = forwarded;
+  const tp = parseTraceparent(first(raw['traceparent']));
+  if (tp !== undefined) out.traceparent = tp;
+  return out;
+}
+
+function first(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(',') : v;
+}
+
+export function parseBaggage(v: string | undefined): Record<string, string> | undefined {
+  if (v === undefined) return undefined;
+  const out: Record<string, string> = {};
+  for (const member of v.split(',')) {
+    // Properties after ';' carry metadata we have no use for.
+    const kv = member.split(';')[0]!.trim();
+    const eq = kv.indexOf('=');
+    if (eq <= 0) continue;
+    const key = kv.slice(0, eq).trim();
+    const raw = kv.slice(eq + 1).trim();
+    try {
+      out[key] = decodeURIComponent(raw);
+    } catch {
+      out[key] = raw;
+    }
+  }
+  return out;
+}
+
+export function parseForwarded(v: string | undefined): ForwardedElement[] | undefined {
+  if (v === undefined) return undefined;
+  const out: ForwardedElement[] = [];
+  for (const element of splitOutsideQuotes(v, ',')) {
+    const el: ForwardedElement = {};
+    for (const pair of splitOutsideQuotes(element, ';')) {
+      const eq = pair.indexOf('=');
+      if (eq <= 0) continue;
+      const key = pair.slice(0, eq).trim().toLowerCase();
+      let value = pair.slice(eq + 1).trim();
+      if (value.startsWith('"') && value.endsWith('"') && value.length >= 2) value = value.slice(1, -1).replace(/\\(.)/g, '$1');
+      if (key === 'for' || key === 'by' || key === 'host' || key === 'proto') el[key] = value;
+    }
+    out.push(el);
+  }
+  return out;
+}
+
+function splitOutsideQuotes(s: string, sep: string): string[] {
+  const parts: string[] = [];
+  let quoted = false;
+  let start = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i];
+    if (c === '"' && s[i - 1] !== '\\') quoted = !quoted;
+    else if (c === sep && !quoted) {
+      parts.push(s.slice(start, i));
+      start = i + 1;
+    }
+  }
+  parts.push(s.slice(start));
+  return parts.map((p) => p.trim()).filter((p) => p !== '');
+}
+
+export function parseTraceparent(v: string | undefined): TraceParent | undefined {
+  if (v === undefined) return undefined;
+  const m = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/.exec(v.trim());
+  if (m === null || m[1] === 'ff' || /^0+$/.test(m[2]!) || /^0+$/.test(m[3]!)) return undefined;
+  return { version: m[1]!, traceId: m[2]!, parentId: m[3]!, flags: m[4]! };
+}

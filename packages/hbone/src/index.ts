@@ -1,0 +1,15 @@
+export { createHboneServer } from './server.js';
+export type { HboneConnectContext, HbonePeer, HboneServer, HboneServerOptions, HboneTunnelClosed } from './server.js';
+export { HboneClient } from './client.js';
+export type { HboneClientOptions, HboneClientStats, HboneConnectOptions } from './client.js';
+export { bridge } from './bridge.js';
+export type { BridgeOptions, BridgeResult } from './bridge.js';
+export { SpiffeId, certificateMatchesIdentities, identitiesFromCertificate } from './identity.js';
+export { formatAuthority, parseAuthority } from './authority.js';
+export type { HboneTarget } from './authority.js';
+export { parseRequestHeaders } from './headers.js';
+export type { ForwardedElement, HboneRequestHeaders, TraceParent } from './headers.js';
+export type { HboneTlsOptions } from './tls-options.js';
+export type { HboneLogger } from './logger.js';
+export { HboneError } from './errors.js';
+export type { HboneErrorCode } from './errors.js';

@@ -1,0 +1,299 @@
+import type { X509Certificate } from 'node:crypto';
+import * as http2 from 'node:http2';
+import type * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type * as tls from 'node:tls';
+import { type HboneTarget, parseAuthority } from './authority.js';
+import { type BridgeResult, bridge } from './bridge.js';
+import { type HboneRequestHeaders, parseRequestHeaders } from './headers.js';
+import { SpiffeId, identitiesFromCertificate } from './identity.js';
+import { type HboneLogger, silentLogger } from './logger.js';
+import { type HboneTlsOptions, type ResolvedTls, resolveTls } from './tls-options.js';
+import { HboneError } from './errors.js';
+
+const { NGHTTP2_NO_ERROR, NGHTTP2_INADEQUATE_SECURITY, HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY } = http2.constants;
+const MiB = 1024 * 1024;
+
+/** The authenticated peer of an HBONE session. */
+export interface HbonePeer {
+  /** The peer certificate's SPIFFE identity (the first valid one); undefined when it has none. */
+  identity: SpiffeId | undefined;
+  certificate: X509Certificate;
+  remoteAddress: string;
+  remotePort: number;
+}
+
+export interface HboneConnectContext {
+  peer: HbonePeer;
+  headers: HboneRequestHeaders;
+  /** Fires when the client gives up on the stream before the upstream is connected. */
+  signal: AbortSignal;
+}
+
+/** What the server reports when a tunnel ends (access logs, metrics). */
+export interface HboneTunnelClosed extends BridgeResult {
+  peer: HbonePeer;
+  target: HboneTarget;
+  headers: HboneRequestHeaders;
+  durationMs: number;
+}
+
+export interface HboneServerOptions {
+  tls: HboneTlsOptions;
+  /** Policy hook: false (or a throw) answers 401. Default: allow every authenticated peer. */
+  authorize?: (peer: HbonePeer, target: HboneTarget, headers: HboneRequestHeaders) => boolean | Promise<boolean>;
+  /** Opens the upstream; must resolve only once it is connected. A rejection answers 503. */
+  connect: (target: HboneTarget, ctx: HboneConnectContext) => Promise<Duplex>;
+  /** Targets this server serves (e.g. only the pod's own IPs); false answers 400. Default: all. */
+  validateTarget?: (target: HboneTarget) => boolean;
+  /** Client trust domains accepted; default only the server certificate's own. Others are refused with GOAWAY. */
+  trustDomains?: string[];
+  onTunnelClosed?: (ev: HboneTunnelClosed) => void;
+  logger?: HboneLogger;
+  /** Default 200 (as ztunnel). */
+  maxConcurrentStreams?: number;
+  /** Per-stream receive window, default 4 MiB (as ztunnel). */
+  streamWindowSize?: number;
+  /** Per-connection receive window, default 16 MiB (as ztunnel). */
+  connectionWindowSize?: number;
+  /** nghttp2 memory cap per session in MiB; past it new streams are refused. Default 64. */
+  maxSessionMemory?: number;
+  /** TLS handshake deadline, default 10 s. */
+  handshakeTimeoutMs?: number;
+}
+
+export interface HboneServer {
+  /** Serve a raw TCP socket accepted elsewhere (e.g. a listener made inside a pod's netns). */
+  handleConnection(socket: net.Socket): void;
+  listen(o: net.ListenOptions): Promise<net.AddressInfo>;
+  /** Swap key/cert/bundle for new handshakes; established sessions are untouched. */
+  setTls(tls: HboneTlsOptions): void;
+  /** GOAWAY to every session, stop accepting, let open streams finish until `deadlineMs` (default 5000), then reset the rest. */
+  close(o?: { deadlineMs?: number }): Promise<void>;
+  /** Live sessions and tunnels (for metrics and tests). */
+  stats(): { sessions: number; tunnels: number };
+}
+
+export function createHboneServer(o: HboneServerOptions): HboneServer {
+  return new Server(o);
+}
+
+interface SessionState {
+  peer: HbonePeer;
+}
+
+class Server implements HboneServer {
+  readonly #o: HboneServerOptions;
+  readonly #log: HboneLogger;
+  #tls: ResolvedTls;
+  readonly #h2: http2.Http2SecureServer;
+  readonly #sockets = new Set<net.Socket>();
+  readonly #sessions = new Map<http2.ServerHttp2Session, SessionState>();
+  readonly #tunnels = new Set<{ stream: http2.ServerHttp2Stream; upstream?: Duplex }>();
+  #closing = false;
+
+  constructor(o: HboneServerOptions) {
+    this.#o = o;
+    this.#log = o.logger ?? silentLogger;
+    this.#tls = resolveTls(o.tls);
+    const streamWindow = o.streamWindowSize ?? 4 * MiB;
+    this.#h2 = http2.createSecureServer({
+      ...this.#secureOptions(this.#tls),
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: ['h2'],
+      allowHTTP1: false,
+      honorCipherOrder: true,
+      handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
+      unknownProtocolTimeout: 1000,
+      maxSessionMemory: o.maxSessionMemory ?? 64,
+      settings: {
+        enablePush: false,
+        maxConcurrentStreams: o.maxConcurrentStreams ?? 200,
+        initialWindowSize: streamWindow,
+        maxFrameSize: MiB,
+      },
+    });
+    this.#h2.on('connection', (socket: net.Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+      socket.setNoDelay(true);
+    });
+    this.#h2.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
+      this.#log.warn({ err, src: `${socket.remoteAddress}:${socket.remotePort}`, code: (err as { code?: string }).code }, 'connection failed: TLS handshake');
+    });
+    this.#h2.on('unknownProtocol', (socket: tls.TLSSocket) => {
+      this.#log.warn({ src: `${socket.remoteAddress}:${socket.remotePort}`, alpn: socket.alpnProtocol }, 'connection failed: ALPN is not h2');
+      socket.destroy();
+    });
+    this.#h2.on('sessionError', (err: Error) => this.#log.debug({ err }, 'session error'));
+    this.#h2.on('session', (session: http2.ServerHttp2Session) => this.#onSession(session, o.connectionWindowSize ?? 16 * MiB));
+    this.#h2.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
+      void this.#onStream(stream, headers);
+    });
+  }
+
+  #secureOptions(t: ResolvedTls): tls.SecureContextOptions {
+    return {
+      key: t.options.key,
+      cert: t.options.cert,
+      ca: t.options.ca,
+      minVersion: t.minVersion,
+      ciphers: t.ciphers,
+      ecdhCurve: 'X25519:P-256:P-384',
+    };
+  }
+
+  handleConnection(socket: net.Socket): void {
+    if (this.#closing) {
+      socket.destroy();
+      return;
+    }
+    this.#h2.emit('connection', socket);
+  }
+
+  listen(o: net.ListenOptions): Promise<net.AddressInfo> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.#h2.once('error', onError);
+      this.#h2.listen(o, () => {
+        this.#h2.off('error', onError);
+        resolve(this.#h2.address() as net.AddressInfo);
+      });
+    });
+  }
+
+  setTls(t: HboneTlsOptions): void {
+    const resolved = resolveTls(t);
+    this.#h2.setSecureContext(this.#secureOptions(resolved));
+    this.#tls = resolved;
+    this.#log.info({ identity: resolved.identity.toString() }, 'server certificate rotated');
+  }
+
+  stats(): { sessions: number; tunnels: number } {
+    return { sessions: this.#sessions.size, tunnels: this.#tunnels.size };
+  }
+
+  async close(o: { deadlineMs?: number } = {}): Promise<void> {
+    this.#closing = true;
+    const deadlineMs = o.deadlineMs ?? 5000;
+    if (this.#h2.listening) this.#h2.close();
+    const sessions = [...this.#sessions.keys()];
+    const closed = sessions.map((s) => new Promise<void>((r) => (s.closed || s.destroyed ? r() : s.once('close', () => r()))));
+    for (const s of sessions) if (!s.closed && !s.destroyed) s.close();
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'deadline'>((r) => (timer = setTimeout(() => r('deadline'), deadlineMs)));
+    const outcome = await Promise.race([Promise.all(closed).then(() => 'drained' as const), deadline]);
+    clearTimeout(timer);
+    if (outcome === 'deadline') {
+      this.#log.warn({ sessions: this.#sessions.size, tunnels: this.#tunnels.size }, 'drain deadline reached, resetting remaining tunnels');
+      for (const t of this.#tunnels) t.upstream?.destroy();
+      for (const s of this.#sessions.keys()) s.destroy();
+    }
+    for (const socket of this.#sockets) socket.destroy();
+    await Promise.all(closed);
+  }
+
+  #onSession(session: http2.ServerHttp2Session, connectionWindow: number): void {
+    const socket = session.socket as tls.TLSSocket;
+    const certificate = socket.getPeerX509Certificate();
+    if (certificate === undefined) {
+      // rejectUnauthorized makes this unreachable; refuse rather than trust it.
+      session.destroy(new HboneError('ERR_HBONE_TLS', 'client presented no certificate'), NGHTTP2_INADEQUATE_SECURITY);
+      return;
+    }
+    const peer: HbonePeer = {
+      identity: identitiesFromCertificate(certificate)[0],
+      certificate,
+      remoteAddress: socket.remoteAddress ?? '',
+      remotePort: socket.remotePort ?? 0,
+    };
+    const accepted = this.#o.trustDomains ?? [this.#tls.identity.trustDomain];
+    if (peer.identity === undefined || !accepted.includes(peer.identity.trustDomain)) {
+      const why = peer.identity === undefined
+        ? `client certificate has no SPIFFE identity (subjectAltName: ${certificate.subjectAltName ?? 'none'})`
+        : `client identity ${peer.identity.toString()} is not in trust domain ${accepted.join(', ')}`;
+      this.#log.warn({ src: `${peer.remoteAddress}:${peer.remotePort}` }, `connection failed: ${why}`);
+      session.goaway(NGHTTP2_INADEQUATE_SECURITY, 0, Buffer.from(why));
+      session.destroy();
+      return;
+    }
+    this.#sessions.set(session, { peer });
+    session.once('close', () => this.#sessions.delete(session));
+    session.on('error', (err: Error) => this.#log.debug({ err, src: peer.identity?.toString() }, 'session error'));
+    session.setLocalWindowSize(connectionWindow);
+    if (this.#closing) session.close();
+  }
+
+  async #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
+    stream.on('error', (err: Error) => this.#log.debug({ err }, 'stream error'));
+    const state = this.#sessions.get(stream.session as http2.ServerHttp2Session);
+    if (state === undefined) {
+      stream.close(NGHTTP2_INADEQUATE_SECURITY);
+      return;
+    }
+    const { peer } = state;
+    const log = this.#log;
+    const method = headers[HTTP2_HEADER_METHOD];
+    const authority = headers[HTTP2_HEADER_AUTHORITY];
+    const src = peer.identity?.toString();
+    if (method !== 'CONNECT') {
+      log.warn({ src, method }, 'connection failed: method is not CONNECT');
+      return refuse(stream, 400);
+    }
+    const target = parseAuthority(typeof authority === 'string' ? authority : undefined);
+    if (target === undefined || (this.#o.validateTarget !== undefined && !this.#o.validateTarget(target))) {
+      log.warn({ src, authority }, 'connection failed: authority is not an IP:port this server serves');
+      return refuse(stream, 400);
+    }
+    const parsed = parseRequestHeaders(headers);
+    const dst = `${target.host}:${target.port}`;
+    if (this.#o.authorize !== undefined) {
+      let allowed = false;
+      try {
+        allowed = await this.#o.authorize(peer, target, parsed);
+      } catch (err) {
+        log.error({ err, src, dst }, 'authorize hook threw; denying');
+      }
+      if (!allowed) {
+        log.warn({ src, dst }, 'connection failed: denied by policy');
+        return refuse(stream, 401);
+      }
+    }
+    if (stream.closed || stream.destroyed) return;
+    const ac = new AbortController();
+    const onEarlyClose = (): void => ac.abort(new HboneError('ERR_HBONE_ABORTED', `client closed stream to ${dst} before the upstream connected`));
+    stream.once('close', onEarlyClose);
+    const tunnel: { stream: http2.ServerHttp2Stream; upstream?: Duplex } = { stream };
+    this.#tunnels.add(tunnel);
+    let upstream: Duplex;
+    try {
+      upstream = await this.#o.connect(target, { peer, headers: parsed, signal: ac.signal });
+    } catch (err) {
+      this.#tunnels.delete(tunnel);
+      stream.off('close', onEarlyClose);
+      log.warn({ err, src, dst }, 'connection failed: upstream connect');
+      return refuse(stream, 503);
+    }
+    stream.off('close', onEarlyClose);
+    if (stream.closed || stream.destroyed) {
+      this.#tunnels.delete(tunnel);
+      upstream.destroy();
+      return;
+    }
+    tunnel.upstream = upstream;
+    const started = performance.now();
+    stream.respond({ ':status': 200 });
+    log.debug({ src, dst }, 'handling new stream');
+    const result = await bridge(stream, upstream);
+    this.#tunnels.delete(tunnel);
+    this.#o.onTunnelClosed?.({ ...result, peer, target, headers: parsed, durationMs: performance.now() - started });
+  }
+}
+
+function refuse(stream: http2.ServerHttp2Stream, status: number): void {
+  if (stream.closed || stream.destroyed) return;
+  stream.respond({ ':status': status }, { endStream: true });
+  // The request side of a CONNECT never ends by itself; tell the client to stop (RFC 9113 §8.1).
+  stream.close(NGHTTP2_NO_ERROR);
+}
