@@ -7,7 +7,8 @@ export interface TopologyContext {
   readonly state: TopologyState;
   readonly logger: Logger;
   save(): Promise<void>;
-  assertAlive(): void;
+  /** Run a mutation: refused once destroy() began; destroy() waits for those in flight. */
+  operation<T>(fn: () => Promise<T>): Promise<T>;
   spawn(options: SpawnOptions): Promise<SupervisedProcess>;
   /** Running processes started in a netns (by path). */
   processesIn(netnsPath: string): SupervisedProcess[];

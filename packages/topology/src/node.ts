@@ -88,8 +88,11 @@ export class TopologyNode {
    * Create a pod as a container runtime does: a new netns, CNI `loopback` for lo, then the node's conflist
    * chain (ADD, prevResult threaded), then a pause process. A failed ADD is rolled back (DEL, netns removed).
    */
-  async addPod(options: AddPodOptions): Promise<TopologyPod> {
-    this.context.assertAlive();
+  addPod(options: AddPodOptions): Promise<TopologyPod> {
+    return this.context.operation(() => this.#addPod(options));
+  }
+
+  async #addPod(options: AddPodOptions): Promise<TopologyPod> {
     assertName('pod name', options.name, 63);
     assertName('pod namespace', options.namespace, 63);
     for (const node of this.context.state.nodes) {
@@ -154,7 +157,7 @@ export class TopologyNode {
         ...(cgroup !== undefined ? { cgroup: join(cgroup, containerId) } : {}),
       });
     } catch (err) {
-      await this.removePod(pod).catch(() => {});
+      await this.#removePod(pod).catch(() => {});
       throw err;
     }
     log.info({ ip, netns: pod.netnsPath, containerId }, 'pod added');
@@ -162,8 +165,11 @@ export class TopologyNode {
   }
 
   /** Tear a pod down as a runtime does: stop its processes, CNI DEL (reverse order, cached result), delete the netns. */
-  async removePod(pod: TopologyPod): Promise<void> {
-    this.context.assertAlive();
+  removePod(pod: TopologyPod): Promise<void> {
+    return this.context.operation(() => this.#removePod(pod));
+  }
+
+  async #removePod(pod: TopologyPod): Promise<void> {
     if (this.#pods.get(key(pod.namespace, pod.name)) !== pod) {
       throw new TopologyError('TOPOLOGY_NOT_FOUND', `pod ${pod.namespace}/${pod.name} is not on node ${this.name}`);
     }
@@ -186,19 +192,21 @@ export class TopologyNode {
   }
 
   /** CNI CHECK through the chain with the cached result; throws the plugin's error. */
-  async checkPod(pod: TopologyPod): Promise<void> {
-    this.context.assertAlive();
-    const list = await loadConfList(this.cniConfDir);
-    await runChain('CHECK', list, pod.runtimeArgs, this.#cniContext(), pod.cniResult);
+  checkPod(pod: TopologyPod): Promise<void> {
+    return this.context.operation(async () => {
+      const list = await loadConfList(this.cniConfDir);
+      await runChain('CHECK', list, pod.runtimeArgs, this.#cniContext(), pod.cniResult);
+    });
   }
 
   /** Append a plugin to the node's conflist (and link its binary into the CNI bin dir), like an installer. */
-  async installCniPlugin(entry: CniPluginEntry): Promise<void> {
-    this.context.assertAlive();
-    if (entry.binary !== undefined) await linkBinary(entry.binary, join(this.cniBinDir, entry.type));
-    const list = JSON.parse(await readFile(this.conflistPath, 'utf8')) as CniConfList;
-    list.plugins.push({ ...entry.config, type: entry.type });
-    await writeJsonAtomic(this.conflistPath, list);
+  installCniPlugin(entry: CniPluginEntry): Promise<void> {
+    return this.context.operation(async () => {
+      if (entry.binary !== undefined) await linkBinary(entry.binary, join(this.cniBinDir, entry.type));
+      const list = JSON.parse(await readFile(this.conflistPath, 'utf8')) as CniConfList;
+      list.plugins.push({ ...entry.config, type: entry.type });
+      await writeJsonAtomic(this.conflistPath, list);
+    });
   }
 
   spawn(options: Omit<SpawnOptions, 'netns' | 'cgroup'>): Promise<SupervisedProcess> {

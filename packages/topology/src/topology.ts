@@ -62,6 +62,8 @@ export class Topology {
   readonly #processes: SupervisedProcess[] = [];
   readonly #context: TopologyContext;
   #saving: Promise<void> = Promise.resolve();
+  #addingNode: Promise<unknown> = Promise.resolve();
+  readonly #inflight = new Set<Promise<unknown>>();
   #destroying: Promise<TeardownReport> | undefined;
   readonly logger: Logger;
 
@@ -72,7 +74,7 @@ export class Topology {
       state,
       logger,
       save: () => this.#save(),
-      assertAlive: () => this.#assertAlive(),
+      operation: (fn) => this.#operation(fn),
       spawn: (options) => this.spawn(options),
       processesIn: (netns) => this.#processes.filter((p) => p.netns === netns && p.running),
     };
@@ -202,8 +204,16 @@ export class Topology {
    * A node: netns `<topology>-<name>`, `eth0` on the underlay with address .10+n, IP forwarding, routes to
    * every other node's pod CIDR, its CNI conf dir (conflist: bridge + host-local + `cniChain`) and bin dir.
    */
-  async addNode(options: AddNodeOptions): Promise<TopologyNode> {
-    this.#assertAlive();
+  addNode(options: AddNodeOptions): Promise<TopologyNode> {
+    // One at a time: a node's index, address and routes depend on the nodes before it.
+    return this.#operation(() => {
+      const next = this.#addingNode.catch(() => {}).then(() => this.#addNode(options));
+      this.#addingNode = next;
+      return next;
+    });
+  }
+
+  async #addNode(options: AddNodeOptions): Promise<TopologyNode> {
     assertName('node name', options.name, 32);
     if (this.#nodes.has(options.name)) throw new TopologyError('TOPOLOGY_EXISTS', `node ${options.name} already exists in topology ${this.name}`);
     const index = Math.max(0, ...this.#state.nodes.map((n) => n.index)) + 1;
@@ -250,8 +260,11 @@ export class Topology {
   }
 
   /** Start a supervised process inside a netns; its output goes to `<stateDir>/logs/<name>.log`. */
-  async spawn(options: SpawnOptions): Promise<SupervisedProcess> {
-    this.#assertAlive();
+  spawn(options: SpawnOptions): Promise<SupervisedProcess> {
+    return this.#operation(() => this.#spawn(options));
+  }
+
+  async #spawn(options: SpawnOptions): Promise<SupervisedProcess> {
     if (options.cgroup !== undefined) await mkdir(options.cgroup, { recursive: true });
     const proc = await SupervisedProcess.start(
       { ...options, logFile: options.logFile ?? join(this.stateDir, 'logs', `${fileSafe(options.name)}.log`) },
@@ -278,6 +291,8 @@ export class Topology {
   }
 
   async #destroy(): Promise<TeardownReport> {
+    // Whatever is half-built finishes (and lands in the state) before teardown reads the state.
+    await Promise.allSettled([...this.#inflight]);
     await Promise.all(this.#processes.map((p) => p.stop('SIGTERM', 3000).catch((err: unknown) => this.logger.warn({ process: p.name, err: String(err) }, 'stop failed'))));
     await this.#saving.catch(() => {});
     const netns = [...this.#state.nodes.flatMap((n) => n.pods.map((p) => p.netns)), ...this.#state.nodes.map((n) => n.netns), this.underlayNetns];
@@ -315,8 +330,15 @@ export class Topology {
     await writeJsonAtomic(join(state.cniConfDir, CONFLIST_FILE), list);
   }
 
-  #assertAlive(): void {
-    if (this.#destroying !== undefined) throw new TopologyError('TOPOLOGY_DESTROYED', `topology ${this.name} has been destroyed`);
+  #operation<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#destroying !== undefined) {
+      return Promise.reject(new TopologyError('TOPOLOGY_DESTROYED', `topology ${this.name} has been destroyed`));
+    }
+    const pending = fn();
+    this.#inflight.add(pending);
+    const done = (): void => void this.#inflight.delete(pending);
+    pending.then(done, done);
+    return pending;
   }
 
   #save(): Promise<void> {

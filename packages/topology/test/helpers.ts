@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { assertPrerequisites, listNetns, ownedByPrefix, run } from '../src/index.js';
 
 /** A topology name no parallel test (or other package's test) uses. */
@@ -25,4 +26,13 @@ export async function rootNetnsView(): Promise<{ links: string[]; routes: string
 
 export async function netnsOwnedBy(prefix: string): Promise<string[]> {
   return (await listNetns()).filter((n) => ownedByPrefix(n, prefix));
+}
+
+/** Running and not a zombie (orphans are reaped by this machine's init whenever it gets to it). */
+export function running(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) [ZX] /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
 }
