@@ -152,6 +152,20 @@ describe('two nodes, two pods each', () => {
     expect(await run('readlink', [`/proc/${pause?.pid}/ns/net`]).then((r) => r.stdout.trim())).toBe(netns);
   });
 
+  it('runs CNI CHECK through the chain, which fails once the pod lost its address', async () => {
+    await node1.checkPod(a1);
+    const check = readdirSync(recordDir)
+      .filter((f) => f.endsWith('-CHECK.json'))
+      .map((f) => JSON.parse(readFileSync(join(recordDir, f), 'utf8')) as { env: Record<string, string>; config: Record<string, unknown> })
+      .find((r) => r.env.CNI_CONTAINERID === a1.containerId);
+    expect(check?.config.prevResult).toEqual(a1.cniResult);
+    const pod = await node2.addPod({ name: 'checked', namespace: 'demo' });
+    await node2.checkPod(pod);
+    await pod.exec('ip', ['addr', 'flush', 'dev', 'eth0'], { check: true });
+    await expect(node2.checkPod(pod)).rejects.toThrow(/CNI plugin bridge CHECK for pod demo\/checked failed/);
+    await node2.removePod(pod);
+  });
+
   it('removes a pod with CNI DEL (reverse order, cached result), releasing its address and netns', async () => {
     const pod = await node1.addPod({ name: 'short-lived', namespace: 'demo' });
     const ipamFile = join(topo.stateDir, 'nodes', 'node-1', 'cni', 'ipam', 'k8s-pod-network', pod.ip);
