@@ -1,0 +1,167 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import type * as net from 'node:net';
+import { promisify } from 'node:util';
+import { RoutingApplier, RuleApplier, inpodRouting, inpodRules, netnsExecutor } from '@weir/iptables-builder';
+import { connectTcp, listenTcp, openNetns, type Netns } from '@weir/netns';
+import type { TopologyPod } from '@weir/topology';
+
+export const execFileP = promisify(execFile);
+
+/** Root and the tools these tests drive; a missing one fails the test with its name. */
+export function requireRoot(): void {
+  if (process.getuid?.() !== 0) throw new Error('these tests need root (network namespaces, iptables, SO_MARK): run as root');
+}
+
+/** The seed's in-pod rules (TPROXY) and the policy routing they need, applied inside the pod's netns. */
+export async function capturePod(pod: TopologyPod): Promise<void> {
+  const executor = netnsExecutor(pod.netnsPath);
+  await new RuleApplier({ executor }).apply(inpodRules({ mode: 'tproxy', dnsCapture: false }));
+  await new RoutingApplier({ executor }).apply(inpodRouting());
+}
+
+export interface LocalWorkloadSpec {
+  pod: TopologyPod;
+  serviceAccount: string;
+  node: string;
+}
+
+/** ztunnel local config YAML for the given pods (HBONE workloads), plus extra policy YAML. */
+export function localConfigYaml(workloads: LocalWorkloadSpec[], policies = ''): string {
+  const w = workloads
+    .map(
+      ({ pod, serviceAccount, node }) =>
+        `- {uid: "${pod.uid}", name: ${pod.name}, namespace: ${pod.namespace}, serviceAccount: ${serviceAccount}, ` +
+        `trustDomain: cluster.local, workloadIps: ["${pod.ip}"], protocol: HBONE, node: ${node}}`,
+    )
+    .join('\n');
+  return `workloads:\n${w}\n${policies ? `policies:\n${policies}\n` : ''}`;
+}
+
+/** Listening sockets in a pod's netns (`ss -Htlnp`): port → owning pids. */
+export async function podListeners(pod: TopologyPod): Promise<Map<number, number[]>> {
+  const { stdout } = await execFileP('ip', ['netns', 'exec', pod.netns, 'ss', '-Htlnp']);
+  const out = new Map<number, number[]>();
+  for (const line of stdout.split('\n')) {
+    const m = /\s(?:\S*):(\d+)\s+\S+\s+users:\((.*)\)/.exec(line);
+    if (!m) continue;
+    const pids = [...m[2]!.matchAll(/pid=(\d+)/g)].map((x) => Number(x[1]));
+    out.set(Number(m[1]), [...(out.get(Number(m[1])) ?? []), ...pids]);
+  }
+  return out;
+}
+
+/** An app server inside a pod's netns (this process, no mark): echo, remembering who connected. */
+export class EchoApp {
+  readonly clients: string[] = [];
+  private constructor(
+    readonly server: net.Server,
+    readonly netns: Netns,
+  ) {}
+
+  static async start(pod: TopologyPod, port: number): Promise<EchoApp> {
+    const netns = openNetns(pod.netnsPath);
+    const { createServer } = await import('node:net');
+    const app = new EchoApp(
+      createServer({ allowHalfOpen: true }, (s) => {
+        app.clients.push(s.remoteAddress ?? '');
+        s.on('error', () => {});
+        s.pipe(s);
+      }),
+      netns,
+    );
+    await listenTcp({ netns, host: '0.0.0.0', port }, app.server);
+    return app;
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((r) => this.server.close(() => r()));
+    this.netns.close();
+  }
+}
+
+export interface TransferResult {
+  sent: string;
+  received: string;
+  bytes: number;
+  ms: number;
+}
+
+/**
+ * From inside `from` (as an app would: no mark, so the pod's rules capture it), sends `bytes` random
+ * bytes to host:port, half-closes, and reads the echo to EOF. Checksums both directions.
+ */
+export async function echoTransfer(from: Netns, host: string, port: number, bytes: number, timeoutMs = 60_000): Promise<TransferResult> {
+  const started = Date.now();
+  const socket = await connectTcp({ netns: from, family: 4, host, port, timeoutMs: 10_000 });
+  return new Promise<TransferResult>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`transfer to ${host}:${port} timed out after ${timeoutMs} ms (${received} of ${bytes} bytes back)`));
+    }, timeoutMs);
+    const hSent = createHash('sha256');
+    const hRecv = createHash('sha256');
+    let received = 0;
+    socket.on('data', (c: Buffer) => {
+      received += c.length;
+      hRecv.update(c);
+    });
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.on('end', () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ sent: hSent.digest('hex'), received: hRecv.digest('hex'), bytes: received, ms: Date.now() - started });
+    });
+    const chunk = 1 << 20;
+    let left = bytes;
+    const pump = (): void => {
+      while (left > 0) {
+        const n = Math.min(chunk, left);
+        const buf = randomBytes(n);
+        hSent.update(buf);
+        left -= n;
+        if (!socket.write(buf)) return void socket.once('drain', pump);
+      }
+      socket.end();
+    };
+    pump();
+  });
+}
+
+/** One connection attempt from inside `from`: resolves 'ok' when the echo answered, else the error code. */
+export async function tryConnect(from: Netns, host: string, port: number, timeoutMs = 5000): Promise<string> {
+  try {
+    const r = await echoTransfer(from, host, port, 16, timeoutMs);
+    return r.bytes === 16 && r.sent === r.received ? 'ok' : `short echo (${r.bytes} bytes)`;
+  } catch (err) {
+    const e = err as { sysCode?: string; code?: string; message: string };
+    return e.sysCode ?? e.code ?? e.message;
+  }
+}
+
+export async function httpGet(url: string, init?: RequestInit): Promise<{ status: number; body: string }> {
+  const res = await fetch(url, init);
+  return { status: res.status, body: await res.text() };
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export function uniqueName(tag: string): string {
+  return `wz${tag}${process.pid % 10000}${randomBytes(2).toString('hex')}`;
+}
