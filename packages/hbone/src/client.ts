@@ -272,7 +272,18 @@ export class HboneClient {
       });
       e.session = session;
       this.#watch(e, session, log);
-      await Promise.race([settingsReceived(session, peerAuthority), timeout]);
+      // With TLS 1.3 the peer judges our certificate after our handshake is done: its alert arrives
+      // as a socket error that the session does not always surface, so watch the socket too.
+      const socketFailed = new Promise<never>((_, reject) => {
+        connected.once('error', (cause: Error) => reject(classify(cause, peerAuthority)));
+        connected.once('close', () => reject(new HboneError('ERR_HBONE_SESSION', `peer ${peerAuthority} closed the connection before its SETTINGS`)));
+      });
+      socketFailed.catch(() => {});
+      connected.on('error', (err: Error) => {
+        e.lastError = err;
+        if (!session.destroyed) session.destroy(err);
+      });
+      await Promise.race([settingsReceived(session, peerAuthority), timeout, socketFailed]);
       session.setLocalWindowSize(this.#o.connectionWindowSize ?? 16 * MiB);
       const peerMax = session.remoteSettings.maxConcurrentStreams;
       if (peerMax !== undefined && peerMax < e.max) e.max = Math.max(1, peerMax);

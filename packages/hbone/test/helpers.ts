@@ -91,3 +91,21 @@ export function sha256(b: Buffer): string {
 export function random(n: number): Buffer {
   return randomBytes(n);
 }
+
+/** Writes `data` and collects exactly as many bytes back, without relying on the peer to pass a half-close on. */
+export async function exchange(d: Duplex, data: Buffer): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  const done = new Promise<void>((resolve, reject) => {
+    d.on('data', (c: Buffer) => {
+      chunks.push(c);
+      got += c.length;
+      if (got >= data.length) resolve();
+    });
+    d.once('end', () => resolve());
+    d.once('error', reject);
+  });
+  d.write(data);
+  await done;
+  return Buffer.concat(chunks);
+}
