@@ -1,0 +1,148 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { RuleApplier } from '../src/applier.js';
+import type { IptablesBackend } from '../src/backend.js';
+import { netnsExecutor } from '../src/executor.js';
+import { inpodRules, type InpodMode } from '../src/presets.js';
+import { RoutingApplier, inpodRouting } from '../src/routing.js';
+import { addNetns, delNetns, requireRootTools, sh, uniqueName } from './helpers.js';
+
+requireRootTools(['ip', 'nsenter', 'python3', 'iptables-legacy-restore', 'iptables-nft-restore', 'nft']);
+
+const helper = (name: string): string => fileURLToPath(new URL(`./helpers/${name}`, import.meta.url));
+const POD_IP = '10.200.0.2';
+const OUT_IP = '10.200.0.1';
+const PROBE_IP = '169.254.7.127';
+
+const netnsNames: string[] = [];
+const children: ChildProcess[] = [];
+afterAll(() => {
+  for (const c of children) c.kill('SIGKILL');
+  netnsNames.forEach(delNetns);
+});
+
+/** Start listen.py in a netns and wait for it to be bound. */
+function listen(ns: string, tcp: number[], udp: number[] = []): Promise<void> {
+  const args = ['netns', 'exec', ns, 'python3', helper('listen.py'), tcp.join(','), ...(udp.length ? ['--udp', udp.join(',')] : [])];
+  const child = spawn('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr?.on('data', (b: Buffer) => (err += b.toString()));
+    child.stdout?.on('data', (b: Buffer) => b.toString().includes('ready') && resolve());
+    child.on('exit', (code) => reject(new Error(`listen.py in ${ns} exited ${code}: ${err}`)));
+  });
+}
+
+/** A connect.py process inside `ns`: each call is one exchange, answered by the listener that got it. */
+async function connector(ns: string): Promise<(host: string, port: number, ...opts: string[]) => Promise<string>> {
+  const child = spawn('ip', ['netns', 'exec', ns, 'python3', helper('connect.py')], { stdio: ['pipe', 'pipe', 'pipe'] });
+  children.push(child);
+  const lines = createInterface({ input: child.stdout as Readable })[Symbol.asyncIterator]();
+  const first = await lines.next();
+  if (first.value !== 'ready') throw new Error(`connect.py in ${ns} did not start: ${String(first.value)}`);
+  let queue = Promise.resolve('');
+  return (host, port, ...opts) => {
+    queue = queue.then(async () => {
+      child.stdin?.write(`${[host, port, ...opts].join(' ')}\n`);
+      const answer = await lines.next();
+      if (answer.done) throw new Error(`connect.py in ${ns} exited`);
+      return answer.value as string;
+    });
+    return queue;
+  };
+}
+
+const combos: [InpodMode, IptablesBackend][] = [
+  ['tproxy', 'legacy'],
+  ['tproxy', 'nft'],
+  ['tproxy', 'nftables'],
+  ['redirect', 'nft'],
+  ['redirect', 'nftables'],
+];
+
+for (const [mode, backend] of combos) {
+  describe(`${mode} mode on ${backend}: traffic really goes to ztunnel's ports`, () => {
+    const pod = uniqueName('p');
+    const out = uniqueName('o');
+    type Connect = (host: string, port: number, ...opts: string[]) => Promise<string>;
+    const from: { pod: Connect; out: Connect } = { pod: () => Promise.resolve(''), out: () => Promise.resolve('') };
+
+    beforeAll(async () => {
+      netnsNames.push(pod, out);
+      const podPath = addNetns(pod);
+      addNetns(out);
+      const vethPod = uniqueName('vp');
+      const vethOut = uniqueName('vo');
+      sh('ip', ['-n', pod, 'link', 'add', vethPod, 'type', 'veth', 'peer', 'name', vethOut, 'netns', out]);
+      sh('ip', ['-n', pod, 'addr', 'add', `${POD_IP}/24`, 'dev', vethPod]);
+      sh('ip', ['-n', pod, 'link', 'set', vethPod, 'up']);
+      sh('ip', ['-n', pod, 'route', 'add', 'default', 'via', OUT_IP]);
+      sh('ip', ['-n', out, 'addr', 'add', `${OUT_IP}/24`, 'dev', vethOut]);
+      sh('ip', ['-n', out, 'addr', 'add', `${PROBE_IP}/32`, 'dev', vethOut]);
+      sh('ip', ['-n', out, 'link', 'set', vethOut, 'up']);
+
+      const executor = netnsExecutor(podPath);
+      const applied = await new RuleApplier({ executor, backend }).apply(inpodRules({ mode }));
+      expect(applied.changed).toBe(true);
+      expect((await new RoutingApplier({ executor }).apply(inpodRouting())).changed).toBe(true);
+      // ztunnel's three ports, the app's port, and DNS in the pod; a plain server outside.
+      await Promise.all([listen(pod, [15001, 15006, 15008, 8080], [15053]), listen(out, [9090, 8080])]);
+      [from.pod, from.out] = await Promise.all([connector(pod), connector(out)]);
+    });
+
+    it('an outbound connection to any address:port lands on 15001', async () => {
+      // REDIRECT in OUTPUT delivers to the loopback address; SO_ORIGINAL_DST keeps the real one.
+      expect(await from.pod('203.0.113.7', 80)).toBe('15001 127.0.0.1:15001 203.0.113.7:80');
+      expect(await from.pod(OUT_IP, 9090)).toBe(`15001 127.0.0.1:15001 ${OUT_IP}:9090`);
+    });
+
+    it('a socket with mark 0x539 (ztunnel) is not redirected', async () => {
+      expect(await from.pod(OUT_IP, 9090, '--mark', '0x539')).toMatch(/^9090 /);
+    });
+
+    it('an inbound connection to any pod port lands on 15006, to 15008 on 15008', async () => {
+      expect(await from.out(POD_IP, 8080)).toMatch(new RegExp(`^15006 .*${POD_IP}:8080`));
+      expect(await from.out(POD_IP, 4242)).toMatch(new RegExp(`^15006 .*${POD_IP}:4242`));
+      expect(await from.out(POD_IP, 15008)).toMatch(/^15008 /);
+    });
+
+    it('traffic from the probe address is not captured', async () => {
+      expect(await from.out(POD_IP, 8080, '--source', PROBE_IP)).toMatch(/^8080 /);
+    });
+
+    it('loopback to 127.0.0.1 is not captured', async () => {
+      expect(await from.pod('127.0.0.1', 8080)).toMatch(/^8080 /);
+    });
+
+    it('DNS over UDP goes to 15053', async () => {
+      expect(await from.pod('192.0.2.53', 53, '--udp')).toBe('15053 udp -');
+    });
+  });
+}
+
+describe('policy routing', () => {
+  it('is added once, reported, and removed', async () => {
+    const ns = uniqueName('r');
+    netnsNames.push(ns);
+    const routing = new RoutingApplier({ executor: netnsExecutor(addNetns(ns)) });
+    const spec = inpodRouting({ ipv6: true });
+    expect(await routing.missing(spec)).toEqual([
+      ['-4', 'rule', 'add', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133'],
+      ['-6', 'rule', 'add', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133'],
+      ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '133'],
+      ['-6', 'route', 'replace', 'local', '::/0', 'dev', 'lo', 'table', '133'],
+    ]);
+    expect(await routing.apply(spec)).toEqual({ changed: true });
+    expect(await routing.apply(spec)).toEqual({ changed: false });
+    expect(sh('ip', ['-n', ns, '-4', 'rule', 'show'])).toContain('32764:\tfrom all fwmark 0x111/0xfff lookup 133');
+    await routing.remove(spec);
+    expect(await routing.missing(spec)).toHaveLength(4);
+    expect(sh('ip', ['-n', ns, '-4', 'rule', 'show'])).not.toContain('fwmark');
+  });
+});
