@@ -192,6 +192,15 @@ export function resultIpv4(result: CniResult | undefined): string | undefined {
   return undefined;
 }
 
+/** The first IPv6 address of a CNI result, without its prefix length. */
+export function resultIpv6(result: CniResult | undefined): string | undefined {
+  for (const entry of result?.ips ?? []) {
+    const address = entry.address.split('/')[0];
+    if (address !== undefined && address.includes(':')) return address;
+  }
+  return undefined;
+}
+
 function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);

@@ -5,7 +5,7 @@ export type { AddPodOptions } from './node.js';
 export { TopologyPod } from './pod.js';
 export { SupervisedProcess, isSameProcess } from './process.js';
 export type { SpawnOptions, ProcessRecord, ProcessExit } from './process.js';
-export { cniArgs, execPlugin, loadConfList, pluginConfig, resultIpv4, runChain } from './cni.js';
+export { cniArgs, execPlugin, loadConfList, pluginConfig, resultIpv4, resultIpv6, runChain } from './cni.js';
 export type { CniCommand, CniConfList, CniExecContext, CniPluginConfig, CniPluginEntry, CniResult, CniRuntimeArgs } from './cni.js';
 export { checkPrerequisites, assertPrerequisites, formatMissing } from './prerequisites.js';
 export type { MissingPrerequisite, PrerequisiteOptions } from './prerequisites.js';

@@ -5,6 +5,7 @@ import {
   execPlugin,
   loadConfList,
   resultIpv4,
+  resultIpv6,
   runChain,
   type CniConfList,
   type CniExecContext,
@@ -20,6 +21,7 @@ import type { SpawnOptions, SupervisedProcess } from './process.js';
 import { probeTcp, type TcpProbeOptions, type TcpProbeResult } from './programs.js';
 import { execInNetns, type RunOptions, type RunResult } from './run.js';
 import { removeCgroupTree } from './cgroup.js';
+import { killProcessesIn, removeCgroupWithRetry } from './teardown.js';
 import type { NodeState, PodState } from './state.js';
 
 export interface AddPodOptions {
@@ -57,6 +59,13 @@ export class TopologyNode {
   }
   get podCidr(): string {
     return this.state.podCidr;
+  }
+  /** The node's IPv6 underlay address (dual-stack topologies only). */
+  get ip6(): string | undefined {
+    return this.state.ip6;
+  }
+  get podCidr6(): string | undefined {
+    return this.state.podCidr6;
   }
   /** Netns name (`ip netns exec <netns>`). */
   get netns(): string {
@@ -129,6 +138,7 @@ export class TopologyNode {
       throw err;
     }
     const ip = resultIpv4(result);
+    const ip6 = resultIpv6(result);
     const state: PodState = {
       name: options.name,
       namespace: options.namespace,
@@ -137,6 +147,7 @@ export class TopologyNode {
       netns,
       ifName: runtime.ifName,
       ip: ip ?? '',
+      ...(ip6 !== undefined ? { ip6 } : {}),
       labels: { ...options.labels },
       cniResult: result ?? { cniVersion: list.cniVersion },
       ...(cgroup !== undefined ? { cgroup } : {}),
@@ -146,8 +157,8 @@ export class TopologyNode {
     this.#pods.set(key(state.namespace, state.name), pod);
     await this.context.save();
     try {
-      if (ip === undefined) {
-        throw new CniPluginError(list.plugins.at(-1)?.type ?? '?', 'ADD', undefined, `CNI chain ${list.name} returned no IPv4 address for pod ${options.namespace}/${options.name}: ${JSON.stringify(result)}`);
+      if (ip === undefined || (this.state.podCidr6 !== undefined && ip6 === undefined)) {
+        throw new CniPluginError(list.plugins.at(-1)?.type ?? '?', 'ADD', undefined, `CNI chain ${list.name} returned no IPv4 (or, dual stack, no IPv6) address for pod ${options.namespace}/${options.name}: ${JSON.stringify(result)}`);
       }
       await this.context.spawn({
         name: `${options.namespace}.${options.name}.pause`,
@@ -174,6 +185,8 @@ export class TopologyNode {
       throw new TopologyError('TOPOLOGY_NOT_FOUND', `pod ${pod.namespace}/${pod.name} is not on node ${this.name}`);
     }
     await Promise.all(pod.processes.map((p) => p.stop('SIGTERM', 3000)));
+    // Also whatever else entered the pod (exec'd shells, processes of attached handles).
+    await killProcessesIn([pod.netns], pod.cgroup !== undefined ? [pod.cgroup] : [], this.context.logger);
     let failure: unknown;
     try {
       const list = await loadConfList(this.cniConfDir);
@@ -183,7 +196,7 @@ export class TopologyNode {
     }
     await execPlugin('DEL', { cniVersion: '1.0.0', name: 'cni-loopback', type: 'loopback' }, { ...pod.runtimeArgs, ifName: 'lo' }, this.#cniContext()).catch(() => {});
     await deleteNetns(pod.netns);
-    if (pod.cgroup !== undefined) await removeCgroupTree(pod.cgroup);
+    if (pod.cgroup !== undefined) await removeCgroupWithRetry(pod.cgroup);
     this.#pods.delete(key(pod.namespace, pod.name));
     this.state.pods.splice(this.state.pods.indexOf(pod.state), 1);
     await this.context.save();
@@ -227,7 +240,14 @@ export class TopologyNode {
 }
 
 /** The primary network: Debian's bridge plugin with host-local IPAM on the node's pod CIDR, then extra plugins. */
-export function primaryConfList(options: { podCidr: string; ipamDataDir: string; cniVersion: string; chain: readonly CniPluginEntry[] }): CniConfList {
+export function primaryConfList(options: {
+  podCidr: string;
+  podCidr6?: string;
+  ipamDataDir: string;
+  cniVersion: string;
+  chain: readonly CniPluginEntry[];
+}): CniConfList {
+  const dual = options.podCidr6 !== undefined;
   return {
     cniVersion: options.cniVersion,
     name: 'k8s-pod-network',
@@ -241,8 +261,8 @@ export function primaryConfList(options: { podCidr: string; ipamDataDir: string;
         hairpinMode: true,
         ipam: {
           type: 'host-local',
-          ranges: [[{ subnet: options.podCidr }]],
-          routes: [{ dst: '0.0.0.0/0' }],
+          ranges: [[{ subnet: options.podCidr }], ...(dual ? [[{ subnet: options.podCidr6 }]] : [])],
+          routes: [{ dst: '0.0.0.0/0' }, ...(dual ? [{ dst: '::/0' }] : [])],
           dataDir: options.ipamDataDir,
         },
       },

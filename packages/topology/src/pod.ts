@@ -36,6 +36,10 @@ export class TopologyPod {
   get ip(): string {
     return this.state.ip;
   }
+  /** The pod's IPv6 address (dual-stack topologies only). */
+  get ip6(): string | undefined {
+    return this.state.ip6;
+  }
   get labels(): Readonly<Record<string, string>> {
     return this.state.labels;
   }

@@ -139,7 +139,8 @@ export class SupervisedProcess {
 
   /** Send `signal` to the process group, then SIGKILL after `timeoutMs`. Resolves when it is gone. */
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 5000): Promise<ProcessExit> {
-    if (!this.running) return this.#settled();
+    // Not running: `exited` settles at once (a child's exit event is due; a handle's poll sees it gone).
+    if (!this.running) return this.exited;
     this.logger.info({ process: this.name, pid: this.pid, signal }, 'stopping process');
     this.#signalGroup(signal);
     const first = await Promise.race([this.exited, sleep(timeoutMs, undefined)]);
@@ -187,10 +188,6 @@ export class SupervisedProcess {
         // Gone between the check and the signal.
       }
     }
-  }
-
-  async #settled(): Promise<ProcessExit> {
-    return this.#done ? this.exited : { code: null, signal: null };
   }
 
   async #pollExit(): Promise<ProcessExit> {

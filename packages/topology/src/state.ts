@@ -12,7 +12,7 @@ export interface TopologyState {
   version: 1;
   name: string;
   stateDir: string;
-  underlay: { netns: string; cidr: string };
+  underlay: { netns: string; cidr: string; cidr6?: string };
   /** The topology's cgroup subtree; absent without cgroup v2. */
   cgroup?: string;
   sourceCniBinDir: string;
@@ -26,6 +26,8 @@ export interface NodeState {
   netns: string;
   ip: string;
   podCidr: string;
+  ip6?: string;
+  podCidr6?: string;
   cniConfDir: string;
   cniBinDir: string;
   ipamDataDir: string;
@@ -40,6 +42,7 @@ export interface PodState {
   netns: string;
   ifName: string;
   ip: string;
+  ip6?: string;
   labels: Record<string, string>;
   cniResult: CniResult;
   cgroup?: string;

@@ -27,8 +27,27 @@ export interface TeardownReport {
  * deletes every link in them), remove the cgroups and state directories. Safe to run twice.
  */
 export async function teardown(targets: TeardownTargets, logger: Logger): Promise<TeardownReport> {
-  const inodes = new Set<number>();
+  const killed = await killProcessesIn(targets.netns, targets.cgroups, logger);
+  const removedNetns: string[] = [];
   for (const name of targets.netns) {
+    await deleteNetns(name);
+    removedNetns.push(name);
+    logger.debug({ netns: name }, 'netns deleted');
+  }
+  for (const dir of targets.cgroups) await removeCgroupWithRetry(dir);
+
+  if (targets.cgroupMount !== undefined) await removeCgroupParentIfEmpty(targets.cgroupMount);
+  for (const dir of targets.stateDirs) await rm(dir, { recursive: true, force: true });
+  return { netns: removedNetns, killed, cgroups: targets.cgroups, stateDirs: targets.stateDirs };
+}
+
+/**
+ * SIGKILL every process inside the named namespaces or the cgroup subtrees (found by netns inode in /proc
+ * and by cgroup.procs): a netns is only really gone, links and all, when nothing runs in it any more.
+ */
+export async function killProcessesIn(netnsNames: readonly string[], cgroups: readonly string[], logger: Logger): Promise<number[]> {
+  const inodes = new Set<number>();
+  for (const name of netnsNames) {
     const inode = await netnsInode(netnsPath(name));
     if (inode !== undefined) inodes.add(inode);
   }
@@ -36,7 +55,7 @@ export async function teardown(targets: TeardownTargets, logger: Logger): Promis
   // Processes can fork while we kill; a few rounds catch the stragglers.
   for (let round = 0; round < 50; round++) {
     const pids = new Set(await pidsInNetns(inodes));
-    for (const dir of targets.cgroups) for (const pid of await cgroupPids(dir)) pids.add(pid);
+    for (const dir of cgroups) for (const pid of await cgroupPids(dir)) pids.add(pid);
     if (pids.size === 0) break;
     for (const pid of pids) {
       try {
@@ -49,19 +68,10 @@ export async function teardown(targets: TeardownTargets, logger: Logger): Promis
     }
     await sleep(20);
   }
-  const removedNetns: string[] = [];
-  for (const name of targets.netns) {
-    await deleteNetns(name);
-    removedNetns.push(name);
-    logger.debug({ netns: name }, 'netns deleted');
-  }
-  for (const dir of targets.cgroups) await removeCgroupWithRetry(dir);
-  if (targets.cgroupMount !== undefined) await removeCgroupParentIfEmpty(targets.cgroupMount);
-  for (const dir of targets.stateDirs) await rm(dir, { recursive: true, force: true });
-  return { netns: removedNetns, killed: [...killed], cgroups: targets.cgroups, stateDirs: targets.stateDirs };
+  return [...killed];
 }
 
-async function removeCgroupWithRetry(dir: string): Promise<void> {
+export async function removeCgroupWithRetry(dir: string): Promise<void> {
   // A killed process leaves its cgroup a moment after the signal; rmdir says EBUSY until then.
   for (let attempt = 0; ; attempt++) {
     try {

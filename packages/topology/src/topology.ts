@@ -20,6 +20,7 @@ import { teardown, type TeardownReport } from './teardown.js';
 export const DEFAULT_STATE_ROOT = join(tmpdir(), 'weir-topology');
 export const DEFAULT_CNI_BIN_DIR = '/usr/lib/cni';
 export const DEFAULT_UNDERLAY_CIDR = '172.18.0.0/24';
+const UNDERLAY_CIDR6 = 'fd00:172:18::/64';
 
 export interface TopologyOptions {
   /** Unique prefix of everything created (netns `<name>-…`, state dir, cgroup). */
@@ -30,6 +31,11 @@ export interface TopologyOptions {
   underlayCidr?: string;
   /** Where Debian's plugins (bridge, host-local, loopback, …) are. Default /usr/lib/cni. */
   cniBinDir?: string;
+  /**
+   * Dual stack: nodes get `fd00:172:18::<10+n>`, pods addresses from `fd00:10:244:<n>::/64` too, routed
+   * between nodes. Default false (IPv4 only).
+   */
+  ipv6?: boolean;
   /** Put pod processes in cgroups named by pod UID (needs cgroup v2). Default: when available. */
   podCgroups?: boolean;
   logger?: Logger;
@@ -40,6 +46,8 @@ export interface AddNodeOptions {
   name: string;
   /** Default `10.244.<n>.0/24` for the n-th node. */
   podCidr?: string;
+  /** With `ipv6`: default `fd00:10:244:<n>::/64`. */
+  podCidr6?: string;
   /** Plugins appended after `bridge` in the node's conflist (e.g. Weir's plugin). */
   cniChain?: CniPluginEntry[];
   /** Default `1.0.0` (the newest Debian's plugins speak). */
@@ -104,7 +112,7 @@ export class Topology {
       version: 1,
       name: options.name,
       stateDir,
-      underlay: { netns: underlayNetns, cidr: formatCidr(underlay) },
+      underlay: { netns: underlayNetns, cidr: formatCidr(underlay), ...(options.ipv6 ? { cidr6: UNDERLAY_CIDR6 } : {}) },
       ...(mount !== undefined ? { cgroup: topologyCgroup(mount, options.name) } : {}),
       sourceCniBinDir: options.cniBinDir ?? DEFAULT_CNI_BIN_DIR,
       nodes: [],
@@ -167,6 +175,9 @@ export class Topology {
   get underlayNetns(): string {
     return this.#state.underlay.netns;
   }
+  get underlayNetnsPath(): string {
+    return netnsPath(this.#state.underlay.netns);
+  }
   get nodes(): TopologyNode[] {
     return [...this.#nodes.values()];
   }
@@ -218,7 +229,8 @@ export class Topology {
     if (this.#nodes.has(options.name)) throw new TopologyError('TOPOLOGY_EXISTS', `node ${options.name} already exists in topology ${this.name}`);
     const index = Math.max(0, ...this.#state.nodes.map((n) => n.index)) + 1;
     const podCidr = formatCidr(parseCidr(options.podCidr ?? `10.244.${index}.0/24`));
-    const clash = this.#state.nodes.find((n) => n.podCidr === podCidr);
+    const podCidr6 = this.#state.underlay.cidr6 !== undefined ? (options.podCidr6 ?? `fd00:10:244:${index}::/64`) : undefined;
+    const clash = this.#state.nodes.find((n) => n.podCidr === podCidr || (podCidr6 !== undefined && n.podCidr6 === podCidr6));
     if (clash) throw new TopologyError('TOPOLOGY_INVALID_OPTIONS', `pod CIDR ${podCidr} of node ${options.name} is already node ${clash.name}'s`);
     const underlay = parseCidr(this.#state.underlay.cidr);
     const dir = join(this.stateDir, 'nodes', options.name);
@@ -228,6 +240,7 @@ export class Topology {
       netns: `${this.name}-${options.name}`,
       ip: hostAddress(underlay, 10 + index),
       podCidr,
+      ...(podCidr6 !== undefined ? { ip6: `fd00:172:18::${10 + index}`, podCidr6 } : {}),
       cniConfDir: join(dir, 'cni', 'net.d'),
       cniBinDir: join(dir, 'cni', 'bin'),
       ipamDataDir: join(dir, 'cni', 'ipam'),
@@ -241,14 +254,26 @@ export class Topology {
       await ip(state.netns, ['addr', 'add', `${state.ip}/${underlay.prefixLength}`, 'dev', 'eth0']);
       await ip(state.netns, ['link', 'set', 'eth0', 'up']);
       await execInNetns(netnsPath(state.netns), 'sysctl', ['-qw', 'net.ipv4.ip_forward=1'], { check: true });
+      if (state.ip6 !== undefined) {
+        // nodad: usable at once instead of after duplicate address detection (~2 s).
+        await ip(state.netns, ['addr', 'add', `${state.ip6}/64`, 'dev', 'eth0', 'nodad']);
+        await execInNetns(netnsPath(state.netns), 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1'], { check: true });
+      }
       for (const other of this.#state.nodes) {
         await ip(state.netns, ['route', 'add', other.podCidr, 'via', other.ip]);
         await ip(other.netns, ['route', 'add', state.podCidr, 'via', state.ip]);
+        if (state.podCidr6 !== undefined && other.podCidr6 !== undefined && state.ip6 !== undefined && other.ip6 !== undefined) {
+          await ip(state.netns, ['-6', 'route', 'add', other.podCidr6, 'via', other.ip6]);
+          await ip(other.netns, ['-6', 'route', 'add', state.podCidr6, 'via', state.ip6]);
+        }
       }
       await this.#prepareCni(state, options);
     } catch (err) {
       await deleteNetns(state.netns).catch(() => {});
-      for (const other of this.#state.nodes) await ip(other.netns, ['route', 'del', state.podCidr]).catch(() => {});
+      for (const other of this.#state.nodes) {
+        await ip(other.netns, ['route', 'del', state.podCidr]).catch(() => {});
+        if (state.podCidr6 !== undefined) await ip(other.netns, ['-6', 'route', 'del', state.podCidr6]).catch(() => {});
+      }
       throw err;
     }
     this.#state.nodes.push(state);
@@ -266,10 +291,7 @@ export class Topology {
 
   async #spawn(options: SpawnOptions): Promise<SupervisedProcess> {
     if (options.cgroup !== undefined) await mkdir(options.cgroup, { recursive: true });
-    const proc = await SupervisedProcess.start(
-      { ...options, logFile: options.logFile ?? join(this.stateDir, 'logs', `${fileSafe(options.name)}.log`) },
-      this.logger,
-    );
+    const proc = await SupervisedProcess.start({ ...options, logFile: options.logFile ?? this.#defaultLogFile(options.name) }, this.logger);
     this.#processes.push(proc);
     this.#state.processes.push(proc.record);
     await this.#save();
@@ -326,8 +348,17 @@ export class Topology {
     for (const entry of options.cniChain ?? []) {
       if (entry.binary !== undefined) await linkBinary(entry.binary, join(state.cniBinDir, entry.type));
     }
-    const list = primaryConfList({ podCidr: state.podCidr, ipamDataDir: state.ipamDataDir, cniVersion: options.cniVersion ?? '1.0.0', chain: options.cniChain ?? [] });
+    const list = primaryConfList({ podCidr: state.podCidr, ...(state.podCidr6 !== undefined ? { podCidr6: state.podCidr6 } : {}), ipamDataDir: state.ipamDataDir, cniVersion: options.cniVersion ?? '1.0.0', chain: options.cniChain ?? [] });
     await writeJsonAtomic(join(state.cniConfDir, CONFLIST_FILE), list);
+  }
+
+  /** `<stateDir>/logs/<name>.log`; a second process of the same name gets `<name>-2.log`, and so on. */
+  #defaultLogFile(name: string): string {
+    const taken = new Set(this.#state.processes.map((p) => p.logFile));
+    for (let n = 1; ; n++) {
+      const file = join(this.stateDir, 'logs', `${fileSafe(name)}${n === 1 ? '' : `-${n}`}.log`);
+      if (!taken.has(file)) return file;
+    }
   }
 
   #operation<T>(fn: () => Promise<T>): Promise<T> {
