@@ -1,5 +1,6 @@
 // Bad input from peers written without any Weir code (/usr/bin/python3, raw SOCK_SEQPACKET records
 // with SCM_RIGHTS): every bad record is a typed error and a clean reconnect, no crash, no fd leak.
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,6 +61,13 @@ describe('ZdsServer against a hostile ztunnel', () => {
       const good = results[10]!;
       expect(good.same_netns).toBe(true);
       expect(good.then).toBe('1a00'); // SnapshotSent
+      // the Add as it crossed the real socket is byte for byte what protoc makes of the same value
+      const protocAdd = execFileSync(
+        'protoc',
+        ['--encode=istio.workload.zds.WorkloadRequest', `-I${join(import.meta.dirname, '../proto')}`, 'zds.proto'],
+        { input: 'add { uid: "uid-a" workload_info { name: "web-0" namespace: "default" service_account: "web" } }' },
+      );
+      expect(good.add).toBe(protocAdd.toString('hex'));
 
       await until(() => errs.length === 11, 'eleven disconnects');
       expect(violations(errs)).toEqual([

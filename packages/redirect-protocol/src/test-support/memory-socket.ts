@@ -9,13 +9,11 @@ import { closeFds, type RecordSocket } from '../transport.js';
 export class MemorySocket extends EventEmitter implements RecordSocket {
   peer!: MemorySocket;
   closed = false;
-  readonly sent: { data: Buffer; fds: number }[] = [];
 
   async send(data: Uint8Array, fds: number[] = []): Promise<void> {
     if (this.closed || this.peer.closed) throw Object.assign(new Error('send: EPIPE'), { code: 'EPIPE' });
     const copy = Buffer.from(data);
     const dups = fds.map((fd) => openSync(`/proc/self/fd/${fd}`, 'r'));
-    this.sent.push({ data: copy, fds: fds.length });
     setImmediate(() => {
       if (this.peer.closed) closeFds(dups);
       else this.peer.emit('message', copy, dups);
