@@ -285,6 +285,11 @@ export class PodController {
         rec.enrollStart = undefined;
         return;
       }
+      if (rec.state === 'idle' && rec.waiters.length === 0 && this.podIps(rec).length === 0 && !rec.netnsPath) {
+        // A pod whose sandbox has no network yet: its CNI ADD (our plugin's /cmdadd) captures it.
+        rec.enrollStart = undefined;
+        return;
+      }
       await this.capture(rec);
     } else {
       rec.enrollStart = undefined;
@@ -340,13 +345,13 @@ export class PodController {
   private async stillThere(rec: PodRecord, netns: NetnsHandle): Promise<void> {
     const path = rec.netnsPath;
     if (!path) return;
-    let ino: number | bigint;
+    let ino: number;
     try {
       ino = (await stat(path)).ino;
     } catch (cause) {
       throw new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} vanished mid-capture`, { cause });
     }
-    if (BigInt(ino) !== BigInt(netns.id.ino)) {
+    if (ino !== netns.id.ino) {
       throw new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} was replaced mid-capture (inode ${ino}, opened ${netns.id.ino})`);
     }
   }
@@ -372,7 +377,7 @@ export class PodController {
         throw new CniAgentError('ERR_AGENT_RULES', `applying in-pod rules for ${pod.namespace}/${pod.name} in ${rec.netnsPath}: ${describe(cause)}`, { cause });
       }
       rec.rulesApplied = true;
-      if (report.changed && rec.enrollStart?.trigger === 'startup') {
+      if (report.repaired.length > 0 && rec.enrollStart?.trigger === 'startup') {
         this.opts.metrics.repairs.inc();
         this.log.warn({ ...ids, repaired: report.repaired }, 'restart reconcile repaired in-pod rules');
       }
@@ -410,6 +415,16 @@ export class PodController {
       this.updateGauges();
     } catch (err) {
       const reason = failureReason(err);
+      if (reason === 'ztunnel_failed' && !this.opts.ztunnel.connected) {
+        // No ztunnel yet: the pod is in the ZDS snapshot set, and the snapshot ack retries it.
+        rec.state = 'pending';
+        rec.lastError = describe(err);
+        for (const w of rec.waiters.splice(0)) w.reject(err as Error);
+        if (rec.enrollStart?.trigger !== 'startup') this.opts.metrics.failures.inc({ reason: 'ztunnel_not_connected' });
+        this.log.info({ ...ids, rulesApplied: rec.rulesApplied }, 'pod pending: waiting for ztunnel to connect and take the snapshot');
+        this.updateGauges();
+        return;
+      }
       if (err instanceof CniAgentError && err.code === 'ERR_AGENT_NETNS_NOT_FOUND') {
         this.dropNetns(rec);
         // After a restart, a captured pod whose netns we cannot find yet must not be dropped by
@@ -438,8 +453,7 @@ export class PodController {
           : 'pod pending: capture failed; retrying',
       );
       for (const w of rec.waiters.splice(0)) w.reject(err as Error);
-      // "Not connected" is ztunnel's absence, not the pod's fault: no Event for it.
-      if (!(reason === 'ztunnel_failed' && !this.opts.ztunnel.connected) && rec.attempt <= 3) {
+      if (rec.attempt <= 3) {
         void this.opts.source.recordEvent(pod, { type: 'Warning', reason: 'AmbientCaptureFailed', message: rec.lastError });
       }
       this.scheduleRetry(rec, retryInMs);

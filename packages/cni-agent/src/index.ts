@@ -17,3 +17,5 @@ export {
 export type { PodEvent, PodSource, PodSourceHandlers } from './pod-source.js';
 export type { EnrollmentRule, NetnsHandle, OpenNetns, PodRules, RepairReport, WorkloadHandoff } from './ports.js';
 export { findPodNetnsInProc, type ProcNetnsMatch, type ProcScanOptions } from './proc-scan.js';
+export { createNodeAgent, type CreateNodeAgentOptions } from './create-agent.js';
+export { IptablesPodRules, type IptablesPodRulesOptions } from './iptables-rules.js';

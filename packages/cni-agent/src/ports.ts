@@ -3,8 +3,8 @@ import type { PodInfo } from './pod.js';
 /** An open network namespace (the shape of @weir/netns's Netns that the agent uses). */
 export interface NetnsHandle {
   readonly fd: number;
-  readonly id: { dev: number | bigint; ino: number | bigint };
-  readonly path: string;
+  readonly id: { dev: number; ino: number };
+  readonly path: string | undefined;
   readonly closed: boolean;
   close(): void;
 }
