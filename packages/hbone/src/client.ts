@@ -276,7 +276,16 @@ export class HboneClient {
       // as a socket error that the session does not always surface, so watch the socket too.
       const socketFailed = new Promise<never>((_, reject) => {
         connected.once('error', (cause: Error) => reject(classify(cause, peerAuthority)));
-        connected.once('close', () => reject(new HboneError('ERR_HBONE_SESSION', `peer ${peerAuthority} closed the connection before its SETTINGS`)));
+        // An h2 server's first frame is SETTINGS; closing before it (Node servers do so without an
+        // alert) is the peer refusing our certificate after the handshake.
+        connected.once('close', () =>
+          reject(
+            new HboneError(
+              'ERR_HBONE_TLS',
+              `peer ${peerAuthority} closed the connection right after the TLS handshake, before any HTTP/2 frame: it refused our certificate (${t.identity.toString()}) or TLS parameters`,
+            ),
+          ),
+        );
       });
       socketFailed.catch(() => {});
       connected.on('error', (err: Error) => {

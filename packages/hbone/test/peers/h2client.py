@@ -1,7 +1,9 @@
 """HBONE client written with Debian's python3-h2: CONNECT through a Weir server to an echo.
 
-usage: h2client.py HOST PORT AUTHORITY CERT KEY CA NBYTES [METHOD]
+usage: h2client.py HOST PORT AUTHORITY CERT KEY CA NBYTES [METHOD [noread]]
 Prints one JSON line: {"status": ..., "ok": ..., "echoed": n}.
+With `noread`, after the 200 it prints {"status": 200, "noread": true} and then never reads the
+socket nor opens its flow-control window again (a slow client), until killed.
 """
 import hashlib
 import json
@@ -9,6 +11,7 @@ import os
 import socket
 import ssl
 import sys
+import time
 
 import h2.config
 import h2.connection
@@ -16,6 +19,7 @@ import h2.events
 
 host, port, authority, cert, key, ca, nbytes = sys.argv[1:8]
 method = sys.argv[8] if len(sys.argv) > 8 else "CONNECT"
+noread = len(sys.argv) > 9 and sys.argv[9] == "noread"
 nbytes = int(nbytes)
 
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -65,6 +69,9 @@ while not ended:
     for ev in conn.receive_data(chunk):
         if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
             status = int(dict(ev.headers)[b":status"])
+            if status == 200 and noread:
+                print(json.dumps({"status": 200, "noread": True}), flush=True)
+                time.sleep(3600)
             if status == 200:
                 offset = 0
             else:
