@@ -1,0 +1,83 @@
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+
+const labels = z.record(z.string(), z.string());
+
+const componentSchema = z.object({
+  name: z.enum(['weir-cni-agent', 'weir-ztunnel', 'weir-cni']),
+  path: z.string().optional(),
+  present: z.boolean(),
+  detail: z.string(),
+});
+
+const stateSchema = z.object({
+  version: z.literal(1),
+  name: z.string(),
+  createdAt: z.string(),
+  topologyStateDir: z.string(),
+  files: z.object({ podsFile: z.string(), localXds: z.string(), caCert: z.string(), caKey: z.string() }),
+  components: z.array(componentSchema),
+  namespaces: z.array(z.object({ name: z.string(), labels })),
+  pods: z.array(
+    z.object({
+      name: z.string(),
+      namespace: z.string(),
+      node: z.string(),
+      labels,
+      app: z.union([z.object({ kind: z.literal('sleep') }), z.object({ kind: z.literal('http-echo'), port: z.number() })]),
+    }),
+  ),
+  nodes: z.array(
+    z.object({
+      name: z.string(),
+      zdsSocket: z.string(),
+      runDir: z.string(),
+      /** Names of the supervised processes in the topology (absent: component not started). */
+      agentProcess: z.string().optional(),
+      ztunnelProcess: z.string().optional(),
+      /** Why a component is not running on this node. */
+      notes: z.array(z.string()),
+    }),
+  ),
+});
+
+export type SandboxState = z.infer<typeof stateSchema>;
+export type ComponentInfo = z.infer<typeof componentSchema>;
+export type ComponentName = ComponentInfo['name'];
+
+export const STATE_FILE = 'state.json';
+
+export function stateFile(dir: string): string {
+  return join(dir, STATE_FILE);
+}
+
+/** The sandbox state, or undefined when there is none. A corrupt file is an error naming the field. */
+export async function readSandboxState(dir: string): Promise<SandboxState | undefined> {
+  let text: string;
+  try {
+    text = await readFile(stateFile(dir), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`sandbox state ${stateFile(dir)} is not JSON (${(err as Error).message}); run weirctl sandbox down`, { cause: err });
+  }
+  const parsed = stateSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new Error(`sandbox state ${stateFile(dir)}: ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}; run weirctl sandbox down`);
+  }
+  return parsed.data;
+}
+
+export async function writeSandboxState(dir: string, state: SandboxState): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  const tmp = `${stateFile(dir)}.${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(state, null, 2)}\n`);
+  await rename(tmp, stateFile(dir));
+}
