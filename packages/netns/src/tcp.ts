@@ -213,8 +213,11 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     let timer: NodeJS.Timeout | undefined;
     let done = false;
     const poller = new native.Poller(fd, (status) => {
-      if (status < 0) return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target}: poll failed (${status})`));
+      // libuv reports POLLERR (e.g. a refused connect) as a poll error: SO_ERROR says what happened.
       const err = native.socketError(fd);
+      if (status < 0 && err === 0) {
+        return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target}: poll failed with libuv status ${status}`));
+      }
       if (err !== 0) {
         return fail(new NetnsError(codeForErrno(err), `connect to ${target} failed with ${errnoName(err)}`, { errno: err, syscall: 'connect' }));
       }

@@ -1,0 +1,163 @@
+// Outbound sockets made for netns A connect from A's address, carry SO_MARK, and fail with typed errors.
+import type { AddressInfo, Server, Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NetnsError, connectTcp, createTcpSocket, currentNetns, listenTcp, openNetns, socketNetnsId, type Netns } from '../src/index.js';
+import { TestNetns, countFds, readAll, requireRootAndTools, ruleCounter, vethPair } from './helpers.js';
+
+let nsA: TestNetns;
+let nsB: TestNetns;
+let a: Netns;
+let b: Netns;
+let home: Netns;
+let addr: ReturnType<typeof vethPair>;
+let server: Server;
+let serverPort: number;
+const peers: string[] = [];
+
+beforeAll(async () => {
+  requireRootAndTools('iptables', 'ip6tables');
+  home = currentNetns();
+  nsA = new TestNetns('A');
+  nsB = new TestNetns('B');
+  addr = vethPair(nsA, nsB, 211);
+  a = openNetns(nsA.path);
+  b = openNetns(nsB.path);
+  // Counting rules inside A only: packets to B carrying mark 0x539, and all packets to B.
+  for (const [cmd, dst] of [['iptables', addr.b4], ['ip6tables', addr.b6]] as const) {
+    nsA.exec(cmd, ['-A', 'OUTPUT', '-p', 'tcp', '-d', dst, '-m', 'mark', '--mark', '0x539', '-m', 'comment', '--comment', 'wmarked']);
+    nsA.exec(cmd, ['-A', 'OUTPUT', '-p', 'tcp', '-d', dst, '-m', 'comment', '--comment', 'wall']);
+    // A black hole for timeout tests.
+    nsA.exec(cmd, ['-A', 'OUTPUT', '-p', 'tcp', '-d', dst, '--dport', '9', '-j', 'DROP']);
+  }
+  server = await listenTcp({ netns: b, host: '::', port: 0 });
+  serverPort = (server.address() as AddressInfo).port;
+  server.on('connection', (s: Socket) => {
+    peers.push(`${s.remoteAddress}|${s.remotePort}`);
+    s.on('error', () => undefined);
+    s.end('from B');
+  });
+});
+
+afterAll(async () => {
+  await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  a?.close();
+  b?.close();
+  nsA?.delete();
+  nsB?.delete();
+  const now = currentNetns();
+  expect(now.sameAs(home)).toBe(true);
+  now.close();
+  home?.close();
+});
+
+/** Waits until the socket closed and its last packets left, so counters are final. */
+async function settled(s: Socket): Promise<void> {
+  if (!s.closed) await new Promise((resolve) => s.once('close', resolve));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+}
+
+function sockFd(s: Socket): number {
+  return (s as unknown as { _handle: { fd: number } })._handle.fd;
+}
+
+describe('connectTcp from a netns', () => {
+  it('IPv4: connects from A\'s address, lives in A, and carries mark 0x539 (iptables counter in A)', async () => {
+    const marked0 = ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wmarked');
+    const all0 = ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wall');
+    const s = await connectTcp({ netns: a, family: 4, mark: 0x539, host: addr.b4, port: serverPort });
+    expect(socketNetnsId(sockFd(s))).toEqual(a.id);
+    expect(s.localAddress).toBe(addr.a4);
+    expect(s.remoteAddress).toBe(addr.b4);
+    expect(await readAll(s)).toBe('from B');
+    expect(peers.at(-1)).toBe(`::ffff:${addr.a4}|${s.localPort}`);
+    await settled(s);
+    const marked1 = ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wmarked');
+    const all1 = ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wall');
+    expect(marked1).toBeGreaterThan(marked0);
+    expect(marked1 - marked0).toBe(all1 - all0);
+
+    // Control: no mark, no count on the mark rule.
+    const u = await connectTcp({ netns: a, family: 4, host: addr.b4, port: serverPort });
+    expect(await readAll(u)).toBe('from B');
+    await settled(u);
+    expect(ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wmarked')).toBe(marked1);
+    expect(ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wall')).toBeGreaterThan(all1);
+  });
+
+  it('IPv6: connects from A\'s address with the mark', async () => {
+    const marked0 = ruleCounter(nsA, 'ip6tables', 'filter', 'OUTPUT', 'wmarked');
+    const s = await connectTcp({ netns: a, family: 6, mark: 0x539, host: addr.b6, port: serverPort });
+    expect(socketNetnsId(sockFd(s))).toEqual(a.id);
+    expect(s.localAddress).toBe(addr.a6);
+    expect(await readAll(s)).toBe('from B');
+    expect(peers.at(-1)).toBe(`${addr.a6}|${s.localPort}`);
+    expect(ruleCounter(nsA, 'ip6tables', 'filter', 'OUTPUT', 'wmarked')).toBeGreaterThan(marked0);
+  });
+
+  it('binds to bindAddress/bindPort before connecting', async () => {
+    const probe = createTcpSocket({ netns: a, family: 4, bindAddress: addr.a4 });
+    const { socketLocalAddress } = await import('../src/index.js');
+    const port = socketLocalAddress(probe).port;
+    (await import('node:fs')).closeSync(probe);
+    const s = await connectTcp({ netns: a, family: 4, bindAddress: addr.a4, bindPort: port, host: addr.b4, port: serverPort });
+    expect(s.localPort).toBe(port);
+    expect(await readAll(s)).toBe('from B');
+    expect(peers.at(-1)).toBe(`::ffff:${addr.a4}|${port}`);
+  });
+
+  it('binds a non-local address only with transparent + freebind', async () => {
+    const spoof = `10.211.0.99`;
+    const fd = createTcpSocket({ netns: a, family: 4, transparent: true, freebind: true, bindAddress: spoof });
+    (await import('node:fs')).closeSync(fd);
+    expect(() => createTcpSocket({ netns: a, family: 4, bindAddress: spoof })).toThrow(
+      expect.objectContaining({ code: 'ERR_NETNS_ADDRESS_NOT_AVAILABLE', syscall: 'bind' }),
+    );
+  });
+
+  it('maps failures to typed errors and leaks no fds', async () => {
+    // Sockets of earlier tests finish closing first, so the count is stable.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const before = countFds();
+    await expect(connectTcp({ netns: a, family: 4, host: addr.b4, port: 1 })).rejects.toMatchObject({
+      code: 'ERR_NETNS_CONNECTION_REFUSED',
+      sysCode: 'ECONNREFUSED',
+    });
+    await expect(connectTcp({ netns: a, family: 4, host: '203.0.113.9', port: 80 })).rejects.toMatchObject({
+      code: 'ERR_NETNS_UNREACHABLE',
+    });
+    const t0 = Date.now();
+    await expect(connectTcp({ netns: a, family: 4, host: addr.b4, port: 9, timeoutMs: 300 })).rejects.toMatchObject({
+      code: 'ERR_NETNS_TIMEOUT',
+    });
+    expect(Date.now() - t0).toBeLessThan(5000);
+    const ac = new AbortController();
+    const pending = connectTcp({ netns: a, family: 6, host: addr.b6, port: 9, signal: ac.signal });
+    setTimeout(() => ac.abort(new Error('test abort')), 50);
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_NETNS_ABORTED' });
+    await expect(connectTcp({ netns: a, family: 4, host: addr.b4, port: 9, signal: AbortSignal.abort() })).rejects.toMatchObject({
+      code: 'ERR_NETNS_ABORTED',
+    });
+    expect(countFds()).toBe(before);
+  });
+
+  it('refuses hostnames and family mismatches: no DNS in the host netns, no silent fallback', async () => {
+    const bad = async (o: Record<string, unknown>): Promise<string> => {
+      try {
+        await connectTcp({ netns: a, family: 4, host: addr.b4, port: serverPort, ...o } as never);
+      } catch (e) {
+        expect(e).toBeInstanceOf(NetnsError);
+        return (e as NetnsError).code;
+      }
+      return 'connected';
+    };
+    expect(await bad({ host: 'localhost' })).toBe('ERR_NETNS_INVALID_ARGUMENT');
+    expect(await bad({ host: addr.b6 })).toBe('ERR_NETNS_INVALID_ARGUMENT');
+    expect(await bad({ family: 5 })).toBe('ERR_NETNS_INVALID_ARGUMENT');
+    expect(await bad({ bindAddress: addr.a6 })).toBe('ERR_NETNS_INVALID_ARGUMENT');
+    expect(await bad({ mark: 2 ** 32 })).toBe('ERR_NETNS_INVALID_ARGUMENT');
+    expect(await bad({ timeoutMs: 0 })).toBe('ERR_NETNS_INVALID_ARGUMENT');
+    const closed = openNetns(nsA.path);
+    closed.close();
+    expect(await bad({ netns: closed })).toBe('ERR_NETNS_BAD_FD');
+  });
+});
