@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { createRequire } from 'node:module';
 import { Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa } from '@weir/ztunnel';
 import { ConfigError, effectiveConfigLines, parseConfig, type AppConfig } from './config.js';
 
@@ -23,24 +24,7 @@ async function main(): Promise<void> {
     ? (await loadOrCreateCa({ ...config.ca, trustDomain: config.trustDomain })).ca
     : await createEmbeddedCa(config.trustDomain);
 
-  let ztunnel: Ztunnel | undefined;
-  let stopping = false;
-  const shutdown = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'received termination signal, draining');
-    void (ztunnel?.stop({ deadlineMs: config.terminationDeadlineMs }) ?? Promise.resolve()).then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
-
-  ztunnel = new Ztunnel({
+  const ztunnel: Ztunnel = new Ztunnel({
     inpodUds: config.inpodUds,
     packetMark: config.packetMark,
     portReuse: config.portReuse,
@@ -61,8 +45,25 @@ async function main(): Promise<void> {
     onQuit: () => shutdown('quitquitquit'),
     processMetrics: true,
   });
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'received termination signal, draining');
+    void ztunnel.stop({ deadlineMs: config.terminationDeadlineMs }).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+
   await ztunnel.start();
-  log.info({ version: '0.0.0' }, 'ztunnel started');
+  const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+  log.info({ version }, 'ztunnel started');
 }
 
 main().catch((err: unknown) => {

@@ -7,7 +7,7 @@ describe('createLogger', () => {
     const { logger } = createLogger({ write: (l) => lines.push(l) });
     logger.child({ component: 'inpod' }).info({ uid: 'u1', name: 'a b' }, 'pod WorkloadUid("u1") received netns, starting proxy');
     expect(lines[0]).toMatch(
-      /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z  INFO inpod: pod WorkloadUid\("u1"\) received netns, starting proxy uid=u1 name="a b"\n$/,
+      /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z {2}INFO inpod: pod WorkloadUid\("u1"\) received netns, starting proxy uid=u1 name="a b"\n$/,
     );
   });
 

@@ -8,7 +8,7 @@ import { openNetns, connectTcp, type Netns } from '@weir/netns';
 import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type SupervisedProcess, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EchoApp, capturePod, echoTransfer, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor } from './support.js';
+import { EchoApp, capturePod, echoTransfer, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor } from './support.js';
 
 // The real `weir-ztunnel` binary, one per simulated node (each in its node's netns), fed by a node
 // agent stand-in over ZDS: ZdsServer, and a Python peer that writes the protobuf records by hand.
@@ -129,7 +129,7 @@ describe('weir-ztunnel process', () => {
     expect(log).toMatch(/^inpod_uds: .*n1\/ztunnel\.sock$/m);
     expect(log).toMatch(/^inpod_port_reuse: true$/m);
     expect(log).toMatch(/^inpod_mark: 1337$/m);
-    expect(log).toMatch(/\d{6}Z  INFO inpod: handling new stream/);
+    expect(log).toMatch(/\d{6}Z {2}INFO inpod: handling new stream/);
     expect(log).toContain(`INFO inpod: pod WorkloadUid("${a.uid}") received netns, starting proxy uid=${a.uid}`);
     expect(log).toContain('pod received snapshot sent');
     for (const [pod, proc] of [[a, zt1], [b, zt1], [c, zt2]] as const) {
