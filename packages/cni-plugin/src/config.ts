@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { DEFAULT_ENABLEMENT_SELECTORS, type EnablementSelector } from './enrollment.js';
 import { CniPluginError } from './errors.js';
 import { isSupportedVersion, SUPPORTED_VERSIONS, type CniVersion } from './version.js';

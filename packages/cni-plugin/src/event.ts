@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { CniResult } from './config.js';
 
 /** The agent's route for pod-add events on `<cni_agent_run_dir>/pluginevent.sock`. */

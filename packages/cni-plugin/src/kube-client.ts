@@ -2,7 +2,6 @@ import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { dirname, isAbsolute, join } from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import { CniPluginError } from './errors.js';
 
 /** What a request to the API needs, resolved from a kubeconfig's current context. */
@@ -28,7 +27,10 @@ function bad(path: string, what: string, cause?: unknown): CniPluginError {
 export async function loadKubeconfig(path: string): Promise<KubeConnection> {
   let doc: Record<string, unknown>;
   try {
-    doc = parseYaml(await readFile(path, 'utf8')) as Record<string, unknown>;
+    const text = await readFile(path, 'utf8');
+    // Loaded on first use: commands that never read a kubeconfig keep the binary's start-up lean.
+    const { parse } = await import('yaml');
+    doc = parse(text) as Record<string, unknown>;
   } catch (err) {
     throw bad(path, `cannot be read: ${(err as Error).message}`, err);
   }

@@ -64,29 +64,31 @@ export class TestAgent {
   readonly events: unknown[] = [];
   /** How the next requests are answered. */
   mode: 'ok' | 'fail' | 'hang' = 'ok';
-  #server: Server;
+  readonly #server: Server;
 
-  private constructor(server: Server) {
-    this.#server = server;
-  }
-
-  static async listen(socketPath: string): Promise<TestAgent> {
-    let agent: TestAgent | undefined;
-    const server = createServer((req, res) => {
+  private constructor() {
+    this.#server = createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
-        const a = agent!;
-        a.events.push({ method: req.method, url: req.url, contentType: req.headers['content-type'], body: JSON.parse(Buffer.concat(chunks).toString()) as unknown });
-        if (a.mode === 'hang') return; // never answers: the plugin's deadline must fire
-        res.writeHead(a.mode === 'ok' ? 200 : 500, { 'Content-Type': 'text/plain' });
-        res.end(a.mode === 'ok' ? '' : 'failed to add pod: no ztunnel connection');
+        this.events.push({
+          method: req.method,
+          url: req.url,
+          contentType: req.headers['content-type'],
+          body: JSON.parse(Buffer.concat(chunks).toString()) as unknown,
+        });
+        if (this.mode === 'hang') return; // never answers: the plugin's deadline must fire
+        res.writeHead(this.mode === 'ok' ? 200 : 500, { 'Content-Type': 'text/plain' });
+        res.end(this.mode === 'ok' ? '' : 'failed to add pod: no ztunnel connection');
       });
     });
-    agent = new TestAgent(server);
+  }
+
+  static async listen(socketPath: string): Promise<TestAgent> {
+    const agent = new TestAgent();
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, resolve);
+      agent.#server.once('error', reject);
+      agent.#server.listen(socketPath, resolve);
     });
     return agent;
   }
