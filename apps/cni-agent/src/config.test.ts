@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from './config.js';
+
+describe('parseConfig', () => {
+  it('applies defaults: tproxy, DNS capture off, /var/run/istio-cni, :8000', () => {
+    const r = parseConfig(['--node-name', 'n1', '--pods-file', '/tmp/p.yaml'], {});
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.command).toBe('run');
+    expect(r.config).toMatchObject({
+      'node-name': 'n1',
+      'run-dir': '/var/run/istio-cni',
+      'zds-socket': '/var/run/ztunnel/ztunnel.sock',
+      mode: 'tproxy',
+      'dns-capture': false,
+      ipv6: false,
+      'ready-address': { host: '0.0.0.0', port: 8000 },
+      'exclude-namespaces': ['kube-system'],
+      'drift-interval': 30_000,
+      'log-format': 'text',
+    });
+  });
+
+  it('reads the environment, and flags win over it', () => {
+    const env = { NODE_NAME: 'env-node', REDIRECT_MODE: 'redirect', DNS_CAPTURE: 'true', LOG_FORMAT: 'json', READY_ADDRESS: '[::1]:9000', KUBE_API: 'http://127.0.0.1:6443', EXCLUDE_NAMESPACES: 'a, b', DRIFT_INTERVAL: '500ms' };
+    const r = parseConfig(['--node-name', 'flag-node'], env);
+    expect(r.ok && r.config).toMatchObject({
+      'node-name': 'flag-node',
+      mode: 'redirect',
+      'dns-capture': true,
+      'log-format': 'json',
+      'ready-address': { host: '::1', port: 9000 },
+      'kube-api': 'http://127.0.0.1:6443',
+      'exclude-namespaces': ['a', 'b'],
+      'drift-interval': 500,
+    });
+  });
+
+  it('an explicit pod source wins over a KUBECONFIG left in the environment', () => {
+    const r = parseConfig(['--node-name', 'n', '--pods-file', 'p.yaml'], { KUBECONFIG: '/root/.kube/config' });
+    expect(r.ok && r.config.kubeconfig).toBeUndefined();
+  });
+
+  it('reports every bad field on its own line, naming flag and variable', () => {
+    const r = parseConfig(['--mode', 'ebpf', '--ready-address', 'nope', '--kube-api', 'http://x:1', '--kubeconfig', 'k', '--install'], {});
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.errors).toEqual(
+      expect.arrayContaining([
+        '--node-name (NODE_NAME): required',
+        expect.stringMatching(/^--mode \(REDIRECT_MODE\): Invalid option/),
+        expect.stringMatching(/^--ready-address \(READY_ADDRESS\): host:port/),
+        expect.stringMatching(/^--pods-file \(PODS_FILE\): choose one pod source, got kubeconfig and kube-api/),
+        '--plugin-binary (CNI_PLUGIN_BINARY): required with --install',
+      ]),
+    );
+    expect(parseConfig(['--nope'], {}).ok).toBe(false);
+    expect(parseConfig(['frobnicate', '--node-name', 'n'], {})).toEqual({ ok: false, errors: ['unknown command frobnicate'] });
+    expect(parseConfig(['uninstall', '--node-name', 'n'], {})).toMatchObject({ ok: true, command: 'uninstall' });
+  });
+});

@@ -1,0 +1,156 @@
+#!/usr/bin/env node
+import { AppsV1Api, KubeConfig } from '@kubernetes/client-node';
+import { createNodeAgent, FilePodSource, IptablesPodRules, KubePodSource, type PodSource } from '@weir/cni-agent';
+import { join } from 'node:path';
+import { parseConfig, USAGE, type AgentConfig } from './config.js';
+import { CniInstaller } from './installer.js';
+import { createLogger } from './logger.js';
+
+function kubeConfigFor(c: AgentConfig): KubeConfig | undefined {
+  const kc = new KubeConfig();
+  if (c['kube-api']) {
+    kc.loadFromOptions({
+      clusters: [{ name: 'weir', server: c['kube-api'], skipTLSVerify: true }],
+      users: [{ name: 'weir' }],
+      contexts: [{ name: 'weir', cluster: 'weir', user: 'weir' }],
+      currentContext: 'weir',
+    });
+    return kc;
+  }
+  if (c.kubeconfig) {
+    kc.loadFromFile(c.kubeconfig);
+    return kc;
+  }
+  if (c['pods-file']) return undefined;
+  kc.loadFromCluster();
+  return kc;
+}
+
+/** On shutdown, uninstall only when this is not an upgrade: the DaemonSet is gone or being deleted. */
+async function isRealUninstall(c: AgentConfig, kc: KubeConfig | undefined): Promise<boolean> {
+  if (c['uninstall-on-exit']) return true;
+  if (!kc || !c['daemonset-name']) return false;
+  try {
+    const ds = await kc.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: c['daemonset-name'], namespace: c['pod-namespace'] });
+    return ds.metadata?.deletionTimestamp !== undefined && ds.metadata?.deletionTimestamp !== null;
+  } catch (err) {
+    return (err as { code?: number }).code === 404;
+  }
+}
+
+async function main(): Promise<number> {
+  const parsed = parseConfig(process.argv.slice(2), process.env);
+  if (!parsed.ok) {
+    for (const e of parsed.errors) process.stderr.write(`weir-cni-agent: ${e}\n`);
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const c = parsed.config;
+  const logger = createLogger({ format: c['log-format'], level: c['log-level'] });
+  const rulesOptions = {
+    mode: c.mode,
+    dnsCapture: c['dns-capture'],
+    ipv6: c.ipv6,
+    probeSnatIp: c['probe-snat-ip'],
+    probeSnatIpv6: c['probe-snat-ipv6'],
+    backend: c['iptables-backend'],
+  };
+  const installer = c.install
+    ? new CniInstaller({
+        pluginSource: c['plugin-binary']!,
+        pluginType: 'weir-cni',
+        binDir: c['cni-bin-dir'],
+        confDir: c['cni-conf-dir'],
+        pluginConfig: {
+          name: 'weir-cni',
+          cni_agent_run_dir: c['run-dir'],
+          ambient_enabled: true,
+          exclude_namespaces: c['exclude-namespaces'],
+          plugin_log_level: c['log-level'] === 'trace' ? 'debug' : c['log-level'],
+          ...(c['pods-file'] ? {} : { kubernetes: { kubeconfig: join(c['run-dir'], 'istio-cni-kubeconfig') } }),
+        },
+        stateFile: join(c['run-dir'], 'installer-state.json'),
+        logger: logger.child({ scope: 'install' }),
+      })
+    : undefined;
+
+  if (parsed.command === 'uninstall') {
+    await new IptablesPodRules({ ...rulesOptions, logger }).teardownHost();
+    await installer?.uninstall();
+    return 0;
+  }
+
+  const kc = kubeConfigFor(c);
+  const source: PodSource = c['pods-file']
+    ? new FilePodSource({ path: c['pods-file'], nodeName: c['node-name'], logger })
+    : new KubePodSource({ kubeConfig: kc!, nodeName: c['node-name'], logger });
+  logger.info(
+    {
+      node: c['node-name'],
+      runDir: c['run-dir'],
+      zdsSocket: c['zds-socket'],
+      source: c['pods-file'] ? `file ${c['pods-file']}` : `kubernetes ${kc?.getCurrentCluster()?.server}`,
+      mode: c.mode,
+      dnsCapture: c['dns-capture'],
+      ipv6: c.ipv6,
+      excludeNamespaces: c['exclude-namespaces'].join(','),
+      ready: `${c['ready-address'].host}:${c['ready-address'].port}`,
+    },
+    'weir-cni-agent starting',
+  );
+  const agent = createNodeAgent({
+    nodeName: c['node-name'],
+    source,
+    runDir: c['run-dir'],
+    zdsSocket: c['zds-socket'],
+    excludeNamespaces: c['exclude-namespaces'],
+    rules: rulesOptions,
+    health: c['ready-address'],
+    driftIntervalMs: c['drift-interval'],
+    logger,
+  });
+
+  let stopping: Promise<number> | undefined;
+  const stop = (signal: string): Promise<number> =>
+    (stopping ??= (async () => {
+      logger.info({ signal }, 'shutting down');
+      await installer?.unwatch();
+      await agent.stop();
+      if (installer && (await isRealUninstall(c, kc))) {
+        await installer.uninstall();
+        await new IptablesPodRules({ ...rulesOptions, logger }).teardownHost();
+      } else if (installer) {
+        logger.info({}, 'upgrade or restart: leaving the CNI plugin installed so new pods wait for the agent');
+      }
+      return 0;
+    })());
+  const done = new Promise<number>((resolve) => {
+    process.once('SIGTERM', () => void stop('SIGTERM').then(resolve));
+    process.once('SIGINT', () => void stop('SIGINT').then(resolve));
+  });
+
+  try {
+    await agent.start();
+  } catch (err) {
+    logger.error({ err }, 'agent failed to start');
+    await agent.stop().catch(() => undefined);
+    return 1;
+  }
+  // istio-cni order: the plugin is chained only once the agent can answer it.
+  if (installer) {
+    if (kc && !c['pods-file']) {
+      installer.setKubeconfig({ path: join(c['run-dir'], 'istio-cni-kubeconfig'), content: kc.exportConfig() });
+    }
+    await installer.install();
+    installer.watch();
+  }
+  return done;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`weir-cni-agent: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);
