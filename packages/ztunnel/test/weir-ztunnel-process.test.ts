@@ -8,7 +8,7 @@ import { openNetns, connectTcp, type Netns } from '@weir/netns';
 import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type SupervisedProcess, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EchoApp, capturePod, echoTransfer, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor } from './support.js';
+import { EchoApp, capturePod, echoTransfer, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor } from './support.js';
 
 // The real `weir-ztunnel` binary, one per simulated node (each in its node's netns), fed by a node
 // agent stand-in over ZDS: ZdsServer, and a Python peer that writes the protobuf records by hand.
@@ -80,9 +80,10 @@ const ready = async (node: TopologyNode, port = 15021) => (await nodeGet(node, `
 
 beforeAll(async () => {
   requireRoot();
-  await readFile(BIN).catch(() => {
-    throw new Error(`${BIN} missing: build it first (npm run build -w @weir/app-ztunnel)`);
-  });
+  // The binary lives in apps/ztunnel, which depends on this package: build it when a fresh tree lacks it.
+  if (!(await readFile(BIN).then(() => true, () => false))) {
+    await execFileP('npm', ['run', 'build', '-w', '@weir/app-ztunnel'], { cwd: join(here, '../../..'), timeout: 120_000 });
+  }
   dir = await mkdtemp(join(tmpdir(), 'wzt-bin-'));
   topo = await Topology.create({ name: uniqueName('b') });
   n1 = await topo.addNode({ name: 'n1' });
