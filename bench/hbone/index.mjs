@@ -1,0 +1,239 @@
+// HBONE benchmark: TCP source → tunnel client → tunnel server → TCP sink, for Weir and, in the same
+// run, a plain Node TLS pipe, stunnel, and Go's standard-library HTTP/2 CONNECT tunnel.
+// Source and sink are iperf3; each tunnel side is its own process. Prints a table, then one JSON line.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..', '..');
+const SECONDS = Number(process.env.HBONE_BENCH_SECONDS ?? 3);
+const TUNNELS = Number(process.env.HBONE_BENCH_TUNNELS ?? 10_000);
+
+let pki;
+try {
+  pki = await import('@weir/pki');
+  await import('@weir/hbone');
+} catch (err) {
+  console.error(`build first: npm run build -w @weir/pki -w @weir/hbone (${err.message})`);
+  process.exit(1);
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'weir-bench-hbone-'));
+const procs = new Set();
+const cleanup = () => {
+  for (const p of procs) p.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+};
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+function start(cmd, args, o = {}) {
+  const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], ...o });
+  procs.add(p);
+  p.log = '';
+  p.stdout.on('data', (b) => (p.log += b));
+  p.stderr.on('data', (b) => (p.log += b));
+  p.on('exit', () => procs.delete(p));
+  p.on('error', (e) => {
+    console.error(`${cmd} failed to start: ${e.message}`);
+    process.exit(1);
+  });
+  return p;
+}
+
+function waitLine(p, re, ms = 30_000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timeout waiting for ${re} from ${p.spawnargs.join(' ')}:\n${p.log}`)), ms);
+    const check = () => {
+      const m = re.exec(p.log);
+      if (m) {
+        clearTimeout(t);
+        p.stdout.off('data', check);
+        resolve(m);
+      }
+    };
+    p.stdout.on('data', check);
+    p.once('exit', (c) => reject(new Error(`${p.spawnargs.join(' ')} exited ${c}:\n${p.log}`)));
+    check();
+  });
+}
+
+async function stop(...ps) {
+  await Promise.all(ps.map((p) => new Promise((r) => (p.exitCode !== null ? r() : (p.once('exit', r), p.kill('SIGTERM'))))));
+}
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitPort(port, ms = 15_000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const ok = await new Promise((r) => {
+      const s = net.connect(port, '127.0.0.1', () => (s.destroy(), r(true)));
+      s.on('error', () => r(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listening on ${port}`);
+}
+
+// --- certificates -------------------------------------------------------------------------------
+const ca = await pki.LocalCa.create({ trustDomain: 'cluster.local' });
+const SERVER_ID = 'spiffe://cluster.local/ns/bench/sa/server';
+const server = await ca.issueWorkloadCertificate({ identity: SERVER_ID });
+const client = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/bench/sa/client' });
+const f = {};
+for (const [name, text] of Object.entries({ 'server.key': server.keyPem, 'server.crt': server.chainPem, 'client.key': client.keyPem, 'client.crt': client.chainPem, 'root.crt': ca.rootPem })) {
+  f[name] = join(dir, name);
+  writeFileSync(f[name], text);
+}
+const serverFiles = { key: f['server.key'], cert: f['server.crt'], ca: f['root.crt'] };
+const clientFiles = { key: f['client.key'], cert: f['client.crt'], ca: f['root.crt'] };
+
+// --- Go peer (standard library only) --------------------------------------------------------------
+const goBin = join(dir, 'hbonepeer');
+const goEnv = { ...process.env, GO111MODULE: 'off', GOFLAGS: '', GOCACHE: join(tmpdir(), 'weir-hbone-gocache'), GOPATH: join(tmpdir(), 'weir-hbone-gopath') };
+const built = spawnSync('go', ['build', '-o', goBin, join(root, 'packages/hbone/test/peers/hbonepeer.go')], { env: goEnv, encoding: 'utf8' });
+if (built.status !== 0) {
+  console.error(`go build failed (golang-go installed?): ${built.stderr || built.error}`);
+  process.exit(1);
+}
+
+// --- sink ---------------------------------------------------------------------------------------
+const iperfPort = await freePort();
+const iperf = start('iperf3', ['-s', '-p', String(iperfPort), '-B', '127.0.0.1']);
+await waitPort(iperfPort);
+// A TCP server that accepts and holds connections, for tunnel-open latency and idle tunnels.
+const holder = net.createServer((s) => s.on('error', () => {}));
+await new Promise((r) => holder.listen(0, '127.0.0.1', r));
+const holdPort = holder.address().port;
+
+const node = (mode, cfg) => start(process.execPath, ['--expose-gc', join(here, 'nodepeer.mjs'), mode, JSON.stringify(cfg)], { cwd: root });
+const ready = async (p) => Number((await waitLine(p, /READY (\d+)/))[1]);
+const local = (port) => ({ host: '127.0.0.1', port });
+
+const systems = {
+  weir: async (targetPort) => {
+    const s = node('weir-server', serverFiles);
+    const sp = await ready(s);
+    const c = node('weir-front', { ...clientFiles, peer: local(sp), target: local(targetPort), expect: SERVER_ID });
+    return { port: await ready(c), procs: [s, c] };
+  },
+  'node-tls': async (targetPort) => {
+    const s = node('tls-server', { ...serverFiles, target: local(targetPort) });
+    const sp = await ready(s);
+    const c = node('tls-front', { ...clientFiles, peer: local(sp) });
+    return { port: await ready(c), procs: [s, c] };
+  },
+  stunnel: async (targetPort) => {
+    const [sp, cp] = [await freePort(), await freePort()];
+    const common = ['foreground = yes', 'pid =', 'debug = 3', 'sslVersionMin = TLSv1.3', 'ciphersuites = TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384', `CAfile = ${f['root.crt']}`, 'verifyChain = yes'];
+    const sconf = join(dir, `stunnel-server-${sp}.conf`);
+    writeFileSync(sconf, [...common, '[hbone]', `accept = 127.0.0.1:${sp}`, `connect = 127.0.0.1:${targetPort}`, `cert = ${f['server.crt']}`, `key = ${f['server.key']}`, 'socket = l:TCP_NODELAY=1', 'socket = r:TCP_NODELAY=1', ''].join('\n'));
+    const cconf = join(dir, `stunnel-client-${cp}.conf`);
+    writeFileSync(cconf, [...common, '[hbone]', 'client = yes', `accept = 127.0.0.1:${cp}`, `connect = 127.0.0.1:${sp}`, `cert = ${f['client.crt']}`, `key = ${f['client.key']}`, 'socket = l:TCP_NODELAY=1', 'socket = r:TCP_NODELAY=1', ''].join('\n'));
+    const s = start('stunnel4', [sconf]);
+    const c = start('stunnel4', [cconf]);
+    await waitPort(sp);
+    await waitPort(cp);
+    return { port: cp, procs: [s, c] };
+  },
+  go: async (targetPort) => {
+    const s = start(goBin, ['-mode', 'server', '-cert', f['server.crt'], '-key', f['server.key'], '-ca', f['root.crt']]);
+    const sp = Number((await waitLine(s, /LISTENING \S+:(\d+)/))[1]);
+    const c = start(goBin, ['-mode', 'client-front', '-peer', `127.0.0.1:${sp}`, '-target', `127.0.0.1:${targetPort}`, '-cert', f['client.crt'], '-key', f['client.key'], '-ca', f['root.crt'], '-expect', SERVER_ID]);
+    const cp = Number((await waitLine(c, /LISTENING \S+:(\d+)/))[1]);
+    return { port: cp, procs: [s, c], serverPort: sp };
+  },
+};
+
+function iperfThroughput(port, streams) {
+  const r = spawnSync('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], { encoding: 'utf8', timeout: (SECONDS + 30) * 1000 });
+  let j;
+  try {
+    j = JSON.parse(r.stdout);
+  } catch {
+    throw new Error(`iperf3 through port ${port} gave no JSON: ${r.stderr}${r.stdout}`);
+  }
+  if (j.error) throw new Error(`iperf3 through port ${port}: ${j.error}`);
+  return j.end.sum_received.bits_per_second / 1e9;
+}
+
+const results = {};
+for (const [name, setup] of Object.entries(systems)) {
+  const sys = await setup(iperfPort);
+  try {
+    results[name] = { s1: iperfThroughput(sys.port, 1), s4: iperfThroughput(sys.port, 4) };
+  } finally {
+    await stop(...sys.procs);
+  }
+  console.log(`${name.padEnd(9)} 1 stream ${results[name].s1.toFixed(2)} Gbit/s   4 streams ${results[name].s4.toFixed(2)} Gbit/s`);
+}
+
+// --- warm-session tunnel open latency -------------------------------------------------------------
+const COUNT = 300;
+const ws = node('weir-server', serverFiles);
+const wsp = await ready(ws);
+const wl = node('weir-open-latency', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, count: COUNT });
+const weirOpen = JSON.parse((await waitLine(wl, /RESULT (.*)/, 60_000))[1]);
+await stop(wl);
+const gs = start(goBin, ['-mode', 'server', '-cert', f['server.crt'], '-key', f['server.key'], '-ca', f['root.crt']]);
+const gsp = Number((await waitLine(gs, /LISTENING \S+:(\d+)/))[1]);
+const gl = start(goBin, ['-mode', 'open-latency', '-count', String(COUNT), '-peer', `127.0.0.1:${gsp}`, '-target', `127.0.0.1:${holdPort}`, '-cert', f['client.crt'], '-key', f['client.key'], '-ca', f['root.crt'], '-expect', SERVER_ID]);
+const goOpen = JSON.parse((await waitLine(gl, /^(\{.*\})$/m, 60_000))[1]);
+await stop(gs, gl);
+console.log(`open p50/p99 ms: weir ${weirOpen.p50_ms.toFixed(3)}/${weirOpen.p99_ms.toFixed(3)}   go ${goOpen.p50_ms.toFixed(3)}/${goOpen.p99_ms.toFixed(3)}`);
+
+// --- memory per idle tunnel (client + server process RSS growth) ----------------------------------
+const rssOf = async (p) => {
+  const before = p.log.length;
+  p.stdin.write('rss\n');
+  const re = /RSS (\d+)/g;
+  for (;;) {
+    re.lastIndex = before;
+    const m = re.exec(p.log);
+    if (m) return Number(m[1]);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+const rs = ws; // reuse the Weir server from the latency run (already warm)
+const rc = node('weir-rss', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, n: TUNNELS });
+await waitLine(rc, /BASE (\d+)/, 60_000);
+const serverBase = await rssOf(rs);
+const rssResult = JSON.parse((await waitLine(rc, /RESULT (.*)/, 180_000))[1]);
+const serverAfter = await rssOf(rs);
+await stop(rc, rs);
+const perTunnelKiB = (rssResult.client_rss_delta + (serverAfter - serverBase)) / rssResult.n / 1024;
+console.log(
+  `idle tunnels: ${rssResult.n} on ${rssResult.sessions} sessions; RSS growth client ${(rssResult.client_rss_delta / 1048576).toFixed(1)} MiB + server ${((serverAfter - serverBase) / 1048576).toFixed(1)} MiB = ${perTunnelKiB.toFixed(2)} KiB/tunnel`,
+);
+
+holder.close();
+await stop(iperf);
+const r = (a, b) => Number((a / b).toFixed(3));
+console.log(
+  JSON.stringify({
+    throughput_1s_vs_go: r(results.weir.s1, results.go.s1),
+    throughput_1s_vs_stunnel: r(results.weir.s1, results.stunnel.s1),
+    throughput_1s_vs_node_tls: r(results.weir.s1, results['node-tls'].s1),
+    throughput_4s_vs_go: r(results.weir.s4, results.go.s4),
+    open_p99_vs_go: r(weirOpen.p99_ms, goOpen.p99_ms),
+    rss_per_tunnel_kib: Number(perTunnelKiB.toFixed(2)),
+    gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),
+    open_ms: { weir: weirOpen, go: goOpen },
+    tunnels: rssResult.n,
+    seconds: SECONDS,
+  }),
+);
+process.exit(0);

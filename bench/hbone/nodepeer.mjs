@@ -1,0 +1,141 @@
+// One side of a benchmarked tunnel, in its own process (as in production: one proxy per node).
+// argv[2] = mode, argv[3] = JSON config. Prints `READY <port>` when listening and answers `rss` on
+// stdin with `RSS <bytes>` (after a GC), so the orchestrator can measure memory per tunnel.
+import { readFileSync } from 'node:fs';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { createInterface } from 'node:readline';
+import { HboneClient, bridge, createHboneServer } from '@weir/hbone';
+
+const [mode, json] = process.argv.slice(2);
+const cfg = JSON.parse(json);
+const pem = (f) => readFileSync(f, 'utf8');
+const tlsOpts = { key: pem(cfg.key), cert: pem(cfg.cert), ca: pem(cfg.ca) };
+const CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384';
+
+createInterface({ input: process.stdin }).on('line', (l) => {
+  if (l.trim() === 'rss') {
+    globalThis.gc?.();
+    setTimeout(() => {
+      globalThis.gc?.();
+      console.log(`RSS ${process.memoryUsage().rss}`);
+    }, 200);
+  }
+});
+
+const dialTcp = (host, port) =>
+  new Promise((resolve, reject) => {
+    const s = net.connect({ host, port, noDelay: true });
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+    s.once('error', reject);
+  });
+
+const listen = (server) => server.listen(0, '127.0.0.1', () => console.log(`READY ${server.address().port}`));
+
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * (sorted.length - 1)))];
+
+switch (mode) {
+  case 'weir-server': {
+    const s = createHboneServer({ tls: tlsOpts, connect: (t) => dialTcp(t.host, t.port) });
+    const { port } = await s.listen({ host: '127.0.0.1', port: 0 });
+    console.log(`READY ${port}`);
+    break;
+  }
+  case 'weir-front': {
+    const c = new HboneClient({ tls: tlsOpts });
+    listen(
+      net.createServer({ noDelay: true }, (sock) => {
+        sock.on('error', () => {});
+        c.connect({ peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] }).then(
+          (t) => bridge(t, sock),
+          (err) => {
+            console.error(err.message);
+            sock.destroy();
+          },
+        );
+      }),
+    );
+    break;
+  }
+  case 'tls-server': {
+    listen(
+      tls.createServer({ ...tlsOpts, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3', ciphers: CIPHERS }, (sock) => {
+        sock.setNoDelay(true);
+        sock.on('error', () => {});
+        dialTcp(cfg.target.host, cfg.target.port).then(
+          (up) => {
+            up.on('error', () => sock.destroy());
+            sock.pipe(up).on('error', () => {});
+            up.pipe(sock);
+          },
+          () => sock.destroy(),
+        );
+      }),
+    );
+    break;
+  }
+  case 'tls-front': {
+    const secureContext = tls.createSecureContext({ ...tlsOpts, minVersion: 'TLSv1.3', ciphers: CIPHERS });
+    listen(
+      net.createServer({ noDelay: true }, (sock) => {
+        sock.on('error', () => {});
+        const up = tls.connect({ host: cfg.peer.host, port: cfg.peer.port, secureContext, checkServerIdentity: () => undefined });
+        up.on('error', () => sock.destroy());
+        up.setNoDelay(true);
+        sock.pipe(up);
+        up.pipe(sock);
+      }),
+    );
+    break;
+  }
+  case 'weir-open-latency': {
+    const c = new HboneClient({ tls: tlsOpts });
+    const opts = { peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] };
+    const warm = await c.connect(opts);
+    const lat = [];
+    for (let i = 0; i < cfg.count; i++) {
+      const start = process.hrtime.bigint();
+      const t = await c.connect(opts);
+      lat.push(Number(process.hrtime.bigint() - start) / 1e6);
+      t.end();
+      t.destroy();
+    }
+    warm.destroy();
+    lat.sort((a, b) => a - b);
+    console.log(`RESULT ${JSON.stringify({ count: lat.length, p50_ms: pct(lat, 0.5), p99_ms: pct(lat, 0.99) })}`);
+    await c.close({ deadlineMs: 100 });
+    process.exitCode = 0;
+    setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50).unref();
+    break;
+  }
+  case 'weir-rss': {
+    // Opens cfg.n idle tunnels and reports this process's RSS growth; the server reports its own.
+    const c = new HboneClient({ tls: tlsOpts });
+    const opts = { peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] };
+    const warm = [];
+    for (let i = 0; i < 200; i++) warm.push(await c.connect(opts));
+    for (const t of warm) t.destroy();
+    globalThis.gc?.();
+    await new Promise((r) => setTimeout(r, 300));
+    globalThis.gc?.();
+    const before = process.memoryUsage().rss;
+    console.log(`BASE ${before}`);
+    const tunnels = [];
+    for (let i = 0; i < cfg.n; i += 100) {
+      const batch = await Promise.all(Array.from({ length: Math.min(100, cfg.n - i) }, () => c.connect(opts)));
+      tunnels.push(...batch);
+    }
+    globalThis.gc?.();
+    await new Promise((r) => setTimeout(r, 300));
+    globalThis.gc?.();
+    const after = process.memoryUsage().rss;
+    console.log(`RESULT ${JSON.stringify({ n: tunnels.length, sessions: c.stats().sessions, client_rss_delta: after - before })}`);
+    break;
+  }
+  default:
+    console.error(`unknown mode ${mode}`);
+    process.exitCode = 2;
+}
