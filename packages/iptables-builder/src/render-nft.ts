@@ -184,7 +184,9 @@ function nftRuleBody(family: Family, rule: Rule, path: string, dual: boolean): s
         throw new InvalidRuleError(`${mp}.kind`, m.kind, `-m ${m.kind} has no nft rendering here (iptables backends only)`);
     }
   });
-  parts.push('counter', ...targetText(family, rule.target, `${path}.target`));
+  // Jumps from base chains carry no counter, as in Istio's rendering; the chains they enter count.
+  if (rule.target.kind !== 'jump' || rule.matches.length > 0) parts.push('counter');
+  parts.push(...targetText(family, rule.target, `${path}.target`));
   if (comment !== undefined) parts.push(`comment "${comment}"`);
   return parts.join(' ');
 }
