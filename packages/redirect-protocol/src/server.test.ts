@@ -93,6 +93,17 @@ describe('ZdsServer', () => {
     next.closeReceivedFds();
   });
 
+  it('rejects a closed netns handle without touching the snapshot set', async () => {
+    const zt = connect();
+    await zt.hello();
+    await until(() => server.connected, 'connected');
+    const gone = currentNetns();
+    gone.close();
+    const err = await server.addWorkload('x', info, gone).catch((e: unknown) => e);
+    expect((err as ZdsError).code).toBe('ERR_ZDS_NETNS');
+    expect(zt.received.map((r) => r.req.kind)).toEqual(['snapshotSent']);
+  });
+
   it('reports snapshot nacks as nack events', async () => {
     server.keepWorkload('k1', info);
     const nacks: ZdsNackError[] = [];

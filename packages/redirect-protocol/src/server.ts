@@ -107,10 +107,11 @@ export class ZdsServer extends EventEmitter<ZdsServerEvents> {
    */
   addWorkload(uid: string, info: WorkloadInfo, netns: Netns): Promise<void> {
     if (this.#closed) return Promise.reject(new ZdsError('ERR_ZDS_CLOSED', `ZdsServer on ${this.path} is closed`));
-    const own = openNetns(`/proc/self/fd/${netns.fd}`);
-    if (!own.sameAs(netns)) {
-      own.close();
-      return Promise.reject(new ZdsError('ERR_ZDS_TRANSPORT', `could not duplicate netns fd ${netns.fd} of workload uid=${uid}`));
+    let own: Netns;
+    try {
+      own = dupNetns(netns);
+    } catch (err) {
+      return Promise.reject(new ZdsError('ERR_ZDS_NETNS', `cannot hold the netns of workload uid=${uid}: ${(err as Error).message}`, { cause: err }));
     }
     const entry: Enrolled = { uid, info: { ...info }, netns: own };
     this.#replace(entry);
@@ -221,4 +222,18 @@ export class ZdsServer extends EventEmitter<ZdsServerEvents> {
     this.#log.warn({ uid: err.uid, reason: err.reason }, 'ztunnel nacked workload');
     this.emit('nack', err);
   }
+}
+
+/**
+ * Our own handle on the caller's netns, reopened through /proc/self/fd. The identity check guards
+ * against a closed handle whose fd number now belongs to something else.
+ */
+function dupNetns(netns: Netns): Netns {
+  if (netns.closed) throw new Error(`netns handle (fd ${netns.fd}) is already closed`);
+  const own = openNetns(`/proc/self/fd/${netns.fd}`);
+  if (!own.sameAs(netns)) {
+    own.close();
+    throw new Error(`fd ${netns.fd} no longer refers to netns ${netns.id.dev}:${netns.id.ino}`);
+  }
+  return own;
 }
