@@ -39,7 +39,7 @@ export class ZdsClient {
 
   start(handler: ZdsHandler): void {
     if (this.#loop !== undefined || this.#closed) {
-      throw new ZdsError('ERR_ZDS_CLOSED', `ZdsClient for ${this.path} was already started`);
+      throw new ZdsError('ERR_ZDS_ALREADY_STARTED', `ZdsClient for ${this.path} was already started or closed`);
     }
     this.#loop = this.#run(handler);
   }

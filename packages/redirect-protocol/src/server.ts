@@ -69,7 +69,7 @@ export class ZdsServer extends EventEmitter<ZdsServerEvents> {
   }
 
   async start(): Promise<void> {
-    if (this.#listener !== undefined) throw new ZdsError('ERR_ZDS_CLOSED', `ZdsServer on ${this.path} already started`);
+    if (this.#listener !== undefined) throw new ZdsError('ERR_ZDS_ALREADY_STARTED', `ZdsServer on ${this.path} already started`);
     mkdirSync(dirname(this.path), { recursive: true, mode: 0o755 });
     const listener = listenSeqpacket(this.path, { mode: 0o600 });
     listener.on('connection', (socket: RecordSocket) => this.attach(socket));
