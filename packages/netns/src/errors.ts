@@ -86,6 +86,9 @@ export function codeForErrno(errno: number): NetnsErrorCode {
     case E.EMFILE:
     case E.ENFILE:
       return 'ERR_NETNS_TOO_MANY_FILES';
+    case E.ENAMETOOLONG:
+    case E.EINVAL:
+      return 'ERR_NETNS_INVALID_ARGUMENT';
     case E.EMSGSIZE:
       return 'ERR_SEQPACKET_MESSAGE_TOO_LARGE';
     case E.EPIPE:
