@@ -8,11 +8,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RuleApplier } from '../src/applier.js';
 import type { IptablesBackend } from '../src/backend.js';
 import { netnsExecutor } from '../src/executor.js';
-import { inpodRules, type InpodMode } from '../src/presets.js';
+import { hostProbeRules, inpodRules, ipsetCreateArgs, type InpodMode } from '../src/presets.js';
 import { RoutingApplier, inpodRouting } from '../src/routing.js';
-import { addNetns, delNetns, requireRootTools, sh, uniqueName } from './helpers.js';
+import { addNetns, delNetns, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
 
-requireRootTools(['ip', 'nsenter', 'python3', 'iptables-legacy-restore', 'iptables-nft-restore', 'nft']);
+requireRootTools(['ip', 'nsenter', 'python3', 'ipset', 'iptables-legacy-restore', 'iptables-nft-restore', 'nft']);
 
 const helper = (name: string): string => fileURLToPath(new URL(`./helpers/${name}`, import.meta.url));
 const POD_IP = '10.200.0.2';
@@ -98,8 +98,8 @@ for (const [mode, backend] of combos) {
 
     it('an outbound connection to any address:port lands on 15001', async () => {
       // REDIRECT in OUTPUT delivers to the loopback address; SO_ORIGINAL_DST keeps the real one.
-      expect(await from.pod('203.0.113.7', 80)).toBe('15001 127.0.0.1:15001 203.0.113.7:80');
-      expect(await from.pod(OUT_IP, 9090)).toBe(`15001 127.0.0.1:15001 ${OUT_IP}:9090`);
+      expect(await from.pod('203.0.113.7', 80)).toMatch(/^15001 127\.0\.0\.1:15001 203\.0\.113\.7:80 /);
+      expect(await from.pod(OUT_IP, 9090)).toMatch(new RegExp(`^15001 127\\.0\\.0\\.1:15001 ${OUT_IP}:9090 `));
     });
 
     it('a socket with mark 0x539 (ztunnel) is not redirected', async () => {
@@ -144,5 +144,44 @@ describe('policy routing', () => {
     await routing.remove(spec);
     expect(await routing.missing(spec)).toHaveLength(4);
     expect(sh('ip', ['-n', ns, '-4', 'rule', 'show'])).not.toContain('fwmark');
+  });
+});
+
+describe('host probe SNAT', () => {
+  it("lets the node's probes past the in-pod rules, and only for pods in the probe set", async () => {
+    const host = uniqueName('h');
+    const pod = uniqueName('q');
+    netnsNames.push(host, pod);
+    const hostPath = addNetns(host);
+    const podPath = addNetns(pod);
+    const vHost = uniqueName('vh');
+    const vPod = uniqueName('vq');
+    sh('ip', ['-n', host, 'link', 'add', vHost, 'type', 'veth', 'peer', 'name', vPod, 'netns', pod]);
+    sh('ip', ['-n', host, 'addr', 'add', '10.201.0.1/24', 'dev', vHost]);
+    sh('ip', ['-n', host, 'link', 'set', vHost, 'up']);
+    sh('ip', ['-n', pod, 'addr', 'add', '10.201.0.2/24', 'dev', vPod]);
+    sh('ip', ['-n', pod, 'link', 'set', vPod, 'up']);
+    sh('ip', ['-n', pod, 'route', 'add', 'default', 'via', '10.201.0.1']);
+
+    const setName = uniqueName('ps');
+    const { ruleSet, ipsets } = hostProbeRules({ setNameV4: setName });
+    for (const set of ipsets) sh('ip', ['netns', 'exec', host, 'ipset', ...ipsetCreateArgs(set)]);
+    sh('ip', ['netns', 'exec', host, 'ipset', 'add', setName, '10.201.0.2', 'comment', 'pod-uid-1']);
+    const hostRules = new RuleApplier({ executor: netnsExecutor(hostPath), backend: 'nft' });
+    expect((await hostRules.apply(ruleSet)).changed).toBe(true);
+    expect(ruleLines(sh('ip', ['netns', 'exec', host, 'iptables-nft-save']), 'nat')).toEqual([
+      '-A POSTROUTING -j ISTIO_POSTRT',
+      `-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set ${setName} dst -j SNAT --to-source 169.254.7.127`,
+    ]);
+    await new RuleApplier({ executor: netnsExecutor(podPath), backend: 'nft' }).apply(inpodRules());
+    await listen(pod, [15001, 15006, 15008, 8080]);
+    const fromHost = await connector(host);
+
+    expect(await fromHost('10.201.0.2', 8080)).toMatch(/^8080 10\.201\.0\.2:8080 \S+ 169\.254\.7\.127:\d+$/);
+    sh('ip', ['netns', 'exec', host, 'ipset', 'del', setName, '10.201.0.2']);
+    expect(await fromHost('10.201.0.2', 8080)).toMatch(/^15006 10\.201\.0\.2:8080 \S+ 10\.201\.0\.1:\d+$/);
+
+    await hostRules.cleanup();
+    expect(sh('ip', ['netns', 'exec', host, 'iptables-nft-save'])).not.toMatch(/ISTIO_/);
   });
 });

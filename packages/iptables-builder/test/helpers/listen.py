@@ -2,7 +2,8 @@
 
 usage: listen.py PORT[,PORT...] [--udp PORT,...]
 Every TCP listener binds 0.0.0.0 with IP_TRANSPARENT (needed for TPROXY delivery) and answers each
-connection with one line "<listener port> <local addr:port> <SO_ORIGINAL_DST or ->" then closes.
+connection with one line "<listener port> <local addr:port> <SO_ORIGINAL_DST or -> <peer addr:port>"
+then closes.
 UDP listeners answer each datagram the same way. Prints "ready" once all are bound; runs until killed.
 """
 import selectors
@@ -43,9 +44,9 @@ def main():
         for key, _ in sel.select():
             kind, port = key.data
             if kind == "tcp":
-                conn, _peer = key.fileobj.accept()
+                conn, peer = key.fileobj.accept()
                 local = "%s:%d" % conn.getsockname()
-                conn.sendall(("%d %s %s\n" % (port, local, original_dst(conn))).encode())
+                conn.sendall(("%d %s %s %s:%d\n" % (port, local, original_dst(conn), peer[0], peer[1])).encode())
                 conn.close()
             else:
                 _data, peer = key.fileobj.recvfrom(2048)
