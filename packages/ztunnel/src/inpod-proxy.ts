@@ -11,7 +11,7 @@ import {
   type HboneTlsOptions,
 } from '@weir/hbone';
 import { NetnsError, connectTcp, listenTcp, originalDst, socketLocalAddress, type Netns } from '@weir/netns';
-import { evaluatePolicies, type AuthorizationDecision, type PeerIdentity } from './authorization.js';
+import { evaluatePolicies, type AuthorizationDecision, type ConnectionAttributes, type PeerIdentity } from './authorization.js';
 import { ConnectionRecord } from './connection-record.js';
 import { copyBidirectional, tuneSocket } from './copy.js';
 import { ZtunnelError } from './errors.js';
@@ -103,6 +103,9 @@ export class InpodProxy {
   readonly #log: Logger;
   readonly #servers: net.Server[] = [];
   readonly #live = new Set<Duplex>();
+  /** Authorized inbound connections, re-checked when policies change. */
+  readonly #inbound = new Map<Duplex, ConnectionAttributes>();
+  readonly #onStoreChange = (): void => this.#recheckInbound();
   /** IPs this pod answers on: its workload IPs plus local addresses seen on accepted inbound sockets. */
   readonly #podIps = new Set<string>();
   #listeners: string[] = [];
@@ -176,6 +179,7 @@ export class InpodProxy {
         logger: this.#log.child({ component: 'hbone' }),
       });
       for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
+      this.#o.store.on('change', this.#onStoreChange);
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
       await this.#listen(this.#ports.inboundPlaintext, (s) => this.#onInboundPlaintext(s));
       await this.#listen(this.#ports.inbound, (s) => this.#onInboundHbone(s));
@@ -374,6 +378,25 @@ export class InpodProxy {
     );
   }
 
+  #trackInbound(d: Duplex, attrs: ConnectionAttributes): void {
+    this.#inbound.set(d, attrs);
+    d.once('close', () => this.#inbound.delete(d));
+  }
+
+  /** Policies changed: live inbound connections that would now be denied are closed (as ztunnel does). */
+  #recheckInbound(): void {
+    for (const [d, attrs] of this.#inbound) {
+      const decision = this.#authorize(attrs.sourceIp, attrs.sourceIdentity, attrs.destinationIp, attrs.destinationPort);
+      if (decision.allowed) continue;
+      this.#log.info(
+        { src: attrs.sourceIp, dst: hostPort(attrs.destinationIp, attrs.destinationPort), policy: decision.policy, reason: decision.reason },
+        'connection closed: no longer authorized after a policy change',
+      );
+      this.#inbound.delete(d);
+      d.destroy();
+    }
+  }
+
   #inboundRecord(srcAddr: string, srcIdentity: string | undefined, dstIp: string, dstPort: number, mtls: boolean): ConnectionRecord {
     const src = this.#o.store.workloadByIp(srcAddr.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''));
     const me = this.#src();
@@ -459,6 +482,10 @@ export class InpodProxy {
       throw err;
     }
     this.#track(upstream);
+    const identity = peer.identity
+      ? { trustDomain: peer.identity.trustDomain, namespace: peer.identity.namespace, serviceAccount: peer.identity.serviceAccount }
+      : undefined;
+    this.#trackInbound(upstream, { sourceIp: srcIp, sourceIdentity: identity, destinationIp: dstIp, destinationPort: target.port });
     upstream.once('close', () => record.complete(upstream.bytesRead, upstream.bytesWritten));
     return upstream;
   }
@@ -496,6 +523,7 @@ export class InpodProxy {
       record.fail('CONNECT', (err as Error).message);
       return void socket.destroy();
     }
+    this.#trackInbound(socket, { sourceIp: srcIp, destinationIp: dst.address, destinationPort: dst.port });
     const r = await copyBidirectional(socket, upstream);
     record.complete(r.sent, r.received);
   }
@@ -529,6 +557,7 @@ export class InpodProxy {
   async stop(o: { deadlineMs: number }): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    this.#o.store.off('change', this.#onStoreChange);
     this.closeListeners();
     const deadline = Math.max(0, o.deadlineMs);
     const serverClosed = this.#hboneServer?.close({ deadlineMs: deadline }) ?? Promise.resolve();

@@ -1,7 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openNetns, type Netns } from '@weir/netns';
+import { connectTcp, openNetns, type Netns } from '@weir/netns';
 import { LocalCa } from '@weir/pki';
 import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
@@ -23,9 +23,11 @@ let configPath: string;
 
 const workloads = () => [
   { pod: a, serviceAccount: 'sa-a', node: 'n1' },
-  { pod: b, serviceAccount: 'sa-b', node: 'n1' },
+  { pod: b, serviceAccount: 'sa-b', node: 'n1', services: '{"ns2/web.ns2.svc.cluster.local": {80: 8080}}' },
   { pod: c, serviceAccount: 'sa-c', node: 'n2' },
 ];
+const SERVICES = '- {name: web, namespace: ns2, hostname: web.ns2.svc.cluster.local, vips: ["/10.96.0.10"], ports: {80: 8080}}';
+const config = (policies = ''): string => localConfigYaml(workloads(), policies, SERVICES);
 
 async function addPod(zds: ZdsServer, pod: TopologyPod, sa: string): Promise<void> {
   const ns = openNetns(pod.netnsPath);
@@ -48,7 +50,7 @@ beforeAll(async () => {
   c = await n2.addPod({ name: 'c', namespace: 'ns2' });
   for (const p of [a, b, c]) await capturePod(p);
   configPath = join(dir, 'local.yaml');
-  await writeFile(configPath, localConfigYaml(workloads()));
+  await writeFile(configPath, config());
   const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
   for (const node of [n1, n2]) {
     const zds = new ZdsServer({ path: join(dir, `${node.name}.sock`) });
@@ -135,7 +137,7 @@ describe('in-pod ztunnel (in process)', () => {
     // Deny plaintext (no principal) to b.
     await writeFile(
       configPath,
-      localConfigYaml(workloads(), '- {name: no-plaintext, namespace: ns2, action: Deny, rules: [[[{notPrincipals: [{presence: []}]}]]]}'),
+      config('- {name: no-plaintext, namespace: ns2, action: Deny, rules: [[[{notPrincipals: [{presence: []}]}]]]}'),
     );
     await waitFor('policy reload', async () => nodes[0]!.zt.store.config.policies.length === 1);
     expect(await tryConnect(nsOutside, b.ip, 8080)).not.toBe('ok');
@@ -144,15 +146,38 @@ describe('in-pod ztunnel (in process)', () => {
   });
 
   it('denies HBONE by policy: the client connection is closed and the deny is counted', async () => {
-    await writeFile(configPath, localConfigYaml(workloads(), '- {name: deny-8080, namespace: ns2, action: Deny, rules: [[[{destinationPorts: [8080]}]]]}'));
+    await writeFile(configPath, config('- {name: deny-8080, namespace: ns2, action: Deny, rules: [[[{destinationPorts: [8080]}]]]}'));
     await waitFor('policy reload', async () => nodes[0]!.zt.store.config.policies[0]?.name === 'deny-8080');
     expect(await tryConnect(nsA, b.ip, 8080)).not.toBe('ok');
     expect(await metrics(nodes[0]!.zt)).toMatch(
       /istio_tcp_connections_closed_total\{reporter="destination",source_workload="a"[^}]*response_flags="DENY"\} 1/,
     );
-    await writeFile(configPath, localConfigYaml(workloads()));
+    await writeFile(configPath, config());
     await waitFor('policy reload', async () => nodes[0]!.zt.store.config.policies.length === 0);
     expect(await tryConnect(nsA, b.ip, 8080)).toBe('ok');
+  });
+
+  it('resolves a service VIP to its endpoint and target port', async () => {
+    expect(await tryConnect(nsA, '10.96.0.10', 80)).toBe('ok');
+    expect(appB.clients.at(-1)).toBe(a.ip);
+    expect(lines.join('')).toMatch(/connection complete.*dst\.addr=[\d.]+:8080.*dst\.service=web\.ns2\.svc\.cluster\.local.*direction=outbound/);
+  });
+
+  it('closes live inbound connections that a policy change no longer allows', async () => {
+    const socket = await connectTcp({ netns: nsA, family: 4, host: b.ip, port: 8080 });
+    const closed = new Promise<void>((r) => socket.once('close', () => r()));
+    socket.on('error', () => {});
+    const echoed = await new Promise<string>((r) => {
+      socket.once('data', (d: Buffer) => r(String(d)));
+      socket.write('ping');
+    });
+    expect(echoed).toBe('ping');
+    await writeFile(configPath, config('- {name: deny-a, namespace: ns2, action: Deny, rules: [[[{namespaces: [ns1]}]]]}'));
+    await waitFor('policy reload', async () => nodes[0]!.zt.store.config.policies[0]?.name === 'deny-a');
+    await closed;
+    expect(lines.join('')).toContain('connection closed: no longer authorized after a policy change');
+    await writeFile(configPath, config());
+    await waitFor('policy reload', async () => nodes[0]!.zt.store.config.policies.length === 0);
   });
 
   it('passes non-mesh destinations through from inside the pod', async () => {

@@ -24,18 +24,20 @@ export interface LocalWorkloadSpec {
   pod: TopologyPod;
   serviceAccount: string;
   node: string;
+  /** Inline YAML map of the workload's services, e.g. `{"ns/h": {80: 8080}}`. */
+  services?: string;
 }
 
-/** ztunnel local config YAML for the given pods (HBONE workloads), plus extra policy YAML. */
-export function localConfigYaml(workloads: LocalWorkloadSpec[], policies = ''): string {
+/** ztunnel local config YAML for the given pods (HBONE workloads), plus policy and service list YAML. */
+export function localConfigYaml(workloads: LocalWorkloadSpec[], policies = '', services = ''): string {
   const w = workloads
     .map(
-      ({ pod, serviceAccount, node }) =>
+      ({ pod, serviceAccount, node, services: svc }) =>
         `- {uid: "${pod.uid}", name: ${pod.name}, namespace: ${pod.namespace}, serviceAccount: ${serviceAccount}, ` +
-        `trustDomain: cluster.local, workloadIps: ["${pod.ip}"], protocol: HBONE, node: ${node}}`,
+        `trustDomain: cluster.local, workloadIps: ["${pod.ip}"], protocol: HBONE, node: ${node}${svc ? `, services: ${svc}` : ''}}`,
     )
     .join('\n');
-  return `workloads:\n${w}\n${policies ? `policies:\n${policies}\n` : ''}`;
+  return `workloads:\n${w}\n${policies ? `policies:\n${policies}\n` : ''}${services ? `services:\n${services}\n` : ''}`;
 }
 
 /** Listening sockets in a pod's netns (`ss -Htlnp`): port → owning pids. */
