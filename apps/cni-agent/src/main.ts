@@ -55,9 +55,10 @@ async function main(): Promise<number> {
     probeSnatIpv6: c['probe-snat-ipv6'],
     backend: c['iptables-backend'],
   };
-  const installer = c.install
+  const installer =
+    c.install || parsed.command === 'uninstall'
     ? new CniInstaller({
-        pluginSource: c['plugin-binary']!,
+        pluginSource: c['plugin-binary'] ?? '',
         pluginType: 'weir-cni',
         binDir: c['cni-bin-dir'],
         confDir: c['cni-conf-dir'],

@@ -1,0 +1,9 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    // test/ runs the real binary, CNI plugins and netns on a shared 2-core machine.
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+  },
+});
