@@ -2,7 +2,7 @@
 // run, a plain Node TLS pipe, stunnel, and Go's standard-library HTTP/2 CONNECT tunnel.
 // Source and sink are iperf3; each tunnel side is its own process. Prints a table, then one JSON line.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -158,8 +158,19 @@ const systems = {
   },
 };
 
-function iperfThroughput(port, streams) {
-  const r = spawnSync('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], { encoding: 'utf8', timeout: (SECONDS + 30) * 1000 });
+/** CPU seconds (user + system, all threads) a process has used so far. */
+function cpuSeconds(p) {
+  try {
+    const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+function iperfThroughput(port, streams, seconds = SECONDS) {
+  const r = spawnSync('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { encoding: 'utf8', timeout: (SECONDS + 30) * 1000 });
   let j;
   try {
     j = JSON.parse(r.stdout);
@@ -167,19 +178,36 @@ function iperfThroughput(port, streams) {
     throw new Error(`iperf3 through port ${port} gave no JSON: ${r.stderr}${r.stdout}`);
   }
   if (j.error) throw new Error(`iperf3 through port ${port}: ${j.error}`);
-  return j.end.sum_received.bits_per_second / 1e9;
+  return { gbps: j.end.sum_received.bits_per_second / 1e9, bytes: j.end.sum_received.bytes };
 }
 
+/** Throughput, and the tunnel processes' CPU per GiB moved: robust when the shared machine is busy. */
+function measure(sys, streams) {
+  const cpu0 = sys.procs.reduce((a, p) => a + cpuSeconds(p), 0);
+  const t = iperfThroughput(sys.port, streams);
+  const cpu = sys.procs.reduce((a, p) => a + cpuSeconds(p), 0) - cpu0;
+  return { gbps: t.gbps, cpuPerGiB: cpu / (t.bytes / 2 ** 30) };
+}
+
+// HBONE_BENCH_ONLY=weir,go limits the throughput runs (for tuning); the JSON line needs all four.
+const only = process.env.HBONE_BENCH_ONLY?.split(',');
 const results = {};
 for (const [name, setup] of Object.entries(systems)) {
+  if (only && !only.includes(name)) continue;
   const sys = await setup(iperfPort);
   try {
-    results[name] = { s1: iperfThroughput(sys.port, 1), s4: iperfThroughput(sys.port, 4) };
+    // Warm up (JIT, TLS sessions, windows) so the measured runs compare steady states.
+    iperfThroughput(sys.port, 1, 1);
+    const [m1, m4] = [measure(sys, 1), measure(sys, 4)];
+    results[name] = { s1: m1.gbps, s4: m4.gbps, cpu1: m1.cpuPerGiB, cpu4: m4.cpuPerGiB };
   } finally {
     await stop(...sys.procs);
   }
-  console.log(`${name.padEnd(9)} 1 stream ${results[name].s1.toFixed(2)} Gbit/s   4 streams ${results[name].s4.toFixed(2)} Gbit/s`);
+  const x = results[name];
+  console.log(`${name.padEnd(9)} 1 stream ${x.s1.toFixed(2)} Gbit/s (${x.cpu1.toFixed(2)} CPU s/GiB)   4 streams ${x.s4.toFixed(2)} Gbit/s (${x.cpu4.toFixed(2)} CPU s/GiB)`);
 }
+
+if (only) process.exit(0);
 
 // --- warm-session tunnel open latency -------------------------------------------------------------
 const COUNT = 300;
@@ -230,7 +258,9 @@ console.log(
     throughput_4s_vs_go: r(results.weir.s4, results.go.s4),
     open_p99_vs_go: r(weirOpen.p99_ms, goOpen.p99_ms),
     rss_per_tunnel_kib: Number(perTunnelKiB.toFixed(2)),
+    cpu_per_gib_1s_vs_go: r(results.weir.cpu1, results.go.cpu1),
     gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),
+    cpu_s_per_gib: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.cpu1.toFixed(3)), s4: Number(v.cpu4.toFixed(3)) }])),
     open_ms: { weir: weirOpen, go: goOpen },
     tunnels: rssResult.n,
     seconds: SECONDS,
