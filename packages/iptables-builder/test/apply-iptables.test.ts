@@ -7,6 +7,7 @@ import { detectBackend, iptablesCommand } from '../src/backend.js';
 import { IptablesError } from '../src/errors.js';
 import { netnsExecutor, type CommandExecutor } from '../src/executor.js';
 import { inpodRules } from '../src/presets.js';
+import { renderChecks } from '../src/render-iptables.js';
 import { addNetns, delNetns, recording, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
 
 requireRootTools(['ip', 'nsenter', 'iptables-legacy-restore', 'iptables-nft-restore']);
@@ -50,6 +51,26 @@ for (const backend of ['legacy', 'nft'] as const) {
       expect(result.changed).toBe(false);
       expect(exec.calls.map((c) => c.cmd)).toEqual([iptablesCommand(backend, 'ipv4', 'save')]);
       expect(save()).toBe(before);
+    });
+
+    it('-C checks pass for every applied rule, and fail for a deleted one', async () => {
+      const rules = inpodRules({ dnsCapture: false });
+      const check = (args: readonly string[]): boolean => {
+        try {
+          iptables(...args);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      const checks = renderChecks(rules, 'ipv4');
+      expect(checks.map((c) => check(c.args))).toEqual(checks.map(() => true));
+      iptables('-t', 'nat', '-D', 'ISTIO_OUTPUT', '-p', 'tcp', '-m', 'mark', '--mark', '0x111/0xfff', '-j', 'ACCEPT');
+      expect(checks.filter((c) => !check(c.args)).map((c) => c.args.join(' '))).toEqual([
+        '-t nat -C ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT',
+      ]);
+      await new RuleApplier({ executor: netnsExecutor(ns.path), backend }).apply(rules);
+      expect(checks.every((c) => check(c.args))).toBe(true);
     });
 
     it('names a rule deleted by hand and puts it back', async () => {
