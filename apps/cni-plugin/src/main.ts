@@ -35,12 +35,12 @@ async function main(): Promise<number> {
   return outcome.exitCode;
 }
 
+// Exit as soon as the answer is written (stdout is a pipe, written synchronously on Linux): the
+// runtime waits for the exit, and no lingering handle may hold a pod's sandbox creation.
 main().then(
-  (code) => {
-    process.exitCode = code;
-  },
+  (code) => process.exit(code),
   (err: unknown) => {
     process.stdout.write(`${JSON.stringify({ cniVersion: '1.1.0', code: 999, msg: `weir-cni crashed: ${String(err)}` })}\n`);
-    process.exitCode = 1;
+    process.exit(1);
   },
 );

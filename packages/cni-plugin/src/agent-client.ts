@@ -29,7 +29,14 @@ export function postCmdAdd(event: CmdAddEventBody, opts: PostCmdAddOptions): Pro
         socketPath: opts.socketPath,
         path: CMD_ADD_PATH,
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), Host: 'unix' },
+        // One request per process: no keep-alive socket may outlive the exchange.
+        agent: false,
+        headers: {
+          'Content-Type': 'application/json',
+          'Content-Length': Buffer.byteLength(body),
+          Host: 'unix',
+          Connection: 'close',
+        },
       },
       (res) => {
         const chunks: Buffer[] = [];

@@ -99,6 +99,8 @@ export class KubeClient {
     if (conn.server.startsWith('https:')) {
       this.#agent = new HttpsAgent({
         keepAlive: true,
+        // Both GETs share one connection: a single TLS handshake is most of the cost of a lookup.
+        maxSockets: 1,
         ...(conn.ca ? { ca: conn.ca } : {}),
         ...(conn.clientCert ? { cert: conn.clientCert } : {}),
         ...(conn.clientKey ? { key: conn.clientKey } : {}),

@@ -1,0 +1,111 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createTestPki, FakeApiServer, type TestPki } from '@weir/fake-apiserver';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CniPluginError } from './errors.js';
+import { KubeClient, loadKubeconfig } from './kube-client.js';
+
+let dir: string;
+let pki: TestPki;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'weir-cni-kube-'));
+  pki = await createTestPki();
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function getPod(kubeconfig: string): Promise<unknown> {
+  const client = new KubeClient(await loadKubeconfig(kubeconfig), { timeoutMs: 3000 });
+  try {
+    return await client.get('/api/v1/namespaces/default/pods/web-0');
+  } finally {
+    client.close();
+  }
+}
+
+describe('tiny kube client', () => {
+  it('verifies HTTPS against the kubeconfig CA and sends the bearer token', async () => {
+    const api = await FakeApiServer.start({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca }, token: 'tok-1' });
+    try {
+      api.createPod({ metadata: { name: 'web-0', namespace: 'default' } });
+      const pod = (await getPod(await api.kubeconfig(join(dir, 'kc-token')))) as { metadata: { name: string } };
+      expect(pod.metadata.name).toBe('web-0');
+      expect(api.requests[0]).toMatchObject({ authorization: 'Bearer tok-1', path: '/api/v1/namespaces/default/pods/web-0' });
+      const wrong = await getPod(await api.kubeconfig(join(dir, 'kc-wrong'), { token: 'nope' })).catch((e: unknown) => e);
+      expect(wrong).toBeInstanceOf(CniPluginError);
+      expect((wrong as CniPluginError).message).toContain('401');
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('authenticates with a client certificate from files relative to the kubeconfig, and a tokenFile', async () => {
+    const api = await FakeApiServer.start({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca, clientCa: pki.ca } });
+    try {
+      api.createPod({ metadata: { name: 'web-0', namespace: 'default' } });
+      await writeFile(join(dir, 'ca.crt'), pki.ca);
+      await writeFile(join(dir, 'client.crt'), pki.clientCert);
+      await writeFile(join(dir, 'client.key'), pki.clientKey);
+      const kc = join(dir, 'kc-cert');
+      await writeFile(
+        kc,
+        [
+          'apiVersion: v1',
+          'kind: Config',
+          'clusters:',
+          `- name: c\n  cluster:\n    server: ${api.url}\n    certificate-authority: ca.crt`,
+          'contexts:',
+          '- name: ctx\n  context:\n    cluster: c\n    user: u',
+          'current-context: ctx',
+          'users:',
+          '- name: u\n  user:\n    client-certificate: client.crt\n    client-key: client.key',
+          '',
+        ].join('\n'),
+      );
+      expect(await getPod(kc)).toMatchObject({ kind: 'Pod' });
+      const conn = await loadKubeconfig(kc);
+      expect(conn.server).toBe(api.url);
+      expect(conn.clientCert?.toString()).toBe(pki.clientCert);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('rejects a server certificate the CA did not sign, and names a missing kubeconfig', async () => {
+    const other = await createTestPki();
+    const api = await FakeApiServer.start({ tls: { cert: other.serverCert, key: other.serverKey, ca: pki.ca } });
+    try {
+      const err = await getPod(await api.kubeconfig(join(dir, 'kc-badca'))).catch((e: unknown) => e);
+      expect((err as CniPluginError).code).toBe('ERR_CNI_KUBE_API');
+      const missing = await loadKubeconfig(join(dir, 'nope')).catch((e: unknown) => e);
+      expect((missing as CniPluginError).code).toBe('ERR_CNI_KUBECONFIG');
+      expect((missing as CniPluginError).message).toContain(join(dir, 'nope'));
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('reads a tokenFile and answers non-200 with the Status message', async () => {
+    const api = await FakeApiServer.start({ token: 'from-file' });
+    try {
+      await writeFile(join(dir, 'token'), 'from-file\n');
+      const kc = join(dir, 'kc-tokenfile');
+      await writeFile(
+        kc,
+        JSON.stringify({
+          clusters: [{ name: 'c', cluster: { server: api.url } }],
+          contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }],
+          'current-context': 'x',
+          users: [{ name: 'u', user: { tokenFile: 'token' } }],
+        }),
+      );
+      const err = await getPod(kc).catch((e: unknown) => e);
+      expect((err as CniPluginError).message).toContain('pods "web-0" not found');
+      expect(api.requests[0]?.authorization).toBe('Bearer from-file');
+    } finally {
+      await api.close();
+    }
+  });
+});
