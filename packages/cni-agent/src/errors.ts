@@ -1,5 +1,4 @@
 export type CniAgentErrorCode =
-  | 'ERR_AGENT_BAD_EVENT'
   | 'ERR_AGENT_POD_NOT_FOUND'
   | 'ERR_AGENT_MALFORMED_POD'
   | 'ERR_AGENT_NETNS_NOT_FOUND'
