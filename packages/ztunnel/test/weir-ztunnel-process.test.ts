@@ -252,18 +252,29 @@ describe('weir-ztunnel process', () => {
   it('takes pods from a node agent written in Python (raw SEQPACKET + SCM_RIGHTS, hand-encoded protobuf)', async () => {
     const n3 = await topo.addNode({ name: 'n3' });
     const d = await n3.addPod({ name: 'd', namespace: 'ns4' });
-    await capturePod(d);
+    const e = await n3.addPod({ name: 'e', namespace: 'ns4' });
+    for (const p of [d, e]) await capturePod(p);
     const sock = join(dir, 'py', 'ztunnel.sock');
     const script = join(dir, 'agent.py');
     await writeFile(script, PY_AGENT);
-    const agent = await topo.spawn({ name: 'py-agent', netns: n3.netnsPath, cmd: '/usr/bin/python3', args: ['-u', script, sock, d.netnsPath, d.uid] });
+    const agent = await topo.spawn({
+      name: 'py-agent',
+      netns: n3.netnsPath,
+      cmd: '/usr/bin/python3',
+      args: ['-u', script, sock, `${d.netnsPath},${d.uid},${d.name}`, `${e.netnsPath},${e.uid},${e.name}`],
+    });
     await agent.waitForOutput('listening');
     const zt3 = await startZtunnel(n3, sock);
     await agent.waitForOutput('snapshot acked', 30_000);
-    const l = await podListeners(d);
-    for (const port of [15001, 15006, 15008]) expect(l.get(port), `d:${port}`).toEqual([zt3.pid]);
-    expect(await agent.readLog()).toContain('hello version=1');
-    expect(await agent.readLog()).toContain('add acked ok');
+    const log = await agent.readLog();
+    expect(log).toContain('hello version=1');
+    expect(log).toContain(`add ${d.uid} acked ok`);
+    expect(log).toContain(`add ${e.uid} acked ok`);
+    for (const pod of [d, e]) {
+      const l = await podListeners(pod);
+      for (const port of [15001, 15006, 15008]) expect(l.get(port), `${pod.name}:${port}`).toEqual([zt3.pid]);
+    }
+    await zt3.waitForOutput(`pod WorkloadUid("${e.uid}") received netns, starting proxy`);
     await zt3.stop('SIGTERM');
     await agent.stop('SIGTERM');
   }, 60_000);
@@ -272,7 +283,7 @@ describe('weir-ztunnel process', () => {
 // A node agent that shares no code with Weir: protobuf bytes by hand, the netns fd as SCM_RIGHTS.
 const PY_AGENT = String.raw`
 import os, socket, sys, time
-path, netns_path, uid = sys.argv[1], sys.argv[2], sys.argv[3]
+path, pods = sys.argv[1], [a.split(",") for a in sys.argv[2:]]
 os.makedirs(os.path.dirname(path), exist_ok=True)
 if os.path.exists(path): os.unlink(path)
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -280,17 +291,19 @@ srv.bind(path); srv.listen(1)
 print("listening", flush=True)
 conn, _ = srv.accept()
 hello = conn.recv(1024)
-assert hello[:1] == b"\x08", hello
+assert hello[:1] == b"\x08", hello  # ZdsHello.version, varint
 print("hello version=%d" % hello[1], flush=True)
-def field(num, payload):
+def field(num, payload):  # length-delimited field (all lengths here < 128)
     return bytes([(num << 3) | 2, len(payload)]) + payload
-info = field(1, b"d") + field(2, b"ns4") + field(3, b"sa-d")
-add = field(1, field(1, uid.encode()) + field(2, info))
-fd = os.open(netns_path, os.O_RDONLY)
-conn.sendmsg([add], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(bytearray(fd.to_bytes(4, sys.byteorder)))))])
-ack = conn.recv(1024)
-print("add acked", "ok" if ack in (b"\x0a\x00", b"\x0a\x00\x0a\x00") or ack == b"\x0a\x00" else repr(ack), flush=True)
-conn.send(bytes([0x1a, 0x00]))
+for netns_path, uid, name in pods:
+    info = field(1, name.encode()) + field(2, b"ns4") + field(3, b"sa-" + name.encode())
+    add = field(1, field(1, uid.encode()) + field(2, info))  # WorkloadRequest.add
+    fd = os.open(netns_path, os.O_RDONLY)
+    conn.sendmsg([add], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+    os.close(fd)
+    ack = conn.recv(1024)  # WorkloadResponse{ack: Ack{}} is 0a 00; a nack carries an error string
+    print("add %s acked %s" % (uid, "ok" if ack == b"\x0a\x00" else repr(ack)), flush=True)
+conn.send(bytes([0x1a, 0x00]))  # WorkloadRequest.snapshot_sent
 ack = conn.recv(1024)
 print("snapshot acked", repr(ack), flush=True)
 while True: time.sleep(1)
