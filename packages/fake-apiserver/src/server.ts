@@ -484,7 +484,6 @@ export class FakeApiServer {
   }
 
   #startWatch(
-    req: IncomingMessage,
     res: ServerResponse,
     record: RecordedRequest,
     resource: WatchedResource,
@@ -519,7 +518,7 @@ export class FakeApiServer {
     }
     this.#watchers.add(w);
     const cleanup = () => this.#endWatch(w);
-    req.on('close', cleanup);
+    // The response's 'close' is the connection going away (the request's fires once its body is read).
     res.on('close', cleanup);
     if (from === undefined) {
       // No version (or "0"): synthetic ADDED events for the current state, then live changes.
@@ -573,7 +572,7 @@ export class FakeApiServer {
       }
       this.#authenticate(req);
       this.#injectFailure(record);
-      this.#route(req, res, record, url);
+      this.#route(res, record, url);
     } catch (err) {
       const status =
         err instanceof HttpError
@@ -616,7 +615,7 @@ export class FakeApiServer {
     res.end(JSON.stringify(body));
   }
 
-  #route(req: IncomingMessage, res: ServerResponse, record: RecordedRequest, url: URL): void {
+  #route(res: ServerResponse, record: RecordedRequest, url: URL): void {
     const path = url.pathname.replace(/\/+$/, '');
     const method = record.method;
     if (path === '/version') {
@@ -666,7 +665,7 @@ export class FakeApiServer {
     }
     const info = RESOURCES[resource];
     if (name === undefined) {
-      if (method === 'GET') return this.#list(req, res, record, resource, namespace, url.searchParams);
+      if (method === 'GET') return this.#list(res, record, resource, namespace, url.searchParams);
       if (method === 'POST' && (namespace !== undefined || !info.namespaced)) {
         return this.#createFromApi(res, record, resource, namespace);
       }
@@ -760,7 +759,6 @@ export class FakeApiServer {
   }
 
   #list(
-    req: IncomingMessage,
     res: ServerResponse,
     record: RecordedRequest,
     resource: Resource,
@@ -781,7 +779,7 @@ export class FakeApiServer {
     }
     if (record.watch) {
       if (resource !== 'pods' && resource !== 'namespaces') throw methodNotAllowed('WATCH');
-      return this.#startWatch(req, res, record, resource, namespace, matches, q);
+      return this.#startWatch(res, record, resource, namespace, matches, q);
     }
     const rvMatch = q.get('resourceVersionMatch');
     const rvParam = q.get('resourceVersion');
