@@ -88,6 +88,8 @@ export class HboneClient {
   #tls: ResolvedTls;
   readonly #pools = new Map<string, PooledSession[]>();
   #closed = false;
+  // One shared listener: per-stream closures cost memory on every idle tunnel.
+  readonly #onStreamError = (err: Error): void => this.#log.debug({ err }, 'tunnel stream error');
 
   constructor(o: HboneClientOptions) {
     this.#o = o;
@@ -387,7 +389,7 @@ export class HboneClient {
       this.#maybeIdle(e);
     });
     // Errors after the tunnel is handed over surface through 'close'/rstCode to whoever owns it; never crash.
-    stream.on('error', (err: Error) => this.#log.debug({ err, peer: peerAuthority, target: authority }, 'tunnel stream error'));
+    stream.on('error', this.#onStreamError);
     return new Promise((resolve, reject) => {
       let streamError: Error | undefined;
       const onError = (err: Error): void => {

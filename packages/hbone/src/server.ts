@@ -89,7 +89,7 @@ class Server implements HboneServer {
   readonly #h2: http2.Http2SecureServer;
   readonly #sockets = new Set<net.Socket>();
   readonly #sessions = new Map<http2.ServerHttp2Session, SessionState>();
-  readonly #tunnels = new Set<{ stream: http2.ServerHttp2Stream; upstream?: Duplex }>();
+  readonly #tunnels = new Set<Tunnel>();
   #closing = false;
 
   constructor(o: HboneServerOptions) {
@@ -128,9 +128,7 @@ class Server implements HboneServer {
     });
     this.#h2.on('sessionError', (err: Error) => this.#log.debug({ err }, 'session error'));
     this.#h2.on('session', (session: http2.ServerHttp2Session) => this.#onSession(session, o.connectionWindowSize ?? 16 * MiB));
-    this.#h2.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
-      void this.#onStream(stream, headers);
-    });
+    this.#h2.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.#onStream(stream, headers));
   }
 
   #secureOptions(t: ResolvedTls): tls.SecureContextOptions {
@@ -225,12 +223,22 @@ class Server implements HboneServer {
     if (this.#closing) session.close();
   }
 
-  async #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
-    stream.on('error', (err: Error) => this.#log.debug({ err }, 'stream error'));
+  // One shared listener: per-stream closures cost memory on every idle tunnel.
+  readonly #onStreamError = (err: Error): void => this.#log.debug({ err }, 'stream error');
+
+  #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    stream.on('error', this.#onStreamError);
+    void this.#admit(stream, headers).then((admitted) => {
+      if (admitted !== undefined) this.#run(stream, admitted);
+    });
+  }
+
+  /** Checks the request, authorizes it and connects the upstream; answers 400/401/503 itself. */
+  async #admit(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<Admitted | undefined> {
     const state = this.#sessions.get(stream.session as http2.ServerHttp2Session);
     if (state === undefined) {
       stream.close(NGHTTP2_INADEQUATE_SECURITY);
-      return;
+      return undefined;
     }
     const { peer } = state;
     const log = this.#log;
@@ -260,40 +268,58 @@ class Server implements HboneServer {
         return refuse(stream, 401);
       }
     }
-    if (stream.closed || stream.destroyed) return;
+    if (stream.closed || stream.destroyed) return undefined;
     const ac = new AbortController();
     const onEarlyClose = (): void => ac.abort(new HboneError('ERR_HBONE_ABORTED', `client closed stream to ${dst} before the upstream connected`));
     stream.once('close', onEarlyClose);
-    const tunnel: { stream: http2.ServerHttp2Stream; upstream?: Duplex } = { stream };
-    this.#tunnels.add(tunnel);
+    const pending: Tunnel = { stream, upstream: undefined };
+    this.#tunnels.add(pending);
     let upstream: Duplex;
     try {
       upstream = await this.#o.connect(target, { peer, headers: parsed, signal: ac.signal });
     } catch (err) {
-      this.#tunnels.delete(tunnel);
-      stream.off('close', onEarlyClose);
+      this.#tunnels.delete(pending);
       log.warn({ err, src, dst }, 'connection failed: upstream connect');
       return refuse(stream, 503);
+    } finally {
+      stream.off('close', onEarlyClose);
     }
-    stream.off('close', onEarlyClose);
     if (stream.closed || stream.destroyed) {
-      this.#tunnels.delete(tunnel);
+      this.#tunnels.delete(pending);
       upstream.destroy();
-      return;
+      return undefined;
     }
-    tunnel.upstream = upstream;
+    pending.upstream = upstream;
+    log.debug({ src, dst }, 'handling new stream');
+    return { tunnel: pending, peer, target, headers: parsed };
+  }
+
+  #run(stream: http2.ServerHttp2Stream, a: Admitted): void {
     const started = performance.now();
     stream.respond({ ':status': 200 });
-    log.debug({ src, dst }, 'handling new stream');
-    const result = await bridge(stream, upstream);
-    this.#tunnels.delete(tunnel);
-    this.#o.onTunnelClosed?.({ ...result, peer, target, headers: parsed, durationMs: performance.now() - started });
+    void bridge(stream, a.tunnel.upstream!).then((result) => {
+      this.#tunnels.delete(a.tunnel);
+      this.#o.onTunnelClosed?.({ ...result, peer: a.peer, target: a.target, headers: a.headers, durationMs: performance.now() - started });
+    });
   }
 }
 
-function refuse(stream: http2.ServerHttp2Stream, status: number): void {
-  if (stream.closed || stream.destroyed) return;
+interface Tunnel {
+  stream: http2.ServerHttp2Stream;
+  upstream: Duplex | undefined;
+}
+
+interface Admitted {
+  tunnel: Tunnel;
+  peer: HbonePeer;
+  target: HboneTarget;
+  headers: HboneRequestHeaders;
+}
+
+function refuse(stream: http2.ServerHttp2Stream, status: number): undefined {
+  if (stream.closed || stream.destroyed) return undefined;
   stream.respond({ ':status': status }, { endStream: true });
   // The request side of a CONNECT never ends by itself; tell the client to stop (RFC 9113 §8.1).
   stream.close(NGHTTP2_NO_ERROR);
+  return undefined;
 }
