@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { RuleApplier } from '../src/applier.js';
 import type { IptablesBackend } from '../src/backend.js';
+import type { Family } from '../src/model.js';
 import { netnsExecutor } from '../src/executor.js';
 import { hostProbeRules, inpodRules, ipsetCreateArgs, type InpodMode } from '../src/presets.js';
 import { RoutingApplier, inpodRouting } from '../src/routing.js';
@@ -27,8 +28,8 @@ afterAll(() => {
 });
 
 /** Start listen.py in a netns and wait for it to be bound. */
-function listen(ns: string, tcp: number[], udp: number[] = []): Promise<void> {
-  const args = ['netns', 'exec', ns, 'python3', helper('listen.py'), tcp.join(','), ...(udp.length ? ['--udp', udp.join(',')] : [])];
+function listen(ns: string, tcp: number[], udp: number[] = [], extra: string[] = []): Promise<void> {
+  const args = ['netns', 'exec', ns, 'python3', helper('listen.py'), tcp.join(','), ...(udp.length ? ['--udp', udp.join(',')] : []), ...extra];
   const child = spawn('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   return new Promise((resolve, reject) => {
@@ -58,20 +59,59 @@ async function connector(ns: string): Promise<(host: string, port: number, ...op
   };
 }
 
-const combos: [InpodMode, IptablesBackend][] = [
-  ['tproxy', 'legacy'],
-  ['tproxy', 'nft'],
-  ['tproxy', 'nftables'],
-  ['redirect', 'nft'],
-  ['redirect', 'nftables'],
+interface Addresses {
+  readonly family: Family;
+  readonly pod: string;
+  readonly out: string;
+  readonly prefix: number;
+  readonly probe: string;
+  readonly far: string;
+  readonly loopback: string;
+  readonly dns: string;
+}
+const V4: Addresses = {
+  family: 'ipv4',
+  pod: POD_IP,
+  out: OUT_IP,
+  prefix: 24,
+  probe: PROBE_IP,
+  far: '203.0.113.7',
+  loopback: '127.0.0.1',
+  dns: '192.0.2.53',
+};
+const V6: Addresses = {
+  family: 'ipv6',
+  pod: 'fd00:200::2',
+  out: 'fd00:200::1',
+  prefix: 64,
+  probe: 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff',
+  far: '2001:db8::7',
+  loopback: '::1',
+  dns: '2001:db8::53',
+};
+
+/** RegExp source for `addr:port` as listen.py prints it (`port` may itself be a pattern). */
+const at = (addr: string, port: number | string): string =>
+  `${(addr.includes(':') ? `[${addr}]` : addr).replace(/[.[\]]/g, '\\$&')}:${port}`;
+
+const combos: [InpodMode, IptablesBackend, Addresses][] = [
+  ['tproxy', 'legacy', V4],
+  ['tproxy', 'nft', V4],
+  ['tproxy', 'nftables', V4],
+  ['redirect', 'nft', V4],
+  ['redirect', 'nftables', V4],
+  ['tproxy', 'nft', V6],
+  ['tproxy', 'nftables', V6],
+  ['redirect', 'legacy', V6],
 ];
 
-for (const [mode, backend] of combos) {
-  describe(`${mode} mode on ${backend}: traffic really goes to ztunnel's ports`, () => {
+for (const [mode, backend, a] of combos) {
+  describe(`${mode} mode on ${backend}, ${a.family}: traffic really goes to ztunnel's ports`, () => {
     const pod = uniqueName('p');
     const out = uniqueName('o');
     type Connect = (host: string, port: number, ...opts: string[]) => Promise<string>;
     const from: { pod: Connect; out: Connect } = { pod: () => Promise.resolve(''), out: () => Promise.resolve('') };
+    const v6 = a.family === 'ipv6';
 
     beforeAll(async () => {
       netnsNames.push(pod, out);
@@ -79,49 +119,55 @@ for (const [mode, backend] of combos) {
       addNetns(out);
       const vethPod = uniqueName('vp');
       const vethOut = uniqueName('vo');
+      const nodad = v6 ? ['nodad'] : [];
       sh('ip', ['-n', pod, 'link', 'add', vethPod, 'type', 'veth', 'peer', 'name', vethOut, 'netns', out]);
-      sh('ip', ['-n', pod, 'addr', 'add', `${POD_IP}/24`, 'dev', vethPod]);
+      sh('ip', ['-n', pod, 'addr', 'add', `${a.pod}/${a.prefix}`, 'dev', vethPod, ...nodad]);
       sh('ip', ['-n', pod, 'link', 'set', vethPod, 'up']);
-      sh('ip', ['-n', pod, 'route', 'add', 'default', 'via', OUT_IP]);
-      sh('ip', ['-n', out, 'addr', 'add', `${OUT_IP}/24`, 'dev', vethOut]);
-      sh('ip', ['-n', out, 'addr', 'add', `${PROBE_IP}/32`, 'dev', vethOut]);
+      sh('ip', ['-n', out, 'addr', 'add', `${a.out}/${a.prefix}`, 'dev', vethOut, ...nodad]);
+      sh('ip', ['-n', out, 'addr', 'add', `${a.probe}/${v6 ? 128 : 32}`, 'dev', vethOut, ...nodad]);
       sh('ip', ['-n', out, 'link', 'set', vethOut, 'up']);
+      sh('ip', ['-n', pod, 'route', 'add', 'default', 'via', a.out]);
 
       const executor = netnsExecutor(podPath);
-      const applied = await new RuleApplier({ executor, backend }).apply(inpodRules({ mode }));
+      const applied = await new RuleApplier({ executor, backend }).apply(inpodRules({ mode, ipv4: !v6, ipv6: v6 }));
       expect(applied.changed).toBe(true);
-      expect((await new RoutingApplier({ executor }).apply(inpodRouting())).changed).toBe(true);
+      const routing = inpodRouting({ ipv4: !v6, ipv6: v6 });
+      expect((await new RoutingApplier({ executor }).apply(routing)).changed).toBe(true);
       // ztunnel's three ports, the app's port, and DNS in the pod; a plain server outside.
-      await Promise.all([listen(pod, [15001, 15006, 15008, 8080], [15053]), listen(out, [9090, 8080])]);
+      const fam = v6 ? ['--v6'] : [];
+      await Promise.all([
+        listen(pod, [15001, 15006, 15008, 8080], [15053], fam),
+        listen(out, [9090, 8080], [], fam),
+      ]);
       [from.pod, from.out] = await Promise.all([connector(pod), connector(out)]);
     });
 
     it('an outbound connection to any address:port lands on 15001', async () => {
       // REDIRECT in OUTPUT delivers to the loopback address; SO_ORIGINAL_DST keeps the real one.
-      expect(await from.pod('203.0.113.7', 80)).toMatch(/^15001 127\.0\.0\.1:15001 203\.0\.113\.7:80 /);
-      expect(await from.pod(OUT_IP, 9090)).toMatch(new RegExp(`^15001 127\\.0\\.0\\.1:15001 ${OUT_IP}:9090 `));
+      expect(await from.pod(a.far, 80)).toMatch(new RegExp(`^15001 ${at(a.loopback, 15001)} ${at(a.far, 80)} `));
+      expect(await from.pod(a.out, 9090)).toMatch(new RegExp(`^15001 ${at(a.loopback, 15001)} ${at(a.out, 9090)} `));
     });
 
     it('a socket with mark 0x539 (ztunnel) is not redirected', async () => {
-      expect(await from.pod(OUT_IP, 9090, '--mark', '0x539')).toMatch(/^9090 /);
+      expect(await from.pod(a.out, 9090, '--mark', '0x539')).toMatch(new RegExp(`^9090 ${at(a.out, 9090)} `));
     });
 
     it('an inbound connection to any pod port lands on 15006, to 15008 on 15008', async () => {
-      expect(await from.out(POD_IP, 8080)).toMatch(new RegExp(`^15006 .*${POD_IP}:8080`));
-      expect(await from.out(POD_IP, 4242)).toMatch(new RegExp(`^15006 .*${POD_IP}:4242`));
-      expect(await from.out(POD_IP, 15008)).toMatch(/^15008 /);
+      expect(await from.out(a.pod, 8080)).toMatch(new RegExp(`^15006 .*${at(a.pod, 8080)}`));
+      expect(await from.out(a.pod, 4242)).toMatch(new RegExp(`^15006 .*${at(a.pod, 4242)}`));
+      expect(await from.out(a.pod, 15008)).toMatch(/^15008 /);
     });
 
     it('traffic from the probe address is not captured', async () => {
-      expect(await from.out(POD_IP, 8080, '--source', PROBE_IP)).toMatch(/^8080 /);
+      expect(await from.out(a.pod, 8080, '--source', a.probe)).toMatch(new RegExp(`^8080 .* ${at(a.probe, '\\d+')}$`));
     });
 
-    it('loopback to 127.0.0.1 is not captured', async () => {
-      expect(await from.pod('127.0.0.1', 8080)).toMatch(/^8080 /);
+    it('loopback is not captured', async () => {
+      expect(await from.pod(a.loopback, 8080)).toMatch(/^8080 /);
     });
 
     it('DNS over UDP goes to 15053', async () => {
-      expect(await from.pod('192.0.2.53', 53, '--udp')).toBe('15053 udp -');
+      expect(await from.pod(a.dns, 53, '--udp')).toBe('15053 udp -');
     });
   });
 }

@@ -13,7 +13,8 @@ def exchange(args):
     mark = int(args[args.index("--mark") + 1], 0) if "--mark" in args else None
     source = args[args.index("--source") + 1] if "--source" in args else None
     udp = "--udp" in args
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     s.settimeout(3)
     try:
         if mark is not None:
