@@ -1,11 +1,11 @@
 // Builds dist/weir-cni: one CommonJS bundle (esbuild) injected into a copy of the node binary as a
 // Single Executable Application, so the host needs no Node installation.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import postject from 'postject';
+import { createRequire } from 'node:module';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -30,7 +30,7 @@ writeFileSync(
   seaConfig,
   JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }),
 );
-execFileSync(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' });
+execFileSync(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: ['ignore', 'ignore', 'inherit'] });
 
 rmSync(exe, { force: true });
 copyFileSync(process.execPath, exe);
@@ -41,9 +41,18 @@ try {
 } catch (err) {
   process.stderr.write(`build-sea: strip unavailable (${err.code ?? err.message}); binary left unstripped\n`);
 }
-await postject.inject(exe, 'NODE_SEA_BLOB', readFileSync(blob), {
-  sentinelFuse: 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2',
-});
+// postject's ELF writer warns about the stripped binary's notes; keep its output unless it fails.
+const postjectCli = join(dirname(createRequire(import.meta.url).resolve('postject')), 'cli.js');
+try {
+  execFileSync(
+    process.execPath,
+    [postjectCli, exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'],
+    { stdio: 'pipe' },
+  );
+} catch (err) {
+  process.stderr.write(`${err.stdout ?? ''}${err.stderr ?? ''}`);
+  throw err;
+}
 rmSync(blob);
 rmSync(seaConfig);
 process.stdout.write(`build-sea: ${exe} (${(statSync(exe).size / 1048576).toFixed(1)} MiB)\n`);
