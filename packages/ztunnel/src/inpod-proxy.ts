@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
@@ -5,6 +6,7 @@ import {
   HboneError,
   bridge,
   createHboneServer,
+  type HboneConnectContext,
   type HbonePeer,
   type HboneServer,
   type HboneTarget,
@@ -47,6 +49,8 @@ export interface InpodProxyOptions {
   /** The mesh trust bundle (PEM roots). */
   trustBundle: string;
   trustDomain: string;
+  /** Sent in the HBONE `baggage` header (`k8s.cluster.name`). */
+  clusterId?: string;
   mark: number;
   reusePort: boolean;
   origSrc: OrigSrcMode;
@@ -175,7 +179,7 @@ export class InpodProxy {
         tls,
         validateTarget: (t) => this.#isPodIp(t.host),
         authorize: (peer, target) => this.#authorizeHbone(peer, target),
-        connect: (target, ctx) => this.#connectHbone(target, ctx.peer, ctx.signal),
+        connect: (target, ctx) => this.#connectHbone(target, ctx),
         logger: this.#log.child({ component: 'hbone' }),
       });
       for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
@@ -309,7 +313,7 @@ export class InpodProxy {
           peer: { host: address, port: this.#ports.inbound },
           target: { host: address, port },
           expectedIdentities: [identity, ...(service?.subjectAltNames ?? [])],
-          headers: { forwarded: `for="${srcAddr}"` },
+          headers: this.#hboneHeaders(srcAddr),
           signal: abort.signal,
         });
       } catch (err) {
@@ -361,6 +365,24 @@ export class InpodProxy {
     tuneSocket(upstream);
     const r = await copyBidirectional(socket, upstream);
     record.complete(r.sent, r.received);
+  }
+
+  /** What ztunnel sends with CONNECT: who is calling (baggage), the original client, a fresh trace. */
+  #hboneHeaders(srcAddr: string): Record<string, string> {
+    const src = this.#src();
+    const w = this.#workload();
+    const baggage = [
+      `k8s.cluster.name=${this.#o.clusterId ?? 'Kubernetes'}`,
+      `k8s.namespace.name=${src.namespace ?? ''}`,
+      `k8s.${w?.workloadType || 'pod'}.name=${w?.workloadName || src.workload || ''}`,
+      `service.name=${w?.canonicalName || src.workload || ''}`,
+      `service.version=${w?.canonicalRevision || 'latest'}`,
+    ].join(',');
+    return {
+      baggage,
+      forwarded: `for="${srcAddr}"`,
+      traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-00`,
+    };
   }
 
   // ---------------------------------------------------------------- inbound
@@ -470,7 +492,12 @@ export class InpodProxy {
     return d.allowed;
   }
 
-  async #connectHbone(target: HboneTarget, peer: HbonePeer, signal: AbortSignal): Promise<Duplex> {
+  async #connectHbone(target: HboneTarget, ctx: HboneConnectContext): Promise<Duplex> {
+    const { peer, signal } = ctx;
+    this.#log.debug(
+      { peer: peer.identity?.toString(), target: hostPort(target.host, target.port), baggage: ctx.headers.raw.baggage, traceparent: ctx.headers.raw.traceparent },
+      'inbound HBONE stream',
+    );
     const srcIp = normalizeIp(peer.remoteAddress);
     const dstIp = normalizeIp(target.host);
     const record = this.#inboundRecord(hostPort(srcIp, peer.remotePort), peer.identity?.toString(), dstIp, target.port, true);

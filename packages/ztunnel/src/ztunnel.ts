@@ -87,6 +87,7 @@ export class Ztunnel {
         identities: this.identities,
         trustBundle: o.ca.rootPem,
         trustDomain,
+        clusterId: o.clusterId ?? 'Kubernetes',
         mark: o.packetMark ?? 1337,
         reusePort: o.portReuse ?? true,
         origSrc: o.origSrc ?? 'auto',

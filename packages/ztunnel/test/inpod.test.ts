@@ -119,6 +119,7 @@ describe('in-pod ztunnel (in process)', () => {
     expect(appB.clients.at(-1)).toBe(a.ip);
     const log = lines.join('');
     expect(log).toMatch(/connection complete.*src\.identity=spiffe:\/\/cluster\.local\/ns\/ns1\/sa\/sa-a.*direction=inbound/);
+    expect(log).toMatch(/inbound HBONE stream .*baggage="k8s\.cluster\.name=Kubernetes,k8s\.namespace\.name=ns1,k8s\.pod\.name=a,service\.name=a,service\.version=latest" traceparent=00-[0-9a-f]{32}-[0-9a-f]{16}-00/);
     const m = await metrics(nodes[0]!.zt);
     expect(m).toMatch(/istio_tcp_connections_opened_total\{reporter="destination",source_workload="a".*destination_workload="b".*connection_security_policy="mutual_tls"/);
   });
