@@ -1,0 +1,155 @@
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import type * as tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HboneClient, createHboneServer, type HboneServer } from '../src/index.js';
+import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, makePki, roundTrip, tcpServer, tlsOf } from './helpers.js';
+
+let pki: Pki;
+let echo: TcpServer;
+let server: HboneServer;
+let port: number;
+const cleanups: (() => Promise<void>)[] = [];
+
+beforeAll(async () => {
+  pki = await makePki();
+  echo = await echoServer();
+  server = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host) });
+  port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+});
+
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c();
+  await server.close({ deadlineMs: 500 });
+  await echo.close();
+});
+
+const target = (): { host: string; port: number } => ({ host: '127.0.0.1', port: echo.port });
+
+function client(extra: Partial<ConstructorParameters<typeof HboneClient>[0]> = {}): HboneClient {
+  const c = new HboneClient({ tls: tlsOf(pki.client), ...extra });
+  cleanups.push(() => c.close({ deadlineMs: 200 }));
+  return c;
+}
+
+/** A TCP relay we can freeze, to play a peer that stops answering (e.g. a dead node). */
+async function freezableRelay(to: number): Promise<{ port: number; freeze(): void }> {
+  let frozen = false;
+  const pairs: net.Socket[][] = [];
+  const relay = await tcpServer((a) => {
+    const b = net.connect(to, '127.0.0.1');
+    b.on('error', () => a.destroy());
+    a.on('data', (d) => !frozen && b.write(d));
+    b.on('data', (d) => !frozen && a.write(d));
+    pairs.push([a, b]);
+  });
+  cleanups.push(async () => {
+    for (const p of pairs) for (const s of p) s.destroy();
+    await relay.close();
+  });
+  return { port: relay.port, freeze: () => (frozen = true) };
+}
+
+describe('HboneClient session pool', () => {
+  it('makes its TCP connections with the injected socket factory', async () => {
+    const made: string[] = [];
+    const c = client({
+      socketFactory: (p) =>
+        new Promise((resolve, reject) => {
+          made.push(`${p.host}:${p.port}`);
+          const s = net.connect(p.port, p.host, () => resolve(s));
+          s.once('error', reject);
+        }),
+    });
+    const t = await c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] });
+    expect((await roundTrip(t, Buffer.from('via factory'))).toString()).toBe('via factory');
+    expect(made).toEqual([`127.0.0.1:${port}`]);
+    const failing = client({ socketFactory: () => Promise.reject(new Error('netns gone')) });
+    await expect(failing.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] })).rejects.toMatchObject({
+      code: 'ERR_HBONE_CONNECT',
+      message: expect.stringContaining('netns gone'),
+    });
+  });
+
+  it('closes idle sessions after idleTimeoutMs', async () => {
+    const c = client({ idleTimeoutMs: 150 });
+    const t = await c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] });
+    await roundTrip(t, Buffer.from('x'));
+    await waitFor(() => c.stats().streams === 0);
+    expect(c.stats().sessions).toBe(1);
+    await waitFor(() => c.stats().sessions === 0, 3000);
+  });
+
+  it('keeps a healthy session with PINGs and drops one whose peer stops answering', async () => {
+    const relay = await freezableRelay(port);
+    const c = client({ pingIntervalMs: 100, pingTimeoutMs: 300 });
+    const t = await c.connect({ peer: { host: '127.0.0.1', port: relay.port }, target: target(), expectedIdentities: [SERVER_ID] });
+    await new Promise((r) => setTimeout(r, 500));
+    expect(c.stats().sessions).toBe(1);
+    const closed = new Promise<void>((r) => t.once('close', () => r()));
+    relay.freeze();
+    await closed;
+    await waitFor(() => c.stats().sessions === 0, 3000);
+  });
+
+  it('sends no SNI and never resumes a TLS session', async () => {
+    const seen: { servername: string | false; reused: boolean }[] = [];
+    const h2 = http2.createSecureServer({ key: pki.server.keyPem, cert: pki.server.chainPem, ca: pki.ca.rootPem, requestCert: true, rejectUnauthorized: true });
+    h2.on('secureConnection', (s: tls.TLSSocket) => seen.push({ servername: s.servername, reused: s.isSessionReused() }));
+    h2.on('stream', (stream) => stream.respond({ ':status': 200 }));
+    await new Promise<void>((r) => h2.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => h2.close(() => r())));
+    const p = (h2.address() as net.AddressInfo).port;
+    for (let i = 0; i < 2; i++) {
+      const c = new HboneClient({ tls: tlsOf(pki.client) });
+      const t = await c.connect({ peer: { host: '127.0.0.1', port: p }, target: target(), expectedIdentities: [SERVER_ID] });
+      t.destroy();
+      await c.close({ deadlineMs: 100 });
+    }
+    expect(seen).toEqual([
+      { servername: false, reused: false },
+      { servername: false, reused: false },
+    ]);
+  });
+
+  it('applies backpressure when the application does not read the tunnel', async () => {
+    let written = 0;
+    const firehose = await tcpServer((s) => {
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      const pump = (): void => {
+        while (!s.destroyed && written < 1024 * 1024 * 1024) {
+          written += chunk.length;
+          if (!s.write(chunk)) {
+            s.once('drain', pump);
+            return;
+          }
+        }
+      };
+      pump();
+    });
+    cleanups.push(() => firehose.close());
+    const c = client();
+    const t = await c.connect({ peer: { host: '127.0.0.1', port }, target: { host: '127.0.0.1', port: firehose.port }, expectedIdentities: [SERVER_ID] });
+    let last = -1;
+    for (let i = 0; i < 40 && written !== last; i++) {
+      last = written;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(written).toBe(last);
+    // Stream window (4 MiB) plus bounded buffers on each hop and the kernel's socket buffers.
+    expect(written).toBeLessThan(48 * 1024 * 1024);
+    // Reading again resumes the flow.
+    let got = 0;
+    t.on('data', (d: Buffer) => (got += d.length));
+    await waitFor(() => got > last);
+    t.destroy();
+  });
+});
+
+async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
