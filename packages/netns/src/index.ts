@@ -1,6 +1,6 @@
 export { NetnsError, errnoName } from './errors.js';
 export type { NetnsErrorCode } from './errors.js';
-export { Netns, openNetns, adoptNetnsFd, currentNetns, socketNetnsId } from './netns.js';
+export { Netns, openNetns, openNetnsOfPid, adoptNetnsFd, currentNetns, socketNetnsId } from './netns.js';
 export type { NetnsId } from './netns.js';
 export {
   createTcpListener,

@@ -2,7 +2,7 @@ import { closeSync, openSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { NetnsError, adoptNetnsFd, currentNetns, openNetns } from './index.js';
+import { NetnsError, adoptNetnsFd, currentNetns, openNetns, openNetnsOfPid } from './index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'weir-netns-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -55,6 +55,17 @@ describe('openNetns', () => {
     expect(codeOf(() => openNetns('/proc/self/ns/mnt'))).toBe('ERR_NETNS_NOT_A_NETNS');
     expect(() => openNetns('/proc/self/ns/mnt')).toThrow(/a mnt namespace/);
     expect(codeOf(() => openNetns(dir))).toBe('ERR_NETNS_NOT_A_NETNS');
+  });
+
+  it('opens a process\'s netns by pid', () => {
+    const byPid = openNetnsOfPid(process.pid);
+    const cur = currentNetns();
+    expect(byPid.sameAs(cur)).toBe(true);
+    expect(byPid.path).toBe(`/proc/${process.pid}/ns/net`);
+    byPid.close();
+    cur.close();
+    expect(codeOf(() => openNetnsOfPid(0))).toBe('ERR_NETNS_INVALID_ARGUMENT');
+    expect(codeOf(() => openNetnsOfPid(2 ** 22 + 12345))).toBe('ERR_NETNS_NOT_FOUND');
   });
 
   it('rejects an empty path with ERR_NETNS_INVALID_ARGUMENT', () => {

@@ -130,6 +130,14 @@ export function adoptNetnsFd(fd: number): Netns {
   return new Netns(fd, id, undefined);
 }
 
+/** Opens the network namespace of process `pid` (`/proc/PID/ns/net`). */
+export function openNetnsOfPid(pid: number): Netns {
+  if (!Number.isInteger(pid) || pid <= 0) {
+    throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `pid must be a positive integer, got ${String(pid)}`);
+  }
+  return openNetns(`/proc/${pid}/ns/net`);
+}
+
 /** The calling thread's network namespace (the process's, unless a thread moved). A new fd. */
 export function currentNetns(): Netns {
   return openNetns('/proc/thread-self/ns/net');

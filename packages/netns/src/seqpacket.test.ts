@@ -184,6 +184,18 @@ describe('SOCK_SEQPACKET records', () => {
     expect(cpu.user + cpu.system).toBeLessThan(150_000);
   });
 
+  it('rejects a record larger than the socket send buffer with ERR_SEQPACKET_MESSAGE_TOO_LARGE, and stays open', async () => {
+    const { client, peer } = await pair();
+    await expect(client.send(Buffer.alloc(4 * 1024 * 1024))).rejects.toMatchObject({
+      code: 'ERR_SEQPACKET_MESSAGE_TOO_LARGE',
+      sysCode: 'EMSGSIZE',
+    });
+    expect(client.closed).toBe(false);
+    const got = collect(peer, 1);
+    await client.send(Buffer.from('still fine'));
+    expect((await got)[0]!.data.toString()).toBe('still fine');
+  });
+
   it('rejects bad send arguments', async () => {
     const { client } = await pair();
     await expect(client.send('text' as never)).rejects.toMatchObject({ code: 'ERR_NETNS_INVALID_ARGUMENT' });

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { closeSync, lstatSync, unlinkSync } from 'node:fs';
 import { constants } from 'node:os';
-import { NetnsError, sys, wrapNative } from './errors.js';
+import { NetnsError, errnoName, sys, wrapNative } from './errors.js';
 import { native, READABLE, WRITABLE, type NativePoller } from './native.js';
 
 /** Records handled per poll wakeup, so one busy peer cannot starve the event loop. */
@@ -13,6 +13,17 @@ interface PendingSend {
   fds: number[];
   resolve: () => void;
   reject: (err: Error) => void;
+}
+
+function pollError(fd: number, status: number, what: string): NetnsError {
+  let errno = 0;
+  try {
+    errno = native.socketError(fd);
+  } catch (e) {
+    return wrapNative(e, what);
+  }
+  if (errno !== 0) return wrapNative(Object.assign(new Error(`SO_ERROR: ${errnoName(errno)}`), { errno, syscall: 'poll' }), what);
+  return new NetnsError('ERR_NETNS_SYSCALL', `${what}: poll failed with libuv status ${status}`);
 }
 
 function closeAll(fds: number[]): void {
@@ -125,7 +136,8 @@ export class SeqpacketSocket extends EventEmitter {
   #onPoll(status: number, events: number): void {
     if (this.#closed) return;
     if (status < 0) {
-      this.#destroy(new NetnsError('ERR_NETNS_SYSCALL', `seqpacket socket fd ${this.#fd}: poll failed with libuv status ${status}`));
+      // libuv reports POLLERR as a poll error and stops watching: SO_ERROR says what happened.
+      this.#destroy(pollError(this.#fd, status, `seqpacket socket fd ${this.#fd}`));
       return;
     }
     if (events & WRITABLE) this.#flush();
@@ -241,7 +253,7 @@ export class SeqpacketServer extends EventEmitter {
   #onPoll(status: number): void {
     if (this.#closed) return;
     if (status < 0) {
-      this.emit('error', new NetnsError('ERR_NETNS_SYSCALL', `seqpacket server ${this.path}: poll failed with libuv status ${status}`));
+      this.emit('error', pollError(this.#fd, status, `seqpacket server ${this.path}`));
       return;
     }
     for (let i = 0; i < RECORDS_PER_WAKEUP && !this.#closed; i++) {

@@ -1,9 +1,9 @@
 import { closeSync, fstatSync } from 'node:fs';
 import * as net from 'node:net';
 import { constants } from 'node:os';
-import { NetnsError, errnoName, codeForErrno, sys } from './errors.js';
-import { Netns, socketNetnsId } from './netns.js';
-import { native, WRITABLE, type NativeTcpSpec } from './native.js';
+import { NetnsError, codeForErrno, errnoName, sys, wrapNative } from './errors.js';
+import { Netns, socketNetnsId, type NetnsId } from './netns.js';
+import { native, WRITABLE, type NativePoller, type NativeTcpSpec } from './native.js';
 
 export interface TcpListenerOptions {
   /** The namespace the listener lives in. */
@@ -212,7 +212,14 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
 
     let timer: NodeJS.Timeout | undefined;
     let done = false;
-    const poller = new native.Poller(fd, (status) => {
+    let poller: NativePoller;
+    try {
+      poller = new native.Poller(fd, onPoll);
+    } catch (e) {
+      closeSync(fd);
+      throw wrapNative(e, `connect to ${target}: watching the socket`);
+    }
+    function onPoll(status: number): void {
       // libuv reports POLLERR (e.g. a refused connect) as a poll error: SO_ERROR says what happened.
       const err = native.socketError(fd);
       if (status < 0 && err === 0) {
@@ -222,7 +229,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
         return fail(new NetnsError(codeForErrno(err), `connect to ${target} failed with ${errnoName(err)}`, { errno: err, syscall: 'connect' }));
       }
       finish();
-    });
+    }
     const onAbort = (): void =>
       fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target} aborted`, { cause: o.signal?.reason }));
     const cleanup = (): void => {
@@ -242,8 +249,9 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       cleanup();
       let socket: net.Socket | undefined;
       try {
-        const actual = socketNetnsId(fd);
-        if (!netns.sameAs(actual)) {
+        // SIOCGSKNS needs CAP_NET_ADMIN; without it the fd-identity check below still holds.
+        const actual = socketNetnsIdIfPermitted(fd);
+        if (actual && !netns.sameAs(actual)) {
           throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: socket fd ${fd} lives in netns [dev ${actual.dev} ino ${actual.ino}], not in the requested one`);
         }
         socket = new net.Socket({ fd, readable: true, writable: true });
@@ -268,6 +276,15 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     }
     o.signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+function socketNetnsIdIfPermitted(fd: number): NetnsId | undefined {
+  try {
+    return socketNetnsId(fd);
+  } catch (e) {
+    if (e instanceof NetnsError && e.code === 'ERR_NETNS_PERMISSION') return undefined;
+    throw e;
+  }
 }
 
 function socketFd(socket: net.Socket | number, what: string): number {

@@ -27,6 +27,14 @@ await step('socketInA', () => m.createTcpSocket({ netns: a, family: 4 }));
 await step('listenerHere', () => m.createTcpListener({ netns: here, host: '127.0.0.1', port: 0 }));
 await step('markHere', () => m.createTcpListener({ netns: here, host: '127.0.0.1', port: 0, mark: 0x539 }));
 await step('transparentHere', () => m.createTcpSocket({ netns: here, family: 4, transparent: true }));
+await step('connectHere', async () => {
+  const server = await m.listenTcp({ netns: here, host: '127.0.0.1', port: 0 });
+  server.on('connection', (s) => { s.on('error', () => {}); s.end('hi'); });
+  const socket = await m.connectTcp({ netns: here, family: 4, host: '127.0.0.1', port: server.address().port });
+  await new Promise((resolve) => socket.once('data', resolve));
+  socket.destroy();
+  server.close();
+});
 const after = m.currentNetns();
 out.stillHome = after.sameAs(here);
 console.log(JSON.stringify(out));
@@ -68,12 +76,14 @@ describe('missing capabilities', () => {
     }
     expect(out.listenerHere).toBe('ok');
     expect(out.markHere).toBe('ok');
+    expect(out.connectHere).toBe('ok');
     expect(out.stillHome).toBe(true);
   });
 
   it('without CAP_NET_ADMIN and CAP_NET_RAW: SO_MARK and IP_TRANSPARENT are ERR_NETNS_PERMISSION', async () => {
     const out = await runWithout(['net_admin', 'net_raw']);
     expect(out.listenerInA).toBe('ok');
+    expect(out.connectHere).toBe('ok');
     expect(out.markHere).toMatchObject({ code: 'ERR_NETNS_PERMISSION', errno: 1, syscall: 'setsockopt(SO_MARK)' });
     expect(out.transparentHere).toMatchObject({ code: 'ERR_NETNS_PERMISSION', errno: 1, syscall: 'setsockopt(IP_TRANSPARENT)' });
     expect(out.stillHome).toBe(true);
