@@ -223,6 +223,16 @@ describe('weir-ztunnel process', () => {
   }, 60_000);
 
   it('hands over to a second ztunnel started beside the first with zero failed new connections', async () => {
+    // An established connection through the old ztunnel: it must keep working while the old one drains.
+    const longLived = await connectTcp({ netns: nsA, family: 4, host: b.ip, port: 8080 });
+    longLived.on('error', () => {});
+    const longClosed = new Promise<number>((r) => longLived.once('close', () => r(Date.now())));
+    const roundTrip = (text: string): Promise<string> =>
+      new Promise((resolve) => {
+        longLived.once('data', (d: Buffer) => resolve(String(d)));
+        longLived.write(text);
+      });
+    expect(await roundTrip('before')).toBe('before');
     const successor = await startZtunnel(n1, zds1.path, {
       WEIR_ADMIN_ADDR: '127.0.0.1:16000',
       WEIR_METRICS_ADDR: '[::]:16020',
@@ -238,8 +248,13 @@ describe('weir-ztunnel process', () => {
     };
     const loops = [loop(b), loop(c)];
     await new Promise((r) => setTimeout(r, 500));
+    const sigterm = Date.now();
     const exited = zt1.stop('SIGTERM', 10_000);
+    await zt1.waitForOutput('shutting down');
+    expect(await roundTrip('during drain')).toBe('during drain');
     await exited;
+    // CONNECTION_TERMINATION_DEADLINE=2s: the old process cut what was left when it ended.
+    expect((await longClosed) - sigterm).toBeGreaterThanOrEqual(1500);
     await new Promise((r) => setTimeout(r, 1000));
     stop = true;
     await Promise.all(loops);
