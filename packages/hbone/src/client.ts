@@ -519,7 +519,7 @@ function classify(err: unknown, peerAuthority: string, fallback?: string): Hbone
   if (err instanceof HboneError) return err;
   const code = (err as { code?: unknown } | undefined)?.code;
   const message = err instanceof Error ? err.message : String(err);
-  if (typeof code === 'string' && (code.startsWith('ERR_SSL') || code.startsWith('ERR_TLS') || code === 'ECONNRESET' && /alert/i.test(message))) {
+  if (typeof code === 'string' && (code.startsWith('ERR_SSL') || code.startsWith('ERR_TLS') || (code === 'ECONNRESET' && /alert/i.test(message)))) {
     return new HboneError('ERR_HBONE_TLS', `TLS with ${peerAuthority} failed: ${message}`, { cause: err });
   }
   return new HboneError('ERR_HBONE_SESSION', fallback ?? `HBONE session to ${peerAuthority} failed: ${message}`, { cause: err });

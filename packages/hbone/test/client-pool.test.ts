@@ -92,6 +92,17 @@ describe('HboneClient session pool', () => {
     await waitFor(() => c.stats().sessions === 0, 3000);
   });
 
+  it('times out a peer that accepts TCP but never answers, naming the likely NetworkPolicy', async () => {
+    const silent = await tcpServer(() => {});
+    cleanups.push(() => silent.close());
+    const c = client({ connectTimeoutMs: 300 });
+    await expect(c.connect({ peer: { host: '127.0.0.1', port: silent.port }, target: target(), expectedIdentities: [SERVER_ID] })).rejects.toMatchObject({
+      code: 'ERR_HBONE_TIMEOUT',
+      message: expect.stringContaining('NetworkPolicy'),
+    });
+    expect(c.stats().sessions).toBe(0);
+  });
+
   it('sends no SNI and never resumes a TLS session', async () => {
     const seen: { servername: string | false; reused: boolean }[] = [];
     const h2 = http2.createSecureServer({ key: pki.server.keyPem, cert: pki.server.chainPem, ca: pki.ca.rootPem, requestCert: true, rejectUnauthorized: true });
