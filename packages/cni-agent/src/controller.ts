@@ -369,13 +369,26 @@ export class PodController {
     let step = 'find netns';
     try {
       const netns = await this.netnsFor(rec);
-      step = 'apply in-pod rules';
+      step = 'apply in-pod rules and host probe ipset';
+      // Independent of each other (pod netns vs node netns): run them side by side.
+      const probe = this.opts.rules.addHostProbe(pod, this.podIps(rec)).then(
+        () => {
+          rec.hostProbe = true;
+        },
+        (cause: unknown) => {
+          throw new CniAgentError('ERR_AGENT_HOST', `adding ${pod.namespace}/${pod.name} IPs ${this.podIps(rec).join(',')} to the probe ipset: ${describe(cause)}`, { cause });
+        },
+      );
+      probe.catch(() => undefined);
       let report;
       try {
         report = await this.opts.rules.apply(pod, netns);
       } catch (cause) {
         throw new CniAgentError('ERR_AGENT_RULES', `applying in-pod rules for ${pod.namespace}/${pod.name} in ${rec.netnsPath}: ${describe(cause)}`, { cause });
+      } finally {
+        await probe.catch(() => undefined);
       }
+      await probe;
       rec.rulesApplied = true;
       if (report.repaired.length > 0 && rec.enrollStart?.trigger === 'startup') {
         this.opts.metrics.repairs.inc();
@@ -383,13 +396,6 @@ export class PodController {
       }
       step = 'check netns';
       await this.stillThere(rec, netns);
-      step = 'host probe ipset';
-      try {
-        await this.opts.rules.addHostProbe(pod, this.podIps(rec));
-      } catch (cause) {
-        throw new CniAgentError('ERR_AGENT_HOST', `adding ${pod.namespace}/${pod.name} IPs ${this.podIps(rec).join(',')} to the probe ipset: ${describe(cause)}`, { cause });
-      }
-      rec.hostProbe = true;
       step = 'ztunnel add';
       try {
         await this.opts.ztunnel.addWorkload(

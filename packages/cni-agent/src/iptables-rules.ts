@@ -14,6 +14,7 @@ import {
 } from '@weir/iptables-builder';
 import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
+import { ShellExecutor } from './shell-executor.js';
 import type { PodInfo } from './pod.js';
 import type { NetnsHandle, PodRules, RepairReport } from './ports.js';
 
@@ -58,6 +59,8 @@ export class IptablesPodRules implements PodRules {
   private readonly hostRules: ReturnType<typeof hostProbeRules>;
   private readonly hostApplier: RuleApplier;
   private backend: IptablesBackend | undefined;
+  private batch: { lines: string[]; done: Promise<void> } | undefined;
+  private ipsetChain: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: IptablesPodRulesOptions = {}) {
     this.log = (opts.logger ?? silentLogger).child({ scope: 'iptables' });
@@ -96,13 +99,22 @@ export class IptablesPodRules implements PodRules {
     this.log.info({ backend: this.backend }, 'host probe ipset and SNAT rules in place');
   }
 
-  private podExec(netns: NetnsHandle): CommandExecutor {
-    // Our own fd, seen through /proc by the nsenter child: the netns we opened, whatever its path does now.
-    return netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`);
+  /** One shell in the pod netns for all of an operation's commands. */
+  private async inPod<T>(netns: NetnsHandle, fn: (exec: CommandExecutor) => Promise<T>): Promise<T> {
+    // Our own fd, seen through /proc by nsenter: the netns we opened, whatever its path does now.
+    const exec = new ShellExecutor(`/proc/${process.pid}/fd/${netns.fd}`);
+    try {
+      return await fn(exec);
+    } finally {
+      exec.close();
+    }
   }
 
-  async apply(_pod: PodInfo, netns: NetnsHandle): Promise<RepairReport> {
-    const exec = this.podExec(netns);
+  apply(_pod: PodInfo, netns: NetnsHandle): Promise<RepairReport> {
+    return this.inPod(netns, (exec) => this.applyWith(exec));
+  }
+
+  private async applyWith(exec: CommandExecutor): Promise<RepairReport> {
     const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
     const rules = await applier.apply(this.podRules);
     const routing = await new RoutingApplier({ executor: exec, logger: this.log }).apply(this.routing);
@@ -113,19 +125,39 @@ export class IptablesPodRules implements PodRules {
     return { changed: rules.changed || routing.changed, repaired };
   }
 
-  async remove(_pod: PodInfo, netns: NetnsHandle): Promise<void> {
-    const exec = this.podExec(netns);
-    const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
-    await applier.cleanup(this.opts.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
-    await new RoutingApplier({ executor: exec, logger: this.log }).remove(this.routing);
+  remove(_pod: PodInfo, netns: NetnsHandle): Promise<void> {
+    return this.inPod(netns, async (exec) => {
+      const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
+      await applier.cleanup(this.opts.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
+      await new RoutingApplier({ executor: exec, logger: this.log }).remove(this.routing);
+    });
   }
 
-  async addHostProbe(pod: PodInfo, ips: string[]): Promise<void> {
+  addHostProbe(pod: PodInfo, ips: string[]): Promise<void> {
     const lines = ips
       .filter((ip) => this.opts.ipv6 || !ip.includes(':'))
       .map((ip) => `add ${ip.includes(':') ? SET_V6 : SET_V4} ${ip} comment "${pod.uid}"`);
-    if (lines.length === 0) return;
-    await run(this.host, 'the host netns')('ipset', ['-exist', 'restore'], `${lines.join('\n')}\n`);
+    if (lines.length === 0) return Promise.resolve();
+    return this.ipsetBatch(lines);
+  }
+
+  /**
+   * Coalesces ipset changes from concurrent captures into one `ipset -exist restore` (a burst of
+   * pods would otherwise spawn one ipset per pod on the host). Entries are independent, so a
+   * batch either applies whole or is retried per pod by the caller's backoff.
+   */
+  private ipsetBatch(lines: string[]): Promise<void> {
+    if (!this.batch) {
+      const batch: { lines: string[]; done: Promise<void> } = { lines: [], done: Promise.resolve() };
+      batch.done = this.ipsetChain.then(async () => {
+        this.batch = undefined;
+        await run(this.host, 'the host netns')('ipset', ['-exist', 'restore'], `${batch.lines.join('\n')}\n`);
+      });
+      this.ipsetChain = batch.done.catch(() => undefined);
+      this.batch = batch;
+    }
+    this.batch.lines.push(...lines);
+    return this.batch.done;
   }
 
   async removeHostProbe(pod: PodInfo): Promise<void> {
@@ -143,7 +175,7 @@ export class IptablesPodRules implements PodRules {
         if (m && m[3] === pod.uid) dels.push(`del ${m[1]} ${m[2]}`);
       }
     }
-    if (dels.length) await ipset('ipset', ['-exist', 'restore'], `${dels.join('\n')}\n`);
+    if (dels.length) await this.ipsetBatch(dels);
   }
 
   async teardownHost(): Promise<void> {
