@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { desiredFromFamily, desiredFromSaved, diffTables, reconcileRestore } from './diff.js';
+import { desiredFromFamily, desiredFromSaved, diffTables, reconcileRestore, renderIptablesCleanup } from './diff.js';
 import { parseIptablesSave } from './parse-iptables.js';
 import { inpodRules } from './presets.js';
 import { familyRules, renderIptablesRestore } from './render-iptables.js';
@@ -76,7 +76,7 @@ describe('diffTables / reconcileRestore', () => {
       ].join('\n'),
       'ipv4',
     );
-    const text = reconcileRestore('ipv4', [], saved);
+    const text = renderIptablesCleanup('ipv4', saved);
     expect(text).toBe(
       ['*nat', ':ISTIO_PRERT - [0:0]', '-D PREROUTING -j ISTIO_PRERT', '-D PREROUTING -j ISTIO_PRERT', '-X ISTIO_PRERT', 'COMMIT', ''].join('\n'),
     );

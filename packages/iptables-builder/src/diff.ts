@@ -215,3 +215,11 @@ function minus(a: readonly string[], b: readonly string[]): string[] {
     return false;
   });
 }
+
+/**
+ * `iptables-restore --noflush` input removing exactly Weir's rules from `saved`: every chain with
+ * `prefix` (flushed, then deleted) and every jump into one; '' when there is nothing to remove.
+ */
+export function renderIptablesCleanup(family: Family, saved: readonly SavedTable[], prefix: string = DEFAULT_CHAIN_PREFIX): string {
+  return reconcileRestore(family, [], saved, prefix);
+}

@@ -37,6 +37,7 @@ export {
   desiredFromFamily,
   diffTables,
   reconcileRestore,
+  renderIptablesCleanup,
   type DesiredTable,
   type RuleChange,
   type RuleDiff,
