@@ -122,7 +122,10 @@ export class KubeClient {
       const onResponse = (res: IncomingMessage) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', (err) => reject(fail(`failed: ${err.message}`, err)));
+        res.on('error', (err) => {
+          clearTimeout(timer);
+          reject(fail(`failed: ${err.message}`, err));
+        });
         res.on('end', () => {
           clearTimeout(timer);
           const text = Buffer.concat(chunks).toString('utf8');
@@ -144,6 +147,8 @@ export class KubeClient {
         req.destroy();
         reject(fail(`did not answer within ${this.#timeoutMs} ms`));
       }, this.#timeoutMs);
+      // A request still queued when close() drops the pool must not hold the process for the deadline.
+      timer.unref();
       req.on('error', (err) => {
         clearTimeout(timer);
         reject(fail(`failed: ${err.message}`, err));
