@@ -46,7 +46,7 @@ const POLL_MS = 50;
 
 /** A real process inside a netns, in its own process group, its output captured to a log file. */
 export class SupervisedProcess {
-  readonly exited: Promise<ProcessExit>;
+  #exited: Promise<ProcessExit> | undefined;
   #done = false;
 
   private constructor(
@@ -54,15 +54,24 @@ export class SupervisedProcess {
     private readonly child: ChildProcess | undefined,
     private readonly logger: Logger,
   ) {
-    this.exited = child
-      ? new Promise((resolve) => {
-          child.once('exit', (code, signal) => {
-            this.#done = true;
-            this.logger.info({ process: record.name, pid: record.pid, code, signal }, 'process exited');
-            resolve({ code, signal });
-          });
-        })
-      : this.#pollExit();
+    if (child) {
+      this.#exited = new Promise((resolve) => {
+        child.once('exit', (code, signal) => {
+          this.#done = true;
+          this.logger.info({ process: record.name, pid: record.pid, code, signal }, 'process exited');
+          resolve({ code, signal });
+        });
+      });
+    }
+  }
+
+  /**
+   * Settles when the process is gone. For an attached handle (not our child) the code is unknown, and
+   * /proc is polled only once someone asks, so a handle never keeps the caller's event loop alive.
+   */
+  get exited(): Promise<ProcessExit> {
+    this.#exited ??= this.#pollExit();
+    return this.#exited;
   }
 
   get name(): string {
@@ -143,11 +152,11 @@ export class SupervisedProcess {
     if (!this.running) return this.exited;
     this.logger.info({ process: this.name, pid: this.pid, signal }, 'stopping process');
     this.#signalGroup(signal);
-    const first = await Promise.race([this.exited, sleep(timeoutMs, undefined)]);
+    const first = await this.#exitWithin(timeoutMs);
     if (first) return first;
     this.logger.warn({ process: this.name, pid: this.pid, timeoutMs }, 'process ignored signal, sending SIGKILL');
     this.#signalGroup('SIGKILL');
-    const second = await Promise.race([this.exited, sleep(5000, undefined)]);
+    const second = await this.#exitWithin(5000);
     if (second) return second;
     throw new TopologyError('TOPOLOGY_TIMEOUT', `process ${this.name} (pid ${this.pid}) survived SIGKILL for 5 s`);
   }
@@ -174,6 +183,16 @@ export class SupervisedProcess {
         throw new TopologyError('TOPOLOGY_TIMEOUT', `process ${this.name} did not print ${String(pattern)} within ${timeoutMs} ms; log: ${tail(log)}`);
       }
       await sleep(POLL_MS);
+    }
+  }
+
+  /** The exit, or undefined after `ms`; the timer is cancelled either way so it holds no event loop. */
+  async #exitWithin(ms: number): Promise<ProcessExit | undefined> {
+    const timer = new AbortController();
+    try {
+      return await Promise.race([this.exited, sleep(ms, undefined, { signal: timer.signal })]);
+    } finally {
+      timer.abort();
     }
   }
 
