@@ -1,0 +1,204 @@
+import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
+import { parseArgs } from 'node:util';
+import { netnsCommand } from '@weir/topology';
+import { z } from 'zod';
+import { UsageError, type Command, type Io } from '../command.js';
+import {
+  DEFAULT_SANDBOX_DIR,
+  DEFAULT_SANDBOX_NAME,
+  SandboxError,
+  componentLog,
+  resolveTarget,
+  sandboxDown,
+  sandboxStatus,
+  sandboxUp,
+  type SandboxLocation,
+  type SandboxStatus,
+} from '../sandbox/sandbox.js';
+
+const HELP = `usage: weirctl sandbox <up|status|exec|logs|down> [flags]
+
+A local cluster in network namespaces on this machine (needs root): nodes node-1..N, namespace demo
+(enrolled: sleep on node-1, httpbin HTTP echo on :8000 on node-2) and namespace legacy (legacy-client on
+node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each node's CNI chain.
+
+  up [--nodes N]                build it (default 2 nodes); reports components that are not built yet
+     [--agent-bin F] [--ztunnel-bin F] [--cni-bin F]   use these binaries instead of the repo's builds
+  status [--json]               nodes (netns, address, ZDS socket, agent/ztunnel pids) and pods
+  exec POD|NODE -- CMD [ARG…]   run CMD in a pod's (name or namespace/name) or node's netns; exit status passed through
+  logs NODE ztunnel|cni-agent   print that component's log
+  down                          remove everything up made; safe twice and after a crash
+
+  --state-dir DIR               default ${DEFAULT_SANDBOX_DIR}
+  --name NAME                   netns prefix, default ${DEFAULT_SANDBOX_NAME}
+`;
+
+const common = { 'state-dir': { type: 'string' }, name: { type: 'string' } } as const;
+
+const Location = z.object({
+  'state-dir': z.string().min(1).default(DEFAULT_SANDBOX_DIR),
+  name: z
+    .string()
+    .regex(/^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/, 'lowercase letters, digits and -, at most 32 characters')
+    .default(DEFAULT_SANDBOX_NAME),
+});
+
+const UpFlags = Location.extend({
+  nodes: z.coerce.number().int().min(1).max(9).default(2),
+  'agent-bin': z.string().min(1).optional(),
+  'ztunnel-bin': z.string().min(1).optional(),
+  'cni-bin': z.string().min(1).optional(),
+});
+
+const StatusFlags = Location.extend({ json: z.boolean().default(false) });
+
+export interface SandboxCommandOptions {
+  /** `inherit` (default): exec'd commands own the terminal. `io`: their output goes through Io (tests). */
+  execStdio?: 'inherit' | 'io';
+}
+
+export function createSandboxCommand(options: SandboxCommandOptions = {}): Command {
+  return {
+    summary: 'a local cluster in network namespaces: up, status, exec, logs, down',
+    async run(argv, io) {
+      const [sub, ...rest] = argv;
+      const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+      if (sub === undefined || sub === 'help' || sub === '--help' || sub === '-h' || own.includes('--help') || own.includes('-h')) {
+        (sub === undefined ? io.err : io.out)(HELP);
+        return sub === undefined ? 2 : 0;
+      }
+      try {
+        switch (sub) {
+          case 'up':
+            return await up(rest, io);
+          case 'status':
+            return await status(rest, io);
+          case 'exec':
+            return await exec(rest, io, options.execStdio ?? 'inherit');
+          case 'logs':
+            return await logs(rest, io);
+          case 'down':
+            return await down(rest, io);
+          default:
+            throw new UsageError(`unknown subcommand '${sub}' (one of: up, status, exec, logs, down)`);
+        }
+      } catch (err) {
+        if (err instanceof SandboxError) {
+          io.err(`weirctl sandbox ${sub}: ${err.message}\n`);
+          return 1;
+        }
+        throw err;
+      }
+    },
+  };
+}
+
+export const sandboxCommand = createSandboxCommand();
+
+async function up(argv: readonly string[], io: Io): Promise<number> {
+  const { flags } = parse(argv, UpFlags, { nodes: { type: 'string' }, 'agent-bin': { type: 'string' }, 'ztunnel-bin': { type: 'string' }, 'cni-bin': { type: 'string' } }, 0);
+  const binaries = {
+    ...(flags['agent-bin'] !== undefined ? { 'weir-cni-agent': flags['agent-bin'] } : {}),
+    ...(flags['ztunnel-bin'] !== undefined ? { 'weir-ztunnel': flags['ztunnel-bin'] } : {}),
+    ...(flags['cni-bin'] !== undefined ? { 'weir-cni': flags['cni-bin'] } : {}),
+  };
+  const { state, ips } = await sandboxUp(location(flags), { nodes: flags.nodes, binaries }, (line) => io.out(`${line}\n`));
+  const httpbin = ips['demo/httpbin'];
+  io.out(`sandbox up (${state.nodes.length} nodes). Try:\n  weirctl sandbox exec sleep -- curl -s http://${httpbin ?? '<httpbin ip>'}:8000/get\n  weirctl sandbox status\n`);
+  return 0;
+}
+
+async function status(argv: readonly string[], io: Io): Promise<number> {
+  const { flags } = parse(argv, StatusFlags, { json: { type: 'boolean' } }, 0);
+  const result = await sandboxStatus(location(flags));
+  if (result === undefined) {
+    if (flags.json) io.out(`${JSON.stringify({ up: false })}\n`);
+    else io.err(`no sandbox is up (state dir ${flags['state-dir']})\n`);
+    return 1;
+  }
+  io.out(flags.json ? `${JSON.stringify({ up: true, ...result }, null, 2)}\n` : formatStatus(result));
+  return 0;
+}
+
+function formatStatus(s: SandboxStatus): string {
+  const pid = (p: number | null): string => (p === null ? '-' : String(p));
+  const lines = [`sandbox ${s.name} (since ${s.createdAt}, state ${s.dir})`, '', 'NODE      ADDRESS       AGENT    ZTUNNEL  NETNS'];
+  for (const n of s.nodes) lines.push(`${n.name.padEnd(9)} ${n.ip.padEnd(13)} ${pid(n.agentPid).padEnd(8)} ${pid(n.ztunnelPid).padEnd(8)} ${n.netns}`);
+  lines.push('', 'POD                   NODE      IP            ENROLLED  CAPTURED  NETNS');
+  for (const p of s.pods) {
+    lines.push(`${`${p.namespace}/${p.name}`.padEnd(21)} ${p.node.padEnd(9)} ${(p.ip ?? '-').padEnd(13)} ${(p.enrolled ? 'yes' : 'no').padEnd(9)} ${(p.captured ? 'yes' : 'no').padEnd(9)} ${p.netns ?? '-'}`);
+  }
+  const absent = s.components.filter((c) => !c.present);
+  if (absent.length > 0) lines.push('', ...absent.map((c) => `${c.name}: NOT PRESENT, ${c.detail}`));
+  const notes = s.nodes.flatMap((n) => n.notes.map((note) => `${n.name}: ${note}`));
+  if (notes.length > 0) lines.push('', ...notes);
+  return `${lines.join('\n')}\n`;
+}
+
+async function exec(argv: readonly string[], io: Io, stdio: 'inherit' | 'io'): Promise<number> {
+  const split = argv.indexOf('--');
+  if (split < 0) throw new UsageError('exec needs POD -- CMD [ARG…]');
+  const { flags, positionals } = parse(argv.slice(0, split), Location, {}, 1);
+  const command = argv.slice(split + 1);
+  if (command.length === 0) throw new UsageError('exec needs a command after --');
+  const target = await resolveTarget(location(flags), positionals[0] as string);
+  const wrapped = netnsCommand(target.netns, command[0] as string, command.slice(1));
+  return new Promise((resolve, reject) => {
+    const child = spawn(wrapped.cmd, wrapped.args, { stdio: stdio === 'inherit' ? 'inherit' : ['inherit', 'pipe', 'pipe'] });
+    child.stdout?.on('data', (chunk: Buffer) => io.out(chunk.toString()));
+    child.stderr?.on('data', (chunk: Buffer) => io.err(chunk.toString()));
+    child.on('error', (err) => reject(new SandboxError(`cannot run ${command[0]} in ${target.label}: ${err.message}`, { cause: err })));
+    // A signal death reads as 128+n, as in a shell.
+    child.on('close', (code, signal) => resolve(code ?? 128 + signalNumber(signal)));
+  });
+}
+
+async function logs(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parse(argv, Location, {}, 2);
+  const component = z.enum(['ztunnel', 'cni-agent']).safeParse(positionals[1]);
+  if (!component.success) throw new UsageError(`logs NODE ztunnel|cni-agent: unknown component '${positionals[1]}'`);
+  io.out(await componentLog(location(flags), positionals[0] as string, component.data));
+  return 0;
+}
+
+async function down(argv: readonly string[], io: Io): Promise<number> {
+  const { flags } = parse(argv, Location, {}, 0);
+  const report = await sandboxDown(location(flags));
+  if (report.netns.length === 0 && report.stopped.length === 0 && report.killed.length === 0) {
+    io.out('nothing to remove: no sandbox is up\n');
+  } else {
+    io.out(`sandbox down: stopped ${report.stopped.length} processes${report.killed.length ? ` (and killed ${report.killed.length} leftovers)` : ''}, removed ${report.netns.length} network namespaces\n`);
+  }
+  return 0;
+}
+
+type Options = Record<string, { type: 'string' | 'boolean'; short?: string }>;
+
+/** parseArgs + zod: a bad flag or value is a UsageError naming it. Exactly `positionalCount` positionals. */
+function parse<S extends z.ZodType>(argv: readonly string[], schema: S, options: Options, positionalCount: number): { flags: z.output<S>; positionals: string[] } {
+  let values: Record<string, unknown>;
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgs({ args: [...argv], strict: true, allowPositionals: true, options: { ...common, ...options } }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (positionals.length !== positionalCount) {
+    throw new UsageError(positionalCount === 0 ? `unexpected argument '${positionals[0]}'` : `expected ${positionalCount} argument(s), got ${positionals.length}; see weirctl sandbox --help`);
+  }
+  const parsed = schema.safeParse(values);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new UsageError(`--${String(issue?.path[0] ?? '')}: ${issue?.message ?? 'invalid'}`);
+  }
+  return { flags: parsed.data, positionals };
+}
+
+function location(flags: { 'state-dir': string; name: string }): SandboxLocation {
+  return { dir: flags['state-dir'], name: flags.name };
+}
+
+function signalNumber(signal: NodeJS.Signals | null): number {
+  return signal === null ? 0 : constants.signals[signal];
+}

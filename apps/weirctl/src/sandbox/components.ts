@@ -1,0 +1,265 @@
+/**
+ * Every integration point between the sandbox and Weir's own binaries lives here: where the binaries
+ * are, how the node agent and ztunnel are started on a node (flags, environment, sockets), how the CNI
+ * plugin gets into the chain (the agent's installer puts it there, as in Istio), and the pod and workload
+ * files they read. A component that is not built is reported as such, never stood in for.
+ */
+import { access, constants, mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import type { TopologyNode, TopologyPod } from '@weir/topology';
+import { isEnrolled, type NamespaceSpec } from './spec.js';
+import type { ComponentInfo, ComponentName } from './state.js';
+
+/** Where each component's app lives in the repository, and which file of it to run. */
+const APPS: Record<ComponentName, { app: string; bin: string; prefer?: string; execed: boolean }> = {
+  // Run with this Node: the file need not be executable.
+  'weir-cni-agent': { app: 'cni-agent', bin: 'weir-cni-agent', execed: false },
+  'weir-ztunnel': { app: 'ztunnel', bin: 'weir-ztunnel', execed: false },
+  // Exec'd by the runtime: the single executable (a real host has no Node) when it is built.
+  'weir-cni': { app: 'cni-plugin', bin: 'weir-cni', prefer: 'dist/weir-cni', execed: true },
+};
+
+export const COMPONENT_NAMES = Object.keys(APPS) as ComponentName[];
+
+/** Readiness of the agent inside the node netns. */
+const AGENT_READY_ADDRESS = '127.0.0.1:8000';
+
+/** Find the binaries: an explicit path wins; else the app's built `bin` in this repository. */
+export async function locateComponents(overrides: Partial<Record<ComponentName, string>>): Promise<ComponentInfo[]> {
+  const root = await repoRoot();
+  const found: ComponentInfo[] = [];
+  for (const name of COMPONENT_NAMES) {
+    const override = overrides[name];
+    if (override !== undefined) {
+      const path = resolve(override);
+      found.push((await usableFile(path, APPS[name].execed)) ? { name, path, present: true, detail: path } : { name, present: false, detail: `${path} is not ${APPS[name].execed ? 'an executable' : 'a readable'} file` });
+      continue;
+    }
+    const spec = APPS[name];
+    if (root === undefined) {
+      found.push({ name, present: false, detail: 'not found: weirctl is not running from the Weir repository; pass its path' });
+      continue;
+    }
+    const appDir = join(root, 'apps', spec.app);
+    const candidates: string[] = [];
+    if (spec.prefer !== undefined) candidates.push(join(appDir, spec.prefer));
+    try {
+      const pkg = JSON.parse(await readFile(join(appDir, 'package.json'), 'utf8')) as { name?: string; bin?: Record<string, string> };
+      const bin = pkg.bin?.[spec.bin];
+      if (bin !== undefined) candidates.push(join(appDir, bin));
+    } catch {
+      // No app at all yet: reported below.
+    }
+    let path: string | undefined;
+    for (const candidate of candidates) {
+      if (await usableFile(candidate, spec.execed)) {
+        path = candidate;
+        break;
+      }
+    }
+    found.push(
+      path !== undefined
+        ? { name, path, present: true, detail: path }
+        : {
+            name,
+            present: false,
+            detail: `not built yet (${candidates.map((c) => c.slice(root.length + 1)).join(' or ') || `apps/${spec.app}`} missing; npm run build -w @weir/app-${spec.app})`,
+          },
+    );
+  }
+  return found;
+}
+
+export interface SandboxFiles {
+  dir: string;
+  podsFile: string;
+  localXds: string;
+  caCert: string;
+  caKey: string;
+}
+
+export function sandboxFiles(dir: string): SandboxFiles {
+  return {
+    dir,
+    podsFile: join(dir, 'pods.yaml'),
+    localXds: join(dir, 'local-xds.yaml'),
+    caCert: join(dir, 'ca', 'ca.crt'),
+    caKey: join(dir, 'ca', 'ca.key'),
+  };
+}
+
+export interface NodeComponents {
+  zdsSocket: string;
+  runDir: string;
+  agentProcess?: string;
+  ztunnelProcess?: string;
+  notes: string[];
+}
+
+/**
+ * Start the node agent, then ztunnel, inside the node's netns (the agent is host-network; ztunnel runs
+ * beside it, its admin ports on the node's loopback). The agent installs the CNI plugin into the node's
+ * conflist when it is ready, so pods created afterwards go through it.
+ */
+export async function startNodeComponents(node: TopologyNode, components: readonly ComponentInfo[], files: SandboxFiles): Promise<NodeComponents> {
+  const runDir = join(files.dir, 'nodes', node.name, 'run');
+  await mkdir(runDir, { recursive: true });
+  const zdsSocket = join(runDir, 'ztunnel.sock');
+  const result: NodeComponents = { zdsSocket, runDir, notes: [] };
+  const agent = components.find((c) => c.name === 'weir-cni-agent');
+  const ztunnel = components.find((c) => c.name === 'weir-ztunnel');
+  const plugin = components.find((c) => c.name === 'weir-cni');
+
+  if (agent?.present && agent.path !== undefined) {
+    const args = [
+      agent.path,
+      'run',
+      '--node-name', node.name,
+      '--pods-file', files.podsFile,
+      '--zds-socket', zdsSocket,
+      '--run-dir', join(runDir, 'cni'),
+      '--ready-address', AGENT_READY_ADDRESS,
+    ];
+    if (plugin?.present && plugin.path !== undefined) {
+      args.push('--install', '--plugin-binary', plugin.path, '--cni-bin-dir', node.cniBinDir, '--cni-conf-dir', node.cniConfDir);
+    } else {
+      result.notes.push(`weir-cni is not installed in the chain: ${plugin?.detail ?? 'unknown'}`);
+    }
+    const proc = await node.spawn({ name: `${node.name}.cni-agent`, cmd: process.execPath, args, env: { NODE_NAME: node.name } });
+    result.agentProcess = proc.name;
+    await waitForAgent(node, proc, plugin?.present === true);
+  } else {
+    result.notes.push(`weir-cni-agent is not running: ${agent?.detail ?? 'unknown'}; pods are NOT captured`);
+    if (plugin?.present) result.notes.push('weir-cni is not installed in the chain: the agent installs it');
+  }
+
+  if (ztunnel?.present && ztunnel.path !== undefined) {
+    const proc = await node.spawn({
+      name: `${node.name}.ztunnel`,
+      cmd: process.execPath,
+      args: [ztunnel.path],
+      env: {
+        NODE_NAME: node.name,
+        INPOD_UDS: zdsSocket,
+        LOCAL_XDS_PATH: files.localXds,
+        // One CA for every node, so HBONE between nodes verifies.
+        WEIR_CA_CERT: files.caCert,
+        WEIR_CA_KEY: files.caKey,
+        IPV6_ENABLED: 'false',
+      },
+    });
+    result.ztunnelProcess = proc.name;
+    // The first ztunnel creates the shared CA; the next ones must load it, not race to create their own.
+    await waitFor(async () => (await isFile(files.caCert)) && (await isFile(files.caKey)), 15_000, () => proc.running, `${proc.name} to create the CA at ${files.caCert}`, proc.logFile);
+  } else {
+    result.notes.push(`weir-ztunnel is not running: ${ztunnel?.detail ?? 'unknown'}`);
+  }
+  return result;
+}
+
+async function waitForAgent(node: TopologyNode, proc: { running: boolean; name: string; logFile: string }, installsPlugin: boolean): Promise<void> {
+  await waitFor(
+    async () => (await node.exec('curl', ['-sf', '-o', '/dev/null', `http://${AGENT_READY_ADDRESS}/readyz`])).code === 0,
+    30_000,
+    () => proc.running,
+    `${proc.name} to be ready on ${AGENT_READY_ADDRESS}/readyz`,
+    proc.logFile,
+  );
+  if (installsPlugin) {
+    await waitFor(
+      async () => JSON.parse(await readFile(node.conflistPath, 'utf8')).plugins.length > 1,
+      15_000,
+      () => proc.running,
+      `${proc.name} to install weir-cni into ${node.conflistPath}`,
+      proc.logFile,
+    );
+  }
+}
+
+/**
+ * The files the agent (`--pods-file`) and ztunnel (`LOCAL_XDS_PATH`) read, from the pods that exist now.
+ * Written as JSON, which YAML parsers read as YAML; replaced atomically (both watch them).
+ */
+export async function publishWorkloads(files: SandboxFiles, namespaces: readonly NamespaceSpec[], pods: ReadonlyArray<{ pod: TopologyPod; node: string }>): Promise<void> {
+  const podsFile = {
+    namespaces: namespaces.map((n) => ({ name: n.name, labels: n.labels })),
+    pods: pods.map(({ pod, node }) => ({
+      name: pod.name,
+      namespace: pod.namespace,
+      uid: pod.uid,
+      labels: { ...pod.labels },
+      serviceAccount: 'default',
+      node,
+      ips: [pod.ip],
+      netns: pod.netnsPath,
+    })),
+  };
+  const localXds = {
+    workloads: pods.map(({ pod, node }) => ({
+      uid: pod.uid,
+      name: pod.name,
+      namespace: pod.namespace,
+      serviceAccount: 'default',
+      trustDomain: 'cluster.local',
+      workloadIps: [pod.ip],
+      node,
+      protocol: isEnrolled(pod, namespaces.find((n) => n.name === pod.namespace)) ? 'HBONE' : 'TCP',
+    })),
+    services: [],
+    policies: [],
+  };
+  await writeAtomic(files.podsFile, podsFile);
+  await writeAtomic(files.localXds, localXds);
+}
+
+async function writeAtomic(path: string, value: unknown): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  await rename(tmp, path);
+}
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs: number, alive: () => boolean, what: string, logFile: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check().catch(() => false)) return;
+    if (!alive()) throw new Error(`gave up waiting for ${what}: the process exited (log: ${logFile})`);
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what} after ${timeoutMs} ms (log: ${logFile})`);
+    await sleep(100);
+  }
+}
+
+/** The repository root: the nearest ancestor of this file with `apps/` and a workspaces package.json. */
+async function repoRoot(): Promise<string | undefined> {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    try {
+      const pkg = JSON.parse(await readFile(join(dir, 'package.json'), 'utf8')) as { workspaces?: unknown };
+      if (pkg.workspaces !== undefined) return dir;
+    } catch {
+      // Not here; go up.
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return undefined;
+    dir = parent;
+  }
+}
+
+async function usableFile(path: string, executable: boolean): Promise<boolean> {
+  try {
+    await access(path, executable ? constants.X_OK : constants.R_OK);
+    return await isFile(path);
+  } catch {
+    return false;
+  }
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,217 @@
+import { readFile, rm, rmdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Topology, checkPrerequisites, execInNetns, formatMissing, httpEcho, listNetns, ownedByPrefix, type TeardownReport, type TopologyPod } from '@weir/topology';
+import { locateComponents, publishWorkloads, sandboxFiles, startNodeComponents } from './components.js';
+import { defaultSpec, isEnrolled, type PodSpec } from './spec.js';
+import { readSandboxState, stateFile, writeSandboxState, type ComponentInfo, type ComponentName, type SandboxState } from './state.js';
+
+export const DEFAULT_SANDBOX_DIR = '/var/run/weir-sandbox';
+/** Prefix of every netns of the sandbox (`weir-sbx-node-1`, `weir-sbx-demo-sleep`, …). */
+export const DEFAULT_SANDBOX_NAME = 'weir-sbx';
+
+export interface SandboxLocation {
+  /** Holds state.json, the pods and workload files, the CA, node run dirs and the topology state. */
+  dir: string;
+  name: string;
+}
+
+/** An expected failure: printed as is, exit status 1. */
+export class SandboxError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SandboxError';
+  }
+}
+
+export interface UpOptions {
+  nodes: number;
+  binaries: Partial<Record<ComponentName, string>>;
+}
+
+/** Build the default sandbox; everything it starts keeps running after this process exits. */
+export async function sandboxUp(where: SandboxLocation, options: UpOptions, say: (line: string) => void): Promise<{ state: SandboxState; ips: Record<string, string> }> {
+  const missing = await checkPrerequisites();
+  if (missing.length > 0) throw new SandboxError(formatMissing(missing));
+  if ((await readSandboxState(where.dir).catch(() => 'corrupt')) !== undefined) {
+    throw new SandboxError(`a sandbox is already up (${stateFile(where.dir)}); run weirctl sandbox down first`);
+  }
+  const leftovers = (await listNetns()).filter((n) => ownedByPrefix(n, where.name));
+  if (leftovers.length > 0) {
+    throw new SandboxError(`network namespaces of an earlier sandbox are still there (${leftovers.join(', ')}); run weirctl sandbox down first`);
+  }
+  const components = await locateComponents(options.binaries);
+  const spec = defaultSpec(options.nodes);
+  const files = sandboxFiles(where.dir);
+  const state: SandboxState = {
+    version: 1,
+    name: where.name,
+    createdAt: new Date().toISOString(),
+    topologyStateDir: join(where.dir, where.name),
+    files: { podsFile: files.podsFile, localXds: files.localXds, caCert: files.caCert, caKey: files.caKey },
+    components,
+    namespaces: spec.namespaces,
+    pods: spec.pods,
+    nodes: [],
+  };
+  // Written first: from here on `down` can remove whatever a failure or crash leaves.
+  await writeSandboxState(where.dir, state);
+  await publishWorkloads(files, spec.namespaces, []);
+  let topology: Topology | undefined;
+  try {
+    topology = await Topology.create({ name: where.name, stateDir: state.topologyStateDir });
+    for (const name of spec.nodes) {
+      const node = await topology.addNode({ name });
+      say(`node ${name}: netns ${node.netns}, address ${node.ip}, pod CIDR ${node.podCidr}`);
+      const wired = await startNodeComponents(node, components, files);
+      state.nodes.push({ name, ...wired });
+      await writeSandboxState(where.dir, state);
+    }
+    const created: Array<{ pod: TopologyPod; node: string }> = [];
+    for (const spec of state.pods) {
+      const pod = await topology.node(spec.node).addPod({ name: spec.name, namespace: spec.namespace, labels: spec.labels });
+      await startApp(pod, spec);
+      created.push({ pod, node: spec.node });
+      await publishWorkloads(files, state.namespaces, created);
+      const enrolled = isEnrolled(spec, state.namespaces.find((n) => n.name === spec.namespace));
+      say(`pod ${spec.namespace}/${spec.name} on ${spec.node}: ${pod.ip}${enrolled ? ' (enrolled: ambient)' : ''}${spec.app.kind === 'http-echo' ? `, HTTP echo on :${spec.app.port}` : ''}`);
+    }
+  } catch (err) {
+    await sandboxDown(where).catch(() => undefined);
+    throw new SandboxError(`sandbox up failed, everything it made was removed: ${(err as Error).message}`, { cause: err });
+  }
+  // The sandbox outlives this command.
+  for (const proc of topology.processes) proc.unref();
+  for (const component of components) say(`${component.name}: ${component.present ? component.detail : `NOT PRESENT, ${component.detail}`}`);
+  for (const node of state.nodes) for (const note of node.notes) say(`${node.name}: ${note}`);
+  return { state, ips: Object.fromEntries(topology.pods.map((p) => [`${p.namespace}/${p.name}`, p.ip])) };
+}
+
+async function startApp(pod: TopologyPod, spec: PodSpec): Promise<void> {
+  const name = `${spec.namespace}.${spec.name}.app`;
+  if (spec.app.kind === 'http-echo') {
+    const proc = await pod.spawn({ name, ...httpEcho({ port: spec.app.port, name: spec.name }) });
+    await proc.waitForOutput('listening on');
+  } else {
+    await pod.spawn({ name, cmd: 'sleep', args: ['infinity'] });
+  }
+}
+
+export interface SandboxStatus {
+  name: string;
+  dir: string;
+  createdAt: string;
+  components: ComponentInfo[];
+  nodes: Array<{ name: string; netns: string; ip: string; zdsSocket: string; agentPid: number | null; ztunnelPid: number | null; notes: string[] }>;
+  pods: Array<{ name: string; namespace: string; node: string; ip: string | null; netns: string | null; enrolled: boolean; captured: boolean }>;
+}
+
+/** What runs now: process ids only for live processes, `captured` from the rules actually in each pod. */
+export async function sandboxStatus(where: SandboxLocation): Promise<SandboxStatus | undefined> {
+  const state = await readSandboxState(where.dir);
+  if (state === undefined) return undefined;
+  const topology = await Topology.attach(state.topologyStateDir);
+  const livePid = (name: string | undefined): number | null => {
+    const proc = name === undefined ? undefined : topology.process(name);
+    return proc?.running ? proc.pid : null;
+  };
+  const nodes = state.nodes.map((n) => {
+    const node = topology.node(n.name);
+    return { name: n.name, netns: node.netnsPath, ip: node.ip, zdsSocket: n.zdsSocket, agentPid: livePid(n.agentProcess), ztunnelPid: livePid(n.ztunnelProcess), notes: n.notes };
+  });
+  const pods = await Promise.all(
+    state.pods.map(async (spec) => {
+      const pod = topology.pod(spec.namespace, spec.name);
+      return {
+        name: spec.name,
+        namespace: spec.namespace,
+        node: spec.node,
+        ip: pod?.ip ?? null,
+        netns: pod?.netnsPath ?? null,
+        enrolled: isEnrolled(spec, state.namespaces.find((n) => n.name === spec.namespace)),
+        captured: pod ? await hasCaptureRules(pod.netnsPath) : false,
+      };
+    }),
+  );
+  return { name: state.name, dir: where.dir, createdAt: state.createdAt, components: state.components, nodes, pods };
+}
+
+/** In-pod capture rules present, in any backend (iptables-nft, iptables-legacy, nftables). */
+async function hasCaptureRules(netnsPath: string): Promise<boolean> {
+  const dump = await execInNetns(netnsPath, 'sh', ['-c', 'iptables-save 2>/dev/null; iptables-legacy-save 2>/dev/null; nft list tables 2>/dev/null; true']);
+  return /ISTIO_|istio-ambient/.test(dump.stdout);
+}
+
+/** The netns of a pod (`name` or `namespace/name`) or of a node. */
+export async function resolveTarget(where: SandboxLocation, ref: string): Promise<{ label: string; netns: string }> {
+  const state = await requireState(where);
+  const topology = await Topology.attach(state.topologyStateDir);
+  const [namespace, name] = ref.includes('/') ? ref.split('/', 2) : [undefined, ref];
+  const pods = topology.pods.filter((p) => p.name === name && (namespace === undefined || p.namespace === namespace));
+  if (pods.length > 1) throw new SandboxError(`pod name ${ref} is ambiguous: ${pods.map((p) => `${p.namespace}/${p.name}`).join(', ')}`);
+  const pod = pods[0];
+  if (pod) return { label: `${pod.namespace}/${pod.name}`, netns: pod.netnsPath };
+  const node = topology.nodes.find((n) => n.name === ref);
+  if (node) return { label: node.name, netns: node.netnsPath };
+  throw new SandboxError(`no pod or node ${ref} (pods: ${topology.pods.map((p) => `${p.namespace}/${p.name}`).join(', ')}; nodes: ${topology.nodes.map((n) => n.name).join(', ')})`);
+}
+
+export type LogComponent = 'ztunnel' | 'cni-agent';
+
+/** The log of a node's ztunnel or agent. */
+export async function componentLog(where: SandboxLocation, nodeName: string, component: LogComponent): Promise<string> {
+  const state = await requireState(where);
+  const node = state.nodes.find((n) => n.name === nodeName);
+  if (!node) throw new SandboxError(`no node ${nodeName} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
+  const processName = component === 'ztunnel' ? node.ztunnelProcess : node.agentProcess;
+  if (processName === undefined) {
+    const why = node.notes.find((n) => n.startsWith(component === 'ztunnel' ? 'weir-ztunnel' : 'weir-cni-agent')) ?? 'not started';
+    throw new SandboxError(`${component} does not run on ${nodeName}: ${why}`);
+  }
+  const topology = await Topology.attach(state.topologyStateDir);
+  const proc = topology.process(processName);
+  if (!proc) throw new SandboxError(`${component} on ${nodeName} has no process record in ${state.topologyStateDir}`);
+  return readFile(proc.logFile, 'utf8');
+}
+
+/**
+ * Remove everything the sandbox made: its processes, namespaces, cgroups and files. Works from the state
+ * file, and by name prefix when the state is gone or half-written (a crash). Safe to run any number of times.
+ */
+export async function sandboxDown(where: SandboxLocation): Promise<DownReport> {
+  const state = await readSandboxState(where.dir).catch(() => undefined);
+  const name = state?.name ?? where.name;
+  const removed: DownReport = { netns: [], killed: [], cgroups: [], stateDirs: [], stopped: [] };
+  if (state !== undefined) {
+    const topology = await Topology.attach(state.topologyStateDir).catch(() => undefined);
+    if (topology) {
+      removed.stopped = topology.processes.filter((p) => p.running).map((p) => p.name);
+      merge(removed, await topology.destroy());
+    }
+  }
+  merge(removed, await Topology.cleanupByPrefix(name, { stateRoot: where.dir }));
+  // Only what the sandbox wrote: the directory may be shared with other things.
+  const files = sandboxFiles(where.dir);
+  for (const path of [files.podsFile, files.localXds, join(where.dir, 'ca'), join(where.dir, 'nodes'), stateFile(where.dir)]) {
+    await rm(path, { recursive: true, force: true });
+  }
+  await rmdir(where.dir).catch(() => undefined);
+  return removed;
+}
+
+export interface DownReport extends TeardownReport {
+  /** Processes stopped by name (SIGTERM, then SIGKILL); `killed` are leftovers found by netns or cgroup. */
+  stopped: string[];
+}
+
+function merge(into: TeardownReport, from: TeardownReport): void {
+  into.netns.push(...from.netns.filter((n) => !into.netns.includes(n)));
+  into.killed.push(...from.killed);
+  into.cgroups.push(...from.cgroups.filter((c) => !into.cgroups.includes(c)));
+  into.stateDirs.push(...from.stateDirs.filter((d) => !into.stateDirs.includes(d)));
+}
+
+async function requireState(where: SandboxLocation): Promise<SandboxState> {
+  const state = await readSandboxState(where.dir);
+  if (state === undefined) throw new SandboxError(`no sandbox is up (no ${stateFile(where.dir)}); run weirctl sandbox up`);
+  return state;
+}
