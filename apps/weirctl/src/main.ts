@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 import { runCli, type Command } from './command.js';
 import { rulesCommand } from './commands/rules.js';
+import { sandboxCommand } from './commands/sandbox.js';
 
 /** Subcommands: one line each. */
 const commands: Record<string, Command> = {
   rules: rulesCommand,
+  sandbox: sandboxCommand,
 };
 
 const io = { out: (t: string) => process.stdout.write(t), err: (t: string) => process.stderr.write(t) };
