@@ -6,6 +6,7 @@ import { RuleApplier } from '../src/applier.js';
 import { detectBackend, iptablesCommand } from '../src/backend.js';
 import { IptablesError } from '../src/errors.js';
 import { netnsExecutor, type CommandExecutor } from '../src/executor.js';
+import { parseIptablesSave } from '../src/parse-iptables.js';
 import { inpodRules } from '../src/presets.js';
 import { renderChecks } from '../src/render-iptables.js';
 import { addNetns, delNetns, recording, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
@@ -42,6 +43,10 @@ for (const backend of ['legacy', 'nft'] as const) {
       const text = save();
       expect(ruleLines(text, 'mangle')).toEqual(ruleLines(seed, 'mangle'));
       expect(ruleLines(text, 'nat')).toEqual(ruleLines(seed, 'nat'));
+      const chains = (t: string, table: string): string[] =>
+        (parseIptablesSave(t, 'ipv4').find((x) => x.name === table)?.chains ?? []).map((c) => `${c.name} ${c.policy}`);
+      expect(chains(text, 'mangle')).toEqual(chains(seed, 'mangle'));
+      expect(chains(text, 'nat')).toEqual(chains(seed, 'nat'));
     });
 
     it('applying again changes nothing and runs nothing but iptables-save', async () => {
