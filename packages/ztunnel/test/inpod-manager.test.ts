@@ -1,3 +1,4 @@
+import { readdir } from 'node:fs/promises';
 import * as net from 'node:net';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -60,6 +61,7 @@ describe('InpodManager', () => {
   it('is not ready until the snapshot; Add is idempotent per netns; SnapshotSent drops unnamed pods', async () => {
     const { m, lines, metrics, identities } = manager();
     const [ns1, ns2] = [await makeNetns(), await makeNetns()];
+    const fdsBefore = (await readdir('/proc/self/fd')).length;
     expect(m.pending()).toEqual(['node agent connection']);
     m.onConnected();
     expect(m.pending()).toEqual(['workload snapshot']);
@@ -82,6 +84,9 @@ describe('InpodManager', () => {
     await m.close({ deadlineMs: 0 });
     expect(await listening(ns1)).toEqual([]);
     identities.close();
+    // Every netns handle and listener the manager was given or made is closed again.
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await readdir('/proc/self/fd')).length).toBe(fdsBefore);
   });
 
   it('replaces the proxy when the same uid comes with a different netns', async () => {

@@ -66,6 +66,8 @@ beforeAll(async () => {
       readinessAddress: '127.0.0.1:0',
       logger: logger.child({ node: node.name }),
       proxyRetryMs: 300,
+      // n2 rotates its workload certificates about every second (half-life of a very short TTL).
+      ...(node.name === 'n2' ? { certTtlSeconds: 3 } : {}),
     });
     nodes.push({ node, zds, zt });
   }
@@ -129,6 +131,24 @@ describe('in-pod ztunnel (in process)', () => {
     expect(r.received).toBe(r.sent);
     expect(appC.clients.at(-1)).toBe(a.ip);
     expect(lines.join('')).toMatch(/\[n2\].*connection complete.*src\.identity=spiffe:\/\/cluster\.local\/ns\/ns1\/sa\/sa-a/);
+  });
+
+  it('rotates workload certificates without dropping connections', async () => {
+    const two = nodes[1]!.zt;
+    const serial = () => two.identities.certificates().find((x) => x.identity.endsWith('/sa/sa-c'))?.serial;
+    const socket = await connectTcp({ netns: nsA, family: 4, host: c.ip, port: 8080 });
+    socket.on('error', () => {});
+    const roundTrip = (text: string): Promise<string> =>
+      new Promise((resolve) => {
+        socket.once('data', (d: Buffer) => resolve(String(d)));
+        socket.write(text);
+      });
+    expect(await roundTrip('one')).toBe('one');
+    const first = serial();
+    await waitFor('two rotations', async () => serial() !== first && (await new Promise((r) => setTimeout(r, 1200)), serial() !== first));
+    expect(await roundTrip('two')).toBe('two');
+    expect(await tryConnect(nsA, c.ip, 8080)).toBe('ok');
+    socket.destroy();
   });
 
   it('lets a non-mesh client in through 15006, subject to policy', async () => {
