@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -19,4 +19,32 @@ describe('weir-ztunnel', () => {
     expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: PACKET_MARK="x": /m);
     expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: INPOD_PORT_REUSE="sometimes": expected true or false$/m);
   });
+
+  it('logs JSON with LOG_FORMAT=json and exits 0 after draining on SIGTERM', async () => {
+    const child = spawn(process.execPath, [main], {
+      env: {
+        PATH: process.env.PATH ?? '',
+        LOG_FORMAT: 'json',
+        INPOD_UDS: `/tmp/weir-ztunnel-test-${process.pid}/missing.sock`,
+        WEIR_ADMIN_ADDR: '127.0.0.1:0',
+        WEIR_METRICS_ADDR: '127.0.0.1:0',
+        WEIR_READINESS_ADDR: '127.0.0.1:0',
+        CONNECTION_TERMINATION_DEADLINE: '100ms',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += String(d);
+      if (out.includes('"ztunnel started"')) child.kill('SIGTERM');
+    });
+    const code = await new Promise<number | null>((r) => child.once('exit', r));
+    expect(code).toBe(0);
+    const records = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { level: string; msg: string; config?: Record<string, string> });
+    expect(records[0]).toMatchObject({ level: 'info', msg: 'effective configuration', config: { inpod_enabled: 'true', inpod_mark: '1337' } });
+    expect(records.map((r) => r.msg)).toContain('shutdown complete');
+  }, 30_000);
 });
