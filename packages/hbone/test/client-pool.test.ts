@@ -104,7 +104,7 @@ describe('HboneClient session pool', () => {
   });
 
   it('sends no SNI and never resumes a TLS session', async () => {
-    const seen: { servername: string | false; reused: boolean }[] = [];
+    const seen: { servername: string | false | null; reused: boolean }[] = [];
     const h2 = http2.createSecureServer({ key: pki.server.keyPem, cert: pki.server.chainPem, ca: pki.ca.rootPem, requestCert: true, rejectUnauthorized: true });
     h2.on('secureConnection', (s: tls.TLSSocket) => seen.push({ servername: s.servername, reused: s.isSessionReused() }));
     h2.on('stream', (stream) => stream.respond({ ':status': 200 }));
