@@ -189,6 +189,31 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     });
   });
 
+  it('bad input from the API and the runtime is logged, retried or rejected while other pods are served', async () => {
+    const sock = join(runDir, 'pluginevent.sock');
+    // A malformed pod object on this node: skipped.
+    api.createPod({ metadata: { name: 'malformed', namespace: 'apps' }, spec: { nodeName: 'n1', hostNetwork: 'yes' } } as never);
+    // The API fails the watch and list a few times: the informer restarts with backoff.
+    api.failNext(4, 500, { method: 'GET', path: '/api/v1/pods' });
+    api.closeWatches();
+    // A sandbox whose netns vanished before the agent could enter it.
+    const gone = await addPod('vanished', 'apps');
+    const body = cmdAddBody(gone);
+    await node.removePod(gone);
+    const res = await postCmdAdd(sock, body);
+    expect(res.status).toBe(500);
+    expect(res.text).toMatch(/netns of pod apps\/vanished .* not found/);
+    // Meanwhile everything else works: a label change after the API errors is still seen.
+    api.setNamespaceLabels('plain', AMBIENT);
+    await until('client captured after API errors', () => agent!.pods().find((p) => p.uid === client.uid)?.state === 'captured', 15_000);
+    api.setNamespaceLabels('plain', {});
+    await until('client released', () => agent!.pods().find((p) => p.uid === client.uid)?.state === 'idle', 15_000);
+    expect(await tcpRead(client.netnsPath, web.ip, 8080)).toBe(`ztunnel ${web.uid}`);
+    api.deletePod('apps', 'vanished');
+    api.deletePod('apps', 'malformed');
+    await until('vanished pod forgotten', () => !agent!.pods().some((p) => p.name === 'vanished'));
+  });
+
   it('a ztunnel nack fails /cmdadd (fail closed), leaves the pod pending, and retries until acked', async () => {
     const pod = await addPod('nacked', 'apps');
     peer.nackWith = 'bind 15008: address in use';
