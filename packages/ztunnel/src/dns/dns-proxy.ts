@@ -1,0 +1,201 @@
+import type * as dgram from 'node:dgram';
+import * as net from 'node:net';
+import { connectTcp, listenTcp, type Netns } from '@weir/netns';
+import { ZtunnelError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { silentLogger } from '../logger.js';
+import type { WorkloadStore } from '../workload-store.js';
+import { DnsForwarder, type DnsUpstream } from './forwarder.js';
+import type { DnsMetrics } from './metrics.js';
+import { DnsNameTable } from './name-table.js';
+import { DnsResolver } from './resolver.js';
+import { isAddressUnavailable, type UdpSocketFactory } from './udp-socket.js';
+
+export const DNS_PROXY_PORT = 15053;
+
+export interface DnsProxyOptions {
+  /** The pod's netns (borrowed; its owner closes it after stop()). */
+  netns: Netns;
+  /** SO_MARK on every socket (ztunnel: 1337), so the pod's rules never capture the proxy itself. */
+  mark: number;
+  store: WorkloadStore;
+  /** Makes UDP sockets inside the pod's netns (see INTEGRATION.md). */
+  udpSockets: UdpSocketFactory;
+  /** Where names outside the mesh state go: the pod's resolver as the node sees it. */
+  upstreams: DnsUpstream[];
+  /** The pod's namespace and workload name (search path, metric labels). */
+  namespace?: string | undefined;
+  workloadName?: string | undefined;
+  /** Default `cluster.local`. */
+  clusterDomain?: string;
+  /** Default 15053. */
+  port?: number;
+  /** Also listen on ::1 when the pod's loopback has IPv6 (default true; skipped quietly when it has not). */
+  ipv6?: boolean;
+  /** Default true (an upgraded ztunnel binds beside the old one). */
+  reusePort?: boolean;
+  /** TTL of answers from the mesh state; default 30 s. */
+  ttlSeconds?: number;
+  /** Budget of one forwarded query across all upstreams; default 4000 ms (below glibc's 5 s retry). */
+  timeoutMs?: number;
+  /** Forwards in flight per pod; beyond it queries get SERVFAIL at once. Default 256. */
+  maxInflight?: number;
+  /** TCP clients at once per pod; default 64. */
+  maxTcpConnections?: number;
+  /** An idle TCP client is closed after this; default 10 s. */
+  tcpIdleTimeoutMs?: number;
+  metrics?: DnsMetrics;
+  logger?: Logger;
+}
+
+/** Messages a TCP client may have in flight before we stop reading from it. */
+const TCP_PIPELINE = 32;
+
+const hostPort = (host: string, port: number): string => (host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`);
+
+/**
+ * One pod's DNS proxy: UDP and TCP on 127.0.0.1:15053 (and [::1]:15053 where the pod's loopback has
+ * IPv6) inside the pod's netns, where the pod's DNS capture rule redirects its port-53 traffic.
+ */
+export class DnsProxy {
+  readonly #o: DnsProxyOptions;
+  readonly #log: Logger;
+  readonly #resolver: DnsResolver;
+  readonly #udp: dgram.Socket[] = [];
+  readonly #tcp: net.Server[] = [];
+  readonly #clients = new Set<net.Socket>();
+  readonly #listeners: string[] = [];
+  #stopped = false;
+
+  constructor(o: DnsProxyOptions) {
+    this.#o = o;
+    this.#log = (o.logger ?? silentLogger).child({ component: 'dns' });
+    const forwarder = new DnsForwarder({
+      upstreams: o.upstreams,
+      udpSockets: o.udpSockets,
+      mark: o.mark,
+      timeoutMs: o.timeoutMs ?? 4000,
+      connectTcp: ({ host, port, family, timeoutMs, signal }) =>
+        connectTcp({ netns: o.netns, family, mark: o.mark, host, port, timeoutMs, signal }),
+    });
+    this.#resolver = new DnsResolver({
+      table: new DnsNameTable(o.store, o.clusterDomain !== undefined ? { clusterDomain: o.clusterDomain } : {}),
+      forwarder,
+      namespace: o.namespace,
+      workloadName: o.workloadName,
+      ttlSeconds: o.ttlSeconds ?? 30,
+      maxInflight: o.maxInflight ?? 256,
+      metrics: o.metrics,
+      logger: this.#log,
+    });
+  }
+
+  /** What is bound, e.g. `['udp 127.0.0.1:15053', 'tcp 127.0.0.1:15053']`. */
+  get listeners(): string[] {
+    return [...this.#listeners];
+  }
+
+  /** Binds UDP and TCP on 127.0.0.1 and, where possible, ::1. On failure nothing stays bound. */
+  async start(): Promise<void> {
+    const port = this.#o.port ?? DNS_PROXY_PORT;
+    try {
+      await this.#bind(4, '127.0.0.1', port);
+      if (this.#o.ipv6 ?? true) {
+        try {
+          await this.#bind(6, '::1', port);
+        } catch (err) {
+          if (!isAddressUnavailable(err instanceof ZtunnelError ? err.cause : err)) throw err;
+          // IPv6 disabled on the pod's loopback: exactly the case that must not break the pod.
+          this.#log.debug({ err: (err as Error).message }, 'no IPv6 on the pod loopback, dns proxy on 127.0.0.1 only');
+        }
+      }
+    } catch (err) {
+      await Promise.all(this.#closeAll());
+      throw err;
+    }
+    this.#log.info({ listeners: this.#listeners.join(',') }, 'dns proxy started');
+  }
+
+  async #bind(family: 4 | 6, host: string, port: number): Promise<void> {
+    const at = hostPort(host, port);
+    let udp: dgram.Socket;
+    try {
+      udp = await this.#o.udpSockets({ family, address: host, port, mark: this.#o.mark, reusePort: this.#o.reusePort ?? true });
+    } catch (err) {
+      throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `dns proxy: cannot bind udp ${at}: ${(err as Error).message}`, { cause: err });
+    }
+    udp.on('message', (msg, rinfo) => this.#onUdp(udp, msg, rinfo));
+    udp.on('error', (err) => this.#log.warn({ err, listener: `udp ${at}` }, 'dns listener error'));
+    const server = net.createServer({ noDelay: true }, (s) => this.#onTcp(s));
+    server.maxConnections = this.#o.maxTcpConnections ?? 64;
+    server.on('error', (err) => this.#log.warn({ err, listener: `tcp ${at}` }, 'dns listener error'));
+    try {
+      await listenTcp({ netns: this.#o.netns, host, port, mark: this.#o.mark, reusePort: this.#o.reusePort ?? true }, server);
+    } catch (err) {
+      udp.close();
+      throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `dns proxy: cannot listen on tcp ${at}: ${(err as Error).message}`, { cause: err });
+    }
+    this.#udp.push(udp);
+    this.#tcp.push(server);
+    this.#listeners.push(`udp ${at}`, `tcp ${at}`);
+  }
+
+  #closeAll(): Promise<void>[] {
+    const closing = this.#tcp.splice(0).map((s) => new Promise<void>((r) => s.close(() => r())));
+    for (const u of this.#udp.splice(0)) u.close();
+    this.#listeners.length = 0;
+    return closing;
+  }
+
+  #onUdp(udp: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const src = hostPort(rinfo.address, rinfo.port);
+    void this.#resolver.answer(msg, 'udp', src).then((response) => {
+      if (!response || this.#stopped) return;
+      udp.send(response, rinfo.port, rinfo.address, (err) => {
+        if (err) this.#log.debug({ err: err.message, src }, 'dns answer not sent');
+      });
+    });
+  }
+
+  #onTcp(socket: net.Socket): void {
+    if (this.#stopped) return void socket.destroy();
+    this.#clients.add(socket);
+    const src = hostPort(socket.remoteAddress ?? '', socket.remotePort ?? 0);
+    socket.on('close', () => this.#clients.delete(socket));
+    socket.on('error', () => {});
+    socket.setTimeout(this.#o.tcpIdleTimeoutMs ?? 10_000, () => socket.destroy());
+    let buf: Buffer = Buffer.alloc(0);
+    let pending = 0;
+    const onAnswer = (response: Buffer | undefined): void => {
+      pending--;
+      if (response && !socket.destroyed && response.length <= 0xffff) {
+        const frame = Buffer.alloc(2);
+        frame.writeUInt16BE(response.length, 0);
+        socket.write(Buffer.concat([frame, response]));
+      }
+      if (pending < TCP_PIPELINE && socket.isPaused()) socket.resume();
+    };
+    socket.on('data', (chunk: Buffer) => {
+      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+      while (buf.length >= 2) {
+        const len = buf.readUInt16BE(0);
+        if (buf.length < 2 + len) break;
+        const msg = Buffer.from(buf.subarray(2, 2 + len));
+        buf = buf.subarray(2 + len);
+        pending++;
+        void this.#resolver.answer(msg, 'tcp', src).then(onAnswer);
+      }
+      if (pending >= TCP_PIPELINE) socket.pause();
+    });
+  }
+
+  /** Closes the listeners and every TCP client; forwards in flight finish unanswered. */
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    const closing = this.#closeAll();
+    for (const c of this.#clients) c.destroy();
+    await Promise.all(closing);
+    this.#log.info({}, 'dns proxy stopped');
+  }
+}
