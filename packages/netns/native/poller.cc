@@ -36,6 +36,8 @@ class Poller : public Napi::ObjectWrap<Poller> {
     h_ = h;
     cb_ = Napi::Persistent(info[1].As<Napi::Function>());
     ctx_ = std::make_unique<Napi::AsyncContext>(env, "WeirNetnsPoller");
+    // A worker thread closes its loop on exit and aborts on handles still open: close ours first.
+    napi_add_env_cleanup_hook(env, OnEnvCleanup, this);
   }
 
   ~Poller() override { Release(); }
@@ -79,28 +81,46 @@ class Poller : public Napi::ObjectWrap<Poller> {
     }
   }
 
-  void Release() {
+  static void FreeHandle(uv_handle_t* handle) { delete static_cast<Handle*>(handle->data); }
+
+  static void OnEnvCleanup(void* arg) { static_cast<Poller*>(arg)->Release(true); }
+
+  // At env teardown the addon may be unloaded before libuv runs close callbacks, so the handle
+  // is closed without one and its few bytes are left behind, once per poller per dying env.
+  void Release(bool teardown = false) {
     if (!h_) return;
+    if (!teardown) napi_remove_env_cleanup_hook(Env(), OnEnvCleanup, this);
     uv_poll_stop(&h_->poll);
     h_->owner = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(&h_->poll),
-             [](uv_handle_t* handle) { delete static_cast<Handle*>(handle->data); });
+    uv_close(reinterpret_cast<uv_handle_t*>(&h_->poll), teardown ? nullptr : FreeHandle);
     h_ = nullptr;
   }
 
+  // Plain N-API calls here: while a worker terminates JS cannot run, and node-addon-api would
+  // turn that into a fatal error. Then the event is dropped; the cleanup hook closes us soon.
   static void OnPoll(uv_poll_t* poll, int status, int events) {
     Poller* self = static_cast<Handle*>(poll->data)->owner;
     if (!self) return;
-    Napi::Env env = self->Env();
-    Napi::HandleScope scope(env);
-    try {
-      // MakeCallback runs queued microtasks and nextTicks afterwards, like any libuv callback.
-      self->cb_.MakeCallback(self->Value(), {Napi::Number::New(env, status), Napi::Number::New(env, events)},
-                             *self->ctx_);
-    } catch (const Napi::Error& e) {
-      // No JS frame to throw into: hand the exception to process 'uncaughtException'.
-      napi_fatal_exception(env, e.Value());
+    napi_env env = self->Env();
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    napi_value recv, fn, argv[2], result;
+    if (napi_get_reference_value(env, self->cb_, &fn) == napi_ok && fn != nullptr &&
+        napi_get_reference_value(env, self->Napi::Reference<Napi::Object>::operator napi_ref(), &recv) == napi_ok &&
+        recv != nullptr && napi_create_int32(env, status, &argv[0]) == napi_ok &&
+        napi_create_int32(env, events, &argv[1]) == napi_ok) {
+      // napi_make_callback runs queued nextTicks and microtasks afterwards, like any libuv callback.
+      if (napi_make_callback(env, *self->ctx_, recv, fn, 2, argv, &result) == napi_pending_exception) {
+        // No JS frame to throw into: hand the exception to process 'uncaughtException'.
+        napi_value err;
+        bool pending = false;
+        if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+            napi_get_and_clear_last_exception(env, &err) == napi_ok) {
+          napi_fatal_exception(env, err);
+        }
+      }
     }
+    napi_close_handle_scope(env, scope);
   }
 
   Handle* h_ = nullptr;

@@ -45,6 +45,7 @@ export interface NativeAddon {
   MSG_CTRUNC: number;
   MAX_RECORD: number;
   openPath(path: string): number;
+  closeFd(fd: number): void;
   nsInfo(fd: number): NativeNsInfo;
   createTcp(netnsFd: number, spec: NativeTcpSpec): number;
   socketNetns(fd: number): number;

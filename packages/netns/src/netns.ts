@@ -1,4 +1,3 @@
-import { closeSync } from 'node:fs';
 import { NetnsError, sys } from './errors.js';
 import { native, type NativeNsInfo } from './native.js';
 
@@ -68,7 +67,7 @@ export class Netns {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    closeSync(this.fd);
+    native.closeFd(this.fd);
   }
 
   /** True when both name the same network namespace (same nsfs dev and inode). */
@@ -107,7 +106,7 @@ export function openNetns(path: string): Netns {
   try {
     return new Netns(fd, identify(fd, `netns path ${path}`), path);
   } catch (e) {
-    closeSync(fd);
+    native.closeFd(fd);
     throw e;
   }
 }
@@ -124,7 +123,7 @@ export function adoptNetnsFd(fd: number): Netns {
   try {
     id = identify(fd, `netns fd ${fd}`);
   } catch (e) {
-    if (e instanceof NetnsError && e.code === 'ERR_NETNS_NOT_A_NETNS') closeSync(fd);
+    if (e instanceof NetnsError && e.code === 'ERR_NETNS_NOT_A_NETNS') native.closeFd(fd);
     throw e;
   }
   return new Netns(fd, id, undefined);
@@ -149,6 +148,6 @@ export function socketNetnsId(fd: number): NetnsId {
   try {
     return identify(nsFd, `namespace of socket fd ${fd}`);
   } finally {
-    closeSync(nsFd);
+    native.closeFd(nsFd);
   }
 }

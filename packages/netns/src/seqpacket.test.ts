@@ -156,6 +156,36 @@ describe('SOCK_SEQPACKET records', () => {
     await expect(peer.send(Buffer.from('x'))).rejects.toMatchObject({ code: 'ERR_SEQPACKET_CLOSED' });
   });
 
+  it('delivers what the peer sent before it closed with our records unread, then reports the reset', async () => {
+    const { client, peer } = await pair();
+    await client.send(Buffer.from('unread by peer'));
+    await peer.send(Buffer.from('one'));
+    await peer.send(Buffer.from('two'));
+    peer.close();
+    await sleep(20);
+    const messages: string[] = [];
+    const errors: NetnsError[] = [];
+    client.on('error', (e: NetnsError) => errors.push(e));
+    client.on('message', (d: Buffer) => messages.push(d.toString()));
+    await closedEvent(client);
+    expect(messages).toEqual(['one', 'two']);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]!.code).toBe('ERR_SEQPACKET_CLOSED');
+    expect(errors[0]!.sysCode).toBe('ECONNRESET');
+
+    // The same while already reading (the reset then arrives as POLLERR on the watched fd).
+    const other = await pair();
+    const seen: string[] = [];
+    const failed = new Promise<NetnsError>((resolve) => other.client.once('error', resolve));
+    other.client.on('message', (d: Buffer) => seen.push(d.toString()));
+    await other.client.send(Buffer.from('unread by peer'));
+    await other.peer.send(Buffer.from('last words'));
+    other.peer.close();
+    expect((await failed).code).toBe('ERR_SEQPACKET_CLOSED');
+    await closedEvent(other.client);
+    expect(seen).toEqual(['last words']);
+  });
+
   it('rejects queued sends when closed locally, and a send to a vanished peer', async () => {
     const { client, peer } = await pair();
     peer.pause();

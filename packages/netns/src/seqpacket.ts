@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { closeSync, lstatSync, unlinkSync } from 'node:fs';
+import { lstatSync, unlinkSync } from 'node:fs';
 import { constants } from 'node:os';
 import { NetnsError, errnoName, sys, wrapNative } from './errors.js';
 import { native, READABLE, WRITABLE, type NativePoller } from './native.js';
@@ -29,7 +29,7 @@ function pollError(fd: number, status: number, what: string): NetnsError {
 function closeAll(fds: number[]): void {
   for (const fd of fds) {
     try {
-      closeSync(fd);
+      native.closeFd(fd);
     } catch {
       // Already closed by its owner: nothing left to release.
     }
@@ -52,6 +52,8 @@ export class SeqpacketSocket extends EventEmitter {
   #closed = false;
   #paused = false;
   #reading = false;
+  /** The peer closed without reading all we sent; reported once the records it sent us are read. */
+  #reset: NetnsError | undefined;
 
   /** @internal made by connectSeqpacket or a SeqpacketServer */
   constructor(fd: number) {
@@ -137,7 +139,9 @@ export class SeqpacketSocket extends EventEmitter {
     if (this.#closed) return;
     if (status < 0) {
       // libuv reports POLLERR as a poll error and stops watching: SO_ERROR says what happened.
-      this.#destroy(pollError(this.#fd, status, `seqpacket socket fd ${this.#fd}`));
+      const err = pollError(this.#fd, status, `seqpacket socket fd ${this.#fd}`);
+      if (this.#peerReset(err)) this.#updatePoll();
+      else this.#destroy(err);
       return;
     }
     if (events & WRITABLE) this.#flush();
@@ -170,12 +174,14 @@ export class SeqpacketSocket extends EventEmitter {
       try {
         record = native.seqRecv(this.#fd);
       } catch (e) {
-        this.#destroy(wrapNative(e, `seqpacket receive on fd ${this.#fd}`));
+        const err = wrapNative(e, `seqpacket receive on fd ${this.#fd}`);
+        if (this.#peerReset(err)) continue;
+        this.#destroy(err);
         return;
       }
       if (record === null) return;
       if (record === 0) {
-        this.#destroy(undefined);
+        this.#destroy(this.#reset);
         return;
       }
       const [data, fds, flags] = record;
@@ -190,11 +196,26 @@ export class SeqpacketSocket extends EventEmitter {
     }
   }
 
+  /**
+   * A unix socket reports ECONNRESET once when the peer closed with records of ours unread. The
+   * records it sent before closing are still queued for us: remember the reset, deliver them, and
+   * report the reset with the close.
+   */
+  #peerReset(err: NetnsError): boolean {
+    if (err.errno !== constants.errno.ECONNRESET || this.#reset) return false;
+    this.#reset = new NetnsError('ERR_SEQPACKET_CLOSED', `seqpacket peer of fd ${this.#fd} closed the connection before reading all records sent to it (ECONNRESET)`, {
+      cause: err,
+      errno: err.errno,
+      syscall: err.syscall,
+    });
+    return true;
+  }
+
   #destroy(err: NetnsError | undefined): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#poller.close();
-    closeSync(this.#fd);
+    native.closeFd(this.#fd);
     for (const p of this.#queue.splice(0)) {
       closeAll(p.fds);
       p.reject(new NetnsError('ERR_SEQPACKET_CLOSED', `seqpacket socket fd ${this.#fd} closed before the record was sent`, { cause: err }));
@@ -238,7 +259,7 @@ export class SeqpacketServer extends EventEmitter {
       this.#closed = true;
       if (this.#backoff) clearTimeout(this.#backoff);
       this.#poller.close();
-      closeSync(this.#fd);
+      native.closeFd(this.#fd);
       try {
         // Only our own socket file: a successor may already have bound the same path.
         if (lstatSync(this.path).ino === this.#ino) unlinkSync(this.path);
@@ -318,7 +339,7 @@ function removeStale(path: string): void {
     if (err.errno === constants.errno.ENOENT) return;
     throw wrapNative(e, `seqpacket path ${path}: probing the existing socket`);
   }
-  if (probe >= 0) closeSync(probe);
+  if (probe >= 0) native.closeFd(probe);
   throw new NetnsError('ERR_NETNS_ADDRESS_IN_USE', `seqpacket path ${path} has a live listener; not replacing it`);
 }
 

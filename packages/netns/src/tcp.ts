@@ -1,4 +1,4 @@
-import { closeSync, fstatSync } from 'node:fs';
+import { fstatSync } from 'node:fs';
 import * as net from 'node:net';
 import { constants } from 'node:os';
 import { NetnsError, codeForErrno, errnoName, sys, wrapNative } from './errors.js';
@@ -140,7 +140,7 @@ export async function listenTcp(o: TcpListenerOptions, server: net.Server = net.
     } catch (err) {
       server.off('error', onError);
       server.off('listening', onListening);
-      closeSync(fd);
+      native.closeFd(fd);
       reject(new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `net.Server cannot listen on TCP fd ${fd}: ${(err as Error).message}`, { cause: err }));
     }
   });
@@ -216,7 +216,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     try {
       poller = new native.Poller(fd, onPoll);
     } catch (e) {
-      closeSync(fd);
+      native.closeFd(fd);
       throw wrapNative(e, `connect to ${target}: watching the socket`);
     }
     function onPoll(status: number): void {
@@ -241,7 +241,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     const fail = (err: NetnsError): void => {
       if (done) return;
       cleanup();
-      closeSync(fd);
+      native.closeFd(fd);
       reject(err);
     };
     const finish = (): void => {
@@ -261,7 +261,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
         }
       } catch (e) {
         if (socket) socket.destroy();
-        else closeSync(fd);
+        else native.closeFd(fd);
         reject(e instanceof NetnsError ? e : new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target}: ${(e as Error).message}`, { cause: e }));
         return;
       }
