@@ -54,11 +54,14 @@ describe('parseIptablesSave', () => {
         '-A INPUT -p tcp -m comment --comment "kube: a \\"quoted\\" thing" -j ACCEPT',
         '-A INPUT -j LOG --log-prefix "x y"',
         '-A INPUT -j MARK --set-mark 0x10',
+        '-A INPUT -m comment --comment pod-uid_1 -j ACCEPT',
         'COMMIT',
       ].join('\n'),
       'ipv4',
     );
-    const [addrtype, comment, log, mark] = filter?.rules ?? [];
+    const [addrtype, comment, log, mark, bare] = filter?.rules ?? [];
+    expect(bare?.spec).toBe('-m comment --comment pod-uid_1 -j ACCEPT');
+    expect(comment?.spec).toBe('-p tcp -m comment --comment "kube: a \\"quoted\\" thing" -j ACCEPT');
     expect(addrtype).toMatchObject({ spec: '-m addrtype --dst-type LOCAL -j KUBE-SERVICES' });
     expect(addrtype?.rule).toBeUndefined();
     expect(comment?.rule?.matches[1]).toEqual({ kind: 'comment', text: 'kube: a "quoted" thing' });

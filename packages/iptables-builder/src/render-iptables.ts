@@ -22,7 +22,9 @@ export const hex = (n: number): string => `0x${n.toString(16)}`;
  * Two rules with the same meaning render to the same text, which is what diffs compare.
  */
 export function renderRuleSpec(rule: Rule): string {
-  return ruleWords(rule).map((w) => (w.quoted ? `"${w.text}"` : w.text)).join(' ');
+  return ruleWords(rule)
+    .map((w) => (w.quoted ? `"${w.text.replace(/(["\\'])/g, '\\$1')}"` : w.text))
+    .join(' ');
 }
 
 /** The same spec as an argv list (no quoting), for `iptables -C/-A/-D`. */
@@ -71,7 +73,8 @@ function ruleWords(rule: Rule): Word[] {
     if (m.kind === 'comment') {
       out.push('-m', 'comment', '--comment');
       flush();
-      words.push({ text: m.text, quoted: true });
+      // iptables-save quotes a string unless it is only [A-Za-z0-9_-] (xtables_save_string).
+      words.push({ text: m.text, quoted: !/^[A-Za-z0-9_-]+$/.test(m.text) });
       continue;
     }
     moduleWords(m, out, not);

@@ -8,6 +8,7 @@ import { IptablesError } from '../src/errors.js';
 import { netnsExecutor, type CommandExecutor } from '../src/executor.js';
 import { parseIptablesSave } from '../src/parse-iptables.js';
 import { inpodRules } from '../src/presets.js';
+import { defineRuleSet } from '../src/validate.js';
 import { renderChecks } from '../src/render-iptables.js';
 import { addNetns, delNetns, recording, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
 
@@ -159,6 +160,85 @@ for (const backend of ['legacy', 'nft'] as const) {
     });
   });
 }
+
+describe('every match and target round-trips through iptables-save', () => {
+  for (const backend of ['legacy', 'nft'] as const) {
+    it(`stays in sync on ${backend}`, async () => {
+      const ns = netns(backend === 'legacy' ? 'RL' : 'RN');
+      const set = uniqueName('s');
+      sh('ip', ['netns', 'exec', ns.name, 'ipset', 'create', set, 'hash:ip', 'family', 'inet', 'comment']);
+      const tcp = { kind: 'protocol', protocol: 'tcp' } as const;
+      const udp = { kind: 'protocol', protocol: 'udp' } as const;
+      const rules = defineRuleSet({
+        families: [
+          {
+            family: 'ipv4',
+            tables: [
+              {
+                name: 'raw',
+                chains: [
+                  { name: 'PREROUTING', rules: [{ matches: [], target: { kind: 'jump', chain: 'ISTIO_RT' } }] },
+                  { name: 'ISTIO_RT', rules: [{ matches: [udp, { kind: 'udp', sport: { port: 53 } }], target: { kind: 'CT', zone: 7 } }] },
+                ],
+              },
+              {
+                name: 'mangle',
+                chains: [
+                  { name: 'OUTPUT', rules: [{ matches: [], target: { kind: 'jump', chain: 'ISTIO_MT' } }] },
+                  {
+                    name: 'ISTIO_MT',
+                    rules: [
+                      { matches: [{ kind: 'comment', text: 'weir test rule' }], target: { kind: 'MARK', value: 0x10, mask: 0xff } },
+                      { matches: [{ kind: 'comment', text: 'bare_word-1' }], target: { kind: 'MARK', value: 0x20 } },
+                      { matches: [{ kind: 'connmark', value: 0x1 }], target: { kind: 'CONNMARK', op: 'restore', nfmask: 0xff, ctmask: 0xff00 } },
+                      {
+                        matches: [{ kind: 'outInterface', name: 'eth+', invert: true }, tcp, { kind: 'tcp', sport: { port: 1000, toPort: 2000, invert: true } }],
+                        target: { kind: 'RETURN' },
+                      },
+                    ],
+                  },
+                ],
+              },
+              {
+                name: 'nat',
+                chains: [
+                  { name: 'POSTROUTING', rules: [{ matches: [], target: { kind: 'jump', chain: 'ISTIO_NT' }, position: 'first' }] },
+                  {
+                    name: 'ISTIO_NT',
+                    rules: [
+                      {
+                        matches: [{ kind: 'owner', socketExists: true }, tcp, { kind: 'set', name: set, flags: ['dst', 'src'], invert: true }],
+                        target: { kind: 'SNAT', toSource: '192.0.2.1' },
+                      },
+                    ],
+                  },
+                ],
+              },
+              {
+                name: 'filter',
+                chains: [
+                  { name: 'INPUT', rules: [{ matches: [], target: { kind: 'jump', chain: 'ISTIO_FT' } }] },
+                  {
+                    name: 'ISTIO_FT',
+                    rules: [
+                      { matches: [{ kind: 'conntrack', ctstate: ['INVALID'], invert: true }, { kind: 'source', cidr: '10.0.0.0/8' }], target: { kind: 'DROP' } },
+                      { matches: [{ kind: 'inInterface', name: 'lo' }, { kind: 'mark', value: 0x539, invert: true }], target: { kind: 'ACCEPT' } },
+                    ],
+                  },
+                ],
+              },
+            ],
+          },
+        ],
+      });
+      const applier = new RuleApplier({ executor: netnsExecutor(ns.path), backend });
+      expect((await applier.apply(rules)).changed).toBe(true);
+      expect((await applier.diff(rules)).changes).toEqual([]);
+      await applier.cleanup(['ipv4']);
+      expect(sh('ip', ['netns', 'exec', ns.name, iptablesCommand(backend, 'ipv4', 'save')])).not.toMatch(/ISTIO_/);
+    });
+  }
+});
 
 describe('IPv6', () => {
   it('applies the v6 tproxy rule set with ip6tables and reads it back in sync', async () => {
