@@ -71,7 +71,7 @@ describe('parseConfig', () => {
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError);
       const p = (err as ConfigError).problems.join('\n');
-      expect(p).toMatch(/^PACKET_MARK="abc": /m);
+      expect(p).toMatch(/^PACKET_MARK="abc": expected an integer mark, e.g. 1337$/m);
       expect(p).toMatch(/^INPOD_PORT_REUSE="maybe": expected true or false/m);
       expect(p).toMatch(/^WEIR_METRICS_ADDR="nope": expected host:port/m);
       expect(p).toMatch(/^CONNECTION_TERMINATION_DEADLINE="5 parsecs": expected a duration/m);

@@ -40,7 +40,12 @@ const logLevel = z
 const envSchema = z.object({
   INPOD_ENABLED: bool.default(true).refine((v) => v, { message: 'only in-pod mode is supported (true)' }),
   INPOD_UDS: nonEmpty.default('/var/run/ztunnel/ztunnel.sock'),
-  PACKET_MARK: z.coerce.number().int().min(1).max(0xffffffff).default(1337),
+  PACKET_MARK: z.coerce
+    .number({ error: 'expected an integer mark, e.g. 1337' })
+    .int('expected an integer mark, e.g. 1337')
+    .min(1, 'must be at least 1')
+    .max(0xffffffff, 'must fit in 32 bits')
+    .default(1337),
   INPOD_PORT_REUSE: bool.default(true),
   ENABLE_ORIG_SRC: bool.optional(),
   IPV6_ENABLED: bool.default(true),
@@ -49,7 +54,7 @@ const envSchema = z.object({
   CLUSTER_ID: nonEmpty.default('Kubernetes'),
   NODE_NAME: z.string().trim().default(''),
   CONNECTION_TERMINATION_DEADLINE: duration.optional(),
-  TERMINATION_GRACE_PERIOD_SECONDS: z.coerce.number().int().min(0).optional(),
+  TERMINATION_GRACE_PERIOD_SECONDS: z.coerce.number({ error: 'expected a whole number of seconds' }).int('expected a whole number of seconds').min(0).optional(),
   RUST_LOG: logLevel.optional(),
   LOG_LEVEL: logLevel.optional(),
   LOG_FORMAT: z.enum(['text', 'json']).default('text'),

@@ -192,7 +192,7 @@ export class Ztunnel {
       const deadlineMs = o.deadlineMs ?? this.#o.terminationDeadlineMs ?? 5000;
       this.#log.info({ deadline_ms: deadlineMs }, 'shutting down: listeners closed, draining connections');
       this.manager.closeListeners();
-      this.#zds?.close();
+      await this.#zds?.close().catch((err: unknown) => this.#log.warn({ err }, 'closing the node agent connection failed'));
       this.#watcher?.close();
       await this.manager.close({ deadlineMs });
       this.identities.close();
