@@ -261,6 +261,7 @@ console.log(
     rss_per_tunnel_kib_client: Number((rssResult.client_rss_delta / rssResult.n / 1024).toFixed(2)),
     rss_per_tunnel_kib_server: Number(((serverAfter - serverBase) / rssResult.n / 1024).toFixed(2)),
     cpu_per_gib_1s_vs_go: r(results.weir.cpu1, results.go.cpu1),
+    cpu_per_gib_4s_vs_go: r(results.weir.cpu4, results.go.cpu4),
     gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),
     cpu_s_per_gib: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.cpu1.toFixed(3)), s4: Number(v.cpu4.toFixed(3)) }])),
     open_ms: { weir: weirOpen, go: goOpen },

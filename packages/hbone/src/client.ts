@@ -108,6 +108,7 @@ export class HboneClient {
     o.signal?.throwIfAborted?.();
     // A GOAWAY racing our request refuses it before the peer saw it: safe to retry on a new session.
     for (let attempt = 0; ; attempt++) {
+      if (this.#closed) throw new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed');
       const entry = this.#acquire(o, peerAuthority);
       try {
         await this.#waitReady(entry, o.signal);

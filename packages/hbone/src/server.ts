@@ -194,7 +194,13 @@ class Server implements HboneServer {
 
   #onSession(session: http2.ServerHttp2Session, connectionWindow: number): void {
     const socket = session.socket as tls.TLSSocket;
-    const certificate = socket.getPeerX509Certificate();
+    let certificate: X509Certificate | undefined;
+    try {
+      certificate = socket.getPeerX509Certificate();
+    } catch (err) {
+      // The connection died between the handshake and now.
+      this.#log.debug({ err }, 'session gone before it started');
+    }
     if (certificate === undefined) {
       // rejectUnauthorized makes this unreachable; refuse rather than trust it.
       session.destroy(new HboneError('ERR_HBONE_TLS', 'client presented no certificate'), NGHTTP2_INADEQUATE_SECURITY);

@@ -103,6 +103,25 @@ describe('HboneClient session pool', () => {
     expect(c.stats().sessions).toBe(0);
   });
 
+  it('refuses new tunnels once closed, including callers that were waiting for a session', async () => {
+    const c = new HboneClient({ tls: tlsOf(pki.client) });
+    const waiting = c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] });
+    const closing = c.close({ deadlineMs: 200 });
+    const outcome = await waiting.then(
+      (t) => {
+        t.destroy();
+        return 'connected';
+      },
+      (e: unknown) => e,
+    );
+    await closing;
+    expect(outcome === 'connected' || (outcome as { code?: string }).code === 'ERR_HBONE_CLOSED').toBe(true);
+    await expect(c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] })).rejects.toMatchObject({
+      code: 'ERR_HBONE_CLOSED',
+    });
+    expect(c.stats().sessions).toBe(0);
+  });
+
   it('sends no SNI and never resumes a TLS session', async () => {
     const seen: { servername: string | false | null; reused: boolean }[] = [];
     const h2 = http2.createSecureServer({ key: pki.server.keyPem, cert: pki.server.chainPem, ca: pki.ca.rootPem, requestCert: true, rejectUnauthorized: true });
