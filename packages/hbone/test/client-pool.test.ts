@@ -72,7 +72,7 @@ describe('HboneClient session pool', () => {
   });
 
   it('closes idle sessions after idleTimeoutMs', async () => {
-    const c = client({ idleTimeoutMs: 150 });
+    const c = client({ idleTimeoutMs: 600 });
     const t = await c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] });
     await roundTrip(t, Buffer.from('x'));
     await waitFor(() => c.stats().streams === 0);
@@ -82,9 +82,10 @@ describe('HboneClient session pool', () => {
 
   it('keeps a healthy session with PINGs and drops one whose peer stops answering', async () => {
     const relay = await freezableRelay(port);
-    const c = client({ pingIntervalMs: 100, pingTimeoutMs: 300 });
+    const c = client({ pingIntervalMs: 100, pingTimeoutMs: 1000 });
     const t = await c.connect({ peer: { host: '127.0.0.1', port: relay.port }, target: target(), expectedIdentities: [SERVER_ID] });
-    await new Promise((r) => setTimeout(r, 500));
+    // Several PING round trips happen here; the session must survive them.
+    await new Promise((r) => setTimeout(r, 1500));
     expect(c.stats().sessions).toBe(1);
     const closed = new Promise<void>((r) => t.once('close', () => r()));
     relay.freeze();
