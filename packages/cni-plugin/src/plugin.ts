@@ -1,12 +1,11 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { postCmdAdd } from './agent-client.js';
 import { checkCniVersion, decodeStdin, parsePluginConfig, type LogLevel, type PluginConfig } from './config.js';
 import { isAmbientEnrolled } from './enrollment.js';
 import { parseCniEnv, type CniEnv } from './env.js';
 import { CniPluginError, toCniError } from './errors.js';
 import { ipConfigsFromResult, PLUGIN_EVENT_SOCKET, type CmdAddEventBody } from './event.js';
-import { KubeClient, loadKubeconfig } from './kube-client.js';
+import type { KubeClient } from './kube-client.js';
 import { silentLogger, type Logger } from './logger.js';
 import { compareVersions, convertResult, isSupportedVersion, LATEST_VERSION, SUPPORTED_VERSIONS, type CniVersion } from './version.js';
 
@@ -144,6 +143,8 @@ async function cmdAdd(env: CniEnv, config: PluginConfig, log: Logger, opts: CniP
   let enrolled = false;
   let kube: KubeClient | undefined;
   try {
+    // HTTP/TLS are loaded only on the paths that talk to someone: VERSION, DEL and skipped pods start faster.
+    const { KubeClient, loadKubeconfig } = await import('./kube-client.js');
     kube = new KubeClient(await loadKubeconfig(config.kubeconfigPath), { timeoutMs: opts.kubeTimeoutMs ?? 5000 });
     const ns = encodeURIComponent(podNamespace);
     const [pod, namespace] = await Promise.all([
@@ -174,6 +175,7 @@ async function cmdAdd(env: CniEnv, config: PluginConfig, log: Logger, opts: CniP
     IPs: ipConfigsFromResult(config.prevResult),
   };
   log.info({ netns: env.netns, socket: socketPath }, 'pod is ambient enabled, notifying node agent');
+  const { postCmdAdd } = await import('./agent-client.js');
   await postCmdAdd(event, { socketPath, timeoutMs: opts.agentTimeoutMs ?? 5000 });
   log.info({}, 'node agent captured pod');
   return result;
