@@ -588,6 +588,8 @@ export class InpodProxy {
     this.closeListeners();
     const deadline = Math.max(0, o.deadlineMs);
     const serverClosed = this.#hboneServer?.close({ deadlineMs: deadline }) ?? Promise.resolve();
+    // No new outbound tunnels can start (listeners are closed): retire the client's sessions alongside.
+    const clientClosed = this.#hboneClient?.close({ deadlineMs: deadline }) ?? Promise.resolve();
     if (this.#live.size > 0 && deadline > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, deadline);
@@ -602,7 +604,7 @@ export class InpodProxy {
     }
     for (const d of [...this.#live]) d.destroy();
     await serverClosed.catch(() => {});
-    await this.#hboneClient?.close();
+    await clientClosed.catch(() => {});
     this.#releaseCert?.();
     this.#releaseCert = undefined;
   }
