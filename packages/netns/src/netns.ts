@@ -1,4 +1,6 @@
+import type * as net from 'node:net';
 import { NetnsError, sys } from './errors.js';
+import { socketFd } from './fd.js';
 import { native, type NativeNsInfo } from './native.js';
 
 /** A network namespace's identity: the nsfs inode. Two handles name the same netns iff equal. */
@@ -142,8 +144,12 @@ export function currentNetns(): Netns {
   return openNetns('/proc/thread-self/ns/net');
 }
 
-/** Identity of the network namespace a socket fd lives in (SIOCGSKNS). */
-export function socketNetnsId(fd: number): NetnsId {
+/**
+ * Identity of the network namespace a socket lives in (SIOCGSKNS; needs CAP_NET_ADMIN), e.g. to
+ * check that a connection really is inside a pod's netns.
+ */
+export function socketNetnsId(socket: net.Socket | net.Server | number): NetnsId {
+  const fd = socketFd(socket, 'socketNetnsId');
   const nsFd = sys(`socket fd ${fd}`, () => native.socketNetns(fd));
   try {
     return identify(nsFd, `namespace of socket fd ${fd}`);

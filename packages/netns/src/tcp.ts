@@ -3,6 +3,7 @@ import * as net from 'node:net';
 import { constants } from 'node:os';
 import { NetnsError, codeForErrno, errnoName, sys, wrapNative } from './errors.js';
 import { Netns, socketNetnsId, type NetnsId } from './netns.js';
+import { fdOf, socketFd } from './fd.js';
 import { native, WRITABLE, type NativePoller, type NativeTcpSpec } from './native.js';
 
 export interface TcpListenerOptions {
@@ -45,6 +46,8 @@ export interface ConnectTcpOptions extends TcpSocketOptions {
   /** Fails with ERR_NETNS_TIMEOUT after this long; unset waits for the kernel's own timeout. */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** Passed to net.Socket: keep writing after the peer's FIN (half-close). Default false, like Node. */
+  allowHalfOpen?: boolean;
 }
 
 /** An address as getsockname or SO_ORIGINAL_DST report it. */
@@ -179,15 +182,6 @@ export function createTcpSocket(o: TcpSocketOptions): number {
   );
 }
 
-interface HandleWithFd {
-  _handle?: { fd?: number } | null;
-}
-
-function fdOf(socket: net.Socket): number | undefined {
-  const fd = (socket as unknown as HandleWithFd)._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
-}
-
 /**
  * Connects a socket made inside `netns` to `host:port` and resolves with a connected net.Socket.
  * The connect() runs natively on the fd we created and Node only wraps the connected fd, so Node
@@ -254,7 +248,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
         if (actual && !netns.sameAs(actual)) {
           throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: socket fd ${fd} lives in netns [dev ${actual.dev} ino ${actual.ino}], not in the requested one`);
         }
-        socket = new net.Socket({ fd, readable: true, writable: true });
+        socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: o.allowHalfOpen === true });
         const wrapped = fdOf(socket);
         if (wrapped !== fd || fstatSync(fd).ino !== inode) {
           throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: net.Socket wraps fd ${String(wrapped)}, not the socket we created (fd ${fd})`);
@@ -285,16 +279,6 @@ function socketNetnsIdIfPermitted(fd: number): NetnsId | undefined {
     if (e instanceof NetnsError && e.code === 'ERR_NETNS_PERMISSION') return undefined;
     throw e;
   }
-}
-
-function socketFd(socket: net.Socket | number, what: string): number {
-  if (typeof socket === 'number') {
-    if (!Number.isInteger(socket) || socket < 0) throw new NetnsError('ERR_NETNS_BAD_FD', `${what}: fd must be a non-negative integer, got ${socket}`);
-    return socket;
-  }
-  const fd = fdOf(socket);
-  if (fd === undefined) throw new NetnsError('ERR_NETNS_BAD_FD', `${what}: the net.Socket has no open fd (not connected, or destroyed)`);
-  return fd;
 }
 
 /**

@@ -54,8 +54,7 @@ describe('listenTcp in a netns', () => {
     server.on('connection', () => accepted++);
     greet(server, 'hello from A');
     try {
-      const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
-      expect(socketNetnsId(fd)).toEqual(a.id);
+      expect(socketNetnsId(server)).toEqual(a.id);
       expect((server.address() as AddressInfo).port).toBe(port);
 
       // A client no one here wrote, run inside A.

@@ -56,16 +56,12 @@ async function settled(s: Socket): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 100));
 }
 
-function sockFd(s: Socket): number {
-  return (s as unknown as { _handle: { fd: number } })._handle.fd;
-}
-
 describe('connectTcp from a netns', () => {
   it('IPv4: connects from A\'s address, lives in A, and carries mark 0x539 (iptables counter in A)', async () => {
     const marked0 = ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wmarked');
     const all0 = ruleCounter(nsA, 'iptables', 'filter', 'OUTPUT', 'wall');
     const s = await connectTcp({ netns: a, family: 4, mark: 0x539, host: addr.b4, port: serverPort });
-    expect(socketNetnsId(sockFd(s))).toEqual(a.id);
+    expect(socketNetnsId(s)).toEqual(a.id);
     expect(s.localAddress).toBe(addr.a4);
     expect(s.remoteAddress).toBe(addr.b4);
     expect(await readAll(s)).toBe('from B');
@@ -87,11 +83,31 @@ describe('connectTcp from a netns', () => {
   it('IPv6: connects from A\'s address with the mark', async () => {
     const marked0 = ruleCounter(nsA, 'ip6tables', 'filter', 'OUTPUT', 'wmarked');
     const s = await connectTcp({ netns: a, family: 6, mark: 0x539, host: addr.b6, port: serverPort });
-    expect(socketNetnsId(sockFd(s))).toEqual(a.id);
+    expect(socketNetnsId(s)).toEqual(a.id);
     expect(s.localAddress).toBe(addr.a6);
     expect(await readAll(s)).toBe('from B');
     expect(peers.at(-1)).toBe(`${addr.a6}|${s.localPort}`);
     expect(ruleCounter(nsA, 'ip6tables', 'filter', 'OUTPUT', 'wmarked')).toBeGreaterThan(marked0);
+  });
+
+  it('keeps writing after the peer\'s FIN with allowHalfOpen (half-close propagation)', async () => {
+    const { createServer } = await import('node:net');
+    const halfServer = createServer({ allowHalfOpen: true });
+    const received = new Promise<string>((resolve) =>
+      halfServer.once('connection', (c: Socket) => {
+        let data = '';
+        c.on('data', (d: Buffer) => (data += d.toString()));
+        c.on('end', () => resolve(data));
+        c.end('bye');
+      }),
+    );
+    await listenTcp({ netns: b, host: addr.b4, port: 0 }, halfServer);
+    const p = (halfServer.address() as AddressInfo).port;
+    const s = await connectTcp({ netns: a, family: 4, host: addr.b4, port: p, allowHalfOpen: true });
+    s.on('end', () => s.end('after-fin'));
+    expect(await readAll(s)).toBe('bye');
+    expect(await received).toBe('after-fin');
+    await new Promise<void>((resolve) => halfServer.close(() => resolve()));
   });
 
   it('binds to bindAddress/bindPort before connecting', async () => {
