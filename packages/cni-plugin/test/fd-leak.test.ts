@@ -1,0 +1,39 @@
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { runCni } from '../src/index.js';
+import { ChainHarness, TestAgent } from './harness.js';
+
+let h: ChainHarness;
+let agent: TestAgent;
+beforeAll(async () => {
+  h = await ChainHarness.create();
+  agent = await TestAgent.listen(h.socketPath);
+  h.api.setNamespaceLabels('mesh', { 'istio.io/dataplane-mode': 'ambient' });
+  h.api.setNamespaceLabels('plain', {});
+});
+afterAll(async () => {
+  await agent?.close();
+  await h?.close();
+});
+
+const fds = () => readdirSync('/proc/self/fd').length;
+
+it('runCni leaves no file descriptor or socket behind, enrolled or not, success or failure', async () => {
+  const plain = await h.addPod('fd-plain', 'plain');
+  const mesh = await h.addPod('fd-mesh', 'mesh');
+  const prev = await h.primaryAdd(plain, '1.0.0');
+  const conf = (extra: Record<string, unknown> = {}) => JSON.stringify(h.pluginConf('1.0.0', prev, extra));
+  // Warm up lazy module loading before counting.
+  await runCni({ env: h.env('ADD', plain), stdin: conf() });
+  const before = fds();
+  for (let i = 0; i < 5; i++) {
+    expect((await runCni({ env: h.env('ADD', plain), stdin: conf() })).exitCode).toBe(0);
+    expect((await runCni({ env: h.env('ADD', mesh), stdin: conf() })).exitCode).toBe(0);
+    // Agent unreachable: a failed connect must not leak either.
+    expect((await runCni({ env: h.env('ADD', mesh), stdin: conf({ cni_agent_run_dir: h.dir, kubeconfig: join(h.runDir, 'istio-cni-kubeconfig') }) })).exitCode).toBe(1);
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  expect(fds()).toBe(before);
+  expect(agent.events).toHaveLength(5);
+});
