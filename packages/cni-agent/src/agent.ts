@@ -134,6 +134,8 @@ export class NodeAgent {
     });
     await this.opts.rules.setupHost();
     await this.controller.settled();
+    const stale = await this.opts.rules.syncHostProbes(this.controller.enrolledUids());
+    if (stale.length) this.log.info({ entries: stale }, 'removed probe ipset entries of pods no longer enrolled');
     this.log.info({ pods: this.controller.status().length }, 'state rebuilt from the pod source, starting ztunnel server');
     this.opts.ztunnel.on('snapshotAcked', () => this.controller.retryPending());
     this.opts.ztunnel.on('connection', () => this.log.info({}, 'ztunnel connected'));

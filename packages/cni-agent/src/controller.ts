@@ -147,6 +147,11 @@ export class PodController {
     await Promise.all([...this.records.values()].map((r) => r.chain));
   }
 
+  /** UIDs of pods that are (being) captured: their probe ipset entries must stay. */
+  enrolledUids(): Set<string> {
+    return new Set([...this.records.values()].filter((r) => r.hostProbe || r.state === 'captured' || r.state === 'pending').map((r) => r.uid));
+  }
+
   /** Re-attempts pending pods now (ztunnel just connected). */
   retryPending(): void {
     for (const rec of this.records.values()) {

@@ -160,9 +160,10 @@ export class IptablesPodRules implements PodRules {
     return this.batch.done;
   }
 
-  async removeHostProbe(pod: PodInfo): Promise<void> {
+  /** Probe ipset entries as `{set, ip, uid}` (the comment is the pod UID). */
+  private async probeEntries(): Promise<{ set: string; ip: string; uid: string }[]> {
     const ipset = run(this.host, 'the host netns');
-    const dels: string[] = [];
+    const out: { set: string; ip: string; uid: string }[] = [];
     for (const set of this.opts.ipv6 ? [SET_V4, SET_V6] : [SET_V4]) {
       let saved: string;
       try {
@@ -172,10 +173,21 @@ export class IptablesPodRules implements PodRules {
       }
       for (const line of saved.split('\n')) {
         const m = /^add (\S+) (\S+) comment "([^"]*)"/.exec(line);
-        if (m && m[3] === pod.uid) dels.push(`del ${m[1]} ${m[2]}`);
+        if (m) out.push({ set: m[1] as string, ip: m[2] as string, uid: m[3] as string });
       }
     }
+    return out;
+  }
+
+  async removeHostProbe(pod: PodInfo): Promise<void> {
+    const dels = (await this.probeEntries()).filter((e) => e.uid === pod.uid).map((e) => `del ${e.set} ${e.ip}`);
     if (dels.length) await this.ipsetBatch(dels);
+  }
+
+  async syncHostProbes(keep: ReadonlySet<string>): Promise<string[]> {
+    const stale = (await this.probeEntries()).filter((e) => !keep.has(e.uid));
+    if (stale.length) await this.ipsetBatch(stale.map((e) => `del ${e.set} ${e.ip}`));
+    return stale.map((e) => `${e.ip} (uid ${e.uid})`);
   }
 
   async teardownHost(): Promise<void> {

@@ -29,6 +29,8 @@ export interface PodRules {
   remove(pod: PodInfo, netns: NetnsHandle): Promise<void>;
   addHostProbe(pod: PodInfo, ips: string[]): Promise<void>;
   removeHostProbe(pod: PodInfo): Promise<void>;
+  /** Drops probe ipset entries of pods not in `keep` (left by pods deleted while the agent was down). */
+  syncHostProbes(keep: ReadonlySet<string>): Promise<string[]>;
   /** Removes the host-side rules and ipset (real uninstall only). */
   teardownHost(): Promise<void>;
 }

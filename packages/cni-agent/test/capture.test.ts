@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -8,7 +9,7 @@ import { FakeApiServer } from '@weir/fake-apiserver';
 import { listenTcp, openNetns, type Netns } from '@weir/netns';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeAgent, KubePodSource, type NodeAgent } from '../src/index.js';
+import { createNodeAgent, findPodNetnsInProc, KubePodSource, type NodeAgent } from '../src/index.js';
 import { istioLines, nsRun, postCmdAdd, requireRoot, tcpRead, uniq, until, ZtunnelPeer } from './support.js';
 
 /** The seed's in-pod rules (tproxy mode, DNS capture off), as iptables-save prints them. */
@@ -241,6 +242,14 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     expect(await agent!.metrics.registry.getSingleMetricAsString('weir_cni_agent_reconcile_repairs_total')).toMatch(/ 1$/m);
   });
 
+  it('finds a pod netns by /proc scan: pod UID in the cgroup, never the node netns, must hold a pod IP', async () => {
+    const found = await findPodNetnsInProc({ uid: web.uid, ips: [web.ip], excludeInodes: [statSync(node.netnsPath).ino] });
+    expect(found).toBeDefined();
+    expect(statSync(found!.path).ino).toBe(statSync(web.netnsPath).ino);
+    expect(await findPodNetnsInProc({ uid: web.uid, ips: ['10.255.255.1'] })).toBeUndefined();
+    expect(await findPodNetnsInProc({ uid: web.uid, ips: [web.ip], excludeInodes: [statSync(web.netnsPath).ino] })).toBeUndefined();
+  });
+
   it('restart: pods stay captured while the agent is down, a rule deleted meanwhile is repaired, ztunnel gets a full snapshot', async () => {
     await agent!.stop();
     agent = undefined;
@@ -250,8 +259,15 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     await nsRun(web.netnsPath, 'iptables', ['-t', 'mangle', '-D', 'ISTIO_PRERT', '-s', '169.254.7.127/32', '-p', 'tcp', '-m', 'tcp', '-j', 'ACCEPT']);
     const snapshotsBefore = peer.snapshots;
     peer.log.length = 0;
+    // A probe entry of a pod deleted while the agent was down.
+    await nsRun(node.netnsPath, 'ipset', ['add', 'istio-inpod-probes-v4', '10.244.99.99', 'comment', 'deleted-pod-uid']);
+    // Forget the remembered netns paths: the restart must find the pods through /proc.
+    await rm(join(runDir, 'pod-netns.json'), { force: true });
     agent = await startAgent();
     expect(await istioLines(web.netnsPath)).toEqual(SEED_RULES);
+    const probes = await nsRun(node.netnsPath, 'ipset', ['save', 'istio-inpod-probes-v4']);
+    expect(probes).not.toContain('10.244.99.99');
+    expect(probes).toContain(`add istio-inpod-probes-v4 ${web.ip} comment "${web.uid}"`);
     await until('a new snapshot', () => peer.snapshots > snapshotsBefore);
     expect(peer.log).toEqual(expect.arrayContaining([`add ${web.uid} (same netns)`, 'snapshot']));
     expect(await tcpRead(client.netnsPath, web.ip, 8080)).toBe(`ztunnel ${web.uid}`);
