@@ -82,7 +82,7 @@ export async function runCni(inv: CniInvocation, opts: CniPluginOptions = {}): P
     }
   } catch (err) {
     const out = toCniError(err, version);
-    log.error({ code: out.code, err }, out.msg);
+    log.error(out.details ? { code: out.code, details: out.details } : { code: out.code }, out.msg);
     return { exitCode: 1, stdout: JSON.stringify(out) };
   }
 }
