@@ -32,6 +32,9 @@ function isHttp2Stream(d: Duplex): d is http2.Http2Stream {
  */
 export function bridge(tunnel: Duplex, socket: Duplex, o: BridgeOptions = {}): Promise<BridgeResult> {
   const maxBuffered = o.maxBuffered ?? 256 * 1024;
+  // A FIN from the socket must only end the tunnel's sending side; without this a net.Socket made
+  // with defaults would also end its own writable and lose what the tunnel still carries to it.
+  (socket as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
   const result: BridgeResult = { tunnelToSocket: 0, socketToTunnel: 0, reset: false };
   return new Promise((resolve) => {
     let open = 2;

@@ -51,6 +51,38 @@ describe('HBONE client ↔ server over loopback', () => {
     expect(last.peer.remoteAddress).toBe('127.0.0.1');
   });
 
+  it('keeps half-closes with upstream sockets made with default options (allowHalfOpen false)', async () => {
+    const { connect } = await import('node:net');
+    const s = createHboneServer({
+      tls: tlsOf(pki.server),
+      connect: (t) => new Promise((ok, fail) => {
+        const up = connect(t.port, t.host, () => ok(up));
+        up.once('error', fail);
+      }),
+    });
+    const p = (await s.listen({ host: '127.0.0.1', port: 0 })).port;
+    cleanups.push(() => s.close({ deadlineMs: 200 }));
+    // The app says goodbye and half-closes first, then still receives everything we send.
+    let received: Promise<Buffer> | undefined;
+    const app = await tcpServer((sock) => {
+      const chunks: Buffer[] = [];
+      received = new Promise((r) => sock.on('end', () => r(Buffer.concat(chunks))));
+      sock.on('data', (d: Buffer) => chunks.push(d));
+      sock.end('bye');
+    });
+    cleanups.push(() => app.close());
+    const c = client();
+    const t = await c.connect({ peer: { host: '127.0.0.1', port: p }, target: { host: '127.0.0.1', port: app.port }, expectedIdentities: [SERVER_ID] });
+    const hello: Buffer[] = [];
+    t.on('data', (d: Buffer) => hello.push(d));
+    await new Promise<void>((r) => t.once('end', () => r()));
+    expect(Buffer.concat(hello).toString()).toBe('bye');
+    await new Promise((r) => setTimeout(r, 100));
+    const data = random(300_000);
+    t.end(data);
+    expect(sha256(await received!)).toBe(sha256(data));
+  });
+
   it('passes baggage, forwarded and traceparent to authorize, parsed', async () => {
     const c = client();
     const t = await c.connect({
