@@ -95,6 +95,11 @@ export class DnsProxy {
     return [...this.#listeners];
   }
 
+  /** Forwards in flight and TCP clients connected, for the admin dump and for tests of the limits. */
+  stats(): { inflight: number; tcpClients: number } {
+    return { inflight: this.#resolver.inflight, tcpClients: this.#clients.size };
+  }
+
   /** Binds UDP and TCP on 127.0.0.1 and, where possible, ::1. On failure nothing stays bound. */
   async start(): Promise<void> {
     const port = this.#o.port ?? DNS_PROXY_PORT;
