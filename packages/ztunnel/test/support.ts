@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import type * as net from 'node:net';
 import { promisify } from 'node:util';
-import { RoutingApplier, RuleApplier, inpodRouting, inpodRules, netnsExecutor } from '@weir/iptables-builder';
+import { RoutingApplier, RuleApplier, inpodRouting, inpodRules, netnsExecutor, type InpodMode } from '@weir/iptables-builder';
 import { connectTcp, listenTcp, openNetns, type Netns } from '@weir/netns';
 import type { TopologyPod } from '@weir/topology';
 
@@ -13,10 +13,10 @@ export function requireRoot(): void {
   if (process.getuid?.() !== 0) throw new Error('these tests need root (network namespaces, iptables, SO_MARK): run as root');
 }
 
-/** The seed's in-pod rules (TPROXY) and the policy routing they need, applied inside the pod's netns. */
-export async function capturePod(pod: TopologyPod): Promise<void> {
+/** In-pod rules (default: the seed's TPROXY set) and the policy routing they need, applied inside the pod's netns. */
+export async function capturePod(pod: TopologyPod, mode: InpodMode = 'tproxy'): Promise<void> {
   const executor = netnsExecutor(pod.netnsPath);
-  await new RuleApplier({ executor }).apply(inpodRules({ mode: 'tproxy', dnsCapture: false }));
+  await new RuleApplier({ executor }).apply(inpodRules({ mode, dnsCapture: false }));
   await new RoutingApplier({ executor }).apply(inpodRouting());
 }
 
