@@ -130,6 +130,19 @@ describe('connectTcp from a netns', () => {
     );
   });
 
+  it('handles 200 concurrent connects, each in A with the mark, and leaks no fds', async () => {
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const before = countFds();
+    const sockets = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => connectTcp({ netns: a, family: i % 2 ? 4 : 6, mark: 0x539, host: i % 2 ? addr.b4 : addr.b6, port: serverPort, timeoutMs: 10_000 })),
+    );
+    for (const s of sockets) expect(socketNetnsId(s)).toEqual(a.id);
+    const replies = await Promise.all(sockets.map((s) => readAll(s)));
+    expect(new Set(replies)).toEqual(new Set(['from B']));
+    await Promise.all(sockets.map((s) => settled(s)));
+    expect(countFds()).toBe(before);
+  });
+
   it('maps failures to typed errors and leaks no fds', async () => {
     // Sockets of earlier tests finish closing first, so the count is stable.
     await new Promise((resolve) => setTimeout(resolve, 300));
