@@ -328,6 +328,9 @@ export class PodController {
       ips: this.podIps(rec),
       ...(this.opts.procRoot !== undefined ? { procRoot: this.opts.procRoot } : {}),
       excludeInodes: this.opts.hostNetnsInodes ?? [],
+    }).catch((err: unknown) => {
+      errors.push(`/proc scan: ${describe(err)}`);
+      return undefined;
     });
     if (found) {
       try {
@@ -341,7 +344,7 @@ export class PodController {
     throw new CniAgentError(
       'ERR_AGENT_NETNS_NOT_FOUND',
       `netns of pod ${rec.pod.namespace}/${rec.pod.name} (uid ${rec.uid}) not found: ${
-        errors.length ? errors.join('; ') : 'no known path and no process in /proc matches the pod uid'
+        errors.length ? errors.join('; ') : 'no known path, and no process in /proc in the pod cgroup with a netns holding its IPs'
       }`,
     );
   }

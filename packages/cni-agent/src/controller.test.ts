@@ -1,0 +1,243 @@
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { PodController } from './controller.js';
+import { AgentMetrics } from './metrics.js';
+import type { NamespaceInfo, PodInfo } from './pod.js';
+import type { PodEvent, PodSource } from './pod-source.js';
+import type { NetnsHandle, PodRules, RepairReport, WorkloadHandoff } from './ports.js';
+
+// The state machine against in-memory ports that record what they were asked to do; the real
+// ports are exercised as root in test/.
+
+// Stand-ins for netns paths: files, so the vanished-netns check (stat + inode) works on them.
+const dir = mkdtempSync(join(tmpdir(), 'weir-ctl-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function pod(name: string, over: Partial<PodInfo> = {}): PodInfo {
+  writeFileSync(join(dir, name), '');
+  return {
+    uid: `uid-${name}`,
+    name,
+    namespace: 'apps',
+    labels: {},
+    annotations: {},
+    hostNetwork: false,
+    serviceAccount: 'default',
+    nodeName: 'n1',
+    ips: ['10.0.0.5'],
+    phase: 'Running',
+    terminating: false,
+    netnsPath: join(dir, name),
+    ...over,
+  };
+}
+
+class Ports {
+  calls: string[] = [];
+  failRules = 0;
+  failRemove = 0;
+  nack = false;
+  connected = true;
+  active = 0;
+  maxActive = 0;
+  annotations = new Map<string, string | null>();
+  events: PodEvent[] = [];
+  namespaces = new Map<string, NamespaceInfo>([['apps', { name: 'apps', labels: { 'istio.io/dataplane-mode': 'ambient' } }]]);
+
+  rules: PodRules = {
+    setupHost: async () => undefined,
+    apply: async (p): Promise<RepairReport> => {
+      this.active++;
+      this.maxActive = Math.max(this.maxActive, this.active);
+      await new Promise((r) => setTimeout(r, 5));
+      this.active--;
+      if (this.failRules > 0) {
+        this.failRules--;
+        throw new Error('iptables-restore: line 3 failed');
+      }
+      this.calls.push(`apply ${p.name}`);
+      return { changed: true, repaired: [] };
+    },
+    remove: async (p) => {
+      if (this.failRemove > 0) {
+        this.failRemove--;
+        throw new Error('iptables busy');
+      }
+      this.calls.push(`remove ${p.name}`);
+    },
+    addHostProbe: async (p, ips) => void this.calls.push(`probe+ ${p.name} ${ips.join(',')}`),
+    removeHostProbe: async (p) => void this.calls.push(`probe- ${p.name}`),
+    syncHostProbes: async () => [],
+    teardownHost: async () => undefined,
+  };
+
+  ztunnel: WorkloadHandoff = {
+    get connected() {
+      return ports.connected;
+    },
+    addWorkload: async (uid) => {
+      if (!this.connected) throw new Error('no ztunnel connected');
+      if (this.nack) throw new Error('nack: bind failed');
+      this.calls.push(`zds add ${uid}`);
+    },
+    removeWorkload: async (uid) => void this.calls.push(`zds del ${uid}`),
+  };
+
+  source: PodSource = {
+    start: async () => undefined,
+    stop: async () => undefined,
+    pods: () => [],
+    pod: () => undefined,
+    fetchPod: async () => undefined,
+    namespace: (name) => this.namespaces.get(name),
+    fetchNamespace: async (name) => this.namespaces.get(name),
+    setRedirection: async (p, v) => void this.annotations.set(p.uid, v),
+    recordEvent: async (_p, e) => void this.events.push(e),
+  };
+}
+
+let ports: Ports;
+
+function controller(p: Ports): PodController {
+  ports = p;
+  return new PodController({
+    source: p.source,
+    rules: p.rules,
+    ztunnel: p.ztunnel,
+    openNetns: (path): NetnsHandle => {
+      const ino = statSync(path).ino; // throws ENOENT for a missing netns, like openNetns
+      let closed = false;
+      return { fd: 99, id: { dev: 1, ino }, path, get closed() { return closed; }, close: () => void (closed = true) };
+    },
+    enrolled: (p, ns) => p.labels['istio.io/dataplane-mode'] !== 'none' && ns?.labels['istio.io/dataplane-mode'] === 'ambient',
+    metrics: new AgentMetrics({ processMetrics: false }),
+    procRoot: '/nonexistent-proc',
+    retryInitialMs: 10,
+    retryMaxMs: 40,
+    concurrency: 3,
+  });
+}
+
+async function until(cond: () => boolean): Promise<void> {
+  const end = Date.now() + 3000;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const now = (): bigint => process.hrtime.bigint();
+
+describe('PodController', () => {
+  it('cmdAdd resolves only once rules, probe ipset and ztunnel are done, then annotates', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    const web = pod('web', { ips: [], netnsPath: undefined });
+    await c.cmdAdd(web, join(dir, 'web'), ['10.0.0.9'], now(), 2000);
+    expect(p.calls).toEqual(['probe+ web 10.0.0.9', 'apply web', 'zds add uid-web']);
+    expect(c.status()[0]).toMatchObject({ state: 'captured', netns: join(dir, 'web') });
+    await until(() => p.annotations.get('uid-web') === 'enabled');
+    await c.stop();
+  });
+
+  it('a rules failure fails the cmdAdd, leaves the pod pending with an Event, and the retry captures it', async () => {
+    const p = new Ports();
+    p.failRules = 1;
+    const c = controller(p);
+    const web = pod('web', { netnsPath: undefined });
+    await expect(c.cmdAdd(web, join(dir, 'web'), [], now(), 2000)).rejects.toThrow(/applying in-pod rules for apps\/web .*iptables-restore: line 3 failed/);
+    expect(c.status()[0]?.state).toBe('pending');
+    await until(() => c.status()[0]?.state === 'captured');
+    expect(p.events[0]).toMatchObject({ type: 'Warning', reason: 'AmbientCaptureFailed' });
+    await c.stop();
+  });
+
+  it('a netns that vanishes mid-capture fails the capture instead of capturing an orphan', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    const web = pod('web');
+    const apply = p.rules.apply;
+    p.rules.apply = async (pd, ns) => {
+      rmSync(join(dir, 'web'));
+      return apply(pd, ns);
+    };
+    await expect(c.cmdAdd(web, join(dir, 'web'), [], now(), 2000)).rejects.toThrow(/vanished mid-capture/);
+    expect(p.calls).not.toContain('zds add uid-web');
+    await c.stop();
+  });
+
+  it('a nack keeps the pod pending and retried; ztunnel absence waits for the snapshot instead', async () => {
+    const p = new Ports();
+    p.nack = true;
+    const c = controller(p);
+    c.podChanged(pod('web'));
+    await until(() => (c.status()[0]?.lastError ?? '').includes('nack: bind failed'));
+    expect(c.status()[0]?.state).toBe('pending');
+    p.nack = false;
+    await until(() => c.status()[0]?.state === 'captured');
+
+    p.connected = false;
+    c.podChanged(pod('db'));
+    await until(() => (c.status().find((s) => s.name === 'db')?.lastError ?? '').includes('no ztunnel connected'));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(p.calls.filter((x) => x === 'apply db')).toHaveLength(1); // no backoff loop while ztunnel is away
+    p.connected = true;
+    c.retryPending();
+    await until(() => c.status().find((s) => s.name === 'db')?.state === 'captured');
+    await c.stop();
+  });
+
+  it('waits for the CNI event for a pod without network yet; never enrolls opted-out pods', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    c.podChanged(pod('new', { ips: [], netnsPath: undefined }));
+    c.podChanged(pod('optout', { labels: { 'istio.io/dataplane-mode': 'none' } }));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(p.calls).toEqual([]);
+    expect(c.status().map((s) => s.state)).toEqual(['idle', 'idle']);
+    await c.stop();
+  });
+
+  it('releases on label removal (retrying a failed removal), forgets on deletion without netns work', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    c.podChanged(pod('web'));
+    await until(() => c.status()[0]?.state === 'captured');
+    p.calls = [];
+    p.failRemove = 1;
+    c.podChanged(pod('web', { labels: { 'istio.io/dataplane-mode': 'none' }, annotations: { 'ambient.istio.io/redirection': 'enabled' } }));
+    await until(() => c.status()[0]?.state === 'idle');
+    expect(p.calls).toEqual(['remove web', 'zds del uid-web', 'probe- web']);
+    expect(p.annotations.get('uid-web')).toBeNull();
+
+    c.podChanged(pod('db'));
+    await until(() => c.status().find((s) => s.name === 'db')?.state === 'captured');
+    p.calls = [];
+    c.podDeleted(pod('db'));
+    await until(() => !c.status().some((s) => s.name === 'db'));
+    expect(p.calls).toEqual(['zds del uid-db', 'probe- db']);
+    await c.stop();
+  });
+
+  it('bounds concurrent captures and captures every pod of a burst', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    for (let i = 0; i < 20; i++) c.podChanged(pod(`p${i}`));
+    await until(() => c.status().filter((s) => s.state === 'captured').length === 20);
+    expect(p.maxActive).toBeLessThanOrEqual(3);
+    expect(p.maxActive).toBeGreaterThan(1);
+    await c.stop();
+  });
+
+  it('a netns that cannot be found leaves the pod pending, naming what was tried', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    c.podChanged(pod('ghost', { netnsPath: join(dir, 'gone') }));
+    await until(() => (c.status()[0]?.lastError ?? '').includes('not found'));
+    expect(c.status()[0]?.lastError).toMatch(/netns of pod apps\/ghost \(uid uid-ghost\) not found: .*gone: ENOENT/);
+    expect(c.status()[0]?.state).toBe('pending');
+    await c.stop();
+  });
+});
