@@ -237,15 +237,25 @@ const rssOf = async (p) => {
 };
 const rs = ws; // reuse the Weir server from the latency run (already warm)
 const rc = node('weir-rss', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, n: TUNNELS });
-await waitLine(rc, /BASE (\d+)/, 60_000);
+const clientBase = Number((await waitLine(rc, /BASE (\d+)/, 60_000))[1]);
 const serverBase = await rssOf(rs);
-const rssResult = JSON.parse((await waitLine(rc, /RESULT (.*)/, 180_000))[1]);
-const serverAfter = await rssOf(rs);
+rc.stdin.write('next\n');
+const clientMid = Number((await waitLine(rc, /MID (\d+)/, 180_000))[1]);
+const serverMid = await rssOf(rs);
+rc.stdin.write('next\n');
+const [, clientEndText, nText, sessionsText] = await waitLine(rc, /END (\d+) (\d+) (\d+)/, 180_000);
+const serverEnd = await rssOf(rs);
 await stop(rc, rs);
-const perTunnelKiB = (rssResult.client_rss_delta + (serverAfter - serverBase)) / rssResult.n / 1024;
-console.log(
-  `idle tunnels: ${rssResult.n} on ${rssResult.sessions} sessions; RSS growth client ${(rssResult.client_rss_delta / 1048576).toFixed(1)} MiB + server ${((serverAfter - serverBase) / 1048576).toFixed(1)} MiB = ${perTunnelKiB.toFixed(2)} KiB/tunnel`,
-);
+const n = Number(nText);
+const kib = (bytes, count) => Number((bytes / count / 1024).toFixed(2));
+const rss = {
+  client: kib(Number(clientEndText) - clientBase, n),
+  server: kib(serverEnd - serverBase, n),
+  // Second half only: what each further tunnel costs once heaps and pools have their size.
+  marginal: kib(Number(clientEndText) - clientMid + (serverEnd - serverMid), n - Math.floor(n / 2)),
+};
+const perTunnelKiB = rss.client + rss.server;
+console.log(`idle tunnels: ${n} on ${sessionsText} sessions; RSS growth per tunnel: client ${rss.client} KiB + server ${rss.server} KiB = ${perTunnelKiB.toFixed(2)} KiB (marginal ${rss.marginal} KiB)`);
 
 holder.close();
 await stop(iperf);
@@ -258,14 +268,15 @@ console.log(
     throughput_4s_vs_go: r(results.weir.s4, results.go.s4),
     open_p99_vs_go: r(weirOpen.p99_ms, goOpen.p99_ms),
     rss_per_tunnel_kib: Number(perTunnelKiB.toFixed(2)),
-    rss_per_tunnel_kib_client: Number((rssResult.client_rss_delta / rssResult.n / 1024).toFixed(2)),
-    rss_per_tunnel_kib_server: Number(((serverAfter - serverBase) / rssResult.n / 1024).toFixed(2)),
+    rss_per_tunnel_kib_client: rss.client,
+    rss_per_tunnel_kib_server: rss.server,
+    rss_per_tunnel_kib_marginal: rss.marginal,
     cpu_per_gib_1s_vs_go: r(results.weir.cpu1, results.go.cpu1),
     cpu_per_gib_4s_vs_go: r(results.weir.cpu4, results.go.cpu4),
     gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),
     cpu_s_per_gib: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.cpu1.toFixed(3)), s4: Number(v.cpu4.toFixed(3)) }])),
     open_ms: { weir: weirOpen, go: goOpen },
-    tunnels: rssResult.n,
+    tunnels: n,
     seconds: SECONDS,
   }),
 );

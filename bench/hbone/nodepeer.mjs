@@ -8,12 +8,17 @@ import { createInterface } from 'node:readline';
 import { HboneClient, bridge, createHboneServer } from '@weir/hbone';
 
 const [mode, json] = process.argv.slice(2);
+// Exit normally on SIGTERM so --cpu-prof and friends can write their output.
+process.on('SIGTERM', () => process.exit(0));
 const cfg = JSON.parse(json);
 const pem = (f) => readFileSync(f, 'utf8');
 const tlsOpts = { key: pem(cfg.key), cert: pem(cfg.cert), ca: pem(cfg.ca) };
 const CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384';
 
+const nextWaiters = [];
+const nextLine = () => new Promise((r) => nextWaiters.push(r));
 createInterface({ input: process.stdin }).on('line', (l) => {
+  if (l.trim() === 'next') nextWaiters.shift()?.();
   if (l.trim() === 'rss') {
     globalThis.gc?.();
     setTimeout(() => {
@@ -112,27 +117,30 @@ switch (mode) {
     break;
   }
   case 'weir-rss': {
-    // Opens cfg.n idle tunnels and reports this process's RSS growth; the server reports its own.
+    // Opens cfg.n idle tunnels in two halves, reporting RSS (after GC) at the start, the middle and
+    // the end; the orchestrator has the server report its own at the same points.
     const c = new HboneClient({ tls: tlsOpts });
     const opts = { peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] };
     const warm = [];
     for (let i = 0; i < 200; i++) warm.push(await c.connect(opts));
     for (const t of warm) t.destroy();
-    globalThis.gc?.();
-    await new Promise((r) => setTimeout(r, 300));
-    globalThis.gc?.();
-    const before = process.memoryUsage().rss;
-    console.log(`BASE ${before}`);
+    const settledRss = async () => {
+      globalThis.gc?.();
+      await new Promise((r) => setTimeout(r, 300));
+      globalThis.gc?.();
+      return process.memoryUsage().rss;
+    };
     const tunnels = [];
-    for (let i = 0; i < cfg.n; i += 100) {
-      const batch = await Promise.all(Array.from({ length: Math.min(100, cfg.n - i) }, () => c.connect(opts)));
-      tunnels.push(...batch);
-    }
-    globalThis.gc?.();
-    await new Promise((r) => setTimeout(r, 300));
-    globalThis.gc?.();
-    const after = process.memoryUsage().rss;
-    console.log(`RESULT ${JSON.stringify({ n: tunnels.length, sessions: c.stats().sessions, client_rss_delta: after - before })}`);
+    const open = async (n) => {
+      for (let i = 0; i < n; i += 100) tunnels.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, () => c.connect(opts)))));
+    };
+    console.log(`BASE ${await settledRss()}`);
+    await nextLine();
+    await open(Math.floor(cfg.n / 2));
+    console.log(`MID ${await settledRss()}`);
+    await nextLine();
+    await open(cfg.n - tunnels.length);
+    console.log(`END ${await settledRss()} ${tunnels.length} ${c.stats().sessions}`);
     break;
   }
   default:
