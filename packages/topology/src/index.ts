@@ -3,6 +3,8 @@ export type { TopologyOptions, AddNodeOptions, CleanupOptions } from './topology
 export { TopologyNode, CONFLIST_FILE, primaryConfList } from './node.js';
 export type { AddPodOptions } from './node.js';
 export { TopologyPod } from './pod.js';
+export { PacketCapture } from './capture.js';
+export type { CaptureOptions } from './capture.js';
 export { SupervisedProcess, isSameProcess } from './process.js';
 export type { SpawnOptions, ProcessRecord, ProcessExit } from './process.js';
 export { cniArgs, execPlugin, loadConfList, pluginConfig, resultIpv4, resultIpv6, runChain } from './cni.js';

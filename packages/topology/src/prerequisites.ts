@@ -24,6 +24,7 @@ const TOOLS: Array<{ cmd: string; pkg: string; why: string }> = [
   { cmd: 'iptables', pkg: 'iptables', why: 'in-pod redirection rules' },
   { cmd: 'iptables-restore', pkg: 'iptables', why: 'applies rule sets atomically' },
   { cmd: 'sysctl', pkg: 'procps', why: 'enables IP forwarding inside node namespaces' },
+  { cmd: 'tcpdump', pkg: 'tcpdump', why: 'captures what crosses the wire between nodes' },
 ];
 
 /** What is missing to build topologies here; empty when everything is in place. Never throws. */

@@ -1,6 +1,7 @@
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { PacketCapture, tcpdumpArgs, type CaptureOptions } from './capture.js';
 import { cgroup2Mount, listTopologyCgroups, topologyCgroup } from './cgroup.js';
 import { formatCidr, hostAddress, parseCidr } from './cidr.js';
 import type { CniPluginEntry } from './cni.js';
@@ -296,6 +297,18 @@ export class Topology {
     this.#state.processes.push(proc.record);
     await this.#save();
     return proc;
+  }
+
+  /**
+   * Capture packets inside a netns with tcpdump (e.g. `topo.capture(topo.underlayNetnsPath, { name: 'wire',
+   * filter: 'tcp port 15008' })` for everything between nodes); resolves once tcpdump is listening.
+   */
+  async capture(netns: string, options: CaptureOptions): Promise<PacketCapture> {
+    const pcapFile = join(this.stateDir, 'captures', `${fileSafe(options.name)}.pcap`);
+    await mkdir(dirname(pcapFile), { recursive: true });
+    const proc = await this.spawn({ name: `capture-${options.name}`, netns, cmd: 'tcpdump', args: tcpdumpArgs(pcapFile, options) });
+    await proc.waitForOutput(/listening on/, 10_000);
+    return new PacketCapture(proc, pcapFile);
   }
 
   /** Run a command to completion inside a netns (a pod's or node's `netnsPath`). */

@@ -103,6 +103,27 @@ describe('two nodes, two pods each', () => {
     expect(answer.client.startsWith(`${a1.ip}:`)).toBe(true);
   });
 
+  it('captures what crosses the underlay between the nodes', async () => {
+    const capture = await topo.capture(topo.underlayNetnsPath, { name: 'wire', filter: 'tcp port 9002' });
+    const sink = await b1.spawn({ name: 'wire-sink', ...tcpEcho({ port: 9002, mode: 'sink' }) });
+    await sink.waitForOutput('listening on');
+    const secret = `plaintext-${Date.now()}`;
+    expect((await a1.probeTcp({ host: b1.ip, port: 9002, payload: secret })).ok).toBe(true);
+    await capture.stop();
+    expect((await capture.bytes()).includes(secret)).toBe(true);
+    expect(await capture.decode()).toContain(`${a1.ip}.`);
+    // Same-node traffic never reaches the underlay.
+    const local = await topo.capture(topo.underlayNetnsPath, { name: 'local', filter: 'tcp port 9002' });
+    expect((await a2.probeTcp({ host: b1.ip, port: 9002, payload: 'x' })).ok).toBe(true);
+    const sameNode = await a2.spawn({ name: 'same-sink', ...tcpEcho({ port: 9002, mode: 'sink' }) });
+    await sameNode.waitForOutput('listening on');
+    expect((await a1.probeTcp({ host: a2.ip, port: 9002, payload: 'same-node-secret' })).ok).toBe(true);
+    await local.stop();
+    expect((await local.bytes()).includes('same-node-secret')).toBe(false);
+    // …while a2's cross-node connection did (its address, in the IP header).
+    expect((await local.bytes()).includes(Buffer.from(a2.ip.split('.').map(Number)))).toBe(true);
+  });
+
   it('serves HTTP from the echo program to a pod on the other node', async () => {
     const server = await b2.spawn({ name: 'httpbin', ...httpEcho({ port: 8000, name: 'httpbin' }) });
     await server.waitForOutput('listening on');
