@@ -297,8 +297,14 @@ export class HboneClient {
       });
       await Promise.race([settingsReceived(session, peerAuthority), timeout, socketFailed]);
       session.setLocalWindowSize(this.#o.connectionWindowSize ?? 16 * MiB);
-      const peerMax = session.remoteSettings.maxConcurrentStreams;
-      if (peerMax !== undefined && peerMax < e.max) e.max = Math.max(1, peerMax);
+      const configured = e.max;
+      const applyPeerMax = (settings: http2.Settings): void => {
+        const peerMax = settings.maxConcurrentStreams;
+        e.max = peerMax === undefined ? configured : Math.max(1, Math.min(configured, peerMax));
+      };
+      applyPeerMax(session.remoteSettings);
+      // The peer may change its limit later (e.g. lower it under load).
+      session.on('remoteSettings', applyPeerMax);
       log.debug({ maxStreams: e.max }, 'hbone session established');
       this.#maybeIdle(e);
     } catch (err) {
