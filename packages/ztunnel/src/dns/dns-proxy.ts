@@ -7,6 +7,7 @@ import { silentLogger } from '../logger.js';
 import type { WorkloadStore } from '../workload-store.js';
 import { DnsForwarder, type DnsUpstream } from './forwarder.js';
 import type { DnsMetrics } from './metrics.js';
+import { HostResolver } from './host-resolver.js';
 import { DnsNameTable } from './name-table.js';
 import { DnsResolver } from './resolver.js';
 import { isAddressUnavailable, type UdpSocketFactory } from './udp-socket.js';
@@ -61,6 +62,7 @@ export class DnsProxy {
   readonly #o: DnsProxyOptions;
   readonly #log: Logger;
   readonly #resolver: DnsResolver;
+  readonly #hosts: HostResolver;
   readonly #udp: dgram.Socket[] = [];
   readonly #tcp: net.Server[] = [];
   readonly #clients = new Set<net.Socket>();
@@ -78,8 +80,10 @@ export class DnsProxy {
       connectTcp: ({ host, port, family, timeoutMs, signal }) =>
         connectTcp({ netns: o.netns, family, mark: o.mark, host, port, timeoutMs, signal }),
     });
+    const table = new DnsNameTable(o.store, o.clusterDomain !== undefined ? { clusterDomain: o.clusterDomain } : {});
+    this.#hosts = new HostResolver({ table, namespace: o.namespace, forwarder });
     this.#resolver = new DnsResolver({
-      table: new DnsNameTable(o.store, o.clusterDomain !== undefined ? { clusterDomain: o.clusterDomain } : {}),
+      table,
       forwarder,
       namespace: o.namespace,
       workloadName: o.workloadName,
@@ -93,6 +97,14 @@ export class DnsProxy {
   /** What is bound, e.g. `['udp 127.0.0.1:15053', 'tcp 127.0.0.1:15053']`. */
   get listeners(): string[] {
     return [...this.#listeners];
+  }
+
+  /**
+   * A name → one IP as this pod's DNS would answer it (mesh state with the pod's search path, then
+   * upstream); for SOCKS5 domain-name destinations. Works without start().
+   */
+  resolveHost(name: string): Promise<string | undefined> {
+    return this.#hosts.resolve(name);
   }
 
   /** Forwards in flight and TCP clients connected, for the admin dump and for tests of the limits. */

@@ -1,0 +1,16 @@
+export { DnsProxy, DNS_PROXY_PORT } from './dns-proxy.js';
+export type { DnsProxyOptions } from './dns-proxy.js';
+export { DnsMetrics } from './metrics.js';
+export type { DnsLabels } from './metrics.js';
+export { DnsForwarder, DnsForwardError } from './forwarder.js';
+export type { DnsForwarderOptions, DnsUpstream, UpstreamTcpConnect } from './forwarder.js';
+export { DnsNameTable } from './name-table.js';
+export type { DnsNameTableOptions, MeshAddresses } from './name-table.js';
+export { DnsResolver } from './resolver.js';
+export type { DnsResolverOptions } from './resolver.js';
+export { HostResolver } from './host-resolver.js';
+export type { HostResolverOptions } from './host-resolver.js';
+export { fdUdpSocketFactory, isAddressUnavailable } from './udp-socket.js';
+export type { UdpSocketFactory, UdpSocketSpec } from './udp-socket.js';
+export { parseResolvConf, readResolvConfUpstreams } from './resolv-conf.js';
+export type { ResolvConf } from './resolv-conf.js';
