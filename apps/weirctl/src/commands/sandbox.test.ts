@@ -99,6 +99,16 @@ describe('weirctl sandbox without Weir components', () => {
     expect(await sandbox('down', ...where)).toEqual({ code: 0, out: 'nothing to remove: no sandbox is up\n', err: '' });
   });
 
+  it('up that fails half way removes everything and says why, quoting the component log', { timeout: 60_000 }, async () => {
+    // Readable, but not a program Node can run: the agent dies at start.
+    const up = await sandbox('up', ...where, ...absent, '--agent-bin', '/etc/hostname');
+    expect(up.code).toBe(1);
+    expect(up.err).toContain('weirctl sandbox up: sandbox up failed, everything it made was removed: gave up waiting for node-1.cni-agent to be ready');
+    expect(up.err).toContain('the process exited; its log ends:\n  | ');
+    expect((await listNetns()).filter((n) => ownedByPrefix(n, name))).toEqual([]);
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('down after a crash (no state file) removes what is left by name', { timeout: 60_000 }, async () => {
     const crashed = await Topology.create({ name: `${name}-x`, stateDir: join(dir, `${name}-x`) });
     await crashed.addNode({ name: 'node-1' });
@@ -142,13 +152,25 @@ describe("weirctl sandbox with Weir's components", () => {
     ]);
     const ip = (pod: string): string => status.pods.find((p) => p.name === pod)?.ip ?? '';
 
+    const topology = await Topology.attach(join(dir, name));
+    const meshWire = await topology.capture(topology.underlayNetnsPath, { name: 'mesh', filter: 'tcp' });
     const curl = await sandbox('exec', ...where, 'sleep', '--', 'curl', '-sS', '-m', '10', `http://${ip('httpbin')}:8000/get`);
+    await meshWire.stop();
     expect(curl).toMatchObject({ code: 0, err: '' });
     expect(JSON.parse(curl.out)).toMatchObject({ server: 'httpbin', client: { address: ip('sleep') } });
     const outbound = (await sandbox('logs', ...where, 'node-1', 'ztunnel')).out;
     expect(outbound).toMatch(new RegExp(`connection complete .*src.workload=sleep .*dst.hbone_addr=${ip('httpbin').replaceAll('.', '\\.')}:15008 .*direction=outbound`));
 
+    // Between the nodes only HBONE to 15008 crossed, and the request was not readable on the wire.
+    expect(await meshWire.decode()).toContain(`> ${ip('httpbin')}.15008:`);
+    expect(await meshWire.decode(['tcp port 8000'])).toBe('');
+    expect((await meshWire.bytes()).includes('GET /get')).toBe(false);
+
+    const plainWire = await topology.capture(topology.underlayNetnsPath, { name: 'plain', filter: 'tcp' });
     const legacy = await sandbox('exec', ...where, 'legacy-client', '--', 'curl', '-sS', '-m', '10', `http://${ip('httpbin')}:8000/get`);
+    await plainWire.stop();
+    // Not in the mesh: the legacy client's request crosses in the clear.
+    expect((await plainWire.bytes()).includes('GET /get')).toBe(true);
     expect(legacy.code).toBe(0);
     expect(JSON.parse(legacy.out)).toMatchObject({ client: { address: ip('legacy-client') } });
 

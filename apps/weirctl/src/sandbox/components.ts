@@ -225,10 +225,17 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs: number, alive: 
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await check().catch(() => false)) return;
-    if (!alive()) throw new Error(`gave up waiting for ${what}: the process exited (log: ${logFile})`);
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what} after ${timeoutMs} ms (log: ${logFile})`);
+    if (!alive()) throw new Error(`gave up waiting for ${what}: the process exited; its log ends:\n${await logTail(logFile)}`);
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what} after ${timeoutMs} ms; its log ends:\n${await logTail(logFile)}`);
     await sleep(100);
   }
+}
+
+/** The last lines of a log, quoted: a failed `up` removes the files, so the reason must travel in the error. */
+async function logTail(logFile: string): Promise<string> {
+  const text = await readFile(logFile, 'utf8').catch(() => '');
+  const lines = text.trimEnd().split('\n').slice(-15);
+  return lines.map((l) => `  | ${l}`).join('\n') || '  | (empty)';
 }
 
 /** The repository root: the nearest ancestor of this file with `apps/` and a workspaces package.json. */
