@@ -16,6 +16,8 @@ export interface ZtunnelServer extends WorkloadHandoff {
   start(): Promise<void>;
   close(): Promise<void>;
   on(event: 'connection' | 'disconnect' | 'snapshotAcked', listener: () => void): unknown;
+  /** ztunnel nacked a workload it got in a snapshot (a direct Add rejects instead). */
+  on(event: 'nack', listener: (uid: string | undefined, reason: string) => void): unknown;
 }
 
 export interface NodeAgentOptions {
@@ -138,6 +140,9 @@ export class NodeAgent {
     if (stale.length) this.log.info({ entries: stale }, 'removed probe ipset entries of pods no longer enrolled');
     this.log.info({ pods: this.controller.status().length }, 'state rebuilt from the pod source, starting ztunnel server');
     this.opts.ztunnel.on('snapshotAcked', () => this.controller.retryPending());
+    this.opts.ztunnel.on('nack', (uid, reason) => {
+      if (uid !== undefined) this.controller.nacked(uid, reason);
+    });
     this.opts.ztunnel.on('connection', () => this.log.info({}, 'ztunnel connected'));
     this.opts.ztunnel.on('disconnect', () => this.log.warn({}, 'ztunnel disconnected'));
     await this.opts.ztunnel.start();

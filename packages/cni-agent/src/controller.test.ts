@@ -189,6 +189,20 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('a nack of a captured pod in a later snapshot makes it pending and retried', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    c.podChanged(pod('web'));
+    await until(() => c.status()[0]?.state === 'captured');
+    p.calls = [];
+    c.nacked('uid-web', 'bind 15001: address in use');
+    expect(c.status()[0]).toMatchObject({ state: 'pending', lastError: 'ztunnel nacked the pod in its snapshot: bind 15001: address in use' });
+    await until(() => c.status()[0]?.state === 'captured');
+    expect(p.calls).toContain('zds add uid-web');
+    c.nacked('uid-unknown', 'x');
+    await c.stop();
+  });
+
   it('waits for the CNI event for a pod without network yet; never enrolls opted-out pods', async () => {
     const p = new Ports();
     const c = controller(p);

@@ -152,6 +152,20 @@ export class PodController {
     return new Set([...this.records.values()].filter((r) => r.hostProbe || r.state === 'captured' || r.state === 'pending').map((r) => r.uid));
   }
 
+  /** ztunnel nacked the pod in a snapshot: it is not proxied, so it is pending again and retried. */
+  nacked(uid: string, reason: string): void {
+    const rec = this.records.get(uid);
+    if (!rec || rec.deleted) return;
+    rec.state = 'pending';
+    rec.lastError = `ztunnel nacked the pod in its snapshot: ${reason}`;
+    rec.attempt++;
+    this.opts.metrics.failures.inc({ reason: 'ztunnel_failed' });
+    const retryInMs = backoffDelay(rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000);
+    this.log.warn({ uid, name: rec.pod.name, namespace: rec.pod.namespace, reason, retryInMs }, 'pod pending: ztunnel nacked it in the snapshot; retrying');
+    this.scheduleRetry(rec, retryInMs);
+    this.updateGauges();
+  }
+
   /** Re-attempts pending pods now (ztunnel just connected). */
   retryPending(): void {
     for (const rec of this.records.values()) {

@@ -45,7 +45,8 @@ export function createNodeAgent(opts: CreateNodeAgentOptions): NodeAgent {
     keepWorkload: (uid, info) => zds.keepWorkload(uid, info),
     start: () => zds.start(),
     close: () => zds.close(),
-    on: (event, listener) => zds.on(event, () => listener()),
+    on: (event: 'connection' | 'disconnect' | 'snapshotAcked' | 'nack', listener: (uid: string | undefined, reason: string) => void) =>
+      event === 'nack' ? zds.on('nack', (err) => listener(err.uid, err.reason)) : zds.on(event, () => listener(undefined, '')),
   };
   const exclude = opts.excludeNamespaces ?? [];
   return new NodeAgent({
