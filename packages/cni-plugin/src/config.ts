@@ -40,7 +40,7 @@ export type CniResult = z.infer<typeof cniResultSchema>;
 
 const netConfSchema = z.looseObject({
   cniVersion: z.string(),
-  name: z.string().min(1),
+  name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, 'must be a network name matching [a-zA-Z0-9][a-zA-Z0-9_.-]*'),
   type: z.string().min(1),
   prevResult: cniResultSchema.optional(),
   plugin_log_level: z.enum(['debug', 'info', 'warn', 'error', 'none']).default('info'),

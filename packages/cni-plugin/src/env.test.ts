@@ -28,6 +28,7 @@ describe('parseCniEnv', () => {
     expect(fail({ ...base, CNI_COMMAND: 'ADD', CNI_NETNS: '' })).toMatchObject({ cniCode: 4, message: 'required env variables [CNI_NETNS] missing' });
     expect(fail({ ...base, CNI_COMMAND: 'ADD', CNI_ARGS: 'K8S_POD_NAME' }).message).toContain('CNI_ARGS');
     expect(fail({ ...base, CNI_COMMAND: 'ADD', CNI_IFNAME: 'a-very-long-interface-name' }).message).toContain('CNI_IFNAME');
+    expect(fail({ ...base, CNI_COMMAND: 'ADD', CNI_CONTAINERID: '-bad id' }).message).toContain('CNI_CONTAINERID');
     // DEL does not need the netns (it may already be gone).
     expect(parseCniEnv({ ...base, CNI_COMMAND: 'DEL', CNI_NETNS: '' }).netns).toBeUndefined();
   });

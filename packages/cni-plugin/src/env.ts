@@ -80,13 +80,18 @@ export function parseCniEnv(env: Readonly<Record<string, string | undefined>>): 
   if (missing.length > 0) {
     throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', `required env variables [${missing.join(',')}] missing`);
   }
+  const containerId = env['CNI_CONTAINERID'] || undefined;
+  // The same rule libcni applies to container IDs (and network names).
+  if (containerId !== undefined && !/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(containerId)) {
+    throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', `CNI_CONTAINERID "${containerId}" must match [a-zA-Z0-9][a-zA-Z0-9_.-]*`);
+  }
   const ifName = env['CNI_IFNAME'] || undefined;
   if (ifName !== undefined && (ifName.length > 15 || /[\s/:]/.test(ifName) || ifName === '.' || ifName === '..')) {
     throw new CniPluginError('ERR_CNI_INVALID_ENVIRONMENT', `CNI_IFNAME "${ifName}" is not a valid interface name`);
   }
   return {
     command,
-    containerId: env['CNI_CONTAINERID'] || undefined,
+    containerId,
     netns: env['CNI_NETNS'] || undefined,
     ifName,
     args: parseCniArgs(env['CNI_ARGS']),

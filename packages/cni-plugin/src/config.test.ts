@@ -1,0 +1,56 @@
+import { describe, expect, it } from 'vitest';
+import { decodeStdin, parsePluginConfig } from './config.js';
+import { DEFAULT_ENABLEMENT_SELECTORS } from './enrollment.js';
+import { CniPluginError } from './errors.js';
+
+const base = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'weir-cni' };
+
+function fails(conf: Record<string, unknown>): CniPluginError {
+  try {
+    parsePluginConfig(conf);
+  } catch (err) {
+    return err as CniPluginError;
+  }
+  throw new Error('expected a CniPluginError');
+}
+
+describe('parsePluginConfig', () => {
+  it('applies istio-cni defaults', () => {
+    const c = parsePluginConfig(base);
+    expect(c).toMatchObject({
+      cniVersion: '1.0.0',
+      pluginLogLevel: 'info',
+      cniAgentRunDir: '/var/run/istio-cni',
+      ambientEnabled: true,
+      excludeNamespaces: [],
+      podNamespace: 'istio-system',
+      kubeconfigPath: '/var/run/istio-cni/istio-cni-kubeconfig',
+      prevResult: undefined,
+    });
+    expect(c.enablementSelectors).toEqual(DEFAULT_ENABLEMENT_SELECTORS);
+  });
+
+  it('honours the kubeconfig field and the older kubernetes block', () => {
+    expect(parsePluginConfig({ ...base, cni_agent_run_dir: '/run/x/', kubeconfig: '/etc/kc' }).kubeconfigPath).toBe('/etc/kc');
+    expect(parsePluginConfig({ ...base, cni_agent_run_dir: '/run/x/' }).kubeconfigPath).toBe('/run/x/istio-cni-kubeconfig');
+    const old = parsePluginConfig({ ...base, exclude_namespaces: ['a'], kubernetes: { kubeconfig: '/k', exclude_namespaces: ['b'] } });
+    expect(old).toMatchObject({ kubeconfigPath: '/k', excludeNamespaces: ['a', 'b'] });
+  });
+
+  it('names each bad field with code 7, an unsupported version with code 1', () => {
+    const e = fails({ ...base, plugin_log_level: 'loud', enablement_selectors: [{ podSelector: { matchExpressions: [{ key: 'a', operator: 'Near' }] } }] });
+    expect(e.cniCode).toBe(7);
+    expect(e.message).toContain('plugin_log_level');
+    expect(e.message).toContain('enablement_selectors.0.podSelector.matchExpressions.0.operator');
+    expect(fails({ ...base, name: 'bad name' }).message).toContain('name');
+    expect(fails({ ...base, cniVersion: '0.2.0' }).cniCode).toBe(1);
+    expect(fails({ ...base, cniVersion: undefined }).cniCode).toBe(7);
+  });
+
+  it('decodes stdin or fails with code 6', () => {
+    expect(decodeStdin(Buffer.from(JSON.stringify(base)))).toEqual(base);
+    for (const bad of ['', '  \n', '[1]', 'null', '{']) {
+      expect(() => decodeStdin(bad)).toThrow(CniPluginError);
+    }
+  });
+});
