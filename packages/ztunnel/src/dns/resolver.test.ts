@@ -175,3 +175,29 @@ describe('DnsResolver', () => {
     expect(await new HostResolver({ table }).resolve('web.upstream.test')).toBeUndefined();
   });
 });
+
+describe('DnsResolver fuzzing', () => {
+  it('never throws on 6,000 mutated queries: an answer with the same id, or a drop', async () => {
+    const table = new DnsNameTable(new WorkloadStore({ config: parseLocalConfig(yaml) }));
+    const forwarder = new DnsForwarder({
+      upstreams: [],
+      udpSockets: hostUdp,
+      connectTcp: () => Promise.reject(new Error('unused')),
+      timeoutMs: 100,
+    });
+    const resolver = new DnsResolver({ table, forwarder, namespace: 'default', ttlSeconds: 30, maxInflight: 8 });
+    const seeds = [query('reviews'), query('reviews.default.svc.cluster.local', 'AAAA'), query('x.example', 'MX')];
+    let answered = 0;
+    for (let i = 0; i < 6_000; i++) {
+      const b = Buffer.from(seeds[i % seeds.length]!);
+      for (let flips = 1 + (i % 4); flips > 0; flips--) { const at = (i * 7919 + flips * 104729) % b.length; b[at] = b[at]! ^ (1 << ((i + flips) % 8)); }
+      const cut = i % 5 === 0 ? b.subarray(0, (i % b.length) + 1) : b;
+      const r = await resolver.answer(cut, i % 2 ? 'udp' : 'tcp', 'fuzz');
+      if (r) {
+        answered++;
+        expect(r.readUInt16BE(0)).toBe(cut.readUInt16BE(0));
+      }
+    }
+    expect(answered).toBeGreaterThan(3_000);
+  });
+});

@@ -41,6 +41,16 @@ export class DnsResolver {
   }
 
   async answer(query: Buffer, transport: 'udp' | 'tcp', src: string): Promise<Buffer | undefined> {
+    try {
+      return await this.#answer(query, transport, src);
+    } catch (err) {
+      // A bug, never the client's fault: one SERVFAIL, not a crashed node proxy.
+      this.#log.warn({ src, protocol: transport, err }, 'dns request failed unexpectedly');
+      return query.length >= 12 ? headerOnlyResponse(query, 'SERVFAIL') : undefined;
+    }
+  }
+
+  async #answer(query: Buffer, transport: 'udp' | 'tcp', src: string): Promise<Buffer | undefined> {
     const started = performance.now();
     const q = parseQuery(query);
     if (q.kind === 'drop') {
