@@ -5,7 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -129,11 +129,17 @@ export class ChainHarness {
     const dir = await mkdtemp(join(tmpdir(), 'weir-cni-test-'));
     const nodeNs = uniqueName('wcn');
     await must('ip', ['netns', 'add', nodeNs]);
-    const api = await FakeApiServer.start();
-    const h = new ChainHarness(nodeNs, dir, join(dir, 'run'), api);
-    await must('mkdir', ['-p', h.runDir]);
-    await api.kubeconfig(join(h.runDir, 'istio-cni-kubeconfig'));
-    return h;
+    try {
+      const api = await FakeApiServer.start();
+      const h = new ChainHarness(nodeNs, dir, join(dir, 'run'), api);
+      await mkdir(h.runDir);
+      await api.kubeconfig(join(h.runDir, 'istio-cni-kubeconfig'));
+      return h;
+    } catch (err) {
+      await run('ip', ['netns', 'del', nodeNs]);
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
   }
 
   get socketPath(): string {
