@@ -87,6 +87,15 @@ function ipFamily(address: unknown, what: string): 4 | 6 {
   return family;
 }
 
+/**
+ * For family 4, an IPv4-mapped IPv6 literal (`::ffff:10.0.0.1`, what a dual-stack listener reports
+ * as remoteAddress) means its IPv4 address.
+ */
+function forFamily(address: string, family: 4 | 6): string {
+  const mapped = family === 4 ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address) : null;
+  return mapped ? mapped[1]! : address;
+}
+
 function hostPort(host: string, port: number): string {
   return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -151,7 +160,7 @@ export async function listenTcp(o: TcpListenerOptions, server: net.Server = net.
 
 function socketSpec(o: TcpSocketOptions): NativeTcpSpec {
   if (o.family !== 4 && o.family !== 6) throw invalid(`family must be 4 or 6, got ${String(o.family)}`);
-  let bindAddress = o.bindAddress;
+  let bindAddress = o.bindAddress === undefined ? undefined : forFamily(o.bindAddress, o.family);
   if (bindAddress !== undefined && ipFamily(bindAddress, 'bindAddress') !== o.family) {
     throw invalid(`bindAddress ${bindAddress} is not an IPv${o.family} address`);
   }
@@ -192,11 +201,12 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
   return new Promise<net.Socket>((resolve, reject) => {
     const netns = checkNetns(o.netns);
     const spec = socketSpec(o);
-    if (ipFamily(o.host, 'connect host') !== o.family) throw invalid(`connect host ${o.host} is not an IPv${o.family} address`);
-    spec.connectAddress = o.host;
+    const host = forFamily(o.host, o.family);
+    if (ipFamily(host, 'connect host') !== o.family) throw invalid(`connect host ${o.host} is not an IPv${o.family} address`);
+    spec.connectAddress = host;
     spec.connectPort = checkPort(o.port, 'connect port');
     if (o.timeoutMs !== undefined && !(o.timeoutMs > 0)) throw invalid(`timeoutMs must be positive, got ${String(o.timeoutMs)}`);
-    const target = `${hostPort(o.host, o.port)} from netns ${netns.describe()}`;
+    const target = `${hostPort(host, o.port)} from netns ${netns.describe()}`;
     if (o.signal?.aborted) {
       throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${target} aborted before it started`, { cause: o.signal.reason });
     }

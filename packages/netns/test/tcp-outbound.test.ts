@@ -121,6 +121,13 @@ describe('connectTcp from a netns', () => {
     expect(peers.at(-1)).toBe(`::ffff:${addr.a4}|${port}`);
   });
 
+  it('takes IPv4-mapped IPv6 literals (a dual-stack listener\'s remoteAddress) as IPv4 for family 4', async () => {
+    const s = await connectTcp({ netns: a, family: 4, bindAddress: `::ffff:${addr.a4}`, host: `::FFFF:${addr.b4}`, port: serverPort });
+    expect(s.localAddress).toBe(addr.a4);
+    expect(s.remoteAddress).toBe(addr.b4);
+    expect(await readAll(s)).toBe('from B');
+  });
+
   it('binds a non-local address only with transparent + freebind', async () => {
     const spoof = `10.211.0.99`;
     const fd = createTcpSocket({ netns: a, family: 4, transparent: true, freebind: true, bindAddress: spoof });
