@@ -30,9 +30,9 @@ export function topologyCgroup(mount: string, name: string): string {
   return join(mount, TOPOLOGY_CGROUP, name);
 }
 
-/** Kubelet's cgroupfs layout, so the pod UID appears in /proc/<pid>/cgroup like `…/pod<uid>/<container>`. */
-export function podCgroup(topologyRoot: string, podUid: string, containerId: string): string {
-  return join(topologyRoot, 'kubepods', 'besteffort', `pod${podUid}`, containerId);
+/** Kubelet's cgroupfs layout: a pod's processes show `…/kubepods/besteffort/pod<uid>/<container>` in /proc/<pid>/cgroup. */
+export function podCgroup(topologyRoot: string, podUid: string): string {
+  return join(topologyRoot, 'kubepods', 'besteffort', `pod${podUid}`);
 }
 
 /** Topology cgroup subtrees whose name is owned by a prefix. */

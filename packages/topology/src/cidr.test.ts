@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cidrContains, formatCidr, hostAddress, parseCidr, parseIpv4 } from './cidr.js';
+import { formatCidr, hostAddress, parseCidr, parseIpv4 } from './cidr.js';
 
 describe('cidr', () => {
   it('parses and formats prefixes and numbers hosts from the network address', () => {
@@ -7,8 +7,6 @@ describe('cidr', () => {
     expect(formatCidr(cidr)).toBe('10.244.1.0/24');
     expect(hostAddress(cidr, 1)).toBe('10.244.1.1');
     expect(hostAddress(parseCidr('172.18.0.0/16'), 267)).toBe('172.18.1.11');
-    expect(cidrContains(cidr, '10.244.1.254')).toBe(true);
-    expect(cidrContains(cidr, '10.244.2.1')).toBe(false);
   });
 
   it('rejects malformed input, naming the value', () => {

@@ -50,12 +50,6 @@ export function hostAddress(cidr: Ipv4Cidr, n: number): string {
   return formatIpv4(cidr.network + n);
 }
 
-export function cidrContains(cidr: Ipv4Cidr, address: string): boolean {
-  const size = 2 ** (32 - cidr.prefixLength);
-  const value = parseIpv4(address);
-  return value >= cidr.network && value < cidr.network + size;
-}
-
 function invalid(text: string): TopologyError {
   return new TopologyError('TOPOLOGY_INVALID_OPTIONS', `${JSON.stringify(text)} is not an IPv4 address`);
 }

@@ -20,7 +20,7 @@ import { TopologyPod } from './pod.js';
 import type { SpawnOptions, SupervisedProcess } from './process.js';
 import { probeTcp, type TcpProbeOptions, type TcpProbeResult } from './programs.js';
 import { execInNetns, type RunOptions, type RunResult } from './run.js';
-import { removeCgroupTree } from './cgroup.js';
+import { podCgroup, removeCgroupTree } from './cgroup.js';
 import { killProcessesIn, removeCgroupWithRetry } from './teardown.js';
 import type { NodeState, PodState } from './state.js';
 
@@ -122,7 +122,7 @@ export class TopologyNode {
     };
     const log = this.context.logger.child({ node: this.name, pod: `${options.namespace}/${options.name}`, uid });
     await createNetns(netns);
-    const cgroup = this.context.state.cgroup !== undefined ? join(this.context.state.cgroup, 'kubepods', 'besteffort', `pod${uid}`) : undefined;
+    const cgroup = this.context.state.cgroup !== undefined ? podCgroup(this.context.state.cgroup, uid) : undefined;
     let list: CniConfList | undefined;
     let result: CniResult | undefined;
     try {

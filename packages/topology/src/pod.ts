@@ -1,13 +1,13 @@
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import type { CniResult, CniRuntimeArgs } from './cni.js';
 import type { TopologyContext } from './context.js';
+import { netnsPath } from './netns.js';
+import type { TopologyNode } from './node.js';
 import type { SpawnOptions, SupervisedProcess } from './process.js';
 import { probeTcp, type TcpProbeOptions, type TcpProbeResult } from './programs.js';
-import { netnsPath } from './netns.js';
 import { execInNetns, type RunOptions, type RunResult } from './run.js';
 import type { PodState } from './state.js';
-import type { TopologyNode } from './node.js';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 
 /** A pod: its own netns wired by the node's CNI chain, a pause process, and whatever it spawns. */
 export class TopologyPod {
