@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import type * as dgram from 'node:dgram';
 import type * as net from 'node:net';
 import * as dnsPacket from 'dns-packet';
@@ -103,6 +104,7 @@ describe('DNS proxy under hostile input', () => {
 
   it('survives a flood of 10,000 queries (mesh names and forwarded ones) with bounded forwards and memory', async () => {
     const heapBefore = process.memoryUsage().heapUsed;
+    const fdsBefore = readdirSync('/proc/self/fd').length;
     let maxInflight = 0;
     const watch = setInterval(() => (maxInflight = Math.max(maxInflight, proxy.stats().inflight)), 5);
     answers.clear();
@@ -124,6 +126,8 @@ describe('DNS proxy under hostile input', () => {
     expect(answers.size).toBeGreaterThan(8000);
     for (const b of [...answers.values()].slice(0, 200)) expect(['NOERROR', 'SERVFAIL']).toContain(rcode(b));
     expect(process.memoryUsage().heapUsed - heapBefore).toBeLessThan(150 * 1024 * 1024);
+    // Every forward's socket was closed again.
+    expect(readdirSync('/proc/self/fd').length - fdsBefore).toBeLessThan(10);
     const after = await ask(query('www.upstream.test', 65000));
     expect(dnsPacket.decode(after!).answers?.[0]).toMatchObject({ data: '192.0.2.1' });
   }, 60_000);

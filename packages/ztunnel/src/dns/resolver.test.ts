@@ -190,7 +190,10 @@ describe('DnsResolver fuzzing', () => {
     let answered = 0;
     for (let i = 0; i < 6_000; i++) {
       const b = Buffer.from(seeds[i % seeds.length]!);
-      for (let flips = 1 + (i % 4); flips > 0; flips--) { const at = (i * 7919 + flips * 104729) % b.length; b[at] = b[at]! ^ (1 << ((i + flips) % 8)); }
+      for (let flips = 1 + (i % 4); flips > 0; flips--) {
+        const at = (i * 7919 + flips * 104729) % b.length;
+        b[at] = b[at]! ^ (1 << ((i + flips) % 8));
+      }
       const cut = i % 5 === 0 ? b.subarray(0, (i % b.length) + 1) : b;
       const r = await resolver.answer(cut, i % 2 ? 'udp' : 'tcp', 'fuzz');
       if (r) {
