@@ -4,7 +4,7 @@ import { DnsMetrics } from '../src/dns/metrics.js';
 import { DnsProxy } from '../src/dns/dns-proxy.js';
 import { parseLocalConfig } from '../src/local-config.js';
 import { WorkloadStore } from '../src/workload-store.js';
-import { Dnsmasq, PEER_IP, PodPair, UdpHelper, digShort, requireDnsTools } from './support-dns.js';
+import { Dnsmasq, PEER_IP, PEER_IP6, PodPair, UdpHelper, digShort, requireDnsTools } from './support-dns.js';
 
 const MARK = 0x539;
 const config = `
@@ -164,5 +164,54 @@ describe('DNS proxy in a pod whose loopback has IPv6 disabled', () => {
     expect((await pair.exec('getent', ['hosts', 'reviews'])).stdout).toMatch(/^10\.96\.0\.10\s/);
     expect(digShort((await pair.exec('dig', ['@8.8.8.8', 'www.upstream.test', '+short', '+tries=1'])).stdout)).toEqual(['192.0.2.1']);
     expect(digShort((await pair.exec('dig', ['@8.8.8.8', '+tcp', 'reviews.default.svc.cluster.local', '+short', '+tries=1'])).stdout)).toEqual(['10.96.0.10']);
+  });
+});
+
+describe('DNS proxy with the REDIRECT rule set (Istio >= 1.24) and IPv6 capture', () => {
+  let pair: PodPair;
+  let dnsmasq: Dnsmasq;
+  let helper: UdpHelper;
+  let proxy: DnsProxy;
+
+  beforeAll(async () => {
+    requireDnsTools();
+    pair = await PodPair.create('dr', { ipv6: true });
+    await pair.capture({ mode: 'redirect', ipv6: true });
+    dnsmasq = await Dnsmasq.start(pair.peer, PEER_IP6, ['--address=/upstream.test/192.0.2.1', '--address=/upstream.test/2001:db8::1']);
+    helper = await UdpHelper.start(pair.pod);
+    proxy = new DnsProxy({
+      netns: pair.netns,
+      mark: MARK,
+      store: new WorkloadStore({
+        config: parseLocalConfig(`services:\n- {name: dual, namespace: default, hostname: dual.default.svc.cluster.local, vips: ["/10.96.0.30", "/fd00:96::30"]}\n`),
+      }),
+      udpSockets: helper.factory,
+      upstreams: [{ address: PEER_IP6, port: 53 }],
+      namespace: 'default',
+    });
+    await proxy.start();
+  }, 60_000);
+
+  afterAll(async () => {
+    await proxy?.stop();
+    await helper?.stop();
+    await dnsmasq?.stop();
+    await pair?.destroy();
+  });
+
+  it('captures queries to IPv4 and IPv6 resolvers, answers A and AAAA, and forwards to an IPv6 upstream', async () => {
+    expect(proxy.listeners).toContain('udp [::1]:15053');
+    for (const server of ['@8.8.8.8', '@2001:4860:4860::8888']) {
+      for (const transport of ['+notcp', '+tcp']) {
+        const a = await pair.exec('dig', [server, transport, 'dual', '+search', '+short', '+tries=1', '+time=3']);
+        expect(digShort(a.stdout), `${server} ${transport} A`).toEqual(['10.96.0.30']);
+        const aaaa = await pair.exec('dig', [server, transport, 'dual.default.svc.cluster.local', 'AAAA', '+short', '+tries=1', '+time=3']);
+        expect(digShort(aaaa.stdout), `${server} ${transport} AAAA`).toEqual(['fd00:96::30']);
+      }
+    }
+    const up = await pair.exec('dig', ['@2001:4860:4860::8888', 'www.upstream.test', 'AAAA', '+short', '+tries=1', '+time=3']);
+    expect(digShort(up.stdout)).toEqual(['2001:db8::1']);
+    expect(dnsmasq.log).toMatch(/query\[AAAA\] www\.upstream\.test from fd00:253::2/);
+    expect((await pair.exec('getent', ['ahosts', 'dual'])).stdout).toMatch(/fd00:96::30|10\.96\.0\.30/);
   });
 });

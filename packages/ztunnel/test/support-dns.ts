@@ -21,6 +21,8 @@ const sh = (cmd: string, args: string[]): Promise<{ stdout: string; stderr: stri
 
 export const POD_IP = '10.253.0.2';
 export const PEER_IP = '10.253.0.1';
+export const POD_IP6 = 'fd00:253::2';
+export const PEER_IP6 = 'fd00:253::1';
 
 /**
  * A pod netns wired by a veth pair to a peer netns (where the test's resolver and servers live),
@@ -42,7 +44,7 @@ export class PodPair {
     return `/var/run/netns/${this.pod}`;
   }
 
-  static async create(tag: string, o: { namespace?: string; ipv6Lo?: boolean } = {}): Promise<PodPair> {
+  static async create(tag: string, o: { namespace?: string; ipv6Lo?: boolean; ipv6?: boolean } = {}): Promise<PodPair> {
     const id = `${tag}${process.pid % 10000}${randomBytes(2).toString('hex')}`;
     const pod = `wd${id}`;
     const peer = `wu${id}`;
@@ -60,6 +62,11 @@ export class PodPair {
       await inPeer('ip', 'addr', 'add', `${PEER_IP}/24`, 'dev', 'peer0');
       await inPeer('ip', 'link', 'set', 'peer0', 'up');
       await inPod('ip', 'route', 'add', 'default', 'via', PEER_IP);
+      if (o.ipv6) {
+        await inPod('ip', '-6', 'addr', 'add', `${POD_IP6}/64`, 'dev', 'eth0', 'nodad');
+        await inPeer('ip', '-6', 'addr', 'add', `${PEER_IP6}/64`, 'dev', 'peer0', 'nodad');
+        await inPod('ip', '-6', 'route', 'add', 'default', 'via', PEER_IP6);
+      }
       const ns = o.namespace ?? 'default';
       mkdirSync(`/etc/netns/${pod}`, { recursive: true });
       writeFileSync(
@@ -75,11 +82,11 @@ export class PodPair {
     }
   }
 
-  /** The in-pod rules with DNS capture on (the seed's TPROXY variant), and their policy routing. */
-  async capture(): Promise<void> {
+  /** The in-pod rules with DNS capture on (default: the seed's TPROXY variant), and their policy routing. */
+  async capture(o: { mode?: 'tproxy' | 'redirect'; ipv6?: boolean } = {}): Promise<void> {
     const executor = netnsExecutor(this.podPath);
-    await new RuleApplier({ executor }).apply(inpodRules({ mode: 'tproxy', dnsCapture: true }));
-    await new RoutingApplier({ executor }).apply(inpodRouting());
+    await new RuleApplier({ executor }).apply(inpodRules({ mode: o.mode ?? 'tproxy', dnsCapture: true, ipv6: o.ipv6 ?? false }));
+    await new RoutingApplier({ executor }).apply(inpodRouting({ ipv6: o.ipv6 ?? false }));
   }
 
   /** Runs a command inside the pod netns (with its resolv.conf); never throws on a non-zero exit. */
