@@ -52,15 +52,14 @@ export class SupervisedProcess {
   private constructor(
     readonly record: ProcessRecord,
     private readonly child: ChildProcess | undefined,
+    childExit: Promise<ProcessExit> | undefined,
     private readonly logger: Logger,
   ) {
-    if (child) {
-      this.#exited = new Promise((resolve) => {
-        child.once('exit', (code, signal) => {
-          this.#done = true;
-          this.logger.info({ process: record.name, pid: record.pid, code, signal }, 'process exited');
-          resolve({ code, signal });
-        });
+    if (childExit) {
+      this.#exited = childExit.then((exit) => {
+        this.#done = true;
+        this.logger.info({ process: record.name, pid: record.pid, ...exit }, 'process exited');
+        return exit;
       });
     }
   }
@@ -100,6 +99,7 @@ export class SupervisedProcess {
     await mkdir(dirname(options.logFile), { recursive: true });
     const fd = openSync(options.logFile, 'w');
     let child: ChildProcess;
+    let childExit: Promise<ProcessExit>;
     try {
       child = spawn(argv.cmd, argv.args, {
         env: { PATH: DEFAULT_PATH, ...options.env },
@@ -109,6 +109,8 @@ export class SupervisedProcess {
         // (crash recovery finds it by netns).
         detached: true,
       });
+      // Listen before any await: a program that fails at once exits before the next tick.
+      childExit = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
       await new Promise<void>((resolve, reject) => {
         child.once('spawn', resolve);
         child.once('error', reject);
@@ -133,12 +135,12 @@ export class SupervisedProcess {
       ...(options.cgroup !== undefined ? { cgroup: options.cgroup } : {}),
     };
     logger.info({ process: options.name, pid, netns: options.netns, cmd: options.cmd, args }, 'process started');
-    return new SupervisedProcess(record, child, logger);
+    return new SupervisedProcess(record, child, childExit, logger);
   }
 
   /** A handle on a process started by another (or an earlier) process, from its record. */
   static attach(record: ProcessRecord, logger: Logger = silentLogger): SupervisedProcess {
-    return new SupervisedProcess(record, undefined, logger);
+    return new SupervisedProcess(record, undefined, undefined, logger);
   }
 
   /** Let the caller's event loop end while the process keeps running (e.g. `weirctl sandbox up`). */
