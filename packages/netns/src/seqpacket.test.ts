@@ -1,4 +1,5 @@
 import { closeSync, existsSync, fstatSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -86,6 +87,18 @@ describe('SOCK_SEQPACKET records', () => {
     await sleep(50);
     const got = collect(peer, 1);
     expect((await got)[0]!.data.toString()).toBe('early');
+  });
+
+  it('loses nothing to a consumer that awaits one message at a time (reads only while someone listens)', async () => {
+    const { client, peer } = await pair();
+    for (let i = 0; i < 5; i++) await peer.send(Buffer.from(`r${i}`));
+    const got: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const [data] = (await once(client, 'message')) as [Buffer];
+      got.push(data.toString());
+      await sleep(5);
+    }
+    expect(got).toEqual(['r0', 'r1', 'r2', 'r3', 'r4']);
   });
 
   it('reports a record over 64 KiB as ERR_SEQPACKET_TRUNCATED, closes its fds and the socket', async () => {
@@ -249,7 +262,8 @@ describe('SOCK_SEQPACKET records', () => {
     const before = countFds();
     for (let i = 0; i < 200; i++) {
       const c = await connectSeqpacket(p);
-      const echoed = new Promise<Buffer>((resolve) => c.once('message', resolve));
+      // A lasting listener: the peer's close is noticed while reading, as with a Node stream.
+      const echoed = new Promise<Buffer>((resolve) => c.on('message', resolve));
       await c.send(Buffer.from(`n${i}`), [0]);
       expect((await echoed).toString()).toBe(`n${i}`);
       await closedEvent(c);

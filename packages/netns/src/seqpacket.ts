@@ -39,8 +39,9 @@ function closeAll(fds: number[]): void {
 /**
  * One connected AF_UNIX SOCK_SEQPACKET socket. Events:
  * - `'message'(data: Buffer, fds: number[])`: one whole record and the fds that rode on it. The
- *   listener owns those fds and must close (or adopt) them; with no listener they are closed.
- *   Reading starts when the first 'message' listener is added, so nothing is missed in between.
+ *   listener owns those fds and must close (or adopt) them. Records are read only while a
+ *   'message' listener exists; otherwise they wait in the kernel (and push back on the sender), so
+ *   awaiting `once(socket, 'message')` one record at a time loses nothing.
  * - `'error'(err: NetnsError)`: e.g. ERR_SEQPACKET_TRUNCATED (the record did not fit in 64 KiB or
  *   carried too many fds; its fds are closed); the socket closes right after.
  * - `'close'`: once, after the peer hung up, an error, or close().
@@ -170,6 +171,12 @@ export class SeqpacketSocket extends EventEmitter {
 
   #readSome(): void {
     for (let i = 0; i < RECORDS_PER_WAKEUP && !this.#closed && !this.#paused; i++) {
+      if (this.listenerCount('message') === 0) {
+        // Nobody to hand records to: leave them queued in the kernel until a listener comes back.
+        this.#reading = false;
+        this.#updatePoll();
+        return;
+      }
       let record: ReturnType<typeof native.seqRecv>;
       try {
         record = native.seqRecv(this.#fd);
