@@ -8,6 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { KubeConfig } from '@kubernetes/client-node';
 import { createNodeAgent, KubePodSource } from '@weir/cni-agent';
 import { FakeApiServer } from '@weir/fake-apiserver';
@@ -97,9 +98,12 @@ try {
   }
   base.sort((a, b) => a - b);
 
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
   const tb = process.hrtime.bigint();
   const results = await Promise.all(pods.slice(baselineSize).map((pod) => cmdAdd(sock, pod)));
   const wall = Number(process.hrtime.bigint() - tb) / 1e6;
+  loop.disable();
   const failed = results.filter((r) => r.status !== 200).length;
   const lat = results.map((r) => r.ms).sort((a, b) => a - b);
   // Pods answered 500 (timeout under load) stay pending and are retried by the agent: wait for them.
@@ -117,6 +121,7 @@ try {
   console.log(`burst of ${burstSize} (capture concurrency ${values.concurrency}): p50 ${ms(p50)}, p99 ${ms(p99)}, max ${ms(lat.at(-1))}, all done in ${ms(wall)}, non-200: ${failed}`);
   console.log(`ratio burst/baseline: p50 ${(p50 / b50).toFixed(2)}x, p99 ${(p99 / b50).toFixed(2)}x`);
   console.log(`captured: ${captured}/${total} (${failed ? `the ${failed} answered non-200 were retried by the agent, all captured ${ms(wall + settleMs)} after the burst` : 'all by their 200'}); goal p99 <= 250 ms: ${p99 <= 250 ? 'met' : 'NOT met'}`);
+  console.log(`agent event loop delay during the burst: p50 ${ms(loop.percentile(50) / 1e6)}, p99 ${ms(loop.percentile(99) / 1e6)}, max ${ms(loop.max / 1e6)}`);
   const load = (await import('node:os')).loadavg()[0];
   console.log(`machine load average during the run: ${load.toFixed(1)} on ${(await import('node:os')).cpus().length} cores`);
   if (captured !== total) code = 1;

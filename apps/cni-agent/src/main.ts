@@ -75,8 +75,16 @@ async function main(): Promise<number> {
       })
     : undefined;
 
+  const teardownHost = async (): Promise<void> => {
+    const rules = new IptablesPodRules({ ...rulesOptions, logger });
+    try {
+      await rules.teardownHost();
+    } finally {
+      rules.close();
+    }
+  };
   if (parsed.command === 'uninstall') {
-    await new IptablesPodRules({ ...rulesOptions, logger }).teardownHost();
+    await teardownHost();
     await installer?.uninstall();
     return 0;
   }
@@ -119,7 +127,7 @@ async function main(): Promise<number> {
       await agent.stop();
       if (installer && (await isRealUninstall(c, kc))) {
         await installer.uninstall();
-        await new IptablesPodRules({ ...rulesOptions, logger }).teardownHost();
+        await teardownHost();
       } else if (installer) {
         logger.info({}, 'upgrade or restart: leaving the CNI plugin installed so new pods wait for the agent');
       }

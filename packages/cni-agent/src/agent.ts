@@ -212,6 +212,7 @@ export class NodeAgent {
     await this.opts.source.stop();
     await this.controller.stop();
     await this.opts.ztunnel.close();
+    this.opts.rules.close?.();
     await this.health?.close();
     this.log.info({}, 'node agent stopped');
   }

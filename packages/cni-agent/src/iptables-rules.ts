@@ -5,7 +5,6 @@ import {
   inpodRouting,
   inpodRules,
   ipsetCreateArgs,
-  localExecutor,
   netnsExecutor,
   type CommandExecutor,
   type IptablesBackend,
@@ -14,7 +13,7 @@ import {
 } from '@weir/iptables-builder';
 import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
-import { ShellExecutor } from './shell-executor.js';
+import { ShellPool } from './shell-executor.js';
 import type { PodInfo } from './pod.js';
 import type { NetnsHandle, PodRules, RepairReport } from './ports.js';
 
@@ -30,6 +29,8 @@ export interface IptablesPodRulesOptions {
   backend?: 'auto' | IptablesBackend;
   /** The node's netns for the probe ipset and SNAT rules; default this process's netns. */
   hostNetnsPath?: string;
+  /** Long-lived shells running pod-netns commands (about the agent's capture concurrency). */
+  shells?: number;
   logger?: Logger;
 }
 
@@ -59,6 +60,8 @@ export class IptablesPodRules implements PodRules {
   private readonly hostRules: ReturnType<typeof hostProbeRules>;
   private readonly hostApplier: RuleApplier;
   private backend: IptablesBackend | undefined;
+  private readonly podShells: ShellPool;
+  private readonly hostShell: ShellPool;
   private batch: { lines: string[]; done: Promise<void> } | undefined;
   private ipsetChain: Promise<void> = Promise.resolve();
 
@@ -73,7 +76,9 @@ export class IptablesPodRules implements PodRules {
       ...(opts.probeSnatIpv6 !== undefined ? { probeSnatIpv6: opts.probeSnatIpv6 } : {}),
     });
     this.routing = inpodRouting({ ipv6 });
-    this.host = opts.hostNetnsPath ? netnsExecutor(opts.hostNetnsPath) : localExecutor;
+    this.podShells = new ShellPool(opts.shells ?? 8);
+    this.hostShell = new ShellPool(1);
+    this.host = opts.hostNetnsPath ? netnsExecutor(opts.hostNetnsPath, this.hostShell.executor) : this.hostShell.executor;
     this.hostRules = hostProbeRules({
       ipv6,
       ...(opts.probeSnatIp !== undefined ? { probeSnatIp: opts.probeSnatIp } : {}),
@@ -99,15 +104,16 @@ export class IptablesPodRules implements PodRules {
     this.log.info({ backend: this.backend }, 'host probe ipset and SNAT rules in place');
   }
 
-  /** One shell in the pod netns for all of an operation's commands. */
-  private async inPod<T>(netns: NetnsHandle, fn: (exec: CommandExecutor) => Promise<T>): Promise<T> {
+  /** One pooled shell for all of an operation's commands, each entering the pod netns. */
+  private inPod<T>(netns: NetnsHandle, fn: (exec: CommandExecutor) => Promise<T>): Promise<T> {
     // Our own fd, seen through /proc by nsenter: the netns we opened, whatever its path does now.
-    const exec = new ShellExecutor(`/proc/${process.pid}/fd/${netns.fd}`);
-    try {
-      return await fn(exec);
-    } finally {
-      exec.close();
-    }
+    return this.podShells.with((shell) => fn(netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`, shell)));
+  }
+
+  /** Ends the shells. */
+  close(): void {
+    this.podShells.close();
+    this.hostShell.close();
   }
 
   apply(_pod: PodInfo, netns: NetnsHandle): Promise<RepairReport> {

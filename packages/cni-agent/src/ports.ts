@@ -33,6 +33,8 @@ export interface PodRules {
   syncHostProbes(keep: ReadonlySet<string>): Promise<string[]>;
   /** Removes the host-side rules and ipset (real uninstall only). */
   teardownHost(): Promise<void>;
+  /** Releases what the rules engine holds (helper processes). */
+  close?(): void;
 }
 
 /** ztunnel, over ZDS. */

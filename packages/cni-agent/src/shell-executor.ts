@@ -7,9 +7,8 @@ function quote(word: string): string {
 }
 
 /**
- * Runs a sequence of commands through ONE `nsenter --net=<path> -- sh` child instead of one nsenter
- * per command: a capture runs ~6 commands in the pod netns, and on a loaded node each extra
- * spawn+nsenter costs tens of milliseconds. Commands run one at a time, in order; each gets its own
+ * Runs commands through one long-lived `sh` child (optionally `nsenter --net=<path> -- sh`) instead
+ * of one child process per command. Commands run one at a time, in order; each gets its own
  * stdout, stderr and exit code, delimited by a random marker. Close it when done.
  */
 export class ShellExecutor implements CommandExecutor {
@@ -76,8 +75,74 @@ export class ShellExecutor implements CommandExecutor {
     });
   }
 
+  get alive(): boolean {
+    return this.exited === undefined;
+  }
+
   /** Ends the shell (at EOF, once the last command finished). */
   close(): void {
     this.child.stdin.end();
+  }
+}
+
+/**
+ * A few long-lived shells that run commands for the agent, so that a capture spawns no process
+ * from Node itself: spawning blocks Node's event loop until the child has exec'd, which on a loaded
+ * node is tens to hundreds of milliseconds per spawn — a burst of captures would stall every other
+ * pod's /cmdadd. Each command still forks inside its shell; that costs the shell, not the agent.
+ */
+export class ShellPool {
+  private readonly idle: ShellExecutor[] = [];
+  private readonly waiting: ((s: ShellExecutor) => void)[] = [];
+  private created = 0;
+  private closed = false;
+
+  constructor(private readonly size: number) {}
+
+  private async acquire(): Promise<ShellExecutor> {
+    for (;;) {
+      const shell = this.idle.pop();
+      if (!shell) break;
+      if (shell.alive) return shell;
+      this.created--;
+    }
+    if (this.created < this.size) {
+      this.created++;
+      return new ShellExecutor();
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  private release(shell: ShellExecutor): void {
+    if (this.closed || !shell.alive) {
+      shell.close();
+      this.created--;
+      const next = this.waiting.shift();
+      if (next) void this.acquire().then(next);
+      return;
+    }
+    const next = this.waiting.shift();
+    if (next) next(shell);
+    else this.idle.push(shell);
+  }
+
+  /** Runs `fn` with one shell to itself (its commands run in order). */
+  async with<T>(fn: (exec: CommandExecutor) => Promise<T>): Promise<T> {
+    const shell = await this.acquire();
+    try {
+      return await fn(shell);
+    } finally {
+      this.release(shell);
+    }
+  }
+
+  /** An executor taking a shell per command. */
+  readonly executor: CommandExecutor = {
+    run: (cmd, args, opts) => this.with((shell) => shell.run(cmd, args, opts)),
+  };
+
+  close(): void {
+    this.closed = true;
+    for (const shell of this.idle.splice(0)) shell.close();
   }
 }
