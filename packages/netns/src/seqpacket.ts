@@ -199,7 +199,7 @@ export class SeqpacketSocket extends EventEmitter {
         this.#destroy(new NetnsError('ERR_SEQPACKET_TRUNCATED', `seqpacket record on fd ${this.#fd} was truncated: ${what}; the record and its fds were dropped`));
         return;
       }
-      if (!this.emit('message', data, fds)) closeAll(fds);
+      this.emit('message', data, fds);
     }
   }
 
