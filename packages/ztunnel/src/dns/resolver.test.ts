@@ -204,3 +204,23 @@ describe('DnsResolver fuzzing', () => {
     expect(answered).toBeGreaterThan(3_000);
   });
 });
+
+describe('DnsResolver metric labels', () => {
+  it('folds unusual query types into one label value, so a client cannot grow the registry', async () => {
+    const registry = new Registry();
+    const resolver = new DnsResolver({
+      table: new DnsNameTable(new WorkloadStore({ config: parseLocalConfig(yaml) })),
+      forwarder: new DnsForwarder({ upstreams: [], udpSockets: hostUdp, connectTcp: () => Promise.reject(new Error('unused')), timeoutMs: 100 }),
+      ttlSeconds: 30,
+      maxInflight: 8,
+      metrics: new DnsMetrics(registry),
+    });
+    for (let t = 1000; t < 1200; t++) {
+      const q = query('x.example');
+      q.writeUInt16BE(t, q.length - 4);
+      await resolver.answer(q, 'udp', 'test');
+    }
+    const lines = (await registry.metrics()).split('\n').filter((l) => l.startsWith('istio_dns_requests_total{'));
+    expect(lines).toEqual(['istio_dns_requests_total{request_query_type="other",request_protocol="udp",source_workload="unknown",source_workload_namespace="unknown"} 200']);
+  });
+});

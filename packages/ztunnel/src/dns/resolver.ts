@@ -22,6 +22,9 @@ export interface DnsResolverOptions {
   logger?: Logger | undefined;
 }
 
+// Metric label values come from this fixed set, so hostile query types cannot grow the registry.
+const LABELLED_TYPES = new Set(['A', 'AAAA', 'ANY', 'CAA', 'CNAME', 'DNSKEY', 'DS', 'HTTPS', 'MX', 'NAPTR', 'NS', 'PTR', 'SOA', 'SRV', 'SVCB', 'TXT']);
+
 /**
  * Answers one DNS message: A/AAAA for names in the mesh state from the state, everything else
  * forwarded upstream, upstream failures as SERVFAIL. Never throws; `undefined` means "drop".
@@ -63,7 +66,7 @@ export class DnsResolver {
     }
     const { name, type } = q.question;
     const labels: DnsLabels = {
-      request_query_type: String(type),
+      request_query_type: LABELLED_TYPES.has(String(type)) ? String(type) : 'other',
       request_protocol: transport,
       source_workload: this.#o.workloadName ?? 'unknown',
       source_workload_namespace: this.#o.namespace ?? 'unknown',
