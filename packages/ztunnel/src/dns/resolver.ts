@@ -81,7 +81,7 @@ export class DnsResolver {
         const ips = type === 'A' ? found.v4 : found.v6;
         const answers: Answer[] = ips.map((data) => ({ type, name, class: 'IN', ttl: this.#o.ttlSeconds, data }));
         const response = buildResponse(q, 'NOERROR', answers, { authoritative: true, transport });
-        access({ rcode: 'NOERROR', answers: ips.length, from: 'mesh', hostname: found.hostname });
+        access({ rcode: 'NOERROR', answers: ips.length, from: 'mesh', resolved: found.hostname });
         return response;
       }
     }
