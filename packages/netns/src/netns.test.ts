@@ -92,6 +92,14 @@ describe('adoptNetnsFd', () => {
     expect(() => closeSync(fd)).toThrow(/EBADF/);
   });
 
+  it('reports an fd closed behind the Netns\'s back on close() as ERR_NETNS_BAD_FD', () => {
+    const ns = openNetns('/proc/self/ns/net');
+    closeSync(ns.fd);
+    expect(codeOf(() => ns.close())).toBe('ERR_NETNS_BAD_FD');
+    expect(ns.closed).toBe(true);
+    ns.close();
+  });
+
   it('rejects a closed fd and a negative fd with ERR_NETNS_BAD_FD', () => {
     const fd = openSync('/proc/self/ns/net', 'r');
     closeSync(fd);

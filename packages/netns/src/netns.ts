@@ -65,11 +65,11 @@ export class Netns {
     return this.#closed;
   }
 
-  /** Closes the fd; idempotent. */
+  /** Closes the fd; idempotent. ERR_NETNS_BAD_FD if someone else closed the fd behind our back. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    native.closeFd(this.fd);
+    sys(() => `closing netns ${this.describe()} (fd ${this.fd})`, () => native.closeFd(this.fd));
   }
 
   /** True when both name the same network namespace (same nsfs dev and inode). */
