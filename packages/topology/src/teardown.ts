@@ -3,12 +3,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { cgroupPids, removeCgroupParentIfEmpty, removeCgroupTree } from './cgroup.js';
 import type { Logger } from './logger.js';
 import { deleteNetns, netnsInode, netnsPath, pidsInNetns } from './netns.js';
+import { isSameProcess, type ProcessRecord } from './process.js';
 
 export interface TeardownTargets {
   /** Netns names, deleted in this order (pods before nodes before the underlay reads best in logs). */
   netns: string[];
   /** cgroup subtrees to empty and remove. */
   cgroups: string[];
+  /** Recorded processes, killed wherever they run (some run outside the topology's namespaces). */
+  processes: ProcessRecord[];
   /** cgroup v2 mount, to drop the shared parent when it is empty. */
   cgroupMount?: string;
   stateDirs: string[];
@@ -27,7 +30,8 @@ export interface TeardownReport {
  * deletes every link in them), remove the cgroups and state directories. Safe to run twice.
  */
 export async function teardown(targets: TeardownTargets, logger: Logger): Promise<TeardownReport> {
-  const killed = await killProcessesIn(targets.netns, targets.cgroups, logger);
+  // A process just SIGKILLed may still show in its netns for a moment: count each pid once.
+  const killed = [...new Set([...killRecorded(targets.processes, logger), ...(await killProcessesIn(targets.netns, targets.cgroups, logger))])];
   const removedNetns: string[] = [];
   for (const name of targets.netns) {
     await deleteNetns(name);
@@ -39,6 +43,26 @@ export async function teardown(targets: TeardownTargets, logger: Logger): Promis
   if (targets.cgroupMount !== undefined) await removeCgroupParentIfEmpty(targets.cgroupMount);
   for (const dir of targets.stateDirs) await rm(dir, { recursive: true, force: true });
   return { netns: removedNetns, killed, cgroups: targets.cgroups, stateDirs: targets.stateDirs };
+}
+
+/** SIGKILL the process group of every recorded process that is still the same process (pid and start time). */
+function killRecorded(records: readonly ProcessRecord[], logger: Logger): number[] {
+  const killed: number[] = [];
+  for (const record of records) {
+    if (!isSameProcess(record.pid, record.startTime)) continue;
+    try {
+      process.kill(-record.pid, 'SIGKILL');
+    } catch {
+      try {
+        process.kill(record.pid, 'SIGKILL');
+      } catch {
+        continue;
+      }
+    }
+    logger.info({ pid: record.pid, process: record.name }, 'killed leftover process');
+    killed.push(record.pid);
+  }
+  return killed;
 }
 
 /**

@@ -12,7 +12,7 @@ import { assertName, fileSafe } from './names.js';
 import { createNetns, deleteNetns, listNetns, netnsPath, ownedByPrefix } from './netns.js';
 import { CONFLIST_FILE, TopologyNode, linkBinary, primaryConfList, writeJsonAtomic } from './node.js';
 import type { TopologyPod } from './pod.js';
-import { SupervisedProcess, isSameProcess, type SpawnOptions } from './process.js';
+import { SupervisedProcess, isSameProcess, type ProcessRecord, type SpawnOptions } from './process.js';
 import { execInNetns, ip, type RunOptions, type RunResult } from './run.js';
 import { readState, stateFilePath, writeState, type NodeState, type TopologyState } from './state.js';
 import { teardown, type TeardownReport } from './teardown.js';
@@ -158,7 +158,9 @@ export class Topology {
     const mount = await cgroup2Mount();
     const cgroups = mount === undefined ? [] : (await listTopologyCgroups(mount)).filter((d) => ownedByPrefix(d, prefix)).map((d) => topologyCgroup(mount, d));
     const netns = (await listNetns()).filter((n) => ownedByPrefix(n, prefix));
-    const report = await teardown({ netns, cgroups, ...(mount !== undefined ? { cgroupMount: mount } : {}), stateDirs }, logger);
+    const processes: ProcessRecord[] = [];
+    for (const dir of stateDirs) processes.push(...((await readState(dir).catch(() => undefined))?.processes ?? []));
+    const report = await teardown({ netns, cgroups, processes, ...(mount !== undefined ? { cgroupMount: mount } : {}), stateDirs }, logger);
     logger.info({ prefix, ...report }, 'cleanup by prefix done');
     return report;
   }
@@ -337,6 +339,7 @@ export class Topology {
       {
         netns,
         cgroups: this.#state.cgroup !== undefined ? [this.#state.cgroup] : [],
+        processes: this.#state.processes,
         ...(mount !== undefined ? { cgroupMount: mount } : {}),
         stateDirs: [this.stateDir],
       },

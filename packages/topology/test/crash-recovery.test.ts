@@ -44,13 +44,13 @@ describe('crash recovery', () => {
     await Topology.cleanupByPrefix(prefix);
   });
 
-  it('cleanupByPrefix removes the namespaces, processes, cgroups and state of a SIGKILLed owner', async () => {
+  it('cleanupByPrefix removes the namespaces, processes (in them or recorded), cgroups and state of a SIGKILLed owner', async () => {
     const name = `${prefix}-crash`;
     const { report, pid, exited } = await startChild(name, 'crash');
     process.kill(pid, 'SIGKILL');
     await exited;
     // The owner is gone; what it started is not.
-    expect(report.pids.length).toBe(3);
+    expect(report.pids.length).toBe(4);
     for (const p of report.pids) expect(running(p)).toBe(true);
     expect((await netnsOwnedBy(name)).length).toBe(3);
 
