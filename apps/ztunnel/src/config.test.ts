@@ -18,6 +18,7 @@ describe('parseConfig', () => {
       metricsAddr: '[::]:15020',
       readinessAddr: '[::]:15021',
       certTtlSeconds: 86400,
+      socks5: false,
     });
     expect(effectiveConfigLines(c).slice(0, 4)).toEqual([
       'inpod_enabled: true',
@@ -44,6 +45,7 @@ describe('parseConfig', () => {
       WEIR_CA_KEY: '/ca/k.pem',
       WEIR_ADMIN_ADDR: '127.0.0.1:0',
       WEIR_CERT_TTL: '1h',
+      WEIR_SOCKS5_ENABLED: 'true',
     });
     expect(c).toMatchObject({
       inpodUds: '/tmp/z.sock',
@@ -60,6 +62,7 @@ describe('parseConfig', () => {
       ca: { certPath: '/ca/c.pem', keyPath: '/ca/k.pem' },
       adminAddr: '127.0.0.1:0',
       certTtlSeconds: 3600,
+      socks5: true,
     });
     expect(parseConfig({ TERMINATION_GRACE_PERIOD_SECONDS: '30' }).terminationDeadlineMs).toBe(25_000);
   });

@@ -64,6 +64,7 @@ const envSchema = z.object({
   WEIR_ADMIN_ADDR: address.default('127.0.0.1:15000'),
   WEIR_METRICS_ADDR: address.optional(),
   WEIR_READINESS_ADDR: address.optional(),
+  WEIR_SOCKS5_ENABLED: bool.default(false),
 });
 
 export interface AppConfig {
@@ -84,6 +85,7 @@ export interface AppConfig {
   adminAddr: string;
   metricsAddr: string;
   readinessAddr: string;
+  socks5: boolean;
 }
 
 export class ConfigError extends Error {
@@ -132,6 +134,7 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
     adminAddr: e.WEIR_ADMIN_ADDR,
     metricsAddr: e.WEIR_METRICS_ADDR ?? `${any}:15020`,
     readinessAddr: e.WEIR_READINESS_ADDR ?? `${any}:15021`,
+    socks5: e.WEIR_SOCKS5_ENABLED,
   };
 }
 
@@ -154,6 +157,7 @@ export function effectiveConfigLines(c: AppConfig): string[] {
     ['readiness_addr', c.readinessAddr],
     ['ca', c.ca ? `${c.ca.certPath} ${c.ca.keyPath}` : 'embedded (in memory)'],
     ['workload_cert_ttl', `${c.certTtlSeconds}s`],
+    ['socks5_enabled', c.socks5],
     ['log_level', c.logLevel],
   ];
   return entries.map(([k, v]) => `${k}: ${v === null ? '~' : String(v)}`);

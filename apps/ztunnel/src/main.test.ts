@@ -18,7 +18,7 @@ describe('weir-ztunnel', () => {
     expect(err.code).toBe(2);
     expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: PACKET_MARK="x": /m);
     expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: INPOD_PORT_REUSE="sometimes": expected true or false$/m);
-  });
+  }, 30_000);
 
   it('logs JSON with LOG_FORMAT=json and exits 0 after draining on SIGTERM', async () => {
     const child = spawn(process.execPath, [main], {

@@ -44,6 +44,7 @@ async function main(): Promise<void> {
     logControl,
     onQuit: () => shutdown('quitquitquit'),
     processMetrics: true,
+    socks5: config.socks5,
   });
   let stopping = false;
   const shutdown = (signal: string): void => {

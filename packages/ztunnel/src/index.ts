@@ -24,3 +24,7 @@ export { createLogger, formatTextLine, silentLogger, LOG_LEVELS } from './logger
 export type { CreateLoggerOptions, LogControl, LogLevel, Logger } from './logger.js';
 export { ZtunnelError } from './errors.js';
 export type { ZtunnelErrorCode } from './errors.js';
+export { DnsProxy, DNS_PROXY_PORT, DnsMetrics, DnsNameTable, HostResolver, fdUdpSocketFactory, readResolvConfUpstreams, parseResolvConf } from './dns/index.js';
+export type { DnsProxyOptions, DnsUpstream, UdpSocketFactory, UdpSocketSpec, ResolvConf } from './dns/index.js';
+export { Socks5Listener, SOCKS5_PORT } from './socks5/index.js';
+export type { Socks5ListenerOptions, Socks5Target } from './socks5/index.js';

@@ -15,12 +15,14 @@ import {
 import { NetnsError, connectTcp, listenTcp, originalDst, socketLocalAddress, type Netns } from '@weir/netns';
 import { evaluatePolicies, type AuthorizationDecision, type ConnectionAttributes, type PeerIdentity } from './authorization.js';
 import { ConnectionRecord } from './connection-record.js';
+import { DnsNameTable, HostResolver } from './dns/index.js';
 import { copyBidirectional, tuneSocket } from './copy.js';
 import { ZtunnelError } from './errors.js';
 import type { IdentityManager, WorkloadCertificate } from './identity.js';
 import type { Workload } from './local-config.js';
 import type { Logger } from './logger.js';
 import type { ResponseFlag, ZtunnelMetrics } from './metrics.js';
+import { Socks5Listener } from './socks5/index.js';
 import type { WorkloadStore } from './workload-store.js';
 
 export interface ProxyPorts {
@@ -60,6 +62,8 @@ export interface InpodProxyOptions {
   logger: Logger;
   /** Outbound TCP connect timeout (ztunnel: 10 s). */
   connectTimeoutMs?: number;
+  /** SOCKS5 on 127.0.0.1:15080 into the outbound path; default off (as current ztunnel). */
+  socks5?: boolean;
 }
 
 export interface InpodProxyState {
@@ -116,6 +120,7 @@ export class InpodProxy {
   #transparent = false;
   #hboneServer: HboneServer | undefined;
   #hboneClient: HboneClient | undefined;
+  #socks5: Socks5Listener | undefined;
   #releaseCert: (() => void) | undefined;
   #stopped = false;
 
@@ -187,10 +192,31 @@ export class InpodProxy {
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
       await this.#listen(this.#ports.inboundPlaintext, (s) => this.#onInboundPlaintext(s));
       await this.#listen(this.#ports.inbound, (s) => this.#onInboundHbone(s));
+      if (this.#o.socks5) await this.#startSocks5();
     } catch (err) {
       await this.stop({ deadlineMs: 0 });
       throw err;
     }
+  }
+
+  async #startSocks5(): Promise<void> {
+    // Names resolve from the mesh state with the pod's search path (no upstream DNS here).
+    const resolver = new HostResolver({ table: new DnsNameTable(this.#o.store), namespace: this.#src().namespace });
+    this.#socks5 = new Socks5Listener({
+      netns: this.#o.netns,
+      mark: this.#o.mark,
+      reusePort: this.#o.reusePort,
+      logger: this.#log.child({ component: 'socks5' }),
+      resolve: (name) => resolver.resolve(name),
+      onConnect: (socket, target) => {
+        socket.on('error', () => {});
+        this.#track(socket);
+        tuneSocket(socket);
+        return this.#outboundTo(socket, { address: normalizeIp(target.host), port: target.port });
+      },
+    });
+    await this.#socks5.start();
+    if (this.#socks5.address) this.#listeners.push(this.#socks5.address);
   }
 
   async #listen(port: number, onConnection: (s: net.Socket) => void): Promise<void> {
@@ -273,9 +299,14 @@ export class InpodProxy {
   }
 
   async #outbound(socket: net.Socket): Promise<void> {
-    const srcAddr = hostPort(normalizeIp(socket.remoteAddress), socket.remotePort ?? 0);
     const dst = this.#destination(socket);
     if (!dst) return void socket.destroy();
+    await this.#outboundTo(socket, dst);
+  }
+
+  /** The outbound path for a known destination: HBONE to mesh workloads, passthrough otherwise. */
+  async #outboundTo(socket: net.Socket, dst: { address: string; port: number }): Promise<void> {
+    const srcAddr = hostPort(normalizeIp(socket.remoteAddress), socket.remotePort ?? 0);
     const dstAddr = hostPort(dst.address, dst.port);
     if (this.#isOwnPort(dst.port)) {
       this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': dstAddr }, 'connection failed: recursive call to ourselves');
@@ -330,7 +361,11 @@ export class InpodProxy {
         record.fail('CONNECT', 'downstream closed before the tunnel was up');
         return;
       }
-      const r = await bridge(tunnel, socket);
+      const bridged = bridge(tunnel, socket);
+      // A socket handed over paused (the SOCKS5 listener stops it after the handshake) stays paused
+      // with only 'data' listeners attached: start it explicitly, now that the bridge is listening.
+      socket.resume();
+      const r = await bridged;
       record.complete(r.tunnelToSocket, r.socketToTunnel);
       return;
     }
@@ -575,6 +610,7 @@ export class InpodProxy {
   /** Stops accepting at once; no-op when already stopped. */
   closeListeners(): void {
     for (const s of this.#servers.splice(0)) s.close();
+    void this.#socks5?.stop();
   }
 
   /**
@@ -603,6 +639,7 @@ export class InpodProxy {
       });
     }
     for (const d of [...this.#live]) d.destroy();
+    await this.#socks5?.stop();
     await serverClosed.catch(() => {});
     await clientClosed.catch(() => {});
     this.#releaseCert?.();

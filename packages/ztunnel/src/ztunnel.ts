@@ -52,6 +52,8 @@ export interface ZtunnelOptions {
   onQuit?: () => void;
   /** Also export process metrics (CPU, memory, event loop). */
   processMetrics?: boolean;
+  /** SOCKS5 on 127.0.0.1:15080 in every pod; default false (as current ztunnel). */
+  socks5?: boolean;
 }
 
 type EndpointName = 'admin' | 'metrics' | 'readiness';
@@ -92,6 +94,7 @@ export class Ztunnel {
         reusePort: o.portReuse ?? true,
         origSrc: o.origSrc ?? 'auto',
         ipv6: o.ipv6Enabled ?? true,
+        socks5: o.socks5 ?? false,
         ...(o.ports ? { ports: o.ports } : {}),
       },
       metrics: this.metrics,

@@ -70,6 +70,7 @@ export function inpodSuite(mode: InpodMode): void {
         readinessAddress: '127.0.0.1:0',
         logger: logger.child({ node: node.name }),
         proxyRetryMs: 300,
+        socks5: node.name === 'n1',
         // n2 rotates its workload certificates about every second (half-life of a very short TTL).
         ...(node.name === 'n2' ? { certTtlSeconds: 3 } : {}),
       });
@@ -203,6 +204,39 @@ export function inpodSuite(mode: InpodMode): void {
       expect(lines.join('')).toContain('connection closed: no longer authorized after a policy change');
       await writeFile(configPath, config());
       await waitFor('policy reload', async () => nodes[0]!.zt.store.config.policies.length === 0);
+    });
+
+    it('takes SOCKS5 CONNECTs on 127.0.0.1:15080 into the same outbound path (HBONE to mesh names)', async () => {
+      expect((await podListeners(a)).get(15080)).toContain(process.pid);
+      const socket = await connectTcp({ netns: nsA, family: 4, host: '127.0.0.1', port: 15080 });
+      socket.on('error', () => {});
+      const chunks: Buffer[] = [];
+      const need = (n: number): Promise<Buffer> =>
+        new Promise((resolve) => {
+          const check = (): void => {
+            const all = Buffer.concat(chunks);
+            if (all.length < n) return;
+            socket.off('data', onData);
+            chunks.length = 0;
+            if (all.length > n) chunks.push(all.subarray(n));
+            resolve(all.subarray(0, n));
+          };
+          const onData = (d: Buffer): void => {
+            chunks.push(d);
+            check();
+          };
+          socket.on('data', onData);
+          check();
+        });
+      socket.write(Buffer.from([5, 1, 0]));
+      expect([...(await need(2))]).toEqual([5, 0]);
+      const ip = c.ip.split('.').map(Number);
+      socket.write(Buffer.from([5, 1, 0, 1, ...ip, 8080 >> 8, 8080 & 255]));
+      expect((await need(10))[1]).toBe(0);
+      socket.write('via socks');
+      expect(String(await need(9))).toBe('via socks');
+      socket.destroy();
+      expect(appC.clients.at(-1)).toBe(a.ip);
     });
 
     it('passes non-mesh destinations through from inside the pod', async () => {
