@@ -119,7 +119,7 @@ export class NodeAgent {
   }
 
   /**
-   * istio-cni's order: sync the pod source, reconcile every enrolled or annotated pod (find its
+   * istio-cni's order: host probe ipset and SNAT, sync the pod source, reconcile every enrolled or annotated pod (find its
    * netns, repair its rules, register it for ztunnel's snapshot), then accept ztunnel, then serve
    * the plugin and report ready.
    */
@@ -129,12 +129,13 @@ export class NodeAgent {
     if (this.health) this.healthAddress = await this.health.start();
     this.log.info({ runDir: this.runDir }, 'node agent starting');
     await this.hints.load();
+    // Host side first: captures start as soon as the source delivers pods, and need the ipset.
+    await this.opts.rules.setupHost();
     await this.opts.source.start({
       podChanged: (pod) => this.controller.podChanged(pod, this.phase === 'starting' ? 'startup' : 'watch'),
       podDeleted: (pod) => this.controller.podDeleted(pod),
       namespaceChanged: (ns) => this.controller.namespaceChanged(ns),
     });
-    await this.opts.rules.setupHost();
     await this.controller.settled();
     const stale = await this.opts.rules.syncHostProbes(this.controller.enrolledUids());
     if (stale.length) this.log.info({ entries: stale }, 'removed probe ipset entries of pods no longer enrolled');
