@@ -1,0 +1,445 @@
+import { X509Certificate as NodeX509Certificate, randomBytes, webcrypto } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import * as grpc from '@grpc/grpc-js';
+import { create, toBinary, type MessageInitShape } from '@bufbuild/protobuf';
+import {
+  BasicConstraintsExtension,
+  ExtendedKeyUsage,
+  ExtendedKeyUsageExtension,
+  KeyUsageFlags,
+  KeyUsagesExtension,
+  Pkcs10CertificateRequest,
+  SubjectAlternativeNameExtension,
+  X509CertificateGenerator,
+  type X509Certificate,
+} from '@peculiar/x509';
+import { CREATE_CERTIFICATE_PATH } from '../ca-client/ca-client.js';
+import { EC_P256, ECDSA_SHA256, newSerial, pemBlock, x509Crypto } from '../ca-client/csr.js';
+import { ADDRESS_TYPE, AUTHORIZATION_TYPE, DELTA_ADS_PATH } from './client.js';
+import { AuthorizationSchema } from './gen/authorization_pb.js';
+import { IstioCertificateRequestSchema, IstioCertificateResponseSchema, type IstioCertificateRequest, type IstioCertificateResponse } from './gen/citadel_pb.js';
+import {
+  DeltaDiscoveryRequestSchema,
+  DeltaDiscoveryResponseSchema,
+  type DeltaDiscoveryRequest,
+  type DeltaDiscoveryResponse,
+} from './gen/envoy/service/discovery/v3/discovery_pb.js';
+import { AddressSchema, ServiceSchema, WorkloadSchema } from './gen/workload_pb.js';
+import { deserializer, serializer } from './grpc.js';
+
+// A small istiod for tests and the local sandbox: Delta ADS for workloads, services and policies,
+// and Istio's CA, on one TLS port. It speaks the same generated messages as the clients, over real
+// gRPC (grpc-js), with real certificates.
+
+export interface TestControlPlaneOptions {
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Default 0 (any free port; kept across restart()). */
+  port?: number;
+  /** Serve TLS (default true); the server certificate names localhost, 127.0.0.1 and ::1. */
+  tls?: boolean;
+  /** The bearer token clients must send; default random. null: accept any or none. */
+  token?: string | null;
+  /** Trust domain of the CA; default cluster.local. */
+  trustDomain?: string;
+  /** Overrides the lifetime clients ask for (tests of rotation use seconds). */
+  certTtlSeconds?: number;
+}
+
+/** One stream's view, for assertions. */
+export interface RecordedRequest {
+  stream: number;
+  request: DeltaDiscoveryRequest;
+  headers: Record<string, string>;
+}
+
+export interface IssuedCertificate {
+  identity: string;
+  serial: string;
+  notAfter: Date;
+  impersonated: string | undefined;
+}
+
+interface StoredResource {
+  version: string;
+  body: Uint8Array;
+}
+
+interface Stream {
+  id: number;
+  call: grpc.ServerDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+  types: Set<string>;
+  nonce: number;
+}
+
+const TYPE_URLS = [ADDRESS_TYPE, AUTHORIZATION_TYPE];
+
+/**
+ * ```ts
+ * const cp = await TestControlPlane.start();
+ * // ztunnel: XDS_ADDRESS=https://<cp.address>, XDS_ROOT_CA=<cp.rootCaPem>, token=<cp.token>
+ * cp.setWorkload({ uid: 'u1', name: 'web-0', namespace: 'default', addresses: [ipBytes('10.0.0.5')] });
+ * cp.removeWorkload('u1');
+ * cp.caAvailable = false; // CA outage
+ * await cp.stop(); await cp.restart(); // istiod going away and coming back
+ * await cp.close();
+ * ```
+ */
+export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest]; issued: [IssuedCertificate] }> {
+  readonly host: string;
+  #port: number;
+  readonly token: string | null;
+  readonly trustDomain: string;
+  /** Roots for both the gRPC server certificate (XDS_ROOT_CA / CA_ROOT_CA) and issued workload certificates. */
+  readonly rootCaPem: string;
+  readonly #tls: boolean;
+  readonly #serverKeyPem: string;
+  readonly #serverCertPem: string;
+  readonly #rootCert: X509Certificate;
+  readonly #rootKey: webcrypto.CryptoKey;
+  readonly #certTtlSeconds: number | undefined;
+  readonly #state = new Map<string, Map<string, StoredResource>>(TYPE_URLS.map((t) => [t, new Map()]));
+  readonly #streams = new Set<Stream>();
+  #server: grpc.Server | undefined;
+  #version = 0;
+  #streamIds = 0;
+  /** Every request received, oldest first. */
+  readonly requests: RecordedRequest[] = [];
+  /** Every certificate issued, oldest first. */
+  readonly issued: IssuedCertificate[] = [];
+  /** false: CreateCertificate answers UNAVAILABLE (a CA outage without an xDS outage). */
+  caAvailable = true;
+
+  private constructor(o: TestControlPlaneOptions, pki: { rootPem: string; rootCert: X509Certificate; rootKey: webcrypto.CryptoKey; serverCertPem: string; serverKeyPem: string }) {
+    super();
+    this.host = o.host ?? '127.0.0.1';
+    this.#port = o.port ?? 0;
+    this.token = o.token === undefined ? randomBytes(12).toString('hex') : o.token;
+    this.trustDomain = o.trustDomain ?? 'cluster.local';
+    this.#tls = o.tls ?? true;
+    this.#certTtlSeconds = o.certTtlSeconds;
+    this.rootCaPem = pki.rootPem;
+    this.#rootCert = pki.rootCert;
+    this.#rootKey = pki.rootKey;
+    this.#serverCertPem = pki.serverCertPem;
+    this.#serverKeyPem = pki.serverKeyPem;
+  }
+
+  static async start(o: TestControlPlaneOptions = {}): Promise<TestControlPlane> {
+    const td = o.trustDomain ?? 'cluster.local';
+    const now = Date.now();
+    const rootKeys = (await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+    const rootCert = await X509CertificateGenerator.createSelfSigned(
+      {
+        serialNumber: newSerial(),
+        name: `O=${td}, CN=Weir test control plane root`,
+        notBefore: new Date(now - 3_600_000),
+        notAfter: new Date(now + 7 * 86_400_000),
+        keys: rootKeys as never,
+        signingAlgorithm: ECDSA_SHA256,
+        extensions: [
+          new BasicConstraintsExtension(true, undefined, true),
+          new KeyUsagesExtension(KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign, true),
+        ],
+      },
+      x509Crypto,
+    );
+    const serverKeys = (await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+    const serverCert = await X509CertificateGenerator.create(
+      {
+        serialNumber: newSerial(),
+        subject: 'CN=istiod',
+        issuer: rootCert.subjectName,
+        notBefore: new Date(now - 3_600_000),
+        notAfter: new Date(now + 7 * 86_400_000),
+        publicKey: serverKeys.publicKey as never,
+        signingKey: rootKeys.privateKey as never,
+        signingAlgorithm: ECDSA_SHA256,
+        extensions: [
+          new BasicConstraintsExtension(false, undefined, true),
+          new KeyUsagesExtension(KeyUsageFlags.digitalSignature | KeyUsageFlags.keyEncipherment, true),
+          new ExtendedKeyUsageExtension([ExtendedKeyUsage.serverAuth], false),
+          new SubjectAlternativeNameExtension([
+            { type: 'dns', value: 'localhost' },
+            { type: 'dns', value: 'istiod.istio-system.svc' },
+            { type: 'ip', value: '127.0.0.1' },
+            { type: 'ip', value: '::1' },
+          ]),
+        ],
+      },
+      x509Crypto,
+    );
+    const cp = new TestControlPlane(o, {
+      rootPem: rootCert.toString('pem') + '\n',
+      rootCert,
+      rootKey: rootKeys.privateKey,
+      serverCertPem: serverCert.toString('pem') + '\n',
+      serverKeyPem: pemBlock('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', serverKeys.privateKey)),
+    });
+    await cp.restart();
+    return cp;
+  }
+
+  /** `host:port` (give clients `https://` + this when TLS is on). */
+  get address(): string {
+    return `${this.host.includes(':') ? `[${this.host}]` : this.host}:${this.#port}`;
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+
+  /** Streams currently open. */
+  get streams(): number {
+    return this.#streams.size;
+  }
+
+  // ---- xDS state ----
+
+  /** Adds or replaces a workload (resource name: its uid) and pushes it. Returns the resource name. */
+  setWorkload(w: MessageInitShape<typeof WorkloadSchema>): string {
+    const workload = create(WorkloadSchema, w);
+    const name = workload.uid || `${workload.namespace}/${workload.name}`;
+    this.#set(ADDRESS_TYPE, name, toBinary(AddressSchema, create(AddressSchema, { type: { case: 'workload', value: workload } })));
+    return name;
+  }
+
+  /** Adds or replaces a service (resource name `<namespace>/<hostname>`) and pushes it. */
+  setService(s: MessageInitShape<typeof ServiceSchema>): string {
+    const service = create(ServiceSchema, s);
+    const name = `${service.namespace}/${service.hostname}`;
+    this.#set(ADDRESS_TYPE, name, toBinary(AddressSchema, create(AddressSchema, { type: { case: 'service', value: service } })));
+    return name;
+  }
+
+  /** Adds or replaces a policy (resource name `<namespace>/<name>`) and pushes it. */
+  setPolicy(p: MessageInitShape<typeof AuthorizationSchema>): string {
+    const policy = create(AuthorizationSchema, p);
+    const name = `${policy.namespace}/${policy.name}`;
+    this.#set(AUTHORIZATION_TYPE, name, toBinary(AuthorizationSchema, policy));
+    return name;
+  }
+
+  removeWorkload(uid: string): void {
+    this.remove(ADDRESS_TYPE, uid);
+  }
+
+  removeService(name: string): void {
+    this.remove(ADDRESS_TYPE, name);
+  }
+
+  removePolicy(name: string): void {
+    this.remove(AUTHORIZATION_TYPE, name);
+  }
+
+  /** Stores raw resource bytes (possibly malformed) under a name and pushes them. */
+  setRaw(typeUrl: string, name: string, body: Uint8Array): void {
+    this.#set(typeUrl, name, body);
+  }
+
+  remove(typeUrl: string, name: string): void {
+    const held = this.#state.get(typeUrl);
+    if (!held?.delete(name)) return;
+    for (const s of this.#streams) if (s.types.has(typeUrl)) this.#send(s, typeUrl, [], [name]);
+  }
+
+  /** Name → version of what the control plane holds for a type. */
+  versions(typeUrl: string): Record<string, string> {
+    return Object.fromEntries([...(this.#state.get(typeUrl) ?? [])].map(([n, r]) => [n, r.version]));
+  }
+
+  #set(typeUrl: string, name: string, body: Uint8Array): void {
+    const held = this.#state.get(typeUrl);
+    if (!held) throw new Error(`unknown type ${typeUrl}`);
+    const r = { version: String(++this.#version), body };
+    held.set(name, r);
+    for (const s of this.#streams) if (s.types.has(typeUrl)) this.#send(s, typeUrl, [[name, r]], []);
+  }
+
+  #send(s: Stream, typeUrl: string, resources: [string, StoredResource][], removed: string[]): void {
+    const resp = create(DeltaDiscoveryResponseSchema, {
+      typeUrl,
+      nonce: `${s.id}-${++s.nonce}`,
+      systemVersionInfo: String(this.#version),
+      removedResources: removed,
+      resources: resources.map(([name, r]) => ({ name, version: r.version, resource: { typeUrl, value: r.body } })),
+    });
+    s.call.write(resp);
+  }
+
+  #authorized(md: grpc.Metadata): string | undefined {
+    if (this.token === null) return undefined;
+    const got = md.get('authorization')[0];
+    return got === `Bearer ${this.token}` ? undefined : `bad or missing bearer token (got ${got === undefined ? 'none' : JSON.stringify(String(got).slice(0, 12) + '…')})`;
+  }
+
+  #onStream(call: grpc.ServerDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>): void {
+    const denied = this.#authorized(call.metadata);
+    if (denied) {
+      call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: denied });
+      return;
+    }
+    const s: Stream = { id: ++this.#streamIds, call, types: new Set(), nonce: 0 };
+    this.#streams.add(s);
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(call.metadata.getMap())) headers[k] = String(v);
+    const done = (): void => {
+      this.#streams.delete(s);
+    };
+    call.on('end', () => {
+      done();
+      call.end();
+    });
+    call.on('error', done);
+    call.on('cancelled', done);
+    call.on('close', done);
+    call.on('data', (req: DeltaDiscoveryRequest) => {
+      const rec = { stream: s.id, request: req, headers };
+      this.requests.push(rec);
+      this.emit('request', rec);
+      if (req.responseNonce !== '') return; // an ACK or NACK: recorded, nothing to do
+      if (!this.#state.has(req.typeUrl)) {
+        this.#send(s, req.typeUrl, [], []);
+        return;
+      }
+      // A (re)subscription: send what differs from what the client says it holds.
+      s.types.add(req.typeUrl);
+      const held = this.#state.get(req.typeUrl)!;
+      const known = req.initialResourceVersions;
+      const changed = [...held].filter(([name, r]) => known[name] !== r.version);
+      const removed = Object.keys(known).filter((name) => !held.has(name));
+      this.#send(s, req.typeUrl, changed, removed);
+    });
+  }
+
+  // ---- CA ----
+
+  async #onCreateCertificate(call: grpc.ServerUnaryCall<IstioCertificateRequest, IstioCertificateResponse>): Promise<IstioCertificateResponse> {
+    const denied = this.#authorized(call.metadata);
+    if (denied) throw Object.assign(new Error(denied), { code: grpc.status.UNAUTHENTICATED, details: denied });
+    if (!this.caAvailable) throw Object.assign(new Error('CA unavailable'), { code: grpc.status.UNAVAILABLE, details: 'test CA outage' });
+    const req = call.request;
+    const invalid = (details: string): Error => Object.assign(new Error(details), { code: grpc.status.INVALID_ARGUMENT, details });
+    let csr: Pkcs10CertificateRequest;
+    try {
+      csr = new Pkcs10CertificateRequest(req.csr);
+    } catch (err) {
+      throw invalid(`CSR does not parse: ${(err as Error).message}`);
+    }
+    if (!(await csr.verify(x509Crypto))) throw invalid('CSR signature does not verify');
+    const sanExt = csr.extensions.find((e) => e.type === '2.5.29.17');
+    const san = sanExt ? new SubjectAlternativeNameExtension(sanExt.rawData) : undefined;
+    const uris = (san?.names.items ?? []).filter((n) => n.type === 'url').map((n) => n.value);
+    const impersonated = typeof req.metadata?.ImpersonatedIdentity === 'string' ? req.metadata.ImpersonatedIdentity : undefined;
+    const identity = impersonated ?? uris[0];
+    if (identity === undefined || uris.length !== 1 || uris[0] !== identity) {
+      throw invalid(`CSR SANs ${JSON.stringify(uris)} do not match the requested identity ${identity ?? '(none)'}`);
+    }
+    if (!identity.startsWith(`spiffe://${this.trustDomain}/ns/`)) throw invalid(`identity ${identity} is outside trust domain ${this.trustDomain}`);
+    const ttl = this.#certTtlSeconds ?? (Number(req.validityDuration) || 86_400);
+    const now = Date.now();
+    const leaf = await X509CertificateGenerator.create(
+      {
+        serialNumber: newSerial(),
+        subject: '',
+        issuer: this.#rootCert.subjectName,
+        notBefore: new Date(now - 1000),
+        notAfter: new Date(now + ttl * 1000),
+        publicKey: csr.publicKey as never,
+        signingKey: this.#rootKey as never,
+        signingAlgorithm: ECDSA_SHA256,
+        extensions: [
+          new BasicConstraintsExtension(false, undefined, true),
+          new KeyUsagesExtension(KeyUsageFlags.digitalSignature | KeyUsageFlags.keyEncipherment, true),
+          new ExtendedKeyUsageExtension([ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth], false),
+          new SubjectAlternativeNameExtension([{ type: 'url', value: identity }], true),
+        ],
+      },
+      x509Crypto,
+    );
+    const leafPem = leaf.toString('pem') + '\n';
+    const issued = { identity, serial: new NodeX509Certificate(leafPem).serialNumber.toLowerCase(), notAfter: leaf.notAfter, impersonated };
+    this.issued.push(issued);
+    this.emit('issued', issued);
+    return create(IstioCertificateResponseSchema, { certChain: [leafPem, this.rootCaPem] });
+  }
+
+  // ---- lifecycle ----
+
+  /** Starts serving (again) on the same port: istiod coming back. */
+  async restart(): Promise<void> {
+    if (this.#server) return;
+    const server = new grpc.Server();
+    server.addService(
+      {
+        DeltaAggregatedResources: {
+          path: DELTA_ADS_PATH,
+          requestStream: true,
+          responseStream: true,
+          requestSerialize: serializer(DeltaDiscoveryRequestSchema),
+          requestDeserialize: deserializer(DeltaDiscoveryRequestSchema),
+          responseSerialize: serializer(DeltaDiscoveryResponseSchema),
+          responseDeserialize: deserializer(DeltaDiscoveryResponseSchema),
+        },
+        CreateCertificate: {
+          path: CREATE_CERTIFICATE_PATH,
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: serializer(IstioCertificateRequestSchema),
+          requestDeserialize: deserializer(IstioCertificateRequestSchema),
+          responseSerialize: serializer(IstioCertificateResponseSchema),
+          responseDeserialize: deserializer(IstioCertificateResponseSchema),
+        },
+      },
+      {
+        DeltaAggregatedResources: (call: grpc.ServerDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>) => this.#onStream(call),
+        CreateCertificate: (
+          call: grpc.ServerUnaryCall<IstioCertificateRequest, IstioCertificateResponse>,
+          cb: grpc.sendUnaryData<IstioCertificateResponse>,
+        ) => {
+          this.#onCreateCertificate(call).then(
+            (r) => cb(null, r),
+            (err: grpc.ServiceError) => cb(err),
+          );
+        },
+      },
+    );
+    const creds = this.#tls
+      ? grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(this.#serverKeyPem), cert_chain: Buffer.from(this.#serverCertPem) }], false)
+      : grpc.ServerCredentials.createInsecure();
+    const hostPort = `${this.host.includes(':') ? `[${this.host}]` : this.host}:${this.#port}`;
+    this.#port = await new Promise<number>((resolve, reject) => server.bindAsync(hostPort, creds, (err, port) => (err ? reject(err) : resolve(port))));
+    this.#server = server;
+  }
+
+  /** Stops serving and drops every stream at once (istiod going away); state is kept for restart(). */
+  async stop(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    for (const s of this.#streams) s.call.destroy();
+    this.#streams.clear();
+    server?.forceShutdown();
+  }
+
+  async close(): Promise<void> {
+    await this.stop();
+  }
+}
+
+/** `'10.0.0.5'` / `'fd00::5'` → the raw bytes Istio's messages carry. */
+export function ipBytes(ip: string): Uint8Array {
+  if (ip.includes(':')) {
+    const [head, tail] = ip.split('::') as [string, string | undefined];
+    const h = head === '' ? [] : head.split(':');
+    const t = tail === undefined || tail === '' ? [] : tail.split(':');
+    const groups = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+    const out = new Uint8Array(16);
+    groups.forEach((g, i) => {
+      const v = parseInt(g, 16);
+      out[i * 2] = v >> 8;
+      out[i * 2 + 1] = v & 0xff;
+    });
+    return out;
+  }
+  return new Uint8Array(ip.split('.').map(Number));
+}
