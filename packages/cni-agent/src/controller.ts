@@ -64,6 +64,8 @@ interface PodRecord {
   rulesApplied: boolean;
   hostProbe: boolean;
   inZtunnel: boolean;
+  /** We set the redirection annotation (the source's copy of the pod may not show it yet). */
+  annotated: boolean;
   lastError: string | undefined;
 }
 
@@ -251,6 +253,7 @@ export class PodController {
         rulesApplied: false,
         hostProbe: false,
         inZtunnel: false,
+        annotated: false,
         lastError: undefined,
       };
       this.records.set(pod.uid, rec);
@@ -288,6 +291,7 @@ export class PodController {
       rec.rulesApplied ||
       rec.hostProbe ||
       rec.inZtunnel ||
+      rec.annotated ||
       rec.state !== 'idle' ||
       rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled'
     );
@@ -488,9 +492,10 @@ export class PodController {
       this.updateGauges();
       return;
     }
-    if (pod.annotations[REDIRECTION_ANNOTATION] !== 'enabled') {
+    if (pod.annotations[REDIRECTION_ANNOTATION] !== 'enabled' && !rec.annotated) {
       try {
         await this.opts.source.setRedirection(pod, 'enabled');
+        rec.annotated = true;
       } catch (err) {
         // Captured all the same; the annotation is only a report. Try again later.
         this.opts.metrics.failures.inc({ reason: 'annotate_failed' });
@@ -536,7 +541,10 @@ export class PodController {
       rec.inZtunnel = false;
       await this.opts.rules.removeHostProbe(pod);
       rec.hostProbe = false;
-      if (pod.annotations[REDIRECTION_ANNOTATION] !== undefined) await this.opts.source.setRedirection(pod, null);
+      if (rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] !== undefined) {
+        await this.opts.source.setRedirection(pod, null);
+        rec.annotated = false;
+      }
       this.dropNetns(rec);
       this.hints.set(rec.uid, undefined);
       rec.state = 'idle';
