@@ -1,0 +1,290 @@
+/**
+ * Drives `weirctl sandbox` the way a user does: the built CLI as a child process, one unique sandbox
+ * (`--name`, `--state-dir`) per test file so suites never collide with each other or with a user's
+ * sandbox in /var/run/weir-sandbox.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { access, constants, readFile, rename, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const WEIRCTL = join(REPO_ROOT, 'apps/weirctl/dist/main.js');
+
+/** The built artefacts the sandbox runs; a missing one is named with the command that builds it. */
+const BUILT: Array<[path: string, build: string]> = [
+  ['apps/weirctl/dist/main.js', '@weir/app-weirctl'],
+  ['apps/ztunnel/dist/main.js', '@weir/app-ztunnel'],
+  ['apps/cni-agent/dist/main.js', '@weir/app-cni-agent'],
+  ['apps/cni-plugin/dist/weir-cni', '@weir/app-cni-plugin'],
+];
+
+/** Fails (never skips) with what is missing: root, and the four built apps. */
+export async function assertSandboxPrerequisites(): Promise<void> {
+  const missing: string[] = [];
+  if (process.getuid?.() !== 0) missing.push(`root (running as uid ${process.getuid?.()}): the sandbox makes network namespaces`);
+  for (const [path, pkg] of BUILT) {
+    try {
+      await access(join(REPO_ROOT, path), constants.R_OK);
+    } catch {
+      missing.push(`${path} is not built: npm run build -w ${pkg}`);
+    }
+  }
+  if (missing.length > 0) throw new Error(`e2e prerequisites missing:\n  - ${missing.join('\n  - ')}`);
+}
+
+export interface RunResult {
+  code: number;
+  out: string;
+  err: string;
+}
+
+export interface SandboxPod {
+  name: string;
+  namespace: string;
+  node: string;
+  ip: string;
+  netns: string;
+  enrolled: boolean;
+  captured: boolean;
+}
+
+export interface SandboxNode {
+  name: string;
+  netns: string;
+  ip: string;
+  zdsSocket: string;
+  agentPid: number | null;
+  ztunnelPid: number | null;
+  notes: string[];
+}
+
+export interface SandboxStatus {
+  up: true;
+  name: string;
+  dir: string;
+  nodes: SandboxNode[];
+  pods: SandboxPod[];
+}
+
+/** A long-running command inside a pod or node (a listener); `stop` ends its whole process group. */
+export interface Background {
+  readonly pid: number;
+  output(): string;
+  waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export class Sandbox {
+  readonly name: string;
+  readonly dir: string;
+  readonly #background = new Set<Background>();
+
+  constructor(tag: string) {
+    // Netns names are <name>-<ns>-<pod>; keep the prefix short and unique per process.
+    this.name = `we${tag}${randomBytes(2).toString('hex')}-${process.pid}`;
+    this.dir = join(tmpdir(), `${this.name}-state`);
+  }
+
+  get flags(): string[] {
+    return ['--name', this.name, '--state-dir', this.dir];
+  }
+
+  /** `weirctl sandbox <sub> <flags> <args…>` (the location flags go before `--`). */
+  async weirctl(sub: string, args: readonly string[] = [], options: { timeoutMs?: number } = {}): Promise<RunResult> {
+    const split = args.indexOf('--');
+    const argv = split < 0 ? [sub, ...this.flags, ...args] : [sub, ...this.flags, ...args.slice(0, split), ...args.slice(split)];
+    return runNode([WEIRCTL, 'sandbox', ...argv], options.timeoutMs ?? 60_000);
+  }
+
+  async up(extra: readonly string[] = []): Promise<RunResult> {
+    await assertSandboxPrerequisites();
+    const result = await this.weirctl('up', extra, { timeoutMs: 240_000 });
+    if (result.code !== 0 || result.out.includes('NOT PRESENT')) {
+      throw new Error(`weirctl sandbox up ${this.flags.join(' ')} failed (exit ${result.code}):\n${result.out}${result.err}`);
+    }
+    return result;
+  }
+
+  /** Stops our listeners first, then `weirctl sandbox down`. */
+  async down(): Promise<RunResult> {
+    for (const bg of [...this.#background]) await bg.stop();
+    return this.weirctl('down', [], { timeoutMs: 120_000 });
+  }
+
+  async status(): Promise<SandboxStatus> {
+    const result = await this.weirctl('status', ['--json']);
+    if (result.code !== 0) throw new Error(`weirctl sandbox status failed (exit ${result.code}): ${result.out}${result.err}`);
+    return JSON.parse(result.out) as SandboxStatus;
+  }
+
+  async pod(name: string): Promise<SandboxPod> {
+    const pod = (await this.status()).pods.find((p) => p.name === name);
+    if (!pod) throw new Error(`sandbox ${this.name} has no pod ${name}`);
+    return pod;
+  }
+
+  async node(name: string): Promise<SandboxNode> {
+    const node = (await this.status()).nodes.find((n) => n.name === name);
+    if (!node) throw new Error(`sandbox ${this.name} has no node ${name}`);
+    return node;
+  }
+
+  /** `weirctl sandbox exec TARGET -- cmd…` */
+  exec(target: string, command: readonly string[], options: { timeoutMs?: number } = {}): Promise<RunResult> {
+    return this.weirctl('exec', [target, '--', ...command], options);
+  }
+
+  /** Like exec, but a non-zero exit is an error quoting the output. */
+  async execOk(target: string, command: readonly string[], options: { timeoutMs?: number } = {}): Promise<string> {
+    const r = await this.exec(target, command, options);
+    if (r.code !== 0) throw new Error(`exec ${target} -- ${command.join(' ')}: exit ${r.code}\n${r.out}${r.err}`);
+    return r.out;
+  }
+
+  async logs(node: string, component: 'ztunnel' | 'cni-agent'): Promise<string> {
+    const r = await this.weirctl('logs', [node, component]);
+    if (r.code !== 0) throw new Error(`weirctl sandbox logs ${node} ${component}: exit ${r.code}: ${r.err}`);
+    return r.out;
+  }
+
+  /** ztunnel's Prometheus text from the node's metrics port. */
+  metrics(node: string): Promise<string> {
+    return this.execOk(node, ['curl', '-sS', '-m', '10', 'http://127.0.0.1:15020/metrics']);
+  }
+
+  /** Start `weirctl sandbox exec TARGET -- cmd…` in the background, in its own process group. */
+  background(target: string, command: readonly string[]): Background {
+    const child = spawn(process.execPath, [WEIRCTL, 'sandbox', 'exec', ...this.flags, target, '--', ...command], {
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let text = '';
+    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (text += d.toString()));
+    const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    let running = true;
+    void exited.then(() => (running = false));
+    const set = this.#background;
+    const bg: Background = {
+      pid: child.pid ?? -1,
+      output: () => text,
+      async waitForOutput(pattern, timeoutMs = 20_000) {
+        const deadline = Date.now() + timeoutMs;
+        while (!pattern.test(text)) {
+          if (!running) throw new Error(`${target} -- ${command.join(' ')} exited before printing ${pattern}; output:\n${text}`);
+          if (Date.now() > deadline) throw new Error(`${target} -- ${command.join(' ')} did not print ${pattern} in ${timeoutMs} ms; output:\n${text}`);
+          await sleep(50);
+        }
+      },
+      async stop() {
+        set.delete(bg);
+        if (!running || child.pid === undefined) return;
+        try {
+          process.kill(-child.pid, 'SIGTERM');
+        } catch {
+          return;
+        }
+        const done = await Promise.race([exited.then(() => true), sleep(3000).then(() => false)]);
+        if (!done) {
+          try {
+            process.kill(-child.pid, 'SIGKILL');
+          } catch {
+            // Gone between the two signals.
+          }
+          await exited;
+        }
+      },
+    };
+    set.add(bg);
+    return bg;
+  }
+
+  /** A TCP listener (socat) in TARGET that answers every connection with `banner` and closes. */
+  async listener(target: string, port: number, banner: string, options: { ipv6?: boolean } = {}): Promise<Background> {
+    const address = options.ipv6 ? `TCP6-LISTEN:${port},reuseaddr,fork,ipv6only=1` : `TCP-LISTEN:${port},reuseaddr,fork`;
+    const bg = this.background(target, ['socat', '-d', '-d', address, `SYSTEM:echo ${banner}`]);
+    await bg.waitForOutput(/listening on/);
+    return bg;
+  }
+
+  /** Files the sandbox's components read (see apps/weirctl/src/sandbox/components.ts). */
+  get localXdsPath(): string {
+    return join(this.dir, 'local-xds.yaml');
+  }
+
+  get podsFilePath(): string {
+    return join(this.dir, 'pods.yaml');
+  }
+
+  /** Rewrite the ztunnels' local config (JSON is YAML), atomically as the sandbox does. */
+  async editLocalXds(edit: (config: LocalXds) => void): Promise<void> {
+    await editJson(this.localXdsPath, edit);
+  }
+
+  async editPodsFile(edit: (pods: PodsFile) => void): Promise<void> {
+    await editJson(this.podsFilePath, edit);
+  }
+}
+
+export interface LocalXds {
+  workloads: Array<Record<string, unknown>>;
+  services: unknown[];
+  policies: Array<Record<string, unknown>>;
+}
+
+export interface PodsFile {
+  namespaces: Array<{ name: string; labels: Record<string, string> }>;
+  pods: Array<{ name: string; namespace: string; labels: Record<string, string> }>;
+}
+
+async function editJson<T>(path: string, edit: (value: T) => void): Promise<void> {
+  const value = JSON.parse(await readFile(path, 'utf8')) as T;
+  edit(value);
+  const tmp = `${path}.e2e-${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  await rename(tmp, path);
+}
+
+function runNode(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`weirctl ${argv.slice(1).join(' ')} did not finish in ${timeoutMs} ms; output so far:\n${out}${err}`));
+    }, timeoutMs);
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? 128 + (signal ? 15 : 0), out, err });
+    });
+  });
+}
+
+/** Poll `check` until it returns a value (not undefined) or time runs out; the error names `what`. */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`gave up after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    }
+    await sleep(250);
+  }
+}
