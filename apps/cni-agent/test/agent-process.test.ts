@@ -54,7 +54,7 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
       ],
       env: { LOG_FORMAT: 'json', LOG_LEVEL: 'debug' },
     });
-    await until('agent ready', async () => (await node.exec('curl', ['-sf', 'http://127.0.0.1:18000/readyz'])).stdout === 'ready\n', 20_000);
+    await until('agent ready', async () => (await node.exec('curl', ['-sf', 'http://127.0.0.1:18000/readyz'])).stdout === 'ready\n', 60_000);
     return p;
   }
 

@@ -17,7 +17,7 @@ export function uniq(prefix: string): string {
   return `${prefix}${process.pid % 10000}${Math.random().toString(36).slice(2, 6)}`;
 }
 
-export async function until<T>(what: string, fn: () => T | Promise<T>, ms = 8000): Promise<NonNullable<T>> {
+export async function until<T>(what: string, fn: () => T | Promise<T>, ms = 20_000): Promise<NonNullable<T>> {
   const end = Date.now() + ms;
   let last: unknown;
   for (;;) {
