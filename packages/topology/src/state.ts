@@ -63,6 +63,24 @@ export async function writeState(state: TopologyState): Promise<void> {
   await rename(tmp, file);
 }
 
+/**
+ * Write the first state of a topology, failing with TOPOLOGY_EXISTS if a state file is already there:
+ * two creators of the same name never both proceed (and never tear down each other's namespaces).
+ */
+export async function createState(state: TopologyState): Promise<void> {
+  await mkdir(state.stateDir, { recursive: true });
+  try {
+    await writeFile(stateFilePath(state.stateDir), `${JSON.stringify(state, null, 2)}\n`, { flag: 'wx' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    throw new TopologyError(
+      'TOPOLOGY_EXISTS',
+      `topology ${state.name} already has state at ${stateFilePath(state.stateDir)}; destroy it or run Topology.cleanupByPrefix('${state.name}')`,
+      { cause: err },
+    );
+  }
+}
+
 export async function readState(stateDir: string): Promise<TopologyState> {
   const file = stateFilePath(stateDir);
   let text: string;

@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { PacketCapture, tcpdumpArgs, type CaptureOptions } from './capture.js';
@@ -14,7 +14,7 @@ import { CONFLIST_FILE, TopologyNode, linkBinary, primaryConfList, writeJsonAtom
 import type { TopologyPod } from './pod.js';
 import { SupervisedProcess, isSameProcess, type ProcessRecord, type SpawnOptions } from './process.js';
 import { execInNetns, ip, type RunOptions, type RunResult } from './run.js';
-import { readState, stateFilePath, writeState, type NodeState, type TopologyState } from './state.js';
+import { createState, readState, stateFilePath, writeState, type NodeState, type TopologyState } from './state.js';
 import { teardown, type TeardownReport } from './teardown.js';
 
 /** Where topologies keep state unless told otherwise: `<tmpdir>/weir-topology/<name>`. */
@@ -99,9 +99,6 @@ export class Topology {
     const stateDir = options.stateDir ?? join(DEFAULT_STATE_ROOT, options.name);
     const logger = (options.logger ?? silentLogger).child({ topology: options.name });
     const underlayNetns = `${options.name}-underlay`;
-    if (await exists(stateFilePath(stateDir))) {
-      throw new TopologyError('TOPOLOGY_EXISTS', `topology ${options.name} already has state at ${stateFilePath(stateDir)}; destroy it or run Topology.cleanupByPrefix('${options.name}')`);
-    }
     if ((await listNetns()).includes(underlayNetns)) {
       throw new TopologyError('TOPOLOGY_EXISTS', `netns ${underlayNetns} already exists; another topology is named ${options.name}, or run Topology.cleanupByPrefix('${options.name}')`);
     }
@@ -119,8 +116,9 @@ export class Topology {
       nodes: [],
       processes: [],
     };
-    // State first: from here on a crash is recoverable from the state file.
-    await writeState(state);
+    // State first, exclusively: from here on a crash is recoverable from the state file, and a second
+    // creator of the same name stops here.
+    await createState(state);
     const topology = new Topology(state, logger);
     try {
       if (state.cgroup !== undefined) await mkdir(state.cgroup, { recursive: true });
@@ -396,12 +394,4 @@ export class Topology {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await readFile(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 

@@ -60,3 +60,22 @@ describe('destroy during construction', () => {
     await expect(topo.addNode({ name: 'node-2' })).rejects.toMatchObject({ code: 'TOPOLOGY_DESTROYED' });
   });
 });
+
+describe('two creators of one name', () => {
+  it('exactly one wins; the loser touches nothing of the winner', async () => {
+    await requirePrerequisites();
+    const name = uniqueName('n');
+    const results = await Promise.allSettled([Topology.create({ name }), Topology.create({ name })]);
+    const won = results.filter((r): r is PromiseFulfilledResult<Topology> => r.status === 'fulfilled').map((r) => r.value);
+    const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as { code: string });
+    expect(won).toHaveLength(1);
+    expect(lost).toMatchObject([{ code: 'TOPOLOGY_EXISTS' }]);
+    const winner = won[0] as Topology;
+    try {
+      await winner.addNode({ name: 'node-1' });
+      expect(await netnsOwnedBy(name)).toEqual([`${name}-node-1`, `${name}-underlay`]);
+    } finally {
+      await winner.destroy();
+    }
+  });
+});
