@@ -1,0 +1,248 @@
+// XdsClient against a real Delta ADS server (grpc-js, TLS, bearer token): what istiod pushes shows up
+// in the WorkloadStore lookups the data path uses, and in the dump.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ADDRESS_TYPE, AUTHORIZATION_TYPE, XdsClient } from '../src/xds/client.js';
+import { Action, Scope } from '../src/xds/gen/authorization_pb.js';
+import { TunnelProtocol, WorkloadStatus } from '../src/xds/gen/workload_pb.js';
+import { WorkloadStore } from '../src/workload-store.js';
+import { evaluatePolicies } from '../src/authorization.js';
+import { TestControlPlane, ipBytes, recordingLogger, waitFor, type LogLine } from './support-control-plane.js';
+
+let cp: TestControlPlane;
+let store: WorkloadStore;
+let client: XdsClient;
+let lines: LogLine[];
+
+function startClient(extra: Partial<ConstructorParameters<typeof XdsClient>[0]> = {}): XdsClient {
+  lines = [];
+  client = new XdsClient({
+    address: `https://${cp.address}`,
+    rootCaPem: cp.rootCaPem,
+    token: () => cp.token ?? undefined,
+    store,
+    node: { podName: 'ztunnel-abc', podNamespace: 'istio-system', instanceIp: '10.1.0.9', nodeName: 'node-a', clusterId: 'c1', metadata: { EXTRA: 'x' } },
+    logger: recordingLogger(lines),
+    ...extra,
+  });
+  client.start();
+  return client;
+}
+
+const web = (ip: string, extra: object = {}) => ({
+  uid: 'cluster1//Pod/default/web-0',
+  name: 'web-0',
+  namespace: 'default',
+  serviceAccount: 'web',
+  trustDomain: 'cluster.local',
+  addresses: [ipBytes(ip)],
+  tunnelProtocol: TunnelProtocol.HBONE,
+  node: 'node-a',
+  services: { 'default/web.default.svc.cluster.local': { ports: [{ servicePort: 80, targetPort: 8080 }] } },
+  ...extra,
+});
+
+beforeEach(async () => {
+  cp = await TestControlPlane.start();
+  store = new WorkloadStore();
+});
+
+afterEach(async () => {
+  await client?.close();
+  await cp.close();
+});
+
+describe('XdsClient', () => {
+  it('subscribes with ztunnel node metadata and credentials, is ready after both types, applies pushes', async () => {
+    cp.setWorkload(web('10.0.0.5'));
+    cp.setService({
+      name: 'web',
+      namespace: 'default',
+      hostname: 'web.default.svc.cluster.local',
+      addresses: [{ network: '', address: ipBytes('10.96.0.10') }],
+      ports: [{ servicePort: 80, targetPort: 8080 }],
+    });
+    startClient();
+    expect(client.isReady).toBe(false);
+    expect(client.pending()).toEqual(['xds istio.workload.Address', 'xds istio.security.Authorization']);
+    await client.ready();
+    expect(client.pending()).toEqual([]);
+
+    const initial = cp.requests.filter((r) => r.request.responseNonce === '');
+    expect(initial.map((r) => r.request.typeUrl).sort()).toEqual([AUTHORIZATION_TYPE, ADDRESS_TYPE].sort());
+    const first = initial[0]!;
+    expect(first.headers.authorization).toBe(`Bearer ${cp.token}`);
+    expect(first.headers.clusterid).toBe('c1');
+    expect(first.request.node?.id).toBe('ztunnel~10.1.0.9~ztunnel-abc.istio-system~istio-system.svc.cluster.local');
+    expect(first.request.node?.metadata).toEqual({
+      NAME: 'ztunnel-abc',
+      NAMESPACE: 'istio-system',
+      INSTANCE_IPS: '10.1.0.9',
+      NODE_NAME: 'node-a',
+      CLUSTER_ID: 'c1',
+      EXTRA: 'x',
+    });
+    expect(first.request.initialResourceVersions).toEqual({});
+
+    // Routing sees them: by pod IP, by service VIP (target port mapped), identity.
+    const w = store.workloadByIp('10.0.0.5')!;
+    expect(w).toMatchObject({ uid: 'cluster1//Pod/default/web-0', name: 'web-0', protocol: 'HBONE', serviceAccount: 'web' });
+    expect(store.identityOf(w)).toBe('spiffe://cluster.local/ns/default/sa/web');
+    expect(store.resolve('10.96.0.10', 80)).toMatchObject({ address: '10.0.0.5', port: 8080, service: { hostname: 'web.default.svc.cluster.local' } });
+
+    // A policy pushed later: applied within 1 s and enforced by the same evaluation the YAML feeds.
+    const t0 = Date.now();
+    cp.setPolicy({
+      name: 'deny-evil',
+      namespace: 'default',
+      scope: Scope.NAMESPACE,
+      action: Action.DENY,
+      rules: [{ clauses: [{ matches: [{ namespaces: [{ matchType: { case: 'exact', value: 'evil' } }] }] }] }],
+    });
+    await waitFor('policy in store', () => store.config.policies.length === 1);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    const [p] = store.policiesFor(w);
+    expect(p).toMatchObject({ name: 'deny-evil', action: 'Deny', scope: 'Namespace' });
+    const deny = evaluatePolicies(store.policiesFor(w), {
+      sourceIdentity: { namespace: 'evil', serviceAccount: 'x', trustDomain: 'cluster.local' },
+      sourceIp: '10.0.0.7',
+      destinationIp: '10.0.0.5',
+      destinationPort: 8080,
+    });
+    expect(deny.allowed).toBe(false);
+
+    // The dump names each resource with its version and the last ACK per type.
+    const dump = client.dump();
+    expect(dump.ready).toBe(true);
+    expect(dump.connected).toBe(true);
+    const addr = dump.types.find((t) => t.typeUrl === ADDRESS_TYPE)!;
+    expect(addr.resources).toEqual(
+      Object.entries(cp.versions(ADDRESS_TYPE))
+        .map(([name, version]) => ({ name, version }))
+        .sort((a, b) => a.name.localeCompare(b.name)),
+    );
+    expect(addr.lastAck?.nonce).toBeTruthy();
+    expect(addr.lastNack).toBeNull();
+    const authz = dump.types.find((t) => t.typeUrl === AUTHORIZATION_TYPE)!;
+    expect(authz.resources).toEqual([{ name: 'default/deny-evil', version: cp.versions(AUTHORIZATION_TYPE)['default/deny-evil'] }]);
+    // Every response was ACKed with its nonce.
+    await waitFor('ack of the policy push', () => cp.requests.some((r) => r.request.responseNonce === authz.lastAck?.nonce && !r.request.errorDetail));
+  });
+
+  it('applies updates and removals within 1 s', async () => {
+    cp.setWorkload(web('10.0.0.5'));
+    const svc = cp.setService({
+      name: 'web',
+      namespace: 'default',
+      hostname: 'web.default.svc.cluster.local',
+      addresses: [{ network: 'net1', address: ipBytes('fd00::10') }],
+      ports: [{ servicePort: 80, targetPort: 8080 }],
+    });
+    cp.setPolicy({ name: 'p', namespace: 'default', scope: Scope.GLOBAL, action: Action.ALLOW, rules: [] });
+    startClient();
+    await client.ready();
+    expect(store.serviceByVip('fd00::10')?.vips).toEqual(['net1/fd00::10']);
+
+    let t0 = Date.now();
+    cp.setWorkload(web('10.0.0.6', { status: WorkloadStatus.UNHEALTHY }));
+    await waitFor('moved workload', () => store.workloadByIp('10.0.0.6'));
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(store.workloadByIp('10.0.0.5')).toBeUndefined();
+    expect(store.workloadByIp('10.0.0.6')?.status).toBe('Unhealthy');
+    expect(store.resolve('fd00::10', 80)).toBeUndefined(); // no healthy endpoint
+
+    t0 = Date.now();
+    cp.removeWorkload('cluster1//Pod/default/web-0');
+    cp.removeService(svc);
+    cp.removePolicy('default/p');
+    await waitFor('removals', () => store.config.workloads.length + store.config.services.length + store.config.policies.length === 0);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(store.workloadByUid('cluster1//Pod/default/web-0')).toBeUndefined();
+    expect(store.serviceByVip('fd00::10')).toBeUndefined();
+    expect(client.dump().types.every((t) => t.resources.length === 0)).toBe(true);
+  });
+
+  it('NACKs a bad resource with the reason and keeps the previous state', async () => {
+    cp.setWorkload(web('10.0.0.5'));
+    startClient();
+    await client.ready();
+    const before = store.config;
+    const goodVersion = cp.versions(ADDRESS_TYPE)['cluster1//Pod/default/web-0'];
+
+    // A 5-byte address, and a policy whose match names no match type.
+    cp.setWorkload(web('10.0.0.5', { addresses: [new Uint8Array([10, 0, 0, 5, 1])] }));
+    const nack = await waitFor('NACK', () => cp.requests.find((r) => r.request.errorDetail !== undefined));
+    expect(nack.request.typeUrl).toBe(ADDRESS_TYPE);
+    expect(nack.request.errorDetail?.message).toMatch(/workload cluster1\/\/Pod\/default\/web-0.*addresses\[0\].*5 bytes is not an IPv4/);
+    expect(nack.request.errorDetail?.code).toBe(3);
+    cp.setPolicy({ name: 'bad', namespace: 'default', rules: [{ clauses: [{ matches: [{ namespaces: [{}] }] }] }] });
+    const nack2 = await waitFor('policy NACK', () => cp.requests.find((r) => r.request.typeUrl === AUTHORIZATION_TYPE && r.request.errorDetail));
+    expect(nack2.request.errorDetail?.message).toMatch(/authorization default\/bad.*no exact, prefix, suffix or presence/);
+    cp.setRaw(AUTHORIZATION_TYPE, 'default/garbage', new Uint8Array([0xff, 0xff, 0xff]));
+    await waitFor('decode NACK', () => cp.requests.find((r) => /decode/.test(r.request.errorDetail?.message ?? '')));
+
+    // Nothing changed: same state object, same versions held.
+    expect(store.config).toBe(before);
+    expect(store.workloadByIp('10.0.0.5')?.name).toBe('web-0');
+    const dump = client.dump().types.find((t) => t.typeUrl === ADDRESS_TYPE)!;
+    expect(dump.resources).toEqual([{ name: 'cluster1//Pod/default/web-0', version: goodVersion }]);
+    expect(dump.lastNack?.error).toMatch(/5 bytes/);
+    expect(lines.some((l) => l.level === 'error' && l.obj.type === 'NACK')).toBe(true);
+
+    // A later good push is accepted again.
+    cp.setWorkload(web('10.0.0.8'));
+    await waitFor('recovered', () => store.workloadByIp('10.0.0.8'));
+  });
+
+  it('keeps its state while istiod is away and resumes with the right initial versions', async () => {
+    cp.setWorkload(web('10.0.0.5'));
+    cp.setWorkload({ uid: 'u-db', name: 'db-0', namespace: 'data', addresses: [ipBytes('10.0.0.20')] });
+    cp.setPolicy({ name: 'p', namespace: 'default', action: Action.ALLOW, rules: [] });
+    startClient();
+    await client.ready();
+    const held = { address: cp.versions(ADDRESS_TYPE), authz: cp.versions(AUTHORIZATION_TYPE) };
+
+    await cp.stop();
+    await waitFor('disconnect seen', () => !client.dump().connected);
+    // While away, nothing is lost from routing.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(store.workloadByIp('10.0.0.5')?.name).toBe('web-0');
+    expect(store.workloadByIp('10.0.0.20')?.name).toBe('db-0');
+    expect(client.isReady).toBe(true);
+
+    // The world moves on while the stream is down: db removed, a new workload, web unchanged.
+    cp.removeWorkload('u-db');
+    cp.setWorkload({ uid: 'u-new', name: 'new-0', namespace: 'default', addresses: [ipBytes('10.0.0.30')] });
+    const before = cp.requests.length;
+    await cp.restart();
+    await waitFor('resubscribed and applied', () => store.workloadByIp('10.0.0.30'), 5000);
+    expect(store.workloadByIp('10.0.0.20')).toBeUndefined();
+    expect(store.workloadByIp('10.0.0.5')?.name).toBe('web-0');
+
+    const again = cp.requests.slice(before).filter((r) => r.request.responseNonce === '');
+    const addrReq = again.find((r) => r.request.typeUrl === ADDRESS_TYPE)!;
+    const authzReq = again.find((r) => r.request.typeUrl === AUTHORIZATION_TYPE)!;
+    expect(addrReq.request.initialResourceVersions).toEqual(held.address);
+    expect(authzReq.request.initialResourceVersions).toEqual(held.authz);
+    expect(client.dump().connections).toBeGreaterThanOrEqual(2);
+    expect(lines.some((l) => l.level === 'warn' && l.msg === 'XDS client connection error, retrying')).toBe(true);
+  });
+
+  it('is never ready with a bad token, and says why', async () => {
+    startClient({ token: () => 'wrong', backoff: { initialMs: 10, maxMs: 50 } });
+    await waitFor('a refused connection', () => lines.find((l) => /UNAUTHENTICATED/.test(String(l.obj.error))), 3000);
+    expect(client.isReady).toBe(false);
+    expect(client.dump().lastError).toMatch(/UNAUTHENTICATED: bad or missing bearer token/);
+  });
+
+  it('refuses a server whose certificate does not chain to XDS_ROOT_CA', async () => {
+    const other = await TestControlPlane.start();
+    try {
+      startClient({ rootCaPem: other.rootCaPem, backoff: { initialMs: 10, maxMs: 50 } });
+      await waitFor('TLS failure', () => client.dump().lastError, 3000);
+      expect(client.isReady).toBe(false);
+      expect(cp.requests).toHaveLength(0);
+    } finally {
+      await other.close();
+    }
+  });
+});
