@@ -154,7 +154,12 @@ export class IdentityManager {
   #schedule(e: Entry, cert: WorkloadCertificate, delayMs?: number): void {
     clearTimeout(e.timer);
     const half = cert.notBefore.getTime() + (cert.notAfter.getTime() - cert.notBefore.getTime()) / 2;
-    e.timer = setTimeout(() => void this.#rotate(e), delayMs ?? Math.max(1000, half - Date.now()));
+    // setTimeout fires at once beyond 2^31-1 ms (~24.8 days): cap long TTLs' timers, re-check on wake.
+    const delay = Math.min(delayMs ?? Math.max(1000, half - Date.now()), 0x7fffffff);
+    e.timer = setTimeout(() => {
+      if (delayMs === undefined && Date.now() < half - 1000) return this.#schedule(e, cert);
+      void this.#rotate(e);
+    }, delay);
     e.timer.unref();
   }
 
