@@ -235,6 +235,16 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('after a restart, a pod still annotated but no longer enrolled is released', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    c.podChanged(pod('left', { labels: { 'istio.io/dataplane-mode': 'none' }, annotations: { 'ambient.istio.io/redirection': 'enabled' } }), 'startup');
+    await until(() => p.annotations.get('uid-left') === null);
+    expect(p.calls).toEqual(['remove left', 'zds del uid-left', 'probe- left']);
+    expect(c.status()[0]?.state).toBe('idle');
+    await c.stop();
+  });
+
   it('bounds concurrent captures and captures every pod of a burst', async () => {
     const p = new Ports();
     const c = controller(p);
