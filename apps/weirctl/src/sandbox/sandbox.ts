@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Topology, checkPrerequisites, execInNetns, formatMissing, httpEcho, listNetns, ownedByPrefix, type TeardownReport, type TopologyPod } from '@weir/topology';
 import { locateComponents, publishWorkloads, sandboxFiles, startNodeComponents } from './components.js';
 import { defaultSpec, isEnrolled, type PodSpec } from './spec.js';
-import { readSandboxState, stateFile, writeSandboxState, type ComponentInfo, type ComponentName, type SandboxState } from './state.js';
+import { createSandboxState, readSandboxState, stateFile, writeSandboxState, type ComponentInfo, type ComponentName, type SandboxState } from './state.js';
 
 export const DEFAULT_SANDBOX_DIR = '/var/run/weir-sandbox';
 /** Prefix of every netns of the sandbox (`weir-sbx-node-1`, `weir-sbx-demo-sleep`, …). */
@@ -32,6 +32,7 @@ export interface UpOptions {
 export async function sandboxUp(where: SandboxLocation, options: UpOptions, say: (line: string) => void): Promise<{ state: SandboxState; ips: Record<string, string> }> {
   const missing = await checkPrerequisites();
   if (missing.length > 0) throw new SandboxError(formatMissing(missing));
+  // The common case, with the clearest message; the exclusive create below settles races.
   if ((await readSandboxState(where.dir).catch(() => 'corrupt')) !== undefined) {
     throw new SandboxError(`a sandbox is already up (${stateFile(where.dir)}); run weirctl sandbox down first`);
   }
@@ -53,8 +54,11 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
     pods: spec.pods,
     nodes: [],
   };
-  // Written first: from here on `down` can remove whatever a failure or crash leaves.
-  await writeSandboxState(where.dir, state);
+  // Written first and exclusively: from here on `down` can remove whatever a failure or crash leaves, and
+  // a concurrent `up` stops before touching anything.
+  if (!(await createSandboxState(where.dir, state))) {
+    throw new SandboxError(`a sandbox is already up (${stateFile(where.dir)}); run weirctl sandbox down first`);
+  }
   await publishWorkloads(files, spec.namespaces, []);
   let topology: Topology | undefined;
   try {

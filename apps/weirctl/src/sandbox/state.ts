@@ -75,6 +75,18 @@ export async function readSandboxState(dir: string): Promise<SandboxState | unde
   return parsed.data;
 }
 
+/** The first write, exclusive: false when a state file exists (another `up` got there first). */
+export async function createSandboxState(dir: string, state: SandboxState): Promise<boolean> {
+  await mkdir(dir, { recursive: true });
+  try {
+    await writeFile(stateFile(dir), `${JSON.stringify(state, null, 2)}\n`, { flag: 'wx' });
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+}
+
 export async function writeSandboxState(dir: string, state: SandboxState): Promise<void> {
   await mkdir(dir, { recursive: true });
   const tmp = `${stateFile(dir)}.${process.pid}.tmp`;
