@@ -35,5 +35,5 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "weir.excludedNamespaces" -}}
-{{- .Values.excludedNamespaces | concat (list .Release.Namespace) | uniq | join "," -}}
+{{- concat .Values.excludedNamespaces (list .Release.Namespace) | uniq | join "," -}}
 {{- end -}}
