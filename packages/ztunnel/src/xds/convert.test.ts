@@ -1,0 +1,174 @@
+import { create } from '@bufbuild/protobuf';
+import { describe, expect, it } from 'vitest';
+import { parseLocalConfig } from '../local-config.js';
+import { ipFromBytes, policyFromXds, serviceFromXds, workloadFromXds } from './convert.js';
+import { Action, AuthorizationSchema, Scope } from './gen/authorization_pb.js';
+import { IPFamilies, ServiceSchema, TunnelProtocol, WorkloadSchema, WorkloadStatus, WorkloadType } from './gen/workload_pb.js';
+import { ipBytes } from './test-control-plane.js';
+
+describe('ipFromBytes', () => {
+  it('formats IPv4 and RFC 5952 IPv6, rejects other lengths', () => {
+    expect(ipFromBytes(ipBytes('10.1.2.3'), 'x')).toBe('10.1.2.3');
+    expect(ipFromBytes(ipBytes('fd00::5'), 'x')).toBe('fd00::5');
+    expect(ipFromBytes(ipBytes('::'), 'x')).toBe('::');
+    expect(ipFromBytes(ipBytes('2001:db8:0:1:0:0:0:1'), 'x')).toBe('2001:db8:0:1::1');
+    expect(ipFromBytes(ipBytes('2001:db8:1:2:3:4:5:6'), 'x')).toBe('2001:db8:1:2:3:4:5:6');
+    expect(() => ipFromBytes(new Uint8Array(5), 'workload w.addresses[0]')).toThrow(
+      'workload w.addresses[0]: 5 bytes is not an IPv4 (4) or IPv6 (16) address',
+    );
+  });
+});
+
+// One model, two sources: the same workload written as ztunnel's local YAML and pushed over xDS
+// must come out as equal objects.
+describe('xDS resources become the local-config model', () => {
+  it('a workload equals its YAML twin', () => {
+    const fromXds = workloadFromXds(
+      'Kubernetes//Pod/default/web-0',
+      create(WorkloadSchema, {
+        uid: 'Kubernetes//Pod/default/web-0',
+        name: 'web-0',
+        namespace: 'default',
+        serviceAccount: 'web',
+        trustDomain: 'cluster.local',
+        addresses: [ipBytes('10.0.0.5'), ipBytes('fd00::5')],
+        tunnelProtocol: TunnelProtocol.HBONE,
+        node: 'node-a',
+        network: 'net1',
+        clusterId: 'Kubernetes',
+        services: {
+          'default/web.default.svc.cluster.local': { ports: [{ servicePort: 80, targetPort: 8080 }, { servicePort: 81, targetPort: 0 }] },
+        },
+        authorizationPolicies: ['default/allow'],
+        status: WorkloadStatus.UNHEALTHY,
+        locality: { region: 'r', zone: 'z' },
+        canonicalName: 'web',
+        canonicalRevision: 'v1',
+        workloadName: 'web',
+        workloadType: WorkloadType.DEPLOYMENT,
+        waypoint: { destination: { case: 'hostname', value: { namespace: 'default', hostname: 'wp.default.svc' } }, hboneMtlsPort: 15008 },
+      }),
+    );
+    const yaml = `
+workloads:
+  - uid: Kubernetes//Pod/default/web-0
+    name: web-0
+    namespace: default
+    serviceAccount: web
+    trustDomain: cluster.local
+    workloadIps: [10.0.0.5, "fd00::5"]
+    protocol: HBONE
+    node: node-a
+    network: net1
+    clusterId: Kubernetes
+    services: {"default/web.default.svc.cluster.local": {80: 8080}}
+    authorizationPolicies: [default/allow]
+    status: Unhealthy
+    locality: {region: r, zone: z}
+    canonicalName: web
+    canonicalRevision: v1
+    workloadName: web
+    workloadType: deployment
+    waypoint: {destination: {hostname: {namespace: default, hostname: wp.default.svc}}, hboneMtlsPort: 15008}
+`;
+    expect(fromXds).toEqual(parseLocalConfig(yaml).workloads[0]);
+  });
+
+  it('fills the same defaults as YAML for a sparse workload; uid falls back to the resource name', () => {
+    const w = workloadFromXds('res-1', create(WorkloadSchema, { name: 'a', namespace: 'b', addresses: [ipBytes('10.0.0.1')] }));
+    // On the wire an unset workload_type is DEPLOYMENT (enum value 0), where the YAML default is pod.
+    expect(w).toEqual(parseLocalConfig('workloads: [{uid: res-1, name: a, namespace: b, workloadIps: [10.0.0.1], workloadType: deployment}]').workloads[0]);
+    expect(w.serviceAccount).toBe('default');
+    expect(w.protocol).toBe('TCP');
+  });
+
+  it('a service equals its YAML twin (target port 0 → the service port)', () => {
+    const s = serviceFromXds(
+      'default/web.default.svc.cluster.local',
+      create(ServiceSchema, {
+        name: 'web',
+        namespace: 'default',
+        hostname: 'web.default.svc.cluster.local',
+        addresses: [{ network: '', address: ipBytes('10.96.0.1') }, { network: 'n2', address: ipBytes('fd00::1') }],
+        ports: [{ servicePort: 80, targetPort: 8080 }, { servicePort: 9090 }],
+        subjectAltNames: ['spiffe://cluster.local/ns/default/sa/web'],
+        canonical: true,
+        ipFamilies: IPFamilies.DUAL,
+      }),
+    );
+    const yaml = `
+services:
+  - name: web
+    namespace: default
+    hostname: web.default.svc.cluster.local
+    vips: [/10.96.0.1, "n2/fd00::1"]
+    ports: {80: 8080, 9090: 9090}
+    subjectAltNames: [spiffe://cluster.local/ns/default/sa/web]
+    canonical: true
+    ipFamilies: Dual
+`;
+    expect(s).toEqual(parseLocalConfig(yaml).services[0]);
+  });
+
+  it('a policy equals its YAML twin', () => {
+    const p = policyFromXds(
+      'default/deny',
+      create(AuthorizationSchema, {
+        name: 'deny',
+        namespace: 'default',
+        scope: Scope.WORKLOAD_SELECTOR,
+        action: Action.DENY,
+        dryRun: true,
+        rules: [
+          {
+            clauses: [
+              {
+                matches: [
+                  {
+                    namespaces: [{ matchType: { case: 'prefix', value: 'kube-' } }, { matchType: { case: 'presence', value: {} } }],
+                    notPrincipals: [{ matchType: { case: 'exact', value: 'cluster.local/ns/a/sa/b' } }],
+                    serviceAccounts: [{ namespace: 'ns', serviceAccount: 'sa' }],
+                    sourceIps: [{ address: ipBytes('10.0.0.0'), length: 8 }],
+                    notDestinationIps: [{ address: ipBytes('fd00::'), length: 64 }],
+                    destinationPorts: [8080],
+                  },
+                ],
+              },
+            ],
+          },
+        ],
+      }),
+    );
+    const yaml = `
+policies:
+  - name: deny
+    namespace: default
+    scope: WorkloadSelector
+    action: Deny
+    dryRun: true
+    rules:
+      - - - namespaces: [{prefix: kube-}, {presence: {}}]
+            notPrincipals: [{exact: cluster.local/ns/a/sa/b}]
+            serviceAccounts: [{namespace: ns, serviceAccount: sa}]
+            sourceIps: [10.0.0.0/8]
+            notDestinationIps: ["fd00::/64"]
+            destinationPorts: [8080]
+`;
+    expect(p).toEqual(parseLocalConfig(yaml).policies[0]);
+  });
+
+  it('names the resource and the field when a resource is bad', () => {
+    expect(() => workloadFromXds('w1', create(WorkloadSchema, { name: 'a', namespace: 'b' }))).toThrow(/workload w1: workloadIps/);
+    expect(() => workloadFromXds('w2', create(WorkloadSchema, { name: '', namespace: 'b', addresses: [ipBytes('10.0.0.1')] }))).toThrow(/workload w2: name/);
+    expect(() => workloadFromXds('w3', create(WorkloadSchema, { name: 'a', namespace: 'b', addresses: [ipBytes('10.0.0.1')], workloadType: 9 }))).toThrow(
+      'workload w3: unknown workload type 9',
+    );
+    expect(() =>
+      policyFromXds('p/x', create(AuthorizationSchema, { name: 'x', rules: [{ clauses: [{ matches: [{ destinationPorts: [0] }] }] }] })),
+    ).toThrow(/authorization p\/x: rules\[0\]\[0\]\[0\]\.destinationPorts\[0\]/);
+    expect(() => policyFromXds('p/y', create(AuthorizationSchema, { name: 'y', action: 7 }))).toThrow('authorization p/y: unknown action 7');
+    expect(() => serviceFromXds('s', create(ServiceSchema, { name: 's', namespace: 'n', hostname: 'h', addresses: [{ address: new Uint8Array(3) }] }))).toThrow(
+      /service s\.addresses\[0\]: 3 bytes/,
+    );
+  });
+});
