@@ -1,4 +1,4 @@
-// TCP sockets created inside a network namespace, and SO_ORIGINAL_DST.
+// TCP and UDP sockets created inside a network namespace, and SO_ORIGINAL_DST.
 //
 // The one rule of this file: setns into the target, create and configure the socket, setns back,
 // all inside one native call on the calling thread. A socket keeps the namespace it was created in,
@@ -37,6 +37,7 @@ namespace {
 
 struct SockSpec {
   int family = 4;
+  bool udp = false;
   bool hasMark = false;
   uint32_t mark = 0;
   bool transparent = false;
@@ -98,7 +99,8 @@ Napi::Object AddrToJs(Napi::Env env, const sockaddr_storage& ss) {
 Outcome MakeSocket(const SockSpec& s) {
   Outcome o;
   bool v6 = s.family == 6;
-  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  int fd = socket(v6 ? AF_INET6 : AF_INET, (s.udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  s.udp ? IPPROTO_UDP : IPPROTO_TCP);
   if (fd < 0) return {-1, errno, "socket"};
   int one = 1;
   auto fail = [&](const char* call) {
@@ -147,14 +149,16 @@ std::string StrOpt(Napi::Object o, const char* key) {
 
 }  // namespace
 
-// createTcp(netnsFd, spec) -> fd. spec is validated by TypeScript; here only shapes are checked.
-static Napi::Value CreateTcp(const Napi::CallbackInfo& info) {
+// createTcp(netnsFd, spec) / createUdp(netnsFd, spec) -> fd. spec is validated by TypeScript; here
+// only shapes are checked. UDP sockets are never listened on or connected.
+static Napi::Value CreateSocket(const Napi::CallbackInfo& info, bool udp) {
   Napi::Env env = info.Env();
   int nsFd = IntArg(info, 0, "netns fd");
   if (info.Length() < 2 || !info[1].IsObject()) throw Napi::TypeError::New(env, "spec must be an object");
   Napi::Object o = info[1].As<Napi::Object>();
 
   SockSpec s;
+  s.udp = udp;
   s.family = o.Get("family").ToNumber().Int32Value() == 6 ? 6 : 4;
   if (o.Get("mark").IsNumber()) {
     s.hasMark = true;
@@ -172,10 +176,10 @@ static Napi::Value CreateTcp(const Napi::CallbackInfo& info) {
     if (!ParseAddr(s.family, bindAddress, port, &s.bindAddr, &s.bindLen))
       throw Napi::TypeError::New(env, "bad bind address " + bindAddress);
   }
-  s.listen = o.Get("listen").ToBoolean();
+  s.listen = !udp && o.Get("listen").ToBoolean();
   if (o.Get("backlog").IsNumber()) s.backlog = o.Get("backlog").ToNumber().Int32Value();
   std::string connectAddress = StrOpt(o, "connectAddress");
-  if (!connectAddress.empty()) {
+  if (!udp && !connectAddress.empty()) {
     s.connect = true;
     int port = o.Get("connectPort").ToNumber().Int32Value();
     if (!ParseAddr(s.family, connectAddress, port, &s.connectAddr, &s.connectLen))
@@ -203,6 +207,9 @@ static Napi::Value CreateTcp(const Napi::CallbackInfo& info) {
   if (out.fd < 0) throw SysError(env, out.syscall, out.err);
   return Napi::Number::New(env, out.fd);
 }
+
+static Napi::Value CreateTcp(const Napi::CallbackInfo& info) { return CreateSocket(info, false); }
+static Napi::Value CreateUdp(const Napi::CallbackInfo& info) { return CreateSocket(info, true); }
 
 // socketNetns(fd) -> nsfs fd of the namespace the socket lives in (SIOCGSKNS). The caller closes it.
 static Napi::Value SocketNetns(const Napi::CallbackInfo& info) {
@@ -260,6 +267,7 @@ static Napi::Value OriginalDst(const Napi::CallbackInfo& info) {
 
 void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("createTcp", Napi::Function::New(env, CreateTcp, "createTcp"));
+  exports.Set("createUdp", Napi::Function::New(env, CreateUdp, "createUdp"));
   exports.Set("socketNetns", Napi::Function::New(env, SocketNetns, "socketNetns"));
   exports.Set("socketError", Napi::Function::New(env, SocketError, "socketError"));
   exports.Set("localAddress", Napi::Function::New(env, LocalAddress, "localAddress"));

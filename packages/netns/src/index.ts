@@ -11,4 +11,6 @@ export {
   socketLocalAddress,
 } from './tcp.js';
 export type { TcpListenerOptions, TcpSocketOptions, ConnectTcpOptions, SocketAddress } from './tcp.js';
+export { createUdpSocket, bindUdp } from './udp.js';
+export type { UdpSocketOptions } from './udp.js';
 export { SeqpacketServer, SeqpacketSocket, listenSeqpacket, connectSeqpacket } from './seqpacket.js';

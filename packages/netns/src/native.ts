@@ -48,6 +48,8 @@ export interface NativeAddon {
   closeFd(fd: number): void;
   nsInfo(fd: number): NativeNsInfo;
   createTcp(netnsFd: number, spec: NativeTcpSpec): number;
+  /** Same spec; `listen`/`connect*` are ignored for UDP. */
+  createUdp(netnsFd: number, spec: NativeTcpSpec): number;
   socketNetns(fd: number): number;
   socketError(fd: number): number;
   localAddress(fd: number): NativeAddress;

@@ -57,23 +57,23 @@ export interface SocketAddress {
   family: 4 | 6;
 }
 
-function invalid(message: string): NetnsError {
+export function invalid(message: string): NetnsError {
   return new NetnsError('ERR_NETNS_INVALID_ARGUMENT', message);
 }
 
-function checkNetns(netns: unknown): Netns {
+export function checkNetns(netns: unknown): Netns {
   if (!(netns instanceof Netns)) throw invalid(`netns must be a Netns (from openNetns/adoptNetnsFd/currentNetns), got ${String(netns)}`);
   return netns;
 }
 
-function checkPort(port: unknown, what: string): number {
+export function checkPort(port: unknown, what: string): number {
   if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
     throw invalid(`${what} must be an integer 0..65535, got ${String(port)}`);
   }
   return port;
 }
 
-function checkMark(mark: unknown): number | undefined {
+export function checkMark(mark: unknown): number | undefined {
   if (mark === undefined) return undefined;
   if (typeof mark !== 'number' || !Number.isInteger(mark) || mark < 0 || mark > 0xffffffff) {
     throw invalid(`mark must be an integer 0..0xffffffff, got ${String(mark)}`);
@@ -81,7 +81,7 @@ function checkMark(mark: unknown): number | undefined {
   return mark;
 }
 
-function ipFamily(address: unknown, what: string): 4 | 6 {
+export function ipFamily(address: unknown, what: string): 4 | 6 {
   const family = typeof address === 'string' ? net.isIP(address) : 0;
   if (family !== 4 && family !== 6) throw invalid(`${what} must be an IPv4 or IPv6 literal, got ${JSON.stringify(address)}`);
   return family;
@@ -91,12 +91,12 @@ function ipFamily(address: unknown, what: string): 4 | 6 {
  * For family 4, an IPv4-mapped IPv6 literal (`::ffff:10.0.0.1`, what a dual-stack listener reports
  * as remoteAddress) means its IPv4 address.
  */
-function forFamily(address: string, family: 4 | 6): string {
+export function forFamily(address: string, family: 4 | 6): string {
   const mapped = family === 4 ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address) : null;
   return mapped ? mapped[1]! : address;
 }
 
-function hostPort(host: string, port: number): string {
+export function hostPort(host: string, port: number): string {
   return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
@@ -224,13 +224,17 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       throw wrapNative(e, `connect to ${target}: watching the socket`);
     }
     function onPoll(status: number): void {
-      // libuv reports POLLERR (e.g. a refused connect) as a poll error: SO_ERROR says what happened.
-      const err = native.socketError(fd);
-      if (status < 0 && err === 0) {
-        return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target}: poll failed with libuv status ${status}`));
+      // libuv reports POLLERR (a refused or unreachable connect) as status UV_EBADF, which says
+      // nothing about the connect: SO_ERROR holds the real errno, so read it before the status.
+      let err: number;
+      try {
+        err = native.socketError(fd);
+      } catch (e) {
+        return fail(wrapNative(e, `connect to ${target}: reading SO_ERROR`));
       }
-      if (err !== 0) {
-        return fail(new NetnsError(codeForErrno(err), `connect to ${target} failed with ${errnoName(err)}`, { errno: err, syscall: 'connect' }));
+      if (err !== 0) return fail(connectError(err, target));
+      if (status < 0) {
+        return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target} failed: the socket reported an error (libuv ${errnoName(-status)}) but SO_ERROR was empty`, { errno: -status, syscall: 'connect' }));
       }
       finish();
     }
@@ -280,6 +284,17 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     }
     o.signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** A failed connect as a typed error whose message names the destination and what the kernel said. */
+function connectError(errno: number, target: string): NetnsError {
+  const E = constants.errno;
+  const why =
+    errno === E.ECONNREFUSED ? 'connection refused (nothing listens there, or a reject rule)'
+    : errno === E.ETIMEDOUT ? 'timed out in the kernel'
+    : errno === E.ENETUNREACH || errno === E.EHOSTUNREACH ? 'no route to the destination'
+    : 'failed';
+  return new NetnsError(codeForErrno(errno), `connect to ${target}: ${why} (${errnoName(errno)})`, { errno, syscall: 'connect' });
 }
 
 function socketNetnsIdIfPermitted(fd: number): NetnsId | undefined {

@@ -176,6 +176,29 @@ describe('connectTcp from a netns', () => {
     expect(countFds()).toBe(before);
   });
 
+  it('a refused connect is ERR_NETNS_CONNECTION_REFUSED with errno 111 naming host:port (never a bare poll error)', async () => {
+    // Across the veth the RST arrives after connect() returned EINPROGRESS: the poller sees POLLERR
+    // (libuv: UV_EBADF) and the errno must come from SO_ERROR. On loopback it is usually synchronous.
+    const targets: [4 | 6, string, string][] = [
+      [4, addr.b4, `${addr.b4}:1`],
+      [6, addr.b6, `[${addr.b6}]:1`],
+      [4, '127.0.0.1', '127.0.0.1:1'],
+      [6, '::1', '[::1]:1'],
+    ];
+    for (const [family, host, shown] of targets) {
+      const errors = await Promise.all(
+        Array.from({ length: 25 }, () => connectTcp({ netns: a, family, mark: 0x539, host, port: 1, timeoutMs: 5000 }).then(() => undefined, (e: unknown) => e)),
+      );
+      for (const err of errors) {
+        expect(err).toBeInstanceOf(NetnsError);
+        expect(err).toMatchObject({ code: 'ERR_NETNS_CONNECTION_REFUSED', errno: 111, sysCode: 'ECONNREFUSED', syscall: 'connect' });
+        expect((err as Error).message).toContain(shown);
+        expect((err as Error).message).toMatch(/refused/i);
+        expect((err as Error).message).not.toMatch(/poll/);
+      }
+    }
+  });
+
   it('refuses hostnames and family mismatches: no DNS in the host netns, no silent fallback', async () => {
     const bad = async (o: Record<string, unknown>): Promise<string> => {
       try {
