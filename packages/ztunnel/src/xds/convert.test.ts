@@ -160,13 +160,13 @@ policies:
   it('names the resource and the field when a resource is bad', () => {
     expect(() => workloadFromXds('w1', create(WorkloadSchema, { name: 'a', namespace: 'b' }))).toThrow(/workload w1: workloadIps/);
     expect(() => workloadFromXds('w2', create(WorkloadSchema, { name: '', namespace: 'b', addresses: [ipBytes('10.0.0.1')] }))).toThrow(/workload w2: name/);
-    expect(() => workloadFromXds('w3', create(WorkloadSchema, { name: 'a', namespace: 'b', addresses: [ipBytes('10.0.0.1')], workloadType: 9 }))).toThrow(
+    expect(() => workloadFromXds('w3', create(WorkloadSchema, { name: 'a', namespace: 'b', addresses: [ipBytes('10.0.0.1')], workloadType: 9 as WorkloadType }))).toThrow(
       'workload w3: unknown workload type 9',
     );
     expect(() =>
       policyFromXds('p/x', create(AuthorizationSchema, { name: 'x', rules: [{ clauses: [{ matches: [{ destinationPorts: [0] }] }] }] })),
     ).toThrow(/authorization p\/x: rules\[0\]\[0\]\[0\]\.destinationPorts\[0\]/);
-    expect(() => policyFromXds('p/y', create(AuthorizationSchema, { name: 'y', action: 7 }))).toThrow('authorization p/y: unknown action 7');
+    expect(() => policyFromXds('p/y', create(AuthorizationSchema, { name: 'y', action: 7 as Action }))).toThrow('authorization p/y: unknown action 7');
     expect(() => serviceFromXds('s', create(ServiceSchema, { name: 's', namespace: 'n', hostname: 'h', addresses: [{ address: new Uint8Array(3) }] }))).toThrow(
       /service s\.addresses\[0\]: 3 bytes/,
     );
