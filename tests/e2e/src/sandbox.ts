@@ -97,12 +97,15 @@ export class Sandbox {
   async weirctl(sub: string, args: readonly string[] = [], options: { timeoutMs?: number } = {}): Promise<RunResult> {
     const split = args.indexOf('--');
     const argv = split < 0 ? [sub, ...this.flags, ...args] : [sub, ...this.flags, ...args.slice(0, split), ...args.slice(split)];
-    return runNode([WEIRCTL, 'sandbox', ...argv], options.timeoutMs ?? 60_000);
+    return run(process.execPath, [WEIRCTL, 'sandbox', ...argv], options.timeoutMs ?? 60_000);
   }
 
-  async up(extra: readonly string[] = []): Promise<RunResult> {
+  /** `up`; with `npx`, exactly as the README's main-job command runs it (from the repository root). */
+  async up(extra: readonly string[] = [], options: { npx?: boolean } = {}): Promise<RunResult> {
     await assertSandboxPrerequisites();
-    const result = await this.weirctl('up', extra, { timeoutMs: 240_000 });
+    const result = options.npx
+      ? await run('npx', ['--no-install', 'weirctl', 'sandbox', 'up', ...this.flags, ...extra], 240_000, REPO_ROOT)
+      : await this.weirctl('up', extra, { timeoutMs: 240_000 });
     if (result.code !== 0 || result.out.includes('NOT PRESENT')) {
       throw new Error(`weirctl sandbox up ${this.flags.join(' ')} failed (exit ${result.code}):\n${result.out}${result.err}`);
     }
@@ -249,16 +252,16 @@ async function editJson<T>(path: string, edit: (value: T) => void): Promise<void
   await rename(tmp, path);
 }
 
-function runNode(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
+function run(cmd: string, argv: readonly string[], timeoutMs: number, cwd?: string): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], ...(cwd ? { cwd } : {}) });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`weirctl ${argv.slice(1).join(' ')} did not finish in ${timeoutMs} ms; output so far:\n${out}${err}`));
+      reject(new Error(`${cmd} ${argv.join(' ')} did not finish in ${timeoutMs} ms; output so far:\n${out}${err}`));
     }, timeoutMs);
     child.once('error', (e) => {
       clearTimeout(timer);

@@ -6,6 +6,7 @@
  * "Reached" is decided by the destination (a socat listener logs every accepted connection and answers a
  * unique banner); "seen" by the ztunnel logs of both nodes naming the destination port.
  */
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Topology } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -54,7 +55,6 @@ async function attempt(from: string, host: string, port: number, options: { ipv6
   const reached = r.out.includes(`reached-${port}`);
   const logLine = (text: string): string | undefined =>
     text
-      .slice(0)
       .split('\n')
       .find((l) => /connection (complete|failed)/.test(l) && new RegExp(`dst\\.addr=\\S*:${port}\\b`).test(l));
   let seen = false;
@@ -70,8 +70,18 @@ async function attempt(from: string, host: string, port: number, options: { ipv6
   return { reached, seen, detail: `${from} -> ${host}:${port}: exit ${r.code}, out ${JSON.stringify(r.out.trim())}, err ${JSON.stringify(r.err.trim().slice(0, 200))}, ztunnel: ${line ?? 'nothing logged'}` };
 }
 
+/**
+ * The two ztunnel logs, read from the files `weirctl sandbox logs` prints (the e2e suite uses the command;
+ * here it is read dozens of times, and each CLI start costs a second on a loaded machine).
+ */
 async function ztunnelLogs(): Promise<Record<string, string>> {
-  return { 'node-1': await sandbox.logs('node-1', 'ztunnel'), 'node-2': await sandbox.logs('node-2', 'ztunnel') };
+  const topology = await Topology.attach(join(sandbox.dir, sandbox.name));
+  const read = async (node: string): Promise<string> => {
+    const proc = topology.process(`${node}.ztunnel`);
+    if (!proc) throw new Error(`sandbox ${sandbox.name} has no ${node}.ztunnel process record`);
+    return readFile(proc.logFile, 'utf8');
+  };
+  return { 'node-1': await read('node-1'), 'node-2': await read('node-2') };
 }
 
 function newText(before: Record<string, string>, after: Record<string, string>): string {
@@ -143,7 +153,7 @@ describe('from a captured pod (sleep), direct connections are proxied or refused
       await attempt('sleep', await linkLocal('legacy-client', 'eth0'), PORTS.legacy6, { ipv6Iface: 'eth0' }),
       await attempt('sleep', await linkLocal('node-1', 'cni0'), PORTS.node1v6, { ipv6Iface: 'eth0' }),
     ];
-    for (const a of results) expectNoBypass(a);
+    for (const a of results) expect.soft(a.reached && !a.seen, `reached its destination without ztunnel seeing it: ${a.detail}`).toBe(false);
   });
 });
 

@@ -20,7 +20,8 @@ let legacy: SandboxPod;
 
 beforeAll(async () => {
   before = await hostSnapshot();
-  await sandbox.up();
+  // The README's main-job command (with a private name and state dir).
+  await sandbox.up([], { npx: true });
   const status = await sandbox.status();
   const pod = (name: string): SandboxPod => {
     const p = status.pods.find((x) => x.name === name);
