@@ -89,6 +89,11 @@ export class TopologyNode {
     return [...this.#pods.values()];
   }
 
+  /** Running processes started in the node's own netns (agents, proxies), not in its pods. */
+  get processes(): SupervisedProcess[] {
+    return this.context.processesIn(this.netnsPath);
+  }
+
   pod(namespace: string, name: string): TopologyPod | undefined {
     return this.#pods.get(key(namespace, name));
   }

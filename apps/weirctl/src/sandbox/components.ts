@@ -25,6 +25,8 @@ export const COMPONENT_NAMES = Object.keys(APPS) as ComponentName[];
 
 /** Readiness of the agent inside the node netns. */
 const AGENT_READY_ADDRESS = '127.0.0.1:8000';
+/** ztunnel's readiness (its default `:15021`), on the node's loopback. */
+const ZTUNNEL_READY_URL = 'http://127.0.0.1:15021/healthz/ready';
 
 /** Find the binaries: an explicit path wins; else the app's built `bin` in this repository. */
 export async function locateComponents(overrides: Partial<Record<ComponentName, string>>): Promise<ComponentInfo[]> {
@@ -103,7 +105,12 @@ export interface NodeComponents {
  * beside it, its admin ports on the node's loopback). The agent installs the CNI plugin into the node's
  * conflist when it is ready, so pods created afterwards go through it.
  */
-export async function startNodeComponents(node: TopologyNode, components: readonly ComponentInfo[], files: SandboxFiles): Promise<NodeComponents> {
+export async function startNodeComponents(
+  node: TopologyNode,
+  components: readonly ComponentInfo[],
+  files: SandboxFiles,
+  say: (line: string) => void,
+): Promise<NodeComponents> {
   const runDir = join(files.dir, 'nodes', node.name, 'run');
   await mkdir(runDir, { recursive: true });
   const zdsSocket = join(runDir, 'ztunnel.sock');
@@ -127,6 +134,7 @@ export async function startNodeComponents(node: TopologyNode, components: readon
     } else {
       result.notes.push(`weir-cni is not installed in the chain: ${plugin?.detail ?? 'unknown'}`);
     }
+    say(`${node.name}: starting weir-cni-agent${plugin?.present ? ' (it installs weir-cni into the CNI chain)' : ''}`);
     const proc = await node.spawn({ name: `${node.name}.cni-agent`, cmd: process.execPath, args, env: { NODE_NAME: node.name } });
     result.agentProcess = proc.name;
     await waitForAgent(node, proc, plugin?.present === true);
@@ -136,6 +144,7 @@ export async function startNodeComponents(node: TopologyNode, components: readon
   }
 
   if (ztunnel?.present && ztunnel.path !== undefined) {
+    say(`${node.name}: starting weir-ztunnel`);
     const proc = await node.spawn({
       name: `${node.name}.ztunnel`,
       cmd: process.execPath,
@@ -174,6 +183,35 @@ async function waitForAgent(node: TopologyNode, proc: { running: boolean; name: 
       () => proc.running,
       `${proc.name} to install weir-cni into ${node.conflistPath}`,
       proc.logFile,
+    );
+  }
+}
+
+/**
+ * Once the pods exist: every enrolled pod has its in-pod rules, and ztunnel is ready (its first snapshot
+ * arrived and no proxy is pending), so `up` returns a sandbox whose traffic is already captured.
+ */
+export async function waitForCapture(
+  node: TopologyNode,
+  wired: NodeComponents,
+  enrolledPods: readonly TopologyPod[],
+  hasCaptureRules: (pod: TopologyPod) => Promise<boolean>,
+): Promise<void> {
+  const processOf = (name: string | undefined) => (name === undefined ? undefined : node.processes.find((p) => p.name === name));
+  const agent = processOf(wired.agentProcess);
+  const ztunnel = processOf(wired.ztunnelProcess);
+  if (agent) {
+    for (const pod of enrolledPods) {
+      await waitFor(() => hasCaptureRules(pod), 30_000, () => agent.running, `${agent.name} to capture ${pod.namespace}/${pod.name}`, agent.logFile);
+    }
+  }
+  if (agent && ztunnel) {
+    await waitFor(
+      async () => (await node.exec('curl', ['-sf', '-o', '/dev/null', ZTUNNEL_READY_URL])).code === 0,
+      30_000,
+      () => ztunnel.running,
+      `${ztunnel.name} to be ready (${ZTUNNEL_READY_URL})`,
+      ztunnel.logFile,
     );
   }
 }

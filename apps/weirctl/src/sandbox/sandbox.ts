@@ -1,7 +1,7 @@
 import { readFile, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Topology, checkPrerequisites, execInNetns, formatMissing, httpEcho, listNetns, ownedByPrefix, type TeardownReport, type TopologyPod } from '@weir/topology';
-import { locateComponents, publishWorkloads, sandboxFiles, startNodeComponents } from './components.js';
+import { locateComponents, publishWorkloads, sandboxFiles, startNodeComponents, waitForCapture } from './components.js';
 import { defaultSpec, isEnrolled, type PodSpec } from './spec.js';
 import { createSandboxState, readSandboxState, stateFile, writeSandboxState, type ComponentInfo, type ComponentName, type SandboxState } from './state.js';
 
@@ -66,7 +66,7 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
     for (const name of spec.nodes) {
       const node = await topology.addNode({ name });
       say(`node ${name}: netns ${node.netns}, address ${node.ip}, pod CIDR ${node.podCidr}`);
-      const wired = await startNodeComponents(node, components, files);
+      const wired = await startNodeComponents(node, components, files, say);
       state.nodes.push({ name, ...wired });
       await writeSandboxState(where.dir, state);
     }
@@ -78,6 +78,12 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
       await publishWorkloads(files, state.namespaces, created);
       const enrolled = isEnrolled(spec, state.namespaces.find((n) => n.name === spec.namespace));
       say(`pod ${spec.namespace}/${spec.name} on ${spec.node}: ${pod.ip}${enrolled ? ' (enrolled: ambient)' : ''}${spec.app.kind === 'http-echo' ? `, HTTP echo on :${spec.app.port}` : ''}`);
+    }
+    if (state.nodes.some((n) => n.agentProcess !== undefined)) say('waiting for the enrolled pods to be captured and ztunnel to be ready');
+    for (const wired of state.nodes) {
+      const node = topology.node(wired.name);
+      const enrolled = node.pods.filter((pod) => isEnrolled(pod, state.namespaces.find((n) => n.name === pod.namespace)));
+      await waitForCapture(node, wired, enrolled, (pod) => hasCaptureRules(pod.netnsPath));
     }
   } catch (err) {
     await sandboxDown(where).catch(() => undefined);
