@@ -6,6 +6,7 @@ import { Action, Scope } from '../src/xds/gen/authorization_pb.js';
 import { TunnelProtocol, WorkloadStatus } from '../src/xds/gen/workload_pb.js';
 import { WorkloadStore } from '../src/workload-store.js';
 import { evaluatePolicies } from '../src/authorization.js';
+import { parseLocalConfig, type LocalConfig } from '../src/local-config.js';
 import { TestControlPlane, ipBytes, recordingLogger, waitFor, type LogLine } from './support-control-plane.js';
 
 let cp: TestControlPlane;
@@ -225,6 +226,75 @@ describe('XdsClient', () => {
     expect(authzReq.request.initialResourceVersions).toEqual(held.authz);
     expect(client.dump().connections).toBeGreaterThanOrEqual(2);
     expect(lines.some((l) => l.level === 'warn' && l.msg === 'XDS client connection error, retrying')).toBe(true);
+  });
+
+  it('one model, two sources: a local YAML served over xDS arrives in the store exactly as parsed', async () => {
+    const yaml = `
+workloads:
+  - uid: Kubernetes//Pod/default/web-0
+    name: web-0
+    namespace: default
+    serviceAccount: web
+    trustDomain: cluster.local
+    workloadIps: [10.0.0.5, "fd00::5"]
+    protocol: HBONE
+    node: node-a
+    services: {"default/web.default.svc.cluster.local": {80: 8080}}
+    authorizationPolicies: [default/only-frontend]
+    locality: {region: r1, zone: z1}
+    canonicalName: web
+    workloadName: web
+    workloadType: deployment
+    waypoint: {destination: {hostname: {namespace: default, hostname: wp.default.svc.cluster.local}}, hboneMtlsPort: 15008}
+  - uid: Kubernetes//Pod/data/db-0
+    name: db-0
+    namespace: data
+    workloadIps: [10.0.0.20]
+    status: Unhealthy
+    networkMode: HostNetwork
+services:
+  - name: web
+    namespace: default
+    hostname: web.default.svc.cluster.local
+    vips: [/10.96.0.10, "net1/fd00::10"]
+    ports: {80: 8080}
+    subjectAltNames: [spiffe://cluster.local/ns/default/sa/web]
+    ipFamilies: Dual
+policies:
+  - name: only-frontend
+    namespace: default
+    scope: WorkloadSelector
+    action: Allow
+    rules:
+      - - - namespaces: [default, {prefix: front}]
+            serviceAccounts: [{namespace: default, serviceAccount: frontend}, frontend2]
+            principals: [{suffix: /sa/frontend}, {presence: {}}]
+            notSourceIps: [10.9.0.0/16, "fd00:9::/32"]
+          - destinationPorts: [8080]
+            notDestinationIps: [10.0.0.99/32]
+  - name: deny-all-dry
+    namespace: ""
+    scope: Global
+    action: Deny
+    dryRun: true
+    rules: [[[{notNamespaces: [{exact: istio-system}]}]]]
+`;
+    const parsed = parseLocalConfig(yaml);
+    cp.loadLocalConfig(parsed);
+    startClient();
+    await client.ready();
+    const sorted = (c: LocalConfig): LocalConfig => ({
+      workloads: [...c.workloads].sort((a, b) => a.uid.localeCompare(b.uid)),
+      services: [...c.services].sort((a, b) => a.hostname.localeCompare(b.hostname)),
+      policies: [...c.policies].sort((a, b) => a.name.localeCompare(b.name)),
+    });
+    expect(sorted(store.config)).toEqual(sorted(parsed));
+
+    // Loading a smaller config removes what it no longer names.
+    cp.loadLocalConfig({ ...parsed, workloads: parsed.workloads.slice(0, 1), policies: [] });
+    await waitFor('removals', () => store.config.workloads.length === 1 && store.config.policies.length === 0);
+    expect(store.workloadByIp('10.0.0.20')).toBeUndefined();
+    expect(store.config.services).toEqual(parsed.services);
   });
 
   it('is never ready with a bad token, and says why', async () => {

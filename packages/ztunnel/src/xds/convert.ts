@@ -174,8 +174,9 @@ function cidr(a: AuthzAddress, what: string): string {
   return `${ipFromBytes(a.address, what)}/${a.length}`;
 }
 
-function serviceAccount(m: ServiceAccountMatch): Record<string, unknown> {
-  return { namespace: m.namespace, serviceAccount: m.serviceAccount };
+function serviceAccount(m: ServiceAccountMatch): unknown {
+  // No namespace: the local model's "this service account name in any namespace".
+  return m.namespace === '' ? m.serviceAccount : { namespace: m.namespace, serviceAccount: m.serviceAccount };
 }
 
 function match(m: Match, what: string): Record<string, unknown> {

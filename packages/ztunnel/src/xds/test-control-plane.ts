@@ -16,7 +16,8 @@ import {
 import { CREATE_CERTIFICATE_PATH } from '../ca-client/ca-client.js';
 import { EC_P256, ECDSA_SHA256, newSerial, pemBlock, x509Crypto } from '../ca-client/csr.js';
 import { ADDRESS_TYPE, AUTHORIZATION_TYPE, DELTA_ADS_PATH } from './client.js';
-import { AuthorizationSchema } from './gen/authorization_pb.js';
+import { Action, AuthorizationSchema, Scope } from './gen/authorization_pb.js';
+import type { LocalConfig, Policy, RbacMatch, Service, StringMatch, Workload } from '../local-config.js';
 import { IstioCertificateRequestSchema, IstioCertificateResponseSchema, type IstioCertificateRequest, type IstioCertificateResponse } from './gen/citadel_pb.js';
 import {
   DeltaDiscoveryRequestSchema,
@@ -24,7 +25,16 @@ import {
   type DeltaDiscoveryRequest,
   type DeltaDiscoveryResponse,
 } from './gen/envoy/service/discovery/v3/discovery_pb.js';
-import { AddressSchema, ServiceSchema, WorkloadSchema } from './gen/workload_pb.js';
+import {
+  AddressSchema,
+  IPFamilies,
+  NetworkMode,
+  ServiceSchema,
+  TunnelProtocol,
+  WorkloadSchema,
+  WorkloadStatus,
+  WorkloadType,
+} from './gen/workload_pb.js';
 import { deserializer, serializer } from './grpc.js';
 
 // A small istiod for tests and the local sandbox: Delta ADS for workloads, services and policies,
@@ -218,6 +228,19 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
     const name = `${policy.namespace}/${policy.name}`;
     this.#set(AUTHORIZATION_TYPE, name, toBinary(AuthorizationSchema, policy));
     return name;
+  }
+
+  /**
+   * Serves a local config (ztunnel's LOCAL_XDS_PATH model, e.g. from parseLocalConfig) over xDS:
+   * every workload, service and policy becomes a resource; resources not in it are removed. This is
+   * how the sandbox turns its YAML into a control plane.
+   */
+  loadLocalConfig(config: LocalConfig): void {
+    const keep = new Map<string, Set<string>>(TYPE_URLS.map((t) => [t, new Set()]));
+    for (const w of config.workloads) keep.get(ADDRESS_TYPE)!.add(this.setWorkload(workloadToXds(w)));
+    for (const s of config.services) keep.get(ADDRESS_TYPE)!.add(this.setService(serviceToXds(s)));
+    for (const p of config.policies) keep.get(AUTHORIZATION_TYPE)!.add(this.setPolicy(policyToXds(p)));
+    for (const [t, held] of this.#state) for (const name of [...held.keys()]) if (!keep.get(t)!.has(name)) this.remove(t, name);
   }
 
   removeWorkload(uid: string): void {
@@ -442,4 +465,123 @@ export function ipBytes(ip: string): Uint8Array {
     return out;
   }
   return new Uint8Array(ip.split('.').map(Number));
+}
+
+// ---- local-config model → Istio messages (the reverse of convert.ts, for serving YAML over xDS) ----
+
+function networkAddress(vip: string): { network: string; address: Uint8Array } {
+  const slash = vip.indexOf('/');
+  return slash < 0 ? { network: '', address: ipBytes(vip) } : { network: vip.slice(0, slash), address: ipBytes(vip.slice(slash + 1)) };
+}
+
+function gatewayToXds(g: { destination?: unknown; hboneMtlsPort?: number | undefined } | undefined) {
+  if (!g) return undefined;
+  const d = g.destination as { hostname?: { namespace: string; hostname: string }; address?: string } | undefined;
+  const destination = d?.hostname
+    ? { case: 'hostname' as const, value: d.hostname }
+    : d?.address !== undefined
+      ? { case: 'address' as const, value: networkAddress(d.address) }
+      : undefined;
+  return { ...(destination ? { destination } : {}), hboneMtlsPort: g.hboneMtlsPort ?? 0 };
+}
+
+const WORKLOAD_TYPES: Record<string, WorkloadType> = {
+  deployment: WorkloadType.DEPLOYMENT,
+  cronjob: WorkloadType.CRONJOB,
+  pod: WorkloadType.POD,
+  job: WorkloadType.JOB,
+};
+
+export function workloadToXds(w: Workload): MessageInitShape<typeof WorkloadSchema> {
+  return {
+    uid: w.uid,
+    name: w.name,
+    namespace: w.namespace,
+    addresses: w.workloadIps.map(ipBytes),
+    hostname: w.hostname,
+    network: w.network,
+    tunnelProtocol: w.protocol === 'HBONE' ? TunnelProtocol.HBONE : TunnelProtocol.NONE,
+    trustDomain: w.trustDomain,
+    serviceAccount: w.serviceAccount,
+    ...(w.waypoint ? { waypoint: gatewayToXds(w.waypoint) } : {}),
+    ...(w.networkGateway ? { networkGateway: gatewayToXds(w.networkGateway) } : {}),
+    node: w.node,
+    canonicalName: w.canonicalName,
+    canonicalRevision: w.canonicalRevision,
+    workloadType: WORKLOAD_TYPES[w.workloadType] ?? WorkloadType.POD,
+    workloadName: w.workloadName,
+    services: Object.fromEntries(
+      Object.entries(w.services).map(([k, ports]) => [k, { ports: Object.entries(ports).map(([sp, tp]) => ({ servicePort: Number(sp), targetPort: tp })) }]),
+    ),
+    authorizationPolicies: w.authorizationPolicies,
+    status: w.status === 'Unhealthy' ? WorkloadStatus.UNHEALTHY : WorkloadStatus.HEALTHY,
+    clusterId: w.clusterId,
+    ...(w.locality ? { locality: w.locality } : {}),
+    networkMode: w.networkMode === 'HostNetwork' ? NetworkMode.HOST_NETWORK : NetworkMode.STANDARD,
+  };
+}
+
+const IP_FAMILIES: Record<string, IPFamilies> = {
+  Automatic: IPFamilies.AUTOMATIC,
+  IPv4Only: IPFamilies.IPV4_ONLY,
+  IPv6Only: IPFamilies.IPV6_ONLY,
+  Dual: IPFamilies.DUAL,
+};
+
+export function serviceToXds(s: Service): MessageInitShape<typeof ServiceSchema> {
+  return {
+    name: s.name,
+    namespace: s.namespace,
+    hostname: s.hostname,
+    addresses: s.vips.map(networkAddress),
+    ports: Object.entries(s.ports).map(([sp, tp]) => ({ servicePort: Number(sp), targetPort: tp })),
+    subjectAltNames: s.subjectAltNames,
+    ...(s.waypoint ? { waypoint: gatewayToXds(s.waypoint) } : {}),
+    ipFamilies: IP_FAMILIES[s.ipFamilies ?? 'Automatic'] ?? IPFamilies.AUTOMATIC,
+    canonical: s.canonical,
+  };
+}
+
+function stringMatchToXds(m: StringMatch) {
+  return { matchType: m.kind === 'presence' ? { case: 'presence' as const, value: {} } : { case: m.kind, value: m.value } };
+}
+
+function cidrToXds(c: string) {
+  const [ip, len] = c.split('/') as [string, string | undefined];
+  const address = ipBytes(ip);
+  return { address, length: len === undefined ? address.length * 8 : Number(len) };
+}
+
+function serviceAccountToXds(m: RbacMatch['serviceAccounts'][number]) {
+  if (m.name.kind !== 'exact') throw new Error(`service account match ${JSON.stringify(m)} has no xDS form (exact names only)`);
+  return { namespace: m.namespace ?? '', serviceAccount: m.name.value };
+}
+
+export function policyToXds(p: Policy): MessageInitShape<typeof AuthorizationSchema> {
+  const scope = { Global: Scope.GLOBAL, Namespace: Scope.NAMESPACE, WorkloadSelector: Scope.WORKLOAD_SELECTOR }[p.scope];
+  return {
+    name: p.name,
+    namespace: p.namespace,
+    scope,
+    action: p.action === 'Deny' ? Action.DENY : Action.ALLOW,
+    dryRun: p.dryRun,
+    rules: p.rules.map((clauses) => ({
+      clauses: clauses.map((matches) => ({
+        matches: matches.map((m) => ({
+          namespaces: m.namespaces.map(stringMatchToXds),
+          notNamespaces: m.notNamespaces.map(stringMatchToXds),
+          serviceAccounts: m.serviceAccounts.map(serviceAccountToXds),
+          notServiceAccounts: m.notServiceAccounts.map(serviceAccountToXds),
+          principals: m.principals.map(stringMatchToXds),
+          notPrincipals: m.notPrincipals.map(stringMatchToXds),
+          sourceIps: m.sourceIps.map(cidrToXds),
+          notSourceIps: m.notSourceIps.map(cidrToXds),
+          destinationIps: m.destinationIps.map(cidrToXds),
+          notDestinationIps: m.notDestinationIps.map(cidrToXds),
+          destinationPorts: m.destinationPorts,
+          notDestinationPorts: m.notDestinationPorts,
+        })),
+      })),
+    })),
+  };
 }
