@@ -19,7 +19,10 @@ describe('parseConfig', () => {
       readinessAddr: '[::]:15021',
       certTtlSeconds: 86400,
       socks5: false,
+      dnsProxy: true,
+      dnsUpstreams: undefined,
     });
+    expect(effectiveConfigLines(c)).toContain('dns_upstreams: resolv.conf');
     expect(effectiveConfigLines(c).slice(0, 4)).toEqual([
       'inpod_enabled: true',
       'inpod_uds: /var/run/ztunnel/ztunnel.sock',
@@ -46,6 +49,7 @@ describe('parseConfig', () => {
       WEIR_ADMIN_ADDR: '127.0.0.1:0',
       WEIR_CERT_TTL: '1h',
       WEIR_SOCKS5_ENABLED: 'true',
+      DNS_PROXY: 'false',
     });
     expect(c).toMatchObject({
       inpodUds: '/tmp/z.sock',
@@ -63,8 +67,23 @@ describe('parseConfig', () => {
       adminAddr: '127.0.0.1:0',
       certTtlSeconds: 3600,
       socks5: true,
+      dnsProxy: false,
     });
     expect(parseConfig({ TERMINATION_GRACE_PERIOD_SECONDS: '30' }).terminationDeadlineMs).toBe(25_000);
+  });
+
+  it('reads DNS upstreams as IP, IP:port or [v6]:port, comma-separated', () => {
+    const c = parseConfig({ WEIR_DNS_UPSTREAMS: '10.96.0.10, 10.96.0.11:5353,fd00::a,[fd00::b]:54' });
+    expect(c.dnsUpstreams).toEqual([
+      { address: '10.96.0.10', port: 53 },
+      { address: '10.96.0.11', port: 5353 },
+      { address: 'fd00::a', port: 53 },
+      { address: 'fd00::b', port: 54 },
+    ]);
+    expect(effectiveConfigLines(c)).toContain('dns_upstreams: 10.96.0.10:53,10.96.0.11:5353,[fd00::a]:53,[fd00::b]:54');
+    expect(() => parseConfig({ WEIR_DNS_UPSTREAMS: '10.96.0.10,kube-dns' })).toThrow(/^WEIR_DNS_UPSTREAMS="10.96.0.10,kube-dns": "kube-dns" is not an IP/);
+    expect(() => parseConfig({ WEIR_DNS_UPSTREAMS: '10.0.0.1:70000' })).toThrow(/WEIR_DNS_UPSTREAMS/);
+    expect(parseConfig({ DNS_PROXY: 'off' }).dnsProxy).toBe(false);
   });
 
   it('names each bad variable and its value', () => {

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 
 // Environment → typed configuration. Names follow ztunnel where it has one; WEIR_* are Weir's own.
@@ -28,6 +29,25 @@ const address = z
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, { message: 'port above 65535' });
 
 const nonEmpty = z.string().trim().min(1, 'must not be empty');
+
+/** `10.0.0.10`, `10.0.0.10:5353`, `fd00::10`, `[fd00::10]:53`, comma-separated → DNS upstreams. */
+const upstreamList = z
+  .string()
+  .trim()
+  .transform((s, ctx) => {
+    const out: { address: string; port: number }[] = [];
+    for (const item of s.split(',').map((x) => x.trim()).filter((x) => x !== '')) {
+      const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(item) ?? /^([^:]+):(\d{1,5})$/.exec(item);
+      const address = m ? m[1]! : item;
+      const port = m ? Number(m[2]) : 53;
+      if (isIP(address) === 0 || port < 1 || port > 65535) {
+        ctx.addIssue({ code: 'custom', message: `${JSON.stringify(item)} is not an IP or IP:port (e.g. 10.96.0.10, [fd00::10]:53)` });
+        return z.NEVER;
+      }
+      out.push({ address, port });
+    }
+    return out;
+  });
 
 const logLevel = z
   .string()
@@ -65,6 +85,8 @@ const envSchema = z.object({
   WEIR_METRICS_ADDR: address.optional(),
   WEIR_READINESS_ADDR: address.optional(),
   WEIR_SOCKS5_ENABLED: bool.default(false),
+  DNS_PROXY: bool.default(true),
+  WEIR_DNS_UPSTREAMS: upstreamList.optional(),
 });
 
 export interface AppConfig {
@@ -86,6 +108,10 @@ export interface AppConfig {
   metricsAddr: string;
   readinessAddr: string;
   socks5: boolean;
+  /** DNS proxy on 15053 in every pod. */
+  dnsProxy: boolean;
+  /** Forward targets for names outside the mesh; undefined: the nameservers of /etc/resolv.conf. */
+  dnsUpstreams: { address: string; port: number }[] | undefined;
 }
 
 export class ConfigError extends Error {
@@ -135,6 +161,8 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
     metricsAddr: e.WEIR_METRICS_ADDR ?? `${any}:15020`,
     readinessAddr: e.WEIR_READINESS_ADDR ?? `${any}:15021`,
     socks5: e.WEIR_SOCKS5_ENABLED,
+    dnsProxy: e.DNS_PROXY,
+    dnsUpstreams: e.WEIR_DNS_UPSTREAMS,
   };
 }
 
@@ -158,6 +186,8 @@ export function effectiveConfigLines(c: AppConfig): string[] {
     ['ca', c.ca ? `${c.ca.certPath} ${c.ca.keyPath}` : 'embedded (in memory)'],
     ['workload_cert_ttl', `${c.certTtlSeconds}s`],
     ['socks5_enabled', c.socks5],
+    ['dns_proxy', c.dnsProxy],
+    ['dns_upstreams', c.dnsProxy ? (c.dnsUpstreams ? c.dnsUpstreams.map((u) => (u.address.includes(':') ? `[${u.address}]:${u.port}` : `${u.address}:${u.port}`)).join(',') : 'resolv.conf') : null],
     ['log_level', c.logLevel],
   ];
   return entries.map(([k, v]) => `${k}: ${v === null ? '~' : String(v)}`);

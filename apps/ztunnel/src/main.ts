@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { createRequire } from 'node:module';
-import { Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa } from '@weir/ztunnel';
+import { Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa, readResolvConfUpstreams, type DnsUpstream } from '@weir/ztunnel';
 import { ConfigError, effectiveConfigLines, parseConfig, type AppConfig } from './config.js';
 
 async function main(): Promise<void> {
@@ -24,6 +24,15 @@ async function main(): Promise<void> {
     ? (await loadOrCreateCa({ ...config.ca, trustDomain: config.trustDomain })).ca
     : await createEmbeddedCa(config.trustDomain);
 
+  // ztunnel forwards what the mesh does not know to the node's own resolvers (the cluster DNS).
+  let dnsUpstreams: DnsUpstream[] = [];
+  if (config.dnsProxy) {
+    dnsUpstreams = config.dnsUpstreams ?? (await readResolvConfUpstreams().catch((err: unknown) => {
+      log.warn({ err }, 'no DNS upstreams: /etc/resolv.conf unreadable, names outside the mesh get SERVFAIL');
+      return [];
+    }));
+  }
+
   const ztunnel: Ztunnel = new Ztunnel({
     inpodUds: config.inpodUds,
     packetMark: config.packetMark,
@@ -45,6 +54,8 @@ async function main(): Promise<void> {
     onQuit: () => shutdown('quitquitquit'),
     processMetrics: true,
     socks5: config.socks5,
+    dnsProxy: config.dnsProxy,
+    dnsUpstreams,
   });
   let stopping = false;
   const shutdown = (signal: string): void => {

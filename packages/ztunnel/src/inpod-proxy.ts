@@ -12,10 +12,10 @@ import {
   type HboneTarget,
   type HboneTlsOptions,
 } from '@weir/hbone';
-import { NetnsError, connectTcp, listenTcp, originalDst, socketLocalAddress, type Netns } from '@weir/netns';
+import { NetnsError, connectTcp, createUdpSocket, listenTcp, originalDst, socketLocalAddress, type Netns } from '@weir/netns';
 import { evaluatePolicies, type AuthorizationDecision, type ConnectionAttributes, type PeerIdentity } from './authorization.js';
 import { ConnectionRecord } from './connection-record.js';
-import { DnsNameTable, HostResolver } from './dns/index.js';
+import { DnsNameTable, DnsProxy, HostResolver, fdUdpSocketFactory, type DnsMetrics, type DnsUpstream } from './dns/index.js';
 import { copyBidirectional, tuneSocket } from './copy.js';
 import { ZtunnelError } from './errors.js';
 import type { IdentityManager, WorkloadCertificate } from './identity.js';
@@ -64,6 +64,8 @@ export interface InpodProxyOptions {
   connectTimeoutMs?: number;
   /** SOCKS5 on 127.0.0.1:15080 into the outbound path; default off (as current ztunnel). */
   socks5?: boolean;
+  /** DNS proxy on 15053 (UDP+TCP, 127.0.0.1 and ::1 where lo has IPv6); undefined: off. */
+  dns?: { upstreams: DnsUpstream[]; metrics: DnsMetrics; clusterDomain?: string } | undefined;
 }
 
 export interface InpodProxyState {
@@ -121,6 +123,7 @@ export class InpodProxy {
   #hboneServer: HboneServer | undefined;
   #hboneClient: HboneClient | undefined;
   #socks5: Socks5Listener | undefined;
+  #dns: DnsProxy | undefined;
   #releaseCert: (() => void) | undefined;
   #stopped = false;
 
@@ -192,6 +195,7 @@ export class InpodProxy {
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
       await this.#listen(this.#ports.inboundPlaintext, (s) => this.#onInboundPlaintext(s));
       await this.#listen(this.#ports.inbound, (s) => this.#onInboundHbone(s));
+      if (this.#o.dns) await this.#startDns(this.#o.dns);
       if (this.#o.socks5) await this.#startSocks5();
     } catch (err) {
       await this.stop({ deadlineMs: 0 });
@@ -199,15 +203,41 @@ export class InpodProxy {
     }
   }
 
+  async #startDns(dns: NonNullable<InpodProxyOptions['dns']>): Promise<void> {
+    const { netns, mark } = this.#o;
+    const src = this.#src();
+    this.#dns = new DnsProxy({
+      netns,
+      mark,
+      store: this.#o.store,
+      // Sockets made natively inside the pod netns, with the mark, so the capture rule skips our own queries.
+      udpSockets: fdUdpSocketFactory((s) =>
+        createUdpSocket({ netns, family: s.family, bindAddress: s.address, bindPort: s.port, mark: s.mark, reusePort: s.reusePort }),
+      ),
+      upstreams: dns.upstreams,
+      namespace: src.namespace,
+      workloadName: src.workload,
+      ipv6: this.#o.ipv6,
+      reusePort: this.#o.reusePort,
+      metrics: dns.metrics,
+      logger: this.#log,
+      ...(dns.clusterDomain ? { clusterDomain: dns.clusterDomain } : {}),
+    });
+    await this.#dns.start();
+    this.#listeners.push(...this.#dns.listeners);
+  }
+
   async #startSocks5(): Promise<void> {
-    // Names resolve from the mesh state with the pod's search path (no upstream DNS here).
-    const resolver = new HostResolver({ table: new DnsNameTable(this.#o.store), namespace: this.#src().namespace });
+    // Names resolve like the pod's DNS: through the DNS proxy when it runs, else from the mesh state only.
+    const dns = this.#dns;
+    const hosts = dns ? undefined : new HostResolver({ table: new DnsNameTable(this.#o.store), namespace: this.#src().namespace });
+    const resolve = (name: string): Promise<string | undefined> => (dns ? dns.resolveHost(name) : hosts!.resolve(name));
     this.#socks5 = new Socks5Listener({
       netns: this.#o.netns,
       mark: this.#o.mark,
       reusePort: this.#o.reusePort,
       logger: this.#log.child({ component: 'socks5' }),
-      resolve: (name) => resolver.resolve(name),
+      resolve,
       onConnect: (socket, target) => {
         socket.on('error', () => {});
         this.#track(socket);
@@ -610,6 +640,7 @@ export class InpodProxy {
   /** Stops accepting at once; no-op when already stopped. */
   closeListeners(): void {
     for (const s of this.#servers.splice(0)) s.close();
+    void this.#dns?.stop();
     void this.#socks5?.stop();
   }
 
@@ -639,6 +670,7 @@ export class InpodProxy {
       });
     }
     for (const d of [...this.#live]) d.destroy();
+    await this.#dns?.stop();
     await this.#socks5?.stop();
     await serverClosed.catch(() => {});
     await clientClosed.catch(() => {});

@@ -7,6 +7,7 @@ import type { OrigSrcMode, ProxyPorts } from './inpod-proxy.js';
 import type { LocalConfig } from './local-config.js';
 import { silentLogger, type LogLevel, type Logger } from './logger.js';
 import { ZtunnelMetrics } from './metrics.js';
+import { DnsMetrics, type DnsUpstream } from './dns/index.js';
 import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
 
 export interface ZtunnelOptions {
@@ -54,6 +55,15 @@ export interface ZtunnelOptions {
   processMetrics?: boolean;
   /** SOCKS5 on 127.0.0.1:15080 in every pod; default false (as current ztunnel). */
   socks5?: boolean;
+  /** DNS proxy on 15053 in every pod (ztunnel `DNS_PROXY`); default true. */
+  dnsProxy?: boolean;
+  /**
+   * Where names outside the mesh go (the node's resolvers, see readResolvConfUpstreams); default none:
+   * mesh names still resolve, everything else is SERVFAIL.
+   */
+  dnsUpstreams?: DnsUpstream[];
+  /** Default `cluster.local`. */
+  clusterDomain?: string;
 }
 
 type EndpointName = 'admin' | 'metrics' | 'readiness';
@@ -95,6 +105,10 @@ export class Ztunnel {
         origSrc: o.origSrc ?? 'auto',
         ipv6: o.ipv6Enabled ?? true,
         socks5: o.socks5 ?? false,
+        // DnsMetrics once per registry: prom-client refuses a second registration of the same names.
+        ...((o.dnsProxy ?? true)
+          ? { dns: { upstreams: o.dnsUpstreams ?? [], metrics: new DnsMetrics(this.metrics.registry), ...(o.clusterDomain ? { clusterDomain: o.clusterDomain } : {}) } }
+          : {}),
         ...(o.ports ? { ports: o.ports } : {}),
       },
       metrics: this.metrics,

@@ -4,7 +4,7 @@ import { DnsMetrics } from '../src/dns/metrics.js';
 import { DnsProxy } from '../src/dns/dns-proxy.js';
 import { parseLocalConfig } from '../src/local-config.js';
 import { WorkloadStore } from '../src/workload-store.js';
-import { Dnsmasq, PEER_IP, PEER_IP6, PodPair, UdpHelper, digShort, requireDnsTools } from './support-dns.js';
+import { Dnsmasq, podUdpSockets, PEER_IP, PEER_IP6, PodPair, digShort, requireDnsTools } from './support-dns.js';
 
 const MARK = 0x539;
 const config = `
@@ -22,7 +22,6 @@ const bigTxt = Array.from({ length: 12 }, (_, i) => `--txt-record=big.upstream.t
 describe('DNS proxy in a pod netns with DNS capture on', () => {
   let pair: PodPair;
   let dnsmasq: Dnsmasq;
-  let helper: UdpHelper;
   let proxy: DnsProxy | undefined;
   const registry = new Registry();
   const metrics = new DnsMetrics(registry);
@@ -34,7 +33,7 @@ describe('DNS proxy in a pod netns with DNS capture on', () => {
       netns: pair.netns,
       mark: MARK,
       store,
-      udpSockets: helper.factory,
+      udpSockets: podUdpSockets(pair.netns),
       upstreams: [{ address: o.upstream ?? PEER_IP, port: 53 }],
       namespace: 'default',
       workloadName: 'sleep',
@@ -50,13 +49,11 @@ describe('DNS proxy in a pod netns with DNS capture on', () => {
     pair = await PodPair.create('dp');
     await pair.capture();
     dnsmasq = await Dnsmasq.start(pair.peer, PEER_IP, ['--address=/upstream.test/192.0.2.1', ...bigTxt]);
-    helper = await UdpHelper.start(pair.pod);
     await startProxy();
   }, 60_000);
 
   afterAll(async () => {
     await proxy?.stop();
-    await helper?.stop();
     await dnsmasq?.stop();
     await pair?.destroy();
   });
@@ -132,7 +129,6 @@ describe('DNS proxy in a pod netns with DNS capture on', () => {
 describe('DNS proxy in a pod whose loopback has IPv6 disabled', () => {
   let pair: PodPair;
   let dnsmasq: Dnsmasq;
-  let helper: UdpHelper;
   let proxy: DnsProxy;
 
   beforeAll(async () => {
@@ -140,12 +136,10 @@ describe('DNS proxy in a pod whose loopback has IPv6 disabled', () => {
     pair = await PodPair.create('d6', { ipv6Lo: false });
     await pair.capture();
     dnsmasq = await Dnsmasq.start(pair.peer, PEER_IP, ['--address=/upstream.test/192.0.2.1']);
-    helper = await UdpHelper.start(pair.pod);
   }, 60_000);
 
   afterAll(async () => {
     await proxy?.stop();
-    await helper?.stop();
     await dnsmasq?.stop();
     await pair?.destroy();
   });
@@ -155,7 +149,7 @@ describe('DNS proxy in a pod whose loopback has IPv6 disabled', () => {
       netns: pair.netns,
       mark: MARK,
       store: new WorkloadStore({ config: parseLocalConfig(config) }),
-      udpSockets: helper.factory,
+      udpSockets: podUdpSockets(pair.netns),
       upstreams: [{ address: PEER_IP, port: 53 }],
       namespace: 'default',
     });
@@ -170,7 +164,6 @@ describe('DNS proxy in a pod whose loopback has IPv6 disabled', () => {
 describe('DNS proxy with the REDIRECT rule set (Istio >= 1.24) and IPv6 capture', () => {
   let pair: PodPair;
   let dnsmasq: Dnsmasq;
-  let helper: UdpHelper;
   let proxy: DnsProxy;
 
   beforeAll(async () => {
@@ -178,14 +171,13 @@ describe('DNS proxy with the REDIRECT rule set (Istio >= 1.24) and IPv6 capture'
     pair = await PodPair.create('dr', { ipv6: true });
     await pair.capture({ mode: 'redirect', ipv6: true });
     dnsmasq = await Dnsmasq.start(pair.peer, PEER_IP6, ['--address=/upstream.test/192.0.2.1', '--address=/upstream.test/2001:db8::1']);
-    helper = await UdpHelper.start(pair.pod);
     proxy = new DnsProxy({
       netns: pair.netns,
       mark: MARK,
       store: new WorkloadStore({
         config: parseLocalConfig(`services:\n- {name: dual, namespace: default, hostname: dual.default.svc.cluster.local, vips: ["/10.96.0.30", "/fd00:96::30"]}\n`),
       }),
-      udpSockets: helper.factory,
+      udpSockets: podUdpSockets(pair.netns),
       upstreams: [{ address: PEER_IP6, port: 53 }],
       namespace: 'default',
     });
@@ -194,7 +186,6 @@ describe('DNS proxy with the REDIRECT rule set (Istio >= 1.24) and IPv6 capture'
 
   afterAll(async () => {
     await proxy?.stop();
-    await helper?.stop();
     await dnsmasq?.stop();
     await pair?.destroy();
   });

@@ -8,7 +8,7 @@ import { DnsNameTable } from '../src/dns/name-table.js';
 import { parseLocalConfig } from '../src/local-config.js';
 import { Socks5Listener, type Socks5Target } from '../src/socks5/socks5-listener.js';
 import { WorkloadStore } from '../src/workload-store.js';
-import { Dnsmasq, PEER_IP, PodPair, UdpHelper, requireDnsTools } from './support-dns.js';
+import { Dnsmasq, podUdpSockets, PEER_IP, PodPair, requireDnsTools } from './support-dns.js';
 
 const MARK = 0x539;
 const store = new WorkloadStore({
@@ -23,7 +23,6 @@ services:
 describe('SOCKS5 listener in a pod netns', () => {
   let pair: PodPair;
   let dnsmasq: Dnsmasq;
-  let helper: UdpHelper;
   let web: http.Server;
   let socks: Socks5Listener;
   const targets: Socks5Target[] = [];
@@ -33,12 +32,11 @@ describe('SOCKS5 listener in a pod netns', () => {
     pair = await PodPair.create('s5');
     await pair.capture();
     dnsmasq = await Dnsmasq.start(pair.peer, PEER_IP, [`--address=/upstream.test/${PEER_IP}`]);
-    helper = await UdpHelper.start(pair.pod);
     web = http.createServer((req, res) => res.end(`hello from the other pod, you asked ${req.headers.host}${req.url}\n`));
     await listenTcp({ netns: pair.peerNetns, host: PEER_IP, port: 8080 }, web);
     const forwarder = new DnsForwarder({
       upstreams: [{ address: PEER_IP, port: 53 }],
-      udpSockets: helper.factory,
+      udpSockets: podUdpSockets(pair.netns),
       mark: MARK,
       timeoutMs: 2000,
       connectTcp: () => Promise.reject(new Error('not used')),
@@ -63,7 +61,6 @@ describe('SOCKS5 listener in a pod netns', () => {
   afterAll(async () => {
     await socks?.stop();
     await new Promise<void>((r) => (web ? web.close(() => r()) : r()));
-    await helper?.stop();
     await dnsmasq?.stop();
     await pair?.destroy();
   });

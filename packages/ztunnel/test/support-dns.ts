@@ -4,17 +4,17 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RoutingApplier, RuleApplier, inpodRouting, inpodRules, netnsExecutor } from '@weir/iptables-builder';
-import { listenSeqpacket, openNetns, type Netns, type SeqpacketSocket } from '@weir/netns';
-import { fdUdpSocketFactory, type UdpSocketFactory, type UdpSocketSpec } from '../src/dns/udp-socket.js';
+import { createUdpSocket, openNetns, type Netns } from '@weir/netns';
+import { fdUdpSocketFactory, type UdpSocketFactory } from '../src/dns/udp-socket.js';
 import { execFileP } from './support.js';
 
 /** Root and every tool these tests drive; a missing one fails the test with its name. */
 export function requireDnsTools(): void {
   if (process.getuid?.() !== 0) throw new Error('these tests need root (network namespaces, iptables, SO_MARK): run as root');
-  const missing = ['ip', 'nsenter', 'dnsmasq', 'dig', 'getent', 'curl', 'python3', 'iptables-restore'].filter(
+  const missing = ['ip', 'nsenter', 'dnsmasq', 'dig', 'getent', 'curl', 'iptables-restore'].filter(
     (t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0,
   );
-  if (missing.length > 0) throw new Error(`missing tools: ${missing.join(', ')} (Debian: iproute2 util-linux dnsmasq-base dnsutils libc-bin curl python3 iptables)`);
+  if (missing.length > 0) throw new Error(`missing tools: ${missing.join(', ')} (Debian: iproute2 util-linux dnsmasq-base dnsutils libc-bin curl iptables)`);
 }
 
 const sh = (cmd: string, args: string[]): Promise<{ stdout: string; stderr: string }> => execFileP(cmd, args);
@@ -154,85 +154,11 @@ export class Dnsmasq {
   }
 }
 
-// Until @weir/netns can make UDP sockets in a netns (see src/dns/INTEGRATION.md), a python3 helper
-// started inside the pod netns makes them (SO_MARK, SO_REUSEPORT, bind) and passes each fd back over
-// SOCK_SEQPACKET with SCM_RIGHTS. The proxy code under test sees exactly what the native call will give.
-const HELPER = `
-import json, socket, sys
-c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-c.connect(sys.argv[1])
-while True:
-    req = c.recv(4096)
-    if not req:
-        break
-    r = json.loads(req)
-    try:
-        fam = socket.AF_INET6 if r["family"] == 6 else socket.AF_INET
-        s = socket.socket(fam, socket.SOCK_DGRAM)
-        try:
-            if r.get("mark"):
-                s.setsockopt(socket.SOL_SOCKET, 36, r["mark"])
-            if r.get("reusePort"):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if fam == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((r["address"], r["port"]))
-            socket.send_fds(c, [b'{"ok":true}'], [s.fileno()])
-        finally:
-            s.close()
-    except OSError as e:
-        c.send(json.dumps({"ok": False, "errno": e.errno, "message": str(e)}).encode())
-`;
-
-export class UdpHelper {
-  #queue: Promise<unknown> = Promise.resolve();
-  private constructor(
-    readonly proc: ChildProcess,
-    readonly conn: SeqpacketSocket,
-    readonly dir: string,
-  ) {}
-
-  static async start(netns: string): Promise<UdpHelper> {
-    const dir = mkdtempSync(join(tmpdir(), 'wudp-'));
-    const path = join(dir, 'helper.sock');
-    const server = listenSeqpacket(path);
-    const accepted = new Promise<SeqpacketSocket>((resolve) => server.once('connection', resolve));
-    const proc = spawn('ip', ['netns', 'exec', netns, 'python3', '-c', HELPER, path], { stdio: ['ignore', 'inherit', 'inherit'] });
-    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('udp helper did not connect within 10 s')), 10_000).unref());
-    const conn = await Promise.race([accepted, timeout]);
-    server.close();
-    return new UdpHelper(proc, conn, dir);
-  }
-
-  #request(spec: UdpSocketSpec): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
-      this.conn.once('message', (data: Buffer, fds: number[]) => {
-        const r = JSON.parse(data.toString()) as { ok: boolean; errno?: number; message?: string };
-        if (r.ok && fds[0] !== undefined) return resolve(fds[0]);
-        reject(Object.assign(new Error(`udp socket ${spec.address}:${spec.port}: ${r.message}`), { errno: r.errno }));
-      });
-      void this.conn.send(Buffer.from(JSON.stringify(spec))).catch(reject);
-    });
-  }
-
-  /** The factory the DNS proxy gets: one request at a time over the helper connection. */
-  get factory(): UdpSocketFactory {
-    return fdUdpSocketFactory((spec) => {
-      const next = this.#queue.then(() => this.#request(spec));
-      this.#queue = next.catch(() => {});
-      return next;
-    });
-  }
-
-  async stop(): Promise<void> {
-    this.conn.close();
-    if (this.proc.exitCode === null) {
-      const exited = new Promise((r) => this.proc.once('exit', r));
-      this.proc.kill('SIGTERM');
-      await exited;
-    }
-    rmSync(this.dir, { recursive: true, force: true });
-  }
+/** The DNS proxy's UDP sockets as ztunnel makes them: natively inside the pod netns (@weir/netns). */
+export function podUdpSockets(netns: Netns): UdpSocketFactory {
+  return fdUdpSocketFactory((spec) =>
+    createUdpSocket({ netns, family: spec.family, bindAddress: spec.address, bindPort: spec.port, mark: spec.mark, reusePort: spec.reusePort }),
+  );
 }
 
 /** Non-comment answer lines of `dig +short`. */
