@@ -140,7 +140,8 @@ export async function createMesh({ tag, pods }) {
         name: `ztunnel-${node.name}`,
         netns: node.netnsPath,
         cmd: process.execPath,
-        args: [ZTUNNEL_BIN],
+        // BENCH_CPU_PROF=<dir>: each ztunnel writes a V8 CPU profile there when it exits (summarize: profile.mjs).
+        args: [...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`, `--cpu-prof-name=ztunnel-${node.name}.cpuprofile`] : []), ZTUNNEL_BIN],
         env: {
           INPOD_UDS: zds.path,
           LOCAL_XDS_PATH: configPath,

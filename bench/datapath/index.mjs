@@ -7,6 +7,8 @@
 //            server in n2's netns → iperf3 in b
 //   go       the same with Go's standard-library HTTP/2 CONNECT tunnel (hbonepeer.go, mTLS, h2)
 // Besides Gbit/s, the proxy processes' CPU seconds per GiB moved. Last line: one JSON object.
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildGoPeer, capture, cpuSeconds, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, startPeerTunnel, waitFor } from '../common/mesh.mjs';
 
@@ -67,7 +69,10 @@ try {
       for (const [name, path] of Object.entries(paths)) {
         await setCapture(path.capture);
         const cpu0 = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0);
+        // BENCH_PERF=<dir>: `perf record` each ztunnel during its first measured round (perf report -i …).
+        const perf = process.env.BENCH_PERF && name === 'weir' && round === 0 ? path.procs.map((p, i) => spawn('perf', ['record', '-q', '-F', '999', '-g', '-o', join(process.env.BENCH_PERF, `perf-ztunnel-n${i + 1}-${streams}s.data`), '-p', String(p.pid), '--', 'sleep', String(SECONDS)], { stdio: 'ignore' })) : [];
         const t = await iperf(path, streams, SECONDS);
+        await Promise.all(perf.map((p) => new Promise((r) => (p.exitCode !== null ? r() : p.once('exit', r)))));
         const cpu = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0) - cpu0;
         const x = results[name][streams];
         x.gbps.push(t.bits / 1e9);

@@ -124,6 +124,20 @@ try {
   console.log(`agent event loop delay during the burst: p50 ${ms(loop.percentile(50) / 1e6)}, p99 ${ms(loop.percentile(99) / 1e6)}, max ${ms(loop.max / 1e6)}`);
   const load = (await import('node:os')).loadavg()[0];
   console.log(`machine load average during the run: ${load.toFixed(1)} on ${(await import('node:os')).cpus().length} cores`);
+  // The issue's keys. Note: p99 here is /cmdadd received → 200 sent over the agent's socket (the plugin
+  // exec and its Node start-up are bench cni-plugin's), against a ZDS peer that acks at once (no ztunnel).
+  console.log(
+    JSON.stringify({
+      enroll_p99_ms: Number(p99.toFixed(1)),
+      enroll_p50_ms: Number(p50.toFixed(1)),
+      enroll_pods_per_s: Number((burstSize / (wall / 1000)).toFixed(1)),
+      enroll_baseline_p50_ms: Number(b50.toFixed(1)),
+      burst: burstSize,
+      concurrency: Number(values.concurrency),
+      non_200: failed,
+      captured,
+    }),
+  );
   if (captured !== total) code = 1;
 } catch (err) {
   console.error(err);

@@ -1,0 +1,122 @@
+#!/usr/bin/env node
+// `npm run bench -- connections [--pods 100] [--idle 10000]` (root): on node n1, 100 pods enrolled in
+// one weir-ztunnel (pod a plus 99 more); pod b on n2 behind the other.
+//   1. ztunnel RSS idle with the 100 pods enrolled (node n1)
+//   2. new connections per second from a to an HTTP server in b (wrk -c8, `Connection: close`, so every
+//      request is a new TCP connection, hence a new HBONE stream), weir vs direct vs the Go tunnel
+//   3. both ztunnels' RSS at 0, 1,000 and 10,000 concurrent idle connections a → b (through the mesh)
+// Last line: one JSON object.
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { buildGoPeer, capture, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, rssKiB, sleep, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const { values } = parseArgs({
+  options: { pods: { type: 'string', default: '100' }, idle: { type: 'string', default: '10000' }, seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' } },
+});
+const PODS = Number(values.pods);
+const IDLE = Number(values.idle);
+const SECONDS = Number(values.seconds);
+requireRootAndTools(['wrk', 'go', 'curl', 'ss']);
+
+/** RSS of a pid, median of 5 samples 300 ms apart (the heap breathes). */
+async function settledRss(pid) {
+  const s = [];
+  for (let i = 0; i < 5; i++) {
+    s.push(rssKiB(pid));
+    await sleep(300);
+  }
+  return s.sort((x, y) => x - y)[2];
+}
+
+const t0 = Date.now();
+const mesh = await createMesh({ tag: 'conn', pods: { n1: ['a', ...Array.from({ length: PODS - 1 }, (_, i) => `f${i + 1}`)], n2: ['b'] } });
+let code = 0;
+try {
+  const [n1, n2] = mesh.nodes;
+  const [z1, z2] = mesh.ztunnels;
+  const { a, b } = mesh.pods;
+  console.log(`setup: ${PODS} pods on n1 and 1 on n2 created and enrolled over ZDS in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  await sleep(2000);
+  const idle100 = await settledRss(z1.pid);
+  console.log(`ztunnel n1 RSS, idle, ${PODS} pods enrolled: ${(idle100 / 1024).toFixed(1)} MiB   (n2, 1 pod: ${((await settledRss(z2.pid)) / 1024).toFixed(1)} MiB)`);
+
+  // --- new connections per second ----------------------------------------------------------------
+  const certs = await peerCerts(mesh);
+  const goBin = buildGoPeer(mesh.dir);
+  await b.spawn({ name: 'http-server', cmd: process.execPath, args: [join(here, '../common/http-server.mjs'), '8080'] });
+  await b.spawn({ name: 'hold-server', cmd: process.execPath, args: [join(here, '../common/hold-server.mjs'), '9000'] });
+  await waitFor('servers in b', async () => (await b.exec('ss', ['-Hltn', 'sport = :8080 or sport = :9000'])).stdout.trim().split('\n').length >= 2);
+  const go = await startPeerTunnel(mesh, 'go', { from: n1, to: n2, target: `${b.ip}:8080`, certs, goBin, port: 16201 });
+  const paths = {
+    direct: { url: `http://${b.ip}:8080/`, capture: false },
+    weir: { url: `http://${b.ip}:8080/`, capture: true },
+    go: { url: `http://${go.host}:${go.port}/`, capture: false },
+  };
+  let captured = false;
+  const setCapture = async (on) => {
+    if (on === captured) return;
+    await capture(mesh, a, on);
+    await capture(mesh, b, on);
+    captured = on;
+  };
+  const rate = {};
+  for (const [name, path] of Object.entries(paths)) {
+    await setCapture(path.capture);
+    await a.exec('wrk', ['-t1', '-c8', '-d1s', '-H', 'Connection: close', path.url], { timeoutMs: 30_000, check: false });
+    const r = await a.exec('wrk', ['-t1', '-c8', `-d${SECONDS}s`, '-H', 'Connection: close', path.url], { timeoutMs: (SECONDS + 30) * 1000, check: false });
+    const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
+    if (!m) throw new Error(`wrk through ${name} gave no rate:\n${r.stdout}${r.stderr}`);
+    const errors = /Socket errors: (.*)/.exec(r.stdout)?.[1];
+    rate[name] = Number(m[1]);
+    console.log(`new connections/s ${name.padEnd(7)} ${rate[name].toFixed(0).padStart(6)}${errors ? `   (socket errors: ${errors})` : ''}`);
+  }
+
+  // --- idle connections ------------------------------------------------------------------------------
+  await setCapture(true);
+  const accepted = async () => Number([...(await mesh.topo.process('hold-server').readLog()).matchAll(/ACCEPTED (\d+)/g)].at(-1)?.[1] ?? 0);
+  await sleep(3000); // the new-connection run's sockets close and their memory settles
+  const rss = { 0: [await settledRss(z1.pid), await settledRss(z2.pid)] };
+  const steps = [1000, IDLE].filter((n, i, xs) => n <= IDLE && xs.indexOf(n) === i);
+  let held = 0;
+  for (const n of steps) {
+    const more = n - held;
+    const c = await a.spawn({ name: `hold-client-${n}`, cmd: process.execPath, args: [join(here, '../common/hold-client.mjs'), b.ip, '9000', String(more)] });
+    const line = await c.waitForOutput(/OPENED \d+/, 240_000);
+    if ((await c.readLog()).includes('FAILED')) console.log(`hold-client: ${(await c.readLog()).trim().split('\n').join('; ')}`);
+    held = n;
+    await waitFor(`${n} connections accepted in b`, async () => (await accepted()) >= n, 240_000).catch(async (err) => {
+      throw new Error(`${err.message} (b has ${await accepted()}; ${line})`);
+    });
+    await sleep(2000);
+    rss[n] = [await settledRss(z1.pid), await settledRss(z2.pid)];
+  }
+  console.log('idle connections a → b   ztunnel n1 RSS MiB   ztunnel n2 RSS MiB');
+  for (const [n, [r1, r2]] of Object.entries(rss)) console.log(`${String(n).padStart(24)}   ${(r1 / 1024).toFixed(1).padStart(18)}   ${(r2 / 1024).toFixed(1).padStart(18)}`);
+  const per = (i) => (rss[IDLE][i] - rss[0][i]) / IDLE;
+  const perConn = per(0) + per(1);
+  console.log(`RSS per idle connection: n1 (outbound) ${per(0).toFixed(2)} KiB + n2 (inbound) ${per(1).toFixed(2)} KiB = ${perConn.toFixed(2)} KiB`);
+  console.log(`goal ztunnel RSS idle with ${PODS} pods ≤ 80 MiB: ${(idle100 / 1024).toFixed(1)} ${idle100 / 1024 <= 80 ? 'met' : `NOT met (over by ${((idle100 / 1024 / 80 - 1) * 100).toFixed(0)}%)`}`);
+  console.log(`goal ≤ 8 KiB per idle connection (both ztunnels together): ${perConn.toFixed(2)} ${perConn <= 8 ? 'met' : `NOT met (over by ${((perConn / 8 - 1) * 100).toFixed(0)}%)`}`);
+  console.log(machine());
+  printJson({
+    ztunnel_rss_idle_100pods_mib: round(idle100 / 1024, 1),
+    rss_per_conn_kib: round(perConn, 2),
+    rss_per_conn_kib_outbound: round(per(0), 2),
+    rss_per_conn_kib_inbound: round(per(1), 2),
+    newconn_per_s: round(rate.weir, 0),
+    newconn_per_s_vs_go: round(rate.weir / rate.go),
+    newconn_per_s_vs_direct: round(rate.weir / rate.direct),
+    conn_per_s: Object.fromEntries(Object.entries(rate).map(([k, v]) => [k, round(v, 0)])),
+    rss_mib: Object.fromEntries(Object.entries(rss).map(([k, [r1, r2]]) => [k, { n1: round(r1 / 1024, 1), n2: round(r2 / 1024, 1) }])),
+    pods: PODS,
+    idle: IDLE,
+  });
+} catch (err) {
+  console.error(err);
+  code = 1;
+} finally {
+  await mesh.destroy();
+}
+process.exit(code);

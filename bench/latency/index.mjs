@@ -1,0 +1,107 @@
+#!/usr/bin/env node
+// `npm run bench -- latency` (root): HTTP request/response round trips from pod a (n1) to a small HTTP
+// server in pod b (n2), with wrk in pod a: one long-lived connection (wrk -c1, keep-alive), and a new
+// connection per request (wrk -c1 with `Connection: close`, so wrk reconnects after every response).
+// Same four paths as the datapath bench: direct (capture off), weir (both ztunnels), stunnel, go.
+// Prints p50/p90/p99 per path; last line: one JSON object.
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { buildGoPeer, capture, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' }, rounds: { type: 'string', default: process.env.BENCH_ROUNDS ?? '2' } } });
+const SECONDS = Number(values.seconds);
+const ROUNDS = Number(values.rounds);
+requireRootAndTools(['wrk', 'stunnel4', 'go', 'curl', 'ss']);
+
+/** wrk's `Latency Distribution` block → ms per percentile. */
+function parseWrk(text) {
+  const unit = { us: 1e-3, ms: 1, s: 1000, m: 60_000 };
+  const pct = {};
+  for (const m of text.matchAll(/^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$/gm)) pct[m[1]] = Number(m[2]) * unit[m[3]];
+  const req = /^\s+(\d+) requests in/m.exec(text);
+  const errors = /Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)/.exec(text);
+  if (pct['50'] === undefined || pct['99'] === undefined) throw new Error(`wrk gave no latency distribution:\n${text}`);
+  return { p50: pct['50'], p90: pct['90'], p99: pct['99'], requests: Number(req?.[1] ?? 0), errors: errors?.[0] };
+}
+
+const mesh = await createMesh({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] } });
+let code = 0;
+try {
+  const [n1, n2] = mesh.nodes;
+  const { a, b } = mesh.pods;
+  const certs = await peerCerts(mesh);
+  const goBin = buildGoPeer(mesh.dir);
+  await b.spawn({ name: 'http-server', cmd: process.execPath, args: [join(here, '../common/http-server.mjs'), '8080'] });
+  await waitFor('http server', async () => (await b.exec('ss', ['-Hltn', 'sport = :8080'])).stdout.trim() !== '');
+  const target = `${b.ip}:8080`;
+  const stunnel = await startPeerTunnel(mesh, 'stunnel', { from: n1, to: n2, target, certs, port: 16101 });
+  const go = await startPeerTunnel(mesh, 'go', { from: n1, to: n2, target, certs, goBin, port: 16111 });
+  const paths = {
+    direct: { url: `http://${b.ip}:8080/`, capture: false },
+    weir: { url: `http://${b.ip}:8080/`, capture: true },
+    stunnel: { url: `http://${stunnel.host}:${stunnel.port}/`, capture: false },
+    go: { url: `http://${go.host}:${go.port}/`, capture: false },
+  };
+  let captured = false;
+  const setCapture = async (on) => {
+    if (on === captured) return;
+    await capture(mesh, a, on);
+    await capture(mesh, b, on);
+    captured = on;
+  };
+  const wrk = async (path, mode, seconds) => {
+    const args = ['-t1', '-c1', `-d${seconds}s`, '--latency', ...(mode === 'newconn' ? ['-H', 'Connection: close'] : []), path.url];
+    const r = await a.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000, check: false });
+    return parseWrk(r.stdout + r.stderr);
+  };
+
+  const results = {};
+  for (const name of Object.keys(paths)) results[name] = { keepalive: [], newconn: [] };
+  for (const [name, path] of Object.entries(paths)) {
+    await setCapture(path.capture);
+    await wrk(path, 'keepalive', 1); // warm-up
+  }
+  for (const mode of ['keepalive', 'newconn']) {
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const [name, path] of Object.entries(paths)) {
+        await setCapture(path.capture);
+        results[name][mode].push(await wrk(path, mode, SECONDS));
+      }
+    }
+  }
+  await setCapture(false);
+
+  // Per path and mode: the round with the lowest p50 (the least disturbed by the rest of the machine).
+  const best = (name, mode) => results[name][mode].reduce((x, y) => (y.p50 < x.p50 ? y : x));
+  console.log(`latency: pod a (n1) → HTTP server in pod b (n2), wrk -c1, ${SECONDS} s × ${ROUNDS} rounds, best round by p50; ${machine()}`);
+  console.log('path      long-lived p50 / p90 / p99 ms   (req)      new conn per request p50 / p90 / p99 ms   (req)');
+  const fmt = (x) => `${x.p50.toFixed(3)} / ${x.p90.toFixed(3)} / ${x.p99.toFixed(3)}`.padEnd(26) + `(${x.requests}${x.errors ? `, ${x.errors}` : ''})`;
+  for (const name of Object.keys(paths)) console.log(`${name.padEnd(9)} ${fmt(best(name, 'keepalive')).padEnd(40)} ${fmt(best(name, 'newconn'))}`);
+  const w = (mode) => best('weir', mode);
+  const g = (mode) => best('go', mode);
+  const out = {
+    latency_p50_vs_go: round(w('keepalive').p50 / g('keepalive').p50),
+    latency_p99_vs_go: round(w('keepalive').p99 / g('keepalive').p99),
+    newconn_p99_vs_go: round(w('newconn').p99 / g('newconn').p99),
+    newconn_p50_vs_go: round(w('newconn').p50 / g('newconn').p50),
+    latency_p50_vs_ctls: round(w('keepalive').p50 / best('stunnel', 'keepalive').p50),
+    ms: Object.fromEntries(
+      Object.keys(paths).map((n) => [n, Object.fromEntries(['keepalive', 'newconn'].map((m) => [m, { p50: round(best(n, m).p50), p90: round(best(n, m).p90), p99: round(best(n, m).p99) }]))]),
+    ),
+    seconds: SECONDS,
+    rounds: ROUNDS,
+  };
+  const goal = (label, v, max) => console.log(`goal ${label} ≤ ${max}: ${v.toFixed(2)} ${v <= max ? 'met' : `NOT met (over by ${((v / max - 1) * 100).toFixed(0)}%)`}`);
+  goal('long-lived p50 vs go', out.latency_p50_vs_go, 1);
+  goal('long-lived p99 vs go', out.latency_p99_vs_go, 1);
+  goal('new connection p99 vs go', out.newconn_p99_vs_go, 1.5);
+  printJson(out);
+} catch (err) {
+  console.error(err);
+  code = 1;
+} finally {
+  await mesh.destroy();
+}
+process.exit(code);
