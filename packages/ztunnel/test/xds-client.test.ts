@@ -297,6 +297,19 @@ policies:
     expect(store.config.services).toEqual(parsed.services);
   });
 
+  it('backs off exponentially up to the cap while istiod is down, and close() ends the wait at once', async () => {
+    startClient({ backoff: { initialMs: 20, maxMs: 160 } });
+    await client.ready();
+    await cp.stop();
+    await waitFor('six failed attempts', () => lines.filter((l) => l.msg === 'XDS client connection error, retrying').length >= 6, 5000);
+    const delays = lines.filter((l) => l.msg === 'XDS client connection error, retrying').map((l) => l.obj.backoff_ms as number);
+    // The stream that had delivered data restarts the backoff; each failed connect doubles it.
+    expect(delays.slice(0, 6)).toEqual([20, 40, 80, 160, 160, 160]);
+    const t0 = Date.now();
+    await client.close();
+    expect(Date.now() - t0).toBeLessThan(100);
+  });
+
   it('is never ready with a bad token, and says why', async () => {
     startClient({ token: () => 'wrong', backoff: { initialMs: 10, maxMs: 50 } });
     await waitFor('a refused connection', () => lines.find((l) => /UNAUTHENTICATED/.test(String(l.obj.error))), 3000);
