@@ -71,13 +71,14 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
       await writeSandboxState(where.dir, state);
     }
     const created: Array<{ pod: TopologyPod; node: string }> = [];
-    for (const spec of state.pods) {
-      const pod = await topology.node(spec.node).addPod({ name: spec.name, namespace: spec.namespace, labels: spec.labels });
-      await startApp(pod, spec);
-      created.push({ pod, node: spec.node });
+    for (const podSpec of state.pods) {
+      const pod = await topology.node(podSpec.node).addPod({ name: podSpec.name, namespace: podSpec.namespace, labels: podSpec.labels });
+      await startApp(pod, podSpec);
+      created.push({ pod, node: podSpec.node });
       await publishWorkloads(files, state.namespaces, created);
-      const enrolled = isEnrolled(spec, state.namespaces.find((n) => n.name === spec.namespace));
-      say(`pod ${spec.namespace}/${spec.name} on ${spec.node}: ${pod.ip}${enrolled ? ' (enrolled: ambient)' : ''}${spec.app.kind === 'http-echo' ? `, HTTP echo on :${spec.app.port}` : ''}`);
+      const enrolled = isEnrolled(podSpec, state.namespaces.find((n) => n.name === podSpec.namespace));
+      const app = podSpec.app.kind === 'http-echo' ? `, HTTP echo on :${podSpec.app.port}` : '';
+      say(`pod ${podSpec.namespace}/${podSpec.name} on ${podSpec.node}: ${pod.ip}${enrolled ? ' (enrolled: ambient)' : ''}${app}`);
     }
     if (state.nodes.some((n) => n.agentProcess !== undefined)) say('waiting for the enrolled pods to be captured and ztunnel to be ready');
     for (const wired of state.nodes) {
