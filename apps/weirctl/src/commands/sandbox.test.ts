@@ -152,6 +152,8 @@ describe("weirctl sandbox with Weir's components", () => {
     ]);
     const ip = (pod: string): string => status.pods.find((p) => p.name === pod)?.ip ?? '';
 
+    let followed = '';
+    const following = command.run(['logs', ...where, 'node-1', 'ztunnel', '--follow'], { out: (t) => (followed += t), err: (t) => (followed += t) });
     const topology = await Topology.attach(join(dir, name));
     const meshWire = await topology.capture(topology.underlayNetnsPath, { name: 'mesh', filter: 'tcp' });
     const curl = await sandbox('exec', ...where, 'sleep', '--', 'curl', '-sS', '-m', '10', `http://${ip('httpbin')}:8000/get`);
@@ -176,8 +178,11 @@ describe("weirctl sandbox with Weir's components", () => {
 
     expect((await sandbox('logs', ...where, 'node-2', 'cni-agent')).out).toContain('name=httpbin');
 
+    // `logs -f` printed the connection as it happened, and ends when ztunnel does.
+    await expect.poll(() => followed, { timeout: 10_000 }).toContain('connection complete');
     const down = await sandbox('down', ...where);
     expect(down.out).toMatch(/^sandbox down: stopped 10 processes/);
+    expect(await following).toBe(0);
     expect((await listNetns()).filter((n) => ownedByPrefix(n, name))).toEqual([]);
   });
 });

@@ -9,6 +9,7 @@ import {
   DEFAULT_SANDBOX_NAME,
   SandboxError,
   componentLog,
+  followComponentLog,
   resolveTarget,
   sandboxDown,
   sandboxStatus,
@@ -27,7 +28,7 @@ node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each
      [--agent-bin F] [--ztunnel-bin F] [--cni-bin F]   use these binaries instead of the repo's builds
   status [--json]               nodes (netns, address, ZDS socket, agent/ztunnel pids) and pods
   exec POD|NODE -- CMD [ARG…]   run CMD in a pod's (name or namespace/name) or node's netns; exit status passed through
-  logs NODE ztunnel|cni-agent   print that component's log
+  logs NODE ztunnel|cni-agent [-f]   print that component's log (-f: keep printing until it exits)
   down                          remove everything up made; safe twice and after a crash
 
   --state-dir DIR               default ${DEFAULT_SANDBOX_DIR}
@@ -52,6 +53,8 @@ const UpFlags = Location.extend({
 });
 
 const StatusFlags = Location.extend({ json: z.boolean().default(false) });
+
+const LogsFlags = Location.extend({ follow: z.boolean().default(false) });
 
 export interface SandboxCommandOptions {
   /** `inherit` (default): exec'd commands own the terminal. `io`: their output goes through Io (tests). */
@@ -155,10 +158,14 @@ async function exec(argv: readonly string[], io: Io, stdio: 'inherit' | 'io'): P
 }
 
 async function logs(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, Location, {}, 2);
+  const { flags, positionals } = parse(argv, LogsFlags, { follow: { type: 'boolean', short: 'f' } }, 2);
   const component = z.enum(['ztunnel', 'cni-agent']).safeParse(positionals[1]);
   if (!component.success) throw new UsageError(`logs NODE ztunnel|cni-agent: unknown component '${positionals[1]}'`);
-  io.out(await componentLog(location(flags), positionals[0] as string, component.data));
+  if (flags.follow) {
+    await followComponentLog(location(flags), positionals[0] as string, component.data, io.out);
+  } else {
+    io.out(await componentLog(location(flags), positionals[0] as string, component.data));
+  }
   return 0;
 }
 

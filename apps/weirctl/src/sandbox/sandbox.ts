@@ -1,6 +1,21 @@
-import { readFile, rm, rmdir } from 'node:fs/promises';
+import { open, readFile, rm, rmdir } from 'node:fs/promises';
+import { StringDecoder } from 'node:string_decoder';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
-import { Topology, checkPrerequisites, execInNetns, formatMissing, httpEcho, listNetns, ownedByPrefix, type TeardownReport, type TopologyPod } from '@weir/topology';
+import {
+  Topology,
+  checkPrerequisites,
+  execInNetns,
+  formatMissing,
+  httpEcho,
+  isSameProcess,
+  listNetns,
+  ownedByPrefix,
+  readState,
+  type ProcessRecord,
+  type TeardownReport,
+  type TopologyPod,
+} from '@weir/topology';
 import { locateComponents, publishWorkloads, sandboxFiles, startNodeComponents, waitForCapture } from './components.js';
 import { defaultSpec, isEnrolled, type PodSpec } from './spec.js';
 import { createSandboxState, readSandboxState, stateFile, writeSandboxState, type ComponentInfo, type ComponentName, type SandboxState } from './state.js';
@@ -168,8 +183,8 @@ export async function resolveTarget(where: SandboxLocation, ref: string): Promis
 
 export type LogComponent = 'ztunnel' | 'cni-agent';
 
-/** The log of a node's ztunnel or agent. */
-export async function componentLog(where: SandboxLocation, nodeName: string, component: LogComponent): Promise<string> {
+/** The process record of a node's ztunnel or agent: the newest of that name, running or not (a crashed one's log matters most). */
+async function componentRecord(where: SandboxLocation, nodeName: string, component: LogComponent): Promise<ProcessRecord> {
   const state = await requireState(where);
   const node = state.nodes.find((n) => n.name === nodeName);
   if (!node) throw new SandboxError(`no node ${nodeName} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
@@ -178,10 +193,48 @@ export async function componentLog(where: SandboxLocation, nodeName: string, com
     const why = node.notes.find((n) => n.startsWith(component === 'ztunnel' ? 'weir-ztunnel' : 'weir-cni-agent')) ?? 'not started';
     throw new SandboxError(`${component} does not run on ${nodeName}: ${why}`);
   }
-  const topology = await Topology.attach(state.topologyStateDir);
-  const proc = topology.process(processName);
-  if (!proc) throw new SandboxError(`${component} on ${nodeName} has no process record in ${state.topologyStateDir}`);
-  return readFile(proc.logFile, 'utf8');
+  const record = (await readState(state.topologyStateDir)).processes.findLast((p) => p.name === processName);
+  if (!record) throw new SandboxError(`${component} on ${nodeName} has no process record in ${state.topologyStateDir}`);
+  return record;
+}
+
+/** The log of a node's ztunnel or agent. */
+export async function componentLog(where: SandboxLocation, nodeName: string, component: LogComponent): Promise<string> {
+  return readFile((await componentRecord(where, nodeName, component)).logFile, 'utf8');
+}
+
+/** The log so far, then what is appended, until the process exits (or its log is removed by `down`). */
+export async function followComponentLog(where: SandboxLocation, nodeName: string, component: LogComponent, write: (text: string) => void): Promise<void> {
+  const record = await componentRecord(where, nodeName, component);
+  const decoder = new StringDecoder('utf8');
+  let offset = 0;
+  for (;;) {
+    // Liveness first, then a read: the last lines written before an exit are never missed.
+    const alive = isSameProcess(record.pid, record.startTime);
+    let chunk: Buffer;
+    try {
+      chunk = await readFrom(record.logFile, offset);
+    } catch {
+      return;
+    }
+    offset += chunk.length;
+    const text = decoder.write(chunk);
+    if (text !== '') write(text);
+    if (!alive) return;
+    await sleep(250);
+  }
+}
+
+async function readFrom(path: string, offset: number): Promise<Buffer> {
+  const file = await open(path, 'r');
+  try {
+    const { size } = await file.stat();
+    const buffer = Buffer.alloc(Math.max(0, size - offset));
+    if (buffer.length > 0) await file.read(buffer, 0, buffer.length, offset);
+    return buffer;
+  } finally {
+    await file.close();
+  }
 }
 
 /**
