@@ -20,7 +20,7 @@ export interface DnsProxyOptions {
   /** SO_MARK on every socket (ztunnel: 1337), so the pod's rules never capture the proxy itself. */
   mark: number;
   store: WorkloadStore;
-  /** Makes UDP sockets inside the pod's netns (see INTEGRATION.md). */
+  /** Makes UDP sockets inside the pod's netns (ztunnel: `createUdpSocket` of @weir/netns). */
   udpSockets: UdpSocketFactory;
   /** Where names outside the mesh state go: the pod's resolver as the node sees it. */
   upstreams: DnsUpstream[];
