@@ -173,6 +173,31 @@ describe('traffic', () => {
     expect(JSON.parse(ok.out)).toMatchObject({ path: '/allowed', client: { address: sleep.ip } });
   });
 
+  it('a DENY policy added while a connection is open closes that connection (live connections are re-checked)', async () => {
+    const server = sandbox.background('httpbin', ['socat', '-d', '-d', 'TCP-LISTEN:9200,reuseaddr,fork', 'SYSTEM:while true; do echo tick; sleep 0.5; done']);
+    await server.waitForOutput(/listening on/);
+    const client = sandbox.background('sleep', ['socat', '-u', `TCP:${httpbin.ip}:9200`, '-']);
+    try {
+      await client.waitForOutput(/tick\ntick\n/, 20_000);
+      await sandbox.editLocalXds((c) => {
+        c.policies.push({ name: 'e2e-deny-9200', namespace: 'demo', scope: 'Namespace', action: 'Deny', rules: [[[{ destinationPorts: [9200] }]]] });
+      });
+      const ticks = (): number => (client.output().match(/tick/g) ?? []).length;
+      // Ticks must stop: the open connection is closed once the policy is loaded.
+      await eventually('the open connection to be closed by the new DENY policy', async () => {
+        const n = ticks();
+        await new Promise((r) => setTimeout(r, 2_000));
+        return ticks() === n ? true : undefined;
+      }, 30_000);
+    } finally {
+      await client.stop();
+      await server.stop();
+      await sandbox.editLocalXds((c) => {
+        c.policies = c.policies.filter((p) => p.name !== 'e2e-deny-9200');
+      });
+    }
+  });
+
   it('legacy-client -> httpbin is plaintext on the wire, enters httpbin through 15006, and is subject to policy', async () => {
     const wire = await captureNode('node-1', 'legacy');
     let r;
@@ -247,6 +272,45 @@ describe('traffic', () => {
     expect(raw.includes('GET /released-path')).toBe(true);
     expect(tcpStreams(parsePcap(raw)).some((s) => s.src === sleep.ip && s.dport === 8000)).toBe(true);
     expect(await sandbox.logs('node-1', 'ztunnel')).not.toContain(`/released-path`);
+  });
+
+  it('labelling demo again captures the running pods again; a pod labelled none opts out and is then captured only at its peer', async () => {
+    await sandbox.editPodsFile((f) => {
+      const demo = f.namespaces.find((n) => n.name === 'demo');
+      if (!demo) throw new Error('pods file has no namespace demo');
+      demo.labels['istio.io/dataplane-mode'] = 'ambient';
+    });
+    for (const pod of ['sleep', 'httpbin']) {
+      await eventually(`${pod} to be captured again`, async () => (savedRules(await sandbox.execOk(pod, ['iptables-save'])).nat?.join('\n') === SEED_INPOD_RULES.nat.join('\n') ? true : undefined), 60_000);
+      await eventually(`${pod}'s listeners to be back`, async () => (/:15001\s/.test(await sandbox.execOk(pod, ['ss', '-ntl'])) ? true : undefined), 30_000);
+    }
+    const again = await eventually('sleep -> httpbin over HBONE again', async () => {
+      const r = await curl('sleep', `http://${httpbin.ip}:8000/relabelled`);
+      const log = await sandbox.logs('node-1', 'ztunnel');
+      return r.code === 0 && new RegExp(`dst\\.addr=${escape(httpbin.ip)}:8000 dst\\.hbone_addr=`).test(log.slice(log.lastIndexOf('received netns'))) ? r : undefined;
+    });
+    expect(JSON.parse(again.out)).toMatchObject({ client: { address: sleep.ip } });
+
+    await sandbox.editPodsFile((f) => {
+      const pod = f.pods.find((p) => p.name === 'sleep');
+      if (!pod) throw new Error('pods file has no pod sleep');
+      pod.labels['istio.io/dataplane-mode'] = 'none';
+    });
+    await eventually('sleep to opt out (no ISTIO_ rules)', async () => (/ISTIO_/.test(await sandbox.execOk('sleep', ['iptables-save'])) ? undefined : true), 60_000);
+    expect(await sandbox.execOk('httpbin', ['iptables-save'])).toMatch(/ISTIO_PRERT/);
+    const node2Before = (await sandbox.logs('node-2', 'ztunnel')).length;
+    const r = await curl('sleep', `http://${httpbin.ip}:8000/opted-out`);
+    expect(r.code, r.err).toBe(0);
+    expect(JSON.parse(r.out)).toMatchObject({ client: { address: sleep.ip } });
+    // Plaintext from a client outside the mesh: httpbin's 15006 takes it, without a peer identity.
+    const line = await eventually('node-2 ztunnel to log the plaintext connection from sleep', async () =>
+      (await sandbox.logs('node-2', 'ztunnel'))
+        .slice(node2Before)
+        .split('\n')
+        .find((l) => l.includes(`src.addr=${sleep.ip}:`) && l.includes('connection complete')),
+    );
+    expect(line).toMatch(/direction=inbound/);
+    expect(line).not.toMatch(/src\.identity=spiffe/);
   });
 
   it('down leaves the host exactly as before (netns, links, iptables, routes of the root netns)', async () => {
