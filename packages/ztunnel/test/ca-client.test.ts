@@ -78,6 +78,17 @@ describe('CaClient', () => {
     expect(lines.some((l) => l.level === 'error' && l.msg === 'CA unavailable, no certificate for identity')).toBe(true);
   });
 
+  it('refuses a CA whose server certificate does not chain to CA_ROOT_CA', async () => {
+    const other = await TestControlPlane.start();
+    try {
+      caClient({ rootCaPem: other.rootCaPem });
+      await expect(ca.issueWorkloadCertificate({ identity: A })).rejects.toThrow(/UNAVAILABLE/);
+      expect(cp.issued).toHaveLength(0);
+    } finally {
+      await other.close();
+    }
+  });
+
   it('rejects an identity the CA will not sign for', async () => {
     caClient();
     await expect(ca.issueWorkloadCertificate({ identity: 'spiffe://other.td/ns/a/sa/b' })).rejects.toThrow(/INVALID_ARGUMENT: identity .* outside trust domain/);
