@@ -38,7 +38,7 @@ try {
   const [z1, z2] = mesh.ztunnels;
   const { a, b } = mesh.pods;
   console.log(`setup: ${PODS} pods on n1 and 1 on n2 created and enrolled over ZDS in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  await sleep(2000);
+  await sleep(5000); // enrollment's garbage: let the heap settle before calling it idle
   const idle100 = await settledRss(z1.pid);
   console.log(`ztunnel n1 RSS, idle, ${PODS} pods enrolled: ${(idle100 / 1024).toFixed(1)} MiB   (n2, 1 pod: ${((await settledRss(z2.pid)) / 1024).toFixed(1)} MiB)`);
 
