@@ -103,7 +103,10 @@ beforeAll(async () => {
   await enroll(zds1, b);
   await enroll(zds2, c);
   // Both start at once against one (not yet existing) CA: they must end up sharing it.
-  [zt1, zt2] = await Promise.all([startZtunnel(n1, zds1.path), startZtunnel(n2, zds2.path)]);
+  [zt1, zt2] = await Promise.all([
+    startZtunnel(n1, zds1.path, { WEIR_DNS_UPSTREAMS: `${outside.ip}:53` }),
+    startZtunnel(n2, zds2.path, { DNS_PROXY: 'false' }),
+  ]);
   await waitFor('n1 ztunnel ready', () => ready(n1), 30_000);
   await waitFor('n2 ztunnel ready', () => ready(n2), 30_000);
   appB = await EchoApp.start(b, 8080);
@@ -136,6 +139,20 @@ describe('weir-ztunnel process', () => {
     for (const [pod, proc] of [[a, zt1], [b, zt1], [c, zt2]] as const) {
       const l = await podListeners(pod);
       for (const port of [15001, 15006, 15008]) expect(l.get(port), `${pod.name}:${port}`).toEqual([proc.pid]);
+    }
+  });
+
+  it('runs the DNS proxy on 15053 in its pods unless DNS_PROXY=false, forwarding to WEIR_DNS_UPSTREAMS', async () => {
+    expect(await zt1.readLog()).toMatch(/^dns_proxy: true$/m);
+    expect(await zt1.readLog()).toContain(`dns_upstreams: ${outside.ip}:53`);
+    expect(await zt2.readLog()).toMatch(/^dns_proxy: false$/m);
+    // TCP on 127.0.0.1:15053 and [::1]:15053, both the process's.
+    for (const pod of [a, b]) expect(new Set((await podListeners(pod)).get(15053)), pod.name).toEqual(new Set([zt1.pid]));
+    expect((await podListeners(c)).has(15053)).toBe(false);
+    // Nothing serves DNS on the configured upstream: the proxy answers SERVFAIL, over UDP and TCP.
+    for (const transport of ['+notcp', '+tcp']) {
+      const r = await a.exec('dig', ['@127.0.0.1', '-p', '15053', transport, 'nowhere.example', '+tries=1', '+time=8']);
+      expect(r.stdout, transport).toMatch(/status: SERVFAIL/);
     }
   });
 
