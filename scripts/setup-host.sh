@@ -14,4 +14,5 @@ apt-get install -y -qq --no-install-recommends \
   golang-go python3-h2 protobuf-compiler \
   iperf3 wrk tcpdump dnsutils dnsmasq-base \
   libcap2-bin util-linux procps psmisc \
+  podman buildah runc debootstrap \
   >/dev/null
