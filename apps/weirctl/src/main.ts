@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { runCli, type Command } from './command.js';
+import { doctorCommand } from './commands/doctor.js';
 import { rulesCommand } from './commands/rules.js';
 import { sandboxCommand } from './commands/sandbox.js';
 
@@ -7,6 +8,7 @@ import { sandboxCommand } from './commands/sandbox.js';
 const commands: Record<string, Command> = {
   rules: rulesCommand,
   sandbox: sandboxCommand,
+  doctor: doctorCommand,
 };
 
 const io = { out: (t: string) => process.stdout.write(t), err: (t: string) => process.stderr.write(t) };

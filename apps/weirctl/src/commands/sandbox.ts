@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { parseArgs } from 'node:util';
 import { netnsCommand } from '@weir/topology';
@@ -17,8 +18,9 @@ import {
   type SandboxLocation,
   type SandboxStatus,
 } from '../sandbox/sandbox.js';
+import { parseLabelChange, parseLabelTarget, sandboxLabel, sandboxPolicies, sandboxPolicyApply, sandboxPolicyDelete } from '../sandbox/live.js';
 
-const HELP = `usage: weirctl sandbox <up|status|exec|logs|down> [flags]
+const HELP = `usage: weirctl sandbox <up|status|exec|logs|label|policy|down> [flags]
 
 A local cluster in network namespaces on this machine (needs root): nodes node-1..N, namespace demo
 (enrolled: sleep on node-1, httpbin HTTP echo on :8000 on node-2) and namespace legacy (legacy-client on
@@ -29,6 +31,13 @@ node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each
   status [--json]               nodes (netns, address, ZDS socket, agent/ztunnel pids) and pods
   exec POD|NODE -- CMD [ARG…]   run CMD in a pod's (name or namespace/name) or node's netns; exit status passed through
   logs NODE ztunnel|cni-agent [-f]   print that component's log (-f: keep printing until it exits)
+  label ns/NAME|pod/NS/NAME|pod/NAME [-n NS] KEY=VALUE|KEY- …
+                                set or remove labels live (istio.io/dataplane-mode=ambient enrolls, none opts a pod
+                                out); returns once the agents captured/released the pods whose enrollment changed
+  policy apply FILE             add or replace authorization policies (ztunnel local-config schema: {policies: […]},
+                                a list or one policy); returns once every ztunnel's /config_dump shows them
+  policy delete NAME|NS/NAME [-n NS]   remove one; returns once no ztunnel has it
+  policy list [--json]          the policies the sandbox holds
   down                          remove everything up made; safe twice and after a crash
 
   --state-dir DIR               default ${DEFAULT_SANDBOX_DIR}
@@ -56,6 +65,8 @@ const StatusFlags = Location.extend({ json: z.boolean().default(false) });
 
 const LogsFlags = Location.extend({ follow: z.boolean().default(false) });
 
+const LabelFlags = Location.extend({ namespace: z.string().min(1).optional() });
+
 export interface SandboxCommandOptions {
   /** `inherit` (default): exec'd commands own the terminal. `io`: their output goes through Io (tests). */
   execStdio?: 'inherit' | 'io';
@@ -63,7 +74,7 @@ export interface SandboxCommandOptions {
 
 export function createSandboxCommand(options: SandboxCommandOptions = {}): Command {
   return {
-    summary: 'a local cluster in network namespaces: up, status, exec, logs, down',
+    summary: 'a local cluster in network namespaces: up, status, exec, logs, label, policy, down',
     async run(argv, io) {
       const [sub, ...rest] = argv;
       const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
@@ -81,10 +92,14 @@ export function createSandboxCommand(options: SandboxCommandOptions = {}): Comma
             return await exec(rest, io, options.execStdio ?? 'inherit');
           case 'logs':
             return await logs(rest, io);
+          case 'label':
+            return await label(rest, io);
+          case 'policy':
+            return await policy(rest, io);
           case 'down':
             return await down(rest, io);
           default:
-            throw new UsageError(`unknown subcommand '${sub}' (one of: up, status, exec, logs, down)`);
+            throw new UsageError(`unknown subcommand '${sub}' (one of: up, status, exec, logs, label, policy, down)`);
         }
       } catch (err) {
         if (err instanceof SandboxError) {
@@ -169,6 +184,57 @@ async function logs(argv: readonly string[], io: Io): Promise<number> {
   return 0;
 }
 
+async function label(argv: readonly string[], io: Io): Promise<number> {
+  // Any number of KEY=VALUE / KEY- after the target; `-` ends a label, so parseArgs must not see them as flags.
+  const { flags, positionals } = parse(argv, LabelFlags, { namespace: { type: 'string', short: 'n' } }, -1);
+  const [ref, ...changes] = positionals;
+  if (ref === undefined || changes.length === 0) throw new UsageError('label needs a target and at least one KEY=VALUE or KEY-');
+  const target = parseLabelTarget(ref, flags.namespace);
+  await sandboxLabel(location(flags), target, changes.map(parseLabelChange), (line) => io.out(`${line}\n`));
+  return 0;
+}
+
+async function policy(argv: readonly string[], io: Io): Promise<number> {
+  const [verb, ...rest] = argv;
+  const say = (line: string): void => io.out(`${line}\n`);
+  switch (verb) {
+    case 'apply': {
+      const { flags, positionals } = parse(rest, Location, {}, 1);
+      const file = positionals[0] as string;
+      let text: string;
+      try {
+        text = await readFile(file, 'utf8');
+      } catch (err) {
+        throw new SandboxError(`cannot read ${file}: ${(err as Error).message}`, { cause: err });
+      }
+      await sandboxPolicyApply(location(flags), text, file, say);
+      return 0;
+    }
+    case 'delete': {
+      const { flags, positionals } = parse(rest, LabelFlags, { namespace: { type: 'string', short: 'n' } }, 1);
+      await sandboxPolicyDelete(location(flags), positionals[0] as string, flags.namespace, say);
+      return 0;
+    }
+    case 'list': {
+      const { flags } = parse(rest, StatusFlags, { json: { type: 'boolean' } }, 0);
+      const policies = await sandboxPolicies(location(flags));
+      if (flags.json) io.out(`${JSON.stringify(policies, null, 2)}\n`);
+      else if (policies.length === 0) io.out('no policies\n');
+      else {
+        const lines = ['NAMESPACE   NAME                      ACTION  SCOPE'];
+        for (const p of policies) {
+          const str = (v: unknown, d: string): string => (typeof v === 'string' && v !== '' ? v : d);
+          lines.push(`${str(p.namespace, '-').padEnd(11)} ${str(p.name, '?').padEnd(25)} ${str(p.action, 'Allow').padEnd(7)} ${str(p.scope, 'Namespace')}`);
+        }
+        io.out(`${lines.join('\n')}\n`);
+      }
+      return 0;
+    }
+    default:
+      throw new UsageError(`policy needs apply FILE, delete NAME or list (got '${verb ?? ''}')`);
+  }
+}
+
 async function down(argv: readonly string[], io: Io): Promise<number> {
   const { flags } = parse(argv, Location, {}, 0);
   const report = await sandboxDown(location(flags));
@@ -182,7 +248,7 @@ async function down(argv: readonly string[], io: Io): Promise<number> {
 
 type Options = Record<string, { type: 'string' | 'boolean'; short?: string }>;
 
-/** parseArgs + zod: a bad flag or value is a UsageError naming it. Exactly `positionalCount` positionals. */
+/** parseArgs + zod: a bad flag or value is a UsageError naming it. Exactly `positionalCount` positionals (-1: any). */
 function parse<S extends z.ZodType>(argv: readonly string[], schema: S, options: Options, positionalCount: number): { flags: z.output<S>; positionals: string[] } {
   let values: Record<string, unknown>;
   let positionals: string[];
@@ -191,7 +257,7 @@ function parse<S extends z.ZodType>(argv: readonly string[], schema: S, options:
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  if (positionals.length !== positionalCount) {
+  if (positionalCount >= 0 && positionals.length !== positionalCount) {
     throw new UsageError(positionalCount === 0 ? `unexpected argument '${positionals[0]}'` : `expected ${positionalCount} argument(s), got ${positionals.length}; see weirctl sandbox --help`);
   }
   const parsed = schema.safeParse(values);

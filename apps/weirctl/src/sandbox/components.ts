@@ -25,6 +25,9 @@ export const COMPONENT_NAMES = Object.keys(APPS) as ComponentName[];
 
 /** Readiness of the agent inside the node netns. */
 const AGENT_READY_ADDRESS = '127.0.0.1:8000';
+/** ztunnel's admin (`/config_dump`, its default) and metrics (its default `:15020`), in the node netns. */
+export const ZTUNNEL_ADMIN_ADDRESS = '127.0.0.1:15000';
+export const ZTUNNEL_METRICS_ADDRESS = '127.0.0.1:15020';
 /** ztunnel's readiness (its default `:15021`), on the node's loopback. */
 const ZTUNNEL_READY_URL = 'http://127.0.0.1:15021/healthz/ready';
 
@@ -216,18 +219,28 @@ export async function waitForCapture(
   }
 }
 
+/** What the workload files are rendered from: the state's namespaces and policies, and the pods that exist now. */
+export interface PublishedWorkloads {
+  namespaces: readonly NamespaceSpec[];
+  /** Labels from the state (they change with `label`); the pod's address, uid and netns from the topology. */
+  pods: ReadonlyArray<{ pod: TopologyPod; node: string; labels: Readonly<Record<string, string>> }>;
+  /** ztunnel local-config policies, in their input shape. */
+  policies: ReadonlyArray<Record<string, unknown>>;
+}
+
 /**
- * The files the agent (`--pods-file`) and ztunnel (`LOCAL_XDS_PATH`) read, from the pods that exist now.
- * Written as JSON, which YAML parsers read as YAML; replaced atomically (both watch them).
+ * The files the agent (`--pods-file`) and ztunnel (`LOCAL_XDS_PATH`) read. Written as JSON, which YAML
+ * parsers read as YAML; replaced atomically (both watch them), always whole from the state, so a label or
+ * policy change is never lost to a later rewrite.
  */
-export async function publishWorkloads(files: SandboxFiles, namespaces: readonly NamespaceSpec[], pods: ReadonlyArray<{ pod: TopologyPod; node: string }>): Promise<void> {
+export async function publishWorkloads(files: SandboxFiles, w: PublishedWorkloads): Promise<void> {
   const podsFile = {
-    namespaces: namespaces.map((n) => ({ name: n.name, labels: n.labels })),
-    pods: pods.map(({ pod, node }) => ({
+    namespaces: w.namespaces.map((n) => ({ name: n.name, labels: n.labels })),
+    pods: w.pods.map(({ pod, node, labels }) => ({
       name: pod.name,
       namespace: pod.namespace,
       uid: pod.uid,
-      labels: { ...pod.labels },
+      labels: { ...labels },
       serviceAccount: 'default',
       node,
       ips: [pod.ip],
@@ -235,7 +248,7 @@ export async function publishWorkloads(files: SandboxFiles, namespaces: readonly
     })),
   };
   const localXds = {
-    workloads: pods.map(({ pod, node }) => ({
+    workloads: w.pods.map(({ pod, node, labels }) => ({
       uid: pod.uid,
       name: pod.name,
       namespace: pod.namespace,
@@ -243,10 +256,10 @@ export async function publishWorkloads(files: SandboxFiles, namespaces: readonly
       trustDomain: 'cluster.local',
       workloadIps: [pod.ip],
       node,
-      protocol: isEnrolled(pod, namespaces.find((n) => n.name === pod.namespace)) ? 'HBONE' : 'TCP',
+      protocol: isEnrolled({ labels }, w.namespaces.find((n) => n.name === pod.namespace)) ? 'HBONE' : 'TCP',
     })),
     services: [],
-    policies: [],
+    policies: w.policies,
   };
   await writeAtomic(files.podsFile, podsFile);
   await writeAtomic(files.localXds, localXds);

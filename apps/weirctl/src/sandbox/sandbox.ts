@@ -66,6 +66,7 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
     files: { podsFile: files.podsFile, localXds: files.localXds, caCert: files.caCert, caKey: files.caKey },
     components,
     namespaces: spec.namespaces,
+    policies: [],
     pods: spec.pods,
     nodes: [],
   };
@@ -74,7 +75,7 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
   if (!(await createSandboxState(where.dir, state))) {
     throw new SandboxError(`a sandbox is already up (${stateFile(where.dir)}); run weirctl sandbox down first`);
   }
-  await publishWorkloads(files, spec.namespaces, []);
+  await publishWorkloads(files, { namespaces: spec.namespaces, pods: [], policies: [] });
   let topology: Topology | undefined;
   try {
     topology = await Topology.create({ name: where.name, stateDir: state.topologyStateDir });
@@ -85,12 +86,12 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
       state.nodes.push({ name, ...wired });
       await writeSandboxState(where.dir, state);
     }
-    const created: Array<{ pod: TopologyPod; node: string }> = [];
+    const created: Array<{ pod: TopologyPod; node: string; labels: Record<string, string> }> = [];
     for (const podSpec of state.pods) {
       const pod = await topology.node(podSpec.node).addPod({ name: podSpec.name, namespace: podSpec.namespace, labels: podSpec.labels });
       await startApp(pod, podSpec);
-      created.push({ pod, node: podSpec.node });
-      await publishWorkloads(files, state.namespaces, created);
+      created.push({ pod, node: podSpec.node, labels: podSpec.labels });
+      await publishWorkloads(files, { namespaces: state.namespaces, pods: created, policies: state.policies });
       const enrolled = isEnrolled(podSpec, state.namespaces.find((n) => n.name === podSpec.namespace));
       const app = podSpec.app.kind === 'http-echo' ? `, HTTP echo on :${podSpec.app.port}` : '';
       say(`pod ${podSpec.namespace}/${podSpec.name} on ${podSpec.node}: ${pod.ip}${enrolled ? ' (enrolled: ambient)' : ''}${app}`);
@@ -162,7 +163,7 @@ export async function sandboxStatus(where: SandboxLocation): Promise<SandboxStat
 }
 
 /** In-pod capture rules present, in any backend (iptables-nft, iptables-legacy, nftables). */
-async function hasCaptureRules(netnsPath: string): Promise<boolean> {
+export async function hasCaptureRules(netnsPath: string): Promise<boolean> {
   const dump = await execInNetns(netnsPath, 'sh', ['-c', 'iptables-save 2>/dev/null; iptables-legacy-save 2>/dev/null; nft list tables 2>/dev/null; true']);
   return /ISTIO_|istio-ambient/.test(dump.stdout);
 }
@@ -274,7 +275,7 @@ function merge(into: TeardownReport, from: TeardownReport): void {
   into.stateDirs.push(...from.stateDirs.filter((d) => !into.stateDirs.includes(d)));
 }
 
-async function requireState(where: SandboxLocation): Promise<SandboxState> {
+export async function requireState(where: SandboxLocation): Promise<SandboxState> {
   const state = await readSandboxState(where.dir);
   if (state === undefined) throw new SandboxError(`no sandbox is up (no ${stateFile(where.dir)}); run weirctl sandbox up`);
   return state;

@@ -19,6 +19,8 @@ const stateSchema = z.object({
   files: z.object({ podsFile: z.string(), localXds: z.string(), caCert: z.string(), caKey: z.string() }),
   components: z.array(componentSchema),
   namespaces: z.array(z.object({ name: z.string(), labels })),
+  /** Authorization policies as given to `policy apply` (ztunnel's local-config input shape), rendered into LOCAL_XDS_PATH. */
+  policies: z.array(z.record(z.string(), z.unknown())).default([]),
   pods: z.array(
     z.object({
       name: z.string(),

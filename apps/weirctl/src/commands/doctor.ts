@@ -1,0 +1,164 @@
+import { isIP } from 'node:net';
+import { parseArgs } from 'node:util';
+import { Topology } from '@weir/topology';
+import { z } from 'zod';
+import { UsageError, type Command, type Io } from '../command.js';
+import { formatResults, runDoctor, type DoctorTarget } from '../doctor/doctor.js';
+import { ZTUNNEL_ADMIN_ADDRESS, ZTUNNEL_METRICS_ADDRESS } from '../sandbox/components.js';
+import { DEFAULT_SANDBOX_DIR, DEFAULT_SANDBOX_NAME, requireState, resolveTarget, SandboxError } from '../sandbox/sandbox.js';
+
+const HELP = `usage: weirctl doctor POD [--state-dir DIR] [--name NAME]          (a pod of weirctl sandbox)
+       weirctl doctor --netns PATH [--ztunnel-netns PATH] [--ztunnel-admin ADDR] [--ztunnel-metrics ADDR]
+                      [--probe IP:PORT]                                  (a pod on a node)
+
+Checks that one pod is really in the mesh, printing PASS/FAIL per check and the fix for each failure:
+  rules      the in-pod iptables rules equal the set weir-cni-agent installs (iptables-save diffed in the pod)
+  listeners  15001, 15006 and 15008 listen in the pod, owned by ztunnel (ss -ntlp; ztunnel = owner of its admin port)
+  ztunnel    ztunnel's /config_dump has the pod (matched by netns inode) in state Up
+  probe      a TCP connection from the pod to the probe address is counted by ztunnel
+             (istio_tcp_connections_opened_total{reporter="source"} moves; a closed port is fine: 15001 accepts first)
+Exit status 0 only when every check passes (1 otherwise). Needs root.
+
+Sandbox: POD is NAME or NAMESPACE/NAME; ztunnel is the one on the pod's node; the probe goes to a closed port (1)
+  of another pod.
+On a node: --netns is the pod's netns (e.g. /var/run/netns/cni-…, or /proc/<pid of a pod process>/ns/net);
+  --ztunnel-netns is where ztunnel's admin and metrics listen (default: this netns; e.g. /proc/<ztunnel pid>/ns/net
+  when ztunnel runs in a pod of its own), e.g.
+    weirctl doctor --netns /var/run/netns/cni-1234 --ztunnel-netns /proc/$(pgrep -o ztunnel)/ns/net
+  --ztunnel-admin ADDR    default ${ZTUNNEL_ADMIN_ADDRESS}
+  --ztunnel-metrics ADDR  default ${ZTUNNEL_METRICS_ADDRESS}
+  --probe IP:PORT         default 192.0.2.1:9 (TEST-NET-1: nothing answers; only ztunnel's 15001 accepts)
+
+Rule options must match the agent's (defaults are its defaults):
+  --mode tproxy|redirect  --dns-capture  --ipv6
+`;
+
+const address = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'HOST:PORT');
+
+const Flags = z.strictObject({
+  'state-dir': z.string().min(1).default(DEFAULT_SANDBOX_DIR),
+  name: z.string().min(1).default(DEFAULT_SANDBOX_NAME),
+  netns: z.string().min(1).optional(),
+  'ztunnel-netns': z.string().min(1).optional(),
+  'ztunnel-admin': address.default(ZTUNNEL_ADMIN_ADDRESS),
+  'ztunnel-metrics': address.default(ZTUNNEL_METRICS_ADDRESS),
+  probe: z
+    .string()
+    .regex(/^(\[[0-9a-fA-F:]+\]|[0-9.]+):\d{1,5}$/, 'IP:PORT')
+    .refine((s) => isIP(s.slice(0, s.lastIndexOf(':')).replace(/^\[|\]$/g, '')) !== 0, 'not an IP address')
+    .optional(),
+  mode: z.enum(['tproxy', 'redirect']).default('tproxy'),
+  'dns-capture': z.boolean().default(false),
+  ipv6: z.boolean().default(false),
+  help: z.boolean().default(false),
+});
+
+export const doctorCommand: Command = {
+  summary: 'check one pod: its rules, ztunnel listeners and proxy, and that traffic goes through ztunnel',
+  async run(argv: readonly string[], io: Io): Promise<number> {
+    let values: Record<string, unknown>;
+    let positionals: string[];
+    try {
+      ({ values, positionals } = parseArgs({
+        args: [...argv],
+        strict: true,
+        allowPositionals: true,
+        options: {
+          'state-dir': { type: 'string' },
+          name: { type: 'string' },
+          netns: { type: 'string' },
+          'ztunnel-netns': { type: 'string' },
+          'ztunnel-admin': { type: 'string' },
+          'ztunnel-metrics': { type: 'string' },
+          probe: { type: 'string' },
+          mode: { type: 'string' },
+          'dns-capture': { type: 'boolean' },
+          ipv6: { type: 'boolean' },
+          help: { type: 'boolean', short: 'h' },
+        },
+      }));
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    const parsed = Flags.safeParse(values);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new UsageError(`--${String(issue?.path[0] ?? '')}: ${issue?.message ?? 'invalid'}`);
+    }
+    const flags = parsed.data;
+    if (flags.help) {
+      io.out(HELP);
+      return 0;
+    }
+    if ((positionals.length === 1) === (flags.netns !== undefined) || positionals.length > 1) {
+      throw new UsageError('give one POD (sandbox) or --netns PATH (node); see weirctl doctor --help');
+    }
+    const rules = { mode: flags.mode, dnsCapture: flags['dns-capture'], ipv6: flags.ipv6 };
+    let target: DoctorTarget;
+    try {
+      target = flags.netns !== undefined ? nodeTarget(flags.netns, flags, rules) : await sandboxTarget(positionals[0] as string, flags, rules);
+    } catch (err) {
+      if (err instanceof SandboxError) {
+        io.err(`weirctl doctor: ${err.message}\n`);
+        return 1;
+      }
+      throw err;
+    }
+    const results = await runDoctor(target);
+    io.out(formatResults(target.label, results));
+    return results.every((r) => r.ok) ? 0 : 1;
+  },
+};
+
+type Flags = z.output<typeof Flags>;
+
+function splitProbe(probe: string): { host: string; port: number } {
+  const i = probe.lastIndexOf(':');
+  return { host: probe.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(probe.slice(i + 1)) };
+}
+
+function nodeTarget(netns: string, flags: Flags, rules: DoctorTarget['rules']): DoctorTarget {
+  return {
+    label: netns,
+    podNetns: netns,
+    ztunnelNetns: flags['ztunnel-netns'],
+    ztunnelAdmin: flags['ztunnel-admin'],
+    ztunnelMetrics: flags['ztunnel-metrics'],
+    rules,
+    probe: splitProbe(flags.probe ?? '192.0.2.1:9'),
+    hints: {
+      agentLog: 'see the istio-cni / weir-cni-agent log on this node',
+      ztunnelLog: "see ztunnel's log on this node",
+      restartZtunnel: 'restart the ztunnel pod/process of this node',
+      enroll: 'label its namespace or the pod istio.io/dataplane-mode=ambient',
+    },
+  };
+}
+
+async function sandboxTarget(ref: string, flags: Flags, rules: DoctorTarget['rules']): Promise<DoctorTarget> {
+  const where = { dir: flags['state-dir'], name: flags.name };
+  const state = await requireState(where);
+  const resolved = await resolveTarget(where, ref);
+  const spec = state.pods.find((p) => `${p.namespace}/${p.name}` === resolved.label);
+  if (!spec) throw new SandboxError(`${ref} is a node, not a pod; doctor checks a pod`);
+  const topology = await Topology.attach(state.topologyStateDir);
+  // A closed port of another pod, preferably on another node (through HBONE); ztunnel's 15001 accepts it anyway.
+  const peers = topology.pods.filter((p) => `${p.namespace}/${p.name}` !== resolved.label);
+  const peer = peers.find((p) => p.node.name !== spec.node) ?? peers[0];
+  const sandboxFlags = `${flags['state-dir'] !== DEFAULT_SANDBOX_DIR ? ` --state-dir ${flags['state-dir']}` : ''}${flags.name !== DEFAULT_SANDBOX_NAME ? ` --name ${flags.name}` : ''}`;
+  return {
+    label: resolved.label,
+    podNetns: resolved.netns,
+    ztunnelNetns: topology.node(spec.node).netnsPath,
+    ztunnelAdmin: flags['ztunnel-admin'],
+    ztunnelMetrics: flags['ztunnel-metrics'],
+    rules,
+    probe: flags.probe !== undefined ? splitProbe(flags.probe) : { host: peer?.ip ?? '192.0.2.1', port: peer ? 1 : 9 },
+    hints: {
+      agentLog: `weirctl sandbox logs ${spec.node} cni-agent${sandboxFlags}`,
+      ztunnelLog: `weirctl sandbox logs ${spec.node} ztunnel${sandboxFlags}`,
+      restartZtunnel: `the sandbox does not restart components: weirctl sandbox down${sandboxFlags} && weirctl sandbox up${sandboxFlags}`,
+      enroll: `weirctl sandbox label ns/${spec.namespace} istio.io/dataplane-mode=ambient${sandboxFlags}, and no istio.io/dataplane-mode=none on the pod`,
+    },
+  };
+}

@@ -1,0 +1,31 @@
+import { execInNetns, run, type RunResult } from '@weir/topology';
+
+/** Run a command in the netns at `netns` (a path), or in this process's netns when undefined. */
+export function runIn(netns: string | undefined, cmd: string, args: readonly string[], timeoutMs = 15_000): Promise<RunResult> {
+  return netns === undefined ? run(cmd, args, { timeoutMs }) : execInNetns(netns, cmd, args, { timeoutMs });
+}
+
+/** GET `http://<address><path>` from inside `netns` (admin ports listen on that netns's loopback). */
+export async function httpGet(netns: string | undefined, address: string, path: string): Promise<{ ok: true; body: string } | { ok: false; error: string }> {
+  const url = `http://${address}${path}`;
+  const r = await runIn(netns, 'curl', ['-sS', '-f', '--max-time', '3', url]).catch((err: unknown) => ({ code: 1, stdout: '', stderr: (err as Error).message }));
+  if (r.code === 0) return { ok: true, body: r.stdout };
+  return { ok: false, error: `GET ${url}${netns === undefined ? '' : ` in ${netns}`}: ${r.stderr.trim().replace(/^curl: \(\d+\) /, '') || `curl exited ${r.code}`}` };
+}
+
+/** The parts of ztunnel's `/config_dump` weirctl reads. */
+export interface ZtunnelDump {
+  policies: Array<Record<string, unknown> & { name: string; namespace: string }>;
+  pods: Array<{ uid: string; state: string; name?: string; namespace?: string; netns: { dev: number; ino: number }; lastError?: string }>;
+}
+
+export async function ztunnelDump(netns: string | undefined, admin: string): Promise<{ ok: true; dump: ZtunnelDump } | { ok: false; error: string }> {
+  const r = await httpGet(netns, admin, '/config_dump');
+  if (!r.ok) return r;
+  try {
+    const dump = JSON.parse(r.body) as Partial<ZtunnelDump>;
+    return { ok: true, dump: { policies: dump.policies ?? [], pods: dump.pods ?? [] } };
+  } catch (err) {
+    return { ok: false, error: `${admin}/config_dump is not JSON: ${(err as Error).message}` };
+  }
+}
