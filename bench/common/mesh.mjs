@@ -96,8 +96,9 @@ function localConfigYaml(entries) {
  * Two nodes, the given pods on each, a weir-ztunnel per node (shared CA, one local config naming every
  * pod), every pod handed to its node's ztunnel over ZDS. Capture (the in-pod rules) is per pod and
  * toggled with `capture(pod, on)`, so the same pods serve the direct and peer-tunnel paths too.
+ * Pods named in `defer` are created and in the local config but left for the caller to `enroll`.
  */
-export async function createMesh({ tag, pods }) {
+export async function createMesh({ tag, pods, defer = [] }) {
   const m = await load();
   const name = `wb${tag}${process.pid % 1000}${randomBytes(1).toString('hex')}`;
   const dir = mkdtempSync(join(tmpdir(), `weir-bench-${tag}-`));
@@ -159,7 +160,7 @@ export async function createMesh({ tag, pods }) {
     for (const node of mesh.nodes) {
       await waitFor(`${node.name} ztunnel ready`, async () => (await node.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:15021/healthz/ready'])).stdout === '200', 60_000);
     }
-    for (const node of mesh.nodes) for (const pod of node.pods) await enroll(mesh, node, pod);
+    for (const node of mesh.nodes) for (const pod of node.pods) if (!defer.includes(pod.name)) await enroll(mesh, node, pod);
     for (const node of mesh.nodes) await waitFor(`${node.name} pods ready`, async () => (await node.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:15021/healthz/ready'])).stdout === '200', 60_000);
     return mesh;
   } catch (err) {

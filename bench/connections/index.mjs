@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm run bench -- connections [--pods 100] [--idle 10000]` (root): on node n1, 100 pods enrolled in
 // one weir-ztunnel (pod a plus 99 more); pod b on n2 behind the other.
-//   1. ztunnel RSS idle with the 100 pods enrolled (node n1)
+//   1. ztunnel RSS with 1 pod; 99 more handed over ZDS in a burst (ack latency, pods/s); RSS idle with
+//      100 pods; the 99 removed in a burst (same figures) and handed over again
 //   2. new connections per second from a to an HTTP server in b (wrk -c8, `Connection: close`, so every
 //      request is a new TCP connection, hence a new HBONE stream), weir vs direct vs the Go tunnel
 //   3. both ztunnels' RSS at 0, 1,000 and 10,000 concurrent idle connections a → b (through the mesh)
@@ -9,7 +10,7 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { buildGoPeer, capture, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, rssKiB, sleep, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { buildGoPeer, capture, createMesh, enroll, quantile, machine, peerCerts, printJson, requireRootAndTools, round, rssKiB, sleep, startPeerTunnel, waitFor } from '../common/mesh.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({
@@ -31,15 +32,40 @@ async function settledRss(pid) {
 }
 
 const t0 = Date.now();
-const mesh = await createMesh({ tag: 'conn', pods: { n1: ['a', ...Array.from({ length: PODS - 1 }, (_, i) => `f${i + 1}`)], n2: ['b'] } });
+const fillers = Array.from({ length: PODS - 1 }, (_, i) => `f${i + 1}`);
+const mesh = await createMesh({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, defer: fillers });
 let code = 0;
 try {
   const [n1, n2] = mesh.nodes;
   const [z1, z2] = mesh.ztunnels;
   const { a, b } = mesh.pods;
-  console.log(`setup: ${PODS} pods on n1 and 1 on n2 created and enrolled over ZDS in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  console.log(`setup: ${PODS} pods on n1 and 1 on n2 created, a and b enrolled, in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  await sleep(3000);
+  const idle1 = await settledRss(z1.pid);
+  // ztunnel's side of enrollment: the other pods handed over in one burst (ZDS add → ztunnel's ack), then
+  // removed in one burst (ZDS del → ack), then handed over again for the rest of the bench.
+  const burst = async (op) => {
+    const t = process.hrtime.bigint();
+    const lat = await Promise.all(
+      fillers.map(async (p) => {
+        const s = process.hrtime.bigint();
+        await (op === 'add' ? enroll(mesh, n1, mesh.pods[p]) : n1.zds.removeWorkload(mesh.pods[p].uid));
+        return Number(process.hrtime.bigint() - s) / 1e6;
+      }),
+    );
+    lat.sort((x, y) => x - y);
+    return { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), perS: fillers.length / (Number(process.hrtime.bigint() - t) / 1e9) };
+  };
+  const add = await burst('add');
   await sleep(5000); // enrollment's garbage: let the heap settle before calling it idle
   const idle100 = await settledRss(z1.pid);
+  const del = await burst('del');
+  await sleep(3000);
+  const afterDel = await settledRss(z1.pid);
+  await burst('add');
+  const perPod = (idle100 - idle1) / fillers.length;
+  console.log(`ZDS burst of ${fillers.length} pods to ztunnel n1: add p50 ${add.p50.toFixed(1)} ms p99 ${add.p99.toFixed(1)} ms, ${add.perS.toFixed(1)} pods/s; delete p50 ${del.p50.toFixed(1)} ms p99 ${del.p99.toFixed(1)} ms, ${del.perS.toFixed(1)} pods/s`);
+  console.log(`ztunnel n1 RSS: 1 pod ${(idle1 / 1024).toFixed(1)} MiB, ${PODS} pods ${(idle100 / 1024).toFixed(1)} MiB (${perPod.toFixed(0)} KiB per pod), after deleting ${fillers.length} ${(afterDel / 1024).toFixed(1)} MiB`);
   console.log(`ztunnel n1 RSS, idle, ${PODS} pods enrolled: ${(idle100 / 1024).toFixed(1)} MiB   (n2, 1 pod: ${((await settledRss(z2.pid)) / 1024).toFixed(1)} MiB)`);
 
   // --- new connections per second ----------------------------------------------------------------
@@ -105,6 +131,14 @@ try {
     rss_per_conn_kib: round(perConn, 2),
     rss_per_conn_kib_outbound: round(per(0), 2),
     rss_per_conn_kib_inbound: round(per(1), 2),
+    ztunnel_rss_per_pod_kib: round(perPod, 0),
+    ztunnel_rss_1pod_mib: round(idle1 / 1024, 1),
+    ztunnel_rss_after_delete_mib: round(afterDel / 1024, 1),
+    zds_add_p50_ms: round(add.p50, 1),
+    zds_add_p99_ms: round(add.p99, 1),
+    zds_add_pods_per_s: round(add.perS, 1),
+    zds_del_p99_ms: round(del.p99, 1),
+    zds_del_pods_per_s: round(del.perS, 1),
     newconn_per_s: round(rate.weir, 0),
     newconn_per_s_vs_go: round(rate.weir / rate.go),
     newconn_per_s_vs_direct: round(rate.weir / rate.direct),
