@@ -61,7 +61,7 @@ async function attempt(from: string, host: string, port: number, options: { ipv6
   let line: string | undefined;
   if (reached) {
     // The access log is written when the connection closes: give it a moment.
-    line = await eventually(`a ztunnel log line for port ${port}`, async () => logLine(newText(logsBefore, await ztunnelLogs())), 8_000).catch(() => undefined);
+    line = await eventually(`a ztunnel log line for port ${port}`, async () => logLine(newText(logsBefore, await ztunnelLogs())), 5_000).catch(() => undefined);
     seen = line !== undefined;
   } else {
     line = logLine(newText(logsBefore, await ztunnelLogs()));
