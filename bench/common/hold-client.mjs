@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console, setInterval */
 // Opens <count> TCP connections to <host>:<port> (at most 100 connecting at once), prints
 // `OPENED <n>` (and `FAILED <n> <code>` if any failed), then holds them idle until killed.
 // Usage: hold-client.mjs <host> <port> <count>

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console, setInterval */
 // Accepts TCP connections and holds them idle; prints `ACCEPTED <n>` when the count of open ones changes.
 // Usage: hold-server.mjs <port>
 import { createServer } from 'node:net';

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console */
 // The destination pod's app for the latency and connection benches: a minimal HTTP/1.1 server answering
 // every request with 2 bytes, no logging (so the server costs the same on every path).
 // Usage: http-server.mjs <port>

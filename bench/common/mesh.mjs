@@ -1,3 +1,4 @@
+/* global process, console, setTimeout */
 // Shared by the data-path benches: the sandbox topology (two simulated nodes, pods in netns, the
 // in-pod rules), the real `weir-ztunnel` binary on each node fed over ZDS by this process, and the
 // peer tunnels (Go HTTP/2 CONNECT, stunnel) run in the node netns in place of the ztunnels.

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console */
 // Summarizes a V8 .cpuprofile (from BENCH_CPU_PROF): self time per function, top N, with location.
 // Usage: node bench/common/profile.mjs <file.cpuprofile> [top=25]
 import { readFileSync } from 'node:fs';

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console */
 // `npm run bench -- connections [--pods 100] [--idle 10000]` (root): on node n1, 100 pods enrolled in
 // one weir-ztunnel (pod a plus 99 more); pod b on n2 behind the other.
 //   1. ztunnel RSS with 1 pod; 99 more handed over ZDS in a burst (ack latency, pods/s); RSS idle with

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console */
 // `npm run bench -- datapath` (root): pod → pod TCP throughput across two simulated nodes, iperf3 in
 // the pods as source and sink, 1 and 4 parallel streams, for four paths in the same run:
 //   direct   the same pods with capture off (no proxy)

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console */
 // `npm run bench -- latency` (root): HTTP request/response round trips from pod a (n1) to a small HTTP
 // server in pod b (n2), with wrk in pod a: one long-lived connection (wrk -c1, keep-alive), and a new
 // connection per request (wrk -c1 with `Connection: close`, so wrk reconnects after every response).
@@ -59,7 +60,7 @@ try {
 
   const results = {};
   for (const name of Object.keys(paths)) results[name] = { keepalive: [], newconn: [] };
-  for (const [name, path] of Object.entries(paths)) {
+  for (const path of Object.values(paths)) {
     await setCapture(path.capture);
     await wrk(path, 'keepalive', 1); // warm-up
   }
