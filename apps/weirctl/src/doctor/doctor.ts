@@ -114,7 +114,7 @@ async function checkListeners(t: DoctorTarget): Promise<CheckResult> {
     const l = found.find((x) => x.port === port);
     if (!l) {
       problems.push(`nothing listens on ${port}`);
-      fixes.add(`ztunnel has no proxy in this pod: see the ztunnel check and ${t.hints.ztunnelLog}`);
+      fixes.add(pid === undefined ? `ztunnel is not running (nothing listens on its admin ${t.ztunnelAdmin}): ${t.hints.restartZtunnel}` : `ztunnel has no proxy in this pod: see the ztunnel check and ${t.hints.ztunnelLog}`);
     } else if (pid === undefined) {
       problems.push(`${port} is held by ${l.users || 'an unknown process'}, and ztunnel's pid is unknown (nothing listens on its admin ${t.ztunnelAdmin})`);
       fixes.add(`start ztunnel: ${t.hints.restartZtunnel}`);
