@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { assertPrerequisites } from '@weir/topology';
@@ -14,6 +14,8 @@ const name = `wlv${randomBytes(2).toString('hex')}-${process.pid}`;
 const dir = join(tmpdir(), `${name}-state`);
 const where = ['--state-dir', dir, '--name', name];
 const sandboxCommand = createSandboxCommand({ execStdio: 'io' });
+/** Policy files of the tests (not in the state dir: down removes only what the sandbox wrote). */
+const files = join(tmpdir(), `${name}-files`);
 
 async function call(command: Command, argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
@@ -58,6 +60,7 @@ async function captured(pod: string): Promise<boolean> {
 
 beforeAll(async () => {
   await assertPrerequisites();
+  await mkdir(files, { recursive: true });
   const up = await sandbox('up');
   if (up.code !== 0) throw new Error(`sandbox up failed: ${up.err}`);
   httpbinIp = /http:\/\/([\d.]+):8000/.exec(up.out)?.[1] ?? '';
@@ -65,6 +68,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
+  await rm(files, { recursive: true, force: true });
   await call(sandboxCommand, ['down', ...where]);
 }, 120_000);
 
@@ -126,7 +130,7 @@ describe('weirctl sandbox label', () => {
 
 describe('weirctl sandbox policy', () => {
   it('apply with a DENY blocks sleep -> httpbin, delete restores it; list shows what is held', { timeout: 120_000 }, async () => {
-    const file = join(dir, 'deny.yaml');
+    const file = join(files, 'deny.yaml');
     await writeFile(file, 'policies:\n  - name: deny-httpbin\n    namespace: demo\n    action: Deny\n    rules:\n      - - - destinationPorts: [8000]\n');
     expect(await httpThroughZtunnel('/before-deny')).toMatchObject({ status: '200' });
 
@@ -147,7 +151,7 @@ describe('weirctl sandbox policy', () => {
   });
 
   it('refuses a file that does not fit ztunnel’s policy schema, naming the field', async () => {
-    const file = join(dir, 'bad.yaml');
+    const file = join(files, 'bad.yaml');
     await writeFile(file, 'name: x\naction: Maybe\n');
     const bad = await sandbox('policy', 'apply', file);
     expect(bad.code).toBe(1);

@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { Topology } from '@weir/topology';
@@ -103,6 +104,10 @@ export const doctorCommand: Command = {
         return 1;
       }
       throw err;
+    }
+    if (!(await stat(target.podNetns).then((st) => !st.isDirectory(), () => false))) {
+      io.err(`weirctl doctor: ${target.podNetns} is not a network namespace file\n`);
+      return 1;
     }
     const results = await runDoctor(target);
     io.out(formatResults(target.label, results));

@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { doctorCommand } from './doctor.js';
+
+async function doctor(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await doctorCommand.run(argv, { out: (t) => (out += t), err: (t) => (err += t) });
+  return { code, out, err };
+}
+
+describe('weirctl doctor flags', () => {
+  it('explains both ways to name the pod', async () => {
+    const help = await doctor('--help');
+    expect(help.code).toBe(0);
+    expect(help.out).toContain('weirctl doctor POD');
+    expect(help.out).toContain('weirctl doctor --netns PATH [--ztunnel-netns PATH]');
+    expect(help.out).toMatch(/Exit status 0 only when every check passes/);
+  });
+
+  it('wants exactly one of POD and --netns, and valid addresses', async () => {
+    await expect(doctor()).rejects.toThrow('give one POD (sandbox) or --netns PATH (node)');
+    await expect(doctor('sleep', '--netns', '/var/run/netns/x')).rejects.toThrow('give one POD');
+    await expect(doctor('--netns', '/x', '--probe', 'example.com:80')).rejects.toThrow('--probe: IP:PORT');
+    await expect(doctor('--netns', '/x', '--probe', '999.1.1.1:80')).rejects.toThrow('--probe: not an IP address');
+    await expect(doctor('--netns', '/x', '--mode', 'ebpf')).rejects.toThrow(/--mode: /);
+    await expect(doctor('--netns', '/x', '--ztunnel-admin', 'localhost')).rejects.toThrow('--ztunnel-admin: HOST:PORT');
+  });
+
+  it('says when the netns or the sandbox is not there', async () => {
+    expect(await doctor('--netns', '/nonexistent/netns')).toEqual({ code: 1, out: '', err: 'weirctl doctor: /nonexistent/netns is not a network namespace file\n' });
+    const none = await doctor('sleep', '--state-dir', `/nonexistent/weirctl-doctor-${process.pid}`);
+    expect(none.code).toBe(1);
+    expect(none.err).toContain('no sandbox is up');
+  });
+});
