@@ -5,7 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { access, constants, readFile, rename, writeFile } from 'node:fs/promises';
+import { access, constants, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -93,10 +93,11 @@ export class Sandbox {
     return ['--name', this.name, '--state-dir', this.dir];
   }
 
-  /** `weirctl sandbox <sub> <flags> <args…>` (the location flags go before `--`). */
+  /** `weirctl sandbox <sub> <args…> <location flags>` (the location flags go before `--`). */
   async weirctl(sub: string, args: readonly string[] = [], options: { timeoutMs?: number } = {}): Promise<RunResult> {
     const split = args.indexOf('--');
-    const argv = split < 0 ? [sub, ...this.flags, ...args] : [sub, ...this.flags, ...args.slice(0, split), ...args.slice(split)];
+    // Location flags after the subcommand's own words (`policy apply FILE --name …`), before any `--`.
+    const argv = split < 0 ? [sub, ...args, ...this.flags] : [sub, ...args.slice(0, split), ...this.flags, ...args.slice(split)];
     return run(process.execPath, [WEIRCTL, 'sandbox', ...argv], options.timeoutMs ?? 60_000);
   }
 
@@ -214,42 +215,37 @@ export class Sandbox {
     return bg;
   }
 
-  /** Files the sandbox's components read (see apps/weirctl/src/sandbox/components.ts). */
-  get localXdsPath(): string {
-    return join(this.dir, 'local-xds.yaml');
-  }
-
+  /** Where the agent's `--pods-file` lives (uids of the pods). */
   get podsFilePath(): string {
     return join(this.dir, 'pods.yaml');
   }
 
-  /** Rewrite the ztunnels' local config (JSON is YAML), atomically as the sandbox does. */
-  async editLocalXds(edit: (config: LocalXds) => void): Promise<void> {
-    await editJson(this.localXdsPath, edit);
+  /** `weirctl sandbox policy apply FILE` with one policy (ztunnel's local-config shape). */
+  async applyPolicy(policy: Record<string, unknown>): Promise<void> {
+    const file = join(this.dir, `e2e-policy-${process.pid}-${randomBytes(3).toString('hex')}.json`);
+    await writeFile(file, `${JSON.stringify({ policies: [policy] })}\n`);
+    try {
+      await this.weirctlOk('policy', ['apply', file], 60_000);
+    } finally {
+      await rm(file, { force: true });
+    }
   }
 
-  async editPodsFile(edit: (pods: PodsFile) => void): Promise<void> {
-    await editJson(this.podsFilePath, edit);
+  /** `weirctl sandbox policy delete NS/NAME` */
+  async deletePolicy(ref: string): Promise<void> {
+    await this.weirctlOk('policy', ['delete', ref], 60_000);
   }
-}
 
-export interface LocalXds {
-  workloads: Array<Record<string, unknown>>;
-  services: unknown[];
-  policies: Array<Record<string, unknown>>;
-}
+  /** `weirctl sandbox label TARGET KEY=VALUE|KEY-…` (returns once the agents captured/released). */
+  async label(target: string, ...changes: string[]): Promise<void> {
+    await this.weirctlOk('label', [target, ...changes], 120_000);
+  }
 
-export interface PodsFile {
-  namespaces: Array<{ name: string; labels: Record<string, string> }>;
-  pods: Array<{ name: string; namespace: string; labels: Record<string, string> }>;
-}
-
-async function editJson<T>(path: string, edit: (value: T) => void): Promise<void> {
-  const value = JSON.parse(await readFile(path, 'utf8')) as T;
-  edit(value);
-  const tmp = `${path}.e2e-${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
-  await rename(tmp, path);
+  async weirctlOk(sub: string, args: readonly string[], timeoutMs: number): Promise<string> {
+    const r = await this.weirctl(sub, args, { timeoutMs });
+    if (r.code !== 0) throw new Error(`weirctl sandbox ${sub} ${args.join(' ')}: exit ${r.code}\n${r.out}${r.err}`);
+    return r.out;
+  }
 }
 
 function run(cmd: string, argv: readonly string[], timeoutMs: number, cwd?: string): Promise<RunResult> {
