@@ -10,7 +10,7 @@
 // Prints one line per image: `<component> <image ref> <size in bytes>`.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -136,21 +136,24 @@ function workspaceClosure(name) {
   return out;
 }
 
-/**
- * Installs `app` as a user would from npm: the packed tarballs of it and its @weir/* dependencies,
- * third-party dependencies from the registry (or npm's cache), production only.
- */
-function stageApp(app, into) {
-  const tarballs = join(into, 'tarballs');
+/** `npm pack` of `app` and its @weir/* dependencies into `<into>/opt-weir/tarballs`; returns their files. */
+function packApp(app, into) {
+  const prefix = join(into, 'opt-weir');
+  const tarballs = join(prefix, 'tarballs');
   mkdirSync(tarballs, { recursive: true });
   const files = {};
   for (const [name, dir] of workspaceClosure(app)) {
     const out = JSON.parse(run('npm', ['pack', '--json', '--pack-destination', tarballs], { cwd: dir }));
     files[name] = `file:./tarballs/${out[0].filename}`;
   }
-  const prefix = join(into, 'opt-weir');
-  mkdirSync(prefix, { recursive: true });
-  renameSync(tarballs, join(prefix, 'tarballs'));
+  return { prefix, files };
+}
+
+/**
+ * Installs `app` as a user would from npm: the packed tarballs of it and its @weir/* dependencies,
+ * third-party dependencies from the registry (or npm's cache), production only.
+ */
+function installApp(app, { prefix, files }) {
   writeFileSync(
     join(prefix, 'package.json'),
     JSON.stringify({ name: 'weir-image', private: true, dependencies: { [app]: files[app] }, overrides: files, allowScripts: { '@weir/netns': true } }, null, 2),
@@ -163,7 +166,13 @@ function stageApp(app, into) {
     for (const e of readdirSync(build)) if (e !== 'Release') rmSync(join(build, e), { recursive: true, force: true });
     for (const e of readdirSync(join(build, 'Release'))) if (!e.endsWith('.node')) rmSync(join(build, 'Release', e), { recursive: true, force: true });
   }
-  return prefix;
+}
+
+/** A digest of everything that goes into an image, so an unchanged image is not rebuilt. */
+function inputsDigest(parts) {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(existsSync(p) && !statSync(p).isDirectory() ? readFileSync(p) : String(p));
+  return h.digest('hex').slice(0, 16);
 }
 
 function appVersion(app) {
@@ -171,25 +180,30 @@ function appVersion(app) {
   return JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).version;
 }
 
-/** Builds one component's image; returns its reference. */
+/** Builds one component's image (or reuses the one built from identical inputs); returns its reference. */
 export function buildImage(component, tag) {
   const c = COMPONENTS[component];
   if (!c) throw new ImageBuildError(`unknown component ${component} (expected ${Object.keys(COMPONENTS).join(', ')})`);
   const base = ensureBase(c.debs);
+  const ref = `localhost/weir/${component}:${tag ?? appVersion(c.app)}`;
+  const plugin = join(repo, 'apps/cni-plugin/dist/weir-cni');
+  if (component === 'cni-agent' && !existsSync(plugin)) throw new ImageBuildError(`${plugin} is missing: build it first (npm run build -w @weir/app-cni-plugin)`);
   const ctx = mkdtempSync(join(tmpdir(), `weir-image-${component}-`));
   try {
-    stageApp(c.app, ctx);
-    // Debian's own nodejs is 18.x in bookworm and Weir needs Node >= 20.19, so the image carries the
-    // host's Node binary (same Debian release, same glibc); stripped of debug info when binutils is here.
-    copyFileSync(process.execPath, join(ctx, 'node'));
-    spawnSync('strip', ['--strip-all', join(ctx, 'node')]);
-    if (component === 'cni-agent') {
-      const plugin = join(repo, 'apps/cni-plugin/dist/weir-cni');
-      if (!existsSync(plugin)) throw new ImageBuildError(`${plugin} is missing: build it first (npm run build -w @weir/app-cni-plugin)`);
-      copyFileSync(plugin, join(ctx, 'weir-cni'));
+    const packed = packApp(c.app, ctx);
+    const tarballs = Object.values(packed.files).map((f) => join(packed.prefix, f.slice('file:'.length)));
+    const digest = inputsDigest([base, join(here, c.containerfile), process.execPath, ...tarballs, ...(component === 'cni-agent' ? [plugin] : [])]);
+    const cached = `localhost/weir/${component}:build-${digest}`;
+    if (spawnSync('podman', ['image', 'exists', cached]).status !== 0) {
+      installApp(c.app, packed);
+      // Debian's own nodejs is 18.x in bookworm and Weir needs Node >= 20.19, so the image carries the
+      // host's Node binary (same Debian release, same glibc); stripped of debug info when binutils is here.
+      copyFileSync(process.execPath, join(ctx, 'node'));
+      spawnSync('strip', ['--strip-all', join(ctx, 'node')]);
+      if (component === 'cni-agent') copyFileSync(plugin, join(ctx, 'weir-cni'));
+      run('buildah', ['bud', '--format', 'docker', '--layers=false', '--build-arg', `BASE=${base}`, '--build-arg', `VERSION=${appVersion(c.app)}`, '-f', join(here, c.containerfile), '-t', cached, ctx]);
     }
-    const ref = `localhost/weir/${component}:${tag ?? appVersion(c.app)}`;
-    run('buildah', ['bud', '--format', 'docker', '--layers=false', '--build-arg', `BASE=${base}`, '--build-arg', `VERSION=${appVersion(c.app)}`, '-f', join(here, c.containerfile), '-t', ref, ctx]);
+    run('podman', ['tag', cached, ref]);
     return ref;
   } finally {
     rmSync(ctx, { recursive: true, force: true });

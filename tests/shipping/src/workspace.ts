@@ -66,6 +66,8 @@ export function run(
       if (timer) clearTimeout(timer);
       resolvePromise({ code, stdout, stderr });
     });
+    // A child that exits without reading its input must not crash the test with EPIPE.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
   });
 }

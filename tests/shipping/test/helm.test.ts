@@ -179,7 +179,7 @@ describe('DaemonSets', () => {
     const objs2 = await template(['istiod.address=istiod.istio-system.svc:15012']);
     const pod = find(objs2, 'DaemonSet', 'weir-ztunnel').spec.template.spec;
     const token = (pod.volumes as Obj[]).find((v) => v.name === 'istio-token');
-    expect(token.projected.sources[0].serviceAccountToken).toMatchObject({ audience: 'istio-ca', path: 'istio-token' });
+    expect(token?.projected.sources[0].serviceAccountToken).toMatchObject({ audience: 'istio-ca', path: 'istio-token' });
     expect(envOf(pod.containers[0]).CA_ADDRESS).toBe('istiod.istio-system.svc:15012');
   });
 });

@@ -50,7 +50,7 @@ describe.each([
   it('is small-ish, declares a health check and an entrypoint on the host-copied Node', async () => {
     const info = await inspect(images[component]!);
     expect(info.Size, `${component} image size`).toBeLessThan(component === 'ztunnel' ? 260e6 : 480e6);
-    expect(info.Config.Healthcheck?.Test?.join(' ')).toContain('fetch(');
+    expect((info.Healthcheck ?? info.Config.Healthcheck)?.Test?.join(' ')).toContain('fetch(');
     expect(info.Config.Entrypoint[0]).toBe('/usr/local/bin/node');
     const node = await runOk('podman', [...PODMAN, 'run', '--rm', ...RUN, '--network', 'none', '--entrypoint', '/usr/local/bin/node', images[component]!, '--version']);
     expect(node.stdout.trim()).toBe(process.version);
@@ -67,22 +67,22 @@ describe.each([
 });
 
 it('the agent image carries the weir-cni plugin executable, runnable without Node', async () => {
-  const r = await run('podman', [...PODMAN, 'run', '--rm', ...RUN, '--network', 'none', '--entrypoint', '/opt/weir/cni/weir-cni', '-e', 'CNI_COMMAND=VERSION', images['cni-agent']!], { input: '{"cniVersion":"1.0.0"}' });
+  const r = await run('podman', [...PODMAN, 'run', '--rm', '-i', ...RUN, '--network', 'none', '--entrypoint', '/opt/weir/cni/weir-cni', '-e', 'CNI_COMMAND=VERSION', images['cni-agent']!], { input: '{"cniVersion":"1.0.0"}' });
   expect(r.code, r.stderr).toBe(0);
   expect(JSON.parse(r.stdout).supportedVersions).toContain('1.0.0');
 });
 
-it('agent and ztunnel in one pod: ZDS handshake over the shared socket dir, both health checks pass', async () => {
+it('agent and ztunnel side by side: ZDS handshake over the shared socket dir, both health checks pass', async () => {
   const pod = `wship-${process.pid}`;
   const dir = mkdtempSync(join(tmpdir(), 'weir-img-'));
   writeFileSync(join(dir, 'pods.yaml'), 'namespaces: []\npods: []\n');
-  cleanup.push(['pod', 'rm', '-f', pod]);
+  cleanup.push(['rm', '-f', '-t', '2', `${pod}-ztunnel`], ['rm', '-f', '-t', '2', `${pod}-agent`]);
   try {
-    await runOk('podman', [...PODMAN, 'pod', 'create', '--name', pod, '--network', 'none']);
-    const common = [...RUN, '-d', '--pod', pod, '-v', `${dir}:/var/run/ztunnel`];
-    await runOk('podman', [...PODMAN, 'run', ...common, '--name', `${pod}-agent`, '--cap-drop', 'ALL', '--cap-add', 'NET_ADMIN,NET_RAW,SYS_ADMIN,SYS_PTRACE,DAC_OVERRIDE',
+    // One loopback-only network namespace for both (as in a pod): the agent's, joined by ztunnel.
+    const common = [...RUN, '-d', '-v', `${dir}:/var/run/ztunnel`];
+    await runOk('podman', [...PODMAN, 'run', ...common, '--network', 'none', '--name', `${pod}-agent`, '--cap-drop', 'ALL', '--cap-add', 'NET_ADMIN,NET_RAW,SYS_ADMIN,SYS_PTRACE,DAC_OVERRIDE',
       '-v', `${join(dir, 'pods.yaml')}:/etc/weir/pods.yaml:ro`, '-e', 'NODE_NAME=node-a', '-e', 'PODS_FILE=/etc/weir/pods.yaml', '-e', 'CNI_AGENT_RUN_DIR=/tmp', images['cni-agent']!]);
-    await runOk('podman', [...PODMAN, 'run', ...common, '--name', `${pod}-ztunnel`, '--cap-drop', 'ALL', '--cap-add', 'NET_ADMIN,SYS_ADMIN,NET_RAW', '--read-only', '--tmpfs', '/tmp', '-e', 'NODE_NAME=node-a', images.ztunnel!]);
+    await runOk('podman', [...PODMAN, 'run', ...common, '--network', `container:${pod}-agent`, '--name', `${pod}-ztunnel`, '--cap-drop', 'ALL', '--cap-add', 'NET_ADMIN,SYS_ADMIN,NET_RAW', '--read-only', '--tmpfs', '/tmp', '-e', 'NODE_NAME=node-a', images.ztunnel!]);
     const healthy = async (ctr: string): Promise<string> => {
       let last = '';
       for (let i = 0; i < 40; i++) {
@@ -99,7 +99,7 @@ it('agent and ztunnel in one pod: ZDS handshake over the shared socket dir, both
     const logs = await run('podman', ['logs', `${pod}-ztunnel`]);
     expect(`${logs.stdout}${logs.stderr}`).toMatch(/snapshot/i);
   } finally {
-    await run('podman', [...PODMAN, 'pod', 'rm', '-f', '-t', '2', pod]);
+    await run('podman', [...PODMAN, 'rm', '-f', '-t', '2', `${pod}-ztunnel`, `${pod}-agent`]);
     rmSync(dir, { recursive: true, force: true });
   }
 });
