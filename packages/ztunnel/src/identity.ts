@@ -78,7 +78,12 @@ interface Entry {
   users: Set<(cert: WorkloadCertificate) => void>;
   timer?: NodeJS.Timeout;
   lastError?: string;
+  /** Current retry delay while the source cannot renew (outage); reset by a fresh certificate. */
+  backoffMs?: number;
 }
+
+const RETRY_MIN_MS = 1_000;
+const RETRY_MAX_MS = 60_000;
 
 export interface CertificateState {
   identity: string;
@@ -137,10 +142,18 @@ export class IdentityManager {
     e.pending ??= this.source
       .issueWorkloadCertificate({ identity: e.identity, ttlSeconds: this.#ttlSeconds })
       .then((cert) => {
+        const renewed = e.cert?.serial !== cert.serial;
         e.cert = cert;
         delete e.lastError;
-        this.#schedule(e, cert);
-        this.#logger.info({ identity: e.identity, serial: cert.serial, expiry: cert.notAfter.toISOString() }, 'fetched certificate');
+        if (renewed) {
+          delete e.backoffMs;
+          this.#schedule(e, cert);
+          this.#logger.info({ identity: e.identity, serial: cert.serial, expiry: cert.notAfter.toISOString() }, 'fetched certificate');
+        } else {
+          // The source answered with the certificate we hold (a CA outage served from its cache):
+          // ask again with a growing delay rather than every second.
+          this.#retryLater(e);
+        }
         return cert;
       })
       .catch((err: unknown) => {
@@ -151,26 +164,42 @@ export class IdentityManager {
     return e.pending;
   }
 
-  #schedule(e: Entry, cert: WorkloadCertificate, delayMs?: number): void {
+  #schedule(e: Entry, cert: WorkloadCertificate): void {
     clearTimeout(e.timer);
     const half = cert.notBefore.getTime() + (cert.notAfter.getTime() - cert.notBefore.getTime()) / 2;
     // setTimeout fires at once beyond 2^31-1 ms (~24.8 days): cap long TTLs' timers, re-check on wake.
-    const delay = Math.min(delayMs ?? Math.max(1000, half - Date.now()), 0x7fffffff);
+    const delay = Math.min(Math.max(RETRY_MIN_MS, half - Date.now()), 0x7fffffff);
     e.timer = setTimeout(() => {
-      if (delayMs === undefined && Date.now() < half - 1000) return this.#schedule(e, cert);
+      if (Date.now() < half - 1000) return this.#schedule(e, cert);
       void this.#rotate(e);
     }, delay);
     e.timer.unref();
   }
 
+  /** Next renewal attempt after a failed one: 1 s doubling to 60 s, never later than the held certificate's expiry. */
+  #retryLater(e: Entry): void {
+    clearTimeout(e.timer);
+    e.backoffMs = Math.min(RETRY_MAX_MS, e.backoffMs === undefined ? RETRY_MIN_MS : e.backoffMs * 2);
+    const untilExpiry = e.cert ? e.cert.notAfter.getTime() - Date.now() : Infinity;
+    e.timer = setTimeout(() => void this.#rotate(e), Math.max(0, Math.min(e.backoffMs, untilExpiry)));
+    e.timer.unref();
+  }
+
   async #rotate(e: Entry): Promise<void> {
     if (this.#entries.get(e.identity) !== e) return;
+    const held = e.cert?.serial;
     try {
       const cert = await this.#fetch(e);
-      for (const user of e.users) user(cert);
+      if (cert.serial !== held) for (const user of e.users) user(cert);
     } catch (err) {
-      this.#logger.warn({ identity: e.identity, err }, 'certificate rotation failed, retrying');
-      if (e.cert) this.#schedule(e, e.cert, 5_000);
+      if (this.#entries.get(e.identity) !== e) return;
+      // Fail closed: an expired certificate is dropped, so no new mTLS is set up with it.
+      if (e.cert && Date.now() >= e.cert.notAfter.getTime()) {
+        this.#logger.error({ identity: e.identity, serial: e.cert.serial, expiry: e.cert.notAfter.toISOString() }, 'certificate expired and not renewed, dropped');
+        delete e.cert;
+      }
+      this.#logger.warn({ identity: e.identity, err, retry_ms: Math.min(RETRY_MAX_MS, (e.backoffMs ?? RETRY_MIN_MS / 2) * 2) }, 'certificate rotation failed, retrying');
+      this.#retryLater(e);
     }
   }
 

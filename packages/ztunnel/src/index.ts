@@ -28,3 +28,10 @@ export { DnsProxy, DNS_PROXY_PORT, DnsMetrics, DnsNameTable, HostResolver, fdUdp
 export type { DnsProxyOptions, DnsUpstream, UdpSocketFactory, UdpSocketSpec, ResolvConf } from './dns/index.js';
 export { Socks5Listener, SOCKS5_PORT } from './socks5/index.js';
 export type { Socks5ListenerOptions, Socks5Target } from './socks5/index.js';
+export { XdsClient, ADDRESS_TYPE, AUTHORIZATION_TYPE } from './xds/client.js';
+export type { XdsClientOptions, XdsDump, XdsNodeInfo, XdsStoreSink, XdsTypeDump } from './xds/client.js';
+export { tokenFromFile } from './xds/token.js';
+export { CaClient } from './ca-client/ca-client.js';
+export type { CaClientOptions, CaCertificateDump } from './ca-client/ca-client.js';
+export { TestControlPlane, ipBytes, workloadToXds, serviceToXds, policyToXds } from './xds/test-control-plane.js';
+export type { TestControlPlaneOptions, RecordedRequest, IssuedCertificate } from './xds/test-control-plane.js';

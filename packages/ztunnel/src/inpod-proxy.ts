@@ -48,8 +48,8 @@ export interface InpodProxyOptions {
   netns: Netns;
   store: WorkloadStore;
   identities: IdentityManager;
-  /** The mesh trust bundle (PEM roots). */
-  trustBundle: string;
+  /** The mesh trust bundle (PEM roots); a function is read per TLS context, so a rotated bundle takes effect. */
+  trustBundle: string | (() => string);
   trustDomain: string;
   /** Sent in the HBONE `baggage` header (`k8s.cluster.name`). */
   clusterId?: string;
@@ -155,7 +155,8 @@ export class InpodProxy {
   }
 
   #tls(cert: WorkloadCertificate): HboneTlsOptions {
-    return { key: cert.keyPem, cert: cert.chainPem, ca: this.#o.trustBundle };
+    const tb = this.#o.trustBundle;
+    return { key: cert.keyPem, cert: cert.chainPem, ca: typeof tb === 'function' ? tb() : tb };
   }
 
   /** Fetches the pod's certificate and binds the three listeners; on failure releases everything. */

@@ -1,6 +1,8 @@
 import type { AddressInfo } from 'node:net';
 import { ZdsClient } from '@weir/redirect-protocol';
 import { createAdminServer, createMetricsServer, createReadinessServer, parseListenAddress, type HttpEndpoint, type ListenAddress } from './admin.js';
+import { CaClient } from './ca-client/ca-client.js';
+import { ZtunnelError } from './errors.js';
 import { IdentityManager, type CertificateSource } from './identity.js';
 import { InpodManager } from './inpod-manager.js';
 import type { OrigSrcMode, ProxyPorts } from './inpod-proxy.js';
@@ -9,6 +11,7 @@ import { silentLogger, type LogLevel, type Logger } from './logger.js';
 import { ZtunnelMetrics } from './metrics.js';
 import { DnsMetrics, type DnsUpstream } from './dns/index.js';
 import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
+import { XdsClient, type XdsClientOptions } from './xds/client.js';
 
 export interface ZtunnelOptions {
   /** The node agent's ZDS socket (ztunnel connects). */
@@ -28,7 +31,15 @@ export interface ZtunnelOptions {
   localXdsPath?: string;
   /** Inline workload state (used when no path is given). */
   localConfig?: LocalConfig;
-  /** Issues workload certificates (an embedded LocalCa); `rootPem` is the mesh trust bundle. */
+  /**
+   * istiod over Delta ADS (ztunnel's XDS_ADDRESS): feeds the workload store instead of a local
+   * config; the node agent is connected only after the first response of every type.
+   */
+  xds?: Omit<XdsClientOptions, 'store' | 'logger'>;
+  /**
+   * Issues workload certificates: an embedded LocalCa or a CaClient (Istio's CA); `rootPem` is the
+   * mesh trust bundle, read again for every TLS context so a rotated bundle takes effect.
+   */
   ca: CertificateSource & { rootPem: string };
   /** Workload certificate lifetime; rotated at half-life. Default 24 h. */
   certTtlSeconds?: number;
@@ -79,25 +90,32 @@ export class Ztunnel {
   readonly metrics: ZtunnelMetrics;
   readonly identities: IdentityManager;
   readonly manager: InpodManager;
+  /** The xDS client when `xds` is set. */
+  readonly xds: XdsClient | undefined;
   readonly #o: ZtunnelOptions;
   readonly #log: Logger;
   #watcher: LocalConfigWatcher | undefined;
   #zds: ZdsClient | undefined;
   readonly #http: { name: EndpointName; endpoint: HttpEndpoint; address: ListenAddress }[] = [];
   #stopping: Promise<void> | undefined;
+  #stopSignal: (() => void) | undefined;
 
   constructor(o: ZtunnelOptions) {
     this.#o = o;
     this.#log = o.logger ?? silentLogger;
     const trustDomain = o.trustDomain ?? 'cluster.local';
     this.store = new WorkloadStore({ trustDomain, ...(o.localConfig ? { config: o.localConfig } : {}) });
+    if (o.xds && (o.localXdsPath !== undefined || o.localConfig)) {
+      throw new ZtunnelError('ERR_ZTUNNEL_CONFIG', `xds (${o.xds.address}) and a local config (${o.localXdsPath ?? 'inline'}) are mutually exclusive`);
+    }
+    this.xds = o.xds ? new XdsClient({ ...o.xds, store: this.store, logger: this.#log.child({ component: 'xds' }) }) : undefined;
     this.metrics = new ZtunnelMetrics({ processMetrics: o.processMetrics ?? false });
     this.identities = new IdentityManager(o.ca, { ttlSeconds: o.certTtlSeconds ?? 86_400, logger: this.#log.child({ component: 'identity' }) });
     this.manager = new InpodManager({
       proxy: {
         store: this.store,
         identities: this.identities,
-        trustBundle: o.ca.rootPem,
+        trustBundle: () => o.ca.rootPem,
         trustDomain,
         clusterId: o.clusterId ?? 'Kubernetes',
         mark: o.packetMark ?? 1337,
@@ -156,6 +174,13 @@ export class Ztunnel {
       this.#watcher?.close();
       throw err;
     }
+    if (this.xds) {
+      // As ztunnel: pods are taken over only once the mesh state is known (first response of every type).
+      this.xds.start();
+      await Promise.race([this.xds.ready(), new Promise<void>((r) => (this.#stopSignal = r))]);
+      if (this.#stopping) return;
+      this.#log.info({ address: this.#o.xds!.address }, 'xds ready, connecting to the node agent');
+    }
     this.#zds = new ZdsClient({
       path: this.#o.inpodUds,
       logger: this.#log.child({ component: 'inpod' }),
@@ -176,7 +201,7 @@ export class Ztunnel {
 
   /** Why readiness fails; empty when ready. */
   pending(): string[] {
-    return this.#stopping ? ['shutting down'] : this.manager.pending();
+    return this.#stopping ? ['shutting down'] : [...(this.xds?.pending() ?? []), ...this.manager.pending()];
   }
 
   configDump(): unknown {
@@ -189,7 +214,10 @@ export class Ztunnel {
         clusterId: this.#o.clusterId ?? 'Kubernetes',
         nodeName: this.#o.nodeName ?? '',
         localXdsPath: this.#o.localXdsPath ?? null,
+        xdsAddress: this.#o.xds?.address ?? null,
       },
+      xds: this.xds?.dump() ?? null,
+      ca: this.#o.ca instanceof CaClient ? { certificates: this.#o.ca.certificates() } : { embedded: true },
       workloads: this.store.config.workloads,
       services: this.store.config.services,
       policies: this.store.config.policies,
@@ -208,11 +236,14 @@ export class Ztunnel {
     this.#stopping ??= (async () => {
       const deadlineMs = o.deadlineMs ?? this.#o.terminationDeadlineMs ?? 5000;
       this.#log.info({ deadline_ms: deadlineMs }, 'shutting down: listeners closed, draining connections');
+      this.#stopSignal?.();
       this.manager.closeListeners();
       await this.#zds?.close().catch((err: unknown) => this.#log.warn({ err }, 'closing the node agent connection failed'));
       this.#watcher?.close();
+      await this.xds?.close().catch((err: unknown) => this.#log.warn({ err }, 'closing the xds connection failed'));
       await this.manager.close({ deadlineMs });
       this.identities.close();
+      if (this.#o.ca instanceof CaClient) this.#o.ca.close();
       await Promise.all(this.#http.map((h) => h.endpoint.close()));
       this.#log.info({}, 'shutdown complete');
     })();

@@ -72,7 +72,7 @@ describe('CaClient', () => {
   it('fails clearly when the CA refuses the token', async () => {
     caClient({ token: () => 'wrong' });
     await expect(ca.issueWorkloadCertificate({ identity: A })).rejects.toMatchObject({
-      code: 'ERR_ZTUNNEL_IDENTITY',
+      code: 'ERR_ZTUNNEL_CA',
       message: expect.stringMatching(/did not issue a certificate for spiffe:\/\/cluster.local\/ns\/default\/sa\/web: UNAUTHENTICATED/),
     });
     expect(lines.some((l) => l.level === 'error' && l.msg === 'CA unavailable, no certificate for identity')).toBe(true);
@@ -158,7 +158,7 @@ describe('CaClient with short-lived certificates', () => {
 
     // After expiry there is nothing safe to serve: a clear error.
     await new Promise((r) => setTimeout(r, first.notAfter.getTime() - Date.now() + 100));
-    await expect(ca.issueWorkloadCertificate({ identity: A })).rejects.toMatchObject({ code: 'ERR_ZTUNNEL_IDENTITY' });
+    await expect(ca.issueWorkloadCertificate({ identity: A })).rejects.toMatchObject({ code: 'ERR_ZTUNNEL_CA' });
     expect(lines.some((l) => l.level === 'error' && l.msg === 'CA unavailable and the cached certificate has expired')).toBe(true);
 
     // The CA comes back: issuing resumes.

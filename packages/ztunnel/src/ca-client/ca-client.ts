@@ -80,7 +80,7 @@ export class CaClient implements CertificateSource {
   }
 
   issueWorkloadCertificate(o: { identity: string; ttlSeconds?: number }): Promise<WorkloadCertificate> {
-    if (this.#closed) return Promise.reject(new ZtunnelError('ERR_ZTUNNEL_IDENTITY', `CA client for ${this.#o.address} is closed`));
+    if (this.#closed) return Promise.reject(new ZtunnelError('ERR_ZTUNNEL_CA', `CA client for ${this.#o.address} is closed`));
     const cached = this.#cache.get(o.identity);
     const now = Date.now();
     if (cached && now < halfLife(cached.cert)) {
@@ -128,7 +128,7 @@ export class CaClient implements CertificateSource {
       { identity, error: lastError, ca: this.#o.address, ...(cached ? { expired: cached.cert.notAfter.toISOString() } : {}) },
       cached ? 'CA unavailable and the cached certificate has expired' : 'CA unavailable, no certificate for identity',
     );
-    throw new ZtunnelError('ERR_ZTUNNEL_IDENTITY', `CA ${this.#o.address} did not issue a certificate for ${identity}: ${lastError}`);
+    throw new ZtunnelError('ERR_ZTUNNEL_CA', `CA ${this.#o.address} did not issue a certificate for ${identity}: ${lastError}`);
   }
 
   async #request(identity: string, ttlSeconds: number): Promise<WorkloadCertificate> {

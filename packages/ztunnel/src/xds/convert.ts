@@ -24,7 +24,7 @@ import {
 // run through parseLocalConfig (JSON is YAML), so both sources share one schema and one validation.
 
 function fail(what: string, message: string): never {
-  throw new ZtunnelError('ERR_ZTUNNEL_CONFIG', `${what}: ${message}`);
+  throw new ZtunnelError('ERR_ZTUNNEL_XDS', `${what}: ${message}`);
 }
 
 /** Raw address bytes (4 or 16) to text; IPv4-mapped IPv6 stays IPv6 text, as ztunnel prints it. */
@@ -59,7 +59,7 @@ function parseOne<K extends keyof LocalConfig>(key: K, value: unknown, what: str
   try {
     return parseLocalConfig(JSON.stringify({ [key]: [value] }), what)[key][0]!;
   } catch (err) {
-    throw new ZtunnelError('ERR_ZTUNNEL_CONFIG', (err as Error).message.replace(`${key}[0].`, ''), { cause: err });
+    throw new ZtunnelError('ERR_ZTUNNEL_XDS', (err as Error).message.replace(`${key}[0].`, ''), { cause: err });
   }
 }
 
