@@ -13,12 +13,24 @@ describe('parseConfig', () => {
       'zds-socket': '/var/run/ztunnel/ztunnel.sock',
       mode: 'tproxy',
       'dns-capture': false,
-      ipv6: false,
+      ipv6: 'auto',
       'ready-address': { host: '0.0.0.0', port: 8000 },
       'exclude-namespaces': ['kube-system'],
       'drift-interval': 30_000,
       'log-format': 'text',
     });
+  });
+
+  it('--ipv6 is auto by default and takes auto, true or false (flag or IPV6)', () => {
+    const ipv6 = (argv: string[], env: Record<string, string> = {}) => {
+      const r = parseConfig(['--node-name', 'n', '--pods-file', 'p.yaml', ...argv], env);
+      return r.ok ? r.config.ipv6 : r.errors.join('; ');
+    };
+    expect(ipv6([])).toBe('auto');
+    expect(ipv6(['--ipv6', 'false'])).toBe(false);
+    expect(ipv6(['--ipv6=true'])).toBe(true);
+    expect(ipv6([], { IPV6: 'false' })).toBe(false);
+    expect(ipv6(['--ipv6', 'maybe'])).toMatch(/^--ipv6 \(IPV6\)/);
   });
 
   it('reads the environment, and flags win over it', () => {

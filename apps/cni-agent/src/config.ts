@@ -29,7 +29,7 @@ const ENV: Record<string, string> = {
   'daemonset-name': 'DAEMONSET_NAME',
 };
 
-const BOOL_FLAGS = new Set(['dns-capture', 'ipv6', 'install', 'uninstall-on-exit']);
+const BOOL_FLAGS = new Set(['dns-capture', 'install', 'uninstall-on-exit']);
 
 const bool = z
   .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'])])
@@ -65,7 +65,11 @@ export const configSchema = z
     'ready-address': address.default({ host: '0.0.0.0', port: 8000 }),
     mode: z.enum(['tproxy', 'redirect']).default('tproxy'),
     'dns-capture': bool.default(false),
-    ipv6: bool.default(false),
+    // auto: capture IPv6 in every pod whose netns has IPv6 on; false: never, but such pods get an
+    // IPv6 guard (TCP dropped) so IPv6 cannot carry traffic around ztunnel; true: always.
+    ipv6: z
+      .union([z.literal('auto'), bool])
+      .default('auto'),
     'exclude-namespaces': z
       .string()
       .default('kube-system')
@@ -106,7 +110,7 @@ export const USAGE = `usage: weir-cni-agent [run|uninstall] [--flag value ...]
   --ready-address HOST:PORT   (READY_ADDRESS, 0.0.0.0:8000): /readyz and /metrics
   --mode tproxy|redirect      (REDIRECT_MODE, tproxy)
   --dns-capture               (DNS_CAPTURE, false)
-  --ipv6                      (IPV6, false)
+  --ipv6 auto|true|false      (IPV6, auto): auto = capture IPv6 in pods with IPv6 on; false = drop their IPv6 TCP
   --exclude-namespaces A,B    (EXCLUDE_NAMESPACES, kube-system)
   --probe-snat-ip IP          (PROBE_SNAT_IP, 169.254.7.127)
   --drift-interval 30s        (DRIFT_INTERVAL; 0 disables)

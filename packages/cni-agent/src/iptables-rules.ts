@@ -1,5 +1,6 @@
 import {
   RuleApplier,
+  defineRuleSet,
   RoutingApplier,
   hostProbeRules,
   inpodRouting,
@@ -7,6 +8,7 @@ import {
   ipsetCreateArgs,
   netnsExecutor,
   type CommandExecutor,
+  type FamilyRules,
   type IptablesBackend,
   type PolicyRouting,
   type RuleSet,
@@ -22,7 +24,14 @@ export interface IptablesPodRulesOptions {
   mode?: 'tproxy' | 'redirect';
   /** Capture DNS to ztunnel's 15053. Default off: Weir's ztunnel has no DNS proxy yet. */
   dnsCapture?: boolean;
-  ipv6?: boolean;
+  /**
+   * IPv6 capture. `auto` (default): follow the pod — when its netns has IPv6 on (any
+   * `net.ipv6.conf.*.disable_ipv6` is 0, e.g. the fe80:: on eth0) the IPv6 half of the rules and
+   * routing goes in too. `true`: always (also the host's IPv6 probe ipset and SNAT). `false`: never
+   * capture IPv6, but a pod with IPv6 on gets the IPv6 guard (all TCP but loopback dropped), so
+   * IPv6 can never carry traffic around ztunnel.
+   */
+  ipv6?: boolean | 'auto';
   probeSnatIp?: string;
   probeSnatIpv6?: string;
   /** `auto` detects once in the host netns (legacy if it holds rules, else nft). */
@@ -35,6 +44,53 @@ export interface IptablesPodRulesOptions {
 }
 
 const SET_V4 = 'istio-inpod-probes-v4';
+/** Chains of the IPv6 guard (prefix ISTIO_, so the same cleanup removes them). */
+export const IPV6_GUARD_CHAINS = { input: 'ISTIO_V6GUARD_IN', output: 'ISTIO_V6GUARD_OUT' } as const;
+
+/**
+ * The IPv6 guard of a pod whose IPv6 is not captured: loopback and ztunnel's own marked sockets
+ * pass, every other TCP in or out is dropped (replies to the marked sockets pass as ESTABLISHED).
+ * DROP, not REJECT: @weir/iptables-builder has no REJECT target; the effect is the same fail-closed
+ * (a connect times out instead of being refused).
+ */
+export function ipv6GuardFamily(ztunnelMark = 0x539, markMask = 0xfff): FamilyRules {
+  const tcp = { kind: 'protocol', protocol: 'tcp' } as const;
+  return {
+    family: 'ipv6',
+    tables: [
+      {
+        name: 'filter',
+        chains: [
+          { name: 'INPUT', rules: [{ matches: [], target: { kind: 'jump', chain: IPV6_GUARD_CHAINS.input } }] },
+          { name: 'OUTPUT', rules: [{ matches: [], target: { kind: 'jump', chain: IPV6_GUARD_CHAINS.output } }] },
+          {
+            name: IPV6_GUARD_CHAINS.input,
+            rules: [
+              { matches: [{ kind: 'inInterface', name: 'lo' }], target: { kind: 'ACCEPT' } },
+              { matches: [tcp, { kind: 'conntrack', ctstate: ['RELATED', 'ESTABLISHED'] }], target: { kind: 'ACCEPT' } },
+              { matches: [tcp], target: { kind: 'DROP' } },
+            ],
+          },
+          {
+            name: IPV6_GUARD_CHAINS.output,
+            rules: [
+              { matches: [{ kind: 'outInterface', name: 'lo' }], target: { kind: 'ACCEPT' } },
+              { matches: [tcp, { kind: 'mark', value: ztunnelMark, mask: markMask }], target: { kind: 'ACCEPT' } },
+              { matches: [tcp], target: { kind: 'DROP' } },
+            ],
+          },
+        ],
+      },
+    ],
+  };
+}
+
+/** Whether a netns has IPv6 on: any `disable_ipv6` is 0 (no /proc/sys/net/ipv6 at all: off). */
+async function podHasIpv6(exec: CommandExecutor): Promise<boolean> {
+  const r = await exec.run('sh', ['-c', 'cat /proc/sys/net/ipv6/conf/*/disable_ipv6 2>/dev/null; true']);
+  if (r.code !== 0) throw new CniAgentError('ERR_AGENT_RULES', `reading disable_ipv6 in the pod netns failed (exit ${r.code}): ${r.stderr.trim()}`);
+  return r.stdout.split('\n').some((l) => l.trim() === '0');
+}
 const SET_V6 = 'istio-inpod-probes-v6';
 
 function run(exec: CommandExecutor, what: string) {
@@ -55,7 +111,11 @@ function run(exec: CommandExecutor, what: string) {
 export class IptablesPodRules implements PodRules {
   private readonly log: Logger;
   private readonly podRules: RuleSet;
+  /** What goes in a pod with IPv6 on: both capture halves (`auto`, `true`) or IPv4 + guard (`false`). */
+  private readonly podRulesV6On: RuleSet;
   private readonly routing: PolicyRouting;
+  private readonly routingV6On: PolicyRouting;
+  private readonly ipv6Mode: boolean | 'auto';
   private readonly host: CommandExecutor;
   private readonly hostRules: ReturnType<typeof hostProbeRules>;
   private readonly hostApplier: RuleApplier;
@@ -67,15 +127,25 @@ export class IptablesPodRules implements PodRules {
 
   constructor(private readonly opts: IptablesPodRulesOptions = {}) {
     this.log = (opts.logger ?? silentLogger).child({ scope: 'iptables' });
-    const ipv6 = opts.ipv6 ?? false;
-    this.podRules = inpodRules({
-      mode: opts.mode ?? 'tproxy',
-      dnsCapture: opts.dnsCapture ?? false,
-      ipv6,
-      ...(opts.probeSnatIp !== undefined ? { probeSnatIp: opts.probeSnatIp } : {}),
-      ...(opts.probeSnatIpv6 !== undefined ? { probeSnatIpv6: opts.probeSnatIpv6 } : {}),
-    });
+    this.ipv6Mode = opts.ipv6 ?? 'auto';
+    const ipv6 = this.ipv6Mode === true;
+    const inpod = (withV6: boolean): RuleSet =>
+      inpodRules({
+        mode: opts.mode ?? 'tproxy',
+        dnsCapture: opts.dnsCapture ?? false,
+        ipv6: withV6,
+        ...(opts.probeSnatIp !== undefined ? { probeSnatIp: opts.probeSnatIp } : {}),
+        ...(opts.probeSnatIpv6 !== undefined ? { probeSnatIpv6: opts.probeSnatIpv6 } : {}),
+      });
+    this.podRules = inpod(ipv6);
     this.routing = inpodRouting({ ipv6 });
+    if (this.ipv6Mode === false) {
+      this.podRulesV6On = defineRuleSet({ families: [...this.podRules.families, ipv6GuardFamily()] });
+      this.routingV6On = this.routing;
+    } else {
+      this.podRulesV6On = inpod(true);
+      this.routingV6On = inpodRouting({ ipv6: true });
+    }
     this.podShells = new ShellPool(opts.shells ?? 8);
     this.hostShell = new ShellPool(1);
     this.host = opts.hostNetnsPath ? netnsExecutor(opts.hostNetnsPath, this.hostShell.executor) : this.hostShell.executor;
@@ -87,9 +157,20 @@ export class IptablesPodRules implements PodRules {
     this.hostApplier = new RuleApplier({ executor: this.host, backend: opts.backend ?? 'auto', logger: this.log });
   }
 
-  /** The rule set applied in every pod (for status and tests). */
+  /** The rule set applied in a pod without IPv6 (for status and tests). */
   get inpodRuleSet(): RuleSet {
     return this.podRules;
+  }
+
+  /** The rule set applied in a pod with IPv6 on: IPv6 captured (`auto`, `true`) or guarded (`false`). */
+  get inpodRuleSetIpv6(): RuleSet {
+    return this.podRulesV6On;
+  }
+
+  /** What a pod gets: with `ipv6: true` always both families; otherwise as its netns has IPv6 on or not. */
+  private async forPod(exec: CommandExecutor): Promise<{ rules: RuleSet; routing: PolicyRouting }> {
+    const on = this.ipv6Mode === true || (await podHasIpv6(exec));
+    return on ? { rules: this.podRulesV6On, routing: this.routingV6On } : { rules: this.podRules, routing: this.routing };
   }
 
   async setupHost(): Promise<void> {
@@ -121,27 +202,30 @@ export class IptablesPodRules implements PodRules {
   }
 
   private async applyWith(exec: CommandExecutor): Promise<RepairReport> {
+    const want = await this.forPod(exec);
     const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
-    const rules = await applier.apply(this.podRules);
-    const routing = await new RoutingApplier({ executor: exec, logger: this.log }).apply(this.routing);
+    const rules = await applier.apply(want.rules);
+    const routing = await new RoutingApplier({ executor: exec, logger: this.log }).apply(want.routing);
     const hadRules = !rules.changed || rules.repaired.length > 0;
     const repaired = rules.repaired.map((r) => `${r.family} ${r.table} ${r.chain}: ${r.rule}`);
     if (rules.changed && rules.repaired.length === 0 && hadRules) repaired.push('rule order or chains');
-    if (routing.changed && hadRules) repaired.push(`policy routing (fwmark 0x111/0xfff lookup table ${this.routing.routes[0]?.table})`);
+    if (routing.changed && hadRules) repaired.push(`policy routing (fwmark 0x111/0xfff lookup table ${want.routing.routes[0]?.table})`);
     return { changed: rules.changed || routing.changed, repaired };
   }
 
   remove(_pod: PodInfo, netns: NetnsHandle): Promise<void> {
     return this.inPod(netns, async (exec) => {
+      // A pod with IPv6 on may hold IPv6 capture or guard rules (whatever the mode was then): remove both families.
+      const v6 = this.ipv6Mode === true || (await podHasIpv6(exec));
       const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
-      await applier.cleanup(this.opts.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
-      await new RoutingApplier({ executor: exec, logger: this.log }).remove(this.routing);
+      await applier.cleanup(v6 ? ['ipv4', 'ipv6'] : ['ipv4']);
+      await new RoutingApplier({ executor: exec, logger: this.log }).remove(v6 ? inpodRouting({ ipv6: true }) : this.routing);
     });
   }
 
   addHostProbe(pod: PodInfo, ips: string[]): Promise<void> {
     const lines = ips
-      .filter((ip) => this.opts.ipv6 || !ip.includes(':'))
+      .filter((ip) => this.ipv6Mode === true || !ip.includes(':'))
       .map((ip) => `add ${ip.includes(':') ? SET_V6 : SET_V4} ${ip} comment "${pod.uid}"`);
     if (lines.length === 0) return Promise.resolve();
     return this.ipsetBatch(lines);
@@ -170,7 +254,7 @@ export class IptablesPodRules implements PodRules {
   private async probeEntries(): Promise<{ set: string; ip: string; uid: string }[]> {
     const ipset = run(this.host, 'the host netns');
     const out: { set: string; ip: string; uid: string }[] = [];
-    for (const set of this.opts.ipv6 ? [SET_V4, SET_V6] : [SET_V4]) {
+    for (const set of this.ipv6Mode === true ? [SET_V4, SET_V6] : [SET_V4]) {
       let saved: string;
       try {
         saved = await ipset('ipset', ['save', set]);
@@ -197,7 +281,7 @@ export class IptablesPodRules implements PodRules {
   }
 
   async teardownHost(): Promise<void> {
-    await this.hostApplier.cleanup(this.opts.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
+    await this.hostApplier.cleanup(this.ipv6Mode === true ? ['ipv4', 'ipv6'] : ['ipv4']);
     const ipset = run(this.host, 'the host netns');
     for (const spec of this.hostRules.ipsets) {
       await ipset('ipset', ['destroy', spec.name]).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'cannot destroy ipset'));

@@ -1,0 +1,184 @@
+import type { Server } from 'node:net';
+import { listenTcp, openNetns, type Netns } from '@weir/netns';
+import { execInNetns, Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { IptablesPodRules, type PodInfo } from '../src/index.js';
+import { nsRun, requireRoot, uniq, until } from './support.js';
+
+/** The pod's fe80:: address on `dev`, once duplicate address detection has finished. */
+async function linkLocal(netnsPath: string, dev: string): Promise<string> {
+  return until(`a usable fe80:: address on ${dev} in ${netnsPath}`, async () => {
+    const out = await nsRun(netnsPath, 'ip', ['-6', '-o', 'addr', 'show', 'dev', dev, 'scope', 'link']);
+    if (/tentative/.test(out)) return undefined;
+    return /inet6 (fe80::[0-9a-f:]+)\//.exec(out)?.[1];
+  });
+}
+
+/** Connects over IPv6 from a netns with socat and returns what the server said ('' when it could not connect). */
+async function tcp6Read(fromNetns: string, addr: string, port: number): Promise<string> {
+  const r = await execInNetns(fromNetns, 'timeout', ['5', 'socat', '-T2', '-u', `TCP6:[${addr}]:${port},connect-timeout=2`, '-']);
+  return r.stdout.trim();
+}
+
+/** A listener counting its connections, answering `reply`. */
+async function counted(netns: Netns, port: number, reply: string, opts: { transparent?: boolean; mark?: number } = {}) {
+  const c = { n: 0, server: undefined as unknown as Server };
+  c.server = await listenTcp({ netns, host: '::', port, reusePort: true, ...opts });
+  c.server.on('connection', (s) => {
+    c.n++;
+    s.end(`${reply}\n`);
+  });
+  return c;
+}
+
+for (const mode of ['auto', false] as const) {
+  describe(`IPv6 in a captured pod, ipv6: ${String(mode)} (root, real netns)`, () => {
+    let topo: Topology;
+    let node: TopologyNode;
+    let pod: TopologyPod;
+    let peer: TopologyPod;
+    let rules: IptablesPodRules;
+    const netnses: Netns[] = [];
+    const servers: Server[] = [];
+    let podNs: Netns;
+    let app: Awaited<ReturnType<typeof counted>>;
+    let peerL: Awaited<ReturnType<typeof counted>>;
+    let nodeL: Awaited<ReturnType<typeof counted>>;
+    let podLl: string;
+    let peerLl: string;
+    let nodeLl: string;
+    const ULA = `fd00:${(process.pid % 0xffff).toString(16)}:${mode === 'auto' ? 'a' : 'f'}::`;
+    const info = (p: TopologyPod): PodInfo =>
+      ({ uid: p.uid, name: p.name, namespace: p.namespace, labels: {}, annotations: {}, serviceAccount: 'default', ips: [p.ip], hostNetwork: false, nodeName: 'n1' }) as unknown as PodInfo;
+
+    beforeAll(async () => {
+      await requireRoot();
+      topo = await Topology.create({ name: uniq('wc6') });
+      node = await topo.addNode({ name: 'n1' });
+      pod = await node.addPod({ name: 'sleep', namespace: 'apps' });
+      peer = await node.addPod({ name: 'legacy', namespace: 'apps' });
+      podNs = openNetns(pod.netnsPath);
+      const peerNs = openNetns(peer.netnsPath);
+      const nodeNs = openNetns(node.netnsPath);
+      netnses.push(podNs, peerNs, nodeNs);
+      app = await counted(podNs, 8080, 'app');
+      peerL = await counted(peerNs, 9100, 'peer');
+      nodeL = await counted(nodeNs, 9101, 'node');
+      servers.push(app.server, peerL.server, nodeL.server);
+      podLl = await linkLocal(pod.netnsPath, 'eth0');
+      peerLl = await linkLocal(peer.netnsPath, 'eth0');
+      nodeLl = await linkLocal(node.netnsPath, 'cni0');
+      // Global IPv6 addresses too (ULA, on the same bridge), as a dual-stack cluster gives pods.
+      await nsRun(pod.netnsPath, 'ip', ['-6', 'addr', 'add', `${ULA}1/64`, 'dev', 'eth0', 'nodad']);
+      await nsRun(peer.netnsPath, 'ip', ['-6', 'addr', 'add', `${ULA}2/64`, 'dev', 'eth0', 'nodad']);
+      rules = new IptablesPodRules({ ipv6: mode, hostNetnsPath: node.netnsPath });
+    }, 90_000);
+
+    afterAll(async () => {
+      rules?.close();
+      for (const s of servers) s.close();
+      for (const n of netnses) n.close();
+      await topo?.destroy();
+    }, 60_000);
+
+    it('without rules IPv6 link-local reaches the peer, the node and the app (the hole being closed)', async () => {
+      expect(await tcp6Read(pod.netnsPath, `${peerLl}%eth0`, 9100)).toBe('peer');
+      expect(await tcp6Read(pod.netnsPath, `${nodeLl}%eth0`, 9101)).toBe('node');
+      expect(await tcp6Read(peer.netnsPath, `${podLl}%eth0`, 8080)).toBe('app');
+      peerL.n = nodeL.n = app.n = 0;
+    });
+
+    it('after apply, pod -> peer and pod -> node over fe80:: never reach them unseen, nor peer -> app port', async () => {
+      const handle = { fd: podNs.fd, id: podNs.id, path: pod.netnsPath, closed: false, close: () => undefined };
+      const first = await rules.apply(info(pod), handle);
+      expect(first.changed).toBe(true);
+      expect((await rules.apply(info(pod), handle)).changed).toBe(false);
+      const v6 = (await nsRun(pod.netnsPath, 'ip6tables-save', [])).split('\n').filter((l) => l.startsWith('-A'));
+      let ztOut: Awaited<ReturnType<typeof counted>> | undefined;
+      let ztIn: Awaited<ReturnType<typeof counted>> | undefined;
+      if (mode === 'auto') {
+        // IPv6 capture: outbound REDIRECT to 15001, inbound TPROXY to 15006, and `ip -6` policy routing.
+        expect(v6).toContain('-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001');
+        expect(v6.some((l) => l.includes('TPROXY --on-port 15006'))).toBe(true);
+        expect(await nsRun(pod.netnsPath, 'ip', ['-6', 'rule', 'show'])).toMatch(/32764:\s+from all fwmark 0x111\/0xfff lookup 133/);
+        expect(await nsRun(pod.netnsPath, 'ip', ['-6', 'route', 'show', 'table', '133'])).toMatch(/local default dev lo/);
+        // Stand-ins for ztunnel's in-pod listeners on [::] (marked, 15006 transparent).
+        ztOut = await counted(podNs, 15001, 'ztunnel-out', { mark: 0x539 });
+        ztIn = await counted(podNs, 15006, 'ztunnel-in', { mark: 0x539, transparent: true });
+        servers.push(ztOut.server, ztIn.server);
+        // A link-local destination binds the socket to eth0, so the kernel cannot deliver the
+        // REDIRECT (to ::1) and the connect fails: refused, never reaching the peer or the node.
+        expect(['ztunnel-out', '']).toContain(await tcp6Read(pod.netnsPath, `${peerLl}%eth0`, 9100));
+        expect(['ztunnel-out', '']).toContain(await tcp6Read(pod.netnsPath, `${nodeLl}%eth0`, 9101));
+        expect(await tcp6Read(pod.netnsPath, `${ULA}2`, 9100)).toBe('ztunnel-out');
+        expect(await tcp6Read(peer.netnsPath, `${podLl}%eth0`, 8080)).toBe('ztunnel-in');
+        expect(await tcp6Read(peer.netnsPath, `${ULA}1`, 8080)).toBe('ztunnel-in');
+        expect(ztIn.n).toBe(2);
+      } else {
+        expect(v6).toEqual([
+          '-A INPUT -j ISTIO_V6GUARD_IN',
+          '-A OUTPUT -j ISTIO_V6GUARD_OUT',
+          '-A ISTIO_V6GUARD_IN -i lo -j ACCEPT',
+          '-A ISTIO_V6GUARD_IN -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+          '-A ISTIO_V6GUARD_IN -p tcp -j DROP',
+          '-A ISTIO_V6GUARD_OUT -o lo -j ACCEPT',
+          '-A ISTIO_V6GUARD_OUT -p tcp -m mark --mark 0x539/0xfff -j ACCEPT',
+          '-A ISTIO_V6GUARD_OUT -p tcp -j DROP',
+        ]);
+        expect(await tcp6Read(pod.netnsPath, `${peerLl}%eth0`, 9100)).toBe('');
+        expect(await tcp6Read(pod.netnsPath, `${nodeLl}%eth0`, 9101)).toBe('');
+        expect(await tcp6Read(peer.netnsPath, `${podLl}%eth0`, 8080)).toBe('');
+        expect(await tcp6Read(pod.netnsPath, `${ULA}2`, 9100)).toBe('');
+        expect(await tcp6Read(peer.netnsPath, `${ULA}1`, 8080)).toBe('');
+        // IPv6 loopback inside the pod still works.
+        expect(await tcp6Read(pod.netnsPath, '::1', 8080)).toBe('app');
+        app.n--;
+      }
+      expect([peerL.n, nodeL.n, app.n]).toEqual([0, 0, 0]);
+      // IPv4 capture is in place as before.
+      expect((await nsRun(pod.netnsPath, 'iptables-save', [])).includes('REDIRECT --to-ports 15001')).toBe(true);
+      ztOut?.server.close();
+      ztIn?.server.close();
+    });
+
+    it('release removes the IPv6 rules and routing too', async () => {
+      const handle = { fd: podNs.fd, id: podNs.id, path: pod.netnsPath, closed: false, close: () => undefined };
+      await rules.remove(info(pod), handle);
+      expect((await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_')).toBe(false);
+      expect((await nsRun(pod.netnsPath, 'iptables-save', [])).includes('ISTIO_')).toBe(false);
+      expect(await nsRun(pod.netnsPath, 'ip', ['-6', 'rule', 'show'])).not.toMatch(/lookup 133/);
+      expect(await tcp6Read(pod.netnsPath, `${peerLl}%eth0`, 9100)).toBe('peer');
+    });
+  });
+}
+
+describe('IPv6 off in the pod netns (root, real netns)', () => {
+  it('ipv6: false installs no guard and auto no IPv6 capture when every disable_ipv6 is 1', async () => {
+    await requireRoot();
+    const topo = await Topology.create({ name: uniq('wc6o') });
+    const rulesFalse = new IptablesPodRules({ ipv6: false });
+    const rulesAuto = new IptablesPodRules({ ipv6: 'auto' });
+    try {
+      const node = await topo.addNode({ name: 'n1' });
+      const pod = await node.addPod({ name: 'nov6', namespace: 'apps' });
+      await nsRun(pod.netnsPath, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+      const ns = openNetns(pod.netnsPath);
+      try {
+        const handle = { fd: ns.fd, id: ns.id, path: pod.netnsPath, closed: false, close: () => undefined };
+        const p = { uid: 'u', name: 'nov6', namespace: 'apps' } as unknown as PodInfo;
+        for (const r of [rulesFalse, rulesAuto]) {
+          await r.apply(p, handle);
+          expect((await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_')).toBe(false);
+          expect((await nsRun(pod.netnsPath, 'iptables-save', [])).includes('ISTIO_OUTPUT')).toBe(true);
+          await r.remove(p, handle);
+        }
+      } finally {
+        ns.close();
+      }
+    } finally {
+      rulesFalse.close();
+      rulesAuto.close();
+      await topo.destroy();
+    }
+  });
+});
