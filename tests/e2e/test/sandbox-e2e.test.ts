@@ -232,7 +232,7 @@ describe('traffic', () => {
   it('un-labelling namespace demo releases the pods: rules and listeners gone, traffic direct and plain', async () => {
     await sandbox.label('ns/demo', 'istio.io/dataplane-mode-');
     for (const pod of ['sleep', 'httpbin']) {
-      await eventually(`${pod} to be released (no ISTIO_ rules)`, async () => (/ISTIO_/.test(await sandbox.execOk(pod, ['iptables-save'])) ? undefined : true), 60_000);
+      await eventually(`${pod} to be released (no ISTIO_ rules, IPv4 or IPv6)`, async () => (/ISTIO_/.test(await sandbox.execOk(pod, ['sh', '-c', 'iptables-save; ip6tables-save'])) ? undefined : true), 60_000);
       await eventually(`${pod}'s ztunnel listeners to close`, async () => (/:1500[168]\s/.test(await sandbox.execOk(pod, ['ss', '-ntl'])) ? undefined : true), 30_000);
     }
     expect(await sandbox.logs('node-1', 'ztunnel')).toMatch(/pod delete request, draining proxy/);
