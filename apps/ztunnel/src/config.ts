@@ -87,7 +87,19 @@ const envSchema = z.object({
   WEIR_SOCKS5_ENABLED: bool.default(false),
   DNS_PROXY: bool.default(true),
   WEIR_DNS_UPSTREAMS: upstreamList.optional(),
+  XDS_ADDRESS: nonEmpty.optional(),
+  XDS_ROOT_CA: nonEmpty.optional(),
+  CA_ADDRESS: nonEmpty.optional(),
+  CA_ROOT_CA: nonEmpty.optional(),
+  AUTH_TOKEN: nonEmpty.default('./var/run/secrets/tokens/istio-token'),
+  ALT_XDS_HOSTNAME: nonEmpty.optional(),
+  ALT_CA_HOSTNAME: nonEmpty.optional(),
+  POD_NAME: z.string().trim().default(''),
+  POD_NAMESPACE: z.string().trim().default(''),
+  INSTANCE_IP: z.string().trim().refine((s) => isIP(s) !== 0, { message: 'expected an IP address' }).default('1.1.1.1'),
 });
+
+const serverAddress = /^(https?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^:/[\]]+):\d{1,5}\/?$/;
 
 export interface AppConfig {
   inpodUds: string;
@@ -112,6 +124,21 @@ export interface AppConfig {
   dnsProxy: boolean;
   /** Forward targets for names outside the mesh; undefined: the nameservers of /etc/resolv.conf. */
   dnsUpstreams: { address: string; port: number }[] | undefined;
+  /** istiod's Delta ADS (XDS_ADDRESS); undefined: local config only. */
+  xdsAddress: string | undefined;
+  xdsRootCa: string | undefined;
+  /** Istio's CA (CA_ADDRESS, default XDS_ADDRESS); undefined: the local CA. */
+  caAddress: string | undefined;
+  caRootCa: string | undefined;
+  /** File holding the bearer token, re-read per connect/request. */
+  authToken: string;
+  altXdsHostname: string | undefined;
+  altCaHostname: string | undefined;
+  podName: string;
+  podNamespace: string;
+  instanceIp: string;
+  /** ISTIO_META_<K>=<v> → node metadata K. */
+  istioMeta: Record<string, string>;
 }
 
 export class ConfigError extends Error {
@@ -138,6 +165,22 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
   if ((e.WEIR_CA_CERT === undefined) !== (e.WEIR_CA_KEY === undefined)) {
     problems.push(`WEIR_CA_CERT and WEIR_CA_KEY must be set together (${e.WEIR_CA_CERT ? 'WEIR_CA_KEY' : 'WEIR_CA_CERT'} is missing)`);
   }
+  if (e.XDS_ADDRESS !== undefined && e.LOCAL_XDS_PATH !== undefined) {
+    problems.push(`XDS_ADDRESS=${JSON.stringify(e.XDS_ADDRESS)} and LOCAL_XDS_PATH=${JSON.stringify(e.LOCAL_XDS_PATH)}: set one source of workload state, not both`);
+  }
+  const caAddress = e.CA_ADDRESS ?? e.XDS_ADDRESS;
+  if (caAddress !== undefined && e.WEIR_CA_CERT !== undefined) {
+    problems.push(`${e.CA_ADDRESS !== undefined ? 'CA_ADDRESS' : 'XDS_ADDRESS (CA_ADDRESS defaults to it)'}=${JSON.stringify(caAddress)} and WEIR_CA_CERT=${JSON.stringify(e.WEIR_CA_CERT)}: certificates come from one CA, not both`);
+  }
+  const caRoot = e.CA_ROOT_CA ?? e.XDS_ROOT_CA;
+  for (const [name, value, root, rootName] of [
+    ['XDS_ADDRESS', e.XDS_ADDRESS, e.XDS_ROOT_CA, 'XDS_ROOT_CA'],
+    ['CA_ADDRESS', e.CA_ADDRESS, caRoot, 'CA_ROOT_CA (or XDS_ROOT_CA)'],
+  ] as const) {
+    if (value === undefined) continue;
+    if (!serverAddress.test(value)) problems.push(`${name}=${JSON.stringify(value)}: expected https://host:port or http://host:port`);
+    else if (value.startsWith('https://') && root === undefined) problems.push(`${name}=${JSON.stringify(value)}: https needs ${rootName}, the PEM file of the server's root`);
+  }
   if (e.WEIR_CERT_TTL < 2000) problems.push(`WEIR_CERT_TTL=${JSON.stringify(env.WEIR_CERT_TTL)}: must be at least 2s`);
   if (problems.length > 0) throw new ConfigError(problems);
   const any = e.IPV6_ENABLED ? '[::]' : '0.0.0.0';
@@ -163,6 +206,21 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
     socks5: e.WEIR_SOCKS5_ENABLED,
     dnsProxy: e.DNS_PROXY,
     dnsUpstreams: e.WEIR_DNS_UPSTREAMS,
+    xdsAddress: e.XDS_ADDRESS,
+    xdsRootCa: e.XDS_ROOT_CA,
+    caAddress,
+    caRootCa: caRoot,
+    authToken: e.AUTH_TOKEN,
+    altXdsHostname: e.ALT_XDS_HOSTNAME,
+    altCaHostname: e.ALT_CA_HOSTNAME,
+    podName: e.POD_NAME,
+    podNamespace: e.POD_NAMESPACE,
+    instanceIp: e.INSTANCE_IP,
+    istioMeta: Object.fromEntries(
+      Object.entries(env)
+        .filter((kv): kv is [string, string] => kv[0].startsWith('ISTIO_META_') && kv[0].length > 'ISTIO_META_'.length && kv[1] !== undefined)
+        .map(([k, v]) => [k.slice('ISTIO_META_'.length), v]),
+    ),
   };
 }
 
@@ -183,7 +241,18 @@ export function effectiveConfigLines(c: AppConfig): string[] {
     ['admin_addr', c.adminAddr],
     ['stats_addr', c.metricsAddr],
     ['readiness_addr', c.readinessAddr],
-    ['ca', c.ca ? `${c.ca.certPath} ${c.ca.keyPath}` : 'embedded (in memory)'],
+    ['xds_address', c.xdsAddress ?? null],
+    ['xds_root_cert', c.xdsAddress ? (c.xdsRootCa ?? null) : null],
+    ['ca_address', c.caAddress ?? null],
+    ['ca_root_cert', c.caAddress ? (c.caRootCa ?? null) : null],
+    ['auth_token', c.xdsAddress || c.caAddress ? c.authToken : null],
+    ['alt_xds_hostname', c.altXdsHostname ?? null],
+    ['alt_ca_hostname', c.altCaHostname ?? null],
+    ['pod_name', c.podName],
+    ['pod_namespace', c.podNamespace],
+    ['instance_ip', c.instanceIp],
+    ['proxy_metadata', Object.keys(c.istioMeta).length > 0 ? JSON.stringify(c.istioMeta) : null],
+    ['ca', c.caAddress ? `istio ${c.caAddress}` : c.ca ? `${c.ca.certPath} ${c.ca.keyPath}` : 'embedded (in memory)'],
     ['workload_cert_ttl', `${c.certTtlSeconds}s`],
     ['socks5_enabled', c.socks5],
     ['dns_proxy', c.dnsProxy],

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
+import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa, readResolvConfUpstreams, type DnsUpstream } from '@weir/ztunnel';
+import { CaClient, Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa, readResolvConfUpstreams, tokenFromFile, type DnsUpstream } from '@weir/ztunnel';
 import { ConfigError, effectiveConfigLines, parseConfig, type AppConfig } from './config.js';
 
 async function main(): Promise<void> {
@@ -20,9 +21,34 @@ async function main(): Promise<void> {
   if (config.logFormat === 'text') process.stdout.write(effectiveConfigLines(config).join('\n') + '\n');
   else log.info({ config: Object.fromEntries(effectiveConfigLines(config).map((l) => l.split(/: (.*)/s).slice(0, 2))) }, 'effective configuration');
 
-  const ca = config.ca
-    ? (await loadOrCreateCa({ ...config.ca, trustDomain: config.trustDomain })).ca
-    : await createEmbeddedCa(config.trustDomain);
+  const readRoot = async (name: string, path: string | undefined): Promise<string | undefined> => {
+    if (path === undefined) return undefined;
+    try {
+      return await readFile(path, 'utf8');
+    } catch (err) {
+      process.stderr.write(`weir-ztunnel: invalid configuration: ${name}=${JSON.stringify(path)}: cannot read: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+  };
+  // The root only matters for https://; plain http:// (local sandboxes) dials without TLS.
+  const xdsRoot = config.xdsAddress?.startsWith('https://') ? await readRoot('XDS_ROOT_CA', config.xdsRootCa) : undefined;
+  const caRoot = config.caAddress?.startsWith('https://') ? await readRoot('CA_ROOT_CA', config.caRootCa) : undefined;
+  const token = tokenFromFile(config.authToken);
+  const ca = config.caAddress
+    ? new CaClient({
+        address: config.caAddress,
+        ...(caRoot !== undefined ? { rootCaPem: caRoot } : {}),
+        ...(config.altCaHostname ? { altHostname: config.altCaHostname } : {}),
+        // The mesh root until the CA's first answer replaces it.
+        trustBundlePem: caRoot ?? xdsRoot ?? '',
+        token,
+        clusterId: config.clusterId,
+        ttlSeconds: config.certTtlSeconds,
+        logger: log.child({ component: 'identity' }),
+      })
+    : config.ca
+      ? (await loadOrCreateCa({ ...config.ca, trustDomain: config.trustDomain })).ca
+      : await createEmbeddedCa(config.trustDomain);
 
   // ztunnel forwards what the mesh does not know to the node's own resolvers (the cluster DNS).
   let dnsUpstreams: DnsUpstream[] = [];
@@ -43,6 +69,24 @@ async function main(): Promise<void> {
     clusterId: config.clusterId,
     nodeName: config.nodeName,
     ...(config.localXdsPath !== undefined ? { localXdsPath: config.localXdsPath } : {}),
+    ...(config.xdsAddress !== undefined
+      ? {
+          xds: {
+            address: config.xdsAddress,
+            ...(xdsRoot !== undefined ? { rootCaPem: xdsRoot } : {}),
+            ...(config.altXdsHostname ? { altHostname: config.altXdsHostname } : {}),
+            token,
+            node: {
+              podName: config.podName,
+              podNamespace: config.podNamespace,
+              instanceIp: config.instanceIp,
+              nodeName: config.nodeName,
+              clusterId: config.clusterId,
+              metadata: config.istioMeta,
+            },
+          },
+        }
+      : {}),
     ca,
     certTtlSeconds: config.certTtlSeconds,
     terminationDeadlineMs: config.terminationDeadlineMs,
