@@ -128,6 +128,22 @@ describe('weirctl sandbox label', () => {
   });
 });
 
+describe('weirctl sandbox pod add', () => {
+  it('adds an enrolled pod on a chosen node, captured and reachable through ztunnel', { timeout: 120_000 }, async () => {
+    const add = await sandbox('pod', 'add', 'echo2', '--node', 'node-1', '--http-echo', '9000', '--label', 'app=echo2');
+    expect(add.err).toBe('');
+    expect(add.code).toBe(0);
+    const ip = /pod demo\/echo2 on node-1: ([\d.]+) \(enrolled: ambient\), HTTP echo on :9000/.exec(add.out)?.[1];
+    expect(ip, add.out).toBeDefined();
+    expect(add.out).toMatch(/demo\/echo2: captured \(in-pod rules in place, ztunnel on node-1 has its proxy Up\)/);
+    expect(await exec('sleep', 'curl', '-s', '-m', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${ip}:9000/same-node`)).toBe('200');
+    const doc = await doctor('echo2');
+    expect(doc.code, doc.out).toBe(0);
+    expect((await sandbox('pod', 'add', 'echo2')).err).toContain('pod demo/echo2 exists already');
+    expect((await sandbox('pod', 'add', 'x', '--node', 'node-9')).err).toContain('no node node-9');
+  });
+});
+
 describe('weirctl sandbox policy', () => {
   it('apply with a DENY blocks sleep -> httpbin, delete restores it; list shows what is held', { timeout: 120_000 }, async () => {
     const file = join(files, 'deny.yaml');

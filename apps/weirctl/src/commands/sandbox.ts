@@ -18,9 +18,9 @@ import {
   type SandboxLocation,
   type SandboxStatus,
 } from '../sandbox/sandbox.js';
-import { parseLabelChange, parseLabelTarget, sandboxLabel, sandboxPolicies, sandboxPolicyApply, sandboxPolicyDelete } from '../sandbox/live.js';
+import { parseLabelChange, parseLabelTarget, sandboxAddPod, sandboxLabel, sandboxPolicies, sandboxPolicyApply, sandboxPolicyDelete } from '../sandbox/live.js';
 
-const HELP = `usage: weirctl sandbox <up|status|exec|logs|label|policy|down> [flags]
+const HELP = `usage: weirctl sandbox <up|status|exec|logs|label|policy|pod|down> [flags]
 
 A local cluster in network namespaces on this machine (needs root): nodes node-1..N, namespace demo
 (enrolled: sleep on node-1, httpbin HTTP echo on :8000 on node-2) and namespace legacy (legacy-client on
@@ -38,6 +38,9 @@ node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each
                                 a list or one policy); returns once every ztunnel's /config_dump shows them
   policy delete NAME|NS/NAME [-n NS]   remove one; returns once no ztunnel has it
   policy list [--json]          the policies the sandbox holds
+  pod add NAME [-n NS] [--node NODE] [--http-echo PORT] [--label K=V]…
+                                a pod on that node (default demo, node-1; sleep unless --http-echo); returns once
+                                it is captured when enrolled
   down                          remove everything up made; safe twice and after a crash
 
   --state-dir DIR               default ${DEFAULT_SANDBOX_DIR}
@@ -66,6 +69,13 @@ const StatusFlags = Location.extend({ json: z.boolean().default(false) });
 const LogsFlags = Location.extend({ follow: z.boolean().default(false) });
 
 const LabelFlags = Location.extend({ namespace: z.string().min(1).optional() });
+
+const PodFlags = Location.extend({
+  namespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS label').default('demo'),
+  node: z.string().min(1).default('node-1'),
+  'http-echo': z.coerce.number().int().min(1).max(65535).optional(),
+  label: z.array(z.string()).default([]),
+});
 
 export interface SandboxCommandOptions {
   /** `inherit` (default): exec'd commands own the terminal. `io`: their output goes through Io (tests). */
@@ -96,10 +106,12 @@ export function createSandboxCommand(options: SandboxCommandOptions = {}): Comma
             return await label(rest, io);
           case 'policy':
             return await policy(rest, io);
+          case 'pod':
+            return await pod(rest, io);
           case 'down':
             return await down(rest, io);
           default:
-            throw new UsageError(`unknown subcommand '${sub}' (one of: up, status, exec, logs, label, policy, down)`);
+            throw new UsageError(`unknown subcommand '${sub}' (one of: up, status, exec, logs, label, policy, pod, down)`);
         }
       } catch (err) {
         if (err instanceof SandboxError) {
@@ -235,6 +247,26 @@ async function policy(argv: readonly string[], io: Io): Promise<number> {
   }
 }
 
+async function pod(argv: readonly string[], io: Io): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb !== 'add') throw new UsageError(`pod needs add NAME (got '${verb ?? ''}')`);
+  const { flags, positionals } = parse(
+    rest,
+    PodFlags,
+    { namespace: { type: 'string', short: 'n' }, node: { type: 'string' }, 'http-echo': { type: 'string' }, label: { type: 'string', multiple: true } },
+    1,
+  );
+  const labels: Record<string, string> = {};
+  for (const arg of flags.label) {
+    const change = parseLabelChange(arg);
+    if (change.value === undefined) throw new UsageError(`--label ${arg}: give KEY=VALUE`);
+    labels[change.key] = change.value;
+  }
+  const app = flags['http-echo'] !== undefined ? { kind: 'http-echo' as const, port: flags['http-echo'] } : { kind: 'sleep' as const };
+  await sandboxAddPod(location(flags), { name: positionals[0] as string, namespace: flags.namespace, node: flags.node, labels, app }, (line) => io.out(`${line}\n`));
+  return 0;
+}
+
 async function down(argv: readonly string[], io: Io): Promise<number> {
   const { flags } = parse(argv, Location, {}, 0);
   const report = await sandboxDown(location(flags));
@@ -246,7 +278,7 @@ async function down(argv: readonly string[], io: Io): Promise<number> {
   return 0;
 }
 
-type Options = Record<string, { type: 'string' | 'boolean'; short?: string }>;
+type Options = Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>;
 
 /** parseArgs + zod: a bad flag or value is a UsageError naming it. Exactly `positionalCount` positionals (-1: any). */
 function parse<S extends z.ZodType>(argv: readonly string[], schema: S, options: Options, positionalCount: number): { flags: z.output<S>; positionals: string[] } {

@@ -10,8 +10,8 @@ import { parseLocalConfig, ZtunnelError, type Policy } from '@weir/ztunnel';
 import { parse as parseYaml } from 'yaml';
 import { ztunnelDump } from '../in-netns.js';
 import { publishWorkloads, sandboxFiles, ZTUNNEL_ADMIN_ADDRESS } from './components.js';
-import { hasCaptureRules, requireState, SandboxError, type SandboxLocation } from './sandbox.js';
-import { DATAPLANE_MODE_LABEL, isEnrolled } from './spec.js';
+import { hasCaptureRules, requireState, SandboxError, startApp, type SandboxLocation } from './sandbox.js';
+import { DATAPLANE_MODE_LABEL, isEnrolled, type PodSpec } from './spec.js';
 import { writeSandboxState, type SandboxState } from './state.js';
 
 /** How long a change may take to be seen (the agent releases a pod in ~5 s, ztunnel reloads in ~1 s). */
@@ -120,30 +120,58 @@ export async function sandboxLabel(where: SandboxLocation, target: LabelTarget, 
     return;
   }
   const started = Date.now();
-  await Promise.all(
-    moved.map(async (spec) => {
-      const pod = topology.pod(spec.namespace, spec.name);
-      const id = `${spec.namespace}/${spec.name}`;
-      if (!pod) return say(`${id}: not running, nothing to capture or release`);
-      const node = state.nodes.find((n) => n.name === spec.node);
-      const alive = (name: string | undefined): boolean => name !== undefined && topology.process(name)?.running === true;
-      if (!alive(node?.agentProcess)) return say(`${id}: ${after.get(id) ? 'enrolled' : 'un-enrolled'}, but no weir-cni-agent runs on ${spec.node} to act on it`);
-      const enrolled = after.get(id) === true;
-      const withZtunnel = alive(node?.ztunnelProcess);
-      const nodeNetns = topology.node(spec.node).netnsPath;
-      await waitUntil(`${id} to be ${enrolled ? 'captured' : 'released'}`, async () => {
-        if ((await hasCaptureRules(pod.netnsPath)) !== enrolled) return false;
-        if (!withZtunnel) return true;
-        const dump = await ztunnelDump(nodeNetns, ZTUNNEL_ADMIN_ADDRESS);
-        if (!dump.ok) return false;
-        const entry = dump.dump.pods.find((p) => p.uid === pod.uid);
-        return enrolled ? entry?.state === 'Up' : entry === undefined;
-      });
-      const secs = ((Date.now() - started) / 1000).toFixed(1);
-      const zt = withZtunnel ? (enrolled ? `, ztunnel on ${spec.node} has its proxy Up` : `, ztunnel on ${spec.node} dropped it`) : '';
-      say(`${id}: ${enrolled ? 'captured (in-pod rules in place' : 'released (in-pod rules removed'}${zt}) after ${secs} s`);
-    }),
-  );
+  await Promise.all(moved.map((spec) => awaitEnrollment(state, topology, spec, after.get(`${spec.namespace}/${spec.name}`) === true, started, say)));
+}
+
+/** Wait until the pod is captured (rules in the pod, ztunnel's proxy Up) or released (rules gone, ztunnel dropped it). */
+async function awaitEnrollment(state: SandboxState, topology: Topology, spec: PodSpec, enrolled: boolean, started: number, say: (line: string) => void): Promise<void> {
+  const pod = topology.pod(spec.namespace, spec.name);
+  const id = `${spec.namespace}/${spec.name}`;
+  if (!pod) return say(`${id}: not running, nothing to capture or release`);
+  const node = state.nodes.find((n) => n.name === spec.node);
+  const alive = (name: string | undefined): boolean => name !== undefined && topology.process(name)?.running === true;
+  if (!alive(node?.agentProcess)) return say(`${id}: ${enrolled ? 'enrolled' : 'un-enrolled'}, but no weir-cni-agent runs on ${spec.node} to act on it`);
+  const withZtunnel = alive(node?.ztunnelProcess);
+  const nodeNetns = topology.node(spec.node).netnsPath;
+  await waitUntil(`${id} to be ${enrolled ? 'captured' : 'released'}`, async () => {
+    if ((await hasCaptureRules(pod.netnsPath)) !== enrolled) return false;
+    if (!withZtunnel) return true;
+    const dump = await ztunnelDump(nodeNetns, ZTUNNEL_ADMIN_ADDRESS);
+    if (!dump.ok) return false;
+    const entry = dump.dump.pods.find((p) => p.uid === pod.uid);
+    return enrolled ? entry?.state === 'Up' : entry === undefined;
+  });
+  const secs = ((Date.now() - started) / 1000).toFixed(1);
+  const zt = withZtunnel ? (enrolled ? `, ztunnel on ${spec.node} has its proxy Up` : `, ztunnel on ${spec.node} dropped it`) : '';
+  say(`${id}: ${enrolled ? 'captured (in-pod rules in place' : 'released (in-pod rules removed'}${zt}) after ${secs} s`);
+}
+
+/**
+ * Add a pod to a running sandbox on a chosen node (sleep, or an HTTP echo on `port`): its netns through
+ * the node's CNI chain, its app, the workload files; returns once it is captured when it is enrolled.
+ */
+export async function sandboxAddPod(where: SandboxLocation, spec: PodSpec, say: (line: string) => void): Promise<{ ip: string }> {
+  if (!/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/.test(spec.name)) throw new SandboxError(`pod name '${spec.name}': lowercase letters, digits and -, at most 32 characters`);
+  const state = await requireState(where);
+  if (!state.namespaces.some((n) => n.name === spec.namespace)) throw new SandboxError(`no namespace ${spec.namespace} (namespaces: ${state.namespaces.map((n) => n.name).join(', ')})`);
+  if (!state.nodes.some((n) => n.name === spec.node)) throw new SandboxError(`no node ${spec.node} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
+  if (state.pods.some((p) => p.namespace === spec.namespace && p.name === spec.name)) throw new SandboxError(`pod ${spec.namespace}/${spec.name} exists already`);
+  const topology = await Topology.attach(state.topologyStateDir);
+  const pod = await topology.node(spec.node).addPod({ name: spec.name, namespace: spec.namespace, labels: spec.labels });
+  try {
+    await startApp(pod, spec);
+  } finally {
+    // The app outlives this command.
+    for (const proc of topology.processes) proc.unref();
+  }
+  state.pods.push(spec);
+  await writeSandboxState(where.dir, state);
+  await republish(where, state, topology);
+  const enrolled = isEnrolled(spec, state.namespaces.find((n) => n.name === spec.namespace));
+  const app = spec.app.kind === 'http-echo' ? `, HTTP echo on :${spec.app.port}` : '';
+  say(`pod ${spec.namespace}/${spec.name} on ${spec.node}: ${pod.ip}${enrolled ? ' (enrolled: ambient)' : ''}${app}`);
+  if (enrolled) await awaitEnrollment(state, topology, spec, true, Date.now(), say);
+  return { ip: pod.ip };
 }
 
 /** A policy's key in the state and in `/config_dump`: `namespace/name` (namespace '' for Global ones). */

@@ -113,7 +113,7 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
   return { state, ips: Object.fromEntries(topology.pods.map((p) => [`${p.namespace}/${p.name}`, p.ip])) };
 }
 
-async function startApp(pod: TopologyPod, spec: PodSpec): Promise<void> {
+export async function startApp(pod: TopologyPod, spec: PodSpec): Promise<void> {
   const name = `${spec.namespace}.${spec.name}.app`;
   if (spec.app.kind === 'http-echo') {
     const proc = await pod.spawn({ name, ...httpEcho({ port: spec.app.port, name: spec.name }) });
