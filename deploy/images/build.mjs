@@ -63,7 +63,7 @@ export function checkPodman() {
 export const PODMAN_RUN_FLAGS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096'];
 
 /** Paths dropped from the images: package lists, caches and docs only make them bigger. */
-const SLIM = ['var/cache/apt/archives/*.deb', 'var/lib/apt/lists/*', 'usr/share/doc/*', 'usr/share/man/*', 'usr/share/info/*', 'usr/share/locale/*'];
+const SLIM = ['var/cache/apt/archives/*.deb', 'var/cache/apt/*.bin', 'var/lib/apt/lists/*', 'usr/share/doc/*', 'usr/share/man/*', 'usr/share/info/*', 'usr/share/locale/*'];
 
 /** `debootstrap --variant=minbase`, once: the raw root filesystem (apt lists kept) as a cached tar. */
 function minbaseTar() {
@@ -85,7 +85,7 @@ function minbaseTar() {
 
 /** The minbase image with `debs` added (apt-get in a chroot of it), imported with `podman import`. */
 export function ensureBase(debs) {
-  const key = createHash('sha256').update(JSON.stringify({ suite, mirror, debs, v: 2 })).digest('hex').slice(0, 12);
+  const key = createHash('sha256').update(JSON.stringify({ suite, mirror, debs, slim: SLIM })).digest('hex').slice(0, 12);
   const ref = `localhost/weir-base:${suite}-${key}`;
   if (spawnSync('podman', ['image', 'exists', ref]).status === 0) return ref;
   const raw = minbaseTar();
