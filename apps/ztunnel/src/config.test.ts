@@ -101,4 +101,48 @@ describe('parseConfig', () => {
     expect(() => parseConfig({ WEIR_CA_CERT: '/x' })).toThrow(/WEIR_CA_KEY is missing/);
     expect(() => parseConfig({ LOG_LEVEL: 'loud' })).toThrow(/LOG_LEVEL="loud"/);
   });
+
+  it('takes istiod (xDS and CA) from XDS_ADDRESS, CA_ADDRESS defaulting to it, with ISTIO_META_* as node metadata', () => {
+    const c = parseConfig({
+      XDS_ADDRESS: 'https://istiod.istio-system.svc:15012',
+      XDS_ROOT_CA: '/var/run/secrets/istio/root-cert.pem',
+      POD_NAME: 'ztunnel-x',
+      POD_NAMESPACE: 'istio-system',
+      INSTANCE_IP: '10.0.0.3',
+      ISTIO_META_ENABLE_HBONE: 'true',
+    });
+    expect(c).toMatchObject({
+      xdsAddress: 'https://istiod.istio-system.svc:15012',
+      caAddress: 'https://istiod.istio-system.svc:15012',
+      caRootCa: '/var/run/secrets/istio/root-cert.pem',
+      authToken: './var/run/secrets/tokens/istio-token',
+      podName: 'ztunnel-x',
+      instanceIp: '10.0.0.3',
+      istioMeta: { ENABLE_HBONE: 'true' },
+    });
+    expect(effectiveConfigLines(c)).toContain('ca: istio https://istiod.istio-system.svc:15012');
+    expect(parseConfig({}).caAddress).toBeUndefined();
+  });
+
+  it('refuses two sources of state or of certificates, and https without a root, one line each', () => {
+    let err: unknown;
+    try {
+      parseConfig({ XDS_ADDRESS: 'https://istiod:15012', LOCAL_XDS_PATH: '/x.yaml', WEIR_CA_CERT: '/c', WEIR_CA_KEY: '/k', INSTANCE_IP: 'nope' });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).problems).toEqual([`INSTANCE_IP="nope": expected an IP address`]);
+    try {
+      parseConfig({ XDS_ADDRESS: 'https://istiod:15012', LOCAL_XDS_PATH: '/x.yaml', WEIR_CA_CERT: '/c', WEIR_CA_KEY: '/k' });
+    } catch (e) {
+      err = e;
+    }
+    const problems = (err as ConfigError).problems;
+    expect(problems).toHaveLength(3);
+    expect(problems[0]).toMatch(/^XDS_ADDRESS="https:\/\/istiod:15012" and LOCAL_XDS_PATH="\/x.yaml": set one source/);
+    expect(problems[1]).toMatch(/^XDS_ADDRESS \(CA_ADDRESS defaults to it\)=.* and WEIR_CA_CERT=/);
+    expect(problems[2]).toMatch(/^XDS_ADDRESS=.*: https needs XDS_ROOT_CA/);
+    expect(() => parseConfig({ XDS_ADDRESS: 'http://127.0.0.1:15010' })).not.toThrow();
+  });
 });
