@@ -13,8 +13,13 @@ export function requireRoot(): void {
   if (process.getuid?.() !== 0) throw new Error('these tests need root (network namespaces, iptables, SO_MARK): run as root');
 }
 
-/** In-pod rules (default: the seed's TPROXY set) and the policy routing they need, applied inside the pod's netns. */
+/**
+ * In-pod rules (default: the seed's TPROXY set) and the policy routing they need, applied inside the
+ * pod's netns, plus what the node agent sets per pod: `net.ipv4.tcp_migrate_req=1`, so connections
+ * still in a closing ztunnel's accept queue move to its SO_REUSEPORT successor instead of being reset.
+ */
 export async function capturePod(pod: TopologyPod, mode: InpodMode = 'tproxy'): Promise<void> {
+  await execFileP('ip', ['netns', 'exec', pod.netns, 'sysctl', '-qw', 'net.ipv4.tcp_migrate_req=1']);
   const executor = netnsExecutor(pod.netnsPath);
   await new RuleApplier({ executor }).apply(inpodRules({ mode, dnsCapture: false }));
   await new RoutingApplier({ executor }).apply(inpodRouting());
