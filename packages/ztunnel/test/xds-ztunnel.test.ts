@@ -6,18 +6,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { CaClient } from '../src/ca-client/ca-client.js';
-import { XdsClient } from '../src/xds/client.js';
 import { TunnelProtocol } from '../src/xds/gen/workload_pb.js';
 import { Ztunnel } from '../src/ztunnel.js';
 import { TestControlPlane, ipBytes, waitFor } from './support-control-plane.js';
 
 let cp: TestControlPlane | undefined;
 let zt: Ztunnel | undefined;
-let xds: XdsClient | undefined;
 let ca: CaClient | undefined;
 
 afterEach(async () => {
-  await xds?.close();
   await zt?.stop({ deadlineMs: 0 });
   ca?.close();
   await cp?.close();
@@ -44,18 +41,31 @@ it('ztunnel routes and dumps what istiod pushes, with certificates from Istio CA
 
   const token = () => cp!.token ?? undefined;
   ca = new CaClient({ address: `https://${cp.address}`, rootCaPem: cp.rootCaPem, trustBundlePem: cp.rootCaPem, token });
+  // The control plane does not answer yet: start() waits (admin up, not ready, saying xds).
+  await cp.stop();
   zt = new Ztunnel({
     inpodUds: join(tmpdir(), `wxz-${process.pid}-${randomBytes(3).toString('hex')}.sock`),
     ca,
+    xds: { address: `https://${cp.address}`, rootCaPem: cp.rootCaPem, token, node: { nodeName: 'node-a' }, backoff: { initialMs: 10, maxMs: 100 } },
     adminAddress: '127.0.0.1:0',
     metricsAddress: null,
     readinessAddress: null,
   });
-  xds = new XdsClient({ address: `https://${cp.address}`, rootCaPem: cp.rootCaPem, token, store: zt.store, node: { nodeName: 'node-a' } });
-  xds.start();
-  await xds.ready();
-  await zt.start();
+  let started = false;
+  const starting = zt.start().then(() => (started = true));
+  await waitFor('admin listening', () => zt!.addresses().admin);
+  await new Promise((r) => setTimeout(r, 300));
+  expect(started).toBe(false);
+  expect(zt.pending()).toEqual(expect.arrayContaining([expect.stringContaining('istio.workload.Address'), expect.stringContaining('istio.security.Authorization')]));
+  await cp.restart();
+  await starting;
+  // Only the node agent (none in this test) is left to wait for.
+  expect(zt.pending()).toEqual(['node agent connection']);
   const admin = zt.addresses().admin!.port;
+  const xdsDump = ((await configDump(admin)) as unknown as { xds: { types: { lastAck: unknown }[] } }).xds;
+  expect(xdsDump.types).toHaveLength(2);
+  expect(xdsDump.types.every((t) => t.lastAck !== null)).toBe(true);
+  expect(() => new Ztunnel({ inpodUds: '/x', ca: ca!, xds: { address: 'http://x:1' }, localXdsPath: '/y' })).toThrow(expect.objectContaining({ code: 'ERR_ZTUNNEL_CONFIG' }));
 
   expect(zt.store.resolve('10.96.0.10', 80)).toMatchObject({ address: '10.0.0.5', port: 8080 });
   let dump = await configDump(admin);
