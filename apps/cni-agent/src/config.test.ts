@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from './config.js';
 
 describe('parseConfig', () => {
-  it('applies defaults: tproxy, DNS capture off, /var/run/istio-cni, :8000', () => {
+  it('applies defaults: tproxy, DNS capture on, /var/run/istio-cni, :8000', () => {
     const r = parseConfig(['--node-name', 'n1', '--pods-file', '/tmp/p.yaml'], {});
     expect(r.ok).toBe(true);
     if (!r.ok) return;
@@ -12,7 +12,7 @@ describe('parseConfig', () => {
       'run-dir': '/var/run/istio-cni',
       'zds-socket': '/var/run/ztunnel/ztunnel.sock',
       mode: 'tproxy',
-      'dns-capture': false,
+      'dns-capture': true,
       ipv6: 'auto',
       'ready-address': { host: '0.0.0.0', port: 8000 },
       'exclude-namespaces': ['kube-system'],
@@ -31,6 +31,17 @@ describe('parseConfig', () => {
     expect(ipv6(['--ipv6=true'])).toBe(true);
     expect(ipv6([], { IPV6: 'false' })).toBe(false);
     expect(ipv6(['--ipv6', 'maybe'])).toMatch(/^--ipv6 \(IPV6\)/);
+  });
+
+  it('--dns-capture true|false (flag or DNS_CAPTURE), default true', () => {
+    const dns = (argv: string[], env: Record<string, string> = {}) => {
+      const r = parseConfig(['--node-name', 'n', '--pods-file', 'p.yaml', ...argv], env);
+      return r.ok ? r.config['dns-capture'] : r.errors.join('; ');
+    };
+    expect(dns([])).toBe(true);
+    expect(dns(['--dns-capture', 'false'])).toBe(false);
+    expect(dns(['--dns-capture=true'], { DNS_CAPTURE: 'false' })).toBe(true);
+    expect(dns([], { DNS_CAPTURE: 'false' })).toBe(false);
   });
 
   it('reads the environment, and flags win over it', () => {

@@ -29,7 +29,7 @@ const ENV: Record<string, string> = {
   'daemonset-name': 'DAEMONSET_NAME',
 };
 
-const BOOL_FLAGS = new Set(['dns-capture', 'install', 'uninstall-on-exit']);
+const BOOL_FLAGS = new Set(['install', 'uninstall-on-exit']);
 
 const bool = z
   .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'])])
@@ -64,7 +64,8 @@ export const configSchema = z
     'pods-file': z.string().optional(),
     'ready-address': address.default({ host: '0.0.0.0', port: 8000 }),
     mode: z.enum(['tproxy', 'redirect']).default('tproxy'),
-    'dns-capture': bool.default(false),
+    // On, as Istio: ztunnel answers on 15053. A pod opts out with ambient.istio.io/dns-capture: "false".
+    'dns-capture': bool.default(true),
     // auto: capture IPv6 in every pod whose netns has IPv6 on; false: never, but such pods get an
     // IPv6 guard (TCP dropped) so IPv6 cannot carry traffic around ztunnel; true: always.
     ipv6: z
@@ -109,7 +110,8 @@ export const USAGE = `usage: weir-cni-agent [run|uninstall] [--flag value ...]
   --kubeconfig FILE | --kube-api URL | --pods-file FILE   pod source (default: in-cluster)
   --ready-address HOST:PORT   (READY_ADDRESS, 0.0.0.0:8000): /readyz and /metrics
   --mode tproxy|redirect      (REDIRECT_MODE, tproxy)
-  --dns-capture               (DNS_CAPTURE, false)
+  --dns-capture true|false    (DNS_CAPTURE, true): DNS to ztunnel's 15053; a pod opts out with
+                              the annotation ambient.istio.io/dns-capture: "false"
   --ipv6 auto|true|false      (IPV6, auto): auto = capture IPv6 in pods with IPv6 on; false = drop their IPv6 TCP
   --exclude-namespaces A,B    (EXCLUDE_NAMESPACES, kube-system)
   --probe-snat-ip IP          (PROBE_SNAT_IP, 169.254.7.127)

@@ -22,7 +22,10 @@ import type { NetnsHandle, PodRules, RepairReport } from './ports.js';
 export interface IptablesPodRulesOptions {
   /** `tproxy` (the seed's rules, default) or `redirect` (Istio ≥ 1.24). */
   mode?: 'tproxy' | 'redirect';
-  /** Capture DNS to ztunnel's 15053. Default off: Weir's ztunnel has no DNS proxy yet. */
+  /**
+   * Capture DNS (UDP/TCP 53) to ztunnel's DNS proxy on 15053. Default on, as Istio; a pod opts out
+   * with the annotation `ambient.istio.io/dns-capture: "false"`.
+   */
   dnsCapture?: boolean;
   /**
    * IPv6 capture. `auto` (default): follow the pod — when its netns has IPv6 on (any
@@ -44,6 +47,8 @@ export interface IptablesPodRulesOptions {
 }
 
 const SET_V4 = 'istio-inpod-probes-v4';
+/** Pod annotation turning DNS capture off for that pod (istio-cni's name). */
+export const DNS_CAPTURE_ANNOTATION = 'ambient.istio.io/dns-capture';
 /** Chains of the IPv6 guard (prefix ISTIO_, so the same cleanup removes them). */
 export const IPV6_GUARD_CHAINS = { input: 'ISTIO_V6GUARD_IN', output: 'ISTIO_V6GUARD_OUT' } as const;
 
@@ -110,11 +115,8 @@ function run(exec: CommandExecutor, what: string) {
  */
 export class IptablesPodRules implements PodRules {
   private readonly log: Logger;
-  private readonly podRules: RuleSet;
-  /** What goes in a pod with IPv6 on: both capture halves (`auto`, `true`) or IPv4 + guard (`false`). */
-  private readonly podRulesV6On: RuleSet;
-  private readonly routing: PolicyRouting;
-  private readonly routingV6On: PolicyRouting;
+  /** Rule sets and routing per (DNS capture, pod has IPv6), built on first use. */
+  private readonly sets = new Map<string, { rules: RuleSet; routing: PolicyRouting }>();
   private readonly ipv6Mode: boolean | 'auto';
   private readonly host: CommandExecutor;
   private readonly hostRules: ReturnType<typeof hostProbeRules>;
@@ -129,23 +131,6 @@ export class IptablesPodRules implements PodRules {
     this.log = (opts.logger ?? silentLogger).child({ scope: 'iptables' });
     this.ipv6Mode = opts.ipv6 ?? 'auto';
     const ipv6 = this.ipv6Mode === true;
-    const inpod = (withV6: boolean): RuleSet =>
-      inpodRules({
-        mode: opts.mode ?? 'tproxy',
-        dnsCapture: opts.dnsCapture ?? false,
-        ipv6: withV6,
-        ...(opts.probeSnatIp !== undefined ? { probeSnatIp: opts.probeSnatIp } : {}),
-        ...(opts.probeSnatIpv6 !== undefined ? { probeSnatIpv6: opts.probeSnatIpv6 } : {}),
-      });
-    this.podRules = inpod(ipv6);
-    this.routing = inpodRouting({ ipv6 });
-    if (this.ipv6Mode === false) {
-      this.podRulesV6On = defineRuleSet({ families: [...this.podRules.families, ipv6GuardFamily()] });
-      this.routingV6On = this.routing;
-    } else {
-      this.podRulesV6On = inpod(true);
-      this.routingV6On = inpodRouting({ ipv6: true });
-    }
     this.podShells = new ShellPool(opts.shells ?? 8);
     this.hostShell = new ShellPool(1);
     this.host = opts.hostNetnsPath ? netnsExecutor(opts.hostNetnsPath, this.hostShell.executor) : this.hostShell.executor;
@@ -157,20 +142,47 @@ export class IptablesPodRules implements PodRules {
     this.hostApplier = new RuleApplier({ executor: this.host, backend: opts.backend ?? 'auto', logger: this.log });
   }
 
-  /** The rule set applied in a pod without IPv6 (for status and tests). */
+  /**
+   * What goes in a pod: IPv4 capture, plus IPv6 capture (`auto` with IPv6 on, or `true`) or the
+   * IPv6 guard (`false` with IPv6 on); DNS capture unless off for the agent or for this pod.
+   */
+  ruleSetFor(opts: { dnsCapture: boolean; podHasIpv6: boolean }): { rules: RuleSet; routing: PolicyRouting } {
+    const v6 = this.ipv6Mode === true || opts.podHasIpv6;
+    const key = `${opts.dnsCapture}/${v6}`;
+    let set = this.sets.get(key);
+    if (!set) {
+      const capture6 = v6 && this.ipv6Mode !== false;
+      const rules = inpodRules({
+        mode: this.opts.mode ?? 'tproxy',
+        dnsCapture: opts.dnsCapture,
+        ipv6: capture6,
+        ...(this.opts.probeSnatIp !== undefined ? { probeSnatIp: this.opts.probeSnatIp } : {}),
+        ...(this.opts.probeSnatIpv6 !== undefined ? { probeSnatIpv6: this.opts.probeSnatIpv6 } : {}),
+      });
+      set = {
+        rules: v6 && !capture6 ? defineRuleSet({ families: [...rules.families, ipv6GuardFamily()] }) : rules,
+        routing: inpodRouting({ ipv6: capture6 }),
+      };
+      this.sets.set(key, set);
+    }
+    return set;
+  }
+
+  /** The rule set of a pod without IPv6 and default DNS capture (for status and tests). */
   get inpodRuleSet(): RuleSet {
-    return this.podRules;
+    return this.ruleSetFor({ dnsCapture: this.opts.dnsCapture ?? true, podHasIpv6: false }).rules;
   }
 
-  /** The rule set applied in a pod with IPv6 on: IPv6 captured (`auto`, `true`) or guarded (`false`). */
-  get inpodRuleSetIpv6(): RuleSet {
-    return this.podRulesV6On;
+  /** DNS capture for a pod: the agent's setting, unless the pod's annotation turns it off (as istio-cni). */
+  dnsCaptureFor(pod: PodInfo): boolean {
+    const v = pod.annotations?.[DNS_CAPTURE_ANNOTATION];
+    if (v !== undefined) return v.trim().toLowerCase() !== 'false' && (this.opts.dnsCapture ?? true);
+    return this.opts.dnsCapture ?? true;
   }
 
-  /** What a pod gets: with `ipv6: true` always both families; otherwise as its netns has IPv6 on or not. */
-  private async forPod(exec: CommandExecutor): Promise<{ rules: RuleSet; routing: PolicyRouting }> {
-    const on = this.ipv6Mode === true || (await podHasIpv6(exec));
-    return on ? { rules: this.podRulesV6On, routing: this.routingV6On } : { rules: this.podRules, routing: this.routing };
+  private async forPod(pod: PodInfo, exec: CommandExecutor): Promise<{ rules: RuleSet; routing: PolicyRouting }> {
+    const has6 = this.ipv6Mode === true || (await podHasIpv6(exec));
+    return this.ruleSetFor({ dnsCapture: this.dnsCaptureFor(pod), podHasIpv6: has6 });
   }
 
   async setupHost(): Promise<void> {
@@ -197,12 +209,34 @@ export class IptablesPodRules implements PodRules {
     this.hostShell.close();
   }
 
-  apply(_pod: PodInfo, netns: NetnsHandle): Promise<RepairReport> {
-    return this.inPod(netns, (exec) => this.applyWith(exec));
+  apply(pod: PodInfo, netns: NetnsHandle): Promise<RepairReport> {
+    return this.inPod(netns, (exec) => this.applyWith(pod, exec));
   }
 
-  private async applyWith(exec: CommandExecutor): Promise<RepairReport> {
-    const want = await this.forPod(exec);
+  private async applyWith(pod: PodInfo, inner: CommandExecutor): Promise<RepairReport> {
+    // Per-command timings of this capture, for the debug line below (where enrollment time goes).
+    const steps: string[] = [];
+    const started = performance.now();
+    const exec: CommandExecutor = {
+      run: async (cmd, args, o) => {
+        const t = performance.now();
+        try {
+          return await inner.run(cmd, args, o);
+        } finally {
+          const what = `${cmd} ${args.slice(0, 3).join(' ')}`.trim();
+          steps.push(`${what}: ${(performance.now() - t).toFixed(1)} ms`);
+        }
+      },
+    };
+    try {
+      return await this.applyTimed(pod, exec);
+    } finally {
+      this.log.debug({ uid: pod.uid, pod: `${pod.namespace}/${pod.name}`, totalMs: Number((performance.now() - started).toFixed(1)), commands: steps.length, steps }, 'in-pod apply timings');
+    }
+  }
+
+  private async applyTimed(pod: PodInfo, exec: CommandExecutor): Promise<RepairReport> {
+    const want = await this.forPod(pod, exec);
     const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
     const rules = await applier.apply(want.rules);
     const routing = await new RoutingApplier({ executor: exec, logger: this.log }).apply(want.routing);
@@ -219,7 +253,7 @@ export class IptablesPodRules implements PodRules {
       const v6 = this.ipv6Mode === true || (await podHasIpv6(exec));
       const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
       await applier.cleanup(v6 ? ['ipv4', 'ipv6'] : ['ipv4']);
-      await new RoutingApplier({ executor: exec, logger: this.log }).remove(v6 ? inpodRouting({ ipv6: true }) : this.routing);
+      await new RoutingApplier({ executor: exec, logger: this.log }).remove(inpodRouting({ ipv6: v6 }));
     });
   }
 

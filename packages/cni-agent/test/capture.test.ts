@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, findPodNetnsInProc, KubePodSource, type NodeAgent } from '../src/index.js';
 import { istioLines, nsRun, postCmdAdd, requireRoot, tcpRead, uniq, until, ZtunnelPeer } from './support.js';
 
-/** The seed's in-pod rules (tproxy mode, DNS capture off), as iptables-save prints them. */
+/** The seed's in-pod rules (tproxy mode, DNS capture off: this agent runs with dnsCapture false), as iptables-save prints them. */
 const SEED_RULES = [
   '-A PREROUTING -j ISTIO_PRERT',
   '-A OUTPUT -j ISTIO_OUTPUT',
@@ -85,7 +85,7 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
       source: new KubePodSource({ kubeConfig: kc, nodeName: 'n1', backoffInitialMs: 50 }),
       runDir,
       zdsSocket,
-      rules: { hostNetnsPath: node.netnsPath },
+      rules: { hostNetnsPath: node.netnsPath, dnsCapture: false },
       health: { host: '127.0.0.1', port: 0 },
       driftIntervalMs: 0,
       retryInitialMs: 50,
