@@ -65,3 +65,31 @@ describe('IdentityManager', () => {
     mgr.close();
   });
 });
+
+describe('IdentityManager during a CA outage', () => {
+  it('backs off while the source re-serves its cached certificate, and drops it once expired (fail closed)', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const first = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/a', ttlSeconds: 4 });
+    const calls: number[] = [];
+    const t0 = Date.now();
+    // A CaClient in an outage: the cached certificate until it expires, then an error.
+    const source = {
+      issueWorkloadCertificate: () => {
+        calls.push(Date.now() - t0);
+        if (calls.length === 1) return Promise.resolve(first);
+        return Date.now() < first.notAfter.getTime() ? Promise.resolve(first) : Promise.reject(new Error('CA unavailable'));
+      },
+    };
+    const m = new IdentityManager(source, { ttlSeconds: 4 });
+    const { release } = await m.acquire('spiffe://cluster.local/ns/a/sa/a', () => {});
+    await new Promise((r) => setTimeout(r, first.notAfter.getTime() - Date.now() + 1500));
+    // Half-life at ~2 s, then retries at +1 s, +2 s (capped by expiry): a handful of asks, not one per second forever.
+    expect(calls.length).toBeGreaterThanOrEqual(2);
+    expect(calls.length).toBeLessThanOrEqual(5);
+    const [state] = m.certificates();
+    expect(state?.state).not.toBe('Available');
+    expect(state?.serial).toBeUndefined();
+    release();
+    m.close();
+  }, 15_000);
+});
