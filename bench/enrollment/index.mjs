@@ -4,6 +4,7 @@
 // burst of pods on one node. Real netns (topology + CNI chain), real iptables, a ZDS peer that acks.
 import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -68,6 +69,7 @@ try {
 
   const kc = new KubeConfig();
   kc.loadFromFile(await api.kubeconfig(join(dir, 'kubeconfig')));
+  const cpu0 = cpuSeconds();
   agent = createNodeAgent({
     nodeName: 'n1',
     source: new KubePodSource({ kubeConfig: kc, nodeName: 'n1' }),
@@ -122,6 +124,14 @@ try {
   console.log(`ratio burst/baseline: p50 ${(p50 / b50).toFixed(2)}x, p99 ${(p99 / b50).toFixed(2)}x`);
   console.log(`captured: ${captured}/${total} (${failed ? `the ${failed} answered non-200 were retried by the agent, all captured ${ms(wall + settleMs)} after the burst` : 'all by their 200'}); goal p99 <= 250 ms: ${p99 <= 250 ? 'met' : 'NOT met'}`);
   console.log(`agent event loop delay during the burst: p50 ${ms(loop.percentile(50) / 1e6)}, p99 ${ms(loop.percentile(99) / 1e6)}, max ${ms(loop.max / 1e6)}`);
+  // CPU per pod: this process (agent, fake API, ZDS peer) plus the agent's command shells and what
+  // they ran (reaped once the agent stops), from agent start to stop, over every pod captured.
+  await agent.stop();
+  agent = undefined;
+  await new Promise((r) => setTimeout(r, 1000));
+  const cpu = cpuSeconds();
+  const cpuPerPodMs = (((cpu.self - cpu0.self) + (cpu.children - cpu0.children)) * 1000) / total;
+  console.log(`CPU per pod (agent process + its commands, load-independent): ${ms(cpuPerPodMs)} (agent process ${ms(((cpu.self - cpu0.self) * 1000) / total)}, commands ${ms(((cpu.children - cpu0.children) * 1000) / total)})`);
   const load = (await import('node:os')).loadavg()[0];
   console.log(`machine load average during the run: ${load.toFixed(1)} on ${(await import('node:os')).cpus().length} cores`);
   // The issue's keys. Note: p99 here is /cmdadd received → 200 sent over the agent's socket (the plugin
@@ -137,6 +147,7 @@ try {
       concurrency: Number(values.concurrency),
       non_200: failed,
       captured,
+      enroll_cpu_ms_per_pod: Number(cpuPerPodMs.toFixed(1)),
     }),
   );
   if (captured !== total) code = 1;
@@ -151,3 +162,12 @@ try {
   await rm(dir, { recursive: true, force: true });
 }
 process.exit(code);
+
+/** utime+stime of this process and of its reaped children (/proc/self/stat), in seconds. */
+function cpuSeconds() {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const hz = 100;
+  // Fields after the comm: state is [0], utime [11], stime [12], cutime [13], cstime [14].
+  return { self: (Number(f[11]) + Number(f[12])) / hz, children: (Number(f[13]) + Number(f[14])) / hz };
+}
