@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { AppsV1Api, KubeConfig } from '@kubernetes/client-node';
 import { createNodeAgent, FilePodSource, IptablesPodRules, KubePodSource, type PodSource } from '@weir/cni-agent';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { parseConfig, USAGE, type AgentConfig } from './config.js';
 import { CniInstaller } from './installer.js';
@@ -39,6 +40,11 @@ async function isRealUninstall(c: AgentConfig, kc: KubeConfig | undefined): Prom
 }
 
 async function main(): Promise<number> {
+  if (process.argv.includes('--version')) {
+    const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+    process.stdout.write(`weir-cni-agent ${version}\n`);
+    return 0;
+  }
   const parsed = parseConfig(process.argv.slice(2), process.env);
   if (!parsed.ok) {
     for (const e of parsed.errors) process.stderr.write(`weir-cni-agent: ${e}\n`);

@@ -5,6 +5,11 @@ import { CaClient, Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa, read
 import { ConfigError, effectiveConfigLines, parseConfig, type AppConfig } from './config.js';
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--version')) {
+    const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+    process.stdout.write(`weir-ztunnel ${version}\n`);
+    return;
+  }
   let config: AppConfig;
   try {
     config = parseConfig(process.env);
