@@ -180,7 +180,13 @@ describe('DaemonSets', () => {
     const pod = find(objs2, 'DaemonSet', 'weir-ztunnel').spec.template.spec;
     const token = (pod.volumes as Obj[]).find((v) => v.name === 'istio-token');
     expect(token?.projected.sources[0].serviceAccountToken).toMatchObject({ audience: 'istio-ca', path: 'istio-token' });
-    expect(envOf(pod.containers[0]).CA_ADDRESS).toBe('istiod.istio-system.svc:15012');
+    const env = envOf(pod.containers[0]);
+    expect(env.CA_ADDRESS).toBe('https://istiod.istio-system.svc:15012');
+    expect(env.XDS_ADDRESS).toBe('https://istiod.istio-system.svc:15012');
+    expect(env.AUTH_TOKEN).toBe('/var/run/secrets/tokens/istio-token');
+    // One source of workload state and of certificates: istiod, not the local file or CA.
+    expect(env.LOCAL_XDS_PATH).toBeUndefined();
+    expect(env.WEIR_CA_CERT).toBeUndefined();
   });
 });
 
