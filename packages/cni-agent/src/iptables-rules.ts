@@ -96,6 +96,15 @@ async function podHasIpv6(exec: CommandExecutor): Promise<boolean> {
   if (r.code !== 0) throw new CniAgentError('ERR_AGENT_RULES', `reading disable_ipv6 in the pod netns failed (exit ${r.code}): ${r.stderr.trim()}`);
   return r.stdout.split('\n').some((l) => l.trim() === '0');
 }
+/**
+ * Lets the kernel hand connections still queued on a closing SO_REUSEPORT listener to its sibling
+ * (`net.ipv4.tcp_migrate_req`), so a ztunnel upgrade or restart beside the old one resets none of
+ * the pod's new connections. Kernels without it (< 5.14) are left as they are.
+ */
+async function enableListenerMigration(exec: CommandExecutor): Promise<void> {
+  const r = await exec.run('sh', ['-c', 'f=/proc/sys/net/ipv4/tcp_migrate_req; [ ! -e "$f" ] || echo 1 > "$f"']);
+  if (r.code !== 0) throw new CniAgentError('ERR_AGENT_RULES', `setting net.ipv4.tcp_migrate_req in the pod netns failed (exit ${r.code}): ${r.stderr.trim()}`);
+}
 const SET_V6 = 'istio-inpod-probes-v6';
 
 function run(exec: CommandExecutor, what: string) {
@@ -237,6 +246,7 @@ export class IptablesPodRules implements PodRules {
 
   private async applyTimed(pod: PodInfo, exec: CommandExecutor): Promise<RepairReport> {
     const want = await this.forPod(pod, exec);
+    await enableListenerMigration(exec);
     const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
     const rules = await applier.apply(want.rules);
     const routing = await new RoutingApplier({ executor: exec, logger: this.log }).apply(want.routing);

@@ -138,6 +138,8 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     expect(api.getPod('apps', 'web')?.metadata.annotations?.['ambient.istio.io/redirection']).toBe('enabled');
     expect(await nsRun(web.netnsPath, 'ip', ['rule', 'show'])).toMatch(/32764:\s+from all fwmark 0x111\/0xfff lookup 133/);
     expect(await nsRun(web.netnsPath, 'ip', ['route', 'show', 'table', '133'])).toMatch(/local default dev lo/);
+    // A ztunnel handover moves queued connections instead of resetting them.
+    expect((await nsRun(web.netnsPath, 'cat', ['/proc/sys/net/ipv4/tcp_migrate_req'])).trim()).toBe('1');
     expect(await nsRun(node.netnsPath, 'ipset', ['save', 'istio-inpod-probes-v4'])).toContain(`add istio-inpod-probes-v4 ${web.ip} comment "${web.uid}"`);
     expect(await istioLines(node.netnsPath)).toContain(
       '-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127',
