@@ -104,6 +104,12 @@ export class Sandbox {
   /** `up`; with `npx`, exactly as the README's main-job command runs it (from the repository root). */
   async up(extra: readonly string[] = [], options: { npx?: boolean } = {}): Promise<RunResult> {
     await assertSandboxPrerequisites();
+    if (options.npx) {
+      // The README's `npm run build` ends by linking the apps' bins (npm links a bin only once its
+      // file exists, and `npm ci` ran before dist/ did); turbo has built dist/ already, so link only.
+      const link = await run('npm', ['rebuild', '--ignore-scripts', '@weir/app-weirctl'], 120_000, REPO_ROOT);
+      if (link.code !== 0) throw new Error(`linking weirctl's bin failed (exit ${link.code}):\n${link.out}${link.err}`);
+    }
     const result = options.npx
       ? await run('npx', ['--no-install', 'weirctl', 'sandbox', 'up', ...this.flags, ...extra], 240_000, REPO_ROOT)
       : await this.weirctl('up', extra, { timeoutMs: 240_000 });
