@@ -1,4 +1,5 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
+import { canonicalAddress } from '@weir/iptables-builder';
 
 export interface ProcNetnsMatch {
   pid: number;
@@ -45,40 +46,16 @@ export function ipv6FromIfInet6(text: string): Set<string> {
   for (const line of text.split('\n')) {
     const hex = line.trim().split(/\s+/)[0];
     if (!hex || hex.length !== 32) continue;
-    const groups = (hex.match(/.{4}/g) ?? []).map((g) => parseInt(g, 16).toString(16));
-    out.add(compressV6(groups));
+    const ip = canonicalAddress((hex.match(/.{4}/g) ?? []).join(':'), 'ipv6');
+    if (ip !== undefined) out.add(ip);
   }
   return out;
 }
 
-function compressV6(groups: string[]): string {
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < groups.length; ) {
-    if (groups[i] !== '0') {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < groups.length && groups[j] === '0') j++;
-    if (j - i > bestLen && j - i > 1) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (bestStart < 0) return groups.join(':');
-  return `${groups.slice(0, bestStart).join(':')}::${groups.slice(bestStart + bestLen).join(':')}`;
-}
-
-/** Canonical form of an IP for comparison (IPv6 compressed, lower case). */
+/** Canonical form of an IP for comparison: IPv6 in RFC 5952 form (as `ip` prints it), IPv4 as is. */
 export function canonicalIp(ip: string): string {
   if (!ip.includes(':')) return ip;
-  const [head = '', tail = ''] = ip.toLowerCase().split('::');
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const fill = ip.includes('::') ? Array(8 - h.length - t.length).fill('0') : [];
-  return compressV6([...h, ...fill, ...t].map((g) => parseInt(g || '0', 16).toString(16)));
+  return canonicalAddress(ip, 'ipv6') ?? ip.toLowerCase();
 }
 
 async function startTime(procRoot: string, pid: number): Promise<number> {

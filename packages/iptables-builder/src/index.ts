@@ -15,6 +15,7 @@ export type {
 } from './model.js';
 export { BUILTIN_CHAINS, TABLE_NAMES, isBuiltinChain } from './model.js';
 export { buildRule, defineRuleSet } from './validate.js';
+export { canonicalAddress, canonicalCidr } from './address.js';
 export { CommandFailedError, InvalidRuleError, IptablesError, type IptablesErrorCode } from './errors.js';
 export {
   familyRules,
