@@ -17,6 +17,8 @@ export async function httpGet(netns: string | undefined, address: string, path: 
 export interface ZtunnelDump {
   policies: Array<Record<string, unknown> & { name: string; namespace: string }>;
   pods: Array<{ uid: string; state: string; name?: string; namespace?: string; netns: { dev: number; ino: number }; lastError?: string }>;
+  /** Present when ztunnel runs against a control plane (XDS_ADDRESS). */
+  xds: { address: string; connected: boolean; lastError: string | null } | null;
 }
 
 export async function ztunnelDump(netns: string | undefined, admin: string): Promise<{ ok: true; dump: ZtunnelDump } | { ok: false; error: string }> {
@@ -24,7 +26,7 @@ export async function ztunnelDump(netns: string | undefined, admin: string): Pro
   if (!r.ok) return r;
   try {
     const dump = JSON.parse(r.body) as Partial<ZtunnelDump>;
-    return { ok: true, dump: { policies: dump.policies ?? [], pods: dump.pods ?? [] } };
+    return { ok: true, dump: { policies: dump.policies ?? [], pods: dump.pods ?? [], xds: dump.xds ?? null } };
   } catch (err) {
     return { ok: false, error: `${admin}/config_dump is not JSON: ${(err as Error).message}` };
   }

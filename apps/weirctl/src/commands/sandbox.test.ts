@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { readFile, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Topology, assertPrerequisites, listNetns, ownedByPrefix } from '@weir/topology';
@@ -22,6 +22,8 @@ describe('weirctl sandbox flags', () => {
     await expect(command.run(['frobnicate'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/unknown subcommand 'frobnicate'/);
     await expect(command.run(['exec', 'sleep', 'ls'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toBe('exec needs POD -- CMD [ARG…]');
     await expect(command.run(['logs', 'node-1', 'kubelet'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/unknown component 'kubelet'/);
+    await expect(command.run(['up', '--control-plane', 'istiod'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/--control-plane: .*"local"\|"xds"/);
+    await expect(command.run(['up', '--control-plane-bin', '/x'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toBe('--control-plane-bin needs --control-plane xds');
     const help = await sandbox('--help');
     expect(help.code).toBe(0);
     expect(help.out).toContain('exec POD|NODE -- CMD');
@@ -106,6 +108,45 @@ describe('weirctl sandbox without Weir components', () => {
     expect(up.err).toContain('weirctl sandbox up: sandbox up failed, everything it made was removed: gave up waiting for node-1.cni-agent to be ready');
     expect(up.err).toContain('the process exited; its log ends:\n  | ');
     expect((await listNetns()).filter((n) => ownedByPrefix(n, name))).toEqual([]);
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('--control-plane xds runs weir-test-control-plane on node-1: status shows it serving, logs control-plane, down stops it', { timeout: 90_000 }, async () => {
+    const up = await sandbox('up', ...where, ...absent, '--control-plane', 'xds');
+    expect(up.err).toBe('');
+    expect(up.code).toBe(0);
+    expect(up.out).toContain('node-1: starting weir-test-control-plane on 172.18.0.11:15012');
+    expect(up.out).toContain('sandbox up (2 nodes, control plane https://172.18.0.11:15012)');
+    const status = JSON.parse((await sandbox('status', '--json', ...where)).out) as { controlPlane: Record<string, unknown> };
+    expect(status.controlPlane).toMatchObject({ mode: 'xds', address: 'https://172.18.0.11:15012', node: 'node-1', pid: expect.any(Number), serving: true, connected: [] });
+    const pid = status.controlPlane.pid as number;
+    expect((await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0')).toContain(join(dir, 'local-xds.yaml'));
+    // Its token and root, for ztunnels' AUTH_TOKEN and XDS_ROOT_CA.
+    expect((await readFile(join(dir, 'control-plane', 'istio-token'), 'utf8')).length).toBeGreaterThan(20);
+    expect(await readFile(join(dir, 'control-plane', 'root-cert.pem'), 'utf8')).toMatch(/^-----BEGIN CERTIFICATE-----/);
+    expect((await sandbox('status', ...where)).out).toMatch(/^control plane: xds https:\/\/172\.18\.0\.11:15012, weir-test-control-plane on node-1 pid \d+, serving .*; ztunnels connected: none$/m);
+    expect((await sandbox('logs', ...where, 'control-plane')).out).toContain('test control plane serving');
+
+    const down = await sandbox('down', ...where);
+    // The control plane + 3 pause + 3 app processes.
+    expect(down.out).toBe('sandbox down: stopped 7 processes, removed 6 network namespaces\n');
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('a failed xds up stops the control plane it started', { timeout: 60_000 }, async () => {
+    const up = await sandbox('up', ...where, ...absent, '--agent-bin', '/etc/hostname', '--control-plane', 'xds');
+    expect(up.code).toBe(1);
+    expect(up.out).toContain('starting weir-test-control-plane');
+    expect(up.err).toContain('sandbox up failed, everything it made was removed: gave up waiting for node-1.cni-agent');
+    const mine = (await readdir('/proc')).filter((pid) => /^\d+$/.test(pid)).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(join(dir, 'local-xds.yaml'));
+      } catch {
+        return false;
+      }
+    });
+    expect(mine).toEqual([]);
     expect(existsSync(dir)).toBe(false);
   });
 

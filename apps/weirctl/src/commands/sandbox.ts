@@ -27,10 +27,14 @@ A local cluster in network namespaces on this machine (needs root): nodes node-1
 node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each node's CNI chain.
 
   up [--nodes N]                build it (default 2 nodes); reports components that are not built yet
-     [--agent-bin F] [--ztunnel-bin F] [--cni-bin F]   use these binaries instead of the repo's builds
-  status [--json]               nodes (netns, address, ZDS socket, agent/ztunnel pids) and pods
+     [--control-plane local|xds]   local (default): ztunnels read LOCAL_XDS_PATH and share a CA on disk;
+                                xds: weir-test-control-plane on node-1 serves that file over Delta xDS and issues
+                                certificates as Istio's CA (TLS, bearer token); ztunnels get XDS_ADDRESS/CA_ADDRESS
+     [--agent-bin F] [--ztunnel-bin F] [--cni-bin F] [--control-plane-bin F]   use these binaries instead of the repo's builds
+  status [--json]               control plane (mode, health), nodes (netns, address, ZDS socket, agent/ztunnel pids) and pods
   exec POD|NODE -- CMD [ARG…]   run CMD in a pod's (name or namespace/name) or node's netns; exit status passed through
   logs NODE ztunnel|cni-agent [-f]   print that component's log (-f: keep printing until it exits)
+  logs control-plane [-f]       the test control plane's log (xds mode)
   label ns/NAME|pod/NS/NAME|pod/NAME [-n NS] KEY=VALUE|KEY- …
                                 set or remove labels live (istio.io/dataplane-mode=ambient enrolls, none opts a pod
                                 out); returns once the agents captured/released the pods whose enrollment changed
@@ -62,6 +66,8 @@ const UpFlags = Location.extend({
   'agent-bin': z.string().min(1).optional(),
   'ztunnel-bin': z.string().min(1).optional(),
   'cni-bin': z.string().min(1).optional(),
+  'control-plane': z.enum(['local', 'xds']).default('local'),
+  'control-plane-bin': z.string().min(1).optional(),
 });
 
 const StatusFlags = Location.extend({ json: z.boolean().default(false) });
@@ -127,15 +133,23 @@ export function createSandboxCommand(options: SandboxCommandOptions = {}): Comma
 export const sandboxCommand = createSandboxCommand();
 
 async function up(argv: readonly string[], io: Io): Promise<number> {
-  const { flags } = parse(argv, UpFlags, { nodes: { type: 'string' }, 'agent-bin': { type: 'string' }, 'ztunnel-bin': { type: 'string' }, 'cni-bin': { type: 'string' } }, 0);
+  const { flags } = parse(
+    argv,
+    UpFlags,
+    { nodes: { type: 'string' }, 'agent-bin': { type: 'string' }, 'ztunnel-bin': { type: 'string' }, 'cni-bin': { type: 'string' }, 'control-plane': { type: 'string' }, 'control-plane-bin': { type: 'string' } },
+    0,
+  );
   const binaries = {
     ...(flags['agent-bin'] !== undefined ? { 'weir-cni-agent': flags['agent-bin'] } : {}),
     ...(flags['ztunnel-bin'] !== undefined ? { 'weir-ztunnel': flags['ztunnel-bin'] } : {}),
     ...(flags['cni-bin'] !== undefined ? { 'weir-cni': flags['cni-bin'] } : {}),
+    ...(flags['control-plane-bin'] !== undefined ? { 'weir-test-control-plane': flags['control-plane-bin'] } : {}),
   };
-  const { state, ips } = await sandboxUp(location(flags), { nodes: flags.nodes, binaries }, (line) => io.out(`${line}\n`));
+  if (flags['control-plane-bin'] !== undefined && flags['control-plane'] !== 'xds') throw new UsageError('--control-plane-bin needs --control-plane xds');
+  const { state, ips } = await sandboxUp(location(flags), { nodes: flags.nodes, binaries, controlPlane: flags['control-plane'] }, (line) => io.out(`${line}\n`));
   const httpbin = ips['demo/httpbin'];
-  io.out(`sandbox up (${state.nodes.length} nodes). Try:\n  weirctl sandbox exec sleep -- curl -s http://${httpbin ?? '<httpbin ip>'}:8000/get\n  weirctl sandbox status\n`);
+  const mode = state.controlPlane.mode === 'xds' ? `, control plane ${state.controlPlane.address}` : '';
+  io.out(`sandbox up (${state.nodes.length} nodes${mode}). Try:\n  weirctl sandbox exec sleep -- curl -s http://${httpbin ?? '<httpbin ip>'}:8000/get\n  weirctl sandbox status\n`);
   return 0;
 }
 
@@ -153,7 +167,12 @@ async function status(argv: readonly string[], io: Io): Promise<number> {
 
 function formatStatus(s: SandboxStatus): string {
   const pid = (p: number | null): string => (p === null ? '-' : String(p));
-  const lines = [`sandbox ${s.name} (since ${s.createdAt}, state ${s.dir})`, '', 'NODE      ADDRESS       AGENT    ZTUNNEL  NETNS'];
+  const cp = s.controlPlane;
+  const controlPlane =
+    cp.mode === 'local'
+      ? `control plane: local (ztunnels read ${cp.localXdsPath}, CA ${cp.caCert})`
+      : `control plane: xds ${cp.address}, weir-test-control-plane on ${cp.node} pid ${pid(cp.pid)}, ${cp.detail}; ztunnels connected: ${cp.connected.join(', ') || 'none'}`;
+  const lines = [`sandbox ${s.name} (since ${s.createdAt}, state ${s.dir})`, controlPlane, '', 'NODE      ADDRESS       AGENT    ZTUNNEL  NETNS'];
   for (const n of s.nodes) lines.push(`${n.name.padEnd(9)} ${n.ip.padEnd(13)} ${pid(n.agentPid).padEnd(8)} ${pid(n.ztunnelPid).padEnd(8)} ${n.netns}`);
   lines.push('', 'POD                   NODE      IP            ENROLLED  CAPTURED  NETNS');
   for (const p of s.pods) {
@@ -185,13 +204,16 @@ async function exec(argv: readonly string[], io: Io, stdio: 'inherit' | 'io'): P
 }
 
 async function logs(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, LogsFlags, { follow: { type: 'boolean', short: 'f' } }, 2);
-  const component = z.enum(['ztunnel', 'cni-agent']).safeParse(positionals[1]);
-  if (!component.success) throw new UsageError(`logs NODE ztunnel|cni-agent: unknown component '${positionals[1]}'`);
+  const { flags, positionals } = parse(argv, LogsFlags, { follow: { type: 'boolean', short: 'f' } }, -1);
+  // `logs control-plane` (one per sandbox) or `logs NODE ztunnel|cni-agent`.
+  const [node, name] = positionals.length === 1 && positionals[0] === 'control-plane' ? [undefined, 'control-plane'] : positionals;
+  if (positionals.length !== (node === undefined ? 1 : 2)) throw new UsageError(`logs needs NODE ztunnel|cni-agent or control-plane (got ${positionals.length} arguments)`);
+  const component = z.enum(['ztunnel', 'cni-agent', 'control-plane']).safeParse(name);
+  if (!component.success || (node !== undefined && component.data === 'control-plane')) throw new UsageError(`logs NODE ztunnel|cni-agent: unknown component '${name}' (the control plane: logs control-plane)`);
   if (flags.follow) {
-    await followComponentLog(location(flags), positionals[0] as string, component.data, io.out);
+    await followComponentLog(location(flags), node, component.data, io.out);
   } else {
-    io.out(await componentLog(location(flags), positionals[0] as string, component.data));
+    io.out(await componentLog(location(flags), node, component.data));
   }
   return 0;
 }

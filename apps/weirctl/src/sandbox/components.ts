@@ -4,6 +4,7 @@
  * plugin gets into the chain (the agent's installer puts it there, as in Istio), and the pod and workload
  * files they read. A component that is not built is reported as such, never stood in for.
  */
+import { randomBytes } from 'node:crypto';
 import { access, constants, mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -19,9 +20,12 @@ const APPS: Record<ComponentName, { app: string; bin: string; prefer?: string; e
   'weir-ztunnel': { app: 'ztunnel', bin: 'weir-ztunnel', execed: false },
   // Exec'd by the runtime: the single executable (a real host has no Node) when it is built.
   'weir-cni': { app: 'cni-plugin', bin: 'weir-cni', prefer: 'dist/weir-cni', execed: true },
+  // Only with `--control-plane xds`: istiod's stand-in, shipped beside weir-ztunnel.
+  'weir-test-control-plane': { app: 'ztunnel', bin: 'weir-test-control-plane', execed: false },
 };
 
-export const COMPONENT_NAMES = Object.keys(APPS) as ComponentName[];
+/** What every sandbox runs; `xds` mode adds weir-test-control-plane. */
+export const COMPONENT_NAMES: readonly ComponentName[] = ['weir-cni-agent', 'weir-ztunnel', 'weir-cni'];
 
 /** Readiness of the agent inside the node netns. */
 const AGENT_READY_ADDRESS = '127.0.0.1:8000';
@@ -30,12 +34,20 @@ export const ZTUNNEL_ADMIN_ADDRESS = '127.0.0.1:15000';
 export const ZTUNNEL_METRICS_ADDRESS = '127.0.0.1:15020';
 /** ztunnel's readiness (its default `:15021`), on the node's loopback. */
 const ZTUNNEL_READY_URL = 'http://127.0.0.1:15021/healthz/ready';
+/**
+ * The test control plane listens on node-1's underlay address at istiod's port: every node reaches it,
+ * and each sandbox has its own underlay, so parallel sandboxes never share the port.
+ */
+export const CONTROL_PLANE_PORT = 15012;
+/** A name in the control plane's server certificate (it has no SAN for node addresses), as ztunnel's ALT_XDS_HOSTNAME. */
+export const CONTROL_PLANE_HOSTNAME = 'istiod.istio-system.svc';
+export const CONTROL_PLANE_PROCESS = 'control-plane';
 
 /** Find the binaries: an explicit path wins; else the app's built `bin` in this repository. */
-export async function locateComponents(overrides: Partial<Record<ComponentName, string>>): Promise<ComponentInfo[]> {
+export async function locateComponents(overrides: Partial<Record<ComponentName, string>>, names: readonly ComponentName[] = COMPONENT_NAMES): Promise<ComponentInfo[]> {
   const root = await repoRoot();
   const found: ComponentInfo[] = [];
-  for (const name of COMPONENT_NAMES) {
+  for (const name of names) {
     const override = overrides[name];
     if (override !== undefined) {
       const path = resolve(override);
@@ -79,6 +91,8 @@ export async function locateComponents(overrides: Partial<Record<ComponentName, 
 
 export interface SandboxFiles {
   dir: string;
+  /** The test control plane's root-cert.pem and istio-token (xds mode). */
+  controlPlaneDir: string;
   podsFile: string;
   localXds: string;
   caCert: string;
@@ -88,6 +102,7 @@ export interface SandboxFiles {
 export function sandboxFiles(dir: string): SandboxFiles {
   return {
     dir,
+    controlPlaneDir: join(dir, 'control-plane'),
     podsFile: join(dir, 'pods.yaml'),
     localXds: join(dir, 'local-xds.yaml'),
     caCert: join(dir, 'ca', 'ca.crt'),
@@ -103,6 +118,38 @@ export interface NodeComponents {
   notes: string[];
 }
 
+/** Where a ztunnel gets its state and certificates: the shared files, or the test control plane. */
+export type ZtunnelSource =
+  | { mode: 'local' }
+  | { mode: 'xds'; address: string; hostname: string; rootCa: string; tokenFile: string };
+
+/**
+ * Start weir-test-control-plane in the node's netns, serving the local-xds file it watches (workloads,
+ * policies) over Delta xDS and issuing certificates as Istio's CA, with a bearer token; resolves once it
+ * serves, with what ztunnels need to reach it.
+ */
+export async function startControlPlane(node: TopologyNode, component: ComponentInfo, files: SandboxFiles, say: (line: string) => void): Promise<{ process: string; source: Extract<ZtunnelSource, { mode: 'xds' }> }> {
+  if (!component.present || component.path === undefined) throw new Error(`--control-plane xds needs weir-test-control-plane: ${component.detail}`);
+  const listen = `${node.ip}:${CONTROL_PLANE_PORT}`;
+  say(`${node.name}: starting weir-test-control-plane on ${listen} (Delta xDS and CA, serving ${files.localXds})`);
+  const proc = await node.spawn({
+    name: CONTROL_PLANE_PROCESS,
+    cmd: process.execPath,
+    args: [component.path, '--config', files.localXds, '--out-dir', files.controlPlaneDir, '--listen', listen, '--token', randomBytes(24).toString('base64url')],
+  });
+  await waitFor(async () => /"xdsAddress"/.test(await readFile(proc.logFile, 'utf8')), 30_000, () => proc.running, `${proc.name} to serve on ${listen}`, proc.logFile);
+  return {
+    process: proc.name,
+    source: {
+      mode: 'xds',
+      address: `https://${listen}`,
+      hostname: CONTROL_PLANE_HOSTNAME,
+      rootCa: join(files.controlPlaneDir, 'root-cert.pem'),
+      tokenFile: join(files.controlPlaneDir, 'istio-token'),
+    },
+  };
+}
+
 /**
  * Start the node agent, then ztunnel, inside the node's netns (the agent is host-network; ztunnel runs
  * beside it, its admin ports on the node's loopback). The agent installs the CNI plugin into the node's
@@ -112,6 +159,7 @@ export async function startNodeComponents(
   node: TopologyNode,
   components: readonly ComponentInfo[],
   files: SandboxFiles,
+  source: ZtunnelSource,
   say: (line: string) => void,
 ): Promise<NodeComponents> {
   const runDir = join(files.dir, 'nodes', node.name, 'run');
@@ -149,24 +197,35 @@ export async function startNodeComponents(
   }
 
   if (ztunnel?.present && ztunnel.path !== undefined) {
-    say(`${node.name}: starting weir-ztunnel`);
-    const proc = await node.spawn({
-      name: `${node.name}.ztunnel`,
-      cmd: process.execPath,
-      args: [ztunnel.path],
-      env: {
-        NODE_NAME: node.name,
-        INPOD_UDS: zdsSocket,
-        LOCAL_XDS_PATH: files.localXds,
-        // One CA for every node, so HBONE between nodes verifies.
-        WEIR_CA_CERT: files.caCert,
-        WEIR_CA_KEY: files.caKey,
-        IPV6_ENABLED: 'false',
-      },
-    });
+    say(`${node.name}: starting weir-ztunnel${source.mode === 'xds' ? ` (xDS and CA: ${source.address})` : ''}`);
+    const env: Record<string, string> = { NODE_NAME: node.name, INPOD_UDS: zdsSocket, IPV6_ENABLED: 'false' };
+    if (source.mode === 'local') {
+      env.LOCAL_XDS_PATH = files.localXds;
+      // One CA for every node, so HBONE between nodes verifies.
+      env.WEIR_CA_CERT = files.caCert;
+      env.WEIR_CA_KEY = files.caKey;
+    } else {
+      // As the Istio chart sets them for ztunnel; no local config or CA (ztunnel refuses two sources).
+      Object.assign(env, {
+        XDS_ADDRESS: source.address,
+        CA_ADDRESS: source.address,
+        XDS_ROOT_CA: source.rootCa,
+        CA_ROOT_CA: source.rootCa,
+        AUTH_TOKEN: source.tokenFile,
+        ALT_XDS_HOSTNAME: source.hostname,
+        ALT_CA_HOSTNAME: source.hostname,
+        POD_NAME: `ztunnel-${node.name}`,
+        POD_NAMESPACE: 'istio-system',
+        INSTANCE_IP: node.ip,
+        ISTIO_META_ENABLE_HBONE: 'true',
+      });
+    }
+    const proc = await node.spawn({ name: `${node.name}.ztunnel`, cmd: process.execPath, args: [ztunnel.path], env });
     result.ztunnelProcess = proc.name;
-    // The first ztunnel creates the shared CA; the next ones must load it, not race to create their own.
-    await waitFor(async () => (await isFile(files.caCert)) && (await isFile(files.caKey)), 15_000, () => proc.running, `${proc.name} to create the CA at ${files.caCert}`, proc.logFile);
+    if (source.mode === 'local') {
+      // The first ztunnel creates the shared CA; the next ones must load it, not race to create their own.
+      await waitFor(async () => (await isFile(files.caCert)) && (await isFile(files.caKey)), 15_000, () => proc.running, `${proc.name} to create the CA at ${files.caCert}`, proc.logFile);
+    }
   } else {
     result.notes.push(`weir-ztunnel is not running: ${ztunnel?.detail ?? 'unknown'}`);
   }

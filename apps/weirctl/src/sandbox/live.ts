@@ -1,7 +1,8 @@
 /**
  * Live changes to a running sandbox (issue 9): labels (enrollment) and authorization policies. The state
  * file is the source of truth; the pods file and ztunnel's LOCAL_XDS_PATH are re-rendered from it whole,
- * atomically, and each command returns once the components show the change.
+ * atomically, and each command returns once the components show the change. In xds mode the ztunnels
+ * do not read that file: the test control plane watches it and pushes the change over xDS.
  */
 import { isDeepStrictEqual } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -274,7 +275,8 @@ async function commitPolicies(where: SandboxLocation, state: SandboxState, say: 
       }),
     ),
   );
-  say(`seen in /config_dump of ztunnel on ${nodes.map((n) => n.name).join(', ')} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  const via = state.controlPlane.mode === 'xds' ? `, pushed over xDS by the control plane at ${state.controlPlane.address}` : '';
+  say(`seen in /config_dump of ztunnel on ${nodes.map((n) => n.name).join(', ')} after ${((Date.now() - started) / 1000).toFixed(1)} s${via}`);
 }
 
 async function waitUntil(what: string, check: () => Promise<boolean>): Promise<void> {

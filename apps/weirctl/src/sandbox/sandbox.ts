@@ -16,9 +16,29 @@ import {
   type TeardownReport,
   type TopologyPod,
 } from '@weir/topology';
-import { locateComponents, publishWorkloads, sandboxFiles, startNodeComponents, waitForCapture } from './components.js';
+import {
+  COMPONENT_NAMES,
+  ZTUNNEL_ADMIN_ADDRESS,
+  locateComponents,
+  publishWorkloads,
+  sandboxFiles,
+  startControlPlane,
+  startNodeComponents,
+  waitForCapture,
+  type ZtunnelSource,
+} from './components.js';
 import { defaultSpec, isEnrolled, type PodSpec } from './spec.js';
-import { createSandboxState, readSandboxState, stateFile, writeSandboxState, type ComponentInfo, type ComponentName, type SandboxState } from './state.js';
+import { ztunnelDump } from '../in-netns.js';
+import {
+  createSandboxState,
+  readSandboxState,
+  stateFile,
+  writeSandboxState,
+  type ComponentInfo,
+  type ComponentName,
+  type ControlPlaneMode,
+  type SandboxState,
+} from './state.js';
 
 export const DEFAULT_SANDBOX_DIR = '/var/run/weir-sandbox';
 /** Prefix of every netns of the sandbox (`weir-sbx-node-1`, `weir-sbx-demo-sleep`, …). */
@@ -41,6 +61,8 @@ export class SandboxError extends Error {
 export interface UpOptions {
   nodes: number;
   binaries: Partial<Record<ComponentName, string>>;
+  /** `local` (default): ztunnels read LOCAL_XDS_PATH and share a CA on disk; `xds`: a test control plane serves both. */
+  controlPlane?: ControlPlaneMode;
 }
 
 /** Build the default sandbox; everything it starts keeps running after this process exits. */
@@ -55,7 +77,11 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
   if (leftovers.length > 0) {
     throw new SandboxError(`network namespaces of an earlier sandbox are still there (${leftovers.join(', ')}); run weirctl sandbox down first`);
   }
-  const components = await locateComponents(options.binaries);
+  const mode = options.controlPlane ?? 'local';
+  const components = await locateComponents(options.binaries, mode === 'xds' ? [...COMPONENT_NAMES, 'weir-test-control-plane'] : COMPONENT_NAMES);
+  const controlPlaneComponent = components.find((c) => c.name === 'weir-test-control-plane');
+  // Without it there is nothing to serve xDS: refuse before building anything.
+  if (controlPlaneComponent && !controlPlaneComponent.present) throw new SandboxError(`--control-plane xds needs weir-test-control-plane: ${controlPlaneComponent.detail}`);
   const spec = defaultSpec(options.nodes);
   const files = sandboxFiles(where.dir);
   const state: SandboxState = {
@@ -65,6 +91,7 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
     topologyStateDir: join(where.dir, where.name),
     files: { podsFile: files.podsFile, localXds: files.localXds, caCert: files.caCert, caKey: files.caKey },
     components,
+    controlPlane: { mode: 'local' },
     namespaces: spec.namespaces,
     policies: [],
     pods: spec.pods,
@@ -79,10 +106,20 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
   let topology: Topology | undefined;
   try {
     topology = await Topology.create({ name: where.name, stateDir: state.topologyStateDir });
+    let source: ZtunnelSource = { mode: 'local' };
     for (const name of spec.nodes) {
       const node = await topology.addNode({ name });
       say(`node ${name}: netns ${node.netns}, address ${node.ip}, pod CIDR ${node.podCidr}`);
-      const wired = await startNodeComponents(node, components, files, say);
+      if (controlPlaneComponent && source.mode === 'local') {
+        // On the first node, before any ztunnel. The topology records the process as it spawns, so a
+        // failed or interrupted `up` stops it in `down` like every other process (SIGTERM, then SIGKILL).
+        const started = await startControlPlane(node, controlPlaneComponent, files, say);
+        source = started.source;
+        const { address, hostname, rootCa, tokenFile } = source;
+        state.controlPlane = { mode: 'xds', node: name, process: started.process, address, hostname, outDir: files.controlPlaneDir, rootCa, tokenFile };
+        await writeSandboxState(where.dir, state);
+      }
+      const wired = await startNodeComponents(node, components, files, source, say);
       state.nodes.push({ name, ...wired });
       await writeSandboxState(where.dir, state);
     }
@@ -128,9 +165,26 @@ export interface SandboxStatus {
   dir: string;
   createdAt: string;
   components: ComponentInfo[];
+  controlPlane: ControlPlaneStatus;
   nodes: Array<{ name: string; netns: string; ip: string; zdsSocket: string; agentPid: number | null; ztunnelPid: number | null; notes: string[] }>;
   pods: Array<{ name: string; namespace: string; node: string; ip: string | null; netns: string | null; enrolled: boolean; captured: boolean }>;
 }
+
+export type ControlPlaneStatus =
+  | { mode: 'local'; localXdsPath: string; caCert: string }
+  | {
+      mode: 'xds';
+      address: string;
+      node: string;
+      pid: number | null;
+      /** Answers gRPC over TLS that verifies with its root-cert.pem under its certificate's name. */
+      serving: boolean;
+      detail: string;
+      /** Nodes whose ztunnel reports a live xDS stream to it (`/config_dump` `xds.connected`). */
+      connected: string[];
+      rootCa: string;
+      tokenFile: string;
+    };
 
 /** What runs now: process ids only for live processes, `captured` from the rules actually in each pod. */
 export async function sandboxStatus(where: SandboxLocation): Promise<SandboxStatus | undefined> {
@@ -159,7 +213,40 @@ export async function sandboxStatus(where: SandboxLocation): Promise<SandboxStat
       };
     }),
   );
-  return { name: state.name, dir: where.dir, createdAt: state.createdAt, components: state.components, nodes, pods };
+  const controlPlane = await controlPlaneStatus(state, topology, livePid);
+  return { name: state.name, dir: where.dir, createdAt: state.createdAt, components: state.components, controlPlane, nodes, pods };
+}
+
+async function controlPlaneStatus(state: SandboxState, topology: Topology, livePid: (name: string | undefined) => number | null): Promise<ControlPlaneStatus> {
+  const cp = state.controlPlane;
+  if (cp.mode === 'local') return { mode: 'local', localXdsPath: state.files.localXds, caCert: state.files.caCert };
+  const pid = livePid(cp.process);
+  const netns = topology.node(cp.node).netnsPath;
+  const { host, port } = splitAddress(cp.address);
+  // An unimplemented method answers HTTP 200 with a grpc-status: TLS (verified) and gRPC both work.
+  const probe = await execInNetns(netns, 'curl', [
+    '-sS', '-o', '/dev/null', '-w', '%{http_code}', '-m', '3', '--http2', '-X', 'POST', '-H', 'content-type: application/grpc',
+    '--cacert', cp.rootCa, '--connect-to', `${cp.hostname}:${port}:${host}:${port}`, `https://${cp.hostname}:${port}/grpc.health.v1.Health/Check`,
+  ]).catch((err: unknown) => ({ code: 1, stdout: '', stderr: (err as Error).message }));
+  const serving = probe.code === 0 && probe.stdout === '200';
+  const detail = serving ? `serving (TLS verified with ${cp.rootCa} as ${cp.hostname})` : `NOT serving: ${probe.stderr.trim().replace(/^curl: \(\d+\) /, '') || `HTTP ${probe.stdout}`}`;
+  const connected: string[] = [];
+  await Promise.all(
+    state.nodes.map(async (n) => {
+      if (livePid(n.ztunnelProcess) === null) return;
+      const dump = await ztunnelDump(topology.node(n.name).netnsPath, ZTUNNEL_ADMIN_ADDRESS);
+      if (dump.ok && dump.dump.xds?.connected === true) connected.push(n.name);
+    }),
+  );
+  connected.sort();
+  return { mode: 'xds', address: cp.address, node: cp.node, pid, serving, detail, connected, rootCa: cp.rootCa, tokenFile: cp.tokenFile };
+}
+
+/** `https://host:port` → its parts. */
+function splitAddress(url: string): { host: string; port: string } {
+  const rest = url.replace(/^https?:\/\//, '');
+  const i = rest.lastIndexOf(':');
+  return { host: rest.slice(0, i), port: rest.slice(i + 1) };
 }
 
 /** In-pod capture rules present, in any backend (iptables-nft, iptables-legacy, nftables). */
@@ -182,11 +269,22 @@ export async function resolveTarget(where: SandboxLocation, ref: string): Promis
   throw new SandboxError(`no pod or node ${ref} (pods: ${topology.pods.map((p) => `${p.namespace}/${p.name}`).join(', ')}; nodes: ${topology.nodes.map((n) => n.name).join(', ')})`);
 }
 
-export type LogComponent = 'ztunnel' | 'cni-agent';
+export type LogComponent = 'ztunnel' | 'cni-agent' | 'control-plane';
 
-/** The process record of a node's ztunnel or agent: the newest of that name, running or not (a crashed one's log matters most). */
-async function componentRecord(where: SandboxLocation, nodeName: string, component: LogComponent): Promise<ProcessRecord> {
+/**
+ * The process record of a node's ztunnel or agent, or of the control plane (`nodeName` undefined): the
+ * newest of that name, running or not (a crashed one's log matters most).
+ */
+async function componentRecord(where: SandboxLocation, nodeName: string | undefined, component: LogComponent): Promise<ProcessRecord> {
   const state = await requireState(where);
+  if (component === 'control-plane') {
+    if (state.controlPlane.mode !== 'xds') throw new SandboxError('this sandbox runs no control plane (--control-plane local: ztunnels read LOCAL_XDS_PATH); see weirctl sandbox up --control-plane xds');
+    const name = state.controlPlane.process;
+    const record = (await readState(state.topologyStateDir)).processes.findLast((p) => p.name === name);
+    if (!record) throw new SandboxError(`the control plane has no process record in ${state.topologyStateDir}`);
+    return record;
+  }
+  if (nodeName === undefined) throw new SandboxError(`${component} runs per node: name one (logs NODE ${component})`);
   const node = state.nodes.find((n) => n.name === nodeName);
   if (!node) throw new SandboxError(`no node ${nodeName} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
   const processName = component === 'ztunnel' ? node.ztunnelProcess : node.agentProcess;
@@ -199,13 +297,13 @@ async function componentRecord(where: SandboxLocation, nodeName: string, compone
   return record;
 }
 
-/** The log of a node's ztunnel or agent. */
-export async function componentLog(where: SandboxLocation, nodeName: string, component: LogComponent): Promise<string> {
+/** The log of a node's ztunnel or agent, or of the control plane (`nodeName` undefined). */
+export async function componentLog(where: SandboxLocation, nodeName: string | undefined, component: LogComponent): Promise<string> {
   return readFile((await componentRecord(where, nodeName, component)).logFile, 'utf8');
 }
 
 /** The log so far, then what is appended, until the process exits (or its log is removed by `down`). */
-export async function followComponentLog(where: SandboxLocation, nodeName: string, component: LogComponent, write: (text: string) => void): Promise<void> {
+export async function followComponentLog(where: SandboxLocation, nodeName: string | undefined, component: LogComponent, write: (text: string) => void): Promise<void> {
   const record = await componentRecord(where, nodeName, component);
   const decoder = new StringDecoder('utf8');
   let offset = 0;
@@ -256,7 +354,7 @@ export async function sandboxDown(where: SandboxLocation): Promise<DownReport> {
   merge(removed, await Topology.cleanupByPrefix(name, { stateRoot: where.dir }));
   // Only what the sandbox wrote: the directory may be shared with other things.
   const files = sandboxFiles(where.dir);
-  for (const path of [files.podsFile, files.localXds, join(where.dir, 'ca'), join(where.dir, 'nodes'), stateFile(where.dir)]) {
+  for (const path of [files.podsFile, files.localXds, join(where.dir, 'ca'), files.controlPlaneDir, join(where.dir, 'nodes'), stateFile(where.dir)]) {
     await rm(path, { recursive: true, force: true });
   }
   await rmdir(where.dir).catch(() => undefined);

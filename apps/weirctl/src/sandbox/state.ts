@@ -5,11 +5,33 @@ import { z } from 'zod';
 const labels = z.record(z.string(), z.string());
 
 const componentSchema = z.object({
-  name: z.enum(['weir-cni-agent', 'weir-ztunnel', 'weir-cni']),
+  name: z.enum(['weir-cni-agent', 'weir-ztunnel', 'weir-cni', 'weir-test-control-plane']),
   path: z.string().optional(),
   present: z.boolean(),
   detail: z.string(),
 });
+
+/**
+ * Where the ztunnels get workloads, policies and certificates: `local` — LOCAL_XDS_PATH and a CA on disk
+ * shared by the nodes; `xds` — a weir-test-control-plane (Delta xDS + Istio CA, as istiod) serving the
+ * same local-xds file, which it watches.
+ */
+const controlPlaneSchema = z.discriminatedUnion('mode', [
+  z.object({ mode: z.literal('local') }),
+  z.object({
+    mode: z.literal('xds'),
+    /** The node whose netns it runs in, and its supervised process name in the topology. */
+    node: z.string(),
+    process: z.string(),
+    /** `https://<node ip>:<port>`: XDS_ADDRESS and CA_ADDRESS of every ztunnel. */
+    address: z.string(),
+    /** The name its certificate carries (ALT_XDS_HOSTNAME, ALT_CA_HOSTNAME). */
+    hostname: z.string(),
+    outDir: z.string(),
+    rootCa: z.string(),
+    tokenFile: z.string(),
+  }),
+]);
 
 const stateSchema = z.object({
   version: z.literal(1),
@@ -18,6 +40,7 @@ const stateSchema = z.object({
   topologyStateDir: z.string(),
   files: z.object({ podsFile: z.string(), localXds: z.string(), caCert: z.string(), caKey: z.string() }),
   components: z.array(componentSchema),
+  controlPlane: controlPlaneSchema.default({ mode: 'local' }),
   namespaces: z.array(z.object({ name: z.string(), labels })),
   /** Authorization policies as given to `policy apply` (ztunnel's local-config input shape), rendered into LOCAL_XDS_PATH. */
   policies: z.array(z.record(z.string(), z.unknown())).default([]),
@@ -45,6 +68,8 @@ const stateSchema = z.object({
 });
 
 export type SandboxState = z.infer<typeof stateSchema>;
+export type ControlPlaneState = z.infer<typeof controlPlaneSchema>;
+export type ControlPlaneMode = ControlPlaneState['mode'];
 export type ComponentInfo = z.infer<typeof componentSchema>;
 export type ComponentName = ComponentInfo['name'];
 
