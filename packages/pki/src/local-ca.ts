@@ -1,28 +1,30 @@
-import { X509Certificate as NodeX509Certificate, createPrivateKey, randomBytes, webcrypto } from 'node:crypto';
-import {
-  AuthorityKeyIdentifierExtension,
-  BasicConstraintsExtension,
-  ExtendedKeyUsage,
-  ExtendedKeyUsageExtension,
-  KeyUsageFlags,
-  KeyUsagesExtension,
-  SubjectAlternativeNameExtension,
-  SubjectKeyIdentifierExtension,
-  X509Certificate,
-  X509CertificateGenerator,
-} from '@peculiar/x509';
+import { X509Certificate, createHash, createPrivateKey, generateKeyPair, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { promisify } from 'node:util';
+import * as der from './der.js';
 import { PkiError } from './errors.js';
 import { parseSpiffeUri } from './spiffe.js';
 
-// @peculiar/x509 is typed against the DOM's Crypto; Node's webcrypto is the same API.
-type X509Crypto = NonNullable<Parameters<typeof X509CertificateGenerator.create>[1]>;
-type SigningKey = Extract<Parameters<typeof X509CertificateGenerator.create>[0], { signingKey: unknown }>['signingKey'];
-const crypto = webcrypto as unknown as X509Crypto;
-const subtle = webcrypto.subtle;
+const generateKeyPairAsync = promisify(generateKeyPair);
 
-const EC_P256 = { name: 'ECDSA', namedCurve: 'P-256' } as const;
-const ECDSA_SHA256 = { name: 'ECDSA', hash: 'SHA-256' } as const;
-const RSA_SHA256 = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' } as const;
+const OID = {
+  ecPublicKey: '1.2.840.10045.2.1',
+  ecdsaWithSha256: '1.2.840.10045.4.3.2',
+  sha256WithRsa: '1.2.840.113549.1.1.11',
+  organizationName: '2.5.4.10',
+  commonName: '2.5.4.3',
+  basicConstraints: '2.5.29.19',
+  keyUsage: '2.5.29.15',
+  extKeyUsage: '2.5.29.37',
+  subjectAltName: '2.5.29.17',
+  subjectKeyIdentifier: '2.5.29.14',
+  authorityKeyIdentifier: '2.5.29.35',
+  serverAuth: '1.3.6.1.5.5.7.3.1',
+  clientAuth: '1.3.6.1.5.5.7.3.2',
+} as const;
+// KeyUsage bits (RFC 5280 4.2.1.3) as the DER BIT STRING's first byte and its unused trailing bits.
+const KU_LEAF = { byte: 0xa0, unused: 5 }; // digitalSignature, keyEncipherment
+const KU_CA = { byte: 0x86, unused: 1 }; // digitalSignature, keyCertSign, cRLSign
+
 const DAY_MS = 86_400_000;
 // Backdate fresh certificates a little so a peer whose clock is slightly behind accepts them.
 const CLOCK_SKEW_MS = 60_000;
@@ -84,13 +86,31 @@ export interface IssueIntermediateOptions {
 
 interface CaParts {
   trustDomain: string;
-  cert: X509Certificate;
-  signingKey: SigningKey;
-  signingAlgorithm: typeof ECDSA_SHA256 | typeof RSA_SHA256;
+  /** This CA's certificate, DER. */
+  certDer: Buffer;
+  /** Its subject Name as encoded in the certificate: the issuer of everything it signs. */
+  subjectDer: Buffer;
+  /** Key identifier of its public key (the AuthorityKeyIdentifier of what it signs). */
+  keyId: Buffer;
+  notBefore: Date;
+  notAfter: Date;
+  signingKey: KeyObject;
   keyPem: string;
   /** Intermediates above this CA (not the CA itself, not the root). */
   issuers: string[];
   rootPem: string;
+}
+
+interface NewCertificate {
+  serialHex: string;
+  issuer: Buffer;
+  subject: Buffer;
+  notBefore: Date;
+  notAfter: Date;
+  /** SubjectPublicKeyInfo, DER. */
+  spki: Buffer;
+  extensions: Buffer[];
+  signingKey: KeyObject;
 }
 
 /**
@@ -114,13 +134,13 @@ export class LocalCa {
   private constructor(parts: CaParts) {
     this.#parts = parts;
     this.trustDomain = parts.trustDomain;
-    this.certPem = toPem(parts.cert);
+    this.certPem = certificatePem(parts.certDer);
     this.keyPem = parts.keyPem;
     this.rootPem = parts.rootPem;
     const isRoot = normalizePem(parts.rootPem) === this.certPem;
     this.caChainPem = isRoot ? this.certPem : [this.certPem, ...parts.issuers].join('');
-    this.notBefore = parts.cert.notBefore;
-    this.notAfter = parts.cert.notAfter;
+    this.notBefore = parts.notBefore;
+    this.notAfter = parts.notAfter;
   }
 
   /** Creates a new self-signed root CA for `trustDomain`. */
@@ -130,33 +150,31 @@ export class LocalCa {
     assertPositive('validityDays', validityDays);
     const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
     const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
-    const keys = await subtle.generateKey(EC_P256, true, ['sign', 'verify']);
-    const cert = await X509CertificateGenerator.createSelfSigned(
-      {
-        serialNumber: newSerial(),
-        name: caName(o.trustDomain, o.commonName),
-        notBefore,
-        notAfter,
-        signingAlgorithm: ECDSA_SHA256,
-        keys: keys as unknown as Parameters<typeof X509CertificateGenerator.createSelfSigned>[0]['keys'],
-        extensions: [
-          new BasicConstraintsExtension(true, undefined, true),
-          new KeyUsagesExtension(KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign | KeyUsageFlags.digitalSignature, true),
-          new SubjectAlternativeNameExtension([{ type: 'url', value: `spiffe://${o.trustDomain}` }], false),
-          await SubjectKeyIdentifierExtension.create(keys.publicKey as never, false, crypto),
-        ],
-      },
-      crypto,
-    );
-    const keyPem = pkcs8Pem(Buffer.from(await subtle.exportKey('pkcs8', keys.privateKey)));
+    const keys = await newKeyPair();
+    const name = caName(o.trustDomain, o.commonName);
+    const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
+    const certDer = signCertificate({
+      serialHex: newSerial(),
+      issuer: name,
+      subject: name,
+      notBefore,
+      notAfter,
+      spki,
+      extensions: [
+        extension(OID.basicConstraints, true, der.sequence(der.boolean(true))),
+        extension(OID.keyUsage, true, der.bitString(Buffer.from([KU_CA.byte]), KU_CA.unused)),
+        extension(OID.subjectAltName, false, uriSan(`spiffe://${o.trustDomain}`)),
+        extension(OID.subjectKeyIdentifier, false, der.octetString(keyIdentifier(spki))),
+      ],
+      signingKey: keys.privateKey,
+    });
     return new LocalCa({
       trustDomain: o.trustDomain,
-      cert,
-      signingKey: keys.privateKey as unknown as SigningKey,
-      signingAlgorithm: ECDSA_SHA256,
-      keyPem,
+      ...certificateParts(certDer),
+      signingKey: keys.privateKey,
+      keyPem: pkcs8Pem(keys.privateKey),
       issuers: [],
-      rootPem: toPem(cert),
+      rootPem: certificatePem(certDer),
     });
   }
 
@@ -167,18 +185,18 @@ export class LocalCa {
       throw new PkiError('ERR_PKI_INVALID_CERTIFICATE', 'CA certPem holds no PEM CERTIFICATE block');
     }
     const issuers = [...rest, ...(o.chainPem === undefined ? [] : splitPem(o.chainPem))];
-    let nodeCert: NodeX509Certificate;
-    let cert: X509Certificate;
+    let nodeCert: X509Certificate;
+    let parts: ReturnType<typeof certificateParts>;
     try {
-      nodeCert = new NodeX509Certificate(first);
-      cert = new X509Certificate(first);
+      nodeCert = new X509Certificate(first);
+      parts = certificateParts(nodeCert.raw);
     } catch (cause) {
       throw new PkiError('ERR_PKI_INVALID_CERTIFICATE', `CA certPem does not parse as X.509: ${String(cause)}`, { cause });
     }
     if (!nodeCert.ca) {
       throw new PkiError('ERR_PKI_NOT_A_CA', `certificate ${nodeCert.subject || '(empty subject)'} is not a CA (basicConstraints CA:false)`);
     }
-    let keyObject;
+    let keyObject: KeyObject;
     try {
       keyObject = createPrivateKey(o.keyPem);
     } catch (cause) {
@@ -187,20 +205,12 @@ export class LocalCa {
     if (!nodeCert.checkPrivateKey(keyObject)) {
       throw new PkiError('ERR_PKI_INVALID_KEY', `CA keyPem does not match the public key of certificate ${nodeCert.subject}`);
     }
-    const der = keyObject.export({ type: 'pkcs8', format: 'der' });
-    let signingKey: SigningKey;
-    let signingAlgorithm: CaParts['signingAlgorithm'];
-    if (keyObject.asymmetricKeyType === 'ec' && keyObject.asymmetricKeyDetails?.namedCurve === 'prime256v1') {
-      signingKey = (await subtle.importKey('pkcs8', der, EC_P256, false, ['sign'])) as unknown as SigningKey;
-      signingAlgorithm = ECDSA_SHA256;
-    } else if (keyObject.asymmetricKeyType === 'rsa') {
-      signingKey = (await subtle.importKey('pkcs8', der, RSA_SHA256, false, ['sign'])) as unknown as SigningKey;
-      signingAlgorithm = RSA_SHA256;
-    } else {
+    const p256 = keyObject.asymmetricKeyType === 'ec' && keyObject.asymmetricKeyDetails?.namedCurve === 'prime256v1';
+    if (!p256 && keyObject.asymmetricKeyType !== 'rsa') {
       const detail = keyObject.asymmetricKeyDetails?.namedCurve ?? '';
       throw new PkiError('ERR_PKI_INVALID_KEY', `CA key type ${keyObject.asymmetricKeyType ?? '?'} ${detail} is not supported (EC P-256 or RSA)`);
     }
-    const trustDomain = o.trustDomain ?? trustDomainOf(cert);
+    const trustDomain = o.trustDomain ?? trustDomainOf(nodeCert, parts.subjectDer);
     if (trustDomain === undefined) {
       throw new PkiError(
         'ERR_PKI_TRUST_DOMAIN',
@@ -208,15 +218,14 @@ export class LocalCa {
       );
     }
     assertTrustDomain(trustDomain);
-    const rootPem = o.rootPem !== undefined ? normalizePem(o.rootPem) : (issuers.at(-1) ?? toPem(cert));
+    const rootPem = o.rootPem !== undefined ? normalizePem(o.rootPem) : (issuers.at(-1) ?? certificatePem(parts.certDer));
     // Keep the root out of the chain we send: peers have it already.
     const rootNormalized = normalizePem(rootPem);
     return new LocalCa({
       trustDomain,
-      cert,
-      signingKey,
-      signingAlgorithm,
-      keyPem: pkcs8Pem(der),
+      ...parts,
+      signingKey: keyObject,
+      keyPem: pkcs8Pem(keyObject),
       issuers: issuers.map(normalizePem).filter((p) => p !== rootNormalized),
       rootPem,
     });
@@ -237,40 +246,37 @@ export class LocalCa {
     const notBefore = o.notBefore ?? new Date(start - CLOCK_SKEW_MS);
     const notAfter = o.notAfter ?? new Date(start + ttlSeconds * 1000);
     this.#assertWithinCa(notBefore, notAfter);
-    const keys = await subtle.generateKey(EC_P256, true, ['sign', 'verify']);
-    const serialNumber = newSerial();
-    const cert = await X509CertificateGenerator.create(
-      {
-        serialNumber,
-        // Empty subject as Istio's workload certificates; RFC 5280 then wants the SAN critical.
-        subject: '',
-        issuer: this.#parts.cert.subjectName,
-        notBefore,
-        notAfter,
-        signingAlgorithm: this.#parts.signingAlgorithm,
-        signingKey: this.#parts.signingKey,
-        publicKey: keys.publicKey as never,
-        extensions: [
-          new BasicConstraintsExtension(false, undefined, true),
-          new KeyUsagesExtension(KeyUsageFlags.digitalSignature | KeyUsageFlags.keyEncipherment, true),
-          new ExtendedKeyUsageExtension([ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth], false),
-          new SubjectAlternativeNameExtension([{ type: 'url', value: o.identity }], true),
-          await SubjectKeyIdentifierExtension.create(keys.publicKey as never, false, crypto),
-          await AuthorityKeyIdentifierExtension.create(this.#parts.cert.publicKey, false, crypto),
-        ],
-      },
-      crypto,
-    );
-    const certPem = toPem(cert);
+    const keys = await newKeyPair();
+    const serialHex = newSerial();
+    const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
+    const certDer = signCertificate({
+      serialHex,
+      // Empty subject as Istio's workload certificates; RFC 5280 then wants the SAN critical.
+      subject: der.sequence(),
+      issuer: this.#parts.subjectDer,
+      notBefore,
+      notAfter,
+      spki,
+      extensions: [
+        extension(OID.basicConstraints, true, der.sequence()),
+        extension(OID.keyUsage, true, der.bitString(Buffer.from([KU_LEAF.byte]), KU_LEAF.unused)),
+        extension(OID.extKeyUsage, false, der.sequence(der.oid(OID.serverAuth), der.oid(OID.clientAuth))),
+        extension(OID.subjectAltName, true, uriSan(o.identity)),
+        extension(OID.subjectKeyIdentifier, false, der.octetString(keyIdentifier(spki))),
+        extension(OID.authorityKeyIdentifier, false, der.sequence(der.implicitPrimitive(0, this.#parts.keyId))),
+      ],
+      signingKey: this.#parts.signingKey,
+    });
+    const certPem = certificatePem(certDer);
     return {
       certPem,
-      keyPem: pkcs8Pem(Buffer.from(await subtle.exportKey('pkcs8', keys.privateKey))),
+      keyPem: pkcs8Pem(keys.privateKey),
       chainPem: [certPem, ...this.#chainAboveLeaf()].join(''),
       rootPem: this.rootPem,
       identity: o.identity,
-      serial: cert.serialNumber.toLowerCase(),
-      notBefore: cert.notBefore,
-      notAfter: cert.notAfter,
+      serial: serialHex,
+      notBefore: wholeSeconds(notBefore),
+      notAfter: wholeSeconds(notAfter),
     };
   }
 
@@ -281,33 +287,29 @@ export class LocalCa {
     const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
     const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
     this.#assertWithinCa(notBefore, notAfter);
-    const keys = await subtle.generateKey(EC_P256, true, ['sign', 'verify']);
-    const cert = await X509CertificateGenerator.create(
-      {
-        serialNumber: newSerial(),
-        subject: caName(this.trustDomain, o.commonName ?? 'Intermediate CA'),
-        issuer: this.#parts.cert.subjectName,
-        notBefore,
-        notAfter,
-        signingAlgorithm: this.#parts.signingAlgorithm,
-        signingKey: this.#parts.signingKey,
-        publicKey: keys.publicKey as never,
-        extensions: [
-          new BasicConstraintsExtension(true, 0, true),
-          new KeyUsagesExtension(KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign | KeyUsageFlags.digitalSignature, true),
-          new SubjectAlternativeNameExtension([{ type: 'url', value: `spiffe://${this.trustDomain}` }], false),
-          await SubjectKeyIdentifierExtension.create(keys.publicKey as never, false, crypto),
-          await AuthorityKeyIdentifierExtension.create(this.#parts.cert.publicKey, false, crypto),
-        ],
-      },
-      crypto,
-    );
+    const keys = await newKeyPair();
+    const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
+    const certDer = signCertificate({
+      serialHex: newSerial(),
+      subject: caName(this.trustDomain, o.commonName ?? 'Intermediate CA'),
+      issuer: this.#parts.subjectDer,
+      notBefore,
+      notAfter,
+      spki,
+      extensions: [
+        extension(OID.basicConstraints, true, der.sequence(der.boolean(true), der.smallInteger(0))),
+        extension(OID.keyUsage, true, der.bitString(Buffer.from([KU_CA.byte]), KU_CA.unused)),
+        extension(OID.subjectAltName, false, uriSan(`spiffe://${this.trustDomain}`)),
+        extension(OID.subjectKeyIdentifier, false, der.octetString(keyIdentifier(spki))),
+        extension(OID.authorityKeyIdentifier, false, der.sequence(der.implicitPrimitive(0, this.#parts.keyId))),
+      ],
+      signingKey: this.#parts.signingKey,
+    });
     return new LocalCa({
       trustDomain: this.trustDomain,
-      cert,
-      signingKey: keys.privateKey as unknown as SigningKey,
-      signingAlgorithm: ECDSA_SHA256,
-      keyPem: pkcs8Pem(Buffer.from(await subtle.exportKey('pkcs8', keys.privateKey))),
+      ...certificateParts(certDer),
+      signingKey: keys.privateKey,
+      keyPem: pkcs8Pem(keys.privateKey),
       issuers: this.#chainAboveLeaf(),
       rootPem: this.rootPem,
     });
@@ -331,26 +333,85 @@ export class LocalCa {
   }
 }
 
-function caName(trustDomain: string, commonName: string | undefined): string {
+function newKeyPair(): Promise<{ publicKey: KeyObject; privateKey: KeyObject }> {
+  return generateKeyPairAsync('ec', { namedCurve: 'prime256v1' });
+}
+
+/** TBSCertificate (v3) signed with SHA-256 by `signingKey` (ECDSA or RSA PKCS#1 v1.5). */
+function signCertificate(c: NewCertificate): Buffer {
+  const algorithm =
+    c.signingKey.asymmetricKeyType === 'rsa' ? der.sequence(der.oid(OID.sha256WithRsa), der.nullValue()) : der.sequence(der.oid(OID.ecdsaWithSha256));
+  const tbs = der.sequence(
+    der.explicit(0, der.smallInteger(2)),
+    der.unsignedInteger(Buffer.from(c.serialHex, 'hex')),
+    algorithm,
+    c.issuer,
+    der.sequence(der.time(c.notBefore), der.time(c.notAfter)),
+    c.subject,
+    c.spki,
+    der.explicit(3, der.sequence(...c.extensions)),
+  );
+  // ECDSA signatures come out DER-encoded (Ecdsa-Sig-Value), as X.509 wants.
+  return der.sequence(tbs, algorithm, der.bitString(sign('sha256', tbs, c.signingKey)));
+}
+
+function extension(id: string, critical: boolean, value: Buffer): Buffer {
+  return der.sequence(der.oid(id), ...(critical ? [der.boolean(true)] : []), der.octetString(value));
+}
+
+/** GeneralNames with one uniformResourceIdentifier ([6] IA5String). */
+function uriSan(uri: string): Buffer {
+  return der.sequence(der.implicitPrimitive(6, Buffer.from(uri, 'latin1')));
+}
+
+/** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING's bits. */
+function keyIdentifier(spki: Buffer): Buffer {
+  const [, key] = der.children(der.readElement(spki).content);
+  if (!key) throw new PkiError('ERR_PKI_INVALID_KEY', 'SubjectPublicKeyInfo without a subjectPublicKey');
+  return createHash('sha1').update(key.content.subarray(1)).digest();
+}
+
+/** What issuing needs from a CA certificate: its subject Name as encoded, validity and key identifier. */
+function certificateParts(certDer: Buffer): Pick<CaParts, 'certDer' | 'subjectDer' | 'keyId' | 'notBefore' | 'notAfter'> {
+  const [tbs] = der.children(der.readElement(certDer).content);
+  if (!tbs) throw new Error('no TBSCertificate');
+  const fields = der.children(tbs.content);
+  // version is [0] EXPLICIT and may be absent (v1): serial, signature, issuer, validity, subject, spki follow.
+  const rest = fields[0]?.tag === 0xa0 ? fields.slice(1) : fields;
+  const [, , , validity, subject, spki] = rest;
+  if (!validity || !subject || !spki) throw new Error('TBSCertificate is missing validity, subject or subjectPublicKeyInfo');
+  const [notBefore, notAfter] = der.children(validity.content);
+  if (!notBefore || !notAfter) throw new Error('validity without notBefore/notAfter');
+  return {
+    certDer: Buffer.from(certDer),
+    subjectDer: Buffer.from(subject.raw),
+    keyId: keyIdentifier(spki.raw),
+    notBefore: der.readTime(notBefore),
+    notAfter: der.readTime(notAfter),
+  };
+}
+
+function caName(trustDomain: string, commonName: string | undefined): Buffer {
   // Istio's self-signed root is O=<trust domain>; keep that, CN optional.
-  const o = `O=${escapeRdn(trustDomain)}`;
-  return commonName === undefined ? o : `${o}, CN=${escapeRdn(commonName)}`;
+  const rdn = (type: string, value: string): Buffer => der.set(der.sequence(der.oid(type), der.directoryString(value)));
+  return der.sequence(rdn(OID.organizationName, trustDomain), ...(commonName === undefined ? [] : [rdn(OID.commonName, commonName)]));
 }
 
-function escapeRdn(v: string): string {
-  return v.replace(/([,+"\\<>;=])/g, '\\$1');
-}
-
-function trustDomainOf(cert: X509Certificate): string | undefined {
-  const san = cert.getExtension(SubjectAlternativeNameExtension);
-  for (const name of san?.names.items ?? []) {
-    if (name.type === 'url' && name.value.startsWith('spiffe://')) {
-      const td = name.value.slice('spiffe://'.length).split('/')[0];
+function trustDomainOf(cert: X509Certificate, subjectDer: Buffer): string | undefined {
+  for (const name of (cert.subjectAltName ?? '').split(', ')) {
+    if (name.startsWith('URI:spiffe://')) {
+      const td = name.slice('URI:spiffe://'.length).split('/')[0];
       if (td) return td;
     }
   }
-  const o = cert.subjectName.getField('O')[0];
-  return o === undefined ? undefined : o.toLowerCase();
+  const organization = der.oid(OID.organizationName);
+  for (const rdn of der.children(der.readElement(subjectDer).content)) {
+    for (const atv of der.children(rdn.content)) {
+      const [type, value] = der.children(atv.content);
+      if (type && value && type.raw.equals(organization)) return value.content.toString('utf8').toLowerCase();
+    }
+  }
+  return undefined;
 }
 
 function assertTrustDomain(td: string): void {
@@ -372,13 +433,22 @@ function newSerial(): string {
   return b.toString('hex');
 }
 
-function toPem(cert: X509Certificate): string {
-  return normalizePem(cert.toString('pem'));
+/** The certificate's validity as encoded: whole seconds. */
+function wholeSeconds(d: Date): Date {
+  return new Date(Math.floor(d.getTime() / 1000) * 1000);
 }
 
-function pkcs8Pem(der: Buffer): string {
-  const b64 = der.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '');
-  return `-----BEGIN PRIVATE KEY-----\n${b64}\n-----END PRIVATE KEY-----\n`;
+function certificatePem(certDer: Buffer): string {
+  return pemBlock('CERTIFICATE', certDer);
+}
+
+function pkcs8Pem(key: KeyObject): string {
+  return pemBlock('PRIVATE KEY', key.export({ type: 'pkcs8', format: 'der' }));
+}
+
+function pemBlock(label: string, body: Buffer): string {
+  const b64 = body.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '');
+  return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }
 
 function normalizePem(pem: string): string {
