@@ -130,11 +130,8 @@ export class RuleApplier {
     }
   }
 
-  async #save(backend: 'legacy' | 'nft', family: Family): Promise<FamilyState> {
-    const cmd = iptablesCommand(backend, family, 'save');
-    const r = await this.#executor.run(cmd, []);
-    if (r.code !== 0) throw commandError(r.code === 127 ? 'ERR_IPTABLES_BACKEND_UNAVAILABLE' : 'ERR_IPTABLES_COMMAND_FAILED', cmd, [], r);
-    return { family, saved: parseIptablesSave(r.stdout, family) };
+  #save(backend: 'legacy' | 'nft', family: Family): Promise<FamilyState> {
+    return saveFamily(this.#executor, backend, family);
   }
 
   /**
@@ -143,25 +140,12 @@ export class RuleApplier {
    */
   async #restore(backend: 'legacy' | 'nft', before: FamilyState, text: string): Promise<void> {
     const cmd = iptablesCommand(backend, before.family, 'restore');
-    const args = backend === 'legacy' ? ['--noflush', '-w', '5'] : ['--noflush'];
+    const args = restoreArgs(backend);
     const r = await this.#executor.run(cmd, args, { input: text });
     if (r.code === 0) return;
     const error = commandError('ERR_IPTABLES_RESTORE_FAILED', cmd, args, r, text);
     this.#logger.error({ family: before.family, backend, stderr: r.stderr.trim() }, 'rule restore failed, rolling back');
-    try {
-      const now = await this.#save(backend, before.family);
-      const undo = reconcileRestore(before.family, desiredFromSaved(before.saved, this.#prefix), now.saved, this.#prefix);
-      if (undo) {
-        const u = await this.#executor.run(cmd, args, { input: undo });
-        if (u.code !== 0) throw commandError('ERR_IPTABLES_RESTORE_FAILED', cmd, args, u, undo);
-      }
-    } catch (rollback) {
-      throw new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', cmd, args, r.code, r.stderr, {
-        input: text,
-        cause: new AggregateError([rollback], `rollback after the failed restore also failed: ${String(rollback)}`),
-      });
-    }
-    throw error;
+    await rollbackFamily(this.#executor, backend, before.family, before.saved, this.#prefix, error);
   }
 
   async #nftTables(): Promise<string[]> {
@@ -244,7 +228,50 @@ function diffNftTable(family: Family, plan: NftTablePlan, listed: readonly Liste
   return changes;
 }
 
-function refs(changes: readonly RuleChange[]): RuleRef[] {
+async function saveFamily(executor: CommandExecutor, backend: 'legacy' | 'nft', family: Family): Promise<FamilyState> {
+  const cmd = iptablesCommand(backend, family, 'save');
+  const r = await executor.run(cmd, []);
+  if (r.code !== 0) throw commandError(r.code === 127 ? 'ERR_IPTABLES_BACKEND_UNAVAILABLE' : 'ERR_IPTABLES_COMMAND_FAILED', cmd, [], r);
+  return { family, saved: parseIptablesSave(r.stdout, family) };
+}
+
+/** `iptables-restore` argv for a backend (legacy waits for the xtables lock). */
+export function restoreArgs(backend: 'legacy' | 'nft'): string[] {
+  return backend === 'legacy' ? ['--noflush', '-w', '5'] : ['--noflush'];
+}
+
+/**
+ * After a failed restore of `family`: put Weir's chains back to what `before` showed (iptables
+ * commits table by table, so earlier tables of the failed restore may be in), then throw `error`,
+ * or an error carrying both when the rollback fails too.
+ */
+export async function rollbackFamily(
+  executor: CommandExecutor,
+  backend: 'legacy' | 'nft',
+  family: Family,
+  before: readonly SavedTable[],
+  prefix: string,
+  error: CommandFailedError,
+): Promise<never> {
+  const cmd = iptablesCommand(backend, family, 'restore');
+  const args = restoreArgs(backend);
+  try {
+    const now = await saveFamily(executor, backend, family);
+    const undo = reconcileRestore(family, desiredFromSaved(before, prefix), now.saved, prefix);
+    if (undo) {
+      const u = await executor.run(cmd, args, { input: undo });
+      if (u.code !== 0) throw commandError('ERR_IPTABLES_RESTORE_FAILED', cmd, args, u, undo);
+    }
+  } catch (rollback) {
+    throw new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', error.command, error.args, error.exitCode, error.stderr, {
+      ...(error.input !== undefined ? { input: error.input } : {}),
+      cause: new AggregateError([rollback], `rollback after the failed restore also failed: ${String(rollback)}`),
+    });
+  }
+  throw error;
+}
+
+export function refs(changes: readonly RuleChange[]): RuleRef[] {
   return changes.flatMap((c) =>
     'rule' in c ? [{ family: c.family, table: c.table as TableName, chain: c.chain, rule: c.rule }] : [],
   );

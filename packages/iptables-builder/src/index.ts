@@ -56,6 +56,8 @@ export {
 } from './presets.js';
 export {
   RoutingApplier,
+  countRule,
+  hasRoute,
   inpodRouting,
   ipRouteArgs,
   ipRuleArgs,
@@ -67,4 +69,12 @@ export {
 export { localExecutor, netnsExecutor, type CommandExecutor, type CommandResult } from './executor.js';
 export { detectBackend, iptablesCommand, type IptablesBackend } from './backend.js';
 export { RuleApplier, type ApplyResult, type RuleApplierOptions } from './applier.js';
+export {
+  NetnsApplier,
+  type NetnsApplierOptions,
+  type NetnsApplyResult,
+  type NetnsFacts,
+  type NetnsSpec,
+} from './netns-applier.js';
+export { runShellBatch, sysctlPath, type BatchOutput, type BatchStep } from './shell-batch.js';
 export type { Logger } from './logger.js';

@@ -108,9 +108,7 @@ export class RoutingApplier {
   }
 
   async #hasRule(rule: FwmarkRule): Promise<boolean> {
-    const out = await this.#ip([fam(rule.family), 'rule', 'show']);
-    const want = `fwmark ${hex(rule.fwmark)}/${hex(rule.mask)} lookup ${rule.table}`;
-    return out.split('\n').some((l) => l.startsWith(`${rule.priority}:`) && l.includes(want));
+    return countRule(rule, await this.#ip([fam(rule.family), 'rule', 'show'])) > 0;
   }
 
   async #hasRoute(route: LocalRoute): Promise<boolean> {
@@ -119,9 +117,7 @@ export class RoutingApplier {
     // A table with no routes yet "does not exist" to the kernel.
     if (r.code !== 0 && /FIB table does not exist/.test(r.stderr)) return false;
     if (r.code !== 0) throw new CommandFailedError('ERR_IPTABLES_ROUTING_FAILED', 'ip', args, r.code, r.stderr);
-    const out = r.stdout;
-    const dest = route.destination === '0.0.0.0/0' || route.destination === '::/0' ? 'default' : route.destination;
-    return out.split('\n').some((l) => l.startsWith(`local ${dest} dev ${route.device} `) || l === `local ${dest} dev ${route.device}`);
+    return hasRoute(route, r.stdout);
   }
 
   async #ip(args: string[]): Promise<string> {
@@ -129,4 +125,16 @@ export class RoutingApplier {
     if (r.code !== 0) throw new CommandFailedError('ERR_IPTABLES_ROUTING_FAILED', 'ip', args, r.code, r.stderr);
     return r.stdout;
   }
+}
+
+/** How many copies of `rule` an `ip rule show` listing holds. */
+export function countRule(rule: FwmarkRule, listing: string): number {
+  const want = `fwmark ${hex(rule.fwmark)}/${hex(rule.mask)} lookup ${rule.table}`;
+  return listing.split('\n').filter((l) => l.startsWith(`${rule.priority}:`) && l.includes(want)).length;
+}
+
+/** Whether an `ip route show table <t>` listing holds `route` (other lines, e.g. rules, are ignored). */
+export function hasRoute(route: LocalRoute, listing: string): boolean {
+  const dest = route.destination === '0.0.0.0/0' || route.destination === '::/0' ? 'default' : route.destination;
+  return listing.split('\n').some((l) => l.startsWith(`local ${dest} dev ${route.device} `) || l === `local ${dest} dev ${route.device}`);
 }

@@ -1,0 +1,154 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { RuleApplier } from '../src/applier.js';
+import { iptablesCommand } from '../src/backend.js';
+import { IptablesError } from '../src/errors.js';
+import { netnsExecutor, type CommandExecutor } from '../src/executor.js';
+import { NetnsApplier, type NetnsSpec } from '../src/netns-applier.js';
+import { inpodRules } from '../src/presets.js';
+import { inpodRouting } from '../src/routing.js';
+import { addNetns, delNetns, recording, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
+
+requireRootTools(['ip', 'nsenter', 'iptables-legacy-restore', 'iptables-nft-restore', 'ip6tables-nft-restore']);
+
+const names: string[] = [];
+afterAll(() => names.forEach(delNetns));
+
+const MIGRATE = 'net.ipv4.tcp_migrate_req';
+/** What the node agent asks for: IPv4 always, IPv6 capture when the netns has IPv6 on. */
+const podSpec = (facts: { ipv6: boolean }): NetnsSpec => ({
+  ruleSet: inpodRules({ ipv6: facts.ipv6 }),
+  routing: inpodRouting({ ipv6: facts.ipv6 }),
+  sysctls: { [MIGRATE]: '1' },
+});
+
+for (const backend of ['legacy', 'nft'] as const) {
+  describe(`NetnsApplier on iptables-${backend}`, () => {
+    const ns = { name: '', path: '' };
+    const exec = (...args: string[]): string => sh('ip', ['netns', 'exec', ns.name, ...args]);
+    const save = (family: 'ipv4' | 'ipv6'): string =>
+      exec(iptablesCommand(backend, family, 'save'))
+        .split('\n')
+        .filter((l) => !l.startsWith('#'))
+        .join('\n');
+    const migrate = (): string => exec('cat', '/proc/sys/net/ipv4/tcp_migrate_req').trim();
+
+    beforeAll(() => {
+      ns.name = uniqueName(backend === 'legacy' ? 'A' : 'B');
+      names.push(ns.name);
+      ns.path = addNetns(ns.name);
+    });
+
+    it('installs rules of both families, routing and the sysctl in two round trips, the same rules RuleApplier writes', async () => {
+      const calls = recording(netnsExecutor(ns.path));
+      const result = await new NetnsApplier({ executor: calls, backend }).apply(podSpec);
+      expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], sysctls: [MIGRATE], roundTrips: 2 });
+      expect(result.routing).toEqual([
+        'ip -4 rule add fwmark 0x111/0xfff pref 32764 lookup 133',
+        'ip -4 route replace local 0.0.0.0/0 dev lo table 133',
+        'ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133',
+        'ip -6 route replace local ::/0 dev lo table 133',
+      ]);
+      // One shell (one nsenter) per round trip.
+      expect(calls.calls.map((c) => `${c.cmd} ${c.args[0]}`)).toEqual(['sh -c', 'sh -c']);
+      expect(exec('ip', '-4', 'rule', 'show')).toMatch(/^32764:\s+from all fwmark 0x111\/0xfff lookup 133/m);
+      expect(exec('ip', '-6', 'route', 'show', 'table', '133')).toMatch(/^local default dev lo/m);
+      expect(migrate()).toBe('1');
+
+      // RuleApplier in a second netns: the same rules, line for line.
+      const other = uniqueName('C');
+      names.push(other);
+      const otherPath = addNetns(other);
+      await new RuleApplier({ executor: netnsExecutor(otherPath), backend }).apply(inpodRules({ ipv6: true }));
+      for (const family of ['ipv4', 'ipv6'] as const) {
+        const theirs = sh('ip', ['netns', 'exec', other, iptablesCommand(backend, family, 'save')]);
+        for (const table of ['mangle', 'nat', 'raw']) expect(ruleLines(save(family), table)).toEqual(ruleLines(theirs, table));
+      }
+    });
+
+    it('applying again runs one read and nothing else', async () => {
+      const before = [save('ipv4'), save('ipv6')];
+      const calls = recording(netnsExecutor(ns.path));
+      const result = await new NetnsApplier({ executor: calls, backend }).apply(podSpec);
+      expect(result).toMatchObject({ changed: false, ipv6: true, hadRules: true, repaired: [], routing: [], sysctls: [], roundTrips: 1 });
+      expect(calls.calls).toHaveLength(1);
+      expect([save('ipv4'), save('ipv6')]).toEqual(before);
+    });
+
+    it('names drifted rules, routing and sysctl and puts them back', async () => {
+      exec(`iptables-${backend}`, '-w', '-t', 'nat', '-D', 'ISTIO_OUTPUT', '-d', '169.254.7.127/32', '-p', 'tcp', '-m', 'tcp', '-j', 'ACCEPT');
+      exec('ip', '-6', 'rule', 'del', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133');
+      exec('sh', '-c', 'echo 0 > /proc/sys/net/ipv4/tcp_migrate_req');
+      const result = await new NetnsApplier({ executor: netnsExecutor(ns.path), backend }).apply(podSpec);
+      expect(result).toMatchObject({ changed: true, hadRules: true, sysctls: [MIGRATE], roundTrips: 2 });
+      expect(result.repaired).toEqual([{ family: 'ipv4', table: 'nat', chain: 'ISTIO_OUTPUT', rule: '-d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT' }]);
+      expect(result.routing).toEqual(['ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133']);
+      expect(ruleLines(save('ipv4'), 'nat')).toContain('-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT');
+      expect(exec('ip', '-6', 'rule', 'show')).toMatch(/fwmark 0x111\/0xfff lookup 133/);
+      expect(migrate()).toBe('1');
+      expect((await new NetnsApplier({ executor: netnsExecutor(ns.path), backend }).apply(podSpec)).changed).toBe(false);
+    });
+
+    it('a failing restore rolls its family back and reports iptables stderr', async () => {
+      const redirect = (): NetnsSpec => ({ ruleSet: inpodRules({ mode: 'redirect', dnsCapture: false }), routing: inpodRouting() });
+      await new NetnsApplier({ executor: netnsExecutor(ns.path), backend }).apply(redirect);
+      const before = save('ipv4');
+      // A target the kernel cannot load, in the nat table (after mangle is committed).
+      const broken: CommandExecutor = {
+        run: (cmd, args, opts) =>
+          netnsExecutor(ns.path).run(cmd, args.map((a) => a.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
+      };
+      const error = await new NetnsApplier({ executor: broken, backend })
+        .apply(() => ({ ruleSet: inpodRules({ mode: 'tproxy' }), routing: inpodRouting() }))
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(error).toBeInstanceOf(IptablesError);
+      expect(error).toMatchObject({ code: 'ERR_IPTABLES_RESTORE_FAILED' });
+      expect((error as { stderr: string }).stderr).toMatch(/WEIRMISSING/);
+      expect(save('ipv4')).toBe(before);
+    });
+
+    it('follows the netns: with IPv6 off it reads and writes IPv4 only', async () => {
+      const name = uniqueName('D');
+      names.push(name);
+      const path = addNetns(name);
+      sh('ip', ['netns', 'exec', name, 'sh', '-c', 'for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 > $f; done']);
+      const seen: boolean[] = [];
+      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend }).apply((facts) => {
+        seen.push(facts.ipv6);
+        return podSpec(facts);
+      });
+      expect(result).toMatchObject({ changed: true, ipv6: false });
+      expect(result.routing.every((c) => c.startsWith('ip -4 '))).toBe(true);
+      expect(sh('ip', ['netns', 'exec', name, iptablesCommand(backend, 'ipv6', 'save')])).not.toMatch(/ISTIO_/);
+      expect(sh('ip', ['netns', 'exec', name, iptablesCommand(backend, 'ipv4', 'save')])).toMatch(/ISTIO_/);
+    });
+
+    it('remove takes out every Weir chain, jump, rule and route, and nothing else', async () => {
+      exec(`iptables-${backend}`, '-w', '-t', 'filter', '-A', 'INPUT', '-p', 'tcp', '--dport', '9', '-j', 'ACCEPT');
+      const applier = new NetnsApplier({ executor: netnsExecutor(ns.path), backend });
+      const r = await applier.remove((facts) => ({ families: facts.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4'], routing: inpodRouting({ ipv6: facts.ipv6 }) }));
+      expect(r).toEqual({ changed: true, ipv6: true });
+      for (const family of ['ipv4', 'ipv6'] as const) expect(save(family)).not.toMatch(/ISTIO_/);
+      expect(save('ipv4')).toMatch(/-A INPUT -p tcp -m tcp --dport 9 -j ACCEPT/);
+      for (const f of ['-4', '-6']) {
+        expect(exec('ip', f, 'rule', 'show')).not.toMatch(/fwmark 0x111/);
+        expect(exec('ip', f, 'route', 'show', 'table', 'all')).not.toMatch(/table 133/);
+      }
+      expect(await applier.remove(() => ({ families: ['ipv4', 'ipv6'], routing: inpodRouting({ ipv6: true }) }))).toEqual({ changed: false, ipv6: true });
+    });
+  });
+}
+
+describe('NetnsApplier errors', () => {
+  it('a netns that cannot be entered is a clear error, not an empty read', async () => {
+    const applier = new NetnsApplier({ executor: netnsExecutor('/var/run/netns/weir-no-such-netns'), backend: 'nft' });
+    await expect(applier.apply(podSpec)).rejects.toMatchObject({ code: 'ERR_IPTABLES_COMMAND_FAILED', message: expect.stringMatching(/weir-no-such-netns/) });
+  });
+
+  it('refuses the native nftables backend', () => {
+    expect(() => new NetnsApplier({ executor: netnsExecutor('/x'), backend: 'nftables' as never })).toThrow(/RuleApplier/);
+  });
+});
