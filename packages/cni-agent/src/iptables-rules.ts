@@ -1,4 +1,5 @@
 import {
+  NetnsApplier,
   RuleApplier,
   defineRuleSet,
   RoutingApplier,
@@ -10,6 +11,7 @@ import {
   type CommandExecutor,
   type FamilyRules,
   type IptablesBackend,
+  type NetnsSpec,
   type PolicyRouting,
   type RuleSet,
 } from '@weir/iptables-builder';
@@ -106,6 +108,14 @@ async function enableListenerMigration(exec: CommandExecutor): Promise<void> {
   if (r.code !== 0) throw new CniAgentError('ERR_AGENT_RULES', `setting net.ipv4.tcp_migrate_req in the pod netns failed (exit ${r.code}): ${r.stderr.trim()}`);
 }
 const SET_V6 = 'istio-inpod-probes-v6';
+/** See enableListenerMigration; NetnsApplier skips a key the kernel lacks, as that does. */
+const LISTENER_MIGRATION = { 'net.ipv4.tcp_migrate_req': '1' } as const;
+
+/** The commands a batch script runs, by name (`iptables-nft-save, ip -4 …`), for the timings line. */
+function batchCommands(script: string): string {
+  const names = [...script.matchAll(/^((?:ip6?tables-\S+|ip -[46])) /gm)].map((m) => m[1]);
+  return names.length ? names.join(', ') : 'reads';
+}
 
 function run(exec: CommandExecutor, what: string) {
   return async (cmd: string, args: string[], input?: string): Promise<string> => {
@@ -223,7 +233,7 @@ export class IptablesPodRules implements PodRules {
   }
 
   private async applyWith(pod: PodInfo, inner: CommandExecutor): Promise<RepairReport> {
-    // Per-command timings of this capture, for the debug line below (where enrollment time goes).
+    // Per-round-trip timings of this capture, for the debug line below (where enrollment time goes).
     const steps: string[] = [];
     const started = performance.now();
     const exec: CommandExecutor = {
@@ -232,7 +242,8 @@ export class IptablesPodRules implements PodRules {
         try {
           return await inner.run(cmd, args, o);
         } finally {
-          const what = `${cmd} ${args.slice(0, 3).join(' ')}`.trim();
+          // A batch is one `sh -c <script>`: name it by the commands it ran, not by the script.
+          const what = cmd === 'sh' && args[0] === '-c' ? `batch (${batchCommands(args[1] ?? '')})` : `${cmd} ${args.slice(0, 3).join(' ')}`.trim();
           steps.push(`${what}: ${(performance.now() - t).toFixed(1)} ms`);
         }
       },
@@ -240,11 +251,36 @@ export class IptablesPodRules implements PodRules {
     try {
       return await this.applyTimed(pod, exec);
     } finally {
-      this.log.debug({ uid: pod.uid, pod: `${pod.namespace}/${pod.name}`, totalMs: Number((performance.now() - started).toFixed(1)), commands: steps.length, steps }, 'in-pod apply timings');
+      this.log.debug({ uid: pod.uid, pod: `${pod.namespace}/${pod.name}`, totalMs: Number((performance.now() - started).toFixed(1)), roundTrips: steps.length, steps }, 'in-pod apply timings');
     }
   }
 
+  private get iptablesBackend(): IptablesBackend | 'auto' {
+    return this.backend ?? this.opts.backend ?? 'auto';
+  }
+
+  /** The capture's wanted state for what the pod's netns is (IPv6 on or off). */
+  private specFor(pod: PodInfo): (facts: { ipv6: boolean }) => NetnsSpec {
+    const dnsCapture = this.dnsCaptureFor(pod);
+    return (facts) => {
+      const set = this.ruleSetFor({ dnsCapture, podHasIpv6: facts.ipv6 });
+      return { ruleSet: set.rules, routing: set.routing, sysctls: LISTENER_MIGRATION };
+    };
+  }
+
   private async applyTimed(pod: PodInfo, exec: CommandExecutor): Promise<RepairReport> {
+    const backend = this.iptablesBackend;
+    if (backend !== 'nftables') {
+      // Two round trips for a new pod (read everything, apply the diff), one for a pod in sync.
+      const r = await new NetnsApplier({ executor: exec, backend, logger: this.log }).apply(this.specFor(pod));
+      const repaired = r.repaired.map((x) => `${x.family} ${x.table} ${x.chain}: ${x.rule}`);
+      if (r.hadRules) {
+        if (!r.diff.inSync && r.repaired.length === 0) repaired.push('rule order or chains');
+        if (r.routing.length) repaired.push(`policy routing (${r.routing.join('; ')})`);
+        for (const key of r.sysctls) repaired.push(`sysctl ${key}`);
+      }
+      return { changed: r.changed, repaired };
+    }
     const want = await this.forPod(pod, exec);
     await enableListenerMigration(exec);
     const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
@@ -259,6 +295,15 @@ export class IptablesPodRules implements PodRules {
 
   remove(_pod: PodInfo, netns: NetnsHandle): Promise<void> {
     return this.inPod(netns, async (exec) => {
+      const backend = this.iptablesBackend;
+      if (backend !== 'nftables') {
+        // A pod with IPv6 on may hold IPv6 capture or guard rules (whatever the mode was then): remove both families.
+        await new NetnsApplier({ executor: exec, backend, logger: this.log }).remove((facts) => {
+          const v6 = this.ipv6Mode === true || facts.ipv6;
+          return { families: v6 ? ['ipv4', 'ipv6'] : ['ipv4'], routing: inpodRouting({ ipv6: v6 }) };
+        });
+        return;
+      }
       // A pod with IPv6 on may hold IPv6 capture or guard rules (whatever the mode was then): remove both families.
       const v6 = this.ipv6Mode === true || (await podHasIpv6(exec));
       const applier = new RuleApplier({ executor: exec, backend: this.backend ?? this.opts.backend ?? 'auto', logger: this.log });
