@@ -97,8 +97,15 @@ switch (mode) {
     break;
   }
   case 'weir-open-latency': {
-    const c = new HboneClient({ tls: tlsOpts });
     const opts = { peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] };
+    // JIT warm-up (a proxy runs warm): opens on a session of their own, so the measured session
+    // starts with a fresh RST_STREAM budget (the server's nghttp2 limits resets per session).
+    if (cfg.warmup > 0) {
+      const w = new HboneClient({ tls: tlsOpts });
+      for (let i = 0; i < cfg.warmup; i++) (await w.connect(opts)).destroy();
+      await w.close({ deadlineMs: 100 });
+    }
+    const c = new HboneClient({ tls: tlsOpts });
     const warm = await c.connect(opts);
     const lat = [];
     for (let i = 0; i < cfg.count; i++) {

@@ -21,6 +21,8 @@ export interface BridgeOptions {
   maxBuffered?: number;
 }
 
+const DEFAULT_MAX_BUFFERED = 256 * 1024;
+
 function isHttp2Stream(d: Duplex): d is http2.Http2Stream {
   return 'rstCode' in d && typeof (d as Partial<http2.Http2Stream>).close === 'function';
 }
@@ -31,96 +33,184 @@ function isHttp2Stream(d: Duplex): d is http2.Http2Stream {
  * or socket error becomes RST_STREAM(CONNECT_ERROR) and an RST_STREAM becomes a TCP reset (RFC 9113 §8.5).
  */
 export function bridge(tunnel: Duplex, socket: Duplex, o: BridgeOptions = {}): Promise<BridgeResult> {
-  const maxBuffered = o.maxBuffered ?? 256 * 1024;
+  return new Promise((resolve) => startBridge(tunnel, socket, o.maxBuffered ?? DEFAULT_MAX_BUFFERED, resolve));
+}
+
+// Idle tunnels are the common case (a proxy holds thousands): the listeners below are shared
+// functions that find their bridge through one property on each side, not closures per tunnel.
+const kBridge = Symbol('hbone.bridge');
+type Side = Duplex & { [kBridge]?: Bridge };
+
+class Bridge {
+  readonly result: BridgeResult = { tunnelToSocket: 0, socketToTunnel: 0, reset: false };
+  open = 2;
+  socketCorked = false;
+  tunnelCorked = false;
+  readonly tunnelIsH2: boolean;
+  readonly socketIsH2: boolean;
+  // Pausing below the high-water mark would wait for a 'drain' that never comes.
+  readonly toSocketLimit: number;
+  readonly toTunnelLimit: number;
+
+  constructor(
+    readonly tunnel: Side,
+    readonly socket: Side,
+    maxBuffered: number,
+    readonly onDone: (r: BridgeResult) => void,
+  ) {
+    this.tunnelIsH2 = isHttp2Stream(tunnel);
+    this.socketIsH2 = isHttp2Stream(socket);
+    this.toSocketLimit = Math.max(maxBuffered, socket.writableHighWaterMark);
+    this.toTunnelLimit = Math.max(maxBuffered, tunnel.writableHighWaterMark);
+  }
+}
+
+/** `bridge` without the Promise: `onDone` runs once both sides are closed. */
+export function startBridge(tunnel: Duplex, socket: Duplex, maxBuffered: number, onDone: (r: BridgeResult) => void): void {
   // A FIN from the socket must only end the tunnel's sending side; without this a net.Socket made
   // with defaults would also end its own writable and lose what the tunnel still carries to it.
   (socket as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
-  const result: BridgeResult = { tunnelToSocket: 0, socketToTunnel: 0, reset: false };
-  return new Promise((resolve) => {
-    let open = 2;
-    const done = (): void => {
-      if (--open === 0) resolve(result);
-    };
-    const resetSocket = (): void => {
-      result.reset = true;
-      const s = socket as Duplex & { resetAndDestroy?: () => void; pending?: boolean; destroyed: boolean };
-      if (s.destroyed) return;
-      if (typeof s.resetAndDestroy === 'function' && !s.pending) s.resetAndDestroy();
-      else s.destroy();
-    };
-    const resetTunnel = (code: number): void => {
-      result.reset = true;
-      if (tunnel.destroyed) return;
-      if (isHttp2Stream(tunnel)) tunnel.close(code);
-      else tunnel.destroy();
-    };
-
-    pump(tunnel, socket, maxBuffered, (n) => (result.tunnelToSocket += n));
-    pump(socket, tunnel, maxBuffered, (n) => (result.socketToTunnel += n));
-
-    tunnel.on('error', () => {
-      // Reported through 'close' (rstCode); the listener keeps an unhandled error from throwing.
-    });
-    socket.on('error', () => resetTunnel(NGHTTP2_CONNECT_ERROR));
-
-    tunnel.once('close', () => {
-      const code = isHttp2Stream(tunnel) ? tunnel.rstCode : undefined;
-      if (code !== undefined && code !== NGHTTP2_NO_ERROR) {
-        resetSocket();
-      } else if (!socket.destroyed) {
-        // The stream is gone: finish what was already written to the socket, then let it go.
-        if (socket.writableFinished) socket.destroy();
-        else {
-          socket.once('finish', () => socket.destroy());
-          if (!socket.writableEnded) socket.end();
-        }
-      }
-      done();
-    });
-    socket.once('close', () => {
-      const errored = (socket as Duplex & { errored?: unknown }).errored;
-      if (errored) resetTunnel(NGHTTP2_CONNECT_ERROR);
-      else if (!tunnel.destroyed) {
-        if (!tunnel.readableEnded) resetTunnel(NGHTTP2_CANCEL);
-        else if (!tunnel.writableEnded) tunnel.end();
-      }
-      done();
-    });
-  });
+  const b = new Bridge(tunnel, socket, maxBuffered, onDone);
+  (tunnel as Side)[kBridge] = b;
+  (socket as Side)[kBridge] = b;
+  tunnel.on('error', ignoreError);
+  socket.on('error', onSocketError);
+  tunnel.on('close', onTunnelClose);
+  socket.on('close', onSocketClose);
+  tunnel.on('end', onTunnelEnd);
+  socket.on('end', onSocketEnd);
+  // 'drain' fires once the writer's buffer empties after any write that went over its high-water mark.
+  tunnel.on('drain', onTunnelDrain);
+  socket.on('drain', onSocketDrain);
+  tunnel.on('data', onTunnelData);
+  socket.on('data', onSocketData);
 }
 
-function pump(src: Duplex, dst: Duplex, maxBuffered: number, count: (n: number) => void): void {
-  // Pausing below the high-water mark would wait for a 'drain' that never comes.
-  const limit = Math.max(maxBuffered, dst.writableHighWaterMark);
-  let corked = false;
-  const uncork = (): void => {
-    corked = false;
-    dst.uncork();
-  };
-  src.on('data', (chunk: Buffer) => {
-    count(chunk.length);
-    if (dst.writableEnded || dst.destroyed) return;
-    // Cork until the end of this event-loop turn: chunks that arrive together leave in one writev.
-    if (!corked) {
-      corked = true;
-      dst.cork();
-      setImmediate(uncork);
+function onTunnelData(this: Side, chunk: Buffer): void {
+  const b = this[kBridge]!;
+  b.result.tunnelToSocket += chunk.length;
+  const dst = b.socket;
+  if (dst.writableEnded || dst.destroyed) return;
+  // Cork until the end of this event-loop turn: chunks that arrive together leave in one writev.
+  if (!b.socketCorked) {
+    b.socketCorked = true;
+    dst.cork();
+    setImmediate(uncorkSocket, b);
+  }
+  dst.write(chunk);
+  if (dst.writableLength >= b.toSocketLimit) this.pause();
+}
+
+function onSocketData(this: Side, chunk: Buffer): void {
+  const b = this[kBridge]!;
+  b.result.socketToTunnel += chunk.length;
+  const dst = b.tunnel;
+  if (dst.writableEnded || dst.destroyed) return;
+  if (!b.tunnelCorked) {
+    b.tunnelCorked = true;
+    dst.cork();
+    setImmediate(uncorkTunnel, b);
+  }
+  dst.write(chunk);
+  if (dst.writableLength >= b.toTunnelLimit) this.pause();
+}
+
+function uncorkSocket(b: Bridge): void {
+  b.socketCorked = false;
+  b.socket.uncork();
+}
+
+function uncorkTunnel(b: Bridge): void {
+  b.tunnelCorked = false;
+  b.tunnel.uncork();
+}
+
+function onTunnelDrain(this: Side): void {
+  const src = this[kBridge]!.socket;
+  if (src.isPaused()) src.resume();
+}
+
+function onSocketDrain(this: Side): void {
+  const src = this[kBridge]!.tunnel;
+  if (src.isPaused()) src.resume();
+}
+
+// nghttp2 ends a stream's readable before Node records an RST_STREAM's code: look again after
+// this turn so a reset becomes a TCP reset (on 'close'), not a FIN.
+function onTunnelEnd(this: Side): void {
+  const b = this[kBridge]!;
+  if (b.tunnelIsH2) setImmediate(forwardEnd, b.tunnel, b.socket);
+  else forwardEnd(b.tunnel, b.socket);
+}
+
+function onSocketEnd(this: Side): void {
+  const b = this[kBridge]!;
+  if (b.socketIsH2) setImmediate(forwardEnd, b.socket, b.tunnel);
+  else forwardEnd(b.socket, b.tunnel);
+}
+
+function forwardEnd(src: Duplex, dst: Duplex): void {
+  if (isHttp2Stream(src) && src.rstCode !== undefined && src.rstCode !== NGHTTP2_NO_ERROR) return;
+  if (!dst.writableEnded && !dst.destroyed) dst.end();
+}
+
+function ignoreError(): void {
+  // Reported through 'close' (rstCode); the listener keeps an unhandled error from throwing.
+}
+
+function onSocketError(this: Side): void {
+  resetTunnel(this[kBridge]!, NGHTTP2_CONNECT_ERROR);
+}
+
+function resetSocket(b: Bridge): void {
+  b.result.reset = true;
+  const s = b.socket as Side & { resetAndDestroy?: () => void; pending?: boolean };
+  if (s.destroyed) return;
+  if (typeof s.resetAndDestroy === 'function' && !s.pending) s.resetAndDestroy();
+  else s.destroy();
+}
+
+function resetTunnel(b: Bridge, code: number): void {
+  b.result.reset = true;
+  const t = b.tunnel;
+  if (t.destroyed) return;
+  if (b.tunnelIsH2) (t as http2.Http2Stream).close(code);
+  else t.destroy();
+}
+
+function done(b: Bridge): void {
+  if (--b.open === 0) b.onDone(b.result);
+}
+
+function destroySocket(this: Duplex): void {
+  this.destroy();
+}
+
+function onTunnelClose(this: Side): void {
+  const b = this[kBridge]!;
+  const socket = b.socket;
+  const code = b.tunnelIsH2 ? (b.tunnel as http2.Http2Stream).rstCode : undefined;
+  if (code !== undefined && code !== NGHTTP2_NO_ERROR) {
+    resetSocket(b);
+  } else if (!socket.destroyed) {
+    // The stream is gone: finish what was already written to the socket, then let it go.
+    if (socket.writableFinished) socket.destroy();
+    else {
+      socket.once('finish', destroySocket);
+      if (!socket.writableEnded) socket.end();
     }
-    dst.write(chunk);
-    if (dst.writableLength >= limit) src.pause();
-  });
-  // 'drain' fires once the writer's buffer empties after any write that went over its high-water mark.
-  dst.on('drain', () => {
-    if (src.isPaused()) src.resume();
-  });
-  const forwardEnd = (): void => {
-    if (isHttp2Stream(src) && src.rstCode !== undefined && src.rstCode !== NGHTTP2_NO_ERROR) return;
-    if (!dst.writableEnded && !dst.destroyed) dst.end();
-  };
-  src.once('end', () => {
-    // nghttp2 ends a stream's readable before Node records an RST_STREAM's code: look again after
-    // this turn so a reset becomes a TCP reset (on 'close'), not a FIN.
-    if (isHttp2Stream(src)) setImmediate(forwardEnd);
-    else forwardEnd();
-  });
+  }
+  done(b);
+}
+
+function onSocketClose(this: Side): void {
+  const b = this[kBridge]!;
+  const tunnel = b.tunnel;
+  const errored = (b.socket as Duplex & { errored?: unknown }).errored;
+  if (errored) resetTunnel(b, NGHTTP2_CONNECT_ERROR);
+  else if (!tunnel.destroyed) {
+    if (!tunnel.readableEnded) resetTunnel(b, NGHTTP2_CANCEL);
+    else if (!tunnel.writableEnded) tunnel.end();
+  }
+  done(b);
 }

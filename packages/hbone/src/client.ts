@@ -69,6 +69,8 @@ class PooledSession {
   constructor(
     readonly key: string,
     max: number,
+    /** One 'close' listener shared by every stream of this session (idle tunnels are many). */
+    readonly onStreamClose: () => void,
   ) {
     this.max = max;
   }
@@ -180,8 +182,9 @@ export class HboneClient {
   }
 
   #acquire(o: HboneConnectOptions, peerAuthority: string): PooledSession {
-    const expected = [...new Set(o.expectedIdentities)].sort();
-    const key = `${this.#tls.identity.toString()}\n${expected.join(' ')}\n${peerAuthority}`;
+    const ids = o.expectedIdentities;
+    const expected = ids.length === 1 ? ids : [...new Set(ids)].sort();
+    const key = `${this.#tls.identity.toString()}\n${expected.length === 1 ? expected[0] : expected.join(' ')}\n${peerAuthority}`;
     let list = this.#pools.get(key);
     if (list === undefined) {
       list = [];
@@ -194,10 +197,13 @@ export class HboneClient {
         return e;
       }
     }
-    const e = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100);
+    const e: PooledSession = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100, () => {
+      e.open--;
+      this.#maybeIdle(e);
+    });
     list.push(e);
     e.pending++;
-    e.ready = this.#establish(e, o.peer, peerAuthority, expected, this.#tls);
+    e.ready = this.#establish(e, o.peer, peerAuthority, [...expected], this.#tls);
     // Waiters attach their own handlers; this one keeps a failed handshake from being "unhandled".
     e.ready.catch(() => {});
     return e;
@@ -391,10 +397,7 @@ export class HboneClient {
       return Promise.reject(new RetryableError(new HboneError('ERR_HBONE_SESSION', `session to ${peerAuthority} cannot open streams: ${String(cause)}`, { cause })));
     }
     e.open++;
-    stream.once('close', () => {
-      e.open--;
-      this.#maybeIdle(e);
-    });
+    stream.on('close', e.onStreamClose);
     // Errors after the tunnel is handed over surface through 'close'/rstCode to whoever owns it; never crash.
     stream.on('error', this.#onStreamError);
     return new Promise((resolve, reject) => {
@@ -431,8 +434,9 @@ export class HboneClient {
         stream.close(NGHTTP2_CANCEL);
         reject(new HboneError('ERR_HBONE_ABORTED', `CONNECT ${authority} via ${peerAuthority} aborted`, { cause: o.signal?.reason }));
       };
-      stream.once('response', onResponse);
-      stream.once('close', onClose);
+      // Plain listeners, removed by cleanup(): once() would wrap each in two more objects.
+      stream.on('response', onResponse);
+      stream.on('close', onClose);
       stream.on('error', onError);
       if (o.signal !== undefined) {
         if (o.signal.aborted) onAbort();

@@ -4,7 +4,7 @@ import type * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type * as tls from 'node:tls';
 import { type HboneTarget, parseAuthority } from './authority.js';
-import { type BridgeResult, bridge } from './bridge.js';
+import { type BridgeResult, startBridge } from './bridge.js';
 import { type HboneRequestHeaders, parseRequestHeaders } from './headers.js';
 import { SpiffeId, identitiesFromCertificate } from './identity.js';
 import { type HboneLogger, silentLogger } from './logger.js';
@@ -234,17 +234,15 @@ class Server implements HboneServer {
 
   #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
     stream.on('error', this.#onStreamError);
-    void this.#admit(stream, headers).then((admitted) => {
-      if (admitted !== undefined) this.#run(stream, admitted);
-    });
+    void this.#admit(stream, headers);
   }
 
-  /** Checks the request, authorizes it and connects the upstream; answers 400/401/503 itself. */
-  async #admit(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<Admitted | undefined> {
+  /** Checks the request, authorizes it and connects the upstream, then runs the tunnel; answers 400/401/503 itself. */
+  async #admit(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
     const state = this.#sessions.get(stream.session as http2.ServerHttp2Session);
     if (state === undefined) {
       stream.close(NGHTTP2_INADEQUATE_SECURITY);
-      return undefined;
+      return;
     }
     const { peer } = state;
     const log = this.#log;
@@ -274,52 +272,75 @@ class Server implements HboneServer {
         return refuse(stream, 401);
       }
     }
-    if (stream.closed || stream.destroyed) return undefined;
-    const ac = new AbortController();
-    const onEarlyClose = (): void => ac.abort(new HboneError('ERR_HBONE_ABORTED', `client closed stream to ${dst} before the upstream connected`));
-    stream.once('close', onEarlyClose);
-    const pending: Tunnel = { stream, upstream: undefined };
-    this.#tunnels.add(pending);
+    if (stream.closed || stream.destroyed) return;
+    const tunnel = new Tunnel(stream, peer, target, parsed, dst);
+    this.#tunnels.add(tunnel);
     let upstream: Duplex;
     try {
-      upstream = await this.#o.connect(target, { peer, headers: parsed, signal: ac.signal });
+      upstream = await this.#o.connect(target, tunnel);
     } catch (err) {
-      this.#tunnels.delete(pending);
+      this.#tunnels.delete(tunnel);
       log.warn({ err, src, dst }, 'connection failed: upstream connect');
       return refuse(stream, 503);
     } finally {
-      stream.off('close', onEarlyClose);
+      tunnel.connected();
     }
     if (stream.closed || stream.destroyed) {
-      this.#tunnels.delete(pending);
+      this.#tunnels.delete(tunnel);
       upstream.destroy();
-      return undefined;
+      return;
     }
-    pending.upstream = upstream;
+    tunnel.upstream = upstream;
     log.debug({ src, dst }, 'handling new stream');
-    return { tunnel: pending, peer, target, headers: parsed };
+    tunnel.started = performance.now();
+    stream.respond(OK_HEADERS);
+    startBridge(stream, upstream, BRIDGE_MAX_BUFFERED, (result) => this.#tunnelClosed(tunnel, result));
   }
 
-  #run(stream: http2.ServerHttp2Stream, a: Admitted): void {
-    const started = performance.now();
-    stream.respond({ ':status': 200 });
-    void bridge(stream, a.tunnel.upstream!).then((result) => {
-      this.#tunnels.delete(a.tunnel);
-      this.#o.onTunnelClosed?.({ ...result, peer: a.peer, target: a.target, headers: a.headers, durationMs: performance.now() - started });
-    });
+  #tunnelClosed(t: Tunnel, result: BridgeResult): void {
+    this.#tunnels.delete(t);
+    this.#o.onTunnelClosed?.({ ...result, peer: t.peer, target: t.target, headers: t.headers, durationMs: performance.now() - t.started });
   }
 }
 
-interface Tunnel {
-  stream: http2.ServerHttp2Stream;
-  upstream: Duplex | undefined;
-}
+// Node copies response headers, so one object serves every tunnel.
+const OK_HEADERS = { ':status': 200 };
+const BRIDGE_MAX_BUFFERED = 256 * 1024;
 
-interface Admitted {
-  tunnel: Tunnel;
-  peer: HbonePeer;
-  target: HboneTarget;
-  headers: HboneRequestHeaders;
+/** An admitted stream; also the `connect` hook's context, so a tunnel allocates one object, not three. */
+class Tunnel implements HboneConnectContext {
+  upstream: Duplex | undefined = undefined;
+  /** When the 200 went out (durationMs counts from here). */
+  started = 0;
+  #abort: { controller: AbortController; onClose: () => void } | undefined = undefined;
+  #pending = true;
+
+  constructor(
+    readonly stream: http2.ServerHttp2Stream,
+    readonly peer: HbonePeer,
+    readonly target: HboneTarget,
+    readonly headers: HboneRequestHeaders,
+    readonly dst: string,
+  ) {}
+
+  // Made on first use: most upstream connects finish long before a client gives up, and an
+  // AbortController and a listener per tunnel are measurable on the open path.
+  get signal(): AbortSignal {
+    if (this.#abort === undefined) {
+      const controller = new AbortController();
+      const onClose = (): void => controller.abort(new HboneError('ERR_HBONE_ABORTED', `client closed stream to ${this.dst} before the upstream connected`));
+      this.#abort = { controller, onClose };
+      if (this.stream.closed || this.stream.destroyed) onClose();
+      else if (this.#pending) this.stream.once('close', onClose);
+    }
+    return this.#abort.controller.signal;
+  }
+
+  /** The upstream connect settled: a stream close no longer aborts it. */
+  connected(): void {
+    this.#pending = false;
+    if (this.#abort !== undefined) this.stream.off('close', this.#abort.onClose);
+  }
 }
 
 function refuse(stream: http2.ServerHttp2Stream, status: number): undefined {

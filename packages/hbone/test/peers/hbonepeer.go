@@ -40,6 +40,7 @@ var (
 	streams = flag.Int("streams", 4, "concurrent tunnels (client-check)")
 	nbytes  = flag.Int("bytes", 1<<20, "bytes per tunnel (client-check)")
 	count   = flag.Int("count", 200, "tunnel opens (open-latency)")
+	warmup  = flag.Int("warmup", 0, "tunnel opens before measuring, on a session of their own (open-latency)")
 )
 
 func main() {
@@ -61,6 +62,12 @@ func main() {
 	case "client-front":
 		clientFront(transport(cert, pool))
 	case "open-latency":
+		for i, wtr := 0, transport(cert, pool); i < *warmup; i++ {
+			t, err := open(wtr)
+			check(err)
+			t.w.Close()
+			t.body.Close()
+		}
 		openLatency(transport(cert, pool))
 	default:
 		log.Fatalf("unknown -mode %q", *mode)
