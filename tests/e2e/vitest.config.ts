@@ -6,7 +6,10 @@ export default defineConfig({
     // Each file brings up a whole sandbox (two nodes, agents, ztunnels) on a loaded two-core machine.
     testTimeout: 120_000,
     hookTimeout: 300_000,
-    // One sandbox at a time: they do not collide (unique --name/--state-dir), but CPU is the limit.
-    fileParallelism: false,
+    // Each suite file runs its control-plane modes one after the other (local, then xds); two files at
+    // a time: sandboxes never collide (unique --name/--state-dir, own netns), the main file (both modes)
+    // takes about as long as the other two together, and more would only compete for two cores.
+    fileParallelism: true,
+    maxWorkers: 2,
   },
 });

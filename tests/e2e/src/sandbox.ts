@@ -1,7 +1,7 @@
 /**
  * Drives `weirctl sandbox` the way a user does: the built CLI as a child process, one unique sandbox
- * (`--name`, `--state-dir`) per test file so suites never collide with each other or with a user's
- * sandbox in /var/run/weir-sandbox.
+ * (`--name`, `--state-dir`) per suite and control-plane mode so suites never collide with each other or
+ * with a user's sandbox in /var/run/weir-sandbox.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -18,6 +18,7 @@ export const WEIRCTL = join(REPO_ROOT, 'apps/weirctl/dist/main.js');
 const BUILT: Array<[path: string, build: string]> = [
   ['apps/weirctl/dist/main.js', '@weir/app-weirctl'],
   ['apps/ztunnel/dist/main.js', '@weir/app-ztunnel'],
+  ['apps/ztunnel/dist/test-control-plane.js', '@weir/app-ztunnel'],
   ['apps/cni-agent/dist/main.js', '@weir/app-cni-agent'],
   ['apps/cni-plugin/dist/weir-cni', '@weir/app-cni-plugin'],
 ];
@@ -62,12 +63,39 @@ export interface SandboxNode {
   notes: string[];
 }
 
+/**
+ * Where the sandbox's ztunnels get workloads, policies and certificates: `local` — LOCAL_XDS_PATH and a
+ * CA on disk; `xds` — `weirctl sandbox up --control-plane xds`, weir-test-control-plane over Delta xDS
+ * and Istio's CA API. Every suite runs in both.
+ */
+export type ControlPlaneMode = 'local' | 'xds';
+export const CONTROL_PLANE_MODES: readonly ControlPlaneMode[] = ['local', 'xds'];
+
+export type ControlPlaneStatus =
+  | { mode: 'local'; localXdsPath: string; caCert: string }
+  | { mode: 'xds'; address: string; node: string; pid: number | null; serving: boolean; detail: string; connected: string[]; rootCa: string; tokenFile: string };
+
 export interface SandboxStatus {
   up: true;
   name: string;
   dir: string;
+  controlPlane: ControlPlaneStatus;
   nodes: SandboxNode[];
   pods: SandboxPod[];
+}
+
+/** The parts of ztunnel's `/config_dump` the suites read. */
+export interface ZtunnelConfigDump {
+  config: { localXdsPath: string | null; xdsAddress: string | null };
+  xds: {
+    address: string;
+    connected: boolean;
+    ready: boolean;
+    types: Array<{ typeUrl: string; resources: Array<{ name: string; version: string }>; systemVersionInfo: string; lastAck: unknown; lastNack: unknown }>;
+  } | null;
+  ca: { embedded: true } | { certificates: Array<{ identity: string; serial: string }> };
+  certificates: Array<{ identity: string; serial?: string; chain?: string }>;
+  policies: Array<{ name: string; namespace: string }>;
 }
 
 /** A long-running command inside a pod or node (a listener); `stop` ends its whole process group. */
@@ -83,9 +111,12 @@ export class Sandbox {
   readonly dir: string;
   readonly #background = new Set<Background>();
 
-  constructor(tag: string) {
+  constructor(
+    tag: string,
+    readonly mode: ControlPlaneMode = 'local',
+  ) {
     // Netns names are <name>-<ns>-<pod>; keep the prefix short and unique per process.
-    this.name = `we${tag}${randomBytes(2).toString('hex')}-${process.pid}`;
+    this.name = `we${tag}${mode === 'xds' ? 'x' : ''}${randomBytes(2).toString('hex')}-${process.pid}`;
     this.dir = join(tmpdir(), `${this.name}-state`);
   }
 
@@ -101,9 +132,10 @@ export class Sandbox {
     return run(process.execPath, [WEIRCTL, 'sandbox', ...argv], options.timeoutMs ?? 60_000);
   }
 
-  /** `up`; with `npx`, exactly as the README's main-job command runs it (from the repository root). */
+  /** `up` (with `--control-plane xds` in xds mode); with `npx`, exactly as the README's main-job command runs it (from the repository root). */
   async up(extra: readonly string[] = [], options: { npx?: boolean } = {}): Promise<RunResult> {
     await assertSandboxPrerequisites();
+    if (this.mode === 'xds') extra = [...extra, '--control-plane', 'xds'];
     if (options.npx) {
       // The README's `npm run build` ends by linking the apps' bins (npm links a bin only once its
       // file exists, and `npm ci` ran before dist/ did); turbo has built dist/ already, so link only.
@@ -159,6 +191,16 @@ export class Sandbox {
     const r = await this.weirctl('logs', [node, component]);
     if (r.code !== 0) throw new Error(`weirctl sandbox logs ${node} ${component}: exit ${r.code}: ${r.err}`);
     return r.out;
+  }
+
+  /** `weirctl sandbox logs control-plane` (xds mode). */
+  async controlPlaneLog(): Promise<string> {
+    return this.weirctlOk('logs', ['control-plane'], 30_000);
+  }
+
+  /** ztunnel's `/config_dump` from the node's admin port. */
+  async configDump(node: string): Promise<ZtunnelConfigDump> {
+    return JSON.parse(await this.execOk(node, ['curl', '-sS', '-m', '10', 'http://127.0.0.1:15000/config_dump'])) as ZtunnelConfigDump;
   }
 
   /** ztunnel's Prometheus text from the node's metrics port. */
