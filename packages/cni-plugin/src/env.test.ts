@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseCniEnv } from './env.js';
+import { parseCniArgs, parseCniEnv } from './env.js';
 
 const base = { CNI_CONTAINERID: 'abc', CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin:/usr/lib/cni' };
 
@@ -31,5 +31,15 @@ describe('parseCniEnv', () => {
     expect(fail({ ...base, CNI_COMMAND: 'ADD', CNI_CONTAINERID: '-bad id' }).message).toContain('CNI_CONTAINERID');
     // DEL does not need the netns (it may already be gone).
     expect(parseCniEnv({ ...base, CNI_COMMAND: 'DEL', CNI_NETNS: '' }).netns).toBeUndefined();
+  });
+
+  it('CNI_ARGS: keeps only the Kubernetes keys, in one order; a bad value is named by the schema', () => {
+    expect(JSON.stringify(parseCniArgs('K8S_POD_UID=u;Foo=bar;K8S_POD_NAME=n;IgnoreUnknown=1;K8S_POD_NAMESPACE=ns'))).toBe(
+      JSON.stringify({ K8S_POD_NAMESPACE: 'ns', K8S_POD_NAME: 'n', K8S_POD_UID: 'u' }),
+    );
+    expect(parseCniArgs(undefined)).toEqual({});
+    expect(() => parseCniArgs('K8S_POD_NAME=a b')).toThrow(/CNI_ARGS: K8S_POD_NAME: must be printable ASCII without spaces/);
+    // Unknown keys are not checked (IgnoreUnknown), as before.
+    expect(parseCniArgs('Other=a b;K8S_POD_NAME=x')).toEqual({ K8S_POD_NAME: 'x' });
   });
 });

@@ -33,13 +33,22 @@ const REQUIRED: Record<CniCommand, readonly string[]> = {
   GC: [],
 };
 
-const argValue = z.string().regex(/^[\x21-\x7e]*$/, 'must be printable ASCII without spaces');
-const k8sArgsSchema = z.object({
-  K8S_POD_NAMESPACE: argValue.optional(),
-  K8S_POD_NAME: argValue.optional(),
-  K8S_POD_UID: argValue.optional(),
-  K8S_POD_INFRA_CONTAINER_ID: argValue.optional(),
-});
+const ARG_VALUE = /^[\x21-\x7e]*$/;
+const K8S_ARGS = ['K8S_POD_NAMESPACE', 'K8S_POD_NAME', 'K8S_POD_UID', 'K8S_POD_INFRA_CONTAINER_ID'] as const;
+
+function buildK8sArgsSchema() {
+  const argValue = z.string().regex(ARG_VALUE, 'must be printable ASCII without spaces');
+  return z.object({
+    K8S_POD_NAMESPACE: argValue.optional(),
+    K8S_POD_NAME: argValue.optional(),
+    K8S_POD_UID: argValue.optional(),
+    K8S_POD_INFRA_CONTAINER_ID: argValue.optional(),
+  });
+}
+
+// Built only for CNI_ARGS that fail the plain check below, to name the fault: zod schemas cost more
+// to build than a plugin exec spends on everything else before its first call.
+let k8sArgsSchema: ReturnType<typeof buildK8sArgsSchema> | undefined;
 
 /** Parses `CNI_ARGS` (`K=V;K2=V2`); throws a code-4 error naming the bad pair. */
 export function parseCniArgs(raw: string | undefined): K8sArgs {
@@ -52,6 +61,13 @@ export function parseCniArgs(raw: string | undefined): K8sArgs {
     }
     pairs[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
+  if (K8S_ARGS.every((k) => pairs[k] === undefined || ARG_VALUE.test(pairs[k]))) {
+    // What the schema outputs: only its keys, in its order.
+    const out: K8sArgs = {};
+    for (const k of K8S_ARGS) if (pairs[k] !== undefined) out[k] = pairs[k];
+    return out;
+  }
+  k8sArgsSchema ??= buildK8sArgsSchema();
   const parsed = k8sArgsSchema.safeParse(pairs);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];

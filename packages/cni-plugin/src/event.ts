@@ -6,32 +6,40 @@ import type { CniResult } from './config.js';
 export const CMD_ADD_PATH = '/cmdadd';
 export const PLUGIN_EVENT_SOCKET = 'pluginevent.sock';
 
-const ipString = z.string().refine((s) => isIP(s) !== 0, 'must be an IPv4 or IPv6 address');
-const maskString = z.string().refine((s) => {
-  const b = Buffer.from(s, 'base64');
-  return (b.length === 4 || b.length === 16) && b.toString('base64') === s;
-}, 'must be a base64 netmask of 4 or 16 bytes');
+function buildIpConfigSchema() {
+  const ipString = z.string().refine((s) => isIP(s) !== 0, 'must be an IPv4 or IPv6 address');
+  const maskString = z.string().refine((s) => {
+    const b = Buffer.from(s, 'base64');
+    return (b.length === 4 || b.length === 16) && b.toString('base64') === s;
+  }, 'must be a base64 netmask of 4 or 16 bytes');
+  return z.object({
+    Interface: z.number().int().nonnegative().nullable().optional(),
+    Address: z.object({ IP: ipString, Mask: maskString }),
+    Gateway: z.union([ipString, z.literal('')]).nullable().optional(),
+  });
+}
 
+function buildCmdAddEventSchema(ipConfig: ReturnType<typeof buildIpConfigSchema>) {
+  return z.object({
+    Netns: z.string().min(1),
+    PodName: z.string().min(1),
+    PodNamespace: z.string().min(1),
+    IPs: z
+      .array(ipConfig)
+      .nullable()
+      .transform((v) => v ?? []),
+  });
+}
+
+// Pure calls: the plugin binary's bundle, which only sends the event, drops both (the agent parses).
 /** One entry of `IPs`: Go's `{Interface *int, Address net.IPNet, Gateway net.IP}` as JSON. */
-export const cmdAddIpConfigSchema = z.object({
-  Interface: z.number().int().nonnegative().nullable().optional(),
-  Address: z.object({ IP: ipString, Mask: maskString }),
-  Gateway: z.union([ipString, z.literal('')]).nullable().optional(),
-});
+export const cmdAddIpConfigSchema = /* @__PURE__ */ buildIpConfigSchema();
 
 /**
  * The `/cmdadd` body as istio-cni sends it (Go field names as keys). `IPs` may be `null` (Go's nil
  * slice, when the primary plugin returned no addresses) and parses to `[]`.
  */
-export const cmdAddEventSchema = z.object({
-  Netns: z.string().min(1),
-  PodName: z.string().min(1),
-  PodNamespace: z.string().min(1),
-  IPs: z
-    .array(cmdAddIpConfigSchema)
-    .nullable()
-    .transform((v) => v ?? []),
-});
+export const cmdAddEventSchema = /* @__PURE__ */ buildCmdAddEventSchema(cmdAddIpConfigSchema);
 
 export type CmdAddIpConfig = z.output<typeof cmdAddIpConfigSchema>;
 /** A parsed `/cmdadd` body. */

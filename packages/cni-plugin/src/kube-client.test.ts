@@ -108,4 +108,15 @@ describe('tiny kube client', () => {
       await api.close();
     }
   });
+
+  it('reads JSON (as weir-cni-agent writes it) without the YAML parser and YAML flow style through it, alike', async () => {
+    const json = join(dir, 'kc-json');
+    const flow = join(dir, 'kc-flow');
+    const doc = { clusters: [{ name: 'c', cluster: { server: 'https://10.0.0.1:6443/', 'insecure-skip-tls-verify': true } }], users: [{ name: 'u', user: { token: 't' } }], contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }], 'current-context': 'x' };
+    await writeFile(json, ` ${JSON.stringify(doc)}`);
+    await writeFile(flow, '{clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443/", insecure-skip-tls-verify: true}}], users: [{name: u, user: {token: t}}], contexts: [{name: x, context: {cluster: c, user: u}}], current-context: x}\n');
+    const expected = { server: 'https://10.0.0.1:6443', token: 't', insecureSkipTlsVerify: true, ca: undefined };
+    expect(await loadKubeconfig(json)).toMatchObject(expected);
+    expect(await loadKubeconfig(flow)).toMatchObject(expected);
+  });
 });
