@@ -9,6 +9,7 @@ import {
   ipsetCreateArgs,
   netnsExecutor,
   type CommandExecutor,
+  type CommandResult,
   type FamilyRules,
   type IptablesBackend,
   type NetnsSpec,
@@ -111,10 +112,10 @@ const SET_V6 = 'istio-inpod-probes-v6';
 /** See enableListenerMigration; NetnsApplier skips a key the kernel lacks, as that does. */
 const LISTENER_MIGRATION = { 'net.ipv4.tcp_migrate_req': '1' } as const;
 
-/** The commands a batch script runs, by name (`iptables-nft-save, ip -4 …`), for the timings line. */
-function batchCommands(script: string): string {
-  const names = [...script.matchAll(/^((?:ip6?tables-\S+|ip -[46])) /gm)].map((m) => m[1]);
-  return names.length ? names.join(', ') : 'reads';
+/** The steps a batch ran (`save-ipv4, fresh1-restore-ipv4, …`, from its begin markers), for the timings line. */
+function batchSteps(stdout: string): string {
+  const ids = [...stdout.matchAll(/^__wb[0-9a-f]+_b (\S+)$/gm)].map((m) => m[1]);
+  return ids.length ? ids.join(', ') : 'reads';
 }
 
 function run(exec: CommandExecutor, what: string) {
@@ -214,6 +215,7 @@ export class IptablesPodRules implements PodRules {
       throw new CniAgentError('ERR_AGENT_HOST', `applying the host probe SNAT rules: ${(cause as Error).message}`, { cause });
     }
     this.log.info({ backend: this.backend }, 'host probe ipset and SNAT rules in place');
+    this.podShells.warm();
   }
 
   /** One pooled shell for all of an operation's commands, each entering the pod netns. */
@@ -239,11 +241,12 @@ export class IptablesPodRules implements PodRules {
     const exec: CommandExecutor = {
       run: async (cmd, args, o) => {
         const t = performance.now();
+        let r: CommandResult | undefined;
         try {
-          return await inner.run(cmd, args, o);
+          return (r = await inner.run(cmd, args, o));
         } finally {
-          // A batch is one `sh -c <script>`: name it by the commands it ran, not by the script.
-          const what = cmd === 'sh' && args[0] === '-c' ? `batch (${batchCommands(args[1] ?? '')})` : `${cmd} ${args.slice(0, 3).join(' ')}`.trim();
+          // A batch is one `sh -c <script>`: name it by the steps it ran, not by the script.
+          const what = cmd === 'sh' && args[0] === '-c' ? `batch (${batchSteps(r?.stdout ?? '')})` : `${cmd} ${args.slice(0, 3).join(' ')}`.trim();
           steps.push(`${what}: ${(performance.now() - t).toFixed(1)} ms`);
         }
       },

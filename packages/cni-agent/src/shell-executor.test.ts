@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { ShellExecutor } from './shell-executor.js';
+import { readFileSync } from 'node:fs';
+import { ShellExecutor, ShellPool } from './shell-executor.js';
+
+/** PIDs of this process's child processes. */
+function children(): Set<number> {
+  const pids = readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').trim();
+  return new Set(pids ? pids.split(' ').map(Number) : []);
+}
 
 describe('ShellExecutor', () => {
   it('runs commands in order through one shell, each with its own output and exit code', async () => {
@@ -27,5 +34,23 @@ describe('ShellExecutor', () => {
     const r = await sh.run('true', []);
     expect(r.code).toBe(127);
     sh.close();
+  });
+});
+
+describe('ShellPool', () => {
+  it('warm() starts every shell up front and captures then run on those shells', async () => {
+    const before = children();
+    const pool = new ShellPool(2);
+    try {
+      pool.warm();
+      const started = [...children()].filter((p) => !before.has(p));
+      expect(started).toHaveLength(2);
+      const parents = await Promise.all(
+        [0, 1].map(() => pool.with(async (exec) => Number((await exec.run('sh', ['-c', 'echo $PPID'])).stdout.trim()))),
+      );
+      expect(new Set(parents)).toEqual(new Set(started));
+    } finally {
+      pool.close();
+    }
   });
 });

@@ -126,6 +126,17 @@ export class ShellPool {
     else this.idle.push(shell);
   }
 
+  /**
+   * Starts every shell now (at agent start-up), so that the first burst of captures does not pay
+   * for the spawns, each of which blocks the event loop, while pods wait for their /cmdadd answer.
+   */
+  warm(): void {
+    while (!this.closed && this.created < this.size) {
+      this.created++;
+      this.idle.push(new ShellExecutor());
+    }
+  }
+
   /** Runs `fn` with one shell to itself (its commands run in order). */
   async with<T>(fn: (exec: CommandExecutor) => Promise<T>): Promise<T> {
     const shell = await this.acquire();

@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from './logger.js';
 import type { Family, RuleRef, RuleSet } from './model.js';
 import { parseIptablesSave, type SavedTable } from './parse-iptables.js';
 import { countRule, hasRoute, ipRouteArgs, ipRuleArgs, type PolicyRouting } from './routing.js';
-import { runShellBatch, type BatchOutput, type BatchStep } from './shell-batch.js';
+import { BatchScript, runShellBatch, type BatchOutput, type BatchStep } from './shell-batch.js';
 
 /** What a netns should hold; chosen from what was read (whether IPv6 is on there). */
 export interface NetnsSpec {
@@ -83,14 +83,102 @@ export class NetnsApplier {
     return this.#backend;
   }
 
-  /** Reads, diffs and (when anything differs) applies `spec(facts)`. */
+  /**
+   * Reads, diffs and (when anything differs) applies `spec(facts)`. A netns holding nothing of
+   * Weir's (a new pod) is installed by the read script itself: one round trip in all.
+   */
   async apply(spec: (facts: NetnsFacts) => NetnsSpec): Promise<NetnsApplyResult> {
     const backend = await this.backend();
     const specs = { on: spec({ ipv6: true }), off: spec({ ipv6: false }) };
-    const sysctlKeys = [...new Set([...Object.keys(specs.on.sysctls ?? {}), ...Object.keys(specs.off.sysctls ?? {})])];
-    const read = await runShellBatch(this.#executor, this.#readSteps(backend, specs.on, specs.off), { sysctls: sysctlKeys });
-    let roundTrips = 1;
+    const optimistic = this.#canInstallFresh(specs.on) && this.#canInstallFresh(specs.off);
+    const read = await this.#read(backend, specs, optimistic);
     const want = read.ipv6 ? specs.on : specs.off;
+    const fresh = read.ipv6 ? 'fresh1' : 'fresh0';
+    if (!optimistic || ![...read.results.keys()].some((id) => id.startsWith(`${fresh}-`))) return this.#applyDiff(backend, want, read, 1);
+
+    // The script found no Weir rules and installed `want` whole: check what it did.
+    const state = this.#diff(backend, want, read);
+    for (const fam of want.ruleSet.families) {
+      const got = read.results.get(`${fresh}-restore-${fam.family}`);
+      if (!got || got.code === 0) continue;
+      const cmd = iptablesCommand(backend, fam.family, 'restore');
+      const text = reconcileRestore(fam.family, desiredFromFamily(fam), [], this.#prefix);
+      const error = new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', cmd, restoreArgs(backend), got.code, got.stderr, { input: text });
+      this.#logger.error({ family: fam.family, backend, stderr: got.stderr.trim() }, 'rule restore failed, rolling back');
+      await rollbackFamily(this.#executor, backend, fam.family, state.saved.get(fam.family) ?? [], this.#prefix, error);
+    }
+    this.#logger.info({ families: want.ruleSet.families.map((f) => f.family), backend, changes: state.changes.length, repaired: false }, 'applied rules');
+    const routingFailed = FAMILIES.some((f) => (read.results.get(`${fresh}-ip-${f}`)?.code ?? 0) !== 0);
+    if (routingFailed) {
+      // Policy routing was already (partly) there although no rule was: read it and add what is missing.
+      const again = await this.#applyDiff(backend, want, await this.#read(backend, specs, false), 2);
+      return { ...again, changed: true, hadRules: false, repaired: [], diff: { inSync: false, changes: [...state.changes, ...again.diff.changes] } };
+    }
+    for (const key of Object.keys(want.sysctls ?? {})) {
+      const got = read.results.get(`${fresh}-sysctl:${key}`);
+      if (got && got.code !== 0) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} failed (exit ${got.code}): ${got.stderr.trim()}`);
+    }
+    const routing = FAMILIES.flatMap((f) => freshRouting(want.routing, f).map((l) => `ip ${flag(f)} ${l}`));
+    if (routing.length) this.#logger.info({ commands: routing }, 'applied policy routing');
+    return {
+      changed: true,
+      ipv6: read.ipv6,
+      backend,
+      hadRules: false,
+      repaired: [],
+      diff: { inSync: false, changes: state.changes },
+      routing,
+      sysctls: Object.entries(want.sysctls ?? {}).filter(([k, v]) => read.sysctls.has(k) && read.sysctls.get(k) !== v).map(([k]) => k),
+      roundTrips: 1,
+    };
+  }
+
+  /** Whether "no `<prefix>` anywhere in iptables-save" means "nothing of this spec is there". */
+  #canInstallFresh(spec: NetnsSpec): boolean {
+    if (!/^[A-Za-z0-9_-]+$/.test(this.#prefix)) return false;
+    return spec.ruleSet.families.every((fam) =>
+      desiredFromFamily(fam).every((t) => [...t.owned.keys()].every((c) => c.startsWith(this.#prefix)) && t.hooks.every((h) => h.spec.includes(this.#prefix))),
+    );
+  }
+
+  /**
+   * The read script: IPv6 on?, sysctls, `iptables-save` of each family either spec needs. With
+   * `optimistic`, when no save shows a Weir chain or jump, it installs the spec for the IPv6 state
+   * it found right away (restores, `ip -batch` adds, sysctls; stops at the first failure);
+   * otherwise it lists the policy routing for the diff.
+   */
+  #read(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }, optimistic: boolean): Promise<BatchOutput> {
+    const sysctlKeys = [...new Set([...Object.keys(specs.on.sysctls ?? {}), ...Object.keys(specs.off.sysctls ?? {})])];
+    const script = new BatchScript(sysctlKeys);
+    const steps = this.#readSteps(backend, specs.on, specs.off);
+    for (const step of steps.filter((s) => s.id.startsWith('save-'))) script.step(step, optimistic ? { unless: this.#prefix } : {});
+    if (optimistic) {
+      script.raw('if [ "$fresh" = 1 ]; then').raw('if [ "$v6" = 1 ]; then');
+      this.#installSteps(script, backend, specs.on, 'fresh1');
+      script.raw('else');
+      this.#installSteps(script, backend, specs.off, 'fresh0');
+      script.raw('fi').raw('else');
+    }
+    for (const step of steps.filter((s) => s.id.startsWith('routing-'))) script.step(step);
+    // A shell `if … else fi` needs a command in each branch.
+    if (optimistic) script.raw(':').raw('fi');
+    return script.run(this.#executor);
+  }
+
+  #installSteps(script: BatchScript, backend: 'legacy' | 'nft', spec: NetnsSpec, tag: string): void {
+    script.raw(':');
+    for (const fam of spec.ruleSet.families) {
+      const text = reconcileRestore(fam.family, desiredFromFamily(fam), [], this.#prefix);
+      if (text) script.step({ id: `${tag}-restore-${fam.family}`, argv: [iptablesCommand(backend, fam.family, 'restore'), ...restoreArgs(backend)], input: text }, { stop: true });
+    }
+    for (const family of FAMILIES) {
+      const lines = freshRouting(spec.routing, family);
+      if (lines.length) script.step({ id: `${tag}-ip-${family}`, argv: ['ip', flag(family), '-batch', '-'], input: `${lines.join('\n')}\n` }, { stop: true });
+    }
+    for (const [key, value] of Object.entries(spec.sysctls ?? {})) script.writeSysctl(key, value, { stop: true, tag });
+  }
+
+  #diff(backend: 'legacy' | 'nft', want: NetnsSpec, read: BatchOutput) {
     const saved = new Map<Family, SavedTable[]>();
     const changes: RuleChange[] = [];
     const repaired: RuleRef[] = [];
@@ -108,6 +196,13 @@ export class NetnsApplier {
       if (had) repaired.push(...refs(diff.changes));
       restores.push({ family: fam.family, text: reconcileRestore(fam.family, desired, before, this.#prefix) });
     }
+    return { saved, changes, repaired, restores, hadRules };
+  }
+
+  /** The general path: diff what the read script saw, then apply only the difference (one more round trip). */
+  async #applyDiff(backend: 'legacy' | 'nft', want: NetnsSpec, read: BatchOutput, readTrips: number): Promise<NetnsApplyResult> {
+    let roundTrips = readTrips;
+    const { saved, changes, repaired, restores, hadRules } = this.#diff(backend, want, read);
     const routeLines = new Map<Family, string[]>();
     for (const family of FAMILIES) {
       const rules = want.routing.rules.filter((r) => r.family === family);
@@ -263,4 +358,12 @@ function routingOutput(read: BatchOutput, family: Family): string {
     throw new CommandFailedError('ERR_IPTABLES_ROUTING_FAILED', 'ip', [flag(family), '-force', '-batch', '-'], r.code, r.stderr);
   }
   return r.stdout;
+}
+
+/** `ip -batch` lines installing a family's policy routing on a netns that had none of it. */
+function freshRouting(routing: PolicyRouting, family: Family): string[] {
+  return [
+    ...routing.rules.filter((r) => r.family === family).map((r) => ipRuleArgs(r, 'add')),
+    ...routing.routes.filter((r) => r.family === family).map((r) => ipRouteArgs(r, 'replace')),
+  ].map((a) => a.slice(1).join(' '));
 }

@@ -39,18 +39,19 @@ for (const backend of ['legacy', 'nft'] as const) {
       ns.path = addNetns(ns.name);
     });
 
-    it('installs rules of both families, routing and the sysctl in two round trips, the same rules RuleApplier writes', async () => {
+    it('installs rules of both families, routing and the sysctl in one round trip, the same rules RuleApplier writes', async () => {
       const calls = recording(netnsExecutor(ns.path));
       const result = await new NetnsApplier({ executor: calls, backend }).apply(podSpec);
-      expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], sysctls: [MIGRATE], roundTrips: 2 });
+      expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], sysctls: [MIGRATE], roundTrips: 1 });
+      expect(result.diff.changes.length).toBeGreaterThan(10);
       expect(result.routing).toEqual([
         'ip -4 rule add fwmark 0x111/0xfff pref 32764 lookup 133',
         'ip -4 route replace local 0.0.0.0/0 dev lo table 133',
         'ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133',
         'ip -6 route replace local ::/0 dev lo table 133',
       ]);
-      // One shell (one nsenter) per round trip.
-      expect(calls.calls.map((c) => `${c.cmd} ${c.args[0]}`)).toEqual(['sh -c', 'sh -c']);
+      // One shell (one nsenter) for all of it.
+      expect(calls.calls.map((c) => `${c.cmd} ${c.args[0]}`)).toEqual(['sh -c']);
       expect(exec('ip', '-4', 'rule', 'show')).toMatch(/^32764:\s+from all fwmark 0x111\/0xfff lookup 133/m);
       expect(exec('ip', '-6', 'route', 'show', 'table', '133')).toMatch(/^local default dev lo/m);
       expect(migrate()).toBe('1');
@@ -108,6 +109,43 @@ for (const backend of ['legacy', 'nft'] as const) {
       expect(error).toMatchObject({ code: 'ERR_IPTABLES_RESTORE_FAILED' });
       expect((error as { stderr: string }).stderr).toMatch(/WEIRMISSING/);
       expect(save('ipv4')).toBe(before);
+    });
+
+    it('a failing restore on a new netns rolls back and leaves it as it was', async () => {
+      const name = uniqueName('E');
+      names.push(name);
+      const path = addNetns(name);
+      const before = sh('ip', ['netns', 'exec', name, iptablesCommand(backend, 'ipv4', 'save')]).replace(/^#.*\n/gm, '');
+      const broken: CommandExecutor = {
+        run: (cmd, args, opts) => netnsExecutor(path).run(cmd, args.map((a) => a.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
+      };
+      await expect(new NetnsApplier({ executor: broken, backend }).apply(podSpec)).rejects.toMatchObject({
+        code: 'ERR_IPTABLES_RESTORE_FAILED',
+        stderr: expect.stringMatching(/WEIRMISSING/),
+      });
+      // Tables iptables instantiated on the way may remain, empty: no rule, no Weir chain.
+      const after = sh('ip', ['netns', 'exec', name, iptablesCommand(backend, 'ipv4', 'save')]);
+      expect(after).not.toMatch(/ISTIO_|^-A /m);
+      expect(before).not.toMatch(/^-A /m);
+      expect(sh('ip', ['netns', 'exec', name, 'ip', '-4', 'rule', 'show'])).not.toMatch(/lookup 133/);
+    });
+
+    it('a new netns that already holds the policy routing gets the rest added (the kernel refuses a second ip rule)', async () => {
+      const name = uniqueName('F');
+      names.push(name);
+      const path = addNetns(name);
+      sh('ip', ['netns', 'exec', name, 'ip', '-4', 'rule', 'add', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133']);
+      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend }).apply(podSpec);
+      expect(result).toMatchObject({ changed: true, hadRules: false, repaired: [], roundTrips: 3 });
+      // The install stopped at the refused rule: the rest of the routing came in the second pass.
+      expect(result.routing).toEqual([
+        'ip -4 route replace local 0.0.0.0/0 dev lo table 133',
+        'ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133',
+        'ip -6 route replace local ::/0 dev lo table 133',
+      ]);
+      expect(sh('ip', ['netns', 'exec', name, 'ip', '-4', 'rule', 'show']).match(/lookup 133/g)).toHaveLength(1);
+      expect(sh('ip', ['netns', 'exec', name, 'ip', '-6', 'rule', 'show'])).toMatch(/lookup 133/);
+      expect((await new NetnsApplier({ executor: netnsExecutor(path), backend }).apply(podSpec)).changed).toBe(false);
     });
 
     it('follows the netns: with IPv6 off it reads and writes IPv4 only', async () => {
