@@ -59,6 +59,8 @@ class PooledSession {
   /** Streams opened on it and not yet closed. */
   open = 0;
   max: number;
+  /** TLS done, the peer's SETTINGS seen: streams can be opened at once. */
+  established = false;
   draining = false;
   closed = false;
   goaway: string | undefined;
@@ -112,12 +114,15 @@ export class HboneClient {
     for (let attempt = 0; ; attempt++) {
       if (this.#closed) throw new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed');
       const entry = this.#acquire(o, peerAuthority);
-      try {
-        await this.#waitReady(entry, o.signal);
-      } catch (err) {
-        entry.pending--;
-        this.#maybeIdle(entry);
-        throw err;
+      // A warm session needs no await here: every await is a turn on the open path.
+      if (!entry.established) {
+        try {
+          await this.#waitReady(entry, o.signal);
+        } catch (err) {
+          entry.pending--;
+          this.#maybeIdle(entry);
+          throw err;
+        }
       }
       entry.pending--;
       if (entry.open >= entry.max || entry.draining || entry.closed) {
@@ -312,6 +317,7 @@ export class HboneClient {
       // The peer may change its limit later (e.g. lower it under load).
       session.on('remoteSettings', applyPeerMax);
       log.debug({ maxStreams: e.max }, 'hbone session established');
+      e.established = true;
       this.#maybeIdle(e);
     } catch (err) {
       e.closed = true;
