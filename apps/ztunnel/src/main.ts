@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { CaClient, Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa, readResolvConfUpstreams, tokenFromFile, type DnsUpstream } from '@weir/ztunnel';
+// The lean entry: Istio's CA client (gRPC) is imported only when CA_ADDRESS is set, the xDS client by
+// Ztunnel only when XDS_ADDRESS is, so a ztunnel on a local config does not carry them in memory.
+import { Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa, readResolvConfUpstreams, tokenFromFile, type DnsUpstream } from '@weir/ztunnel/core';
 import { ConfigError, effectiveConfigLines, parseConfig, type AppConfig } from './config.js';
 
 async function main(): Promise<void> {
@@ -40,7 +42,7 @@ async function main(): Promise<void> {
   const caRoot = config.caAddress?.startsWith('https://') ? await readRoot('CA_ROOT_CA', config.caRootCa) : undefined;
   const token = tokenFromFile(config.authToken);
   const ca = config.caAddress
-    ? new CaClient({
+    ? new (await import('@weir/ztunnel/ca-client')).CaClient({
         address: config.caAddress,
         ...(caRoot !== undefined ? { rootCaPem: caRoot } : {}),
         ...(config.altCaHostname ? { altHostname: config.altCaHostname } : {}),

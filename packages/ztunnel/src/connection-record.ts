@@ -26,7 +26,6 @@ function principal(identity: string | undefined): string {
  */
 export class ConnectionRecord {
   readonly startedAt = process.hrtime.bigint();
-  #labels: Omit<TcpLabels, 'response_flags'>;
   #done = false;
 
   constructor(
@@ -34,7 +33,13 @@ export class ConnectionRecord {
     private readonly metrics: ZtunnelMetrics,
     private readonly logger: Logger,
   ) {
-    this.#labels = {
+    this.metrics.opened.inc(this.#labels('-'));
+  }
+
+  // Built when counted rather than kept: a record lives as long as its (often idle) connection.
+  #labels(flag: ResponseFlag): TcpLabels {
+    const { info } = this;
+    return {
       reporter: info.direction === 'inbound' ? 'destination' : 'source',
       source_workload: info.src.workload ?? 'unknown',
       source_workload_namespace: info.src.namespace ?? 'unknown',
@@ -44,8 +49,8 @@ export class ConnectionRecord {
       destination_principal: principal(info.dst.identity),
       request_protocol: 'tcp',
       connection_security_policy: info.mtls ? 'mutual_tls' : 'unknown',
+      response_flags: flag,
     };
-    this.metrics.opened.inc({ ...this.#labels, response_flags: '-' });
   }
 
   get done(): boolean {
@@ -77,7 +82,7 @@ export class ConnectionRecord {
   complete(sent: number, received: number): void {
     if (this.#done) return;
     this.#done = true;
-    const labels = { ...this.#labels, response_flags: '-' as const };
+    const labels = this.#labels('-');
     this.metrics.closed.inc(labels);
     if (sent > 0) this.metrics.sentBytes.inc(labels, sent);
     if (received > 0) this.metrics.receivedBytes.inc(labels, received);
@@ -88,7 +93,7 @@ export class ConnectionRecord {
   fail(flag: ResponseFlag, error: string, sent = 0, received = 0): void {
     if (this.#done) return;
     this.#done = true;
-    const labels = { ...this.#labels, response_flags: flag };
+    const labels = this.#labels(flag);
     this.metrics.failed.inc(labels);
     this.metrics.closed.inc(labels);
     if (sent > 0) this.metrics.sentBytes.inc(labels, sent);

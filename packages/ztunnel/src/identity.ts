@@ -1,7 +1,8 @@
 import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LocalCa, type WorkloadCertificate } from '@weir/pki';
+// Types only: @weir/pki is loaded when a local CA is made or read, not by a ztunnel fed by Istio's CA.
+import type { LocalCa, WorkloadCertificate } from '@weir/pki';
 import { ZtunnelError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
 
@@ -28,6 +29,7 @@ async function readIfExists(path: string): Promise<string | undefined> {
  * one wins; the others wait for the winner's certificate and load it, so all share one CA.
  */
 export async function loadOrCreateCa(files: CaFiles): Promise<{ ca: LocalCa; created: boolean }> {
+  const { LocalCa } = await import('@weir/pki');
   const load = async (certPem: string, keyPem: string): Promise<LocalCa> => {
     try {
       return await LocalCa.load({ certPem, keyPem, trustDomain: files.trustDomain });
@@ -222,5 +224,6 @@ export class IdentityManager {
 
 /** A fresh in-memory CA (the default when no CA files are configured: this ztunnel trusts only itself). */
 export async function createEmbeddedCa(trustDomain: string): Promise<LocalCa> {
+  const { LocalCa } = await import('@weir/pki');
   return LocalCa.create({ trustDomain });
 }

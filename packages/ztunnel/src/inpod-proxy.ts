@@ -84,6 +84,10 @@ const normalizeIp = (ip: string | undefined): string =>
 const familyOf = (ip: string): 4 | 6 => (net.isIPv6(ip) ? 6 : 4);
 const hostPort = (ip: string, port: number): string => (familyOf(ip) === 6 ? `[${ip}]:${port}` : `${ip}:${port}`);
 
+// One listener shared by every socket: a per-connection closure costs memory for as long as the
+// connection is idle.
+const ignoreError = (): void => {};
+
 function errnoOf(err: unknown): number | undefined {
   return err instanceof NetnsError ? err.errno : undefined;
 }
@@ -115,7 +119,17 @@ export class InpodProxy {
   readonly #live = new Set<Duplex>();
   /** Authorized inbound connections, re-checked when policies change. */
   readonly #inbound = new Map<Duplex, ConnectionAttributes>();
-  readonly #onStoreChange = (): void => this.#recheckInbound();
+  readonly #onStoreChange = (): void => {
+    this.#baggage = undefined;
+    this.#recheckInbound();
+  };
+  /** 'close' listeners shared by all connections (called with the closed stream as `this`). */
+  readonly #untrack: (this: Duplex) => void;
+  readonly #untrackInbound: (this: Duplex) => void;
+  /** The access log (`component: access`), one per proxy rather than a child logger per connection. */
+  readonly #accessLog: Logger;
+  /** The HBONE `baggage` value: the same for every connection of this pod until the store changes. */
+  #baggage: string | undefined;
   /** IPs this pod answers on: its workload IPs plus local addresses seen on accepted inbound sockets. */
   readonly #podIps = new Set<string>();
   #listeners: string[] = [];
@@ -142,6 +156,15 @@ export class InpodProxy {
       );
     }
     this.#log = o.logger.child({ uid: o.uid });
+    this.#accessLog = this.#log.child({ component: 'access' });
+    const live = this.#live;
+    const inbound = this.#inbound;
+    this.#untrack = function (this: Duplex) {
+      live.delete(this);
+    };
+    this.#untrackInbound = function (this: Duplex) {
+      inbound.delete(this);
+    };
   }
 
   get netns(): Netns {
@@ -240,7 +263,7 @@ export class InpodProxy {
       logger: this.#log.child({ component: 'socks5' }),
       resolve,
       onConnect: (socket, target) => {
-        socket.on('error', () => {});
+        socket.on('error', ignoreError);
         this.#track(socket);
         tuneSocket(socket);
         return this.#outboundTo(socket, { address: normalizeIp(target.host), port: target.port });
@@ -286,7 +309,8 @@ export class InpodProxy {
 
   #track(d: Duplex): void {
     this.#live.add(d);
-    d.once('close', () => this.#live.delete(d));
+    // 'close' fires once: on() with a shared function, not once() (a wrapper per call).
+    d.on('close', this.#untrack);
   }
 
   #src(): { workload: string | undefined; namespace: string | undefined; identity: string } {
@@ -320,7 +344,7 @@ export class InpodProxy {
   // ---------------------------------------------------------------- outbound (15001)
 
   #onOutbound(socket: net.Socket): void {
-    socket.on('error', () => {});
+    socket.on('error', ignoreError);
     this.#track(socket);
     tuneSocket(socket);
     void this.#outbound(socket).catch((err) => {
@@ -364,7 +388,7 @@ export class InpodProxy {
           mtls: true,
         },
         this.#o.metrics,
-        this.#log.child({ component: 'access' }),
+        this.#accessLog,
       );
       const abort = new AbortController();
       const onEarlyClose = (): void => abort.abort(new Error('downstream closed'));
@@ -396,8 +420,8 @@ export class InpodProxy {
       // A socket handed over paused (the SOCKS5 listener stops it after the handshake) stays paused
       // with only 'data' listeners attached: start it explicitly, now that the bridge is listening.
       socket.resume();
-      const r = await bridged;
-      record.complete(r.tunnelToSocket, r.socketToTunnel);
+      // Not awaited: an idle connection then holds one small callback, not this whole async frame.
+      void bridged.then((r) => record.complete(r.tunnelToSocket, r.socketToTunnel));
       return;
     }
     // Not a mesh workload: plain TCP, still from inside the pod and marked so the pod's rules let it out.
@@ -409,7 +433,7 @@ export class InpodProxy {
         mtls: false,
       },
       this.#o.metrics,
-      this.#log.child({ component: 'access' }),
+      this.#accessLog,
     );
     const host = resolved?.address ?? dst.address;
     const port = resolved?.port ?? dst.port;
@@ -429,26 +453,28 @@ export class InpodProxy {
       return;
     }
     tuneSocket(upstream);
-    const r = await copyBidirectional(socket, upstream);
-    record.complete(r.sent, r.received);
+    void copyBidirectional(socket, upstream).then((r) => record.complete(r.sent, r.received));
   }
 
   /** What ztunnel sends with CONNECT: who is calling (baggage), the original client, a fresh trace. */
   #hboneHeaders(srcAddr: string): Record<string, string> {
+    return {
+      baggage: (this.#baggage ??= this.#baggageValue()),
+      forwarded: `for="${srcAddr}"`,
+      traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-00`,
+    };
+  }
+
+  #baggageValue(): string {
     const src = this.#src();
     const w = this.#workload();
-    const baggage = [
+    return [
       `k8s.cluster.name=${this.#o.clusterId ?? 'Kubernetes'}`,
       `k8s.namespace.name=${src.namespace ?? ''}`,
       `k8s.${w?.workloadType || 'pod'}.name=${w?.workloadName || src.workload || ''}`,
       `service.name=${w?.canonicalName || src.workload || ''}`,
       `service.version=${w?.canonicalRevision || 'latest'}`,
     ].join(',');
-    return {
-      baggage,
-      forwarded: `for="${srcAddr}"`,
-      traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-00`,
-    };
   }
 
   // ---------------------------------------------------------------- inbound
@@ -468,7 +494,7 @@ export class InpodProxy {
 
   #trackInbound(d: Duplex, attrs: ConnectionAttributes): void {
     this.#inbound.set(d, attrs);
-    d.once('close', () => this.#inbound.delete(d));
+    d.on('close', this.#untrackInbound);
   }
 
   /** Policies changed: live inbound connections that would now be denied are closed (as ztunnel does). */
@@ -502,7 +528,7 @@ export class InpodProxy {
         mtls,
       },
       this.#o.metrics,
-      this.#log.child({ component: 'access' }),
+      this.#accessLog,
     );
   }
 
@@ -536,7 +562,7 @@ export class InpodProxy {
   }
 
   #onInboundHbone(socket: net.Socket): void {
-    socket.on('error', () => {});
+    socket.on('error', ignoreError);
     this.#log.debug({ src: socket.remoteAddress }, 'inbound HBONE connection');
     const local = normalizeIp(socket.localAddress);
     if (local !== '') this.#podIps.add(local);
@@ -579,12 +605,12 @@ export class InpodProxy {
       ? { trustDomain: peer.identity.trustDomain, namespace: peer.identity.namespace, serviceAccount: peer.identity.serviceAccount }
       : undefined;
     this.#trackInbound(upstream, { sourceIp: srcIp, sourceIdentity: identity, destinationIp: dstIp, destinationPort: target.port });
-    upstream.once('close', () => record.complete(upstream.bytesRead, upstream.bytesWritten));
+    upstream.on('close', () => record.complete(upstream.bytesRead, upstream.bytesWritten));
     return upstream;
   }
 
   #onInboundPlaintext(socket: net.Socket): void {
-    socket.on('error', () => {});
+    socket.on('error', ignoreError);
     this.#track(socket);
     tuneSocket(socket);
     void this.#inboundPlaintext(socket).catch((err) => {
@@ -617,8 +643,7 @@ export class InpodProxy {
       return void socket.destroy();
     }
     this.#trackInbound(socket, { sourceIp: srcIp, destinationIp: dst.address, destinationPort: dst.port });
-    const r = await copyBidirectional(socket, upstream);
-    record.complete(r.sent, r.received);
+    void copyBidirectional(socket, upstream).then((r) => record.complete(r.sent, r.received));
   }
 
   // ---------------------------------------------------------------- lifecycle

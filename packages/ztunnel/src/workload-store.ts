@@ -48,6 +48,8 @@ export class WorkloadStore extends EventEmitter<{ change: [] }> {
 
   constructor(options: { trustDomain?: string; config?: LocalConfig } = {}) {
     super();
+    // Every pod's proxy listens for 'change': a node with more than 10 pods is normal, not a leak.
+    this.setMaxListeners(0);
     this.defaultTrustDomain = options.trustDomain ?? 'cluster.local';
     if (options.config) this.replace(options.config);
   }

@@ -1,7 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import { ZdsClient } from '@weir/redirect-protocol';
 import { createAdminServer, createMetricsServer, createReadinessServer, parseListenAddress, type HttpEndpoint, type ListenAddress } from './admin.js';
-import { CaClient } from './ca-client/ca-client.js';
+import type { CaCertificateDump } from './ca-client/ca-client.js';
 import { ZtunnelError } from './errors.js';
 import { IdentityManager, type CertificateSource } from './identity.js';
 import { InpodManager } from './inpod-manager.js';
@@ -11,7 +11,9 @@ import { silentLogger, type LogLevel, type Logger } from './logger.js';
 import { ZtunnelMetrics } from './metrics.js';
 import { DnsMetrics, type DnsUpstream } from './dns/index.js';
 import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
-import { XdsClient, type XdsClientOptions } from './xds/client.js';
+// Types only: the xDS client (gRPC, generated protobuf) is loaded by start() when `xds` is set, so a
+// ztunnel on a local config never pays for it in memory.
+import type { XdsClient, XdsClientOptions } from './xds/client.js';
 
 export interface ZtunnelOptions {
   /** The node agent's ZDS socket (ztunnel connects). */
@@ -40,7 +42,13 @@ export interface ZtunnelOptions {
    * Issues workload certificates: an embedded LocalCa or a CaClient (Istio's CA); `rootPem` is the
    * mesh trust bundle, read again for every TLS context so a rotated bundle takes effect.
    */
-  ca: CertificateSource & { rootPem: string };
+  ca: CertificateSource & {
+    rootPem: string;
+    /** A remote CA's issued certificates, shown in `/config_dump` (CaClient). */
+    certificates?(): CaCertificateDump[];
+    /** Called by stop() (CaClient). */
+    close?(): void;
+  };
   /** Workload certificate lifetime; rotated at half-life. Default 24 h. */
   certTtlSeconds?: number;
   /** How long established connections may run after stop(); default 5 s. */
@@ -90,8 +98,7 @@ export class Ztunnel {
   readonly metrics: ZtunnelMetrics;
   readonly identities: IdentityManager;
   readonly manager: InpodManager;
-  /** The xDS client when `xds` is set. */
-  readonly xds: XdsClient | undefined;
+  #xds: XdsClient | undefined;
   readonly #o: ZtunnelOptions;
   readonly #log: Logger;
   #watcher: LocalConfigWatcher | undefined;
@@ -108,7 +115,6 @@ export class Ztunnel {
     if (o.xds && (o.localXdsPath !== undefined || o.localConfig)) {
       throw new ZtunnelError('ERR_ZTUNNEL_CONFIG', `xds (${o.xds.address}) and a local config (${o.localXdsPath ?? 'inline'}) are mutually exclusive`);
     }
-    this.xds = o.xds ? new XdsClient({ ...o.xds, store: this.store, logger: this.#log.child({ component: 'xds' }) }) : undefined;
     this.metrics = new ZtunnelMetrics({ processMetrics: o.processMetrics ?? false });
     this.identities = new IdentityManager(o.ca, { ttlSeconds: o.certTtlSeconds ?? 86_400, logger: this.#log.child({ component: 'identity' }) });
     this.manager = new InpodManager({
@@ -158,8 +164,17 @@ export class Ztunnel {
     });
   }
 
+  /** The xDS client when `xds` is set (created by start()). */
+  get xds(): XdsClient | undefined {
+    return this.#xds;
+  }
+
   /** Loads local state, opens the HTTP endpoints and connects to the node agent. */
   async start(): Promise<void> {
+    if (this.#o.xds) {
+      const { XdsClient } = await import('./xds/client.js');
+      this.#xds = new XdsClient({ ...this.#o.xds, store: this.store, logger: this.#log.child({ component: 'xds' }) });
+    }
     if (this.#o.localXdsPath !== undefined) {
       this.#watcher = new LocalConfigWatcher(this.#o.localXdsPath, this.store, this.#log.child({ component: 'xds' }));
       await this.#watcher.start();
@@ -217,7 +232,7 @@ export class Ztunnel {
         xdsAddress: this.#o.xds?.address ?? null,
       },
       xds: this.xds?.dump() ?? null,
-      ca: this.#o.ca instanceof CaClient ? { certificates: this.#o.ca.certificates() } : { embedded: true },
+      ca: this.#o.ca.certificates ? { certificates: this.#o.ca.certificates() } : { embedded: true },
       workloads: this.store.config.workloads,
       services: this.store.config.services,
       policies: this.store.config.policies,
@@ -243,7 +258,7 @@ export class Ztunnel {
       await this.xds?.close().catch((err: unknown) => this.#log.warn({ err }, 'closing the xds connection failed'));
       await this.manager.close({ deadlineMs });
       this.identities.close();
-      if (this.#o.ca instanceof CaClient) this.#o.ca.close();
+      this.#o.ca.close?.();
       await Promise.all(this.#http.map((h) => h.endpoint.close()));
       this.#log.info({}, 'shutdown complete');
     })();
