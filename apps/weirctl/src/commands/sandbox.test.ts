@@ -120,6 +120,7 @@ describe('weirctl sandbox without Weir components', () => {
     const status = JSON.parse((await sandbox('status', '--json', ...where)).out) as { controlPlane: Record<string, unknown> };
     expect(status.controlPlane).toMatchObject({ mode: 'xds', address: 'https://172.18.0.11:15012', node: 'node-1', pid: expect.any(Number), serving: true, connected: [] });
     const pid = status.controlPlane.pid as number;
+    expect(JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')).controlPlane).toMatchObject({ mode: 'xds', pid, process: 'control-plane', node: 'node-1' });
     expect((await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0')).toContain(join(dir, 'local-xds.yaml'));
     // Its token and root, for ztunnels' AUTH_TOKEN and XDS_ROOT_CA.
     expect((await readFile(join(dir, 'control-plane', 'istio-token'), 'utf8')).length).toBeGreaterThan(20);

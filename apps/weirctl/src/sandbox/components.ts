@@ -128,7 +128,12 @@ export type ZtunnelSource =
  * policies) over Delta xDS and issuing certificates as Istio's CA, with a bearer token; resolves once it
  * serves, with what ztunnels need to reach it.
  */
-export async function startControlPlane(node: TopologyNode, component: ComponentInfo, files: SandboxFiles, say: (line: string) => void): Promise<{ process: string; source: Extract<ZtunnelSource, { mode: 'xds' }> }> {
+export async function startControlPlane(
+  node: TopologyNode,
+  component: ComponentInfo,
+  files: SandboxFiles,
+  say: (line: string) => void,
+): Promise<{ process: string; pid: number; source: Extract<ZtunnelSource, { mode: 'xds' }> }> {
   if (!component.present || component.path === undefined) throw new Error(`--control-plane xds needs weir-test-control-plane: ${component.detail}`);
   const listen = `${node.ip}:${CONTROL_PLANE_PORT}`;
   say(`${node.name}: starting weir-test-control-plane on ${listen} (Delta xDS and CA, serving ${files.localXds})`);
@@ -140,6 +145,7 @@ export async function startControlPlane(node: TopologyNode, component: Component
   await waitFor(async () => /"xdsAddress"/.test(await readFile(proc.logFile, 'utf8')), 30_000, () => proc.running, `${proc.name} to serve on ${listen}`, proc.logFile);
   return {
     process: proc.name,
+    pid: proc.pid,
     source: {
       mode: 'xds',
       address: `https://${listen}`,

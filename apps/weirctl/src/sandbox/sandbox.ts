@@ -116,7 +116,7 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
         const started = await startControlPlane(node, controlPlaneComponent, files, say);
         source = started.source;
         const { address, hostname, rootCa, tokenFile } = source;
-        state.controlPlane = { mode: 'xds', node: name, process: started.process, address, hostname, outDir: files.controlPlaneDir, rootCa, tokenFile };
+        state.controlPlane = { mode: 'xds', node: name, process: started.process, pid: started.pid, address, hostname, outDir: files.controlPlaneDir, rootCa, tokenFile };
         await writeSandboxState(where.dir, state);
       }
       const wired = await startNodeComponents(node, components, files, source, say);

@@ -20,9 +20,10 @@ const controlPlaneSchema = z.discriminatedUnion('mode', [
   z.object({ mode: z.literal('local') }),
   z.object({
     mode: z.literal('xds'),
-    /** The node whose netns it runs in, and its supervised process name in the topology. */
+    /** The node whose netns it runs in, its supervised process name in the topology, and its pid (`down` stops it by that record). */
     node: z.string(),
     process: z.string(),
+    pid: z.number().int(),
     /** `https://<node ip>:<port>`: XDS_ADDRESS and CA_ADDRESS of every ztunnel. */
     address: z.string(),
     /** The name its certificate carries (ALT_XDS_HOSTNAME, ALT_CA_HOSTNAME). */
