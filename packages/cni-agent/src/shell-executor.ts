@@ -52,18 +52,24 @@ export class ShellExecutor implements CommandExecutor {
       input === undefined ? ' </dev/null\n' : ` <<'${token}in'\n${input}${input.endsWith('\n') || input === '' ? '' : '\n'}${token}in\n`;
     const script = `${line}${stdin}__rc=$?; printf '%s%d\\n' '${token}' "$__rc"; printf '%s\\n' '${token}' >&2\n`;
     return new Promise((resolve) => {
+      // Search only what arrived since the last look (a batch's output comes in many chunks).
+      let outFrom = 0;
+      let errFrom = 0;
       const check = (): void => {
-        const o = new RegExp(`${token}(\\d+)\\n`).exec(this.out);
-        const e = this.err.indexOf(`${token}\n`);
-        if (o && e >= 0) {
+        const oi = this.out.indexOf(token, outFrom);
+        const code = oi < 0 ? undefined : /^(\d+)\n/.exec(this.out.slice(oi + token.length, oi + token.length + 12));
+        const e = this.err.indexOf(`${token}\n`, errFrom);
+        if (oi >= 0 && code && e >= 0) {
           this.pending = undefined;
-          const stdout = this.out.slice(0, o.index);
+          const stdout = this.out.slice(0, oi);
           const stderr = this.err.slice(0, e);
-          this.out = this.out.slice(o.index + o[0].length);
+          this.out = this.out.slice(oi + token.length + code[0].length);
           this.err = this.err.slice(e + token.length + 1);
-          resolve({ stdout, stderr, code: Number(o[1]) });
+          resolve({ stdout, stderr, code: Number(code[1]) });
           return;
         }
+        outFrom = oi >= 0 ? oi : Math.max(0, this.out.length - token.length);
+        errFrom = e >= 0 ? e : Math.max(0, this.err.length - token.length - 1);
         if (this.exited !== undefined) {
           this.pending = undefined;
           resolve({ stdout: this.out, stderr: `${this.err}${cmd}: ${this.exited}`, code: 127 });

@@ -1,10 +1,10 @@
 import { detectBackend, iptablesCommand, type IptablesBackend } from './backend.js';
 import { refs, restoreArgs, rollbackFamily } from './applier.js';
-import { DEFAULT_CHAIN_PREFIX, desiredFromFamily, diffTables, reconcileRestore, type RuleChange, type RuleDiff } from './diff.js';
+import { DEFAULT_CHAIN_PREFIX, desiredFromFamily, diffTables, reconcileRestore, type DesiredTable, type RuleChange, type RuleDiff } from './diff.js';
 import { CommandFailedError, IptablesError } from './errors.js';
 import type { CommandExecutor, CommandResult } from './executor.js';
 import { silentLogger, type Logger } from './logger.js';
-import type { Family, RuleRef, RuleSet } from './model.js';
+import type { Family, FamilyRules, RuleRef, RuleSet } from './model.js';
 import { parseIptablesSave, type SavedTable } from './parse-iptables.js';
 import { countRule, hasRoute, ipRouteArgs, ipRuleArgs, type PolicyRouting } from './routing.js';
 import { BatchScript, runShellBatch, type BatchOutput, type BatchStep } from './shell-batch.js';
@@ -51,6 +51,23 @@ export interface NetnsApplierOptions {
 }
 
 const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+
+// A node agent applies the same few (cached) rule sets to every pod: render each family once.
+const desiredCache = new WeakMap<FamilyRules, DesiredTable[]>();
+const freshCache = new WeakMap<FamilyRules, Map<string, string>>();
+function desired(fam: FamilyRules): DesiredTable[] {
+  let d = desiredCache.get(fam);
+  if (!d) desiredCache.set(fam, (d = desiredFromFamily(fam)));
+  return d;
+}
+/** `iptables-restore` text installing `fam` on a netns with nothing of Weir's. */
+function freshRestore(fam: FamilyRules, prefix: string): string {
+  let byPrefix = freshCache.get(fam);
+  if (!byPrefix) freshCache.set(fam, (byPrefix = new Map()));
+  let text = byPrefix.get(prefix);
+  if (text === undefined) byPrefix.set(prefix, (text = reconcileRestore(fam.family, desired(fam), [], prefix)));
+  return text;
+}
 const flag = (f: Family): string => (f === 'ipv4' ? '-4' : '-6');
 
 /**
@@ -102,7 +119,7 @@ export class NetnsApplier {
       const got = read.results.get(`${fresh}-restore-${fam.family}`);
       if (!got || got.code === 0) continue;
       const cmd = iptablesCommand(backend, fam.family, 'restore');
-      const text = reconcileRestore(fam.family, desiredFromFamily(fam), [], this.#prefix);
+      const text = freshRestore(fam, this.#prefix);
       const error = new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', cmd, restoreArgs(backend), got.code, got.stderr, { input: text });
       this.#logger.error({ family: fam.family, backend, stderr: got.stderr.trim() }, 'rule restore failed, rolling back');
       await rollbackFamily(this.#executor, backend, fam.family, state.saved.get(fam.family) ?? [], this.#prefix, error);
@@ -137,7 +154,7 @@ export class NetnsApplier {
   #canInstallFresh(spec: NetnsSpec): boolean {
     if (!/^[A-Za-z0-9_-]+$/.test(this.#prefix)) return false;
     return spec.ruleSet.families.every((fam) =>
-      desiredFromFamily(fam).every((t) => [...t.owned.keys()].every((c) => c.startsWith(this.#prefix)) && t.hooks.every((h) => h.spec.includes(this.#prefix))),
+      desired(fam).every((t) => [...t.owned.keys()].every((c) => c.startsWith(this.#prefix)) && t.hooks.every((h) => h.spec.includes(this.#prefix))),
     );
   }
 
@@ -168,7 +185,7 @@ export class NetnsApplier {
   #installSteps(script: BatchScript, backend: 'legacy' | 'nft', spec: NetnsSpec, tag: string): void {
     script.raw(':');
     for (const fam of spec.ruleSet.families) {
-      const text = reconcileRestore(fam.family, desiredFromFamily(fam), [], this.#prefix);
+      const text = freshRestore(fam, this.#prefix);
       if (text) script.step({ id: `${tag}-restore-${fam.family}`, argv: [iptablesCommand(backend, fam.family, 'restore'), ...restoreArgs(backend)], input: text }, { stop: true });
     }
     for (const family of FAMILIES) {
@@ -187,14 +204,14 @@ export class NetnsApplier {
     for (const fam of want.ruleSet.families) {
       const before = parseIptablesSave(stepOutput(read, `save-${fam.family}`, iptablesCommand(backend, fam.family, 'save')), fam.family);
       saved.set(fam.family, before);
-      const desired = desiredFromFamily(fam);
-      const diff = diffTables(fam.family, desired, before, this.#prefix);
+      const want = desired(fam);
+      const diff = diffTables(fam.family, want, before, this.#prefix);
       const had = before.some((t) => t.chains.some((c) => c.name.startsWith(this.#prefix)));
       hadRules ||= had;
       if (diff.inSync) continue;
       changes.push(...diff.changes);
       if (had) repaired.push(...refs(diff.changes));
-      restores.push({ family: fam.family, text: reconcileRestore(fam.family, desired, before, this.#prefix) });
+      restores.push({ family: fam.family, text: reconcileRestore(fam.family, want, before, this.#prefix) });
     }
     return { saved, changes, repaired, restores, hadRules };
   }
