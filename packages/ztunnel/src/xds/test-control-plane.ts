@@ -274,6 +274,10 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
   #set(typeUrl: string, name: string, body: Uint8Array): void {
     const held = this.#state.get(typeUrl);
     if (!held) throw new Error(`unknown type ${typeUrl}`);
+    // Delta xDS, as istiod: an unchanged resource keeps its version and is not sent again (a
+    // loadLocalConfig after a one-line edit pushes that one resource, not the whole file).
+    const old = held.get(name);
+    if (old !== undefined && Buffer.from(old.body).equals(body)) return;
     const r = { version: String(++this.#version), body };
     held.set(name, r);
     for (const s of this.#streams) if (s.types.has(typeUrl)) this.#send(s, typeUrl, [[name, r]], []);
