@@ -273,17 +273,18 @@ class Server implements HboneServer {
       }
     }
     if (stream.closed || stream.destroyed) return;
-    const tunnel = new Tunnel(stream, peer, target, parsed, dst);
+    const tunnel: Tunnel = { stream, upstream: undefined, peer, target, headers: parsed, started: 0 };
     this.#tunnels.add(tunnel);
+    const ctx = new ConnectContext(peer, parsed, stream, dst);
     let upstream: Duplex;
     try {
-      upstream = await this.#o.connect(target, tunnel);
+      upstream = await this.#o.connect(target, ctx);
     } catch (err) {
       this.#tunnels.delete(tunnel);
       log.warn({ err, src, dst }, 'connection failed: upstream connect');
       return refuse(stream, 503);
     } finally {
-      tunnel.connected();
+      ctx.settled();
     }
     if (stream.closed || stream.destroyed) {
       this.#tunnels.delete(tunnel);
@@ -307,39 +308,51 @@ class Server implements HboneServer {
 const OK_HEADERS = { ':status': 200 };
 const BRIDGE_MAX_BUFFERED = 256 * 1024;
 
-/** An admitted stream; also the `connect` hook's context, so a tunnel allocates one object, not three. */
-class Tunnel implements HboneConnectContext {
-  upstream: Duplex | undefined = undefined;
+/** An admitted stream, from the upstream connect to the end of the tunnel. */
+interface Tunnel {
+  stream: http2.ServerHttp2Stream;
+  upstream: Duplex | undefined;
+  peer: HbonePeer;
+  target: HboneTarget;
+  headers: HboneRequestHeaders;
   /** When the 200 went out (durationMs counts from here). */
-  started = 0;
+  started: number;
+}
+
+/** The `connect` hook's context. */
+class ConnectContext implements HboneConnectContext {
+  readonly #stream: http2.ServerHttp2Stream;
+  readonly #dst: string;
   #abort: { controller: AbortController; onClose: () => void } | undefined = undefined;
   #pending = true;
 
   constructor(
-    readonly stream: http2.ServerHttp2Stream,
     readonly peer: HbonePeer,
-    readonly target: HboneTarget,
     readonly headers: HboneRequestHeaders,
-    readonly dst: string,
-  ) {}
+    stream: http2.ServerHttp2Stream,
+    dst: string,
+  ) {
+    this.#stream = stream;
+    this.#dst = dst;
+  }
 
-  // Made on first use: most upstream connects finish long before a client gives up, and an
-  // AbortController and a listener per tunnel are measurable on the open path.
+  // Made on first use: an AbortController and a stream listener per tunnel are measurable on the
+  // open path, and most upstream connects finish long before a client gives up.
   get signal(): AbortSignal {
     if (this.#abort === undefined) {
       const controller = new AbortController();
-      const onClose = (): void => controller.abort(new HboneError('ERR_HBONE_ABORTED', `client closed stream to ${this.dst} before the upstream connected`));
+      const onClose = (): void => controller.abort(new HboneError('ERR_HBONE_ABORTED', `client closed stream to ${this.#dst} before the upstream connected`));
       this.#abort = { controller, onClose };
-      if (this.stream.closed || this.stream.destroyed) onClose();
-      else if (this.#pending) this.stream.once('close', onClose);
+      if (this.#stream.closed || this.#stream.destroyed) onClose();
+      else if (this.#pending) this.#stream.once('close', onClose);
     }
     return this.#abort.controller.signal;
   }
 
   /** The upstream connect settled: a stream close no longer aborts it. */
-  connected(): void {
+  settled(): void {
     this.#pending = false;
-    if (this.#abort !== undefined) this.stream.off('close', this.#abort.onClose);
+    if (this.#abort !== undefined) this.#stream.off('close', this.#abort.onClose);
   }
 }
 

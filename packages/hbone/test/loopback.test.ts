@@ -233,10 +233,26 @@ describe('HBONE client ↔ server over loopback', () => {
     expect((await roundTrip(t, Buffer.from('old cert'))).toString()).toBe('old cert');
   });
 
-  it('aborts a pending connect through its AbortSignal', async () => {
+  it('aborts a pending connect through its AbortSignal, and the server hook sees the abort', async () => {
+    let serverAbort: (reason: unknown) => void = () => {};
+    const serverAborted = new Promise((r) => (serverAbort = r));
+    let lateSignal: AbortSignal | undefined;
     const slow = createHboneServer({
       tls: tlsOf(pki.server),
-      connect: (_t, ctx) => new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('aborted')))),
+      connect: async (t, ctx) => {
+        if (t.port === 1235) {
+          // Reads the signal only after the client is gone: it must come back already aborted.
+          await new Promise((r) => setTimeout(r, 600));
+          lateSignal = ctx.signal;
+          throw new Error('gone');
+        }
+        return new Promise((_, reject) =>
+          ctx.signal.addEventListener('abort', () => {
+            serverAbort(ctx.signal.reason);
+            reject(new Error('aborted'));
+          }),
+        );
+      },
     });
     const p = (await slow.listen({ host: '127.0.0.1', port: 0 })).port;
     cleanups.push(() => slow.close({ deadlineMs: 200 }));
@@ -245,6 +261,13 @@ describe('HBONE client ↔ server over loopback', () => {
     const pending = c.connect({ peer: { host: '127.0.0.1', port: p }, target: { host: '127.0.0.1', port: 1234 }, expectedIdentities: [SERVER_ID], signal: ac.signal });
     setTimeout(() => ac.abort(), 200);
     await expect(pending).rejects.toMatchObject({ code: 'ERR_HBONE_ABORTED' });
+    await expect(serverAborted).resolves.toMatchObject({ code: 'ERR_HBONE_ABORTED' });
+
+    const ac2 = new AbortController();
+    const late = c.connect({ peer: { host: '127.0.0.1', port: p }, target: { host: '127.0.0.1', port: 1235 }, expectedIdentities: [SERVER_ID], signal: ac2.signal });
+    setTimeout(() => ac2.abort(), 100);
+    await expect(late).rejects.toMatchObject({ code: 'ERR_HBONE_ABORTED' });
+    await expect.poll(() => lateSignal?.aborted, { timeout: 3000 }).toBe(true);
   });
 
   it('bridges a client-side TCP socket into a tunnel (the embedding pattern)', async () => {
