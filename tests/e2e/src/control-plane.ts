@@ -97,3 +97,10 @@ export async function xdsPolicies(sandbox: Sandbox, node: string): Promise<strin
   const dump = await sandbox.configDump(node);
   return (dump.xds?.types.find((t) => t.typeUrl === AUTHORIZATION_TYPE)?.resources ?? []).map((r) => r.name);
 }
+
+/** uid → version of each xDS Address resource ztunnel on `node` holds (resources are named by workload uid). */
+export async function addressVersions(sandbox: Sandbox, node: string): Promise<Map<string, string>> {
+  const dump = await sandbox.configDump(node);
+  const resources = dump.xds?.types.find((t) => t.typeUrl === ADDRESS_TYPE)?.resources ?? [];
+  return new Map(resources.map((r) => [r.name.slice(r.name.lastIndexOf('/') + 1), r.version]));
+}

@@ -11,7 +11,7 @@ import { Topology, type PacketCapture } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostSnapshot, type HostSnapshot } from '../src/host.js';
 import { parsePcap, parseTlsRecords, tcpStreams } from '../src/pcap.js';
-import { expectConfigSource, xdsPolicies } from '../src/control-plane.js';
+import { addressVersions, expectConfigSource, xdsPolicies } from '../src/control-plane.js';
 import { CONTROL_PLANE_MODES, Sandbox, eventually, type SandboxPod } from '../src/sandbox.js';
 import { SEED_INPOD_RULES, savedRules } from '../src/seed.js';
 
@@ -245,7 +245,17 @@ describe.each(CONTROL_PLANE_MODES)('control plane %s', (mode) => {
     });
 
     it('un-labelling namespace demo releases the pods: rules and listeners gone, traffic direct and plain', async () => {
+      const versionsBefore = mode === 'xds' ? await addressVersions(sandbox, 'node-1') : undefined;
       await sandbox.label('ns/demo', 'istio.io/dataplane-mode-');
+      if (versionsBefore) {
+        // The workloads' protocol changed (HBONE -> TCP): the control plane pushed new versions of exactly the demo pods.
+        const uids = { sleep: await podUid('sleep'), httpbin: await podUid('httpbin'), legacy: await podUid('legacy-client') };
+        const after = await eventually('node-1 ztunnel to receive the demo workloads again over xDS', async () => {
+          const v = await addressVersions(sandbox, 'node-1');
+          return v.get(uids.sleep) !== versionsBefore.get(uids.sleep) && v.get(uids.httpbin) !== versionsBefore.get(uids.httpbin) ? v : undefined;
+        });
+        expect(after.get(uids.legacy)).toBe(versionsBefore.get(uids.legacy));
+      }
       for (const pod of ['sleep', 'httpbin']) {
         await eventually(`${pod} to be released (no ISTIO_ rules, IPv4 or IPv6)`, async () => (/ISTIO_/.test(await sandbox.execOk(pod, ['sh', '-c', 'iptables-save; ip6tables-save'])) ? undefined : true), 60_000);
         await eventually(`${pod}'s ztunnel listeners to close`, async () => (/:1500[168]\s/.test(await sandbox.execOk(pod, ['ss', '-ntl'])) ? undefined : true), 30_000);

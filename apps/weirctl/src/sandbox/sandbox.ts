@@ -110,7 +110,7 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
     for (const name of spec.nodes) {
       const node = await topology.addNode({ name });
       say(`node ${name}: netns ${node.netns}, address ${node.ip}, pod CIDR ${node.podCidr}`);
-      if (controlPlaneComponent && source.mode === 'local') {
+      if (controlPlaneComponent && name === spec.nodes[0]) {
         // On the first node, before any ztunnel. The topology records the process as it spawns, so a
         // failed or interrupted `up` stops it in `down` like every other process (SIGTERM, then SIGKILL).
         const started = await startControlPlane(node, controlPlaneComponent, files, say);
