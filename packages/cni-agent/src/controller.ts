@@ -408,7 +408,8 @@ export class PodController {
       probe.catch(() => undefined);
       let report;
       try {
-        report = await this.opts.rules.apply(pod, netns);
+        // A CNI ADD's first capture: the sandbox netns is new, install without reading it first.
+        report = await this.opts.rules.apply(pod, netns, { likelyNew: rec.enrollStart?.trigger === 'cmdadd' && !rec.rulesApplied && !wasCaptured });
       } catch (cause) {
         throw new CniAgentError('ERR_AGENT_RULES', `applying in-pod rules for ${pod.namespace}/${pod.name} in ${rec.netnsPath}: ${describe(cause)}`, { cause });
       } finally {

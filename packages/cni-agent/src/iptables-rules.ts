@@ -230,11 +230,11 @@ export class IptablesPodRules implements PodRules {
     this.hostShell.close();
   }
 
-  apply(pod: PodInfo, netns: NetnsHandle): Promise<RepairReport> {
-    return this.inPod(netns, (exec) => this.applyWith(pod, exec));
+  apply(pod: PodInfo, netns: NetnsHandle, opts: { likelyNew?: boolean } = {}): Promise<RepairReport> {
+    return this.inPod(netns, (exec) => this.applyWith(pod, exec, opts.likelyNew ?? false));
   }
 
-  private async applyWith(pod: PodInfo, inner: CommandExecutor): Promise<RepairReport> {
+  private async applyWith(pod: PodInfo, inner: CommandExecutor, likelyNew: boolean): Promise<RepairReport> {
     // Per-round-trip timings of this capture, for the debug line below (where enrollment time goes).
     const steps: string[] = [];
     const started = performance.now();
@@ -252,7 +252,7 @@ export class IptablesPodRules implements PodRules {
       },
     };
     try {
-      return await this.applyTimed(pod, exec);
+      return await this.applyTimed(pod, exec, likelyNew);
     } finally {
       this.log.debug({ uid: pod.uid, pod: `${pod.namespace}/${pod.name}`, totalMs: Number((performance.now() - started).toFixed(1)), roundTrips: steps.length, steps }, 'in-pod apply timings');
     }
@@ -271,11 +271,12 @@ export class IptablesPodRules implements PodRules {
     };
   }
 
-  private async applyTimed(pod: PodInfo, exec: CommandExecutor): Promise<RepairReport> {
+  private async applyTimed(pod: PodInfo, exec: CommandExecutor, likelyNew: boolean): Promise<RepairReport> {
     const backend = this.iptablesBackend;
     if (backend !== 'nftables') {
-      // Two round trips for a new pod (read everything, apply the diff), one for a pod in sync.
-      const r = await new NetnsApplier({ executor: exec, backend, logger: this.log }).apply(this.specFor(pod));
+      // One round trip for a new pod (read and install, or install outright when likely new) or
+      // a pod in sync; two when a pod holding rules has drifted.
+      const r = await new NetnsApplier({ executor: exec, backend, logger: this.log }).apply(this.specFor(pod), { likelyNew });
       const repaired = r.repaired.map((x) => `${x.family} ${x.table} ${x.chain}: ${x.rule}`);
       if (r.hadRules) {
         if (!r.diff.inSync && r.repaired.length === 0) repaired.push('rule order or chains');

@@ -23,8 +23,12 @@ export interface RepairReport {
 export interface PodRules {
   /** Host netns: ipset + SNAT rules for kubelet probes. Idempotent. */
   setupHost(): Promise<void>;
-  /** Applies (or repairs) the in-pod rules and policy routing; idempotent, applies only a diff. */
-  apply(pod: PodInfo, netns: NetnsHandle): Promise<RepairReport>;
+  /**
+   * Applies (or repairs) the in-pod rules and policy routing; idempotent, applies only a diff.
+   * `likelyNew`: a first capture (CNI ADD), so the netns most likely holds nothing yet and may be
+   * installed without reading it first (same result either way, fewer processes).
+   */
+  apply(pod: PodInfo, netns: NetnsHandle, opts?: { likelyNew?: boolean }): Promise<RepairReport>;
   /** Removes every in-pod rule and route this agent installs. */
   remove(pod: PodInfo, netns: NetnsHandle): Promise<void>;
   addHostProbe(pod: PodInfo, ips: string[]): Promise<void>;

@@ -72,6 +72,7 @@ export { RuleApplier, type ApplyResult, type RuleApplierOptions } from './applie
 export {
   NetnsApplier,
   type NetnsApplierOptions,
+  type NetnsApplyOptions,
   type NetnsApplyResult,
   type NetnsFacts,
   type NetnsSpec,

@@ -41,6 +41,15 @@ export interface NetnsApplyResult {
   readonly roundTrips: number;
 }
 
+export interface NetnsApplyOptions {
+  /**
+   * The caller expects a netns holding nothing of Weir's (a pod's first capture): install without
+   * reading first (chains created with `-N`, which fails if one exists). If the netns was not new
+   * after all, what got in is taken out again and the usual read-diff-apply follows.
+   */
+  readonly likelyNew?: boolean;
+}
+
 export interface NetnsApplierOptions {
   /** Runs `sh -c <script>` in the netns: `netnsExecutor(path)` (one nsenter per batch). */
   readonly executor: CommandExecutor;
@@ -104,20 +113,28 @@ export class NetnsApplier {
    * Reads, diffs and (when anything differs) applies `spec(facts)`. A netns holding nothing of
    * Weir's (a new pod) is installed by the read script itself: one round trip in all.
    */
-  async apply(spec: (facts: NetnsFacts) => NetnsSpec): Promise<NetnsApplyResult> {
+  async apply(spec: (facts: NetnsFacts) => NetnsSpec, opts: NetnsApplyOptions = {}): Promise<NetnsApplyResult> {
     const backend = await this.backend();
     const specs = { on: spec({ ipv6: true }), off: spec({ ipv6: false }) };
     const optimistic = this.#canInstallFresh(specs.on) && this.#canInstallFresh(specs.off);
-    const read = await this.#read(backend, specs, optimistic);
+    const assume = optimistic && opts.likelyNew === true;
+    const read = assume ? await this.#installNew(backend, specs) : await this.#read(backend, specs, optimistic);
     const want = read.ipv6 ? specs.on : specs.off;
     const fresh = read.ipv6 ? 'fresh1' : 'fresh0';
     if (!optimistic || ![...read.results.keys()].some((id) => id.startsWith(`${fresh}-`))) return this.#applyDiff(backend, want, read, 1);
 
-    // The script found no Weir rules and installed `want` whole: check what it did.
-    const state = this.#diff(backend, want, read);
+    // The script found no Weir rules (or was told so) and installed `want` whole: check what it did.
+    const state = assume ? this.#freshDiff(want) : this.#diff(backend, want, read);
     for (const fam of want.ruleSet.families) {
       const got = read.results.get(`${fresh}-restore-${fam.family}`);
       if (!got || got.code === 0) continue;
+      if (assume) {
+        // `-N` refused an existing chain (the netns was not new after all) or the restore failed:
+        // take out exactly the tables it committed (their chains were new), then read and diff.
+        const undone = await this.#undoNew(backend, fam, got.stderr);
+        this.#logger.info({ family: fam.family, backend, stderr: got.stderr.trim(), undone }, 'netns not new after all, reading it');
+        return this.#applyDiff(backend, want, await this.#read(backend, specs, false), 2 + (undone.length ? 1 : 0));
+      }
       const cmd = iptablesCommand(backend, fam.family, 'restore');
       const text = freshRestore(fam, this.#prefix);
       const error = new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', cmd, restoreArgs(backend), got.code, got.stderr, { input: text });
@@ -148,6 +165,51 @@ export class NetnsApplier {
       sysctls: Object.entries(want.sysctls ?? {}).filter(([k, v]) => read.sysctls.has(k) && read.sysctls.get(k) !== v).map(([k]) => k),
       roundTrips: 1,
     };
+  }
+
+  /**
+   * The install of a netns assumed new, without reading it first: the restore creates every chain
+   * with `-N`, which fails (before its table commits) if the chain exists.
+   */
+  #installNew(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }): Promise<BatchOutput> {
+    const sysctlKeys = [...new Set([...Object.keys(specs.on.sysctls ?? {}), ...Object.keys(specs.off.sysctls ?? {})])];
+    const script = new BatchScript(sysctlKeys).raw('if [ "$v6" = 1 ]; then');
+    this.#installSteps(script, backend, specs.on, 'fresh1', true);
+    script.raw('else');
+    this.#installSteps(script, backend, specs.off, 'fresh0', true);
+    return script.raw('fi').run(this.#executor);
+  }
+
+  /**
+   * After a failed `-N` install of `fam`: iptables commits table by table, so the tables before
+   * the failing line are in, and every chain in them is ours (their `-N` succeeded). Removes
+   * exactly those; returns their names.
+   */
+  async #undoNew(backend: 'legacy' | 'nft', fam: FamilyRules, stderr: string): Promise<string[]> {
+    const line = Number(/line:? (\d+)/.exec(stderr)?.[1] ?? 0);
+    const lines = createChains(freshRestore(fam, this.#prefix)).split('\n');
+    const committed: string[] = [];
+    let table = '';
+    lines.forEach((l, i) => {
+      if (l.startsWith('*')) table = l.slice(1);
+      else if (l === 'COMMIT' && i + 1 < line) committed.push(table);
+    });
+    if (!committed.length) return [];
+    const undo: string[] = [];
+    for (const t of desired(fam).filter((d) => committed.includes(d.name))) {
+      undo.push(`*${t.name}`, ...t.hooks.map((h) => `-D ${h.chain} ${h.spec}`), ...[...t.owned.keys()].map((c) => `-F ${c}`), ...[...t.owned.keys()].map((c) => `-X ${c}`), 'COMMIT');
+    }
+    const text = `${undo.join('\n')}\n`;
+    const cmd = iptablesCommand(backend, fam.family, 'restore');
+    const out = await runShellBatch(this.#executor, [{ id: 'undo', argv: [cmd, ...restoreArgs(backend)], input: text }]);
+    const r = out.results.get('undo');
+    if (r?.code !== 0) throw new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', cmd, restoreArgs(backend), r?.code ?? -1, r?.stderr ?? 'not run', { input: text });
+    return committed;
+  }
+
+  /** The diff of installing `want` where nothing of Weir's is. */
+  #freshDiff(want: NetnsSpec): { saved: Map<Family, SavedTable[]>; changes: RuleChange[] } {
+    return { saved: new Map(), changes: want.ruleSet.families.flatMap((fam) => diffTables(fam.family, desired(fam), [], this.#prefix).changes) };
   }
 
   /** Whether "no `<prefix>` anywhere in iptables-save" means "nothing of this spec is there". */
@@ -182,10 +244,10 @@ export class NetnsApplier {
     return script.run(this.#executor);
   }
 
-  #installSteps(script: BatchScript, backend: 'legacy' | 'nft', spec: NetnsSpec, tag: string): void {
+  #installSteps(script: BatchScript, backend: 'legacy' | 'nft', spec: NetnsSpec, tag: string, create = false): void {
     script.raw(':');
     for (const fam of spec.ruleSet.families) {
-      const text = freshRestore(fam, this.#prefix);
+      const text = create ? createChains(freshRestore(fam, this.#prefix)) : freshRestore(fam, this.#prefix);
       if (text) script.step({ id: `${tag}-restore-${fam.family}`, argv: [iptablesCommand(backend, fam.family, 'restore'), ...restoreArgs(backend)], input: text }, { stop: true });
     }
     for (const family of FAMILIES) {
@@ -383,4 +445,9 @@ function freshRouting(routing: PolicyRouting, family: Family): string[] {
     ...routing.rules.filter((r) => r.family === family).map((r) => ipRuleArgs(r, 'add')),
     ...routing.routes.filter((r) => r.family === family).map((r) => ipRouteArgs(r, 'replace')),
   ].map((a) => a.slice(1).join(' '));
+}
+
+/** Fresh-install restore text with each owned chain created by `-N` (fails if it exists) instead of declared (which flushes). */
+function createChains(text: string): string {
+  return text.replace(/^:(\S+) - \[0:0\]$/gm, '-N $1');
 }

@@ -180,6 +180,63 @@ for (const backend of ['legacy', 'nft'] as const) {
   });
 }
 
+for (const backend of ['legacy', 'nft'] as const) {
+  describe(`NetnsApplier likelyNew (install without reading) on iptables-${backend}`, () => {
+    const fresh = (tag: string): { name: string; path: string } => {
+      const name = uniqueName(tag);
+      names.push(name);
+      return { name, path: addNetns(name) };
+    };
+    const save = (name: string, family: 'ipv4' | 'ipv6' = 'ipv4'): string => sh('ip', ['netns', 'exec', name, iptablesCommand(backend, family, 'save')]);
+    const rulesOf = (text: string): string[] => ['mangle', 'nat', 'raw'].flatMap((t) => ruleLines(text, t));
+
+    it('a new netns: one round trip, no iptables-save, the same rules as the read path', async () => {
+      const a = fresh('G');
+      const b = fresh('H');
+      const calls = recording(netnsExecutor(a.path));
+      const result = await new NetnsApplier({ executor: calls, backend }).apply(podSpec, { likelyNew: true });
+      expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], roundTrips: 1, sysctls: [MIGRATE] });
+      expect(calls.calls).toHaveLength(1);
+      expect(calls.calls[0]?.args[1]).toMatch(/-N ISTIO_/);
+      await new NetnsApplier({ executor: netnsExecutor(b.path), backend }).apply(podSpec);
+      for (const family of ['ipv4', 'ipv6'] as const) expect(rulesOf(save(a.name, family))).toEqual(rulesOf(save(b.name, family)));
+      expect(sh('ip', ['netns', 'exec', a.name, 'ip', '-6', 'rule', 'show'])).toMatch(/lookup 133/);
+      // Told "new" again, although it is in sync: -N refuses, nothing changes.
+      const again = await new NetnsApplier({ executor: netnsExecutor(a.path), backend }).apply(podSpec, { likelyNew: true });
+      expect(again).toMatchObject({ changed: false, hadRules: true, roundTrips: 2 });
+      expect(rulesOf(save(a.name))).toEqual(rulesOf(save(b.name)));
+    });
+
+    it('a netns holding part of the rules: what the install committed is taken out, then the diff repairs the rest', async () => {
+      const a = fresh('I');
+      const iptables = (...args: string[]): string => sh('ip', ['netns', 'exec', a.name, `iptables-${backend}`, '-w', ...args]);
+      iptables('-t', 'filter', '-A', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'ACCEPT');
+      // Only the raw table's chain: the tables before it in the restore commit, then raw's -N fails.
+      iptables('-t', 'raw', '-N', 'ISTIO_OUTPUT');
+      const result = await new NetnsApplier({ executor: netnsExecutor(a.path), backend }).apply(podSpec, { likelyNew: true });
+      expect(result).toMatchObject({ changed: true, hadRules: true, roundTrips: 4 });
+      expect(result.repaired.length).toBeGreaterThan(0);
+      expect(result.repaired.some((r) => r.table === 'raw' && r.chain === 'ISTIO_OUTPUT')).toBe(true);
+      const b = fresh('J');
+      await new NetnsApplier({ executor: netnsExecutor(b.path), backend }).apply(podSpec);
+      expect(rulesOf(save(a.name))).toEqual(rulesOf(save(b.name)));
+      expect(save(a.name)).toMatch(/-A INPUT -p tcp -m tcp --dport 7 -j ACCEPT/);
+    });
+
+    it('a restore that fails on a new netns leaves no Weir rule behind', async () => {
+      const a = fresh('K');
+      const broken: CommandExecutor = {
+        run: (cmd, args, opts) => netnsExecutor(a.path).run(cmd, args.map((x) => x.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
+      };
+      await expect(new NetnsApplier({ executor: broken, backend }).apply(podSpec, { likelyNew: true })).rejects.toMatchObject({
+        code: 'ERR_IPTABLES_RESTORE_FAILED',
+        stderr: expect.stringMatching(/WEIRMISSING/),
+      });
+      expect(save(a.name)).not.toMatch(/ISTIO_|^-A /m);
+    });
+  });
+}
+
 describe('NetnsApplier errors', () => {
   it('a netns that cannot be entered is a clear error, not an empty read', async () => {
     const applier = new NetnsApplier({ executor: netnsExecutor('/var/run/netns/weir-no-such-netns'), backend: 'nft' });
