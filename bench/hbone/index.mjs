@@ -230,24 +230,27 @@ console.log(`open p50/p99 ms (${COUNT} opens after ${OPEN_WARMUP} warm-up): weir
 const rssOf = async (p) => {
   const before = p.log.length;
   p.stdin.write('rss\n');
-  const re = /RSS (\d+)/g;
+  const re = /RSS (\d+) HEAP (\d+) YOUNG (\d+)/g;
   for (;;) {
     re.lastIndex = before;
     const m = re.exec(p.log);
-    if (m) return Number(m[1]);
+    if (m) return { rss: Number(m[1]), heap: Number(m[2]), young: Number(m[3]) };
     await new Promise((r) => setTimeout(r, 20));
   }
 };
 const rs = ws; // reuse the Weir server from the latency run (already warm)
 const rc = node('weir-rss', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, n: TUNNELS });
-const clientBase = Number((await waitLine(rc, /BASE (\d+)/, 60_000))[1]);
-const serverBase = await rssOf(rs);
+const [, clientBaseText, clientBaseHeap, clientBaseYoung] = await waitLine(rc, /BASE (\d+) HEAP (\d+) YOUNG (\d+)/, 60_000);
+const clientBase = Number(clientBaseText);
+const serverBaseAll = await rssOf(rs);
+const serverBase = serverBaseAll.rss;
 rc.stdin.write('next\n');
 const clientMid = Number((await waitLine(rc, /MID (\d+)/, 180_000))[1]);
-const serverMid = await rssOf(rs);
+const serverMid = (await rssOf(rs)).rss;
 rc.stdin.write('next\n');
-const [, clientEndText, nText, sessionsText] = await waitLine(rc, /END (\d+) (\d+) (\d+)/, 180_000);
-const serverEnd = await rssOf(rs);
+const [, clientEndText, nText, sessionsText, clientEndHeap, clientEndYoung] = await waitLine(rc, /END (\d+) (\d+) (\d+) HEAP (\d+) YOUNG (\d+)/, 180_000);
+const serverEndAll = await rssOf(rs);
+const serverEnd = serverEndAll.rss;
 await stop(rc, rs);
 const n = Number(nText);
 const kib = (bytes, count) => Number((bytes / count / 1024).toFixed(2));
@@ -258,7 +261,16 @@ const rss = {
   marginal: kib(Number(clientEndText) - clientMid + (serverEnd - serverMid), n - Math.floor(n / 2)),
 };
 const perTunnelKiB = rss.client + rss.server;
+// Where the RSS growth is: live JS objects, V8's young generation (a one-off growth to its maximum,
+// spread over the tunnels), and the rest (native http2/nghttp2 stream state, sockets, allocator slack).
+const heap = {
+  client: kib(Number(clientEndHeap) - Number(clientBaseHeap), n),
+  server: kib(serverEndAll.heap - serverBaseAll.heap, n),
+  youngClient: kib(Number(clientEndYoung) - Number(clientBaseYoung), n),
+  youngServer: kib(serverEndAll.young - serverBaseAll.young, n),
+};
 console.log(`idle tunnels: ${n} on ${sessionsText} sessions; RSS growth per tunnel: client ${rss.client} KiB + server ${rss.server} KiB = ${perTunnelKiB.toFixed(2)} KiB (marginal ${rss.marginal} KiB)`);
+console.log(`  of which live JS heap: client ${heap.client} KiB, server ${heap.server} KiB; V8 young generation growth: client ${heap.youngClient} KiB, server ${heap.youngServer} KiB`);
 
 holder.close();
 await stop(iperf);
@@ -274,6 +286,10 @@ console.log(
     rss_per_tunnel_kib_client: rss.client,
     rss_per_tunnel_kib_server: rss.server,
     rss_per_tunnel_kib_marginal: rss.marginal,
+    heap_per_tunnel_kib_client: heap.client,
+    heap_per_tunnel_kib_server: heap.server,
+    young_gen_per_tunnel_kib_client: heap.youngClient,
+    young_gen_per_tunnel_kib_server: heap.youngServer,
     cpu_per_gib_1s_vs_go: r(results.weir.cpu1, results.go.cpu1),
     cpu_per_gib_4s_vs_go: r(results.weir.cpu4, results.go.cpu4),
     gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),

@@ -1,10 +1,11 @@
 // One side of a benchmarked tunnel, in its own process (as in production: one proxy per node).
 // argv[2] = mode, argv[3] = JSON config. Prints `READY <port>` when listening and answers `rss` on
-// stdin with `RSS <bytes>` (after a GC), so the orchestrator can measure memory per tunnel.
+// stdin with `RSS <bytes> HEAP <heap used> YOUNG <new space size>` (after a GC), so the orchestrator can measure memory per tunnel.
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { createInterface } from 'node:readline';
+import v8 from 'node:v8';
 import { HboneClient, bridge, createHboneServer } from '@weir/hbone';
 
 const [mode, json] = process.argv.slice(2);
@@ -23,10 +24,14 @@ createInterface({ input: process.stdin }).on('line', (l) => {
     globalThis.gc?.();
     setTimeout(() => {
       globalThis.gc?.();
-      console.log(`RSS ${process.memoryUsage().rss}`);
+      console.log(`RSS ${process.memoryUsage().rss} ${heapFigures()}`);
     }, 200);
   }
 });
+
+// What part of RSS is live JS objects and what is V8's young generation (which grows to its
+// maximum while many long-lived objects are allocated and does not shrink on a forced GC).
+const heapFigures = () => `HEAP ${process.memoryUsage().heapUsed} YOUNG ${v8.getHeapSpaceStatistics().find((x) => x.space_name === 'new_space')?.space_size ?? 0}`;
 
 const dialTcp = (host, port) =>
   new Promise((resolve, reject) => {
@@ -141,13 +146,13 @@ switch (mode) {
     const open = async (n) => {
       for (let i = 0; i < n; i += 100) tunnels.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, () => c.connect(opts)))));
     };
-    console.log(`BASE ${await settledRss()}`);
+    console.log(`BASE ${await settledRss()} ${heapFigures()}`);
     await nextLine();
     await open(Math.floor(cfg.n / 2));
     console.log(`MID ${await settledRss()}`);
     await nextLine();
     await open(cfg.n - tunnels.length);
-    console.log(`END ${await settledRss()} ${tunnels.length} ${c.stats().sessions}`);
+    console.log(`END ${await settledRss()} ${tunnels.length} ${c.stats().sessions} ${heapFigures()}`);
     break;
   }
   default:
