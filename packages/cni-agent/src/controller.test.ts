@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PodController } from './controller.js';
+import { PodController, type PodControllerOptions } from './controller.js';
 import { AgentMetrics } from './metrics.js';
 import type { NamespaceInfo, PodInfo } from './pod.js';
 import type { PodEvent, PodSource } from './pod-source.js';
@@ -36,6 +36,7 @@ function pod(name: string, over: Partial<PodInfo> = {}): PodInfo {
 
 class Ports {
   calls: string[] = [];
+  applyMs = 5;
   failRules = 0;
   failRemove = 0;
   nack = false;
@@ -51,7 +52,7 @@ class Ports {
     apply: async (p): Promise<RepairReport> => {
       this.active++;
       this.maxActive = Math.max(this.maxActive, this.active);
-      await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, this.applyMs));
       this.active--;
       if (this.failRules > 0) {
         this.failRules--;
@@ -100,9 +101,10 @@ class Ports {
 
 let ports: Ports;
 
-function controller(p: Ports): PodController {
+function controller(p: Ports, logger?: PodControllerOptions['logger']): PodController {
   ports = p;
   return new PodController({
+    ...(logger ? { logger } : {}),
     source: p.source,
     rules: p.rules,
     ztunnel: p.ztunnel,
@@ -252,6 +254,29 @@ describe('PodController', () => {
     await until(() => c.status().filter((s) => s.state === 'captured').length === 20);
     expect(p.maxActive).toBeLessThanOrEqual(3);
     expect(p.maxActive).toBeGreaterThan(1);
+    await c.stop();
+  });
+
+  it('a burst past the /cmdadd deadline: pods still queued are not captured at their turn but retried later', async () => {
+    const p = new Ports();
+    p.applyMs = 300;
+    const lines: { msg: string; name?: string }[] = [];
+    const log = {
+      info: (o: object, msg?: string) => void lines.push({ msg: msg ?? '', ...(o as { name?: string }) }),
+      warn: () => undefined,
+      error: () => undefined,
+      debug: () => undefined,
+      child: () => log,
+    };
+    const c = controller(p, log);
+    // Concurrency 3, 300 ms each, a 450 ms deadline: 1-3 make it, 4-6 are capturing when it
+    // passes, 7-9 are still queued.
+    const pods = Array.from({ length: 9 }, (_, i) => pod(`b${i + 1}`));
+    const answers = await Promise.allSettled(pods.map((x) => c.cmdAdd(x, x.netnsPath as string, x.ips, now(), 450)));
+    expect(answers.map((a) => a.status)).toEqual([...Array(3).fill('fulfilled'), ...Array(6).fill('rejected')]);
+    await until(() => c.status().filter((s) => s.state === 'captured').length === 9);
+    const deferred = lines.filter((l) => l.msg.startsWith('cmdadd answered (timed out) before its capture began')).map((l) => l.name);
+    expect(deferred.sort()).toEqual(['b7', 'b8', 'b9']);
     await c.stop();
   });
 

@@ -66,6 +66,10 @@ interface PodRecord {
   inZtunnel: boolean;
   /** We set the redirection annotation (the source's copy of the pod may not show it yet). */
   annotated: boolean;
+  /** A capture of this pod is running (not merely queued). */
+  capturing: boolean;
+  /** Its /cmdadd was answered 500 (timed out) while the capture still waited in the queue. */
+  staleCmdAdd: boolean;
   lastError: string | undefined;
 }
 
@@ -127,15 +131,21 @@ export class PodController {
     rec.netnsPath = netnsPath;
     rec.enrollStart = { at: receivedAt, trigger: 'cmdadd' };
     rec.attempt = 0;
+    rec.staleCmdAdd = false;
     if (rec.state === 'captured') rec.state = 'pending';
-    const done = new Promise<void>((resolve, reject) => rec.waiters.push({ resolve, reject }));
+    let waiter: Waiter | undefined;
+    const done = new Promise<void>((resolve, reject) => rec.waiters.push((waiter = { resolve, reject })));
     this.kick(rec, 'cmdadd');
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new CniAgentError('ERR_AGENT_ZTUNNEL', `pod ${pod.namespace}/${pod.name} not captured within ${timeoutMs} ms (still pending, retrying)`)),
-        timeoutMs,
-      );
+      timer = setTimeout(() => {
+        // Still queued behind other captures (a burst on a busy node): the runtime now fails this
+        // ADD and tears the sandbox down or retries it, so capturing it at its turn would spend the
+        // CPU that pods still waiting for their answer need. It is retried later instead.
+        rec.waiters = rec.waiters.filter((w) => w !== waiter);
+        if (!rec.capturing && rec.queued) rec.staleCmdAdd = true;
+        reject(new CniAgentError('ERR_AGENT_ZTUNNEL', `pod ${pod.namespace}/${pod.name} not captured within ${timeoutMs} ms (still pending, retrying)`));
+      }, timeoutMs);
     });
     try {
       await Promise.race([done, timeout]);
@@ -254,6 +264,8 @@ export class PodController {
         hostProbe: false,
         inZtunnel: false,
         annotated: false,
+        capturing: false,
+        staleCmdAdd: false,
         lastError: undefined,
       };
       this.records.set(pod.uid, rec);
@@ -311,6 +323,14 @@ export class PodController {
       if (rec.state === 'idle' && rec.waiters.length === 0 && this.podIps(rec).length === 0 && !rec.netnsPath) {
         // A pod whose sandbox has no network yet: its CNI ADD (our plugin's /cmdadd) captures it.
         rec.enrollStart = undefined;
+        return;
+      }
+      if (rec.staleCmdAdd && rec.waiters.length === 0) {
+        rec.staleCmdAdd = false;
+        rec.attempt++;
+        const retryInMs = backoffDelay(rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000);
+        this.log.info({ uid: rec.uid, name: rec.pod.name, namespace: rec.pod.namespace, retryInMs }, 'cmdadd answered (timed out) before its capture began; capturing later');
+        this.scheduleRetry(rec, retryInMs);
         return;
       }
       await this.capture(rec);
@@ -388,6 +408,15 @@ export class PodController {
   }
 
   private async capture(rec: PodRecord): Promise<void> {
+    rec.capturing = true;
+    try {
+      await this.captureNow(rec);
+    } finally {
+      rec.capturing = false;
+    }
+  }
+
+  private async captureNow(rec: PodRecord): Promise<void> {
     const pod = rec.pod;
     const ids = { uid: rec.uid, name: pod.name, namespace: pod.namespace };
     const wasCaptured = rec.state === 'captured';
