@@ -20,6 +20,15 @@ describe('weir-ztunnel', () => {
     expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: INPOD_PORT_REUSE="sometimes": expected true or false$/m);
   }, 30_000);
 
+  it('refuses a WEIR_V8_FLAGS value that is not a list of V8 flags, before loading anything', async () => {
+    const err = await run(process.execPath, [main], { env: { PATH: process.env.PATH ?? '', WEIR_V8_FLAGS: '--max-lazy rm' } }).then(
+      () => expect.unreachable('started with bad V8 flags'),
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(err.code).toBe(2);
+    expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: WEIR_V8_FLAGS="--max-lazy rm": "rm" is not a V8 flag/m);
+  }, 30_000);
+
   it('logs JSON with LOG_FORMAT=json and exits 0 after draining on SIGTERM', async () => {
     const child = spawn(process.execPath, [main], {
       env: {
