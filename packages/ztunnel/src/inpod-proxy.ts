@@ -65,7 +65,7 @@ export interface InpodProxyOptions {
   /** SOCKS5 on 127.0.0.1:15080 into the outbound path; default off (as current ztunnel). */
   socks5?: boolean;
   /** DNS proxy on 15053 (UDP+TCP, 127.0.0.1 and ::1 where lo has IPv6); undefined: off. */
-  dns?: { upstreams: DnsUpstream[]; metrics: DnsMetrics; clusterDomain?: string } | undefined;
+  dns?: { upstreams: DnsUpstream[]; metrics: DnsMetrics; clusterDomain?: string; nameTable?: DnsNameTable } | undefined;
 }
 
 export interface InpodProxyState {
@@ -246,6 +246,7 @@ export class InpodProxy {
       metrics: dns.metrics,
       logger: this.#log,
       ...(dns.clusterDomain ? { clusterDomain: dns.clusterDomain } : {}),
+      ...(dns.nameTable ? { nameTable: dns.nameTable } : {}),
     });
     await this.#dns.start();
     this.#listeners.push(...this.#dns.listeners);

@@ -9,7 +9,7 @@ import type { OrigSrcMode, ProxyPorts } from './inpod-proxy.js';
 import type { LocalConfig } from './local-config.js';
 import { silentLogger, type LogLevel, type Logger } from './logger.js';
 import { ZtunnelMetrics } from './metrics.js';
-import { DnsMetrics, type DnsUpstream } from './dns/index.js';
+import { DnsMetrics, DnsNameTable, type DnsUpstream } from './dns/index.js';
 import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
 // Types only: the xDS client (gRPC, generated protobuf) is loaded by start() when `xds` is set, so a
 // ztunnel on a local config never pays for it in memory.
@@ -131,7 +131,15 @@ export class Ztunnel {
         socks5: o.socks5 ?? false,
         // DnsMetrics once per registry: prom-client refuses a second registration of the same names.
         ...((o.dnsProxy ?? true)
-          ? { dns: { upstreams: o.dnsUpstreams ?? [], metrics: new DnsMetrics(this.metrics.registry), ...(o.clusterDomain ? { clusterDomain: o.clusterDomain } : {}) } }
+          ? {
+              dns: {
+                upstreams: o.dnsUpstreams ?? [],
+                metrics: new DnsMetrics(this.metrics.registry),
+                ...(o.clusterDomain ? { clusterDomain: o.clusterDomain } : {}),
+                // One index of mesh names for the node, not one per pod.
+                nameTable: new DnsNameTable(this.store, o.clusterDomain ? { clusterDomain: o.clusterDomain } : {}),
+              },
+            }
           : {}),
         ...(o.ports ? { ports: o.ports } : {}),
       },

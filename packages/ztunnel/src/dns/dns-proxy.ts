@@ -29,6 +29,11 @@ export interface DnsProxyOptions {
   workloadName?: string | undefined;
   /** Default `cluster.local`. */
   clusterDomain?: string;
+  /**
+   * The mesh name index to answer from (built on `store` with this `clusterDomain`); default a table of
+   * this proxy's own. One table shared by every pod's proxy keeps one index per node instead of per pod.
+   */
+  nameTable?: DnsNameTable;
   /** Default 15053. */
   port?: number;
   /** Also listen on ::1 when the pod's loopback has IPv6 (default true; skipped quietly when it has not). */
@@ -80,7 +85,7 @@ export class DnsProxy {
       connectTcp: ({ host, port, family, timeoutMs, signal }) =>
         connectTcp({ netns: o.netns, family, mark: o.mark, host, port, timeoutMs, signal }),
     });
-    const table = new DnsNameTable(o.store, o.clusterDomain !== undefined ? { clusterDomain: o.clusterDomain } : {});
+    const table = o.nameTable ?? new DnsNameTable(o.store, o.clusterDomain !== undefined ? { clusterDomain: o.clusterDomain } : {});
     this.#hosts = new HostResolver({ table, namespace: o.namespace, forwarder });
     this.#resolver = new DnsResolver({
       table,
