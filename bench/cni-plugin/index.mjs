@@ -1,3 +1,4 @@
+/* global process, console */
 // weir-cni benchmark: exec-to-exit time of the single executable as a runtime runs it (env + stdin),
 // against baselines measured in the same run: Node's own start-up (`node -e 0`) and Debian's Go
 // `tuning` plugin chained the same way (pass-through of prevResult). Goals: ADD for a pod outside

@@ -15,7 +15,11 @@ for (let i = 0; i < prof.samples.length; i++) {
   const key = `${cf.functionName || '(anonymous)'} ${cf.url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/(packages|apps)\//, '$1/')}:${cf.lineNumber + 1}`;
   self.set(key, (self.get(key) ?? 0) + (dt[i] ?? 0));
 }
+// Percentages of the busy time: a long-running server's profile is mostly (idle).
+const idle = self.get('(idle) :0') ?? 0;
+self.delete('(idle) :0');
 const total = [...self.values()].reduce((a, b) => a + b, 0);
+console.log(`busy ${(total / 1000).toFixed(0)} ms of ${((total + idle) / 1000).toFixed(0)} ms sampled (idle left out below)`);
 for (const [k, us] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, Number(topText ?? 25))) {
   console.log(`${((us / total) * 100).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${k}`);
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/* global process, console, setTimeout */
+/* global process, console, setTimeout, URL */
 // `npm run bench -- enrollment [--pods 100] [--baseline 5] [--paced 40] [--rate 20]` (root): pod
 // enrollment on one simulated node as a container runtime drives it. Pods are netns made by the real
 // CNI chain (bridge + host-local); a real `weir-cni-agent` process (in the node's netns, watching a
