@@ -9,6 +9,8 @@ export class NetnsHints {
   private readonly map = new Map<string, string>();
   private writing: Promise<void> = Promise.resolve();
   private dirty = false;
+  /** The directory exists (created once, not on every write of a burst). */
+  private dirReady = false;
 
   constructor(private readonly file: string | undefined) {}
 
@@ -46,11 +48,15 @@ export class NetnsHints {
       this.dirty = false;
       const tmp = `${file}.${process.pid}.tmp`;
       try {
-        await mkdir(dirname(file), { recursive: true });
+        if (!this.dirReady) {
+          await mkdir(dirname(file), { recursive: true });
+          this.dirReady = true;
+        }
         await writeFile(tmp, JSON.stringify(Object.fromEntries(this.map)), { mode: 0o600 });
         await rename(tmp, file);
       } catch {
-        // Best effort: a lost hint only means a /proc scan after restart.
+        // Best effort: a lost hint only means a /proc scan after restart. Recreate the directory next time.
+        this.dirReady = false;
       }
     });
   }
