@@ -6,11 +6,15 @@
 import { readFileSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { lineLogger, runCni } from '@weir/cni-plugin';
-import * as z from 'zod';
 
-const appEnvSchema = z.object({
-  LOG_FORMAT: z.enum(['text', 'json']).default('text'),
-});
+/** LOG_FORMAT, when set, checked with zod (loaded only then: it costs an exec ~8 ms of CPU). */
+async function logFormat(): Promise<{ ok: true; format: 'text' | 'json' } | { ok: false; errors: string[] }> {
+  if (process.env['LOG_FORMAT'] === undefined) return { ok: true, format: 'text' };
+  const z = await import('zod');
+  const parsed = z.object({ LOG_FORMAT: z.enum(['text', 'json']) }).safeParse(process.env);
+  if (parsed.success) return { ok: true, format: parsed.data.LOG_FORMAT };
+  return { ok: false, errors: parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`) };
+}
 
 async function readStdin(): Promise<Buffer> {
   // VERSION may be exec'd with a terminal or nothing on stdin.
@@ -29,17 +33,16 @@ async function readStdin(): Promise<Buffer> {
 }
 
 async function main(): Promise<number> {
-  // The default needs no parse (zod compiles a parser on first use, ~4 ms of CPU per exec).
-  const appEnv = process.env['LOG_FORMAT'] === undefined ? { success: true as const, data: { LOG_FORMAT: 'text' as const } } : appEnvSchema.safeParse(process.env);
-  if (!appEnv.success) {
-    for (const issue of appEnv.error.issues) process.stderr.write(`weir-cni: ${issue.path.join('.')}: ${issue.message}\n`);
+  const appEnv = await logFormat();
+  if (!appEnv.ok) {
+    for (const e of appEnv.errors) process.stderr.write(`weir-cni: ${e}\n`);
     return 2;
   }
   const stdin = await readStdin();
   const outcome = await runCni(
     { env: process.env, stdin },
     {
-      logger: (level) => lineLogger(level, (line) => process.stderr.write(line), { format: appEnv.data.LOG_FORMAT }),
+      logger: (level) => lineLogger(level, (line) => process.stderr.write(line), { format: appEnv.format }),
     },
   );
   if (outcome.stdout !== '') process.stdout.write(`${outcome.stdout}\n`);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { cniResultSchema, decodeStdin, parsePluginConfig } from './config.js';
+import { decodeStdin } from './config.js';
+import { cniResultSchema, parsePluginConfig } from './config-schema.js';
 import { DEFAULT_ENABLEMENT_SELECTORS } from './enrollment.js';
 import { CniPluginError } from './errors.js';
 

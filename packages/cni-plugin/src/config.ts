@@ -1,73 +1,13 @@
-import * as z from 'zod';
 import { DEFAULT_ENABLEMENT_SELECTORS, type EnablementSelector } from './enrollment.js';
 import { CniPluginError } from './errors.js';
+import type { CniResult, NetConf } from './config-schema.js';
 import { isSupportedVersion, SUPPORTED_VERSIONS, type CniVersion } from './version.js';
 
-function buildCniResultSchema() {
-  const ipConfigSchema = z.looseObject({
-    address: z.string().regex(CIDR_ADDRESS, 'must be a CIDR address like 10.0.0.5/24'),
-    gateway: z.string().optional(),
-    interface: z.number().int().nonnegative().optional(),
-    version: z.enum(['4', '6']).optional(),
-  });
-  return z.looseObject({
-    cniVersion: z.string().optional(),
-    interfaces: z.array(z.looseObject({ name: z.string() })).optional(),
-    ips: z.array(ipConfigSchema).optional(),
-    routes: z.array(z.looseObject({ dst: z.string() })).optional(),
-    dns: z.looseObject({}).optional(),
-  });
-}
+export type { CniResult } from './config-schema.js';
 
-function buildNetConfSchema() {
-  const labelSelectorSchema = z.object({
-    matchLabels: z.record(z.string(), z.string()).optional(),
-    matchExpressions: z
-      .array(
-        z.object({
-          key: z.string().min(1),
-          operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist']),
-          values: z.array(z.string()).optional(),
-        }),
-      )
-      .optional(),
-  });
-  const enablementSelectorSchema = z.object({
-    podSelector: labelSelectorSchema.optional(),
-    namespaceSelector: labelSelectorSchema.optional(),
-  });
-  return z.looseObject({
-    cniVersion: z.string(),
-    name: z.string().regex(NETWORK_NAME, 'must be a network name matching [a-zA-Z0-9][a-zA-Z0-9_.-]*'),
-    type: z.string().min(1),
-    prevResult: buildCniResultSchema().optional(),
-    plugin_log_level: z.enum(LOG_LEVELS).default('info'),
-    cni_agent_run_dir: z.string().min(1).default('/var/run/istio-cni'),
-    ambient_enabled: z.boolean().default(true),
-    exclude_namespaces: z.array(z.string()).default([]),
-    enablement_selectors: z.array(enablementSelectorSchema).optional(),
-    pod_namespace: z.string().min(1).default('istio-system'),
-    kubeconfig: z.string().min(1).optional(),
-    // Older istio-cni configs nest these under `kubernetes`.
-    kubernetes: z
-      .looseObject({ kubeconfig: z.string().min(1).optional(), exclude_namespaces: z.array(z.string()).optional() })
-      .optional(),
-  });
-}
-
-const CIDR_ADDRESS = /^[0-9a-fA-F.:]+\/\d{1,3}$/;
-const NETWORK_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
-const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'none'] as const;
-
-/** A CNI result as passed in `prevResult`; unknown fields are kept so it passes through unchanged. */
-export const cniResultSchema = /* @__PURE__ */ buildCniResultSchema();
-export type CniResult = z.infer<ReturnType<typeof buildCniResultSchema>>;
-
-type NetConf = z.output<ReturnType<typeof buildNetConfSchema>>;
-
-// Built on first use only: constructing and first running these zod schemas cost more CPU than the
-// rest of a plugin exec's own work (the common, well-formed config is checked by fastNetConf).
-let netConfSchema: ReturnType<typeof buildNetConfSchema> | undefined;
+export const CIDR_ADDRESS = /^[0-9a-fA-F.:]+\/\d{1,3}$/;
+export const NETWORK_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'none'] as const;
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'none';
 
@@ -88,11 +28,6 @@ export interface PluginConfig {
   kubeconfigPath: string;
   /** The whole config object as received. */
   raw: Record<string, unknown>;
-}
-
-function describeIssue(issue: z.core.$ZodIssue): string {
-  const path = issue.path.length > 0 ? issue.path.join('.') : '<root>';
-  return `${path}: ${issue.message}`;
 }
 
 /** Decodes stdin to a JSON object, or throws code 6 (decoding failure). */
@@ -130,21 +65,18 @@ export function checkCniVersion(conf: Record<string, unknown>): CniVersion {
   return v;
 }
 
-/** Validates a network config object; throws code 1 or 7 naming the field at fault. */
-export function parsePluginConfig(conf: Record<string, unknown>): PluginConfig {
+/**
+ * The plugin config for a plainly valid network config (cniVersion checked: code 1 or 7), without
+ * zod; undefined when only the schema (config-schema.ts, parsePluginConfig) can decide.
+ */
+export function parsePluginConfigFast(conf: Record<string, unknown>): PluginConfig | undefined {
   const cniVersion = checkCniVersion(conf);
-  let c = fastNetConf(conf);
-  if (c === undefined) {
-    netConfSchema ??= buildNetConfSchema();
-    const parsed = netConfSchema.safeParse(conf);
-    if (!parsed.success) {
-      throw new CniPluginError(
-        'ERR_CNI_INVALID_CONFIG',
-        `invalid network config: ${parsed.error.issues.map(describeIssue).join('; ')}`,
-      );
-    }
-    c = parsed.data;
-  }
+  const c = fastNetConf(conf);
+  return c === undefined ? undefined : toPluginConfig(conf, cniVersion, c);
+}
+
+/** The plugin config from the schema's output. */
+export function toPluginConfig(conf: Record<string, unknown>, cniVersion: CniVersion, c: NetConf): PluginConfig {
   const runDir = c.cni_agent_run_dir;
   return {
     cniVersion,
@@ -210,7 +142,7 @@ function fastCniResult(r: unknown): Json | undefined {
 }
 
 /**
- * The schema's output for a config it accepts, without zod, or undefined when the config is not
+ * The schema's output (config-schema.ts) for a config it accepts, without zod, or undefined when the config is not
  * plainly valid (or uses enablement_selectors): then the schema decides and names what is wrong.
  * config.test.ts checks that both give the same output.
  */

@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { checkCniVersion, decodeStdin, parsePluginConfig, type LogLevel, type PluginConfig } from './config.js';
+import { checkCniVersion, decodeStdin, parsePluginConfigFast, type LogLevel, type PluginConfig } from './config.js';
 import { isAmbientEnrolled } from './enrollment.js';
 import { parseCniEnv, type CniEnv } from './env.js';
 import { CniPluginError, toCniError } from './errors.js';
@@ -54,7 +54,8 @@ export async function runCni(inv: CniInvocation, opts: CniPluginOptions = {}): P
     if (env.command === 'VERSION') return versionReport(inv.stdin);
     const raw = decodeStdin(inv.stdin);
     version = checkCniVersion(raw);
-    const config = parsePluginConfig(raw);
+    // zod (config-schema.js) is loaded only when the plain check cannot vouch for the config.
+    const config = parsePluginConfigFast(raw) ?? (await import('./config-schema.js')).parsePluginConfig(raw);
     log = resolveLogger(opts, config.pluginLogLevel).child({
       cmd: env.command,
       containerId: env.containerId,
