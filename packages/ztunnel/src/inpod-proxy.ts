@@ -134,8 +134,12 @@ export class InpodProxy {
   readonly #podIps = new Set<string>();
   #listeners: string[] = [];
   #transparent = false;
+  // Made on first use (#client(), #server()): each holds its own TLS context (~28 KiB of native
+  // memory) and most pods on a node carry no mesh traffic in one direction or the other.
   #hboneServer: HboneServer | undefined;
   #hboneClient: HboneClient | undefined;
+  /** The pod's current certificate; rotations replace it. */
+  #cert: WorkloadCertificate | undefined;
   #socks5: Socks5Listener | undefined;
   #dns: DnsProxy | undefined;
   #releaseCert: (() => void) | undefined;
@@ -186,34 +190,12 @@ export class InpodProxy {
   async start(): Promise<void> {
     try {
       const { cert, release } = await this.#o.identities.acquire(this.identity, (next) => {
+        this.#cert = next;
         this.#hboneServer?.setTls(this.#tls(next));
         this.#hboneClient?.setTls(this.#tls(next));
       });
       this.#releaseCert = release;
-      const tls = this.#tls(cert);
-      this.#hboneClient = new HboneClient({
-        tls,
-        socketFactory: (peer) =>
-          connectTcp({
-            netns: this.#o.netns,
-            family: familyOf(peer.host),
-            mark: this.#o.mark,
-            host: peer.host,
-            port: peer.port,
-            timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
-          }).then((s) => {
-            tuneSocket(s);
-            return s;
-          }),
-        maxStreamsPerSession: 100,
-      });
-      this.#hboneServer = createHboneServer({
-        tls,
-        validateTarget: (t) => this.#isPodIp(t.host),
-        authorize: (peer, target) => this.#authorizeHbone(peer, target),
-        connect: (target, ctx) => this.#connectHbone(target, ctx),
-        logger: this.#log.child({ component: 'hbone' }),
-      });
+      this.#cert = cert;
       for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
       this.#o.store.on('change', this.#onStoreChange);
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
@@ -225,6 +207,42 @@ export class InpodProxy {
       await this.stop({ deadlineMs: 0 });
       throw err;
     }
+  }
+
+  /** The HBONE client for this pod's outbound tunnels (dialled from inside the pod, marked). */
+  #client(): HboneClient {
+    if (this.#hboneClient) return this.#hboneClient;
+    if (this.#stopped || !this.#cert) throw new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped, no new tunnels`);
+    this.#hboneClient = new HboneClient({
+      tls: this.#tls(this.#cert),
+      socketFactory: (peer) =>
+        connectTcp({
+          netns: this.#o.netns,
+          family: familyOf(peer.host),
+          mark: this.#o.mark,
+          host: peer.host,
+          port: peer.port,
+          timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+        }).then((s) => {
+          tuneSocket(s);
+          return s;
+        }),
+      maxStreamsPerSession: 100,
+    });
+    return this.#hboneClient;
+  }
+
+  /** The HBONE server terminating tunnels to this pod on 15008. */
+  #server(): HboneServer | undefined {
+    if (this.#hboneServer || this.#stopped || !this.#cert) return this.#hboneServer;
+    this.#hboneServer = createHboneServer({
+      tls: this.#tls(this.#cert),
+      validateTarget: (t) => this.#isPodIp(t.host),
+      authorize: (peer, target) => this.#authorizeHbone(peer, target),
+      connect: (target, ctx) => this.#connectHbone(target, ctx),
+      logger: this.#log.child({ component: 'hbone' }),
+    });
+    return this.#hboneServer;
   }
 
   async #startDns(dns: NonNullable<InpodProxyOptions['dns']>): Promise<void> {
@@ -396,7 +414,7 @@ export class InpodProxy {
       socket.once('close', onEarlyClose);
       let tunnel: Duplex;
       try {
-        tunnel = await this.#hboneClient!.connect({
+        tunnel = await this.#client().connect({
           peer: { host: address, port: this.#ports.inbound },
           target: { host: address, port },
           expectedIdentities: [identity, ...(service?.subjectAltNames ?? [])],
@@ -568,8 +586,9 @@ export class InpodProxy {
     const local = normalizeIp(socket.localAddress);
     if (local !== '') this.#podIps.add(local);
     tuneSocket(socket);
-    if (!this.#hboneServer || this.#stopped) return void socket.destroy();
-    this.#hboneServer.handleConnection(socket);
+    const server = this.#server();
+    if (!server || this.#stopped) return void socket.destroy();
+    server.handleConnection(socket);
   }
 
   #authorizeHbone(peer: HbonePeer, target: HboneTarget): boolean {
