@@ -1,4 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -102,5 +104,37 @@ describe('KubePodSource', () => {
     await until(() => seen.some((s) => s.startsWith('pod web-3')), 'web-3 after a malformed pod');
     expect(seen.some((s) => s.startsWith('invalid malformed pod apps/bad'))).toBe(true);
     expect(await src.fetchPod('apps', 'nope')).toBeUndefined();
+  });
+});
+
+describe('KubePodSource API connections', () => {
+  it('reuses one keep-alive connection for its API calls (client-node alone opens one per call), with the credentials on each', async () => {
+    let connections = 0;
+    const auth: (string | undefined)[] = [];
+    const server = createServer((req, res) => {
+      auth.push(req.headers.authorization);
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'web', namespace: 'apps', uid: 'u1' } }));
+      });
+    });
+    server.on('connection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    server.keepAliveTimeout = 10_000;
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+      users: [{ name: 'u', token: 'tok-1' }],
+      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+      currentContext: 'x',
+    });
+    const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1' });
+    cleanups.push(() => src.stop());
+    const web = { uid: 'u1', name: 'web', namespace: 'apps' } as PodInfo;
+    for (let i = 0; i < 4; i++) await src.setRedirection(web, i % 2 ? null : 'enabled');
+    expect(auth).toEqual(Array(4).fill('Bearer tok-1'));
+    expect(connections).toBe(1);
   });
 });

@@ -1,9 +1,15 @@
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
 import {
   CoreV1Api,
   ListWatch,
   PatchStrategy,
+  ServerConfiguration,
   Watch,
+  createConfiguration,
   setHeaderOptions,
+  type RequestContext,
+  type SecurityAuthentication,
   type KubeConfig,
   type KubernetesObject,
   type V1Namespace,
@@ -41,6 +47,35 @@ function statusCode(err: unknown): number | undefined {
 }
 
 /**
+ * The kubeconfig's authentication, with one keep-alive connection agent instead of the new agent
+ * client-node 1.4 makes for every request: that costs a TCP connection and a TLS handshake (and a
+ * new TLS context) per API call — a pod PATCH per capture, an Event per failure — on the agent and
+ * on the API server. A new agent is made only when the TLS options change (rotated certificates);
+ * proxy agents are left as they come.
+ */
+function keepAliveAuth(kc: KubeConfig): SecurityAuthentication & { close(): void } {
+  let current: { key: string; agent: HttpAgent | HttpsAgent } | undefined;
+  return {
+    close: () => current?.agent.destroy(),
+    getName: () => kc.getName(),
+    async applySecurityAuthentication(context: RequestContext): Promise<void> {
+      await kc.applySecurityAuthentication(context);
+      const made = context.getAgent();
+      if (made?.constructor !== HttpsAgent && made?.constructor !== HttpAgent) return;
+      const o = (made as HttpsAgent).options;
+      const key = JSON.stringify([o.ca, o.cert, o.key, o.pfx, o.passphrase, o.rejectUnauthorized, o.servername].map((v) => (Buffer.isBuffer(v) ? v.toString('base64') : v)));
+      made.destroy();
+      if (current?.key !== key || current.agent.constructor !== made.constructor) {
+        current?.agent.destroy();
+        const Ctor = made.constructor as typeof HttpsAgent;
+        current = { key, agent: new Ctor({ ...o, keepAlive: true }) };
+      }
+      context.setAgent(current.agent);
+    },
+  };
+}
+
+/**
  * Pods on this node (field selector `spec.nodeName`) and all namespaces, from the Kubernetes API
  * through client-node informers. The informer relists on 410 Gone by itself; on any other error it
  * stops, so this source restarts it with exponential backoff.
@@ -48,13 +83,18 @@ function statusCode(err: unknown): number | undefined {
 export class KubePodSource implements PodSource {
   private readonly log: Logger;
   private readonly api: CoreV1Api;
+  private readonly auth: ReturnType<typeof keepAliveAuth>;
   private readonly informers: Restartable[] = [];
   private handlers: PodSourceHandlers | undefined;
   private stopped = false;
 
   constructor(private readonly opts: KubePodSourceOptions) {
     this.log = (opts.logger ?? silentLogger).child({ scope: 'kube' });
-    this.api = opts.kubeConfig.makeApiClient(CoreV1Api);
+    const cluster = opts.kubeConfig.getCurrentCluster();
+    if (!cluster) throw new Error('kubeconfig has no current cluster');
+    // As KubeConfig.makeApiClient, but reusing connections (see keepAliveAuth).
+    this.auth = keepAliveAuth(opts.kubeConfig);
+    this.api = new CoreV1Api(createConfiguration({ baseServer: new ServerConfiguration(cluster.server, {}), authMethods: { default: this.auth } }));
   }
 
   async start(handlers: PodSourceHandlers): Promise<void> {
@@ -168,6 +208,7 @@ export class KubePodSource implements PodSource {
       await r.informer.stop();
     }
     this.handlers = undefined;
+    this.auth.close();
   }
 
   private podInformer(): ListWatch<KubernetesObject> | undefined {
