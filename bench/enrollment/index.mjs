@@ -426,10 +426,10 @@ try {
   console.log(`goal p99 ADD ≤ ${GOAL_P99_MS} ms with ${burstSize} pods at once: ${ms(burst.p99)}, ${p99Goal}`);
   console.log(`goal ≥ ${GOAL_PODS_PER_S} pods/s sustained: burst ${burst.podsPerS.toFixed(1)}${paced ? `, paced completion ${paced.completionPerS.toFixed(1)}` : ''} pods/s, ${rateGoal}`);
   console.log(
-    `bound: ${ms(burstCpuTotal)} CPU per pod in the burst on ${cores} cores caps enrollment at ${capacity.toFixed(1)} pods/s on an idle machine ` +
+    `bound: ${ms(burstCpuTotal)} CPU per pod in the burst caps enrollment at ${capacity.toFixed(1)} pods/s even with all ${cores} cores free ` +
       `(share: plugin ${((burst.cpu.plugin / burstCpuTotal) * 100).toFixed(0)}%, agent process ${((burst.cpu.agentSelf / burstCpuTotal) * 100).toFixed(0)}%, ` +
       `agent commands ${((burst.cpu.agentCommands / burstCpuTotal) * 100).toFixed(0)}%, ztunnel ${((burst.cpu.ztunnel / burstCpuTotal) * 100).toFixed(0)}%); ` +
-      `p99 of a burst ≈ its size ÷ that rate when CPU-bound`,
+      `so a burst of ${burstSize} needs ≥ ${((burstSize / capacity)).toFixed(1)} s of the whole machine (p99 ≈ that when CPU-bound), and ${GOAL_PODS_PER_S} pods/s needs ≤ ${((cores * 1000) / GOAL_PODS_PER_S).toFixed(0)} ms of CPU per pod`,
   );
   const load = loadavg();
   console.log(`machine load average: ${load.map((l) => l.toFixed(1)).join(' ')} on ${cores} cores (latencies depend on it, CPU per pod does not)`);
