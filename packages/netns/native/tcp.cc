@@ -44,6 +44,7 @@ struct SockSpec {
   bool freebind = false;
   bool reuseAddr = false;
   bool reusePort = false;
+  bool noDelay = false;
   int ipv6Only = -1;  // -1: leave the kernel default
   bool bind = false;
   sockaddr_storage bindAddr{};
@@ -127,6 +128,9 @@ Outcome MakeSocket(const SockSpec& s) {
     return fail("setsockopt(SO_REUSEPORT)");
   if (v6 && s.ipv6Only >= 0 && setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, &s.ipv6Only, sizeof(s.ipv6Only)) < 0)
     return fail("setsockopt(IPV6_V6ONLY)");
+  // Before connect, so that not even the first segment waits for an ACK (Nagle).
+  if (!s.udp && s.noDelay && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+    return fail("setsockopt(TCP_NODELAY)");
   if (s.bind && bind(fd, reinterpret_cast<const sockaddr*>(&s.bindAddr), s.bindLen) < 0) return fail("bind");
   if (s.listen && listen(fd, s.backlog) < 0) return fail("listen");
   // Nonblocking: EINPROGRESS is the normal answer; completion is watched from JS with a poller.
@@ -168,6 +172,7 @@ static Napi::Value CreateSocket(const Napi::CallbackInfo& info, bool udp) {
   s.freebind = o.Get("freebind").ToBoolean();
   s.reuseAddr = o.Get("reuseAddr").ToBoolean();
   s.reusePort = o.Get("reusePort").ToBoolean();
+  s.noDelay = o.Get("noDelay").ToBoolean();
   if (o.Get("ipv6Only").IsBoolean()) s.ipv6Only = o.Get("ipv6Only").ToBoolean() ? 1 : 0;
   std::string bindAddress = StrOpt(o, "bindAddress");
   if (!bindAddress.empty()) {
@@ -232,6 +237,18 @@ static Napi::Value SocketError(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, err);
 }
 
+// connectedNow(fd) -> true when a nonblocking connect has already completed without error (POLLOUT,
+// no POLLERR/POLLHUP). A connect to a local address (the app in the pod, over lo) usually finishes
+// inside connect() itself; the caller can then skip waiting a loop turn for the poller.
+static Napi::Value ConnectedNow(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = IntArg(info, 0, "fd");
+  pollfd p{fd, POLLOUT, 0};
+  int r = poll(&p, 1, 0);
+  if (r < 0) throw SysError(env, "poll", errno);
+  return Napi::Boolean::New(env, r == 1 && (p.revents & (POLLERR | POLLHUP | POLLNVAL)) == 0 && (p.revents & POLLOUT) != 0);
+}
+
 // localAddress(fd) -> { family, address, port } from getsockname.
 static Napi::Value LocalAddress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -270,6 +287,7 @@ void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("createUdp", Napi::Function::New(env, CreateUdp, "createUdp"));
   exports.Set("socketNetns", Napi::Function::New(env, SocketNetns, "socketNetns"));
   exports.Set("socketError", Napi::Function::New(env, SocketError, "socketError"));
+  exports.Set("connectedNow", Napi::Function::New(env, ConnectedNow, "connectedNow"));
   exports.Set("localAddress", Napi::Function::New(env, LocalAddress, "localAddress"));
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst, "originalDst"));
 }

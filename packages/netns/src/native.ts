@@ -23,6 +23,8 @@ export interface NativeTcpSpec {
   freebind?: boolean;
   reuseAddr?: boolean;
   reusePort?: boolean;
+  /** TCP_NODELAY, set before connect. */
+  noDelay?: boolean;
   ipv6Only?: boolean;
   bindAddress?: string;
   bindPort?: number;
@@ -52,6 +54,8 @@ export interface NativeAddon {
   createUdp(netnsFd: number, spec: NativeTcpSpec): number;
   socketNetns(fd: number): number;
   socketError(fd: number): number;
+  /** A nonblocking connect already completed without error (poll with timeout 0 reports POLLOUT only). */
+  connectedNow(fd: number): boolean;
   localAddress(fd: number): NativeAddress;
   originalDst(fd: number): NativeAddress;
   seqListen(path: string, backlog: number, mode: number): number;

@@ -48,6 +48,11 @@ export interface ConnectTcpOptions extends TcpSocketOptions {
   signal?: AbortSignal;
   /** Passed to net.Socket: keep writing after the peer's FIN (half-close). Default false, like Node. */
   allowHalfOpen?: boolean;
+  /**
+   * TCP_NODELAY, set natively before connect (so no segment, not even the first, waits for Nagle)
+   * and recorded on the net.Socket, so a later `setNoDelay(true)` costs no syscall. Default false.
+   */
+  noDelay?: boolean;
 }
 
 /** An address as getsockname or SO_ORIGINAL_DST report it. */
@@ -205,6 +210,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     if (ipFamily(host, 'connect host') !== o.family) throw invalid(`connect host ${o.host} is not an IPv${o.family} address`);
     spec.connectAddress = host;
     spec.connectPort = checkPort(o.port, 'connect port');
+    if (o.noDelay === true) spec.noDelay = true;
     if (o.timeoutMs !== undefined && !(o.timeoutMs > 0)) throw invalid(`timeoutMs must be positive, got ${String(o.timeoutMs)}`);
     const target = `${hostPort(host, o.port)} from netns ${netns.describe()}`;
     if (o.signal?.aborted) {
@@ -216,13 +222,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
 
     let timer: NodeJS.Timeout | undefined;
     let done = false;
-    let poller: NativePoller;
-    try {
-      poller = new native.Poller(fd, onPoll);
-    } catch (e) {
-      native.closeFd(fd);
-      throw wrapNative(e, `connect to ${target}: watching the socket`);
-    }
+    let poller: NativePoller | undefined;
     function onPoll(status: number): void {
       // libuv reports POLLERR (a refused or unreachable connect) as status UV_EBADF, which says
       // nothing about the connect: SO_ERROR holds the real errno, so read it before the status.
@@ -242,7 +242,7 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target} aborted`, { cause: o.signal?.reason }));
     const cleanup = (): void => {
       done = true;
-      poller.close();
+      poller?.close();
       if (timer) clearTimeout(timer);
       o.signal?.removeEventListener('abort', onAbort);
     };
@@ -262,7 +262,9 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
         if (actual && !netns.sameAs(actual)) {
           throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: socket fd ${fd} lives in netns [dev ${actual.dev} ino ${actual.ino}], not in the requested one`);
         }
-        socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: o.allowHalfOpen === true });
+        // Node takes noDelay as already applied (no syscall; a later setNoDelay(true) is a no-op); @types/node omits it.
+        const opts: net.SocketConstructorOpts & { noDelay?: boolean } = { fd, readable: true, writable: true, allowHalfOpen: o.allowHalfOpen === true, noDelay: o.noDelay === true };
+        socket = new net.Socket(opts);
         const wrapped = fdOf(socket);
         if (wrapped !== fd || fstatSync(fd).ino !== inode) {
           throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: net.Socket wraps fd ${String(wrapped)}, not the socket we created (fd ${fd})`);
@@ -276,6 +278,22 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       resolve(socket);
     };
 
+    // A connect to a local address (the app in this pod, over lo) has usually completed inside
+    // connect(): take it now instead of one event-loop turn later through a poller.
+    let connected: boolean;
+    try {
+      connected = native.connectedNow(fd);
+    } catch (e) {
+      native.closeFd(fd);
+      throw wrapNative(e, `connect to ${target}: polling the socket`);
+    }
+    if (connected) return onPoll(0);
+    try {
+      poller = new native.Poller(fd, onPoll);
+    } catch (e) {
+      native.closeFd(fd);
+      throw wrapNative(e, `connect to ${target}: watching the socket`);
+    }
     poller.start(WRITABLE);
     if (o.timeoutMs !== undefined) {
       timer = setTimeout(() => {

@@ -1,4 +1,5 @@
 // Outbound sockets made for netns A connect from A's address, carry SO_MARK, and fail with typed errors.
+import { spawnSync } from 'node:child_process';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetnsError, connectTcp, createTcpSocket, currentNetns, listenTcp, openNetns, socketNetnsId, type Netns } from '../src/index.js';
@@ -15,7 +16,7 @@ let serverPort: number;
 const peers: string[] = [];
 
 beforeAll(async () => {
-  requireRootAndTools('iptables', 'ip6tables');
+  requireRootAndTools('iptables', 'ip6tables', 'python3');
   home = currentNetns();
   nsA = new TestNetns('A');
   nsB = new TestNetns('B');
@@ -49,6 +50,15 @@ afterAll(async () => {
   now.close();
   home?.close();
 });
+
+/** TCP_NODELAY of a socket, read by python3 through the same socket (the fd passed as its fd 3). */
+function noDelayOf(s: Socket): number {
+  const fd = (s as Socket & { _handle: { fd: number } })._handle.fd;
+  const code = 'import socket; s = socket.socket(fileno=3); print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)); s.detach()';
+  const r = spawnSync('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`python3 getsockopt(TCP_NODELAY) failed: ${r.stderr}`);
+  return Number(r.stdout.trim());
+}
 
 /** Waits until the socket closed and its last packets left, so counters are final. */
 async function settled(s: Socket): Promise<void> {
@@ -108,6 +118,39 @@ describe('connectTcp from a netns', () => {
     expect(await readAll(s)).toBe('bye');
     expect(await received).toBe('after-fin');
     await new Promise<void>((resolve) => halfServer.close(() => resolve()));
+  });
+
+  it('noDelay: TCP_NODELAY is on from the start (read back by python3); without it, off', async () => {
+    const on = await connectTcp({ netns: a, family: 4, host: addr.b4, port: serverPort, noDelay: true });
+    const off = await connectTcp({ netns: a, family: 4, host: addr.b4, port: serverPort });
+    try {
+      expect(noDelayOf(on)).not.toBe(0);
+      expect(noDelayOf(off)).toBe(0);
+      expect(await readAll(on)).toBe('from B');
+    } finally {
+      on.destroy();
+      off.destroy();
+    }
+  });
+
+  it('a connect that completed inside connect() (a listener in the same netns, over lo) resolves without an event-loop turn', async () => {
+    const local = await listenTcp({ netns: a, host: '127.0.0.1', port: 0 });
+    local.on('connection', (c: Socket) => c.end('local'));
+    try {
+      let settled = false;
+      const p = connectTcp({ netns: a, family: 4, host: '127.0.0.1', port: (local.address() as AddressInfo).port }).then((s) => {
+        settled = true;
+        return s;
+      });
+      // Only microtasks run here: a poller's callback would need a turn of the event loop.
+      for (let i = 0; i < 3; i++) await Promise.resolve();
+      expect(settled).toBe(true);
+      const s = await p;
+      expect(socketNetnsId(s).ino).toBe(a.id.ino);
+      expect(await readAll(s)).toBe('local');
+    } finally {
+      await new Promise<void>((resolve) => local.close(() => resolve()));
+    }
   });
 
   it('binds to bindAddress/bindPort before connecting', async () => {
