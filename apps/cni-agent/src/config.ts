@@ -108,7 +108,7 @@ export const USAGE = `usage: weir-cni-agent [run|uninstall] [--flag value ...]
   --run-dir DIR               (CNI_AGENT_RUN_DIR, /var/run/istio-cni): pluginevent.sock lives here
   --zds-socket PATH           (ZTUNNEL_SOCKET, /var/run/ztunnel/ztunnel.sock)
   --kubeconfig FILE | --kube-api URL | --pods-file FILE   pod source (default: in-cluster)
-  --ready-address HOST:PORT   (READY_ADDRESS, 0.0.0.0:8000): /readyz and /metrics
+  --ready-address HOST:PORT   (READY_ADDRESS, 0.0.0.0:8000): /readyz, /metrics, /debug/config
   --mode tproxy|redirect      (REDIRECT_MODE, tproxy)
   --dns-capture true|false    (DNS_CAPTURE, true): DNS to ztunnel's 15053; a pod opts out with
                               the annotation ambient.istio.io/dns-capture: "false"

@@ -6,6 +6,7 @@ import { CniAgentError } from './errors.js';
 import { CniEventServer, type CmdAddEvent } from './event-server.js';
 import { HealthServer } from './health-server.js';
 import { silentLogger, type Logger } from './logger.js';
+import type { CaptureConfig } from './iptables-rules.js';
 import { AgentMetrics } from './metrics.js';
 import { NetnsHints } from './netns-hints.js';
 import type { PodSource } from './pod-source.js';
@@ -32,8 +33,10 @@ export interface NodeAgentOptions {
   enrolled: EnrollmentRule;
   /** Validates a `/cmdadd` body (the plugin's `cmdAddEventSchema`); throws for a bad one. */
   parseCmdAdd: (body: unknown) => CmdAddEvent;
-  /** `/readyz` and `/metrics` listener; `false` for none. Default `0.0.0.0:8000`. */
+  /** `/readyz`, `/metrics` and `/debug/config` listener; `false` for none. Default `0.0.0.0:8000`. */
   health?: { host: string; port: number } | false;
+  /** The capture options `rules` applies, resolved (`IptablesPodRules.captureConfig`): `/debug/config`'s `capture`. */
+  captureConfig?: () => CaptureConfig;
   /** Periodic drift check; 0 disables. Default 30 s. */
   driftIntervalMs?: number;
   /** A `/cmdadd` answers 500 if the pod is not captured by then (the plugin waits 5 s). */
@@ -115,6 +118,7 @@ export class NodeAgent {
             ...(opts.health ?? { host: '0.0.0.0', port: 8000 }),
             registry: this.metrics.registry,
             notReadyReason: () => (this.phase === 'ready' ? undefined : this.phase),
+            config: () => this.config(),
           });
   }
 
@@ -191,6 +195,11 @@ export class NodeAgent {
   /** Readiness and metrics listener address (when enabled). */
   get healthAddr(): AddressInfo | undefined {
     return this.healthAddress;
+  }
+
+  /** What `/debug/config` serves: the node and the capture options (null when `rules` cannot tell). */
+  config(): { node: string; runDir: string; capture: CaptureConfig | null } {
+    return { node: this.opts.nodeName, runDir: this.runDir, capture: this.opts.captureConfig?.() ?? null };
   }
 
   get ready(): boolean {

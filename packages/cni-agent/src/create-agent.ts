@@ -49,10 +49,12 @@ export function createNodeAgent(opts: CreateNodeAgentOptions): NodeAgent {
       event === 'nack' ? zds.on('nack', (err) => listener(err.uid, err.reason)) : zds.on(event, () => listener(undefined, '')),
   };
   const exclude = opts.excludeNamespaces ?? [];
+  const rules = new IptablesPodRules({ ...opts.rules, logger });
   return new NodeAgent({
     nodeName: opts.nodeName,
     source: opts.source,
-    rules: new IptablesPodRules({ ...opts.rules, logger }),
+    rules,
+    captureConfig: () => rules.captureConfig(),
     ztunnel,
     openNetns: (path): NetnsHandle => openNetns(path),
     enrolled: (pod, ns) => isAmbientEnrolled(pod, ns, { excludeNamespaces: exclude }),

@@ -8,9 +8,15 @@ export interface HealthServerOptions {
   /** Undefined when ready, else the reason it is not. */
   notReadyReason: () => string | undefined;
   registry: Registry;
+  /** What `/debug/config` serves as JSON (read-only); no such path when undefined. */
+  config?: () => unknown;
 }
 
-/** `/readyz` (200 `ready` or 503 with the reason) and `/metrics` (Prometheus text). */
+/**
+ * `/readyz` (200 `ready` or 503 with the reason), `/metrics` (Prometheus text) and `/debug/config`
+ * (the agent's effective options as JSON, for `weirctl doctor`; istio-cni has no such endpoint, the
+ * path follows istiod's `/debug/...` read-only endpoints).
+ */
 export class HealthServer {
   private server: Server | undefined;
 
@@ -36,6 +42,17 @@ export class HealthServer {
             res.end(`${err.message}\n`);
           },
         );
+        return;
+      }
+      const config = this.opts.config;
+      if (path === '/debug/config' && config !== undefined) {
+        if (req.method !== 'GET' && req.method !== 'HEAD') {
+          res.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, HEAD' });
+          res.end('method not allowed\n');
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(`${JSON.stringify(config(), null, 2)}\n`);
         return;
       }
       res.writeHead(404, { 'content-type': 'text/plain' });

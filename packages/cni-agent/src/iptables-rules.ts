@@ -3,6 +3,7 @@ import {
   RuleApplier,
   defineRuleSet,
   RoutingApplier,
+  ISTIO_DEFAULTS,
   hostProbeRules,
   inpodRouting,
   inpodRules,
@@ -47,6 +48,23 @@ export interface IptablesPodRulesOptions {
   /** Long-lived shells running pod-netns commands (about the agent's capture concurrency). */
   shells?: number;
   logger?: Logger;
+}
+
+/**
+ * The capture options an agent runs with, resolved (defaults filled in, the iptables backend as
+ * detected once the host is set up): what `/debug/config` serves, so tools such as `weirctl doctor`
+ * can rebuild the rule set the agent installs.
+ */
+export interface CaptureConfig {
+  mode: 'tproxy' | 'redirect';
+  /** The agent's setting; a pod annotated `ambient.istio.io/dns-capture: "false"` has none. */
+  dnsCapture: boolean;
+  /** `auto`: IPv6 captured in pods with IPv6 on; `false`: such pods get the IPv6 guard instead. */
+  ipv6: boolean | 'auto';
+  probeSnatIp: string;
+  probeSnatIpv6: string;
+  /** `auto` only until the host is set up (detection runs then). */
+  backend: 'auto' | IptablesBackend;
 }
 
 const SET_V4 = 'istio-inpod-probes-v4';
@@ -186,6 +204,19 @@ export class IptablesPodRules implements PodRules {
       this.sets.set(key, set);
     }
     return set;
+  }
+
+  /** The options this agent captures with, defaults resolved. */
+  captureConfig(): CaptureConfig {
+    const d = ISTIO_DEFAULTS;
+    return {
+      mode: this.opts.mode ?? 'tproxy',
+      dnsCapture: this.opts.dnsCapture ?? true,
+      ipv6: this.ipv6Mode,
+      probeSnatIp: this.opts.probeSnatIp ?? d.probeSnatIp,
+      probeSnatIpv6: this.opts.probeSnatIpv6 ?? d.probeSnatIpv6,
+      backend: this.iptablesBackend,
+    };
   }
 
   /** The rule set of a pod without IPv6 and default DNS capture (for status and tests). */

@@ -128,6 +128,16 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 60_000);
 
+  it("serves its effective capture options on /debug/config, the backend as detected", async () => {
+    const res = await fetch(`http://127.0.0.1:${agent?.healthAddr?.port}/debug/config`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({
+      node: 'n1',
+      runDir,
+      capture: { mode: 'tproxy', dnsCapture: false, ipv6: 'auto', probeSnatIp: '169.254.7.127', probeSnatIpv6: 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff', backend: expect.stringMatching(/^(legacy|nft)$/) },
+    });
+  });
+
   it('a new pod in an enrolled namespace is fully captured before /cmdadd returns 200', async () => {
     expect(await tcpRead(client.netnsPath, web.ip, 8080)).toBe('app');
     const res = await postCmdAdd(join(runDir, 'pluginevent.sock'), cmdAddBody(web));
