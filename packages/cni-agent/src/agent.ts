@@ -6,7 +6,7 @@ import { CniAgentError } from './errors.js';
 import { CniEventServer, type CmdAddEvent } from './event-server.js';
 import { HealthServer } from './health-server.js';
 import { silentLogger, type Logger } from './logger.js';
-import type { CaptureConfig } from './iptables-rules.js';
+import type { CaptureConfig } from './capture-rules.js';
 import { AgentMetrics } from './metrics.js';
 import { NetnsHints } from './netns-hints.js';
 import type { PodSource } from './pod-source.js';

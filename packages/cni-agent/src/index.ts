@@ -18,11 +18,5 @@ export type { PodEvent, PodSource, PodSourceHandlers } from './pod-source.js';
 export type { EnrollmentRule, NetnsHandle, OpenNetns, PodRules, RepairReport, WorkloadHandoff } from './ports.js';
 export { findPodNetnsInProc, type ProcNetnsMatch, type ProcScanOptions } from './proc-scan.js';
 export { createNodeAgent, type CreateNodeAgentOptions } from './create-agent.js';
-export {
-  DNS_CAPTURE_ANNOTATION,
-  IPV6_GUARD_CHAINS,
-  IptablesPodRules,
-  ipv6GuardFamily,
-  type CaptureConfig,
-  type IptablesPodRulesOptions,
-} from './iptables-rules.js';
+export { DNS_CAPTURE_ANNOTATION, IptablesPodRules, type IptablesPodRulesOptions } from './iptables-rules.js';
+export { inpodCapture, IPV6_GUARD_CHAINS, ipv6GuardFamily, podHasIpv6, type CaptureConfig } from './capture-rules.js';

@@ -1,22 +1,20 @@
 import {
   NetnsApplier,
   RuleApplier,
-  defineRuleSet,
   RoutingApplier,
   ISTIO_DEFAULTS,
   hostProbeRules,
   inpodRouting,
-  inpodRules,
   ipsetCreateArgs,
   netnsExecutor,
   type CommandExecutor,
   type CommandResult,
-  type FamilyRules,
   type IptablesBackend,
   type NetnsSpec,
   type PolicyRouting,
   type RuleSet,
 } from '@weir/iptables-builder';
+import { inpodCapture, podHasIpv6, type CaptureConfig } from './capture-rules.js';
 import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
 import { ShellPool } from './shell-executor.js';
@@ -50,73 +48,9 @@ export interface IptablesPodRulesOptions {
   logger?: Logger;
 }
 
-/**
- * The capture options an agent runs with, resolved (defaults filled in, the iptables backend as
- * detected once the host is set up): what `/debug/config` serves, so tools such as `weirctl doctor`
- * can rebuild the rule set the agent installs.
- */
-export interface CaptureConfig {
-  mode: 'tproxy' | 'redirect';
-  /** The agent's setting; a pod annotated `ambient.istio.io/dns-capture: "false"` has none. */
-  dnsCapture: boolean;
-  /** `auto`: IPv6 captured in pods with IPv6 on; `false`: such pods get the IPv6 guard instead. */
-  ipv6: boolean | 'auto';
-  probeSnatIp: string;
-  probeSnatIpv6: string;
-  /** `auto` only until the host is set up (detection runs then). */
-  backend: 'auto' | IptablesBackend;
-}
-
 const SET_V4 = 'istio-inpod-probes-v4';
 /** Pod annotation turning DNS capture off for that pod (istio-cni's name). */
 export const DNS_CAPTURE_ANNOTATION = 'ambient.istio.io/dns-capture';
-/** Chains of the IPv6 guard (prefix ISTIO_, so the same cleanup removes them). */
-export const IPV6_GUARD_CHAINS = { input: 'ISTIO_V6GUARD_IN', output: 'ISTIO_V6GUARD_OUT' } as const;
-
-/**
- * The IPv6 guard of a pod whose IPv6 is not captured: loopback and ztunnel's own marked sockets
- * pass, every other TCP in or out is dropped (replies to the marked sockets pass as ESTABLISHED).
- * DROP, not REJECT: @weir/iptables-builder has no REJECT target; the effect is the same fail-closed
- * (a connect times out instead of being refused).
- */
-export function ipv6GuardFamily(ztunnelMark = 0x539, markMask = 0xfff): FamilyRules {
-  const tcp = { kind: 'protocol', protocol: 'tcp' } as const;
-  return {
-    family: 'ipv6',
-    tables: [
-      {
-        name: 'filter',
-        chains: [
-          { name: 'INPUT', rules: [{ matches: [], target: { kind: 'jump', chain: IPV6_GUARD_CHAINS.input } }] },
-          { name: 'OUTPUT', rules: [{ matches: [], target: { kind: 'jump', chain: IPV6_GUARD_CHAINS.output } }] },
-          {
-            name: IPV6_GUARD_CHAINS.input,
-            rules: [
-              { matches: [{ kind: 'inInterface', name: 'lo' }], target: { kind: 'ACCEPT' } },
-              { matches: [tcp, { kind: 'conntrack', ctstate: ['RELATED', 'ESTABLISHED'] }], target: { kind: 'ACCEPT' } },
-              { matches: [tcp], target: { kind: 'DROP' } },
-            ],
-          },
-          {
-            name: IPV6_GUARD_CHAINS.output,
-            rules: [
-              { matches: [{ kind: 'outInterface', name: 'lo' }], target: { kind: 'ACCEPT' } },
-              { matches: [tcp, { kind: 'mark', value: ztunnelMark, mask: markMask }], target: { kind: 'ACCEPT' } },
-              { matches: [tcp], target: { kind: 'DROP' } },
-            ],
-          },
-        ],
-      },
-    ],
-  };
-}
-
-/** Whether a netns has IPv6 on: any `disable_ipv6` is 0 (no /proc/sys/net/ipv6 at all: off). */
-async function podHasIpv6(exec: CommandExecutor): Promise<boolean> {
-  const r = await exec.run('sh', ['-c', 'cat /proc/sys/net/ipv6/conf/*/disable_ipv6 2>/dev/null; true']);
-  if (r.code !== 0) throw new CniAgentError('ERR_AGENT_RULES', `reading disable_ipv6 in the pod netns failed (exit ${r.code}): ${r.stderr.trim()}`);
-  return r.stdout.split('\n').some((l) => l.trim() === '0');
-}
 /**
  * Lets the kernel hand connections still queued on a closing SO_REUSEPORT listener to its sibling
  * (`net.ipv4.tcp_migrate_req`), so a ztunnel upgrade or restart beside the old one resets none of
@@ -189,18 +123,7 @@ export class IptablesPodRules implements PodRules {
     const key = `${opts.dnsCapture}/${v6}`;
     let set = this.sets.get(key);
     if (!set) {
-      const capture6 = v6 && this.ipv6Mode !== false;
-      const rules = inpodRules({
-        mode: this.opts.mode ?? 'tproxy',
-        dnsCapture: opts.dnsCapture,
-        ipv6: capture6,
-        ...(this.opts.probeSnatIp !== undefined ? { probeSnatIp: this.opts.probeSnatIp } : {}),
-        ...(this.opts.probeSnatIpv6 !== undefined ? { probeSnatIpv6: this.opts.probeSnatIpv6 } : {}),
-      });
-      set = {
-        rules: v6 && !capture6 ? defineRuleSet({ families: [...rules.families, ipv6GuardFamily()] }) : rules,
-        routing: inpodRouting({ ipv6: capture6 }),
-      };
+      set = inpodCapture(this.captureConfig(), { dnsCapture: opts.dnsCapture, podHasIpv6: v6 });
       this.sets.set(key, set);
     }
     return set;
