@@ -1,4 +1,5 @@
-import { X509Certificate, createHash, createPrivateKey, generateKeyPair, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, createPublicKey, generateKeyPair, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { isIP } from 'node:net';
 import { promisify } from 'node:util';
 import * as der from './der.js';
 import { PkiError } from './errors.js';
@@ -75,6 +76,39 @@ export interface IssueWorkloadOptions {
   ttlSeconds?: number;
   notBefore?: Date;
   notAfter?: Date;
+}
+
+export interface IssueWorkloadForKeyOptions extends IssueWorkloadOptions {
+  /** The workload's public key (SubjectPublicKeyInfo PEM, EC or RSA), e.g. from a CSR; no key is generated. */
+  publicKeyPem: string;
+}
+
+/** A workload certificate issued for a key the caller holds (a CSR's): no private key. */
+export type SignedWorkloadCertificate = Omit<WorkloadCertificate, 'keyPem'>;
+
+export interface IssueServerOptions {
+  /** DNS SANs (also checked by TLS clients' hostname verification). */
+  dnsNames?: string[];
+  /** IP SANs, IPv4 or IPv6 text. */
+  ipAddresses?: string[];
+  /** Subject CN; default the first DNS name. */
+  commonName?: string;
+  /** Default 365. */
+  validityDays?: number;
+  notBefore?: Date;
+}
+
+/** A TLS server certificate (serverAuth, DNS/IP SANs) with its fresh private key. */
+export interface ServerCertificate {
+  certPem: string;
+  /** PKCS#8 PEM (ECDSA P-256). */
+  keyPem: string;
+  /** Leaf followed by every intermediate up to (not including) the root, PEM. */
+  chainPem: string;
+  rootPem: string;
+  serial: string;
+  notBefore: Date;
+  notAfter: Date;
 }
 
 export interface IssueIntermediateOptions {
@@ -231,8 +265,13 @@ export class LocalCa {
     });
   }
 
-  /** Issues a workload certificate: fresh P-256 key, URI SAN = `identity` only, serverAuth + clientAuth. */
-  async issueWorkloadCertificate(o: IssueWorkloadOptions): Promise<WorkloadCertificate> {
+  /**
+   * Issues a workload certificate: URI SAN = `identity` only, serverAuth + clientAuth; for a fresh P-256
+   * key, or for `publicKeyPem` (a CSR's key; the result then has no `keyPem`).
+   */
+  async issueWorkloadCertificate(o: IssueWorkloadForKeyOptions): Promise<SignedWorkloadCertificate>;
+  async issueWorkloadCertificate(o: IssueWorkloadOptions): Promise<WorkloadCertificate>;
+  async issueWorkloadCertificate(o: IssueWorkloadOptions & { publicKeyPem?: string }): Promise<WorkloadCertificate | SignedWorkloadCertificate> {
     const id = parseSpiffeUri(o.identity);
     if (id.trustDomain !== this.trustDomain) {
       throw new PkiError(
@@ -246,9 +285,9 @@ export class LocalCa {
     const notBefore = o.notBefore ?? new Date(start - CLOCK_SKEW_MS);
     const notAfter = o.notAfter ?? new Date(start + ttlSeconds * 1000);
     this.#assertWithinCa(notBefore, notAfter);
-    const keys = await newKeyPair();
+    const keys = o.publicKeyPem === undefined ? await newKeyPair() : undefined;
     const serialHex = newSerial();
-    const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
+    const spki = keys ? keys.publicKey.export({ type: 'spki', format: 'der' }) : workloadSpki(o.publicKeyPem ?? '');
     const certDer = signCertificate({
       serialHex,
       // Empty subject as Istio's workload certificates; RFC 5280 then wants the SAN critical.
@@ -268,12 +307,57 @@ export class LocalCa {
       signingKey: this.#parts.signingKey,
     });
     const certPem = certificatePem(certDer);
+    const signed: SignedWorkloadCertificate = {
+      certPem,
+      chainPem: [certPem, ...this.#chainAboveLeaf()].join(''),
+      rootPem: this.rootPem,
+      identity: o.identity,
+      serial: serialHex,
+      notBefore: wholeSeconds(notBefore),
+      notAfter: wholeSeconds(notAfter),
+    };
+    return keys ? { ...signed, keyPem: pkcs8Pem(keys.privateKey) } : signed;
+  }
+
+  /** Issues a TLS server certificate (serverAuth) naming `dnsNames` and `ipAddresses`, fresh P-256 key. */
+  async issueServerCertificate(o: IssueServerOptions): Promise<ServerCertificate> {
+    const names = [
+      ...(o.dnsNames ?? []).map((n) => der.implicitPrimitive(2, Buffer.from(n, 'latin1'))),
+      ...(o.ipAddresses ?? []).map((ip) => der.implicitPrimitive(7, ipAddressBytes(ip))),
+    ];
+    if (names.length === 0) throw new PkiError('ERR_PKI_INVALID_IDENTITY', 'a server certificate needs at least one DNS name or IP address');
+    const validityDays = o.validityDays ?? 365;
+    assertPositive('validityDays', validityDays);
+    const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
+    const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
+    this.#assertWithinCa(notBefore, notAfter);
+    const keys = await newKeyPair();
+    const serialHex = newSerial();
+    const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
+    const commonName = o.commonName ?? o.dnsNames?.[0];
+    const certDer = signCertificate({
+      serialHex,
+      subject: commonName === undefined ? der.sequence() : der.sequence(der.set(der.sequence(der.oid(OID.commonName), der.directoryString(commonName)))),
+      issuer: this.#parts.subjectDer,
+      notBefore,
+      notAfter,
+      spki,
+      extensions: [
+        extension(OID.basicConstraints, true, der.sequence()),
+        extension(OID.keyUsage, true, der.bitString(Buffer.from([KU_LEAF.byte]), KU_LEAF.unused)),
+        extension(OID.extKeyUsage, false, der.sequence(der.oid(OID.serverAuth))),
+        extension(OID.subjectAltName, commonName === undefined, der.sequence(...names)),
+        extension(OID.subjectKeyIdentifier, false, der.octetString(keyIdentifier(spki))),
+        extension(OID.authorityKeyIdentifier, false, der.sequence(der.implicitPrimitive(0, this.#parts.keyId))),
+      ],
+      signingKey: this.#parts.signingKey,
+    });
+    const certPem = certificatePem(certDer);
     return {
       certPem,
       keyPem: pkcs8Pem(keys.privateKey),
       chainPem: [certPem, ...this.#chainAboveLeaf()].join(''),
       rootPem: this.rootPem,
-      identity: o.identity,
       serial: serialHex,
       notBefore: wholeSeconds(notBefore),
       notAfter: wholeSeconds(notAfter),
@@ -335,6 +419,37 @@ export class LocalCa {
 
 function newKeyPair(): Promise<{ publicKey: KeyObject; privateKey: KeyObject }> {
   return generateKeyPairAsync('ec', { namedCurve: 'prime256v1' });
+}
+
+/** SubjectPublicKeyInfo DER of a caller's workload key (EC or RSA). */
+function workloadSpki(publicKeyPem: string): Buffer {
+  let key: KeyObject;
+  try {
+    key = createPublicKey(publicKeyPem);
+  } catch (cause) {
+    throw new PkiError('ERR_PKI_INVALID_KEY', `publicKeyPem does not parse as a public key: ${String(cause)}`, { cause });
+  }
+  if (key.asymmetricKeyType !== 'ec' && key.asymmetricKeyType !== 'rsa') {
+    throw new PkiError('ERR_PKI_INVALID_KEY', `workload key type ${key.asymmetricKeyType ?? '?'} is not supported (EC or RSA)`);
+  }
+  return key.export({ type: 'spki', format: 'der' });
+}
+
+/** An IP address as the 4 or 16 bytes of an iPAddress GeneralName. */
+function ipAddressBytes(ip: string): Buffer {
+  const family = isIP(ip);
+  if (family === 4) return Buffer.from(ip.split('.').map(Number));
+  if (family !== 6) throw new PkiError('ERR_PKI_INVALID_IDENTITY', `IP address ${JSON.stringify(ip)} is not IPv4 or IPv6 text`);
+  // A trailing dotted quad (::ffff:1.2.3.4) becomes two hex groups first.
+  const text = ip.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_, a: string, b: string, c: string, d: string) =>
+    `${((Number(a) << 8) | Number(b)).toString(16)}:${((Number(c) << 8) | Number(d)).toString(16)}`);
+  const [head = '', tail] = text.split('::');
+  const h = head === '' ? [] : head.split(':');
+  const t = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  const out = Buffer.alloc(16);
+  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  return out;
 }
 
 /** TBSCertificate (v3) signed with SHA-256 by `signingKey` (ECDSA or RSA PKCS#1 v1.5). */
