@@ -4,11 +4,13 @@
 // server in pod b (n2), with wrk in pod a: one long-lived connection (wrk -c1, keep-alive), and a new
 // connection per request (wrk -c1 with `Connection: close`, so wrk reconnects after every response).
 // Same four paths as the datapath bench: direct (capture off), weir (both ztunnels), stunnel, go.
-// Prints p50/p90/p99 per path; last line: one JSON object.
+// Prints p50/p90/p99 per path, and per request the proxies' CPU and run-queue wait (from schedstat: how
+// much of a round trip is work and how much is waiting for a CPU); last line: one JSON object.
+import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { buildGoPeer, capture, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { buildGoPeer, capture, cpuSeconds, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, startPeerTunnel, waitFor } from '../common/mesh.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' }, rounds: { type: 'string', default: process.env.BENCH_ROUNDS ?? '2' } } });
@@ -27,6 +29,33 @@ function parseWrk(text) {
   return { p50: pct['50'], p90: pct['90'], p99: pct['99'], requests: Number(req?.[1] ?? 0), errors: errors?.[0] };
 }
 
+/**
+ * CPU time (ns, user + system from /proc/<pid>/stat, which keeps exited threads' time: stunnel runs a
+ * thread per connection) and run-queue wait (ns runnable but not running, summed over the threads
+ * alive at the time from /proc/<pid>/task/<tid>/schedstat; an exited thread's wait is lost).
+ */
+function schedTotals(pids) {
+  let cpu = 0;
+  let wait = 0;
+  for (const pid of pids) {
+    cpu += cpuSeconds(pid) * 1e9;
+    let tids = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        wait += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+      } catch {
+        // The thread exited between readdir and read.
+      }
+    }
+  }
+  return { cpu, wait };
+}
+
 const mesh = await createMesh({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] } });
 let code = 0;
 try {
@@ -40,10 +69,10 @@ try {
   const stunnel = await startPeerTunnel(mesh, 'stunnel', { from: n1, to: n2, target, certs, port: 16101 });
   const go = await startPeerTunnel(mesh, 'go', { from: n1, to: n2, target, certs, goBin, port: 16111 });
   const paths = {
-    direct: { url: `http://${b.ip}:8080/`, capture: false },
-    weir: { url: `http://${b.ip}:8080/`, capture: true },
-    stunnel: { url: `http://${stunnel.host}:${stunnel.port}/`, capture: false },
-    go: { url: `http://${go.host}:${go.port}/`, capture: false },
+    direct: { url: `http://${b.ip}:8080/`, capture: false, pids: [] },
+    weir: { url: `http://${b.ip}:8080/`, capture: true, pids: mesh.ztunnels.map((z) => z.pid) },
+    stunnel: { url: `http://${stunnel.host}:${stunnel.port}/`, capture: false, pids: stunnel.procs.map((p) => p.pid) },
+    go: { url: `http://${go.host}:${go.port}/`, capture: false, pids: go.procs.map((p) => p.pid) },
   };
   let captured = false;
   const setCapture = async (on) => {
@@ -54,8 +83,13 @@ try {
   };
   const wrk = async (path, mode, seconds) => {
     const args = ['-t1', '-c1', `-d${seconds}s`, '--latency', ...(mode === 'newconn' ? ['-H', 'Connection: close'] : []), path.url];
+    const before = schedTotals(path.pids);
     const r = await a.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000, check: false });
-    return parseWrk(r.stdout + r.stderr);
+    const after = schedTotals(path.pids);
+    const out = parseWrk(r.stdout + r.stderr);
+    // Both proxy processes together, per request: µs on a CPU and µs runnable but waiting for one.
+    const n = Math.max(1, out.requests);
+    return { ...out, cpuUs: (after.cpu - before.cpu) / n / 1000, waitUs: (after.wait - before.wait) / n / 1000 };
   };
 
   const results = {};
@@ -80,6 +114,10 @@ try {
   console.log('path      long-lived p50 / p90 / p99 ms   (req)      new conn per request p50 / p90 / p99 ms   (req)');
   const fmt = (x) => `${x.p50.toFixed(3)} / ${x.p90.toFixed(3)} / ${x.p99.toFixed(3)}`.padEnd(26) + `(${x.requests}${x.errors ? `, ${x.errors}` : ''})`;
   for (const name of Object.keys(paths)) console.log(`${name.padEnd(9)} ${fmt(best(name, 'keepalive')).padEnd(40)} ${fmt(best(name, 'newconn'))}`);
+  console.log('proxies per request (both sides, all threads): CPU µs / run-queue wait µs   long-lived        new conn');
+  const us = (x) => `${x.cpuUs.toFixed(0)} / ${x.waitUs.toFixed(0)}`;
+  // Not stunnel: its per-connection threads' figures come out near zero here (not understood yet).
+  for (const name of ['weir', 'go']) console.log(`${name.padEnd(9)} ${''.padEnd(62)} ${us(best(name, 'keepalive')).padEnd(17)} ${us(best(name, 'newconn'))}`);
   const w = (mode) => best('weir', mode);
   const g = (mode) => best('go', mode);
   const out = {
@@ -88,8 +126,13 @@ try {
     newconn_p99_vs_go: round(w('newconn').p99 / g('newconn').p99),
     newconn_p50_vs_go: round(w('newconn').p50 / g('newconn').p50),
     latency_p50_vs_ctls: round(w('keepalive').p50 / best('stunnel', 'keepalive').p50),
+    cpu_per_req_vs_go: round(w('keepalive').cpuUs / g('keepalive').cpuUs),
+    cpu_per_newconn_vs_go: round(w('newconn').cpuUs / g('newconn').cpuUs),
     ms: Object.fromEntries(
       Object.keys(paths).map((n) => [n, Object.fromEntries(['keepalive', 'newconn'].map((m) => [m, { p50: round(best(n, m).p50), p90: round(best(n, m).p90), p99: round(best(n, m).p99) }]))]),
+    ),
+    proxy_us_per_req: Object.fromEntries(
+      ['weir', 'go'].map((n) => [n, Object.fromEntries(['keepalive', 'newconn'].map((m) => [m, { cpu: round(best(n, m).cpuUs, 1), runq: round(best(n, m).waitUs, 1) }]))]),
     ),
     seconds: SECONDS,
     rounds: ROUNDS,
