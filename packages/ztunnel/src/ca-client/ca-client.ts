@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
+import { createCertificateSigningRequest, splitPem } from '@weir/pki';
 import { ZtunnelError } from '../errors.js';
 import type { CertificateSource, WorkloadCertificate } from '../identity.js';
 import { silentLogger, type Logger } from '../logger.js';
@@ -10,7 +11,6 @@ import {
   type IstioCertificateResponse,
 } from '../xds/gen/citadel_pb.js';
 import { authMetadata, channelCredentials, channelOptions, deserializer, grpcTarget, serializer, type ChannelOptions } from '../xds/grpc.js';
-import { createCsr, splitCertificates } from './csr.js';
 
 export const CREATE_CERTIFICATE_PATH = '/istio.v1.auth.IstioCertificateService/CreateCertificate';
 
@@ -132,7 +132,7 @@ export class CaClient implements CertificateSource {
   }
 
   async #request(identity: string, ttlSeconds: number): Promise<WorkloadCertificate> {
-    const { csrPem, keyPem, publicKeyDer } = await createCsr(identity);
+    const { csrPem, keyPem, publicKeyDer } = await createCertificateSigningRequest({ identity });
     const impersonate = this.#o.impersonate ?? true;
     const req = create(IstioCertificateRequestSchema, {
       csr: csrPem,
@@ -161,7 +161,7 @@ export class CaClient implements CertificateSource {
   }
 
   #toWorkloadCertificate(identity: string, keyPem: string, publicKeyDer: Uint8Array, resp: IstioCertificateResponse): WorkloadCertificate {
-    const pems = resp.certChain.flatMap(splitCertificates);
+    const pems = resp.certChain.flatMap(splitPem);
     if (pems.length === 0) throw new Error(`empty certificate chain for ${identity}`);
     const certs = pems.map((p) => new X509Certificate(p));
     const leaf = certs[0]!;

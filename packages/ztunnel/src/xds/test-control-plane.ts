@@ -1,20 +1,9 @@
-import { X509Certificate as NodeX509Certificate, randomBytes, webcrypto } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { create, toBinary, type MessageInitShape } from '@bufbuild/protobuf';
-import {
-  BasicConstraintsExtension,
-  ExtendedKeyUsage,
-  ExtendedKeyUsageExtension,
-  KeyUsageFlags,
-  KeyUsagesExtension,
-  Pkcs10CertificateRequest,
-  SubjectAlternativeNameExtension,
-  X509CertificateGenerator,
-  type X509Certificate,
-} from '@peculiar/x509';
+import { LocalCa, PkiError, parseCertificateSigningRequest, type SignedWorkloadCertificate } from '@weir/pki';
 import { CREATE_CERTIFICATE_PATH } from '../ca-client/ca-client.js';
-import { EC_P256, ECDSA_SHA256, newSerial, pemBlock, x509Crypto } from '../ca-client/csr.js';
 import { ADDRESS_TYPE, AUTHORIZATION_TYPE, DELTA_ADS_PATH } from './client.js';
 import { Action, AuthorizationSchema, Scope } from './gen/authorization_pb.js';
 import type { LocalConfig, Policy, RbacMatch, Service, StringMatch, Workload } from '../local-config.js';
@@ -105,8 +94,7 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
   readonly #tls: boolean;
   readonly #serverKeyPem: string;
   readonly #serverCertPem: string;
-  readonly #rootCert: X509Certificate;
-  readonly #rootKey: webcrypto.CryptoKey;
+  readonly #ca: LocalCa;
   readonly #certTtlSeconds: number | undefined;
   readonly #state = new Map<string, Map<string, StoredResource>>(TYPE_URLS.map((t) => [t, new Map()]));
   readonly #streams = new Set<Stream>();
@@ -120,7 +108,7 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
   /** false: CreateCertificate answers UNAVAILABLE (a CA outage without an xDS outage). */
   caAvailable = true;
 
-  private constructor(o: TestControlPlaneOptions, pki: { rootPem: string; rootCert: X509Certificate; rootKey: webcrypto.CryptoKey; serverCertPem: string; serverKeyPem: string }) {
+  private constructor(o: TestControlPlaneOptions, pki: { ca: LocalCa; serverCertPem: string; serverKeyPem: string }) {
     super();
     this.host = o.host ?? '127.0.0.1';
     this.#port = o.port ?? 0;
@@ -128,64 +116,21 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
     this.trustDomain = o.trustDomain ?? 'cluster.local';
     this.#tls = o.tls ?? true;
     this.#certTtlSeconds = o.certTtlSeconds;
-    this.rootCaPem = pki.rootPem;
-    this.#rootCert = pki.rootCert;
-    this.#rootKey = pki.rootKey;
+    this.rootCaPem = pki.ca.rootPem;
+    this.#ca = pki.ca;
     this.#serverCertPem = pki.serverCertPem;
     this.#serverKeyPem = pki.serverKeyPem;
   }
 
   static async start(o: TestControlPlaneOptions = {}): Promise<TestControlPlane> {
     const td = o.trustDomain ?? 'cluster.local';
-    const now = Date.now();
-    const rootKeys = (await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-    const rootCert = await X509CertificateGenerator.createSelfSigned(
-      {
-        serialNumber: newSerial(),
-        name: `O=${td}, CN=Weir test control plane root`,
-        notBefore: new Date(now - 3_600_000),
-        notAfter: new Date(now + 7 * 86_400_000),
-        keys: rootKeys as never,
-        signingAlgorithm: ECDSA_SHA256,
-        extensions: [
-          new BasicConstraintsExtension(true, undefined, true),
-          new KeyUsagesExtension(KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign, true),
-        ],
-      },
-      x509Crypto,
-    );
-    const serverKeys = (await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-    const serverCert = await X509CertificateGenerator.create(
-      {
-        serialNumber: newSerial(),
-        subject: 'CN=istiod',
-        issuer: rootCert.subjectName,
-        notBefore: new Date(now - 3_600_000),
-        notAfter: new Date(now + 7 * 86_400_000),
-        publicKey: serverKeys.publicKey as never,
-        signingKey: rootKeys.privateKey as never,
-        signingAlgorithm: ECDSA_SHA256,
-        extensions: [
-          new BasicConstraintsExtension(false, undefined, true),
-          new KeyUsagesExtension(KeyUsageFlags.digitalSignature | KeyUsageFlags.keyEncipherment, true),
-          new ExtendedKeyUsageExtension([ExtendedKeyUsage.serverAuth], false),
-          new SubjectAlternativeNameExtension([
-            { type: 'dns', value: 'localhost' },
-            { type: 'dns', value: 'istiod.istio-system.svc' },
-            { type: 'ip', value: '127.0.0.1' },
-            { type: 'ip', value: '::1' },
-          ]),
-        ],
-      },
-      x509Crypto,
-    );
-    const cp = new TestControlPlane(o, {
-      rootPem: rootCert.toString('pem') + '\n',
-      rootCert,
-      rootKey: rootKeys.privateKey,
-      serverCertPem: serverCert.toString('pem') + '\n',
-      serverKeyPem: pemBlock('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', serverKeys.privateKey)),
+    const ca = await LocalCa.create({ trustDomain: td, commonName: 'Weir test control plane root' });
+    const server = await ca.issueServerCertificate({
+      commonName: 'istiod',
+      dnsNames: ['localhost', 'istiod.istio-system.svc'],
+      ipAddresses: ['127.0.0.1', '::1'],
     });
+    const cp = new TestControlPlane(o, { ca, serverCertPem: server.chainPem, serverKeyPem: server.keyPem });
     await cp.restart();
     return cp;
   }
@@ -347,16 +292,13 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
     if (!this.caAvailable) throw Object.assign(new Error('CA unavailable'), { code: grpc.status.UNAVAILABLE, details: 'test CA outage' });
     const req = call.request;
     const invalid = (details: string): Error => Object.assign(new Error(details), { code: grpc.status.INVALID_ARGUMENT, details });
-    let csr: Pkcs10CertificateRequest;
+    let uris: string[];
+    let publicKeyPem: string;
     try {
-      csr = new Pkcs10CertificateRequest(req.csr);
+      ({ identities: uris, publicKeyPem } = parseCertificateSigningRequest(req.csr));
     } catch (err) {
-      throw invalid(`CSR does not parse: ${(err as Error).message}`);
+      throw invalid((err as Error).message);
     }
-    if (!(await csr.verify(x509Crypto))) throw invalid('CSR signature does not verify');
-    const sanExt = csr.extensions.find((e) => e.type === '2.5.29.17');
-    const san = sanExt ? new SubjectAlternativeNameExtension(sanExt.rawData) : undefined;
-    const uris = (san?.names.items ?? []).filter((n) => n.type === 'url').map((n) => n.value);
     const impersonated = typeof req.metadata?.ImpersonatedIdentity === 'string' ? req.metadata.ImpersonatedIdentity : undefined;
     const identity = impersonated ?? uris[0];
     if (identity === undefined || uris.length !== 1 || uris[0] !== identity) {
@@ -364,31 +306,17 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
     }
     if (!identity.startsWith(`spiffe://${this.trustDomain}/ns/`)) throw invalid(`identity ${identity} is outside trust domain ${this.trustDomain}`);
     const ttl = this.#certTtlSeconds ?? (Number(req.validityDuration) || 86_400);
-    const now = Date.now();
-    const leaf = await X509CertificateGenerator.create(
-      {
-        serialNumber: newSerial(),
-        subject: '',
-        issuer: this.#rootCert.subjectName,
-        notBefore: new Date(now - 1000),
-        notAfter: new Date(now + ttl * 1000),
-        publicKey: csr.publicKey as never,
-        signingKey: this.#rootKey as never,
-        signingAlgorithm: ECDSA_SHA256,
-        extensions: [
-          new BasicConstraintsExtension(false, undefined, true),
-          new KeyUsagesExtension(KeyUsageFlags.digitalSignature | KeyUsageFlags.keyEncipherment, true),
-          new ExtendedKeyUsageExtension([ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth], false),
-          new SubjectAlternativeNameExtension([{ type: 'url', value: identity }], true),
-        ],
-      },
-      x509Crypto,
-    );
-    const leafPem = leaf.toString('pem') + '\n';
-    const issued = { identity, serial: new NodeX509Certificate(leafPem).serialNumber.toLowerCase(), notAfter: leaf.notAfter, impersonated };
+    let leaf: SignedWorkloadCertificate;
+    try {
+      leaf = await this.#ca.issueWorkloadCertificate({ identity, publicKeyPem, ttlSeconds: ttl });
+    } catch (err) {
+      if (err instanceof PkiError) throw invalid(err.message);
+      throw err;
+    }
+    const issued = { identity, serial: leaf.serial, notAfter: leaf.notAfter, impersonated };
     this.issued.push(issued);
     this.emit('issued', issued);
-    return create(IstioCertificateResponseSchema, { certChain: [leafPem, this.rootCaPem] });
+    return create(IstioCertificateResponseSchema, { certChain: [leaf.certPem, this.rootCaPem] });
   }
 
   // ---- lifecycle ----
