@@ -6,8 +6,12 @@ export function runIn(netns: string | undefined, cmd: string, args: readonly str
 }
 
 /** GET `http://<address><path>` from inside `netns` (admin ports listen on that netns's loopback). */
-export async function httpGet(netns: string | undefined, address: string, path: string): Promise<{ ok: true; body: string } | { ok: false; error: string }> {
-  const url = `http://${address}${path}`;
+export function httpGet(netns: string | undefined, address: string, path: string): Promise<{ ok: true; body: string } | { ok: false; error: string }> {
+  return httpGetUrl(netns, `http://${address}${path}`);
+}
+
+/** GET `url` from inside `netns`. */
+export async function httpGetUrl(netns: string | undefined, url: string): Promise<{ ok: true; body: string } | { ok: false; error: string }> {
   const r = await runIn(netns, 'curl', ['-sS', '-f', '--max-time', '3', url]).catch((err: unknown) => ({ code: 1, stdout: '', stderr: (err as Error).message }));
   if (r.code === 0) return { ok: true, body: r.stdout };
   return { ok: false, error: `GET ${url}${netns === undefined ? '' : ` in ${netns}`}: ${r.stderr.trim().replace(/^curl: \(\d+\) /, '') || `curl exited ${r.code}`}` };

@@ -1,7 +1,10 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { assertPrerequisites } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { doctorCommand } from '../src/commands/doctor.js';
@@ -53,6 +56,9 @@ async function httpThroughZtunnel(path: string): Promise<{ status: string; viaZt
   return { status: r.out, viaZtunnel };
 }
 const seen = new Set<string>();
+const weirctlBin = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+/** The iptables backend node-1's agent detected (its /debug/config). */
+let backend = '';
 
 async function captured(pod: string): Promise<boolean> {
   return /ISTIO_/.test(await exec(pod, 'iptables-save'));
@@ -65,6 +71,8 @@ beforeAll(async () => {
   if (up.code !== 0) throw new Error(`sandbox up failed: ${up.err}`);
   httpbinIp = /http:\/\/([\d.]+):8000/.exec(up.out)?.[1] ?? '';
   expect(httpbinIp).not.toBe('');
+  const config = await call(sandboxCommand, ['exec', 'node-1', ...where, '--', 'curl', '-sf', 'http://127.0.0.1:8000/debug/config']);
+  backend = (JSON.parse(config.out) as { capture: { backend: string } }).capture.backend;
 }, 300_000);
 
 afterAll(async () => {
@@ -179,18 +187,46 @@ describe('weirctl sandbox policy', () => {
 });
 
 describe('weirctl doctor', () => {
-  it('passes on a healthy pod, in the sandbox and with --netns as on a node', { timeout: 60_000 }, async () => {
+  it("passes on a healthy pod with the agent's own capture options, in the sandbox and with --netns on a node", { timeout: 60_000 }, async () => {
     const ok = await doctor('sleep');
     expect(ok.code, ok.out).toBe(0);
     expect(ok.out.split('\n').filter((l) => l.startsWith('PASS')).length).toBe(4);
+    // Read from node-1's agent (the sandbox runs it with DNS_CAPTURE=false): no --no-dns-capture needed.
+    expect(ok.out.split('\n')[1]).toBe(
+      `capture options of weir-cni-agent (http://127.0.0.1:8000/debug/config in /var/run/netns/${name}-node-1): mode tproxy, DNS capture off, IPv6 auto, probe SNAT 169.254.7.127 and fd16:9254:7127:1337:ffff:ffff:ffff:ffff, iptables backend ${backend}`,
+    );
+    expect(ok.out).toMatch(/PASS {2}rules {6}in-pod rules equal the desired set \(tproxy, ipv4\+ipv6, DNS capture off\)/);
     expect(ok.out).toMatch(/PASS {2}probe {6}connection from the pod to [\d.]+:1 accepted by ztunnel's 15001 and counted/);
 
+    // On a node: the weirctl binary in node-2's netns (where its agent and ztunnel listen), the pod by its netns path.
     const status = JSON.parse((await sandbox('status', '--json')).out) as { nodes: Array<{ name: string; netns: string }>; pods: Array<{ name: string; netns: string }> };
     const podNetns = status.pods.find((p) => p.name === 'httpbin')?.netns as string;
     const nodeNetns = status.nodes.find((n) => n.name === 'node-2')?.netns as string;
-    const node = await call(doctorCommand, ['--netns', podNetns, '--ztunnel-netns', nodeNetns]);
-    expect(node.code, node.out).toBe(0);
-    expect(node.out).toContain(`weirctl doctor ${podNetns}`);
+    const node = await promisify(execFile)('nsenter', [`--net=${nodeNetns}`, process.execPath, weirctlBin, 'doctor', '--netns', podNetns]).catch((err: unknown) => err as { code: number; stdout: string; stderr: string });
+    expect(node.stdout, node.stderr).toContain(`weirctl doctor ${podNetns}\ncapture options of weir-cni-agent (http://127.0.0.1:8000/debug/config): mode tproxy, DNS capture off`);
+    expect('code' in node ? node.code : 0, node.stdout).toBe(0);
+  });
+
+  it('without an agent to ask, says so and checks against its defaults; explicit flags override the agent', { timeout: 60_000 }, async () => {
+    const status = JSON.parse((await sandbox('status', '--json')).out) as { nodes: Array<{ name: string; netns: string }>; pods: Array<{ name: string; netns: string }> };
+    const podNetns = status.pods.find((p) => p.name === 'httpbin')?.netns as string;
+    const nodeNetns = status.nodes.find((n) => n.name === 'node-2')?.netns as string;
+    // From this netns no agent answers on port 1: the agent's defaults (DNS capture on) do not match the sandbox's pods.
+    const noAgent = ['--netns', podNetns, '--ztunnel-netns', nodeNetns, '--agent-url', 'http://127.0.0.1:1'];
+    const fallback = await call(doctorCommand, noAgent);
+    expect(fallback.code).toBe(1);
+    expect(fallback.out).toMatch(/^weir-cni-agent does not answer \(GET http:\/\/127\.0\.0\.1:1\/debug\/config: .+\): using the agent's defaults: mode tproxy, DNS capture on, IPv6 auto/m);
+    expect(fallback.out).toMatch(/^FAIL {2}rules {6}\d+ difference\(s\) from the desired set \(tproxy, ipv4\+ipv6, DNS capture on\): missing .*--dport 53/m);
+    expect(fallback.out).toMatch(/^ {6}fix: .*The agent's options were not read from it: pass them \(--mode, --\[no-\]dns-capture/m);
+    const flagged = await call(doctorCommand, [...noAgent, '--no-dns-capture']);
+    expect(flagged.out).toContain("using --[no-]dns-capture from the command line and the agent's defaults: mode tproxy, DNS capture off");
+    expect(flagged.code, flagged.out).toBe(0);
+
+    // A flag wins over what the agent says.
+    const over = await doctor('sleep', '--dns-capture');
+    expect(over.code).toBe(1);
+    expect(over.out).toContain(`capture options of weir-cni-agent (http://127.0.0.1:8000/debug/config in /var/run/netns/${name}-node-1), --[no-]dns-capture from the command line: mode tproxy, DNS capture on`);
+    expect(over.out).toMatch(/^FAIL {2}rules/m);
   });
 
   it('fails the rules and probe checks, with the fix, after one in-pod rule is deleted by hand', { timeout: 60_000 }, async () => {
@@ -203,7 +239,7 @@ describe('weirctl doctor', () => {
         r = await doctor('sleep');
       }
       expect(r.code, r.out).toBe(1);
-      expect(r.out).toContain('FAIL  rules      1 difference(s) from the desired set (tproxy, ipv4, DNS capture off): missing in iptables nat: -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001');
+      expect(r.out).toContain('FAIL  rules      1 difference(s) from the desired set (tproxy, ipv4+ipv6, DNS capture off): missing in iptables nat: -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001');
       expect(r.out).toMatch(/^ {6}fix: weir-cni-agent puts drifted rules back .*weirctl sandbox logs node-1 cni-agent/m);
       expect(r.out).toMatch(/^PASS {2}listeners/m);
       expect(r.out).toMatch(/^PASS {2}ztunnel/m);

@@ -15,6 +15,8 @@ describe('weirctl doctor flags', () => {
     expect(help.out).toContain('weirctl doctor POD');
     expect(help.out).toContain('weirctl doctor --netns PATH [--ztunnel-netns PATH]');
     expect(help.out).toMatch(/Exit status 0 only when every check passes/);
+    expect(help.out).toContain('GET <agent-url>/debug/config');
+    expect(help.out).toContain('--dns-capture|--no-dns-capture');
   });
 
   it('wants exactly one of POD and --netns, and valid addresses', async () => {
@@ -24,6 +26,10 @@ describe('weirctl doctor flags', () => {
     await expect(doctor('--netns', '/x', '--probe', '999.1.1.1:80')).rejects.toThrow('--probe: not an IP address');
     await expect(doctor('--netns', '/x', '--mode', 'ebpf')).rejects.toThrow(/--mode: /);
     await expect(doctor('--netns', '/x', '--ztunnel-admin', 'localhost')).rejects.toThrow('--ztunnel-admin: HOST:PORT');
+    await expect(doctor('--netns', '/x', '--agent-url', '127.0.0.1:8000')).rejects.toThrow('--agent-url: an http:// URL');
+    await expect(doctor('--netns', '/x', '--iptables-backend', 'ebpf')).rejects.toThrow(/--iptables-backend: /);
+    await expect(doctor('--netns', '/x', '--probe-snat-ip', '::1')).rejects.toThrow(/--probe-snat-ip: /);
+    await expect(doctor('--netns', '/x', '--dns-capture=yes')).rejects.toThrow(/--dns-capture/);
   });
 
   it('says when the netns or the sandbox is not there', async () => {

@@ -4,13 +4,18 @@ import { parseArgs } from 'node:util';
 import { Topology } from '@weir/topology';
 import { z } from 'zod';
 import { UsageError, type Command, type Io } from '../command.js';
+import type { CaptureConfig } from '@weir/cni-agent/capture-rules';
+import { resolveCapture, type ResolvedCapture } from '../doctor/capture-options.js';
 import { formatResults, runDoctor, type DoctorTarget } from '../doctor/doctor.js';
 import { ZTUNNEL_ADMIN_ADDRESS, ZTUNNEL_METRICS_ADDRESS } from '../sandbox/components.js';
 import { DEFAULT_SANDBOX_DIR, DEFAULT_SANDBOX_NAME, requireState, resolveTarget, SandboxError } from '../sandbox/sandbox.js';
 
+/** weir-cni-agent's --ready-address default, reached in the node's netns. */
+const DEFAULT_AGENT_URL = 'http://127.0.0.1:8000';
+
 const HELP = `usage: weirctl doctor POD [--state-dir DIR] [--name NAME]          (a pod of weirctl sandbox)
        weirctl doctor --netns PATH [--ztunnel-netns PATH] [--ztunnel-admin ADDR] [--ztunnel-metrics ADDR]
-                      [--probe IP:PORT]                                  (a pod on a node)
+                      [--probe IP:PORT] [--agent-url URL]                (a pod on a node)
 
 Checks that one pod is really in the mesh, printing PASS/FAIL per check and the fix for each failure:
   rules      the in-pod iptables rules equal the set weir-cni-agent installs (iptables-save diffed in the pod)
@@ -30,8 +35,12 @@ On a node: --netns is the pod's netns (e.g. /var/run/netns/cni-…, or /proc/<pi
   --ztunnel-metrics ADDR  default ${ZTUNNEL_METRICS_ADDRESS}
   --probe IP:PORT         default 192.0.2.1:9 (TEST-NET-1: nothing answers; only ztunnel's 15001 accepts)
 
-Rule options must match the agent's (defaults are its defaults):
-  --mode tproxy|redirect  --dns-capture  --ipv6
+The desired rules are built from the node agent's own capture options: GET <agent-url>/debug/config
+(weir-cni-agent's --ready-address listener), in the node's netns (sandbox: the pod's node; on a node: this netns).
+  --agent-url URL         default ${DEFAULT_AGENT_URL}
+Only when the agent does not answer (the output says so) are its defaults used. Flags override either:
+  --mode tproxy|redirect  --dns-capture|--no-dns-capture  --ipv6|--no-ipv6 (default auto: as the pod's netns)
+  --probe-snat-ip IP  --probe-snat-ipv6 IP  --iptables-backend auto|legacy|nft|nftables
 `;
 
 const address = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'HOST:PORT');
@@ -48,9 +57,13 @@ const Flags = z.strictObject({
     .regex(/^(\[[0-9a-fA-F:]+\]|[0-9.]+):\d{1,5}$/, 'IP:PORT')
     .refine((s) => isIP(s.slice(0, s.lastIndexOf(':')).replace(/^\[|\]$/g, '')) !== 0, 'not an IP address')
     .optional(),
-  mode: z.enum(['tproxy', 'redirect']).default('tproxy'),
-  'dns-capture': z.boolean().default(false),
-  ipv6: z.boolean().default(false),
+  'agent-url': z.url({ protocol: /^https?$/, error: 'an http:// URL' }).default(DEFAULT_AGENT_URL),
+  mode: z.enum(['tproxy', 'redirect']).optional(),
+  'dns-capture': z.boolean().optional(),
+  ipv6: z.boolean().optional(),
+  'probe-snat-ip': z.ipv4().optional(),
+  'probe-snat-ipv6': z.ipv6().optional(),
+  'iptables-backend': z.enum(['auto', 'legacy', 'nft', 'nftables']).optional(),
   help: z.boolean().default(false),
 });
 
@@ -64,6 +77,7 @@ export const doctorCommand: Command = {
         args: [...argv],
         strict: true,
         allowPositionals: true,
+        allowNegative: true,
         options: {
           'state-dir': { type: 'string' },
           name: { type: 'string' },
@@ -72,9 +86,13 @@ export const doctorCommand: Command = {
           'ztunnel-admin': { type: 'string' },
           'ztunnel-metrics': { type: 'string' },
           probe: { type: 'string' },
+          'agent-url': { type: 'string' },
           mode: { type: 'string' },
           'dns-capture': { type: 'boolean' },
           ipv6: { type: 'boolean' },
+          'probe-snat-ip': { type: 'string' },
+          'probe-snat-ipv6': { type: 'string' },
+          'iptables-backend': { type: 'string' },
           help: { type: 'boolean', short: 'h' },
         },
       }));
@@ -94,10 +112,27 @@ export const doctorCommand: Command = {
     if ((positionals.length === 1) === (flags.netns !== undefined) || positionals.length > 1) {
       throw new UsageError('give one POD (sandbox) or --netns PATH (node); see weirctl doctor --help');
     }
-    const rules = { mode: flags.mode, dnsCapture: flags['dns-capture'], ipv6: flags.ipv6 };
+    const overrides: Partial<CaptureConfig> = {
+      ...(flags.mode !== undefined ? { mode: flags.mode } : {}),
+      ...(flags['dns-capture'] !== undefined ? { dnsCapture: flags['dns-capture'] } : {}),
+      ...(flags.ipv6 !== undefined ? { ipv6: flags.ipv6 } : {}),
+      ...(flags['probe-snat-ip'] !== undefined ? { probeSnatIp: flags['probe-snat-ip'] } : {}),
+      ...(flags['probe-snat-ipv6'] !== undefined ? { probeSnatIpv6: flags['probe-snat-ipv6'] } : {}),
+      ...(flags['iptables-backend'] !== undefined ? { backend: flags['iptables-backend'] } : {}),
+    };
+    // The agent listens in the node's netns: the pod's node in the sandbox, this netns on a node.
+    const capture = (nodeNetns: string | undefined): Promise<ResolvedCapture> => resolveCapture(nodeNetns, flags['agent-url'], overrides);
     let target: DoctorTarget;
+    let note: string;
     try {
-      target = flags.netns !== undefined ? nodeTarget(flags.netns, flags, rules) : await sandboxTarget(positionals[0] as string, flags, rules);
+      let resolved: ResolvedCapture;
+      if (flags.netns !== undefined) {
+        resolved = await capture(undefined);
+        target = nodeTarget(flags.netns, flags, resolved);
+      } else {
+        ({ target, resolved } = await sandboxTarget(positionals[0] as string, flags, capture));
+      }
+      note = resolved.note;
     } catch (err) {
       if (err instanceof SandboxError) {
         io.err(`weirctl doctor: ${err.message}\n`);
@@ -110,7 +145,7 @@ export const doctorCommand: Command = {
       return 1;
     }
     const results = await runDoctor(target);
-    io.out(formatResults(target.label, results));
+    io.out(formatResults(target.label, results, [note]));
     return results.every((r) => r.ok) ? 0 : 1;
   },
 };
@@ -122,14 +157,15 @@ function splitProbe(probe: string): { host: string; port: number } {
   return { host: probe.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(probe.slice(i + 1)) };
 }
 
-function nodeTarget(netns: string, flags: Flags, rules: DoctorTarget['rules']): DoctorTarget {
+function nodeTarget(netns: string, flags: Flags, resolved: ResolvedCapture): DoctorTarget {
   return {
     label: netns,
     podNetns: netns,
     ztunnelNetns: flags['ztunnel-netns'],
     ztunnelAdmin: flags['ztunnel-admin'],
     ztunnelMetrics: flags['ztunnel-metrics'],
-    rules,
+    capture: resolved.capture,
+    captureFromAgent: resolved.fromAgent,
     probe: splitProbe(flags.probe ?? '192.0.2.1:9'),
     hints: {
       agentLog: 'see the istio-cni / weir-cni-agent log on this node',
@@ -140,24 +176,31 @@ function nodeTarget(netns: string, flags: Flags, rules: DoctorTarget['rules']): 
   };
 }
 
-async function sandboxTarget(ref: string, flags: Flags, rules: DoctorTarget['rules']): Promise<DoctorTarget> {
+async function sandboxTarget(
+  ref: string,
+  flags: Flags,
+  capture: (nodeNetns: string) => Promise<ResolvedCapture>,
+): Promise<{ target: DoctorTarget; resolved: ResolvedCapture }> {
   const where = { dir: flags['state-dir'], name: flags.name };
   const state = await requireState(where);
-  const resolved = await resolveTarget(where, ref);
-  const spec = state.pods.find((p) => `${p.namespace}/${p.name}` === resolved.label);
+  const pod = await resolveTarget(where, ref);
+  const spec = state.pods.find((p) => `${p.namespace}/${p.name}` === pod.label);
   if (!spec) throw new SandboxError(`${ref} is a node, not a pod; doctor checks a pod`);
   const topology = await Topology.attach(state.topologyStateDir);
   // A closed port of another pod, preferably on another node (through HBONE); ztunnel's 15001 accepts it anyway.
-  const peers = topology.pods.filter((p) => `${p.namespace}/${p.name}` !== resolved.label);
+  const peers = topology.pods.filter((p) => `${p.namespace}/${p.name}` !== pod.label);
   const peer = peers.find((p) => p.node.name !== spec.node) ?? peers[0];
+  const nodeNetns = topology.node(spec.node).netnsPath;
+  const resolved = await capture(nodeNetns);
   const sandboxFlags = `${flags['state-dir'] !== DEFAULT_SANDBOX_DIR ? ` --state-dir ${flags['state-dir']}` : ''}${flags.name !== DEFAULT_SANDBOX_NAME ? ` --name ${flags.name}` : ''}`;
-  return {
-    label: resolved.label,
-    podNetns: resolved.netns,
-    ztunnelNetns: topology.node(spec.node).netnsPath,
+  const target: DoctorTarget = {
+    label: pod.label,
+    podNetns: pod.netns,
+    ztunnelNetns: nodeNetns,
     ztunnelAdmin: flags['ztunnel-admin'],
     ztunnelMetrics: flags['ztunnel-metrics'],
-    rules,
+    capture: resolved.capture,
+    captureFromAgent: resolved.fromAgent,
     probe: flags.probe !== undefined ? splitProbe(flags.probe) : { host: peer?.ip ?? '192.0.2.1', port: peer ? 1 : 9 },
     hints: {
       agentLog: `weirctl sandbox logs ${spec.node} cni-agent${sandboxFlags}`,
@@ -165,5 +208,5 @@ async function sandboxTarget(ref: string, flags: Flags, rules: DoctorTarget['rul
       restartZtunnel: `the sandbox does not restart components: weirctl sandbox down${sandboxFlags} && weirctl sandbox up${sandboxFlags}`,
       enroll: `weirctl sandbox label ns/${spec.namespace} istio.io/dataplane-mode=ambient${sandboxFlags}, and no istio.io/dataplane-mode=none on the pod`,
     },
-  };
+  };  return { target, resolved };
 }

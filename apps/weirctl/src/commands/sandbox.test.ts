@@ -37,6 +37,45 @@ describe('weirctl sandbox flags', () => {
   });
 });
 
+describe('weirctl sandbox common flags', () => {
+  it('takes --state-dir and --name before the subcommand, between it and its verb, or after, for every subcommand', async () => {
+    const dir = join(tmpdir(), `wsb-where-${process.pid}`);
+    // The state dir given is the one looked in: its name is in the error.
+    const notUp = (sub: string): RegExp => new RegExp(`^weirctl sandbox ${sub}: .*no sandbox is up \\(no ${dir}/`);
+    const statusNone = { code: 1, out: '', err: `no sandbox is up (state dir ${dir})\n` };
+    expect(await sandbox('--state-dir', dir, '--name', 'wsb-x', 'status')).toEqual(statusNone);
+    expect(await sandbox('--state-dir', dir, 'status', '--name', 'wsb-x')).toEqual(statusNone);
+    expect(await sandbox(`--state-dir=${dir}`, 'status', '--json')).toMatchObject({ code: 1, out: '{"up":false}\n' });
+    for (const argv of [
+      ['--name', 'wsb-x', '--state-dir', dir, 'policy', 'apply', '/nonexistent.yaml'],
+      ['policy', '--state-dir', dir, '--name', 'wsb-x', 'apply', '/nonexistent.yaml'],
+      ['policy', 'apply', '/nonexistent.yaml', '--state-dir', dir, '--name', 'wsb-x'],
+    ]) {
+      const r = await sandbox(...argv);
+      expect(r.code, argv.join(' ')).toBe(1);
+      expect(r.err, argv.join(' ')).toMatch(/^weirctl sandbox policy: cannot read \/nonexistent\.yaml/);
+    }
+    for (const argv of [
+      ['--state-dir', dir, 'policy', 'list'],
+      ['policy', '--state-dir', dir, 'list', '--json'],
+      ['--state-dir', dir, 'policy', 'delete', 'x'],
+      ['--state-dir', dir, 'pod', 'add', 'p'],
+      ['pod', '--state-dir', dir, 'add', 'p'],
+      ['--state-dir', dir, 'label', 'ns/demo', 'a=b'],
+      ['--state-dir', dir, 'logs', 'node-1', 'ztunnel'],
+      ['--name', 'wsb-x', '--state-dir', dir, 'exec', 'sleep', '--', 'echo', '--name', 'kept'],
+    ]) {
+      const r = await sandbox(...argv);
+      expect(r.code, argv.join(' ')).toBe(1);
+      expect(r.err, argv.join(' ')).toMatch(notUp(argv.find((a) => ['policy', 'pod', 'label', 'logs', 'exec'].includes(a)) as string));
+    }
+    // Validated wherever they stand; a missing value or one after -- is no value.
+    await expect(sandbox('--name', 'Bad!', 'status')).rejects.toThrow(/^--name: lowercase letters/);
+    await expect(sandbox('status', '--state-dir')).rejects.toThrow('--state-dir needs a value');
+    await expect(sandbox('exec', 'sleep', '--name', '--', 'true')).rejects.toThrow('--name needs a value');
+  });
+});
+
 describe('weirctl sandbox without Weir components', () => {
   const name = `wsb${randomBytes(2).toString('hex')}-${process.pid}`;
   const dir = join(tmpdir(), `${name}-state`);

@@ -47,11 +47,38 @@ node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each
                                 it is captured when enrolled
   down                          remove everything up made; safe twice and after a crash
 
+Every subcommand takes these, before or after it (and its verb):
   --state-dir DIR               default ${DEFAULT_SANDBOX_DIR}
   --name NAME                   netns prefix, default ${DEFAULT_SANDBOX_NAME}
 `;
 
 const common = { 'state-dir': { type: 'string' }, name: { type: 'string' } } as const;
+
+/**
+ * `--state-dir` and `--name` go anywhere before `--`: before the subcommand, between it and its verb
+ * (`policy --name x apply F`) or after. They are moved to the end of the subcommand's own flags
+ * (before `--`), where every subcommand parses them.
+ */
+function hoistCommonFlags(argv: readonly string[]): string[] {
+  const end = argv.includes('--') ? argv.indexOf('--') : argv.length;
+  const kept: string[] = [];
+  const hoisted: string[] = [];
+  for (let i = 0; i < end; i++) {
+    const arg = argv[i] as string;
+    const flag = Object.keys(common).find((name) => arg === `--${name}` || arg.startsWith(`--${name}=`));
+    if (flag === undefined) {
+      kept.push(arg);
+    } else if (arg.includes('=')) {
+      hoisted.push(arg);
+    } else {
+      const value = argv[i + 1];
+      if (value === undefined || i + 1 >= end) throw new UsageError(`--${flag} needs a value`);
+      hoisted.push(arg, value);
+      i++;
+    }
+  }
+  return [...kept, ...hoisted, ...argv.slice(end)];
+}
 
 const Location = z.object({
   'state-dir': z.string().min(1).default(DEFAULT_SANDBOX_DIR),
@@ -92,7 +119,7 @@ export function createSandboxCommand(options: SandboxCommandOptions = {}): Comma
   return {
     summary: 'a local cluster in network namespaces: up, status, exec, logs, label, policy, down',
     async run(argv, io) {
-      const [sub, ...rest] = argv;
+      const [sub, ...rest] = hoistCommonFlags(argv);
       const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
       if (sub === undefined || sub === 'help' || sub === '--help' || sub === '-h' || own.includes('--help') || own.includes('-h')) {
         (sub === undefined ? io.err : io.out)(HELP);

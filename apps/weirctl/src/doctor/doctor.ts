@@ -5,7 +5,8 @@
  */
 import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { inpodRules, netnsExecutor, RuleApplier, type RuleChange } from '@weir/iptables-builder';
+import { inpodCapture, podHasIpv6, type CaptureConfig } from '@weir/cni-agent/capture-rules';
+import { netnsExecutor, RuleApplier, type RuleChange } from '@weir/iptables-builder';
 import { httpGet, runIn, ztunnelDump, type ZtunnelDump } from '../in-netns.js';
 
 /** The pod ports ztunnel listens on: outbound, inbound plaintext, inbound HBONE. */
@@ -19,8 +20,10 @@ export interface DoctorTarget {
   ztunnelNetns: string | undefined;
   ztunnelAdmin: string;
   ztunnelMetrics: string;
-  /** The node agent's rule options, to build the desired rule set. */
-  rules: { mode: 'tproxy' | 'redirect'; dnsCapture: boolean; ipv6: boolean };
+  /** The node agent's capture options (its `/debug/config`, else flags and its defaults): the desired rule set. */
+  capture: CaptureConfig;
+  /** Whether `capture` came from the agent; when not, the rules check says to pass the agent's options. */
+  captureFromAgent: boolean;
   /** Where the probe connects from the pod (a closed port is fine: 15001 accepts first). */
   probe: { host: string; port: number };
   /** How to reach the logs and restart things here (sandbox commands, or generic words on a node). */
@@ -43,19 +46,29 @@ export async function runDoctor(t: DoctorTarget): Promise<CheckResult[]> {
 }
 
 async function checkRules(t: DoctorTarget): Promise<CheckResult> {
-  const options = { mode: t.rules.mode, dnsCapture: t.rules.dnsCapture, ipv4: true, ipv6: t.rules.ipv6 } as const;
-  const what = `${t.rules.mode}, ipv4${t.rules.ipv6 ? '+ipv6' : ''}, DNS capture ${t.rules.dnsCapture ? 'on' : 'off'}`;
+  const c = t.capture;
+  const exec = netnsExecutor(t.podNetns);
   let changes: readonly RuleChange[];
+  let what: string;
+  let chains: string[];
   try {
-    changes = (await new RuleApplier({ executor: netnsExecutor(t.podNetns) }).diff(inpodRules(options))).changes;
+    // The agent's own rule: IPv6 captured or guarded by what the pod's netns has (ipv6 auto/false).
+    const has6 = c.ipv6 === true || (await podHasIpv6(exec));
+    const family = has6 ? (c.ipv6 === false ? 'ipv4 + IPv6 guard' : 'ipv4+ipv6') : 'ipv4';
+    what = `${c.mode}, ${family}, DNS capture ${c.dnsCapture ? 'on' : 'off'}`;
+    const { rules } = inpodCapture(c, { dnsCapture: c.dnsCapture, podHasIpv6: has6 });
+    changes = (await new RuleApplier({ executor: exec, backend: c.backend }).diff(rules)).changes;
+    chains = rules.families.flatMap((f) => f.tables.flatMap((tb) => tb.chains.filter((ch) => ch.name.startsWith('ISTIO_')).map((ch) => `${f.family} ${tb.name} ${ch.name}`)));
   } catch (err) {
     return { name: 'rules', ok: false, detail: `cannot read the rules in ${t.podNetns}: ${(err as Error).message}`, fix: 'run as root, with iptables-save (or nft) installed' };
   }
   if (changes.length === 0) return { name: 'rules', ok: true, detail: `in-pod rules equal the desired set (${what})` };
-  const notCaptured = changes.every((c) => c.kind === 'missing-chain' || c.kind === 'missing-rule');
+  // Not captured: none of Weir's chains is there (a pod missing only some, e.g. the DNS ones, is captured differently).
+  const missing = new Set(changes.filter((ch) => ch.kind === 'missing-chain').map((ch) => `${ch.family} ${ch.table} ${ch.chain}`));
+  const notCaptured = chains.length > 0 && chains.every((ch) => missing.has(ch));
   const shown = changes.slice(0, 6).map(formatChange);
   const more = changes.length > shown.length ? `; and ${changes.length - shown.length} more` : '';
-  if (notCaptured && changes.some((c) => c.kind === 'missing-chain')) {
+  if (notCaptured) {
     return {
       name: 'rules',
       ok: false,
@@ -67,7 +80,11 @@ async function checkRules(t: DoctorTarget): Promise<CheckResult> {
     name: 'rules',
     ok: false,
     detail: `${changes.length} difference(s) from the desired set (${what}): ${shown.join('; ')}${more}`,
-    fix: `weir-cni-agent puts drifted rules back on its drift check (--drift-interval, default 30 s) and when it restarts; if they stay wrong, its log says why: ${t.hints.agentLog}. If the agent runs with other options, pass them (--mode, --dns-capture, --ipv6)`,
+    fix: `weir-cni-agent puts drifted rules back on its drift check (--drift-interval, default 30 s) and when it restarts; if they stay wrong, its log says why: ${t.hints.agentLog}. ${
+      t.captureFromAgent
+        ? 'A pod annotated ambient.istio.io/dns-capture: "false" has no DNS rules: check it with --no-dns-capture'
+        : "The agent's options were not read from it: pass them (--mode, --[no-]dns-capture, --[no-]ipv6, --probe-snat-ip, --iptables-backend) or its address (--agent-url)"
+    }`,
   };
 }
 
@@ -188,8 +205,8 @@ async function checkProbe(t: DoctorTarget, ztunnelUp: boolean, workload: string 
 }
 
 /** Lines for the terminal: PASS/FAIL per check, then its fix. */
-export function formatResults(label: string, results: readonly CheckResult[]): string {
-  const lines = [`weirctl doctor ${label}`];
+export function formatResults(label: string, results: readonly CheckResult[], notes: readonly string[] = []): string {
+  const lines = [`weirctl doctor ${label}`, ...notes];
   for (const r of results) {
     lines.push(`${r.ok ? 'PASS' : 'FAIL'}  ${r.name.padEnd(9)}  ${r.detail}`);
     if (!r.ok && r.fix !== undefined) lines.push(`      fix: ${r.fix}`);
