@@ -192,8 +192,8 @@ export async function startNodeComponents(
       result.notes.push(`weir-cni is not installed in the chain: ${plugin?.detail ?? 'unknown'}`);
     }
     say(`${node.name}: starting weir-cni-agent${plugin?.present ? ' (it installs weir-cni into the CNI chain)' : ''}`);
-    // DNS capture off: the sandbox shows the seed's in-pod rule set exactly, which `weirctl doctor`
-    // checks by default; the agent's own default (on, as Istio) is covered by its tests.
+    // DNS capture off: the sandbox shows the seed's in-pod rule set exactly (`weirctl doctor` reads
+    // this from the agent's /debug/config); the agent's own default (on, as Istio) is covered by its tests.
     const proc = await node.spawn({ name: `${node.name}.cni-agent`, cmd: process.execPath, args, env: { NODE_NAME: node.name, DNS_CAPTURE: 'false' } });
     result.agentProcess = proc.name;
     await waitForAgent(node, proc, plugin?.present === true);
