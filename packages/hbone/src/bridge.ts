@@ -106,7 +106,10 @@ function onSocketData(this: Side, chunk: Buffer): void {
   b.result.socketToTunnel += chunk.length;
   const dst = b.tunnel;
   if (dst.writableEnded || dst.destroyed) return;
-  if (!b.tunnelCorked) {
+  // An HTTP/2 stream is not corked: nghttp2 already queues every DATA frame written in this turn and
+  // sends them in one TLS write from its own immediate; a cork released from setImmediate would hold
+  // the bytes one more event-loop turn (an extra epoll_wait between the read and the write).
+  if (!b.tunnelIsH2 && !b.tunnelCorked) {
     b.tunnelCorked = true;
     dst.cork();
     setImmediate(uncorkTunnel, b);

@@ -223,6 +223,7 @@ export class InpodProxy {
           host: peer.host,
           port: peer.port,
           timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+          noDelay: true,
         }).then((s) => {
           tuneSocket(s);
           return s;
@@ -465,6 +466,7 @@ export class InpodProxy {
         host,
         port,
         timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+        noDelay: true,
       });
     } catch (err) {
       record.fail('CONNECT', (err as Error).message);
@@ -560,6 +562,7 @@ export class InpodProxy {
       host,
       port,
       timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+      noDelay: true,
       ...(signal ? { signal } : {}),
     };
     const spoof = this.#transparent && clientIp !== '' && familyOf(clientIp) === familyOf(host) && clientIp !== host;
