@@ -94,6 +94,9 @@ class Poller : public Napi::ObjectWrap<Poller> {
     h_->owner = nullptr;
     uv_close(reinterpret_cast<uv_handle_t*>(&h_->poll), teardown ? nullptr : FreeHandle);
     h_ = nullptr;
+    // The callback usually closes over the JS object that owns this poller: a strong reference
+    // kept past close would be a GC root holding both alive for good (one leak per connect).
+    if (!teardown) cb_.Reset();
   }
 
   // Plain N-API calls here: while a worker terminates JS cannot run, and node-addon-api would
