@@ -126,7 +126,8 @@ export class NetnsApplier {
     // The script found no Weir rules (or was told so) and installed `want` whole: check what it did.
     const state = assume ? this.#freshDiff(want) : this.#diff(backend, want, read);
     for (const fam of want.ruleSet.families) {
-      const got = read.results.get(`${fresh}-restore-${fam.family}`);
+      // A step the script emitted but that reported nothing counts as failed: never report rules that may not be there.
+      const got = read.results.get(`${fresh}-restore-${fam.family}`) ?? (freshRestore(fam, this.#prefix) ? { code: -1, stdout: '', stderr: 'the step reported no result' } : undefined);
       if (!got || got.code === 0) continue;
       if (assume) {
         // `-N` refused an existing chain (the netns was not new after all) or the restore failed:
@@ -142,7 +143,7 @@ export class NetnsApplier {
       await rollbackFamily(this.#executor, backend, fam.family, state.saved.get(fam.family) ?? [], this.#prefix, error);
     }
     this.#logger.info({ families: want.ruleSet.families.map((f) => f.family), backend, changes: state.changes.length, repaired: false }, 'applied rules');
-    const routingFailed = FAMILIES.some((f) => (read.results.get(`${fresh}-ip-${f}`)?.code ?? 0) !== 0);
+    const routingFailed = FAMILIES.some((f) => (read.results.get(`${fresh}-ip-${f}`)?.code ?? (freshRouting(want.routing, f).length ? -1 : 0)) !== 0);
     if (routingFailed) {
       // Policy routing was already (partly) there although no rule was: read it and add what is missing.
       const again = await this.#applyDiff(backend, want, await this.#read(backend, specs, false), 2);
@@ -150,7 +151,8 @@ export class NetnsApplier {
     }
     for (const key of Object.keys(want.sysctls ?? {})) {
       const got = read.results.get(`${fresh}-sysctl:${key}`);
-      if (got && got.code !== 0) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} failed (exit ${got.code}): ${got.stderr.trim()}`);
+      if (!got) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} reported no result`);
+      if (got.code !== 0) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} failed (exit ${got.code}): ${got.stderr.trim()}`);
     }
     const routing = FAMILIES.flatMap((f) => freshRouting(want.routing, f).map((l) => `ip ${flag(f)} ${l}`));
     if (routing.length) this.#logger.info({ commands: routing }, 'applied policy routing');

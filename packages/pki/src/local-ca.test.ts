@@ -116,6 +116,20 @@ describe('LocalCa', () => {
     expect(await opensslVerify(ca.rootPem, [], wl.certPem)).toMatch(/OK/);
   });
 
+  it('names a loaded CA by the key identifier its certificate carries, not one it computes', async () => {
+    const key = join(dir, 'ski-ca.key');
+    const crt = join(dir, 'ski-ca.crt');
+    // A SubjectKeyIdentifier no SHA-1 of the key gives (other tools derive it otherwise, e.g. Go 1.25).
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', crt,
+      '-days', '30', '-subj', '/O=cluster.local', '-addext', 'basicConstraints=critical,CA:true', '-addext', 'keyUsage=critical,keyCertSign',
+      '-addext', 'subjectKeyIdentifier=0102030405060708090a0b0c0d0e0f10', '-addext', 'authorityKeyIdentifier=none']);
+    const certPem = await readFile(crt, 'utf8');
+    const ca = await LocalCa.load({ certPem, keyPem: await readFile(key, 'utf8') });
+    const wl = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/default/sa/ski' });
+    expect(new X509Certificate(wl.certPem).checkIssued(new X509Certificate(certPem))).toBe(true);
+    expect(await opensslVerify(certPem, [], wl.certPem)).toMatch(/OK/);
+  });
+
   it('loads an openssl-made RSA CA with a SEC1/PKCS#1 key (Istio cacerts style) and issues from it', async () => {
     const key = join(dir, 'rsa-ca.key');
     const crt = join(dir, 'rsa-ca.crt');

@@ -500,10 +500,29 @@ function certificateParts(certDer: Buffer): Pick<CaParts, 'certDer' | 'subjectDe
   return {
     certDer: Buffer.from(certDer),
     subjectDer: Buffer.from(subject.raw),
-    keyId: keyIdentifier(spki.raw),
+    keyId: subjectKeyIdentifierOf(rest.slice(6)) ?? keyIdentifier(spki.raw),
     notBefore: der.readTime(notBefore),
     notAfter: der.readTime(notAfter),
   };
+}
+
+/**
+ * The SubjectKeyIdentifier a CA certificate carries: issued certificates must name exactly it as
+ * their AuthorityKeyIdentifier, and other tools derive it differently (Go 1.25: truncated SHA-256).
+ */
+function subjectKeyIdentifierOf(afterSpki: der.Element[]): Buffer | undefined {
+  const extensions = afterSpki.find((f) => f.tag === 0xa3);
+  const [list] = extensions ? der.children(extensions.content) : [];
+  if (!list) return undefined;
+  const ski = der.oid(OID.subjectKeyIdentifier);
+  for (const ext of der.children(list.content)) {
+    const parts = der.children(ext.content);
+    if (!parts[0]?.raw.equals(ski)) continue;
+    const value = parts[parts.length - 1];
+    const [keyId] = value ? der.children(value.content) : [];
+    return keyId ? Buffer.from(keyId.content) : undefined;
+  }
+  return undefined;
 }
 
 function caName(trustDomain: string, commonName: string | undefined): Buffer {

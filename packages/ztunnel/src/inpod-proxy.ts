@@ -195,7 +195,8 @@ export class InpodProxy {
         this.#hboneClient?.setTls(this.#tls(next));
       });
       this.#releaseCert = release;
-      this.#cert = cert;
+      // A rotation may already have landed through the callback above: keep the newer one.
+      this.#cert ??= cert;
       for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
       this.#o.store.on('change', this.#onStoreChange);
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
@@ -589,7 +590,15 @@ export class InpodProxy {
     const local = normalizeIp(socket.localAddress);
     if (local !== '') this.#podIps.add(local);
     tuneSocket(socket);
-    const server = this.#server();
+    let server: HboneServer | undefined;
+    try {
+      server = this.#server();
+    } catch (err) {
+      // Certificate material HBONE refuses (no SPIFFE SAN, key not matching): this pod's inbound
+      // tunnels fail, the node's other pods keep running.
+      this.#log.error({ err }, 'cannot serve inbound HBONE for this pod');
+      return void socket.destroy();
+    }
     if (!server || this.#stopped) return void socket.destroy();
     server.handleConnection(socket);
   }
