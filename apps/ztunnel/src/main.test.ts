@@ -26,7 +26,7 @@ describe('weir-ztunnel', () => {
       (e: { code: number; stderr: string }) => e,
     );
     expect(err.code).toBe(2);
-    expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: WEIR_V8_FLAGS="--max-lazy rm": "rm" is not a V8 flag/m);
+    expect(err.stderr).toMatch(/^weir-ztunnel: invalid configuration: WEIR_V8_FLAGS="--max-lazy rm": "rm" is not of the form --name or --name=value/m);
   }, 30_000);
 
   it('logs JSON with LOG_FORMAT=json and exits 0 after draining on SIGTERM', async () => {

@@ -18,6 +18,6 @@ export class V8FlagsError extends Error {
 export function v8Flags(value: string | undefined): string[] {
   const tokens = (value ?? DEFAULT_V8_FLAGS).split(/\s+/).filter((t) => t !== '');
   const bad = tokens.filter((t) => !/^--[a-z0-9][a-z0-9_-]*(=\S+)?$/.test(t));
-  if (bad.length > 0) throw new V8FlagsError(`WEIR_V8_FLAGS=${JSON.stringify(value)}: ${bad.map((b) => JSON.stringify(b)).join(', ')} is not a V8 flag (--name or --name=value)`);
+  if (bad.length > 0) throw new V8FlagsError(`WEIR_V8_FLAGS=${JSON.stringify(value)}: ${bad.map((b) => JSON.stringify(b)).join(', ')} is not of the form --name or --name=value (V8 itself warns about, and skips, flags it does not know)`);
   return tokens;
 }

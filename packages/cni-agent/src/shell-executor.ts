@@ -1,10 +1,6 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import type { CommandExecutor, CommandResult } from '@weir/iptables-builder';
-
-function quote(word: string): string {
-  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
-}
+import { shellQuote, type CommandExecutor, type CommandResult } from '@weir/iptables-builder';
 
 /**
  * Runs commands through one long-lived `sh` child (optionally `nsenter --net=<path> -- sh`) instead
@@ -47,7 +43,7 @@ export class ShellExecutor implements CommandExecutor {
 
   private exec(cmd: string, args: readonly string[], input: string | undefined): Promise<CommandResult> {
     const token = `__weir_${randomBytes(8).toString('hex')}_`;
-    const line = [cmd, ...args].map(quote).join(' ');
+    const line = [cmd, ...args].map(shellQuote).join(' ');
     const stdin =
       input === undefined ? ' </dev/null\n' : ` <<'${token}in'\n${input}${input.endsWith('\n') || input === '' ? '' : '\n'}${token}in\n`;
     const script = `${line}${stdin}__rc=$?; printf '%s%d\\n' '${token}' "$__rc"; printf '%s\\n' '${token}' >&2\n`;

@@ -77,5 +77,5 @@ export {
   type NetnsFacts,
   type NetnsSpec,
 } from './netns-applier.js';
-export { runShellBatch, sysctlPath, type BatchOutput, type BatchStep } from './shell-batch.js';
+export { runShellBatch, shellQuote, sysctlPath, type BatchOutput, type BatchStep } from './shell-batch.js';
 export type { Logger } from './logger.js';

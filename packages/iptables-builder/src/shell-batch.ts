@@ -20,7 +20,8 @@ export interface BatchOutput {
 }
 
 const SAFE = /^[A-Za-z0-9_./:=@%+,-]+$/;
-function quote(word: string): string {
+/** One word for `sh`: as is when plainly safe, else single-quoted. */
+export function shellQuote(word: string): string {
   return SAFE.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
@@ -73,7 +74,7 @@ export class BatchScript {
    * (shell-safe) text, or it fails, `$fresh` becomes 0 (the output is handed back all the same).
    */
   step(step: BatchStep, opts: { stop?: boolean; unless?: string } = {}): this {
-    const cmd = step.argv.map(quote).join(' ');
+    const cmd = step.argv.map(shellQuote).join(' ');
     const t = this.#token;
     const stdin =
       step.input === undefined
