@@ -56,7 +56,7 @@ export async function waitFor(what, fn, timeoutMs = 30_000) {
     } catch (err) {
       last = err;
     }
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
     await sleep(100);
   }
 }

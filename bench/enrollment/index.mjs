@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/* global process, console, setTimeout, URL */
+/* global process, console, URL */
 // `npm run bench -- enrollment [--pods 100] [--baseline 5] [--paced 40] [--rate 20]` (root): pod
 // enrollment on one simulated node as a container runtime drives it. Pods are netns made by the real
 // CNI chain (bridge + host-local); a real `weir-cni-agent` process (in the node's netns, watching a
@@ -22,6 +22,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { quantile, sleep, waitFor } from '../common/mesh.mjs';
 import { rssKiB, treeCpu } from '../common/proc.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -76,26 +77,9 @@ try {
   process.exit(1);
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const quantile = (sorted, q) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 const f1 = (n) => Number(n.toFixed(1));
 const ms = (n) => `${n.toFixed(1)} ms`;
 const now = () => Number(process.hrtime.bigint()) / 1e6;
-
-async function waitFor(what, fn, timeoutMs = 60_000, everyMs = 200) {
-  const until = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
-    await sleep(everyMs);
-  }
-}
 
 /** The runtime helper in the node netns: exec requests by id, answers matched by id. */
 function startRuntime(nodeNetnsPath) {
