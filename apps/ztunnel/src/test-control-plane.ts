@@ -12,7 +12,8 @@ import { z } from 'zod';
 const USAGE = `usage: weir-test-control-plane --config FILE --out-dir DIR [--listen HOST:PORT] [--token TOKEN] [--plaintext] [--trust-domain TD] [--cert-ttl SECONDS]
   Serves FILE (ztunnel local-config YAML) over Delta xDS and the Istio CA API on HOST:PORT (default 127.0.0.1:15012).
   Writes DIR/root-cert.pem (XDS_ROOT_CA, CA_ROOT_CA) and DIR/istio-token (AUTH_TOKEN), then prints one JSON line
-  {"address","xdsAddress","rootCa","tokenFile"} on stdout. Re-reads FILE on change; SIGTERM/SIGINT stop it.`;
+  {"address","xdsAddress","rootCa","tokenFile"} on stdout. Re-reads FILE on change; SIGTERM/SIGINT stop it.
+  Without --token a random bearer token is made: only DIR/istio-token (mode 0600) holds it, not the command line.`;
 
 const flags = z.object({
   config: z.string().min(1, 'required: the local-config YAML to serve'),

@@ -4,7 +4,6 @@
  * plugin gets into the chain (the agent's installer puts it there, as in Istio), and the pod and workload
  * files they read. A component that is not built is reported as such, never stood in for.
  */
-import { randomBytes } from 'node:crypto';
 import { access, constants, mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -140,7 +139,7 @@ export async function startControlPlane(
   const proc = await node.spawn({
     name: CONTROL_PLANE_PROCESS,
     cmd: process.execPath,
-    args: [component.path, '--config', files.localXds, '--out-dir', files.controlPlaneDir, '--listen', listen, '--token', randomBytes(24).toString('base64url')],
+    args: [component.path, '--config', files.localXds, '--out-dir', files.controlPlaneDir, '--listen', listen],
   });
   await waitFor(async () => /"xdsAddress"/.test(await readFile(proc.logFile, 'utf8')), 30_000, () => proc.running, `${proc.name} to serve on ${listen}`, proc.logFile);
   return {
