@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cpuProfArgs, cpuProfDir, printCpuProfiles } from './profiling.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const root = join(here, '..', '..');
@@ -103,25 +104,38 @@ export async function createMesh({ tag, pods, defer = [] }) {
   const m = await load();
   const name = `wb${tag}${process.pid % 1000}${randomBytes(1).toString('hex')}`;
   const dir = mkdtempSync(join(tmpdir(), `weir-bench-${tag}-`));
-  const topo = await m.topology.Topology.create({ name });
+  // The signal handlers are in place before Topology.create first yields, so a SIGINT during set-up
+  // tears down whatever exists by then (destroy waits for the creation to settle).
+  const creating = m.topology.Topology.create({ name });
   const zdsServers = [];
+  let destroying;
   const mesh = {
     m,
     dir,
-    topo,
+    topo: undefined,
     nodes: [],
     pods: {},
     ztunnels: [],
-    async destroy() {
-      for (const z of zdsServers) await z.close().catch(() => {});
-      await topo.destroy();
-      rmSync(dir, { recursive: true, force: true });
+    /** Idempotent: the bench's finally and a signal may both call it. */
+    destroy() {
+      destroying ??= (async () => {
+        try {
+          for (const z of zdsServers) await z.close().catch(() => {});
+          const topo = await creating.catch(() => undefined);
+          await topo?.destroy();
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      })();
+      return destroying;
     },
   };
   const onSignal = () => void mesh.destroy().finally(() => process.exit(130));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
+    const topo = await creating;
+    mesh.topo = topo;
     const entries = [];
     for (const nodeName of ['n1', 'n2']) {
       const node = await topo.addNode({ name: nodeName });
@@ -142,8 +156,7 @@ export async function createMesh({ tag, pods, defer = [] }) {
         name: `ztunnel-${node.name}`,
         netns: node.netnsPath,
         cmd: process.execPath,
-        // BENCH_CPU_PROF=<dir>: each ztunnel writes a V8 CPU profile there when it exits (summarize: profile.mjs).
-        args: [...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`, `--cpu-prof-name=ztunnel-${node.name}.cpuprofile`] : []), ZTUNNEL_BIN],
+        args: [...cpuProfArgs(`ztunnel-${node.name}`), ZTUNNEL_BIN],
         env: {
           INPOD_UDS: zds.path,
           LOCAL_XDS_PATH: configPath,
@@ -178,6 +191,19 @@ export async function enroll(mesh, node, pod) {
   } finally {
     ns.close();
   }
+}
+
+/**
+ * `setCapture(on)` for a set of pods: the in-pod rules on or off in all of them, applied only when the
+ * state changes (the benches switch paths round by round). Starts from off, as createMesh leaves pods.
+ */
+export function captureToggle(mesh, pods) {
+  let captured = false;
+  return async (on) => {
+    if (on === captured) return;
+    for (const pod of pods) await capture(mesh, pod, on);
+    captured = on;
+  };
 }
 
 /** In-pod rules on (the seed's TPROXY set and its routing) or off (rules removed, listeners stay). */
@@ -256,4 +282,36 @@ async function listening(node, port) {
 /** A bench's last line: one JSON object. */
 export function printJson(obj) {
   console.log(JSON.stringify(obj));
+}
+
+/**
+ * A mesh bench's main: checks root and `tools`, creates the mesh (createMesh's options), runs
+ * `bench(mesh)` (which prints its table and goal lines and returns its figures) and prints what it
+ * returns as the last line, one JSON object. The mesh is torn down whatever happens (every process
+ * stopped, every netns deleted), also on SIGINT/SIGTERM (exit 130); exit 0, or 1 after printing the
+ * error. With BENCH_CPU_PROF the ztunnels are stopped before the JSON line so that their profiles are
+ * written and summarized above it.
+ */
+export async function runMeshBench({ tools, ...options }, bench) {
+  requireRootAndTools([...tools, ...(process.env.BENCH_PERF ? ['perf'] : [])]);
+  let mesh;
+  let code = 0;
+  try {
+    mesh = await createMesh(options);
+    const result = await bench(mesh);
+    if (cpuProfDir() !== undefined) {
+      await Promise.all(mesh.ztunnels.map((z) => z.stop('SIGTERM', 10_000)));
+      printCpuProfiles();
+    }
+    printJson(result);
+  } catch (err) {
+    console.error(err);
+    code = 1;
+  } finally {
+    await mesh?.destroy().catch((err) => {
+      console.error(`mesh teardown failed: ${err.message}`);
+      code = 1;
+    });
+  }
+  process.exit(code);
 }

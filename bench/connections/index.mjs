@@ -11,7 +11,9 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { buildGoPeer, capture, createMesh, enroll, quantile, machine, peerCerts, printJson, requireRootAndTools, round, rssKiB, sleep, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { printGoal } from '../common/goal.mjs';
+import { buildGoPeer, captureToggle, enroll, machine, peerCerts, quantile, round, rssKiB, runMeshBench, sleep, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { perfRecord } from '../common/profiling.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({
@@ -20,7 +22,6 @@ const { values } = parseArgs({
 const PODS = Number(values.pods);
 const IDLE = Number(values.idle);
 const SECONDS = Number(values.seconds);
-requireRootAndTools(['wrk', 'go', 'curl', 'ss']);
 
 /** RSS of a pid, median of 5 samples 300 ms apart (the heap breathes). */
 async function settledRss(pid) {
@@ -34,9 +35,7 @@ async function settledRss(pid) {
 
 const t0 = Date.now();
 const fillers = Array.from({ length: PODS - 1 }, (_, i) => `f${i + 1}`);
-const mesh = await createMesh({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, defer: fillers });
-let code = 0;
-try {
+await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, defer: fillers, tools: ['wrk', 'go', 'curl', 'ss'] }, async (mesh) => {
   const [n1, n2] = mesh.nodes;
   const [z1, z2] = mesh.ztunnels;
   const { a, b } = mesh.pods;
@@ -81,18 +80,15 @@ try {
     weir: { url: `http://${b.ip}:8080/`, capture: true },
     go: { url: `http://${go.host}:${go.port}/`, capture: false },
   };
-  let captured = false;
-  const setCapture = async (on) => {
-    if (on === captured) return;
-    await capture(mesh, a, on);
-    await capture(mesh, b, on);
-    captured = on;
-  };
+  const setCapture = captureToggle(mesh, [a, b]);
   const rate = {};
   for (const [name, path] of Object.entries(paths)) {
     await setCapture(path.capture);
     await a.exec('wrk', ['-t1', '-c8', '-d1s', '-H', 'Connection: close', path.url], { timeoutMs: 30_000, check: false });
+    // BENCH_PERF: both ztunnels during the measured Weir run.
+    const perf = path.capture ? perfRecord(mesh.ztunnels, 'newconn', SECONDS) : undefined;
     const r = await a.exec('wrk', ['-t1', '-c8', `-d${SECONDS}s`, '-H', 'Connection: close', path.url], { timeoutMs: (SECONDS + 30) * 1000, check: false });
+    await perf;
     const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
     if (!m) throw new Error(`wrk through ${name} gave no rate:\n${r.stdout}${r.stderr}`);
     const errors = /Socket errors: (.*)/.exec(r.stdout)?.[1];
@@ -124,10 +120,10 @@ try {
   const per = (i) => (rss[IDLE][i] - rss[0][i]) / IDLE;
   const perConn = per(0) + per(1);
   console.log(`RSS per idle connection: n1 (outbound) ${per(0).toFixed(2)} KiB + n2 (inbound) ${per(1).toFixed(2)} KiB = ${perConn.toFixed(2)} KiB`);
-  console.log(`goal ztunnel RSS idle with ${PODS} pods ≤ 80 MiB: ${(idle100 / 1024).toFixed(1)} ${idle100 / 1024 <= 80 ? 'met' : `NOT met (over by ${((idle100 / 1024 / 80 - 1) * 100).toFixed(0)}%)`}`);
-  console.log(`goal ≤ 8 KiB per idle connection (both ztunnels together): ${perConn.toFixed(2)} ${perConn <= 8 ? 'met' : `NOT met (over by ${((perConn / 8 - 1) * 100).toFixed(0)}%)`}`);
+  printGoal(`ztunnel RSS idle with ${PODS} pods`, idle100 / 1024, { max: 80, unit: 'MiB', digits: 1 });
+  printGoal((bound) => `${bound} per idle connection (both ztunnels together)`, perConn, { max: 8, unit: 'KiB' });
   console.log(machine());
-  printJson({
+  return {
     ztunnel_rss_idle_100pods_mib: round(idle100 / 1024, 1),
     rss_per_conn_kib: round(perConn, 2),
     rss_per_conn_kib_outbound: round(per(0), 2),
@@ -147,11 +143,5 @@ try {
     rss_mib: Object.fromEntries(Object.entries(rss).map(([k, [r1, r2]]) => [k, { n1: round(r1 / 1024, 1), n2: round(r2 / 1024, 1) }])),
     pods: PODS,
     idle: IDLE,
-  });
-} catch (err) {
-  console.error(err);
-  code = 1;
-} finally {
-  await mesh.destroy();
-}
-process.exit(code);
+  };
+});

@@ -8,19 +8,16 @@
 //            server in n2's netns → iperf3 in b
 //   go       the same with Go's standard-library HTTP/2 CONNECT tunnel (hbonepeer.go, mTLS, h2)
 // Besides Gbit/s, the proxy processes' CPU seconds per GiB moved. Last line: one JSON object.
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildGoPeer, capture, cpuSeconds, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { printGoal } from '../common/goal.mjs';
+import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { perfRecord } from '../common/profiling.mjs';
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' }, rounds: { type: 'string', default: process.env.BENCH_ROUNDS ?? '2' } } });
 const SECONDS = Number(values.seconds);
 const ROUNDS = Number(values.rounds);
-requireRootAndTools(['iperf3', 'stunnel4', 'go', 'curl', 'ss']);
 
-const mesh = await createMesh({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] } });
-let code = 0;
-try {
+await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3', 'stunnel4', 'go', 'curl', 'ss'] }, async (mesh) => {
   const [n1, n2] = mesh.nodes;
   const { a, b } = mesh.pods;
   const certs = await peerCerts(mesh);
@@ -37,13 +34,7 @@ try {
     stunnel: { host: stunnel.host, port: stunnel.port, capture: false, procs: stunnel.procs },
     go: { host: go.host, port: go.port, capture: false, procs: go.procs },
   };
-  let captured = false;
-  const setCapture = async (on) => {
-    if (on === captured) return;
-    await capture(mesh, a, on);
-    await capture(mesh, b, on);
-    captured = on;
-  };
+  const setCapture = captureToggle(mesh, [a, b]);
 
   async function iperf(path, streams, seconds) {
     const r = await a.exec('iperf3', ['-c', path.host, '-p', String(path.port), '-t', String(seconds), '-P', String(streams), '-J'], { timeoutMs: (seconds + 30) * 1000, check: false });
@@ -70,10 +61,10 @@ try {
       for (const [name, path] of Object.entries(paths)) {
         await setCapture(path.capture);
         const cpu0 = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0);
-        // BENCH_PERF=<dir>: `perf record` each ztunnel during its first measured round (perf report -i …).
-        const perf = process.env.BENCH_PERF && name === 'weir' && round === 0 ? path.procs.map((p, i) => spawn('perf', ['record', '-q', '-F', '999', '-g', '-o', join(process.env.BENCH_PERF, `perf-ztunnel-n${i + 1}-${streams}s.data`), '-p', String(p.pid), '--', 'sleep', String(SECONDS)], { stdio: 'ignore' })) : [];
+        // BENCH_PERF: each ztunnel during its first measured round.
+        const perf = name === 'weir' && round === 0 ? perfRecord(path.procs, `${streams}s`, SECONDS) : undefined;
         const t = await iperf(path, streams, SECONDS);
-        await Promise.all(perf.map((p) => new Promise((r) => (p.exitCode !== null ? r() : p.once('exit', r)))));
+        await perf;
         const cpu = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0) - cpu0;
         const x = results[name][streams];
         x.gbps.push(t.bits / 1e9);
@@ -108,15 +99,8 @@ try {
     seconds: SECONDS,
     rounds: ROUNDS,
   };
-  const goal = (label, v, min) => console.log(`goal ${label} ≥ ${min}: ${v.toFixed(2)} ${v >= min ? 'met' : `NOT met (short by ${((1 - v / min) * 100).toFixed(0)}%)`}`);
-  goal('1 stream vs go', out.datapath_1s_vs_go, 1.2);
-  goal('1 stream vs stunnel', out.datapath_1s_vs_ctls, 1.0);
-  goal('4 streams vs go', out.datapath_4s_vs_go, 1.2);
-  printJson(out);
-} catch (err) {
-  console.error(err);
-  code = 1;
-} finally {
-  await mesh.destroy();
-}
-process.exit(code);
+  printGoal('1 stream vs go', out.datapath_1s_vs_go, { min: 1.2 });
+  printGoal('1 stream vs stunnel', out.datapath_1s_vs_ctls, { min: 1.0 });
+  printGoal('4 streams vs go', out.datapath_4s_vs_go, { min: 1.2 });
+  return out;
+});

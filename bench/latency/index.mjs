@@ -10,13 +10,14 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { buildGoPeer, capture, cpuSeconds, createMesh, machine, peerCerts, printJson, requireRootAndTools, round, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { printGoal } from '../common/goal.mjs';
+import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { perfRecord } from '../common/profiling.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' }, rounds: { type: 'string', default: process.env.BENCH_ROUNDS ?? '2' } } });
 const SECONDS = Number(values.seconds);
 const ROUNDS = Number(values.rounds);
-requireRootAndTools(['wrk', 'stunnel4', 'go', 'curl', 'ss']);
 
 /** wrk's `Latency Distribution` block → ms per percentile. */
 function parseWrk(text) {
@@ -56,9 +57,7 @@ function schedTotals(pids) {
   return { cpu, wait };
 }
 
-const mesh = await createMesh({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] } });
-let code = 0;
-try {
+await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 'stunnel4', 'go', 'curl', 'ss'] }, async (mesh) => {
   const [n1, n2] = mesh.nodes;
   const { a, b } = mesh.pods;
   const certs = await peerCerts(mesh);
@@ -70,17 +69,11 @@ try {
   const go = await startPeerTunnel(mesh, 'go', { from: n1, to: n2, target, certs, goBin, port: 16111 });
   const paths = {
     direct: { url: `http://${b.ip}:8080/`, capture: false, pids: [] },
-    weir: { url: `http://${b.ip}:8080/`, capture: true, pids: mesh.ztunnels.map((z) => z.pid) },
+    weir: { url: `http://${b.ip}:8080/`, capture: true, pids: mesh.ztunnels.map((z) => z.pid), perf: mesh.ztunnels },
     stunnel: { url: `http://${stunnel.host}:${stunnel.port}/`, capture: false, pids: stunnel.procs.map((p) => p.pid) },
     go: { url: `http://${go.host}:${go.port}/`, capture: false, pids: go.procs.map((p) => p.pid) },
   };
-  let captured = false;
-  const setCapture = async (on) => {
-    if (on === captured) return;
-    await capture(mesh, a, on);
-    await capture(mesh, b, on);
-    captured = on;
-  };
+  const setCapture = captureToggle(mesh, [a, b]);
   const wrk = async (path, mode, seconds) => {
     const args = ['-t1', '-c1', `-d${seconds}s`, '--latency', ...(mode === 'newconn' ? ['-H', 'Connection: close'] : []), path.url];
     const before = schedTotals(path.pids);
@@ -102,7 +95,10 @@ try {
     for (let r = 0; r < ROUNDS; r++) {
       for (const [name, path] of Object.entries(paths)) {
         await setCapture(path.capture);
+        // BENCH_PERF: each ztunnel during its first measured round of each mode.
+        const perf = path.perf && r === 0 ? perfRecord(path.perf, mode, SECONDS) : undefined;
         results[name][mode].push(await wrk(path, mode, SECONDS));
+        await perf;
       }
     }
   }
@@ -137,15 +133,8 @@ try {
     seconds: SECONDS,
     rounds: ROUNDS,
   };
-  const goal = (label, v, max) => console.log(`goal ${label} ≤ ${max}: ${v.toFixed(2)} ${v <= max ? 'met' : `NOT met (over by ${((v / max - 1) * 100).toFixed(0)}%)`}`);
-  goal('long-lived p50 vs go', out.latency_p50_vs_go, 1);
-  goal('long-lived p99 vs go', out.latency_p99_vs_go, 1);
-  goal('new connection p99 vs go', out.newconn_p99_vs_go, 1.5);
-  printJson(out);
-} catch (err) {
-  console.error(err);
-  code = 1;
-} finally {
-  await mesh.destroy();
-}
-process.exit(code);
+  printGoal('long-lived p50 vs go', out.latency_p50_vs_go, { max: 1 });
+  printGoal('long-lived p99 vs go', out.latency_p99_vs_go, { max: 1 });
+  printGoal('new connection p99 vs go', out.newconn_p99_vs_go, { max: 1.5 });
+  return out;
+});
