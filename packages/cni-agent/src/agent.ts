@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { PodController, type PodStatus } from './controller.js';
 import { CniAgentError } from './errors.js';
-import { CniEventServer, type CmdAddEvent } from './event-server.js';
+import { CniEventServer, type CmdAddEvent, type CmdAddOutcome } from './event-server.js';
 import { HealthServer } from './health-server.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { CaptureConfig } from './capture-rules.js';
@@ -172,20 +172,26 @@ export class NodeAgent {
     }
   }
 
-  private async onCmdAdd(ev: CmdAddEvent, receivedAt: bigint): Promise<void> {
+  /**
+   * Every pod on the node arrives here (the plugin asks before deciding anything itself), so a pod
+   * that is not enrolled is answered right after the lookup, never queued behind captures. A pod
+   * not yet in the source's cache is fetched from the source; not found or a failed lookup → 500.
+   */
+  private async onCmdAdd(ev: CmdAddEvent, receivedAt: bigint): Promise<CmdAddOutcome> {
     const pod = `${ev.PodNamespace}/${ev.PodName}`;
     try {
-      const info = await this.opts.source.fetchPod(ev.PodNamespace, ev.PodName);
+      const [info, ns] = await Promise.all([this.opts.source.fetchPod(ev.PodNamespace, ev.PodName), this.opts.source.fetchNamespace(ev.PodNamespace)]);
       if (!info) throw new CniAgentError('ERR_AGENT_POD_NOT_FOUND', `pod ${pod} not found in the pod source`);
-      const ns = await this.opts.source.fetchNamespace(ev.PodNamespace);
+      if (!ns) throw new CniAgentError('ERR_AGENT_NAMESPACE_NOT_FOUND', `namespace ${ev.PodNamespace} of pod ${pod} not found in the pod source`);
       if (!this.opts.enrolled(info, ns)) {
         this.log.info({ pod, uid: info.uid }, 'cmdadd for a pod that is not enrolled, nothing to capture');
         this.metrics.cmdAdds.inc({ code: '200' });
-        return;
+        return 'not-enrolled';
       }
       this.log.info({ pod, uid: info.uid, netns: ev.Netns }, 'cmdadd received, capturing pod');
       await this.controller.cmdAdd(info, ev.Netns, ipsOfEvent(ev.IPs), receivedAt, this.opts.cmdAddTimeoutMs ?? 4500);
       this.metrics.cmdAdds.inc({ code: '200' });
+      return 'captured';
     } catch (err) {
       this.metrics.cmdAdds.inc({ code: '500' });
       throw err;

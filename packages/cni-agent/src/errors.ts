@@ -1,5 +1,8 @@
 export type CniAgentErrorCode =
   | 'ERR_AGENT_POD_NOT_FOUND'
+  | 'ERR_AGENT_NAMESPACE_NOT_FOUND'
+  | 'ERR_AGENT_KUBE_API'
+  | 'ERR_AGENT_KUBECONFIG'
   | 'ERR_AGENT_MALFORMED_POD'
   | 'ERR_AGENT_NETNS_NOT_FOUND'
   | 'ERR_AGENT_RULES'
@@ -32,6 +35,10 @@ export function failureReason(err: unknown): string {
         return 'ztunnel_failed';
       case 'ERR_AGENT_POD_NOT_FOUND':
         return 'pod_not_found';
+      case 'ERR_AGENT_NAMESPACE_NOT_FOUND':
+        return 'namespace_not_found';
+      case 'ERR_AGENT_KUBE_API':
+        return 'kube_api_failed';
       case 'ERR_AGENT_MALFORMED_POD':
         return 'malformed_pod';
       case 'ERR_AGENT_HOST':

@@ -31,7 +31,7 @@ afterEach(async () => {
 });
 
 describe('CniEventServer', () => {
-  it('answers 200 only after the handler resolved, 400 for a bad body, 500 when capture fails', async () => {
+  it('answers 200 only after the handler resolved (the body says captured or not enrolled), 400 for a bad body, 500 when capture fails', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'weir-agent-ev-'));
     const socketPath = join(dir, 'run', 'pluginevent.sock');
     const calls: string[] = [];
@@ -43,6 +43,7 @@ describe('CniEventServer', () => {
         calls.push(ev.PodName);
         if (ev.PodName === 'fails') throw new Error('ztunnel nacked: bind failed');
         if (ev.PodName === 'slow') await new Promise<void>((r) => (finish = r));
+        return ev.PodName === 'plain' ? 'not-enrolled' : 'captured';
       },
     });
     await server.start();
@@ -53,6 +54,7 @@ describe('CniEventServer', () => {
 
     const body = (name: string) => JSON.stringify({ Netns: '/var/run/netns/x', PodName: name, PodNamespace: 'apps', IPs: [] });
     expect(await post(socketPath, '/cmdadd', body('web-0'))).toEqual({ status: 200, text: 'pod captured\n' });
+    expect(await post(socketPath, '/cmdadd', body('plain'))).toEqual({ status: 200, text: 'pod not enrolled\n' });
 
     let answered = false;
     const slow = post(socketPath, '/cmdadd', body('slow')).then((r) => {
@@ -76,16 +78,16 @@ describe('CniEventServer', () => {
     expect((await post(socketPath, '/cmdadd', 'x'.repeat(70 * 1024)).catch(() => ({ status: 400, text: '' }))).status).toBe(400);
     expect((await post(socketPath, '/cmddel', body('a'))).status).toBe(404);
     expect((await post(socketPath, '/cmdadd', '', 'GET')).status).toBe(405);
-    expect(calls).toEqual(['web-0', 'slow', 'fails']);
+    expect(calls).toEqual(['web-0', 'plain', 'slow', 'fails']);
   });
 
   it('replaces a stale socket file left by a killed agent', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'weir-agent-ev-'));
     const socketPath = join(dir, 'pluginevent.sock');
-    const first = new CniEventServer({ socketPath, parse, onCmdAdd: async () => undefined });
+    const first = new CniEventServer({ socketPath, parse, onCmdAdd: async () => 'captured' as const });
     await first.start();
     // Simulate SIGKILL: the listener is gone but the file stays.
-    const second = new CniEventServer({ socketPath, parse, onCmdAdd: async () => undefined });
+    const second = new CniEventServer({ socketPath, parse, onCmdAdd: async () => 'captured' as const });
     await second.start();
     cleanups.push(async () => {
       await first.close().catch(() => undefined);

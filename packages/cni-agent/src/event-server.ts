@@ -11,13 +11,25 @@ export interface CmdAddEvent {
   IPs: unknown[];
 }
 
+/** What a 200 to `/cmdadd` means; its body is `pod captured` or `pod not enrolled`. */
+export type CmdAddOutcome = 'captured' | 'not-enrolled';
+
+/** The 200 bodies, by outcome: the plugin logs which one it got. */
+export const CMD_ADD_OK_BODY: Readonly<Record<CmdAddOutcome, string>> = {
+  captured: 'pod captured\n',
+  'not-enrolled': 'pod not enrolled\n',
+};
+
 export interface CniEventServerOptions {
   /** Unix socket path, normally `<run_dir>/pluginevent.sock`. */
   socketPath: string;
   /** Validates the body; throws (any error) for a bad body, which is answered 400. */
   parse: (body: unknown) => CmdAddEvent;
-  /** Captures the pod; resolves only when it is fully captured, rejects otherwise (500). */
-  onCmdAdd: (event: CmdAddEvent, receivedAt: bigint) => Promise<void>;
+  /**
+   * Decides and captures: resolves `captured` only once the pod is fully captured, `not-enrolled` when
+   * there is nothing to capture (both 200, the body says which); rejects otherwise (500).
+   */
+  onCmdAdd: (event: CmdAddEvent, receivedAt: bigint) => Promise<CmdAddOutcome>;
   logger?: Logger;
   maxBodyBytes?: number;
 }
@@ -49,8 +61,10 @@ function reply(res: ServerResponse, status: number, text: string): void {
 }
 
 /**
- * The CNI plugin → agent event endpoint: HTTP over a unix socket. `POST /cmdadd` answers 200 only
- * after the pod is captured, 400 for a body that does not parse, 500 when capture failed.
+ * The CNI plugin → agent event endpoint: HTTP over a unix socket. The plugin posts every pod it sees,
+ * so this is where enrollment is decided: `POST /cmdadd` answers 200 `pod captured` only after the pod
+ * is captured, 200 `pod not enrolled` when there is nothing to capture, 400 for a body that does not
+ * parse, 500 when the decision or the capture failed.
  */
 export class CniEventServer {
   private server: Server | undefined;
@@ -100,8 +114,8 @@ export class CniEventServer {
       return reply(res, 400, `${(err as Error).message}\n`);
     }
     try {
-      await this.opts.onCmdAdd(event, receivedAt);
-      reply(res, 200, 'pod captured\n');
+      const outcome = await this.opts.onCmdAdd(event, receivedAt);
+      reply(res, 200, CMD_ADD_OK_BODY[outcome]);
     } catch (err) {
       this.log.warn(
         { pod: `${event.PodNamespace}/${event.PodName}`, err: (err as Error).message },

@@ -82,6 +82,24 @@ pods:
     await src.stop();
   });
 
+  it('fetchPod and fetchNamespace re-read the file for a pod written a moment ago (ahead of the watch)', async () => {
+    const dir = await tmp();
+    const file = join(dir, 'pods.yaml');
+    await writeFile(file, 'pods: []\n');
+    // A debounce far past the test: only the lookup itself can have read the new pod.
+    const src = new FilePodSource({ path: file, debounceMs: 60_000 });
+    const r = recorder();
+    await src.start(r.handlers);
+    await writeFile(file, `pods:\n  - { name: new-0, namespace: fresh, uid: u-9 }\n`);
+    expect(src.pod('fresh', 'new-0')).toBeUndefined();
+    const [pod, ns] = await Promise.all([src.fetchPod('fresh', 'new-0'), src.fetchNamespace('fresh')]);
+    expect(pod).toMatchObject({ uid: 'u-9', name: 'new-0' });
+    expect(ns).toEqual({ name: 'fresh', labels: {} });
+    expect(r.seen).toContain('pod fresh/new-0 {}');
+    expect(await src.fetchPod('fresh', 'ghost')).toBeUndefined();
+    await src.stop();
+  });
+
   it('fails to start on a missing file, naming it', async () => {
     const dir = await tmp();
     const src = new FilePodSource({ path: join(dir, 'nope.yaml') });

@@ -180,8 +180,18 @@ export class FilePodSource implements PodSource {
     return p && this.withRedirection(p);
   }
 
+  /** From memory, else the file re-read now: a pod written a moment ago may be ahead of the watch. */
   async fetchPod(namespace: string, name: string): Promise<PodInfo | undefined> {
+    const known = this.pod(namespace, name);
+    if (known || !this.handlers) return known;
+    await this.reloadNow();
     return this.pod(namespace, name);
+  }
+
+  private reloadNow(): Promise<void> {
+    clearTimeout(this.timer);
+    this.reload();
+    return this.reloading;
   }
 
   namespace(name: string): NamespaceInfo | undefined {
@@ -189,6 +199,9 @@ export class FilePodSource implements PodSource {
   }
 
   async fetchNamespace(name: string): Promise<NamespaceInfo | undefined> {
+    const known = this.namespace(name);
+    if (known || !this.handlers) return known;
+    await this.reloadNow();
     return this.namespace(name);
   }
 

@@ -1,7 +1,7 @@
 export { NodeAgent, type NodeAgentOptions, type ZtunnelServer } from './agent.js';
 export { PodController, type PodControllerOptions, type PodState, type PodStatus } from './controller.js';
 export { CniAgentError, type CniAgentErrorCode } from './errors.js';
-export { CniEventServer, type CmdAddEvent, type CniEventServerOptions } from './event-server.js';
+export { CniEventServer, CMD_ADD_OK_BODY, type CmdAddEvent, type CmdAddOutcome, type CniEventServerOptions } from './event-server.js';
 export { FilePodSource, type FilePodSourceOptions, type PodsFile } from './file-source.js';
 export { HealthServer, type HealthServerOptions } from './health-server.js';
 export { KubePodSource, type KubePodSourceOptions } from './kube-source.js';

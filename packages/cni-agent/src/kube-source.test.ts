@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { FakeApiServer } from '@weir/fake-apiserver';
 import { afterEach, describe, expect, it } from 'vitest';
+import { CniAgentError } from './errors.js';
 import { KubePodSource } from './kube-source.js';
 import type { NamespaceInfo, PodInfo } from './pod.js';
 
@@ -104,6 +105,47 @@ describe('KubePodSource', () => {
     await until(() => seen.some((s) => s.startsWith('pod web-3')), 'web-3 after a malformed pod');
     expect(seen.some((s) => s.startsWith('invalid malformed pod apps/bad'))).toBe(true);
     expect(await src.fetchPod('apps', 'nope')).toBeUndefined();
+  });
+});
+
+describe('KubePodSource lookups for /cmdadd', () => {
+  it('fetches a pod or namespace missing from the cache from the API; not found is undefined, an API failure rejects (fail closed)', async () => {
+    const { server, src, handlers } = await setup();
+    server.createNamespace('apps', { 'istio.io/dataplane-mode': 'ambient' });
+    await src.start(handlers);
+    server.clearRequests();
+    // Created and looked up in the same tick: the watch event cannot have reached the cache yet.
+    server.createPod(pod('new-0', 'node-1', { app: 'new' }));
+    expect(src.pod('apps', 'new-0')).toBeUndefined();
+    expect(await src.fetchPod('apps', 'new-0')).toMatchObject({ name: 'new-0', labels: { app: 'new' }, nodeName: 'node-1' });
+    expect(server.requests.filter((r) => !r.watch).map((r) => `${r.method} ${r.path}`)).toEqual(['GET /api/v1/namespaces/apps/pods/new-0']);
+    server.createNamespace('fresh', { team: 'a' });
+    expect(await src.fetchNamespace('fresh')).toMatchObject({ name: 'fresh', labels: { team: 'a' } });
+
+    expect(await src.fetchPod('apps', 'nope')).toBeUndefined();
+    expect(await src.fetchNamespace('nope')).toBeUndefined();
+
+    server.failNext(1, 503, { path: '/api/v1/namespaces/apps/pods/new-1' });
+    server.createPod(pod('new-1', 'node-1'));
+    const podErr = await src.fetchPod('apps', 'new-1').catch((e: unknown) => e);
+    expect(podErr).toBeInstanceOf(CniAgentError);
+    expect(podErr).toMatchObject({ code: 'ERR_AGENT_KUBE_API', message: expect.stringMatching(/^Kubernetes API GET pod apps\/new-1 failed: HTTP 503/) });
+    server.failNext(1, 500, { path: '/api/v1/namespaces/other' });
+    server.createNamespace('other');
+    await expect(src.fetchNamespace('other')).rejects.toMatchObject({ code: 'ERR_AGENT_KUBE_API', message: expect.stringContaining('GET namespace other failed: HTTP 500') });
+  });
+
+  it('refuses a kubeconfig without a current cluster with ERR_AGENT_KUBECONFIG', () => {
+    const kc = new KubeConfig();
+    kc.loadFromOptions({ clusters: [], users: [], contexts: [{ name: 'x', cluster: 'missing', user: 'u' }], currentContext: 'x' });
+    let err: unknown;
+    try {
+      new KubePodSource({ kubeConfig: kc, nodeName: 'node-1' });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CniAgentError);
+    expect(err).toMatchObject({ code: 'ERR_AGENT_KUBECONFIG', message: 'kubeconfig has no current cluster (current context "x")' });
   });
 });
 

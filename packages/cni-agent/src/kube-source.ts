@@ -15,6 +15,7 @@ import {
   type V1Namespace,
   type V1Pod,
 } from '@kubernetes/client-node';
+import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
 import { namespaceFromV1, podFromV1, REDIRECTION_ANNOTATION, type NamespaceInfo, type PodInfo } from './pod.js';
 import type { PodEvent, PodSource, PodSourceHandlers } from './pod-source.js';
@@ -44,6 +45,15 @@ function statusCode(err: unknown): number | undefined {
   if (typeof e?.code === 'number') return e.code;
   if (typeof e?.statusCode === 'number') return e.statusCode;
   return undefined;
+}
+
+function apiFailure(what: string, err: unknown): CniAgentError {
+  const status = statusCode(err);
+  // client-node's ApiException carries the API's Status object (or its text) as `body`.
+  const body = (err as { body?: unknown } | null)?.body;
+  const detail = typeof body === 'string' ? body : (body as { message?: unknown } | undefined)?.message;
+  const why = status !== undefined ? `HTTP ${status}${typeof detail === 'string' && detail ? `: ${detail.slice(0, 300)}` : ''}` : ((err as Error)?.message ?? String(err));
+  return new CniAgentError('ERR_AGENT_KUBE_API', `Kubernetes API ${what} failed: ${why}`, { cause: err });
 }
 
 /**
@@ -91,7 +101,9 @@ export class KubePodSource implements PodSource {
   constructor(private readonly opts: KubePodSourceOptions) {
     this.log = (opts.logger ?? silentLogger).child({ scope: 'kube' });
     const cluster = opts.kubeConfig.getCurrentCluster();
-    if (!cluster) throw new Error('kubeconfig has no current cluster');
+    if (!cluster) {
+      throw new CniAgentError('ERR_AGENT_KUBECONFIG', `kubeconfig has no current cluster (current context "${opts.kubeConfig.getCurrentContext()}")`);
+    }
     // As KubeConfig.makeApiClient, but reusing connections (see keepAliveAuth).
     this.auth = keepAliveAuth(opts.kubeConfig);
     this.api = new CoreV1Api(createConfiguration({ baseServer: new ServerConfiguration(cluster.server, {}), authMethods: { default: this.auth } }));
@@ -237,15 +249,21 @@ export class KubePodSource implements PodSource {
     }
   }
 
+  /**
+   * From the informer's cache, else (a pod created a moment ago) a GET. Not found → undefined; an API
+   * failure rejects with ERR_AGENT_KUBE_API, so a caller deciding enrollment fails closed.
+   */
   async fetchPod(namespace: string, name: string): Promise<PodInfo | undefined> {
     const cached = this.pod(namespace, name);
     if (cached) return cached;
+    let obj: V1Pod;
     try {
-      return podFromV1(await this.api.readNamespacedPod({ name, namespace }));
+      obj = await this.api.readNamespacedPod({ name, namespace });
     } catch (err) {
       if (statusCode(err) === 404) return undefined;
-      throw err;
+      throw apiFailure(`GET pod ${namespace}/${name}`, err);
     }
+    return podFromV1(obj);
   }
 
   namespace(name: string): NamespaceInfo | undefined {
@@ -258,15 +276,18 @@ export class KubePodSource implements PodSource {
     }
   }
 
+  /** As fetchPod: the cache, else a GET; not found → undefined, an API failure → ERR_AGENT_KUBE_API. */
   async fetchNamespace(name: string): Promise<NamespaceInfo | undefined> {
     const cached = this.namespace(name);
     if (cached) return cached;
+    let obj: V1Namespace;
     try {
-      return namespaceFromV1(await this.api.readNamespace({ name }));
+      obj = await this.api.readNamespace({ name });
     } catch (err) {
       if (statusCode(err) === 404) return undefined;
-      throw err;
+      throw apiFailure(`GET namespace ${name}`, err);
     }
+    return namespaceFromV1(obj);
   }
 
   async setRedirection(pod: PodInfo, value: 'enabled' | null): Promise<void> {

@@ -170,7 +170,7 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     expect(unknown.status).toBe(500);
     expect(unknown.text).toContain('apps/ghost not found');
     // A pod in a namespace that is not enrolled: nothing to do, 200, untouched.
-    expect((await postCmdAdd(sock, cmdAddBody(client))).status).toBe(200);
+    expect(await postCmdAdd(sock, cmdAddBody(client))).toEqual({ status: 200, text: 'pod not enrolled\n' });
     expect(await istioLines(client.netnsPath)).toEqual([]);
     expect(await tcpRead(client.netnsPath, web.ip, 8080)).toBe(`ztunnel ${web.uid}`);
   });
