@@ -1,10 +1,12 @@
 import { execFile } from 'node:child_process';
-import { X509Certificate, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as der from './der.js';
 import { LocalCa, PkiError, splitPem } from './index.js';
 
 const run = promisify(execFile);
@@ -180,6 +182,108 @@ describe('LocalCa', () => {
     const other = await LocalCa.create({ trustDomain: 'cluster.local' });
     await expect(LocalCa.load({ certPem: ca.certPem, keyPem: other.keyPem })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_KEY' });
     await expect(LocalCa.load({ certPem: 'nope', keyPem: ca.keyPem })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_CERTIFICATE' });
+  });
+});
+
+describe('leaf certificates (workload and server share one extension block)', () => {
+  const golden = JSON.parse(readFileSync(new URL('./testdata/leaf-tbs-golden.json', import.meta.url), 'utf8')) as {
+    caCertPem: string;
+    caKeyPem: string;
+    workloadPublicKeyPem: string;
+    expected: Record<string, string[]>;
+  };
+  const SKI = der.oid('2.5.29.14').toString('hex');
+  const notBefore = new Date('2026-06-01T00:00:00Z');
+
+  /** The TBSCertificate field by field (extensions one by one), random parts named instead of shown. */
+  function tbsTemplate(certPem: string, freshKey: boolean): string[] {
+    const body = Buffer.from(certPem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
+    const [tbs] = der.children(der.readElement(body).content);
+    const [version, serial, alg, issuer, validity, subject, spki, exts] = der.children(tbs!.content);
+    const [list] = der.children(exts!.content);
+    const extensions = der.children(list!.content).map((e) => {
+      const parts = der.children(e.content);
+      const [id, value] = [parts[0], parts.at(-1)];
+      if (id!.raw.toString('hex') !== SKI) return e.raw.toString('hex');
+      // The SubjectKeyIdentifier is the SHA-1 of the key's bits, whatever the key.
+      const [, bits] = der.children(spki!.content);
+      expect(der.readElement(value!.content).content.equals(createHash('sha1').update(bits!.content.subarray(1)).digest())).toBe(true);
+      return freshKey ? '<ski>' : e.raw.toString('hex');
+    });
+    return [
+      version!.raw.toString('hex'),
+      `<serial ${serial!.content.length}>`,
+      ...[alg, issuer, validity, subject].map((f) => f!.raw.toString('hex')),
+      freshKey ? '<spki>' : spki!.raw.toString('hex'),
+      ...extensions,
+    ];
+  }
+
+  it('issues the same DER as before the two shared their code (all but serial, fresh key and signature)', async () => {
+    const ca = await LocalCa.load({ certPem: golden.caCertPem, keyPem: golden.caKeyPem });
+    const forKey = await ca.issueWorkloadCertificate({
+      identity: 'spiffe://cluster.local/ns/default/sa/web',
+      publicKeyPem: golden.workloadPublicKeyPem,
+      notBefore,
+      notAfter: new Date('2026-06-02T00:00:00Z'),
+    });
+    const issued: Record<string, [string, boolean]> = {
+      workloadForKey: [forKey.certPem, false],
+      workloadFreshKey: [(await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b', notBefore, ttlSeconds: 3600 })).certPem, true],
+      serverDns: [
+        (await ca.issueServerCertificate({ dnsNames: ['istiod.istio-system.svc', 'localhost'], ipAddresses: ['127.0.0.1', '::1'], notBefore, validityDays: 30 }))
+          .certPem,
+        true,
+      ],
+      serverCn: [(await ca.issueServerCertificate({ dnsNames: ['x.example'], commonName: 'Weir Control Plane', notBefore, validityDays: 30 })).certPem, true],
+      serverIpOnly: [(await ca.issueServerCertificate({ ipAddresses: ['10.0.0.1', 'fd00::1'], notBefore, validityDays: 1 })).certPem, true],
+    };
+    expect(Object.keys(issued).sort()).toEqual(Object.keys(golden.expected).sort());
+    for (const [name, [pem, freshKey]] of Object.entries(issued)) {
+      expect({ name, tbs: tbsTemplate(pem, freshKey) }).toEqual({ name, tbs: golden.expected[name] });
+    }
+  });
+
+  it('workload and server leaves differ only in extended key usage and SAN (node:crypto and openssl read them so)', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const wl = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/default/sa/web' });
+    const server = await ca.issueServerCertificate({ dnsNames: ['istiod.istio-system.svc'] });
+    const w = new X509Certificate(wl.certPem);
+    const s = new X509Certificate(server.certPem);
+    expect(w.keyUsage).toEqual(['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2']);
+    expect(s.keyUsage).toEqual(['1.3.6.1.5.5.7.3.1']);
+    expect([w.ca, s.ca]).toEqual([false, false]);
+    /** openssl's text of the extensions: name (marked critical) to its value lines. */
+    const extensions = async (pem: string): Promise<Map<string, string>> => {
+      const out = new Map<string, string[]>();
+      let values: string[] | undefined;
+      for (const line of (await opensslText(pem)).split('\n')) {
+        const header = /^ {12}(X509v3 [^:]+):( critical)?\s*$/.exec(line);
+        if (header) out.set(`${header[1]}${header[2] ? ' (critical)' : ''}`, (values = []));
+        else if (values && /^ {16}\S/.test(line)) values.push(line.trim());
+        else values = undefined;
+      }
+      return new Map([...out].map(([name, lines]) => [name, lines.join(' ')]));
+    };
+
+    const we = await extensions(wl.certPem);
+    const se = await extensions(server.certPem);
+    expect([...we.keys()]).toEqual([
+      'X509v3 Basic Constraints (critical)',
+      'X509v3 Key Usage (critical)',
+      'X509v3 Extended Key Usage',
+      'X509v3 Subject Alternative Name (critical)',
+      'X509v3 Subject Key Identifier',
+      'X509v3 Authority Key Identifier',
+    ]);
+    // The server certificate has a CN, so its SAN is not critical (RFC 5280 4.2.1.6).
+    expect([...se.keys()]).toEqual([...we.keys()].map((k) => (k.startsWith('X509v3 Subject Alternative') ? 'X509v3 Subject Alternative Name' : k)));
+    for (const shared of ['X509v3 Basic Constraints (critical)', 'X509v3 Key Usage (critical)', 'X509v3 Authority Key Identifier']) {
+      expect(se.get(shared)).toBe(we.get(shared));
+    }
+    expect(we.get('X509v3 Key Usage (critical)')).toBe('Digital Signature, Key Encipherment');
+    expect(we.get('X509v3 Extended Key Usage')).toBe('TLS Web Server Authentication, TLS Web Client Authentication');
+    expect(se.get('X509v3 Extended Key Usage')).toBe('TLS Web Server Authentication');
   });
 });
 

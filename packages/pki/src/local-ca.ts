@@ -147,6 +147,21 @@ interface NewCertificate {
   signingKey: KeyObject;
 }
 
+interface LeafOptions {
+  /** Subject Name, DER. */
+  subject: Buffer;
+  /** SubjectPublicKeyInfo, DER. */
+  spki: Buffer;
+  notBefore: Date;
+  notAfter: Date;
+  /** ExtendedKeyUsage purpose OIDs, in order. */
+  extKeyUsage: string[];
+  /** GeneralNames, DER. */
+  subjectAltName: Buffer;
+  /** RFC 5280 4.2.1.6: critical when the subject is empty. */
+  subjectAltNameCritical: boolean;
+}
+
 /**
  * A small certificate authority for a SPIFFE trust domain: a self-signed ECDSA P-256 root (or a loaded
  * CA, e.g. Istio's `cacerts`), issuing workload certificates with one URI SAN.
@@ -286,36 +301,17 @@ export class LocalCa {
     const notAfter = o.notAfter ?? new Date(start + ttlSeconds * 1000);
     this.#assertWithinCa(notBefore, notAfter);
     const keys = o.publicKeyPem === undefined ? await newKeyPair() : undefined;
-    const serialHex = newSerial();
-    const spki = keys ? keys.publicKey.export({ type: 'spki', format: 'der' }) : workloadSpki(o.publicKeyPem ?? '');
-    const certDer = signCertificate({
-      serialHex,
+    const leaf = this.#signLeaf({
       // Empty subject as Istio's workload certificates; RFC 5280 then wants the SAN critical.
       subject: der.sequence(),
-      issuer: this.#parts.subjectDer,
+      spki: keys ? keys.publicKey.export({ type: 'spki', format: 'der' }) : workloadSpki(o.publicKeyPem ?? ''),
       notBefore,
       notAfter,
-      spki,
-      extensions: [
-        extension(OID.basicConstraints, true, der.sequence()),
-        extension(OID.keyUsage, true, der.bitString(Buffer.from([KU_LEAF.byte]), KU_LEAF.unused)),
-        extension(OID.extKeyUsage, false, der.sequence(der.oid(OID.serverAuth), der.oid(OID.clientAuth))),
-        extension(OID.subjectAltName, true, uriSan(o.identity)),
-        extension(OID.subjectKeyIdentifier, false, der.octetString(keyIdentifier(spki))),
-        extension(OID.authorityKeyIdentifier, false, der.sequence(der.implicitPrimitive(0, this.#parts.keyId))),
-      ],
-      signingKey: this.#parts.signingKey,
+      extKeyUsage: [OID.serverAuth, OID.clientAuth],
+      subjectAltName: uriSan(o.identity),
+      subjectAltNameCritical: true,
     });
-    const certPem = certificatePem(certDer);
-    const signed: SignedWorkloadCertificate = {
-      certPem,
-      chainPem: [certPem, ...this.#chainAboveLeaf()].join(''),
-      rootPem: this.rootPem,
-      identity: o.identity,
-      serial: serialHex,
-      notBefore: wholeSeconds(notBefore),
-      notAfter: wholeSeconds(notAfter),
-    };
+    const signed: SignedWorkloadCertificate = { ...leaf, identity: o.identity };
     return keys ? { ...signed, keyPem: pkcs8Pem(keys.privateKey) } : signed;
   }
 
@@ -332,36 +328,17 @@ export class LocalCa {
     const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
     this.#assertWithinCa(notBefore, notAfter);
     const keys = await newKeyPair();
-    const serialHex = newSerial();
-    const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
     const commonName = o.commonName ?? o.dnsNames?.[0];
-    const certDer = signCertificate({
-      serialHex,
+    const leaf = this.#signLeaf({
       subject: commonName === undefined ? der.sequence() : der.sequence(der.set(der.sequence(der.oid(OID.commonName), der.directoryString(commonName)))),
-      issuer: this.#parts.subjectDer,
+      spki: keys.publicKey.export({ type: 'spki', format: 'der' }),
       notBefore,
       notAfter,
-      spki,
-      extensions: [
-        extension(OID.basicConstraints, true, der.sequence()),
-        extension(OID.keyUsage, true, der.bitString(Buffer.from([KU_LEAF.byte]), KU_LEAF.unused)),
-        extension(OID.extKeyUsage, false, der.sequence(der.oid(OID.serverAuth))),
-        extension(OID.subjectAltName, commonName === undefined, der.sequence(...names)),
-        extension(OID.subjectKeyIdentifier, false, der.octetString(keyIdentifier(spki))),
-        extension(OID.authorityKeyIdentifier, false, der.sequence(der.implicitPrimitive(0, this.#parts.keyId))),
-      ],
-      signingKey: this.#parts.signingKey,
+      extKeyUsage: [OID.serverAuth],
+      subjectAltName: der.sequence(...names),
+      subjectAltNameCritical: commonName === undefined,
     });
-    const certPem = certificatePem(certDer);
-    return {
-      certPem,
-      keyPem: pkcs8Pem(keys.privateKey),
-      chainPem: [certPem, ...this.#chainAboveLeaf()].join(''),
-      rootPem: this.rootPem,
-      serial: serialHex,
-      notBefore: wholeSeconds(notBefore),
-      notAfter: wholeSeconds(notAfter),
-    };
+    return { ...leaf, keyPem: pkcs8Pem(keys.privateKey) };
   }
 
   /** Issues an intermediate CA (pathLength 0) under this one, for multi-level chains. */
@@ -397,6 +374,40 @@ export class LocalCa {
       issuers: this.#chainAboveLeaf(),
       rootPem: this.rootPem,
     });
+  }
+
+  /**
+   * Signs an end-entity certificate: CA:false, digitalSignature + keyEncipherment, the given extended
+   * key usages and SAN, key identifiers; what workload and server certificates share.
+   */
+  #signLeaf(o: LeafOptions): Omit<ServerCertificate, 'keyPem'> {
+    const serial = newSerial();
+    const certDer = signCertificate({
+      serialHex: serial,
+      subject: o.subject,
+      issuer: this.#parts.subjectDer,
+      notBefore: o.notBefore,
+      notAfter: o.notAfter,
+      spki: o.spki,
+      extensions: [
+        extension(OID.basicConstraints, true, der.sequence()),
+        extension(OID.keyUsage, true, der.bitString(Buffer.from([KU_LEAF.byte]), KU_LEAF.unused)),
+        extension(OID.extKeyUsage, false, der.sequence(...o.extKeyUsage.map((id) => der.oid(id)))),
+        extension(OID.subjectAltName, o.subjectAltNameCritical, o.subjectAltName),
+        extension(OID.subjectKeyIdentifier, false, der.octetString(keyIdentifier(o.spki))),
+        extension(OID.authorityKeyIdentifier, false, der.sequence(der.implicitPrimitive(0, this.#parts.keyId))),
+      ],
+      signingKey: this.#parts.signingKey,
+    });
+    const certPem = certificatePem(certDer);
+    return {
+      certPem,
+      chainPem: [certPem, ...this.#chainAboveLeaf()].join(''),
+      rootPem: this.rootPem,
+      serial,
+      notBefore: wholeSeconds(o.notBefore),
+      notAfter: wholeSeconds(o.notAfter),
+    };
   }
 
   /** Certificates a leaf of this CA sends after itself: this CA and its intermediates, not the root. */
