@@ -9,21 +9,32 @@ export interface PostCmdAddOptions {
   timeoutMs?: number;
 }
 
+/** The agent's 200 answer: what it did with the pod. */
+export interface CmdAddAnswer {
+  /** `captured` (`pod captured`), `not-enrolled` (`pod not enrolled`), or `unknown` for another 200 body. */
+  outcome: 'captured' | 'not-enrolled' | 'unknown';
+  /** The body as sent, trimmed (at most 1 KiB). */
+  body: string;
+}
+
 /**
- * POSTs a pod-add event to the node agent over its unix socket and resolves once the agent answers
- * 200 (it does so only after the pod is captured). Anything else rejects with ERR_CNI_AGENT_UNAVAILABLE
- * (CNI code 11, "try again later"), naming the socket.
+ * POSTs a pod-add event to the node agent over its unix socket and resolves with its 200 answer (the
+ * agent answers 200 only after capturing the pod, or having found it not enrolled). Anything else
+ * rejects with a CniPluginError (CNI code 11, "try again later") naming the socket: code
+ * ERR_CNI_AGENT_UNREACHABLE when no connection was established (no socket file, nobody listening),
+ * ERR_CNI_AGENT_UNAVAILABLE when the agent was reached but answered non-200, broke off, or missed the deadline.
  */
-export function postCmdAdd(event: CmdAddEventBody, opts: PostCmdAddOptions): Promise<void> {
+export function postCmdAdd(event: CmdAddEventBody, opts: PostCmdAddOptions): Promise<CmdAddAnswer> {
   const timeoutMs = opts.timeoutMs ?? 5000;
   const body = JSON.stringify(event);
-  const fail = (what: string, cause?: unknown) =>
+  let connected = false;
+  const fail = (what: string, cause?: unknown, reached = connected) =>
     new CniPluginError(
-      'ERR_CNI_AGENT_UNAVAILABLE',
+      reached ? 'ERR_CNI_AGENT_UNAVAILABLE' : 'ERR_CNI_AGENT_UNREACHABLE',
       `weir-cni ADD for pod ${event.PodNamespace}/${event.PodName} failed: node agent at ${opts.socketPath} ${what}; the pod is not started uncaptured, retry later`,
       { cause },
     );
-  return new Promise<void>((resolve, reject) => {
+  return new Promise<CmdAddAnswer>((resolve, reject) => {
     const req = request(
       {
         socketPath: opts.socketPath,
@@ -45,25 +56,36 @@ export function postCmdAdd(event: CmdAddEventBody, opts: PostCmdAddOptions): Pro
         });
         res.on('error', (err) => done(fail(`broke off its answer: ${err.message}`, err)));
         res.on('end', () => {
-          if (res.statusCode === 200) return done();
           const text = Buffer.concat(chunks).toString('utf8').trim().slice(0, 1024);
+          if (res.statusCode === 200) return done(undefined, { outcome: outcomeOf(text), body: text });
           done(fail(`answered ${res.statusCode}${text ? `: ${text}` : ''}`));
         });
       },
     );
     const timer = setTimeout(() => {
-      done(fail(`did not answer within ${timeoutMs} ms`));
+      // A deadline is never "unreachable": something holds the socket, so the ADD fails rather than falling back.
+      done(fail(connected ? `did not answer within ${timeoutMs} ms` : `accepted no connection within ${timeoutMs} ms`, undefined, true));
       req.destroy();
     }, timeoutMs);
     let settled = false;
-    function done(err?: CniPluginError): void {
+    function done(err: CniPluginError | undefined, answer?: CmdAddAnswer): void {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       if (err) reject(err);
-      else resolve();
+      else resolve(answer!);
     }
-    req.on('error', (err: NodeJS.ErrnoException) => done(fail(`is unreachable (${err.code ?? err.message})`, err)));
+    // Reached means connected: an error before that (ENOENT, ECONNREFUSED) is an agent that is not there.
+    req.on('socket', (socket) => socket.once('connect', () => (connected = true)));
+    req.on('error', (err: NodeJS.ErrnoException) =>
+      done(fail(connected ? `broke off the exchange (${err.code ?? err.message})` : `is unreachable (${err.code ?? err.message})`, err)),
+    );
     req.end(body);
   });
+}
+
+function outcomeOf(body: string): CmdAddAnswer['outcome'] {
+  if (body === 'pod captured') return 'captured';
+  if (body === 'pod not enrolled') return 'not-enrolled';
+  return 'unknown';
 }

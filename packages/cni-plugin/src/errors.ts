@@ -18,6 +18,7 @@ export type CniErrorCode =
   | 'ERR_CNI_DECODING_FAILURE'
   | 'ERR_CNI_INVALID_CONFIG'
   | 'ERR_CNI_AGENT_UNAVAILABLE'
+  | 'ERR_CNI_AGENT_UNREACHABLE'
   | 'ERR_CNI_KUBE_API'
   | 'ERR_CNI_KUBECONFIG'
   | 'ERR_CNI_INTERNAL';
@@ -29,7 +30,9 @@ const CNI_NUMERIC: Record<CniErrorCode, number> = {
   ERR_CNI_DECODING_FAILURE: CNI_ERROR_CODES.decodingFailure,
   ERR_CNI_INVALID_CONFIG: CNI_ERROR_CODES.invalidNetworkConfig,
   ERR_CNI_AGENT_UNAVAILABLE: CNI_ERROR_CODES.tryAgainLater,
-  // Only ever logged (the API is fail-open), but a code keeps the mapping total.
+  // postCmdAdd's "no connection"; the ADD then decides by the API, and fails as ERR_CNI_AGENT_UNAVAILABLE.
+  ERR_CNI_AGENT_UNREACHABLE: CNI_ERROR_CODES.tryAgainLater,
+  // The fallback lookup's failure; it reaches the runtime as the cause of ERR_CNI_AGENT_UNAVAILABLE.
   ERR_CNI_KUBE_API: CNI_ERROR_CODES.tryAgainLater,
   ERR_CNI_KUBECONFIG: CNI_ERROR_CODES.invalidNetworkConfig,
   ERR_CNI_INTERNAL: 999,

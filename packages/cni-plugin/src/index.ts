@@ -34,7 +34,7 @@ export {
 } from './event.js';
 export type { CmdAddEvent, CmdAddEventBody, CmdAddIpConfig } from './event.js';
 export { postCmdAdd } from './agent-client.js';
-export type { PostCmdAddOptions } from './agent-client.js';
+export type { CmdAddAnswer, PostCmdAddOptions } from './agent-client.js';
 export { KubeClient, loadKubeconfig } from './kube-client.js';
 export type { KubeConnection, KubeApiFailure } from './kube-client.js';
 export { lineLogger, silentLogger } from './logger.js';

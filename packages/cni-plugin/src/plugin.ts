@@ -4,6 +4,7 @@ import { checkCniVersion, decodeStdin, parsePluginConfigFast, type LogLevel, typ
 import { isAmbientEnrolled } from './enrollment.js';
 import { parseCniEnv, type CniEnv } from './env.js';
 import { CniPluginError, toCniError } from './errors.js';
+import type { CmdAddAnswer } from './agent-client.js';
 import { ipConfigsFromResult, PLUGIN_EVENT_SOCKET, type CmdAddEventBody } from './event.js';
 import type { KubeClient } from './kube-client.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -141,7 +142,47 @@ async function cmdAdd(env: CniEnv, config: PluginConfig, log: Logger, opts: CniP
     return result;
   }
 
-  let enrolled = false;
+  const socketPath = join(config.cniAgentRunDir, PLUGIN_EVENT_SOCKET);
+  const event: CmdAddEventBody = {
+    Netns: env.netns ?? '',
+    PodName: podName,
+    PodNamespace: podNamespace,
+    IPs: ipConfigsFromResult(config.prevResult),
+  };
+  // The agent decides enrollment from its pod cache, so every pod is asked about there first: no
+  // API round trip (TLS, two GETs) in the plugin, and an agent that is there is the only authority.
+  log.debug({ netns: env.netns, socket: socketPath }, 'notifying node agent');
+  const { postCmdAdd } = await import('./agent-client.js');
+  let answer: CmdAddAnswer;
+  try {
+    answer = await postCmdAdd(event, { socketPath, timeoutMs: opts.agentTimeoutMs ?? 5000 });
+  } catch (err) {
+    if (err instanceof CniPluginError && err.code === 'ERR_CNI_AGENT_UNREACHABLE') return withoutAgent(env, config, log, opts, err, result);
+    throw err;
+  }
+  if (answer.outcome === 'captured') log.info({}, 'node agent captured pod');
+  else if (answer.outcome === 'not-enrolled') log.info({}, 'pod not ambient enabled, node agent has nothing to capture');
+  else log.info({ answer: answer.body }, 'node agent accepted pod');
+  return result;
+}
+
+/**
+ * No agent to ask (no socket, nobody listening): a pod outside the mesh must still start, so the
+ * plugin looks it up in the API itself. Enrolled, or not known either way, fails the ADD: a pod never
+ * starts uncaptured.
+ */
+async function withoutAgent(
+  env: CniEnv,
+  config: PluginConfig,
+  log: Logger,
+  opts: CniPluginOptions,
+  unreachable: CniPluginError,
+  result: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  const podName = env.args.K8S_POD_NAME ?? '';
+  const podNamespace = env.args.K8S_POD_NAMESPACE ?? '';
+  log.warn({ err: unreachable.message }, 'node agent unreachable, checking enrollment with the Kubernetes API');
+  let enrolled: boolean;
   let kube: KubeClient | undefined;
   try {
     // HTTP/TLS are loaded only on the paths that talk to someone: VERSION, DEL and skipped pods start faster.
@@ -157,27 +198,20 @@ async function cmdAdd(env: CniEnv, config: PluginConfig, log: Logger, opts: CniP
       excludeNamespaces: config.excludeNamespaces,
     });
   } catch (err) {
-    // istio-cni semantics: an API failure makes the pod not-ambient (fail-open); the agent's pod
-    // watch still enrolls it once the API answers again.
-    log.warn({ err }, 'failed to check if pod is ambient, treating it as not ambient');
+    const socketPath = join(config.cniAgentRunDir, PLUGIN_EVENT_SOCKET);
+    const why = (unreachable.cause as NodeJS.ErrnoException | undefined)?.code ?? 'no connection';
+    throw new CniPluginError(
+      'ERR_CNI_AGENT_UNAVAILABLE',
+      `weir-cni ADD for pod ${podNamespace}/${podName} failed: node agent unreachable at ${socketPath} (${why}) and API lookup failed: ${(err as Error).message}; ` +
+        'cannot tell whether the pod is enrolled, so it is not started (fail closed), retry later',
+      { cause: err },
+    );
   } finally {
     kube?.close();
   }
   if (!enrolled) {
-    log.debug({}, 'pod not ambient enabled, ignoring');
+    log.info({}, 'pod not ambient enabled (checked with the API, node agent unreachable), passing through');
     return result;
   }
-
-  const socketPath = join(config.cniAgentRunDir, PLUGIN_EVENT_SOCKET);
-  const event: CmdAddEventBody = {
-    Netns: env.netns ?? '',
-    PodName: podName,
-    PodNamespace: podNamespace,
-    IPs: ipConfigsFromResult(config.prevResult),
-  };
-  log.info({ netns: env.netns, socket: socketPath }, 'pod is ambient enabled, notifying node agent');
-  const { postCmdAdd } = await import('./agent-client.js');
-  await postCmdAdd(event, { socketPath, timeoutMs: opts.agentTimeoutMs ?? 5000 });
-  log.info({}, 'node agent captured pod');
-  return result;
+  throw new CniPluginError('ERR_CNI_AGENT_UNAVAILABLE', unreachable.message, { cause: unreachable.cause });
 }

@@ -62,8 +62,8 @@ export function uniqueName(prefix: string): string {
 /** A test node agent: an HTTP server on `<runDir>/pluginevent.sock`, recording `/cmdadd` bodies. */
 export class TestAgent {
   readonly events: unknown[] = [];
-  /** How the next requests are answered. */
-  mode: 'ok' | 'fail' | 'hang' = 'ok';
+  /** How the next requests are answered: 200 `pod captured` / `pod not enrolled`, 500, or never. */
+  mode: 'captured' | 'not-enrolled' | 'fail' | 'hang' = 'captured';
   readonly #server: Server;
 
   private constructor() {
@@ -78,8 +78,13 @@ export class TestAgent {
           body: JSON.parse(Buffer.concat(chunks).toString()) as unknown,
         });
         if (this.mode === 'hang') return; // never answers: the plugin's deadline must fire
-        res.writeHead(this.mode === 'ok' ? 200 : 500, { 'Content-Type': 'text/plain' });
-        res.end(this.mode === 'ok' ? '' : 'failed to add pod: no ztunnel connection');
+        if (this.mode === 'fail') {
+          res.writeHead(500, { 'Content-Type': 'text/plain' });
+          res.end('failed to add pod: no ztunnel connection\n');
+          return;
+        }
+        res.writeHead(200, { 'Content-Type': 'text/plain' });
+        res.end(this.mode === 'captured' ? 'pod captured\n' : 'pod not enrolled\n');
       });
     });
   }
@@ -97,6 +102,26 @@ export class TestAgent {
     this.#server.closeAllConnections();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
+}
+
+/**
+ * What a SIGKILLed agent leaves: its socket file with nobody listening (connect → ECONNREFUSED). A
+ * child process listens and is killed, so the file is not unlinked as a clean close would.
+ */
+export async function staleSocket(socketPath: string): Promise<void> {
+  const child = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(socketPath)}, () => console.log('up'))`], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code) => reject(new Error(`socket holder exited (${code}) before listening on ${socketPath}`)));
+    child.stdout.once('data', () => resolve());
+  });
+  child.removeAllListeners('exit');
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  await exited;
+  if (!existsSync(socketPath)) throw new Error(`${socketPath} vanished with its listener; cannot simulate a killed agent`);
 }
 
 export interface Pod {

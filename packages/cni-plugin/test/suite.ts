@@ -2,9 +2,10 @@
  * The plugin's acceptance suite, run once against the library in-process and once against the
  * single executable (apps/cni-plugin): the same cases must pass for both.
  */
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ChainHarness, TestAgent, type Invoke, type Pod } from './harness.js';
+import { ChainHarness, staleSocket, TestAgent, type Invoke, type Pod } from './harness.js';
 
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
 /** Debian's reference plugins (1.1.1) stop at 1.0.0; a 1.1.0 chain gets their result converted, as libcni does. */
@@ -55,15 +56,29 @@ export function cniPluginSuite(label: string, invoke: Invoke): void {
       expect(JSON.parse(bare.stdout)).toEqual({ cniVersion: '1.1.0', supportedVersions: VERSIONS });
     });
 
-    it.each(VERSIONS)('ADD for a pod outside the mesh prints the bridge result unchanged (cniVersion %s)', async (v) => {
+    it.each(VERSIONS)('ADD for a pod the agent says is not enrolled prints the bridge result unchanged, without the API (cniVersion %s)', async (v) => {
+      agent = await TestAgent.listen(h.socketPath);
+      agent.mode = 'not-enrolled';
       const pod = await h.addPod(`web-${v.replaceAll('.', '')}`, 'plain');
       h.api.clearRequests();
       const { prev, out } = await add(pod, v);
       expect(out.stderr).not.toContain('ERROR');
+      expect(out.stderr).toContain('node agent has nothing to capture');
       expect(out.exitCode).toBe(0);
       expect(JSON.parse(out.stdout)).toEqual(prev);
       expect(prev['cniVersion']).toBe(v);
-      // It looked the pod up (that is how it knows), and never needed the agent.
+      // The agent decides: the plugin asked it, and never the API.
+      expect(agent.events).toHaveLength(1);
+      expect(h.api.requests).toEqual([]);
+    });
+
+    it('with the agent unreachable, a pod outside the mesh is looked up in the API and passes through', async () => {
+      const pod = await h.addPod('plain-down', 'plain');
+      h.api.clearRequests();
+      const { prev, out } = await add(pod, '1.0.0');
+      expect(out.exitCode).toBe(0);
+      expect(JSON.parse(out.stdout)).toEqual(prev);
+      expect(out.stderr).toContain('node agent unreachable, checking enrollment with the Kubernetes API');
       expect(h.api.requests.map((r) => r.path).sort()).toEqual([`/api/v1/namespaces/plain`, `/api/v1/namespaces/plain/pods/${pod.name}`]);
     });
 
@@ -80,20 +95,42 @@ export function cniPluginSuite(label: string, invoke: Invoke): void {
 
     it('ADD for an enrolled pod with the agent down fails with code 11 naming the socket', async () => {
       const pod = await h.addPod('enrolled-down', 'mesh');
+      h.api.clearRequests();
       const { out } = await add(pod, '1.0.0');
       expect(out.exitCode).not.toBe(0);
       const err = cniError(out.stdout);
       expect(err.code).toBe(11);
       expect(err.cniVersion).toBe('1.0.0');
       expect(err.msg).toContain(h.socketPath);
+      expect(err.msg).toContain('unreachable (ENOENT)');
+      expect(h.api.requests).toHaveLength(2);
+    });
+
+    it('a killed agent (its socket file left, nobody listening) counts as unreachable: API fallback, enrolled fails', async () => {
+      const runDir = join(h.dir, 'killed-agent');
+      await mkdir(runDir, { recursive: true });
+      await staleSocket(join(runDir, 'pluginevent.sock'));
+      const kubeconfig = join(h.runDir, 'istio-cni-kubeconfig');
+      const plain = await h.addPod('plain-killed', 'plain');
+      const passed = await add(plain, '1.0.0', { cni_agent_run_dir: runDir, kubeconfig });
+      expect(passed.out.exitCode).toBe(0);
+      expect(JSON.parse(passed.out.stdout)).toEqual(passed.prev);
+      const mesh = await h.addPod('mesh-killed', 'mesh');
+      const { out } = await add(mesh, '1.0.0', { cni_agent_run_dir: runDir, kubeconfig });
+      const err = cniError(out.stdout);
+      expect(err.code).toBe(11);
+      expect(err.msg).toContain(`${join(runDir, 'pluginevent.sock')} is unreachable (ECONNREFUSED)`);
     });
 
     it('ADD for an enrolled pod posts the event to the agent and prints the result', async () => {
       agent = await TestAgent.listen(h.socketPath);
       const pod = await h.addPod('enrolled-up', 'plain', { labels: { 'istio.io/dataplane-mode': 'ambient' } });
+      h.api.clearRequests();
       const { prev, out } = await add(pod, '1.1.0');
       expect(out.exitCode).toBe(0);
       expect(JSON.parse(out.stdout)).toEqual(prev);
+      expect(out.stderr).toContain('node agent captured pod');
+      expect(h.api.requests).toEqual([]);
       const ip = (prev['ips'] as { address: string; gateway: string }[])[0]!;
       expect(agent.events).toEqual([
         {
@@ -110,16 +147,21 @@ export function cniPluginSuite(label: string, invoke: Invoke): void {
       ]);
     });
 
-    it('ADD fails with code 11 when the agent answers non-200', async () => {
+    it('ADD fails with code 11 when the agent answers non-200, even for a pod the API would call not enrolled', async () => {
       agent = await TestAgent.listen(h.socketPath);
       agent.mode = 'fail';
-      const pod = await h.addPod('enrolled-500', 'mesh');
-      const { out } = await add(pod, '0.4.0');
-      const err = cniError(out.stdout);
-      expect(out.exitCode).not.toBe(0);
-      expect(err.code).toBe(11);
-      expect(err.msg).toContain('500');
-      expect(err.msg).toContain('no ztunnel connection');
+      for (const [name, ns] of [['enrolled-500', 'mesh'], ['plain-500', 'plain']] as const) {
+        const pod = await h.addPod(name, ns);
+        h.api.clearRequests();
+        const { out } = await add(pod, '0.4.0');
+        const err = cniError(out.stdout);
+        expect(out.exitCode).not.toBe(0);
+        expect(err.code).toBe(11);
+        expect(err.msg).toContain('answered 500');
+        expect(err.msg).toContain('no ztunnel connection');
+        // A reachable agent is the authority: no second opinion from the API.
+        expect(h.api.requests).toEqual([]);
+      }
     });
 
     it('ADD fails with code 11 when the agent does not answer within 5 s', async () => {
@@ -136,6 +178,7 @@ export function cniPluginSuite(label: string, invoke: Invoke): void {
     }, 20_000);
 
     it('skips excluded namespaces, the agent pod and host-network sandboxes without any call', async () => {
+      agent = await TestAgent.listen(h.socketPath);
       h.api.clearRequests();
       const sys = await h.addPod('coredns-1', 'kube-system', { labels: { 'istio.io/dataplane-mode': 'ambient' } });
       h.api.setNamespaceLabels('istio-system', { 'istio.io/dataplane-mode': 'ambient' });
@@ -151,23 +194,39 @@ export function cniPluginSuite(label: string, invoke: Invoke): void {
       expect(r.exitCode).toBe(0);
       expect(JSON.parse(r.stdout)).toEqual({ cniVersion: '1.0.0' });
       expect(h.api.requests).toEqual([]);
+      expect(agent.events).toEqual([]);
     });
 
-    it('an API failure is fail-open: the pod is treated as not enrolled', async () => {
-      const pod = await h.addPod('api-down', 'mesh');
+    it('agent unreachable and the API failing: fail closed with code 11 naming both, whatever the pod', async () => {
+      const pod = await h.addPod('api-down', 'plain');
       h.api.failNext(2, 500);
-      const { prev, out } = await add(pod, '1.0.0');
+      const { out } = await add(pod, '1.0.0');
+      expect(out.exitCode).not.toBe(0);
+      const err = cniError(out.stdout);
+      expect(err.code).toBe(11);
+      expect(err.msg).toContain(`node agent unreachable at ${h.socketPath} (ENOENT)`);
+      expect(err.msg).toMatch(/API lookup failed: .*500/);
+      expect(err.msg).toContain('not started');
+    });
+
+    it('agent unreachable and no kubeconfig: fail closed with code 11 naming both', async () => {
+      const pod = await h.addPod('no-kubeconfig', 'plain');
+      const { out } = await add(pod, '1.0.0', { cni_agent_run_dir: h.dir });
+      const err = cniError(out.stdout);
+      expect(err.code).toBe(11);
+      expect(err.msg).toContain(`node agent unreachable at ${join(h.dir, 'pluginevent.sock')}`);
+      expect(err.msg).toContain(`API lookup failed: kubeconfig ${join(h.dir, 'istio-cni-kubeconfig')}`);
+    });
+
+    it('reads the kubeconfig from the kubeconfig field when given (the agent-down lookup)', async () => {
+      const pod = await h.addPod('custom-kc', 'plain');
+      const kc = await h.api.kubeconfig(join(h.dir, 'custom-kubeconfig'));
+      h.api.clearRequests();
+      // The run dir has neither a socket nor a kubeconfig: only the field can lead to the API.
+      const { prev, out } = await add(pod, '1.0.0', { cni_agent_run_dir: h.dir, kubeconfig: kc });
       expect(out.exitCode).toBe(0);
       expect(JSON.parse(out.stdout)).toEqual(prev);
-    });
-
-    it('reads the kubeconfig from the kubeconfig field when given', async () => {
-      agent = await TestAgent.listen(h.socketPath);
-      const pod = await h.addPod('custom-kc', 'mesh');
-      const kc = await h.api.kubeconfig(join(h.dir, 'custom-kubeconfig'));
-      const { out } = await add(pod, '1.0.0', { cni_agent_run_dir: h.runDir, kubeconfig: kc });
-      expect(out.exitCode).toBe(0);
-      expect(agent.events).toHaveLength(1);
+      expect(h.api.requests).toHaveLength(2);
     });
 
     it('DEL twice exits 0 both times; CHECK validates', async () => {
