@@ -2,6 +2,7 @@ import { createPrivateKey, createPublicKey, generateKeyPair, sign, verify, type 
 import { promisify } from 'node:util';
 import * as der from './der.js';
 import { PkiError } from './errors.js';
+import { workloadKeyProblem } from './key-policy.js';
 import { parseSpiffeUri } from './spiffe.js';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
@@ -65,9 +66,22 @@ export async function createCertificateSigningRequest(o: CreateCsrOptions): Prom
   };
 }
 
+/** Signature algorithms a request may use, by OID: SHA-2 ECDSA or RSA PKCS#1 v1.5, as Go (istiod) verifies them. */
+const SIGNATURE_ALGORITHMS: Record<string, { name: string; keyType: 'ec' | 'rsa'; hash: string }> = {
+  [OID_ECDSA_WITH_SHA256]: { name: 'ecdsa-with-SHA256', keyType: 'ec', hash: 'sha256' },
+  '1.2.840.10045.4.3.3': { name: 'ecdsa-with-SHA384', keyType: 'ec', hash: 'sha384' },
+  '1.2.840.10045.4.3.4': { name: 'ecdsa-with-SHA512', keyType: 'ec', hash: 'sha512' },
+  '1.2.840.113549.1.1.11': { name: 'sha256WithRSAEncryption', keyType: 'rsa', hash: 'sha256' },
+  '1.2.840.113549.1.1.12': { name: 'sha384WithRSAEncryption', keyType: 'rsa', hash: 'sha384' },
+  '1.2.840.113549.1.1.13': { name: 'sha512WithRSAEncryption', keyType: 'rsa', hash: 'sha512' },
+};
+
 /**
- * Parses a PKCS#10 request and verifies its self-signature (ECDSA or RSA with SHA-256); returns the
- * URI SANs it asks for and its public key. Throws `ERR_PKI_INVALID_CSR` naming what is wrong.
+ * Parses a PKCS#10 request and verifies its self-signature; returns the URI SANs it asks for and its
+ * public key. Accepts what Istio's CA signs for: an EC P-256/P-384 key (ztunnel sends P-256) signed
+ * ecdsa-with-SHA256/384/512, or an RSA key of at least 2048 bits signed sha256/384/512WithRSAEncryption.
+ * Anything else, and a signature algorithm for another key type than the request's, throws
+ * `ERR_PKI_INVALID_CSR` naming the field and the value seen.
  */
 export function parseCertificateSigningRequest(pem: string): ParsedCertificateSigningRequest {
   const m = /-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----([\s\S]*?)-----END (?:NEW )?CERTIFICATE REQUEST-----/.exec(pem);
@@ -78,6 +92,7 @@ export function parseCertificateSigningRequest(pem: string): ParsedCertificateSi
   let signature: der.Element;
   let spki: der.Element;
   let attributes: der.Element | undefined;
+  let algorithmOid: der.Element | undefined;
   try {
     const outer = der.readElement(bytes);
     if (outer.tag !== 0x30 || outer.raw.length !== bytes.length) throw new Error('not one DER SEQUENCE');
@@ -88,22 +103,33 @@ export function parseCertificateSigningRequest(pem: string): ParsedCertificateSi
     const [version, subject, key, attrs] = fields;
     if (version?.tag !== 0x02 || subject?.tag !== 0x30 || key?.tag !== 0x30) throw new Error('CertificationRequestInfo is not version, subject, subjectPKInfo');
     if (!version.content.equals(Buffer.from([0]))) throw new Error(`version ${version.content.toString('hex')}, expected 0 (v1)`);
+    if (fields.length > 4 || (attrs !== undefined && attrs.tag !== 0xa0)) throw new Error('CertificationRequestInfo holds more than [0] attributes after subjectPKInfo');
     spki = key;
     attributes = attrs;
+    if (algorithm.tag !== 0x30) throw new Error('signatureAlgorithm is not an AlgorithmIdentifier SEQUENCE');
+    algorithmOid = der.children(algorithm.content)[0];
     if (signature.tag !== 0x03 || signature.content[0] !== 0) throw new Error('signature is not a BIT STRING of whole bytes');
   } catch (cause) {
     throw invalid(`CSR does not parse as PKCS#10: ${(cause as Error).message}`, cause);
   }
-  const [algorithmOid] = der.children(algorithm.content);
-  const hash = algorithmOid?.raw.equals(der.oid(OID_ECDSA_WITH_SHA256)) || algorithmOid?.raw.equals(der.oid('1.2.840.113549.1.1.11')) ? 'sha256' : undefined;
-  if (hash === undefined) throw invalid(`CSR signature algorithm ${algorithmOid ? oidString(algorithmOid.content) : '(none)'} is not ecdsa-with-SHA256 or sha256WithRSAEncryption`);
+  const algorithmName = algorithmOid?.tag === 0x06 ? oidString(algorithmOid.content) : '(none)';
+  const signatureAlgorithm = SIGNATURE_ALGORITHMS[algorithmName];
+  if (signatureAlgorithm === undefined) {
+    const known = Object.values(SIGNATURE_ALGORITHMS).map((a) => a.name).join(', ');
+    throw invalid(`CSR signatureAlgorithm ${algorithmName} is not supported (${known})`);
+  }
   let publicKey: KeyObject;
   try {
     publicKey = createPublicKey({ key: Buffer.from(spki.raw), format: 'der', type: 'spki' });
   } catch (cause) {
     throw invalid(`CSR subjectPublicKeyInfo is not a usable public key: ${String(cause)}`, cause);
   }
-  if (!verify(hash, info.raw, publicKey, signature.content.subarray(1))) {
+  if (publicKey.asymmetricKeyType !== signatureAlgorithm.keyType) {
+    throw invalid(`CSR signatureAlgorithm ${signatureAlgorithm.name} does not match its subjectPublicKeyInfo (key type ${publicKey.asymmetricKeyType})`);
+  }
+  const keyProblem = workloadKeyProblem(publicKey);
+  if (keyProblem !== undefined) throw invalid(`CSR subjectPublicKeyInfo: ${keyProblem}`);
+  if (!verify(signatureAlgorithm.hash, info.raw, publicKey, signature.content.subarray(1))) {
     throw invalid('CSR signature does not verify against its own public key (the request was altered or signed with another key)');
   }
   return { identities: attributes ? uriSans(attributes) : [], publicKeyPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(), publicKeyDer: Buffer.from(spki.raw) };

@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import { promisify } from 'node:util';
 import * as der from './der.js';
 import { PkiError } from './errors.js';
+import { workloadKeyProblem } from './key-policy.js';
 import { parseSpiffeUri } from './spiffe.js';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
@@ -79,7 +80,7 @@ export interface IssueWorkloadOptions {
 }
 
 export interface IssueWorkloadForKeyOptions extends IssueWorkloadOptions {
-  /** The workload's public key (SubjectPublicKeyInfo PEM, EC or RSA), e.g. from a CSR; no key is generated. */
+  /** The workload's public key (SubjectPublicKeyInfo PEM: EC P-256/P-384 or RSA >= 2048), e.g. from a CSR; no key is generated. */
   publicKeyPem: string;
 }
 
@@ -432,7 +433,7 @@ function newKeyPair(): Promise<{ publicKey: KeyObject; privateKey: KeyObject }> 
   return generateKeyPairAsync('ec', { namedCurve: 'prime256v1' });
 }
 
-/** SubjectPublicKeyInfo DER of a caller's workload key (EC or RSA). */
+/** SubjectPublicKeyInfo DER of a caller's workload key: EC P-256/P-384 or RSA >= 2048, as a CSR may carry. */
 function workloadSpki(publicKeyPem: string): Buffer {
   let key: KeyObject;
   try {
@@ -440,9 +441,8 @@ function workloadSpki(publicKeyPem: string): Buffer {
   } catch (cause) {
     throw new PkiError('ERR_PKI_INVALID_KEY', `publicKeyPem does not parse as a public key: ${String(cause)}`, { cause });
   }
-  if (key.asymmetricKeyType !== 'ec' && key.asymmetricKeyType !== 'rsa') {
-    throw new PkiError('ERR_PKI_INVALID_KEY', `workload key type ${key.asymmetricKeyType ?? '?'} is not supported (EC or RSA)`);
-  }
+  const problem = workloadKeyProblem(key);
+  if (problem !== undefined) throw new PkiError('ERR_PKI_INVALID_KEY', `workload publicKeyPem: ${problem}`);
   return key.export({ type: 'spki', format: 'der' });
 }
 
