@@ -183,6 +183,62 @@ describe('LocalCa', () => {
     await expect(LocalCa.load({ certPem: ca.certPem, keyPem: other.keyPem })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_KEY' });
     await expect(LocalCa.load({ certPem: 'nope', keyPem: ca.keyPem })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_CERTIFICATE' });
   });
+
+  it('refuses dates a certificate cannot carry with ERR_PKI_VALIDITY (not a RangeError or a malformed time)', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const id = 'spiffe://cluster.local/ns/a/sa/b';
+    await expect(ca.issueWorkloadCertificate({ identity: id, notAfter: new Date('soon') })).rejects.toMatchObject({
+      code: 'ERR_PKI_VALIDITY',
+      message: 'notAfter Invalid Date is not a date a certificate can carry (years 0000-9999)',
+    });
+    await expect(ca.issueWorkloadCertificate({ identity: id, notBefore: new Date(Number.NaN) })).rejects.toMatchObject({ code: 'ERR_PKI_VALIDITY' });
+    await expect(LocalCa.create({ trustDomain: 'cluster.local', validityDays: 3_000_000 })).rejects.toMatchObject({
+      code: 'ERR_PKI_VALIDITY',
+      message: expect.stringMatching(/^notAfter .* is not a date a certificate can carry/),
+    });
+    // The last representable year still encodes and parses (GeneralizedTime).
+    const long = await LocalCa.create({ trustDomain: 'cluster.local', notBefore: new Date('9999-01-01T00:00:00Z'), validityDays: 300 });
+    expect(new X509Certificate(long.certPem).validTo).toBe('Oct 28 00:00:00 9999 GMT');
+  });
+
+  it('refuses server names an IA5String or iPAddress SAN cannot carry', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    for (const dnsNames of [['bücher.example'], [''], ['a b.example']]) {
+      await expect(ca.issueServerCertificate({ dnsNames })).rejects.toMatchObject({
+        code: 'ERR_PKI_INVALID_IDENTITY',
+        message: expect.stringContaining(`DNS name ${JSON.stringify(dnsNames[0])} is not a non-empty ASCII name`),
+      });
+    }
+    const idn = await ca.issueServerCertificate({ dnsNames: ['xn--bcher-kva.example', '*.svc.example'] });
+    expect(new X509Certificate(idn.certPem).subjectAltName).toBe('DNS:xn--bcher-kva.example, DNS:*.svc.example');
+    await expect(ca.issueServerCertificate({ ipAddresses: ['fe80::1%eth0'] })).rejects.toMatchObject({
+      code: 'ERR_PKI_INVALID_IDENTITY',
+      message: 'IP address "fe80::1%eth0" has a zone index, which an iPAddress SAN cannot carry',
+    });
+  });
+
+  it('will not issue an intermediate under a CA whose pathLenConstraint is 0 (own or loaded)', async () => {
+    const root = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const inter = await root.issueIntermediate({ commonName: 'Node CA' });
+    await expect(inter.issueIntermediate()).rejects.toMatchObject({
+      code: 'ERR_PKI_NOT_A_CA',
+      message: 'CA certificate O=cluster.local\nCN=Node CA has pathLenConstraint 0: verifiers refuse an intermediate under it',
+    });
+    const key = join(dir, 'pathlen.key');
+    const crt = join(dir, 'pathlen.crt');
+    for (const [pathlen, allowed] of [['0', false], ['1', true]] as const) {
+      await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', crt,
+        '-days', '30', '-subj', '/O=cluster.local', '-addext', `basicConstraints=critical,CA:true,pathlen:${pathlen}`, '-addext', 'keyUsage=critical,keyCertSign']);
+      const loaded = await LocalCa.load({ certPem: await readFile(crt, 'utf8'), keyPem: await readFile(key, 'utf8') });
+      if (!allowed) {
+        await expect(loaded.issueIntermediate({ validityDays: 7 })).rejects.toMatchObject({ code: 'ERR_PKI_NOT_A_CA' });
+        continue;
+      }
+      const below = await loaded.issueIntermediate({ validityDays: 7 });
+      const wl = await below.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b' });
+      expect(await opensslVerify(loaded.rootPem, [below.certPem], wl.certPem)).toMatch(/OK/);
+    }
+  });
 });
 
 describe('leaf certificates (workload and server share one extension block)', () => {

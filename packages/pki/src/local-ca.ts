@@ -127,6 +127,8 @@ interface CaParts {
   subjectDer: Buffer;
   /** Key identifier of its public key (the AuthorityKeyIdentifier of what it signs). */
   keyId: Buffer;
+  /** basicConstraints pathLenConstraint; 0: it may sign no intermediate. */
+  pathLength: number | undefined;
   notBefore: Date;
   notAfter: Date;
   signingKey: KeyObject;
@@ -200,6 +202,7 @@ export class LocalCa {
     assertPositive('validityDays', validityDays);
     const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
     const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
+    assertValidity(notBefore, notAfter);
     const keys = await newKeyPair();
     const name = caName(o.trustDomain, o.commonName);
     const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
@@ -319,7 +322,7 @@ export class LocalCa {
   /** Issues a TLS server certificate (serverAuth) naming `dnsNames` and `ipAddresses`, fresh P-256 key. */
   async issueServerCertificate(o: IssueServerOptions): Promise<ServerCertificate> {
     const names = [
-      ...(o.dnsNames ?? []).map((n) => der.implicitPrimitive(2, Buffer.from(n, 'latin1'))),
+      ...(o.dnsNames ?? []).map((n) => der.implicitPrimitive(2, dnsNameBytes(n))),
       ...(o.ipAddresses ?? []).map((ip) => der.implicitPrimitive(7, ipAddressBytes(ip))),
     ];
     if (names.length === 0) throw new PkiError('ERR_PKI_INVALID_IDENTITY', 'a server certificate needs at least one DNS name or IP address');
@@ -344,6 +347,10 @@ export class LocalCa {
 
   /** Issues an intermediate CA (pathLength 0) under this one, for multi-level chains. */
   async issueIntermediate(o: IssueIntermediateOptions = {}): Promise<LocalCa> {
+    if (this.#parts.pathLength === 0) {
+      const subject = new X509Certificate(this.certPem).subject || '(empty subject)';
+      throw new PkiError('ERR_PKI_NOT_A_CA', `CA certificate ${subject} has pathLenConstraint 0: verifiers refuse an intermediate under it`);
+    }
     const validityDays = o.validityDays ?? 365;
     assertPositive('validityDays', validityDays);
     const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
@@ -417,9 +424,7 @@ export class LocalCa {
   }
 
   #assertWithinCa(notBefore: Date, notAfter: Date): void {
-    if (!(notAfter.getTime() > notBefore.getTime())) {
-      throw new PkiError('ERR_PKI_VALIDITY', `notAfter ${notAfter.toISOString()} is not after notBefore ${notBefore.toISOString()}`);
-    }
+    assertValidity(notBefore, notAfter);
     if (notAfter.getTime() > this.notAfter.getTime()) {
       throw new PkiError(
         'ERR_PKI_VALIDITY',
@@ -446,8 +451,17 @@ function workloadSpki(publicKeyPem: string): Buffer {
   return key.export({ type: 'spki', format: 'der' });
 }
 
+/** A dNSName's IA5String bytes: ASCII only, so an internationalized name comes as its A-label (as Go's x509 requires). */
+function dnsNameBytes(name: string): Buffer {
+  if (!/^[\x21-\x7e]+$/.test(name)) {
+    throw new PkiError('ERR_PKI_INVALID_IDENTITY', `DNS name ${JSON.stringify(name)} is not a non-empty ASCII name (give an internationalized name as its xn-- A-label)`);
+  }
+  return Buffer.from(name, 'latin1');
+}
+
 /** An IP address as the 4 or 16 bytes of an iPAddress GeneralName. */
 function ipAddressBytes(ip: string): Buffer {
+  if (ip.includes('%')) throw new PkiError('ERR_PKI_INVALID_IDENTITY', `IP address ${JSON.stringify(ip)} has a zone index, which an iPAddress SAN cannot carry`);
   const family = isIP(ip);
   if (family === 4) return Buffer.from(ip.split('.').map(Number));
   if (family !== 6) throw new PkiError('ERR_PKI_INVALID_IDENTITY', `IP address ${JSON.stringify(ip)} is not IPv4 or IPv6 text`);
@@ -497,8 +511,8 @@ function keyIdentifier(spki: Buffer): Buffer {
   return createHash('sha1').update(key.content.subarray(1)).digest();
 }
 
-/** What issuing needs from a CA certificate: its subject Name as encoded, validity and key identifier. */
-function certificateParts(certDer: Buffer): Pick<CaParts, 'certDer' | 'subjectDer' | 'keyId' | 'notBefore' | 'notAfter'> {
+/** What issuing needs from a CA certificate: its subject Name as encoded, validity, key identifier, path length. */
+function certificateParts(certDer: Buffer): Pick<CaParts, 'certDer' | 'subjectDer' | 'keyId' | 'pathLength' | 'notBefore' | 'notAfter'> {
   const [tbs] = der.children(der.readElement(certDer).content);
   if (!tbs) throw new Error('no TBSCertificate');
   const fields = der.children(tbs.content);
@@ -512,6 +526,7 @@ function certificateParts(certDer: Buffer): Pick<CaParts, 'certDer' | 'subjectDe
     certDer: Buffer.from(certDer),
     subjectDer: Buffer.from(subject.raw),
     keyId: subjectKeyIdentifierOf(rest.slice(6)) ?? keyIdentifier(spki.raw),
+    pathLength: pathLengthOf(rest.slice(6)),
     notBefore: der.readTime(notBefore),
     notAfter: der.readTime(notAfter),
   };
@@ -522,16 +537,28 @@ function certificateParts(certDer: Buffer): Pick<CaParts, 'certDer' | 'subjectDe
  * their AuthorityKeyIdentifier, and other tools derive it differently (Go 1.25: truncated SHA-256).
  */
 function subjectKeyIdentifierOf(afterSpki: der.Element[]): Buffer | undefined {
+  const value = extensionValue(afterSpki, OID.subjectKeyIdentifier);
+  const [keyId] = value ? der.children(value) : [];
+  return keyId ? Buffer.from(keyId.content) : undefined;
+}
+
+/** basicConstraints' pathLenConstraint: how many intermediates may follow this CA (undefined: no limit). */
+function pathLengthOf(afterSpki: der.Element[]): number | undefined {
+  const value = extensionValue(afterSpki, OID.basicConstraints);
+  const [constraints] = value ? der.children(value) : [];
+  const pathLength = constraints ? der.children(constraints.content).find((e) => e.tag === 0x02) : undefined;
+  return pathLength ? pathLength.content.reduce((n, b) => n * 256 + b, 0) : undefined;
+}
+
+/** The DER inside the extnValue OCTET STRING of extension `id`, from the TBSCertificate fields after the key. */
+function extensionValue(afterSpki: der.Element[], id: string): Buffer | undefined {
   const extensions = afterSpki.find((f) => f.tag === 0xa3);
   const [list] = extensions ? der.children(extensions.content) : [];
   if (!list) return undefined;
-  const ski = der.oid(OID.subjectKeyIdentifier);
+  const oid = der.oid(id);
   for (const ext of der.children(list.content)) {
     const parts = der.children(ext.content);
-    if (!parts[0]?.raw.equals(ski)) continue;
-    const value = parts[parts.length - 1];
-    const [keyId] = value ? der.children(value.content) : [];
-    return keyId ? Buffer.from(keyId.content) : undefined;
+    if (parts[0]?.raw.equals(oid)) return parts.at(-1)?.content;
   }
   return undefined;
 }
@@ -565,13 +592,24 @@ function assertTrustDomain(td: string): void {
   }
 }
 
+/** Both dates exist and fit the certificate's four-digit years, and notAfter comes after notBefore. */
+function assertValidity(notBefore: Date, notAfter: Date): void {
+  for (const [name, d] of [['notBefore', notBefore], ['notAfter', notAfter]] as const) {
+    const year = d.getUTCFullYear();
+    if (!(year >= 0 && year <= 9999)) throw new PkiError('ERR_PKI_VALIDITY', `${name} ${String(d)} is not a date a certificate can carry (years 0000-9999)`);
+  }
+  if (!(notAfter.getTime() > notBefore.getTime())) {
+    throw new PkiError('ERR_PKI_VALIDITY', `notAfter ${notAfter.toISOString()} is not after notBefore ${notBefore.toISOString()}`);
+  }
+}
+
 function assertPositive(name: string, v: number): void {
   if (!Number.isFinite(v) || v <= 0) {
     throw new PkiError('ERR_PKI_VALIDITY', `${name} must be a positive number, got ${v}`);
   }
 }
 
-/** 16 random bytes, top bit clear so the DER INTEGER stays positive without padding. */
+/** 16 random bytes: top bit clear so the INTEGER is positive without padding, first byte non-zero so it stays 16 bytes. */
 function newSerial(): string {
   const b = randomBytes(16);
   b[0] = (b[0] ?? 0) & 0x7f | 0x01;
