@@ -285,11 +285,25 @@ export async function waitForCapture(
   }
 }
 
+/** A pod published before it exists in the topology (its uid is then passed to `addPod`). */
+export interface ScheduledPod {
+  name: string;
+  namespace: string;
+  uid: string;
+  node: string;
+  labels: Readonly<Record<string, string>>;
+}
+
 /** What the workload files are rendered from: the state's namespaces and policies, and the pods that exist now. */
 export interface PublishedWorkloads {
   namespaces: readonly NamespaceSpec[];
   /** Labels from the state (they change with `label`); the pod's address, uid and netns from the topology. */
   pods: ReadonlyArray<{ pod: TopologyPod; node: string; labels: Readonly<Record<string, string>> }>;
+  /**
+   * Pods about to be created: as in Kubernetes, a pod is known (to the agent, through the pods file)
+   * before its sandbox's CNI ADD asks the agent about it. No address or netns yet, so not in ztunnel's file.
+   */
+  scheduled?: ReadonlyArray<ScheduledPod>;
   /** ztunnel local-config policies, in their input shape. */
   policies: ReadonlyArray<Record<string, unknown>>;
 }
@@ -302,17 +316,21 @@ export interface PublishedWorkloads {
 export async function publishWorkloads(files: SandboxFiles, w: PublishedWorkloads): Promise<void> {
   const podsFile = {
     namespaces: w.namespaces.map((n) => ({ name: n.name, labels: n.labels })),
-    pods: w.pods.map(({ pod, node, labels }) => ({
-      name: pod.name,
-      namespace: pod.namespace,
-      uid: pod.uid,
-      labels: { ...labels },
-      serviceAccount: 'default',
-      node,
-      ips: [pod.ip],
-      netns: pod.netnsPath,
-    })),
+    pods: [
+      ...w.pods.map(({ pod, node, labels }) => ({
+        name: pod.name,
+        namespace: pod.namespace,
+        uid: pod.uid,
+        labels: { ...labels },
+        serviceAccount: 'default',
+        node,
+        ips: [pod.ip],
+        netns: pod.netnsPath,
+      })),
+      ...(w.scheduled ?? []).map((p) => ({ name: p.name, namespace: p.namespace, uid: p.uid, labels: { ...p.labels }, serviceAccount: 'default', node: p.node })),
+    ],
   };
+
   const localXds = {
     workloads: w.pods.map(({ pod, node, labels }) => ({
       uid: pod.uid,

@@ -4,13 +4,14 @@
  * atomically, and each command returns once the components show the change. In xds mode the ztunnels
  * do not read that file: the test control plane watches it and pushes the change over xDS.
  */
+import { randomUUID } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Topology } from '@weir/topology';
 import { parseLocalConfig, ZtunnelError, type Policy } from '@weir/ztunnel';
 import { parse as parseYaml } from 'yaml';
 import { ztunnelDump } from '../in-netns.js';
-import { publishWorkloads, sandboxFiles, ZTUNNEL_ADMIN_ADDRESS } from './components.js';
+import { publishWorkloads, sandboxFiles, ZTUNNEL_ADMIN_ADDRESS, type ScheduledPod } from './components.js';
 import { hasCaptureRules, requireState, SandboxError, startApp, type SandboxLocation } from './sandbox.js';
 import { DATAPLANE_MODE_LABEL, isEnrolled, type PodSpec } from './spec.js';
 import { writeSandboxState, type SandboxState } from './state.js';
@@ -62,12 +63,12 @@ export function parseLabelChange(arg: string): LabelChange {
 }
 
 /** Render the workload files from the state and the pods that exist. */
-async function republish(where: SandboxLocation, state: SandboxState, topology: Topology): Promise<void> {
+async function republish(where: SandboxLocation, state: SandboxState, topology: Topology, scheduled: ScheduledPod[] = []): Promise<void> {
   const pods = state.pods.flatMap((spec) => {
     const pod = topology.pod(spec.namespace, spec.name);
     return pod ? [{ pod, node: spec.node, labels: spec.labels }] : [];
   });
-  await publishWorkloads(sandboxFiles(where.dir), { namespaces: state.namespaces, pods, policies: state.policies });
+  await publishWorkloads(sandboxFiles(where.dir), { namespaces: state.namespaces, pods, scheduled, policies: state.policies });
 }
 
 function enrollment(state: SandboxState): Map<string, boolean> {
@@ -158,7 +159,16 @@ export async function sandboxAddPod(where: SandboxLocation, spec: PodSpec, say: 
   if (!state.nodes.some((n) => n.name === spec.node)) throw new SandboxError(`no node ${spec.node} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
   if (state.pods.some((p) => p.namespace === spec.namespace && p.name === spec.name)) throw new SandboxError(`pod ${spec.namespace}/${spec.name} exists already`);
   const topology = await Topology.attach(state.topologyStateDir);
-  const pod = await topology.node(spec.node).addPod({ name: spec.name, namespace: spec.namespace, labels: spec.labels });
+  // Known to the agent before its CNI ADD asks about it, as a pod is in the API before kubelet creates its sandbox.
+  const uid = randomUUID();
+  await republish(where, state, topology, [{ name: spec.name, namespace: spec.namespace, uid, node: spec.node, labels: spec.labels }]);
+  let pod;
+  try {
+    pod = await topology.node(spec.node).addPod({ name: spec.name, namespace: spec.namespace, labels: spec.labels, uid });
+  } catch (err) {
+    await republish(where, state, topology);
+    throw err;
+  }
   try {
     await startApp(pod, spec);
   } finally {

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { open, readFile, rm, rmdir } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -125,7 +126,11 @@ export async function sandboxUp(where: SandboxLocation, options: UpOptions, say:
     }
     const created: Array<{ pod: TopologyPod; node: string; labels: Record<string, string> }> = [];
     for (const podSpec of state.pods) {
-      const pod = await topology.node(podSpec.node).addPod({ name: podSpec.name, namespace: podSpec.namespace, labels: podSpec.labels });
+      // Known to the agent before its CNI ADD asks about it, as a pod is in the API before kubelet creates its sandbox.
+      const uid = randomUUID();
+      const scheduled = [{ name: podSpec.name, namespace: podSpec.namespace, uid, node: podSpec.node, labels: podSpec.labels }];
+      await publishWorkloads(files, { namespaces: state.namespaces, pods: created, scheduled, policies: state.policies });
+      const pod = await topology.node(podSpec.node).addPod({ name: podSpec.name, namespace: podSpec.namespace, labels: podSpec.labels, uid });
       await startApp(pod, podSpec);
       created.push({ pod, node: podSpec.node, labels: podSpec.labels });
       await publishWorkloads(files, { namespaces: state.namespaces, pods: created, policies: state.policies });
