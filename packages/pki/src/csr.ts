@@ -103,7 +103,7 @@ export function parseCertificateSigningRequest(pem: string): ParsedCertificateSi
     const [version, subject, key, attrs] = fields;
     if (version?.tag !== 0x02 || subject?.tag !== 0x30 || key?.tag !== 0x30) throw new Error('CertificationRequestInfo is not version, subject, subjectPKInfo');
     if (!version.content.equals(Buffer.from([0]))) throw new Error(`version ${version.content.toString('hex')}, expected 0 (v1)`);
-    if (fields.length > 4 || (attrs !== undefined && attrs.tag !== 0xa0)) throw new Error('CertificationRequestInfo holds more than [0] attributes after subjectPKInfo');
+    if (fields.length > 4 || (attrs !== undefined && attrs.tag !== 0xa0)) throw new Error('CertificationRequestInfo holds something other than one [0] attributes after subjectPKInfo');
     spki = key;
     attributes = attrs;
     if (algorithm.tag !== 0x30) throw new Error('signatureAlgorithm is not an AlgorithmIdentifier SEQUENCE');
