@@ -7,7 +7,8 @@
         "native/netns.cc",
         "native/tcp.cc",
         "native/seqpacket.cc",
-        "native/poller.cc"
+        "native/poller.cc",
+        "native/netlink.cc"
       ],
       "dependencies": [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"

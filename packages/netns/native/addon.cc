@@ -1,5 +1,5 @@
 // Entry point of the @weir/netns addon: network namespaces, TCP sockets made inside them,
-// SO_ORIGINAL_DST, AF_UNIX SOCK_SEQPACKET records with SCM_RIGHTS, and an fd poller on the
+// SO_ORIGINAL_DST, AF_UNIX SOCK_SEQPACKET records with SCM_RIGHTS, netlink exchanges in a netns, and an fd poller on the
 // Node event loop. Everything else lives in TypeScript.
 #include "common.h"
 
@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   weir::InitTcp(env, exports);
   weir::InitSeqpacket(env, exports);
   weir::InitPoller(env, exports);
+  weir::InitNetlink(env, exports);
   return exports;
 }
 

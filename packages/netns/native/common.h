@@ -28,5 +28,6 @@ void InitNetns(Napi::Env env, Napi::Object exports);
 void InitTcp(Napi::Env env, Napi::Object exports);
 void InitSeqpacket(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
+void InitNetlink(Napi::Env env, Napi::Object exports);
 
 }  // namespace weir

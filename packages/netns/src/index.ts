@@ -13,4 +13,5 @@ export {
 export type { TcpListenerOptions, TcpSocketOptions, ConnectTcpOptions, SocketAddress } from './tcp.js';
 export { createUdpSocket, bindUdp } from './udp.js';
 export type { UdpSocketOptions } from './udp.js';
+export { NETLINK_ROUTE, netlinkExchange } from './netlink.js';
 export { SeqpacketServer, SeqpacketSocket, listenSeqpacket, connectSeqpacket } from './seqpacket.js';

@@ -64,6 +64,7 @@ export interface NativeAddon {
   seqSend(fd: number, data: Uint8Array, fds: number[]): boolean;
   seqRecv(fd: number): null | 0 | [Buffer | null, number[], number];
   dupFd(fd: number): number;
+  netlinkExchange(netnsFd: number, protocol: number, request: Uint8Array, replies: number): Buffer;
   Poller: new (fd: number, callback: (status: number, events: number) => void) => NativePoller;
 }
 
