@@ -186,7 +186,10 @@ export class InpodProxy {
     return { key: cert.keyPem, cert: cert.chainPem, ca: typeof tb === 'function' ? tb() : tb };
   }
 
-  /** Fetches the pod's certificate and binds the three listeners; on failure releases everything. */
+  /**
+   * Fetches the pod's certificate and binds the three listeners; on failure releases everything.
+   * A stop() before it is done makes it fail with ERR_ZTUNNEL_PROXY_STOPPED, holding nothing.
+   */
   async start(): Promise<void> {
     try {
       const { cert, release } = await this.#o.identities.acquire(this.identity, (next) => {
@@ -195,6 +198,8 @@ export class InpodProxy {
         this.#hboneClient?.setTls(this.#tls(next));
       });
       this.#releaseCert = release;
+      const stopped = (): ZtunnelError => new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped while starting`);
+      if (this.#stopped) throw stopped();
       // A rotation may already have landed through the callback above: keep the newer one.
       this.#cert ??= cert;
       for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
@@ -204,7 +209,15 @@ export class InpodProxy {
       await this.#listen(this.#ports.inbound, (s) => this.#onInboundHbone(s));
       if (this.#o.dns) await this.#startDns(this.#o.dns);
       if (this.#o.socks5) await this.#startSocks5();
+      if (this.#stopped) throw stopped();
     } catch (err) {
+      if (this.#stopped) {
+        // stop() ran while we were starting: it could not see what was taken after it.
+        this.#o.store.off('change', this.#onStoreChange);
+        this.closeListeners();
+        this.#releaseCert?.();
+        this.#releaseCert = undefined;
+      }
       await this.stop({ deadlineMs: 0 });
       throw err;
     }

@@ -8,7 +8,6 @@ import type * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
-import { RoutingApplier, RuleApplier, inpodRouting, inpodRules, netnsExecutor } from '@weir/iptables-builder';
 import { bindUdp, connectTcp, openNetns, type Netns } from '@weir/netns';
 import { LocalCa } from '@weir/pki';
 import { ZdsServer } from '@weir/redirect-protocol';
@@ -16,7 +15,7 @@ import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger } from '../src/index.js';
 import { Dnsmasq, digShort, requireDnsTools } from './support-dns.js';
-import { EchoApp, execFileP, httpGet, localConfigYaml, podListeners, uniqueName, waitFor } from './support.js';
+import { EchoApp, capturePod, execFileP, httpGet, localConfigYaml, podListeners, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 const VIP = '10.96.0.10';
 const SERVICE = 'web.ns2.svc.cluster.local';
@@ -46,21 +45,14 @@ describe('ztunnel with the DNS proxy (in-pod DNS capture, real ZDS, real netns)'
   const dig = (pod: TopologyPod, ...args: string[]) => inPod(pod, 'dig', [...args, '+short', '+tries=1', '+time=8']);
 
   async function enroll(pod: TopologyPod, sa: string): Promise<void> {
-    const executor = netnsExecutor(pod.netnsPath);
-    await new RuleApplier({ executor }).apply(inpodRules({ mode: 'tproxy', dnsCapture: true, ipv6: false }));
-    await new RoutingApplier({ executor }).apply(inpodRouting({ ipv6: false }));
+    await capturePod(pod, { dnsCapture: true });
     // kubelet-style resolv.conf: a cluster DNS IP that exists nowhere (only the capture makes it work).
     mkdirSync(`/etc/netns/${pod.netns}`, { recursive: true });
     await writeFile(
       `/etc/netns/${pod.netns}/resolv.conf`,
       `nameserver 10.96.0.53\nsearch ${pod.namespace}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:8 attempts:1\n`,
     );
-    const ns = openNetns(pod.netnsPath);
-    try {
-      await zds.addWorkload(pod.uid, { name: pod.name, namespace: pod.namespace, serviceAccount: sa }, ns);
-    } finally {
-      ns.close();
-    }
+    await zdsAddPod(zds, pod, sa);
   }
 
   beforeAll(async () => {

@@ -8,7 +8,7 @@ import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import type { InpodMode } from '@weir/iptables-builder';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger } from '../src/index.js';
-import { EchoApp, capturePod, echoTransfer, httpGet, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor } from './support.js';
+import { EchoApp, capturePod, echoTransfer, httpGet, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 /**
  * In-process ztunnels (one per simulated node) against real pod netns with the in-pod rules of `mode`:
@@ -33,15 +33,6 @@ export function inpodSuite(mode: InpodMode): void {
   const SERVICES = '- {name: web, namespace: ns2, hostname: web.ns2.svc.cluster.local, vips: ["/10.96.0.10"], ports: {80: 8080}}';
   const config = (policies = ''): string => localConfigYaml(workloads(), policies, SERVICES);
 
-  async function addPod(zds: ZdsServer, pod: TopologyPod, sa: string): Promise<void> {
-    const ns = openNetns(pod.netnsPath);
-    try {
-      await zds.addWorkload(pod.uid, { name: pod.name, namespace: pod.namespace, serviceAccount: sa }, ns);
-    } finally {
-      ns.close();
-    }
-  }
-
   beforeAll(async () => {
     requireRoot();
     dir = await mkdtemp(join(tmpdir(), 'wzt-inpod-'));
@@ -52,7 +43,7 @@ export function inpodSuite(mode: InpodMode): void {
     b = await n1.addPod({ name: 'b', namespace: 'ns2' });
     outside = await n1.addPod({ name: 'outside', namespace: 'ns3' });
     c = await n2.addPod({ name: 'c', namespace: 'ns2' });
-    for (const p of [a, b, c]) await capturePod(p, mode);
+    for (const p of [a, b, c]) await capturePod(p, { mode });
     configPath = join(dir, 'local.yaml');
     await writeFile(configPath, config());
     const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
@@ -78,9 +69,9 @@ export function inpodSuite(mode: InpodMode): void {
     }
     const [one, two] = nodes as [(typeof nodes)[0], (typeof nodes)[0]];
     // Pods known before ztunnel connects ride the first snapshot.
-    await addPod(one.zds, a, 'sa-a').catch(() => {});
-    await addPod(one.zds, b, 'sa-b').catch(() => {});
-    await addPod(two.zds, c, 'sa-c').catch(() => {});
+    await zdsAddPod(one.zds, a, 'sa-a').catch(() => {});
+    await zdsAddPod(one.zds, b, 'sa-b').catch(() => {});
+    await zdsAddPod(two.zds, c, 'sa-c').catch(() => {});
     for (const n of nodes) {
       const acked = new Promise<void>((r) => n.zds.once('snapshotAcked', () => r()));
       await n.zt.start();
@@ -262,7 +253,7 @@ export function inpodSuite(mode: InpodMode): void {
       // A real process in the pod (not this test's sockets): refused, never let through around the proxy.
       const probe = await a.probeTcp({ host: b.ip, port: 8080, timeoutMs: 3000 });
       expect(probe).toMatchObject({ ok: false, code: 'ECONNREFUSED' });
-      await addPod(one.zds, a, 'sa-a');
+      await zdsAddPod(one.zds, a, 'sa-a');
       expect(await tryConnect(nsA, b.ip, 8080)).toBe('ok');
       const dump = (await httpGet(`http://127.0.0.1:${one.zt.addresses().admin!.port}/config_dump`)).body;
       const parsed = JSON.parse(dump) as { pods: { uid: string; state: string }[]; certificates: { identity: string }[]; workloads: unknown[] };

@@ -4,6 +4,7 @@ import type * as net from 'node:net';
 import { promisify } from 'node:util';
 import { RoutingApplier, RuleApplier, inpodRouting, inpodRules, netnsExecutor, type InpodMode } from '@weir/iptables-builder';
 import { connectTcp, listenTcp, openNetns, type Netns } from '@weir/netns';
+import type { ZdsServer } from '@weir/redirect-protocol';
 import type { TopologyPod } from '@weir/topology';
 
 export const execFileP = promisify(execFile);
@@ -13,16 +14,33 @@ export function requireRoot(): void {
   if (process.getuid?.() !== 0) throw new Error('these tests need root (network namespaces, iptables, SO_MARK): run as root');
 }
 
+export interface CaptureOptions {
+  /** Default: the seed's TPROXY set. */
+  mode?: InpodMode;
+  /** Also capture the pod's DNS (port 53) to the proxy's 15053; default off. */
+  dnsCapture?: boolean;
+}
+
 /**
- * In-pod rules (default: the seed's TPROXY set) and the policy routing they need, applied inside the
- * pod's netns, plus what the node agent sets per pod: `net.ipv4.tcp_migrate_req=1`, so connections
- * still in a closing ztunnel's accept queue move to its SO_REUSEPORT successor instead of being reset.
+ * In-pod rules (IPv4) and the policy routing they need, applied inside the pod's netns, plus what the
+ * node agent sets per pod: `net.ipv4.tcp_migrate_req=1`, so connections still in a closing ztunnel's
+ * accept queue move to its SO_REUSEPORT successor instead of being reset.
  */
-export async function capturePod(pod: TopologyPod, mode: InpodMode = 'tproxy'): Promise<void> {
+export async function capturePod(pod: TopologyPod, o: CaptureOptions = {}): Promise<void> {
   await execFileP('ip', ['netns', 'exec', pod.netns, 'sysctl', '-qw', 'net.ipv4.tcp_migrate_req=1']);
   const executor = netnsExecutor(pod.netnsPath);
-  await new RuleApplier({ executor }).apply(inpodRules({ mode, dnsCapture: false }));
-  await new RoutingApplier({ executor }).apply(inpodRouting());
+  await new RuleApplier({ executor }).apply(inpodRules({ mode: o.mode ?? 'tproxy', dnsCapture: o.dnsCapture ?? false, ipv6: false }));
+  await new RoutingApplier({ executor }).apply(inpodRouting({ ipv6: false }));
+}
+
+/** What the node agent does to hand a pod to ztunnel: ZDS AddWorkload with the pod's netns (the server keeps its own duplicate). */
+export async function zdsAddPod(zds: ZdsServer, pod: TopologyPod, serviceAccount: string): Promise<void> {
+  const ns = openNetns(pod.netnsPath);
+  try {
+    await zds.addWorkload(pod.uid, { name: pod.name, namespace: pod.namespace, serviceAccount }, ns);
+  } finally {
+    ns.close();
+  }
 }
 
 export interface LocalWorkloadSpec {

@@ -8,7 +8,7 @@ import { openNetns, connectTcp, type Netns } from '@weir/netns';
 import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type SupervisedProcess, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EchoApp, capturePod, echoTransfer, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor } from './support.js';
+import { EchoApp, capturePod, echoTransfer, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 // The real `weir-ztunnel` binary, one per simulated node (each in its node's netns), fed by a node
 // agent stand-in over ZDS: ZdsServer, and a Python peer that writes the protobuf records by hand.
@@ -54,14 +54,8 @@ function startZtunnel(node: TopologyNode, udsPath: string, extra: Record<string,
 }
 
 async function enroll(zds: ZdsServer, pod: TopologyPod): Promise<void> {
-  const ns = openNetns(pod.netnsPath);
-  try {
-    await zds.addWorkload(pod.uid, { name: pod.name, namespace: pod.namespace, serviceAccount: sa[pod.name] ?? 'default' }, ns);
-  } catch {
-    // No ztunnel yet: the pod rides the next snapshot.
-  } finally {
-    ns.close();
-  }
+  // No ztunnel yet (the add is not acked): the pod rides the next snapshot.
+  await zdsAddPod(zds, pod, sa[pod.name] ?? 'default').catch(() => {});
 }
 
 /** HTTP GET from inside a node's netns (the ztunnel's admin/metrics/readiness live there). */

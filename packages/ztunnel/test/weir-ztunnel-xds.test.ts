@@ -11,7 +11,7 @@ import { openNetns, type Netns } from '@weir/netns';
 import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type SupervisedProcess, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { EchoApp, capturePod, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor } from './support.js';
+import { EchoApp, capturePod, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const ZTUNNEL = join(here, '../../../apps/ztunnel/dist/main.js');
@@ -72,16 +72,8 @@ beforeAll(async () => {
   await writeFile(configPath, localConfigYaml(workloads()));
   zds = new ZdsServer({ path: join(dir, 'ztunnel.sock') });
   await zds.start();
-  for (const [pod, sa] of [[a, 'sa-a'], [b, 'sa-b']] as const) {
-    const ns = openNetns(pod.netnsPath);
-    try {
-      await zds.addWorkload(pod.uid, { name: pod.name, namespace: pod.namespace, serviceAccount: sa }, ns);
-    } catch {
-      // Not connected yet: the pod rides the snapshot.
-    } finally {
-      ns.close();
-    }
-  }
+  // Not connected yet: the pods ride the snapshot.
+  for (const [pod, sa] of [[a, 'sa-a'], [b, 'sa-b']] as const) await zdsAddPod(zds, pod, sa).catch(() => {});
   appB = await EchoApp.start(b, 8080);
   nsA = openNetns(a.netnsPath);
 }, 120_000);
