@@ -8,6 +8,7 @@ import { WorkloadStore } from '../src/workload-store.js';
 import { evaluatePolicies } from '../src/authorization.js';
 import { parseLocalConfig, type LocalConfig } from '../src/local-config.js';
 import { TestControlPlane, ipBytes, recordingLogger, waitFor, type LogLine } from './support-control-plane.js';
+import { WEB_0_YAML } from './support-xds.js';
 
 let cp: TestControlPlane;
 let store: WorkloadStore;
@@ -231,22 +232,7 @@ describe('XdsClient', () => {
   it('one model, two sources: a local YAML served over xDS arrives in the store exactly as parsed', async () => {
     const yaml = `
 workloads:
-  - uid: Kubernetes//Pod/default/web-0
-    name: web-0
-    namespace: default
-    serviceAccount: web
-    trustDomain: cluster.local
-    workloadIps: [10.0.0.5, "fd00::5"]
-    protocol: HBONE
-    node: node-a
-    services: {"default/web.default.svc.cluster.local": {80: 8080}}
-    authorizationPolicies: [default/only-frontend]
-    locality: {region: r1, zone: z1}
-    canonicalName: web
-    workloadName: web
-    workloadType: deployment
-    waypoint: {destination: {hostname: {namespace: default, hostname: wp.default.svc.cluster.local}}, hboneMtlsPort: 15008}
-  - uid: Kubernetes//Pod/data/db-0
+${WEB_0_YAML}  - uid: Kubernetes//Pod/data/db-0
     name: db-0
     namespace: data
     workloadIps: [10.0.0.20]

@@ -3,8 +3,9 @@ import { describe, expect, it } from 'vitest';
 import { parseLocalConfig } from '../local-config.js';
 import { ipFromBytes, policyFromXds, serviceFromXds, workloadFromXds } from './convert.js';
 import { Action, AuthorizationSchema, Scope } from './gen/authorization_pb.js';
-import { IPFamilies, ServiceSchema, TunnelProtocol, WorkloadSchema, WorkloadStatus, WorkloadType } from './gen/workload_pb.js';
+import { IPFamilies, ServiceSchema, WorkloadSchema, WorkloadType } from './gen/workload_pb.js';
 import { ipBytes } from './test-control-plane.js';
+import { WEB_0_UID, WEB_0_XDS, WEB_0_YAML } from '../../test/support-xds.js';
 
 describe('ipFromBytes', () => {
   it('formats IPv4 and RFC 5952 IPv6, rejects other lengths', () => {
@@ -23,55 +24,7 @@ describe('ipFromBytes', () => {
 // must come out as equal objects.
 describe('xDS resources become the local-config model', () => {
   it('a workload equals its YAML twin', () => {
-    const fromXds = workloadFromXds(
-      'Kubernetes//Pod/default/web-0',
-      create(WorkloadSchema, {
-        uid: 'Kubernetes//Pod/default/web-0',
-        name: 'web-0',
-        namespace: 'default',
-        serviceAccount: 'web',
-        trustDomain: 'cluster.local',
-        addresses: [ipBytes('10.0.0.5'), ipBytes('fd00::5')],
-        tunnelProtocol: TunnelProtocol.HBONE,
-        node: 'node-a',
-        network: 'net1',
-        clusterId: 'Kubernetes',
-        services: {
-          'default/web.default.svc.cluster.local': { ports: [{ servicePort: 80, targetPort: 8080 }, { servicePort: 81, targetPort: 0 }] },
-        },
-        authorizationPolicies: ['default/allow'],
-        status: WorkloadStatus.UNHEALTHY,
-        locality: { region: 'r', zone: 'z' },
-        canonicalName: 'web',
-        canonicalRevision: 'v1',
-        workloadName: 'web',
-        workloadType: WorkloadType.DEPLOYMENT,
-        waypoint: { destination: { case: 'hostname', value: { namespace: 'default', hostname: 'wp.default.svc' } }, hboneMtlsPort: 15008 },
-      }),
-    );
-    const yaml = `
-workloads:
-  - uid: Kubernetes//Pod/default/web-0
-    name: web-0
-    namespace: default
-    serviceAccount: web
-    trustDomain: cluster.local
-    workloadIps: [10.0.0.5, "fd00::5"]
-    protocol: HBONE
-    node: node-a
-    network: net1
-    clusterId: Kubernetes
-    services: {"default/web.default.svc.cluster.local": {80: 8080}}
-    authorizationPolicies: [default/allow]
-    status: Unhealthy
-    locality: {region: r, zone: z}
-    canonicalName: web
-    canonicalRevision: v1
-    workloadName: web
-    workloadType: deployment
-    waypoint: {destination: {hostname: {namespace: default, hostname: wp.default.svc}}, hboneMtlsPort: 15008}
-`;
-    expect(fromXds).toEqual(parseLocalConfig(yaml).workloads[0]);
+    expect(workloadFromXds(WEB_0_UID, create(WorkloadSchema, WEB_0_XDS))).toEqual(parseLocalConfig(`workloads:\n${WEB_0_YAML}`).workloads[0]);
   });
 
   it('fills the same defaults as YAML for a sparse workload; uid falls back to the resource name', () => {
