@@ -6,8 +6,8 @@
 // fake API server over HTTPS, installing the plugin into the node's conflist) and a real
 // `weir-ztunnel` process connected to it over ZDS. For each pod a runtime helper in the node's netns
 // execs the installed `weir-cni` binary (CNI env + config with the chain's prevResult on stdin) and
-// times it from exec to exit: the plugin's start, its two API GETs, the agent capturing the pod
-// (in-pod rules, ztunnel's ack). bridge/host-local ran for every pod before the agent started, so
+// times it from exec to exit: the plugin's start, its /cmdadd to the agent (which decides enrollment
+// from its pod cache), the agent capturing the pod (in-pod rules, ztunnel's ack). bridge/host-local ran for every pod before the agent started, so
 // the timed exec is the weir plugin alone. Scenarios: `--baseline` pods one at a time, `--pods` at
 // once (the burst), `--paced` arriving at `--rate` per second, then CNI DEL for every pod at once and
 // the pods deleted from the API at once. CPU per pod (plugin processes, agent + its commands,
@@ -34,8 +34,9 @@ const RUNTIME = join(here, 'runtime.mjs');
 const PROFILE = join(root, 'bench/common/profile.mjs');
 const GOAL_P99_MS = 250;
 const GOAL_PODS_PER_S = 20;
-// The plugin's warning when its API lookup failed: istio-cni semantics let the pod start uncaptured.
-const FAIL_OPEN = /failed to check if pod is ambient/;
+// What the plugin logs when the agent answered 200 `pod captured`; every bench pod is enrolled, so an
+// ADD that exits 0 without it was let through uncaptured (should never happen: the plugin fails closed).
+const CAPTURED = /node agent captured pod/;
 
 const { values } = parseArgs({
   options: {
@@ -288,14 +289,13 @@ try {
       const pod = group[i];
       if (mode === 'paced') await sleep(Math.max(0, start + (i * 1000) / rate - now()));
       const p = cniExec('ADD', pod).then((r) => {
-        // As kubelet does once the sandbox is up: the pod runs, with its IP. The agent's watch sees it;
-        // a pod the plugin let through uncaptured (API lookup failed: fail-open) is captured from there.
+        // As kubelet does once the sandbox is up: the pod runs, with its IP. The agent's watch sees it.
         if (r.code === 0) {
           api.updatePod(pod.namespace, pod.name, (o) => {
             o.status = { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }] };
           });
         }
-        return { ...r, doneAt: now(), failOpen: r.code === 0 && FAIL_OPEN.test(r.stderr) };
+        return { ...r, doneAt: now(), notCaptured: r.code === 0 && !CAPTURED.test(r.stderr) };
       });
       if (mode === 'sequential') await p;
       runs.push(p);
@@ -317,10 +317,10 @@ try {
     });
     const c1 = await cpuNow();
     const failed = results.filter((r) => r.code !== 0);
-    const failOpen = results.filter((r) => r.failOpen);
+    const notCaptured = results.filter((r) => r.notCaptured);
     const lat = results.map((r) => r.ms).sort((a, b) => a - b);
     const done = results.map((r) => r.doneAt).sort((a, b) => a - b);
-    const end = failed.length || failOpen.length ? settled : allExited;
+    const end = failed.length || notCaptured.length ? settled : allExited;
     return {
       label,
       n: group.length,
@@ -328,8 +328,8 @@ try {
       p99: quantile(lat, 0.99),
       max: lat.at(-1),
       failed: failed.length,
-      failOpen: failOpen.length,
-      firstFailOpen: failOpen[0]?.stderr.split('\n').find((l) => FAIL_OPEN.test(l))?.slice(0, 400),
+      notCaptured: notCaptured.length,
+      firstNotCaptured: notCaptured[0]?.stderr.trim().slice(-400),
       firstError: failed[0] ? (failed[0].stdout.trim() || failed[0].stderr.trim()).slice(0, 300) : undefined,
       wallMs: end - start,
       podsPerS: group.length / ((end - start) / 1000),
@@ -341,10 +341,10 @@ try {
   }
   const show = (r) => {
     console.log(
-      `${r.label} (n=${r.n}): exec→exit p50 ${ms(r.p50)}, p99 ${ms(r.p99)}, max ${ms(r.max)}; ${r.podsPerS.toFixed(1)} pods/s (${(r.wallMs / 1000).toFixed(2)} s${r.failed || r.failOpen ? ' until the agent enrolled every pod' : ''})` +
+      `${r.label} (n=${r.n}): exec→exit p50 ${ms(r.p50)}, p99 ${ms(r.p99)}, max ${ms(r.max)}; ${r.podsPerS.toFixed(1)} pods/s (${(r.wallMs / 1000).toFixed(2)} s${r.failed || r.notCaptured ? ' until the agent enrolled every pod' : ''})` +
         `${r.failed ? `; ${r.failed} ADDs failed, first: ${r.firstError}` : ''}`,
     );
-    if (r.failOpen) console.log(`  ${r.failOpen} ADDs exited 0 without capture (API lookup failed, fail-open; the agent captured them from its watch), first: ${r.firstFailOpen}`);
+    if (r.notCaptured) console.log(`  ${r.notCaptured} ADDs exited 0 without the agent answering \`pod captured\` (the agent captured them from its watch), first: ${r.firstNotCaptured}`);
     console.log(`  CPU per pod: ${cpuLine(r.cpu)}`);
   };
 
@@ -443,8 +443,9 @@ try {
       burst: burstSize,
       // ADDs the plugin failed (the agent answered non-200 or not within 5 s), in all scenarios.
       non_200: base.failed + burst.failed + (paced?.failed ?? 0),
-      // ADDs that exited 0 uncaptured because the plugin's API lookup failed (fail-open), all scenarios.
-      fail_open: base.failOpen + burst.failOpen + (paced?.failOpen ?? 0),
+      // ADDs that exited 0 without the agent's 200 `pod captured` (all bench pods are enrolled), all
+      // scenarios; replaces `fail_open`: the plugin no longer lets a pod through when its lookup fails.
+      not_captured: base.notCaptured + burst.notCaptured + (paced?.notCaptured ?? 0),
       captured: enrolledTotal,
       // Agent process + its commands, per pod of the burst (as before: the agent's share alone).
       enroll_cpu_ms_per_pod: f1(burst.cpu.agentSelf + burst.cpu.agentCommands),
