@@ -56,8 +56,6 @@ export {
 } from './presets.js';
 export {
   RoutingApplier,
-  countRule,
-  hasRoute,
   inpodRouting,
   ipRouteArgs,
   ipRuleArgs,
@@ -76,6 +74,8 @@ export {
   type NetnsApplyResult,
   type NetnsFacts,
   type NetnsSpec,
+  type NetnsRoundTrip,
 } from './netns-applier.js';
-export { runShellBatch, shellQuote, sysctlPath, type BatchOutput, type BatchStep } from './shell-batch.js';
+export type { NetlinkExchange } from './rtnetlink.js';
+export { shellQuote } from './shell-batch.js';
 export type { Logger } from './logger.js';

@@ -7,6 +7,7 @@ import { silentLogger, type Logger } from './logger.js';
 import type { Family, FamilyRules, RuleRef, RuleSet } from './model.js';
 import { parseIptablesSave, type SavedTable } from './parse-iptables.js';
 import { countRule, hasRoute, ipRouteArgs, ipRuleArgs, type PolicyRouting } from './routing.js';
+import { applyRouting, countRuleIn, describeChange, hasRouteIn, missingRouting, readRouting, sendRouting, type NetlinkExchange, type RoutingChange, type RoutingState } from './rtnetlink.js';
 import { BatchScript, runShellBatch, type BatchOutput, type BatchStep } from './shell-batch.js';
 
 /** What a netns should hold; chosen from what was read (whether IPv6 is on there). */
@@ -57,7 +58,27 @@ export interface NetnsApplierOptions {
   readonly backend?: 'auto' | 'legacy' | 'nft';
   readonly chainPrefix?: string;
   readonly logger?: Logger;
+  /**
+   * rtnetlink in the same netns (e.g. `netlinkExchange` of @weir/netns): policy routing is read
+   * and written in-process instead of by `ip` in the script (two processes fewer per pod). Only
+   * `local <any> dev lo` routes, as Weir's.
+   */
+  readonly netlink?: NetlinkExchange;
+  /** Called after each round trip (a shell script, or an rtnetlink exchange), e.g. for timings. */
+  readonly onRoundTrip?: (trip: NetnsRoundTrip) => void;
 }
+
+/** One round trip of an apply or remove: what ran and how long it took. */
+export interface NetnsRoundTrip {
+  readonly kind: 'batch' | 'netlink';
+  /** Batch: the steps that ran (`save-ipv4`, `fresh1-restore-ipv4`, `sysctl:…`); netlink: `read routing` or `write routing`. */
+  readonly steps: readonly string[];
+  readonly ms: number;
+  readonly failed: boolean;
+}
+
+/** What a read saw: the script's output, and the policy routing when read over rtnetlink. */
+type Read = BatchOutput & { readonly netlinkRouting?: RoutingState };
 
 const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 
@@ -92,6 +113,8 @@ export class NetnsApplier {
   readonly #requested: 'auto' | 'legacy' | 'nft';
   readonly #prefix: string;
   readonly #logger: Logger;
+  readonly #netlink: NetlinkExchange | undefined;
+  readonly #onRoundTrip: ((trip: NetnsRoundTrip) => void) | undefined;
   #backend: Promise<'legacy' | 'nft'> | undefined;
 
   constructor(options: NetnsApplierOptions) {
@@ -102,6 +125,33 @@ export class NetnsApplier {
     }
     this.#prefix = options.chainPrefix ?? DEFAULT_CHAIN_PREFIX;
     this.#logger = options.logger ?? silentLogger;
+    this.#netlink = options.netlink;
+    this.#onRoundTrip = options.onRoundTrip;
+  }
+
+  /** The rtnetlink exchange, timed for onRoundTrip under `what`. */
+  #nl(nl: NetlinkExchange, what: string): NetlinkExchange {
+    return (req, n) => this.#timed('netlink', () => Promise.resolve(nl(req, n)), () => [what]);
+  }
+
+  async #timed<T>(kind: NetnsRoundTrip['kind'], run: () => Promise<T>, steps: (out: T | undefined) => readonly string[]): Promise<T> {
+    if (!this.#onRoundTrip) return run();
+    const t = performance.now();
+    let out: T | undefined;
+    try {
+      return (out = await run());
+    } finally {
+      this.#onRoundTrip({ kind, steps: steps(out), ms: performance.now() - t, failed: out === undefined });
+    }
+  }
+
+  /** Runs a batch through the executor (timed for onRoundTrip). */
+  #batch(script: BatchScript): Promise<BatchOutput> {
+    return this.#timed('batch', () => script.run(this.#executor), (out) => out?.ran ?? []);
+  }
+
+  #steps(steps: readonly BatchStep[], opts: { writeSysctls?: ReadonlyMap<string, string>; stopOnFailure?: boolean } = {}): Promise<BatchOutput> {
+    return this.#timed('batch', () => runShellBatch(this.#executor, steps, opts), (out) => out?.ran ?? []);
   }
 
   backend(): Promise<'legacy' | 'nft'> {
@@ -143,18 +193,36 @@ export class NetnsApplier {
       await rollbackFamily(this.#executor, backend, fam.family, state.saved.get(fam.family) ?? [], this.#prefix, error);
     }
     this.#logger.info({ families: want.ruleSet.families.map((f) => f.family), backend, changes: state.changes.length, repaired: false }, 'applied rules');
-    const routingFailed = FAMILIES.some((f) => (read.results.get(`${fresh}-ip-${f}`)?.code ?? (freshRouting(want.routing, f).length ? -1 : 0)) !== 0);
+    let routing = FAMILIES.flatMap((f) => freshRouting(want.routing, f).map((l) => `ip ${flag(f)} ${l}`));
+    let routingFailed: boolean;
+    if (this.#netlink) {
+      const changes = freshChanges(want.routing);
+      const refused = await sendRouting(this.#nl(this.#netlink, 'write routing'), changes);
+      routing = changes.filter((c) => !refused.some((r) => r.change === c)).map(describeChange);
+      routingFailed = refused.length > 0;
+      if (routingFailed) this.#logger.info({ refused: refused.map((r) => `${describeChange(r.change)}: errno ${r.errno}`) }, 'policy routing partly there already, reading it');
+    } else {
+      // The script stops at the first failing `ip`: nothing of that family or later ones went in.
+      routingFailed = FAMILIES.some((f) => (read.results.get(`${fresh}-ip-${f}`)?.code ?? (freshRouting(want.routing, f).length ? -1 : 0)) !== 0);
+      if (routingFailed) routing = [];
+    }
     if (routingFailed) {
       // Policy routing was already (partly) there although no rule was: read it and add what is missing.
       const again = await this.#applyDiff(backend, want, await this.#read(backend, specs, false), 2);
-      return { ...again, changed: true, hadRules: false, repaired: [], diff: { inSync: false, changes: [...state.changes, ...again.diff.changes] } };
+      return {
+        ...again,
+        changed: true,
+        hadRules: false,
+        repaired: [],
+        diff: { inSync: false, changes: [...state.changes, ...again.diff.changes] },
+        routing: [...routing, ...again.routing],
+      };
     }
     for (const key of Object.keys(want.sysctls ?? {})) {
       const got = read.results.get(`${fresh}-sysctl:${key}`);
       if (!got) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} reported no result`);
       if (got.code !== 0) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} failed (exit ${got.code}): ${got.stderr.trim()}`);
     }
-    const routing = FAMILIES.flatMap((f) => freshRouting(want.routing, f).map((l) => `ip ${flag(f)} ${l}`));
     if (routing.length) this.#logger.info({ commands: routing }, 'applied policy routing');
     return {
       changed: true,
@@ -173,13 +241,13 @@ export class NetnsApplier {
    * The install of a netns assumed new, without reading it first: the restore creates every chain
    * with `-N`, which fails (before its table commits) if the chain exists.
    */
-  #installNew(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }): Promise<BatchOutput> {
+  #installNew(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }): Promise<Read> {
     const sysctlKeys = [...new Set([...Object.keys(specs.on.sysctls ?? {}), ...Object.keys(specs.off.sysctls ?? {})])];
     const script = new BatchScript(sysctlKeys).raw('if [ "$v6" = 1 ]; then');
     this.#installSteps(script, backend, specs.on, 'fresh1', true);
     script.raw('else');
     this.#installSteps(script, backend, specs.off, 'fresh0', true);
-    return script.raw('fi').run(this.#executor);
+    return this.#batch(script.raw('fi'));
   }
 
   /**
@@ -203,7 +271,7 @@ export class NetnsApplier {
     }
     const text = `${undo.join('\n')}\n`;
     const cmd = iptablesCommand(backend, fam.family, 'restore');
-    const out = await runShellBatch(this.#executor, [{ id: 'undo', argv: [cmd, ...restoreArgs(backend)], input: text }]);
+    const out = await this.#steps([{ id: 'undo', argv: [cmd, ...restoreArgs(backend)], input: text }]);
     const r = out.results.get('undo');
     if (r?.code !== 0) throw new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', cmd, restoreArgs(backend), r?.code ?? -1, r?.stderr ?? 'not run', { input: text });
     return committed;
@@ -228,7 +296,7 @@ export class NetnsApplier {
    * it found right away (restores, `ip -batch` adds, sysctls; stops at the first failure);
    * otherwise it lists the policy routing for the diff.
    */
-  #read(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }, optimistic: boolean): Promise<BatchOutput> {
+  async #read(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }, optimistic: boolean): Promise<Read> {
     const sysctlKeys = [...new Set([...Object.keys(specs.on.sysctls ?? {}), ...Object.keys(specs.off.sysctls ?? {})])];
     const script = new BatchScript(sysctlKeys);
     const steps = this.#readSteps(backend, specs.on, specs.off);
@@ -243,7 +311,9 @@ export class NetnsApplier {
     for (const step of steps.filter((s) => s.id.startsWith('routing-'))) script.step(step);
     // A shell `if … else fi` needs a command in each branch.
     if (optimistic) script.raw(':').raw('fi');
-    return script.run(this.#executor);
+    const out = await this.#batch(script);
+    if (!this.#netlink || [...out.results.keys()].some((id) => id.startsWith('fresh'))) return out;
+    return { ...out, netlinkRouting: await readRouting(this.#nl(this.#netlink, 'read routing'), routingFamilies((out.ipv6 ? specs.on : specs.off).routing)) };
   }
 
   #installSteps(script: BatchScript, backend: 'legacy' | 'nft', spec: NetnsSpec, tag: string, create = false): void {
@@ -252,14 +322,14 @@ export class NetnsApplier {
       const text = create ? createChains(freshRestore(fam, this.#prefix)) : freshRestore(fam, this.#prefix);
       if (text) script.step({ id: `${tag}-restore-${fam.family}`, argv: [iptablesCommand(backend, fam.family, 'restore'), ...restoreArgs(backend)], input: text }, { stop: true });
     }
-    for (const family of FAMILIES) {
+    for (const family of this.#netlink ? [] : FAMILIES) {
       const lines = freshRouting(spec.routing, family);
       if (lines.length) script.step({ id: `${tag}-ip-${family}`, argv: ['ip', flag(family), '-batch', '-'], input: `${lines.join('\n')}\n` }, { stop: true });
     }
     for (const [key, value] of Object.entries(spec.sysctls ?? {})) script.writeSysctl(key, value, { stop: true, tag });
   }
 
-  #diff(backend: 'legacy' | 'nft', want: NetnsSpec, read: BatchOutput) {
+  #diff(backend: 'legacy' | 'nft', want: NetnsSpec, read: Read) {
     const saved = new Map<Family, SavedTable[]>();
     const changes: RuleChange[] = [];
     const repaired: RuleRef[] = [];
@@ -281,11 +351,12 @@ export class NetnsApplier {
   }
 
   /** The general path: diff what the read script saw, then apply only the difference (one more round trip). */
-  async #applyDiff(backend: 'legacy' | 'nft', want: NetnsSpec, read: BatchOutput, readTrips: number): Promise<NetnsApplyResult> {
+  async #applyDiff(backend: 'legacy' | 'nft', want: NetnsSpec, read: Read, readTrips: number): Promise<NetnsApplyResult> {
     let roundTrips = readTrips;
     const { saved, changes, repaired, restores, hadRules } = this.#diff(backend, want, read);
     const routeLines = new Map<Family, string[]>();
-    for (const family of FAMILIES) {
+    const netlinkChanges = read.netlinkRouting ? missingRouting(read.netlinkRouting, want.routing) : [];
+    for (const family of read.netlinkRouting ? [] : FAMILIES) {
       const rules = want.routing.rules.filter((r) => r.family === family);
       const routes = want.routing.routes.filter((r) => r.family === family);
       if (!rules.length && !routes.length) continue;
@@ -301,7 +372,7 @@ export class NetnsApplier {
       const now = read.sysctls.get(key);
       if (now !== undefined && now !== value) sysctls.set(key, value);
     }
-    const routing = [...routeLines].flatMap(([family, lines]) => lines.map((l) => `ip ${flag(family)} ${l}`));
+    const routing = [...[...routeLines].flatMap(([family, lines]) => lines.map((l) => `ip ${flag(family)} ${l}`)), ...netlinkChanges.map(describeChange)];
     const result = (changed: boolean): NetnsApplyResult => ({
       changed,
       ipv6: read.ipv6,
@@ -313,7 +384,7 @@ export class NetnsApplier {
       sysctls: [...sysctls.keys()],
       roundTrips,
     });
-    if (!restores.length && !routeLines.size && !sysctls.size) {
+    if (!restores.length && !routeLines.size && !netlinkChanges.length && !sysctls.size) {
       this.#logger.debug({ backend, ipv6: read.ipv6 }, 'rules, routing and sysctls in sync, nothing to apply');
       return result(false);
     }
@@ -321,11 +392,11 @@ export class NetnsApplier {
       ...restores.map((r) => ({ id: `restore-${r.family}`, argv: [iptablesCommand(backend, r.family, 'restore'), ...restoreArgs(backend)], input: r.text })),
       ...[...routeLines].map(([family, lines]) => ({ id: `ip-${family}`, argv: ['ip', flag(family), '-batch', '-'], input: `${lines.join('\n')}\n` })),
     ];
-    const out = await runShellBatch(this.#executor, steps, { writeSysctls: sysctls, stopOnFailure: true });
-    roundTrips++;
+    const out = steps.length || sysctls.size ? await this.#steps(steps, { writeSysctls: sysctls, stopOnFailure: true }) : undefined;
+    if (out) roundTrips++;
     for (const r of restores) {
       const cmd = iptablesCommand(backend, r.family, 'restore');
-      const got = out.results.get(`restore-${r.family}`);
+      const got = out?.results.get(`restore-${r.family}`);
       if (got?.code === 0) continue;
       const error = new CommandFailedError('ERR_IPTABLES_RESTORE_FAILED', cmd, restoreArgs(backend), got?.code ?? -1, got?.stderr ?? 'not run', { input: r.text });
       this.#logger.error({ family: r.family, backend, stderr: error.stderr.trim() }, 'rule restore failed, rolling back');
@@ -333,17 +404,19 @@ export class NetnsApplier {
       await rollbackFamily(this.#executor, backend, r.family, saved.get(r.family) ?? [], this.#prefix, error);
     }
     for (const [family, lines] of routeLines) {
-      const got = out.results.get(`ip-${family}`);
+      const got = out?.results.get(`ip-${family}`);
       if (got?.code !== 0) {
         throw new CommandFailedError('ERR_IPTABLES_ROUTING_FAILED', 'ip', [flag(family), '-batch', '-'], got?.code ?? -1, got?.stderr ?? 'not run', { input: lines.join('\n') });
       }
     }
     for (const key of sysctls.keys()) {
-      const got = out.results.get(`sysctl:${key}`);
+      const got = out?.results.get(`sysctl:${key}`);
       if (got?.code !== 0) {
         throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} failed (exit ${got?.code ?? 'not run'}): ${got?.stderr.trim() ?? ''}`);
       }
     }
+    // Over rtnetlink after the script: only once the rules are in (the script stops at a failure).
+    if (this.#netlink && netlinkChanges.length) await applyRouting(this.#nl(this.#netlink, 'write routing'), netlinkChanges);
     if (restores.length) {
       this.#logger.info({ families: restores.map((r) => r.family), backend, changes: changes.length, repaired: hadRules }, hadRules ? 'repaired drifted rules' : 'applied rules');
     }
@@ -360,15 +433,22 @@ export class NetnsApplier {
     const on = spec({ ipv6: true });
     const off = spec({ ipv6: false });
     const asSpec = (s: typeof on): NetnsSpec => ({ ruleSet: { families: s.families.map((family) => ({ family, tables: [] })) }, routing: s.routing });
-    const read = await runShellBatch(this.#executor, this.#readSteps(backend, asSpec(on), asSpec(off)));
+    const read = await this.#steps(this.#readSteps(backend, asSpec(on), asSpec(off)));
     const want = read.ipv6 ? on : off;
+    const netlinkRouting = this.#netlink ? await readRouting(this.#nl(this.#netlink, 'read routing'), routingFamilies(want.routing)) : undefined;
+    const netlinkDels: RoutingChange[] = netlinkRouting
+      ? [
+          ...want.routing.rules.flatMap((rule) => Array.from({ length: countRuleIn(netlinkRouting, rule) }, () => ({ op: 'del' as const, rule }))),
+          ...want.routing.routes.filter((route) => hasRouteIn(netlinkRouting, route)).map((route) => ({ op: 'del' as const, route })),
+        ]
+      : [];
     const steps: BatchStep[] = [];
     for (const family of want.families) {
       const saved = parseIptablesSave(stepOutput(read, `save-${family}`, iptablesCommand(backend, family, 'save')), family);
       const text = reconcileRestore(family, [], saved, this.#prefix);
       if (text) steps.push({ id: `restore-${family}`, argv: [iptablesCommand(backend, family, 'restore'), ...restoreArgs(backend)], input: text });
     }
-    for (const family of FAMILIES) {
+    for (const family of netlinkRouting ? [] : FAMILIES) {
       const rules = want.routing.rules.filter((r) => r.family === family);
       const routes = want.routing.routes.filter((r) => r.family === family);
       if (!rules.length && !routes.length) continue;
@@ -379,10 +459,10 @@ export class NetnsApplier {
       ].map((a) => a.slice(1).join(' '));
       if (lines.length) steps.push({ id: `ip-${family}`, argv: ['ip', flag(family), '-batch', '-'], input: `${lines.join('\n')}\n` });
     }
-    if (!steps.length) return { changed: false, ipv6: read.ipv6 };
-    const out = await runShellBatch(this.#executor, steps, { stopOnFailure: true });
+    if (!steps.length && !netlinkDels.length) return { changed: false, ipv6: read.ipv6 };
+    const out = steps.length ? await this.#steps(steps, { stopOnFailure: true }) : undefined;
     for (const step of steps) {
-      const got = out.results.get(step.id);
+      const got = out?.results.get(step.id);
       if (got?.code === 0) continue;
       const routingStep = step.id.startsWith('ip-');
       throw new CommandFailedError(
@@ -394,6 +474,7 @@ export class NetnsApplier {
         { input: step.input ?? '' },
       );
     }
+    if (this.#netlink) await applyRouting(this.#nl(this.#netlink, 'write routing'), netlinkDels);
     this.#logger.info({ backend, families: want.families }, 'removed rules');
     return { changed: true, ipv6: read.ipv6 };
   }
@@ -413,7 +494,7 @@ export class NetnsApplier {
       const saves = when((s) => s.ruleSet.families.some((f) => f.family === family));
       if (saves !== null) steps.push({ id: `save-${family}`, argv: [iptablesCommand(backend, family, 'save')], ...(saves === undefined ? {} : { ipv6: saves }) });
       const routes = when((s) => s.routing.rules.some((r) => r.family === family) || s.routing.routes.some((r) => r.family === family));
-      if (routes === null) continue;
+      if (routes === null || this.#netlink) continue;
       // One `ip` for both listings: rule lines ("<pref>:\tfrom …") and route lines ("local …") never mix up.
       const tables = [...new Set([...on.routing.routes, ...off.routing.routes].filter((r) => r.family === family).map((r) => r.table))];
       const input = ['rule show', ...tables.map((t) => `route show table ${t}`)].join('\n');
@@ -439,6 +520,19 @@ function routingOutput(read: BatchOutput, family: Family): string {
     throw new CommandFailedError('ERR_IPTABLES_ROUTING_FAILED', 'ip', [flag(family), '-force', '-batch', '-'], r.code, r.stderr);
   }
   return r.stdout;
+}
+
+/** The families `routing` has rules or routes of. */
+function routingFamilies(routing: PolicyRouting): Family[] {
+  return FAMILIES.filter((f) => routing.rules.some((r) => r.family === f) || routing.routes.some((r) => r.family === f));
+}
+
+/** Installing `routing` where none of it is, as rtnetlink changes. */
+function freshChanges(routing: PolicyRouting): RoutingChange[] {
+  return FAMILIES.flatMap((f) => [
+    ...routing.rules.filter((r) => r.family === f).map((rule) => ({ op: 'add' as const, rule })),
+    ...routing.routes.filter((r) => r.family === f).map((route) => ({ op: 'replace' as const, route })),
+  ]);
 }
 
 /** `ip -batch` lines installing a family's policy routing on a netns that had none of it. */

@@ -17,6 +17,8 @@ export interface BatchOutput {
   readonly ipv6: boolean;
   readonly sysctls: ReadonlyMap<string, string>;
   readonly results: ReadonlyMap<string, CommandResult>;
+  /** Ids of the steps that ran (reported a result), in script order. */
+  readonly ran: readonly string[];
 }
 
 const SAFE = /^[A-Za-z0-9_./:=@%+,-]+$/;
@@ -129,7 +131,7 @@ export class BatchScript {
       if (!rc) continue;
       results.set(id, { stdout: out.body, stderr: section(r.stderr, t, id)?.body ?? '', code: Number(rc[1]) });
     }
-    return { ipv6: v6[1] === '1', sysctls, results };
+    return { ipv6: v6[1] === '1', sysctls, results, ran: [...results.keys()] };
   }
 }
 

@@ -1,12 +1,14 @@
+import { NETLINK_ROUTE, netlinkExchange, openNetns } from '@weir/netns';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { RuleApplier } from '../src/applier.js';
 import { iptablesCommand } from '../src/backend.js';
 import { IptablesError } from '../src/errors.js';
 import { netnsExecutor, type CommandExecutor } from '../src/executor.js';
-import { NetnsApplier, type NetnsSpec } from '../src/netns-applier.js';
+import { NetnsApplier, type NetnsRoundTrip, type NetnsSpec } from '../src/netns-applier.js';
 import { inpodRules } from '../src/presets.js';
 import { inpodRouting } from '../src/routing.js';
+import type { NetlinkExchange } from '../src/rtnetlink.js';
 import { addNetns, delNetns, recording, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
 
 requireRootTools(['ip', 'nsenter', 'iptables-legacy-restore', 'iptables-nft-restore', 'ip6tables-nft-restore']);
@@ -22,8 +24,30 @@ const podSpec = (facts: { ipv6: boolean }): NetnsSpec => ({
   sysctls: { [MIGRATE]: '1' },
 });
 
-for (const backend of ['legacy', 'nft'] as const) {
-  describe(`NetnsApplier on iptables-${backend}`, () => {
+/** rtnetlink in the netns at `path` (policy routing in-process), as the node agent passes it. */
+const netlinkAt =
+  (path: string): NetlinkExchange =>
+  (req, n) => {
+    const netns = openNetns(path);
+    try {
+      return netlinkExchange(netns, NETLINK_ROUTE, req, n);
+    } finally {
+      netns.close();
+    }
+  };
+
+// Policy routing by `ip` in the script, or over rtnetlink: the same behaviour.
+const MODES = [
+  { backend: 'legacy', netlink: false },
+  { backend: 'nft', netlink: false },
+  { backend: 'legacy', netlink: true },
+  { backend: 'nft', netlink: true },
+] as const;
+
+for (const { backend, netlink } of MODES) {
+  const via = netlink ? ', routing over rtnetlink' : ', routing by ip';
+  const nl = (path: string): { netlink?: NetlinkExchange } => (netlink ? { netlink: netlinkAt(path) } : {});
+  describe(`NetnsApplier on iptables-${backend}${via}`, () => {
     const ns = { name: '', path: '' };
     const exec = (...args: string[]): string => sh('ip', ['netns', 'exec', ns.name, ...args]);
     const save = (family: 'ipv4' | 'ipv6'): string =>
@@ -41,7 +65,7 @@ for (const backend of ['legacy', 'nft'] as const) {
 
     it('installs rules of both families, routing and the sysctl in one round trip, the same rules RuleApplier writes', async () => {
       const calls = recording(netnsExecutor(ns.path));
-      const result = await new NetnsApplier({ executor: calls, backend }).apply(podSpec);
+      const result = await new NetnsApplier({ executor: calls, backend, ...nl(ns.path) }).apply(podSpec);
       expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], sysctls: [MIGRATE], roundTrips: 1 });
       expect(result.diff.changes.length).toBeGreaterThan(10);
       expect(result.routing).toEqual([
@@ -70,7 +94,7 @@ for (const backend of ['legacy', 'nft'] as const) {
     it('applying again runs one read and nothing else', async () => {
       const before = [save('ipv4'), save('ipv6')];
       const calls = recording(netnsExecutor(ns.path));
-      const result = await new NetnsApplier({ executor: calls, backend }).apply(podSpec);
+      const result = await new NetnsApplier({ executor: calls, backend, ...nl(ns.path) }).apply(podSpec);
       expect(result).toMatchObject({ changed: false, ipv6: true, hadRules: true, repaired: [], routing: [], sysctls: [], roundTrips: 1 });
       expect(calls.calls).toHaveLength(1);
       expect([save('ipv4'), save('ipv6')]).toEqual(before);
@@ -80,26 +104,26 @@ for (const backend of ['legacy', 'nft'] as const) {
       exec(`iptables-${backend}`, '-w', '-t', 'nat', '-D', 'ISTIO_OUTPUT', '-d', '169.254.7.127/32', '-p', 'tcp', '-m', 'tcp', '-j', 'ACCEPT');
       exec('ip', '-6', 'rule', 'del', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133');
       exec('sh', '-c', 'echo 0 > /proc/sys/net/ipv4/tcp_migrate_req');
-      const result = await new NetnsApplier({ executor: netnsExecutor(ns.path), backend }).apply(podSpec);
+      const result = await new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) }).apply(podSpec);
       expect(result).toMatchObject({ changed: true, hadRules: true, sysctls: [MIGRATE], roundTrips: 2 });
       expect(result.repaired).toEqual([{ family: 'ipv4', table: 'nat', chain: 'ISTIO_OUTPUT', rule: '-d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT' }]);
       expect(result.routing).toEqual(['ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133']);
       expect(ruleLines(save('ipv4'), 'nat')).toContain('-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT');
       expect(exec('ip', '-6', 'rule', 'show')).toMatch(/fwmark 0x111\/0xfff lookup 133/);
       expect(migrate()).toBe('1');
-      expect((await new NetnsApplier({ executor: netnsExecutor(ns.path), backend }).apply(podSpec)).changed).toBe(false);
+      expect((await new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) }).apply(podSpec)).changed).toBe(false);
     });
 
     it('a failing restore rolls its family back and reports iptables stderr', async () => {
       const redirect = (): NetnsSpec => ({ ruleSet: inpodRules({ mode: 'redirect', dnsCapture: false }), routing: inpodRouting() });
-      await new NetnsApplier({ executor: netnsExecutor(ns.path), backend }).apply(redirect);
+      await new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) }).apply(redirect);
       const before = save('ipv4');
       // A target the kernel cannot load, in the nat table (after mangle is committed).
       const broken: CommandExecutor = {
         run: (cmd, args, opts) =>
           netnsExecutor(ns.path).run(cmd, args.map((a) => a.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
       };
-      const error = await new NetnsApplier({ executor: broken, backend })
+      const error = await new NetnsApplier({ executor: broken, backend, ...nl(ns.path) })
         .apply(() => ({ ruleSet: inpodRules({ mode: 'tproxy' }), routing: inpodRouting() }))
         .then(
           () => undefined,
@@ -119,7 +143,7 @@ for (const backend of ['legacy', 'nft'] as const) {
       const broken: CommandExecutor = {
         run: (cmd, args, opts) => netnsExecutor(path).run(cmd, args.map((a) => a.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
       };
-      await expect(new NetnsApplier({ executor: broken, backend }).apply(podSpec)).rejects.toMatchObject({
+      await expect(new NetnsApplier({ executor: broken, backend, ...nl(path) }).apply(podSpec)).rejects.toMatchObject({
         code: 'ERR_IPTABLES_RESTORE_FAILED',
         stderr: expect.stringMatching(/WEIRMISSING/),
       });
@@ -135,9 +159,11 @@ for (const backend of ['legacy', 'nft'] as const) {
       names.push(name);
       const path = addNetns(name);
       sh('ip', ['netns', 'exec', name, 'ip', '-4', 'rule', 'add', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133']);
-      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend }).apply(podSpec);
-      expect(result).toMatchObject({ changed: true, hadRules: false, repaired: [], roundTrips: 3 });
-      // The install stopped at the refused rule: the rest of the routing came in the second pass.
+      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend, ...nl(path) }).apply(podSpec);
+      // Over rtnetlink the rest of the routing went in with the install (the kernel takes each message
+      // on its own), and the repair pass has only a read; by `ip`, the install stopped at the refused
+      // rule and the rest came in the second pass.
+      expect(result).toMatchObject({ changed: true, hadRules: false, repaired: [], roundTrips: netlink ? 2 : 3 });
       expect(result.routing).toEqual([
         'ip -4 route replace local 0.0.0.0/0 dev lo table 133',
         'ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133',
@@ -145,7 +171,7 @@ for (const backend of ['legacy', 'nft'] as const) {
       ]);
       expect(sh('ip', ['netns', 'exec', name, 'ip', '-4', 'rule', 'show']).match(/lookup 133/g)).toHaveLength(1);
       expect(sh('ip', ['netns', 'exec', name, 'ip', '-6', 'rule', 'show'])).toMatch(/lookup 133/);
-      expect((await new NetnsApplier({ executor: netnsExecutor(path), backend }).apply(podSpec)).changed).toBe(false);
+      expect((await new NetnsApplier({ executor: netnsExecutor(path), backend, ...nl(path) }).apply(podSpec)).changed).toBe(false);
     });
 
     it('follows the netns: with IPv6 off it reads and writes IPv4 only', async () => {
@@ -154,7 +180,7 @@ for (const backend of ['legacy', 'nft'] as const) {
       const path = addNetns(name);
       sh('ip', ['netns', 'exec', name, 'sh', '-c', 'for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 > $f; done']);
       const seen: boolean[] = [];
-      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend }).apply((facts) => {
+      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend, ...nl(path) }).apply((facts) => {
         seen.push(facts.ipv6);
         return podSpec(facts);
       });
@@ -166,7 +192,7 @@ for (const backend of ['legacy', 'nft'] as const) {
 
     it('remove takes out every Weir chain, jump, rule and route, and nothing else', async () => {
       exec(`iptables-${backend}`, '-w', '-t', 'filter', '-A', 'INPUT', '-p', 'tcp', '--dport', '9', '-j', 'ACCEPT');
-      const applier = new NetnsApplier({ executor: netnsExecutor(ns.path), backend });
+      const applier = new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) });
       const r = await applier.remove((facts) => ({ families: facts.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4'], routing: inpodRouting({ ipv6: facts.ipv6 }) }));
       expect(r).toEqual({ changed: true, ipv6: true });
       for (const family of ['ipv4', 'ipv6'] as const) expect(save(family)).not.toMatch(/ISTIO_/);
@@ -180,8 +206,10 @@ for (const backend of ['legacy', 'nft'] as const) {
   });
 }
 
-for (const backend of ['legacy', 'nft'] as const) {
-  describe(`NetnsApplier likelyNew (install without reading) on iptables-${backend}`, () => {
+for (const { backend, netlink } of MODES) {
+  const via = netlink ? ', routing over rtnetlink' : ', routing by ip';
+  const nl = (path: string): { netlink?: NetlinkExchange } => (netlink ? { netlink: netlinkAt(path) } : {});
+  describe(`NetnsApplier likelyNew (install without reading) on iptables-${backend}${via}`, () => {
     const fresh = (tag: string): { name: string; path: string } => {
       const name = uniqueName(tag);
       names.push(name);
@@ -194,15 +222,27 @@ for (const backend of ['legacy', 'nft'] as const) {
       const a = fresh('G');
       const b = fresh('H');
       const calls = recording(netnsExecutor(a.path));
-      const result = await new NetnsApplier({ executor: calls, backend }).apply(podSpec, { likelyNew: true });
+      const trips: NetnsRoundTrip[] = [];
+      const result = await new NetnsApplier({ executor: calls, backend, ...nl(a.path), onRoundTrip: (t) => trips.push(t) }).apply(podSpec, { likelyNew: true });
       expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], roundTrips: 1, sysctls: [MIGRATE] });
       expect(calls.calls).toHaveLength(1);
+      // What ran, as the agent's timings line names it: one script (no `ip` in it over rtnetlink), then the routing.
+      expect(trips.map((t) => [t.kind, t.steps, t.failed])).toEqual([
+        [
+          'batch',
+          netlink
+            ? ['fresh1-restore-ipv4', 'fresh1-restore-ipv6', `fresh1-sysctl:${MIGRATE}`]
+            : ['fresh1-restore-ipv4', 'fresh1-restore-ipv6', 'fresh1-ip-ipv4', 'fresh1-ip-ipv6', `fresh1-sysctl:${MIGRATE}`],
+          false,
+        ],
+        ...(netlink ? [['netlink', ['write routing'], false]] : []),
+      ]);
       expect(calls.calls[0]?.args[1]).toMatch(/-N ISTIO_/);
-      await new NetnsApplier({ executor: netnsExecutor(b.path), backend }).apply(podSpec);
+      await new NetnsApplier({ executor: netnsExecutor(b.path), backend, ...nl(b.path) }).apply(podSpec);
       for (const family of ['ipv4', 'ipv6'] as const) expect(rulesOf(save(a.name, family))).toEqual(rulesOf(save(b.name, family)));
       expect(sh('ip', ['netns', 'exec', a.name, 'ip', '-6', 'rule', 'show'])).toMatch(/lookup 133/);
       // Told "new" again, although it is in sync: -N refuses, nothing changes.
-      const again = await new NetnsApplier({ executor: netnsExecutor(a.path), backend }).apply(podSpec, { likelyNew: true });
+      const again = await new NetnsApplier({ executor: netnsExecutor(a.path), backend, ...nl(a.path) }).apply(podSpec, { likelyNew: true });
       expect(again).toMatchObject({ changed: false, hadRules: true, roundTrips: 2 });
       expect(rulesOf(save(a.name))).toEqual(rulesOf(save(b.name)));
     });
@@ -213,12 +253,14 @@ for (const backend of ['legacy', 'nft'] as const) {
       iptables('-t', 'filter', '-A', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'ACCEPT');
       // Only the raw table's chain: the tables before it in the restore commit, then raw's -N fails.
       iptables('-t', 'raw', '-N', 'ISTIO_OUTPUT');
-      const result = await new NetnsApplier({ executor: netnsExecutor(a.path), backend }).apply(podSpec, { likelyNew: true });
+      const result = await new NetnsApplier({ executor: netnsExecutor(a.path), backend, ...nl(a.path) }).apply(podSpec, { likelyNew: true });
       expect(result).toMatchObject({ changed: true, hadRules: true, roundTrips: 4 });
       expect(result.repaired.length).toBeGreaterThan(0);
       expect(result.repaired.some((r) => r.table === 'raw' && r.chain === 'ISTIO_OUTPUT')).toBe(true);
+      // mangle and nat committed before raw's -N failed: taken out again, so the diff (and the report) sees them missing as they were.
+      expect(new Set(result.repaired.map((r) => r.table))).toEqual(new Set(['mangle', 'nat', 'raw']));
       const b = fresh('J');
-      await new NetnsApplier({ executor: netnsExecutor(b.path), backend }).apply(podSpec);
+      await new NetnsApplier({ executor: netnsExecutor(b.path), backend, ...nl(b.path) }).apply(podSpec);
       expect(rulesOf(save(a.name))).toEqual(rulesOf(save(b.name)));
       expect(save(a.name)).toMatch(/-A INPUT -p tcp -m tcp --dport 7 -j ACCEPT/);
     });
@@ -228,7 +270,7 @@ for (const backend of ['legacy', 'nft'] as const) {
       const broken: CommandExecutor = {
         run: (cmd, args, opts) => netnsExecutor(a.path).run(cmd, args.map((x) => x.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
       };
-      await expect(new NetnsApplier({ executor: broken, backend }).apply(podSpec, { likelyNew: true })).rejects.toMatchObject({
+      await expect(new NetnsApplier({ executor: broken, backend, ...nl(a.path) }).apply(podSpec, { likelyNew: true })).rejects.toMatchObject({
         code: 'ERR_IPTABLES_RESTORE_FAILED',
         stderr: expect.stringMatching(/WEIRMISSING/),
       });
