@@ -231,6 +231,17 @@ export async function startNodeComponents(
       // The first ztunnel creates the shared CA; the next ones must load it, not race to create their own.
       await waitFor(async () => (await isFile(files.caCert)) && (await isFile(files.caKey)), 15_000, () => proc.running, `${proc.name} to create the CA at ${files.caCert}`, proc.logFile);
     }
+    if (result.agentProcess !== undefined) {
+      // Pods come next, and weir-cni fails an enrolled pod's ADD (fail closed) until ztunnel takes it over ZDS;
+      // a runtime would retry the ADD, the sandbox creates each pod once, so the node's data plane must be up.
+      await waitFor(
+        async () => (await node.exec('curl', ['-sf', '-o', '/dev/null', ZTUNNEL_READY_URL])).code === 0,
+        60_000,
+        () => proc.running,
+        `${proc.name} to be ready (${ZTUNNEL_READY_URL}) before pods are created`,
+        proc.logFile,
+      );
+    }
   } else {
     result.notes.push(`weir-ztunnel is not running: ${ztunnel?.detail ?? 'unknown'}`);
   }
