@@ -8,12 +8,14 @@ import {
   ipsetCreateArgs,
   netnsExecutor,
   type CommandExecutor,
-  type CommandResult,
   type IptablesBackend,
+  type NetlinkExchange,
+  type NetnsRoundTrip,
   type NetnsSpec,
   type PolicyRouting,
   type RuleSet,
 } from '@weir/iptables-builder';
+import { NETLINK_ROUTE, Netns, netlinkExchange } from '@weir/netns';
 import { inpodCapture, podHasIpv6, type CaptureConfig } from './capture-rules.js';
 import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -63,12 +65,6 @@ async function enableListenerMigration(exec: CommandExecutor): Promise<void> {
 const SET_V6 = 'istio-inpod-probes-v6';
 /** See enableListenerMigration; NetnsApplier skips a key the kernel lacks, as that does. */
 const LISTENER_MIGRATION = { 'net.ipv4.tcp_migrate_req': '1' } as const;
-
-/** The steps a batch ran (`save-ipv4, fresh1-restore-ipv4, …`, from its begin markers), for the timings line. */
-function batchSteps(stdout: string): string {
-  const ids = [...stdout.matchAll(/^__wb[0-9a-f]+_b (\S+)$/gm)].map((m) => m[1]);
-  return ids.length ? ids.join(', ') : 'reads';
-}
 
 function run(exec: CommandExecutor, what: string) {
   return async (cmd: string, args: string[], input?: string): Promise<string> => {
@@ -172,10 +168,14 @@ export class IptablesPodRules implements PodRules {
     this.podShells.warm();
   }
 
-  /** One pooled shell for all of an operation's commands, each entering the pod netns. */
-  private inPod<T>(netns: NetnsHandle, fn: (exec: CommandExecutor) => Promise<T>): Promise<T> {
+  /**
+   * One pooled shell for all of an operation's commands, each entering the pod netns, and
+   * rtnetlink in the pod netns for its policy routing (in-process: no `ip` exec).
+   */
+  private inPod<T>(netns: NetnsHandle, fn: (exec: CommandExecutor, netlink: NetlinkExchange | undefined) => Promise<T>): Promise<T> {
     // Our own fd, seen through /proc by nsenter: the netns we opened, whatever its path does now.
-    return this.podShells.with((shell) => fn(netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`, shell)));
+    const netlink: NetlinkExchange | undefined = netns instanceof Netns ? (req, n) => netlinkExchange(netns, NETLINK_ROUTE, req, n) : undefined;
+    return this.podShells.with((shell) => fn(netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`, shell), netlink));
   }
 
   /** Ends the shells. */
@@ -185,28 +185,29 @@ export class IptablesPodRules implements PodRules {
   }
 
   apply(pod: PodInfo, netns: NetnsHandle, opts: { likelyNew?: boolean } = {}): Promise<RepairReport> {
-    return this.inPod(netns, (exec) => this.applyWith(pod, exec, opts.likelyNew ?? false));
+    return this.inPod(netns, (exec, netlink) => this.applyWith(pod, exec, netlink, opts.likelyNew ?? false));
   }
 
-  private async applyWith(pod: PodInfo, inner: CommandExecutor, likelyNew: boolean): Promise<RepairReport> {
+  private async applyWith(pod: PodInfo, inner: CommandExecutor, netlink: NetlinkExchange | undefined, likelyNew: boolean): Promise<RepairReport> {
     // Per-round-trip timings of this capture, for the debug line below (where enrollment time goes).
     const steps: string[] = [];
     const started = performance.now();
+    // NetnsApplier names its round trips (a script by the steps it ran); other commands by their argv.
+    const onRoundTrip = (t: NetnsRoundTrip): void => {
+      steps.push(`${t.kind} (${t.steps.join(', ') || 'reads'})${t.failed ? ' failed' : ''}: ${t.ms.toFixed(1)} ms`);
+    };
     const exec: CommandExecutor = {
       run: async (cmd, args, o) => {
         const t = performance.now();
-        let r: CommandResult | undefined;
         try {
-          return (r = await inner.run(cmd, args, o));
+          return await inner.run(cmd, args, o);
         } finally {
-          // A batch is one `sh -c <script>`: name it by the steps it ran, not by the script.
-          const what = cmd === 'sh' && args[0] === '-c' ? `batch (${batchSteps(r?.stdout ?? '')})` : `${cmd} ${args.slice(0, 3).join(' ')}`.trim();
-          steps.push(`${what}: ${(performance.now() - t).toFixed(1)} ms`);
+          steps.push(`${`${cmd} ${args.slice(0, 3).join(' ')}`.trim()}: ${(performance.now() - t).toFixed(1)} ms`);
         }
       },
     };
     try {
-      return await this.applyTimed(pod, exec, likelyNew);
+      return await this.applyTimed(pod, { exec, inner, netlink, onRoundTrip }, likelyNew);
     } finally {
       this.log.debug({ uid: pod.uid, pod: `${pod.namespace}/${pod.name}`, totalMs: Number((performance.now() - started).toFixed(1)), roundTrips: steps.length, steps }, 'in-pod apply timings');
     }
@@ -225,12 +226,23 @@ export class IptablesPodRules implements PodRules {
     };
   }
 
-  private async applyTimed(pod: PodInfo, exec: CommandExecutor, likelyNew: boolean): Promise<RepairReport> {
+  private async applyTimed(
+    pod: PodInfo,
+    via: { exec: CommandExecutor; inner: CommandExecutor; netlink: NetlinkExchange | undefined; onRoundTrip: (t: NetnsRoundTrip) => void },
+    likelyNew: boolean,
+  ): Promise<RepairReport> {
     const backend = this.iptablesBackend;
+    const exec = via.exec;
     if (backend !== 'nftables') {
-      // One round trip for a new pod (read and install, or install outright when likely new) or
-      // a pod in sync; two when a pod holding rules has drifted.
-      const r = await new NetnsApplier({ executor: exec, backend, logger: this.log }).apply(this.specFor(pod), { likelyNew });
+      // One script for a new pod (read and install, or install outright when likely new) or a pod
+      // in sync, two when a pod holding rules has drifted; policy routing over rtnetlink.
+      const r = await new NetnsApplier({
+        executor: via.inner,
+        backend,
+        logger: this.log,
+        onRoundTrip: via.onRoundTrip,
+        ...(via.netlink ? { netlink: via.netlink } : {}),
+      }).apply(this.specFor(pod), { likelyNew });
       const repaired = r.repaired.map((x) => `${x.family} ${x.table} ${x.chain}: ${x.rule}`);
       if (r.hadRules) {
         if (!r.diff.inSync && r.repaired.length === 0) repaired.push('rule order or chains');
@@ -252,11 +264,11 @@ export class IptablesPodRules implements PodRules {
   }
 
   remove(_pod: PodInfo, netns: NetnsHandle): Promise<void> {
-    return this.inPod(netns, async (exec) => {
+    return this.inPod(netns, async (exec, netlink) => {
       const backend = this.iptablesBackend;
       if (backend !== 'nftables') {
         // A pod with IPv6 on may hold IPv6 capture or guard rules (whatever the mode was then): remove both families.
-        await new NetnsApplier({ executor: exec, backend, logger: this.log }).remove((facts) => {
+        await new NetnsApplier({ executor: exec, backend, logger: this.log, ...(netlink ? { netlink } : {}) }).remove((facts) => {
           const v6 = this.ipv6Mode === true || facts.ipv6;
           return { families: v6 ? ['ipv4', 'ipv6'] : ['ipv4'], routing: inpodRouting({ ipv6: v6 }) };
         });
