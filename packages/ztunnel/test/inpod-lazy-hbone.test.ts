@@ -21,7 +21,8 @@ const GARBAGE_PEM = '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n----
 /**
  * The embedded CA, except for a few service accounts: `sa-badkey` gets a key of another certificate,
  * `sa-badpem` a certificate that does not parse, `sa-expired` one that expired an hour ago, and
- * `sa-rot` a first certificate so short-lived that ztunnel rotates it about a second later.
+ * `sa-rot` a first certificate whose half-life (from its notBefore, backdated 60 s) comes two seconds
+ * after issue, so ztunnel rotates it then, once.
  */
 class ScriptedCa implements CertificateSource {
   /** Serials issued, by service account, oldest first. */
@@ -46,7 +47,7 @@ class ScriptedCa implements CertificateSource {
     } else if (sa === 'sa-expired') {
       cert = await this.ca.issueWorkloadCertificate({ identity, notBefore: new Date(Date.now() - 2 * HOUR), notAfter: new Date(Date.now() - HOUR) });
     } else if (sa === 'sa-rot') {
-      cert = await this.ca.issueWorkloadCertificate({ identity, ttlSeconds: issued.length === 0 ? 4 : 86_400 });
+      cert = await this.ca.issueWorkloadCertificate({ identity, ttlSeconds: issued.length === 0 ? 64 : 86_400 });
     } else {
       cert = await this.ca.issueWorkloadCertificate(o);
     }
@@ -79,7 +80,8 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
   let a: TopologyPod, b: TopologyPod, badkey: TopologyPod, badpem: TopologyPod, expired: TopologyPod;
   let rot: TopologyPod, gone: TopologyPod, late: TopologyPod, sink: TopologyPod;
   let appB: EchoApp;
-  const apps: EchoApp[] = [];
+  /** The app on 8080 of each pod with broken material: never reached. */
+  const apps = new Map<TopologyPod, EchoApp>();
   const handles: Netns[] = [];
   let sinkServer: tls.Server | undefined;
   /** Client certificates the sink's HBONE port saw, as (serial, SAN). */
@@ -151,7 +153,7 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
     for (const [pod, sa] of enrolled) await zdsAddPod(zds, pod, sa);
     await waitFor('every proxy up', async () => zt.pending().length === 0 && zt.manager.pods().length === enrolled.length);
     appB = await EchoApp.start(b, 8080);
-    for (const p of [badkey, badpem, expired]) apps.push(await EchoApp.start(p, 8080));
+    for (const p of [badkey, badpem, expired]) apps.set(p, await EchoApp.start(p, 8080));
     // The sink stands for a pod on another node: its HBONE port records the client certificate it is shown.
     sinkCert = await ca.ca.issueWorkloadCertificate({ identity: identity(sink, 'sa-sink') });
     sinkServer = tls.createServer(
@@ -169,7 +171,7 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
   afterAll(async () => {
     if (sinkServer) await new Promise<void>((r) => sinkServer!.close(() => r()));
     await appB?.close();
-    for (const app of apps) await app.close();
+    for (const app of apps.values()) await app.close();
     for (const h of handles) h.close();
     await zt?.stop({ deadlineMs: 0 });
     await zds?.close();
@@ -210,7 +212,7 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
       const outbound = log.filter((r) => r.msg === 'connection failed' && r.direction === 'outbound' && r['src.workload'] === pod.name);
       expect(outbound.length).toBeGreaterThanOrEqual(2);
       expect(outbound[0]!.error).toMatch(reason);
-      expect(apps.find((x) => x.netns.id.ino === nsPod.id.ino)?.clients ?? []).toEqual([]);
+      expect(apps.get(pod)!.clients).toEqual([]);
       expect(appB.clients).not.toContain(pod.ip);
       // The pod stays enrolled (fail closed, no bypass), the node keeps serving everyone else.
       expect(podState(pod)?.state).toBe('Up');
@@ -232,7 +234,7 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
       /refused our certificate \(spiffe:\/\/cluster\.local\/ns\/ns1\/sa\/sa-expired\)/,
     );
     expect(appB.clients).not.toContain(expired.ip);
-    expect(apps.find((x) => x.netns.id.ino === nsExpired.id.ino)?.clients ?? []).toEqual([]);
+    expect(apps.get(expired)!.clients).toEqual([]);
     expect(await tryConnect(nsA, b.ip, 8080)).toBe('ok');
     expect(zt.pending()).toEqual([]);
     expect((await httpGet(`http://127.0.0.1:${zt.addresses().readiness!.port}/healthz/ready`)).status).toBe(200);
@@ -243,6 +245,10 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
     await waitFor('sa-rot rotated', async () => serials().length >= 2 && zt.identities.certificates().find((c) => c.identity === identity(rot, 'sa-rot'))?.serial === serials()[1]);
     const [first, second] = serials() as [string, string];
     expect(first).not.toBe(second);
+    // The new certificate reached a running proxy (the rotation callback), not one still starting.
+    const at = (pred: (r: LogRecord) => boolean): number => log.findIndex(pred);
+    const rotated = at((r) => r.msg === 'fetched certificate' && r.serial === second);
+    expect(rotated).toBeGreaterThan(at((r) => r.msg === 'proxy started' && r.uid === rot.uid));
     expect(log.some((r) => r.uid === rot.uid && r.msg === 'inbound HBONE connection')).toBe(false);
 
     // First inbound use: a TLS client on rot's 15008 (from the sink pod, with a mesh certificate) sees the new serial.
