@@ -116,6 +116,8 @@ export async function createMesh({ tag, pods, defer = [] }) {
     nodes: [],
     pods: {},
     ztunnels: [],
+    /** Set on SIGINT/SIGTERM: the teardown under way makes the bench's steps fail, which is no error. */
+    interrupted: false,
     /** Idempotent: the bench's finally and a signal may both call it. */
     destroy() {
       destroying ??= (async () => {
@@ -130,7 +132,10 @@ export async function createMesh({ tag, pods, defer = [] }) {
       return destroying;
     },
   };
-  const onSignal = () => void mesh.destroy().finally(() => process.exit(130));
+  const onSignal = () => {
+    mesh.interrupted = true;
+    void mesh.destroy().finally(() => process.exit(130));
+  };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
@@ -305,7 +310,7 @@ export async function runMeshBench({ tools, ...options }, bench) {
     }
     printJson(result);
   } catch (err) {
-    console.error(err);
+    if (!mesh?.interrupted) console.error(err);
     code = 1;
   } finally {
     await mesh?.destroy().catch((err) => {
