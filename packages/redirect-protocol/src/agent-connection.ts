@@ -14,6 +14,8 @@ export interface Outgoing {
 
 export interface AgentConnectionOptions {
   ackTimeoutMs: number;
+  /** Records sent and not yet acked at most (1: each waits for the previous one's Ack). */
+  maxInFlight: number;
   keepaliveIntervalMs: number;
   logger: ZdsLogger;
   onHello(conn: AgentConnection): void;
@@ -21,14 +23,20 @@ export interface AgentConnectionOptions {
 }
 
 /**
- * The agent's side of one ztunnel connection: waits for ZdsHello{V1}, then sends queued records one
- * at a time, each waiting for its Ack. ztunnel speaks only when spoken to, so any other record is a
- * protocol error and ends the connection.
+ * The agent's side of one ztunnel connection: waits for ZdsHello{V1}, then sends queued records,
+ * up to `maxInFlight` ahead of their Acks. ztunnel handles the records of a connection one at a
+ * time, in order, and acks each (Istio's ztunnel and ours alike), so Acks are matched to records
+ * first in, first out; pipelining spares ztunnel the wait for our next record after each Ack (one
+ * agent event-loop turn, long in a burst of enrollments). ztunnel speaks only when spoken to, so
+ * any other record is a protocol error and ends the connection.
  */
 export class AgentConnection {
   #state: 'hello' | 'open' | 'closed' = 'hello';
   readonly #queue: Outgoing[] = [];
-  #inflight: { item: Outgoing; what: string; timer: NodeJS.Timeout } | undefined;
+  /** Sent, not yet acked, oldest first. */
+  readonly #inflight: { item: Outgoing; what: string }[] = [];
+  /** Deadline of the oldest record in flight: ztunnel must answer it within ackTimeoutMs. */
+  #ackTimer: NodeJS.Timeout | undefined;
   readonly #helloTimer: NodeJS.Timeout;
   readonly #keepalive: NodeJS.Timeout;
   readonly #log: ZdsLogger;
@@ -79,11 +87,8 @@ export class AgentConnection {
     clearInterval(this.#keepalive);
     this.socket.close();
     const gone = err ?? new ZdsError('ERR_ZDS_DISCONNECTED', `ztunnel connection ${this.id} closed`);
-    if (this.#inflight !== undefined) {
-      clearTimeout(this.#inflight.timer);
-      this.#inflight.item.reject(gone);
-      this.#inflight = undefined;
-    }
+    clearTimeout(this.#ackTimer);
+    for (const sent of this.#inflight.splice(0)) sent.item.reject(gone);
     for (const item of this.#queue.splice(0)) {
       item.reject(new ZdsError('ERR_ZDS_DISCONNECTED', `ztunnel connection ${this.id} closed before the record was sent`, { cause: err }));
     }
@@ -106,13 +111,13 @@ export class AgentConnection {
         this.#pump();
         return;
       }
-      const inflight = this.#inflight;
+      const inflight = this.#inflight[0];
       if (inflight === undefined) {
         throw new ZdsProtocolError('sequence', `ztunnel connection ${this.id} sent an unsolicited ${data.length}-byte record`);
       }
       const { error } = decodeAck(data, fds.length);
-      clearTimeout(inflight.timer);
-      this.#inflight = undefined;
+      this.#inflight.shift();
+      this.#armAckTimer();
       this.#log.debug({ record: inflight.what, ack: error === '' ? 'ok' : error }, 'ack received');
       inflight.item.resolve(error);
       this.#pump();
@@ -121,8 +126,20 @@ export class AgentConnection {
     }
   }
 
+  /** (Re)starts the deadline for the oldest record in flight, if any. */
+  #armAckTimer(): void {
+    clearTimeout(this.#ackTimer);
+    this.#ackTimer = undefined;
+    const head = this.#inflight[0];
+    if (head === undefined) return;
+    this.#ackTimer = setTimeout(
+      () => this.close(new ZdsError('ERR_ZDS_ACK_TIMEOUT', `ztunnel connection ${this.id} did not ack ${head.what} within ${this.opts.ackTimeoutMs} ms`)),
+      this.opts.ackTimeoutMs,
+    ).unref();
+  }
+
   #pump(): void {
-    while (this.#state === 'open' && this.#inflight === undefined) {
+    while (this.#state === 'open' && this.#inflight.length < this.opts.maxInFlight) {
       const item = this.#queue.shift();
       if (item === undefined) return;
       let prepared: ReturnType<Outgoing['prepare']>;
@@ -139,11 +156,8 @@ export class AgentConnection {
         continue;
       }
       const what = 'uid' in prepared.req ? `${prepared.req.kind} uid=${prepared.req.uid}` : prepared.req.kind;
-      const timer = setTimeout(
-        () => this.close(new ZdsError('ERR_ZDS_ACK_TIMEOUT', `ztunnel connection ${this.id} did not ack ${what} within ${this.opts.ackTimeoutMs} ms`)),
-        this.opts.ackTimeoutMs,
-      ).unref();
-      this.#inflight = { item, what, timer };
+      this.#inflight.push({ item, what });
+      if (this.#inflight.length === 1) this.#armAckTimer();
       this.#log.debug({ record: what, fds: prepared.fds.length }, 'sending');
       this.socket
         .send(bytes, prepared.fds)

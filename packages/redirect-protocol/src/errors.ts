@@ -9,6 +9,7 @@ export type ZdsErrorCode =
   | 'ERR_ZDS_SUPERSEDED'
   | 'ERR_ZDS_NETNS'
   | 'ERR_ZDS_ALREADY_STARTED'
+  | 'ERR_ZDS_INVALID_ARGUMENT'
   | 'ERR_ZDS_TRANSPORT';
 
 /** Base class of every error this package throws or reports; branch on `code`. */

@@ -173,6 +173,9 @@ describe('ZdsServer', () => {
   });
 
   it('skips a snapshot entry removed before its turn, and the Del goes out after', async () => {
+    // One record at a time, so that 'stays' is still queued (not yet sent) when it is removed.
+    await server.close();
+    server = new ZdsServer({ path: '/nonexistent/unused.sock', ackTimeoutMs: 300, keepaliveIntervalMs: 50, maxInFlight: 1 });
     server.keepWorkload('gone', info);
     server.keepWorkload('stays', info);
     const zt = connect();
@@ -185,5 +188,57 @@ describe('ZdsServer', () => {
     await zt.socket.send(encodeAck());
     await removal;
     expect(zt.kinds()).toEqual(['keep:gone', 'snapshotSent', 'del:stays']);
+  });
+
+  it('pipelines Adds: up to maxInFlight sent before the first Ack, Acks matched to them in order', async () => {
+    const zt = connect();
+    await zt.hello();
+    await until(() => server.connected, 'connected');
+    for (let i = 0; i < 20; i++) zt.replies.set(`p${i}`, 'silent');
+    const settled: string[] = [];
+    const adds = Array.from({ length: 20 }, (_, i) =>
+      server.addWorkload(`p${i}`, info, netns).then(
+        () => settled.push(`p${i}:ok`),
+        (e: unknown) => settled.push(`p${i}:${(e as ZdsNackError).reason}`),
+      ),
+    );
+    await until(() => zt.received.length === 1 + 16, '16 Adds in flight');
+    await new Promise((r) => setTimeout(r, 30));
+    expect(zt.kinds().slice(1)).toEqual(Array.from({ length: 16 }, (_, i) => `add:p${i}`));
+    // ztunnel answers in order, one Ack per record: an ack, then a nack.
+    await zt.socket.send(encodeAck());
+    await zt.socket.send(encodeAck('no such service account'));
+    await until(() => settled.length === 2, 'two settled');
+    expect(settled).toEqual(['p0:ok', 'p1:no such service account']);
+    await until(() => zt.received.length === 1 + 18, 'two more sent once two were acked');
+    for (let i = 2; i < 20; i++) await zt.socket.send(encodeAck());
+    await Promise.all(adds);
+    expect(settled.slice(2)).toEqual(Array.from({ length: 18 }, (_, i) => `p${i + 2}:ok`));
+    expect(disconnects).toEqual([]);
+    await until(() => zt.received.length === 21, 'every Add delivered');
+    zt.closeReceivedFds();
+  });
+
+  it('the ack deadline runs for the oldest record in flight, from when it became the oldest', async () => {
+    const zt = connect();
+    await zt.hello();
+    await until(() => server.connected, 'connected');
+    for (const uid of ['a', 'b', 'c']) zt.replies.set(uid, 'silent');
+    const results = ['a', 'b', 'c'].map((uid) => server.addWorkload(uid, info, netns).then(() => 'ok', (e: unknown) => (e as ZdsError).code));
+    await until(() => zt.received.length === 4, 'three Adds in flight');
+    // Each answered 200 ms after the previous: b is answered 400 ms after it was sent, within its deadline.
+    await new Promise((r) => setTimeout(r, 200));
+    await zt.socket.send(encodeAck());
+    await new Promise((r) => setTimeout(r, 200));
+    await zt.socket.send(encodeAck());
+    // c never: its 300 ms run from b's Ack.
+    expect(await Promise.all(results)).toEqual(['ok', 'ok', 'ERR_ZDS_ACK_TIMEOUT']);
+    expect(disconnects.map((e) => e?.code)).toEqual(['ERR_ZDS_ACK_TIMEOUT']);
+    expect(disconnects[0]?.message).toMatch(/did not ack add uid=c within 300 ms/);
+    zt.closeReceivedFds();
+  });
+
+  it('refuses a maxInFlight that is not a positive integer', () => {
+    expect(() => new ZdsServer({ maxInFlight: 0 })).toThrow(expect.objectContaining({ code: 'ERR_ZDS_INVALID_ARGUMENT' }));
   });
 });

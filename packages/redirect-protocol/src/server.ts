@@ -13,8 +13,14 @@ export const DEFAULT_ZDS_PATH = '/var/run/ztunnel/ztunnel.sock';
 export interface ZdsServerOptions {
   /** Unix socket to listen on; its directory is created if missing. */
   path?: string;
-  /** Deadline for each Ack (and for the hello after accept). */
+  /** Deadline for each Ack, counted from when it is the oldest one awaited (and for the hello after accept). */
   ackTimeoutMs?: number;
+  /**
+   * Records sent ahead of their Acks on one connection (default 16; 1: one at a time). ztunnel
+   * handles and acks a connection's records in order, so a burst of Adds need not wait for a
+   * round trip through the agent's event loop between two of them.
+   */
+  maxInFlight?: number;
   /** How often each connection is checked for a peer that went away. */
   keepaliveIntervalMs?: number;
   logger?: ZdsLogger;
@@ -46,6 +52,7 @@ export interface ZdsServerEvents {
 export class ZdsServer extends EventEmitter<ZdsServerEvents> {
   readonly path: string;
   readonly #ackTimeoutMs: number;
+  readonly #maxInFlight: number;
   readonly #keepaliveIntervalMs: number;
   readonly #log: ZdsLogger;
   readonly #workloads = new Map<string, Enrolled>();
@@ -59,6 +66,10 @@ export class ZdsServer extends EventEmitter<ZdsServerEvents> {
     super();
     this.path = opts.path ?? DEFAULT_ZDS_PATH;
     this.#ackTimeoutMs = opts.ackTimeoutMs ?? 5000;
+    this.#maxInFlight = opts.maxInFlight ?? 16;
+    if (!Number.isInteger(this.#maxInFlight) || this.#maxInFlight < 1) {
+      throw new ZdsError('ERR_ZDS_INVALID_ARGUMENT', `maxInFlight must be a positive integer, got ${String(opts.maxInFlight)}`);
+    }
     this.#keepaliveIntervalMs = opts.keepaliveIntervalMs ?? 5000;
     this.#log = (opts.logger ?? silentLogger).child({ component: 'zds-server' });
   }
@@ -90,6 +101,7 @@ export class ZdsServer extends EventEmitter<ZdsServerEvents> {
     }
     const conn: AgentConnection = new AgentConnection(this.#nextId++, socket, {
       ackTimeoutMs: this.#ackTimeoutMs,
+      maxInFlight: this.#maxInFlight,
       keepaliveIntervalMs: this.#keepaliveIntervalMs,
       logger: this.#log,
       onHello: (c) => this.#sendSnapshot(c),
