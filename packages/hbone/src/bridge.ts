@@ -21,7 +21,7 @@ export interface BridgeOptions {
   maxBuffered?: number;
 }
 
-const DEFAULT_MAX_BUFFERED = 256 * 1024;
+export const DEFAULT_MAX_BUFFERED = 256 * 1024;
 
 function isHttp2Stream(d: Duplex): d is http2.Http2Stream {
   return 'rstCode' in d && typeof (d as Partial<http2.Http2Stream>).close === 'function';
@@ -33,21 +33,28 @@ function isHttp2Stream(d: Duplex): d is http2.Http2Stream {
  * or socket error becomes RST_STREAM(CONNECT_ERROR) and an RST_STREAM becomes a TCP reset (RFC 9113 §8.5).
  */
 export function bridge(tunnel: Duplex, socket: Duplex, o: BridgeOptions = {}): Promise<BridgeResult> {
-  return new Promise((resolve) => startBridge(tunnel, socket, o.maxBuffered ?? DEFAULT_MAX_BUFFERED, resolve));
+  return new Promise((resolve) => new CallbackBridge(tunnel, socket, o.maxBuffered ?? DEFAULT_MAX_BUFFERED, resolve).start());
 }
 
 // Idle tunnels are the common case (a proxy holds thousands): the listeners below are shared
-// functions that find their bridge through one property on each side, not closures per tunnel.
+// functions that find their bridge through one property on each side, not closures per tunnel,
+// and a bridge is one object (its owner extends it) with its flags packed in one number.
 const kBridge = Symbol('hbone.bridge');
 type Side = Duplex & { [kBridge]?: Bridge };
 
-class Bridge {
-  readonly result: BridgeResult = { tunnelToSocket: 0, socketToTunnel: 0, reset: false };
-  open = 2;
-  socketCorked = false;
-  tunnelCorked = false;
-  readonly tunnelIsH2: boolean;
-  readonly socketIsH2: boolean;
+const SOCKET_CORKED = 1;
+const TUNNEL_CORKED = 2;
+const TUNNEL_IS_H2 = 4;
+const SOCKET_IS_H2 = 8;
+const RESET = 16;
+const TUNNEL_DONE = 32;
+const SOCKET_DONE = 64;
+
+/** Both directions of one tunnel ↔ socket pair; `finished` runs once both sides are closed. */
+export abstract class Bridge {
+  tunnelToSocket = 0;
+  socketToTunnel = 0;
+  flags = 0;
   // Pausing below the high-water mark would wait for a 'drain' that never comes.
   readonly toSocketLimit: number;
   readonly toTunnelLimit: number;
@@ -56,44 +63,69 @@ class Bridge {
     readonly tunnel: Side,
     readonly socket: Side,
     maxBuffered: number,
-    readonly onDone: (r: BridgeResult) => void,
   ) {
-    this.tunnelIsH2 = isHttp2Stream(tunnel);
-    this.socketIsH2 = isHttp2Stream(socket);
+    if (isHttp2Stream(tunnel)) this.flags |= TUNNEL_IS_H2;
+    if (isHttp2Stream(socket)) this.flags |= SOCKET_IS_H2;
     this.toSocketLimit = Math.max(maxBuffered, socket.writableHighWaterMark);
     this.toTunnelLimit = Math.max(maxBuffered, tunnel.writableHighWaterMark);
   }
+
+  protected abstract finished(r: BridgeResult): void;
+
+  /** Starts copying; call once. */
+  start(): void {
+    const { tunnel, socket } = this;
+    // A FIN from the socket must only end the tunnel's sending side; without this a net.Socket made
+    // with defaults would also end its own writable and lose what the tunnel still carries to it.
+    (socket as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
+    tunnel[kBridge] = this;
+    socket[kBridge] = this;
+    tunnel.on('error', ignoreError);
+    socket.on('error', onSocketError);
+    tunnel.on('close', onTunnelClose);
+    socket.on('close', onSocketClose);
+    tunnel.on('end', onTunnelEnd);
+    socket.on('end', onSocketEnd);
+    // 'drain' fires once the writer's buffer empties after any write that went over its high-water mark.
+    tunnel.on('drain', onTunnelDrain);
+    socket.on('drain', onSocketDrain);
+    tunnel.on('data', onTunnelData);
+    socket.on('data', onSocketData);
+  }
+
+  /** One side closed: the second one finishes the bridge. */
+  sideDone(side: number): void {
+    if ((this.flags & side) !== 0) return;
+    this.flags |= side;
+    if ((this.flags & (TUNNEL_DONE | SOCKET_DONE)) === (TUNNEL_DONE | SOCKET_DONE)) {
+      this.finished({ tunnelToSocket: this.tunnelToSocket, socketToTunnel: this.socketToTunnel, reset: (this.flags & RESET) !== 0 });
+    }
+  }
 }
 
-/** `bridge` without the Promise: `onDone` runs once both sides are closed. */
-export function startBridge(tunnel: Duplex, socket: Duplex, maxBuffered: number, onDone: (r: BridgeResult) => void): void {
-  // A FIN from the socket must only end the tunnel's sending side; without this a net.Socket made
-  // with defaults would also end its own writable and lose what the tunnel still carries to it.
-  (socket as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
-  const b = new Bridge(tunnel, socket, maxBuffered, onDone);
-  (tunnel as Side)[kBridge] = b;
-  (socket as Side)[kBridge] = b;
-  tunnel.on('error', ignoreError);
-  socket.on('error', onSocketError);
-  tunnel.on('close', onTunnelClose);
-  socket.on('close', onSocketClose);
-  tunnel.on('end', onTunnelEnd);
-  socket.on('end', onSocketEnd);
-  // 'drain' fires once the writer's buffer empties after any write that went over its high-water mark.
-  tunnel.on('drain', onTunnelDrain);
-  socket.on('drain', onSocketDrain);
-  tunnel.on('data', onTunnelData);
-  socket.on('data', onSocketData);
+class CallbackBridge extends Bridge {
+  constructor(
+    tunnel: Duplex,
+    socket: Duplex,
+    maxBuffered: number,
+    readonly onDone: (r: BridgeResult) => void,
+  ) {
+    super(tunnel, socket, maxBuffered);
+  }
+
+  protected finished(r: BridgeResult): void {
+    this.onDone(r);
+  }
 }
 
 function onTunnelData(this: Side, chunk: Buffer): void {
   const b = this[kBridge]!;
-  b.result.tunnelToSocket += chunk.length;
+  b.tunnelToSocket += chunk.length;
   const dst = b.socket;
   if (dst.writableEnded || dst.destroyed) return;
   // Cork until the end of this event-loop turn: chunks that arrive together leave in one writev.
-  if (!b.socketCorked) {
-    b.socketCorked = true;
+  if ((b.flags & SOCKET_CORKED) === 0) {
+    b.flags |= SOCKET_CORKED;
     dst.cork();
     setImmediate(uncorkSocket, b);
   }
@@ -103,14 +135,14 @@ function onTunnelData(this: Side, chunk: Buffer): void {
 
 function onSocketData(this: Side, chunk: Buffer): void {
   const b = this[kBridge]!;
-  b.result.socketToTunnel += chunk.length;
+  b.socketToTunnel += chunk.length;
   const dst = b.tunnel;
   if (dst.writableEnded || dst.destroyed) return;
   // An HTTP/2 stream is not corked: nghttp2 already queues every DATA frame written in this turn and
   // sends them in one TLS write from its own immediate; a cork released from setImmediate would hold
   // the bytes one more event-loop turn (an extra epoll_wait between the read and the write).
-  if (!b.tunnelIsH2 && !b.tunnelCorked) {
-    b.tunnelCorked = true;
+  if ((b.flags & (TUNNEL_IS_H2 | TUNNEL_CORKED)) === 0) {
+    b.flags |= TUNNEL_CORKED;
     dst.cork();
     setImmediate(uncorkTunnel, b);
   }
@@ -119,12 +151,12 @@ function onSocketData(this: Side, chunk: Buffer): void {
 }
 
 function uncorkSocket(b: Bridge): void {
-  b.socketCorked = false;
+  b.flags &= ~SOCKET_CORKED;
   b.socket.uncork();
 }
 
 function uncorkTunnel(b: Bridge): void {
-  b.tunnelCorked = false;
+  b.flags &= ~TUNNEL_CORKED;
   b.tunnel.uncork();
 }
 
@@ -142,13 +174,13 @@ function onSocketDrain(this: Side): void {
 // this turn so a reset becomes a TCP reset (on 'close'), not a FIN.
 function onTunnelEnd(this: Side): void {
   const b = this[kBridge]!;
-  if (b.tunnelIsH2) setImmediate(forwardEnd, b.tunnel, b.socket);
+  if ((b.flags & TUNNEL_IS_H2) !== 0) setImmediate(forwardEnd, b.tunnel, b.socket);
   else forwardEnd(b.tunnel, b.socket);
 }
 
 function onSocketEnd(this: Side): void {
   const b = this[kBridge]!;
-  if (b.socketIsH2) setImmediate(forwardEnd, b.socket, b.tunnel);
+  if ((b.flags & SOCKET_IS_H2) !== 0) setImmediate(forwardEnd, b.socket, b.tunnel);
   else forwardEnd(b.socket, b.tunnel);
 }
 
@@ -166,7 +198,7 @@ function onSocketError(this: Side): void {
 }
 
 function resetSocket(b: Bridge): void {
-  b.result.reset = true;
+  b.flags |= RESET;
   const s = b.socket as Side & { resetAndDestroy?: () => void; pending?: boolean };
   if (s.destroyed) return;
   if (typeof s.resetAndDestroy === 'function' && !s.pending) s.resetAndDestroy();
@@ -174,15 +206,11 @@ function resetSocket(b: Bridge): void {
 }
 
 function resetTunnel(b: Bridge, code: number): void {
-  b.result.reset = true;
+  b.flags |= RESET;
   const t = b.tunnel;
   if (t.destroyed) return;
-  if (b.tunnelIsH2) (t as http2.Http2Stream).close(code);
+  if ((b.flags & TUNNEL_IS_H2) !== 0) (t as http2.Http2Stream).close(code);
   else t.destroy();
-}
-
-function done(b: Bridge): void {
-  if (--b.open === 0) b.onDone(b.result);
 }
 
 function destroySocket(this: Duplex): void {
@@ -192,7 +220,7 @@ function destroySocket(this: Duplex): void {
 function onTunnelClose(this: Side): void {
   const b = this[kBridge]!;
   const socket = b.socket;
-  const code = b.tunnelIsH2 ? (b.tunnel as http2.Http2Stream).rstCode : undefined;
+  const code = (b.flags & TUNNEL_IS_H2) !== 0 ? (b.tunnel as http2.Http2Stream).rstCode : undefined;
   if (code !== undefined && code !== NGHTTP2_NO_ERROR) {
     resetSocket(b);
   } else if (!socket.destroyed) {
@@ -203,7 +231,7 @@ function onTunnelClose(this: Side): void {
       if (!socket.writableEnded) socket.end();
     }
   }
-  done(b);
+  b.sideDone(TUNNEL_DONE);
 }
 
 function onSocketClose(this: Side): void {
@@ -215,5 +243,5 @@ function onSocketClose(this: Side): void {
     if (!tunnel.readableEnded) resetTunnel(b, NGHTTP2_CANCEL);
     else if (!tunnel.writableEnded) tunnel.end();
   }
-  done(b);
+  b.sideDone(SOCKET_DONE);
 }

@@ -14,7 +14,7 @@ export interface ForwardedElement {
   proto?: string;
 }
 
-/** The CONNECT request headers, with the ones ztunnel sends parsed when present and well-formed. */
+/** The CONNECT request headers, with the ones ztunnel sends parsed (on first read) when present and well-formed. */
 export interface HboneRequestHeaders {
   raw: IncomingHttpHeaders;
   /** W3C baggage, `k8s.namespace.name=…,service.name=…` → record (values URI-decoded). */
@@ -25,15 +25,41 @@ export interface HboneRequestHeaders {
   traceparent?: TraceParent;
 }
 
+/**
+ * Wraps the request headers; `baggage`, `forwarded` and `traceparent` are parsed on first read (most
+ * tunnels never look at them, and the parse is measurable on the open path).
+ */
 export function parseRequestHeaders(raw: IncomingHttpHeaders): HboneRequestHeaders {
-  const out: HboneRequestHeaders = { raw };
-  const baggage = parseBaggage(first(raw['baggage']));
-  if (baggage !== undefined) out.baggage = baggage;
-  const forwarded = parseForwarded(first(raw['forwarded']));
-  if (forwarded !== undefined) out.forwarded = forwarded;
-  const tp = parseTraceparent(first(raw['traceparent']));
-  if (tp !== undefined) out.traceparent = tp;
-  return out;
+  return new RequestHeaders(raw);
+}
+
+const UNPARSED = Symbol('unparsed');
+
+class RequestHeaders implements HboneRequestHeaders {
+  #baggage: Record<string, string> | undefined | typeof UNPARSED = UNPARSED;
+  #forwarded: ForwardedElement[] | undefined | typeof UNPARSED = UNPARSED;
+  #traceparent: TraceParent | undefined | typeof UNPARSED = UNPARSED;
+
+  constructor(readonly raw: IncomingHttpHeaders) {}
+
+  get baggage(): Record<string, string> | undefined {
+    if (this.#baggage === UNPARSED) this.#baggage = parseBaggage(first(this.raw['baggage']));
+    return this.#baggage;
+  }
+
+  get forwarded(): ForwardedElement[] | undefined {
+    if (this.#forwarded === UNPARSED) this.#forwarded = parseForwarded(first(this.raw['forwarded']));
+    return this.#forwarded;
+  }
+
+  get traceparent(): TraceParent | undefined {
+    if (this.#traceparent === UNPARSED) this.#traceparent = parseTraceparent(first(this.raw['traceparent']));
+    return this.#traceparent;
+  }
+
+  toJSON(): object {
+    return { raw: this.raw, baggage: this.baggage, forwarded: this.forwarded, traceparent: this.traceparent };
+  }
 }
 
 function first(v: string | string[] | undefined): string | undefined {

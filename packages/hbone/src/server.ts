@@ -4,7 +4,7 @@ import type * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type * as tls from 'node:tls';
 import { type HboneTarget, parseAuthority } from './authority.js';
-import { type BridgeResult, startBridge } from './bridge.js';
+import { Bridge, type BridgeResult } from './bridge.js';
 import { type HboneRequestHeaders, parseRequestHeaders } from './headers.js';
 import { SpiffeId, identitiesFromCertificate } from './identity.js';
 import { type HboneLogger, silentLogger } from './logger.js';
@@ -80,6 +80,8 @@ export function createHboneServer(o: HboneServerOptions): HboneServer {
 
 interface SessionState {
   peer: HbonePeer;
+  /** The peer's identity as text, for log lines. */
+  src: string | undefined;
 }
 
 class Server implements HboneServer {
@@ -89,7 +91,10 @@ class Server implements HboneServer {
   readonly #h2: http2.Http2SecureServer;
   readonly #sockets = new Set<net.Socket>();
   readonly #sessions = new Map<http2.ServerHttp2Session, SessionState>();
-  readonly #tunnels = new Set<Tunnel>();
+  /** Tunnels whose upstream is connected. */
+  readonly #tunnels = new Set<ServerTunnel>();
+  /** Streams admitted and waiting for their upstream connect. */
+  #connecting = 0;
   #closing = false;
 
   constructor(o: HboneServerOptions) {
@@ -169,7 +174,7 @@ class Server implements HboneServer {
   }
 
   stats(): { sessions: number; tunnels: number } {
-    return { sessions: this.#sessions.size, tunnels: this.#tunnels.size };
+    return { sessions: this.#sessions.size, tunnels: this.#connecting + this.#tunnels.size };
   }
 
   async close(o: { deadlineMs?: number } = {}): Promise<void> {
@@ -184,8 +189,8 @@ class Server implements HboneServer {
     const outcome = await Promise.race([Promise.all(closed).then(() => 'drained' as const), deadline]);
     clearTimeout(timer);
     if (outcome === 'deadline') {
-      this.#log.warn({ sessions: this.#sessions.size, tunnels: this.#tunnels.size }, 'drain deadline reached, resetting remaining tunnels');
-      for (const t of this.#tunnels) t.upstream?.destroy();
+      this.#log.warn({ sessions: this.#sessions.size, tunnels: this.#connecting + this.#tunnels.size }, 'drain deadline reached, resetting remaining tunnels');
+      for (const t of this.#tunnels) t.socket.destroy();
       for (const s of this.#sessions.keys()) s.destroy();
     }
     for (const socket of this.#sockets) socket.destroy();
@@ -222,7 +227,7 @@ class Server implements HboneServer {
       session.destroy();
       return;
     }
-    this.#sessions.set(session, { peer });
+    this.#sessions.set(session, { peer, src: peer.identity.toString() });
     session.once('close', () => this.#sessions.delete(session));
     session.on('error', (err: Error) => this.#log.debug({ err, src: peer.identity?.toString() }, 'session error'));
     session.setLocalWindowSize(connectionWindow);
@@ -244,26 +249,28 @@ class Server implements HboneServer {
       stream.close(NGHTTP2_INADEQUATE_SECURITY);
       return;
     }
-    const { peer } = state;
+    const { peer, src } = state;
     const log = this.#log;
     const method = headers[HTTP2_HEADER_METHOD];
     const authority = headers[HTTP2_HEADER_AUTHORITY];
-    const src = peer.identity?.toString();
     if (method !== 'CONNECT') {
       log.warn({ src, method }, 'connection failed: method is not CONNECT');
       return refuse(stream, 400);
     }
-    const target = parseAuthority(typeof authority === 'string' ? authority : undefined);
+    const dst = typeof authority === 'string' ? authority : undefined;
+    const target = parseAuthority(dst);
     if (target === undefined || (this.#o.validateTarget !== undefined && !this.#o.validateTarget(target))) {
       log.warn({ src, authority }, 'connection failed: authority is not an IP:port this server serves');
       return refuse(stream, 400);
     }
     const parsed = parseRequestHeaders(headers);
-    const dst = `${target.host}:${target.port}`;
-    if (this.#o.authorize !== undefined) {
+    const authorize = this.#o.authorize;
+    if (authorize !== undefined) {
       let allowed = false;
       try {
-        allowed = await this.#o.authorize(peer, target, parsed);
+        const verdict = authorize(peer, target, parsed);
+        // A synchronous verdict costs no event-loop turn.
+        allowed = typeof verdict === 'boolean' ? verdict : await verdict;
       } catch (err) {
         log.error({ err, src, dst }, 'authorize hook threw; denying');
       }
@@ -273,50 +280,65 @@ class Server implements HboneServer {
       }
     }
     if (stream.closed || stream.destroyed) return;
-    const tunnel: Tunnel = { stream, upstream: undefined, peer, target, headers: parsed, started: 0 };
-    this.#tunnels.add(tunnel);
-    const ctx = new ConnectContext(peer, parsed, stream, dst);
+    const ctx = new ConnectContext(peer, parsed, stream, dst!);
     let upstream: Duplex;
+    this.#connecting++;
     try {
       upstream = await this.#o.connect(target, ctx);
     } catch (err) {
-      this.#tunnels.delete(tunnel);
       log.warn({ err, src, dst }, 'connection failed: upstream connect');
       return refuse(stream, 503);
     } finally {
+      this.#connecting--;
       ctx.settled();
     }
     if (stream.closed || stream.destroyed) {
-      this.#tunnels.delete(tunnel);
       upstream.destroy();
       return;
     }
-    tunnel.upstream = upstream;
     log.debug({ src, dst }, 'handling new stream');
-    tunnel.started = performance.now();
+    // Peer, target and headers stay with an idle tunnel only when someone will read them at its end.
+    const report = this.#o.onTunnelClosed === undefined ? undefined : { peer, target, headers: parsed, started: performance.now() };
+    const tunnel = new ServerTunnel(stream, upstream, this.#onTunnelClosed, report);
+    this.#tunnels.add(tunnel);
     stream.respond(OK_HEADERS);
-    startBridge(stream, upstream, BRIDGE_MAX_BUFFERED, (result) => this.#tunnelClosed(tunnel, result));
+    tunnel.start();
   }
 
-  #tunnelClosed(t: Tunnel, result: BridgeResult): void {
+  /** Both sides of a tunnel closed; one function shared by every tunnel. */
+  readonly #onTunnelClosed = (t: ServerTunnel, result: BridgeResult): void => {
     this.#tunnels.delete(t);
-    this.#o.onTunnelClosed?.({ ...result, peer: t.peer, target: t.target, headers: t.headers, durationMs: performance.now() - t.started });
-  }
+    const r = t.report;
+    if (r !== undefined) this.#o.onTunnelClosed?.({ ...result, peer: r.peer, target: r.target, headers: r.headers, durationMs: performance.now() - r.started });
+  };
 }
 
 // Node copies response headers, so one object serves every tunnel.
 const OK_HEADERS = { ':status': 200 };
 const BRIDGE_MAX_BUFFERED = 256 * 1024;
 
-/** An admitted stream, from the upstream connect to the end of the tunnel. */
-interface Tunnel {
-  stream: http2.ServerHttp2Stream;
-  upstream: Duplex | undefined;
+interface TunnelReport {
   peer: HbonePeer;
   target: HboneTarget;
   headers: HboneRequestHeaders;
   /** When the 200 went out (durationMs counts from here). */
   started: number;
+}
+
+/** An admitted stream and its upstream: the bridge between them is the tunnel's only record. */
+class ServerTunnel extends Bridge {
+  constructor(
+    stream: http2.ServerHttp2Stream,
+    upstream: Duplex,
+    readonly onClosed: (t: ServerTunnel, r: BridgeResult) => void,
+    readonly report: TunnelReport | undefined,
+  ) {
+    super(stream, upstream, BRIDGE_MAX_BUFFERED);
+  }
+
+  protected finished(r: BridgeResult): void {
+    this.onClosed(this, r);
+  }
 }
 
 /** The `connect` hook's context. */

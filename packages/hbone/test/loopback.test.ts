@@ -1,7 +1,7 @@
 import * as http2 from 'node:http2';
 import type * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HboneClient, HboneError, bridge, createHboneServer, type HboneServer, type HboneRequestHeaders, type HbonePeer } from '../src/index.js';
+import { HboneClient, HboneError, bridge, createHboneServer, type HboneServer, type HboneRequestHeaders, type HbonePeer, type HboneTunnelClosed } from '../src/index.js';
 import { CLIENT_ID, SERVER_ID, type Pki, type TcpServer, dial, echoServer, makePki, random, roundTrip, sha256, tcpServer, tlsOf } from './helpers.js';
 
 let pki: Pki;
@@ -100,6 +100,35 @@ describe('HBONE client ↔ server over loopback', () => {
     expect(h.baggage).toMatchObject({ 'k8s.namespace.name': 'client-ns', 'service.name': 'web app' });
     expect(h.forwarded).toEqual([{ for: '10.0.0.1:4321', proto: 'http' }]);
     expect(h.traceparent).toEqual({ version: '00', traceId: '0af7651916cd43dd8448eb211c80319c', parentId: 'b7ad6b7169203331', flags: '01' });
+  });
+
+  it('reports a finished tunnel to onTunnelClosed with its bytes, peer, target and headers', async () => {
+    const closed: HboneTunnelClosed[] = [];
+    const s = createHboneServer({ tls: tlsOf(pki.server), connect: (target) => dial(target.port, target.host), onTunnelClosed: (ev) => closed.push(ev) });
+    const p = (await s.listen({ host: '127.0.0.1', port: 0 })).port;
+    cleanups.push(() => s.close({ deadlineMs: 200 }));
+    const c = client();
+    const t = await c.connect({
+      peer: { host: '127.0.0.1', port: p },
+      target: { host: '127.0.0.1', port: echo.port },
+      expectedIdentities: [SERVER_ID],
+      headers: { baggage: 'service.name=web', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' },
+    });
+    const data = random(100_000);
+    expect(sha256(await roundTrip(t, data))).toBe(sha256(data));
+    const until = Date.now() + 5000;
+    while (closed.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    expect(closed).toHaveLength(1);
+    const ev = closed[0]!;
+    expect(ev).toMatchObject({ tunnelToSocket: data.length, socketToTunnel: data.length, reset: false, target: { host: '127.0.0.1', port: echo.port } });
+    expect(ev.peer.identity?.toString()).toBe(CLIENT_ID);
+    expect(ev.headers.raw[':authority']).toBe(`127.0.0.1:${echo.port}`);
+    expect(ev.headers.baggage).toEqual({ 'service.name': 'web' });
+    expect(ev.headers.forwarded).toBeUndefined();
+    expect(ev.durationMs).toBeGreaterThan(0);
+    // Parsed lazily, but a logger serialising the headers still sees the parsed fields.
+    expect(JSON.parse(JSON.stringify(ev.headers))).toMatchObject({ baggage: { 'service.name': 'web' }, traceparent: { traceId: '0af7651916cd43dd8448eb211c80319c' } });
+    expect(s.stats().tunnels).toBe(0);
   });
 
   it('rejects with ERR_HBONE_STATUS 401 on deny and 503 when the upstream is down', async () => {
