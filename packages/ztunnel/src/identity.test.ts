@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalCa } from '@weir/pki';
 import { afterAll, describe, expect, it } from 'vitest';
-import { IdentityManager, loadOrCreateCa } from './identity.js';
+import { IdentityManager, loadOrCreateCa, type WorkloadCertificate } from './identity.js';
+import type { Logger } from './logger.js';
 
 const dirs: string[] = [];
 afterAll(async () => {
@@ -92,4 +93,148 @@ describe('IdentityManager during a CA outage', () => {
     release();
     m.close();
   }, 15_000);
+});
+
+describe('IdentityManager with a source that answers with stale certificates', () => {
+  const id = 'spiffe://cluster.local/ns/a/sa/stale';
+  /** A source serving `issue()` on every ask, counting asks; a logger keeping warn lines. */
+  const counting = (issue: () => Promise<WorkloadCertificate>) => {
+    const source = {
+      calls: 0,
+      answered: 0,
+      issueWorkloadCertificate: () => {
+        source.calls++;
+        return issue().finally(() => source.answered++);
+      },
+    };
+    return source;
+  };
+  const warnings = () => {
+    const lines: { obj: Record<string, unknown>; msg: string }[] = [];
+    const logger: Logger = {
+      info: () => {},
+      debug: () => {},
+      error: () => {},
+      warn: (obj: object, msg?: string) => void lines.push({ obj: obj as Record<string, unknown>, msg: msg ?? '' }),
+      child: () => logger,
+    };
+    return { logger, lines };
+  };
+
+  it('rotates a fresh certificate at its half-life without a warning, also from a source that caches it until then', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    let cached: WorkloadCertificate | undefined;
+    // Like the CA client: the cached certificate before its half-life, a new one from then on.
+    const source = counting(async () => {
+      if (cached && Date.now() < cached.notBefore.getTime() + (cached.notAfter.getTime() - cached.notBefore.getTime()) / 2) return cached;
+      cached = await ca.issueWorkloadCertificate({ identity: id, notBefore: new Date(), notAfter: new Date(Date.now() + 3_000) });
+      return cached;
+    });
+    const { logger, lines } = warnings();
+    const m = new IdentityManager(source, { logger });
+    const rotated: string[] = [];
+    const { release } = await m.acquire(id, (c) => rotated.push(c.serial));
+    try {
+      await new Promise((r) => setTimeout(r, 3_500));
+      expect(rotated.length).toBeGreaterThanOrEqual(1);
+      // Every ask got a new certificate: none was answered from the cache, nothing was retried.
+      expect(rotated.length).toBe(source.answered - 1);
+      expect(lines).toEqual([]);
+    } finally {
+      release();
+      m.close();
+    }
+  }, 10_000);
+
+  it('backs off instead of looping when the source keeps answering with the certificate it has let expire', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    // Issued 60 s back (past half-life at once), expiring in 1.2 s, then served for ever: a cache that ignores expiry.
+    const cert = await ca.issueWorkloadCertificate({ identity: id, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 1_200) });
+    let issue = (): Promise<WorkloadCertificate> => Promise.resolve(cert);
+    const source = counting(() => issue());
+    const { logger, lines } = warnings();
+    const m = new IdentityManager(source, { logger });
+    const rotated: string[] = [];
+    const { release } = await m.acquire(id, (c) => rotated.push(c.serial));
+    try {
+      await new Promise((r) => setTimeout(r, 2_500));
+      // 1 ask, retries at <= 1 s and at the 1.2 s expiry, then >= 2 s backoff: a handful, not thousands.
+      expect(source.calls).toBeGreaterThanOrEqual(2);
+      expect(source.calls).toBeLessThanOrEqual(5);
+      expect(lines.length).toBeGreaterThanOrEqual(1);
+      // One warn per ask after the first, naming the identity and the certificate's notAfter.
+      expect(lines.length).toBeLessThanOrEqual(source.calls);
+      for (const l of lines) {
+        expect(l.obj.identity).toBe(id);
+        expect(JSON.stringify(l.obj) + l.msg).toContain(cert.notAfter.toISOString());
+        expect(l.obj.retry_ms).toBeGreaterThanOrEqual(500);
+      }
+      // Fail closed: the expired certificate is no longer held.
+      expect(m.certificates()[0]).toMatchObject({ state: 'Unavailable', error: expect.stringContaining(`expired at ${cert.notAfter.toISOString()}`) });
+      // The source recovers: the next acquirer's fresh certificate also reaches the user holding the expired one.
+      issue = () => ca.issueWorkloadCertificate({ identity: id });
+      const again = await m.acquire(id, () => {});
+      expect(rotated).toEqual([again.cert.serial]);
+      expect(m.certificates()[0]).toMatchObject({ state: 'Available', serial: again.cert.serial });
+      again.release();
+    } finally {
+      release();
+      m.close();
+    }
+  }, 10_000);
+
+  it('backs off from a source whose certificate is expired when received, and hands the next valid one to its users', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const cert = await ca.issueWorkloadCertificate({ identity: id, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() - 1_000) });
+    let issue = (): Promise<WorkloadCertificate> => Promise.resolve(cert);
+    const source = counting(() => issue());
+    const { logger, lines } = warnings();
+    const m = new IdentityManager(source, { logger });
+    const rotated: string[] = [];
+    // The first one is handed out as the source gave it (peers refuse it), never held.
+    const first = await m.acquire(id, (c) => rotated.push(c.serial));
+    try {
+      expect(first.cert.serial).toBe(cert.serial);
+      expect(m.certificates()[0]).toMatchObject({ state: 'Unavailable', error: expect.stringContaining(`expired at ${cert.notAfter.toISOString()}`) });
+      await new Promise((r) => setTimeout(r, 1_400));
+      // Asks at 0 and after 0.5-1 s; the next one is 1-2 s after that.
+      expect(source.calls).toBeGreaterThanOrEqual(2);
+      expect(source.calls).toBeLessThanOrEqual(3);
+      expect(lines.length).toBe(source.answered);
+      for (const l of lines) expect(l.obj).toMatchObject({ identity: id, serial: cert.serial, expiry: cert.notAfter.toISOString() });
+      expect(rotated).toEqual([]);
+      issue = () => ca.issueWorkloadCertificate({ identity: id });
+      const deadline = Date.now() + 5_000;
+      while (rotated.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(rotated, `a valid certificate reaches the user (${source.calls} asks)`).toHaveLength(1);
+      expect(m.certificates()[0]).toMatchObject({ state: 'Available', serial: rotated[0] });
+    } finally {
+      first.release();
+      m.close();
+    }
+  }, 10_000);
+
+  it('backs off while every answer is a new certificate already due for refresh', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    // A new serial each time, but issued 60 s back with 50 s left: past half-life on arrival.
+    const source = counting(() => ca.issueWorkloadCertificate({ identity: id, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 50_000) }));
+    const { logger, lines } = warnings();
+    const m = new IdentityManager(source, { logger });
+    const rotated: string[] = [];
+    const { cert, release } = await m.acquire(id, (c) => rotated.push(c.serial));
+    try {
+      await new Promise((r) => setTimeout(r, 4_000));
+      // Asks at 0, then after 0.5-1 s, 1-2 s, 2-4 s: at most 4 in 4 s (a steady 1 s timer would make 5).
+      expect(source.calls).toBeGreaterThanOrEqual(2);
+      expect(source.calls).toBeLessThanOrEqual(4);
+      // Each one is still valid, so it is used (subscribers get it) while the manager keeps asking.
+      expect(rotated.length).toBe(source.answered - 1);
+      expect(rotated).not.toContain(cert.serial);
+      expect(lines.map((l) => l.obj.identity)).toEqual(Array<string>(source.answered).fill(id));
+      expect(m.certificates()[0]?.state).toBe('Available');
+    } finally {
+      release();
+      m.close();
+    }
+  }, 10_000);
 });

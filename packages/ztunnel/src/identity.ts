@@ -80,12 +80,18 @@ interface Entry {
   users: Set<(cert: WorkloadCertificate) => void>;
   timer?: NodeJS.Timeout;
   lastError?: string;
+  /** Acquirers were given a certificate: from then on a failed renewal is retried for the users. */
+  issued?: boolean;
   /** Current retry delay while the source cannot renew (outage); reset by a fresh certificate. */
   backoffMs?: number;
 }
 
 const RETRY_MIN_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
+
+/** When a certificate should be replaced: at half its lifetime. */
+const refreshAt = (cert: WorkloadCertificate): number =>
+  cert.notBefore.getTime() + (cert.notAfter.getTime() - cert.notBefore.getTime()) / 2;
 
 export interface CertificateState {
   identity: string;
@@ -115,7 +121,12 @@ export class IdentityManager {
     this.#logger = options.logger ?? silentLogger;
   }
 
-  /** Subscribes to `identity`'s certificate; resolves with the current one. Call the returned release when done. */
+  /**
+   * Subscribes to `identity`'s certificate; resolves with the current one (or, for a first one, with
+   * whatever the source answered, even expired: peers refuse that one, and renewals keep being tried).
+   * `onRotate` gets every later valid one (possibly also the one this resolves with, when it replaces
+   * an expired one). Call the returned release when done.
+   */
   async acquire(identity: string, onRotate: (cert: WorkloadCertificate) => void): Promise<{ cert: WorkloadCertificate; release: () => void }> {
     let entry = this.#entries.get(identity);
     if (!entry) {
@@ -132,7 +143,9 @@ export class IdentityManager {
       }
     };
     try {
-      const cert = e.cert ?? (await this.#fetch(e));
+      // An expired one (in the moment before a failed renewal drops it) is not handed out: ask again.
+      const held = e.cert && Date.now() < e.cert.notAfter.getTime() ? e.cert : undefined;
+      const cert = held ?? (await this.#fetch(e));
       return { cert, release };
     } catch (err) {
       release();
@@ -141,68 +154,106 @@ export class IdentityManager {
   }
 
   #fetch(e: Entry): Promise<WorkloadCertificate> {
-    e.pending ??= this.source
-      .issueWorkloadCertificate({ identity: e.identity, ttlSeconds: this.#ttlSeconds })
-      .then((cert) => {
-        const renewed = e.cert?.serial !== cert.serial;
-        e.cert = cert;
-        delete e.lastError;
-        if (renewed) {
-          delete e.backoffMs;
-          this.#schedule(e, cert);
-          this.#logger.info({ identity: e.identity, serial: cert.serial, expiry: cert.notAfter.toISOString() }, 'fetched certificate');
-        } else {
-          // The source answered with the certificate we hold (a CA outage served from its cache):
-          // ask again with a growing delay rather than every second.
-          this.#retryLater(e);
-        }
-        return cert;
-      })
-      .catch((err: unknown) => {
-        e.lastError = (err as Error).message;
-        throw new ZtunnelError('ERR_ZTUNNEL_IDENTITY', `certificate for ${e.identity} not issued: ${(err as Error).message}`, { cause: err });
-      })
-      .finally(() => delete e.pending);
+    e.pending ??= this.#ask(e).finally(() => delete e.pending);
     return e.pending;
+  }
+
+  /**
+   * One ask of the source. A certificate that has already expired is a failure; one already due for
+   * refresh (or the very one we hold: a CA outage served from its cache) is used while still valid
+   * but does not count as renewed. Both are retried with the backoff, so a source that keeps
+   * answering with a stale certificate is asked a few times a minute at most, never in a loop.
+   */
+  async #ask(e: Entry): Promise<WorkloadCertificate> {
+    let cert: WorkloadCertificate;
+    try {
+      cert = await this.source.issueWorkloadCertificate({ identity: e.identity, ttlSeconds: this.#ttlSeconds });
+    } catch (err) {
+      this.#failed(e, (err as Error).message, { err });
+      throw new ZtunnelError('ERR_ZTUNNEL_IDENTITY', `certificate for ${e.identity} not issued: ${(err as Error).message}`, { cause: err });
+    }
+    const now = Date.now();
+    const expiry = cert.notAfter.toISOString();
+    if (now >= cert.notAfter.getTime()) {
+      // Acquirers waiting for a first certificate still get it: peers refuse it at the handshake (fail
+      // closed, the pod stays enrolled) until a renewal brings a valid one. It is never held.
+      e.issued = true;
+      this.#failed(e, `the source returned serial ${cert.serial}, which expired at ${expiry}`, { serial: cert.serial, expiry });
+      return cert;
+    }
+    const changed = cert.serial !== e.cert?.serial;
+    // Users hold the one issued before (possibly dropped by now); a first fetch goes to its acquirers only.
+    const rotated = changed && e.issued === true;
+    const renewed = changed && now < refreshAt(cert);
+    e.cert = cert;
+    e.issued = true;
+    // Released (or closed) while asking: the acquirers still get it, nothing is scheduled.
+    if (this.#entries.get(e.identity) !== e) return cert;
+    if (renewed) {
+      delete e.lastError;
+      delete e.backoffMs;
+      this.#schedule(e, cert);
+      this.#logger.info({ identity: e.identity, serial: cert.serial, expiry }, 'fetched certificate');
+    } else {
+      e.lastError = `the source returned serial ${cert.serial}, due for refresh since ${new Date(refreshAt(cert)).toISOString()}`;
+      const retryMs = this.#retryLater(e);
+      this.#logger.warn({ identity: e.identity, serial: cert.serial, expiry, retry_ms: retryMs }, 'certificate not renewed: the source returned one due for refresh, retrying');
+    }
+    if (rotated) for (const user of e.users) user(cert);
+    return cert;
+  }
+
+  /**
+   * An ask that brought no usable certificate: drops the held one once expired (fail closed: no new
+   * mTLS is set up with it), logs, and retries with the backoff while the entry has users that were
+   * given one. A first fetch that fails is only reported to its acquirers.
+   */
+  #failed(e: Entry, reason: string, fields: Record<string, unknown>): void {
+    e.lastError = reason;
+    if (e.cert && Date.now() >= e.cert.notAfter.getTime()) {
+      this.#logger.error({ identity: e.identity, serial: e.cert.serial, expiry: e.cert.notAfter.toISOString() }, 'certificate expired and not renewed, dropped');
+      delete e.cert;
+    }
+    if (e.issued && this.#entries.get(e.identity) === e) {
+      const retryMs = this.#retryLater(e);
+      this.#logger.warn({ identity: e.identity, ...fields, retry_ms: retryMs }, 'certificate rotation failed, retrying');
+    }
   }
 
   #schedule(e: Entry, cert: WorkloadCertificate): void {
     clearTimeout(e.timer);
-    const half = cert.notBefore.getTime() + (cert.notAfter.getTime() - cert.notBefore.getTime()) / 2;
+    const half = refreshAt(cert);
     // setTimeout fires at once beyond 2^31-1 ms (~24.8 days): cap long TTLs' timers, re-check on wake.
-    const delay = Math.min(Math.max(RETRY_MIN_MS, half - Date.now()), 0x7fffffff);
+    const delay = Math.min(Math.max(0, half - Date.now()), 0x7fffffff);
     e.timer = setTimeout(() => {
-      if (Date.now() < half - 1000) return this.#schedule(e, cert);
-      void this.#rotate(e);
+      // Also when a timer fires a millisecond early: a caching source would answer with the held one.
+      if (Date.now() < half) return this.#schedule(e, cert);
+      this.#rotate(e);
     }, delay);
     e.timer.unref();
   }
 
-  /** Next renewal attempt after a failed one: 1 s doubling to 60 s, never later than the held certificate's expiry. */
-  #retryLater(e: Entry): void {
+  /**
+   * Schedules the next renewal attempt after a failed one and returns its delay: a backoff of 1 s
+   * doubling to 60 s, jittered to its upper half so identities failing together do not ask in step;
+   * brought forward to the held certificate's expiry (one last try before it is dropped), but never
+   * sooner than half the minimum.
+   */
+  #retryLater(e: Entry): number {
     clearTimeout(e.timer);
     e.backoffMs = Math.min(RETRY_MAX_MS, e.backoffMs === undefined ? RETRY_MIN_MS : e.backoffMs * 2);
-    const untilExpiry = e.cert ? e.cert.notAfter.getTime() - Date.now() : Infinity;
-    e.timer = setTimeout(() => void this.#rotate(e), Math.max(0, Math.min(e.backoffMs, untilExpiry)));
+    let delay = e.backoffMs / 2 + (Math.random() * e.backoffMs) / 2;
+    if (e.cert) delay = Math.min(delay, Math.max(RETRY_MIN_MS / 2, e.cert.notAfter.getTime() - Date.now()));
+    delay = Math.round(delay);
+    e.timer = setTimeout(() => this.#rotate(e), delay);
     e.timer.unref();
+    return delay;
   }
 
-  async #rotate(e: Entry): Promise<void> {
+  #rotate(e: Entry): void {
     if (this.#entries.get(e.identity) !== e) return;
-    const held = e.cert?.serial;
-    try {
-      const cert = await this.#fetch(e);
-      if (cert.serial !== held) for (const user of e.users) user(cert);
-    } catch (err) {
-      if (this.#entries.get(e.identity) !== e) return;
-      // Fail closed: an expired certificate is dropped, so no new mTLS is set up with it.
-      if (e.cert && Date.now() >= e.cert.notAfter.getTime()) {
-        this.#logger.error({ identity: e.identity, serial: e.cert.serial, expiry: e.cert.notAfter.toISOString() }, 'certificate expired and not renewed, dropped');
-        delete e.cert;
-      }
-      this.#logger.warn({ identity: e.identity, err, retry_ms: Math.min(RETRY_MAX_MS, (e.backoffMs ?? RETRY_MIN_MS / 2) * 2) }, 'certificate rotation failed, retrying');
-      this.#retryLater(e);
-    }
+    // #ask hands a new certificate to the users, and logs and retries a failure.
+    this.#fetch(e).catch(() => {});
   }
 
   certificates(): CertificateState[] {
