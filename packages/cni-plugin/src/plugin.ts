@@ -32,7 +32,7 @@ export interface CniPluginOptions {
   logger?: Logger | ((level: LogLevel) => Logger);
   /** Deadline for the agent's answer to `/cmdadd`; default 5000 ms. */
   agentTimeoutMs?: number;
-  /** Deadline for each Kubernetes API GET; default 5000 ms. */
+  /** Deadline for each Kubernetes API GET (only when the agent cannot be reached); default 5000 ms. */
   kubeTimeoutMs?: number;
   /** The host's network namespace, to skip host-network sandboxes without any call; default `/proc/self/ns/net`. */
   hostNetnsPath?: string;
