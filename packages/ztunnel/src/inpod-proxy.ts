@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
@@ -23,6 +22,7 @@ import type { Workload } from './local-config.js';
 import type { Logger } from './logger.js';
 import type { ResponseFlag, ZtunnelMetrics } from './metrics.js';
 import { Socks5Listener } from './socks5/index.js';
+import { newTraceparent } from './traceparent.js';
 import type { WorkloadStore } from './workload-store.js';
 
 export interface ProxyPorts {
@@ -81,7 +81,8 @@ export interface InpodProxyState {
 
 const normalizeIp = (ip: string | undefined): string =>
   ip === undefined ? '' : ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
-const familyOf = (ip: string): 4 | 6 => (net.isIPv6(ip) ? 6 : 4);
+// Only ever given IP literals (or ''), and only IPv6 ones contain ':' (net.isIPv6 runs a long regex).
+const familyOf = (ip: string): 4 | 6 => (ip.includes(':') ? 6 : 4);
 const hostPort = (ip: string, port: number): string => (familyOf(ip) === 6 ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 // One listener shared by every socket: a per-connection closure costs memory for as long as the
@@ -91,6 +92,17 @@ const ignoreError = (): void => {};
 function errnoOf(err: unknown): number | undefined {
   return err instanceof NetnsError ? err.errno : undefined;
 }
+
+/** An HBONE session's peer as the inbound path uses it (`peerInfo`: one per session, shared by its streams). */
+interface PeerInfo {
+  ip: string;
+  identity: PeerIdentity | undefined;
+  /** The SPIFFE URI, for access logs. */
+  name: string | undefined;
+}
+const peerInfo = new WeakMap<HbonePeer, PeerInfo>();
+
+const NO_POLICIES: AuthorizationDecision = Object.freeze({ allowed: true, reason: 'no-allow-policies' });
 
 // Errors where retrying a connect without source spoofing can help (no IP_TRANSPARENT, address not bindable).
 const SPOOF_ERRNOS = new Set([1, 13, 22, 99]); // EPERM EACCES EINVAL EADDRNOTAVAIL
@@ -121,6 +133,7 @@ export class InpodProxy {
   readonly #inbound = new Map<Duplex, ConnectionAttributes>();
   readonly #onStoreChange = (): void => {
     this.#baggage = undefined;
+    this.#srcInfo = undefined;
     this.#recheckInbound();
   };
   /** 'close' listeners shared by all connections (called with the closed stream as `this`). */
@@ -130,6 +143,8 @@ export class InpodProxy {
   readonly #accessLog: Logger;
   /** The HBONE `baggage` value: the same for every connection of this pod until the store changes. */
   #baggage: string | undefined;
+  /** This pod as a connection's endpoint (#src()), likewise. */
+  #srcInfo: { workload: string | undefined; namespace: string | undefined; identity: string } | undefined;
   /** IPs this pod answers on: its workload IPs plus local addresses seen on accepted inbound sockets. */
   readonly #podIps = new Set<string>();
   #listeners: string[] = [];
@@ -347,13 +362,15 @@ export class InpodProxy {
     d.on('close', this.#untrack);
   }
 
-  #src(): { workload: string | undefined; namespace: string | undefined; identity: string } {
+  /** This pod as a connection's endpoint; callers copy from it, never change it. */
+  #src(): { readonly workload: string | undefined; readonly namespace: string | undefined; readonly identity: string } {
+    if (this.#srcInfo) return this.#srcInfo;
     const w = this.#workload();
-    return {
+    return (this.#srcInfo = {
       workload: w?.name ?? this.#o.workloadInfo?.name,
       namespace: w?.namespace ?? this.#o.workloadInfo?.namespace,
       identity: this.identity,
-    };
+    });
   }
 
   /** Original destination: SO_ORIGINAL_DST (REDIRECT), else the local address (TPROXY keeps it). */
@@ -496,7 +513,7 @@ export class InpodProxy {
     return {
       baggage: (this.#baggage ??= this.#baggageValue()),
       forwarded: `for="${srcAddr}"`,
-      traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-00`,
+      traceparent: newTraceparent(),
     };
   }
 
@@ -517,6 +534,8 @@ export class InpodProxy {
   #authorize(sourceIp: string, identity: PeerIdentity | undefined, dstIp: string, dstPort: number): AuthorizationDecision {
     const w = this.#workload();
     const policies = w ? this.#o.store.policiesFor(w) : [];
+    // What evaluatePolicies answers for no policies, without its per-call objects.
+    if (policies.length === 0) return NO_POLICIES;
     return evaluatePolicies(
       policies,
       { sourceIp, sourceIdentity: identity, destinationIp: dstIp, destinationPort: dstPort },
@@ -546,13 +565,13 @@ export class InpodProxy {
     }
   }
 
-  #inboundRecord(srcAddr: string, srcIdentity: string | undefined, dstIp: string, dstPort: number, mtls: boolean): ConnectionRecord {
-    const src = this.#o.store.workloadByIp(srcAddr.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''));
+  #inboundRecord(srcIp: string, srcPort: number, srcIdentity: string | undefined, dstIp: string, dstPort: number, mtls: boolean): ConnectionRecord {
+    const src = this.#o.store.workloadByIp(srcIp);
     const me = this.#src();
     return new ConnectionRecord(
       {
         direction: 'inbound',
-        src: { addr: srcAddr, workload: src?.name, namespace: src?.namespace, identity: srcIdentity },
+        src: { addr: hostPort(srcIp, srcPort), workload: src?.name, namespace: src?.namespace, identity: srcIdentity },
         dst: {
           addr: hostPort(dstIp, dstPort),
           hboneAddr: mtls ? hostPort(dstIp, this.#ports.inbound) : undefined,
@@ -616,14 +635,26 @@ export class InpodProxy {
     server.handleConnection(socket);
   }
 
+  /** The peer's identity as policies and access logs need it: per session, not per stream. */
+  #peerOf(peer: HbonePeer): PeerInfo {
+    let p = peerInfo.get(peer);
+    if (p === undefined) {
+      const id = peer.identity;
+      p = {
+        ip: normalizeIp(peer.remoteAddress),
+        identity: id ? { trustDomain: id.trustDomain, namespace: id.namespace, serviceAccount: id.serviceAccount } : undefined,
+        name: id?.toString(),
+      };
+      peerInfo.set(peer, p);
+    }
+    return p;
+  }
+
   #authorizeHbone(peer: HbonePeer, target: HboneTarget): boolean {
-    const srcIp = normalizeIp(peer.remoteAddress);
-    const identity = peer.identity
-      ? { trustDomain: peer.identity.trustDomain, namespace: peer.identity.namespace, serviceAccount: peer.identity.serviceAccount }
-      : undefined;
-    const d = this.#authorize(srcIp, identity, normalizeIp(target.host), target.port);
+    const p = this.#peerOf(peer);
+    const d = this.#authorize(p.ip, p.identity, normalizeIp(target.host), target.port);
     if (!d.allowed) {
-      const record = this.#inboundRecord(hostPort(srcIp, peer.remotePort), peer.identity?.toString(), normalizeIp(target.host), target.port, true);
+      const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, normalizeIp(target.host), target.port, true);
       record.fail('DENY', `connection denied by authorization policy (${d.reason}${d.policy ? ` ${d.policy}` : ''})`);
     }
     return d.allowed;
@@ -631,25 +662,24 @@ export class InpodProxy {
 
   async #connectHbone(target: HboneTarget, ctx: HboneConnectContext): Promise<Duplex> {
     const { peer, signal } = ctx;
-    this.#log.debug(
-      { peer: peer.identity?.toString(), target: hostPort(target.host, target.port), baggage: ctx.headers.raw.baggage, traceparent: ctx.headers.raw.traceparent },
-      'inbound HBONE stream',
-    );
-    const srcIp = normalizeIp(peer.remoteAddress);
+    const p = this.#peerOf(peer);
+    if (this.#log.isLevelEnabled?.('debug') !== false) {
+      this.#log.debug(
+        { peer: p.name, target: hostPort(target.host, target.port), baggage: ctx.headers.raw.baggage, traceparent: ctx.headers.raw.traceparent },
+        'inbound HBONE stream',
+      );
+    }
     const dstIp = normalizeIp(target.host);
-    const record = this.#inboundRecord(hostPort(srcIp, peer.remotePort), peer.identity?.toString(), dstIp, target.port, true);
+    const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, dstIp, target.port, true);
     let upstream: net.Socket;
     try {
-      upstream = await this.#connectApp(dstIp, target.port, srcIp, signal);
+      upstream = await this.#connectApp(dstIp, target.port, p.ip, signal);
     } catch (err) {
       record.fail('CONNECT', (err as Error).message);
       throw err;
     }
     this.#track(upstream);
-    const identity = peer.identity
-      ? { trustDomain: peer.identity.trustDomain, namespace: peer.identity.namespace, serviceAccount: peer.identity.serviceAccount }
-      : undefined;
-    this.#trackInbound(upstream, { sourceIp: srcIp, sourceIdentity: identity, destinationIp: dstIp, destinationPort: target.port });
+    this.#trackInbound(upstream, { sourceIp: p.ip, sourceIdentity: p.identity, destinationIp: dstIp, destinationPort: target.port });
     upstream.on('close', () => record.complete(upstream.bytesRead, upstream.bytesWritten));
     return upstream;
   }
@@ -674,7 +704,7 @@ export class InpodProxy {
       this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': hostPort(dst.address, dst.port) }, 'connection failed: recursive call to ourselves');
       return void socket.destroy();
     }
-    const record = this.#inboundRecord(srcAddr, undefined, dst.address, dst.port, false);
+    const record = this.#inboundRecord(srcIp, socket.remotePort ?? 0, undefined, dst.address, dst.port, false);
     const d = this.#authorize(srcIp, undefined, dst.address, dst.port);
     if (!d.allowed) {
       record.fail('DENY', `connection denied by authorization policy (${d.reason}${d.policy ? ` ${d.policy}` : ''})`);

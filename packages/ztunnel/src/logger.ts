@@ -8,6 +8,8 @@ export interface Logger {
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
   child(bindings: Record<string, unknown>): Logger;
+  /** pino's: lets a caller skip building the fields of a line that would not be written. */
+  isLevelEnabled?(level: string): boolean;
 }
 
 const noop = (): void => {};
@@ -18,6 +20,7 @@ export const silentLogger: Logger = {
   warn: noop,
   error: noop,
   child: () => silentLogger,
+  isLevelEnabled: () => false,
 };
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';

@@ -29,38 +29,70 @@ const TCP_LABELS = [
   'response_flags',
 ] as const;
 
+/**
+ * The TCP counters of one label set, counted as plain numbers on the connection path and added to the
+ * Prometheus counters when those are read: prom-client hashes and validates the ten labels on every
+ * `inc`, four times per connection.
+ */
+export class TcpTally {
+  opened = 0;
+  closed = 0;
+  failed = 0;
+  sentBytes = 0;
+  receivedBytes = 0;
+
+  constructor(readonly labels: TcpLabels) {}
+}
+
 /** ztunnel's Prometheus metrics, in a registry of their own. */
 export class ZtunnelMetrics {
   readonly registry = new Registry();
+  readonly #tallies = new Map<string, TcpTally>();
+  /** Each TCP counter adds the pending tallies before it is read (whichever is read first adds all). */
+  readonly #flush = (): void => {
+    for (const t of this.#tallies.values()) {
+      if (t.opened > 0) this.opened.inc(t.labels, t.opened);
+      if (t.closed > 0) this.closed.inc(t.labels, t.closed);
+      if (t.failed > 0) this.failed.inc(t.labels, t.failed);
+      if (t.sentBytes > 0) this.sentBytes.inc(t.labels, t.sentBytes);
+      if (t.receivedBytes > 0) this.receivedBytes.inc(t.labels, t.receivedBytes);
+      t.opened = t.closed = t.failed = t.sentBytes = t.receivedBytes = 0;
+    }
+  };
   readonly opened = new Counter({
     name: 'istio_tcp_connections_opened_total',
     help: 'The total number of TCP connections opened',
     labelNames: TCP_LABELS,
     registers: [this.registry],
+    collect: this.#flush,
   });
   readonly closed = new Counter({
     name: 'istio_tcp_connections_closed_total',
     help: 'The total number of TCP connections closed',
     labelNames: TCP_LABELS,
     registers: [this.registry],
+    collect: this.#flush,
   });
   readonly failed = new Counter({
     name: 'istio_tcp_connections_failed_total',
     help: 'The total number of TCP connections that failed to establish',
     labelNames: TCP_LABELS,
     registers: [this.registry],
+    collect: this.#flush,
   });
   readonly sentBytes = new Counter({
     name: 'istio_tcp_sent_bytes_total',
     help: 'The size of total bytes sent during response in case of a TCP connection',
     labelNames: TCP_LABELS,
     registers: [this.registry],
+    collect: this.#flush,
   });
   readonly receivedBytes = new Counter({
     name: 'istio_tcp_received_bytes_total',
     help: 'The size of total bytes received during request in case of a TCP connection',
     labelNames: TCP_LABELS,
     registers: [this.registry],
+    collect: this.#flush,
   });
   readonly activeProxies = new Gauge({
     name: 'workload_manager_active_proxy_count',
@@ -87,6 +119,19 @@ export class ZtunnelMetrics {
     // prom-client samples event-loop lag every 10 ms by default: 100 wake-ups a second of an
     // otherwise idle proxy, each able to land in front of a packet. 100 ms still shows real stalls.
     if (options.processMetrics) collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 100 });
+  }
+
+  /**
+   * The tally for one label set, made on first use and kept (as prom-client keeps every label set it
+   * saw). `key` must identify the labels; the caller builds it from what it already has at hand.
+   */
+  tally(key: string, labels: () => TcpLabels): TcpTally {
+    let t = this.#tallies.get(key);
+    if (t === undefined) {
+      t = new TcpTally(labels());
+      this.#tallies.set(key, t);
+    }
+    return t;
   }
 
   async text(): Promise<string> {
