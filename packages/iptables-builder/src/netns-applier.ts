@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from './logger.js';
 import type { Family, FamilyRules, RuleRef, RuleSet } from './model.js';
 import { parseIptablesSave, type SavedTable } from './parse-iptables.js';
 import { countRule, hasRoute, ipRouteArgs, ipRuleArgs, type PolicyRouting } from './routing.js';
-import { applyRouting, countRuleIn, describeChange, hasRouteIn, missingRouting, readRouting, sendRouting, type NetlinkExchange, type RoutingChange, type RoutingState } from './rtnetlink.js';
+import { applyRouting, countRuleIn, describeChange, hasRouteIn, missingRouting, readNftGeneration, readRouting, sendRouting, type NetlinkExchange, type RoutingChange, type RoutingState } from './rtnetlink.js';
 import { BatchScript, runShellBatch, type BatchOutput, type BatchStep } from './shell-batch.js';
 
 /** What a netns should hold; chosen from what was read (whether IPv6 is on there). */
@@ -40,6 +40,12 @@ export interface NetnsApplyResult {
   readonly sysctls: readonly string[];
   /** Executor calls made (1 when in sync, 2 when something was applied; more only to roll back). */
   readonly roundTrips: number;
+  /**
+   * Present when the rules were found in sync and a later apply can tell cheaply whether they
+   * still are (backend nft with `netlink`: the nftables generation read before, and the IPv6
+   * state): pass it back as `fingerprint`.
+   */
+  readonly fingerprint?: string;
 }
 
 export interface NetnsApplyOptions {
@@ -49,6 +55,12 @@ export interface NetnsApplyOptions {
    * after all, what got in is taken out again and the usual read-diff-apply follows.
    */
   readonly likelyNew?: boolean;
+  /**
+   * The `fingerprint` of an earlier result for this netns: when it still holds (nothing in the
+   * netns's nftables changed since, and IPv6 is as it was), the rules are known to be in sync and
+   * are not read again (no `iptables-save`); policy routing and sysctls are checked as always.
+   */
+  readonly fingerprint?: string;
 }
 
 export interface NetnsApplierOptions {
@@ -131,7 +143,7 @@ export class NetnsApplier {
 
   /** The rtnetlink exchange, timed for onRoundTrip under `what`. */
   #nl(nl: NetlinkExchange, what: string): NetlinkExchange {
-    return (req, n) => this.#timed('netlink', () => Promise.resolve(nl(req, n)), () => [what]);
+    return (req, n, protocol) => this.#timed('netlink', () => Promise.resolve(nl(req, n, protocol)), () => [what]);
   }
 
   async #timed<T>(kind: NetnsRoundTrip['kind'], run: () => Promise<T>, steps: (out: T | undefined) => readonly string[]): Promise<T> {
@@ -166,6 +178,32 @@ export class NetnsApplier {
   async apply(spec: (facts: NetnsFacts) => NetnsSpec, opts: NetnsApplyOptions = {}): Promise<NetnsApplyResult> {
     const backend = await this.backend();
     const specs = { on: spec({ ipv6: true }), off: spec({ ipv6: false }) };
+    // Read before anything else: a netns found in sync below was so at this generation or a later one.
+    const generation = backend === 'nft' && this.#netlink && !opts.likelyNew ? await readNftGeneration(this.#nl(this.#netlink, 'read nft generation')) : undefined;
+    if (generation !== undefined && opts.fingerprint?.startsWith(`${generation}/`)) {
+      const unchanged = await this.#applyUnchanged(backend, specs, opts.fingerprint);
+      if (unchanged) return unchanged;
+    }
+    const result = await this.#apply(backend, specs, opts);
+    return generation !== undefined && !result.changed ? { ...result, fingerprint: `${generation}/${result.ipv6 ? 1 : 0}` } : result;
+  }
+
+  /**
+   * The rules are as they were when `fingerprint` was taken (in sync): read only IPv6 and the
+   * sysctls (shell builtins) and the routing (rtnetlink), and put back what of those drifted.
+   * Undefined when IPv6 changed since (the wanted rules may differ): the caller reads everything.
+   */
+  async #applyUnchanged(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }, fingerprint: string): Promise<NetnsApplyResult | undefined> {
+    const sysctlKeys = [...new Set([...Object.keys(specs.on.sysctls ?? {}), ...Object.keys(specs.off.sysctls ?? {})])];
+    const out = await this.#batch(new BatchScript(sysctlKeys));
+    if (!fingerprint.endsWith(`/${out.ipv6 ? 1 : 0}`) || !this.#netlink) return undefined;
+    const want = out.ipv6 ? specs.on : specs.off;
+    const read: Read = { ...out, netlinkRouting: await readRouting(this.#nl(this.#netlink, 'read routing'), routingFamilies(want.routing)) };
+    // Routing and sysctls are not nftables: putting them back leaves the fingerprint valid.
+    return { ...(await this.#applyDiff(backend, want, read, 1, true)), fingerprint };
+  }
+
+  async #apply(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }, opts: NetnsApplyOptions): Promise<NetnsApplyResult> {
     const optimistic = this.#canInstallFresh(specs.on) && this.#canInstallFresh(specs.off);
     const assume = optimistic && opts.likelyNew === true;
     const read = assume ? await this.#installNew(backend, specs) : await this.#read(backend, specs, optimistic);
@@ -351,9 +389,11 @@ export class NetnsApplier {
   }
 
   /** The general path: diff what the read script saw, then apply only the difference (one more round trip). */
-  async #applyDiff(backend: 'legacy' | 'nft', want: NetnsSpec, read: Read, readTrips: number): Promise<NetnsApplyResult> {
+  async #applyDiff(backend: 'legacy' | 'nft', want: NetnsSpec, read: Read, readTrips: number, rulesInSync = false): Promise<NetnsApplyResult> {
     let roundTrips = readTrips;
-    const { saved, changes, repaired, restores, hadRules } = this.#diff(backend, want, read);
+    const { saved, changes, repaired, restores, hadRules } = rulesInSync
+      ? { saved: new Map<Family, SavedTable[]>(), changes: [], repaired: [], restores: [], hadRules: true }
+      : this.#diff(backend, want, read);
     const routeLines = new Map<Family, string[]>();
     const netlinkChanges = read.netlinkRouting ? missingRouting(read.netlinkRouting, want.routing) : [];
     for (const family of read.netlinkRouting ? [] : FAMILIES) {

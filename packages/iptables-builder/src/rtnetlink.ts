@@ -3,11 +3,18 @@ import type { Family } from './model.js';
 import type { FwmarkRule, LocalRoute, PolicyRouting } from './routing.js';
 
 /**
- * Sends rtnetlink messages in the netns being applied to and returns the raw replies, e.g.
- * `(req, n) => netlinkExchange(netns, NETLINK_ROUTE, req, n)` from @weir/netns. `replies` is how
- * many terminal replies (ACK/error or end of dump) to wait for: one per message sent.
+ * Sends netlink messages in the netns being applied to and returns the raw replies, e.g.
+ * `(req, n, protocol = NETLINK_ROUTE) => netlinkExchange(netns, protocol, req, n)` from
+ * @weir/netns. `replies` is how many terminal replies (ACK/error or end of dump) to wait for: one
+ * per message sent. `protocol`: NETLINK_ROUTE (0) when absent, NETLINK_NETFILTER (12) for nftables.
  */
-export type NetlinkExchange = (request: Uint8Array, replies: number) => Uint8Array | Promise<Uint8Array>;
+export type NetlinkExchange = (request: Uint8Array, replies: number, protocol?: number) => Uint8Array | Promise<Uint8Array>;
+
+const NETLINK_NETFILTER = 12;
+// <linux/netfilter/nfnetlink.h>, <linux/netfilter/nf_tables.h>
+const NFT_MSG_GETGEN = (10 << 8) | 16;
+const NFT_MSG_NEWGEN = (10 << 8) | 15;
+const NFTA_GEN_ID = 1;
 
 // <linux/netlink.h>, <linux/rtnetlink.h>, <linux/fib_rules.h>
 const NLMSG_ERROR = 2;
@@ -182,6 +189,32 @@ export async function readRouting(exchange: NetlinkExchange, families: readonly 
     }
   }
   return { rules, routes };
+}
+
+/**
+ * The netns's nftables generation: a counter every committed nftables transaction (any rule change
+ * by iptables-nft, nft, …) bumps, and nothing else does. Equal to an earlier reading means that no
+ * nftables rule changed in between.
+ */
+export async function readNftGeneration(exchange: NetlinkExchange): Promise<number> {
+  // nfgenmsg: family AF_UNSPEC, version 0, res_id 0
+  const bytes = await exchange(message(NFT_MSG_GETGEN, F_ACK, 1, new Uint8Array(4)), 1, NETLINK_NETFILTER);
+  for (const r of parse(bytes)) {
+    if (r.type === NLMSG_ERROR) {
+      const errno = -new DataView(r.payload.buffer, r.payload.byteOffset, 4).getInt32(0, LE);
+      if (errno !== 0) throw Object.assign(new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `reading the nftables generation failed: errno ${errno}`), { errno });
+    }
+    if (r.type !== NFT_MSG_NEWGEN || r.payload.length < 4) continue;
+    const v = new DataView(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength);
+    for (let at = 4; at + 8 <= r.payload.length; ) {
+      const len = v.getUint16(at, LE);
+      if (len < 4) break;
+      // Netfilter attributes are big-endian.
+      if ((v.getUint16(at + 2, LE) & 0x3fff) === NFTA_GEN_ID && len === 8) return v.getUint32(at + 4, false);
+      at += (len + 3) & ~3;
+    }
+  }
+  throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', 'reading the nftables generation: no NFTA_GEN_ID in the reply');
 }
 
 /** How many copies of `rule` the netns holds. */

@@ -27,10 +27,10 @@ const podSpec = (facts: { ipv6: boolean }): NetnsSpec => ({
 /** rtnetlink in the netns at `path` (policy routing in-process), as the node agent passes it. */
 const netlinkAt =
   (path: string): NetlinkExchange =>
-  (req, n) => {
+  (req, n, protocol = NETLINK_ROUTE) => {
     const netns = openNetns(path);
     try {
-      return netlinkExchange(netns, NETLINK_ROUTE, req, n);
+      return netlinkExchange(netns, protocol, req, n);
     } finally {
       netns.close();
     }
@@ -278,6 +278,72 @@ for (const { backend, netlink } of MODES) {
     });
   });
 }
+
+describe('NetnsApplier fingerprint (iptables-nft, routing over rtnetlink): a drift check that skips reading unchanged rules', () => {
+  const name = uniqueName('L');
+  let path = '';
+  const ipIn = (...args: string[]): string => sh('ip', ['netns', 'exec', name, ...args]);
+  const applier = (trips: NetnsRoundTrip[] = [], calls = recording(netnsExecutor(path))): NetnsApplier =>
+    new NetnsApplier({ executor: calls, backend: 'nft', netlink: netlinkAt(path), onRoundTrip: (t) => trips.push(t) });
+  beforeAll(() => {
+    names.push(name);
+    path = addNetns(name);
+  });
+
+  it('is given once a read found the rules in sync, and then spares the iptables-save of both families', async () => {
+    expect((await applier().apply(podSpec)).fingerprint).toBeUndefined(); // installed: not read in sync
+    const first = await applier().apply(podSpec);
+    expect(first).toMatchObject({ changed: false, fingerprint: expect.stringMatching(/^\d+\/1$/) });
+    const trips: NetnsRoundTrip[] = [];
+    const calls = recording(netnsExecutor(path));
+    const again = await applier(trips, calls).apply(podSpec, { fingerprint: first.fingerprint! });
+    expect(again).toMatchObject({ changed: false, hadRules: true, fingerprint: first.fingerprint, roundTrips: 1 });
+    expect(calls.calls).toHaveLength(1);
+    expect(calls.calls[0]?.args[1]).not.toMatch(/iptables-nft-save/);
+    expect(trips.map((t) => `${t.kind}:${t.steps.join(',')}`)).toEqual(['netlink:read nft generation', 'batch:', 'netlink:read routing', 'netlink:read routing']);
+  });
+
+  it('a rule changed by hand bumps the nftables generation: the rules are read and repaired', async () => {
+    const { fingerprint } = await applier().apply(podSpec);
+    ipIn('iptables-nft', '-w', '-t', 'nat', '-D', 'ISTIO_OUTPUT', '-d', '169.254.7.127/32', '-p', 'tcp', '-m', 'tcp', '-j', 'ACCEPT');
+    const r = await applier().apply(podSpec, { fingerprint: fingerprint! });
+    expect(r).toMatchObject({ changed: true, hadRules: true, roundTrips: 2 });
+    expect(r.repaired).toEqual([{ family: 'ipv4', table: 'nat', chain: 'ISTIO_OUTPUT', rule: '-d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT' }]);
+    expect(r.fingerprint).toBeUndefined();
+    expect(ipIn('iptables-nft-save', '-t', 'nat')).toMatch(/-A ISTIO_OUTPUT -d 169.254.7.127\/32 -p tcp -m tcp -j ACCEPT/);
+  });
+
+  it('routing and the sysctl are still checked and put back, and the fingerprint stays', async () => {
+    const { fingerprint } = await applier().apply(podSpec);
+    ipIn('ip', '-6', 'rule', 'del', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133');
+    ipIn('sh', '-c', 'echo 0 > /proc/sys/net/ipv4/tcp_migrate_req');
+    const r = await applier().apply(podSpec, { fingerprint: fingerprint! });
+    expect(r).toMatchObject({ changed: true, routing: ['ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133'], sysctls: [MIGRATE], fingerprint });
+    expect(ipIn('ip', '-6', 'rule', 'show')).toMatch(/fwmark 0x111\/0xfff lookup 133/);
+    expect(ipIn('cat', '/proc/sys/net/ipv4/tcp_migrate_req').trim()).toBe('1');
+  });
+
+  it('IPv6 turned off since: everything is read again (the wanted rules differ)', async () => {
+    const { fingerprint } = await applier().apply(podSpec);
+    ipIn('sh', '-c', 'for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 > $f; done');
+    const calls = recording(netnsExecutor(path));
+    const r = await applier([], calls).apply(podSpec, { fingerprint: fingerprint! });
+    expect(r.ipv6).toBe(false);
+    expect(calls.calls.some((c) => /iptables-nft-save/.test(c.args[1] ?? ''))).toBe(true);
+    expect(r.fingerprint).toMatch(/\/0$/);
+  });
+
+  it('legacy iptables gives none (no generation to compare)', async () => {
+    const other = uniqueName('M');
+    names.push(other);
+    const otherPath = addNetns(other);
+    const legacy = new NetnsApplier({ executor: netnsExecutor(otherPath), backend: 'legacy', netlink: netlinkAt(otherPath) });
+    await legacy.apply(podSpec);
+    const r = await legacy.apply(podSpec);
+    expect(r.changed).toBe(false);
+    expect(r.fingerprint).toBeUndefined();
+  });
+});
 
 describe('NetnsApplier errors', () => {
   it('a netns that cannot be entered is a clear error, not an empty read', async () => {
