@@ -68,11 +68,17 @@ class PooledSession {
   idleTimer: NodeJS.Timeout | undefined;
   pingTimer: NodeJS.Timeout | undefined;
 
+  /** Streams sent and not answered yet; the session's shared stream listeners settle them. */
+  readonly opening = new Map<http2.ClientHttp2Stream, PendingOpen>();
+  // Listeners shared by every stream of this session: per-stream closures cost memory on every idle
+  // tunnel, and adding and removing listeners per open costs CPU (each one emits an event).
+  onStreamClose: (this: http2.ClientHttp2Stream) => void = noop;
+  onStreamError: (this: http2.ClientHttp2Stream, err: Error) => void = noop;
+  onStreamResponse: (this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders) => void = noop;
+
   constructor(
     readonly key: string,
     max: number,
-    /** One 'close' listener shared by every stream of this session (idle tunnels are many). */
-    readonly onStreamClose: () => void,
   ) {
     this.max = max;
   }
@@ -82,6 +88,22 @@ class PooledSession {
   }
 }
 
+/** A CONNECT sent and not answered yet. */
+interface PendingOpen {
+  resolve: (stream: http2.ClientHttp2Stream | Promise<http2.ClientHttp2Stream>) => void;
+  reject: (err: unknown) => void;
+  o: HboneConnectOptions;
+  authority: string;
+  peerAuthority: string;
+  attempt: number;
+  /** The stream's error, if any, for the message when it closes unanswered. */
+  error: Error | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+const noop = (): void => {};
+const REQUEST_OPTIONS = { endStream: false };
+
 /**
  * HBONE client: opens tunnels (HTTP/2 CONNECT streams) over pooled mutual-TLS sessions, keyed by
  * (own identity, expected peer identities, peer address).
@@ -90,61 +112,76 @@ export class HboneClient {
   readonly #o: HboneClientOptions;
   readonly #log: HboneLogger;
   #tls: ResolvedTls;
+  /** The own identity as text, the first part of every pool key. */
+  #identityKey: string;
   readonly #pools = new Map<string, PooledSession[]>();
   #closed = false;
-  // One shared listener: per-stream closures cost memory on every idle tunnel.
-  readonly #onStreamError = (err: Error): void => this.#log.debug({ err }, 'tunnel stream error');
 
   constructor(o: HboneClientOptions) {
     this.#o = o;
     this.#log = o.logger ?? silentLogger;
     this.#tls = resolveTls(o.tls);
+    this.#identityKey = this.#tls.identity.toString();
   }
 
   /** Opens a tunnel; resolves once the peer answered 200, with the stream as the tunnel's Duplex. */
-  async connect(o: HboneConnectOptions): Promise<http2.ClientHttp2Stream> {
-    if (this.#closed) throw new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed');
-    if (o.expectedIdentities.length === 0) {
-      throw new HboneError('ERR_HBONE_CONFIG', `connect to ${o.peer.host}:${o.peer.port}: expectedIdentities is empty`);
-    }
-    const authority = formatAuthority(o.target);
-    const peerAuthority = formatAuthority(o.peer);
-    o.signal?.throwIfAborted?.();
-    // A GOAWAY racing our request refuses it before the peer saw it: safe to retry on a new session.
-    for (let attempt = 0; ; attempt++) {
-      if (this.#closed) throw new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed');
-      const entry = this.#acquire(o, peerAuthority);
-      // A warm session needs no await here: every await is a turn on the open path.
-      if (!entry.established) {
-        try {
-          await this.#waitReady(entry, o.signal);
-        } catch (err) {
-          entry.pending--;
-          this.#maybeIdle(entry);
-          throw err;
-        }
+  connect(o: HboneConnectOptions): Promise<http2.ClientHttp2Stream> {
+    let authority: string;
+    let peerAuthority: string;
+    try {
+      if (o.expectedIdentities.length === 0) {
+        throw new HboneError('ERR_HBONE_CONFIG', `connect to ${o.peer.host}:${o.peer.port}: expectedIdentities is empty`);
       }
+      authority = formatAuthority(o.target);
+      peerAuthority = formatAuthority(o.peer);
+      o.signal?.throwIfAborted?.();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#attempt(o, authority, peerAuthority, 0);
+  }
+
+  // Not async: on a warm session an open is one promise, settled by the peer's answer.
+  #attempt(o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+    if (this.#closed) return Promise.reject(new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed'));
+    const entry = this.#acquire(o, peerAuthority);
+    if (!entry.established) return this.#attemptWhenReady(entry, o, authority, peerAuthority, attempt);
+    entry.pending--;
+    return this.#open(entry, o, authority, peerAuthority, attempt);
+  }
+
+  async #attemptWhenReady(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+    try {
+      await this.#waitReady(entry, o.signal);
+    } catch (err) {
       entry.pending--;
-      if (entry.open >= entry.max || entry.draining || entry.closed) {
-        // Capped by the peer's SETTINGS, or retired while we waited: find another.
-        this.#maybeIdle(entry);
-        if (attempt < 5) continue;
-      }
-      try {
-        return await this.#request(entry, o, authority, peerAuthority);
-      } catch (err) {
-        if (err instanceof RetryableError && attempt < 2) {
-          this.#log.debug({ peer: peerAuthority, reason: err.message }, 'retrying tunnel on a new session');
-          continue;
-        }
-        throw err instanceof RetryableError ? err.error : err;
-      }
+      this.#maybeIdle(entry);
+      throw err;
     }
+    entry.pending--;
+    return this.#open(entry, o, authority, peerAuthority, attempt);
+  }
+
+  #open(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+    if ((entry.open >= entry.max || entry.draining || entry.closed) && attempt < 5) {
+      // Capped by the peer's SETTINGS, or retired while we waited: find another.
+      this.#maybeIdle(entry);
+      return this.#attempt(o, authority, peerAuthority, attempt + 1);
+    }
+    return this.#request(entry, o, authority, peerAuthority, attempt);
+  }
+
+  /** A GOAWAY racing our request refuses it before the peer saw it: safe to retry on a new session. */
+  #retry(err: HboneError, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+    if (attempt >= 2) return Promise.reject(err);
+    this.#log.debug({ peer: peerAuthority, reason: err.message }, 'retrying tunnel on a new session');
+    return this.#attempt(o, authority, peerAuthority, attempt + 1);
   }
 
   /** New TLS material for new sessions; live sessions finish their streams and retire. */
   setTls(t: HboneTlsOptions): void {
     this.#tls = resolveTls(t);
+    this.#identityKey = this.#tls.identity.toString();
     for (const list of this.#pools.values()) {
       for (const e of list) this.#retire(e, 'certificate rotated');
     }
@@ -189,7 +226,7 @@ export class HboneClient {
   #acquire(o: HboneConnectOptions, peerAuthority: string): PooledSession {
     const ids = o.expectedIdentities;
     const expected = ids.length === 1 ? ids : [...new Set(ids)].sort();
-    const key = `${this.#tls.identity.toString()}\n${expected.length === 1 ? expected[0] : expected.join(' ')}\n${peerAuthority}`;
+    const key = `${this.#identityKey}\n${expected.length === 1 ? expected[0] : expected.join(' ')}\n${peerAuthority}`;
     let list = this.#pools.get(key);
     if (list === undefined) {
       list = [];
@@ -202,10 +239,8 @@ export class HboneClient {
         return e;
       }
     }
-    const e: PooledSession = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100, () => {
-      e.open--;
-      this.#maybeIdle(e);
-    });
+    const e = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100);
+    this.#listen(e);
     list.push(e);
     e.pending++;
     e.ready = this.#establish(e, o.peer, peerAuthority, [...expected], this.#tls);
@@ -393,62 +428,80 @@ export class HboneClient {
     e.pingTimer.unref();
   }
 
-  #request(e: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string): Promise<http2.ClientHttp2Stream> {
+  #request(e: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
     const session = e.session!;
     let stream: http2.ClientHttp2Stream;
     try {
-      stream = session.request({ ...o.headers, ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+      stream = session.request(
+        o.headers === undefined ? { ':method': 'CONNECT', ':authority': authority } : { ...o.headers, ':method': 'CONNECT', ':authority': authority },
+        REQUEST_OPTIONS,
+      );
     } catch (cause) {
       this.#retire(e, 'request failed');
-      return Promise.reject(new RetryableError(new HboneError('ERR_HBONE_SESSION', `session to ${peerAuthority} cannot open streams: ${String(cause)}`, { cause })));
+      return this.#retry(new HboneError('ERR_HBONE_SESSION', `session to ${peerAuthority} cannot open streams: ${String(cause)}`, { cause }), o, authority, peerAuthority, attempt);
     }
     e.open++;
-    stream.on('close', e.onStreamClose);
     // Errors after the tunnel is handed over surface through 'close'/rstCode to whoever owns it; never crash.
-    stream.on('error', this.#onStreamError);
+    stream.on('close', e.onStreamClose);
+    stream.on('error', e.onStreamError);
+    stream.on('response', e.onStreamResponse);
     return new Promise((resolve, reject) => {
-      let streamError: Error | undefined;
-      const onError = (err: Error): void => {
-        streamError = err;
-      };
-      const cleanup = (): void => {
-        stream.off('response', onResponse);
-        stream.off('close', onClose);
-        stream.off('error', onError);
-        o.signal?.removeEventListener('abort', onAbort);
-      };
-      const onResponse = (headers: http2.IncomingHttpHeaders): void => {
-        cleanup();
-        const status = Number(headers[':status']);
-        if (status === 200) {
-          resolve(stream);
-          return;
-        }
-        stream.close(NGHTTP2_CANCEL);
-        reject(new HboneError('ERR_HBONE_STATUS', `peer ${peerAuthority} answered CONNECT ${authority} with status ${status}`, { status }));
-      };
-      const onClose = (): void => {
-        cleanup();
-        const code = stream.rstCode;
-        const why = e.goaway ?? e.lastError?.message ?? streamError?.message ?? `stream reset with code ${code}`;
-        const err = classify(e.lastError ?? streamError, peerAuthority, `peer ${peerAuthority} closed CONNECT ${authority} before answering: ${why}`);
-        if (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined) reject(new RetryableError(err));
-        else reject(err);
-      };
-      const onAbort = (): void => {
-        cleanup();
-        stream.close(NGHTTP2_CANCEL);
-        reject(new HboneError('ERR_HBONE_ABORTED', `CONNECT ${authority} via ${peerAuthority} aborted`, { cause: o.signal?.reason }));
-      };
-      // Plain listeners, removed by cleanup(): once() would wrap each in two more objects.
-      stream.on('response', onResponse);
-      stream.on('close', onClose);
-      stream.on('error', onError);
-      if (o.signal !== undefined) {
-        if (o.signal.aborted) onAbort();
-        else o.signal.addEventListener('abort', onAbort, { once: true });
+      const p: PendingOpen = { resolve, reject, o, authority, peerAuthority, attempt, error: undefined, onAbort: undefined };
+      e.opening.set(stream, p);
+      const signal = o.signal;
+      if (signal !== undefined) {
+        p.onAbort = (): void => {
+          e.opening.delete(stream);
+          stream.close(NGHTTP2_CANCEL);
+          reject(new HboneError('ERR_HBONE_ABORTED', `CONNECT ${authority} via ${peerAuthority} aborted`, { cause: signal.reason }));
+        };
+        if (signal.aborted) p.onAbort();
+        else signal.addEventListener('abort', p.onAbort, { once: true });
       }
     });
+  }
+
+  /** The shared stream listeners of a new session. */
+  #listen(e: PooledSession): void {
+    const closed = (stream: http2.ClientHttp2Stream): void => {
+      e.open--;
+      this.#maybeIdle(e);
+      const p = e.opening.get(stream);
+      if (p !== undefined) this.#closedUnanswered(e, stream, p);
+    };
+    const answered = (stream: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders): void => {
+      const p = e.opening.get(stream);
+      if (p === undefined) return;
+      settled(e, stream, p);
+      const status = Number(headers[':status']);
+      if (status === 200) {
+        p.resolve(stream);
+        return;
+      }
+      stream.close(NGHTTP2_CANCEL);
+      p.reject(new HboneError('ERR_HBONE_STATUS', `peer ${p.peerAuthority} answered CONNECT ${p.authority} with status ${status}`, { status }));
+    };
+    const log = this.#log;
+    e.onStreamClose = function (this: http2.ClientHttp2Stream) {
+      closed(this);
+    };
+    e.onStreamResponse = function (this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders) {
+      answered(this, headers);
+    };
+    e.onStreamError = function (this: http2.ClientHttp2Stream, err: Error) {
+      const p = e.opening.get(this);
+      if (p !== undefined) p.error = err;
+      else log.debug({ err }, 'tunnel stream error');
+    };
+  }
+
+  #closedUnanswered(e: PooledSession, stream: http2.ClientHttp2Stream, p: PendingOpen): void {
+    settled(e, stream, p);
+    const code = stream.rstCode;
+    const why = e.goaway ?? e.lastError?.message ?? p.error?.message ?? `stream reset with code ${code}`;
+    const err = classify(e.lastError ?? p.error, p.peerAuthority, `peer ${p.peerAuthority} closed CONNECT ${p.authority} before answering: ${why}`);
+    if (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined) p.resolve(this.#retry(err, p.o, p.authority, p.peerAuthority, p.attempt));
+    else p.reject(err);
   }
 
   #retire(e: PooledSession, reason: string): void {
@@ -485,10 +538,10 @@ export class HboneClient {
   }
 }
 
-class RetryableError extends Error {
-  constructor(readonly error: HboneError) {
-    super(error.message);
-  }
+/** The open is answered, closed or aborted: nothing else may settle it. */
+function settled(e: PooledSession, stream: http2.ClientHttp2Stream, p: PendingOpen): void {
+  e.opening.delete(stream);
+  if (p.onAbort !== undefined) p.o.signal?.removeEventListener('abort', p.onAbort);
 }
 
 function handshake(s: tls.TLSSocket, peerAuthority: string): Promise<void> {
