@@ -93,6 +93,12 @@ export class IptablesPodRules implements PodRules {
   private readonly podShells: ShellPool;
   private readonly hostShell: ShellPool;
   private batch: { lines: string[]; done: Promise<void> } | undefined;
+  /**
+   * Per pod netns, NetnsApplier's fingerprint of rules last found in sync: while nothing in the
+   * netns's nftables changed since, a drift check does not read the rules again (no iptables-save).
+   * Keyed by the controller's handle, so it goes when the pod's netns is dropped.
+   */
+  private readonly fingerprints = new WeakMap<NetnsHandle, string>();
   private ipsetChain: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: IptablesPodRulesOptions = {}) {
@@ -174,7 +180,8 @@ export class IptablesPodRules implements PodRules {
    */
   private inPod<T>(netns: NetnsHandle, fn: (exec: CommandExecutor, netlink: NetlinkExchange | undefined) => Promise<T>): Promise<T> {
     // Our own fd, seen through /proc by nsenter: the netns we opened, whatever its path does now.
-    const netlink: NetlinkExchange | undefined = netns instanceof Netns ? (req, n) => netlinkExchange(netns, NETLINK_ROUTE, req, n) : undefined;
+    const netlink: NetlinkExchange | undefined =
+      netns instanceof Netns ? (req, n, protocol = NETLINK_ROUTE) => netlinkExchange(netns, protocol, req, n) : undefined;
     return this.podShells.with((shell) => fn(netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`, shell), netlink));
   }
 
@@ -185,10 +192,10 @@ export class IptablesPodRules implements PodRules {
   }
 
   apply(pod: PodInfo, netns: NetnsHandle, opts: { likelyNew?: boolean } = {}): Promise<RepairReport> {
-    return this.inPod(netns, (exec, netlink) => this.applyWith(pod, exec, netlink, opts.likelyNew ?? false));
+    return this.inPod(netns, (exec, netlink) => this.applyWith(pod, netns, exec, netlink, opts.likelyNew ?? false));
   }
 
-  private async applyWith(pod: PodInfo, inner: CommandExecutor, netlink: NetlinkExchange | undefined, likelyNew: boolean): Promise<RepairReport> {
+  private async applyWith(pod: PodInfo, netns: NetnsHandle, inner: CommandExecutor, netlink: NetlinkExchange | undefined, likelyNew: boolean): Promise<RepairReport> {
     // Per-round-trip timings of this capture, for the debug line below (where enrollment time goes).
     const steps: string[] = [];
     const started = performance.now();
@@ -207,7 +214,7 @@ export class IptablesPodRules implements PodRules {
       },
     };
     try {
-      return await this.applyTimed(pod, { exec, inner, netlink, onRoundTrip }, likelyNew);
+      return await this.applyTimed(pod, netns, { exec, inner, netlink, onRoundTrip }, likelyNew);
     } finally {
       this.log.debug({ uid: pod.uid, pod: `${pod.namespace}/${pod.name}`, totalMs: Number((performance.now() - started).toFixed(1)), roundTrips: steps.length, steps }, 'in-pod apply timings');
     }
@@ -228,6 +235,7 @@ export class IptablesPodRules implements PodRules {
 
   private async applyTimed(
     pod: PodInfo,
+    netns: NetnsHandle,
     via: { exec: CommandExecutor; inner: CommandExecutor; netlink: NetlinkExchange | undefined; onRoundTrip: (t: NetnsRoundTrip) => void },
     likelyNew: boolean,
   ): Promise<RepairReport> {
@@ -242,7 +250,9 @@ export class IptablesPodRules implements PodRules {
         logger: this.log,
         onRoundTrip: via.onRoundTrip,
         ...(via.netlink ? { netlink: via.netlink } : {}),
-      }).apply(this.specFor(pod), { likelyNew });
+      }).apply(this.specFor(pod), { likelyNew, fingerprint: this.fingerprints.get(netns) });
+      if (r.fingerprint !== undefined) this.fingerprints.set(netns, r.fingerprint);
+      else this.fingerprints.delete(netns);
       const repaired = r.repaired.map((x) => `${x.family} ${x.table} ${x.chain}: ${x.rule}`);
       if (r.hadRules) {
         if (!r.diff.inSync && r.repaired.length === 0) repaired.push('rule order or chains');
@@ -264,6 +274,7 @@ export class IptablesPodRules implements PodRules {
   }
 
   remove(_pod: PodInfo, netns: NetnsHandle): Promise<void> {
+    this.fingerprints.delete(netns);
     return this.inPod(netns, async (exec, netlink) => {
       const backend = this.iptablesBackend;
       if (backend !== 'nftables') {

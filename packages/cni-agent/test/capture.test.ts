@@ -252,6 +252,17 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     expect(await nsRun(web.netnsPath, 'ip', ['rule', 'show'])).toMatch(/lookup 133/);
     expect(await agent!.checkDrift()).toBe(0);
     expect(await agent!.metrics.registry.getSingleMetricAsString('weir_cni_agent_reconcile_repairs_total')).toMatch(/ 1$/m);
+    // Found in sync, so the next checks go by the netns's nftables generation (no iptables-save):
+    // a rule deleted now is still seen and put back, and so is policy routing alone.
+    expect(await agent!.checkDrift()).toBe(0);
+    await nsRun(web.netnsPath, 'iptables', ['-t', 'nat', '-D', 'ISTIO_OUTPUT', '-p', 'tcp', '-m', 'mark', '--mark', '0x111/0xfff', '-j', 'ACCEPT']);
+    expect(await agent!.checkDrift()).toBe(1);
+    expect(await istioLines(web.netnsPath)).toEqual(SEED_RULES);
+    expect(await agent!.checkDrift()).toBe(0);
+    await nsRun(web.netnsPath, 'ip', ['rule', 'del', 'fwmark', '0x111/0xfff', 'lookup', '133']);
+    expect(await agent!.checkDrift()).toBe(1);
+    expect(await nsRun(web.netnsPath, 'ip', ['rule', 'show'])).toMatch(/lookup 133/);
+    expect(await agent!.checkDrift()).toBe(0);
   });
 
   it('finds a pod netns by /proc scan: pod UID in the cgroup, never the node netns, must hold a pod IP', async () => {
