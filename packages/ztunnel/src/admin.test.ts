@@ -99,6 +99,29 @@ describe('ConnectionRecord and metrics', () => {
     expect(JSON.parse(lines[1]!)).toMatchObject({ msg: 'connection failed', level: 'warn', error: 'connection denied by authorization policy' });
   });
 
+  it('adds counts made between reads once each, and writes no access-log line below the logger level', async () => {
+    const metrics = new ZtunnelMetrics();
+    const lines: string[] = [];
+    const { logger } = createLogger({ level: 'warn', format: 'json', write: (l) => lines.push(l) });
+    const info = { direction: 'outbound' as const, src: { addr: '10.0.0.1:40000' }, dst: { addr: '10.0.0.2:8080' }, mtls: false };
+    const labels =
+      'reporter="source",source_workload="unknown",source_workload_namespace="unknown",source_principal="unknown",' +
+      'destination_workload="unknown",destination_workload_namespace="unknown",destination_principal="unknown",' +
+      'request_protocol="tcp",connection_security_policy="unknown",response_flags="-"';
+    new ConnectionRecord(info, metrics, logger).complete(5, 0);
+    expect(await metrics.text()).toContain(`istio_tcp_connections_opened_total{${labels}} 1`);
+    expect(await metrics.text()).toContain(`istio_tcp_connections_opened_total{${labels}} 1`);
+    new ConnectionRecord(info, metrics, logger).complete(7, 0);
+    const text = await metrics.text();
+    expect(text).toContain(`istio_tcp_connections_opened_total{${labels}} 2`);
+    expect(text).toContain(`istio_tcp_sent_bytes_total{${labels}} 12`);
+    // Never any bytes received: no series, as prom-client gives for a counter never incremented.
+    expect(text).not.toContain('istio_tcp_received_bytes_total{');
+    expect(lines).toEqual([]);
+    new ConnectionRecord(info, metrics, logger).fail('CONNECT', 'refused');
+    expect(lines.map((l) => (JSON.parse(l) as { msg: string }).msg)).toEqual(['connection failed']);
+  });
+
   it('serves the registry over HTTP on /metrics and /stats/prometheus', async () => {
     const metrics = new ZtunnelMetrics();
     metrics.activeProxies.set(3);
