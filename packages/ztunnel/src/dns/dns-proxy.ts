@@ -57,6 +57,9 @@ export interface DnsProxyOptions {
 /** Messages a TCP client may have in flight before we stop reading from it. */
 const TCP_PIPELINE = 32;
 
+const stoppedWhileStarting = (port: number): ZtunnelError =>
+  new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `dns proxy on port ${port}: stopped while starting`);
+
 const hostPort = (host: string, port: number): string => (host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`);
 
 /**
@@ -73,6 +76,8 @@ export class DnsProxy {
   readonly #clients = new Set<net.Socket>();
   readonly #listeners: string[] = [];
   #stopped = false;
+  /** start() in progress, for stop() to wait for: it closes what it bound after the stop. */
+  #starting: Promise<unknown> | undefined;
 
   constructor(o: DnsProxyOptions) {
     this.#o = o;
@@ -117,8 +122,17 @@ export class DnsProxy {
     return { inflight: this.#resolver.inflight, tcpClients: this.#clients.size };
   }
 
-  /** Binds UDP and TCP on 127.0.0.1 and, where possible, ::1. On failure nothing stays bound. */
-  async start(): Promise<void> {
+  /**
+   * Binds UDP and TCP on 127.0.0.1 and, where possible, ::1. On failure nothing stays bound. A stop()
+   * before it is done makes it fail with ERR_ZTUNNEL_PROXY_STOPPED, having closed what it bound.
+   */
+  start(): Promise<void> {
+    const starting = this.#start();
+    this.#starting = starting.catch(() => {});
+    return starting;
+  }
+
+  async #start(): Promise<void> {
     const port = this.#o.port ?? DNS_PROXY_PORT;
     try {
       await this.#bind(4, '127.0.0.1', port);
@@ -131,6 +145,7 @@ export class DnsProxy {
           this.#log.debug({ err: (err as Error).message }, 'no IPv6 on the pod loopback, dns proxy on 127.0.0.1 only');
         }
       }
+      if (this.#stopped) throw stoppedWhileStarting(port);
     } catch (err) {
       await Promise.all(this.#closeAll());
       throw err;
@@ -139,12 +154,17 @@ export class DnsProxy {
   }
 
   async #bind(family: 4 | 6, host: string, port: number): Promise<void> {
+    if (this.#stopped) throw stoppedWhileStarting(port);
     const at = hostPort(host, port);
     let udp: dgram.Socket;
     try {
       udp = await this.#o.udpSockets({ family, address: host, port, mark: this.#o.mark, reusePort: this.#o.reusePort ?? true });
     } catch (err) {
       throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `dns proxy: cannot bind udp ${at}: ${(err as Error).message}`, { cause: err });
+    }
+    if (this.#stopped) {
+      udp.close();
+      throw stoppedWhileStarting(port);
     }
     udp.on('message', (msg, rinfo) => this.#onUdp(udp, msg, rinfo));
     udp.on('error', (err) => this.#log.warn({ err, listener: `udp ${at}` }, 'dns listener error'));
@@ -157,6 +177,7 @@ export class DnsProxy {
       udp.close();
       throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `dns proxy: cannot listen on tcp ${at}: ${(err as Error).message}`, { cause: err });
     }
+    // Held now: start() checks for a stop after each bind and closes all it holds.
     this.#udp.push(udp);
     this.#tcp.push(server);
     this.#listeners.push(`udp ${at}`, `tcp ${at}`);
@@ -211,13 +232,16 @@ export class DnsProxy {
     });
   }
 
-  /** Closes the listeners and every TCP client; forwards in flight finish unanswered. */
+  /**
+   * Closes the listeners and every TCP client; forwards in flight finish unanswered. Resolves once
+   * nothing is bound, also when a start() was under way (it fails as stopped).
+   */
   async stop(): Promise<void> {
-    if (this.#stopped) return;
+    if (this.#stopped) return void (await this.#starting);
     this.#stopped = true;
     const closing = this.#closeAll();
     for (const c of this.#clients) c.destroy();
-    await Promise.all(closing);
+    await Promise.all([...closing, this.#starting]);
     this.#log.info({}, 'dns proxy stopped');
   }
 }
