@@ -257,6 +257,26 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('a drift pass checks two pods at a time, so a CNI ADD arriving meanwhile does not wait for the whole pass', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    const pods = Array.from({ length: 12 }, (_, i) => pod(`d${i}`));
+    await Promise.all(pods.map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 2000)));
+    p.calls = [];
+    p.maxActive = 0;
+    p.applyMs = 20;
+    const pass = c.checkDrift();
+    await until(() => p.calls.length >= 2);
+    const late = pod('late');
+    await c.cmdAdd(late, join(dir, 'late'), [], now(), 2000);
+    // The ADD went through with most of the pass still to come (at most 2 drift checks ahead of it).
+    expect(p.calls.filter((x) => x.startsWith('apply d')).length).toBeLessThanOrEqual(6);
+    expect(await pass).toBe(12);
+    expect(p.calls.filter((x) => x.startsWith('apply d'))).toHaveLength(12);
+    expect(p.maxActive).toBeLessThanOrEqual(3);
+    await c.stop();
+  });
+
   it('a burst past the /cmdadd deadline: pods still queued are not captured at their turn but retried later', async () => {
     const p = new Ports();
     p.applyMs = 300;
