@@ -1,3 +1,4 @@
+/* global process, console, setTimeout, clearTimeout */
 // HBONE benchmark: TCP source → tunnel client → tunnel server → TCP sink, for Weir and, in the same
 // run, a plain Node TLS pipe, stunnel, and Go's standard-library HTTP/2 CONNECT tunnel.
 // Source and sink are iperf3; each tunnel side is its own process. Prints a table, then one JSON line.
@@ -214,17 +215,32 @@ const COUNT = 300;
 // Opens before measuring, on a session of their own, for both: a proxy runs with a warm JIT, as the
 // throughput runs' warm-up assumes. Without it the 300 samples include V8 compiling the open path.
 const OPEN_WARMUP = Number(process.env.HBONE_BENCH_OPEN_WARMUP ?? 500);
+// Then CHURN tunnels opened and closed gracefully (8 at a time) on the warm session: the CPU both
+// tunnel processes spend per tunnel, the HBONE share of a mesh's per-connection cost (issue 10).
+const CHURN = Number(process.env.HBONE_BENCH_CHURN ?? 3000);
+/** Both processes' CPU µs per tunnel over the client's CHURN-START … CHURN-DONE phase. */
+async function churnCpu(clientProc, serverProc) {
+  await waitLine(clientProc, /CHURN-START/, 60_000);
+  const [c0, s0] = [cpuSeconds(clientProc), cpuSeconds(serverProc)];
+  clientProc.stdin.write('next\n');
+  const n = Number((await waitLine(clientProc, /CHURN-DONE (\d+)/, 120_000))[1]);
+  const us = (a, b) => Number((((b - a) / n) * 1e6).toFixed(1));
+  return { client: us(c0, cpuSeconds(clientProc)), server: us(s0, cpuSeconds(serverProc)) };
+}
 const ws = node('weir-server', serverFiles);
 const wsp = await ready(ws);
-const wl = node('weir-open-latency', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, count: COUNT, warmup: OPEN_WARMUP });
+const wl = node('weir-open-latency', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, count: COUNT, warmup: OPEN_WARMUP, churn: CHURN });
 const weirOpen = JSON.parse((await waitLine(wl, /RESULT (.*)/, 60_000))[1]);
+const weirChurn = await churnCpu(wl, ws);
 await stop(wl);
 const gs = start(goBin, ['-mode', 'server', '-cert', f['server.crt'], '-key', f['server.key'], '-ca', f['root.crt']]);
 const gsp = Number((await waitLine(gs, /LISTENING \S+:(\d+)/))[1]);
-const gl = start(goBin, ['-mode', 'open-latency', '-count', String(COUNT), '-warmup', String(OPEN_WARMUP), '-peer', `127.0.0.1:${gsp}`, '-target', `127.0.0.1:${holdPort}`, '-cert', f['client.crt'], '-key', f['client.key'], '-ca', f['root.crt'], '-expect', SERVER_ID]);
+const gl = start(goBin, ['-mode', 'open-latency', '-count', String(COUNT), '-warmup', String(OPEN_WARMUP), '-churn', String(CHURN), '-peer', `127.0.0.1:${gsp}`, '-target', `127.0.0.1:${holdPort}`, '-cert', f['client.crt'], '-key', f['client.key'], '-ca', f['root.crt'], '-expect', SERVER_ID]);
 const goOpen = JSON.parse((await waitLine(gl, /^(\{.*\})$/m, 60_000))[1]);
+const goChurn = await churnCpu(gl, gs);
 await stop(gs, gl);
 console.log(`open p50/p99 ms (${COUNT} opens after ${OPEN_WARMUP} warm-up): weir ${weirOpen.p50_ms.toFixed(3)}/${weirOpen.p99_ms.toFixed(3)}   go ${goOpen.p50_ms.toFixed(3)}/${goOpen.p99_ms.toFixed(3)}`);
+console.log(`CPU µs per tunnel open + close (${CHURN}, 8 at a time): weir client ${weirChurn.client} + server ${weirChurn.server}   go client ${goChurn.client} + server ${goChurn.server}`);
 
 // --- memory per idle tunnel (client + server process RSS growth) ----------------------------------
 const rssOf = async (p) => {
@@ -282,6 +298,7 @@ console.log(
     throughput_1s_vs_node_tls: r(results.weir.s1, results['node-tls'].s1),
     throughput_4s_vs_go: r(results.weir.s4, results.go.s4),
     open_p99_vs_go: r(weirOpen.p99_ms, goOpen.p99_ms),
+    open_cpu_vs_go: r(weirChurn.client + weirChurn.server, goChurn.client + goChurn.server),
     rss_per_tunnel_kib: Number(perTunnelKiB.toFixed(2)),
     rss_per_tunnel_kib_client: rss.client,
     rss_per_tunnel_kib_server: rss.server,
@@ -295,6 +312,7 @@ console.log(
     gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),
     cpu_s_per_gib: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.cpu1.toFixed(3)), s4: Number(v.cpu4.toFixed(3)) }])),
     open_ms: { weir: weirOpen, go: goOpen },
+    open_cpu_us: { weir: weirChurn, go: goChurn },
     open_warmup: OPEN_WARMUP,
     tunnels: n,
     seconds: SECONDS,

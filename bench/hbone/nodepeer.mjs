@@ -1,3 +1,4 @@
+/* global process, console, setTimeout */
 // One side of a benchmarked tunnel, in its own process (as in production: one proxy per node).
 // argv[2] = mode, argv[3] = JSON config. Prints `READY <port>` when listening and answers `rss` on
 // stdin with `RSS <bytes> HEAP <heap used> YOUNG <new space size>` (after a GC), so the orchestrator can measure memory per tunnel.
@@ -120,9 +121,28 @@ switch (mode) {
       t.end();
       t.destroy();
     }
-    warm.destroy();
     lat.sort((a, b) => a - b);
     console.log(`RESULT ${JSON.stringify({ count: lat.length, p50_ms: pct(lat, 0.5), p99_ms: pct(lat, 0.99) })}`);
+    if (cfg.churn > 0) {
+      // Graceful open + close (END_STREAM both ways, as a finished connection), 8 at a time; the
+      // orchestrator reads both processes' CPU between the two lines.
+      console.log('CHURN-START');
+      await nextLine();
+      let left = cfg.churn;
+      const worker = async () => {
+        while (left-- > 0) {
+          const t = await c.connect(opts);
+          await new Promise((r) => {
+            t.once('close', r);
+            t.resume();
+            t.end();
+          });
+        }
+      };
+      await Promise.all(Array.from({ length: 8 }, worker));
+      console.log(`CHURN-DONE ${cfg.churn}`);
+    }
+    warm.destroy();
     await c.close({ deadlineMs: 100 });
     process.exitCode = 0;
     setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50).unref();

@@ -80,7 +80,8 @@ export abstract class Bridge {
     (socket as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
     tunnel[kBridge] = this;
     socket[kBridge] = this;
-    tunnel.on('error', ignoreError);
+    // Only to keep an error from throwing: an owner's listener already does that.
+    if (tunnel.listenerCount('error') === 0) tunnel.on('error', ignoreError);
     socket.on('error', onSocketError);
     tunnel.on('close', onTunnelClose);
     socket.on('close', onSocketClose);

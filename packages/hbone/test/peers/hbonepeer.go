@@ -4,10 +4,13 @@
 //	-mode server        HTTP/2 CONNECT server (mTLS, TLS 1.3, h2) that dials :authority
 //	-mode client-check  N concurrent tunnels through -peer to -target (an echo), checksums compared
 //	-mode client-front  TCP listener; each accepted connection becomes a tunnel to -target via -peer
-//	-mode open-latency  warm session, then -count sequential tunnel opens; prints latency percentiles
+//	-mode open-latency  warm session, then -count sequential tunnel opens; prints latency percentiles;
+//	                    with -churn N then prints CHURN-START, waits for a line on stdin, opens and
+//	                    closes N tunnels 8 at a time and prints CHURN-DONE N (CPU is read from outside)
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
@@ -41,6 +44,7 @@ var (
 	nbytes  = flag.Int("bytes", 1<<20, "bytes per tunnel (client-check)")
 	count   = flag.Int("count", 200, "tunnel opens (open-latency)")
 	warmup  = flag.Int("warmup", 0, "tunnel opens before measuring, on a session of their own (open-latency)")
+	churn   = flag.Int("churn", 0, "tunnels opened and closed after the latency run, 8 at a time (open-latency)")
 )
 
 func main() {
@@ -277,4 +281,32 @@ func openLatency(tr *http.Transport) {
 	pct := func(p float64) float64 { return lat[int(p*float64(len(lat)-1))] }
 	b, _ := json.Marshal(map[string]any{"count": len(lat), "p50_ms": pct(0.5), "p99_ms": pct(0.99)})
 	fmt.Println(string(b))
+	if *churn > 0 {
+		fmt.Println("CHURN-START")
+		_, err := bufio.NewReader(os.Stdin).ReadString('\n')
+		check(err)
+		var wg sync.WaitGroup
+		jobs := make(chan struct{}, *churn)
+		for i := 0; i < *churn; i++ {
+			jobs <- struct{}{}
+		}
+		close(jobs)
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range jobs {
+					// Graceful: end our side, read the peer's to its end, as a finished connection.
+					t, err := open(tr)
+					check(err)
+					t.w.Close()
+					_, err = io.Copy(io.Discard, t.body)
+					check(err)
+					t.body.Close()
+				}
+			}()
+		}
+		wg.Wait()
+		fmt.Printf("CHURN-DONE %d\n", *churn)
+	}
 }
