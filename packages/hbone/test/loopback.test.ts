@@ -230,6 +230,34 @@ describe('HBONE client ↔ server over loopback', () => {
     await new Promise<void>((r) => front.close(() => r()));
   });
 
+  it('retries a CONNECT the peer refused with RST_STREAM(REFUSED_STREAM), once, and then reports it', async () => {
+    const tls = tlsOf(pki.server);
+    let streams = 0;
+    let refuse = 1;
+    const raw = http2.createSecureServer({ key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: true, ALPNProtocols: ['h2'] });
+    raw.on('stream', (stream) => {
+      streams++;
+      stream.on('error', () => {});
+      if (refuse-- > 0) return stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      stream.respond({ ':status': 200 });
+      stream.on('data', (d: Buffer) => stream.write(d));
+      stream.on('end', () => stream.end());
+    });
+    await new Promise<void>((r) => raw.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => raw.close(() => r())));
+    const rp = (raw.address() as net.AddressInfo).port;
+    const c = client();
+    const o = { peer: { host: '127.0.0.1', port: rp }, target: { host: '127.0.0.1', port: 80 }, expectedIdentities: [SERVER_ID] };
+    const t = await c.connect(o);
+    expect(streams).toBe(2);
+    expect((await roundTrip(t, Buffer.from('again'))).toString()).toBe('again');
+    // Refused on every attempt: the third refusal is the caller's error.
+    refuse = 3;
+    streams = 0;
+    await expect(c.connect(o)).rejects.toMatchObject({ code: 'ERR_HBONE_SESSION', message: expect.stringContaining('before answering') });
+    expect(streams).toBe(3);
+  });
+
   it('graceful close lets open tunnels finish within the deadline, then resets the rest', async () => {
     const s = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host) });
     const p = (await s.listen({ host: '127.0.0.1', port: 0 })).port;
