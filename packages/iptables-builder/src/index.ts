@@ -77,5 +77,6 @@ export {
   type NetnsRoundTrip,
 } from './netns-applier.js';
 export type { NetlinkExchange } from './rtnetlink.js';
+export { ipsetAdd, type IpsetEntry } from './ipset-netlink.js';
 export { shellQuote } from './shell-batch.js';
 export type { Logger } from './logger.js';
