@@ -5,17 +5,19 @@ import {
   ISTIO_DEFAULTS,
   hostProbeRules,
   inpodRouting,
+  ipsetAdd,
   ipsetCreateArgs,
   netnsExecutor,
   type CommandExecutor,
   type IptablesBackend,
+  type IpsetEntry,
   type NetlinkExchange,
   type NetnsRoundTrip,
   type NetnsSpec,
   type PolicyRouting,
   type RuleSet,
 } from '@weir/iptables-builder';
-import { NETLINK_ROUTE, Netns, netlinkExchange } from '@weir/netns';
+import { NETLINK_ROUTE, Netns, currentNetns, netlinkExchange, openNetns } from '@weir/netns';
 import { inpodCapture, podHasIpv6, type CaptureConfig } from './capture-rules.js';
 import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -92,7 +94,10 @@ export class IptablesPodRules implements PodRules {
   private backend: IptablesBackend | undefined;
   private readonly podShells: ShellPool;
   private readonly hostShell: ShellPool;
-  private batch: { lines: string[]; done: Promise<void> } | undefined;
+  /** Pending ipset changes: restore lines, and the same as entries while they are all adds. */
+  private batch: { lines: string[]; adds: IpsetEntry[] | undefined; done: Promise<void> } | undefined;
+  /** The node netns, for probe-ipset adds over netlink (no `ipset` exec per pod); set up with the host. */
+  private hostNetns: Netns | undefined;
   /**
    * Per pod netns, NetnsApplier's fingerprint of rules last found in sync: while nothing in the
    * netns's nftables changed since, a drift check does not read the rules again (no iptables-save).
@@ -171,6 +176,7 @@ export class IptablesPodRules implements PodRules {
       throw new CniAgentError('ERR_AGENT_HOST', `applying the host probe SNAT rules: ${(cause as Error).message}`, { cause });
     }
     this.log.info({ backend: this.backend }, 'host probe ipset and SNAT rules in place');
+    this.hostNetns ??= this.opts.hostNetnsPath ? openNetns(this.opts.hostNetnsPath) : currentNetns();
     this.podShells.warm();
   }
 
@@ -187,6 +193,8 @@ export class IptablesPodRules implements PodRules {
 
   /** Ends the shells. */
   close(): void {
+    this.hostNetns?.close();
+    this.hostNetns = undefined;
     this.podShells.close();
     this.hostShell.close();
   }
@@ -294,29 +302,38 @@ export class IptablesPodRules implements PodRules {
   }
 
   addHostProbe(pod: PodInfo, ips: string[]): Promise<void> {
-    const lines = ips
-      .filter((ip) => this.ipv6Mode === true || !ip.includes(':'))
-      .map((ip) => `add ${ip.includes(':') ? SET_V6 : SET_V4} ${ip} comment "${pod.uid}"`);
-    if (lines.length === 0) return Promise.resolve();
-    return this.ipsetBatch(lines);
+    const adds = ips.filter((ip) => this.ipv6Mode === true || !ip.includes(':')).map((ip) => ({ set: ip.includes(':') ? SET_V6 : SET_V4, ip, comment: pod.uid }));
+    if (adds.length === 0) return Promise.resolve();
+    return this.ipsetBatch(
+      adds.map((e) => `add ${e.set} ${e.ip} comment "${e.comment}"`),
+      adds,
+    );
   }
 
   /**
    * Coalesces ipset changes from concurrent captures into one `ipset -exist restore` (a burst of
-   * pods would otherwise spawn one ipset per pod on the host). Entries are independent, so a
-   * batch either applies whole or is retried per pod by the caller's backoff.
+   * pods would otherwise spawn one ipset per pod on the host); a batch of adds only goes over
+   * netlink instead, in-process. Batches apply in order. Entries are independent, so a batch
+   * either applies whole or is retried per pod by the caller's backoff.
    */
-  private ipsetBatch(lines: string[]): Promise<void> {
+  private ipsetBatch(lines: string[], adds?: IpsetEntry[]): Promise<void> {
     if (!this.batch) {
-      const batch: { lines: string[]; done: Promise<void> } = { lines: [], done: Promise.resolve() };
+      const batch: NonNullable<IptablesPodRules['batch']> = { lines: [], adds: [], done: Promise.resolve() };
       batch.done = this.ipsetChain.then(async () => {
         this.batch = undefined;
+        const host = this.hostNetns;
+        if (host && !host.closed && batch.adds) {
+          await ipsetAdd((req, n, protocol = NETLINK_ROUTE) => netlinkExchange(host, protocol, req, n), batch.adds);
+          return;
+        }
         await run(this.host, 'the host netns')('ipset', ['-exist', 'restore'], `${batch.lines.join('\n')}\n`);
       });
       this.ipsetChain = batch.done.catch(() => undefined);
       this.batch = batch;
     }
     this.batch.lines.push(...lines);
+    if (adds && this.batch.adds) this.batch.adds.push(...adds);
+    else this.batch.adds = undefined;
     return this.batch.done;
   }
 
