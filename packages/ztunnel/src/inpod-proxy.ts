@@ -11,7 +11,7 @@ import {
   type HboneTarget,
   type HboneTlsOptions,
 } from '@weir/hbone';
-import { NetnsError, connectTcp, createUdpSocket, listenTcp, originalDst, socketLocalAddress, type Netns } from '@weir/netns';
+import { NetnsError, connectTcp, createUdpSocket, listenTcp, originalDst, socketLocalAddress, type ConnectTcpOptions, type Netns } from '@weir/netns';
 import { evaluatePolicies, type AuthorizationDecision, type ConnectionAttributes, type PeerIdentity } from './authorization.js';
 import { ConnectionRecord } from './connection-record.js';
 import { DnsNameTable, DnsProxy, HostResolver, fdUdpSocketFactory, type DnsMetrics, type DnsUpstream } from './dns/index.js';
@@ -398,16 +398,12 @@ export class InpodProxy {
     socket.on('error', ignoreError);
     this.#track(socket);
     tuneSocket(socket);
-    void this.#outbound(socket).catch((err) => {
+    const dst = this.#destination(socket);
+    if (!dst) return void socket.destroy();
+    void this.#outboundTo(socket, dst).catch((err) => {
       this.#log.warn({ err }, 'outbound connection failed');
       socket.destroy();
     });
-  }
-
-  async #outbound(socket: net.Socket): Promise<void> {
-    const dst = this.#destination(socket);
-    if (!dst) return void socket.destroy();
-    await this.#outboundTo(socket, dst);
   }
 
   /** The outbound path for a known destination: HBONE to mesh workloads, passthrough otherwise. */
@@ -443,7 +439,8 @@ export class InpodProxy {
       );
       const abort = new AbortController();
       const onEarlyClose = (): void => abort.abort(new Error('downstream closed'));
-      socket.once('close', onEarlyClose);
+      // 'close' fires once and the finally below removes it: on(), not once() (a wrapper per call).
+      socket.on('close', onEarlyClose);
       let tunnel: Duplex;
       try {
         tunnel = await this.#client().connect({
@@ -588,7 +585,31 @@ export class InpodProxy {
 
   /** Connects to the app inside the pod: marked, and from the client's own address when transparent works. */
   async #connectApp(host: string, port: number, clientIp: string, signal?: AbortSignal): Promise<net.Socket> {
-    const base = {
+    const spoof = this.#transparent && clientIp !== '' && familyOf(clientIp) === familyOf(host) && clientIp !== host;
+    let socket: net.Socket;
+    if (spoof) {
+      const o = this.#appConnectOptions(host, port, signal);
+      o.transparent = true;
+      o.freebind = true;
+      o.bindAddress = clientIp;
+      try {
+        socket = await connectTcp(o);
+      } catch (err) {
+        const errno = errnoOf(err);
+        if (this.#o.origSrc === 'required' || errno === undefined || !SPOOF_ERRNOS.has(errno)) throw err;
+        this.#log.debug({ err, clientIp }, 'source spoofing failed, connecting from the pod address');
+        socket = await connectTcp(this.#appConnectOptions(host, port, signal));
+      }
+    } else {
+      socket = await connectTcp(this.#appConnectOptions(host, port, signal));
+    }
+    tuneSocket(socket);
+    return socket;
+  }
+
+  // Built field by field: object spreads with a conditional member were a visible cost per connection.
+  #appConnectOptions(host: string, port: number, signal: AbortSignal | undefined): ConnectTcpOptions {
+    const o: ConnectTcpOptions = {
       netns: this.#o.netns,
       family: familyOf(host),
       mark: this.#o.mark,
@@ -596,24 +617,9 @@ export class InpodProxy {
       port,
       timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
       noDelay: true,
-      ...(signal ? { signal } : {}),
     };
-    const spoof = this.#transparent && clientIp !== '' && familyOf(clientIp) === familyOf(host) && clientIp !== host;
-    let socket: net.Socket;
-    if (spoof) {
-      try {
-        socket = await connectTcp({ ...base, transparent: true, freebind: true, bindAddress: clientIp });
-      } catch (err) {
-        const errno = errnoOf(err);
-        if (this.#o.origSrc === 'required' || errno === undefined || !SPOOF_ERRNOS.has(errno)) throw err;
-        this.#log.debug({ err, clientIp }, 'source spoofing failed, connecting from the pod address');
-        socket = await connectTcp(base);
-      }
-    } else {
-      socket = await connectTcp(base);
-    }
-    tuneSocket(socket);
-    return socket;
+    if (signal) o.signal = signal;
+    return o;
   }
 
   #onInboundHbone(socket: net.Socket): void {
