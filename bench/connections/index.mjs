@@ -84,7 +84,7 @@ await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, de
   const rate = {};
   for (const [name, path] of Object.entries(paths)) {
     await setCapture(path.capture);
-    await a.exec('wrk', ['-t1', '-c8', '-d1s', '-H', 'Connection: close', path.url], { timeoutMs: 30_000, check: false });
+    await a.exec('wrk', ['-t1', '-c8', '-d2s', '-H', 'Connection: close', path.url], { timeoutMs: 30_000, check: false });
     // BENCH_PERF: both ztunnels during the measured Weir run.
     const perf = path.capture ? perfRecord(mesh.ztunnels, 'newconn', SECONDS) : undefined;
     const r = await a.exec('wrk', ['-t1', '-c8', `-d${SECONDS}s`, '-H', 'Connection: close', path.url], { timeoutMs: (SECONDS + 30) * 1000, check: false });
