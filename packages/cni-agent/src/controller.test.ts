@@ -144,6 +144,19 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('cmdAdd never resolves for a pod it did not capture: the agent found it enrolled, the cache (not caught up) says not', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    // The agent looked up namespace "fresh" (labeled ambient) from the API; its watch has not delivered it yet.
+    const web = pod('web', { namespace: 'fresh', netnsPath: undefined });
+    await expect(c.cmdAdd(web, join(dir, 'web'), ['10.0.0.9'], now(), 2000)).rejects.toMatchObject({
+      code: 'ERR_AGENT_NOT_CAPTURED',
+      message: expect.stringContaining('pod fresh/web is not enrolled as the pod source has it now'),
+    });
+    expect(p.calls).not.toContain('zds add uid-web');
+    await c.stop();
+  });
+
   it('a rules failure fails the cmdAdd, leaves the pod pending with an Event, and the retry captures it', async () => {
     const p = new Ports();
     p.failRules = 1;

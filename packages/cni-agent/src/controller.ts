@@ -342,7 +342,12 @@ export class PodController {
     } else {
       rec.enrollStart = undefined;
       if (this.touched(rec)) await this.release(rec);
-      for (const w of rec.waiters.splice(0)) w.resolve();
+      // A waiter is a CNI ADD the agent found enrolled: resolving would answer "pod captured" for a
+      // pod that is not (e.g. its namespace fetched from the API but not in the cache yet). Fail it; the retry decides again.
+      const ns = this.opts.source.namespace(rec.pod.namespace);
+      const seen = ns ? `namespace labels ${JSON.stringify(ns.labels)}` : 'namespace not in the cache yet';
+      const why = new CniAgentError('ERR_AGENT_NOT_CAPTURED', `pod ${rec.pod.namespace}/${rec.pod.name} is not enrolled as the pod source has it now (${seen}, phase ${rec.pod.phase}); not captured`);
+      for (const w of rec.waiters.splice(0)) w.reject(why);
     }
   }
 

@@ -7,6 +7,7 @@ export type CniAgentErrorCode =
   | 'ERR_AGENT_NETNS_NOT_FOUND'
   | 'ERR_AGENT_RULES'
   | 'ERR_AGENT_ZTUNNEL'
+  | 'ERR_AGENT_NOT_CAPTURED'
   | 'ERR_AGENT_PODS_FILE'
   | 'ERR_AGENT_STOPPED'
   | 'ERR_AGENT_HOST';
@@ -41,6 +42,8 @@ export function failureReason(err: unknown): string {
         return 'kube_api_failed';
       case 'ERR_AGENT_MALFORMED_POD':
         return 'malformed_pod';
+      case 'ERR_AGENT_NOT_CAPTURED':
+        return 'not_captured';
       case 'ERR_AGENT_HOST':
         return 'host_rules_failed';
       default:
