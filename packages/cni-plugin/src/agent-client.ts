@@ -11,8 +11,8 @@ export interface PostCmdAddOptions {
 
 /** The agent's 200 answer: what it did with the pod. */
 export interface CmdAddAnswer {
-  /** `captured` (`pod captured`), `not-enrolled` (`pod not enrolled`), or `unknown` for another 200 body. */
-  outcome: 'captured' | 'not-enrolled' | 'unknown';
+  /** `captured` (`pod captured`) or `not-enrolled` (`pod not enrolled`); any other 200 body rejects. */
+  outcome: 'captured' | 'not-enrolled';
   /** The body as sent, trimmed (at most 1 KiB). */
   body: string;
 }
@@ -22,7 +22,7 @@ export interface CmdAddAnswer {
  * agent answers 200 only after capturing the pod, or having found it not enrolled). Anything else
  * rejects with a CniPluginError (CNI code 11, "try again later") naming the socket: code
  * ERR_CNI_AGENT_UNREACHABLE when no connection was established (no socket file, nobody listening),
- * ERR_CNI_AGENT_UNAVAILABLE when the agent was reached but answered non-200, broke off, or missed the deadline.
+ * ERR_CNI_AGENT_UNAVAILABLE when the agent was reached but answered non-200 (or 200 with another body), broke off, or missed the deadline.
  */
 export function postCmdAdd(event: CmdAddEventBody, opts: PostCmdAddOptions): Promise<CmdAddAnswer> {
   const timeoutMs = opts.timeoutMs ?? 5000;
@@ -57,7 +57,10 @@ export function postCmdAdd(event: CmdAddEventBody, opts: PostCmdAddOptions): Pro
         res.on('error', (err) => done(fail(`broke off its answer: ${err.message}`, err)));
         res.on('end', () => {
           const text = Buffer.concat(chunks).toString('utf8').trim().slice(0, 1024);
-          if (res.statusCode === 200) return done(undefined, { outcome: outcomeOf(text), body: text });
+          const outcome = res.statusCode === 200 ? outcomeOf(text) : undefined;
+          if (outcome) return done(undefined, { outcome, body: text });
+          // Any other 200 is ambiguous (a proxy, another agent): the pod may not be captured, so it fails closed.
+          if (res.statusCode === 200) return done(fail(`answered 200 with an unknown body: ${text || '(empty)'}`));
           done(fail(`answered ${res.statusCode}${text ? `: ${text}` : ''}`));
         });
       },
@@ -84,8 +87,8 @@ export function postCmdAdd(event: CmdAddEventBody, opts: PostCmdAddOptions): Pro
   });
 }
 
-function outcomeOf(body: string): CmdAddAnswer['outcome'] {
+function outcomeOf(body: string): CmdAddAnswer['outcome'] | undefined {
   if (body === 'pod captured') return 'captured';
   if (body === 'pod not enrolled') return 'not-enrolled';
-  return 'unknown';
+  return undefined;
 }

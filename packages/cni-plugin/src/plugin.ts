@@ -161,8 +161,7 @@ async function cmdAdd(env: CniEnv, config: PluginConfig, log: Logger, opts: CniP
     throw err;
   }
   if (answer.outcome === 'captured') log.info({}, 'node agent captured pod');
-  else if (answer.outcome === 'not-enrolled') log.info({}, 'pod not ambient enabled, node agent has nothing to capture');
-  else log.info({ answer: answer.body }, 'node agent accepted pod');
+  else log.info({}, 'pod not ambient enabled, node agent has nothing to capture');
   return result;
 }
 

@@ -62,8 +62,8 @@ export function uniqueName(prefix: string): string {
 /** A test node agent: an HTTP server on `<runDir>/pluginevent.sock`, recording `/cmdadd` bodies. */
 export class TestAgent {
   readonly events: unknown[] = [];
-  /** How the next requests are answered: 200 `pod captured` / `pod not enrolled`, 500, or never. */
-  mode: 'captured' | 'not-enrolled' | 'fail' | 'hang' = 'captured';
+  /** How the next requests are answered: 200 `pod captured` / `pod not enrolled`, 200 with another body (`ok`), 500, or never. */
+  mode: 'captured' | 'not-enrolled' | 'other' | 'fail' | 'hang' = 'captured';
   readonly #server: Server;
 
   private constructor() {
@@ -84,7 +84,7 @@ export class TestAgent {
           return;
         }
         res.writeHead(200, { 'Content-Type': 'text/plain' });
-        res.end(this.mode === 'captured' ? 'pod captured\n' : 'pod not enrolled\n');
+        res.end(this.mode === 'captured' ? 'pod captured\n' : this.mode === 'other' ? 'ok\n' : 'pod not enrolled\n');
       });
     });
   }

@@ -164,6 +164,18 @@ export function cniPluginSuite(label: string, invoke: Invoke): void {
       }
     });
 
+    it('ADD fails with code 11 when the agent answers 200 with neither "pod captured" nor "pod not enrolled"', async () => {
+      agent = await TestAgent.listen(h.socketPath);
+      agent.mode = 'other';
+      const pod = await h.addPod('enrolled-ok', 'mesh');
+      const { out } = await add(pod, '1.0.0');
+      const err = cniError(out.stdout);
+      expect(out.exitCode).not.toBe(0);
+      expect(err.code).toBe(11);
+      expect(err.msg).toContain(h.socketPath);
+      expect(err.msg).toContain('answered 200 with an unknown body: ok');
+    });
+
     it('ADD fails with code 11 when the agent does not answer within 5 s', async () => {
       agent = await TestAgent.listen(h.socketPath);
       agent.mode = 'hang';
