@@ -13,6 +13,10 @@ import { cpuProfArgs, cpuProfDir, printCpuProfiles } from './profiling.mjs';
 const here = dirname(fileURLToPath(import.meta.url));
 export const root = join(here, '..', '..');
 const ZTUNNEL_BIN = join(root, 'apps/ztunnel/dist/main.js');
+// Young-generation tuning passthrough: BENCH_ZTUNNEL_V8_FLAGS becomes the ztunnels' WEIR_V8_FLAGS (set even when
+// empty: no flags), BENCH_ZTUNNEL_NODE_ARGS goes on their node command line (--max/--min-semi-space-size only act there).
+const ztunnelV8Flags = process.env.BENCH_ZTUNNEL_V8_FLAGS === undefined ? {} : { WEIR_V8_FLAGS: process.env.BENCH_ZTUNNEL_V8_FLAGS };
+const ztunnelNodeArgs = (process.env.BENCH_ZTUNNEL_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '');
 
 async function load() {
   try {
@@ -161,8 +165,9 @@ export async function createMesh({ tag, pods, defer = [] }) {
         name: `ztunnel-${node.name}`,
         netns: node.netnsPath,
         cmd: process.execPath,
-        args: [...cpuProfArgs(`ztunnel-${node.name}`), ZTUNNEL_BIN],
+        args: [...cpuProfArgs(`ztunnel-${node.name}`), ...ztunnelNodeArgs, ZTUNNEL_BIN],
         env: {
+          ...ztunnelV8Flags,
           INPOD_UDS: zds.path,
           LOCAL_XDS_PATH: configPath,
           NODE_NAME: node.name,
