@@ -5,16 +5,11 @@
 // the calling thread (a netlink socket talks to the namespace it was created in). The exchange
 // itself is synchronous: the kernel answers rtnetlink requests while handling the send, so the
 // receives find the replies queued (a receive timeout guards against a kernel that does not).
-#include <fcntl.h>
 #include <linux/netlink.h>
-#include <sched.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <cstdlib>
 #include <vector>
 
 #include "common.h"
@@ -22,11 +17,6 @@
 namespace weir {
 
 namespace {
-
-bool SameNetns(int a, int b) {
-  struct stat sa, sb;
-  return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
 
 struct Closer {
   int fd;
@@ -37,7 +27,7 @@ struct Closer {
 
 }  // namespace
 
-// netlinkExchange(netnsFd, protocol, request, replies) -> Buffer: sends `request` (one or more
+// netlinkExchange(netnsFd, protocol, request, replies, id?) -> Buffer: sends `request` (one or more
 // netlink messages) on a fresh socket made in the netns, then receives until `replies` terminal
 // messages (NLMSG_ERROR, which is also the ACK, or NLMSG_DONE) have arrived; returns every byte
 // received, for the caller to parse. Each request message must ask for an ACK or be a dump.
@@ -49,23 +39,13 @@ static Napi::Value NetlinkExchange(const Napi::CallbackInfo& info) {
   Napi::Uint8Array req = info[2].As<Napi::Uint8Array>();
   int replies = IntArg(info, 3, "replies");
 
-  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0) throw SysError(env, "open(/proc/thread-self/ns/net)", errno);
-  bool enter = !SameNetns(home, nsFd);
-  if (enter && setns(nsFd, CLONE_NEWNET) < 0) {
-    int err = errno;
-    close(home);
-    throw SysError(env, "setns", err);
-  }
+  double expectDev, expectIno;
+  ExpectedId(info, 4, &expectDev, &expectIno);
+  NetnsSwitch sw = EnterNetns(nsFd, expectDev, expectIno);
+  if (sw.err != 0) throw SysError(env, sw.syscall, sw.err);
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
   int sockErr = errno;
-  if (enter && setns(home, CLONE_NEWNET) < 0) {
-    // The thread would keep running JavaScript in the wrong namespace: never acceptable.
-    std::fprintf(stderr, "@weir/netns: FATAL: setns back to the original network namespace failed: %s\n",
-                 std::strerror(errno));
-    std::abort();
-  }
-  close(home);
+  LeaveNetns(sw);
   if (fd < 0) throw SysError(env, "socket(AF_NETLINK)", sockErr);
   Closer closer{fd};
 

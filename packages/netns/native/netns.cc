@@ -8,9 +8,92 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "common.h"
 
 namespace weir {
+
+namespace {
+
+// The calling thread's home network namespace, opened once per thread (each worker has its own)
+// and kept open (O_CLOEXEC) to setns back to; closed when the thread exits.
+//
+// Assumption: between our calls, nothing else moves this thread to another netns. It is checked,
+// not trusted: each switch stats /proc/thread-self/ns/net (one syscall, instead of open, fstat and
+// close), and a thread found elsewhere makes that netns its new home, exactly as opening
+// thread-self on every call did. The cached fd is fstat-ed before use too: if someone closed it
+// behind our back and the number now names another file, it is reopened, never trusted.
+struct Home {
+  int fd = -1;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  ~Home() {
+    if (fd >= 0) close(fd);
+  }
+};
+thread_local Home home;
+
+bool Same(const struct stat& a, dev_t dev, ino_t ino) { return a.st_dev == dev && a.st_ino == ino; }
+
+NetnsSwitch Fail(const char* syscall, int err) {
+  NetnsSwitch sw;
+  sw.err = err;
+  sw.syscall = syscall;
+  return sw;
+}
+
+}  // namespace
+
+NetnsSwitch EnterNetns(int nsFd, double expectDev, double expectIno) {
+  struct stat cur, target, held;
+  if (fstat(nsFd, &target) < 0) return Fail("fstat(netns fd)", errno);
+  if (expectDev >= 0 && !Same(target, static_cast<dev_t>(expectDev), static_cast<ino_t>(expectIno)))
+    return Fail("fstat(netns fd)", ESTALE);
+  if (stat("/proc/thread-self/ns/net", &cur) < 0) return Fail("stat(/proc/thread-self/ns/net)", errno);
+  // Already there: no setns, so no CAP_SYS_ADMIN needed for that case.
+  if (Same(cur, target.st_dev, target.st_ino)) return NetnsSwitch{};
+  bool valid = home.fd >= 0 && Same(cur, home.dev, home.ino) && fstat(home.fd, &held) == 0 &&
+               Same(held, home.dev, home.ino);
+  if (!valid) {
+    // Only close an fd that is still ours (same identity); a reused number belongs to someone else.
+    if (home.fd >= 0 && fstat(home.fd, &held) == 0 && Same(held, home.dev, home.ino)) close(home.fd);
+    home.fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (home.fd < 0) return Fail("open(/proc/thread-self/ns/net)", errno);
+    if (fstat(home.fd, &held) < 0) {
+      int err = errno;
+      close(home.fd);
+      home.fd = -1;
+      return Fail("fstat(/proc/thread-self/ns/net)", err);
+    }
+    home.dev = held.st_dev;
+    home.ino = held.st_ino;
+  }
+  if (setns(nsFd, CLONE_NEWNET) < 0) return Fail("setns", errno);
+  NetnsSwitch sw;
+  sw.entered = true;
+  return sw;
+}
+
+void LeaveNetns(const NetnsSwitch& sw) {
+  if (sw.entered && setns(home.fd, CLONE_NEWNET) < 0) {
+    // The thread would keep running JavaScript in the wrong namespace: never acceptable.
+    std::fprintf(stderr, "@weir/netns: FATAL: setns back to the original network namespace failed: %s\n",
+                 std::strerror(errno));
+    std::abort();
+  }
+}
+
+void ExpectedId(const Napi::CallbackInfo& info, size_t i, double* dev, double* ino) {
+  *dev = -1;
+  *ino = -1;
+  if (info.Length() <= i || !info[i].IsObject()) return;
+  Napi::Object id = info[i].As<Napi::Object>();
+  if (!id.Get("dev").IsNumber() || !id.Get("ino").IsNumber()) return;
+  *dev = id.Get("dev").As<Napi::Number>().DoubleValue();
+  *ino = id.Get("ino").As<Napi::Number>().DoubleValue();
+}
 
 // openPath(path) -> fd. O_NONBLOCK so that a FIFO at the path cannot block the event loop.
 static Napi::Value OpenPath(const Napi::CallbackInfo& info) {

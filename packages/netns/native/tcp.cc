@@ -9,14 +9,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <cstdlib>
 
 #include "common.h"
 
@@ -141,11 +137,6 @@ Outcome MakeSocket(const SockSpec& s) {
   return o;
 }
 
-bool SameFile(int a, int b) {
-  struct stat sa, sb;
-  return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
 std::string StrOpt(Napi::Object o, const char* key) {
   Napi::Value v = o.Get(key);
   return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
@@ -153,8 +144,9 @@ std::string StrOpt(Napi::Object o, const char* key) {
 
 }  // namespace
 
-// createTcp(netnsFd, spec) / createUdp(netnsFd, spec) -> fd. spec is validated by TypeScript; here
-// only shapes are checked. UDP sockets are never listened on or connected.
+// createTcp(netnsFd, spec, id?) / createUdp(netnsFd, spec, id?) -> fd. spec is validated by
+// TypeScript; here only shapes are checked. id ({dev, ino}) is the Netns handle's identity: the
+// socket is then made in that namespace or not at all (ESTALE), see EnterNetns. UDP sockets are never listened on or connected.
 static Napi::Value CreateSocket(const Napi::CallbackInfo& info, bool udp) {
   Napi::Env env = info.Env();
   int nsFd = IntArg(info, 0, "netns fd");
@@ -191,24 +183,12 @@ static Napi::Value CreateSocket(const Napi::CallbackInfo& info, bool udp) {
       throw Napi::TypeError::New(env, "bad connect address " + connectAddress);
   }
 
-  // Where this thread is now, to come back to. Skipping setns when the target is the current
-  // namespace keeps CAP_SYS_ADMIN unnecessary for that case.
-  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0) throw SysError(env, "open(/proc/thread-self/ns/net)", errno);
-  bool enter = !SameFile(home, nsFd);
-  if (enter && setns(nsFd, CLONE_NEWNET) < 0) {
-    int err = errno;
-    close(home);
-    throw SysError(env, "setns", err);
-  }
+  double expectDev, expectIno;
+  ExpectedId(info, 2, &expectDev, &expectIno);
+  NetnsSwitch sw = EnterNetns(nsFd, expectDev, expectIno);
+  if (sw.err != 0) throw SysError(env, sw.syscall, sw.err);
   Outcome out = MakeSocket(s);
-  if (enter && setns(home, CLONE_NEWNET) < 0) {
-    // The thread would keep running JavaScript in the wrong namespace: never acceptable.
-    std::fprintf(stderr, "@weir/netns: FATAL: setns back to the original network namespace failed: %s\n",
-                 std::strerror(errno));
-    std::abort();
-  }
-  close(home);
+  LeaveNetns(sw);
   if (out.fd < 0) throw SysError(env, out.syscall, out.err);
   return Napi::Number::New(env, out.fd);
 }

@@ -71,6 +71,7 @@ export function codeForErrno(errno: number): NetnsErrorCode {
       return 'ERR_NETNS_PERMISSION';
     case E.EBADF:
     case E.ENOTSOCK:
+    case E.ESTALE: // a Netns handle's fd that no longer names its namespace
       return 'ERR_NETNS_BAD_FD';
     case E.EADDRINUSE:
       return 'ERR_NETNS_ADDRESS_IN_USE';

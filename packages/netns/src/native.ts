@@ -10,6 +10,11 @@ export interface NativeNsInfo {
   nstype: number;
 }
 
+export interface NativeNsId {
+  dev: number;
+  ino: number;
+}
+
 export interface NativeAddress {
   family: 4 | 6;
   address: string;
@@ -49,9 +54,13 @@ export interface NativeAddon {
   openPath(path: string): number;
   closeFd(fd: number): void;
   nsInfo(fd: number): NativeNsInfo;
-  createTcp(netnsFd: number, spec: NativeTcpSpec): number;
+  /**
+   * `id`: the Netns handle's identity; when the fd no longer names it (closed behind the handle's
+   * back, number reused) the call fails with ESTALE and makes nothing.
+   */
+  createTcp(netnsFd: number, spec: NativeTcpSpec, id?: NativeNsId): number;
   /** Same spec; `listen`/`connect*` are ignored for UDP. */
-  createUdp(netnsFd: number, spec: NativeTcpSpec): number;
+  createUdp(netnsFd: number, spec: NativeTcpSpec, id?: NativeNsId): number;
   socketNetns(fd: number): number;
   socketError(fd: number): number;
   /** A nonblocking connect already completed without error (poll with timeout 0 reports POLLOUT only). */
@@ -64,7 +73,7 @@ export interface NativeAddon {
   seqSend(fd: number, data: Uint8Array, fds: number[]): boolean;
   seqRecv(fd: number): null | 0 | [Buffer | null, number[], number];
   dupFd(fd: number): number;
-  netlinkExchange(netnsFd: number, protocol: number, request: Uint8Array, replies: number): Buffer;
+  netlinkExchange(netnsFd: number, protocol: number, request: Uint8Array, replies: number, id?: NativeNsId): Buffer;
   Poller: new (fd: number, callback: (status: number, events: number) => void) => NativePoller;
 }
 

@@ -18,5 +18,5 @@ export function netlinkExchange(netns: Netns, protocol: number, request: Uint8Ar
   if (!Number.isInteger(replies) || replies < 1) throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `netlink replies must be a positive integer, got ${String(replies)}`);
   if (!(request instanceof Uint8Array) || request.byteLength < 16) throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', 'netlink request must hold at least one 16-byte message header');
   const nsFd = netns.checkedFd();
-  return sys(`netlink (protocol ${protocol}) exchange in netns ${netns.describe()}`, () => native.netlinkExchange(nsFd, protocol, request, replies));
+  return sys(`netlink (protocol ${protocol}) exchange in netns ${netns.describe()}`, () => native.netlinkExchange(nsFd, protocol, request, replies, netns.id));
 }

@@ -2,7 +2,7 @@ import { fstatSync } from 'node:fs';
 import * as net from 'node:net';
 import { constants } from 'node:os';
 import { NetnsError, codeForErrno, errnoName, sys, wrapNative } from './errors.js';
-import { Netns, socketNetnsId, type NetnsId } from './netns.js';
+import { Netns } from './netns.js';
 import { fdOf, socketFd } from './fd.js';
 import { native, WRITABLE, type NativePoller, type NativeTcpSpec } from './native.js';
 
@@ -97,7 +97,7 @@ export function ipFamily(address: unknown, what: string): 4 | 6 {
  * as remoteAddress) means its IPv4 address.
  */
 export function forFamily(address: string, family: 4 | 6): string {
-  const mapped = family === 4 ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address) : null;
+  const mapped = family === 4 && address.startsWith('::') ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address) : null;
   return mapped ? mapped[1]! : address;
 }
 
@@ -131,7 +131,7 @@ export function createTcpListener(o: TcpListenerOptions): number {
   const nsFd = netns.checkedFd();
   return sys(
     () => `TCP listener on ${hostPort(o.host, port)} in netns ${netns.describe()}`,
-    () => native.createTcp(nsFd, spec),
+    () => native.createTcp(nsFd, spec, netns.id),
   );
 }
 
@@ -192,15 +192,16 @@ export function createTcpSocket(o: TcpSocketOptions): number {
   const nsFd = netns.checkedFd();
   return sys(
     () => `TCP socket (IPv${o.family}${spec.bindAddress ? ` bound to ${hostPort(spec.bindAddress, spec.bindPort ?? 0)}` : ''}) in netns ${netns.describe()}`,
-    () => native.createTcp(nsFd, spec),
+    () => native.createTcp(nsFd, spec, netns.id),
   );
 }
 
 /**
  * Connects a socket made inside `netns` to `host:port` and resolves with a connected net.Socket.
  * The connect() runs natively on the fd we created and Node only wraps the connected fd, so Node
- * never gets the chance to replace it with a fresh socket in the host namespace; the result is
- * verified to be our socket and to live in `netns` before it is handed out.
+ * never gets the chance to replace it with a fresh socket in the host namespace. The socket lives in
+ * `netns` by construction (made right after a setns into the namespace the handle was opened on),
+ * and the net.Socket is verified to wrap that very socket before it is handed out.
  */
 export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
   return new Promise<net.Socket>((resolve, reject) => {
@@ -212,13 +213,17 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     spec.connectPort = checkPort(o.port, 'connect port');
     if (o.noDelay === true) spec.noDelay = true;
     if (o.timeoutMs !== undefined && !(o.timeoutMs > 0)) throw invalid(`timeoutMs must be positive, got ${String(o.timeoutMs)}`);
-    const target = `${hostPort(host, o.port)} from netns ${netns.describe()}`;
+    // Messages are built only when something fails: this runs once per proxied connection.
+    const target = (): string => `${hostPort(host, o.port)} from netns ${netns.describe()}`;
     if (o.signal?.aborted) {
-      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${target} aborted before it started`, { cause: o.signal.reason });
+      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${target()} aborted before it started`, { cause: o.signal.reason });
     }
     const nsFd = netns.checkedFd();
-    const fd = sys(`connect to ${target}`, () => native.createTcp(nsFd, spec));
-    const inode = fstatSync(fd).ino;
+    // Passing netns.id makes the native side refuse (ESTALE) an fd that no longer names this
+    // namespace: the socket is then made in `netns` by construction (setns into it succeeded).
+    const fd = sys(() => `connect to ${target()}`, () => native.createTcp(nsFd, spec, netns.id), { [constants.errno.ESTALE]: 'ERR_NETNS_SOCKET_MISMATCH' });
+    // Identity of our socket, taken only when the connect spans event-loop turns (see finish).
+    let inode: number | undefined;
 
     let timer: NodeJS.Timeout | undefined;
     let done = false;
@@ -230,16 +235,16 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       try {
         err = native.socketError(fd);
       } catch (e) {
-        return fail(wrapNative(e, `connect to ${target}: reading SO_ERROR`));
+        return fail(wrapNative(e, `connect to ${target()}: reading SO_ERROR`));
       }
-      if (err !== 0) return fail(connectError(err, target));
+      if (err !== 0) return fail(connectError(err, target()));
       if (status < 0) {
-        return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target} failed: the socket reported an error (libuv ${errnoName(-status)}) but SO_ERROR was empty`, { errno: -status, syscall: 'connect' }));
+        return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target()} failed: the socket reported an error (libuv ${errnoName(-status)}) but SO_ERROR was empty`, { errno: -status, syscall: 'connect' }));
       }
       finish();
     }
     const onAbort = (): void =>
-      fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target} aborted`, { cause: o.signal?.reason }));
+      fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target()} aborted`, { cause: o.signal?.reason }));
     const cleanup = (): void => {
       done = true;
       poller?.close();
@@ -257,22 +262,22 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       cleanup();
       let socket: net.Socket | undefined;
       try {
-        // SIOCGSKNS needs CAP_NET_ADMIN; without it the fd-identity check below still holds.
-        const actual = socketNetnsIdIfPermitted(fd);
-        if (actual && !netns.sameAs(actual)) {
-          throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: socket fd ${fd} lives in netns [dev ${actual.dev} ino ${actual.ino}], not in the requested one`);
-        }
+        // No SIOCGSKNS check of the fd's netns here: createTcp made it in `netns` by construction
+        // (see above), and Node never connects it itself (the README's Node 20 hazard), so what
+        // remains to check is that Node wraps our very socket.
         // Node takes noDelay as already applied (no syscall; a later setNoDelay(true) is a no-op); @types/node omits it.
         const opts: net.SocketConstructorOpts & { noDelay?: boolean } = { fd, readable: true, writable: true, allowHalfOpen: o.allowHalfOpen === true, noDelay: o.noDelay === true };
         socket = new net.Socket(opts);
         const wrapped = fdOf(socket);
-        if (wrapped !== fd || fstatSync(fd).ino !== inode) {
-          throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target}: net.Socket wraps fd ${String(wrapped)}, not the socket we created (fd ${fd})`);
+        // Across event-loop turns other code ran: had it closed our fd and the number been reused,
+        // the inode would differ. In the same turn nothing else ran, so the fd number suffices.
+        if (wrapped !== fd || (inode !== undefined && fstatSync(fd).ino !== inode)) {
+          throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target()}: net.Socket wraps fd ${String(wrapped)}, not the socket we created (fd ${fd})`);
         }
       } catch (e) {
         if (socket) socket.destroy();
         else native.closeFd(fd);
-        reject(e instanceof NetnsError ? e : new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target}: ${(e as Error).message}`, { cause: e }));
+        reject(e instanceof NetnsError ? e : new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target()}: ${(e as Error).message}`, { cause: e }));
         return;
       }
       resolve(socket);
@@ -285,19 +290,25 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       connected = native.connectedNow(fd);
     } catch (e) {
       native.closeFd(fd);
-      throw wrapNative(e, `connect to ${target}: polling the socket`);
+      throw wrapNative(e, `connect to ${target()}: polling the socket`);
     }
     if (connected) return onPoll(0);
+    try {
+      inode = fstatSync(fd).ino;
+    } catch (e) {
+      native.closeFd(fd);
+      throw wrapNative(e, `connect to ${target()}: fstat of the new socket`);
+    }
     try {
       poller = new native.Poller(fd, onPoll);
     } catch (e) {
       native.closeFd(fd);
-      throw wrapNative(e, `connect to ${target}: watching the socket`);
+      throw wrapNative(e, `connect to ${target()}: watching the socket`);
     }
     poller.start(WRITABLE);
     if (o.timeoutMs !== undefined) {
       timer = setTimeout(() => {
-        fail(new NetnsError('ERR_NETNS_TIMEOUT', `connect to ${target} timed out after ${o.timeoutMs} ms`, { errno: constants.errno.ETIMEDOUT, syscall: 'connect' }));
+        fail(new NetnsError('ERR_NETNS_TIMEOUT', `connect to ${target()} timed out after ${o.timeoutMs} ms`, { errno: constants.errno.ETIMEDOUT, syscall: 'connect' }));
       }, o.timeoutMs);
     }
     o.signal?.addEventListener('abort', onAbort, { once: true });
@@ -315,15 +326,6 @@ function connectError(errno: number, target: string): NetnsError {
   return new NetnsError(codeForErrno(errno), `connect to ${target}: ${why} (${errnoName(errno)})`, { errno, syscall: 'connect' });
 }
 
-function socketNetnsIdIfPermitted(fd: number): NetnsId | undefined {
-  try {
-    return socketNetnsId(fd);
-  } catch (e) {
-    if (e instanceof NetnsError && e.code === 'ERR_NETNS_PERMISSION') return undefined;
-    throw e;
-  }
-}
-
 /**
  * The destination a connection had before iptables REDIRECT/DNAT (SO_ORIGINAL_DST, then
  * IP6T_SO_ORIGINAL_DST). Throws ERR_NETNS_NO_ORIGINAL_DST when conntrack knows no such connection.
@@ -331,7 +333,7 @@ function socketNetnsIdIfPermitted(fd: number): NetnsId | undefined {
 export function originalDst(socket: net.Socket | number): SocketAddress {
   const fd = socketFd(socket, 'originalDst');
   const E = constants.errno;
-  return sys(`original destination of socket fd ${fd}`, () => native.originalDst(fd), {
+  return sys(() => `original destination of socket fd ${fd}`, () => native.originalDst(fd), {
     [E.ENOENT]: 'ERR_NETNS_NO_ORIGINAL_DST',
     [E.ENOPROTOOPT]: 'ERR_NETNS_NO_ORIGINAL_DST',
     [E.ENOTCONN]: 'ERR_NETNS_NO_ORIGINAL_DST',
@@ -341,5 +343,5 @@ export function originalDst(socket: net.Socket | number): SocketAddress {
 /** getsockname of a TCP socket fd (e.g. the port a listener bound to port 0 got). */
 export function socketLocalAddress(socket: net.Socket | number): SocketAddress {
   const fd = socketFd(socket, 'socketLocalAddress');
-  return sys(`local address of socket fd ${fd}`, () => native.localAddress(fd));
+  return sys(() => `local address of socket fd ${fd}`, () => native.localAddress(fd));
 }

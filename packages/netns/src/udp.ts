@@ -47,7 +47,7 @@ export function createUdpSocket(o: UdpSocketOptions): number {
   const nsFd = netns.checkedFd();
   return sys(
     () => `UDP socket on ${hostPort(bindAddress, port)} in netns ${netns.describe()}`,
-    () => native.createUdp(nsFd, spec),
+    () => native.createUdp(nsFd, spec, netns.id),
     { [constants.errno.EAFNOSUPPORT]: 'ERR_NETNS_ADDRESS_NOT_AVAILABLE' },
   );
 }
