@@ -26,8 +26,8 @@ const NLA_F_NET_BYTEORDER = 0x4000;
 const NLMSG_ERROR = 2;
 const F_REQUEST = 0x1;
 const F_ACK = 0x4;
-/** ipset's "element already added": `-exist` ignores it. */
-const IPSET_ERR_EXIST = 4105;
+/** IPSET_ERR_EXIST, "element already added" (4105 is IPSET_ERR_INVALID_NETMASK): `-exist` ignores it. */
+const IPSET_ERR_EXIST = 4103;
 const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 function attr(type: number, data: Uint8Array): Uint8Array {
@@ -72,7 +72,15 @@ function addressBytes(ip: string): { type: number; bytes: Uint8Array } {
  * refusal (no such set, wrong family) throws naming the entry and the kernel's error number.
  */
 export async function ipsetAdd(exchange: NetlinkExchange, entries: readonly IpsetEntry[]): Promise<void> {
-  if (!entries.length) return;
+  // The kernel queues every ack before the first receive: ~200 of them fill a default receive
+  // buffer (ENOBUFS, acks lost although the adds went in), so larger batches go in several exchanges.
+  for (let at = 0; at < entries.length; at += MAX_PER_EXCHANGE) await addChunk(exchange, entries.slice(at, at + MAX_PER_EXCHANGE));
+}
+
+/** Entries per exchange: their acks stay well inside a default 208 KiB netlink receive buffer. */
+const MAX_PER_EXCHANGE = 64;
+
+async function addChunk(exchange: NetlinkExchange, entries: readonly IpsetEntry[]): Promise<void> {
   const messages = entries.map((e, i) => {
     if (!/^[\w.:-]{1,31}$/.test(e.set)) throw new IptablesError('ERR_IPTABLES_INVALID_RULE', `invalid ipset name ${JSON.stringify(e.set)}`);
     const ip = addressBytes(e.ip);

@@ -94,6 +94,27 @@ describe('rtnetlink', () => {
     ]);
   });
 
+  it('does not take an inverted rule, one with another selector, or one that suppresses its table default route', async () => {
+    const rule = [[6, 32764], [10, 0x111], [16, 0xfff], [15, 133], [14, 0xffffffff]] as [number, number][];
+    const rules = cat(
+      // not fwmark 0x111/0xfff (fib_rule_hdr.flags FIB_RULE_INVERT)
+      msg(32, 1, withAttrs([2, 0, 0, 0, 133, 0, 0, 1, 2, 0, 0, 0], rule)),
+      // iif "eth" (FRA_IIFNAME)
+      msg(32, 1, withAttrs([2, 0, 0, 0, 133, 0, 0, 1], [...rule, [3, 0x00687465]])),
+      // suppress_prefixlength 0: the rule would skip table 133's local default route
+      msg(32, 1, withAttrs([2, 0, 0, 0, 133, 0, 0, 1], [[6, 32764], [10, 0x111], [16, 0xfff], [15, 133], [14, 0]])),
+      // tos 0x10
+      msg(32, 1, withAttrs([2, 0, 0, 0x10, 133, 0, 0, 1], rule)),
+      msg(3, 1, new Uint8Array(4)),
+    );
+    const replies = [rules, msg(3, 2, new Uint8Array(4))];
+    const state = await readRouting(() => replies.shift()!, ['ipv4']);
+    expect(state.rules).toEqual([]);
+    // The plain rule with suppress_prefixlength unset (-1, as the kernel reports it) is Weir's.
+    const plain = [cat(msg(32, 1, withAttrs([2, 0, 0, 0, 133, 0, 0, 1], rule)), msg(3, 1, new Uint8Array(4))), msg(3, 2, new Uint8Array(4))];
+    expect((await readRouting(() => plain.shift()!, ['ipv4'])).rules).toEqual([{ family: 'ipv4', fwmark: 0x111, mask: 0xfff, priority: 32764, table: 133 }]);
+  });
+
   it('refuses a route it cannot express (only local <any> dev lo)', async () => {
     const odd = { rules: [], routes: [{ family: 'ipv4' as const, destination: '10.0.0.0/8', device: 'eth0', table: 7 }] };
     await expect(sendRouting(() => new Uint8Array(), missingRouting({ rules: [], routes: [] }, odd))).rejects.toThrow(IptablesError);

@@ -37,6 +37,13 @@ const FRA_PRIORITY = 6;
 const FRA_FWMARK = 10;
 const FRA_TABLE = 15;
 const FRA_FWMASK = 16;
+const FRA_SUPPRESS_IFGROUP = 13;
+const FRA_SUPPRESS_PREFIXLEN = 14;
+/** Selectors a plain `fwmark … lookup …` rule lacks: iif, flow, tun_id, oif, l3mdev, uidrange, ipproto, sport, dport. */
+const RULE_SELECTORS = new Set([3, 11, 12, 17, 19, 20, 22, 23, 24]);
+/** FRA_SUPPRESS_* as the kernel reports them when unset (-1). */
+const NONE = 0xffffffff;
+const FIB_RULE_INVERT = 0x2;
 const FR_ACT_TO_TBL = 1;
 const RTN_LOCAL = 2;
 const RTPROT_BOOT = 3;
@@ -178,8 +185,13 @@ export async function readRouting(exchange: NetlinkExchange, families: readonly 
     if (!family || !families.includes(family)) continue;
     const attrs = attributes(p.subarray(12));
     if (r.type === RTM_NEWRULE) {
-      // Only a plain fwmark rule counts (no source, destination or other selector besides the mark).
-      if (p[1] !== 0 || p[2] !== 0 || p[7] !== FR_ACT_TO_TBL) continue;
+      // Only a plain fwmark rule counts: no source, destination, tos or other selector besides the
+      // mark, not inverted (`not fwmark`), not suppressing the table's default route. Anything else
+      // would pass for Weir's rule while marked packets are not routed to the local stack.
+      if (p[1] !== 0 || p[2] !== 0 || p[3] !== 0 || p[7] !== FR_ACT_TO_TBL) continue;
+      if ((new DataView(p.buffer, p.byteOffset + 8, 4).getUint32(0, LE) & FIB_RULE_INVERT) !== 0) continue;
+      if (attributeTypes(p.subarray(12)).some((t) => RULE_SELECTORS.has(t))) continue;
+      if ((attrs.get(FRA_SUPPRESS_PREFIXLEN) ?? NONE) !== NONE || (attrs.get(FRA_SUPPRESS_IFGROUP) ?? NONE) !== NONE) continue;
       const fwmark = attrs.get(FRA_FWMARK);
       if (fwmark === undefined) continue;
       rules.push({ family, fwmark, mask: attrs.get(FRA_FWMASK) ?? 0xffffffff, priority: attrs.get(FRA_PRIORITY) ?? 0, table: attrs.get(FRA_TABLE) ?? (p[4] as number) });
@@ -258,6 +270,19 @@ function parse(bytes: Uint8Array): Reply[] {
     if (len < 16 || at + len > bytes.length) throw new IptablesError('ERR_IPTABLES_ROUTING_FAILED', `malformed rtnetlink reply (message length ${len} at ${at} of ${bytes.length})`);
     const type = v.getUint16(at + 4, LE);
     if (type !== NLMSG_DONE) out.push({ type, seq: v.getUint32(at + 8, LE), payload: bytes.subarray(at + 16, at + len) });
+    at += (len + 3) & ~3;
+  }
+  return out;
+}
+
+/** The type of every attribute. */
+function attributeTypes(bytes: Uint8Array): number[] {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: number[] = [];
+  for (let at = 0; at + 4 <= bytes.length; ) {
+    const len = v.getUint16(at, LE);
+    if (len < 4) break;
+    out.push(v.getUint16(at + 2, LE) & 0x3fff);
     at += (len + 3) & ~3;
   }
   return out;

@@ -41,6 +41,12 @@ describe('ipsetAdd over netlink', () => {
     expect(saved.match(/^add /gm)).toHaveLength(3);
   });
 
+  it('adds a whole node worth of entries at once (more acks than one netlink receive buffer holds)', async () => {
+    const entries = Array.from({ length: 1000 }, (_, i) => ({ set: 'probes-v4', ip: `10.245.${i >> 8}.${i & 255}`, comment: `uid-bulk-${i}` }));
+    await ipsetAdd(exchange, entries);
+    expect(ipset('save').match(/^add probes-v4 10\.245\./gm)).toHaveLength(1000);
+  });
+
   it('a missing set or a wrong-family address is an error naming the entry', async () => {
     await expect(ipsetAdd(exchange, [{ set: 'no-such-set', ip: '10.0.0.1' }])).rejects.toThrow(/ipset add no-such-set 10\.0\.0\.1 refused/);
     await expect(ipsetAdd(exchange, [{ set: 'probes-v6', ip: '10.0.0.1' }])).rejects.toThrow(/ipset add probes-v6 10\.0\.0\.1 refused/);
