@@ -18,7 +18,8 @@ namespace weir {
 namespace {
 
 // The calling thread's home network namespace, opened once per thread (each worker has its own)
-// and kept open (O_CLOEXEC) to setns back to; closed when the thread exits.
+// and kept open (O_CLOEXEC) to setns back to; closed when the thread exits. It is opened when the
+// addon loads on the thread, so callers counting their fds see it as part of the module.
 //
 // Assumption: between our calls, nothing else moves this thread to another netns. It is checked,
 // not trusted: each switch stats /proc/thread-self/ns/net (one syscall, instead of open, fstat and
@@ -36,6 +37,25 @@ struct Home {
 thread_local Home home;
 
 bool Same(const struct stat& a, dev_t dev, ino_t ino) { return a.st_dev == dev && a.st_ino == ino; }
+
+// (Re)opens home from /proc/thread-self/ns/net; returns the failing syscall, or nullptr.
+const char* OpenHome(int* err) {
+  struct stat held;
+  home.fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home.fd < 0) {
+    *err = errno;
+    return "open(/proc/thread-self/ns/net)";
+  }
+  if (fstat(home.fd, &held) < 0) {
+    *err = errno;
+    close(home.fd);
+    home.fd = -1;
+    return "fstat(/proc/thread-self/ns/net)";
+  }
+  home.dev = held.st_dev;
+  home.ino = held.st_ino;
+  return nullptr;
+}
 
 NetnsSwitch Fail(const char* syscall, int err) {
   NetnsSwitch sw;
@@ -59,16 +79,8 @@ NetnsSwitch EnterNetns(int nsFd, double expectDev, double expectIno) {
   if (!valid) {
     // Only close an fd that is still ours (same identity); a reused number belongs to someone else.
     if (home.fd >= 0 && fstat(home.fd, &held) == 0 && Same(held, home.dev, home.ino)) close(home.fd);
-    home.fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (home.fd < 0) return Fail("open(/proc/thread-self/ns/net)", errno);
-    if (fstat(home.fd, &held) < 0) {
-      int err = errno;
-      close(home.fd);
-      home.fd = -1;
-      return Fail("fstat(/proc/thread-self/ns/net)", err);
-    }
-    home.dev = held.st_dev;
-    home.ino = held.st_ino;
+    int err = 0;
+    if (const char* call = OpenHome(&err)) return Fail(call, err);
   }
   if (setns(nsFd, CLONE_NEWNET) < 0) return Fail("setns", errno);
   NetnsSwitch sw;
@@ -135,6 +147,9 @@ static Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 }
 
 void InitNetns(Napi::Env env, Napi::Object exports) {
+  // A failure here is reported by the first switch, which tries again.
+  int err = 0;
+  if (home.fd < 0) OpenHome(&err);
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
   exports.Set("openPath", Napi::Function::New(env, OpenPath, "openPath"));
   exports.Set("nsInfo", Napi::Function::New(env, NsInfo, "nsInfo"));
