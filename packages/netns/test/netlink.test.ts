@@ -9,7 +9,10 @@ import { TestNetns, countFds, requireRootAndTools, run, uniqueName } from './hel
 
 const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
 const RTM_GETLINK = 18;
+const RTM_NEWROUTE = 24;
+const RTM_GETROUTE = 26;
 const RTM_NEWRULE = 32;
+const RTM_DELRULE = 33;
 const IFLA_IFNAME = 3;
 
 function message(type: number, flags: number, body: Uint8Array): Uint8Array {
@@ -39,6 +42,35 @@ function linkNames(reply: Buffer): string[] {
     at += (len + 3) & ~3;
   }
   return names;
+}
+
+/** fib_rule_hdr (AF_INET, action FR_ACT_TO_TBL) + FRA_PRIORITY, FRA_FWMARK, FRA_TABLE. */
+function ruleBody(priority: number, mark: number, table: number): Uint8Array {
+  const body = new Uint8Array(12 + 24);
+  body.set([2, 0, 0, 0, 0, 0, 0, 1]);
+  const v = new DataView(body.buffer);
+  [
+    [6, priority],
+    [10, mark],
+    [15, table],
+  ].forEach(([type, value], i) => {
+    v.setUint16(12 + i * 8, 8, true);
+    v.setUint16(14 + i * 8, type!, true);
+    v.setUint32(16 + i * 8, value!, true);
+  });
+  return body;
+}
+
+/** The messages of a netlink reply: type and, for NLMSG_ERROR, the (negative) errno. */
+function replyMessages(reply: Buffer): { type: number; error?: number }[] {
+  const out: { type: number; error?: number }[] = [];
+  for (let at = 0; at + 16 <= reply.length; ) {
+    const len = reply.readUInt32LE(at);
+    const type = reply.readUInt16LE(at + 4);
+    out.push(type === 2 ? { type, error: reply.readInt32LE(at + 16) } : { type });
+    at += (len + 3) & ~3;
+  }
+  return out;
 }
 
 const dumpLinks = (ns: Netns): string[] => linkNames(netlinkExchange(ns, NETLINK_ROUTE, message(RTM_GETLINK, 0x300, new Uint8Array(16)), 1));
@@ -95,6 +127,60 @@ describe('netlinkExchange', () => {
     const again = netlinkExchange(ns, NETLINK_ROUTE, message(RTM_NEWRULE, 0x4 | 0x400 | 0x200, body), 1);
     expect(again.readInt32LE(16)).toBe(-17);
     expect(countFds()).toBe(before);
+  });
+
+  it('takes 1,000 acked messages in one exchange: every ack arrives (no ENOBUFS on the queued acks)', () => {
+    // 500 rules added and the same 500 deleted: 1,000 acks, all queued while the kernel handles the send.
+    const adds = Array.from({ length: 500 }, (_, i) => message(RTM_NEWRULE, 0x4 | 0x400 | 0x200, ruleBody(20000 + i, 0x1000 + i, 150)));
+    const dels = Array.from({ length: 500 }, (_, i) => message(RTM_DELRULE, 0x4, ruleBody(20000 + i, 0x1000 + i, 150)));
+    const all = [...adds, ...dels];
+    const request = new Uint8Array(all.reduce((n, m) => n + m.length, 0));
+    all.reduce((at, m) => (request.set(m, at), at + m.length), 0);
+    const reply = replyMessages(netlinkExchange(ns, NETLINK_ROUTE, request, 1000));
+    expect(reply).toHaveLength(1000);
+    expect(reply.filter((m) => m.type === 2 && m.error === 0)).toHaveLength(1000);
+    expect(t.ip('-4', 'rule', 'show')).not.toMatch(/lookup 150/);
+  });
+
+  it('receives a 2,000-route dump whole in one exchange', () => {
+    // rtmsg (AF_INET, dst_len 32, table RT_TABLE_UNSPEC, proto boot, scope link, unicast) + RTA_DST,
+    // RTA_OIF (lo), RTA_TABLE 151: routes 10.77.x.y/32 in a scratch table.
+    const routes = Array.from({ length: 2000 }, (_, i) => {
+      const body = new Uint8Array(12 + 24);
+      body.set([2, 32, 0, 0, 0, 3, 253, 1]);
+      const v = new DataView(body.buffer);
+      v.setUint16(12, 8, true);
+      v.setUint16(14, 1, true);
+      body.set([10, 77, i >> 8, i & 0xff], 16);
+      v.setUint16(20, 8, true);
+      v.setUint16(22, 4, true);
+      v.setUint32(24, 1, true);
+      v.setUint16(28, 8, true);
+      v.setUint16(30, 15, true);
+      v.setUint32(32, 151, true);
+      return message(RTM_NEWROUTE, 0x4 | 0x400 | 0x200, body);
+    });
+    const request = new Uint8Array(routes.reduce((n, m) => n + m.length, 0));
+    routes.reduce((at, m) => (request.set(m, at), at + m.length), 0);
+    t.ip('link', 'set', 'lo', 'up');
+    const acks = replyMessages(netlinkExchange(ns, NETLINK_ROUTE, request, 2000));
+    expect(acks.filter((m) => m.error === 0)).toHaveLength(2000);
+    // The dump (IPv4, all tables) is far over 64 KiB; the kernel splits it into datagrams of at
+    // most 32 KiB, and the exchange reads them all up to NLMSG_DONE.
+    const dump = netlinkExchange(ns, NETLINK_ROUTE, message(RTM_GETROUTE, 0x300, new Uint8Array([2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])), 1);
+    expect(dump.length).toBeGreaterThan(64 * 1024);
+    const msgs = replyMessages(dump);
+    expect(msgs.at(-1)?.type).toBe(3); // NLMSG_DONE
+    expect(msgs.filter((m) => m.type === RTM_NEWROUTE).length).toBeGreaterThanOrEqual(2000);
+    t.ip('route', 'flush', 'table', '151');
+  });
+
+  it('bounds the whole exchange when the caller expects more replies than the kernel sends', () => {
+    const started = Date.now();
+    expect(() => netlinkExchange(ns, NETLINK_ROUTE, message(RTM_GETLINK, 0x300, new Uint8Array(16)), 3)).toThrow(expect.objectContaining({ code: 'ERR_NETNS_TIMEOUT', errno: 110 }));
+    const took = Date.now() - started;
+    expect(took).toBeGreaterThanOrEqual(1900);
+    expect(took).toBeLessThan(3500);
   });
 
   it('rejects bad arguments and a closed netns with stable codes', () => {
