@@ -20,6 +20,12 @@ export interface HboneClientOptions {
   idleTimeoutMs?: number;
   /** TCP connect + TLS handshake + peer SETTINGS deadline; default 10 s. */
   connectTimeoutMs?: number;
+  /**
+   * Deadline for the peer's answer to a CONNECT once the stream is sent; default 15 s. Past it the
+   * stream is reset (CANCEL) and connect() rejects with ERR_HBONE_TIMEOUT. Checked by one sweep
+   * per session, so an open fails between this and 1.25× this (at most 1 s) later.
+   */
+  responseTimeoutMs?: number;
   /** Default 10 s. */
   pingIntervalMs?: number;
   /** Default 20 s. */
@@ -67,6 +73,8 @@ class PooledSession {
   lastError: Error | undefined;
   idleTimer: NodeJS.Timeout | undefined;
   pingTimer: NodeJS.Timeout | undefined;
+  /** Runs while `opening` is not empty: fails opens the peer left unanswered too long. */
+  sweepTimer: NodeJS.Timeout | undefined;
 
   /** Streams sent and not answered yet; the session's shared stream listeners settle them. */
   readonly opening = new Map<http2.ClientHttp2Stream, PendingOpen>();
@@ -96,6 +104,8 @@ interface PendingOpen {
   authority: string;
   peerAuthority: string;
   attempt: number;
+  /** When the CONNECT was sent (Date.now()), for the response deadline. */
+  sentAt: number;
   /** The stream's error, if any, for the message when it closes unanswered. */
   error: Error | undefined;
   onAbort: (() => void) | undefined;
@@ -401,6 +411,8 @@ export class HboneClient {
     session.once('close', () => {
       e.closed = true;
       clearInterval(e.pingTimer);
+      clearInterval(e.sweepTimer);
+      e.sweepTimer = undefined;
       clearTimeout(e.idleTimer);
       this.#remove(e);
     });
@@ -445,8 +457,9 @@ export class HboneClient {
     stream.on('close', e.onStreamClose);
     stream.on('error', e.onStreamError);
     stream.on('response', e.onStreamResponse);
+    if (e.sweepTimer === undefined) this.#armSweep(e);
     return new Promise((resolve, reject) => {
-      const p: PendingOpen = { resolve, reject, o, authority, peerAuthority, attempt, error: undefined, onAbort: undefined };
+      const p: PendingOpen = { resolve, reject, o, authority, peerAuthority, attempt, sentAt: Date.now(), error: undefined, onAbort: undefined };
       e.opening.set(stream, p);
       const signal = o.signal;
       if (signal !== undefined) {
@@ -459,6 +472,36 @@ export class HboneClient {
         else signal.addEventListener('abort', p.onAbort, { once: true });
       }
     });
+  }
+
+  /**
+   * One timer per session with opens in flight rather than one per open: `opening` is in send order,
+   * so a sweep stops at the first open still within its deadline.
+   */
+  #armSweep(e: PooledSession): void {
+    const timeoutMs = this.#o.responseTimeoutMs ?? 15_000;
+    const every = Math.max(5, Math.min(1000, timeoutMs / 4));
+    e.sweepTimer = setInterval(() => {
+      if (e.opening.size === 0 || e.closed) {
+        clearInterval(e.sweepTimer);
+        e.sweepTimer = undefined;
+        return;
+      }
+      const cutoff = Date.now() - timeoutMs;
+      for (const [stream, p] of e.opening) {
+        if (p.sentAt > cutoff) break;
+        settled(e, stream, p);
+        stream.close(NGHTTP2_CANCEL);
+        this.#log.debug({ peer: p.peerAuthority, target: p.authority, timeoutMs }, 'CONNECT not answered in time, stream reset');
+        p.reject(
+          new HboneError(
+            'ERR_HBONE_TIMEOUT',
+            `peer ${p.peerAuthority} did not answer CONNECT ${p.authority} within ${timeoutMs} ms (stream reset)${e.goaway ? `; ${e.goaway}` : ''}`,
+          ),
+        );
+      }
+    }, every);
+    e.sweepTimer.unref();
   }
 
   /** The shared stream listeners of a new session. */

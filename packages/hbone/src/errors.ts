@@ -7,7 +7,7 @@ export type HboneErrorCode =
   | 'ERR_HBONE_IDENTITY_MISMATCH'
   /** The TCP connection to the peer could not be made. */
   | 'ERR_HBONE_CONNECT'
-  /** Connecting or the handshake took longer than allowed. */
+  /** Connecting or the handshake took longer than allowed, or the peer left a CONNECT unanswered past `responseTimeoutMs`. */
   | 'ERR_HBONE_TIMEOUT'
   /** The caller's AbortSignal fired. */
   | 'ERR_HBONE_ABORTED'
