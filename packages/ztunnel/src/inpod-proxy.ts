@@ -159,6 +159,11 @@ export class InpodProxy {
   #dns: DnsProxy | undefined;
   #releaseCert: (() => void) | undefined;
   #stopped = false;
+  /** start() past its certificate fetch, binding: stop() waits for it to finish or give all back. */
+  #starting: Promise<void> | undefined;
+  #stopping: Promise<void> | undefined;
+  /** Releases everything held; once, shared by a failing start() and stop(). */
+  #teardown: Promise<void> | undefined;
 
   constructor(o: InpodProxyOptions) {
     this.#o = o;
@@ -203,38 +208,51 @@ export class InpodProxy {
 
   /**
    * Fetches the pod's certificate and binds the three listeners; on failure releases everything.
-   * A stop() before it is done makes it fail with ERR_ZTUNNEL_PROXY_STOPPED, holding nothing.
+   * A stop() before it is done makes it fail with ERR_ZTUNNEL_PROXY_STOPPED, holding nothing; that
+   * stop() resolves only once nothing is bound (it does not wait for the certificate fetch, which
+   * holds nothing in the pod: the certificate is released when it arrives).
    */
   async start(): Promise<void> {
+    const stopped = (): ZtunnelError => new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped while starting`);
+    if (this.#stopped) throw stopped();
+    let bound: (() => void) | undefined;
     try {
       const { cert, release } = await this.#o.identities.acquire(this.identity, (next) => {
         this.#cert = next;
         this.#hboneServer?.setTls(this.#tls(next));
         this.#hboneClient?.setTls(this.#tls(next));
       });
+      if (this.#stopped) {
+        // stop() ran during the fetch and has already torn down: give this back ourselves.
+        release();
+        throw stopped();
+      }
       this.#releaseCert = release;
-      const stopped = (): ZtunnelError => new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped while starting`);
-      if (this.#stopped) throw stopped();
+      // No await since the check above: stop() either ran before it or sees this.
+      this.#starting = new Promise<void>((r) => (bound = r));
       // A rotation may already have landed through the callback above: keep the newer one.
       this.#cert ??= cert;
       for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
       this.#o.store.on('change', this.#onStoreChange);
+      // Checked after every step: a stop() is waiting for us to give up.
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
+      if (this.#stopped) throw stopped();
       await this.#listen(this.#ports.inboundPlaintext, (s) => this.#onInboundPlaintext(s));
+      if (this.#stopped) throw stopped();
       await this.#listen(this.#ports.inbound, (s) => this.#onInboundHbone(s));
+      if (this.#stopped) throw stopped();
       if (this.#o.dns) await this.#startDns(this.#o.dns);
+      if (this.#stopped) throw stopped();
       if (this.#o.socks5) await this.#startSocks5();
       if (this.#stopped) throw stopped();
     } catch (err) {
-      if (this.#stopped) {
-        // stop() ran while we were starting: it could not see what was taken after it.
-        this.#o.store.off('change', this.#onStoreChange);
-        this.closeListeners();
-        this.#releaseCert?.();
-        this.#releaseCert = undefined;
-      }
-      await this.stop({ deadlineMs: 0 });
+      // Not stop(): it may be waiting for this very start(), through #starting.
+      this.#stopped = true;
+      await this.#release(0);
       throw err;
+    } finally {
+      this.#starting = undefined;
+      bound?.();
     }
   }
 
@@ -258,6 +276,10 @@ export class InpodProxy {
           return s;
         }),
       maxStreamsPerSession: 100,
+      // The whole HBONE connect (TCP, TLS, the peer's SETTINGS) within the pod's connect timeout;
+      // the CONNECT answer keeps the client's default (15 s): the peer first connects to its app,
+      // with its own 10 s timeout, before it answers.
+      connectTimeoutMs: this.#o.connectTimeoutMs ?? 10_000,
     });
     return this.#hboneClient;
   }
@@ -753,14 +775,29 @@ export class InpodProxy {
 
   /**
    * Drains: listeners close at once, HBONE sessions get GOAWAY, established connections may finish
-   * until `deadlineMs` (0: cut now), then whatever is left is destroyed.
+   * until `deadlineMs` (0: cut now), then whatever is left is destroyed. A start() still binding is
+   * waited for (it gives up at its next step), so once this resolves nothing listens in the pod.
    */
-  async stop(o: { deadlineMs: number }): Promise<void> {
-    if (this.#stopped) return;
+  stop(o: { deadlineMs: number }): Promise<void> {
+    return (this.#stopping ??= this.#stop(o.deadlineMs));
+  }
+
+  async #stop(deadlineMs: number): Promise<void> {
     this.#stopped = true;
     this.#o.store.off('change', this.#onStoreChange);
     this.closeListeners();
-    const deadline = Math.max(0, o.deadlineMs);
+    await this.#starting;
+    await this.#release(deadlineMs);
+  }
+
+  #release(deadlineMs: number): Promise<void> {
+    return (this.#teardown ??= this.#releaseAll(deadlineMs));
+  }
+
+  async #releaseAll(deadlineMs: number): Promise<void> {
+    this.#o.store.off('change', this.#onStoreChange);
+    this.closeListeners();
+    const deadline = Math.max(0, deadlineMs);
     const serverClosed = this.#hboneServer?.close({ deadlineMs: deadline }) ?? Promise.resolve();
     // No new outbound tunnels can start (listeners are closed): retire the client's sessions alongside.
     const clientClosed = this.#hboneClient?.close({ deadlineMs: deadline }) ?? Promise.resolve();
