@@ -22,7 +22,7 @@ export interface HboneClientOptions {
   connectTimeoutMs?: number;
   /**
    * Deadline for the peer's answer to a CONNECT once the stream is sent; default 15 s. Past it the
-   * stream is reset (CANCEL) and connect() rejects with ERR_HBONE_TIMEOUT. Checked by one sweep
+   * stream is reset (CANCEL) and connect() rejects with ERR_HBONE_RESPONSE_TIMEOUT. Checked by one sweep
    * per session, so an open fails between this and 1.25× this (at most 1 s) later.
    */
   responseTimeoutMs?: number;
@@ -495,7 +495,7 @@ export class HboneClient {
         this.#log.debug({ peer: p.peerAuthority, target: p.authority, timeoutMs }, 'CONNECT not answered in time, stream reset');
         p.reject(
           new HboneError(
-            'ERR_HBONE_TIMEOUT',
+            'ERR_HBONE_RESPONSE_TIMEOUT',
             `peer ${p.peerAuthority} did not answer CONNECT ${p.authority} within ${timeoutMs} ms (stream reset)${e.goaway ? `; ${e.goaway}` : ''}`,
           ),
         );

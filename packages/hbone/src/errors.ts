@@ -7,8 +7,10 @@ export type HboneErrorCode =
   | 'ERR_HBONE_IDENTITY_MISMATCH'
   /** The TCP connection to the peer could not be made. */
   | 'ERR_HBONE_CONNECT'
-  /** Connecting or the handshake took longer than allowed, or the peer left a CONNECT unanswered past `responseTimeoutMs`. */
+  /** Connecting or the handshake took longer than allowed, or the peer did not answer a PING in time. */
   | 'ERR_HBONE_TIMEOUT'
+  /** The peer accepted a CONNECT stream but left it unanswered past `responseTimeoutMs` (the stream was reset). */
+  | 'ERR_HBONE_RESPONSE_TIMEOUT'
   /** The caller's AbortSignal fired. */
   | 'ERR_HBONE_ABORTED'
   /** The HTTP/2 session or stream failed or was reset before the tunnel was up. */

@@ -71,7 +71,7 @@ async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
 }
 
 describe('CONNECT response deadline', () => {
-  it('resets a CONNECT the peer accepted and never answered, rejecting with ERR_HBONE_TIMEOUT naming peer, target and timeout', async () => {
+  it('resets a CONNECT the peer accepted and never answered, rejecting with ERR_HBONE_RESPONSE_TIMEOUT naming peer, target and timeout', async () => {
     const peer = await silentPeer();
     const c = client(300);
     try {
@@ -82,7 +82,7 @@ describe('CONNECT response deadline', () => {
       );
       const took = Date.now() - t0;
       expect(err).toBeInstanceOf(HboneError);
-      expect((err as HboneError).code).toBe('ERR_HBONE_TIMEOUT');
+      expect((err as HboneError).code).toBe('ERR_HBONE_RESPONSE_TIMEOUT');
       expect((err as HboneError).message).toContain(`127.0.0.1:${peer.port}`);
       expect((err as HboneError).message).toContain('10.9.8.7:8080');
       expect((err as HboneError).message).toContain('300 ms');
@@ -106,7 +106,7 @@ describe('CONNECT response deadline', () => {
       const p = { host: '127.0.0.1', port: peer.port };
       const ok = await c.connect({ peer: p, target: { host: '10.0.0.1', port: 1 }, expectedIdentities: [SERVER_ID] });
       const silent = c.connect({ peer: p, target: { host: '10.0.0.2', port: 2 }, expectedIdentities: [SERVER_ID] }).catch((e: unknown) => e);
-      expect(((await silent) as HboneError).code).toBe('ERR_HBONE_TIMEOUT');
+      expect(((await silent) as HboneError).code).toBe('ERR_HBONE_RESPONSE_TIMEOUT');
       // Well past the deadline: the answered tunnel is untouched by the sweep.
       await new Promise((r) => setTimeout(r, 500));
       expect(ok.destroyed).toBe(false);
@@ -127,7 +127,7 @@ describe('CONNECT response deadline', () => {
       const err = await c
         .connect({ peer: { host: '127.0.0.1', port: peer.port }, target: { host: '10.0.0.3', port: 3 }, expectedIdentities: [SERVER_ID] })
         .catch((e: unknown) => e);
-      expect((err as HboneError).code).toBe('ERR_HBONE_TIMEOUT');
+      expect((err as HboneError).code).toBe('ERR_HBONE_RESPONSE_TIMEOUT');
       expect((err as HboneError).message).toContain('GOAWAY');
     } finally {
       await c.close({ deadlineMs: 200 });

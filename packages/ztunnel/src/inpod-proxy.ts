@@ -110,6 +110,7 @@ const SPOOF_ERRNOS = new Set([1, 13, 22, 99]); // EPERM EACCES EINVAL EADDRNOTAV
 function flagFor(err: unknown): ResponseFlag {
   if (err instanceof HboneError) {
     if (err.code === 'ERR_HBONE_TLS' || err.code === 'ERR_HBONE_IDENTITY_MISMATCH') return 'TLS_FAILURE';
+    // Only a tunnel that was never established hints at a NetworkPolicy; an unanswered CONNECT is CONNECT.
     if (err.code === 'ERR_HBONE_TIMEOUT') return 'NETWORK_POLICY';
     if (err.code === 'ERR_HBONE_STATUS' && err.status === 401) return 'DENY';
   }
