@@ -1,6 +1,6 @@
 import { canonicalAddress } from './address.js';
 import { IptablesError } from './errors.js';
-import type { NetlinkExchange } from './rtnetlink.js';
+import { concat as cat, type NetlinkExchange } from './rtnetlink.js';
 
 /** One ipset entry: `add <set> <ip> comment "<comment>"`. */
 export interface IpsetEntry {
@@ -38,15 +38,6 @@ function attr(type: number, data: Uint8Array): Uint8Array {
   out.set(data, 4);
   return out;
 }
-const cat = (parts: readonly Uint8Array[]): Uint8Array => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-};
 const cstr = (s: string): Uint8Array => new TextEncoder().encode(`${s}\0`);
 
 function addressBytes(ip: string): { type: number; bytes: Uint8Array } {

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { IptablesError } from './errors.js';
 import { inpodRouting } from './routing.js';
-import { missingRouting, readNftGeneration, readRouting, sendRouting, type NetlinkExchange } from './rtnetlink.js';
+import { concat, missingRouting, readNftGeneration, readRouting, sendRouting, type NetlinkExchange } from './rtnetlink.js';
 
 // The wire format against hand-built kernel replies; the real kernel is in test/netns-applier.test.ts.
 
@@ -31,15 +31,7 @@ function withAttrs(header: number[], attrs: [number, number][]): Uint8Array {
   });
   return p;
 }
-const cat = (...parts: Uint8Array[]): Uint8Array => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-};
+const cat = (...parts: Uint8Array[]): Uint8Array => concat(parts);
 
 describe('rtnetlink', () => {
   const routing = inpodRouting({ ipv6: true });

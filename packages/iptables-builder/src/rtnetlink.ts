@@ -246,7 +246,8 @@ export function missingRouting(state: RoutingState, want: PolicyRouting): Routin
   ]);
 }
 
-function concat(parts: readonly Uint8Array[]): Uint8Array {
+/** Netlink messages or attributes laid end to end (shared with ipset-netlink.ts). */
+export function concat(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {

@@ -510,15 +510,7 @@ export class InpodProxy {
     const port = resolved?.port ?? dst.port;
     let upstream: net.Socket;
     try {
-      upstream = await connectTcp({
-        netns: this.#o.netns,
-        family: familyOf(host),
-        mark: this.#o.mark,
-        host,
-        port,
-        timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
-        noDelay: true,
-      });
+      upstream = await connectTcp(this.#podConnectOptions(host, port, undefined));
     } catch (err) {
       record.fail('CONNECT', (err as Error).message);
       socket.destroy();
@@ -611,7 +603,7 @@ export class InpodProxy {
     const spoof = this.#transparent && clientIp !== '' && familyOf(clientIp) === familyOf(host) && clientIp !== host;
     let socket: net.Socket;
     if (spoof) {
-      const o = this.#appConnectOptions(host, port, signal);
+      const o = this.#podConnectOptions(host, port, signal);
       o.transparent = true;
       o.freebind = true;
       o.bindAddress = clientIp;
@@ -621,17 +613,18 @@ export class InpodProxy {
         const errno = errnoOf(err);
         if (this.#o.origSrc === 'required' || errno === undefined || !SPOOF_ERRNOS.has(errno)) throw err;
         this.#log.debug({ err, clientIp }, 'source spoofing failed, connecting from the pod address');
-        socket = await connectTcp(this.#appConnectOptions(host, port, signal));
+        socket = await connectTcp(this.#podConnectOptions(host, port, signal));
       }
     } else {
-      socket = await connectTcp(this.#appConnectOptions(host, port, signal));
+      socket = await connectTcp(this.#podConnectOptions(host, port, signal));
     }
     tuneSocket(socket);
     return socket;
   }
 
+  // A connect from inside the pod with the mark (to the local app, or a passthrough destination).
   // Built field by field: object spreads with a conditional member were a visible cost per connection.
-  #appConnectOptions(host: string, port: number, signal: AbortSignal | undefined): ConnectTcpOptions {
+  #podConnectOptions(host: string, port: number, signal: AbortSignal | undefined): ConnectTcpOptions {
     const o: ConnectTcpOptions = {
       netns: this.#o.netns,
       family: familyOf(host),
