@@ -343,7 +343,7 @@ export class PodController {
       rec.enrollStart = undefined;
       if (this.touched(rec)) await this.release(rec);
       // A waiter is a CNI ADD the agent found enrolled: resolving would answer "pod captured" for a
-      // pod that is not (e.g. its namespace fetched from the API but not in the cache yet). Fail it; the retry decides again.
+      // pod that is not (its labels or its namespace's changed since the lookup). Fail it; the retry decides again.
       const ns = this.opts.source.namespace(rec.pod.namespace);
       const seen = ns ? `namespace labels ${JSON.stringify(ns.labels)}` : 'namespace not in the cache yet';
       const why = new CniAgentError('ERR_AGENT_NOT_CAPTURED', `pod ${rec.pod.namespace}/${rec.pod.name} is not enrolled as the pod source has it now (${seen}, phase ${rec.pod.phase}); not captured`);

@@ -1,13 +1,16 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:http';
+import { statSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, request, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { FakeApiServer } from '@weir/fake-apiserver';
 import { afterEach, describe, expect, it } from 'vitest';
+import { PodController } from './controller.js';
 import { CniAgentError } from './errors.js';
 import { KubePodSource } from './kube-source.js';
+import { AgentMetrics } from './metrics.js';
 import type { NamespaceInfo, PodInfo } from './pod.js';
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -146,6 +149,157 @@ describe('KubePodSource lookups for /cmdadd', () => {
     }
     expect(err).toBeInstanceOf(CniAgentError);
     expect(err).toMatchObject({ code: 'ERR_AGENT_KUBECONFIG', message: 'kubeconfig has no current cluster (current context "x")' });
+  });
+});
+
+/**
+ * A proxy in front of the fake API server that holds the response bodies of matching requests
+ * (e.g. the namespace watch) until released: the watch running late, as it does for a namespace
+ * made a moment ago or in a burst right after start.
+ */
+async function holdingProxy(target: string) {
+  const holds: { match: (method: string, url: string) => boolean; held: (() => void)[] }[] = [];
+  const proxy = createServer((req, res) => {
+    const up = request(new URL(req.url ?? '/', target), { method: req.method, headers: req.headers }, (upRes: IncomingMessage) => {
+      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+      res.flushHeaders(); // a watch answers its headers before any event
+      // Decided per chunk: a hold also catches a watch opened before it.
+      const pass = (send: () => void): void => {
+        const hold = holds.find((h) => h.match(req.method ?? 'GET', req.url ?? ''));
+        if (hold) hold.held.push(send);
+        else send();
+      };
+      upRes.on('data', (chunk: Buffer) => pass(() => res.write(chunk)));
+      upRes.on('end', () => pass(() => res.end()));
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+    /** Holds matching responses; the returned function lets them (and later ones) through. */
+    hold(match: (method: string, url: string) => boolean): () => void {
+      const h = { match, held: [] as (() => void)[] };
+      holds.push(h);
+      return () => {
+        holds.splice(holds.indexOf(h), 1);
+        for (const f of h.held.splice(0)) f();
+      };
+    },
+    close: () => new Promise<void>((r) => {
+      proxy.closeAllConnections();
+      proxy.close(() => r());
+    }),
+  };
+}
+
+async function setupBehindProxy() {
+  const server = await FakeApiServer.start();
+  const proxy = await holdingProxy(server.url);
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'c', server: proxy.url, skipTLSVerify: true }],
+    users: [{ name: 'u' }],
+    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+    currentContext: 'x',
+  });
+  const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1', backoffInitialMs: 50, backoffMaxMs: 200 });
+  cleanups.push(async () => {
+    await src.stop();
+    await proxy.close();
+    await server.close();
+  });
+  return { server, proxy, src };
+}
+
+const nsWatch = (method: string, url: string): boolean => method === 'GET' && url.startsWith('/api/v1/namespaces?') && url.includes('watch=true');
+const ambient = { 'istio.io/dataplane-mode': 'ambient' };
+
+describe('KubePodSource namespaces fetched ahead of the watch', () => {
+  it('caches a fetched namespace until the watch delivers it, then follows the watch (labels removed later)', async () => {
+    const { server, proxy, src } = await setupBehindProxy();
+    const seen: string[] = [];
+    await src.start({ podChanged: () => undefined, podDeleted: () => undefined, namespaceChanged: (n) => seen.push(`ns ${n.name} ${JSON.stringify(n.labels)}`) });
+    const release = proxy.hold(nsWatch);
+    server.createNamespace('fresh', ambient);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(src.namespace('fresh')).toBeUndefined();
+    expect(await src.fetchNamespace('fresh')).toMatchObject({ name: 'fresh', labels: ambient });
+    // The controller's own check (source.namespace) now sees what the lookup saw.
+    expect(src.namespace('fresh')).toMatchObject({ name: 'fresh', labels: ambient });
+    expect(seen.filter((s) => s.startsWith('ns fresh '))).toEqual([`ns fresh ${JSON.stringify({ 'kubernetes.io/metadata.name': 'fresh', ...ambient })}`]);
+
+    server.setNamespaceLabels('fresh', {});
+    release();
+    await until(() => src.namespace('fresh')?.labels['istio.io/dataplane-mode'] === undefined, 'the watched label removal');
+    const bare = { 'kubernetes.io/metadata.name': 'fresh' };
+    expect(seen.at(-1)).toBe(`ns fresh ${JSON.stringify(bare)}`);
+    expect(await src.fetchNamespace('fresh')).toEqual({ name: 'fresh', labels: bare });
+  });
+
+  it('does not let a GET answered late overwrite the newer namespace the watch delivered meanwhile', async () => {
+    const { server, proxy, src } = await setupBehindProxy();
+    await src.start({ podChanged: () => undefined, podDeleted: () => undefined, namespaceChanged: () => undefined });
+    const releaseWatch = proxy.hold(nsWatch);
+    server.createNamespace('fresh', ambient);
+    const releaseGet = proxy.hold((method, url) => method === 'GET' && url.startsWith('/api/v1/namespaces/fresh'));
+    const fetched = src.fetchNamespace('fresh');
+    await until(() => server.requests.some((r) => r.path === '/api/v1/namespaces/fresh'), 'the GET to reach the server');
+    server.setNamespaceLabels('fresh', {});
+    releaseWatch();
+    await until(() => src.namespace('fresh') !== undefined, 'the watched namespace');
+    await until(() => src.namespace('fresh')?.labels['istio.io/dataplane-mode'] === undefined, 'the watched label removal');
+    releaseGet();
+    // The GET read the version with the label; the watch has a later one, which wins.
+    const bare = { 'kubernetes.io/metadata.name': 'fresh' };
+    expect(await fetched).toEqual({ name: 'fresh', labels: bare });
+    expect(src.namespace('fresh')?.labels).toEqual(bare);
+  });
+
+  it('lets the controller capture a /cmdadd pod on its first ADD when its namespace is not watched yet, and release it when the watch shows the label removed', async () => {
+    const { server, proxy, src } = await setupBehindProxy();
+    const dir = await mkdtemp(join(tmpdir(), 'weir-agent-kube-ns-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const netnsPath = join(dir, 'netns');
+    await writeFile(netnsPath, '');
+    const calls: string[] = [];
+    const controller = new PodController({
+      source: src,
+      rules: {
+        setupHost: async () => undefined,
+        apply: async (p) => (calls.push(`apply ${p.name}`), { changed: true, repaired: [] }),
+        remove: async (p) => void calls.push(`remove ${p.name}`),
+        addHostProbe: async () => undefined,
+        removeHostProbe: async () => undefined,
+        syncHostProbes: async () => [],
+        teardownHost: async () => undefined,
+      },
+      ztunnel: { connected: true, addWorkload: async (uid) => void calls.push(`zds add ${uid}`), removeWorkload: async (uid) => void calls.push(`zds del ${uid}`) },
+      openNetns: (path) => {
+        let closed = false;
+        return { fd: 99, id: { dev: 1, ino: statSync(path).ino }, path, get closed() { return closed; }, close: () => void (closed = true) };
+      },
+      enrolled: (_p, ns) => ns?.labels['istio.io/dataplane-mode'] === 'ambient',
+      metrics: new AgentMetrics({ processMetrics: false }),
+      procRoot: '/nonexistent-proc',
+    });
+    cleanups.push(() => controller.stop());
+    await src.start({ podChanged: (p) => controller.podChanged(p), podDeleted: (p) => controller.podDeleted(p), namespaceChanged: (n) => controller.namespaceChanged(n) });
+    const release = proxy.hold(nsWatch);
+    server.createNamespace('fresh', ambient);
+    // A new pod: no IPs until its CNI ADD, so only the /cmdadd captures it.
+    server.createPod({ ...pod('web-0', 'node-1'), metadata: { name: 'web-0', namespace: 'fresh' }, status: { phase: 'Pending' } });
+    // What the agent's onCmdAdd does: look up, decide, hand to the controller.
+    const [info, ns] = await Promise.all([src.fetchPod('fresh', 'web-0'), src.fetchNamespace('fresh')]);
+    expect(ns?.labels).toMatchObject(ambient);
+    await controller.cmdAdd(info!, netnsPath, ['10.1.0.5'], process.hrtime.bigint(), 3000);
+    expect(controller.status()).toMatchObject([{ name: 'web-0', state: 'captured' }]);
+
+    server.setNamespaceLabels('fresh', {});
+    release();
+    await until(() => controller.status()[0]?.state === 'idle', 'release after the watched label removal');
+    expect(calls).toContain('remove web-0');
   });
 });
 

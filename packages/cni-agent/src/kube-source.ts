@@ -57,6 +57,17 @@ function apiFailure(what: string, err: unknown): CniAgentError {
 }
 
 /**
+ * Whether `a` is a later version of the object than `b`. resourceVersions are etcd revisions
+ * (decimal); anything else cannot be ordered, and then the watched copy is kept.
+ */
+function isNewer(a: KubernetesObject, b: KubernetesObject): boolean {
+  const ra = a.metadata?.resourceVersion;
+  const rb = b.metadata?.resourceVersion;
+  if (!ra || !rb || !/^\d+$/.test(ra) || !/^\d+$/.test(rb)) return false;
+  return BigInt(ra) > BigInt(rb);
+}
+
+/**
  * The kubeconfig's authentication, with one keep-alive connection agent instead of the new agent
  * client-node 1.4 makes for every request: that costs a TCP connection and a TLS handshake (and a
  * new TLS context) per API call — a pod PATCH per capture, an Event per failure — on the agent and
@@ -97,6 +108,12 @@ export class KubePodSource implements PodSource {
   private readonly informers: Restartable[] = [];
   private handlers: PodSourceHandlers | undefined;
   private stopped = false;
+  /**
+   * Namespaces a /cmdadd lookup read by GET ahead of the watch (a new namespace, or a burst right
+   * after start): part of the cache, so the controller decides from what the agent looked up,
+   * until the watch delivers this version or a later one.
+   */
+  private readonly fetchedNs = new Map<string, V1Namespace>();
 
   constructor(private readonly opts: KubePodSourceOptions) {
     this.log = (opts.logger ?? silentLogger).child({ scope: 'kube' });
@@ -129,6 +146,12 @@ export class KubePodSource implements PodSource {
     );
     const onNs = (obj: V1Namespace): void => {
       try {
+        // An older version than the one fetched ahead of the watch changes nothing; the same or a
+        // later one replaces it.
+        const name = obj.metadata?.name;
+        const fetched = name !== undefined ? this.fetchedNs.get(name) : undefined;
+        if (fetched && isNewer(fetched, obj)) return;
+        if (name !== undefined) this.fetchedNs.delete(name);
         this.handlers?.namespaceChanged(namespaceFromV1(obj));
       } catch (err) {
         this.invalid(err);
@@ -136,6 +159,11 @@ export class KubePodSource implements PodSource {
     };
     nsInformer.on('add', onNs);
     nsInformer.on('update', onNs);
+    nsInformer.on('delete', (obj: V1Namespace) => {
+      const name = obj.metadata?.name;
+      const fetched = name !== undefined ? this.fetchedNs.get(name) : undefined;
+      if (name !== undefined && fetched && !isNewer(fetched, obj)) this.fetchedNs.delete(name);
+    });
     const onPod = (obj: V1Pod): void => {
       try {
         this.handlers?.podChanged(podFromV1(obj));
@@ -220,6 +248,7 @@ export class KubePodSource implements PodSource {
       await r.informer.stop();
     }
     this.handlers = undefined;
+    this.fetchedNs.clear();
     this.auth.close();
   }
 
@@ -266,8 +295,19 @@ export class KubePodSource implements PodSource {
     return podFromV1(obj);
   }
 
+  /** The watched namespace, or the one fetched ahead of it while that is newer. */
+  private namespaceObject(name: string): V1Namespace | undefined {
+    const watched = this.informers[0]?.informer.get(name) as V1Namespace | undefined;
+    const fetched = this.fetchedNs.get(name);
+    if (!fetched) return watched;
+    if (!watched || isNewer(fetched, watched)) return fetched;
+    // The watch caught up: it alone keeps the namespace current from now on.
+    this.fetchedNs.delete(name);
+    return watched;
+  }
+
   namespace(name: string): NamespaceInfo | undefined {
-    const obj = this.informers[0]?.informer.get(name);
+    const obj = this.namespaceObject(name);
     if (!obj) return undefined;
     try {
       return namespaceFromV1(obj);
@@ -276,7 +316,11 @@ export class KubePodSource implements PodSource {
     }
   }
 
-  /** As fetchPod: the cache, else a GET; not found → undefined, an API failure → ERR_AGENT_KUBE_API. */
+  /**
+   * As fetchPod: the cache, else a GET; not found → undefined, an API failure → ERR_AGENT_KUBE_API.
+   * What the GET read joins the cache unless the watch has delivered the same or a later version
+   * meanwhile (then that is returned), so the controller's later check sees what this returned.
+   */
   async fetchNamespace(name: string): Promise<NamespaceInfo | undefined> {
     const cached = this.namespace(name);
     if (cached) return cached;
@@ -287,7 +331,15 @@ export class KubePodSource implements PodSource {
       if (statusCode(err) === 404) return undefined;
       throw apiFailure(`GET namespace ${name}`, err);
     }
-    return namespaceFromV1(obj);
+    const ns = namespaceFromV1(obj);
+    const watched = this.informers[0]?.informer.get(name);
+    if (watched && !isNewer(obj, watched)) return this.namespace(name);
+    const fetched = this.fetchedNs.get(name);
+    if (fetched && !isNewer(obj, fetched)) return this.namespace(name);
+    this.fetchedNs.set(name, obj);
+    this.log.debug({ namespace: name, resourceVersion: obj.metadata?.resourceVersion }, 'namespace fetched ahead of the watch, cached until the watch delivers it');
+    this.handlers?.namespaceChanged(ns);
+    return ns;
   }
 
   async setRedirection(pod: PodInfo, value: 'enabled' | null): Promise<void> {

@@ -31,6 +31,10 @@ export interface PodSource {
   /** Looks a pod up in the cache, then asks the source directly (a new pod may not be cached yet). */
   fetchPod(namespace: string, name: string): Promise<PodInfo | undefined>;
   namespace(name: string): NamespaceInfo | undefined;
+  /**
+   * As fetchPod, for a namespace. What it fetches joins the cache (unless the cache has a later
+   * version by then), so namespace() — the controller's check — agrees with this lookup.
+   */
   fetchNamespace(name: string): Promise<NamespaceInfo | undefined>;
   /** Sets (`enabled`) or removes (`null`) the `ambient.istio.io/redirection` annotation. */
   setRedirection(pod: PodInfo, value: 'enabled' | null): Promise<void>;
