@@ -326,11 +326,7 @@ export class LocalCa {
       ...(o.ipAddresses ?? []).map((ip) => der.implicitPrimitive(7, ipAddressBytes(ip))),
     ];
     if (names.length === 0) throw new PkiError('ERR_PKI_INVALID_IDENTITY', 'a server certificate needs at least one DNS name or IP address');
-    const validityDays = o.validityDays ?? 365;
-    assertPositive('validityDays', validityDays);
-    const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
-    const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
-    this.#assertWithinCa(notBefore, notAfter);
+    const { notBefore, notAfter } = this.#validityInDays(o);
     const keys = await newKeyPair();
     const commonName = o.commonName ?? o.dnsNames?.[0];
     const leaf = this.#signLeaf({
@@ -351,11 +347,7 @@ export class LocalCa {
       const subject = new X509Certificate(this.certPem).subject || '(empty subject)';
       throw new PkiError('ERR_PKI_NOT_A_CA', `CA certificate ${subject} has pathLenConstraint 0: verifiers refuse an intermediate under it`);
     }
-    const validityDays = o.validityDays ?? 365;
-    assertPositive('validityDays', validityDays);
-    const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
-    const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
-    this.#assertWithinCa(notBefore, notAfter);
+    const { notBefore, notAfter } = this.#validityInDays(o);
     const keys = await newKeyPair();
     const spki = keys.publicKey.export({ type: 'spki', format: 'der' });
     const certDer = signCertificate({
@@ -421,6 +413,16 @@ export class LocalCa {
   /** Certificates a leaf of this CA sends after itself: this CA and its intermediates, not the root. */
   #chainAboveLeaf(): string[] {
     return this.caChainPem === this.rootPem ? [] : splitPem(this.caChainPem);
+  }
+
+  /** `validityDays` (default 365) from `notBefore` (default now, less the clock skew), inside this CA's validity. */
+  #validityInDays(o: { validityDays?: number; notBefore?: Date }): { notBefore: Date; notAfter: Date } {
+    const validityDays = o.validityDays ?? 365;
+    assertPositive('validityDays', validityDays);
+    const notBefore = o.notBefore ?? new Date(Date.now() - CLOCK_SKEW_MS);
+    const notAfter = new Date(notBefore.getTime() + validityDays * DAY_MS);
+    this.#assertWithinCa(notBefore, notAfter);
+    return { notBefore, notAfter };
   }
 
   #assertWithinCa(notBefore: Date, notAfter: Date): void {
