@@ -12,8 +12,8 @@ import { LocalCa } from '@weir/pki';
 import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IdentityManager, InpodProxy, Ztunnel, createLogger, parseLocalConfig, type CertificateSource, type WorkloadCertificate } from '../src/index.js';
-import { EchoApp, capturePod, httpGet, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { InpodProxy, Ztunnel, createLogger, parseLocalConfig, type CertificateSource, type WorkloadCertificate } from '../src/index.js';
+import { EchoApp, capturePod, gatedIdentities, httpGet, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 const HOUR = 3_600_000;
 const GARBAGE_PEM = '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n';
@@ -301,14 +301,7 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
   });
 
   it('a proxy stopped while its certificate is still being fetched (Del before Up) fails start with ERR_ZTUNNEL_PROXY_STOPPED and binds nothing', async () => {
-    let issue!: () => void;
-    const gate = new Promise<void>((r) => (issue = r));
-    const identities = new IdentityManager({
-      issueWorkloadCertificate: async (o) => {
-        await gate;
-        return ca.ca.issueWorkloadCertificate(o);
-      },
-    });
+    const { identities, release: issue } = gatedIdentities(ca.ca);
     const storeListeners = zt.store.listenerCount('change');
     const proxy = new InpodProxy({
       uid: late.uid,

@@ -13,7 +13,7 @@ import { InpodProxy } from '../src/inpod-proxy.js';
 import { createLogger } from '../src/logger.js';
 import { ZtunnelMetrics } from '../src/metrics.js';
 import { WorkloadStore } from '../src/workload-store.js';
-import { requireRoot, uniqueName } from './support.js';
+import { gatedIdentities, requireRoot, uniqueName } from './support.js';
 
 const run = promisify(execFile);
 const PORTS = [15001, 15006, 15008, 15053];
@@ -100,14 +100,7 @@ describe('InpodProxy.stop() during start()', () => {
   });
 
   it('during the certificate fetch: stop() resolves at once, start() then binds nothing and releases the certificate', async () => {
-    let issue!: () => void;
-    const gate = new Promise<void>((r) => (issue = r));
-    const identities = new IdentityManager({
-      issueWorkloadCertificate: async (o) => {
-        await gate;
-        return ca.issueWorkloadCertificate(o);
-      },
-    });
+    const { identities, release: issue } = gatedIdentities(ca);
     try {
       const p = proxy(identities);
       const started = p.start().catch((e: unknown) => e);

@@ -6,6 +6,7 @@ import { RoutingApplier, RuleApplier, inpodRouting, inpodRules, netnsExecutor, t
 import { connectTcp, listenTcp, openNetns, type Netns } from '@weir/netns';
 import type { ZdsServer } from '@weir/redirect-protocol';
 import type { TopologyPod } from '@weir/topology';
+import { IdentityManager, type CertificateSource } from '../src/identity.js';
 
 export const execFileP = promisify(execFile);
 
@@ -189,4 +190,20 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
 
 export function uniqueName(tag: string): string {
   return `wz${tag}${process.pid % 10000}${randomBytes(2).toString('hex')}`;
+}
+
+/**
+ * An IdentityManager whose certificates are issued by `ca` only after `release()`: lets a test stop a
+ * proxy while its start() still waits for the certificate.
+ */
+export function gatedIdentities(ca: CertificateSource): { identities: IdentityManager; release: () => void } {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const identities = new IdentityManager({
+    issueWorkloadCertificate: async (o) => {
+      await gate;
+      return ca.issueWorkloadCertificate(o);
+    },
+  });
+  return { identities, release };
 }
