@@ -8,7 +8,8 @@
         "native/tcp.cc",
         "native/seqpacket.cc",
         "native/poller.cc",
-        "native/netlink.cc"
+        "native/netlink.cc",
+        "native/spawn.cc"
       ],
       "dependencies": [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"

@@ -78,5 +78,5 @@ export {
 } from './netns-applier.js';
 export type { NetlinkExchange } from './rtnetlink.js';
 export { ipsetAdd, type IpsetEntry } from './ipset-netlink.js';
-export { shellQuote } from './shell-batch.js';
+export { shellQuote, type NetnsSysctls } from './shell-batch.js';
 export type { Logger } from './logger.js';

@@ -8,7 +8,7 @@ import type { Family, FamilyRules, RuleRef, RuleSet } from './model.js';
 import { parseIptablesSave, type SavedTable } from './parse-iptables.js';
 import { countRule, hasRoute, ipRouteArgs, ipRuleArgs, type PolicyRouting } from './routing.js';
 import { applyRouting, countRuleIn, describeChange, hasRouteIn, missingRouting, readNftGeneration, readRouting, sendRouting, type NetlinkExchange, type RoutingChange, type RoutingState } from './rtnetlink.js';
-import { BatchScript, runShellBatch, type BatchOutput, type BatchStep } from './shell-batch.js';
+import { BatchScript, runShellBatch, type BatchOutput, type BatchStep, type NetnsSysctls } from './shell-batch.js';
 
 /** What a netns should hold; chosen from what was read (whether IPv6 is on there). */
 export interface NetnsSpec {
@@ -64,7 +64,7 @@ export interface NetnsApplyOptions {
 }
 
 export interface NetnsApplierOptions {
-  /** Runs `sh -c <script>` in the netns: `netnsExecutor(path)` (one nsenter per batch). */
+  /** Runs `sh -c <script>` in the netns: `netnsExecutor(path)` (one nsenter per batch); with `sysctls`, runs each command directly there. */
   readonly executor: CommandExecutor;
   /** iptables backend; `auto` detects in the executor's netns (once). Native nftables: use RuleApplier. */
   readonly backend?: 'auto' | 'legacy' | 'nft';
@@ -78,6 +78,13 @@ export interface NetnsApplierOptions {
   readonly netlink?: NetlinkExchange;
   /** Called after each round trip (a shell script, or an rtnetlink exchange), e.g. for timings. */
   readonly onRoundTrip?: (trip: NetnsRoundTrip) => void;
+  /**
+   * The netns's sysctls, read and written in-process (e.g. `readSysctls`/`writeSysctls` of
+   * @weir/netns). With it, `executor` must run each command directly inside the netns (e.g.
+   * `spawnInNetns` of @weir/netns): no `sh -c` script and no nsenter, a batch is its commands
+   * exec'd one by one (a new pod: just the two restores), with the same results and stops.
+   */
+  readonly sysctls?: NetnsSysctls;
 }
 
 /** One round trip of an apply or remove: what ran and how long it took. */
@@ -127,6 +134,7 @@ export class NetnsApplier {
   readonly #logger: Logger;
   readonly #netlink: NetlinkExchange | undefined;
   readonly #onRoundTrip: ((trip: NetnsRoundTrip) => void) | undefined;
+  readonly #sysctls: NetnsSysctls | undefined;
   #backend: Promise<'legacy' | 'nft'> | undefined;
 
   constructor(options: NetnsApplierOptions) {
@@ -139,6 +147,7 @@ export class NetnsApplier {
     this.#logger = options.logger ?? silentLogger;
     this.#netlink = options.netlink;
     this.#onRoundTrip = options.onRoundTrip;
+    this.#sysctls = options.sysctls;
   }
 
   /** The rtnetlink exchange, timed for onRoundTrip under `what`. */
@@ -159,11 +168,13 @@ export class NetnsApplier {
 
   /** Runs a batch through the executor (timed for onRoundTrip). */
   #batch(script: BatchScript): Promise<BatchOutput> {
-    return this.#timed('batch', () => script.run(this.#executor), (out) => out?.ran ?? []);
+    const sysctls = this.#sysctls;
+    return this.#timed('batch', () => (sysctls ? script.runDirect(this.#executor, sysctls) : script.run(this.#executor)), (out) => out?.ran ?? []);
   }
 
   #steps(steps: readonly BatchStep[], opts: { writeSysctls?: ReadonlyMap<string, string>; stopOnFailure?: boolean } = {}): Promise<BatchOutput> {
-    return this.#timed('batch', () => runShellBatch(this.#executor, steps, opts), (out) => out?.ran ?? []);
+    const direct = this.#sysctls;
+    return this.#timed('batch', () => runShellBatch(this.#executor, steps, direct ? { ...opts, direct } : opts), (out) => out?.ran ?? []);
   }
 
   backend(): Promise<'legacy' | 'nft'> {
@@ -281,11 +292,12 @@ export class NetnsApplier {
    */
   #installNew(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }): Promise<Read> {
     const sysctlKeys = [...new Set([...Object.keys(specs.on.sysctls ?? {}), ...Object.keys(specs.off.sysctls ?? {})])];
-    const script = new BatchScript(sysctlKeys).raw('if [ "$v6" = 1 ]; then');
-    this.#installSteps(script, backend, specs.on, 'fresh1', true);
-    script.raw('else');
-    this.#installSteps(script, backend, specs.off, 'fresh0', true);
-    return this.#batch(script.raw('fi'));
+    const script = new BatchScript(sysctlKeys).when(
+      'v6',
+      (s) => this.#installSteps(s, backend, specs.on, 'fresh1', true),
+      (s) => this.#installSteps(s, backend, specs.off, 'fresh0', true),
+    );
+    return this.#batch(script);
   }
 
   /**
@@ -339,23 +351,22 @@ export class NetnsApplier {
     const script = new BatchScript(sysctlKeys);
     const steps = this.#readSteps(backend, specs.on, specs.off);
     for (const step of steps.filter((s) => s.id.startsWith('save-'))) script.step(step, optimistic ? { unless: this.#prefix } : {});
+    const routing = (s: BatchScript): void => {
+      for (const step of steps.filter((x) => x.id.startsWith('routing-'))) s.step(step);
+    };
     if (optimistic) {
-      script.raw('if [ "$fresh" = 1 ]; then').raw('if [ "$v6" = 1 ]; then');
-      this.#installSteps(script, backend, specs.on, 'fresh1');
-      script.raw('else');
-      this.#installSteps(script, backend, specs.off, 'fresh0');
-      script.raw('fi').raw('else');
-    }
-    for (const step of steps.filter((s) => s.id.startsWith('routing-'))) script.step(step);
-    // A shell `if … else fi` needs a command in each branch.
-    if (optimistic) script.raw(':').raw('fi');
+      script.when(
+        'fresh',
+        (s) => s.when('v6', (v) => this.#installSteps(v, backend, specs.on, 'fresh1'), (v) => this.#installSteps(v, backend, specs.off, 'fresh0')),
+        routing,
+      );
+    } else routing(script);
     const out = await this.#batch(script);
     if (!this.#netlink || [...out.results.keys()].some((id) => id.startsWith('fresh'))) return out;
     return { ...out, netlinkRouting: await readRouting(this.#nl(this.#netlink, 'read routing'), routingFamilies((out.ipv6 ? specs.on : specs.off).routing)) };
   }
 
   #installSteps(script: BatchScript, backend: 'legacy' | 'nft', spec: NetnsSpec, tag: string, create = false): void {
-    script.raw(':');
     for (const fam of spec.ruleSet.families) {
       const text = create ? createChains(freshRestore(fam, this.#prefix)) : freshRestore(fam, this.#prefix);
       if (text) script.step({ id: `${tag}-restore-${fam.family}`, argv: [iptablesCommand(backend, fam.family, 'restore'), ...restoreArgs(backend)], input: text }, { stop: true });

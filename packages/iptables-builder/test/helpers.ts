@@ -1,7 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 
+import { openNetns, readSysctls, spawnInNetns, writeSysctls, type Netns } from '@weir/netns';
+
 import type { CommandExecutor } from '../src/executor.js';
+import type { NetnsSysctls } from '../src/shell-batch.js';
 
 /** Fail (never skip) when the machine cannot run namespace tests, naming what is missing. */
 export function requireRootTools(tools: readonly string[]): void {
@@ -65,4 +68,39 @@ export function ruleLines(saveText: string, table: string): string[] {
     else if (line.startsWith('-A ') && current === table) out.push(line);
   }
   return out;
+}
+
+/**
+ * Commands run directly in the netns at `path` (no nsenter, no shell: `spawnInNetns` of
+ * @weir/netns) and its sysctls read and written in-process, as the node agent passes them to
+ * NetnsApplier. The netns is opened per call.
+ */
+export function directAt(path: string): { executor: CommandExecutor; sysctls: NetnsSysctls } {
+  const inNetns = <T>(fn: (ns: Netns) => T): T => {
+    const ns = openNetns(path);
+    try {
+      return fn(ns);
+    } finally {
+      ns.close();
+    }
+  };
+  return {
+    executor: {
+      async run(cmd, args, opts) {
+        const ns = openNetns(path);
+        try {
+          const r = await spawnInNetns(ns, cmd, args, opts?.input === undefined ? {} : { input: opts.input });
+          return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8') + (r.signal ? `${cmd}: killed by ${r.signal}\n` : ''), code: r.code ?? 128 };
+        } catch (e) {
+          return { stdout: '', stderr: `${cmd}: ${(e as Error).message}`, code: 127 };
+        } finally {
+          ns.close();
+        }
+      },
+    },
+    sysctls: {
+      read: (keys) => inNetns((ns) => readSysctls(ns, keys)),
+      write: (key, value) => inNetns((ns) => !writeSysctls(ns, { [key]: value }).includes(key)),
+    },
+  };
 }

@@ -9,7 +9,7 @@ import { NetnsApplier, type NetnsRoundTrip, type NetnsSpec } from '../src/netns-
 import { inpodRules } from '../src/presets.js';
 import { inpodRouting } from '../src/routing.js';
 import type { NetlinkExchange } from '../src/rtnetlink.js';
-import { addNetns, delNetns, recording, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
+import { addNetns, delNetns, directAt, recording, requireRootTools, ruleLines, sh, uniqueName } from './helpers.js';
 
 requireRootTools(['ip', 'nsenter', 'iptables-legacy-restore', 'iptables-nft-restore', 'ip6tables-nft-restore']);
 
@@ -36,17 +36,34 @@ const netlinkAt =
     }
   };
 
-// Policy routing by `ip` in the script, or over rtnetlink: the same behaviour.
+// Policy routing by `ip` in the script, or over rtnetlink; commands in one nsenter'd `sh -c`, or
+// each exec'd directly in the netns (no shell): the same behaviour.
 const MODES = [
-  { backend: 'legacy', netlink: false },
-  { backend: 'nft', netlink: false },
-  { backend: 'legacy', netlink: true },
-  { backend: 'nft', netlink: true },
+  { backend: 'legacy', netlink: false, direct: false },
+  { backend: 'nft', netlink: false, direct: false },
+  { backend: 'legacy', netlink: true, direct: false },
+  { backend: 'nft', netlink: true, direct: false },
+  { backend: 'legacy', netlink: true, direct: true },
+  { backend: 'nft', netlink: true, direct: true },
 ] as const;
 
-for (const { backend, netlink } of MODES) {
-  const via = netlink ? ', routing over rtnetlink' : ', routing by ip';
+/** Breaks the tproxy rules' REDIRECT target (a restore that iptables refuses), in the script or the restore input. */
+const breaking = (base: CommandExecutor): CommandExecutor => ({
+  run: (cmd, args, opts) => {
+    const bad = (x: string): string => x.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING');
+    return base.run(cmd, args.map(bad), opts?.input === undefined ? opts : { input: bad(opts.input) });
+  },
+});
+
+for (const { backend, netlink, direct } of MODES) {
+  const via = `${netlink ? ', routing over rtnetlink' : ', routing by ip'}${direct ? ', commands exec\'d directly' : ''}`;
   const nl = (path: string): { netlink?: NetlinkExchange } => (netlink ? { netlink: netlinkAt(path) } : {});
+  /** The executor of the mode (and, direct, the sysctls to go with it). */
+  const at = (path: string): { executor: CommandExecutor; sysctls?: ReturnType<typeof directAt>['sysctls'] } => (direct ? directAt(path) : { executor: netnsExecutor(path) });
+  const opts = (path: string, executor?: CommandExecutor) => {
+    const base = at(path);
+    return { ...base, executor: executor ?? base.executor, backend, ...nl(path) };
+  };
   describe(`NetnsApplier on iptables-${backend}${via}`, () => {
     const ns = { name: '', path: '' };
     const exec = (...args: string[]): string => sh('ip', ['netns', 'exec', ns.name, ...args]);
@@ -64,8 +81,8 @@ for (const { backend, netlink } of MODES) {
     });
 
     it('installs rules of both families, routing and the sysctl in one round trip, the same rules RuleApplier writes', async () => {
-      const calls = recording(netnsExecutor(ns.path));
-      const result = await new NetnsApplier({ executor: calls, backend, ...nl(ns.path) }).apply(podSpec);
+      const calls = recording(at(ns.path).executor);
+      const result = await new NetnsApplier(opts(ns.path, calls)).apply(podSpec);
       expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], sysctls: [MIGRATE], roundTrips: 1 });
       expect(result.diff.changes.length).toBeGreaterThan(10);
       expect(result.routing).toEqual([
@@ -74,8 +91,10 @@ for (const { backend, netlink } of MODES) {
         'ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133',
         'ip -6 route replace local ::/0 dev lo table 133',
       ]);
-      // One shell (one nsenter) for all of it.
-      expect(calls.calls.map((c) => `${c.cmd} ${c.args[0]}`)).toEqual(['sh -c']);
+      // One shell (one nsenter) for all of it; direct: the restores of the read-and-install, nothing else.
+      expect(calls.calls.map((c) => (direct ? c.cmd : `${c.cmd} ${c.args[0]}`))).toEqual(
+        direct ? (['save', 'save', 'restore', 'restore'] as const).map((op, i) => iptablesCommand(backend, i % 2 ? 'ipv6' : 'ipv4', op)) : ['sh -c'],
+      );
       expect(exec('ip', '-4', 'rule', 'show')).toMatch(/^32764:\s+from all fwmark 0x111\/0xfff lookup 133/m);
       expect(exec('ip', '-6', 'route', 'show', 'table', '133')).toMatch(/^local default dev lo/m);
       expect(migrate()).toBe('1');
@@ -93,10 +112,10 @@ for (const { backend, netlink } of MODES) {
 
     it('applying again runs one read and nothing else', async () => {
       const before = [save('ipv4'), save('ipv6')];
-      const calls = recording(netnsExecutor(ns.path));
-      const result = await new NetnsApplier({ executor: calls, backend, ...nl(ns.path) }).apply(podSpec);
+      const calls = recording(at(ns.path).executor);
+      const result = await new NetnsApplier(opts(ns.path, calls)).apply(podSpec);
       expect(result).toMatchObject({ changed: false, ipv6: true, hadRules: true, repaired: [], routing: [], sysctls: [], roundTrips: 1 });
-      expect(calls.calls).toHaveLength(1);
+      expect(calls.calls.map((c) => c.cmd)).toEqual(direct ? [iptablesCommand(backend, 'ipv4', 'save'), iptablesCommand(backend, 'ipv6', 'save')] : ['sh']);
       expect([save('ipv4'), save('ipv6')]).toEqual(before);
     });
 
@@ -104,26 +123,23 @@ for (const { backend, netlink } of MODES) {
       exec(`iptables-${backend}`, '-w', '-t', 'nat', '-D', 'ISTIO_OUTPUT', '-d', '169.254.7.127/32', '-p', 'tcp', '-m', 'tcp', '-j', 'ACCEPT');
       exec('ip', '-6', 'rule', 'del', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133');
       exec('sh', '-c', 'echo 0 > /proc/sys/net/ipv4/tcp_migrate_req');
-      const result = await new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) }).apply(podSpec);
+      const result = await new NetnsApplier(opts(ns.path)).apply(podSpec);
       expect(result).toMatchObject({ changed: true, hadRules: true, sysctls: [MIGRATE], roundTrips: 2 });
       expect(result.repaired).toEqual([{ family: 'ipv4', table: 'nat', chain: 'ISTIO_OUTPUT', rule: '-d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT' }]);
       expect(result.routing).toEqual(['ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 133']);
       expect(ruleLines(save('ipv4'), 'nat')).toContain('-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT');
       expect(exec('ip', '-6', 'rule', 'show')).toMatch(/fwmark 0x111\/0xfff lookup 133/);
       expect(migrate()).toBe('1');
-      expect((await new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) }).apply(podSpec)).changed).toBe(false);
+      expect((await new NetnsApplier(opts(ns.path)).apply(podSpec)).changed).toBe(false);
     });
 
     it('a failing restore rolls its family back and reports iptables stderr', async () => {
       const redirect = (): NetnsSpec => ({ ruleSet: inpodRules({ mode: 'redirect', dnsCapture: false }), routing: inpodRouting() });
-      await new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) }).apply(redirect);
+      await new NetnsApplier(opts(ns.path)).apply(redirect);
       const before = save('ipv4');
       // A target the kernel cannot load, in the nat table (after mangle is committed).
-      const broken: CommandExecutor = {
-        run: (cmd, args, opts) =>
-          netnsExecutor(ns.path).run(cmd, args.map((a) => a.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
-      };
-      const error = await new NetnsApplier({ executor: broken, backend, ...nl(ns.path) })
+      const broken = breaking(at(ns.path).executor);
+      const error = await new NetnsApplier(opts(ns.path, broken))
         .apply(() => ({ ruleSet: inpodRules({ mode: 'tproxy' }), routing: inpodRouting() }))
         .then(
           () => undefined,
@@ -140,10 +156,8 @@ for (const { backend, netlink } of MODES) {
       names.push(name);
       const path = addNetns(name);
       const before = sh('ip', ['netns', 'exec', name, iptablesCommand(backend, 'ipv4', 'save')]).replace(/^#.*\n/gm, '');
-      const broken: CommandExecutor = {
-        run: (cmd, args, opts) => netnsExecutor(path).run(cmd, args.map((a) => a.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
-      };
-      await expect(new NetnsApplier({ executor: broken, backend, ...nl(path) }).apply(podSpec)).rejects.toMatchObject({
+      const broken = breaking(at(path).executor);
+      await expect(new NetnsApplier(opts(path, broken)).apply(podSpec)).rejects.toMatchObject({
         code: 'ERR_IPTABLES_RESTORE_FAILED',
         stderr: expect.stringMatching(/WEIRMISSING/),
       });
@@ -159,7 +173,7 @@ for (const { backend, netlink } of MODES) {
       names.push(name);
       const path = addNetns(name);
       sh('ip', ['netns', 'exec', name, 'ip', '-4', 'rule', 'add', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '133']);
-      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend, ...nl(path) }).apply(podSpec);
+      const result = await new NetnsApplier(opts(path)).apply(podSpec);
       // Over rtnetlink the rest of the routing went in with the install (the kernel takes each message
       // on its own), and the repair pass has only a read; by `ip`, the install stopped at the refused
       // rule and the rest came in the second pass.
@@ -171,7 +185,7 @@ for (const { backend, netlink } of MODES) {
       ]);
       expect(sh('ip', ['netns', 'exec', name, 'ip', '-4', 'rule', 'show']).match(/lookup 133/g)).toHaveLength(1);
       expect(sh('ip', ['netns', 'exec', name, 'ip', '-6', 'rule', 'show'])).toMatch(/lookup 133/);
-      expect((await new NetnsApplier({ executor: netnsExecutor(path), backend, ...nl(path) }).apply(podSpec)).changed).toBe(false);
+      expect((await new NetnsApplier(opts(path)).apply(podSpec)).changed).toBe(false);
     });
 
     it('follows the netns: with IPv6 off it reads and writes IPv4 only', async () => {
@@ -180,7 +194,7 @@ for (const { backend, netlink } of MODES) {
       const path = addNetns(name);
       sh('ip', ['netns', 'exec', name, 'sh', '-c', 'for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 > $f; done']);
       const seen: boolean[] = [];
-      const result = await new NetnsApplier({ executor: netnsExecutor(path), backend, ...nl(path) }).apply((facts) => {
+      const result = await new NetnsApplier(opts(path)).apply((facts) => {
         seen.push(facts.ipv6);
         return podSpec(facts);
       });
@@ -192,7 +206,7 @@ for (const { backend, netlink } of MODES) {
 
     it('remove takes out every Weir chain, jump, rule and route, and nothing else', async () => {
       exec(`iptables-${backend}`, '-w', '-t', 'filter', '-A', 'INPUT', '-p', 'tcp', '--dport', '9', '-j', 'ACCEPT');
-      const applier = new NetnsApplier({ executor: netnsExecutor(ns.path), backend, ...nl(ns.path) });
+      const applier = new NetnsApplier(opts(ns.path));
       const r = await applier.remove((facts) => ({ families: facts.ipv6 ? ['ipv4', 'ipv6'] : ['ipv4'], routing: inpodRouting({ ipv6: facts.ipv6 }) }));
       expect(r).toEqual({ changed: true, ipv6: true });
       for (const family of ['ipv4', 'ipv6'] as const) expect(save(family)).not.toMatch(/ISTIO_/);
@@ -206,9 +220,15 @@ for (const { backend, netlink } of MODES) {
   });
 }
 
-for (const { backend, netlink } of MODES) {
-  const via = netlink ? ', routing over rtnetlink' : ', routing by ip';
+for (const { backend, netlink, direct } of MODES) {
+  const via = `${netlink ? ', routing over rtnetlink' : ', routing by ip'}${direct ? ', commands exec\'d directly' : ''}`;
   const nl = (path: string): { netlink?: NetlinkExchange } => (netlink ? { netlink: netlinkAt(path) } : {});
+  /** The executor of the mode (and, direct, the sysctls to go with it). */
+  const at = (path: string): { executor: CommandExecutor; sysctls?: ReturnType<typeof directAt>['sysctls'] } => (direct ? directAt(path) : { executor: netnsExecutor(path) });
+  const opts = (path: string, executor?: CommandExecutor) => {
+    const base = at(path);
+    return { ...base, executor: executor ?? base.executor, backend, ...nl(path) };
+  };
   describe(`NetnsApplier likelyNew (install without reading) on iptables-${backend}${via}`, () => {
     const fresh = (tag: string): { name: string; path: string } => {
       const name = uniqueName(tag);
@@ -221,11 +241,11 @@ for (const { backend, netlink } of MODES) {
     it('a new netns: one round trip, no iptables-save, the same rules as the read path', async () => {
       const a = fresh('G');
       const b = fresh('H');
-      const calls = recording(netnsExecutor(a.path));
+      const calls = recording(at(a.path).executor);
       const trips: NetnsRoundTrip[] = [];
-      const result = await new NetnsApplier({ executor: calls, backend, ...nl(a.path), onRoundTrip: (t) => trips.push(t) }).apply(podSpec, { likelyNew: true });
+      const result = await new NetnsApplier({ ...opts(a.path, calls), onRoundTrip: (t) => trips.push(t) }).apply(podSpec, { likelyNew: true });
       expect(result).toMatchObject({ changed: true, ipv6: true, hadRules: false, repaired: [], roundTrips: 1, sysctls: [MIGRATE] });
-      expect(calls.calls).toHaveLength(1);
+      expect(calls.calls.map((c) => c.cmd)).toEqual(direct ? [iptablesCommand(backend, 'ipv4', 'restore'), iptablesCommand(backend, 'ipv6', 'restore')] : ['sh']);
       // What ran, as the agent's timings line names it: one script (no `ip` in it over rtnetlink), then the routing.
       expect(trips.map((t) => [t.kind, t.steps, t.failed])).toEqual([
         [
@@ -237,12 +257,12 @@ for (const { backend, netlink } of MODES) {
         ],
         ...(netlink ? [['netlink', ['write routing'], false]] : []),
       ]);
-      expect(calls.calls[0]?.args[1]).toMatch(/-N ISTIO_/);
-      await new NetnsApplier({ executor: netnsExecutor(b.path), backend, ...nl(b.path) }).apply(podSpec);
+      expect(direct ? calls.calls[0]?.input : calls.calls[0]?.args[1]).toMatch(/-N ISTIO_/);
+      await new NetnsApplier(opts(b.path)).apply(podSpec);
       for (const family of ['ipv4', 'ipv6'] as const) expect(rulesOf(save(a.name, family))).toEqual(rulesOf(save(b.name, family)));
       expect(sh('ip', ['netns', 'exec', a.name, 'ip', '-6', 'rule', 'show'])).toMatch(/lookup 133/);
       // Told "new" again, although it is in sync: -N refuses, nothing changes.
-      const again = await new NetnsApplier({ executor: netnsExecutor(a.path), backend, ...nl(a.path) }).apply(podSpec, { likelyNew: true });
+      const again = await new NetnsApplier(opts(a.path)).apply(podSpec, { likelyNew: true });
       expect(again).toMatchObject({ changed: false, hadRules: true, roundTrips: 2 });
       expect(rulesOf(save(a.name))).toEqual(rulesOf(save(b.name)));
     });
@@ -253,24 +273,22 @@ for (const { backend, netlink } of MODES) {
       iptables('-t', 'filter', '-A', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'ACCEPT');
       // Only the raw table's chain: the tables before it in the restore commit, then raw's -N fails.
       iptables('-t', 'raw', '-N', 'ISTIO_OUTPUT');
-      const result = await new NetnsApplier({ executor: netnsExecutor(a.path), backend, ...nl(a.path) }).apply(podSpec, { likelyNew: true });
+      const result = await new NetnsApplier(opts(a.path)).apply(podSpec, { likelyNew: true });
       expect(result).toMatchObject({ changed: true, hadRules: true, roundTrips: 4 });
       expect(result.repaired.length).toBeGreaterThan(0);
       expect(result.repaired.some((r) => r.table === 'raw' && r.chain === 'ISTIO_OUTPUT')).toBe(true);
       // mangle and nat committed before raw's -N failed: taken out again, so the diff (and the report) sees them missing as they were.
       expect(new Set(result.repaired.map((r) => r.table))).toEqual(new Set(['mangle', 'nat', 'raw']));
       const b = fresh('J');
-      await new NetnsApplier({ executor: netnsExecutor(b.path), backend, ...nl(b.path) }).apply(podSpec);
+      await new NetnsApplier(opts(b.path)).apply(podSpec);
       expect(rulesOf(save(a.name))).toEqual(rulesOf(save(b.name)));
       expect(save(a.name)).toMatch(/-A INPUT -p tcp -m tcp --dport 7 -j ACCEPT/);
     });
 
     it('a restore that fails on a new netns leaves no Weir rule behind', async () => {
       const a = fresh('K');
-      const broken: CommandExecutor = {
-        run: (cmd, args, opts) => netnsExecutor(a.path).run(cmd, args.map((x) => x.replace(/-j REDIRECT --to-ports 15001/g, '-j WEIRMISSING')), opts),
-      };
-      await expect(new NetnsApplier({ executor: broken, backend, ...nl(a.path) }).apply(podSpec, { likelyNew: true })).rejects.toMatchObject({
+      const broken = breaking(at(a.path).executor);
+      await expect(new NetnsApplier(opts(a.path, broken)).apply(podSpec, { likelyNew: true })).rejects.toMatchObject({
         code: 'ERR_IPTABLES_RESTORE_FAILED',
         stderr: expect.stringMatching(/WEIRMISSING/),
       });
@@ -348,6 +366,11 @@ describe('NetnsApplier fingerprint (iptables-nft, routing over rtnetlink): a dri
 describe('NetnsApplier errors', () => {
   it('a netns that cannot be entered is a clear error, not an empty read', async () => {
     const applier = new NetnsApplier({ executor: netnsExecutor('/var/run/netns/weir-no-such-netns'), backend: 'nft' });
+    await expect(applier.apply(podSpec)).rejects.toMatchObject({ code: 'ERR_IPTABLES_COMMAND_FAILED', message: expect.stringMatching(/weir-no-such-netns/) });
+  });
+
+  it('the same without a shell: the direct read names the netns', async () => {
+    const applier = new NetnsApplier({ ...directAt('/var/run/netns/weir-no-such-netns'), backend: 'nft' });
     await expect(applier.apply(podSpec)).rejects.toMatchObject({ code: 'ERR_IPTABLES_COMMAND_FAILED', message: expect.stringMatching(/weir-no-such-netns/) });
   });
 

@@ -46,5 +46,6 @@ void InitTcp(Napi::Env env, Napi::Object exports);
 void InitSeqpacket(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
+void InitSpawn(Napi::Env env, Napi::Object exports);
 
 }  // namespace weir

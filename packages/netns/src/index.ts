@@ -14,4 +14,6 @@ export type { TcpListenerOptions, TcpSocketOptions, ConnectTcpOptions, SocketAdd
 export { createUdpSocket, bindUdp } from './udp.js';
 export type { UdpSocketOptions } from './udp.js';
 export { NETLINK_ROUTE, netlinkExchange } from './netlink.js';
+export { spawnInNetns, readSysctls, writeSysctls } from './spawn.js';
+export type { SpawnInNetnsOptions, SpawnInNetnsResult } from './spawn.js';
 export { SeqpacketServer, SeqpacketSocket, listenSeqpacket, connectSeqpacket } from './seqpacket.js';

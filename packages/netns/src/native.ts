@@ -74,6 +74,12 @@ export interface NativeAddon {
   seqRecv(fd: number): null | 0 | [Buffer | null, number[], number];
   dupFd(fd: number): number;
   netlinkExchange(netnsFd: number, protocol: number, request: Uint8Array, replies: number, id?: NativeNsId): Buffer;
+  /** Returns [pid, pidfd, stdoutFd, stderrFd]; `argv` includes argv[0]; `input` null: /dev/null. */
+  spawnInNetns(netnsFd: number, file: string, argv: string[], input: Uint8Array | null, id?: NativeNsId): [number, number, number, number];
+  /** null while the child runs; else [exit code or -1, signal or 0, stdout, stderr] and the fds are closed. */
+  reapChild(pid: number, pidfd: number, stdoutFd: number, stderrFd: number): null | [number, number, Buffer, Buffer];
+  /** Paths relative to /proc/sys; returns the [path, value] pairs read, then the errno (0 = done) per write. */
+  procSys(netnsFd: number, reads: string[], writes: [string, string][], id?: NativeNsId): ([string, string] | number[])[];
   Poller: new (fd: number, callback: (status: number, events: number) => void) => NativePoller;
 }
 

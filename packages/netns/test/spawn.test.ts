@@ -1,0 +1,133 @@
+// spawnInNetns and the sysctl helpers, in real namespaces: the child runs in the netns it was
+// given, the calling thread is back home after every call (also after a failed one), output,
+// input, exit codes and signals come back, and sysctls change in that netns only.
+import { readFileSync, readlinkSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NetnsError, openNetns, readSysctls, spawnInNetns, writeSysctls, type Netns } from '../src/index.js';
+import { TestNetns, countFds, requireRootAndTools, uniqueName } from './helpers.js';
+
+let nsA: TestNetns;
+let nsB: TestNetns;
+let a: Netns;
+let b: Netns;
+let linkA: string;
+const home = (): string => readlinkSync('/proc/thread-self/ns/net');
+let homeId = '';
+
+beforeAll(() => {
+  requireRootAndTools();
+  homeId = home();
+  nsA = new TestNetns('SA');
+  nsB = new TestNetns('SB');
+  linkA = uniqueName('dA');
+  // Both ends of a veth pair in A: links only A has.
+  nsA.ip('link', 'add', linkA, 'type', 'veth', 'peer', 'name', uniqueName('dB'));
+  a = openNetns(nsA.path);
+  b = openNetns(nsB.path);
+});
+
+afterAll(() => {
+  a?.close();
+  b?.close();
+  nsA?.delete();
+  nsB?.delete();
+});
+
+describe('spawnInNetns', () => {
+  it('runs the program inside the given netns: it sees that netns links, and the thread is back home', async () => {
+    const inA = await spawnInNetns(a, 'ip', ['-o', 'link', 'show']);
+    const inB = await spawnInNetns(b, 'ip', ['-o', 'link', 'show']);
+    expect(home()).toBe(homeId);
+    expect(inA).toMatchObject({ code: 0, signal: null });
+    expect(inA.stdout.toString()).toContain(linkA);
+    expect(inB.stdout.toString()).not.toContain(linkA);
+    // Its netns is the very namespace of the handle (same nsfs inode).
+    const ns = await spawnInNetns(a, 'readlink', ['/proc/self/ns/net']);
+    expect(ns.stdout.toString().trim()).toBe(`net:[${a.id.ino}]`);
+    expect(home()).toBe(homeId);
+  });
+
+  it('feeds stdin and hands back stdout, stderr and the exit code', async () => {
+    const input = `line one\n${'x'.repeat(200_000)}\nlast, no newline`;
+    const r = await spawnInNetns(a, 'sh', ['-c', 'cat; echo to-err >&2; exit 7'], { input });
+    expect(r.code).toBe(7);
+    expect(r.stdout.toString()).toBe(input);
+    expect(r.stderr.toString()).toBe('to-err\n');
+    const none = await spawnInNetns(a, 'cat', []);
+    expect(none).toMatchObject({ code: 0 });
+    expect(none.stdout.length).toBe(0);
+  });
+
+  it('starts the child with default signal dispositions and nothing blocked (Node ignores SIGPIPE)', async () => {
+    const r = await spawnInNetns(a, 'grep', ['-E', '^Sig(Ign|Blk):', '/proc/self/status']);
+    const mask = (name: string): bigint => BigInt(`0x${new RegExp(`^${name}:\\s+([0-9a-f]+)$`, 'm').exec(r.stdout.toString())?.[1] ?? 'ff'}`);
+    expect(mask('SigBlk')).toBe(0n);
+    // Signals 1-31 (bits 0-30); glibc keeps its two internal ones (32, 33) ignored in a posix_spawn child.
+    expect(mask('SigIgn') & 0x7fffffffn).toBe(0n);
+    const killed = await spawnInNetns(a, 'sh', ['-c', 'kill -TERM $$']);
+    expect(killed).toMatchObject({ code: null, signal: 'SIGTERM' });
+  });
+
+  it('runs many at once, each in its own netns, and leaks no fd', async () => {
+    const before = countFds();
+    const runs = await Promise.all(Array.from({ length: 20 }, (_, i) => spawnInNetns(i % 2 ? a : b, 'ip', ['-o', 'link', 'show'])));
+    runs.forEach((r, i) => expect(r.stdout.toString().includes(linkA)).toBe(i % 2 === 1));
+    expect(countFds()).toBe(before);
+    expect(home()).toBe(homeId);
+  });
+
+  it('a program that cannot be started rejects, and the thread is back home', async () => {
+    await expect(spawnInNetns(a, 'weir-no-such-program', [])).rejects.toMatchObject({ code: 'ERR_NETNS_NOT_FOUND', message: expect.stringMatching(/weir-no-such-program/) });
+    expect(home()).toBe(homeId);
+  });
+
+  it('a closed handle, or an fd that no longer names its netns, starts nothing', async () => {
+    const c = openNetns(nsA.path);
+    c.close();
+    await expect(spawnInNetns(c, 'true', [])).rejects.toThrow(NetnsError);
+    // The handle's fd number reused by another netns: ESTALE, never a child in the wrong netns.
+    const d = openNetns(nsA.path);
+    const fd = d.fd;
+    d.close();
+    const other = openNetns(nsB.path);
+    try {
+      expect(other.fd).toBe(fd);
+      await expect(spawnInNetns(d, 'true', [])).rejects.toThrow(/closed/);
+      const forged = Object.create(d, { checkedFd: { value: () => fd } }) as Netns;
+      await expect(spawnInNetns(forged, 'true', [])).rejects.toMatchObject({ code: 'ERR_NETNS_BAD_FD' });
+    } finally {
+      other.close();
+    }
+    expect(home()).toBe(homeId);
+  });
+});
+
+describe('readSysctls / writeSysctls', () => {
+  const hostMigrate = (): string => readFileSync('/proc/sys/net/ipv4/tcp_migrate_req', 'utf8').trim();
+
+  it('read and write the netns own values, not the host one', () => {
+    const hostBefore = hostMigrate();
+    expect(writeSysctls(a, { 'net.ipv4.tcp_migrate_req': '1' })).toEqual([]);
+    expect(readSysctls(a, ['net.ipv4.tcp_migrate_req']).get('net.ipv4.tcp_migrate_req')).toBe('1');
+    expect(nsA.exec('cat', ['/proc/sys/net/ipv4/tcp_migrate_req']).trim()).toBe('1');
+    expect(readSysctls(b, ['net.ipv4.tcp_migrate_req']).get('net.ipv4.tcp_migrate_req')).toBe('0');
+    expect(hostMigrate()).toBe(hostBefore);
+    expect(home()).toBe(homeId);
+  });
+
+  it('a * component stands for each entry there (the netns own interfaces); absent keys are left out', () => {
+    const got = readSysctls(a, ['net.ipv6.conf.*.disable_ipv6', 'net.weir.no_such_key']);
+    expect([...got.keys()]).toEqual(expect.arrayContaining(['net.ipv6.conf.all.disable_ipv6', 'net.ipv6.conf.lo.disable_ipv6', `net.ipv6.conf.${linkA}.disable_ipv6`]));
+    expect(readSysctls(b, ['net.ipv6.conf.*.disable_ipv6']).has(`net.ipv6.conf.${linkA}.disable_ipv6`)).toBe(false);
+    expect(got.has('net.weir.no_such_key')).toBe(false);
+  });
+
+  it('a key the kernel lacks is skipped and named; a refused write throws; bad keys are refused', () => {
+    expect(writeSysctls(a, { 'net.weir.no_such_key': '1', 'net.ipv4.tcp_migrate_req': '0' })).toEqual(['net.weir.no_such_key']);
+    expect(readSysctls(a, ['net.ipv4.tcp_migrate_req']).get('net.ipv4.tcp_migrate_req')).toBe('0');
+    expect(() => writeSysctls(a, { 'net.ipv4.tcp_migrate_req': 'not-a-number' })).toThrow(/net\.ipv4\.tcp_migrate_req/);
+    expect(() => readSysctls(a, ['../../etc/passwd'])).toThrow(expect.objectContaining({ code: 'ERR_NETNS_INVALID_ARGUMENT' }) as Error);
+    expect(() => writeSysctls(a, { 'net.ipv6.conf.*.disable_ipv6': '1' })).toThrow(/invalid sysctl key/);
+    expect(home()).toBe(homeId);
+  });
+});
