@@ -3,17 +3,44 @@
  * weir-cni: the chained CNI plugin binary. The container runtime execs it with CNI_* variables and
  * the network config on stdin; it prints a result (or a CNI error) on stdout and exits.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { lineLogger, runCni } from '@weir/cni-plugin';
+import * as z from 'zod/mini';
 
-/** LOG_FORMAT, when set, checked with zod (loaded only then: it costs an exec ~8 ms of CPU). */
-async function logFormat(): Promise<{ ok: true; format: 'text' | 'json' } | { ok: false; errors: string[] }> {
+/** LOG_FORMAT, when set, checked with zod (zod/mini: a few KiB in the bundle, where classic zod costs an exec ~30 ms of CPU). */
+function logFormat(): { ok: true; format: 'text' | 'json' } | { ok: false; errors: string[] } {
   if (process.env['LOG_FORMAT'] === undefined) return { ok: true, format: 'text' };
-  const z = await import('zod');
   const parsed = z.object({ LOG_FORMAT: z.enum(['text', 'json']) }).safeParse(process.env);
   if (parsed.success) return { ok: true, format: parsed.data.LOG_FORMAT };
   return { ok: false, errors: parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`) };
+}
+
+/**
+ * Writes all of `text` to `fd` synchronously: fs.writeSync rather than process.stdout/stderr, whose
+ * streams cost each exec ~7 ms of CPU to create. A pipe the runtime left non-blocking may answer
+ * EAGAIN when full: wait a millisecond and go on (for at most 5 s).
+ */
+function writeAll(fd: number, text: string): void {
+  let rest = Buffer.from(text, 'utf8');
+  const deadline = Date.now() + 5000;
+  while (rest.length > 0) {
+    try {
+      rest = rest.subarray(writeSync(fd, rest));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || Date.now() > deadline) throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    }
+  }
+}
+
+/** A log line to stderr; a log that cannot be written (nobody reading) never fails the command. */
+function logLine(line: string): void {
+  try {
+    writeAll(2, line);
+  } catch {
+    // The runtime keeps only stdout's result; a lost log line changes nothing for the pod.
+  }
 }
 
 async function readStdin(): Promise<Buffer> {
@@ -33,28 +60,28 @@ async function readStdin(): Promise<Buffer> {
 }
 
 async function main(): Promise<number> {
-  const appEnv = await logFormat();
+  const appEnv = logFormat();
   if (!appEnv.ok) {
-    for (const e of appEnv.errors) process.stderr.write(`weir-cni: ${e}\n`);
+    for (const e of appEnv.errors) logLine(`weir-cni: ${e}\n`);
     return 2;
   }
   const stdin = await readStdin();
   const outcome = await runCni(
     { env: process.env, stdin },
     {
-      logger: (level) => lineLogger(level, (line) => process.stderr.write(line), { format: appEnv.format }),
+      logger: (level) => lineLogger(level, logLine, { format: appEnv.format }),
     },
   );
-  if (outcome.stdout !== '') process.stdout.write(`${outcome.stdout}\n`);
+  if (outcome.stdout !== '') writeAll(1, `${outcome.stdout}\n`);
   return outcome.exitCode;
 }
 
-// Exit as soon as the answer is written (stdout is a pipe, written synchronously on Linux): the
+// Exit as soon as the answer is written (writeAll is synchronous): the
 // runtime waits for the exit, and no lingering handle may hold a pod's sandbox creation.
 main().then(
   (code) => process.exit(code),
   (err: unknown) => {
-    process.stdout.write(`${JSON.stringify({ cniVersion: '1.1.0', code: 999, msg: `weir-cni crashed: ${String(err)}` })}\n`);
+    writeAll(1, `${JSON.stringify({ cniVersion: '1.1.0', code: 999, msg: `weir-cni crashed: ${String(err)}` })}\n`);
     process.exit(1);
   },
 );

@@ -1,33 +1,37 @@
 import { isIP } from 'node:net';
-import * as z from 'zod';
+import * as z from 'zod/mini';
 import type { CniResult } from './config.js';
+import './zod-locale.js';
 
 /** The agent's route for pod-add events on `<cni_agent_run_dir>/pluginevent.sock`. */
 export const CMD_ADD_PATH = '/cmdadd';
 export const PLUGIN_EVENT_SOCKET = 'pluginevent.sock';
 
 function buildIpConfigSchema() {
-  const ipString = z.string().refine((s) => isIP(s) !== 0, 'must be an IPv4 or IPv6 address');
-  const maskString = z.string().refine((s) => {
-    const b = Buffer.from(s, 'base64');
-    return (b.length === 4 || b.length === 16) && b.toString('base64') === s;
-  }, 'must be a base64 netmask of 4 or 16 bytes');
+  const ipString = z.string().check(z.refine((s) => isIP(s) !== 0, 'must be an IPv4 or IPv6 address'));
+  const maskString = z.string().check(
+    z.refine((s) => {
+      const b = Buffer.from(s, 'base64');
+      return (b.length === 4 || b.length === 16) && b.toString('base64') === s;
+    }, 'must be a base64 netmask of 4 or 16 bytes'),
+  );
   return z.object({
-    Interface: z.number().int().nonnegative().nullable().optional(),
+    Interface: z.optional(z.nullable(z.int().check(z.nonnegative()))),
     Address: z.object({ IP: ipString, Mask: maskString }),
-    Gateway: z.union([ipString, z.literal('')]).nullable().optional(),
+    Gateway: z.optional(z.nullable(z.union([ipString, z.literal('')]))),
   });
 }
 
 function buildCmdAddEventSchema(ipConfig: ReturnType<typeof buildIpConfigSchema>) {
+  const nonEmpty = () => z.string().check(z.minLength(1));
   return z.object({
-    Netns: z.string().min(1),
-    PodName: z.string().min(1),
-    PodNamespace: z.string().min(1),
-    IPs: z
-      .array(ipConfig)
-      .nullable()
-      .transform((v) => v ?? []),
+    Netns: nonEmpty(),
+    PodName: nonEmpty(),
+    PodNamespace: nonEmpty(),
+    IPs: z.pipe(
+      z.nullable(z.array(ipConfig)),
+      z.transform((v) => v ?? []),
+    ),
   });
 }
 
