@@ -13,11 +13,12 @@ import {
   type IpsetEntry,
   type NetlinkExchange,
   type NetnsRoundTrip,
+  type NetnsSysctls,
   type NetnsSpec,
   type PolicyRouting,
   type RuleSet,
 } from '@weir/iptables-builder';
-import { NETLINK_ROUTE, Netns, currentNetns, netlinkExchange, openNetns } from '@weir/netns';
+import { NETLINK_ROUTE, Netns, currentNetns, netlinkExchange, openNetns, readSysctls, spawnInNetns, writeSysctls } from '@weir/netns';
 import { inpodCapture, podHasIpv6, type CaptureConfig } from './capture-rules.js';
 import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -47,7 +48,10 @@ export interface IptablesPodRulesOptions {
   backend?: 'auto' | IptablesBackend;
   /** The node's netns for the probe ipset and SNAT rules; default this process's netns. */
   hostNetnsPath?: string;
-  /** Long-lived shells running pod-netns commands (about the agent's capture concurrency). */
+  /**
+   * Long-lived shells running pod-netns commands (about the agent's capture concurrency); only
+   * for the native nftables backend, the iptables backends exec their commands directly in the pod netns.
+   */
   shells?: number;
   logger?: Logger;
 }
@@ -68,6 +72,40 @@ const SET_V6 = 'istio-inpod-probes-v6';
 /** See enableListenerMigration; NetnsApplier skips a key the kernel lacks, as that does. */
 const LISTENER_MIGRATION = { 'net.ipv4.tcp_migrate_req': '1' } as const;
 
+/**
+ * Commands exec'd directly inside the pod netns, on the agent's own fd of it (`spawnInNetns`: no
+ * nsenter, no shell, no fork of the agent). A program that cannot be started is exit 127, as a
+ * shell reports it; so is a netns fd that no longer names the pod's netns (nothing runs).
+ */
+function directExecutor(netns: Netns): CommandExecutor {
+  return {
+    async run(cmd, args, opts) {
+      try {
+        const r = await spawnInNetns(netns, cmd, args, opts?.input === undefined ? {} : { input: opts.input });
+        return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8') + (r.signal ? `${cmd}: killed by ${r.signal}\n` : ''), code: r.code ?? 128 };
+      } catch (err) {
+        return { stdout: '', stderr: `${cmd}: ${(err as Error).message}`, code: 127 };
+      }
+    },
+  };
+}
+
+/** The pod netns's sysctls, read and written in-process. */
+function netnsSysctls(netns: Netns): NetnsSysctls {
+  return {
+    read: (keys) => readSysctls(netns, keys),
+    write: (key, value) => !writeSysctls(netns, { [key]: value }).includes(key),
+  };
+}
+
+/** How an operation reaches the pod netns. */
+interface PodAccess {
+  readonly exec: CommandExecutor;
+  readonly netlink: NetlinkExchange | undefined;
+  /** Present when `exec` runs commands directly in the netns (no shell): NetnsApplier's direct mode. */
+  readonly sysctls: NetnsSysctls | undefined;
+}
+
 function run(exec: CommandExecutor, what: string) {
   return async (cmd: string, args: string[], input?: string): Promise<string> => {
     const r = await exec.run(cmd, args, input === undefined ? {} : { input });
@@ -80,8 +118,9 @@ function run(exec: CommandExecutor, what: string) {
 
 /**
  * The real PodRules: in-pod rules and policy routing through @weir/iptables-builder, run inside
- * the pod netns (nsenter on the agent's own fd of it, so a vanished path cannot redirect us to
- * another netns), and the host probe ipset + SNAT rules in the node netns.
+ * the pod netns (on the agent's own fd of it, so a vanished path cannot redirect us to another
+ * netns: commands spawned directly in it, or nsenter'd through /proc for native nftables), and
+ * the host probe ipset + SNAT rules in the node netns.
  */
 export class IptablesPodRules implements PodRules {
   private readonly log: Logger;
@@ -177,18 +216,24 @@ export class IptablesPodRules implements PodRules {
     }
     this.log.info({ backend: this.backend }, 'host probe ipset and SNAT rules in place');
     this.hostNetns ??= this.opts.hostNetnsPath ? openNetns(this.opts.hostNetnsPath) : currentNetns();
-    this.podShells.warm();
+    // Only native nftables runs its pod commands through the shells.
+    if (this.backend === 'nftables') this.podShells.warm();
   }
 
   /**
-   * One pooled shell for all of an operation's commands, each entering the pod netns, and
-   * rtnetlink in the pod netns for its policy routing (in-process: no `ip` exec).
+   * How an operation reaches the pod netns: for the iptables backends, each command exec'd
+   * directly in it and its sysctls in-process; for native nftables, one pooled shell for all of
+   * the operation's commands, each entering the netns. Policy routing over rtnetlink in the pod
+   * netns either way (in-process: no `ip` exec).
    */
-  private inPod<T>(netns: NetnsHandle, fn: (exec: CommandExecutor, netlink: NetlinkExchange | undefined) => Promise<T>): Promise<T> {
-    // Our own fd, seen through /proc by nsenter: the netns we opened, whatever its path does now.
-    const netlink: NetlinkExchange | undefined =
-      netns instanceof Netns ? (req, n, protocol = NETLINK_ROUTE) => netlinkExchange(netns, protocol, req, n) : undefined;
-    return this.podShells.with((shell) => fn(netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`, shell), netlink));
+  private inPod<T>(netns: NetnsHandle, fn: (pod: PodAccess) => Promise<T>): Promise<T> {
+    if (netns instanceof Netns) {
+      const netlink: NetlinkExchange = (req, n, protocol = NETLINK_ROUTE) => netlinkExchange(netns, protocol, req, n);
+      if (this.iptablesBackend !== 'nftables') return fn({ exec: directExecutor(netns), netlink, sysctls: netnsSysctls(netns) });
+      // Our own fd, seen through /proc by nsenter: the netns we opened, whatever its path does now.
+      return this.podShells.with((shell) => fn({ exec: netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`, shell), netlink, sysctls: undefined }));
+    }
+    return this.podShells.with((shell) => fn({ exec: netnsExecutor(`/proc/${process.pid}/fd/${netns.fd}`, shell), netlink: undefined, sysctls: undefined }));
   }
 
   /** Ends the shells. */
@@ -200,10 +245,11 @@ export class IptablesPodRules implements PodRules {
   }
 
   apply(pod: PodInfo, netns: NetnsHandle, opts: { likelyNew?: boolean } = {}): Promise<RepairReport> {
-    return this.inPod(netns, (exec, netlink) => this.applyWith(pod, netns, exec, netlink, opts.likelyNew ?? false));
+    return this.inPod(netns, (access) => this.applyWith(pod, netns, access, opts.likelyNew ?? false));
   }
 
-  private async applyWith(pod: PodInfo, netns: NetnsHandle, inner: CommandExecutor, netlink: NetlinkExchange | undefined, likelyNew: boolean): Promise<RepairReport> {
+  private async applyWith(pod: PodInfo, netns: NetnsHandle, access: PodAccess, likelyNew: boolean): Promise<RepairReport> {
+    const inner = access.exec;
     // Per-round-trip timings of this capture, for the debug line below (where enrollment time goes).
     const steps: string[] = [];
     const started = performance.now();
@@ -222,7 +268,7 @@ export class IptablesPodRules implements PodRules {
       },
     };
     try {
-      return await this.applyTimed(pod, netns, { exec, inner, netlink, onRoundTrip }, likelyNew);
+      return await this.applyTimed(pod, netns, { exec, inner, netlink: access.netlink, sysctls: access.sysctls, onRoundTrip }, likelyNew);
     } finally {
       this.log.debug({ uid: pod.uid, pod: `${pod.namespace}/${pod.name}`, totalMs: Number((performance.now() - started).toFixed(1)), roundTrips: steps.length, steps }, 'in-pod apply timings');
     }
@@ -244,7 +290,7 @@ export class IptablesPodRules implements PodRules {
   private async applyTimed(
     pod: PodInfo,
     netns: NetnsHandle,
-    via: { exec: CommandExecutor; inner: CommandExecutor; netlink: NetlinkExchange | undefined; onRoundTrip: (t: NetnsRoundTrip) => void },
+    via: { exec: CommandExecutor; inner: CommandExecutor; netlink: NetlinkExchange | undefined; sysctls: NetnsSysctls | undefined; onRoundTrip: (t: NetnsRoundTrip) => void },
     likelyNew: boolean,
   ): Promise<RepairReport> {
     const backend = this.iptablesBackend;
@@ -258,6 +304,7 @@ export class IptablesPodRules implements PodRules {
         logger: this.log,
         onRoundTrip: via.onRoundTrip,
         ...(via.netlink ? { netlink: via.netlink } : {}),
+        ...(via.sysctls ? { sysctls: via.sysctls } : {}),
       }).apply(this.specFor(pod), { likelyNew, fingerprint: this.fingerprints.get(netns) });
       if (r.fingerprint !== undefined) this.fingerprints.set(netns, r.fingerprint);
       else this.fingerprints.delete(netns);
@@ -283,11 +330,11 @@ export class IptablesPodRules implements PodRules {
 
   remove(_pod: PodInfo, netns: NetnsHandle): Promise<void> {
     this.fingerprints.delete(netns);
-    return this.inPod(netns, async (exec, netlink) => {
+    return this.inPod(netns, async ({ exec, netlink, sysctls }) => {
       const backend = this.iptablesBackend;
       if (backend !== 'nftables') {
         // A pod with IPv6 on may hold IPv6 capture or guard rules (whatever the mode was then): remove both families.
-        await new NetnsApplier({ executor: exec, backend, logger: this.log, ...(netlink ? { netlink } : {}) }).remove((facts) => {
+        await new NetnsApplier({ executor: exec, backend, logger: this.log, ...(netlink ? { netlink } : {}), ...(sysctls ? { sysctls } : {}) }).remove((facts) => {
           const v6 = this.ipv6Mode === true || facts.ipv6;
           return { families: v6 ? ['ipv4', 'ipv6'] : ['ipv4'], routing: inpodRouting({ ipv6: v6 }) };
         });
