@@ -150,6 +150,33 @@ describe('LocalCa', () => {
     await expect(LocalCa.load({ certPem, keyPem: ecPem, trustDomain: 'cluster.local' })).rejects.toMatchObject({ code: 'ERR_PKI_INVALID_KEY' });
   });
 
+  it('loads a P-384 CA and signs with ecdsa-with-SHA384; refuses a short RSA key naming its size', async () => {
+    const key = join(dir, 'p384-ca.key');
+    const crt = join(dir, 'p384-ca.crt');
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-384', '-nodes', '-keyout', key, '-out', crt,
+      '-days', '30', '-subj', '/O=cluster.local', '-addext', 'basicConstraints=critical,CA:true', '-addext', 'keyUsage=critical,keyCertSign']);
+    const certPem = await readFile(crt, 'utf8');
+    const ca = await LocalCa.load({ certPem, keyPem: await readFile(key, 'utf8') });
+    const wl = await ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/default/sa/p384' });
+    expect(await opensslVerify(certPem, [], wl.certPem)).toMatch(/OK/);
+    const leafFile = join(dir, 'p384-leaf.crt');
+    await writeFile(leafFile, wl.certPem);
+    const text = (await promisify(execFile)('openssl', ['x509', '-in', leafFile, '-noout', '-text'])).stdout;
+    expect(text).toMatch(/Signature Algorithm: ecdsa-with-SHA384/);
+    const inter = await ca.issueIntermediate({ commonName: 'Node CA', validityDays: 7 });
+    const below = await inter.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/default/sa/under' });
+    expect(await opensslVerify(certPem, [inter.certPem], below.certPem)).toMatch(/OK/);
+
+    const rsaKey = join(dir, 'rsa1024-ca.key');
+    const rsaCrt = join(dir, 'rsa1024-ca.crt');
+    await run('openssl', ['req', '-x509', '-newkey', 'rsa:1024', '-nodes', '-keyout', rsaKey, '-out', rsaCrt, '-days', '30',
+      '-subj', '/O=cluster.local', '-addext', 'basicConstraints=critical,CA:true', '-addext', 'keyUsage=critical,keyCertSign']);
+    await expect(LocalCa.load({ certPem: await readFile(rsaCrt, 'utf8'), keyPem: await readFile(rsaKey, 'utf8') })).rejects.toMatchObject({
+      code: 'ERR_PKI_INVALID_KEY',
+      message: 'CA key of O=cluster.local: RSA key of 1024 bits is shorter than 2048',
+    });
+  });
+
   it('honours notBefore/notAfter so tests can make expired and not-yet-valid certificates', async () => {
     const ca = await LocalCa.create({ trustDomain: 'cluster.local', notBefore: new Date(Date.now() - 10 * 86_400_000) });
     const expired = await ca.issueWorkloadCertificate({

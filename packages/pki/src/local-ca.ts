@@ -11,6 +11,7 @@ const generateKeyPairAsync = promisify(generateKeyPair);
 const OID = {
   ecPublicKey: '1.2.840.10045.2.1',
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
+  ecdsaWithSha384: '1.2.840.10045.4.3.3',
   sha256WithRsa: '1.2.840.113549.1.1.11',
   organizationName: '2.5.4.10',
   commonName: '2.5.4.3',
@@ -60,7 +61,7 @@ export interface CreateCaOptions {
 export interface LoadCaOptions {
   /** The CA certificate, PEM; further certificates after it are taken as its chain to the root. */
   certPem: string;
-  /** The CA key: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM; EC P-256 or RSA. */
+  /** The CA key: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM; EC P-256/P-384 or RSA ≥ 2048. */
   keyPem: string;
   /** Intermediates between `certPem` and the root (Istio's `cert-chain.pem` minus the CA cert itself). */
   chainPem?: string;
@@ -231,7 +232,7 @@ export class LocalCa {
     });
   }
 
-  /** Loads an existing CA certificate and key (EC P-256 or RSA), checking that they belong together. */
+  /** Loads an existing CA certificate and key (EC P-256/P-384 or RSA ≥ 2048), checking that they belong together. */
   static async load(o: LoadCaOptions): Promise<LocalCa> {
     const [first, ...rest] = splitPem(o.certPem);
     if (first === undefined) {
@@ -258,11 +259,8 @@ export class LocalCa {
     if (!nodeCert.checkPrivateKey(keyObject)) {
       throw new PkiError('ERR_PKI_INVALID_KEY', `CA keyPem does not match the public key of certificate ${nodeCert.subject}`);
     }
-    const p256 = keyObject.asymmetricKeyType === 'ec' && keyObject.asymmetricKeyDetails?.namedCurve === 'prime256v1';
-    if (!p256 && keyObject.asymmetricKeyType !== 'rsa') {
-      const detail = keyObject.asymmetricKeyDetails?.namedCurve ?? '';
-      throw new PkiError('ERR_PKI_INVALID_KEY', `CA key type ${keyObject.asymmetricKeyType ?? '?'} ${detail} is not supported (EC P-256 or RSA)`);
-    }
+    const unusable = caKeyProblem(keyObject);
+    if (unusable !== undefined) throw new PkiError('ERR_PKI_INVALID_KEY', `CA key of ${nodeCert.subject || '(empty subject)'}: ${unusable}`);
     const trustDomain = o.trustDomain ?? trustDomainOf(nodeCert, parts.subjectDer);
     if (trustDomain === undefined) {
       throw new PkiError(
@@ -479,10 +477,28 @@ function ipAddressBytes(ip: string): Buffer {
   return out;
 }
 
-/** TBSCertificate (v3) signed with SHA-256 by `signingKey` (ECDSA or RSA PKCS#1 v1.5). */
+/** Why a CA key cannot sign here, or undefined: EC P-256/P-384 or RSA of at least 2048 bits, as Istio's CAs use. */
+function caKeyProblem(key: KeyObject): string | undefined {
+  const d = key.asymmetricKeyDetails;
+  if (key.asymmetricKeyType === 'ec') {
+    return d?.namedCurve === 'prime256v1' || d?.namedCurve === 'secp384r1' ? undefined : `EC curve ${d?.namedCurve ?? '(unknown)'} is not P-256 or P-384`;
+  }
+  if (key.asymmetricKeyType === 'rsa') {
+    return (d?.modulusLength ?? 0) >= 2048 ? undefined : `RSA key of ${d?.modulusLength ?? '?'} bits is shorter than 2048`;
+  }
+  return `key type ${key.asymmetricKeyType ?? '(unknown)'} is not EC P-256/P-384 or RSA`;
+}
+
+/** The hash and AlgorithmIdentifier a CA key signs with: SHA-384 for P-384, SHA-256 otherwise (as Go's x509 picks). */
+function signatureOf(key: KeyObject): { hash: 'sha256' | 'sha384'; algorithm: Buffer } {
+  if (key.asymmetricKeyType === 'rsa') return { hash: 'sha256', algorithm: der.sequence(der.oid(OID.sha256WithRsa), der.nullValue()) };
+  if (key.asymmetricKeyDetails?.namedCurve === 'secp384r1') return { hash: 'sha384', algorithm: der.sequence(der.oid(OID.ecdsaWithSha384)) };
+  return { hash: 'sha256', algorithm: der.sequence(der.oid(OID.ecdsaWithSha256)) };
+}
+
+/** TBSCertificate (v3) signed by `signingKey` (ECDSA or RSA PKCS#1 v1.5, hash per signatureOf). */
 function signCertificate(c: NewCertificate): Buffer {
-  const algorithm =
-    c.signingKey.asymmetricKeyType === 'rsa' ? der.sequence(der.oid(OID.sha256WithRsa), der.nullValue()) : der.sequence(der.oid(OID.ecdsaWithSha256));
+  const { hash, algorithm } = signatureOf(c.signingKey);
   const tbs = der.sequence(
     der.explicit(0, der.smallInteger(2)),
     der.unsignedInteger(Buffer.from(c.serialHex, 'hex')),
@@ -494,7 +510,7 @@ function signCertificate(c: NewCertificate): Buffer {
     der.explicit(3, der.sequence(...c.extensions)),
   );
   // ECDSA signatures come out DER-encoded (Ecdsa-Sig-Value), as X.509 wants.
-  return der.sequence(tbs, algorithm, der.bitString(sign('sha256', tbs, c.signingKey)));
+  return der.sequence(tbs, algorithm, der.bitString(sign(hash, tbs, c.signingKey)));
 }
 
 function extension(id: string, critical: boolean, value: Buffer): Buffer {
