@@ -5,6 +5,7 @@ export type PkiErrorCode =
   | 'ERR_PKI_INVALID_CERTIFICATE'
   | 'ERR_PKI_VALIDITY'
   | 'ERR_PKI_NOT_A_CA'
+  | 'ERR_PKI_CHAIN'
   | 'ERR_PKI_INVALID_CSR';
 
 /** Every error thrown by @weir/pki; branch on `code`, never on the message. */

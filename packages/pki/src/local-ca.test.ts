@@ -177,6 +177,23 @@ describe('LocalCa', () => {
     });
   });
 
+  it('loads a CA whose chain runs CA, intermediates, root; refuses a misordered chain or a foreign root', async () => {
+    const root = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const other = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const mid = await root.issueIntermediate({ commonName: 'Node CA', validityDays: 7 });
+    const loaded = await LocalCa.load({ certPem: mid.certPem, keyPem: mid.keyPem, chainPem: root.rootPem });
+    const wl = await loaded.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/a/sa/b' });
+    expect(await opensslVerify(root.rootPem, [mid.certPem], wl.certPem)).toMatch(/OK/);
+    await expect(LocalCa.load({ certPem: mid.certPem, keyPem: mid.keyPem, chainPem: other.rootPem + root.rootPem })).rejects.toMatchObject({
+      code: 'ERR_PKI_CHAIN',
+      message: 'the CA certificate (O=cluster.local\nCN=Node CA) is not signed by the next one (O=cluster.local): the chain must run CA certificate, intermediates, root',
+    });
+    await expect(LocalCa.load({ certPem: mid.certPem, keyPem: mid.keyPem, rootPem: other.rootPem })).rejects.toMatchObject({
+      code: 'ERR_PKI_CHAIN',
+      message: expect.stringMatching(/^the CA certificate \(O=cluster.local\nCN=Node CA\) is not signed by the root/),
+    });
+  });
+
   it('honours notBefore/notAfter so tests can make expired and not-yet-valid certificates', async () => {
     const ca = await LocalCa.create({ trustDomain: 'cluster.local', notBefore: new Date(Date.now() - 10 * 86_400_000) });
     const expired = await ca.issueWorkloadCertificate({

@@ -270,6 +270,7 @@ export class LocalCa {
     }
     assertTrustDomain(trustDomain);
     const rootPem = o.rootPem !== undefined ? normalizePem(o.rootPem) : (issuers.at(-1) ?? certificatePem(parts.certDer));
+    assertChain(nodeCert, issuers, rootPem);
     // Keep the root out of the chain we send: peers have it already.
     const rootNormalized = normalizePem(rootPem);
     return new LocalCa({
@@ -475,6 +476,35 @@ function ipAddressBytes(ip: string): Buffer {
   const out = Buffer.alloc(16);
   groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
   return out;
+}
+
+/**
+ * The chain peers will be sent must verify: each certificate of [CA, ...issuers] signed by the next, the
+ * last by the root (or the root itself). A misordered `cert-chain.pem` otherwise fails only later, in
+ * every peer's handshake.
+ */
+function assertChain(ca: X509Certificate, issuers: string[], rootPem: string): void {
+  let root: X509Certificate;
+  let chain: X509Certificate[];
+  try {
+    root = new X509Certificate(rootPem);
+    chain = [ca, ...issuers.map((pem) => new X509Certificate(pem))];
+  } catch (cause) {
+    throw new PkiError('ERR_PKI_INVALID_CERTIFICATE', `CA chain or root does not parse as X.509: ${String(cause)}`, { cause });
+  }
+  for (const [i, cert] of chain.entries()) {
+    const next = chain[i + 1];
+    if (next === undefined && cert.fingerprint256 === root.fingerprint256) return;
+    const signer = next ?? root;
+    if (!cert.checkIssued(signer) || !cert.verify(signer.publicKey)) {
+      const what = i === 0 ? 'the CA certificate' : `chain certificate ${i}`;
+      throw new PkiError(
+        'ERR_PKI_CHAIN',
+        `${what} (${cert.subject || '(empty subject)'}) is not signed by ${next ? `the next one (${signer.subject})` : `the root (${signer.subject})`}: ` +
+          'the chain must run CA certificate, intermediates, root',
+      );
+    }
+  }
 }
 
 /** Why a CA key cannot sign here, or undefined: EC P-256/P-384 or RSA of at least 2048 bits, as Istio's CAs use. */
