@@ -103,19 +103,33 @@ const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 
 // A node agent applies the same few (cached) rule sets to every pod: render each family once.
 const desiredCache = new WeakMap<FamilyRules, DesiredTable[]>();
-const freshCache = new WeakMap<FamilyRules, Map<string, string>>();
+const freshCache = new WeakMap<FamilyRules, Map<string, { text: string; created?: string; changes?: readonly RuleChange[]; prefixOnly?: boolean }>>();
 function desired(fam: FamilyRules): DesiredTable[] {
   let d = desiredCache.get(fam);
   if (!d) desiredCache.set(fam, (d = desiredFromFamily(fam)));
   return d;
 }
-/** `iptables-restore` text installing `fam` on a netns with nothing of Weir's. */
-function freshRestore(fam: FamilyRules, prefix: string): string {
+/** What installing `fam` on a netns with nothing of Weir's takes, per chain prefix (filled lazily). */
+function fresh(fam: FamilyRules, prefix: string): { text: string; created?: string; changes?: readonly RuleChange[]; prefixOnly?: boolean } {
   let byPrefix = freshCache.get(fam);
   if (!byPrefix) freshCache.set(fam, (byPrefix = new Map()));
-  let text = byPrefix.get(prefix);
-  if (text === undefined) byPrefix.set(prefix, (text = reconcileRestore(fam.family, desired(fam), [], prefix)));
-  return text;
+  let entry = byPrefix.get(prefix);
+  if (entry === undefined) byPrefix.set(prefix, (entry = { text: reconcileRestore(fam.family, desired(fam), [], prefix) }));
+  return entry;
+}
+/** `iptables-restore` text installing `fam` on a netns with nothing of Weir's. */
+function freshRestore(fam: FamilyRules, prefix: string): string {
+  return fresh(fam, prefix).text;
+}
+/** The same with each owned chain created by `-N` (see createChains). */
+function freshCreate(fam: FamilyRules, prefix: string): string {
+  const entry = fresh(fam, prefix);
+  return (entry.created ??= createChains(entry.text));
+}
+/** The diff of installing `fam` where nothing of Weir's is. */
+function freshChangesOf(fam: FamilyRules, prefix: string): readonly RuleChange[] {
+  const entry = fresh(fam, prefix);
+  return (entry.changes ??= diffTables(fam.family, desired(fam), [], prefix).changes);
 }
 const flag = (f: Family): string => (f === 'ipv4' ? '-4' : '-6');
 
@@ -307,7 +321,7 @@ export class NetnsApplier {
    */
   async #undoNew(backend: 'legacy' | 'nft', fam: FamilyRules, stderr: string): Promise<string[]> {
     const line = Number(/line:? (\d+)/.exec(stderr)?.[1] ?? 0);
-    const lines = createChains(freshRestore(fam, this.#prefix)).split('\n');
+    const lines = freshCreate(fam, this.#prefix).split('\n');
     const committed: string[] = [];
     let table = '';
     lines.forEach((l, i) => {
@@ -329,15 +343,17 @@ export class NetnsApplier {
 
   /** The diff of installing `want` where nothing of Weir's is. */
   #freshDiff(want: NetnsSpec): { saved: Map<Family, SavedTable[]>; changes: RuleChange[] } {
-    return { saved: new Map(), changes: want.ruleSet.families.flatMap((fam) => diffTables(fam.family, desired(fam), [], this.#prefix).changes) };
+    return { saved: new Map(), changes: want.ruleSet.families.flatMap((fam) => freshChangesOf(fam, this.#prefix)) };
   }
 
   /** Whether "no `<prefix>` anywhere in iptables-save" means "nothing of this spec is there". */
   #canInstallFresh(spec: NetnsSpec): boolean {
     if (!/^[A-Za-z0-9_-]+$/.test(this.#prefix)) return false;
-    return spec.ruleSet.families.every((fam) =>
-      desired(fam).every((t) => [...t.owned.keys()].every((c) => c.startsWith(this.#prefix)) && t.hooks.every((h) => h.spec.includes(this.#prefix))),
-    );
+    return spec.ruleSet.families.every((fam) => {
+      const entry = fresh(fam, this.#prefix);
+      entry.prefixOnly ??= desired(fam).every((t) => [...t.owned.keys()].every((c) => c.startsWith(this.#prefix)) && t.hooks.every((h) => h.spec.includes(this.#prefix)));
+      return entry.prefixOnly;
+    });
   }
 
   /**
@@ -368,7 +384,7 @@ export class NetnsApplier {
 
   #installSteps(script: BatchScript, backend: 'legacy' | 'nft', spec: NetnsSpec, tag: string, create = false): void {
     for (const fam of spec.ruleSet.families) {
-      const text = create ? createChains(freshRestore(fam, this.#prefix)) : freshRestore(fam, this.#prefix);
+      const text = create ? freshCreate(fam, this.#prefix) : freshRestore(fam, this.#prefix);
       if (text) script.step({ id: `${tag}-restore-${fam.family}`, argv: [iptablesCommand(backend, fam.family, 'restore'), ...restoreArgs(backend)], input: text }, { stop: true });
     }
     for (const family of this.#netlink ? [] : FAMILIES) {
