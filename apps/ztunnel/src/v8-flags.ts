@@ -1,21 +1,28 @@
 /**
- * V8 flags weir-ztunnel applies at start unless `WEIR_V8_FLAGS` says otherwise. A node proxy is mostly
- * idle connections: V8's default young generation grows to 16 MiB semi-spaces (32 MiB reserved, ~10 MiB
- * resident) after the first bursts and stays there. Keeping it at its initial 1 MiB saves ~8–10 MiB of
- * RSS per ztunnel; the data path's CPU per GiB did not measurably change (bench datapath).
+ * V8 flags weir-ztunnel applies at start unless `WEIR_V8_FLAGS` says otherwise.
  *
- * `--semi-space-growth-factor` is the lever because it is read whenever V8 considers growing the young
- * generation, so setting it from inside the process works; `--max-semi-space-size` and `--min-semi-space-size`
- * only count on node's command line (V8 reads them when it creates the heap), which the image's entrypoint owns.
+ * `--semi-space-growth-factor=1`: a node proxy is mostly idle connections, and V8's default young generation
+ * grows to 16 MiB semi-spaces (~10 MiB resident) after the first bursts and stays there; kept at its initial
+ * 1 MiB, a ztunnel has ~8–10 MiB less RSS. The cost is a scavenge every ~180 keep-alive requests (4 MiB
+ * semi-spaces via node's command line: every ~770, but +7 MiB idle RSS, over the ≤ 80 MiB goal at 100 pods;
+ * no p99 gain stood out of the noise in bench latency).
  *
- * The cost is a scavenge every ~180 keep-alive requests. Measured against it (bench latency + connections with
- * BENCH_ZTUNNEL_NODE_ARGS, load 3–7 on 2 cores): 4 MiB semi-spaces (`--min-semi-space-size=4` on node's command
- * line plus this default) scavenge every ~770 requests but add ~7 MiB idle RSS (84.7 against 77.7 MiB at 100 pods:
- * the ≤ 80 MiB goal missed), no flag ~11 MiB; `--max-semi-space-size=4` stays at 79.8 MiB but V8 seldom grows to it
- * (every ~270). No long-lived p99 gain stood out of the run-to-run noise (p99 ÷ Go 0.8–4.0 across all settings), so
- * the default stays.
+ * `--heap-growing-percent=300`: without it the small young generation made bulk data cost ~35% more CPU per
+ * GiB (bench datapath). Every socket read is a fresh ArrayBuffer, external memory that V8 counts against the
+ * old generation's limit until a scavenge frees it, and V8 scavenges for it only after 32 MiB of young
+ * ArrayBuffers. Reading an app's plaintext, ztunnel makes almost no JS garbage per 64 KiB chunk, so nothing
+ * else scavenges; the limit's headroom (live size + max(8 MiB, live × growing factor) + the young generation,
+ * ~9 MiB here, with V8 picking a factor near 1.1 for the fast "allocation") ran out first, and the outbound
+ * ztunnel did a full mark-compact every 200–300 ms. A fixed factor of 4 (the largest V8 picks by itself)
+ * gives ≥ 40 MiB headroom at ztunnel's ~14 MiB live heap: 2 full GCs per run instead of ~60, both ztunnels
+ * 1.0–1.2× the CPU per GiB of two plain @weir/hbone processes on the same path (was 1.4–1.7×), with idle
+ * RSS at 100 pods and at 10,000 idle connections unchanged (bench connections).
+ *
+ * Both are read whenever V8 resizes, so setting them from inside the process works; `--max-semi-space-size`
+ * and `--min-semi-space-size` only count on node's command line (V8 reads them when it creates the heap),
+ * which the image's entrypoint owns.
  */
-export const DEFAULT_V8_FLAGS = '--semi-space-growth-factor=1';
+export const DEFAULT_V8_FLAGS = '--semi-space-growth-factor=1 --heap-growing-percent=300';
 
 export class V8FlagsError extends Error {
   readonly code = 'ERR_ZTUNNEL_V8_FLAGS';
