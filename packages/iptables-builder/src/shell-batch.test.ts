@@ -80,6 +80,13 @@ describe('BatchScript.runDirect (no shell: each command exec\'d by the executor)
     },
   });
 
+  it('counts IPv6 as on when only an interface with a dot in its name has it (a VLAN sub-interface)', async () => {
+    const script = (): BatchScript => new BatchScript().when('v6', (s) => s.step({ id: 'v6', argv: ['true'] }), (s) => s.step({ id: 'v4', argv: ['true'] }));
+    const off = { 'net.ipv6.conf.all.disable_ipv6': '1', 'net.ipv6.conf.default.disable_ipv6': '1', 'net.ipv6.conf.lo.disable_ipv6': '1' };
+    expect((await script().runDirect(localExecutor, fake({ ...off, 'net.ipv6.conf.net1.100.disable_ipv6': '0' }))).ran).toEqual(['v6']);
+    expect((await script().runDirect(localExecutor, fake({ ...off, 'net.ipv6.conf.net1.100.disable_ipv6': '1' }))).ran).toEqual(['v4']);
+  });
+
   it('runs the same steps as the shell, one exec each, with the same outputs', async () => {
     const build = (): BatchScript =>
       new BatchScript()

@@ -209,7 +209,8 @@ export class BatchScript {
     } catch (cause) {
       throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `command batch did not run: reading IPv6 state and sysctls failed: ${(cause as Error).message}`, { cause });
     }
-    const ipv6Re = /^net\.ipv6\.conf\.[^.]+\.disable_ipv6$/;
+    // Any interface, dotted names included (`net1.100`: a VLAN sub-interface), as the shell's glob.
+    const ipv6Re = /^net\.ipv6\.conf\..+\.disable_ipv6$/;
     const ipv6 = [...read].some(([k, v]) => ipv6Re.test(k) && v === '0');
     const values = new Map<string, string>();
     for (const key of this.#sysctls) {
