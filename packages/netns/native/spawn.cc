@@ -213,9 +213,9 @@ static Napi::Value ReapChild(const Napi::CallbackInfo& info) {
 
 // procSys(netnsFd, reads, writes, id?) -> [[path, value]..., written]: inside the netns, reads
 // each /proc/sys path of `reads` (relative, e.g. "net/ipv6/conf/*/disable_ipv6"; a `*` component
-// matches every entry of that directory; absent paths are left out), then writes each [path,
-// value] of `writes` (stopping at the first failure but ENOENT). `written` lists, per write, 0 (done), or
-// the errno; ENOENT means the kernel has no such sysctl. Values come back with trailing
+// matches every entry of that directory; absent paths are left out, any other failure throws
+// naming the path), then writes each [path, value] of `writes` (stopping at the first failure but
+// ENOENT). `written` lists, per write, 0 (done), or the errno; ENOENT means the kernel has no such sysctl. Values come back with trailing
 // whitespace removed.
 static Napi::Value ProcSys(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -245,33 +245,56 @@ static Napi::Value ProcSys(const Napi::CallbackInfo& info) {
 
   std::vector<std::pair<std::string, std::string>> values;
   std::vector<int> written;
+  std::string failed;  // "open(/proc/sys/...)" of a read that failed for another reason than absence
+  int failErr = 0;
   {
     InNetns ns{EnterNetns(nsFd, dev, ino)};
     if (ns.sw.syscall != nullptr) throw SysError(env, ns.sw.syscall, ns.sw.err);
+    // Only ENOENT/ENOTDIR mean the kernel (or this netns) lacks the key. Anything else (EMFILE,
+    // ENOMEM, EACCES) must not pass for absence: a caller would conclude e.g. that IPv6 is off.
+    // True: absent, carry on; false: the failure is recorded, to throw once back home.
+    auto absentOrFail = [&](const char* op, const std::string& path, int e) {
+      if (e == ENOENT || e == ENOTDIR) return true;
+      failed = std::string(op) + "(/proc/sys/" + path + ")";
+      failErr = e;
+      return false;
+    };
     auto readOne = [&](const std::string& rel) {
       Fd f(OpenProcSys(rel, O_RDONLY));
-      if (f.fd < 0) return;
+      if (f.fd < 0) return absentOrFail("open", rel, errno);
       std::string v;
-      if (!ReadAll(f.fd, &v)) return;
+      if (!ReadAll(f.fd, &v)) return absentOrFail("read", rel, errno);  // ENOENT: it went away meanwhile
       while (!v.empty() && (v.back() == '\n' || v.back() == ' ' || v.back() == '\t')) v.pop_back();
       values.emplace_back(rel, v);
+      return true;
     };
     for (const auto& p : reads) {
+      if (!failed.empty()) break;
       size_t star = p.find("/*/");
       if (star == std::string::npos) {
         readOne(p);
         continue;
       }
       // One `*` component: list that directory (itself resolved in this netns).
-      std::string dir = "/proc/sys/" + p.substr(0, star);
-      DIR* d = opendir(dir.c_str());
-      if (d == nullptr) continue;
-      while (struct dirent* e = readdir(d)) {
+      std::string dir = p.substr(0, star);
+      DIR* d = opendir(("/proc/sys/" + dir).c_str());
+      if (d == nullptr) {
+        absentOrFail("opendir", dir, errno);
+        continue;
+      }
+      for (;;) {
+        errno = 0;  // readdir's end and its failure differ only by errno
+        struct dirent* e = readdir(d);
+        if (e == nullptr) {
+          if (errno != 0) absentOrFail("readdir", dir, errno);
+          break;
+        }
         if (e->d_name[0] == '.') continue;
-        readOne(p.substr(0, star) + "/" + e->d_name + p.substr(star + 2));
+        if (!readOne(dir + "/" + e->d_name + p.substr(star + 2))) break;
       }
       closedir(d);
     }
+    if (!failed.empty()) writes.clear();
     for (const auto& w : writes) {
       Fd f(OpenProcSys(w.first, O_WRONLY));
       int e = 0;
@@ -280,7 +303,8 @@ static Napi::Value ProcSys(const Napi::CallbackInfo& info) {
       written.push_back(e);
       if (e != 0 && e != ENOENT) break;
     }
-  }
+  }  // back home before any JS value is made
+  if (!failed.empty()) throw SysError(env, failed.c_str(), failErr);
   Napi::Array result = Napi::Array::New(env, values.size() + 1);
   uint32_t i = 0;
   for (const auto& v : values) {

@@ -78,8 +78,10 @@ function sysctlPath(key: string, wildcard: boolean): string {
 /**
  * Reads sysctls of `netns` (`net.*` keys: /proc/sys/net is per network namespace), in one native
  * call that enters the netns and comes back. A key may have one `*` component
- * (`net.ipv6.conf.*.disable_ipv6`), which stands for each entry there. Keys the kernel lacks are
- * left out of the map; values come without the trailing newline.
+ * (`net.ipv6.conf.*.disable_ipv6`), which stands for each entry there. Keys the kernel lacks
+ * (ENOENT/ENOTDIR) are left out of the map; any other failure throws naming the /proc/sys path and
+ * errno (e.g. ERR_NETNS_TOO_MANY_FILES with fds exhausted, never an empty map that reads as "no
+ * IPv6"). Values come without the trailing newline.
  */
 export function readSysctls(netns: Netns, keys: readonly string[]): Map<string, string> {
   const paths = keys.map((k) => sysctlPath(k, true));

@@ -1,7 +1,9 @@
 // spawnInNetns and the sysctl helpers, in real namespaces: the child runs in the netns it was
 // given, the calling thread is back home after every call (also after a failed one), output,
 // input, exit codes and signals come back, and sysctls change in that netns only.
-import { readFileSync, readlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetnsError, openNetns, readSysctls, spawnInNetns, writeSysctls, type Netns } from '../src/index.js';
 import { TestNetns, countFds, requireRootAndTools, uniqueName } from './helpers.js';
@@ -11,11 +13,13 @@ let nsB: TestNetns;
 let a: Netns;
 let b: Netns;
 let linkA: string;
+const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
 const home = (): string => readlinkSync('/proc/thread-self/ns/net');
 let homeId = '';
 
 beforeAll(() => {
-  requireRootAndTools();
+  requireRootAndTools('prlimit', 'strace');
+  if (!existsSync(dist)) throw new Error(`some tests run the built package in a child node: ${dist} is missing; run "npm run build -w @weir/netns" first`);
   homeId = home();
   nsA = new TestNetns('SA');
   nsB = new TestNetns('SB');
@@ -129,5 +133,33 @@ describe('readSysctls / writeSysctls', () => {
     expect(() => readSysctls(a, ['../../etc/passwd'])).toThrow(expect.objectContaining({ code: 'ERR_NETNS_INVALID_ARGUMENT' }) as Error);
     expect(() => writeSysctls(a, { 'net.ipv6.conf.*.disable_ipv6': '1' })).toThrow(/invalid sysctl key/);
     expect(home()).toBe(homeId);
+  });
+
+  it('a read failing for another reason than absence throws, naming the path and errno', () => {
+    // route.flush is write-only (0200): EACCES even for root, which used to read as "absent".
+    expect(() => readSysctls(a, ['net.ipv4.tcp_migrate_req', 'net.ipv4.route.flush'])).toThrow(
+      expect.objectContaining({ code: 'ERR_NETNS_PERMISSION', sysCode: 'EACCES', message: expect.stringMatching(/open\(\/proc\/sys\/net\/ipv4\/route\/flush\)/) }) as Error,
+    );
+    expect(home()).toBe(homeId);
+  });
+
+  it('with fds exhausted, a * key throws ERR_NETNS_TOO_MANY_FILES instead of an empty map (IPv6 "off")', () => {
+    // In a child node with a small RLIMIT_NOFILE: exhausting this process's fds would break vitest.
+    const script = `
+import { closeSync, openSync } from 'node:fs';
+const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
+const ns = n.openNetns(${JSON.stringify(nsA.path)});
+const whole = [...n.readSysctls(ns, ['net.ipv6.conf.*.disable_ipv6']).keys()].length;
+const held = [];
+try { for (;;) held.push(openSync('/dev/null', 'r')); } catch (e) { if (e.code !== 'EMFILE') throw e; }
+let out;
+try { out = { whole, got: [...n.readSysctls(ns, ['net.ipv6.conf.*.disable_ipv6'])] }; }
+catch (e) { out = { whole, code: e.code, sysCode: e.sysCode, message: e.message }; }
+for (const fd of held) closeSync(fd);
+console.log(JSON.stringify(out));
+`;
+    const out = JSON.parse(execFileSync('prlimit', ['--nofile=200:200', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' })) as Record<string, unknown>;
+    expect(out).toMatchObject({ code: 'ERR_NETNS_TOO_MANY_FILES', sysCode: 'EMFILE', message: expect.stringContaining('/proc/sys/net/ipv6/conf') });
+    expect(out['whole']).toBeGreaterThanOrEqual(4);
   });
 });
