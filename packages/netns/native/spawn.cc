@@ -21,7 +21,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common.h"
@@ -98,12 +100,65 @@ int OpenProcSys(const std::string& rel, int flags) {
   return open(path.c_str(), flags | O_CLOEXEC | O_NOCTTY);
 }
 
+// A spawned child until reapChild or abandonChild: its pidfd and output memfds. Kept per thread
+// (each Node env, main or worker, has its own) so that an env going away abandons its own.
+struct Child {
+  int pidfd, outFd, errFd;
+};
+using Children = std::unordered_map<pid_t, Child>;
+thread_local Children* children = nullptr;
+
+void CloseFds(const Child& c) {
+  close(c.pidfd);
+  close(c.outFd);
+  close(c.errFd);
+}
+
+// Kill, not just reap-if-exited: whoever abandons a child can no longer learn its result (the
+// spawn rejected, or its worker is gone), so it must not go on changing the pod unobserved, and
+// one left running would end as a zombie nobody waits for. SIGKILL cannot be caught, so the wait
+// is the kernel tearing the process down, not the program's run time.
+void KillAndReap(pid_t pid) {
+  kill(pid, SIGKILL);  // not reaped yet, so the pid is still this child's
+  while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+  }
+}
+
+void AbandonAll(void*) {
+  for (const auto& [pid, c] : *children) {
+    CloseFds(c);
+    KillAndReap(pid);
+  }
+  delete children;
+  children = nullptr;
+}
+
+// 0 when pidfd_open works, else the errno saying it never will here (ENOSYS: Linux < 5.3; EPERM:
+// seccomp). Without a pidfd a child could only be waited for by blocking the event loop, so
+// spawnInNetns refuses before spawning. Probed once per process, on first use; a passing failure
+// (EMFILE, ENOMEM) throws and is not cached.
+std::atomic<int> pidfdState{-1};
+int PidfdSupport(Napi::Env env) {
+  int state = pidfdState.load();
+  if (state >= 0) return state;
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+  int e = fd < 0 ? errno : 0;
+  if (fd >= 0) close(fd);
+  if (e != 0 && e != ENOSYS && e != EPERM) throw SysError(env, "pidfd_open", e);
+  pidfdState.store(e);
+  return e;
+}
+
 }  // namespace
 
-// spawnInNetns(netnsFd, file, argv, input|null, id?) -> [pid, pidfd, stdoutFd, stderrFd].
+// pidfdSupport() -> 0, or the errno of pidfd_open (see PidfdSupport).
+static Napi::Value PidfdSupportFn(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), PidfdSupport(info.Env())); }
+
+// spawnInNetns(netnsFd, file, argv, input|null, id?) -> [pid, pidfd].
 // file is looked up in PATH; argv includes argv[0]. Every signal is reset to its default and
 // unblocked in the child (Node ignores SIGPIPE; an ignored disposition would survive the exec).
-// The four fds are the caller's (O_CLOEXEC); reapChild closes them once the child is gone.
+// The pidfd (poll it for the exit) and the output memfds stay the addon's until reapChild or
+// abandonChild.
 static Napi::Value SpawnInNetns(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int nsFd = IntArg(info, 0, "netnsFd");
@@ -122,6 +177,7 @@ static Napi::Value SpawnInNetns(const Napi::CallbackInfo& info) {
   }
   double dev, ino;
   ExpectedId(info, 4, &dev, &ino);
+  if (int e = PidfdSupport(env)) throw SysError(env, "pidfd_open", e);
 
   Fd in(hasInput ? memfd_create("weir-stdin", MFD_CLOEXEC) : open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (in.fd < 0) throw SysError(env, hasInput ? "memfd_create" : "open(/dev/null)", errno);
@@ -167,41 +223,39 @@ static Napi::Value SpawnInNetns(const Napi::CallbackInfo& info) {
 
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   if (pidfd < 0) {
+    // pidfd_open works here (probed), so this is EMFILE or ENOMEM; without a pidfd nobody
+    // would wait for the child.
     int e = errno;
-    // Without a pidfd nobody would reap it: wait here (it already runs, it will end).
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    KillAndReap(pid);
     throw SysError(env, "pidfd_open", e);
   }
-  Napi::Array result = Napi::Array::New(env, 4);
+  (*children)[pid] = Child{pidfd, out.release(), err.release()};
+  Napi::Array result = Napi::Array::New(env, 2);
   result.Set(0u, Napi::Number::New(env, pid));
   result.Set(1u, Napi::Number::New(env, pidfd));
-  result.Set(2u, Napi::Number::New(env, out.release()));
-  result.Set(3u, Napi::Number::New(env, err.release()));
   return result;
 }
 
-// reapChild(pid, pidfd, stdoutFd, stderrFd) -> null while the child runs, else
-// [exitCode|-1, signal|0, stdout, stderr]; then the three fds are closed.
+// reapChild(pid) -> null while the child runs, else [exitCode|-1, signal|0, stdout, stderr]. Once
+// it is gone (also when waitpid or reading its output fails) its fds are closed.
 static Napi::Value ReapChild(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   pid_t pid = IntArg(info, 0, "pid");
-  int pidfd = IntArg(info, 1, "pidfd");
-  int outFd = IntArg(info, 2, "stdoutFd");
-  int errFd = IntArg(info, 3, "stderrFd");
+  auto it = children->find(pid);
+  if (it == children->end()) throw Napi::Error::New(env, "not a running child of spawnInNetns: " + std::to_string(pid));
+  Child c = it->second;
   int status = 0;
   pid_t r;
   do r = waitpid(pid, &status, WNOHANG);
   while (r < 0 && errno == EINTR);
-  if (r < 0) throw SysError(env, "waitpid", errno);
   if (r == 0) return env.Null();
+  int waitErr = errno;
+  children->erase(it);
   std::string out, err;
-  bool ok = ReadAll(outFd, &out) && ReadAll(errFd, &err);
+  bool ok = r > 0 && ReadAll(c.outFd, &out) && ReadAll(c.errFd, &err);
   int readErr = errno;
-  close(pidfd);
-  close(outFd);
-  close(errFd);
+  CloseFds(c);
+  if (r < 0) throw SysError(env, "waitpid", waitErr);
   if (!ok) throw SysError(env, "pread(output memfd)", readErr);
   Napi::Array result = Napi::Array::New(env, 4);
   result.Set(0u, Napi::Number::New(env, WIFEXITED(status) ? WEXITSTATUS(status) : -1));
@@ -209,6 +263,19 @@ static Napi::Value ReapChild(const Napi::CallbackInfo& info) {
   result.Set(2u, Napi::Buffer<char>::Copy(env, out.data(), out.size()));
   result.Set(3u, Napi::Buffer<char>::Copy(env, err.data(), err.size()));
   return result;
+}
+
+// abandonChild(pid): for a caller that will not wait (its poller failed): closes the child's fds,
+// kills and reaps it (see KillAndReap). Nothing for a child already reaped.
+static Napi::Value AbandonChild(const Napi::CallbackInfo& info) {
+  pid_t pid = IntArg(info, 0, "pid");
+  auto it = children->find(pid);
+  if (it != children->end()) {
+    CloseFds(it->second);
+    children->erase(it);
+    KillAndReap(pid);
+  }
+  return info.Env().Undefined();
 }
 
 // procSys(netnsFd, reads, writes, id?) -> [[path, value]..., written]: inside the netns, reads
@@ -320,6 +387,13 @@ static Napi::Value ProcSys(const Napi::CallbackInfo& info) {
 }
 
 void InitSpawn(Napi::Env env, Napi::Object exports) {
+  if (children == nullptr) {
+    children = new Children();
+    // A worker that ends (or is terminated) with children running leaves neither zombies nor fds.
+    napi_add_env_cleanup_hook(env, AbandonAll, nullptr);
+  }
+  exports.Set("pidfdSupport", Napi::Function::New(env, PidfdSupportFn, "pidfdSupport"));
+  exports.Set("abandonChild", Napi::Function::New(env, AbandonChild, "abandonChild"));
   exports.Set("spawnInNetns", Napi::Function::New(env, SpawnInNetns, "spawnInNetns"));
   exports.Set("reapChild", Napi::Function::New(env, ReapChild, "reapChild"));
   exports.Set("procSys", Napi::Function::New(env, ProcSys, "procSys"));

@@ -74,10 +74,17 @@ export interface NativeAddon {
   seqRecv(fd: number): null | 0 | [Buffer | null, number[], number];
   dupFd(fd: number): number;
   netlinkExchange(netnsFd: number, protocol: number, request: Uint8Array, replies: number, id?: NativeNsId): Buffer;
-  /** Returns [pid, pidfd, stdoutFd, stderrFd]; `argv` includes argv[0]; `input` null: /dev/null. */
-  spawnInNetns(netnsFd: number, file: string, argv: string[], input: Uint8Array | null, id?: NativeNsId): [number, number, number, number];
-  /** null while the child runs; else [exit code or -1, signal or 0, stdout, stderr] and the fds are closed. */
-  reapChild(pid: number, pidfd: number, stdoutFd: number, stderrFd: number): null | [number, number, Buffer, Buffer];
+  /** 0 when pidfd_open works (probed once per process), else its errno (ENOSYS, EPERM). */
+  pidfdSupport(): number;
+  /**
+   * Returns [pid, pidfd] (poll the pidfd for the exit); `argv` includes argv[0]; `input` null:
+   * /dev/null. The addon owns the child's fds until reapChild or abandonChild.
+   */
+  spawnInNetns(netnsFd: number, file: string, argv: string[], input: Uint8Array | null, id?: NativeNsId): [number, number];
+  /** null while the child runs; else [exit code or -1, signal or 0, stdout, stderr]; its fds are closed once it is gone. */
+  reapChild(pid: number): null | [number, number, Buffer, Buffer];
+  /** Closes the child's fds, kills and reaps it; nothing for a child already reaped. */
+  abandonChild(pid: number): void;
   /** Paths relative to /proc/sys; returns the [path, value] pairs read, then the errno (0 = done) per write. */
   procSys(netnsFd: number, reads: string[], writes: [string, string][], id?: NativeNsId): ([string, string] | number[])[];
   Poller: new (fd: number, callback: (status: number, events: number) => void) => NativePoller;

@@ -1,7 +1,7 @@
 import { constants } from 'node:os';
-import { NetnsError, sys, wrapNative } from './errors.js';
+import { NetnsError, errnoName, sys, wrapNative } from './errors.js';
 import type { Netns } from './netns.js';
-import { native, READABLE } from './native.js';
+import { native, READABLE, type NativePoller } from './native.js';
 
 export interface SpawnInNetnsOptions {
   /** Standard input; default none (`/dev/null`). */
@@ -28,6 +28,9 @@ const signalNames = new Map<number, string>(Object.entries(constants.signals).ma
  * child, stdin/stdout/stderr are in-memory files. Resolves when the program has exited, with its
  * whole output; a program that cannot be started rejects (ERR_NETNS_NOT_FOUND for a missing
  * one), as do invalid arguments and a closed or stale handle. Needs CAP_SYS_ADMIN unless `netns` is the calling thread's own.
+ * Needs pidfd_open (Linux >= 5.3): without it, rejects ERR_NETNS_UNSUPPORTED_PLATFORM before
+ * spawning anything. A child whose wait fails, or whose worker thread ends first, is killed and
+ * reaped (no zombie, no fd left).
  */
 export function spawnInNetns(netns: Netns, file: string, args: readonly string[], options: SpawnInNetnsOptions = {}): Promise<SpawnInNetnsResult> {
   try {
@@ -43,27 +46,54 @@ function spawnNow(netns: Netns, file: string, args: readonly string[], options: 
     throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `arguments of ${file} must be strings without NUL`);
   }
   const input = options.input === undefined ? null : typeof options.input === 'string' ? Buffer.from(options.input) : options.input;
+  requirePidfd();
   const nsFd = netns.checkedFd();
-  const [pid, pidfd, outFd, errFd] = sys(`spawning ${file} in netns ${netns.describe()}`, () => native.spawnInNetns(nsFd, file, [file, ...args], input, netns.id));
+  const [pid, pidfd] = sys(`spawning ${file} in netns ${netns.describe()}`, () => native.spawnInNetns(nsFd, file, [file, ...args], input, netns.id));
   return new Promise((resolve, reject) => {
-    // A pidfd turns readable when the child exits; reapChild then collects status and output.
-    const poller = new native.Poller(pidfd, (status) => {
-      let done: ReturnType<typeof native.reapChild>;
-      try {
-        if (status < 0) throw new NetnsError('ERR_NETNS_SYSCALL', `waiting for ${file} (pid ${pid}) in netns ${netns.describe()}: poll failed (${status})`);
-        done = sys(`reaping ${file} (pid ${pid})`, () => native.reapChild(pid, pidfd, outFd, errFd));
-      } catch (e) {
-        poller.close();
-        reject(e as Error);
-        return;
-      }
-      if (done === null) return;
-      poller.close();
-      const [code, signal, stdout, stderr] = done;
-      resolve({ code: code < 0 ? null : code, signal: signal ? (signalNames.get(signal) ?? `SIG${signal}`) : null, stdout, stderr });
-    });
-    poller.start(READABLE);
+    let poller: NativePoller | undefined;
+    // Nobody will wait for the child any more: the addon closes its fds, kills and reaps it.
+    const fail = (e: NetnsError): void => {
+      poller?.close();
+      native.abandonChild(pid);
+      reject(e);
+    };
+    const context = (what: string): string => `${what} ${file} (pid ${pid}) in netns ${netns.describe()}`;
+    try {
+      // A pidfd turns readable when the child exits; reapChild then collects status and output.
+      poller = new native.Poller(pidfd, (status) => {
+        if (status < 0) {
+          fail(new NetnsError('ERR_NETNS_SYSCALL', `${context('waiting for')}: poll failed (${status})`));
+          return;
+        }
+        let done: ReturnType<typeof native.reapChild>;
+        try {
+          done = native.reapChild(pid);
+        } catch (e) {
+          fail(wrapNative(e, context('reaping')));
+          return;
+        }
+        if (done === null) return;
+        poller?.close();
+        const [code, signal, stdout, stderr] = done;
+        resolve({ code: code < 0 ? null : code, signal: signal ? (signalNames.get(signal) ?? `SIG${signal}`) : null, stdout, stderr });
+      });
+      poller.start(READABLE);
+    } catch (e) {
+      fail(wrapNative(e, context('waiting for')));
+    }
   });
+}
+
+/** Refuses before spawning anything where a child's exit could only be awaited by blocking the loop. */
+function requirePidfd(): void {
+  const errno = sys('checking pidfd_open for spawnInNetns', () => native.pidfdSupport());
+  if (errno !== 0) {
+    throw new NetnsError(
+      'ERR_NETNS_UNSUPPORTED_PLATFORM',
+      `spawnInNetns needs pidfd_open (Linux >= 5.3, not blocked by seccomp); here it fails with ${errnoName(errno)}`,
+      { errno, syscall: 'pidfd_open' },
+    );
+  }
 }
 
 const SYSCTL_KEY = /^[A-Za-z0-9_-]+(\.([A-Za-z0-9_-]+|\*))+$/;

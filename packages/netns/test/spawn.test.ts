@@ -2,10 +2,14 @@
 // given, the calling thread is back home after every call (also after a failed one), output,
 // input, exit codes and signals come back, and sysctls change in that netns only.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetnsError, openNetns, readSysctls, spawnInNetns, writeSysctls, type Netns } from '../src/index.js';
+import { native } from '../src/native.js';
 import { TestNetns, countFds, requireRootAndTools, uniqueName } from './helpers.js';
 
 let nsA: TestNetns;
@@ -14,6 +18,32 @@ let a: Netns;
 let b: Netns;
 let linkA: string;
 const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** This process's fds that belong to a spawned child: its pidfd and output memfds. */
+const childFds = (): string[] =>
+  readdirSync('/proc/self/fd')
+    .map((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return '';
+      }
+    })
+    .filter((l) => /memfd:weir-|\[pidfd\]/.test(l));
+/** Children of this process (running or zombie) whose command is `comm`. */
+function childrenNamed(comm: string): string[] {
+  const out: string[] = [];
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const [, name, rest] = /^\d+ \((.*)\) (.*)$/s.exec(stat) ?? [];
+      if (name === comm && Number(rest?.split(' ')[1]) === process.pid) out.push(`${pid} ${rest?.split(' ')[0] ?? ''}`);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return out;
+}
 const home = (): string => readlinkSync('/proc/thread-self/ns/net');
 let homeId = '';
 
@@ -103,6 +133,112 @@ describe('spawnInNetns', () => {
       other.close();
     }
     expect(home()).toBe(homeId);
+  });
+});
+
+describe('spawnInNetns without a pidfd, and when waiting fails', () => {
+  it('probes pidfd_open once (works here); where it fails, rejects ERR_NETNS_UNSUPPORTED_PLATFORM before spawning', () => {
+    expect(native.pidfdSupport()).toBe(0);
+    const dir = mkdtempSync(join(tmpdir(), 'weir-pidfd-'));
+    try {
+      const marker = join(dir, 'ran');
+      const script = `
+const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
+const ns = n.openNetns(${JSON.stringify(nsA.path)});
+const out = [];
+for (let i = 0; i < 3; i++) {
+  const t = Date.now();
+  try { await n.spawnInNetns(ns, 'touch', [${JSON.stringify(marker)}]); out.push('resolved'); }
+  catch (e) { out.push({ code: e.code, sysCode: e.sysCode, message: e.message, ms: Date.now() - t }); }
+}
+console.log(JSON.stringify(out));
+`;
+      // strace makes every pidfd_open of the child node fail as on Linux < 5.3, and counts them.
+      const trace = join(dir, 'trace');
+      const stdout = execFileSync('strace', ['-f', '-qq', '-o', trace, '-e', 'trace=pidfd_open', '-e', 'inject=pidfd_open:error=ENOSYS', process.execPath, '--input-type=module', '-e', script], {
+        encoding: 'utf8',
+      });
+      const out = JSON.parse(stdout) as Record<string, unknown>[];
+      expect(out).toHaveLength(3);
+      for (const r of out) {
+        expect(r).toMatchObject({ code: 'ERR_NETNS_UNSUPPORTED_PLATFORM', sysCode: 'ENOSYS', message: expect.stringMatching(/spawnInNetns needs pidfd_open \(Linux >= 5\.3/) });
+        expect(r['ms']).toBeLessThan(1000);
+      }
+      expect(existsSync(marker)).toBe(false);
+      expect(readFileSync(trace, 'utf8').match(/pidfd_open\(/g)).toHaveLength(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a poller that cannot be made, or a failed poll, kills and reaps the child and closes its fds', async () => {
+    const real = native.Poller;
+    const before = countFds();
+    try {
+      native.Poller = class {
+        constructor() {
+          throw new Error('injected: no poller');
+        }
+      } as unknown as typeof native.Poller;
+      await expect(spawnInNetns(a, 'sleep', ['30'])).rejects.toThrow(/waiting for sleep \(pid \d+\).*injected: no poller/);
+      expect(childFds()).toEqual([]);
+      expect(childrenNamed('sleep')).toEqual([]);
+      native.Poller = class {
+        constructor(_fd: number, callback: (status: number, events: number) => void) {
+          setImmediate(() => callback(-9, 0));
+        }
+        start(): void {}
+        stop(): void {}
+        close(): void {}
+      } as unknown as typeof native.Poller;
+      await expect(spawnInNetns(a, 'sleep', ['30'])).rejects.toMatchObject({ code: 'ERR_NETNS_SYSCALL', message: expect.stringMatching(/poll failed \(-9\)/) });
+    } finally {
+      native.Poller = real;
+    }
+    expect(childFds()).toEqual([]);
+    expect(childrenNamed('sleep')).toEqual([]);
+    expect(countFds()).toBe(before);
+    expect(await spawnInNetns(a, 'true', [])).toMatchObject({ code: 0 });
+  });
+
+  it('a worker terminated while its child runs leaves no zombie and no fd', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'weir-wkspawn-'));
+    const pidFile = join(dir, 'pid');
+    await sleep(50);
+    const before = countFds();
+    const w = new Worker(
+      `
+const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
+const ns = n.openNetns(${JSON.stringify(nsA.path)});
+n.spawnInNetns(ns, 'sh', ['-c', 'echo $$ > ${pidFile}.tmp && mv ${pidFile}.tmp ${pidFile} && exec sleep 30']).catch(() => {});
+ns.close(); // the child is started: only its own fds stay open
+`,
+      { eval: true, stderr: true },
+    );
+    let stderr = '';
+    w.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number>((resolve) => w.once('exit', resolve));
+    try {
+      let pid = '';
+      for (let i = 0; i < 200 && !pid; i++) {
+        await sleep(25);
+        if (existsSync(pidFile)) pid = readFileSync(pidFile, 'utf8').trim();
+      }
+      expect(pid).toMatch(/^\d+$/);
+      // Running, ours, with its pidfd and memfds open in this process.
+      expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(new RegExp(`^PPid:\\s+${process.pid}$`, 'm'));
+      expect(childFds()).toHaveLength(3);
+      await w.terminate();
+      expect(await exited).toBe(1);
+      expect(existsSync(`/proc/${pid}/status`)).toBe(false);
+      expect(childFds()).toEqual([]);
+      await sleep(50);
+      expect(countFds()).toBe(before);
+      expect(stderr).toBe('');
+    } finally {
+      await w.terminate();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
