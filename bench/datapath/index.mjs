@@ -7,7 +7,8 @@
 //   stunnel  capture off; a connects explicitly to a stunnel client in n1's netns → TLS 1.3 → stunnel
 //            server in n2's netns → iperf3 in b
 //   go       the same with Go's standard-library HTTP/2 CONNECT tunnel (hbonepeer.go, mTLS, h2)
-// Besides Gbit/s, the proxy processes' CPU seconds per GiB moved. Last line: one JSON object.
+// Besides Gbit/s, the proxy processes' CPU seconds per GiB moved, and the ztunnels' own garbage collections per
+// GiB (a GC regression shows there before anywhere else). Last line: one JSON object.
 import { parseArgs } from 'node:util';
 import { printGoal } from '../common/goal.mjs';
 import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor } from '../common/mesh.mjs';
@@ -36,6 +37,22 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
   };
   const setCapture = captureToggle(mesh, [a, b]);
 
+  // Both ztunnels' GCs so far, from their /metrics (prom-client's nodejs_gc_duration_seconds, by kind):
+  // scraped outside the CPU-measured stretch, so the scrape itself is not counted.
+  async function ztunnelGc() {
+    const gc = { major: 0, minor: 0, seconds: 0 };
+    for (const node of [n1, n2]) {
+      const r = await node.exec('curl', ['-s', '--max-time', '5', 'http://127.0.0.1:15020/metrics'], { check: false });
+      for (const m of r.stdout.matchAll(/^nodejs_gc_duration_seconds_(count|sum)\{kind="(\w+)"\} (\S+)$/gm)) {
+        const v = Number(m[3]);
+        if (m[1] === 'sum') gc.seconds += v;
+        else if (m[2] === 'major') gc.major += v;
+        else if (m[2] === 'minor') gc.minor += v;
+      }
+    }
+    return gc;
+  }
+
   async function iperf(path, streams, seconds) {
     const r = await a.exec('iperf3', ['-c', path.host, '-p', String(path.port), '-t', String(seconds), '-P', String(streams), '-J'], { timeoutMs: (seconds + 30) * 1000, check: false });
     let j;
@@ -52,6 +69,7 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
   // round per path counts (the least disturbed by the rest of the machine), CPU/GiB summed over all.
   const results = {};
   for (const name of Object.keys(paths)) results[name] = { 1: { gbps: [], cpu: 0, bytes: 0 }, 4: { gbps: [], cpu: 0, bytes: 0 } };
+  const gcs = { 1: { major: 0, minor: 0, seconds: 0 }, 4: { major: 0, minor: 0, seconds: 0 } };
   for (const name of Object.keys(paths)) {
     await setCapture(paths[name].capture);
     await iperf(paths[name], 1, 1); // warm-up: JIT, TLS sessions, pools, windows
@@ -60,12 +78,17 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, path] of Object.entries(paths)) {
         await setCapture(path.capture);
+        const gc0 = name === 'weir' ? await ztunnelGc() : undefined;
         const cpu0 = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0);
         // BENCH_PERF: each ztunnel during its first measured round.
         const perf = name === 'weir' && round === 0 ? perfRecord(path.procs, `${streams}s`, SECONDS) : undefined;
         const t = await iperf(path, streams, SECONDS);
         await perf;
         const cpu = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0) - cpu0;
+        if (gc0) {
+          const gc1 = await ztunnelGc();
+          for (const k of ['major', 'minor', 'seconds']) gcs[streams][k] += gc1[k] - gc0[k];
+        }
         const x = results[name][streams];
         x.gbps.push(t.bits / 1e9);
         x.cpu += cpu;
@@ -86,6 +109,12 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
     const rs = (s) => results[name][s].gbps.map((g) => g.toFixed(2)).join(' ');
     console.log(`${name.padEnd(9)} ${best(name, 1).toFixed(2).padStart(15)}  ${c1.padStart(9)}   ${best(name, 4).toFixed(2).padStart(16)}  ${c4.padStart(9)}   ${rs(1)} | ${rs(4)}`);
   }
+  const gcPerGiB = (s) => {
+    const gib = results.weir[s].bytes / 2 ** 30;
+    return { major: round(gcs[s].major / gib, 1), minor: round(gcs[s].minor / gib, 1), seconds: round(gcs[s].seconds / gib, 3) };
+  };
+  const gcLine = (s) => `${gcPerGiB(s).major} major + ${gcPerGiB(s).minor} minor, ${gcPerGiB(s).seconds} s`;
+  console.log(`weir ztunnels' GCs per GiB (both, from /metrics): 1 stream ${gcLine(1)}; 4 streams ${gcLine(4)}`);
   const out = {
     datapath_1s_vs_go: round(best('weir', 1) / best('go', 1)),
     datapath_1s_vs_ctls: round(best('weir', 1) / best('stunnel', 1)),
@@ -96,6 +125,7 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
     cpu_per_gib_4s_vs_go: round(cpuPerGiB('weir', 4) / cpuPerGiB('go', 4)),
     gbps: Object.fromEntries(Object.keys(paths).map((n) => [n, { s1: round(best(n, 1)), s4: round(best(n, 4)) }])),
     cpu_s_per_gib: Object.fromEntries(['weir', 'stunnel', 'go'].map((n) => [n, { s1: round(cpuPerGiB(n, 1)), s4: round(cpuPerGiB(n, 4)) }])),
+    ztunnel_gc_per_gib: { s1: gcPerGiB(1), s4: gcPerGiB(4) },
     seconds: SECONDS,
     rounds: ROUNDS,
   };
