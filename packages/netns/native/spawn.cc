@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -199,6 +200,20 @@ static Napi::Value SpawnInNetns(const Napi::CallbackInfo& info) {
   posix_spawn_file_actions_adddup2(&actions, in.fd, 0);
   posix_spawn_file_actions_adddup2(&actions, out.fd, 1);
   posix_spawn_file_actions_adddup2(&actions, err.fd, 2);
+  // Nothing else of the agent's reaches the program: fds opened without O_CLOEXEC (by a library,
+  // or in another thread) are closed in the child.
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+#else
+  // Older libcs: a close action per fd open now (glibc ignores one that is closed by the spawn).
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (struct dirent* e = readdir(d)) {
+      int fd = atoi(e->d_name);
+      if (fd > 2) posix_spawn_file_actions_addclose(&actions, fd);
+    }
+    closedir(d);
+  }
+#endif
   sigset_t all, none;
   sigfillset(&all);
   sigemptyset(&none);

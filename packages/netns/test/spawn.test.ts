@@ -110,6 +110,22 @@ describe('spawnInNetns', () => {
     expect(home()).toBe(homeId);
   });
 
+  it('the child gets stdin, stdout and stderr only, not fds the agent holds without O_CLOEXEC', () => {
+    // Node opens every fd O_CLOEXEC (and sets it on low inherited ones): a child node gets fd 100
+    // without it from bash (its fdinfo shows).
+    const script = `
+import { readFileSync } from 'node:fs';
+const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
+const ns = n.openNetns(${JSON.stringify(nsA.path)});
+const flags = parseInt(/^flags:\\s+(\\d+)$/m.exec(readFileSync('/proc/self/fdinfo/100', 'utf8'))[1], 8);
+const r = await n.spawnInNetns(ns, 'ls', ['/proc/self/fd']);
+console.log(JSON.stringify({ cloexec: (flags & 0o2000000) !== 0, fds: r.stdout.toString().split('\\n').filter(Boolean) }));
+`;
+    const stdout = execFileSync('bash', ['-c', 'exec "$0" --input-type=module -e "$1" 100</dev/null', process.execPath, script], { encoding: 'utf8' });
+    // 3 is ls's own listing of the directory.
+    expect(JSON.parse(stdout)).toEqual({ cloexec: false, fds: ['0', '1', '2', '3'] });
+  });
+
   it('a program that cannot be started rejects, and the thread is back home', async () => {
     await expect(spawnInNetns(a, 'weir-no-such-program', [])).rejects.toMatchObject({ code: 'ERR_NETNS_NOT_FOUND', message: expect.stringMatching(/weir-no-such-program/) });
     expect(home()).toBe(homeId);
