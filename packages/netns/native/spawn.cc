@@ -170,7 +170,12 @@ static Napi::Value SpawnInNetns(const Napi::CallbackInfo& info) {
   const uint8_t* input = nullptr;
   size_t inputLen = 0;
   bool hasInput = false;
-  if (info.Length() > 3 && info[3].IsTypedArray()) {
+  if (info.Length() > 3 && !info[3].IsNull() && !info[3].IsUndefined()) {
+    // Anything else (a DataView, a string) must not pass for no input: an empty iptables-restore
+    // exits 0.
+    if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      throw Napi::TypeError::New(env, "input must be a Uint8Array, or null for none");
+    }
     Napi::Uint8Array in = info[3].As<Napi::Uint8Array>();
     input = in.Data();
     inputLen = in.ByteLength();

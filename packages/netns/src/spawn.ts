@@ -1,10 +1,11 @@
 import { constants } from 'node:os';
+import { types } from 'node:util';
 import { NetnsError, errnoName, sys, wrapNative } from './errors.js';
 import type { Netns } from './netns.js';
 import { native, READABLE, type NativePoller } from './native.js';
 
 export interface SpawnInNetnsOptions {
-  /** Standard input; default none (`/dev/null`). */
+  /** Standard input; default none (`/dev/null`). Anything else (a DataView, an ArrayBuffer) is ERR_NETNS_INVALID_ARGUMENT. */
   input?: string | Uint8Array;
 }
 
@@ -45,7 +46,7 @@ function spawnNow(netns: Netns, file: string, args: readonly string[], options: 
   if (!Array.isArray(args) || args.some((a) => typeof a !== 'string' || a.includes('\0'))) {
     throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `arguments of ${file} must be strings without NUL`);
   }
-  const input = options.input === undefined ? null : typeof options.input === 'string' ? Buffer.from(options.input) : options.input;
+  const input = stdinBytes(file, options.input);
   requirePidfd();
   const nsFd = netns.checkedFd();
   const [pid, pidfd] = sys(`spawning ${file} in netns ${netns.describe()}`, () => native.spawnInNetns(nsFd, file, [file, ...args], input, netns.id));
@@ -82,6 +83,15 @@ function spawnNow(netns: Netns, file: string, args: readonly string[], options: 
       fail(wrapNative(e, context('waiting for')));
     }
   });
+}
+
+/** Anything but none, a string or bytes is refused: taken as no input, an empty iptables-restore would succeed. */
+function stdinBytes(file: string, input: unknown): Uint8Array | null {
+  if (input === undefined || input === null) return null;
+  if (typeof input === 'string') return Buffer.from(input);
+  if (types.isUint8Array(input)) return input;
+  const seen = typeof input === 'object' ? ((input.constructor as { name?: string } | undefined)?.name ?? 'object') : typeof input;
+  throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `input of ${file} must be a string or a Uint8Array (Buffer), got ${seen}`);
 }
 
 /** Refuses before spawning anything where a child's exit could only be awaited by blocking the loop. */

@@ -92,6 +92,24 @@ describe('spawnInNetns', () => {
     expect(none.stdout.length).toBe(0);
   });
 
+  it('takes a string or a Uint8Array as input; anything else is refused, natively too, never read as no input', async () => {
+    const bytes = new Uint8Array(Buffer.from('--abc--')).subarray(2, 5);
+    expect((await spawnInNetns(a, 'cat', [], { input: bytes })).stdout.toString()).toBe('abc');
+    expect((await spawnInNetns(a, 'cat', [], { input: Buffer.from('buf') })).stdout.toString()).toBe('buf');
+    const before = countFds();
+    for (const input of [new DataView(new ArrayBuffer(4)), new ArrayBuffer(4), new Uint16Array(2), 42]) {
+      await expect(spawnInNetns(a, 'cat', [], { input: input as unknown as Uint8Array })).rejects.toMatchObject({
+        code: 'ERR_NETNS_INVALID_ARGUMENT',
+        message: expect.stringMatching(/^input of cat must be a string or a Uint8Array \(Buffer\), got (DataView|ArrayBuffer|Uint16Array|number)$/),
+      });
+    }
+    for (const input of [new DataView(new ArrayBuffer(4)), new Uint16Array(2), 'text']) {
+      expect(() => native.spawnInNetns(a.fd, 'cat', ['cat'], input as unknown as Uint8Array, a.id)).toThrow(TypeError);
+    }
+    expect(countFds()).toBe(before);
+    expect(childrenNamed('cat')).toEqual([]);
+  });
+
   it('starts the child with default signal dispositions and nothing blocked (Node ignores SIGPIPE)', async () => {
     const r = await spawnInNetns(a, 'grep', ['-E', '^Sig(Ign|Blk):', '/proc/self/status']);
     const mask = (name: string): bigint => BigInt(`0x${new RegExp(`^${name}:\\s+([0-9a-f]+)$`, 'm').exec(r.stdout.toString())?.[1] ?? 'ff'}`);
