@@ -153,7 +153,9 @@ int PidfdSupport(Napi::Env env) {
 }  // namespace
 
 // pidfdSupport() -> 0, or the errno of pidfd_open (see PidfdSupport).
-static Napi::Value PidfdSupportFn(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), PidfdSupport(info.Env())); }
+static Napi::Value PidfdSupportFn(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), PidfdSupport(info.Env()));
+}
 
 // spawnInNetns(netnsFd, file, argv, input|null, id?) -> [pid, pidfd].
 // file is looked up in PATH; argv includes argv[0]. Every signal is reset to its default and
@@ -302,8 +304,8 @@ static Napi::Value AbandonChild(const Napi::CallbackInfo& info) {
 // each /proc/sys path of `reads` (relative, e.g. "net/ipv6/conf/*/disable_ipv6"; a `*` component
 // matches every entry of that directory; absent paths are left out, any other failure throws
 // naming the path), then writes each [path, value] of `writes` (stopping at the first failure but
-// ENOENT). `written` lists, per write, 0 (done), or the errno; ENOENT means the kernel has no such sysctl. Values come back with trailing
-// whitespace removed.
+// ENOENT). `written` lists, per write, 0 (done), or the errno; ENOENT means the kernel has no such
+// sysctl. Values come back with trailing whitespace removed.
 static Napi::Value ProcSys(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int nsFd = IntArg(info, 0, "netnsFd");
@@ -381,7 +383,7 @@ static Napi::Value ProcSys(const Napi::CallbackInfo& info) {
       }
       closedir(d);
     }
-    if (!failed.empty()) writes.clear();
+    if (!failed.empty()) writes.clear();  // a failed read ends the call: nothing written
     for (const auto& w : writes) {
       Fd f(OpenProcSys(w.first, O_WRONLY));
       int e = 0;
