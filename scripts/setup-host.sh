@@ -13,6 +13,6 @@ apt-get install -y -qq --no-install-recommends \
   nghttp2-proxy nghttp2-client tinyproxy stunnel4 socat curl \
   golang-go python3-h2 protobuf-compiler \
   iperf3 wrk tcpdump dnsutils dnsmasq-base \
-  libcap2-bin util-linux procps psmisc \
+  libcap2-bin util-linux procps psmisc strace \
   podman buildah runc debootstrap \
   >/dev/null
