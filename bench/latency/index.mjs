@@ -69,20 +69,39 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
   const go = await startPeerTunnel(mesh, 'go', { from: n1, to: n2, target, certs, goBin, port: 16111 });
   const paths = {
     direct: { url: `http://${b.ip}:8080/`, capture: false, pids: [] },
-    weir: { url: `http://${b.ip}:8080/`, capture: true, pids: mesh.ztunnels.map((z) => z.pid), perf: mesh.ztunnels },
+    weir: { url: `http://${b.ip}:8080/`, capture: true, pids: mesh.ztunnels.map((z) => z.pid), perf: mesh.ztunnels, gc: true },
     stunnel: { url: `http://${stunnel.host}:${stunnel.port}/`, capture: false, pids: stunnel.procs.map((p) => p.pid) },
     go: { url: `http://${go.host}:${go.port}/`, capture: false, pids: go.procs.map((p) => p.pid) },
   };
   const setCapture = captureToggle(mesh, [a, b]);
+  // Both ztunnels' GCs so far, from their /metrics (prom-client's nodejs_gc_duration_seconds, by kind),
+  // scraped outside the CPU-measured stretch. GCs per request say whether GC pauses can reach the p99:
+  // with both ztunnels on the path, a round trip meets a pause about (GCs ÷ requests) of the time.
+  async function ztunnelGc() {
+    const gc = { major: 0, minor: 0, seconds: 0 };
+    for (const node of [n1, n2]) {
+      const r = await node.exec('curl', ['-s', '--max-time', '5', 'http://127.0.0.1:15020/metrics'], { check: false });
+      for (const m of r.stdout.matchAll(/^nodejs_gc_duration_seconds_(count|sum)\{kind="(\w+)"\} (\S+)$/gm)) {
+        const v = Number(m[3]);
+        if (m[1] === 'sum') gc.seconds += v;
+        else if (m[2] === 'major') gc.major += v;
+        else if (m[2] === 'minor') gc.minor += v;
+      }
+    }
+    return gc;
+  }
   const wrk = async (path, mode, seconds) => {
     const args = ['-t1', '-c1', `-d${seconds}s`, '--latency', ...(mode === 'newconn' ? ['-H', 'Connection: close'] : []), path.url];
+    const gc0 = path.gc ? await ztunnelGc() : undefined;
     const before = schedTotals(path.pids);
     const r = await a.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000, check: false });
     const after = schedTotals(path.pids);
+    const gc1 = path.gc ? await ztunnelGc() : undefined;
     const out = parseWrk(r.stdout + r.stderr);
     // Both proxy processes together, per request: µs on a CPU and µs runnable but waiting for one.
     const n = Math.max(1, out.requests);
-    return { ...out, cpuUs: (after.cpu - before.cpu) / n / 1000, waitUs: (after.wait - before.wait) / n / 1000 };
+    const gc = gc0 && gc1 ? { minor: gc1.minor - gc0.minor, major: gc1.major - gc0.major, ms: (gc1.seconds - gc0.seconds) * 1000 } : undefined;
+    return { ...out, cpuUs: (after.cpu - before.cpu) / n / 1000, waitUs: (after.wait - before.wait) / n / 1000, gc };
   };
 
   const results = {};
@@ -117,6 +136,14 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
   const us = (x) => `${x.cpuUs.toFixed(0)} / ${x.waitUs.toFixed(0)}`;
   // Not stunnel: its per-connection threads' figures come out near zero here (not understood yet).
   for (const name of ['weir', 'go']) console.log(`${name.padEnd(9)} ${''.padEnd(62)} ${us(best(name, 'keepalive')).padEnd(17)} ${us(best(name, 'newconn'))}`);
+  // Per 1000 requests of the best round: a pause lands in about (GCs ÷ requests) of the round trips.
+  const gcPerKreq = (mode) => {
+    const x = best('weir', mode);
+    const k = Math.max(1, x.requests) / 1000;
+    return { minor: round(x.gc.minor / k, 1), major: round(x.gc.major / k, 1), ms: round(x.gc.ms / k, 2), ms_per_gc: round(x.gc.ms / Math.max(1, x.gc.minor + x.gc.major), 3) };
+  };
+  const gcLine = (mode) => `${gcPerKreq(mode).minor} minor + ${gcPerKreq(mode).major} major, ${gcPerKreq(mode).ms} ms (${gcPerKreq(mode).ms_per_gc} ms each)`;
+  console.log(`weir ztunnels' GCs per 1000 requests (both, from /metrics): long-lived ${gcLine('keepalive')}; new conn ${gcLine('newconn')}`);
   const w = (mode) => best('weir', mode);
   const g = (mode) => best('go', mode);
   const out = {
@@ -127,6 +154,7 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
     latency_p50_vs_ctls: round(w('keepalive').p50 / best('stunnel', 'keepalive').p50),
     cpu_per_req_vs_go: round(w('keepalive').cpuUs / g('keepalive').cpuUs),
     cpu_per_newconn_vs_go: round(w('newconn').cpuUs / g('newconn').cpuUs),
+    ztunnel_gc_per_kreq: { keepalive: gcPerKreq('keepalive'), newconn: gcPerKreq('newconn') },
     ms: Object.fromEntries(
       Object.keys(paths).map((n) => [n, Object.fromEntries(['keepalive', 'newconn'].map((m) => [m, { p50: round(best(n, m).p50), p90: round(best(n, m).p90), p99: round(best(n, m).p99) }]))]),
     ),

@@ -48,7 +48,19 @@ export interface HboneConnectOptions {
   expectedIdentities: string[];
   /** Extra request headers (`baggage`, `forwarded`, `traceparent`, …), lower-case names. */
   headers?: Record<string, string>;
-  signal?: AbortSignal;
+  /** Cancels the open (before the peer's answer); an AbortSignal, or anything with its abort surface. */
+  signal?: HboneAbortSignal;
+}
+
+/**
+ * What connect() uses of an AbortSignal. A proxy opening a tunnel per accepted connection can pass
+ * something lighter than an AbortController per open (ztunnel: its downstream socket's 'close').
+ */
+export interface HboneAbortSignal {
+  readonly aborted: boolean;
+  readonly reason?: unknown;
+  addEventListener(type: 'abort', listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
 }
 
 export interface HboneClientStats {
@@ -144,7 +156,7 @@ export class HboneClient {
       }
       authority = formatAuthority(o.target);
       peerAuthority = formatAuthority(o.peer);
-      o.signal?.throwIfAborted?.();
+      if (o.signal?.aborted === true) throw abortReason(o.signal);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -259,7 +271,7 @@ export class HboneClient {
     return e;
   }
 
-  async #waitReady(e: PooledSession, signal: AbortSignal | undefined): Promise<void> {
+  async #waitReady(e: PooledSession, signal: HboneAbortSignal | undefined): Promise<void> {
     if (signal === undefined) return e.ready;
     return new Promise<void>((resolve, reject) => {
       const onAbort = (): void => reject(new HboneError('ERR_HBONE_ABORTED', 'tunnel aborted while the session was connecting', { cause: signal.reason }));
@@ -579,6 +591,11 @@ export class HboneClient {
     if (i >= 0) list.splice(i, 1);
     if (list.length === 0) this.#pools.delete(e.key);
   }
+}
+
+/** What AbortSignal.throwIfAborted() throws: the reason, or an AbortError when the signal gave none. */
+function abortReason(signal: HboneAbortSignal): unknown {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
 }
 
 /** The open is answered, closed or aborted: nothing else may settle it. */

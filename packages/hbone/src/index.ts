@@ -1,7 +1,7 @@
 export { createHboneServer } from './server.js';
 export type { HboneConnectContext, HbonePeer, HboneServer, HboneServerOptions, HboneTunnelClosed } from './server.js';
 export { HboneClient } from './client.js';
-export type { HboneClientOptions, HboneClientStats, HboneConnectOptions } from './client.js';
+export type { HboneAbortSignal, HboneClientOptions, HboneClientStats, HboneConnectOptions } from './client.js';
 export { bridge } from './bridge.js';
 export type { BridgeOptions, BridgeResult } from './bridge.js';
 export { SpiffeId, certificateMatchesIdentities, identitiesFromCertificate } from './identity.js';

@@ -45,6 +45,11 @@ function tallyOf(metrics: ZtunnelMetrics, info: ConnectionInfo, flag: ResponseFl
   return metrics.tally(key, () => labelsOf(info, flag));
 }
 
+/** The tally a ConnectionRecord with these labels counts in while it runs (response flag '-'). */
+export function openTally(metrics: ZtunnelMetrics, info: ConnectionInfo): TcpTally {
+  return tallyOf(metrics, info, '-');
+}
+
 /**
  * One proxied connection from accept to close: counts it in the metrics and writes the access-log
  * line (`connection complete`, or `connection failed` at WARN for early rejections).
@@ -55,12 +60,14 @@ export class ConnectionRecord {
   readonly #tally: TcpTally;
   #done = false;
 
+  /** `tally`: openTally() of an equal label set, when the caller keeps one (saves the key per connection). */
   constructor(
     readonly info: ConnectionInfo,
     private readonly metrics: ZtunnelMetrics,
     private readonly logger: Logger,
+    tally?: TcpTally,
   ) {
-    this.#tally = tallyOf(metrics, info, '-');
+    this.#tally = tally ?? tallyOf(metrics, info, '-');
     this.#tally.opened++;
   }
 
