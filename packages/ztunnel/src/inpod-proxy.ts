@@ -100,6 +100,11 @@ interface PeerInfo {
   identity: PeerIdentity | undefined;
   /** The SPIFFE URI, for access logs. */
   name: string | undefined;
+  /** The proxy's store generation `srcWorkload` and `tally` were taken at (-1: not yet). */
+  gen: number;
+  srcWorkload: Workload | undefined;
+  /** The open tally of this peer's tunnels into this pod. */
+  tally: TcpTally | undefined;
 }
 const peerInfo = new WeakMap<HbonePeer, PeerInfo>();
 
@@ -171,6 +176,7 @@ export class InpodProxy {
     this.#baggage = undefined;
     this.#srcInfo = undefined;
     this.#outboundPeers = new WeakMap();
+    this.#storeGen++;
     this.#recheckInbound();
   };
   /** 'close' listeners shared by all connections (called with the closed stream as `this`). */
@@ -184,6 +190,8 @@ export class InpodProxy {
   #srcInfo: { workload: string | undefined; namespace: string | undefined; identity: string } | undefined;
   /** Per destination workload object (the store makes new ones on change, and this is reset then too). */
   #outboundPeers = new WeakMap<Workload, OutboundPeer>();
+  /** Bumped on every store change: per-session caches (PeerInfo) taken before are stale. */
+  #storeGen = 0;
   /** IPs this pod answers on: its workload IPs plus local addresses seen on accepted inbound sockets. */
   readonly #podIps = new Set<string>();
   #listeners: string[] = [];
@@ -615,25 +623,29 @@ export class InpodProxy {
     }
   }
 
-  #inboundRecord(srcIp: string, srcPort: number, srcIdentity: string | undefined, dstIp: string, dstPort: number, mtls: boolean): ConnectionRecord {
-    const src = this.#o.store.workloadByIp(srcIp);
+  /** `peer`: the HBONE session's peer (then srcIp is its address), whose source workload and tally are kept per session. */
+  #inboundRecord(srcIp: string, srcPort: number, srcIdentity: string | undefined, dstIp: string, dstPort: number, mtls: boolean, peer?: PeerInfo): ConnectionRecord {
+    const cached = peer !== undefined && peer.gen === this.#storeGen;
+    const src = cached ? peer.srcWorkload : this.#o.store.workloadByIp(srcIp);
     const me = this.#src();
-    return new ConnectionRecord(
-      {
-        direction: 'inbound',
-        src: { addr: hostPort(srcIp, srcPort), workload: src?.name, namespace: src?.namespace, identity: srcIdentity },
-        dst: {
-          addr: hostPort(dstIp, dstPort),
-          hboneAddr: mtls ? hostPort(dstIp, this.#ports.inbound) : undefined,
-          workload: me.workload,
-          namespace: me.namespace,
-          identity: me.identity,
-        },
-        mtls,
+    const info: ConnectionInfo = {
+      direction: 'inbound',
+      src: { addr: hostPort(srcIp, srcPort), workload: src?.name, namespace: src?.namespace, identity: srcIdentity },
+      dst: {
+        addr: hostPort(dstIp, dstPort),
+        hboneAddr: mtls ? hostPort(dstIp, this.#ports.inbound) : undefined,
+        workload: me.workload,
+        namespace: me.namespace,
+        identity: me.identity,
       },
-      this.#o.metrics,
-      this.#accessLog,
-    );
+      mtls,
+    };
+    if (peer !== undefined && !cached) {
+      peer.gen = this.#storeGen;
+      peer.srcWorkload = src;
+      peer.tally = openTally(this.#o.metrics, info);
+    }
+    return new ConnectionRecord(info, this.#o.metrics, this.#accessLog, peer?.tally);
   }
 
   /** Connects to the app inside the pod: marked, and from the client's own address when transparent works. */
@@ -704,6 +716,9 @@ export class InpodProxy {
         ip: normalizeIp(peer.remoteAddress),
         identity: id ? { trustDomain: id.trustDomain, namespace: id.namespace, serviceAccount: id.serviceAccount } : undefined,
         name: id?.toString(),
+        gen: -1,
+        srcWorkload: undefined,
+        tally: undefined,
       };
       peerInfo.set(peer, p);
     }
@@ -714,7 +729,7 @@ export class InpodProxy {
     const p = this.#peerOf(peer);
     const d = this.#authorize(p.ip, p.identity, normalizeIp(target.host), target.port);
     if (!d.allowed) {
-      const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, normalizeIp(target.host), target.port, true);
+      const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, normalizeIp(target.host), target.port, true, p);
       record.fail('DENY', `connection denied by authorization policy (${d.reason}${d.policy ? ` ${d.policy}` : ''})`);
     }
     return d.allowed;
@@ -730,7 +745,7 @@ export class InpodProxy {
       );
     }
     const dstIp = normalizeIp(target.host);
-    const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, dstIp, target.port, true);
+    const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, dstIp, target.port, true, p);
     let upstream: net.Socket;
     try {
       upstream = await this.#connectApp(dstIp, target.port, p.ip, signal);
