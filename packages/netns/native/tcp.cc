@@ -262,6 +262,42 @@ static Napi::Value OriginalDst(const Napi::CallbackInfo& info) {
   throw SysError(env, "getsockopt(IP6T_SO_ORIGINAL_DST)", err6);
 }
 
+// setTcpKeepalive(fd, idleS, intervalS, count): SO_KEEPALIVE on plus all three timers, as Istio's
+// ztunnel sets them. Node's setKeepAlive only sets TCP_KEEPIDLE (libuv forces intvl 1 s, cnt 10).
+// Ranges are checked in TypeScript; the kernel's EINVAL is the backstop.
+static Napi::Value SetTcpKeepalive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = IntArg(info, 0, "fd");
+  int opts[3] = {IntArg(info, 1, "idle"), IntArg(info, 2, "interval"), IntArg(info, 3, "count")};
+  // Timers first, SO_KEEPALIVE last: the timer starts with the final values.
+  static const int names[3] = {TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT};
+  static const char* calls[3] = {"setsockopt(TCP_KEEPIDLE)", "setsockopt(TCP_KEEPINTVL)", "setsockopt(TCP_KEEPCNT)"};
+  for (int i = 0; i < 3; i++)
+    if (setsockopt(fd, IPPROTO_TCP, names[i], &opts[i], sizeof(int)) < 0) throw SysError(env, calls[i], errno);
+  int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0)
+    throw SysError(env, "setsockopt(SO_KEEPALIVE)", errno);
+  return env.Undefined();
+}
+
+// tcpKeepalive(fd) -> [SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT] as the kernel has them.
+static Napi::Value TcpKeepalive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = IntArg(info, 0, "fd");
+  static const int levels[4] = {SOL_SOCKET, IPPROTO_TCP, IPPROTO_TCP, IPPROTO_TCP};
+  static const int names[4] = {SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT};
+  static const char* calls[4] = {"getsockopt(SO_KEEPALIVE)", "getsockopt(TCP_KEEPIDLE)", "getsockopt(TCP_KEEPINTVL)",
+                                 "getsockopt(TCP_KEEPCNT)"};
+  Napi::Array out = Napi::Array::New(env, 4);
+  for (uint32_t i = 0; i < 4; i++) {
+    int v = 0;
+    socklen_t len = sizeof(v);
+    if (getsockopt(fd, levels[i], names[i], &v, &len) < 0) throw SysError(env, calls[i], errno);
+    out.Set(i, v);
+  }
+  return out;
+}
+
 void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("createTcp", Napi::Function::New(env, CreateTcp, "createTcp"));
   exports.Set("createUdp", Napi::Function::New(env, CreateUdp, "createUdp"));
@@ -270,6 +306,8 @@ void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("connectedNow", Napi::Function::New(env, ConnectedNow, "connectedNow"));
   exports.Set("localAddress", Napi::Function::New(env, LocalAddress, "localAddress"));
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst, "originalDst"));
+  exports.Set("setTcpKeepalive", Napi::Function::New(env, SetTcpKeepalive, "setTcpKeepalive"));
+  exports.Set("tcpKeepalive", Napi::Function::New(env, TcpKeepalive, "tcpKeepalive"));
 }
 
 }  // namespace weir

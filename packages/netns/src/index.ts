@@ -11,6 +11,8 @@ export {
   socketLocalAddress,
 } from './tcp.js';
 export type { TcpListenerOptions, TcpSocketOptions, ConnectTcpOptions, SocketAddress } from './tcp.js';
+export { setTcpKeepalive, tcpKeepalive } from './keepalive.js';
+export type { TcpKeepalive } from './keepalive.js';
 export { createUdpSocket, bindUdp } from './udp.js';
 export type { UdpSocketOptions } from './udp.js';
 export { NETLINK_ROUTE, netlinkExchange } from './netlink.js';

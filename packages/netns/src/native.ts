@@ -67,6 +67,9 @@ export interface NativeAddon {
   connectedNow(fd: number): boolean;
   localAddress(fd: number): NativeAddress;
   originalDst(fd: number): NativeAddress;
+  setTcpKeepalive(fd: number, idleS: number, intervalS: number, count: number): void;
+  /** [SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT]. */
+  tcpKeepalive(fd: number): [number, number, number, number];
   seqListen(path: string, backlog: number, mode: number): number;
   seqAccept(fd: number): number;
   seqConnect(path: string): number;
