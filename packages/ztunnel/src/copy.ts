@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
+import { setTcpKeepalive } from '@weir/netns';
 
 export interface CopyResult {
   /** Bytes read from the downstream side and written upstream. */
@@ -10,10 +11,20 @@ export interface CopyResult {
   error?: Error;
 }
 
-/** ztunnel's keepalive and no-delay settings for accepted and dialled sockets. */
+/** Istio ztunnel's TCP keepalive: idle 180 s, then 9 probes 180 s apart. */
+const KEEPALIVE = { idleS: 180, intervalS: 180, count: 9 } as const;
+
+/**
+ * ztunnel's keepalive and no-delay settings for accepted and dialled sockets. Not Node's
+ * setKeepAlive, which sets only the idle time (libuv forces interval 1 s, count 10).
+ */
 export function tuneSocket(socket: Socket): void {
   socket.setNoDelay(true);
-  socket.setKeepAlive(true, 180_000);
+  try {
+    setTcpKeepalive(socket, KEEPALIVE);
+  } catch {
+    // Best effort, as in Istio: a socket already closed by its peer has no fd left to tune.
+  }
 }
 
 /**

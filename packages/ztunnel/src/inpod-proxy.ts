@@ -392,7 +392,8 @@ export class InpodProxy {
   }
 
   async #listen(port: number, onConnection: (s: net.Socket) => void): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: 180_000 }, onConnection);
+    // No keepAlive here: every handler calls tuneSocket (Istio's three timers; Node's would set only the idle).
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, onConnection);
     server.on('error', (err: Error) => this.#log.warn({ err, port }, 'listener error'));
     const { origSrc, mark, reusePort, ipv6, netns } = this.#o;
     const hosts = ipv6 ? ['::', '0.0.0.0'] : ['0.0.0.0'];

@@ -1,14 +1,15 @@
+import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectTcp, openNetns, type Netns } from '@weir/netns';
+import { connectTcp, openNetns, socketLocalAddress, tcpKeepalive, type Netns } from '@weir/netns';
 import { LocalCa } from '@weir/pki';
 import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import type { InpodMode } from '@weir/iptables-builder';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger } from '../src/index.js';
-import { EchoApp, capturePod, echoTransfer, httpGet, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, echoTransfer, execFileP, httpGet, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 /**
  * In-process ztunnels (one per simulated node) against real pod netns with the in-pod rules of `mode`:
@@ -127,6 +128,57 @@ export function inpodSuite(mode: InpodMode): void {
       expect(r.received).toBe(r.sent);
       expect(appC.clients.at(-1)).toBe(a.ip);
       expect(lines.join('')).toMatch(/\[n2\].*connection complete.*src\.identity=spiffe:\/\/cluster\.local\/ns\/ns1\/sa\/sa-a/);
+    });
+
+    it('sets Istio keepalive (idle 180 s, interval 180 s, 9 probes) on accepted and dialled pod sockets', async () => {
+      const client = await connectTcp({ netns: nsA, family: 4, host: b.ip, port: 8080 });
+      client.on('error', () => {});
+      try {
+        await new Promise<void>((r) => {
+          client.once('data', () => r());
+          client.write('ka');
+        });
+        const me = socketLocalAddress(client);
+        // Established sockets of a pod (`ss -Htnoe`): [local, peer, rest of the line with timer and ino].
+        const established = async (pod: TopologyPod): Promise<[string, string, string][]> => {
+          const { stdout } = await execFileP('ip', ['netns', 'exec', pod.netns, 'ss', '-Htnoe', 'state', 'established']);
+          return stdout.split('\n').flatMap((l) => {
+            const m = /^\s*\d+\s+\d+\s+(\S+)\s+(\S+)\s+(.*)$/.exec(l);
+            // Dual-stack listeners show IPv4 peers as [::ffff:a.b.c.d]:port.
+            const v4 = (x: string): string => x.replace(/^\[::ffff:([\d.]+)\]/, '$1');
+            return m ? [[v4(m[1]!), v4(m[2]!), m[3]!] as [string, string, string]] : [];
+          });
+        };
+        const fds = new Map(
+          readdirSync('/proc/self/fd').flatMap((fd) => {
+            try {
+              return [[readlinkSync(`/proc/self/fd/${fd}`), Number(fd)] as const];
+            } catch {
+              return [];
+            }
+          }),
+        );
+        const inA = await established(a);
+        const inB = await established(b);
+        const picked = {
+          'accepted on 15001 (pod a)': inA.filter(([, peer]) => peer === `${me.address}:${me.port}`),
+          'HBONE dialled to b:15008 (pod a)': inA.filter(([, peer]) => peer === `${b.ip}:15008`),
+          'accepted on 15008 (pod b)': inB.filter(([local]) => local === `${b.ip}:15008`),
+          'dialled to the app b:8080 (pod b)': inB.filter(([, peer]) => peer === `${b.ip}:8080`),
+        };
+        for (const [what, lines] of Object.entries(picked)) {
+          expect(lines.length, `${what}: ${JSON.stringify({ inA, inB })}`).toBeGreaterThan(0);
+          for (const [local, peer, rest] of lines) {
+            const ino = /\bino:(\d+)/.exec(rest)?.[1];
+            const fd = fds.get(`socket:[${ino}]`);
+            expect(fd, `${what} ${local} -> ${peer}: a socket of this process`).toBeDefined();
+            expect(tcpKeepalive(fd!), `${what} ${local} -> ${peer}`).toEqual({ enabled: true, idleS: 180, intervalS: 180, count: 9 });
+            expect(rest, `${what} ${local} -> ${peer}`).toMatch(/timer:\(keepalive,(2min5\dsec|3min),0\)/);
+          }
+        }
+      } finally {
+        client.destroy();
+      }
     });
 
     it('rotates workload certificates without dropping connections', async () => {
