@@ -290,6 +290,24 @@ async function listening(node, port) {
 }
 
 /** A bench's last line: one JSON object. */
+/**
+ * Both ztunnels' GCs so far (major and minor counts, seconds), from their /metrics (prom-client's
+ * nodejs_gc_duration_seconds, by kind). Scrape it outside a CPU-measured stretch.
+ */
+export async function ztunnelGc(nodes) {
+  const gc = { major: 0, minor: 0, seconds: 0 };
+  for (const node of nodes) {
+    const r = await node.exec('curl', ['-s', '--max-time', '5', 'http://127.0.0.1:15020/metrics'], { check: false });
+    for (const m of r.stdout.matchAll(/^nodejs_gc_duration_seconds_(count|sum)\{kind="(\w+)"\} (\S+)$/gm)) {
+      const v = Number(m[3]);
+      if (m[1] === 'sum') gc.seconds += v;
+      else if (m[2] === 'major') gc.major += v;
+      else if (m[2] === 'minor') gc.minor += v;
+    }
+  }
+  return gc;
+}
+
 export function printJson(obj) {
   console.log(JSON.stringify(obj));
 }

@@ -11,7 +11,7 @@
 // GiB (a GC regression shows there before anywhere else). Last line: one JSON object.
 import { parseArgs } from 'node:util';
 import { printGoal } from '../common/goal.mjs';
-import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor, ztunnelGc } from '../common/mesh.mjs';
 import { perfRecord } from '../common/profiling.mjs';
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' }, rounds: { type: 'string', default: process.env.BENCH_ROUNDS ?? '2' } } });
@@ -37,21 +37,7 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
   };
   const setCapture = captureToggle(mesh, [a, b]);
 
-  // Both ztunnels' GCs so far, from their /metrics (prom-client's nodejs_gc_duration_seconds, by kind):
-  // scraped outside the CPU-measured stretch, so the scrape itself is not counted.
-  async function ztunnelGc() {
-    const gc = { major: 0, minor: 0, seconds: 0 };
-    for (const node of [n1, n2]) {
-      const r = await node.exec('curl', ['-s', '--max-time', '5', 'http://127.0.0.1:15020/metrics'], { check: false });
-      for (const m of r.stdout.matchAll(/^nodejs_gc_duration_seconds_(count|sum)\{kind="(\w+)"\} (\S+)$/gm)) {
-        const v = Number(m[3]);
-        if (m[1] === 'sum') gc.seconds += v;
-        else if (m[2] === 'major') gc.major += v;
-        else if (m[2] === 'minor') gc.minor += v;
-      }
-    }
-    return gc;
-  }
+  const ztunnelGcNow = () => ztunnelGc([n1, n2]);
 
   async function iperf(path, streams, seconds) {
     const r = await a.exec('iperf3', ['-c', path.host, '-p', String(path.port), '-t', String(seconds), '-P', String(streams), '-J'], { timeoutMs: (seconds + 30) * 1000, check: false });
@@ -78,7 +64,7 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, path] of Object.entries(paths)) {
         await setCapture(path.capture);
-        const gc0 = name === 'weir' ? await ztunnelGc() : undefined;
+        const gc0 = name === 'weir' ? await ztunnelGcNow() : undefined;
         const cpu0 = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0);
         // BENCH_PERF: each ztunnel during its first measured round.
         const perf = name === 'weir' && round === 0 ? perfRecord(path.procs, `${streams}s`, SECONDS) : undefined;
@@ -86,7 +72,7 @@ await runMeshBench({ tag: 'dp', pods: { n1: ['a'], n2: ['b'] }, tools: ['iperf3'
         await perf;
         const cpu = path.procs.reduce((s, p) => s + cpuSeconds(p.pid), 0) - cpu0;
         if (gc0) {
-          const gc1 = await ztunnelGc();
+          const gc1 = await ztunnelGcNow();
           for (const k of ['major', 'minor', 'seconds']) gcs[streams][k] += gc1[k] - gc0[k];
         }
         const x = results[name][streams];

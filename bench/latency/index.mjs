@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { printGoal } from '../common/goal.mjs';
-import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor, ztunnelGc } from '../common/mesh.mjs';
 import { perfRecord } from '../common/profiling.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -74,29 +74,16 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
     go: { url: `http://${go.host}:${go.port}/`, capture: false, pids: go.procs.map((p) => p.pid) },
   };
   const setCapture = captureToggle(mesh, [a, b]);
-  // Both ztunnels' GCs so far, from their /metrics (prom-client's nodejs_gc_duration_seconds, by kind),
-  // scraped outside the CPU-measured stretch. GCs per request say whether GC pauses can reach the p99:
-  // with both ztunnels on the path, a round trip meets a pause about (GCs ÷ requests) of the time.
-  async function ztunnelGc() {
-    const gc = { major: 0, minor: 0, seconds: 0 };
-    for (const node of [n1, n2]) {
-      const r = await node.exec('curl', ['-s', '--max-time', '5', 'http://127.0.0.1:15020/metrics'], { check: false });
-      for (const m of r.stdout.matchAll(/^nodejs_gc_duration_seconds_(count|sum)\{kind="(\w+)"\} (\S+)$/gm)) {
-        const v = Number(m[3]);
-        if (m[1] === 'sum') gc.seconds += v;
-        else if (m[2] === 'major') gc.major += v;
-        else if (m[2] === 'minor') gc.minor += v;
-      }
-    }
-    return gc;
-  }
+  // GCs per request say whether GC pauses can reach the p99: with both ztunnels on the path, a round
+  // trip meets a pause about (GCs ÷ requests) of the time.
+  const ztunnelGcNow = () => ztunnelGc([n1, n2]);
   const wrk = async (path, mode, seconds) => {
     const args = ['-t1', '-c1', `-d${seconds}s`, '--latency', ...(mode === 'newconn' ? ['-H', 'Connection: close'] : []), path.url];
-    const gc0 = path.gc ? await ztunnelGc() : undefined;
+    const gc0 = path.gc ? await ztunnelGcNow() : undefined;
     const before = schedTotals(path.pids);
     const r = await a.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000, check: false });
     const after = schedTotals(path.pids);
-    const gc1 = path.gc ? await ztunnelGc() : undefined;
+    const gc1 = path.gc ? await ztunnelGcNow() : undefined;
     const out = parseWrk(r.stdout + r.stderr);
     // Both proxy processes together, per request: µs on a CPU and µs runnable but waiting for one.
     const n = Math.max(1, out.requests);
