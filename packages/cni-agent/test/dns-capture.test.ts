@@ -16,7 +16,6 @@ describe('DNS capture per pod (root, real netns)', () => {
   const rules = new IptablesPodRules({ ipv6: false });
   const info = (p: TopologyPod, annotations: Record<string, string>): PodInfo =>
     ({ uid: p.uid, name: p.name, namespace: p.namespace, labels: {}, annotations, serviceAccount: 'default', ips: [p.ip], hostNetwork: false, nodeName: 'n1' }) as PodInfo;
-  const handle = (ns: Netns, path: string) => ({ fd: ns.fd, id: ns.id, path, closed: false, close: () => undefined });
 
   async function answer(ns: Netns, port: number, reply: string): Promise<void> {
     const s = await listenTcp({ netns: ns, host: '0.0.0.0', port, mark: 0x539 });
@@ -51,7 +50,8 @@ describe('DNS capture per pod (root, real netns)', () => {
   }, 60_000);
 
   it('is on by default: UDP and TCP 53 go to 15053 (UDP end to end: the ztunnel DNS tests)', async () => {
-    await rules.apply(info(on, {}), handle(netnses[0] as Netns, on.netnsPath));
+    // The agent's own Netns handle: the production path (restores spawned straight into the netns).
+    await rules.apply(info(on, {}), netnses[0] as Netns);
     const saved = await nsRun(on.netnsPath, 'iptables-save', []);
     expect(saved).toContain('-p udp -m mark ! --mark 0x539/0xfff -m udp --dport 53 -j REDIRECT --to-ports 15053');
     expect(saved).toContain('-j CT --zone 1');
@@ -59,7 +59,7 @@ describe('DNS capture per pod (root, real netns)', () => {
   });
 
   it(`the pod annotation ${DNS_CAPTURE_ANNOTATION}: "false" turns it off for that pod only`, async () => {
-    await rules.apply(info(off, { [DNS_CAPTURE_ANNOTATION]: 'false' }), handle(netnses[1] as Netns, off.netnsPath));
+    await rules.apply(info(off, { [DNS_CAPTURE_ANNOTATION]: 'false' }), netnses[1] as Netns);
     const saved = await nsRun(off.netnsPath, 'iptables-save', []);
     expect(saved).not.toContain('15053');
     expect(saved).not.toContain('CT --zone');

@@ -31,8 +31,16 @@ async function counted(netns: Netns, port: number, reply: string, opts: { transp
   return c;
 }
 
-for (const mode of ['auto', false] as const) {
-  describe(`IPv6 in a captured pod, ipv6: ${String(mode)} (root, real netns)`, () => {
+/**
+ * The handle the rules get: the agent's own `Netns` (production: commands spawned straight into the
+ * netns, sysctls in-process) or a plain NetnsHandle (the pooled-shell path a library user's handles take).
+ */
+function handleFor(via: 'direct' | 'shell', ns: Netns, path: string) {
+  return via === 'direct' ? ns : { fd: ns.fd, id: ns.id, path, closed: false, close: () => undefined };
+}
+
+for (const [mode, via] of [['auto', 'direct'], [false, 'direct'], ['auto', 'shell']] as const) {
+  describe(`IPv6 in a captured pod, ipv6: ${String(mode)}, ${via} (root, real netns)`, () => {
     let topo: Topology;
     let node: TopologyNode;
     let pod: TopologyPod;
@@ -47,7 +55,7 @@ for (const mode of ['auto', false] as const) {
     let podLl: string;
     let peerLl: string;
     let nodeLl: string;
-    const ULA = `fd00:${(process.pid % 0xffff).toString(16)}:${mode === 'auto' ? 'a' : 'f'}::`;
+    const ULA = `fd00:${(process.pid % 0xffff).toString(16)}:${mode === 'auto' ? 'a' : 'f'}${via === 'direct' ? 'd' : 'e'}::`;
     const info = (p: TopologyPod): PodInfo =>
       ({ uid: p.uid, name: p.name, namespace: p.namespace, labels: {}, annotations: {}, serviceAccount: 'default', ips: [p.ip], hostNetwork: false, nodeName: 'n1' }) as unknown as PodInfo;
 
@@ -89,7 +97,7 @@ for (const mode of ['auto', false] as const) {
     });
 
     it('after apply, pod -> peer and pod -> node over fe80:: never reach them unseen, nor peer -> app port', async () => {
-      const handle = { fd: podNs.fd, id: podNs.id, path: pod.netnsPath, closed: false, close: () => undefined };
+      const handle = handleFor(via, podNs, pod.netnsPath);
       const first = await rules.apply(info(pod), handle);
       expect(first.changed).toBe(true);
       expect((await rules.apply(info(pod), handle)).changed).toBe(false);
@@ -142,7 +150,7 @@ for (const mode of ['auto', false] as const) {
     });
 
     it('release removes the IPv6 rules and routing too', async () => {
-      const handle = { fd: podNs.fd, id: podNs.id, path: pod.netnsPath, closed: false, close: () => undefined };
+      const handle = handleFor(via, podNs, pod.netnsPath);
       await rules.remove(info(pod), handle);
       expect((await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_')).toBe(false);
       expect((await nsRun(pod.netnsPath, 'iptables-save', [])).includes('ISTIO_')).toBe(false);
@@ -164,13 +172,15 @@ describe('IPv6 off in the pod netns (root, real netns)', () => {
       await nsRun(pod.netnsPath, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
       const ns = openNetns(pod.netnsPath);
       try {
-        const handle = { fd: ns.fd, id: ns.id, path: pod.netnsPath, closed: false, close: () => undefined };
         const p = { uid: 'u', name: 'nov6', namespace: 'apps' } as unknown as PodInfo;
-        for (const r of [rulesFalse, rulesAuto]) {
-          await r.apply(p, handle);
-          expect((await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_')).toBe(false);
-          expect((await nsRun(pod.netnsPath, 'iptables-save', [])).includes('ISTIO_OUTPUT')).toBe(true);
-          await r.remove(p, handle);
+        for (const via of ['direct', 'shell'] as const) {
+          const handle = handleFor(via, ns, pod.netnsPath);
+          for (const r of [rulesFalse, rulesAuto]) {
+            await r.apply(p, handle);
+            expect((await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_'), via).toBe(false);
+            expect((await nsRun(pod.netnsPath, 'iptables-save', [])).includes('ISTIO_OUTPUT'), via).toBe(true);
+            await r.remove(p, handle);
+          }
         }
       } finally {
         ns.close();
