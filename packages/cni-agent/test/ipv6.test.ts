@@ -191,4 +191,42 @@ describe('IPv6 off in the pod netns (root, real netns)', () => {
       await topo.destroy();
     }
   });
+  // lo's IPv6 is off too here (as `all=1` leaves it), so IPv6 capture cannot route (`local ::/0 dev lo` is refused):
+  // an apply may fail, closed, but never report the pod done without IPv6 rules.
+  it('IPv6 on only on an interface whose name has a dot (a VLAN sub-interface) is never left uncaptured', async () => {
+    await requireRoot();
+    const topo = await Topology.create({ name: uniq('wc6d') });
+    const rulesFalse = new IptablesPodRules({ ipv6: false });
+    const rulesAuto = new IptablesPodRules({ ipv6: 'auto' });
+    try {
+      const node = await topo.addNode({ name: 'n1' });
+      const pod = await node.addPod({ name: 'vlan', namespace: 'apps' });
+      await nsRun(pod.netnsPath, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1', 'net.ipv6.conf.lo.disable_ipv6=1']);
+      await nsRun(pod.netnsPath, 'ip', ['link', 'add', 'v0.5', 'type', 'veth', 'peer', 'name', 'v0p']);
+      await nsRun(pod.netnsPath, 'sh', ['-c', 'echo 0 > /proc/sys/net/ipv6/conf/v0.5/disable_ipv6']);
+      const ns = openNetns(pod.netnsPath);
+      try {
+        const p = { uid: 'u', name: 'vlan', namespace: 'apps' } as unknown as PodInfo;
+        for (const via of ['direct', 'shell'] as const) {
+          const handle = handleFor(via, ns, pod.netnsPath);
+          for (const r of [rulesFalse, rulesAuto]) {
+            const applied = await r.apply(p, handle).then(
+              () => true,
+              () => false,
+            );
+            const v6Rules = (await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_');
+            expect(!applied || v6Rules, `${via}, ipv6 ${r === rulesAuto ? 'auto' : 'false'}: applied without IPv6 rules`).toBe(true);
+            if (r === rulesFalse) expect(applied && v6Rules, `${via}: the IPv6 guard needs no routing`).toBe(true);
+            await r.remove(p, handle);
+          }
+        }
+      } finally {
+        ns.close();
+      }
+    } finally {
+      rulesFalse.close();
+      rulesAuto.close();
+      await topo.destroy();
+    }
+  });
 });
