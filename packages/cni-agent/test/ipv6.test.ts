@@ -160,73 +160,72 @@ for (const [mode, via] of [['auto', 'direct'], [false, 'direct'], ['auto', 'shel
   });
 }
 
-describe('IPv6 off in the pod netns (root, real netns)', () => {
-  it('ipv6: false installs no guard and auto no IPv6 capture when every disable_ipv6 is 1', async () => {
-    await requireRoot();
-    const topo = await Topology.create({ name: uniq('wc6o') });
-    const rulesFalse = new IptablesPodRules({ ipv6: false });
-    const rulesAuto = new IptablesPodRules({ ipv6: 'auto' });
+/**
+ * One pod prepared by `setup` (in its netns), then each rule set (ipv6 false, auto) applied and removed
+ * through each handle kind, `check` looking at the pod after each apply.
+ */
+async function eachRulesAndHandle(
+  name: string,
+  setup: (netnsPath: string) => Promise<void>,
+  check: (a: { applied: boolean; netnsPath: string; label: string; ipv6: 'auto' | false }) => Promise<void>,
+): Promise<void> {
+  await requireRoot();
+  const topo = await Topology.create({ name: uniq('wc6x') });
+  const sets = [[false, new IptablesPodRules({ ipv6: false })], ['auto', new IptablesPodRules({ ipv6: 'auto' })]] as const;
+  try {
+    const pod = await (await topo.addNode({ name: 'n1' })).addPod({ name, namespace: 'apps' });
+    await setup(pod.netnsPath);
+    const ns = openNetns(pod.netnsPath);
     try {
-      const node = await topo.addNode({ name: 'n1' });
-      const pod = await node.addPod({ name: 'nov6', namespace: 'apps' });
-      await nsRun(pod.netnsPath, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
-      const ns = openNetns(pod.netnsPath);
-      try {
-        const p = { uid: 'u', name: 'nov6', namespace: 'apps' } as unknown as PodInfo;
-        for (const via of ['direct', 'shell'] as const) {
-          const handle = handleFor(via, ns, pod.netnsPath);
-          for (const r of [rulesFalse, rulesAuto]) {
-            await r.apply(p, handle);
-            expect((await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_'), via).toBe(false);
-            expect((await nsRun(pod.netnsPath, 'iptables-save', [])).includes('ISTIO_OUTPUT'), via).toBe(true);
-            await r.remove(p, handle);
-          }
+      const p = { uid: 'u', name, namespace: 'apps' } as unknown as PodInfo;
+      for (const via of ['direct', 'shell'] as const) {
+        const handle = handleFor(via, ns, pod.netnsPath);
+        for (const [ipv6, r] of sets) {
+          const applied = await r.apply(p, handle).then(
+            () => true,
+            () => false,
+          );
+          await check({ applied, netnsPath: pod.netnsPath, label: `${via}, ipv6 ${String(ipv6)}`, ipv6 });
+          await r.remove(p, handle);
         }
-      } finally {
-        ns.close();
       }
     } finally {
-      rulesFalse.close();
-      rulesAuto.close();
-      await topo.destroy();
+      ns.close();
     }
+  } finally {
+    for (const [, r] of sets) r.close();
+    await topo.destroy();
+  }
+}
+
+describe('IPv6 off in the pod netns (root, real netns)', () => {
+  it('ipv6: false installs no guard and auto no IPv6 capture when every disable_ipv6 is 1', async () => {
+    await eachRulesAndHandle(
+      'nov6',
+      (netns) => nsRun(netns, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']).then(() => undefined),
+      async ({ applied, netnsPath, label }) => {
+        expect(applied, label).toBe(true);
+        expect((await nsRun(netnsPath, 'ip6tables-save', [])).includes('ISTIO_'), label).toBe(false);
+        expect((await nsRun(netnsPath, 'iptables-save', [])).includes('ISTIO_OUTPUT'), label).toBe(true);
+      },
+    );
   });
+
   // lo's IPv6 is off too here (as `all=1` leaves it), so IPv6 capture cannot route (`local ::/0 dev lo` is refused):
   // an apply may fail, closed, but never report the pod done without IPv6 rules.
   it('IPv6 on only on an interface whose name has a dot (a VLAN sub-interface) is never left uncaptured', async () => {
-    await requireRoot();
-    const topo = await Topology.create({ name: uniq('wc6d') });
-    const rulesFalse = new IptablesPodRules({ ipv6: false });
-    const rulesAuto = new IptablesPodRules({ ipv6: 'auto' });
-    try {
-      const node = await topo.addNode({ name: 'n1' });
-      const pod = await node.addPod({ name: 'vlan', namespace: 'apps' });
-      await nsRun(pod.netnsPath, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1', 'net.ipv6.conf.lo.disable_ipv6=1']);
-      await nsRun(pod.netnsPath, 'ip', ['link', 'add', 'v0.5', 'type', 'veth', 'peer', 'name', 'v0p']);
-      await nsRun(pod.netnsPath, 'sh', ['-c', 'echo 0 > /proc/sys/net/ipv6/conf/v0.5/disable_ipv6']);
-      const ns = openNetns(pod.netnsPath);
-      try {
-        const p = { uid: 'u', name: 'vlan', namespace: 'apps' } as unknown as PodInfo;
-        for (const via of ['direct', 'shell'] as const) {
-          const handle = handleFor(via, ns, pod.netnsPath);
-          for (const r of [rulesFalse, rulesAuto]) {
-            const applied = await r.apply(p, handle).then(
-              () => true,
-              () => false,
-            );
-            const v6Rules = (await nsRun(pod.netnsPath, 'ip6tables-save', [])).includes('ISTIO_');
-            expect(!applied || v6Rules, `${via}, ipv6 ${r === rulesAuto ? 'auto' : 'false'}: applied without IPv6 rules`).toBe(true);
-            if (r === rulesFalse) expect(applied && v6Rules, `${via}: the IPv6 guard needs no routing`).toBe(true);
-            await r.remove(p, handle);
-          }
-        }
-      } finally {
-        ns.close();
-      }
-    } finally {
-      rulesFalse.close();
-      rulesAuto.close();
-      await topo.destroy();
-    }
+    await eachRulesAndHandle(
+      'vlan',
+      async (netns) => {
+        await nsRun(netns, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1', 'net.ipv6.conf.lo.disable_ipv6=1']);
+        await nsRun(netns, 'ip', ['link', 'add', 'v0.5', 'type', 'veth', 'peer', 'name', 'v0p']);
+        await nsRun(netns, 'sh', ['-c', 'echo 0 > /proc/sys/net/ipv6/conf/v0.5/disable_ipv6']);
+      },
+      async ({ applied, netnsPath, label, ipv6 }) => {
+        const v6Rules = (await nsRun(netnsPath, 'ip6tables-save', [])).includes('ISTIO_');
+        expect(!applied || v6Rules, `${label}: applied without IPv6 rules`).toBe(true);
+        if (ipv6 === false) expect(applied && v6Rules, `${label}: the IPv6 guard needs no routing`).toBe(true);
+      },
+    );
   });
 });
