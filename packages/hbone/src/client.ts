@@ -82,6 +82,8 @@ class PooledSession {
   draining = false;
   closed = false;
   goaway: string | undefined;
+  /** The lowest last-stream-id of the peer's GOAWAYs: streams above it were never processed (RFC 9113 §6.8). */
+  goawayLastStreamId: number | undefined;
   lastError: Error | undefined;
   idleTimer: NodeJS.Timeout | undefined;
   pingTimer: NodeJS.Timeout | undefined;
@@ -193,7 +195,7 @@ export class HboneClient {
     return this.#request(entry, o, authority, peerAuthority, attempt);
   }
 
-  /** A GOAWAY racing our request refuses it before the peer saw it: safe to retry on a new session. */
+  /** A stream the peer did not process (refused, or above a GOAWAY's last stream) is safe to retry on a new session. */
   #retry(err: HboneError, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
     if (attempt >= 2) return Promise.reject(err);
     this.#log.debug({ peer: peerAuthority, reason: err.message }, 'retrying tunnel on a new session');
@@ -417,6 +419,7 @@ export class HboneClient {
     session.on('goaway', (code: number, lastStreamId: number, opaque?: Buffer) => {
       const reason = opaque !== undefined && opaque.length > 0 ? ` (${opaque.toString('utf8')})` : '';
       e.goaway = `peer sent GOAWAY code ${code} last stream ${lastStreamId}${reason}`;
+      e.goawayLastStreamId = Math.min(lastStreamId, e.goawayLastStreamId ?? lastStreamId);
       log.debug({ code, lastStreamId }, 'hbone session received GOAWAY, retiring it');
       this.#retire(e, e.goaway);
     });
@@ -555,7 +558,11 @@ export class HboneClient {
     const code = stream.rstCode;
     const why = e.goaway ?? e.lastError?.message ?? p.error?.message ?? `stream reset with code ${code}`;
     const err = classify(e.lastError ?? p.error, p.peerAuthority, `peer ${p.peerAuthority} closed CONNECT ${p.authority} before answering: ${why}`);
-    if (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined) p.resolve(this.#retry(err, p.o, p.authority, p.peerAuthority, p.attempt));
+    // Safe to send again: a stream above a GOAWAY's last-stream-id was not processed, whatever the
+    // GOAWAY's code (RFC 9113 §6.8; Node destroys the session on an error code, failing the stream
+    // with the session's error); nor was one refused with REFUSED_STREAM (§8.7).
+    const unprocessed = e.goawayLastStreamId !== undefined && stream.id !== undefined && stream.id > e.goawayLastStreamId;
+    if (unprocessed || (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined)) p.resolve(this.#retry(err, p.o, p.authority, p.peerAuthority, p.attempt));
     else p.reject(err);
   }
 

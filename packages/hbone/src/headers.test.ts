@@ -37,4 +37,38 @@ describe('request headers', () => {
     const h = parseRequestHeaders({ ':method': 'CONNECT', ':authority': '10.0.0.1:80' });
     expect(h).toEqual({ raw: { ':method': 'CONNECT', ':authority': '10.0.0.1:80' } });
   });
+
+  it('behaves as a plain headers object: spread, keys, JSON and structuredClone see the parsed fields', () => {
+    const raw = {
+      ':method': 'CONNECT',
+      ':authority': '10.0.0.1:80',
+      baggage: 'service.name=web',
+      forwarded: 'for="10.0.0.2:4321"',
+      traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+    };
+    const parsed = {
+      baggage: { 'service.name': 'web' },
+      forwarded: [{ for: '10.0.0.2:4321' }],
+      traceparent: { version: '00', traceId: '4bf92f3577b34da6a3ce929d0e0e4736', parentId: '00f067aa0ba902b7', flags: '01' },
+    };
+    // Each check on a fresh object: none of them may depend on an earlier read having parsed a field.
+    expect(Object.keys(parseRequestHeaders(raw))).toEqual(['raw', 'baggage', 'forwarded', 'traceparent']);
+    expect({ ...parseRequestHeaders(raw) }).toStrictEqual({ raw, ...parsed });
+    expect(JSON.parse(JSON.stringify(parseRequestHeaders(raw)))).toStrictEqual({ raw, ...parsed });
+    expect(structuredClone(parseRequestHeaders(raw))).toStrictEqual({ raw, ...parsed });
+    expect(Object.entries(parseRequestHeaders(raw))).toStrictEqual(Object.entries({ raw, ...parsed }));
+    const h = parseRequestHeaders(raw);
+    expect(h.baggage).toBe(h.baggage);
+    expect(Object.getOwnPropertyDescriptor(h, 'baggage')).toMatchObject({ value: parsed.baggage, enumerable: true, writable: true });
+    h.traceparent = undefined;
+    expect(h.traceparent).toBeUndefined();
+  });
+
+  it('has a key only for the headers the request carried; a malformed one reads as undefined', () => {
+    const h = parseRequestHeaders({ ':method': 'CONNECT', ':authority': '10.0.0.1:80', traceparent: 'garbage' });
+    expect(Object.keys(h)).toEqual(['raw', 'traceparent']);
+    expect(h.traceparent).toBeUndefined();
+    expect('baggage' in h).toBe(false);
+    expect(JSON.stringify(h)).toBe(JSON.stringify({ raw: { ':method': 'CONNECT', ':authority': '10.0.0.1:80', traceparent: 'garbage' } }));
+  });
 });

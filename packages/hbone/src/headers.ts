@@ -14,7 +14,12 @@ export interface ForwardedElement {
   proto?: string;
 }
 
-/** The CONNECT request headers, with the ones ztunnel sends parsed (on first read) when present and well-formed. */
+/**
+ * The CONNECT request headers, with the ones ztunnel sends parsed when present: a plain object whose
+ * `baggage`, `forwarded` and `traceparent` are own enumerable properties exactly when the request
+ * carried that header (undefined when it is malformed), so spread, `Object.keys`, `JSON.stringify`
+ * and `structuredClone` see them as they would on any headers object.
+ */
 export interface HboneRequestHeaders {
   raw: IncomingHttpHeaders;
   /** W3C baggage, `k8s.namespace.name=…,service.name=…` → record (values URI-decoded). */
@@ -26,41 +31,43 @@ export interface HboneRequestHeaders {
 }
 
 /**
- * Wraps the request headers; `baggage`, `forwarded` and `traceparent` are parsed on first read (most
- * tunnels never look at them, and the parse is measurable on the open path).
+ * Wraps the request headers. Each of `baggage`, `forwarded` and `traceparent` the request carries is
+ * parsed on first read (most tunnels never look at them, and the parse is measurable on the open
+ * path): until then it is an own enumerable getter, shared by every object, that replaces itself with
+ * the parsed value; reading the object any way (spread, keys, JSON) reads the getter.
  */
 export function parseRequestHeaders(raw: IncomingHttpHeaders): HboneRequestHeaders {
-  return new RequestHeaders(raw);
+  const h: HboneRequestHeaders = { raw };
+  if (raw['baggage'] !== undefined) Object.defineProperty(h, 'baggage', LAZY_BAGGAGE);
+  if (raw['forwarded'] !== undefined) Object.defineProperty(h, 'forwarded', LAZY_FORWARDED);
+  if (raw['traceparent'] !== undefined) Object.defineProperty(h, 'traceparent', LAZY_TRACEPARENT);
+  return h;
 }
 
-const UNPARSED = Symbol('unparsed');
+type Parsed = 'baggage' | 'forwarded' | 'traceparent';
 
-class RequestHeaders implements HboneRequestHeaders {
-  #baggage: Record<string, string> | undefined | typeof UNPARSED = UNPARSED;
-  #forwarded: ForwardedElement[] | undefined | typeof UNPARSED = UNPARSED;
-  #traceparent: TraceParent | undefined | typeof UNPARSED = UNPARSED;
-
-  constructor(readonly raw: IncomingHttpHeaders) {}
-
-  get baggage(): Record<string, string> | undefined {
-    if (this.#baggage === UNPARSED) this.#baggage = parseBaggage(first(this.raw['baggage']));
-    return this.#baggage;
-  }
-
-  get forwarded(): ForwardedElement[] | undefined {
-    if (this.#forwarded === UNPARSED) this.#forwarded = parseForwarded(first(this.raw['forwarded']));
-    return this.#forwarded;
-  }
-
-  get traceparent(): TraceParent | undefined {
-    if (this.#traceparent === UNPARSED) this.#traceparent = parseTraceparent(first(this.raw['traceparent']));
-    return this.#traceparent;
-  }
-
-  toJSON(): object {
-    return { raw: this.raw, baggage: this.baggage, forwarded: this.forwarded, traceparent: this.traceparent };
-  }
+/** One descriptor per field for every object: V8 then gives all of them one shared shape. */
+function lazy<K extends Parsed>(key: K, parse: (v: string | undefined) => HboneRequestHeaders[K]): PropertyDescriptor {
+  const settle = (h: HboneRequestHeaders, value: HboneRequestHeaders[K]): void => {
+    Object.defineProperty(h, key, { value, enumerable: true, writable: true, configurable: true });
+  };
+  return {
+    enumerable: true,
+    configurable: true,
+    get(this: HboneRequestHeaders): HboneRequestHeaders[K] {
+      const value = parse(first(this.raw[key]));
+      settle(this, value);
+      return value;
+    },
+    set(this: HboneRequestHeaders, value: HboneRequestHeaders[K]): void {
+      settle(this, value);
+    },
+  };
 }
+
+const LAZY_BAGGAGE = lazy('baggage', parseBaggage);
+const LAZY_FORWARDED = lazy('forwarded', parseForwarded);
+const LAZY_TRACEPARENT = lazy('traceparent', parseTraceparent);
 
 function first(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v.join(',') : v;

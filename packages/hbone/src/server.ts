@@ -90,6 +90,8 @@ class Server implements HboneServer {
   #tls: ResolvedTls;
   readonly #h2: http2.Http2SecureServer;
   readonly #sockets = new Set<net.Socket>();
+  /** `ip:port` of each accepted TCP socket, read when it was accepted. */
+  readonly #sources = new WeakMap<net.Socket, string>();
   readonly #sessions = new Map<http2.ServerHttp2Session, SessionState>();
   /** Tunnels whose upstream is connected. */
   readonly #tunnels = new Set<ServerTunnel>();
@@ -121,14 +123,16 @@ class Server implements HboneServer {
     });
     this.#h2.on('connection', (socket: net.Socket) => {
       this.#sockets.add(socket);
+      // Read now: a failed handshake is reported after the socket is destroyed, when it no longer has an address.
+      this.#sources.set(socket, `${socket.remoteAddress}:${socket.remotePort}`);
       socket.once('close', () => this.#sockets.delete(socket));
       socket.setNoDelay(true);
     });
     this.#h2.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
-      this.#log.warn({ err, src: `${socket.remoteAddress}:${socket.remotePort}`, code: (err as { code?: string }).code }, 'connection failed: TLS handshake');
+      this.#log.warn({ err, src: this.#sourceOf(socket), code: (err as { code?: string }).code }, 'connection failed: TLS handshake');
     });
     this.#h2.on('unknownProtocol', (socket: tls.TLSSocket) => {
-      this.#log.warn({ src: `${socket.remoteAddress}:${socket.remotePort}`, alpn: socket.alpnProtocol }, 'connection failed: ALPN is not h2');
+      this.#log.warn({ src: this.#sourceOf(socket), alpn: socket.alpnProtocol }, 'connection failed: ALPN is not h2');
       socket.destroy();
     });
     this.#h2.on('sessionError', (err: Error) => this.#log.debug({ err }, 'session error'));
@@ -145,6 +149,15 @@ class Server implements HboneServer {
       ciphers: t.ciphers,
       ecdhCurve: 'X25519:P-256:P-384',
     };
+  }
+
+  /**
+   * The client address of a TLS socket, also once it is destroyed. A server-side TLSSocket keeps the
+   * TCP socket it wraps as `_parent` (not in Node's typings).
+   */
+  #sourceOf(socket: tls.TLSSocket): string {
+    const parent = (socket as tls.TLSSocket & { _parent?: unknown })._parent;
+    return this.#sources.get(parent as net.Socket) ?? `${socket.remoteAddress}:${socket.remotePort}`;
   }
 
   handleConnection(socket: net.Socket): void {

@@ -1,11 +1,12 @@
 import * as http2 from 'node:http2';
 import type * as net from 'node:net';
+import { connect as netConnect } from 'node:net';
 import * as tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { LocalCa } from '@weir/pki';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HboneClient, HboneError, createHboneServer, type HboneServer } from '../src/index.js';
-import { CLIENT_ID, SERVER_ID, type Pki, type TcpServer, dial, echoServer, makePki, roundTrip, tcpServer, tlsOf } from './helpers.js';
+import { CLIENT_ID, SERVER_ID, TD, type Pki, type TcpServer, dial, echoServer, makePki, roundTrip, tcpServer, tlsOf } from './helpers.js';
 import { Peers } from './peers.js';
 
 const peers = new Peers();
@@ -126,6 +127,59 @@ describe('hostile and misconfigured peers', () => {
     const outcome = await rawConnect({}, { ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` });
     expect(outcome).toMatch(/^(error|closed|reset)/);
     await serverStillServes();
+  });
+
+  it('logs a failed TLS handshake with the client address (read before the socket is gone)', async () => {
+    const lines: { obj: Record<string, unknown>; msg: string | undefined }[] = [];
+    const record = (obj: object, msg?: string): void => void lines.push({ obj: obj as Record<string, unknown>, msg });
+    const logger = { debug: record, info: record, warn: record, error: record, child: () => logger };
+    const s = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), logger, handshakeTimeoutMs: 500 });
+    const p = (await s.listen({ host: '127.0.0.1', port: 0 })).port;
+    const foreignCa = await LocalCa.create({ trustDomain: TD });
+    const foreign = await foreignCa.issueWorkloadCertificate({ identity: CLIENT_ID });
+    /** Runs one bad client and returns its local `ip:port` once the server logged the failure. */
+    const failing = async (start: (done: (sock: net.Socket) => void) => void): Promise<string> => {
+      const before = lines.length;
+      let src = '';
+      await new Promise<void>((resolve) => start((sock) => {
+        src = `${sock.localAddress}:${sock.localPort}`;
+        resolve();
+      }));
+      const until = Date.now() + 5000;
+      while (!lines.slice(before).some((l) => l.msg === 'connection failed: TLS handshake') && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      return src;
+    };
+    try {
+      // A certificate from a CA the server does not trust, a client that is not TLS, one that never says anything.
+      const cases = [
+        (done: (sock: net.Socket) => void) => {
+          const c = tls.connect({ host: '127.0.0.1', port: p, key: foreign.keyPem, cert: foreign.chainPem, ca: pki.ca.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined });
+          c.on('error', () => {});
+          c.once('connect', () => done(c));
+        },
+        (done: (sock: net.Socket) => void) => {
+          const c = netConnect({ host: '127.0.0.1', port: p }, () => {
+            done(c);
+            c.end('GET / HTTP/1.1\r\n\r\n');
+          });
+          c.on('error', () => {});
+        },
+        (done: (sock: net.Socket) => void) => {
+          const c = netConnect({ host: '127.0.0.1', port: p }, () => done(c));
+          c.on('error', () => {});
+          setTimeout(() => c.destroy(), 2000);
+        },
+      ];
+      for (const start of cases) {
+        const before = lines.length;
+        const src = await failing(start);
+        const line = lines.slice(before).find((l) => l.msg === 'connection failed: TLS handshake');
+        expect(line, `no TLS handshake failure logged for ${src}`).toBeDefined();
+        expect(line!.obj['src']).toBe(src);
+      }
+    } finally {
+      await s.close({ deadlineMs: 200 });
+    }
   });
 
   it('refuses a TLS 1.2-only client unless TLS 1.2 was asked for', async () => {

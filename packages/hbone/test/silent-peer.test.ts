@@ -156,3 +156,45 @@ describe('CONNECT response deadline', () => {
     }
   });
 });
+
+describe('GOAWAY with an error code', () => {
+  it('retries the opens above its last-stream-id on a new session and fails the ones it covers', async () => {
+    const sessions: http2.Http2Session[] = [];
+    const first: http2.ServerHttp2Stream[] = [];
+    const peer = await silentPeer((s) => {
+      const session = s.session!;
+      if (!sessions.includes(session)) sessions.push(session);
+      if (session !== sessions[0]) {
+        s.respond({ ':status': 200 });
+        return;
+      }
+      // The first session takes three CONNECTs, answers none, then goes away having processed only the first.
+      first.push(s);
+      if (first.length === 3) session.goaway(http2.constants.NGHTTP2_INTERNAL_ERROR, first[0]!.id!);
+    });
+    const c = client();
+    try {
+      const p = { host: '127.0.0.1', port: peer.port };
+      const open = (port: number): Promise<unknown> =>
+        c.connect({ peer: p, target: { host: '10.0.0.5', port }, expectedIdentities: [SERVER_ID] }).then(
+          (t) => t,
+          (e: unknown) => e,
+        );
+      const [a, b, d] = await Promise.all([open(1), open(2), open(3)]);
+      expect(first.map((s) => s.id)).toEqual([1, 3, 5]);
+      // Stream 1 may have been processed: reporting it is the only safe answer.
+      expect(a).toBeInstanceOf(HboneError);
+      expect((a as HboneError).code).toBe('ERR_HBONE_SESSION');
+      // Streams 3 and 5 were not: both succeed on a second session.
+      expect(b).not.toBeInstanceOf(Error);
+      expect(d).not.toBeInstanceOf(Error);
+      expect([(b as http2.ClientHttp2Stream).session, (d as http2.ClientHttp2Stream).session].every((x) => x !== undefined && x.encrypted === true)).toBe(true);
+      expect(sessions.length).toBe(2);
+      expect(c.stats()).toEqual({ sessions: 1, streams: 2 });
+      (b as http2.ClientHttp2Stream).destroy();
+      (d as http2.ClientHttp2Stream).destroy();
+    } finally {
+      await c.close({ deadlineMs: 200 });
+    }
+  });
+});
