@@ -4,7 +4,9 @@ export type IptablesErrorCode =
   | 'ERR_IPTABLES_RESTORE_FAILED'
   | 'ERR_IPTABLES_COMMAND_FAILED'
   | 'ERR_IPTABLES_BACKEND_UNAVAILABLE'
-  | 'ERR_IPTABLES_ROUTING_FAILED';
+  | 'ERR_IPTABLES_ROUTING_FAILED'
+  | 'ERR_IPTABLES_IPSET_NOT_FOUND'
+  | 'ERR_IPTABLES_IPV6_LO_DISABLED';
 
 /** Base class of every error this package throws; branch on `code`. */
 export class IptablesError extends Error {

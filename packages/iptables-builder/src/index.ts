@@ -55,8 +55,10 @@ export {
   type IpsetSpec,
 } from './presets.js';
 export {
+  Ipv6LoopbackDisabledError,
   RoutingApplier,
   inpodRouting,
+  ipv6Interfaces,
   ipRouteArgs,
   ipRuleArgs,
   type FwmarkRule,
@@ -77,6 +79,6 @@ export {
   type NetnsRoundTrip,
 } from './netns-applier.js';
 export type { NetlinkExchange } from './rtnetlink.js';
-export { ipsetAdd, type IpsetEntry } from './ipset-netlink.js';
+export { IpsetNotFoundError, ipsetAdd, ipsetDel, ipsetList, type IpsetEntry } from './ipset-netlink.js';
 export { shellQuote, type NetnsSysctls } from './shell-batch.js';
 export type { Logger } from './logger.js';

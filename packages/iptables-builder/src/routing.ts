@@ -1,4 +1,4 @@
-import { CommandFailedError } from './errors.js';
+import { CommandFailedError, IptablesError } from './errors.js';
 import type { CommandExecutor } from './executor.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Family } from './model.js';
@@ -75,6 +75,49 @@ export function ipRouteArgs(route: LocalRoute, op: 'replace' | 'del'): string[] 
   return [fam(route.family), 'route', op, 'local', route.destination, 'dev', route.device, 'table', String(route.table)];
 }
 
+/**
+ * The kernel refused the IPv6 capture route (`local ::/0 dev lo`, EACCES) because IPv6 is disabled
+ * on `lo` while it is on elsewhere in the netns, so IPv6 is there to capture but cannot be routed
+ * to the local stack. Capture fails closed; the fix is the netns's, not a retry.
+ */
+export class Ipv6LoopbackDisabledError extends IptablesError {
+  /** Interfaces of the netns with IPv6 on (`disable_ipv6` = 0), `lo` not among them. */
+  readonly enabledOn: readonly string[];
+
+  constructor(route: string, enabledOn: readonly string[], options?: { cause?: unknown }) {
+    const where = enabledOn.length ? `but enabled on ${enabledOn.join(', ')} ` : '';
+    super(
+      'ERR_IPTABLES_IPV6_LO_DISABLED',
+      `IPv6 is disabled on lo ${where}in the netns: the IPv6 capture route (${route}) needs IPv6 on lo. ` +
+        'Set net.ipv6.conf.lo.disable_ipv6=0 in the pod (or disable IPv6 on all of its interfaces), or run the agent with IPv6 capture off; the pod stays uncaptured until then',
+      options,
+    );
+    this.name = 'Ipv6LoopbackDisabledError';
+    this.enabledOn = enabledOn;
+  }
+}
+
+/** Whether an `ip` argv (ipRouteArgs) installs a route through `lo` for IPv6. */
+function isIpv6LoRoute(args: readonly string[]): boolean {
+  return args[0] === '-6' && args[1] === 'route' && args.includes('dev') && args[args.indexOf('dev') + 1] === 'lo';
+}
+
+/**
+ * Each interface of the executor's netns and whether IPv6 is on on it (its
+ * `/proc/sys/net/ipv6/conf/<if>/disable_ipv6` is 0), `all` and `default` left out. Empty when the
+ * kernel has no IPv6.
+ */
+export async function ipv6Interfaces(executor: CommandExecutor): Promise<{ name: string; ipv6: boolean }[]> {
+  const args = ['-c', 'grep -H . /proc/sys/net/ipv6/conf/*/disable_ipv6 2>/dev/null || true'];
+  const r = await executor.run('sh', args);
+  if (r.code !== 0) throw new CommandFailedError('ERR_IPTABLES_COMMAND_FAILED', 'sh', args, r.code, r.stderr);
+  return r.stdout
+    .split('\n')
+    .map((l) => /^\/proc\/sys\/net\/ipv6\/conf\/([^/]+)\/disable_ipv6:(\d+)$/.exec(l))
+    .filter((m): m is RegExpExecArray => m !== null && m[1] !== 'all' && m[1] !== 'default')
+    .map((m) => ({ name: m[1] as string, ipv6: m[2] === '0' }));
+}
+
 /** Installs and removes policy routing idempotently (`ip rule`/`ip route`) through an executor. */
 export class RoutingApplier {
   readonly #executor: CommandExecutor;
@@ -96,7 +139,13 @@ export class RoutingApplier {
   /** Add what is missing; returns whether anything ran. */
   async apply(spec: PolicyRouting): Promise<{ changed: boolean }> {
     const todo = await this.missing(spec);
-    for (const args of todo) await this.#ip(args);
+    for (const args of todo) {
+      try {
+        await this.#ip(args);
+      } catch (err) {
+        throw (await this.#explain(args, err)) ?? err;
+      }
+    }
     if (todo.length) this.#logger.info({ commands: todo.map((a) => `ip ${a.join(' ')}`) }, 'applied policy routing');
     return { changed: todo.length > 0 };
   }
@@ -105,6 +154,14 @@ export class RoutingApplier {
   async remove(spec: PolicyRouting): Promise<void> {
     for (const rule of spec.rules) while (await this.#hasRule(rule)) await this.#ip(ipRuleArgs(rule, 'del'));
     for (const route of spec.routes) if (await this.#hasRoute(route)) await this.#ip(ipRouteArgs(route, 'del'));
+  }
+
+  /** An IPv6 `lo` route refused (EACCES; newer `ip` prints the kernel's extack text) because IPv6 is off on `lo`: the error saying so. */
+  async #explain(args: readonly string[], err: unknown): Promise<Ipv6LoopbackDisabledError | undefined> {
+    if (!(err instanceof CommandFailedError) || !isIpv6LoRoute(args) || !/Permission denied|IPv6 is disabled on nexthop device/i.test(err.stderr)) return undefined;
+    const links = await ipv6Interfaces(this.#executor).catch(() => undefined);
+    if (!links || links.find((l) => l.name === 'lo')?.ipv6 !== false) return undefined;
+    return new Ipv6LoopbackDisabledError(`ip ${args.join(' ')}`, links.filter((l) => l.ipv6).map((l) => l.name), { cause: err });
   }
 
   async #hasRule(rule: FwmarkRule): Promise<boolean> {

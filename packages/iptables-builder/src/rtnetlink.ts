@@ -1,6 +1,6 @@
 import { IptablesError } from './errors.js';
 import type { Family } from './model.js';
-import type { FwmarkRule, LocalRoute, PolicyRouting } from './routing.js';
+import { Ipv6LoopbackDisabledError, type FwmarkRule, type LocalRoute, type PolicyRouting } from './routing.js';
 
 /**
  * Sends netlink messages in the netns being applied to and returns the raw replies, e.g.
@@ -25,6 +25,8 @@ const F_REPLACE = 0x100;
 const F_EXCL = 0x200;
 const F_CREATE = 0x400;
 const F_DUMP = 0x300;
+const RTM_NEWLINK = 16;
+const RTM_GETLINK = 18;
 const RTM_NEWROUTE = 24;
 const RTM_DELROUTE = 25;
 const RTM_GETROUTE = 26;
@@ -52,6 +54,12 @@ const RT_SCOPE_NOWHERE = 255;
 /** The loopback device's index in every netns (LOOPBACK_IFINDEX). */
 const LO_IFINDEX = 1;
 const EEXIST = 17;
+const EACCES = 13;
+// <linux/if_link.h>, <linux/ipv6.h>: a link's name, and its IPv6 devconf array (one s32 per DEVCONF_*).
+const IFLA_IFNAME = 3;
+const IFLA_AF_SPEC = 26;
+const IFLA_INET6_CONF = 2;
+const DEVCONF_DISABLE_IPV6 = 26;
 
 const AF = { ipv4: 2, ipv6: 10 } as const;
 const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -145,15 +153,71 @@ export async function sendRouting(exchange: NetlinkExchange, changes: readonly R
   return refused;
 }
 
-/** Sends `changes` in one exchange; throws naming the first the kernel refused (`errno` on the error). */
+/**
+ * Sends `changes` in one exchange; throws naming the first the kernel refused (`errno` on the
+ * error). An IPv6 route through `lo` refused because IPv6 is off on `lo` (EACCES) throws
+ * Ipv6LoopbackDisabledError (`ERR_IPTABLES_IPV6_LO_DISABLED`), naming the interfaces with IPv6 on.
+ */
 export async function applyRouting(exchange: NetlinkExchange, changes: readonly RoutingChange[]): Promise<void> {
-  const [first] = await sendRouting(exchange, changes);
+  const refused = await sendRouting(exchange, changes);
+  const lo = refused.find((r) => r.errno === EACCES && 'route' in r.change && r.change.route.family === 'ipv6' && r.change.route.device === 'lo');
+  if (lo) {
+    const error = Object.assign(new IptablesError('ERR_IPTABLES_ROUTING_FAILED', `rtnetlink refused ${describeChange(lo.change)}: errno ${EACCES} (EACCES)`), { errno: EACCES });
+    const links = await readLinks(exchange).catch(() => undefined);
+    if (links && links.find((l) => l.index === LO_IFINDEX)?.ipv6 === false) {
+      throw new Ipv6LoopbackDisabledError(describeChange(lo.change), links.filter((l) => l.ipv6).map((l) => l.name), { cause: error });
+    }
+    throw error;
+  }
+  const [first] = refused;
   if (!first) return;
   const { change, errno } = first;
   throw Object.assign(
     new IptablesError('ERR_IPTABLES_ROUTING_FAILED', `rtnetlink refused ${describeChange(change)}: errno ${errno}${errno === EEXIST ? ' (EEXIST, already there)' : ''}`),
     { errno },
   );
+}
+
+/** One network interface of the netns: index, name, and whether IPv6 is on on it (`disable_ipv6` = 0). */
+export interface LinkIpv6 {
+  readonly index: number;
+  readonly name: string;
+  readonly ipv6: boolean;
+}
+
+/**
+ * Every interface of the netns (an RTM_GETLINK dump, one exchange) with its IPv6 state, as
+ * `net.ipv6.conf.<name>.disable_ipv6` says; an interface without IPv6 data (no IPv6 in the
+ * kernel, or an MTU below 1280) counts as IPv6 off.
+ */
+export async function readLinks(exchange: NetlinkExchange): Promise<LinkIpv6[]> {
+  // ifinfomsg: family AF_UNSPEC, type, index, flags, change: all 0.
+  const replies = parse(await exchange(message(RTM_GETLINK, F_DUMP, 1, new Uint8Array(16)), 1));
+  const out: LinkIpv6[] = [];
+  for (const r of replies) {
+    if (r.type === NLMSG_ERROR) {
+      const errno = -new DataView(r.payload.buffer, r.payload.byteOffset, 4).getInt32(0, LE);
+      if (errno !== 0) throw Object.assign(new IptablesError('ERR_IPTABLES_ROUTING_FAILED', `rtnetlink link dump failed: errno ${errno}`), { errno });
+      continue;
+    }
+    if (r.type !== RTM_NEWLINK || r.payload.length < 16) continue;
+    const index = new DataView(r.payload.buffer, r.payload.byteOffset + 4, 4).getInt32(0, LE);
+    let name = '';
+    let ipv6 = false;
+    for (const a of rawAttributes(r.payload.subarray(16))) {
+      if (a.type === IFLA_IFNAME) name = new TextDecoder().decode(a.data.subarray(0, a.data.indexOf(0) === -1 ? a.data.length : a.data.indexOf(0)));
+      if (a.type !== IFLA_AF_SPEC) continue;
+      for (const fam of rawAttributes(a.data)) {
+        if (fam.type !== AF.ipv6) continue;
+        for (const c of rawAttributes(fam.data)) {
+          if (c.type !== IFLA_INET6_CONF || c.data.length < (DEVCONF_DISABLE_IPV6 + 1) * 4) continue;
+          ipv6 = new DataView(c.data.buffer, c.data.byteOffset + DEVCONF_DISABLE_IPV6 * 4, 4).getInt32(0, LE) === 0;
+        }
+      }
+    }
+    out.push({ index, name, ipv6 });
+  }
+  return out;
 }
 
 /** `ip -4 rule add fwmark 0x111/0xfff pref 32764 lookup 133`: how changes are reported. */
@@ -284,6 +348,19 @@ function attributeTypes(bytes: Uint8Array): number[] {
     const len = v.getUint16(at, LE);
     if (len < 4) break;
     out.push(v.getUint16(at + 2, LE) & 0x3fff);
+    at += (len + 3) & ~3;
+  }
+  return out;
+}
+
+/** Every attribute with its payload (type without the NESTED/NET_BYTEORDER flags). */
+function rawAttributes(bytes: Uint8Array): { type: number; data: Uint8Array }[] {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: { type: number; data: Uint8Array }[] = [];
+  for (let at = 0; at + 4 <= bytes.length; ) {
+    const len = v.getUint16(at, LE);
+    if (len < 4 || at + len > bytes.length) break;
+    out.push({ type: v.getUint16(at + 2, LE) & 0x3fff, data: bytes.subarray(at + 4, at + len) });
     at += (len + 3) & ~3;
   }
   return out;
