@@ -214,35 +214,78 @@ for (const [name, setup] of Object.entries(systems)) {
 if (only) process.exit(0);
 
 // --- warm-session tunnel open latency -------------------------------------------------------------
-const COUNT = 300;
+// Weir and Go run side by side, each client holding a warm session to its own server, and take turns:
+// ROUNDS rounds of PER_ROUND sequential opens each (CONNECT sent → 200 received, one open at a time,
+// each tunnel closed gracefully before the next), the order alternating per round, so a load spike on
+// the shared machine lands on both. p99 over all samples (ROUNDS × PER_ROUND, default 3000: the 30th
+// worst, not the 3rd) and the spread of the per-round p50 and p99 ratios.
+const ROUNDS = Number(process.env.HBONE_BENCH_OPEN_ROUNDS ?? 15);
+const PER_ROUND = Number(process.env.HBONE_BENCH_OPEN_PER_ROUND ?? 200);
 // Opens before measuring, on a session of their own, for both: a proxy runs with a warm JIT, as the
-// throughput runs' warm-up assumes. Without it the 300 samples include V8 compiling the open path.
+// throughput runs' warm-up assumes. Without it the samples include V8 compiling the open path.
 const OPEN_WARMUP = Number(process.env.HBONE_BENCH_OPEN_WARMUP ?? 500);
 // Then CHURN tunnels opened and closed gracefully (8 at a time) on the warm session: the CPU both
 // tunnel processes spend per tunnel, the HBONE share of a mesh's per-connection cost (issue 10).
 const CHURN = Number(process.env.HBONE_BENCH_CHURN ?? 3000);
-/** Both processes' CPU µs per tunnel over the client's CHURN-START … CHURN-DONE phase. */
+/** Sends a command line and waits for the answer that matches `re` (ending in a newline) printed after it. */
+async function ask(p, command, re, ms = 120_000) {
+  const from = p.log.length;
+  p.stdin.write(`${command}\n`);
+  const end = Date.now() + ms;
+  const answer = new RegExp(re.source, 'g');
+  for (;;) {
+    answer.lastIndex = from;
+    const hit = answer.exec(p.log);
+    if (hit) return hit;
+    if (p.exitCode !== null) throw new Error(`${p.spawnargs.join(' ')} exited ${p.exitCode} before answering ${command}:\n${p.log.slice(from)}`);
+    if (Date.now() > end) throw new Error(`no answer to ${command} from ${p.spawnargs.join(' ')} within ${ms} ms:\n${p.log.slice(from)}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+/** Both processes' CPU µs per tunnel over one `churn` command. */
 async function churnCpu(clientProc, serverProc) {
-  await waitLine(clientProc, /CHURN-START/, 60_000);
   const [c0, s0] = [cpuSeconds(clientProc), cpuSeconds(serverProc)];
-  clientProc.stdin.write('next\n');
-  const n = Number((await waitLine(clientProc, /CHURN-DONE (\d+)/, 120_000))[1]);
-  const us = (a, b) => Number((((b - a) / n) * 1e6).toFixed(1));
+  await ask(clientProc, `churn ${CHURN}`, /CHURN-DONE \d+\n/);
+  const us = (a, b) => Number((((b - a) / CHURN) * 1e6).toFixed(1));
   return { client: us(c0, cpuSeconds(clientProc)), server: us(s0, cpuSeconds(serverProc)) };
 }
 const ws = node('weir-server', serverFiles);
 const wsp = await ready(ws);
-const wl = node('weir-open-latency', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, count: COUNT, warmup: OPEN_WARMUP, churn: CHURN });
-const weirOpen = JSON.parse((await waitLine(wl, /RESULT (.*)/, 60_000))[1]);
-const weirChurn = await churnCpu(wl, ws);
-await stop(wl);
+const wl = node('weir-open-latency', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, warmup: OPEN_WARMUP });
 const gs = start(goBin, ['-mode', 'server', '-cert', f['server.crt'], '-key', f['server.key'], '-ca', f['root.crt']]);
 const gsp = Number((await waitLine(gs, /LISTENING \S+:(\d+)/))[1]);
-const gl = start(goBin, ['-mode', 'open-latency', '-count', String(COUNT), '-warmup', String(OPEN_WARMUP), '-churn', String(CHURN), '-peer', `127.0.0.1:${gsp}`, '-target', `127.0.0.1:${holdPort}`, '-cert', f['client.crt'], '-key', f['client.key'], '-ca', f['root.crt'], '-expect', SERVER_ID]);
-const goOpen = JSON.parse((await waitLine(gl, /^(\{.*\})$/m, 60_000))[1]);
+const gl = start(goBin, ['-mode', 'open-latency', '-warmup', String(OPEN_WARMUP), '-peer', `127.0.0.1:${gsp}`, '-target', `127.0.0.1:${holdPort}`, '-cert', f['client.crt'], '-key', f['client.key'], '-ca', f['root.crt'], '-expect', SERVER_ID]);
+await Promise.all([waitLine(wl, /OPEN-READY/, 60_000), waitLine(gl, /OPEN-READY/, 60_000)]);
+const samples = { weir: [], go: [] };
+const rounds = [];
+for (let r = 0; r < ROUNDS; r++) {
+  const round = {};
+  for (const name of r % 2 === 0 ? ['weir', 'go'] : ['go', 'weir']) {
+    const lat = JSON.parse((await ask(name === 'weir' ? wl : gl, `round ${PER_ROUND}`, /ROUND (.*)\n/))[1]);
+    samples[name].push(...lat);
+    round[name] = lat.sort((a, b) => a - b);
+  }
+  rounds.push(round);
+}
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * (sorted.length - 1)))];
+const summary = (lat) => {
+  const s = [...lat].sort((a, b) => a - b);
+  return { count: s.length, p50_ms: Number(pct(s, 0.5).toFixed(4)), p90_ms: Number(pct(s, 0.9).toFixed(4)), p99_ms: Number(pct(s, 0.99).toFixed(4)) };
+};
+const weirOpen = summary(samples.weir);
+const goOpen = summary(samples.go);
+const spread = (p) => {
+  const ratios = rounds.map((x) => pct(x.weir, p) / pct(x.go, p)).sort((a, b) => a - b);
+  return { min: Number(ratios[0].toFixed(3)), median: Number(pct(ratios, 0.5).toFixed(3)), max: Number(ratios.at(-1).toFixed(3)) };
+};
+const roundSpread = { p50: spread(0.5), p99: spread(0.99) };
+const weirChurn = await churnCpu(wl, ws);
 const goChurn = await churnCpu(gl, gs);
-await stop(gs, gl);
-console.log(`open p50/p99 ms (${COUNT} opens after ${OPEN_WARMUP} warm-up): weir ${weirOpen.p50_ms.toFixed(3)}/${weirOpen.p99_ms.toFixed(3)}   go ${goOpen.p50_ms.toFixed(3)}/${goOpen.p99_ms.toFixed(3)}`);
+await stop(wl, gs, gl);
+const ms = (x) => `${x.p50_ms.toFixed(3)}/${x.p90_ms.toFixed(3)}/${x.p99_ms.toFixed(3)}`;
+console.log(`open p50/p90/p99 ms (${ROUNDS} interleaved rounds of ${PER_ROUND} opens after ${OPEN_WARMUP} warm-up): weir ${ms(weirOpen)}   go ${ms(goOpen)}`);
+const sp = (x) => `${x.min}/${x.median}/${x.max}`;
+console.log(`  weir ÷ go per round, min/median/max: p50 ${sp(roundSpread.p50)}   p99 ${sp(roundSpread.p99)}`);
 console.log(`CPU µs per tunnel open + close (${CHURN}, 8 at a time): weir client ${weirChurn.client} + server ${weirChurn.server}   go client ${goChurn.client} + server ${goChurn.server}`);
 
 // --- memory per idle tunnel (client + server process RSS growth) ----------------------------------
@@ -301,6 +344,9 @@ console.log(
     throughput_1s_vs_node_tls: r(results.weir.s1, results['node-tls'].s1),
     throughput_4s_vs_go: r(results.weir.s4, results.go.s4),
     open_p99_vs_go: r(weirOpen.p99_ms, goOpen.p99_ms),
+    open_p90_vs_go: r(weirOpen.p90_ms, goOpen.p90_ms),
+    open_p50_vs_go: r(weirOpen.p50_ms, goOpen.p50_ms),
+    open_round_vs_go: roundSpread,
     open_cpu_vs_go: r(weirChurn.client + weirChurn.server, goChurn.client + goChurn.server),
     rss_per_tunnel_kib: Number(perTunnelKiB.toFixed(2)),
     rss_per_tunnel_kib_client: rss.client,
@@ -317,6 +363,8 @@ console.log(
     open_ms: { weir: weirOpen, go: goOpen },
     open_cpu_us: { weir: weirChurn, go: goChurn },
     open_warmup: OPEN_WARMUP,
+    open_rounds: ROUNDS,
+    open_per_round: PER_ROUND,
     tunnels: n,
     seconds: SECONDS,
     warmup_s: WARMUP,

@@ -19,8 +19,17 @@ const CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384';
 
 const nextWaiters = [];
 const nextLine = () => new Promise((r) => nextWaiters.push(r));
+// Any other line is a command (`round N`, `churn N`, `exit`) for the open-latency mode, read in order.
+const commands = [];
+const commandWaiters = [];
+const nextCommand = () => (commands.length > 0 ? Promise.resolve(commands.shift()) : new Promise((r) => commandWaiters.push(r)));
 createInterface({ input: process.stdin }).on('line', (l) => {
   if (l.trim() === 'next') nextWaiters.shift()?.();
+  else if (l.trim() !== 'rss') {
+    const w = commandWaiters.shift();
+    if (w) w(l.trim());
+    else commands.push(l.trim());
+  }
   if (l.trim() === 'rss') {
     globalThis.gc?.();
     setTimeout(() => {
@@ -45,8 +54,6 @@ const dialTcp = (host, port) =>
   });
 
 const listen = (server) => server.listen(0, '127.0.0.1', () => console.log(`READY ${server.address().port}`));
-
-const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * (sorted.length - 1)))];
 
 switch (mode) {
   case 'weir-server': {
@@ -103,6 +110,9 @@ switch (mode) {
     break;
   }
   case 'weir-open-latency': {
+    // Serves the orchestrator's commands on stdin (as hbonepeer.go -mode open-latency): `round N`
+    // opens N tunnels one at a time on the warm session, closing each gracefully, and prints
+    // `ROUND [ms, …]` (connect() called → 200 received); `churn N` prints `CHURN-DONE N`.
     const opts = { peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] };
     // JIT warm-up (a proxy runs warm): opens on a session of their own, so the measured session
     // starts with a fresh RST_STREAM budget (the server's nghttp2 limits resets per session).
@@ -113,34 +123,35 @@ switch (mode) {
     }
     const c = new HboneClient({ tls: tlsOpts });
     const warm = await c.connect(opts);
-    const lat = [];
-    for (let i = 0; i < cfg.count; i++) {
-      const start = process.hrtime.bigint();
-      const t = await c.connect(opts);
-      lat.push(Number(process.hrtime.bigint() - start) / 1e6);
-      t.end();
-      t.destroy();
-    }
-    lat.sort((a, b) => a - b);
-    console.log(`RESULT ${JSON.stringify({ count: lat.length, p50_ms: pct(lat, 0.5), p99_ms: pct(lat, 0.99) })}`);
-    if (cfg.churn > 0) {
-      // Graceful open + close (END_STREAM both ways, as a finished connection), 8 at a time; the
-      // orchestrator reads both processes' CPU between the two lines.
-      console.log('CHURN-START');
-      await nextLine();
-      let left = cfg.churn;
-      const worker = async () => {
-        while (left-- > 0) {
+    // Graceful (END_STREAM both ways, as a finished connection; no RST_STREAM, so no reset budget).
+    const closeGracefully = (t) =>
+      new Promise((r) => {
+        t.once('close', r);
+        t.resume();
+        t.end();
+      });
+    console.log('OPEN-READY');
+    for (;;) {
+      const [cmd, arg] = (await nextCommand()).split(' ');
+      const n = Number(arg);
+      if (cmd === 'round') {
+        const lat = [];
+        for (let i = 0; i < n; i++) {
+          const start = process.hrtime.bigint();
           const t = await c.connect(opts);
-          await new Promise((r) => {
-            t.once('close', r);
-            t.resume();
-            t.end();
-          });
+          lat.push(Number(process.hrtime.bigint() - start) / 1e6);
+          await closeGracefully(t);
         }
-      };
-      await Promise.all(Array.from({ length: 8 }, worker));
-      console.log(`CHURN-DONE ${cfg.churn}`);
+        console.log(`ROUND ${JSON.stringify(lat)}`);
+      } else if (cmd === 'churn') {
+        // 8 at a time; the orchestrator reads both processes' CPU before the command and after the answer.
+        let left = n;
+        const worker = async () => {
+          while (left-- > 0) await closeGracefully(await c.connect(opts));
+        };
+        await Promise.all(Array.from({ length: 8 }, worker));
+        console.log(`CHURN-DONE ${n}`);
+      } else if (cmd === 'exit') break;
     }
     warm.destroy();
     await c.close({ deadlineMs: 100 });

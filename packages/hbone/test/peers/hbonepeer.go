@@ -4,8 +4,9 @@
 //	-mode server        HTTP/2 CONNECT server (mTLS, TLS 1.3, h2) that dials :authority
 //	-mode client-check  N concurrent tunnels through -peer to -target (an echo), checksums compared
 //	-mode client-front  TCP listener; each accepted connection becomes a tunnel to -target via -peer
-//	-mode open-latency  warm session, then -count sequential tunnel opens; prints latency percentiles;
-//	                    with -churn N then prints CHURN-START, waits for a line on stdin, opens and
+//	-mode open-latency  warm session (one tunnel held open), prints OPEN-READY, then serves commands
+//	                    on stdin: "round N" opens N tunnels one at a time on it, closing each gracefully,
+//	                    and prints ROUND [ms, …] (CONNECT sent → 200 received); "churn N" opens and
 //	                    closes N tunnels 8 at a time and prints CHURN-DONE N (CPU is read from outside)
 package main
 
@@ -26,7 +27,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"sync"
 	"time"
 )
@@ -42,9 +42,7 @@ var (
 	expect  = flag.String("expect", "", "expected peer SPIFFE identity (client modes)")
 	streams = flag.Int("streams", 4, "concurrent tunnels (client-check)")
 	nbytes  = flag.Int("bytes", 1<<20, "bytes per tunnel (client-check)")
-	count   = flag.Int("count", 200, "tunnel opens (open-latency)")
 	warmup  = flag.Int("warmup", 0, "tunnel opens before measuring, on a session of their own (open-latency)")
-	churn   = flag.Int("churn", 0, "tunnels opened and closed after the latency run, 8 at a time (open-latency)")
 )
 
 func main() {
@@ -268,45 +266,53 @@ func openLatency(tr *http.Transport) {
 	warm, err := open(tr)
 	check(err)
 	defer warm.w.Close()
-	lat := make([]float64, 0, *count)
-	for i := 0; i < *count; i++ {
-		start := time.Now()
-		t, err := open(tr)
-		check(err)
-		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
-		t.w.Close()
-		t.body.Close()
-	}
-	sort.Float64s(lat)
-	pct := func(p float64) float64 { return lat[int(p*float64(len(lat)-1))] }
-	b, _ := json.Marshal(map[string]any{"count": len(lat), "p50_ms": pct(0.5), "p99_ms": pct(0.99)})
-	fmt.Println(string(b))
-	if *churn > 0 {
-		fmt.Println("CHURN-START")
-		_, err := bufio.NewReader(os.Stdin).ReadString('\n')
-		check(err)
-		var wg sync.WaitGroup
-		jobs := make(chan struct{}, *churn)
-		for i := 0; i < *churn; i++ {
-			jobs <- struct{}{}
+	fmt.Println("OPEN-READY")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var n int
+		if _, err := fmt.Sscanf(in.Text(), "round %d", &n); err == nil {
+			lat := make([]float64, 0, n)
+			for i := 0; i < n; i++ {
+				start := time.Now()
+				t, err := open(tr)
+				check(err)
+				lat = append(lat, float64(time.Since(start).Nanoseconds())/1e6)
+				closeGracefully(t)
+			}
+			b, _ := json.Marshal(lat)
+			fmt.Printf("ROUND %s\n", b)
+		} else if _, err := fmt.Sscanf(in.Text(), "churn %d", &n); err == nil {
+			churnTunnels(tr, n)
+			fmt.Printf("CHURN-DONE %d\n", n)
 		}
-		close(jobs)
-		for w := 0; w < 8; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range jobs {
-					// Graceful: end our side, read the peer's to its end, as a finished connection.
-					t, err := open(tr)
-					check(err)
-					t.w.Close()
-					_, err = io.Copy(io.Discard, t.body)
-					check(err)
-					t.body.Close()
-				}
-			}()
-		}
-		wg.Wait()
-		fmt.Printf("CHURN-DONE %d\n", *churn)
 	}
+}
+
+// Ends our side and reads the peer's to its end, as a finished connection does.
+func closeGracefully(t *tunnel) {
+	t.w.Close()
+	_, err := io.Copy(io.Discard, t.body)
+	check(err)
+	t.body.Close()
+}
+
+func churnTunnels(tr *http.Transport, n int) {
+	var wg sync.WaitGroup
+	jobs := make(chan struct{}, n)
+	for i := 0; i < n; i++ {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				t, err := open(tr)
+				check(err)
+				closeGracefully(t)
+			}
+		}()
+	}
+	wg.Wait()
 }
