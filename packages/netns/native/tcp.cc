@@ -41,6 +41,8 @@ struct SockSpec {
   bool reuseAddr = false;
   bool reusePort = false;
   bool noDelay = false;
+  bool keepalive = false;
+  int keepalives[3] = {0, 0, 0};  // TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT
   int ipv6Only = -1;  // -1: leave the kernel default
   bool bind = false;
   sockaddr_storage bindAddr{};
@@ -92,6 +94,18 @@ Napi::Object AddrToJs(Napi::Env env, const sockaddr_storage& ss) {
   return out;
 }
 
+// SO_KEEPALIVE on with all three timers, as Istio's ztunnel sets them: timers first, SO_KEEPALIVE
+// last, so the timer starts with the final values. Returns the failed call, or nullptr.
+const char* SetKeepalive(int fd, const int values[3]) {
+  static const int names[3] = {TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT};
+  static const char* calls[3] = {"setsockopt(TCP_KEEPIDLE)", "setsockopt(TCP_KEEPINTVL)", "setsockopt(TCP_KEEPCNT)"};
+  for (int i = 0; i < 3; i++)
+    if (setsockopt(fd, IPPROTO_TCP, names[i], &values[i], sizeof(int)) < 0) return calls[i];
+  int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0) return "setsockopt(SO_KEEPALIVE)";
+  return nullptr;
+}
+
 // Only syscalls, no JS: runs while the thread may be in the target namespace.
 Outcome MakeSocket(const SockSpec& s) {
   Outcome o;
@@ -127,6 +141,10 @@ Outcome MakeSocket(const SockSpec& s) {
   // Before connect, so that not even the first segment waits for an ACK (Nagle).
   if (!s.udp && s.noDelay && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
     return fail("setsockopt(TCP_NODELAY)");
+  // In the same call rather than a setTcpKeepalive per socket; a listener's accepted sockets inherit them.
+  if (!s.udp && s.keepalive) {
+    if (const char* call = SetKeepalive(fd, s.keepalives)) return fail(call);
+  }
   if (s.bind && bind(fd, reinterpret_cast<const sockaddr*>(&s.bindAddr), s.bindLen) < 0) return fail("bind");
   if (s.listen && listen(fd, s.backlog) < 0) return fail("listen");
   // Nonblocking: EINPROGRESS is the normal answer; completion is watched from JS with a poller.
@@ -165,6 +183,13 @@ static Napi::Value CreateSocket(const Napi::CallbackInfo& info, bool udp) {
   s.reuseAddr = o.Get("reuseAddr").ToBoolean();
   s.reusePort = o.Get("reusePort").ToBoolean();
   s.noDelay = o.Get("noDelay").ToBoolean();
+  Napi::Value keepIdle = o.Get("keepIdle");
+  if (!udp && keepIdle.IsNumber()) {
+    s.keepalive = true;
+    s.keepalives[0] = keepIdle.As<Napi::Number>().Int32Value();
+    s.keepalives[1] = o.Get("keepIntvl").ToNumber().Int32Value();
+    s.keepalives[2] = o.Get("keepCnt").ToNumber().Int32Value();
+  }
   if (o.Get("ipv6Only").IsBoolean()) s.ipv6Only = o.Get("ipv6Only").ToBoolean() ? 1 : 0;
   std::string bindAddress = StrOpt(o, "bindAddress");
   if (!bindAddress.empty()) {
@@ -268,15 +293,8 @@ static Napi::Value OriginalDst(const Napi::CallbackInfo& info) {
 static Napi::Value SetTcpKeepalive(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = IntArg(info, 0, "fd");
-  int opts[3] = {IntArg(info, 1, "idle"), IntArg(info, 2, "interval"), IntArg(info, 3, "count")};
-  // Timers first, SO_KEEPALIVE last: the timer starts with the final values.
-  static const int names[3] = {TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT};
-  static const char* calls[3] = {"setsockopt(TCP_KEEPIDLE)", "setsockopt(TCP_KEEPINTVL)", "setsockopt(TCP_KEEPCNT)"};
-  for (int i = 0; i < 3; i++)
-    if (setsockopt(fd, IPPROTO_TCP, names[i], &opts[i], sizeof(int)) < 0) throw SysError(env, calls[i], errno);
-  int one = 1;
-  if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0)
-    throw SysError(env, "setsockopt(SO_KEEPALIVE)", errno);
+  int values[3] = {IntArg(info, 1, "idle"), IntArg(info, 2, "interval"), IntArg(info, 3, "count")};
+  if (const char* call = SetKeepalive(fd, values)) throw SysError(env, call, errno);
   return env.Undefined();
 }
 

@@ -18,25 +18,31 @@ export interface TcpKeepalive {
 const NOT_TCP = { [constants.errno.EOPNOTSUPP]: 'ERR_NETNS_BAD_FD', [constants.errno.ENOPROTOOPT]: 'ERR_NETNS_BAD_FD' } as const;
 
 // The kernel's limits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT).
-const LIMITS: Record<keyof TcpKeepalive, [string, number]> = {
-  idleS: ['TCP_KEEPIDLE', 32767],
-  intervalS: ['TCP_KEEPINTVL', 32767],
-  count: ['TCP_KEEPCNT', 127],
-};
+function checkTimer(what: string, key: keyof TcpKeepalive, name: string, max: number, v: unknown): void {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
+    throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `${what}: ${key} (${name}) must be an integer in 1..${max}, got ${String(v)}`);
+  }
+}
+
+/**
+ * Checks a TcpKeepalive (`what` names the caller in the error). Field by field, no per-call
+ * objects: connectTcp runs it once per proxied connection.
+ */
+export function checkKeepalive(keepalive: TcpKeepalive, what: string): void {
+  const k = keepalive as Partial<TcpKeepalive> | undefined;
+  checkTimer(what, 'idleS', 'TCP_KEEPIDLE', 32767, k?.idleS);
+  checkTimer(what, 'intervalS', 'TCP_KEEPINTVL', 32767, k?.intervalS);
+  checkTimer(what, 'count', 'TCP_KEEPCNT', 127, k?.count);
+}
 
 /**
  * Turns SO_KEEPALIVE on and sets TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT. Use instead of
  * `socket.setKeepAlive()` (which sets only the idle time; libuv then forces interval 1 s, count 10),
- * and do not call that afterwards: it would overwrite these values.
+ * and do not call that afterwards: it would overwrite these values. Sockets made by connectTcp or
+ * createTcpListener can get the same in their creating call (their `keepalive` option).
  */
 export function setTcpKeepalive(socket: net.Socket | number, keepalive: TcpKeepalive): void {
-  for (const key of Object.keys(LIMITS) as (keyof TcpKeepalive)[]) {
-    const [name, max] = LIMITS[key];
-    const v = (keepalive as Partial<TcpKeepalive> | undefined)?.[key];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
-      throw new NetnsError('ERR_NETNS_INVALID_ARGUMENT', `setTcpKeepalive: ${key} (${name}) must be an integer in 1..${max}, got ${String(v)}`);
-    }
-  }
+  checkKeepalive(keepalive, 'setTcpKeepalive');
   const fd = socketFd(socket, 'setTcpKeepalive');
   const { idleS, intervalS, count } = keepalive;
   sys(

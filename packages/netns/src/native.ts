@@ -30,6 +30,10 @@ export interface NativeTcpSpec {
   reusePort?: boolean;
   /** TCP_NODELAY, set before connect. */
   noDelay?: boolean;
+  /** TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT and SO_KEEPALIVE, set when keepIdle is a number. */
+  keepIdle?: number;
+  keepIntvl?: number;
+  keepCnt?: number;
   ipv6Only?: boolean;
   bindAddress?: string;
   bindPort?: number;

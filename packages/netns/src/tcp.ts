@@ -4,6 +4,7 @@ import { constants } from 'node:os';
 import { NetnsError, codeForErrno, errnoName, sys, wrapNative } from './errors.js';
 import { Netns } from './netns.js';
 import { fdOf, socketFd } from './fd.js';
+import { checkKeepalive, type TcpKeepalive } from './keepalive.js';
 import { native, WRITABLE, type NativePoller, type NativeTcpSpec } from './native.js';
 
 export interface TcpListenerOptions {
@@ -22,6 +23,11 @@ export interface TcpListenerOptions {
   reusePort?: boolean;
   /** IPV6_V6ONLY for an IPv6 host; unset leaves the kernel default (dual-stack). */
   ipv6Only?: boolean;
+  /**
+   * SO_KEEPALIVE with these timers on the listener, set in the same native call: Linux copies them
+   * to every accepted socket, so none needs a setTcpKeepalive of its own.
+   */
+  keepalive?: TcpKeepalive;
 }
 
 export interface TcpSocketOptions {
@@ -37,6 +43,8 @@ export interface TcpSocketOptions {
   bindAddress?: string;
   /** Local port to bind (0 or unset: any). */
   bindPort?: number;
+  /** SO_KEEPALIVE with these timers, set natively with the other options (no setTcpKeepalive call after). */
+  keepalive?: TcpKeepalive;
 }
 
 export interface ConnectTcpOptions extends TcpSocketOptions {
@@ -128,6 +136,7 @@ export function createTcpListener(o: TcpListenerOptions): number {
     listen: true,
     backlog: o.backlog ?? 511,
   };
+  if (o.keepalive !== undefined) withKeepalive(spec, o.keepalive, 'TCP listener keepalive');
   const nsFd = netns.checkedFd();
   return sys(
     () => `TCP listener on ${hostPort(o.host, port)} in netns ${netns.describe()}`,
@@ -163,6 +172,13 @@ export async function listenTcp(o: TcpListenerOptions, server: net.Server = net.
   });
 }
 
+function withKeepalive(spec: NativeTcpSpec, k: TcpKeepalive, what: string): void {
+  checkKeepalive(k, what);
+  spec.keepIdle = k.idleS;
+  spec.keepIntvl = k.intervalS;
+  spec.keepCnt = k.count;
+}
+
 function socketSpec(o: TcpSocketOptions): NativeTcpSpec {
   if (o.family !== 4 && o.family !== 6) throw invalid(`family must be 4 or 6, got ${String(o.family)}`);
   let bindAddress = o.bindAddress === undefined ? undefined : forFamily(o.bindAddress, o.family);
@@ -171,7 +187,7 @@ function socketSpec(o: TcpSocketOptions): NativeTcpSpec {
   }
   const bindPort = o.bindPort === undefined ? 0 : checkPort(o.bindPort, 'bindPort');
   if (bindAddress === undefined && bindPort !== 0) bindAddress = o.family === 4 ? '0.0.0.0' : '::';
-  return {
+  const spec: NativeTcpSpec = {
     family: o.family,
     mark: checkMark(o.mark),
     transparent: o.transparent === true,
@@ -179,6 +195,8 @@ function socketSpec(o: TcpSocketOptions): NativeTcpSpec {
     bindAddress,
     bindPort,
   };
+  if (o.keepalive !== undefined) withKeepalive(spec, o.keepalive, 'TCP socket keepalive');
+  return spec;
 }
 
 /**
@@ -196,6 +214,38 @@ export function createTcpSocket(o: TcpSocketOptions): number {
   );
 }
 
+/** `host:port from netns …`, for messages (built only when something fails). */
+function connectTarget(host: string, port: number, netns: Netns): string {
+  return `${hostPort(host, port)} from netns ${netns.describe()}`;
+}
+
+/**
+ * Wraps our connected fd in a net.Socket and checks that Node wraps that very socket. `inode`: the
+ * fd's identity when the connect spanned event-loop turns (other code ran: had it closed our fd
+ * and the number been reused, the inode would differ); in the same turn the fd number suffices.
+ * On failure the fd (or the socket around it) is closed and a NetnsError thrown.
+ */
+function wrapConnected(fd: number, o: ConnectTcpOptions, host: string, inode: number | undefined): net.Socket {
+  let socket: net.Socket | undefined;
+  try {
+    // No SIOCGSKNS check of the fd's netns here: createTcp made it in `netns` by construction, and
+    // Node never connects it itself (the README's Node 20 hazard), so what remains to check is that
+    // Node wraps our very socket.
+    // Node takes noDelay as already applied (no syscall; a later setNoDelay(true) is a no-op); @types/node omits it.
+    const opts: net.SocketConstructorOpts & { noDelay?: boolean } = { fd, readable: true, writable: true, allowHalfOpen: o.allowHalfOpen === true, noDelay: o.noDelay === true };
+    socket = new net.Socket(opts);
+    const wrapped = fdOf(socket);
+    if (wrapped !== fd || (inode !== undefined && fstatSync(fd).ino !== inode)) {
+      throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${connectTarget(host, o.port, o.netns)}: net.Socket wraps fd ${String(wrapped)}, not the socket we created (fd ${fd})`);
+    }
+    return socket;
+  } catch (e) {
+    if (socket) socket.destroy();
+    else native.closeFd(fd);
+    throw e instanceof NetnsError ? e : new NetnsError('ERR_NETNS_SYSCALL', `connect to ${connectTarget(host, o.port, o.netns)}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
 /**
  * Connects a socket made inside `netns` to `host:port` and resolves with a connected net.Socket.
  * The connect() runs natively on the fd we created and Node only wraps the connected fd, so Node
@@ -204,27 +254,59 @@ export function createTcpSocket(o: TcpSocketOptions): number {
  * and the net.Socket is verified to wrap that very socket before it is handed out.
  */
 export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
-  return new Promise<net.Socket>((resolve, reject) => {
+  let fd: number;
+  let host: string;
+  try {
     const netns = checkNetns(o.netns);
     const spec = socketSpec(o);
-    const host = forFamily(o.host, o.family);
+    host = forFamily(o.host, o.family);
     if (ipFamily(host, 'connect host') !== o.family) throw invalid(`connect host ${o.host} is not an IPv${o.family} address`);
     spec.connectAddress = host;
     spec.connectPort = checkPort(o.port, 'connect port');
     if (o.noDelay === true) spec.noDelay = true;
     if (o.timeoutMs !== undefined && !(o.timeoutMs > 0)) throw invalid(`timeoutMs must be positive, got ${String(o.timeoutMs)}`);
-    // Messages are built only when something fails: this runs once per proxied connection.
-    const target = (): string => `${hostPort(host, o.port)} from netns ${netns.describe()}`;
     if (o.signal?.aborted) {
-      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${target()} aborted before it started`, { cause: o.signal.reason });
+      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${connectTarget(host, o.port, netns)} aborted before it started`, { cause: o.signal.reason });
     }
     const nsFd = netns.checkedFd();
     // Passing netns.id makes the native side refuse (ESTALE) an fd that no longer names this
     // namespace: the socket is then made in `netns` by construction (setns into it succeeded).
-    const fd = sys(() => `connect to ${target()}`, () => native.createTcp(nsFd, spec, netns.id), { [constants.errno.ESTALE]: 'ERR_NETNS_SOCKET_MISMATCH' });
-    // Identity of our socket, taken only when the connect spans event-loop turns (see finish).
-    let inode: number | undefined;
+    const h = host;
+    fd = sys(() => `connect to ${connectTarget(h, o.port, netns)}`, () => native.createTcp(nsFd, spec, netns.id), { [constants.errno.ESTALE]: 'ERR_NETNS_SOCKET_MISMATCH' });
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  // A connect to a local address (the app in this pod, over lo) has usually completed inside
+  // connect(): take it now, without a poller, a timer or a closure (POLLOUT without POLLERR/POLLHUP
+  // means SO_ERROR is 0).
+  let connected: boolean;
+  try {
+    connected = native.connectedNow(fd);
+  } catch (e) {
+    native.closeFd(fd);
+    return Promise.reject(wrapNative(e, `connect to ${connectTarget(host, o.port, o.netns)}: polling the socket`));
+  }
+  if (connected) {
+    try {
+      return Promise.resolve(wrapConnected(fd, o, host, undefined));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+  return awaitConnect(fd, o, host);
+}
 
+/** The connect is in progress: watch the fd with a poller until it completes, fails, times out or is aborted. */
+function awaitConnect(fd: number, o: ConnectTcpOptions, host: string): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve, reject) => {
+    const target = (): string => connectTarget(host, o.port, o.netns);
+    let inode: number;
+    try {
+      inode = fstatSync(fd).ino;
+    } catch (e) {
+      native.closeFd(fd);
+      throw wrapNative(e, `connect to ${target()}: fstat of the new socket`);
+    }
     let timer: NodeJS.Timeout | undefined;
     let done = false;
     let poller: NativePoller | undefined;
@@ -241,7 +323,13 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       if (status < 0) {
         return fail(new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target()} failed: the socket reported an error (libuv ${errnoName(-status)}) but SO_ERROR was empty`, { errno: -status, syscall: 'connect' }));
       }
-      finish();
+      if (done) return;
+      cleanup();
+      try {
+        resolve(wrapConnected(fd, o, host, inode));
+      } catch (e) {
+        reject(e);
+      }
     }
     const onAbort = (): void =>
       fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target()} aborted`, { cause: o.signal?.reason }));
@@ -257,48 +345,6 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
       native.closeFd(fd);
       reject(err);
     };
-    const finish = (): void => {
-      if (done) return;
-      cleanup();
-      let socket: net.Socket | undefined;
-      try {
-        // No SIOCGSKNS check of the fd's netns here: createTcp made it in `netns` by construction
-        // (see above), and Node never connects it itself (the README's Node 20 hazard), so what
-        // remains to check is that Node wraps our very socket.
-        // Node takes noDelay as already applied (no syscall; a later setNoDelay(true) is a no-op); @types/node omits it.
-        const opts: net.SocketConstructorOpts & { noDelay?: boolean } = { fd, readable: true, writable: true, allowHalfOpen: o.allowHalfOpen === true, noDelay: o.noDelay === true };
-        socket = new net.Socket(opts);
-        const wrapped = fdOf(socket);
-        // Across event-loop turns other code ran: had it closed our fd and the number been reused,
-        // the inode would differ. In the same turn nothing else ran, so the fd number suffices.
-        if (wrapped !== fd || (inode !== undefined && fstatSync(fd).ino !== inode)) {
-          throw new NetnsError('ERR_NETNS_SOCKET_MISMATCH', `connect to ${target()}: net.Socket wraps fd ${String(wrapped)}, not the socket we created (fd ${fd})`);
-        }
-      } catch (e) {
-        if (socket) socket.destroy();
-        else native.closeFd(fd);
-        reject(e instanceof NetnsError ? e : new NetnsError('ERR_NETNS_SYSCALL', `connect to ${target()}: ${(e as Error).message}`, { cause: e }));
-        return;
-      }
-      resolve(socket);
-    };
-
-    // A connect to a local address (the app in this pod, over lo) has usually completed inside
-    // connect(): take it now instead of one event-loop turn later through a poller.
-    let connected: boolean;
-    try {
-      connected = native.connectedNow(fd);
-    } catch (e) {
-      native.closeFd(fd);
-      throw wrapNative(e, `connect to ${target()}: polling the socket`);
-    }
-    if (connected) return onPoll(0);
-    try {
-      inode = fstatSync(fd).ino;
-    } catch (e) {
-      native.closeFd(fd);
-      throw wrapNative(e, `connect to ${target()}: fstat of the new socket`);
-    }
     try {
       poller = new native.Poller(fd, onPoll);
     } catch (e) {

@@ -2,7 +2,7 @@
 import { spawnSync } from 'node:child_process';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NetnsError, connectTcp, createTcpSocket, currentNetns, listenTcp, openNetns, socketNetnsId, type Netns } from '../src/index.js';
+import { NetnsError, connectTcp, createTcpSocket, currentNetns, listenTcp, openNetns, socketNetnsId, tcpKeepalive, type Netns } from '../src/index.js';
 import { TestNetns, countFds, readAll, requireRootAndTools, ruleCounter, vethPair } from './helpers.js';
 
 let nsA: TestNetns;
@@ -150,6 +150,74 @@ describe('connectTcp from a netns', () => {
       expect(await readAll(s)).toBe('local');
     } finally {
       await new Promise<void>((resolve) => local.close(() => resolve()));
+    }
+  });
+
+  it('keepalive: SO_KEEPALIVE and the three timers set in the creating call, on dialled sockets and inherited by a listener\'s accepted ones', async () => {
+    const ka = { idleS: 180, intervalS: 180, count: 9 };
+    const accepted: Socket[] = [];
+    const kaServer = await listenTcp({ netns: b, host: addr.b4, port: 0, keepalive: { idleS: 7, intervalS: 3, count: 2 } });
+    kaServer.on('connection', (c: Socket) => accepted.push(c.on('error', () => undefined)));
+    const local = await listenTcp({ netns: a, host: '127.0.0.1', port: 0 });
+    local.on('connection', (c: Socket) => c.on('error', () => undefined));
+    const made: Socket[] = [];
+    try {
+      // Across the veth (poller path) and over lo inside A (completed inside connect()).
+      const far = await connectTcp({ netns: a, family: 4, mark: 0x539, host: addr.b4, port: (kaServer.address() as AddressInfo).port, keepalive: ka });
+      const near = await connectTcp({ netns: a, family: 4, mark: 0x539, host: '127.0.0.1', port: (local.address() as AddressInfo).port, keepalive: ka });
+      const plain = await connectTcp({ netns: a, family: 4, host: addr.b4, port: serverPort });
+      made.push(far, near, plain);
+      for (const s of [far, near]) {
+        expect(tcpKeepalive(s)).toEqual({ enabled: true, ...ka });
+        expect(socketNetnsId(s)).toEqual(a.id);
+      }
+      expect(tcpKeepalive(plain).enabled).toBe(false);
+      while (accepted.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(tcpKeepalive(accepted[0]!)).toEqual({ enabled: true, idleS: 7, intervalS: 3, count: 2 });
+      expect(socketNetnsId(accepted[0]!)).toEqual(b.id);
+      await expect(connectTcp({ netns: a, family: 4, host: addr.b4, port: serverPort, keepalive: { idleS: 0, intervalS: 1, count: 1 } })).rejects.toMatchObject({
+        code: 'ERR_NETNS_INVALID_ARGUMENT',
+        message: expect.stringContaining('idleS (TCP_KEEPIDLE) must be an integer in 1..32767, got 0'),
+      });
+      expect(() => createTcpSocket({ netns: a, family: 4, keepalive: { idleS: 1, intervalS: 1, count: 128 } })).toThrow(/count \(TCP_KEEPCNT\) must be an integer in 1..127/);
+    } finally {
+      for (const s of [...made, ...accepted]) s.destroy();
+      await new Promise<void>((resolve) => kaServer.close(() => resolve()));
+      await new Promise<void>((resolve) => local.close(() => resolve()));
+    }
+  });
+
+  it('interleaved connects for A and B (both paths, with keepalive and the mark) each live in their own netns, never the other', async () => {
+    const ka = { idleS: 180, intervalS: 180, count: 9 };
+    const inA = await listenTcp({ netns: a, host: '127.0.0.1', port: 0 });
+    const inB = await listenTcp({ netns: b, host: '127.0.0.1', port: 0 });
+    for (const srv of [inA, inB]) srv.on('connection', (c: Socket) => c.on('error', () => undefined).end('ok'));
+    const pA = (inA.address() as AddressInfo).port;
+    const pB = (inB.address() as AddressInfo).port;
+    try {
+      const wanted: [Netns, Promise<Socket>][] = [];
+      for (let i = 0; i < 40; i++) {
+        // Over lo inside its own netns (done inside connect()) and across the veth (poller), alternating pods.
+        const [ns, host, port] = i % 4 === 0 ? [a, '127.0.0.1', pA] : i % 4 === 1 ? [b, '127.0.0.1', pB] : i % 4 === 2 ? [a, addr.b4, serverPort] : [b, addr.a4, pA];
+        wanted.push([ns, connectTcp({ netns: ns, family: 4, mark: 0x539, host, port, keepalive: ka, noDelay: true, timeoutMs: 10_000 })]);
+      }
+      for (const [ns, p] of wanted) {
+        const s = await p.catch((e: unknown) => e);
+        if (ns === b && !(s instanceof Error) && (s as Socket).remotePort === pA) {
+          // B cannot reach A's 127.0.0.1: only a socket made in A could. Reaching it would be the bypass.
+          throw new Error('a socket for B reached a listener on 127.0.0.1 inside A');
+        }
+        if (s instanceof Error) {
+          expect(ns).toBe(b);
+          continue;
+        }
+        expect(socketNetnsId(s as Socket)).toEqual(ns.id);
+        expect(tcpKeepalive(s as Socket)).toEqual({ enabled: true, ...ka });
+        (s as Socket).destroy();
+      }
+    } finally {
+      await new Promise<void>((resolve) => inA.close(() => resolve()));
+      await new Promise<void>((resolve) => inB.close(() => resolve()));
     }
   });
 
