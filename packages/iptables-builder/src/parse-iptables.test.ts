@@ -45,6 +45,26 @@ describe('parseIptablesSave', () => {
     );
   });
 
+  it('never takes an inverted --socket-exists for the owner match (nor leaks the ! onto the next match)', () => {
+    const [nat] = parseIptablesSave(
+      [
+        '*nat',
+        ':POSTROUTING ACCEPT [0:0]',
+        '-A POSTROUTING -p tcp -m owner ! --socket-exists -m set --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127',
+        '-A POSTROUTING -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127',
+        'COMMIT',
+      ].join('\n'),
+      'ipv4',
+    );
+    const [inverted, plain] = nat?.rules ?? [];
+    expect(inverted?.rule).toBeUndefined();
+    expect(plain?.rule?.matches).toEqual([
+      { kind: 'protocol', protocol: 'tcp' },
+      { kind: 'owner', socketExists: true },
+      { kind: 'set', name: 'istio-inpod-probes-v4', flags: ['dst'] },
+    ]);
+  });
+
   it('keeps rules it does not model as text, and quoted comments intact', () => {
     const [filter] = parseIptablesSave(
       [

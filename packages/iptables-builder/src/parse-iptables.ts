@@ -206,7 +206,8 @@ export function parseRuleWords(words: readonly string[], family: Family): Rule |
         continue;
       }
       case '--socket-exists':
-        if (module !== 'owner') return undefined;
+        // The model has no inverted owner match: `! --socket-exists` stays raw text (never taken for ours).
+        if (module !== 'owner' || takeInvert().invert) return undefined;
         matches.push({ kind: 'owner', socketExists: true });
         continue;
       case '--match-set': {
