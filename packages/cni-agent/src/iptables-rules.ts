@@ -7,10 +7,13 @@ import {
   inpodRouting,
   ipsetAdd,
   ipsetCreateArgs,
+  ipsetDel,
+  ipsetList,
   netnsExecutor,
   type CommandExecutor,
   type IptablesBackend,
   type IpsetEntry,
+  type IpsetNotFoundError,
   type NetlinkExchange,
   type NetnsRoundTrip,
   type NetnsSysctls,
@@ -44,6 +47,11 @@ export interface IptablesPodRulesOptions {
   ipv6?: boolean | 'auto';
   probeSnatIp?: string;
   probeSnatIpv6?: string;
+  /**
+   * How commands reach the node netns (the probe ipset and SNAT rules); default one long-lived
+   * shell entering `hostNetnsPath` (or this process's netns).
+   */
+  hostExecutor?: CommandExecutor;
   /** `auto` detects once in the host netns (legacy if it holds rules, else nft). */
   backend?: 'auto' | IptablesBackend;
   /** The node's netns for the probe ipset and SNAT rules; default this process's netns. */
@@ -57,6 +65,26 @@ export interface IptablesPodRulesOptions {
 }
 
 const SET_V4 = 'istio-inpod-probes-v4';
+
+/** A probe ipset entry as the agent reads it: the comment is the pod UID. */
+interface ProbeEntry {
+  readonly set: string;
+  readonly ip: string;
+  readonly uid: string;
+}
+
+/** A removal: which entries it takes (chosen when its batch reads the sets), and those it took. */
+interface ProbeDrop {
+  readonly match: (e: ProbeEntry) => boolean;
+  readonly dropped: ProbeEntry[];
+}
+
+/** Probe-ipset changes applied together: the drops first (one read of the sets), then the adds. */
+interface ProbeBatch {
+  readonly adds: IpsetEntry[];
+  readonly drops: ProbeDrop[];
+  done: Promise<void>;
+}
 /** Pod annotation turning DNS capture off for that pod (istio-cni's name). */
 export const DNS_CAPTURE_ANNOTATION = 'ambient.istio.io/dns-capture';
 /**
@@ -133,9 +161,9 @@ export class IptablesPodRules implements PodRules {
   private backend: IptablesBackend | undefined;
   private readonly podShells: ShellPool;
   private readonly hostShell: ShellPool;
-  /** Pending ipset changes: restore lines, and the same as entries while they are all adds. */
-  private batch: { lines: string[]; adds: IpsetEntry[] | undefined; done: Promise<void> } | undefined;
-  /** The node netns, for probe-ipset adds over netlink (no `ipset` exec per pod); set up with the host. */
+  /** Pending probe-ipset changes of concurrent captures and removals, applied together. */
+  private batch: ProbeBatch | undefined;
+  /** The node netns, for probe-ipset changes over netlink (no `ipset` exec per pod); set up with the host. */
   private hostNetns: Netns | undefined;
   /**
    * Per pod netns, NetnsApplier's fingerprint of rules last found in sync: while nothing in the
@@ -151,7 +179,7 @@ export class IptablesPodRules implements PodRules {
     const ipv6 = this.ipv6Mode === true;
     this.podShells = new ShellPool(opts.shells ?? 8);
     this.hostShell = new ShellPool(1);
-    this.host = opts.hostNetnsPath ? netnsExecutor(opts.hostNetnsPath, this.hostShell.executor) : this.hostShell.executor;
+    this.host = opts.hostExecutor ?? (opts.hostNetnsPath ? netnsExecutor(opts.hostNetnsPath, this.hostShell.executor) : this.hostShell.executor);
     this.hostRules = hostProbeRules({
       ipv6,
       ...(opts.probeSnatIp !== undefined ? { probeSnatIp: opts.probeSnatIp } : {}),
@@ -351,47 +379,99 @@ export class IptablesPodRules implements PodRules {
   addHostProbe(pod: PodInfo, ips: string[]): Promise<void> {
     const adds = ips.filter((ip) => this.ipv6Mode === true || !ip.includes(':')).map((ip) => ({ set: ip.includes(':') ? SET_V6 : SET_V4, ip, comment: pod.uid }));
     if (adds.length === 0) return Promise.resolve();
-    return this.ipsetBatch(
-      adds.map((e) => `add ${e.set} ${e.ip} comment "${e.comment}"`),
-      adds,
-    );
+    return this.probeBatch({ adds }).done;
+  }
+
+  async removeHostProbe(pod: PodInfo): Promise<void> {
+    await this.probeBatch({ drop: { match: (e) => e.uid === pod.uid, dropped: [] } }).done;
+  }
+
+  async syncHostProbes(keep: ReadonlySet<string>): Promise<string[]> {
+    const drop: ProbeDrop = { match: (e) => !keep.has(e.uid), dropped: [] };
+    await this.probeBatch({ drop }).done;
+    return drop.dropped.map((e) => `${e.ip} (uid ${e.uid})`);
   }
 
   /**
-   * Coalesces ipset changes from concurrent captures into one `ipset -exist restore` (a burst of
-   * pods would otherwise spawn one ipset per pod on the host); a batch of adds only goes over
-   * netlink instead, in-process. Batches apply in order. Entries are independent, so a batch
-   * either applies whole or is retried per pod by the caller's backoff.
+   * Joins a change to the open batch of probe-ipset changes (or opens one): concurrent captures and
+   * removals (a burst, a mass delete) cost one read of the sets and one write for all, not one
+   * each. A batch runs after the previous one, reads the sets once, deletes what its drops match,
+   * then adds its adds, all over netlink in-process once the host is set up (until then, or
+   * after close: `ipset save` and one `ipset -exist restore`). Drops run before adds, so a drop that would
+   * match one of the open batch's adds (that pod's own entry, added earlier) opens the next batch
+   * instead: every change keeps its order against those it could affect. Entries are independent,
+   * so a batch either applies whole or is retried per pod by the caller's backoff.
    */
-  private ipsetBatch(lines: string[], adds?: IpsetEntry[]): Promise<void> {
-    if (!this.batch) {
-      const batch: NonNullable<IptablesPodRules['batch']> = { lines: [], adds: [], done: Promise.resolve() };
-      batch.done = this.ipsetChain.then(async () => {
-        this.batch = undefined;
-        const host = this.hostNetns;
-        if (host && !host.closed && batch.adds) {
-          await ipsetAdd((req, n, protocol = NETLINK_ROUTE) => netlinkExchange(host, protocol, req, n), batch.adds);
-          return;
-        }
-        await run(this.host, 'the host netns')('ipset', ['-exist', 'restore'], `${batch.lines.join('\n')}\n`);
+  private probeBatch(change: { adds?: IpsetEntry[]; drop?: ProbeDrop }): ProbeBatch {
+    const d = change.drop;
+    const open = this.batch;
+    const conflicts = d && open?.adds.some((a) => d.match({ set: a.set, ip: a.ip, uid: a.comment ?? '' }));
+    let batch = open;
+    if (!batch || conflicts) {
+      const next: ProbeBatch = { adds: [], drops: [], done: Promise.resolve() };
+      next.done = this.ipsetChain.then(() => {
+        if (this.batch === next) this.batch = undefined;
+        return this.runProbeBatch(next);
       });
-      this.ipsetChain = batch.done.catch(() => undefined);
-      this.batch = batch;
+      this.ipsetChain = next.done.catch(() => undefined);
+      this.batch = batch = next;
     }
-    this.batch.lines.push(...lines);
-    if (adds && this.batch.adds) this.batch.adds.push(...adds);
-    else this.batch.adds = undefined;
-    return this.batch.done;
+    if (change.adds) batch.adds.push(...change.adds);
+    if (d) batch.drops.push(d);
+    return batch;
   }
 
-  /** Probe ipset entries as `{set, ip, uid}` (the comment is the pod UID). */
-  private async probeEntries(): Promise<{ set: string; ip: string; uid: string }[]> {
-    const ipset = run(this.host, 'the host netns');
-    const out: { set: string; ip: string; uid: string }[] = [];
+  private async runProbeBatch(batch: ProbeBatch): Promise<void> {
+    const started = performance.now();
+    const host = this.hostNetns;
+    const netlink: NetlinkExchange | undefined = host && !host.closed ? (req, n, protocol = NETLINK_ROUTE) => netlinkExchange(host, protocol, req, n) : undefined;
+    const dels: ProbeEntry[] = [];
+    if (batch.drops.length) {
+      const seen = new Set<string>();
+      for (const e of await this.probeEntries(netlink)) {
+        let matched = false;
+        for (const d of batch.drops) {
+          if (!d.match(e)) continue;
+          d.dropped.push(e);
+          matched = true;
+        }
+        if (matched && !seen.has(`${e.set} ${e.ip}`)) {
+          seen.add(`${e.set} ${e.ip}`);
+          dels.push(e);
+        }
+      }
+    }
+    if (netlink) {
+      if (dels.length) await ipsetDel(netlink, dels);
+      if (batch.adds.length) await ipsetAdd(netlink, batch.adds);
+    } else if (dels.length || batch.adds.length) {
+      const lines = [...dels.map((e) => `del ${e.set} ${e.ip}`), ...batch.adds.map((e) => `add ${e.set} ${e.ip} comment "${e.comment}"`)];
+      await run(this.host, 'the host netns')('ipset', ['-exist', 'restore'], `${lines.join('\n')}\n`);
+    }
+    this.log.debug(
+      { adds: batch.adds.length, removals: batch.drops.length, deleted: dels.length, via: netlink ? 'netlink' : 'ipset', ms: Number((performance.now() - started).toFixed(1)) },
+      'probe ipset updated',
+    );
+  }
+
+  /** Probe ipset entries as `{set, ip, uid}` (the comment is the pod UID); over netlink when given. */
+  private async probeEntries(netlink: NetlinkExchange | undefined): Promise<ProbeEntry[]> {
+    const out: ProbeEntry[] = [];
     for (const set of this.ipv6Mode === true ? [SET_V4, SET_V6] : [SET_V4]) {
+      if (netlink) {
+        let entries: IpsetEntry[];
+        try {
+          entries = await ipsetList(netlink, set);
+        } catch (err) {
+          if ((err as IpsetNotFoundError).code === 'ERR_IPTABLES_IPSET_NOT_FOUND') continue; // no such set: nothing of ours in it
+          throw new CniAgentError('ERR_AGENT_HOST', `listing the probe ipset ${set} in the host netns: ${(err as Error).message}`, { cause: err });
+        }
+        for (const e of entries) if (e.comment !== undefined) out.push({ set, ip: e.ip, uid: e.comment });
+        continue;
+      }
       let saved: string;
       try {
-        saved = await ipset('ipset', ['save', set]);
+        saved = await run(this.host, 'the host netns')('ipset', ['save', set]);
       } catch {
         continue; // no such set: nothing of ours in it
       }
@@ -401,17 +481,6 @@ export class IptablesPodRules implements PodRules {
       }
     }
     return out;
-  }
-
-  async removeHostProbe(pod: PodInfo): Promise<void> {
-    const dels = (await this.probeEntries()).filter((e) => e.uid === pod.uid).map((e) => `del ${e.set} ${e.ip}`);
-    if (dels.length) await this.ipsetBatch(dels);
-  }
-
-  async syncHostProbes(keep: ReadonlySet<string>): Promise<string[]> {
-    const stale = (await this.probeEntries()).filter((e) => !keep.has(e.uid));
-    if (stale.length) await this.ipsetBatch(stale.map((e) => `del ${e.set} ${e.ip}`));
-    return stale.map((e) => `${e.ip} (uid ${e.uid})`);
   }
 
   async teardownHost(): Promise<void> {
