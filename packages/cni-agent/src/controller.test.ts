@@ -46,10 +46,23 @@ class Ports {
   annotations = new Map<string, string | null>();
   events: PodEvent[] = [];
   namespaces = new Map<string, NamespaceInfo>([['apps', { name: 'apps', labels: { 'istio.io/dataplane-mode': 'ambient' } }]]);
+  /** `apply <pod> <netns file>` and `zds add <uid> <netns file>`, with `(closed handle)` when the handle was closed. */
+  trace: string[] = [];
+  /** Every handle openNetns returned. */
+  opened: NetnsHandle[] = [];
+  /** Netns paths whose handle reports another device than the file (same inode): a different netns. */
+  wrongDev = new Set<string>();
+  /** Holds the ZDS add of a netns path until the promise settles (a slow ztunnel ack). */
+  zdsGate: (path: string) => Promise<void> | undefined = () => undefined;
+
+  private where(ns: NetnsHandle): string {
+    return `${(ns.path ?? '?').split('/').pop()}${ns.closed ? ' (closed handle)' : ''}`;
+  }
 
   rules: PodRules = {
     setupHost: async () => undefined,
-    apply: async (p): Promise<RepairReport> => {
+    apply: async (p, ns): Promise<RepairReport> => {
+      this.trace.push(`apply ${p.name} ${this.where(ns)}`);
       this.active++;
       this.maxActive = Math.max(this.maxActive, this.active);
       await new Promise((r) => setTimeout(r, this.applyMs));
@@ -78,10 +91,12 @@ class Ports {
     get connected() {
       return ports.connected;
     },
-    addWorkload: async (uid) => {
+    addWorkload: async (uid, _info, ns) => {
       if (!this.connected) throw new Error('no ztunnel connected');
       if (this.nack) throw new Error('nack: bind failed');
+      await this.zdsGate(ns.path ?? '');
       this.calls.push(`zds add ${uid}`);
+      this.trace.push(`zds add ${uid} ${this.where(ns)}`);
     },
     removeWorkload: async (uid) => void this.calls.push(`zds del ${uid}`),
   };
@@ -109,9 +124,12 @@ function controller(p: Ports, logger?: PodControllerOptions['logger']): PodContr
     rules: p.rules,
     ztunnel: p.ztunnel,
     openNetns: (path): NetnsHandle => {
-      const ino = statSync(path).ino; // throws ENOENT for a missing netns, like openNetns
+      const st = statSync(path); // throws ENOENT for a missing netns, like openNetns
       let closed = false;
-      return { fd: 99, id: { dev: 1, ino }, path, get closed() { return closed; }, close: () => void (closed = true) };
+      const id = { dev: st.dev + (p.wrongDev.has(path) ? 1 : 0), ino: st.ino };
+      const h: NetnsHandle = { fd: 99, id, path, get closed() { return closed; }, close: () => void (closed = true) };
+      p.opened.push(h);
+      return h;
     },
     enrolled: (p, ns) => p.labels['istio.io/dataplane-mode'] !== 'none' && ns?.labels['istio.io/dataplane-mode'] === 'ambient',
     metrics: new AgentMetrics({ processMetrics: false }),
@@ -320,6 +338,103 @@ describe('PodController', () => {
     await until(() => (c.status()[0]?.lastError ?? '').includes('not found'));
     expect(c.status()[0]?.lastError).toMatch(/netns of pod apps\/ghost \(uid uid-ghost\) not found: .*gone: ENOENT/);
     expect(c.status()[0]?.state).toBe('pending');
+    await c.stop();
+  });
+
+  // Review 5 #1: a new sandbox's ADD arriving while ztunnel is slow to ack the old sandbox.
+  describe('a new sandbox while the previous one is being handed to ztunnel', () => {
+    function sandboxes(): { s1: string; s2: string } {
+      const s1 = join(dir, 's1');
+      const s2 = join(dir, 's2');
+      writeFileSync(s1, '');
+      writeFileSync(s2, '');
+      return { s1, s2 };
+    }
+
+    it("the new sandbox's ADD is answered only once its own netns has rules and was acked by ztunnel", async () => {
+      const p = new Ports();
+      const c = controller(p);
+      const { s1, s2 } = sandboxes();
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      p.zdsGate = (path) => (path === s1 ? gate : undefined);
+      const web = pod('web', { netnsPath: undefined });
+      await expect(c.cmdAdd(web, s1, [], now(), 100)).rejects.toThrow(/not captured within 100 ms/);
+      const add2 = c.cmdAdd(web, s2, [], now(), 3000).then(() => [...p.trace]);
+      await new Promise((r) => setTimeout(r, 30));
+      release();
+      const atAnswer = await add2;
+      expect(atAnswer).toEqual(['apply web s1', 'zds add uid-web s1', 'apply web s2', 'zds add uid-web s2']);
+      expect(c.status()[0]).toMatchObject({ state: 'captured', netns: s2 });
+      // The old sandbox's handle is closed; the drift pass works on the new one and finds nothing to do.
+      expect(p.opened.map((h) => `${h.path === s1 ? 's1' : 's2'} ${h.closed ? 'closed' : 'open'}`)).toEqual(['s1 closed', 's2 open']);
+      p.trace = [];
+      await c.checkDrift();
+      expect(p.trace).toEqual(['apply web s2']);
+      await c.stop();
+    });
+
+    it("a failure in the old sandbox after the new ADD arrived does not fail the new ADD", async () => {
+      const p = new Ports();
+      const c = controller(p);
+      const { s1, s2 } = sandboxes();
+      let fail!: (err: Error) => void;
+      const gate = new Promise<void>((_, r) => (fail = r));
+      p.zdsGate = (path) => (path === s1 ? gate : undefined);
+      const web = pod('web', { netnsPath: undefined });
+      await expect(c.cmdAdd(web, s1, [], now(), 100)).rejects.toThrow(/not captured within 100 ms/);
+      const add2 = c.cmdAdd(web, s2, [], now(), 3000);
+      await new Promise((r) => setTimeout(r, 30));
+      fail(new Error('ack deadline passed'));
+      await add2;
+      expect(p.trace.slice(-2)).toEqual(['apply web s2', 'zds add uid-web s2']);
+      expect(c.status()[0]).toMatchObject({ state: 'captured', netns: s2, lastError: undefined });
+      await c.stop();
+    });
+  });
+
+  it('the drift pass captures again a captured pod whose netns handle is gone, instead of skipping or using it', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    const web = pod('web');
+    await c.cmdAdd(web, join(dir, 'web'), [], now(), 2000);
+    p.opened[0]?.close();
+    p.trace = [];
+    expect(await c.checkDrift()).toBe(1);
+    expect(p.trace).toEqual(['apply web web', 'zds add uid-web web']);
+    expect(c.status()[0]?.state).toBe('captured');
+    await c.stop();
+  });
+
+  it('a netns whose device differs from the file at its path (same inode) is a replaced netns', async () => {
+    const p = new Ports();
+    p.wrongDev.add(join(dir, 'web'));
+    const c = controller(p);
+    await expect(c.cmdAdd(pod('web'), join(dir, 'web'), [], now(), 2000)).rejects.toThrow(/was replaced mid-capture \(dev \d+ inode \d+, opened dev \d+ inode \d+\)/);
+    expect(p.calls).not.toContain('zds add uid-web');
+    await c.stop();
+  });
+
+  it('a failed rules apply on a captured pod does not claim its traffic is blocked: a rolled-back family flows', async () => {
+    const p = new Ports();
+    const warns: string[] = [];
+    const log = {
+      info: () => undefined,
+      warn: (_o: object, msg?: string) => void warns.push(msg ?? ''),
+      error: () => undefined,
+      debug: () => undefined,
+      child: () => log,
+    };
+    const c = controller(p, log);
+    c.podChanged(pod('web'));
+    await until(() => c.status()[0]?.state === 'captured');
+    p.failRules = 1;
+    c.nacked('uid-web', 'bind 15001: address in use');
+    await until(() => warns.some((m) => m.startsWith('pod pending: applying in-pod rules failed')));
+    const msg = warns.find((m) => m.startsWith('pod pending: applying in-pod rules failed')) ?? '';
+    expect(msg).toContain('rolled back');
+    expect(msg).not.toContain('traffic is blocked until it completes');
+    await until(() => c.status()[0]?.state === 'captured');
     await c.stop();
   });
 });

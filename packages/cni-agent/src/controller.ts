@@ -1,5 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { backoffDelay, Semaphore } from './backoff.js';
+import type { CaptureBypassGuard } from './capture-bypass.js';
 import { CniAgentError, failureReason } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { AgentMetrics } from './metrics.js';
@@ -36,6 +37,8 @@ export interface PodControllerOptions {
   retryMaxMs?: number;
   /** Captures running at once. */
   concurrency?: number;
+  /** Told of every capture and release (the capture-bypass warning and gauge). */
+  bypass?: Pick<CaptureBypassGuard, 'captured' | 'released'>;
 }
 
 type Trigger = 'cmdadd' | 'watch' | 'startup';
@@ -44,6 +47,8 @@ type Trigger = 'cmdadd' | 'watch' | 'startup';
 const DRIFT_CONCURRENCY = 2;
 
 interface Waiter {
+  /** The CNI_NETNS of its ADD: only a capture of that netns answers it. */
+  netnsPath: string;
   resolve(): void;
   reject(err: Error): void;
 }
@@ -103,6 +108,7 @@ export class PodController {
   podChanged(pod: PodInfo, trigger: Trigger = 'watch'): void {
     const rec = this.record(pod);
     rec.pod = pod;
+    if (rec.state === 'captured') this.opts.bypass?.captured(pod);
     this.kick(rec, trigger);
   }
 
@@ -125,19 +131,15 @@ export class PodController {
     const rec = this.record(pod);
     rec.pod = pod;
     rec.eventIps = ips;
-    if (rec.netnsPath !== netnsPath && rec.netns) {
-      // A new sandbox for the same pod: the old netns is no longer the pod's.
-      rec.netns.close();
-      rec.netns = undefined;
-      rec.state = 'pending';
-    }
+    // Only the wanted path changes here. The handle belongs to the pod's chain, where a capture of a
+    // previous sandbox may still be running: it sees the new path and leaves this ADD to the queued one.
     rec.netnsPath = netnsPath;
     rec.enrollStart = { at: receivedAt, trigger: 'cmdadd' };
     rec.attempt = 0;
     rec.staleCmdAdd = false;
     if (rec.state === 'captured') rec.state = 'pending';
     let waiter: Waiter | undefined;
-    const done = new Promise<void>((resolve, reject) => rec.waiters.push((waiter = { resolve, reject })));
+    const done = new Promise<void>((resolve, reject) => rec.waiters.push((waiter = { netnsPath, resolve, reject })));
     this.kick(rec, 'cmdadd');
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -198,7 +200,7 @@ export class PodController {
    */
   async checkDrift(): Promise<number> {
     let repaired = 0;
-    const todo = [...this.records.values()].filter((rec) => rec.state === 'captured' && rec.netns);
+    const todo = [...this.records.values()].filter((rec) => rec.state === 'captured');
     const worker = async (): Promise<void> => {
       for (let rec = todo.shift(); rec !== undefined; rec = todo.shift()) await this.driftOne(rec, () => repaired++);
     };
@@ -208,7 +210,15 @@ export class PodController {
 
   private driftOne(rec: PodRecord, onRepaired: () => void): Promise<void> {
     return this.enqueue(rec, async () => {
-      if (this.stopped || rec.state !== 'captured' || !rec.netns || rec.deleted) return;
+      if (this.stopped || rec.state !== 'captured' || rec.deleted) return;
+      if (!this.holdsCurrent(rec)) {
+        // Captured, yet no open handle on the netns the pod has now: nothing says its rules are there.
+        this.log.warn({ uid: rec.uid, name: rec.pod.name, namespace: rec.pod.namespace, netns: rec.netnsPath }, 'drift check found a captured pod without a handle on its netns; capturing it again');
+        rec.state = 'pending';
+        await this.reconcile(rec);
+        if ((rec.state as PodState) === 'captured') onRepaired();
+        return;
+      }
       try {
         const report = await this.opts.rules.apply(rec.pod, rec.netns);
         if (report.changed) {
@@ -321,7 +331,7 @@ export class PodController {
       return;
     }
     if (this.wants(rec.pod)) {
-      if (rec.state === 'captured' && rec.waiters.length === 0) {
+      if (rec.state === 'captured' && rec.waiters.length === 0 && this.holdsCurrent(rec)) {
         rec.enrollStart = undefined;
         return;
       }
@@ -357,7 +367,12 @@ export class PodController {
 
   /** Opens (or reuses) the pod's netns: its known path, a remembered hint, else a /proc scan. */
   private async netnsFor(rec: PodRecord): Promise<NetnsHandle> {
-    if (rec.netns && !rec.netns.closed) return rec.netns;
+    if (this.holdsCurrent(rec)) return rec.netns;
+    if (rec.netns) {
+      // A new sandbox (a CNI ADD with another netns): the old netns, and the rules in it, are no longer the pod's.
+      this.dropNetns(rec);
+      rec.rulesApplied = false;
+    }
     const candidates = [rec.netnsPath, rec.pod.netnsPath, this.hints.get(rec.uid)].filter(
       (p): p is string => p !== undefined,
     );
@@ -397,19 +412,39 @@ export class PodController {
     );
   }
 
-  /** After applying rules, the netns must still be the one at its path (it can vanish mid-capture). */
-  private async stillThere(rec: PodRecord, netns: NetnsHandle): Promise<void> {
-    const path = rec.netnsPath;
+  /** An open handle on the netns the pod has now (the last CNI ADD's, or the one found). */
+  private holdsCurrent(rec: PodRecord): rec is PodRecord & { netns: NetnsHandle } {
+    return rec.netns !== undefined && !rec.netns.closed && (rec.netnsPath === undefined || rec.netns.path === rec.netnsPath);
+  }
+
+  /** A CNI ADD for another sandbox arrived while this capture of `path` ran: it is no longer the pod's netns. */
+  private superseded(rec: PodRecord, netns: NetnsHandle, path: string | undefined): boolean {
+    return rec.netns !== netns || rec.netnsPath !== path;
+  }
+
+  /** The netns must still be the one at its path (it can vanish or be replaced mid-capture). */
+  private async stillThere(rec: PodRecord, netns: NetnsHandle, path: string | undefined): Promise<void> {
     if (!path) return;
-    let ino: number;
+    let st: { dev: number; ino: number };
     try {
-      ino = (await stat(path)).ino;
+      st = await stat(path);
     } catch (cause) {
       throw new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} vanished mid-capture`, { cause });
     }
-    if (ino !== netns.id.ino) {
-      throw new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} was replaced mid-capture (inode ${ino}, opened ${netns.id.ino})`);
+    // An inode number alone is not an identity: nsfs and a file system holding the path can share one.
+    if (st.ino !== netns.id.ino || st.dev !== netns.id.dev) {
+      throw new CniAgentError(
+        'ERR_AGENT_NETNS_NOT_FOUND',
+        `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} was replaced mid-capture (dev ${st.dev} inode ${st.ino}, opened dev ${netns.id.dev} inode ${netns.id.ino})`,
+      );
     }
+  }
+
+  /** A capture left the pod's newer sandbox to the reconcile its CNI ADD queued; make sure there is one. */
+  private requeue(rec: PodRecord): void {
+    rec.state = 'pending';
+    if (!rec.queued) this.kick(rec, 'watch');
+    this.updateGauges();
   }
 
   private dropNetns(rec: PodRecord): void {
@@ -432,8 +467,12 @@ export class PodController {
     const wasCaptured = rec.state === 'captured';
     if (!wasCaptured) rec.state = 'pending';
     let step = 'find netns';
+    let netns: NetnsHandle | undefined;
+    /** The netns this capture is for: a CNI ADD may name another one while it runs. */
+    let path: string | undefined;
     try {
-      const netns = await this.netnsFor(rec);
+      netns = await this.netnsFor(rec);
+      path = rec.netnsPath;
       step = 'apply in-pod rules and host probe ipset';
       // Independent of each other (pod netns vs node netns): run them side by side.
       const probe = this.opts.rules.addHostProbe(pod, this.podIps(rec)).then(
@@ -450,7 +489,7 @@ export class PodController {
         // A CNI ADD's first capture: the sandbox netns is new, install without reading it first.
         report = await this.opts.rules.apply(pod, netns, { likelyNew: rec.enrollStart?.trigger === 'cmdadd' && !rec.rulesApplied && !wasCaptured });
       } catch (cause) {
-        throw new CniAgentError('ERR_AGENT_RULES', `applying in-pod rules for ${pod.namespace}/${pod.name} in ${rec.netnsPath}: ${describe(cause)}`, { cause });
+        throw new CniAgentError('ERR_AGENT_RULES', `applying in-pod rules for ${pod.namespace}/${pod.name} in ${path}: ${describe(cause)}`, { cause });
       } finally {
         await probe.catch(() => undefined);
       }
@@ -461,7 +500,7 @@ export class PodController {
         this.log.warn({ ...ids, repaired: report.repaired }, 'restart reconcile repaired in-pod rules');
       }
       step = 'check netns';
-      await this.stillThere(rec, netns);
+      await this.stillThere(rec, netns, path);
       step = 'ztunnel add';
       try {
         await this.opts.ztunnel.addWorkload(
@@ -473,19 +512,39 @@ export class PodController {
         throw new CniAgentError('ERR_AGENT_ZTUNNEL', `ztunnel did not take pod ${pod.namespace}/${pod.name} (uid ${rec.uid}): ${describe(cause)}`, { cause });
       }
       rec.inZtunnel = true;
-      this.hints.set(rec.uid, rec.netnsPath);
+      if (this.superseded(rec, netns, path)) {
+        // ztunnel took a netns that is no longer the pod's: the new one's ADD waits for its own
+        // capture (queued behind this one), whose Add for the same uid makes ztunnel drop this netns.
+        this.log.info({ ...ids, netns: path, current: rec.netnsPath }, 'pod captured in a previous sandbox netns, a new one arrived meanwhile; capturing that');
+        this.requeue(rec);
+        return;
+      }
+      // The ZDS add is the slow step: the netns may have been replaced at its path meanwhile.
+      step = 'check netns after ztunnel add';
+      await this.stillThere(rec, netns, path);
+      this.hints.set(rec.uid, path);
       rec.state = 'captured';
       rec.attempt = 0;
       rec.lastError = undefined;
-      this.log.info({ ...ids, netns: rec.netnsPath }, 'pod captured, in-pod rules applied and netns handed to ztunnel');
+      this.opts.bypass?.captured(pod);
+      this.log.info({ ...ids, netns: path }, 'pod captured, in-pod rules applied and netns handed to ztunnel');
       if (rec.enrollStart) {
         const secs = Number(process.hrtime.bigint() - rec.enrollStart.at) / 1e9;
         this.opts.metrics.enrollmentLatency.observe({ trigger: rec.enrollStart.trigger }, secs);
         rec.enrollStart = undefined;
       }
-      for (const w of rec.waiters.splice(0)) w.resolve();
+      for (const w of rec.waiters.splice(0)) {
+        if (w.netnsPath === path) w.resolve();
+        else w.reject(new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `pod ${pod.namespace}/${pod.name} was captured in netns ${path}, not in ${w.netnsPath} of this ADD (not found when the capture began)`));
+      }
       this.updateGauges();
     } catch (err) {
+      if (netns && this.superseded(rec, netns, path)) {
+        // A failure in a netns that is no longer the pod's says nothing about the new one.
+        this.log.info({ ...ids, netns: path, current: rec.netnsPath, err: describe(err) }, 'capture of a previous sandbox netns failed, a new one arrived meanwhile; capturing that');
+        this.requeue(rec);
+        return;
+      }
       const reason = failureReason(err);
       if (reason === 'ztunnel_failed' && !this.opts.ztunnel.connected) {
         // No ztunnel yet: the pod is in the ZDS snapshot set, and the snapshot ack retries it.
@@ -520,9 +579,13 @@ export class PodController {
           retryInMs,
           attempt: rec.attempt,
         },
-        rec.rulesApplied
-          ? 'pod pending: in-pod rules are in place but capture is incomplete, traffic is blocked until it completes; retrying'
-          : 'pod pending: capture failed; retrying',
+        // Rules are applied per IP family and a family whose restore fails is rolled back alone, so
+        // a failed apply can leave one family redirected (blocked) and the other as it was.
+        reason === 'rules_failed'
+          ? 'pod pending: applying in-pod rules failed; an IP family whose restore failed was rolled back to its previous rules (on a first capture none: that family flows uncaptured), a family restored before it is redirected to ztunnel and blocked until capture completes; retrying'
+          : rec.rulesApplied
+            ? 'pod pending: in-pod rules are in place but ztunnel has not taken the pod, its traffic is blocked until it does; retrying'
+            : 'pod pending: capture failed; retrying',
       );
       for (const w of rec.waiters.splice(0)) w.reject(err as Error);
       if (rec.attempt <= 3) {
@@ -590,6 +653,7 @@ export class PodController {
       rec.state = 'idle';
       rec.attempt = 0;
       rec.lastError = undefined;
+      this.opts.bypass?.released(rec.uid);
       this.log.info(ids, 'pod removed from the mesh: in-pod rules removed, ztunnel told to drain');
     } catch (err) {
       rec.attempt++;
@@ -625,6 +689,7 @@ export class PodController {
     this.dropNetns(rec);
     this.hints.set(rec.uid, undefined);
     this.records.delete(rec.uid);
+    this.opts.bypass?.released(rec.uid);
     this.updateGauges();
   }
 
