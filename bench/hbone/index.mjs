@@ -123,7 +123,10 @@ const holder = net.createServer((s) => s.on('error', () => {}));
 await new Promise((r) => holder.listen(0, '127.0.0.1', r));
 const holdPort = holder.address().port;
 
-const node = (mode, cfg) => start(process.execPath, ['--expose-gc', join(here, 'nodepeer.mjs'), mode, JSON.stringify(cfg)], { cwd: root });
+// Extra node/V8 flags for the Weir peers, e.g. weir-ztunnel's defaults ('--semi-space-growth-factor=1
+// --heap-growing-percent=300', which keep V8's young generation at 1 MiB semi-spaces) to see hbone as embedded there.
+const NODE_FLAGS = (process.env.HBONE_BENCH_NODE_FLAGS ?? '').split(/\s+/).filter((x) => x !== '');
+const node = (mode, cfg) => start(process.execPath, ['--expose-gc', ...NODE_FLAGS, join(here, 'nodepeer.mjs'), mode, JSON.stringify(cfg)], { cwd: root });
 const ready = async (p) => Number((await waitLine(p, /READY (\d+)/))[1]);
 const local = (port) => ({ host: '127.0.0.1', port });
 
@@ -362,6 +365,7 @@ console.log(
     cpu_s_per_gib: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.cpu1.toFixed(3)), s4: Number(v.cpu4.toFixed(3)) }])),
     open_ms: { weir: weirOpen, go: goOpen },
     open_cpu_us: { weir: weirChurn, go: goChurn },
+    node_flags: NODE_FLAGS.join(' '),
     open_warmup: OPEN_WARMUP,
     open_rounds: ROUNDS,
     open_per_round: PER_ROUND,

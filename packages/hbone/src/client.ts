@@ -259,7 +259,6 @@ export class HboneClient {
     for (const e of list) {
       if (e.hasRoom()) {
         e.pending++;
-        clearTimeout(e.idleTimer);
         return e;
       }
     }
@@ -581,9 +580,14 @@ export class HboneClient {
       this.#remove(e);
       return;
     }
-    clearTimeout(e.idleTimer);
+    // One timer per session, restarted each time it falls idle (a proxy with one connection at a time
+    // to a peer does so after every tunnel); it does nothing if it fires while streams are open.
+    if (e.idleTimer !== undefined) {
+      e.idleTimer.refresh();
+      return;
+    }
     e.idleTimer = setTimeout(() => {
-      if (e.open === 0 && e.pending === 0) {
+      if (e.open === 0 && e.pending === 0 && !e.closed) {
         this.#log.debug({}, 'hbone session idle, closing');
         this.#retire(e, 'idle');
       }

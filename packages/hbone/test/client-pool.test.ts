@@ -80,6 +80,26 @@ describe('HboneClient session pool', () => {
     await waitFor(() => c.stats().sessions === 0, 3000);
   });
 
+  it('counts idleness from the last tunnel: a timer firing while a tunnel is open, or a reuse, keeps the session', async () => {
+    const c = client({ idleTimeoutMs: 400 });
+    const open = (): Promise<http2.ClientHttp2Stream> => c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] });
+    const sleep = (ms: number): Promise<unknown> => new Promise((r) => setTimeout(r, ms));
+    await roundTrip(await open(), Buffer.from('a'));
+    await waitFor(() => c.stats().streams === 0);
+    await sleep(250);
+    // Busy across the first idle deadline.
+    const t = await open();
+    await sleep(400);
+    expect(c.stats()).toEqual({ sessions: 1, streams: 1 });
+    await roundTrip(t, Buffer.from('b'));
+    await waitFor(() => c.stats().streams === 0);
+    const idleSince = Date.now();
+    await sleep(200);
+    expect(c.stats().sessions).toBe(1);
+    await waitFor(() => c.stats().sessions === 0, 3000);
+    expect(Date.now() - idleSince).toBeGreaterThanOrEqual(350);
+  });
+
   it('keeps a healthy session with PINGs and drops one whose peer stops answering', async () => {
     const relay = await freezableRelay(port);
     const c = client({ pingIntervalMs: 100, pingTimeoutMs: 1000 });
