@@ -44,6 +44,20 @@ describe('parseConfig', () => {
     expect(dns([], { DNS_CAPTURE: 'false' })).toBe(false);
   });
 
+  it('--capture-bypass warn|enforce|off (flag or CAPTURE_BYPASS), default warn; --runtime-default-caps containerd|cri-o|list', () => {
+    const cfg = (argv: string[], env: Record<string, string> = {}) => {
+      const r = parseConfig(['--node-name', 'n', '--pods-file', 'p.yaml', ...argv], env);
+      return r.ok ? [r.config['capture-bypass'], r.config['runtime-default-caps']] : r.errors.join('; ');
+    };
+    expect(cfg([])).toEqual(['warn', 'containerd']);
+    expect(cfg(['--capture-bypass', 'enforce'])).toEqual(['enforce', 'containerd']);
+    expect(cfg(['--capture-bypass=off'], { CAPTURE_BYPASS: 'enforce' })).toEqual(['off', 'containerd']);
+    expect(cfg([], { CAPTURE_BYPASS: 'enforce', RUNTIME_DEFAULT_CAPS: 'cri-o' })).toEqual(['enforce', 'cri-o']);
+    expect(cfg(['--runtime-default-caps', 'CHOWN, cap_net_raw,KILL'])).toEqual(['warn', ['CHOWN', 'cap_net_raw', 'KILL']]);
+    expect(cfg(['--capture-bypass', 'block'])).toMatch(/^--capture-bypass \(CAPTURE_BYPASS\): Invalid option/);
+    expect(cfg(['--runtime-default-caps', 'docker'])).toMatch(/^--runtime-default-caps \(RUNTIME_DEFAULT_CAPS\): containerd, cri-o or a comma-separated capability list, got docker$/);
+  });
+
   it('reads the environment, and flags win over it', () => {
     const env = { NODE_NAME: 'env-node', REDIRECT_MODE: 'redirect', DNS_CAPTURE: 'true', LOG_FORMAT: 'json', READY_ADDRESS: '[::1]:9000', KUBE_API: 'http://127.0.0.1:6443', EXCLUDE_NAMESPACES: 'a, b', DRIFT_INTERVAL: '500ms' };
     const r = parseConfig(['--node-name', 'flag-node'], env);

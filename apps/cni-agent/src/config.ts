@@ -17,6 +17,8 @@ const ENV: Record<string, string> = {
   'probe-snat-ip': 'PROBE_SNAT_IP',
   'probe-snat-ipv6': 'PROBE_SNAT_IPV6',
   'drift-interval': 'DRIFT_INTERVAL',
+  'capture-bypass': 'CAPTURE_BYPASS',
+  'runtime-default-caps': 'RUNTIME_DEFAULT_CAPS',
   'iptables-backend': 'IPTABLES_BACKEND',
   'log-format': 'LOG_FORMAT',
   'log-level': 'LOG_LEVEL',
@@ -44,6 +46,14 @@ const duration = z
     if (v.endsWith('m')) return n * 60_000;
     return n * 1000;
   });
+
+/** Linux capability names (capabilities(7)), for --runtime-default-caps. */
+const LINUX_CAPABILITIES = new Set(
+  ('CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE NET_BIND_SERVICE ' +
+    'NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN ' +
+    'SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE ' +
+    'MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE').split(' '),
+);
 
 const address = z
   .string()
@@ -78,6 +88,20 @@ export const configSchema = z
     'probe-snat-ip': z.ipv4().default('169.254.7.127'),
     'probe-snat-ipv6': z.ipv6().default('fd16:9254:7127:1337:ffff:ffff:ffff:ffff'),
     'drift-interval': duration.default(30_000),
+    // Pods with a container holding NET_RAW/NET_ADMIN (or privileged) can set SO_MARK and skip
+    // capture: warn (log + Event + metric), enforce (refuse their CNI ADD: they do not start), off.
+    'capture-bypass': z.enum(['warn', 'enforce', 'off']).default('warn'),
+    // The runtime's default capabilities, which a container keeps unless it drops them.
+    'runtime-default-caps': z
+      .string()
+      .default('containerd')
+      .transform((v, ctx): 'containerd' | 'cri-o' | string[] => {
+        if (v === 'containerd' || v === 'cri-o') return v;
+        const caps = v.split(',').map((s) => s.trim()).filter(Boolean);
+        const bad = caps.filter((cap) => !LINUX_CAPABILITIES.has(cap.toUpperCase().replace(/^CAP_/, '')));
+        if (bad.length > 0) ctx.addIssue({ code: 'custom', message: `containerd, cri-o or a comma-separated capability list, got ${bad.join(', ')}` });
+        return caps;
+      }),
     'iptables-backend': z.enum(['auto', 'legacy', 'nft']).default('auto'),
     'log-format': z.enum(['text', 'json']).default('text'),
     'log-level': z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
@@ -116,6 +140,11 @@ export const USAGE = `usage: weir-cni-agent [run|uninstall] [--flag value ...]
   --exclude-namespaces A,B    (EXCLUDE_NAMESPACES, kube-system)
   --probe-snat-ip IP          (PROBE_SNAT_IP, 169.254.7.127)
   --drift-interval 30s        (DRIFT_INTERVAL; 0 disables)
+  --capture-bypass warn|enforce|off  (CAPTURE_BYPASS, warn): pods whose containers keep NET_RAW or
+                              NET_ADMIN (or are privileged) can set SO_MARK and skip ztunnel; enforce
+                              refuses their CNI ADD (the pod does not start)
+  --runtime-default-caps containerd|cri-o|CAP,...  (RUNTIME_DEFAULT_CAPS, containerd): what a
+                              container keeps unless it drops it (containerd's has NET_RAW)
   --iptables-backend auto|legacy|nft  (IPTABLES_BACKEND, auto)
   --install --plugin-binary FILE [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--uninstall-on-exit]
   --pod-namespace NS --daemonset-name NAME   (upgrade detection on shutdown)

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { AppsV1Api, KubeConfig } from '@kubernetes/client-node';
-import { createNodeAgent, FilePodSource, IptablesPodRules, KubePodSource, type PodSource } from '@weir/cni-agent';
+import { createNodeAgent, FilePodSource, IptablesPodRules, KubePodSource, RUNTIME_DEFAULT_CAPABILITIES, type PodSource } from '@weir/cni-agent';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { parseConfig, USAGE, type AgentConfig } from './config.js';
@@ -108,6 +108,7 @@ async function main(): Promise<number> {
       mode: c.mode,
       dnsCapture: c['dns-capture'],
       ipv6: c.ipv6,
+      captureBypass: c['capture-bypass'],
       excludeNamespaces: c['exclude-namespaces'].join(','),
       ready: `${c['ready-address'].host}:${c['ready-address'].port}`,
     },
@@ -122,6 +123,10 @@ async function main(): Promise<number> {
     rules: rulesOptions,
     health: c['ready-address'],
     driftIntervalMs: c['drift-interval'],
+    captureBypass: {
+      mode: c['capture-bypass'],
+      runtimeDefaultCapabilities: Array.isArray(c['runtime-default-caps']) ? c['runtime-default-caps'] : RUNTIME_DEFAULT_CAPABILITIES[c['runtime-default-caps']],
+    },
     logger,
   });
 

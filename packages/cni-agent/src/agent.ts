@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
+import { CaptureBypassGuard, type CaptureBypassOptions, type CaptureBypassMode } from './capture-bypass.js';
 import { PodController, type PodStatus } from './controller.js';
 import { CniAgentError } from './errors.js';
 import { CniEventServer, type CmdAddEvent, type CmdAddOutcome } from './event-server.js';
@@ -47,6 +48,8 @@ export interface NodeAgentOptions {
   logger?: Logger;
   metrics?: AgentMetrics;
   procRoot?: string;
+  /** Pods whose containers can set SO_MARK and so skip capture: `warn` (default), `enforce` (refuse their CNI ADD) or `off`. */
+  captureBypass?: CaptureBypassOptions & { mode: CaptureBypassMode };
 }
 
 function ipsOfEvent(ips: unknown[]): string[] {
@@ -70,6 +73,7 @@ export class NodeAgent {
   readonly metrics: AgentMetrics;
   private readonly log: Logger;
   private readonly controller: PodController;
+  private readonly bypass: CaptureBypassGuard;
   private readonly events: CniEventServer;
   private readonly health: HealthServer | undefined;
   private readonly hints: NetnsHints;
@@ -90,7 +94,9 @@ export class NodeAgent {
     } catch {
       // No /proc: the scan finds nothing either.
     }
+    this.bypass = new CaptureBypassGuard({ mode: 'warn', ...opts.captureBypass, source: opts.source, metrics: this.metrics, logger: opts.logger ?? silentLogger });
     this.controller = new PodController({
+      bypass: this.bypass,
       source: opts.source,
       rules: opts.rules,
       ztunnel: opts.ztunnel,
@@ -188,6 +194,7 @@ export class NodeAgent {
         this.metrics.cmdAdds.inc({ code: '200' });
         return 'not-enrolled';
       }
+      this.bypass.admit(info);
       this.log.info({ pod, uid: info.uid, netns: ev.Netns }, 'cmdadd received, capturing pod');
       await this.controller.cmdAdd(info, ev.Netns, ipsOfEvent(ev.IPs), receivedAt, this.opts.cmdAddTimeoutMs ?? 4500);
       this.metrics.cmdAdds.inc({ code: '200' });

@@ -25,6 +25,8 @@ export interface CreateNodeAgentOptions {
   retryMaxMs?: number;
   concurrency?: number;
   zdsAckTimeoutMs?: number;
+  /** Pods that can set SO_MARK and skip capture; default `{ mode: 'warn' }` with containerd's default capabilities. */
+  captureBypass?: NodeAgentOptions['captureBypass'];
   logger?: Logger;
 }
 
@@ -67,5 +69,6 @@ export function createNodeAgent(opts: CreateNodeAgentOptions): NodeAgent {
     ...(opts.retryInitialMs !== undefined ? { retryInitialMs: opts.retryInitialMs } : {}),
     ...(opts.retryMaxMs !== undefined ? { retryMaxMs: opts.retryMaxMs } : {}),
     ...(opts.concurrency !== undefined ? { concurrency: opts.concurrency } : {}),
+    ...(opts.captureBypass !== undefined ? { captureBypass: opts.captureBypass } : {}),
   });
 }

@@ -10,7 +10,8 @@ export type CniAgentErrorCode =
   | 'ERR_AGENT_NOT_CAPTURED'
   | 'ERR_AGENT_PODS_FILE'
   | 'ERR_AGENT_STOPPED'
-  | 'ERR_AGENT_HOST';
+  | 'ERR_AGENT_HOST'
+  | 'ERR_AGENT_CAPTURE_BYPASS';
 
 /** The one error class of @weir/cni-agent; `code` is stable, callers branch on it. */
 export class CniAgentError extends Error {

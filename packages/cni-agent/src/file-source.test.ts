@@ -100,6 +100,44 @@ pods:
     await src.stop();
   });
 
+  it('reads containers’ privileged and capabilities; a misspelt or mistyped securityContext rejects the file, naming the field', async () => {
+    const dir = await tmp();
+    const file = join(dir, 'pods.yaml');
+    await writeFile(
+      file,
+      `pods:
+  - name: web-0
+    namespace: apps
+    uid: u-1
+    initContainers: [{ name: setup, securityContext: { capabilities: { add: [NET_ADMIN] } } }]
+    containers:
+      - { name: app, securityContext: { capabilities: { drop: [ALL], add: [cap_net_raw] } } }
+      - { name: plain }
+    ephemeralContainers: [{ name: dbg, securityContext: { privileged: true } }]
+`,
+    );
+    const src = new FilePodSource({ path: file, debounceMs: 10 });
+    const r = recorder();
+    await src.start(r.handlers);
+    expect(src.pod('apps', 'web-0')?.containers).toEqual([
+      { name: 'setup', kind: 'initContainer', privileged: false, add: ['NET_ADMIN'], drop: [] },
+      { name: 'app', kind: 'container', privileged: false, add: ['cap_net_raw'], drop: ['ALL'] },
+      { name: 'plain', kind: 'container', privileged: false, add: [], drop: [] },
+      { name: 'dbg', kind: 'ephemeralContainer', privileged: true, add: [], drop: [] },
+    ]);
+    r.seen.length = 0;
+    await writeFile(file, 'pods: [ { name: web-0, namespace: apps, uid: u-1, containers: [ { name: app, securityContext: { capabilites: { drop: [ALL] } } } ] } ]\n');
+    await until(() => r.seen.length >= 1);
+    expect(r.seen[0]).toMatch(/is invalid: pods\.0\.containers\.0\.securityContext: Unrecognized key: "capabilites"/);
+    r.seen.length = 0;
+    await writeFile(file, 'pods: [ { name: web-0, namespace: apps, uid: u-1, containers: [ { name: app, securityContext: { capabilities: { add: NET_RAW } } } ] } ]\n');
+    await until(() => r.seen.length >= 1);
+    expect(r.seen[0]).toMatch(/is invalid: pods\.0\.containers\.0\.securityContext\.capabilities\.add: /);
+    // The previous contents stay: the pod is neither dropped nor changed.
+    expect(src.pod('apps', 'web-0')?.containers).toHaveLength(4);
+    await src.stop();
+  });
+
   it('fails to start on a missing file, naming it', async () => {
     const dir = await tmp();
     const src = new FilePodSource({ path: join(dir, 'nope.yaml') });

@@ -6,10 +6,31 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { CniAgentError } from './errors.js';
 import { silentLogger, type Logger } from './logger.js';
-import { podKey, REDIRECTION_ANNOTATION, type NamespaceInfo, type PodInfo } from './pod.js';
+import { containerSecurity, podKey, REDIRECTION_ANNOTATION, type NamespaceInfo, type PodInfo } from './pod.js';
 import type { PodEvent, PodSource, PodSourceHandlers } from './pod-source.js';
 
 const labels = z.record(z.string(), z.string()).default({});
+
+const capabilityList = z.array(z.string().min(1)).optional();
+
+// The v1 container fields the capture-bypass check reads, strict like the rest of the file: a
+// misspelt `capabilities` must not read as "no capabilities added".
+const containers = z
+  .array(
+    z
+      .object({
+        name: z.string().min(1),
+        securityContext: z
+          .object({
+            privileged: z.boolean().optional(),
+            capabilities: z.object({ add: capabilityList, drop: capabilityList }).strict().optional(),
+          })
+          .strict()
+          .optional(),
+      })
+      .strict(),
+  )
+  .default([]);
 
 const podsFileSchema = z
   .object({
@@ -28,6 +49,9 @@ const podsFileSchema = z
             node: z.string().optional(),
             ips: z.array(z.string()).default([]),
             netns: z.string().optional(),
+            containers,
+            initContainers: containers,
+            ephemeralContainers: containers,
           })
           .strict(),
       )
@@ -134,6 +158,7 @@ export class FilePodSource implements PodSource {
           phase: 'Running',
           terminating: false,
           netnsPath: p.netns,
+          containers: containerSecurity(p),
         }),
       );
     return { pods, namespaces };

@@ -1,5 +1,18 @@
 export { NodeAgent, type NodeAgentOptions, type ZtunnelServer } from './agent.js';
 export { PodController, type PodControllerOptions, type PodState, type PodStatus } from './controller.js';
+export {
+  CAPTURE_BYPASS_EVENT_REASON,
+  CaptureBypassGuard,
+  captureBypassOf,
+  describeCaptureBypass,
+  normalizeCapability,
+  RUNTIME_DEFAULT_CAPABILITIES,
+  type BypassCapability,
+  type BypassContainer,
+  type CaptureBypassGuardOptions,
+  type CaptureBypassMode,
+  type CaptureBypassOptions,
+} from './capture-bypass.js';
 export { CniAgentError, type CniAgentErrorCode } from './errors.js';
 export { CniEventServer, CMD_ADD_OK_BODY, type CmdAddEvent, type CmdAddOutcome, type CniEventServerOptions } from './event-server.js';
 export { FilePodSource, type FilePodSourceOptions, type PodsFile } from './file-source.js';
@@ -11,6 +24,7 @@ export {
   namespaceFromV1,
   podFromV1,
   REDIRECTION_ANNOTATION,
+  type ContainerSecurity,
   type NamespaceInfo,
   type PodInfo,
 } from './pod.js';

@@ -31,6 +31,11 @@ export class AgentMetrics {
     help: 'Rule sets found drifted and repaired (on restart or by the periodic drift check)',
     registers: [this.registry],
   });
+  readonly podsCaptureBypassable = new Gauge({
+    name: 'weir_cni_agent_pods_capture_bypassable',
+    help: 'Captured pods with a container that can set SO_MARK (NET_RAW, NET_ADMIN or privileged) and so bypass ztunnel',
+    registers: [this.registry],
+  });
   readonly cmdAdds = new Counter({
     name: 'weir_cni_agent_cmdadd_total',
     help: 'CNI plugin /cmdadd events answered, by HTTP status',

@@ -18,6 +18,21 @@ export interface PodInfo {
   terminating: boolean;
   /** Network namespace path when the source knows it (static file source). */
   netnsPath: string | undefined;
+  /**
+   * Every container's privilege and capability settings (containers, init and ephemeral), as the
+   * capture-bypass check needs them. Undefined when the source does not say.
+   */
+  containers?: ContainerSecurity[];
+}
+
+/** What a container's securityContext says about its privileges, as written in the pod spec. */
+export interface ContainerSecurity {
+  name: string;
+  kind: 'container' | 'initContainer' | 'ephemeralContainer';
+  privileged: boolean;
+  /** `capabilities.add` / `.drop` as written (any case, with or without `CAP_`). */
+  add: string[];
+  drop: string[];
 }
 
 export interface NamespaceInfo {
@@ -28,6 +43,38 @@ export interface NamespaceInfo {
 export const REDIRECTION_ANNOTATION = 'ambient.istio.io/redirection';
 
 const stringMap = z.record(z.string(), z.string()).nullish();
+
+const capabilityList = z.array(z.string().min(1)).nullish();
+
+/** The v1 container fields the capture-bypass check reads; everything else is ignored. */
+export const containerSecuritySchema = z.object({
+  name: z.string().min(1),
+  securityContext: z
+    .object({
+      privileged: z.boolean().nullish(),
+      capabilities: z.object({ add: capabilityList, drop: capabilityList }).nullish(),
+    })
+    .nullish(),
+});
+
+type ContainerSpec = z.output<typeof containerSecuritySchema>;
+
+/** The containers of a pod spec, in spec order: init, regular, then ephemeral. */
+export function containerSecurity(spec: {
+  containers?: ContainerSpec[] | null | undefined;
+  initContainers?: ContainerSpec[] | null | undefined;
+  ephemeralContainers?: ContainerSpec[] | null | undefined;
+}): ContainerSecurity[] {
+  const of = (list: ContainerSpec[] | null | undefined, kind: ContainerSecurity['kind']): ContainerSecurity[] =>
+    (list ?? []).map((c) => ({
+      name: c.name,
+      kind,
+      privileged: c.securityContext?.privileged ?? false,
+      add: c.securityContext?.capabilities?.add ?? [],
+      drop: c.securityContext?.capabilities?.drop ?? [],
+    }));
+  return [...of(spec.initContainers, 'initContainer'), ...of(spec.containers, 'container'), ...of(spec.ephemeralContainers, 'ephemeralContainer')];
+}
 
 const v1PodSchema = z.object({
   metadata: z.object({
@@ -43,6 +90,9 @@ const v1PodSchema = z.object({
       hostNetwork: z.boolean().nullish(),
       serviceAccountName: z.string().nullish(),
       nodeName: z.string().nullish(),
+      containers: z.array(containerSecuritySchema).nullish(),
+      initContainers: z.array(containerSecuritySchema).nullish(),
+      ephemeralContainers: z.array(containerSecuritySchema).nullish(),
     })
     .nullish(),
   status: z
@@ -83,6 +133,7 @@ export function podFromV1(obj: unknown): PodInfo {
     phase: status?.phase ?? undefined,
     terminating: metadata.deletionTimestamp !== undefined && metadata.deletionTimestamp !== null,
     netnsPath: undefined,
+    containers: containerSecurity(spec ?? {}),
   };
 }
 
