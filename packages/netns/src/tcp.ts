@@ -53,7 +53,11 @@ export interface ConnectTcpOptions extends TcpSocketOptions {
   port: number;
   /** Fails with ERR_NETNS_TIMEOUT after this long; unset waits for the kernel's own timeout. */
   timeoutMs?: number;
-  signal?: AbortSignal;
+  /**
+   * Aborts the connect. A function is called only when the connect has to wait (not for one that
+   * completed inside connect(), e.g. to a local address): for a signal made lazily per connection.
+   */
+  signal?: AbortSignal | (() => AbortSignal);
   /** Passed to net.Socket: keep writing after the peer's FIN (half-close). Default false, like Node. */
   allowHalfOpen?: boolean;
   /**
@@ -265,8 +269,9 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     spec.connectPort = checkPort(o.port, 'connect port');
     if (o.noDelay === true) spec.noDelay = true;
     if (o.timeoutMs !== undefined && !(o.timeoutMs > 0)) throw invalid(`timeoutMs must be positive, got ${String(o.timeoutMs)}`);
-    if (o.signal?.aborted) {
-      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${connectTarget(host, o.port, netns)} aborted before it started`, { cause: o.signal.reason });
+    const signal = o.signal;
+    if (typeof signal !== 'function' && signal?.aborted) {
+      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${connectTarget(host, o.port, netns)} aborted before it started`, { cause: signal.reason });
     }
     const nsFd = netns.checkedFd();
     // Passing netns.id makes the native side refuse (ESTALE) an fd that no longer names this
@@ -300,6 +305,11 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
 function awaitConnect(fd: number, o: ConnectTcpOptions, host: string): Promise<net.Socket> {
   return new Promise<net.Socket>((resolve, reject) => {
     const target = (): string => connectTarget(host, o.port, o.netns);
+    const signal = typeof o.signal === 'function' ? o.signal() : o.signal;
+    if (signal?.aborted) {
+      native.closeFd(fd);
+      throw new NetnsError('ERR_NETNS_ABORTED', `connect to ${target()} aborted before it completed`, { cause: signal.reason });
+    }
     let inode: number;
     try {
       inode = fstatSync(fd).ino;
@@ -332,12 +342,12 @@ function awaitConnect(fd: number, o: ConnectTcpOptions, host: string): Promise<n
       }
     }
     const onAbort = (): void =>
-      fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target()} aborted`, { cause: o.signal?.reason }));
+      fail(new NetnsError('ERR_NETNS_ABORTED', `connect to ${target()} aborted`, { cause: signal?.reason }));
     const cleanup = (): void => {
       done = true;
       poller?.close();
       if (timer) clearTimeout(timer);
-      o.signal?.removeEventListener('abort', onAbort);
+      signal?.removeEventListener('abort', onAbort);
     };
     const fail = (err: NetnsError): void => {
       if (done) return;
@@ -357,7 +367,7 @@ function awaitConnect(fd: number, o: ConnectTcpOptions, host: string): Promise<n
         fail(new NetnsError('ERR_NETNS_TIMEOUT', `connect to ${target()} timed out after ${o.timeoutMs} ms`, { errno: constants.errno.ETIMEDOUT, syscall: 'connect' }));
       }, o.timeoutMs);
     }
-    o.signal?.addEventListener('abort', onAbort, { once: true });
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 

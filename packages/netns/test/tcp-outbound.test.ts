@@ -284,6 +284,26 @@ describe('connectTcp from a netns', () => {
     await expect(connectTcp({ netns: a, family: 4, host: addr.b4, port: 9, signal: AbortSignal.abort() })).rejects.toMatchObject({
       code: 'ERR_NETNS_ABORTED',
     });
+    // A lazy signal: made only for a connect that waits, and honoured then (already aborted, or later).
+    const lazy = new AbortController();
+    let made = 0;
+    const lazyPending = connectTcp({ netns: a, family: 4, host: addr.b4, port: 9, signal: () => (made++, lazy.signal) });
+    expect(made).toBe(1);
+    setTimeout(() => lazy.abort(new Error('test abort')), 50);
+    await expect(lazyPending).rejects.toMatchObject({ code: 'ERR_NETNS_ABORTED' });
+    await expect(connectTcp({ netns: a, family: 4, host: addr.b4, port: 9, signal: () => AbortSignal.abort() })).rejects.toMatchObject({
+      code: 'ERR_NETNS_ABORTED',
+    });
+    const local = await listenTcp({ netns: a, host: '127.0.0.1', port: 0 });
+    local.on('connection', (c: Socket) => c.on('error', () => undefined).end('local'));
+    try {
+      const s = await connectTcp({ netns: a, family: 4, host: '127.0.0.1', port: (local.address() as AddressInfo).port, signal: () => (made++, lazy.signal) });
+      expect(made).toBe(1);
+      expect(await readAll(s)).toBe('local');
+    } finally {
+      await new Promise<void>((resolve) => local.close(() => resolve()));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
     expect(countFds()).toBe(before);
   });
 

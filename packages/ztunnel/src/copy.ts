@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import { setTcpKeepalive } from '@weir/netns';
+import { setTcpKeepalive, type TcpKeepalive } from '@weir/netns';
 
 export interface CopyResult {
   /** Bytes read from the downstream side and written upstream. */
@@ -11,17 +11,22 @@ export interface CopyResult {
   error?: Error;
 }
 
-/** Istio ztunnel's TCP keepalive: idle 180 s, then 9 probes 180 s apart. */
-const KEEPALIVE = { idleS: 180, intervalS: 180, count: 9 } as const;
+/**
+ * Istio ztunnel's TCP keepalive: idle 180 s, then 9 probes 180 s apart. Pod listeners and dialled
+ * sockets get it in their creating call (`keepalive` of @weir/netns listenTcp/connectTcp; accepted
+ * sockets inherit the listener's), not a setTcpKeepalive per connection.
+ */
+export const TCP_KEEPALIVE: TcpKeepalive = Object.freeze({ idleS: 180, intervalS: 180, count: 9 });
 
 /**
- * ztunnel's keepalive and no-delay settings for accepted and dialled sockets. Not Node's
- * setKeepAlive, which sets only the idle time (libuv forces interval 1 s, count 10).
+ * ztunnel's keepalive and no-delay settings for a socket that did not get them when it was made
+ * (one handed over by a listener without them). Not Node's setKeepAlive, which sets only the idle
+ * time (libuv forces interval 1 s, count 10).
  */
 export function tuneSocket(socket: Socket): void {
   socket.setNoDelay(true);
   try {
-    setTcpKeepalive(socket, KEEPALIVE);
+    setTcpKeepalive(socket, TCP_KEEPALIVE);
   } catch {
     // Best effort, as in Istio: a socket already closed by its peer has no fd left to tune.
   }

@@ -16,7 +16,7 @@ import { NetnsError, connectTcp, createUdpSocket, listenTcp, originalDst, socket
 import { evaluatePolicies, type AuthorizationDecision, type ConnectionAttributes, type PeerIdentity } from './authorization.js';
 import { ConnectionRecord, openTally, type ConnectionInfo } from './connection-record.js';
 import { DnsNameTable, DnsProxy, HostResolver, fdUdpSocketFactory, type DnsMetrics, type DnsUpstream } from './dns/index.js';
-import { copyBidirectional, tuneSocket } from './copy.js';
+import { TCP_KEEPALIVE, copyBidirectional, tuneSocket } from './copy.js';
 import { ZtunnelError } from './errors.js';
 import type { IdentityManager, WorkloadCertificate } from './identity.js';
 import type { Workload } from './local-config.js';
@@ -144,6 +144,25 @@ interface OutboundPeer {
 
 const NO_POLICIES: AuthorizationDecision = Object.freeze({ allowed: true, reason: 'no-allow-policies' });
 
+/** #podIps while the workload state does not know this pod: no address is this pod's yet. */
+const NO_WORKLOAD: ReadonlySet<string> = new Set();
+
+const isLoopback = (ip: string): boolean => ip === '::1' || ip.startsWith('127.');
+
+/**
+ * The addresses inbound may target: the workload's IPs, never loopback or unspecified ones (a tunnel
+ * to 127.0.0.1 would reach the pod's localhost-only services from the mesh).
+ */
+function podIpsOf(w: Workload | undefined): ReadonlySet<string> {
+  if (w === undefined) return NO_WORKLOAD;
+  const ips = new Set<string>();
+  for (const raw of w.workloadIps) {
+    const ip = normalizeIp(raw);
+    if (ip !== '' && !isLoopback(ip) && ip !== '0.0.0.0' && ip !== '::') ips.add(ip);
+  }
+  return ips;
+}
+
 // Errors where retrying a connect without source spoofing can help (no IP_TRANSPARENT, address not bindable).
 const SPOOF_ERRNOS = new Set([1, 13, 22, 99]); // EPERM EACCES EINVAL EADDRNOTAVAIL
 
@@ -176,6 +195,7 @@ export class InpodProxy {
     this.#baggage = undefined;
     this.#srcInfo = undefined;
     this.#outboundPeers = new WeakMap();
+    this.#podIps = undefined;
     this.#storeGen++;
     this.#recheckInbound();
   };
@@ -192,8 +212,12 @@ export class InpodProxy {
   #outboundPeers = new WeakMap<Workload, OutboundPeer>();
   /** Bumped on every store change: per-session caches (PeerInfo) taken before are stale. */
   #storeGen = 0;
-  /** IPs this pod answers on: its workload IPs plus local addresses seen on accepted inbound sockets. */
-  readonly #podIps = new Set<string>();
+  /**
+   * IPs this pod answers on (#ownIps()): its workload's, from the store, made again after a store
+   * change. Never learned from sockets: an in-pod connect to 127.0.0.1:15006 must not open loopback
+   * to HBONE peers, nor a REDIRECTed foreign destination make this pod a relay.
+   */
+  #podIps: ReadonlySet<string> | undefined;
   #listeners: string[] = [];
   #transparent = false;
   // Made on first use (#client(), #server()): each holds its own TLS context (~28 KiB of native
@@ -279,7 +303,6 @@ export class InpodProxy {
       this.#starting = new Promise<void>((r) => (bound = r));
       // A rotation may already have landed through the callback above: keep the newer one.
       this.#cert ??= cert;
-      for (const ip of this.#workload()?.workloadIps ?? []) this.#podIps.add(normalizeIp(ip));
       this.#o.store.on('change', this.#onStoreChange);
       // Checked after every step: a stop() is waiting for us to give up.
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
@@ -318,9 +341,7 @@ export class InpodProxy {
           port: peer.port,
           timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
           noDelay: true,
-        }).then((s) => {
-          tuneSocket(s);
-          return s;
+          keepalive: TCP_KEEPALIVE,
         }),
       maxStreamsPerSession: 100,
       // The whole HBONE connect (TCP, TLS, the peer's SETTINGS) within the pod's connect timeout;
@@ -336,7 +357,7 @@ export class InpodProxy {
     if (this.#hboneServer || this.#stopped || !this.#cert) return this.#hboneServer;
     this.#hboneServer = createHboneServer({
       tls: this.#tls(this.#cert),
-      validateTarget: (t) => this.#isPodIp(t.host),
+      validateTarget: (t) => this.#isHboneTarget(t.host),
       authorize: (peer, target) => this.#authorizeHbone(peer, target),
       connect: (target, ctx) => this.#connectHbone(target, ctx),
       logger: this.#log.child({ component: 'hbone' }),
@@ -392,7 +413,8 @@ export class InpodProxy {
   }
 
   async #listen(port: number, onConnection: (s: net.Socket) => void): Promise<void> {
-    // No keepAlive here: every handler calls tuneSocket (Istio's three timers; Node's would set only the idle).
+    // Not Node's keepAlive (it would set only the idle time): Istio's three timers are set on the
+    // listener, and every accepted socket inherits them.
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, onConnection);
     server.on('error', (err: Error) => this.#log.warn({ err, port }, 'listener error'));
     const { origSrc, mark, reusePort, ipv6, netns } = this.#o;
@@ -402,7 +424,7 @@ export class InpodProxy {
       for (const transparent of origSrc === 'never' ? [false] : origSrc === 'required' ? [true] : [true, false]) {
         if (this.#servers.length > 0 && transparent !== this.#transparent) continue;
         try {
-          await listenTcp({ netns, host, port, mark, reusePort, transparent }, server);
+          await listenTcp({ netns, host, port, mark, reusePort, transparent, keepalive: TCP_KEEPALIVE }, server);
           this.#transparent = transparent;
           this.#servers.push(server);
           this.#listeners.push(hostPort(host, port));
@@ -420,10 +442,18 @@ export class InpodProxy {
     throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `pod ${this.uid}: cannot listen on port ${port}: ${(lastErr as Error | undefined)?.message}`, { cause: lastErr });
   }
 
-  #isPodIp(ip: string): boolean {
-    const n = normalizeIp(ip);
-    if (this.#podIps.has(n)) return true;
-    return this.#workload()?.workloadIps.some((a) => normalizeIp(a) === n) ?? false;
+  /** This pod's IPs from the store; NO_WORKLOAD while the store does not know the pod. */
+  #ownIps(): ReadonlySet<string> {
+    return (this.#podIps ??= podIpsOf(this.#workload()));
+  }
+
+  /**
+   * An HBONE target must be one of this pod's IPs (else 400). A pod the store does not know has none
+   * to check yet: authorize refuses it then (unknown destination), naming why.
+   */
+  #isHboneTarget(host: string): boolean {
+    const ips = this.#ownIps();
+    return ips === NO_WORKLOAD || ips.has(normalizeIp(host));
   }
 
   #track(d: Duplex): void {
@@ -443,8 +473,18 @@ export class InpodProxy {
     });
   }
 
-  /** Original destination: SO_ORIGINAL_DST (REDIRECT), else the local address (TPROXY keeps it). */
-  #destination(socket: net.Socket): { address: string; port: number } | undefined {
+  /**
+   * Original destination. TPROXY delivers a connection with its original destination as the local
+   * address: any local port but the listener's own means that, and SO_ORIGINAL_DST (which fails
+   * without a NAT entry: an error and its stack per connection) is not asked. REDIRECT rewrites the
+   * destination to the listener's port: then SO_ORIGINAL_DST, else the local address.
+   */
+  #destination(socket: net.Socket, listenerPort: number): { address: string; port: number } | undefined {
+    const localPort = socket.localPort;
+    if (localPort !== undefined && localPort !== listenerPort) {
+      const address = normalizeIp(socket.localAddress);
+      if (address !== '') return { address, port: localPort };
+    }
     try {
       const d = originalDst(socket);
       return { address: normalizeIp(d.address), port: d.port };
@@ -467,8 +507,7 @@ export class InpodProxy {
   #onOutbound(socket: net.Socket): void {
     socket.on('error', ignoreError);
     this.#track(socket);
-    tuneSocket(socket);
-    const dst = this.#destination(socket);
+    const dst = this.#destination(socket, this.#ports.outbound);
     if (!dst) return void socket.destroy();
     void this.#outboundTo(socket, dst).catch((err) => {
       this.#log.warn({ err }, 'outbound connection failed');
@@ -563,7 +602,6 @@ export class InpodProxy {
       socket.destroy();
       return;
     }
-    tuneSocket(upstream);
     void copyBidirectional(socket, upstream).then((r) => record.complete(r.sent, r.received));
   }
 
@@ -590,9 +628,9 @@ export class InpodProxy {
 
   // ---------------------------------------------------------------- inbound
 
-  #authorize(sourceIp: string, identity: PeerIdentity | undefined, dstIp: string, dstPort: number): AuthorizationDecision {
-    const w = this.#workload();
-    const policies = w ? this.#o.store.policiesFor(w) : [];
+  /** L4 policy for this pod as `w` (known: a pod the store does not know is refused before, never allowed here). */
+  #authorize(w: Workload, sourceIp: string, identity: PeerIdentity | undefined, dstIp: string, dstPort: number): AuthorizationDecision {
+    const policies = this.#o.store.policiesFor(w);
     // What evaluatePolicies answers for no policies, without its per-call objects.
     if (policies.length === 0) return NO_POLICIES;
     return evaluatePolicies(
@@ -605,6 +643,24 @@ export class InpodProxy {
     );
   }
 
+  /**
+   * A connection refused before it is a proxied connection, as ztunnel's early deny: the access log's
+   * WARN `connection failed` with the addresses and why; no TCP metrics (nothing was opened).
+   */
+  #earlyDeny(srcAddr: string, dstAddr: string, error: string): void {
+    this.#accessLog.warn({ 'src.addr': srcAddr, 'dst.addr': dstAddr, direction: 'inbound', error }, 'connection failed');
+  }
+
+  /**
+   * Inbound to this pod while the workload state does not know it (istiod has not pushed it yet, or
+   * is unreachable): no policy can be evaluated for it, so it is refused, as ztunnel does.
+   */
+  #unknownDestination(srcAddr: string, dstIp: string, dstPort: number): void {
+    const info = this.#o.workloadInfo;
+    const pod = info ? `${info.namespace}/${info.name} (uid ${this.uid})` : `uid ${this.uid}`;
+    this.#earlyDeny(srcAddr, hostPort(dstIp, dstPort), `unknown destination: ${dstIp}: pod ${pod} is not in the workload state yet`);
+  }
+
   #trackInbound(d: Duplex, attrs: ConnectionAttributes): void {
     this.#inbound.set(d, attrs);
     d.on('close', this.#untrackInbound);
@@ -612,8 +668,12 @@ export class InpodProxy {
 
   /** Policies changed: live inbound connections that would now be denied are closed (as ztunnel does). */
   #recheckInbound(): void {
+    const w = this.#workload();
+    // Gone from the state (the pod is being deleted, or its entry is being replaced): connections
+    // authorized while it was known keep running, as ztunnel keeps the workload it authorized them for.
+    if (w === undefined) return;
     for (const [d, attrs] of this.#inbound) {
-      const decision = this.#authorize(attrs.sourceIp, attrs.sourceIdentity, attrs.destinationIp, attrs.destinationPort);
+      const decision = this.#authorize(w, attrs.sourceIp, attrs.sourceIdentity, attrs.destinationIp, attrs.destinationPort);
       if (decision.allowed) continue;
       this.#log.info(
         { src: attrs.sourceIp, dst: hostPort(attrs.destinationIp, attrs.destinationPort), policy: decision.policy, reason: decision.reason },
@@ -650,7 +710,7 @@ export class InpodProxy {
   }
 
   /** Connects to the app inside the pod: marked, and from the client's own address when transparent works. */
-  async #connectApp(host: string, port: number, clientIp: string, signal?: AbortSignal): Promise<net.Socket> {
+  async #connectApp(host: string, port: number, clientIp: string, signal?: ConnectTcpOptions['signal']): Promise<net.Socket> {
     const spoof = this.#transparent && clientIp !== '' && familyOf(clientIp) === familyOf(host) && clientIp !== host;
     let socket: net.Socket;
     if (spoof) {
@@ -669,13 +729,12 @@ export class InpodProxy {
     } else {
       socket = await connectTcp(this.#podConnectOptions(host, port, signal));
     }
-    tuneSocket(socket);
     return socket;
   }
 
   // A connect from inside the pod with the mark (to the local app, or a passthrough destination).
   // Built field by field: object spreads with a conditional member were a visible cost per connection.
-  #podConnectOptions(host: string, port: number, signal: AbortSignal | undefined): ConnectTcpOptions {
+  #podConnectOptions(host: string, port: number, signal: ConnectTcpOptions['signal']): ConnectTcpOptions {
     const o: ConnectTcpOptions = {
       netns: this.#o.netns,
       family: familyOf(host),
@@ -684,6 +743,7 @@ export class InpodProxy {
       port,
       timeoutMs: this.#o.connectTimeoutMs ?? 10_000,
       noDelay: true,
+      keepalive: TCP_KEEPALIVE,
     };
     if (signal) o.signal = signal;
     return o;
@@ -692,9 +752,6 @@ export class InpodProxy {
   #onInboundHbone(socket: net.Socket): void {
     socket.on('error', ignoreError);
     this.#log.debug({ src: socket.remoteAddress }, 'inbound HBONE connection');
-    const local = normalizeIp(socket.localAddress);
-    if (local !== '') this.#podIps.add(local);
-    tuneSocket(socket);
     let server: HboneServer | undefined;
     try {
       server = this.#server();
@@ -728,7 +785,12 @@ export class InpodProxy {
 
   #authorizeHbone(peer: HbonePeer, target: HboneTarget): boolean {
     const p = this.#peerOf(peer);
-    const d = this.#authorize(p.ip, p.identity, normalizeIp(target.host), target.port);
+    const w = this.#workload();
+    if (w === undefined) {
+      this.#unknownDestination(hostPort(p.ip, peer.remotePort), normalizeIp(target.host), target.port);
+      return false;
+    }
+    const d = this.#authorize(w, p.ip, p.identity, normalizeIp(target.host), target.port);
     if (!d.allowed) {
       const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, normalizeIp(target.host), target.port, true, p);
       record.fail('DENY', `connection denied by authorization policy (${d.reason}${d.policy ? ` ${d.policy}` : ''})`);
@@ -737,7 +799,7 @@ export class InpodProxy {
   }
 
   async #connectHbone(target: HboneTarget, ctx: HboneConnectContext): Promise<Duplex> {
-    const { peer, signal } = ctx;
+    const { peer } = ctx;
     const p = this.#peerOf(peer);
     if (this.#log.isLevelEnabled?.('debug') !== false) {
       this.#log.debug(
@@ -749,7 +811,9 @@ export class InpodProxy {
     const record = this.#inboundRecord(p.ip, peer.remotePort, p.name, dstIp, target.port, true, p);
     let upstream: net.Socket;
     try {
-      upstream = await this.#connectApp(dstIp, target.port, p.ip, signal);
+      // The stream's abort signal only for a connect that waits: hbone makes it (an AbortController and
+      // a stream listener) on first use, and a connect to the app in the pod usually completes at once.
+      upstream = await this.#connectApp(dstIp, target.port, p.ip, () => ctx.signal);
     } catch (err) {
       record.fail('CONNECT', (err as Error).message);
       throw err;
@@ -763,7 +827,6 @@ export class InpodProxy {
   #onInboundPlaintext(socket: net.Socket): void {
     socket.on('error', ignoreError);
     this.#track(socket);
-    tuneSocket(socket);
     void this.#inboundPlaintext(socket).catch((err) => {
       this.#log.warn({ err }, 'inbound connection failed');
       socket.destroy();
@@ -773,15 +836,25 @@ export class InpodProxy {
   async #inboundPlaintext(socket: net.Socket): Promise<void> {
     const srcIp = normalizeIp(socket.remoteAddress);
     const srcAddr = hostPort(srcIp, socket.remotePort ?? 0);
-    const dst = this.#destination(socket);
+    const dst = this.#destination(socket, this.#ports.inboundPlaintext);
     if (!dst) return void socket.destroy();
-    this.#podIps.add(dst.address);
     if (this.#isOwnPort(dst.port)) {
       this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': hostPort(dst.address, dst.port) }, 'connection failed: recursive call to ourselves');
       return void socket.destroy();
     }
+    const w = this.#workload();
+    if (w === undefined) {
+      this.#unknownDestination(srcAddr, dst.address, dst.port);
+      return void socket.destroy();
+    }
+    if (!this.#ownIps().has(dst.address)) {
+      // Another address routed through this pod (`ip route add X via <pod>`, then REDIRECTed to us):
+      // relaying it would launder the client through this pod's identity and address.
+      this.#earlyDeny(srcAddr, hostPort(dst.address, dst.port), `destination ${dst.address} is not an address of this pod (${[...this.#ownIps()].join(', ')})`);
+      return void socket.destroy();
+    }
     const record = this.#inboundRecord(srcIp, socket.remotePort ?? 0, undefined, dst.address, dst.port, false);
-    const d = this.#authorize(srcIp, undefined, dst.address, dst.port);
+    const d = this.#authorize(w, srcIp, undefined, dst.address, dst.port);
     if (!d.allowed) {
       record.fail('DENY', `connection denied by authorization policy (${d.reason}${d.policy ? ` ${d.policy}` : ''})`);
       return void socket.destroy();
