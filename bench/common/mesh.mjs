@@ -8,11 +8,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cpuProfArgs, cpuProfDir, printCpuProfiles } from './profiling.mjs';
+import { allocProfArgs, cpuProfArgs, cpuProfDir, printCpuProfiles } from './profiling.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const root = join(here, '..', '..');
-const ZTUNNEL_BIN = join(root, 'apps/ztunnel/dist/main.js');
+// BENCH_ZTUNNEL_BIN: another build's main.js (e.g. a copy of the tree before a change, for an A/B on the same machine).
+const ZTUNNEL_BIN = process.env.BENCH_ZTUNNEL_BIN || join(root, 'apps/ztunnel/dist/main.js');
 // Young-generation tuning passthrough: BENCH_ZTUNNEL_V8_FLAGS becomes the ztunnels' WEIR_V8_FLAGS (set even when
 // empty: no flags), BENCH_ZTUNNEL_NODE_ARGS goes on their node command line (--max/--min-semi-space-size only act there).
 const ztunnelV8Flags = process.env.BENCH_ZTUNNEL_V8_FLAGS === undefined ? {} : { WEIR_V8_FLAGS: process.env.BENCH_ZTUNNEL_V8_FLAGS };
@@ -72,6 +73,16 @@ export function cpuSeconds(pid) {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Peak resident set size (VmHWM) of a pid, KiB; 0 when it is gone. */
+export function peakRssKiB(pid) {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : 0;
   } catch {
     return 0;
   }
@@ -161,13 +172,15 @@ export async function createMesh({ tag, pods, defer = [] }) {
       const zds = new m.zds.ZdsServer({ path: join(dir, node.name, 'ztunnel.sock') });
       await zds.start();
       zdsServers.push(zds);
+      const alloc = allocProfArgs(`ztunnel-${node.name}`);
       const zt = await topo.spawn({
         name: `ztunnel-${node.name}`,
         netns: node.netnsPath,
         cmd: process.execPath,
-        args: [...cpuProfArgs(`ztunnel-${node.name}`), ...ztunnelNodeArgs, ZTUNNEL_BIN],
+        args: [...cpuProfArgs(`ztunnel-${node.name}`), ...alloc.args, ...ztunnelNodeArgs, ZTUNNEL_BIN],
         env: {
           ...ztunnelV8Flags,
+          ...alloc.env,
           INPOD_UDS: zds.path,
           LOCAL_XDS_PATH: configPath,
           NODE_NAME: node.name,
@@ -327,6 +340,10 @@ export async function runMeshBench({ tools, ...options }, bench) {
   try {
     mesh = await createMesh(options);
     const result = await bench(mesh);
+    // Each ztunnel's peak resident set over the whole bench (VmHWM), e.g. to compare V8 flags under bulk data.
+    const peak = mesh.ztunnels.map((z) => [z.name, peakRssKiB(z.pid)]);
+    console.log(`ztunnels' peak RSS (VmHWM, whole bench): ${peak.map(([n, k]) => `${n} ${(k / 1024).toFixed(1)} MiB`).join(', ')}`);
+    result.ztunnel_peak_rss_mib = Object.fromEntries(peak.map(([n, k]) => [n, round(k / 1024, 1)]));
     if (cpuProfDir() !== undefined) {
       await Promise.all(mesh.ztunnels.map((z) => z.stop('SIGTERM', 10_000)));
       printCpuProfiles();

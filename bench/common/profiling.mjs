@@ -1,14 +1,19 @@
-/* global process, console */
+/* global process, console, setTimeout */
 // The benches' profiling switches, the same in every bench that starts Node proxies:
 //   BENCH_CPU_PROF=<dir>  each Node process started with cpuProfArgs() writes a V8 CPU profile there when
 //                         it exits (<who>-<bench pid>.cpuprofile); printCpuProfiles() summarizes them
 //   BENCH_PERF=<dir>      perfRecord() runs `perf record -g` on given processes for a measured stretch
+//   BENCH_ALLOC_PROF=<dir> each Node process started with allocProfArgs() runs V8's sampling heap profiler
+//                         (freed objects included); allocMark() cuts a profile per process, so a measured
+//                         stretch gives the JS heap bytes allocated per request and where
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const PROFILE = join(dirname(fileURLToPath(import.meta.url)), 'profile.mjs');
+const here = dirname(fileURLToPath(import.meta.url));
+const PROFILE = join(here, 'profile.mjs');
+const ALLOC_PRELOAD = pathToFileURL(join(here, 'alloc-preload.mjs')).href;
 
 /** BENCH_CPU_PROF as an absolute path (the children run with other working directories), or undefined. */
 export function cpuProfDir() {
@@ -59,4 +64,39 @@ export function perfRecord(procs, label, seconds) {
         }),
     ),
   );
+}
+
+/** BENCH_ALLOC_PROF as an absolute path, or undefined. */
+export function allocProfDir() {
+  const dir = process.env.BENCH_ALLOC_PROF;
+  return dir ? resolve(dir) : undefined;
+}
+
+/** Node flags and env that make the process `who` profile its allocations (alloc-preload.mjs); none without BENCH_ALLOC_PROF. */
+export function allocProfArgs(who) {
+  const dir = allocProfDir();
+  if (dir === undefined) return { args: [], env: {} };
+  mkdirSync(dir, { recursive: true });
+  return { args: ['--import', ALLOC_PRELOAD], env: { BENCH_ALLOC_PROF_OUT: join(dir, `alloc-${who}-${process.pid}`) } };
+}
+
+const allocSeq = new Map();
+/**
+ * Each process ({ name, pid }, started with allocProfArgs(name)) writes the allocations since its last
+ * mark (SIGUSR2); resolves to the files, in order, once all are written.
+ */
+export async function allocMark(procs) {
+  const dir = allocProfDir();
+  const files = procs.map(({ name, pid }) => {
+    const seq = allocSeq.get(name) ?? 0;
+    allocSeq.set(name, seq + 1);
+    process.kill(pid, 'SIGUSR2');
+    return join(dir, `alloc-${name}-${process.pid}-${seq}.heapprofile`);
+  });
+  const until = Date.now() + 30_000;
+  while (!files.every((f) => existsSync(f))) {
+    if (Date.now() > until) throw new Error(`allocation profiles not written within 30 s: ${files.join(', ')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return files;
 }

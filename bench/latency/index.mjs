@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { printGoal } from '../common/goal.mjs';
 import { buildGoPeer, captureToggle, cpuSeconds, machine, peerCerts, round, runMeshBench, startPeerTunnel, waitFor, ztunnelGc } from '../common/mesh.mjs';
-import { perfRecord } from '../common/profiling.mjs';
+import { allocSummary } from '../common/alloc-profile.mjs';
+import { allocMark, allocProfDir, perfRecord } from '../common/profiling.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' }, rounds: { type: 'string', default: process.env.BENCH_ROUNDS ?? '2' } } });
@@ -77,18 +78,24 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
   // GCs per request say whether GC pauses can reach the p99: with both ztunnels on the path, a round
   // trip meets a pause about (GCs ÷ requests) of the time.
   const ztunnelGcNow = () => ztunnelGc([n1, n2]);
-  const wrk = async (path, mode, seconds) => {
+  const wrk = async (path, mode, seconds, measured = false) => {
     const args = ['-t1', '-c1', `-d${seconds}s`, '--latency', ...(mode === 'newconn' ? ['-H', 'Connection: close'] : []), path.url];
     const gc0 = path.gc ? await ztunnelGcNow() : undefined;
+    // BENCH_ALLOC_PROF: each ztunnel's JS heap allocations during a measured weir round (profiles cut just
+    // before and after wrk, so the /metrics scrapes around it are left out).
+    const alloc = measured && path.perf && allocProfDir() !== undefined;
+    if (alloc) await allocMark(path.perf);
     const before = schedTotals(path.pids);
     const r = await a.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000, check: false });
     const after = schedTotals(path.pids);
+    const allocFiles = alloc ? await allocMark(path.perf) : undefined;
     const gc1 = path.gc ? await ztunnelGcNow() : undefined;
     const out = parseWrk(r.stdout + r.stderr);
     // Both proxy processes together, per request: µs on a CPU and µs runnable but waiting for one.
     const n = Math.max(1, out.requests);
     const gc = gc0 && gc1 ? { minor: gc1.minor - gc0.minor, major: gc1.major - gc0.major, ms: (gc1.seconds - gc0.seconds) * 1000 } : undefined;
-    return { ...out, cpuUs: (after.cpu - before.cpu) / n / 1000, waitUs: (after.wait - before.wait) / n / 1000, gc };
+    const allocs = allocFiles?.map((f, i) => ({ name: path.perf[i].name, ...allocSummary(f) }));
+    return { ...out, cpuUs: (after.cpu - before.cpu) / n / 1000, waitUs: (after.wait - before.wait) / n / 1000, gc, alloc: allocs };
   };
 
   const results = {};
@@ -106,7 +113,7 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
         await setCapture(path.capture);
         // BENCH_PERF: each ztunnel during its first measured round of each mode.
         const perf = path.perf && r === 0 ? perfRecord(path.perf, mode, SECONDS) : undefined;
-        results[name][mode].push(await wrk(path, mode, SECONDS));
+        results[name][mode].push(await wrk(path, mode, SECONDS, true));
         await perf;
       }
     }
@@ -131,6 +138,28 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
   };
   const gcLine = (mode) => `${gcPerKreq(mode).minor} minor + ${gcPerKreq(mode).major} major, ${gcPerKreq(mode).ms} ms (${gcPerKreq(mode).ms_per_gc} ms each)`;
   console.log(`weir ztunnels' GCs per 1000 requests (both, from /metrics): long-lived ${gcLine('keepalive')}; new conn ${gcLine('newconn')}`);
+  // BENCH_ALLOC_PROF: JS heap bytes each ztunnel allocated per request (sampled, freed objects included), over
+  // every weir round of a mode, and the functions that allocated the most.
+  const allocPerReq = {};
+  if (allocProfDir() !== undefined) {
+    for (const mode of ['keepalive', 'newconn']) {
+      const rounds = results.weir[mode];
+      const reqs = rounds.reduce((n, x) => n + x.requests, 0);
+      allocPerReq[mode] = {};
+      for (let i = 0; i < rounds[0].alloc.length; i++) {
+        const who = rounds[0].alloc[i].name;
+        const bytes = new Map();
+        let total = 0;
+        for (const x of rounds) {
+          total += x.alloc[i].total;
+          for (const [k, v] of x.alloc[i].rows) bytes.set(k, (bytes.get(k) ?? 0) + v);
+        }
+        allocPerReq[mode][who] = round(total / reqs, 0);
+        console.log(`${who} JS heap allocated per request, ${mode} (${reqs} requests): ${(total / reqs).toFixed(0)} B; top functions (self):`);
+        for (const [k, v] of [...bytes.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.log(`  ${(v / reqs).toFixed(0).padStart(7)} B  ${k}`);
+      }
+    }
+  }
   const w = (mode) => best('weir', mode);
   const g = (mode) => best('go', mode);
   const out = {
@@ -142,6 +171,7 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
     cpu_per_req_vs_go: round(w('keepalive').cpuUs / g('keepalive').cpuUs),
     cpu_per_newconn_vs_go: round(w('newconn').cpuUs / g('newconn').cpuUs),
     ztunnel_gc_per_kreq: { keepalive: gcPerKreq('keepalive'), newconn: gcPerKreq('newconn') },
+    ...(allocProfDir() !== undefined ? { ztunnel_alloc_bytes_per_req: allocPerReq } : {}),
     ms: Object.fromEntries(
       Object.keys(paths).map((n) => [n, Object.fromEntries(['keepalive', 'newconn'].map((m) => [m, { p50: round(best(n, m).p50), p90: round(best(n, m).p90), p99: round(best(n, m).p99) }]))]),
     ),
