@@ -126,7 +126,10 @@ interface PendingOpen {
 }
 
 const noop = (): void => {};
-const REQUEST_OPTIONS = { endStream: false };
+// Node 20's request() copies its options and then adds each priority default to the copy one property
+// at a time (setAndValidatePriorityOptions): handing them in already set costs ~5 µs less CPU per open
+// (measured), and the HEADERS frame is the same (these are the defaults, so no PRIORITY flag is sent).
+const REQUEST_OPTIONS = { endStream: false, weight: 16, parent: 0, exclusive: false, silent: false };
 
 /**
  * HBONE client: opens tunnels (HTTP/2 CONNECT streams) over pooled mutual-TLS sessions, keyed by

@@ -51,6 +51,22 @@ describe('HBONE client ↔ server over loopback', () => {
     expect(last.peer.remoteAddress).toBe('127.0.0.1');
   });
 
+  it('answers an admitted CONNECT with :status 200 only, as ztunnel does (no date header)', async () => {
+    const session = http2.connect(`https://127.0.0.1:${port}`, { key: pki.client.keyPem, cert: pki.client.chainPem, ca: pki.ca.rootPem, checkServerIdentity: () => undefined });
+    try {
+      const req = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` }, { endStream: false });
+      const headers = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+        req.once('response', resolve);
+        req.once('error', reject);
+      });
+      expect(Object.keys(headers)).toEqual([':status']);
+      expect(headers[':status']).toBe(200);
+      expect((await roundTrip(req, Buffer.from('raw'))).toString()).toBe('raw');
+    } finally {
+      session.destroy();
+    }
+  });
+
   it('keeps half-closes with upstream sockets made with default options (allowHalfOpen false)', async () => {
     const { connect } = await import('node:net');
     const s = createHboneServer({
