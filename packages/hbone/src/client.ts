@@ -339,6 +339,8 @@ export class HboneClient {
       const session = http2.connect(`https://${peerAuthority}`, {
         createConnection: () => connected,
         maxSessionMemory: this.#o.maxSessionMemory ?? 64,
+        // maxHeaderListPairs left at Node's default, as on the server (see there): a lower one would
+        // reset answers from peers that send more than `:status` (Go adds date, nghttpx server and via).
         settings: {
           enablePush: false,
           initialWindowSize: this.#o.streamWindowSize ?? 4 * MiB,
