@@ -13,9 +13,12 @@
 // the pods deleted from the API at once. CPU per pod (plugin processes, agent + its commands,
 // ztunnel) and RSS per enrolled pod (agent, ztunnel) from /proc. Last line: one JSON object.
 // BENCH_CPU_PROF=<dir>: agent and ztunnel write V8 CPU profiles there, summarized at the end.
+// BENCH_AGENT=<path of main.js>: run that agent build instead of apps/cni-agent/dist/main.js.
+// BENCH_PERF=<dir>: `perf record -g` (999 Hz) on the agent and its commands during the burst, to
+// <dir>/perf-agent-burst.data (the agent runs with --perf-basic-prof so JS frames have names).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -28,7 +31,7 @@ import { nodeCpuGroups } from './cpu-groups.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
-const AGENT = join(root, 'apps/cni-agent/dist/main.js');
+const AGENT = process.env.BENCH_AGENT ?? join(root, 'apps/cni-agent/dist/main.js');
 const ZTUNNEL = join(root, 'apps/ztunnel/dist/main.js');
 const PLUGIN = join(root, 'apps/cni-plugin/dist/weir-cni');
 const RUNTIME = join(here, 'runtime.mjs');
@@ -162,6 +165,8 @@ function agentSide(before, after, boundMs) {
 const name = `wbe${process.pid % 10000}`;
 const dir = mkdtempSync(join(tmpdir(), 'weir-bench-enroll-'));
 const profDir = process.env.BENCH_CPU_PROF;
+const perfDir = process.env.BENCH_PERF;
+if (perfDir) mkdirSync(perfDir, { recursive: true });
 let topo;
 let api;
 let relay;
@@ -232,6 +237,7 @@ try {
     cmd: process.execPath,
     args: [
       ...prof('agent'),
+      ...(perfDir ? ['--perf-basic-prof'] : []),
       AGENT,
       '--node-name', 'n1',
       '--kubeconfig', kubeconfig,
@@ -321,12 +327,16 @@ try {
   versionMs.sort((a, b) => a - b);
 
   let enrolledSoFar = 0;
+  const agentPid = agent.pid;
   /**
    * Runs ADD for `group` (one at a time, all at once, or one every 1000/rate ms), then waits until
    * the agent and ztunnel count every pod so far (a failed ADD is retried by the agent).
    */
   async function enroll(label, group, mode) {
     const h0 = cmdaddBuckets(await agentMetrics());
+    // The agent's process tree (its restores too: perf follows the children it spawns from now on).
+    const perf = perfDir && mode === 'burst' ? spawn('perf', ['record', '-q', '-F', '999', '-g', '-o', join(perfDir, 'perf-agent-burst.data'), '-p', String(agentPid)], { stdio: 'ignore' }) : undefined;
+    if (perf) await sleep(500);
     const c0 = await cpuNow();
     const start = now();
     const runs = [];
@@ -361,6 +371,10 @@ try {
       );
     });
     const c1 = await cpuNow();
+    if (perf) {
+      perf.kill('SIGINT');
+      await new Promise((resolve) => perf.once('close', resolve));
+    }
     const agent = agentSide(h0, cmdaddBuckets(await agentMetrics()), GOAL_AGENT_P99_MS);
     const failed = results.filter((r) => r.code !== 0);
     const notCaptured = results.filter((r) => r.notCaptured);

@@ -186,8 +186,12 @@ export class NodeAgent {
   private async onCmdAdd(ev: CmdAddEvent, receivedAt: bigint): Promise<CmdAddOutcome> {
     const pod = `${ev.PodNamespace}/${ev.PodName}`;
     try {
-      const [info, ns] = await Promise.all([this.opts.source.fetchPod(ev.PodNamespace, ev.PodName), this.opts.source.fetchNamespace(ev.PodNamespace)]);
+      const [info, ns] = await Promise.all([this.opts.source.fetchPod(ev.PodNamespace, ev.PodName, ev.PodUID), this.opts.source.fetchNamespace(ev.PodNamespace)]);
       if (!info) throw new CniAgentError('ERR_AGENT_POD_NOT_FOUND', `pod ${pod} not found in the pod source`);
+      // Judging the ADD by another pod of the same name (a StatefulSet pod recreated) could start it uncaptured.
+      if (ev.PodUID !== undefined && info.uid !== ev.PodUID) {
+        throw new CniAgentError('ERR_AGENT_POD_NOT_FOUND', `pod ${pod} uid ${ev.PodUID} (the CNI ADD's K8S_POD_UID) not found: the pod source has uid ${info.uid} under that name; not captured`);
+      }
       if (!ns) throw new CniAgentError('ERR_AGENT_NAMESPACE_NOT_FOUND', `namespace ${ev.PodNamespace} of pod ${pod} not found in the pod source`);
       if (!this.opts.enrolled(info, ns)) {
         this.log.info({ pod, uid: info.uid }, 'cmdadd for a pod that is not enrolled, nothing to capture');
@@ -195,7 +199,8 @@ export class NodeAgent {
         return 'not-enrolled';
       }
       this.bypass.admit(info);
-      this.log.info({ pod, uid: info.uid, netns: ev.Netns }, 'cmdadd received, capturing pod');
+      // One info line per captured pod is the controller's `pod captured`; this one only at debug.
+      this.log.debug({ pod, uid: info.uid, netns: ev.Netns }, 'cmdadd received, capturing pod');
       await this.controller.cmdAdd(info, ev.Netns, ipsOfEvent(ev.IPs), receivedAt, this.opts.cmdAddTimeoutMs ?? 4500);
       this.metrics.cmdAdds.inc({ code: '200' });
       return 'captured';

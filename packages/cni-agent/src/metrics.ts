@@ -1,8 +1,47 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** How long one collection of the process metrics is served again. */
+const PROCESS_METRICS_TTL_MS = 1000;
+
+/**
+ * The agent's registry: its own metrics, always current, followed by the process metrics, collected
+ * at most once per PROCESS_METRICS_TTL_MS. Collecting those costs milliseconds of the agent's one
+ * thread (`process_open_fds` lists /proc/self/fd, which holds an fd per captured pod's netns), and
+ * whoever scrapes often (a readiness poller, several Prometheus replicas) would otherwise take that
+ * from captures. Only `metrics()` (what /metrics serves) includes them.
+ */
+class AgentRegistry extends Registry {
+  #process: Registry | undefined;
+  #cached: { at: number; text: Promise<string> } | undefined;
+
+  /** Adds Node's default process metrics (prom-client's `collectDefaultMetrics`). */
+  collectProcessMetrics(): void {
+    this.#process ??= new Registry();
+    collectDefaultMetrics({ register: this.#process });
+  }
+
+  override async metrics(): Promise<string> {
+    const own = await super.metrics();
+    const proc = this.#process;
+    if (!proc) return own;
+    const now = performance.now();
+    if (!this.#cached || now - this.#cached.at >= PROCESS_METRICS_TTL_MS) {
+      const text = proc.metrics();
+      const entry = { at: now, text };
+      this.#cached = entry;
+      text.catch(() => {
+        if (this.#cached === entry) this.#cached = undefined;
+      });
+    }
+    // Metrics are separated by a blank line (Registry.metrics); `own` ends with one newline.
+    return `${own}\n${await this.#cached.text}`;
+  }
+}
+
 /** The agent's Prometheus metrics, in their own registry. */
 export class AgentMetrics {
-  readonly registry = new Registry();
+  readonly #registry = new AgentRegistry();
+  readonly registry: Registry = this.#registry;
   readonly podsEnrolled = new Gauge({
     name: 'weir_cni_agent_pods_enrolled',
     help: 'Pods on this node currently captured and handed to ztunnel',
@@ -44,6 +83,6 @@ export class AgentMetrics {
   });
 
   constructor(opts: { processMetrics?: boolean } = {}) {
-    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    if (opts.processMetrics ?? true) this.#registry.collectProcessMetrics();
   }
 }

@@ -255,8 +255,9 @@ export class NetnsApplier {
       this.#logger.error({ family: fam.family, backend, stderr: got.stderr.trim() }, 'rule restore failed, rolling back');
       await rollbackFamily(this.#executor, backend, fam.family, state.saved.get(fam.family) ?? [], this.#prefix, error);
     }
-    this.#logger.info({ families: want.ruleSet.families.map((f) => f.family), backend, changes: state.changes.length, repaired: false }, 'applied rules');
-    let routing = FAMILIES.flatMap((f) => freshRouting(want.routing, f).map((l) => `ip ${flag(f)} ${l}`));
+    // A new pod's install is routine (the caller reports the capture): debug, unlike a repair.
+    this.#logger.debug({ families: want.ruleSet.families.map((f) => f.family), backend, changes: state.changes.length, repaired: false }, 'applied rules');
+    let routing: string[];
     let routingFailed: boolean;
     if (this.#netlink) {
       const changes = freshChanges(want.routing);
@@ -267,7 +268,7 @@ export class NetnsApplier {
     } else {
       // The script stops at the first failing `ip`: nothing of that family or later ones went in.
       routingFailed = FAMILIES.some((f) => (read.results.get(`${fresh}-ip-${f}`)?.code ?? (freshRouting(want.routing, f).length ? -1 : 0)) !== 0);
-      if (routingFailed) routing = [];
+      routing = routingFailed ? [] : FAMILIES.flatMap((f) => freshRouting(want.routing, f).map((l) => `ip ${flag(f)} ${l}`));
     }
     if (routingFailed) {
       // Policy routing was already (partly) there although no rule was: read it and add what is missing.
@@ -286,7 +287,7 @@ export class NetnsApplier {
       if (!got) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} reported no result`);
       if (got.code !== 0) throw new IptablesError('ERR_IPTABLES_COMMAND_FAILED', `setting sysctl ${key} failed (exit ${got.code}): ${got.stderr.trim()}`);
     }
-    if (routing.length) this.#logger.info({ commands: routing }, 'applied policy routing');
+    if (routing.length) this.#logger.debug({ commands: routing }, 'applied policy routing');
     return {
       changed: true,
       ipv6: read.ipv6,
