@@ -8,6 +8,8 @@ export interface CmdAddEvent {
   Netns: string;
   PodName: string;
   PodNamespace: string;
+  /** K8S_POD_UID, when the plugin sends it (Weir's plugin does, istio-cni's does not). */
+  PodUID?: string | undefined;
   IPs: unknown[];
 }
 

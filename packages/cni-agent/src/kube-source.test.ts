@@ -112,6 +112,23 @@ describe('KubePodSource', () => {
 });
 
 describe('KubePodSource lookups for /cmdadd', () => {
+  it("with the ADD's pod uid, a cached pod of the same name but another uid (recreated, the watch behind) is fetched from the API", async () => {
+    const { server, src, handlers } = await setup();
+    server.createPod(pod('web-0', 'node-1', { generation: 'old' }));
+    await src.start(handlers);
+    const oldUid = src.pod('apps', 'web-0')?.uid ?? '';
+    expect(oldUid).not.toBe('');
+    server.clearRequests();
+    expect(await src.fetchPod('apps', 'web-0', oldUid)).toMatchObject({ uid: oldUid });
+    expect(server.requests.filter((r) => !r.watch)).toEqual([]);
+    // The StatefulSet recreates web-0; looked up in the same tick, the cache still has its predecessor.
+    server.deletePod('apps', 'web-0');
+    const newUid = server.createPod(pod('web-0', 'node-1', { generation: 'new' })).metadata.uid;
+    expect(src.pod('apps', 'web-0')?.uid).toBe(oldUid);
+    expect(await src.fetchPod('apps', 'web-0', newUid)).toMatchObject({ uid: newUid, labels: { generation: 'new' } });
+    expect(server.requests.filter((r) => !r.watch).map((r) => `${r.method} ${r.path}`)).toEqual(['GET /api/v1/namespaces/apps/pods/web-0']);
+  });
+
   it('fetches a pod or namespace missing from the cache from the API; not found is undefined, an API failure rejects (fail closed)', async () => {
     const { server, src, handlers } = await setup();
     server.createNamespace('apps', { 'istio.io/dataplane-mode': 'ambient' });
@@ -278,7 +295,8 @@ describe('KubePodSource namespaces fetched ahead of the watch', () => {
       ztunnel: { connected: true, addWorkload: async (uid) => void calls.push(`zds add ${uid}`), removeWorkload: async (uid) => void calls.push(`zds del ${uid}`) },
       openNetns: (path) => {
         let closed = false;
-        return { fd: 99, id: { dev: 1, ino: statSync(path).ino }, path, get closed() { return closed; }, close: () => void (closed = true) };
+        const st = statSync(path);
+        return { fd: 99, id: { dev: st.dev, ino: st.ino }, path, get closed() { return closed; }, close: () => void (closed = true) };
       },
       enrolled: (_p, ns) => ns?.labels['istio.io/dataplane-mode'] === 'ambient',
       metrics: new AgentMetrics({ processMetrics: false }),

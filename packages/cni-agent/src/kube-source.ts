@@ -279,12 +279,13 @@ export class KubePodSource implements PodSource {
   }
 
   /**
-   * From the informer's cache, else (a pod created a moment ago) a GET. Not found → undefined; an API
+   * From the informer's cache, else (a pod created a moment ago, or with `uid`, a cached pod of another
+   * uid: a deleted one of the same name while the watch lags) a GET. Not found → undefined; an API
    * failure rejects with ERR_AGENT_KUBE_API, so a caller deciding enrollment fails closed.
    */
-  async fetchPod(namespace: string, name: string): Promise<PodInfo | undefined> {
+  async fetchPod(namespace: string, name: string, uid?: string): Promise<PodInfo | undefined> {
     const cached = this.pod(namespace, name);
-    if (cached) return cached;
+    if (cached && (uid === undefined || cached.uid === uid)) return cached;
     let obj: V1Pod;
     try {
       obj = await this.api.readNamespacedPod({ name, namespace });

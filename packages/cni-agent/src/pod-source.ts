@@ -28,8 +28,12 @@ export interface PodSource {
   /** All known pods on this node. */
   pods(): PodInfo[];
   pod(namespace: string, name: string): PodInfo | undefined;
-  /** Looks a pod up in the cache, then asks the source directly (a new pod may not be cached yet). */
-  fetchPod(namespace: string, name: string): Promise<PodInfo | undefined>;
+  /**
+   * Looks a pod up in the cache, then asks the source directly (a new pod may not be cached yet).
+   * With `uid`, a cached pod of another uid (a deleted one of the same name) is asked for again where
+   * the source can; the caller still compares the uid it gets.
+   */
+  fetchPod(namespace: string, name: string, uid?: string): Promise<PodInfo | undefined>;
   namespace(name: string): NamespaceInfo | undefined;
   /**
    * As fetchPod, for a namespace. What it fetches joins the cache (unless the cache has a later

@@ -61,7 +61,7 @@ class SlowFirstAckPeer {
   }
 }
 
-describe('a new sandbox while ztunnel is slow to ack the previous one (root, real netns, iptables, ZDS peer, fake API)', () => {
+describe('which pod and which sandbox a /cmdadd is for (root, real netns, iptables, ZDS peer, fake API)', () => {
   let topo: Topology;
   let node: TopologyNode;
   let api: FakeApiServer;
@@ -145,5 +145,33 @@ describe('a new sandbox while ztunnel is slow to ack the previous one (root, rea
     }
     expect(peer!.log.filter((l) => l.startsWith(`add ${uid}`))).toHaveLength(2);
     expect(agent!.pods().find((p) => p.uid === uid)).toMatchObject({ state: 'captured', netns: s2.netnsPath });
+  });
+
+  // Review 5 #7: a StatefulSet pod recreated under the same name must not be judged by its predecessor.
+  it("an ADD whose PodUID is not the pod's the source has under that name fails (500), a matching one is captured", async () => {
+    const spec = { nodeName: 'n1', serviceAccountName: 'sa-db', containers: [{ name: 'app', image: 'x' }] };
+    const oldUid = api.createPod({ metadata: { name: 'db-0', namespace: 'apps' }, spec, status: { phase: 'Pending' } }).metadata.uid ?? '';
+    await until('db-0 in the agent cache', () => agent!.pods().some((p) => p.uid === oldUid));
+    const sandbox = await node.addPod({ name: 'db-0', namespace: 'apps' });
+    const sock = join(runDir, 'pluginevent.sock');
+    const body = (PodUID: string) => ({
+      Netns: sandbox.netnsPath,
+      PodName: 'db-0',
+      PodNamespace: 'apps',
+      PodUID,
+      IPs: [{ Interface: 0, Address: { IP: sandbox.ip, Mask: '////AA==' }, Gateway: '' }],
+    });
+    const unknown = randomUUID();
+    const wrong = await postCmdAdd(sock, body(unknown));
+    expect(wrong.status).toBe(500);
+    expect(wrong.text).toContain(`pod apps/db-0 uid ${unknown} (the CNI ADD's K8S_POD_UID) not found: the pod source has uid ${oldUid} under that name`);
+    expect(await istioLines(sandbox.netnsPath)).toEqual([]);
+    expect(agent!.pods().find((p) => p.uid === oldUid)?.state).toBe('idle');
+
+    api.deletePod('apps', 'db-0');
+    const newUid = api.createPod({ metadata: { name: 'db-0', namespace: 'apps' }, spec, status: { phase: 'Pending' } }).metadata.uid ?? '';
+    expect(await postCmdAdd(sock, body(newUid))).toEqual({ status: 200, text: 'pod captured\n' });
+    expect(agent!.pods().find((p) => p.uid === newUid)).toMatchObject({ state: 'captured', netns: sandbox.netnsPath });
+    expect(await istioLines(sandbox.netnsPath)).toContain('-A OUTPUT -j ISTIO_OUTPUT');
   });
 });

@@ -32,5 +32,11 @@ describe('cmdadd event', () => {
     expect(bad.success).toBe(false);
     expect(bad.error?.issues[0]?.path).toEqual(['IPs', 0, 'Address', 'IP']);
     expect(cmdAddEventSchema.safeParse({ ...body, PodName: '' }).success).toBe(false);
+    // PodUID (K8S_POD_UID) is optional: istio-cni's body has none.
+    const withUid = { ...body, PodUID: '4f1c2a9e-0d4b-4c7e-9a51-2b8d6e3f7a10' };
+    expect(cmdAddEventSchema.parse(withUid)).toEqual(withUid);
+    expect(cmdAddEventSchema.parse(body)).not.toHaveProperty('PodUID');
+    expect(cmdAddEventSchema.safeParse({ ...body, PodUID: '' }).success).toBe(false);
+    expect(cmdAddEventSchema.safeParse({ ...body, PodUID: 7 }).success).toBe(false);
   });
 });

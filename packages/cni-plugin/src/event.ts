@@ -28,6 +28,9 @@ function buildCmdAddEventSchema(ipConfig: ReturnType<typeof buildIpConfigSchema>
     Netns: nonEmpty(),
     PodName: nonEmpty(),
     PodNamespace: nonEmpty(),
+    // Weir's addition (istio-cni sends none): K8S_POD_UID from CNI_ARGS, so the agent can tell the pod
+    // from a deleted one of the same name still in its cache. Optional: istio-cni's plugin omits it.
+    PodUID: z.optional(nonEmpty()),
     IPs: z.pipe(
       z.nullable(z.array(ipConfig)),
       z.transform((v) => v ?? []),
@@ -40,8 +43,8 @@ function buildCmdAddEventSchema(ipConfig: ReturnType<typeof buildIpConfigSchema>
 export const cmdAddIpConfigSchema = /* @__PURE__ */ buildIpConfigSchema();
 
 /**
- * The `/cmdadd` body as istio-cni sends it (Go field names as keys). `IPs` may be `null` (Go's nil
- * slice, when the primary plugin returned no addresses) and parses to `[]`.
+ * The `/cmdadd` body as istio-cni sends it (Go field names as keys), plus an optional `PodUID`. `IPs`
+ * may be `null` (Go's nil slice, when the primary plugin returned no addresses) and parses to `[]`.
  */
 export const cmdAddEventSchema = /* @__PURE__ */ buildCmdAddEventSchema(cmdAddIpConfigSchema);
 

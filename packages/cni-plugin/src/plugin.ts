@@ -146,6 +146,7 @@ async function cmdAdd(env: CniEnv, config: PluginConfig, log: Logger, opts: CniP
     Netns: env.netns ?? '',
     PodName: podName,
     PodNamespace: podNamespace,
+    ...(env.args.K8S_POD_UID ? { PodUID: env.args.K8S_POD_UID } : {}),
     IPs: ipConfigsFromResult(config.prevResult),
   };
   // The agent decides enrollment from its pod cache, so every pod is asked about there first: no

@@ -141,6 +141,7 @@ export function cniPluginSuite(label: string, invoke: Invoke): void {
             Netns: pod.netnsPath,
             PodName: pod.name,
             PodNamespace: 'plain',
+            PodUID: pod.uid,
             IPs: [{ Interface: 2, Address: { IP: ip.address.split('/')[0], Mask: '////AA==' }, Gateway: ip.gateway }],
           },
         },
