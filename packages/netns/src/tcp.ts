@@ -1,7 +1,7 @@
 import { fstatSync } from 'node:fs';
 import * as net from 'node:net';
 import { constants } from 'node:os';
-import { NetnsError, codeForErrno, errnoName, sys, wrapNative } from './errors.js';
+import { NetnsError, codeForErrno, errnoName, sys, wrapNative, type NetnsErrorCode } from './errors.js';
 import { Netns } from './netns.js';
 import { fdOf, socketFd } from './fd.js';
 import { checkKeepalive, type TcpKeepalive } from './keepalive.js';
@@ -218,6 +218,15 @@ export function createTcpSocket(o: TcpSocketOptions): number {
   );
 }
 
+// Errno → code tables, made once: an object literal keyed by errno numbers gets an elements store as
+// long as the largest errno (ESTALE 116: ~1.6 KiB), which per call was the largest allocation of a connect.
+const CONNECT_CODES: Partial<Record<number, NetnsErrorCode>> = { [constants.errno.ESTALE]: 'ERR_NETNS_SOCKET_MISMATCH' };
+const NO_ORIGINAL_DST: Partial<Record<number, NetnsErrorCode>> = {
+  [constants.errno.ENOENT]: 'ERR_NETNS_NO_ORIGINAL_DST',
+  [constants.errno.ENOPROTOOPT]: 'ERR_NETNS_NO_ORIGINAL_DST',
+  [constants.errno.ENOTCONN]: 'ERR_NETNS_NO_ORIGINAL_DST',
+};
+
 /** `host:port from netns …`, for messages (built only when something fails). */
 function connectTarget(host: string, port: number, netns: Netns): string {
   return `${hostPort(host, port)} from netns ${netns.describe()}`;
@@ -276,8 +285,11 @@ export function connectTcp(o: ConnectTcpOptions): Promise<net.Socket> {
     const nsFd = netns.checkedFd();
     // Passing netns.id makes the native side refuse (ESTALE) an fd that no longer names this
     // namespace: the socket is then made in `netns` by construction (setns into it succeeded).
-    const h = host;
-    fd = sys(() => `connect to ${connectTarget(h, o.port, netns)}`, () => native.createTcp(nsFd, spec, netns.id), { [constants.errno.ESTALE]: 'ERR_NETNS_SOCKET_MISMATCH' });
+    try {
+      fd = native.createTcp(nsFd, spec, netns.id);
+    } catch (e) {
+      throw wrapNative(e, `connect to ${connectTarget(host, o.port, netns)}`, CONNECT_CODES);
+    }
   } catch (e) {
     return Promise.reject(e);
   }
@@ -388,12 +400,12 @@ function connectError(errno: number, target: string): NetnsError {
  */
 export function originalDst(socket: net.Socket | number): SocketAddress {
   const fd = socketFd(socket, 'originalDst');
-  const E = constants.errno;
-  return sys(() => `original destination of socket fd ${fd}`, () => native.originalDst(fd), {
-    [E.ENOENT]: 'ERR_NETNS_NO_ORIGINAL_DST',
-    [E.ENOPROTOOPT]: 'ERR_NETNS_NO_ORIGINAL_DST',
-    [E.ENOTCONN]: 'ERR_NETNS_NO_ORIGINAL_DST',
-  });
+  // Once per proxied connection: no closures on the way to the answer.
+  try {
+    return native.originalDst(fd);
+  } catch (e) {
+    throw wrapNative(e, `original destination of socket fd ${fd}`, NO_ORIGINAL_DST);
+  }
 }
 
 /** getsockname of a TCP socket fd (e.g. the port a listener bound to port 0 got). */
