@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { backoffDelay, Semaphore } from './backoff.js';
 import type { CaptureBypassGuard } from './capture-bypass.js';
 import { CniAgentError, failureReason } from './errors.js';
@@ -422,12 +422,16 @@ export class PodController {
     return rec.netns !== netns || rec.netnsPath !== path;
   }
 
-  /** The netns must still be the one at its path (it can vanish or be replaced mid-capture). */
-  private async stillThere(rec: PodRecord, netns: NetnsHandle, path: string | undefined): Promise<void> {
+  /**
+   * The netns must still be the one at its path (it can vanish or be replaced mid-capture). A
+   * synchronous stat: the path is a netns bind mount or /proc entry (no disk behind it), and twice
+   * per capture a thread-pool round trip costs more of a busy node's CPU than the call itself.
+   */
+  private stillThere(rec: PodRecord, netns: NetnsHandle, path: string | undefined): void {
     if (!path) return;
     let st: { dev: number; ino: number };
     try {
-      st = await stat(path);
+      st = statSync(path);
     } catch (cause) {
       throw new CniAgentError('ERR_AGENT_NETNS_NOT_FOUND', `netns ${path} of pod ${rec.pod.namespace}/${rec.pod.name} vanished mid-capture`, { cause });
     }
@@ -500,7 +504,7 @@ export class PodController {
         this.log.warn({ ...ids, repaired: report.repaired }, 'restart reconcile repaired in-pod rules');
       }
       step = 'check netns';
-      await this.stillThere(rec, netns, path);
+      this.stillThere(rec, netns, path);
       step = 'ztunnel add';
       try {
         await this.opts.ztunnel.addWorkload(
@@ -521,7 +525,7 @@ export class PodController {
       }
       // The ZDS add is the slow step: the netns may have been replaced at its path meanwhile.
       step = 'check netns after ztunnel add';
-      await this.stillThere(rec, netns, path);
+      this.stillThere(rec, netns, path);
       this.hints.set(rec.uid, path);
       rec.state = 'captured';
       rec.attempt = 0;
