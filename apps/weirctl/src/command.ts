@@ -12,9 +12,13 @@ export interface Command {
 
 /** A bad flag or value: printed as one line naming it, exit code 2. */
 export class UsageError extends Error {
-  constructor(message: string) {
+  /** The command line it belongs to (`sandbox up`), when more precise than the top-level command. */
+  command: string | undefined;
+
+  constructor(message: string, command?: string) {
     super(message);
     this.name = 'UsageError';
+    this.command = command;
   }
 }
 
@@ -38,7 +42,7 @@ export async function runCli(commands: Readonly<Record<string, Command>>, argv: 
     return await command.run(rest, io);
   } catch (err) {
     if (err instanceof UsageError) {
-      io.err(`weirctl ${name}: ${err.message}\n`);
+      io.err(`weirctl ${err.command ?? name}: ${err.message}\n`);
       return 2;
     }
     throw err;

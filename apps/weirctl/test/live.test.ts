@@ -217,7 +217,7 @@ describe('weirctl doctor', () => {
     expect(fallback.code).toBe(1);
     expect(fallback.out).toMatch(/^weir-cni-agent does not answer \(GET http:\/\/127\.0\.0\.1:1\/debug\/config: .+\): using the agent's defaults: mode tproxy, DNS capture on, IPv6 auto/m);
     expect(fallback.out).toMatch(/^FAIL {2}rules {6}\d+ difference\(s\) from the desired set \(tproxy, ipv4\+ipv6, DNS capture on\): missing .*--dport 53/m);
-    expect(fallback.out).toMatch(/^ {6}fix: .*The agent's options were not read from it: pass them \(--mode, --\[no-\]dns-capture/m);
+    expect(fallback.out).toMatch(/^ {6}fix: weir-cni-agent did not answer, so nothing repairs drifted rules: start it .*pass its address \(--agent-url\) or them \(--mode, --\[no-\]dns-capture/m);
     const flagged = await call(doctorCommand, [...noAgent, '--no-dns-capture']);
     expect(flagged.out).toContain("using --[no-]dns-capture from the command line and the agent's defaults: mode tproxy, DNS capture off");
     expect(flagged.code, flagged.out).toBe(0);
@@ -252,18 +252,62 @@ describe('weirctl doctor', () => {
     expect((await doctor('sleep')).code).toBe(0);
   });
 
-  it('fails the listeners, ztunnel and probe checks, with the fix, once ztunnel is killed', { timeout: 60_000 }, async () => {
+  it('fails the listeners, ztunnel and probe checks once ztunnel is killed; meanwhile a new pod fails closed and traffic is refused; restart brings it back', { timeout: 180_000 }, async () => {
     const status = JSON.parse((await sandbox('status', '--json')).out) as { nodes: Array<{ name: string; ztunnelPid: number }> };
     const pid = status.nodes.find((n) => n.name === 'node-1')?.ztunnelPid as number;
     process.kill(pid, 'SIGKILL');
     await expect.poll(async () => (JSON.parse((await sandbox('status', '--json')).out) as typeof status).nodes.find((n) => n.name === 'node-1')?.ztunnelPid, { timeout: 10_000 }).toBeNull();
+    expect((await sandbox('status')).out).toContain('node-1: weir-ztunnel is not running: traffic of its captured pods is refused; weirctl sandbox restart node-1 ztunnel');
     const r = await doctor('sleep');
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/^PASS {2}rules/m);
     expect(r.out).toContain('FAIL  listeners  nothing listens on 15001; nothing listens on 15006; nothing listens on 15008');
     expect(r.out).toMatch(/^FAIL {2}ztunnel {4}ztunnel's admin does not answer: GET http:\/\/127\.0\.0\.1:15000\/config_dump/m);
-    expect(r.out).toMatch(/^ {6}fix: start ztunnel: .*weirctl sandbox down/m);
+    expect(r.out).toContain(`fix: start ztunnel: weirctl sandbox restart node-1 ztunnel --state-dir ${dir} --name ${name}`);
     expect(r.out).toMatch(/^FAIL {2}probe/m);
     expect(r.out).toContain('3 of 4 checks failed');
+
+    // The captured pod's traffic is refused, not sent around ztunnel (curl 7: connection refused by the rules' target).
+    const refused = await call(sandboxCommand, ['exec', 'sleep', ...where, '--', 'curl', '-s', '-m', '5', '-o', '/dev/null', `http://${httpbinIp}:8000/get`]);
+    expect(refused.code).not.toBe(0);
+    // An enrolled pod created now does not start: its CNI ADD fails, and nothing of it is left.
+    const whileDown = await sandbox('pod', 'add', 'while-down', '--node', 'node-1');
+    expect(whileDown.code).toBe(1);
+    expect(whileDown.err).toMatch(/^weirctl sandbox pod: pod demo\/while-down was not created on node-1: CNI plugin weir-cni ADD .*not started uncaptured/);
+    expect((await sandbox('status', '--json')).out).not.toContain('while-down');
+
+    const restarted = await sandbox('restart', 'node-1', 'ztunnel');
+    expect(restarted.code, restarted.err).toBe(0);
+    expect(restarted.out).toMatch(/^node-1: weir-ztunnel restarted \(pid \d+\) after [\d.]+ s; the node serves its enrolled pods again$/m);
+    expect((await doctor('sleep')).code).toBe(0);
+    expect(await httpThroughZtunnel('/get')).toEqual({ status: '200', viaZtunnel: true });
+    expect((await sandbox('logs', 'node-1', 'ztunnel')).out).toMatch(/received netns, starting proxy uid=\S+ name=sleep namespace=demo/);
+  });
+
+  it('with the agent killed: existing pods keep working, a new pod fails closed, doctor judges the rules by the sandbox options; restart repairs drift', { timeout: 180_000 }, async () => {
+    const status = JSON.parse((await sandbox('status', '--json')).out) as { nodes: Array<{ name: string; agentPid: number }> };
+    const pid = status.nodes.find((n) => n.name === 'node-2')?.agentPid as number;
+    process.kill(pid, 'SIGKILL');
+    await expect.poll(async () => (JSON.parse((await sandbox('status', '--json')).out) as typeof status).nodes.find((n) => n.name === 'node-2')?.agentPid, { timeout: 10_000 }).toBeNull();
+    expect((await sandbox('status')).out).toContain('node-2: weir-cni-agent is not running: new pods on node-2 fail their CNI ADD');
+    const agentless = await sandbox('pod', 'add', 'agentless', '--node', 'node-2');
+    expect(agentless.code).toBe(1);
+    expect(agentless.err).toMatch(/^weirctl sandbox pod: pod demo\/agentless was not created on node-2: CNI plugin weir-cni ADD .*fail closed/);
+    expect(await httpThroughZtunnel('/get')).toEqual({ status: '200', viaZtunnel: true });
+
+    const rule = ['ISTIO_OUTPUT', '!', '-d', '127.0.0.1/32', '-p', 'tcp', '-m', 'mark', '!', '--mark', '0x539/0xfff', '-j', 'REDIRECT', '--to-ports', '15001'];
+    await exec('httpbin', 'iptables', '-t', 'nat', '-D', ...rule);
+    const r = await doctor('httpbin');
+    expect(r.code).toBe(1);
+    expect(r.out).toMatch(/^weir-cni-agent does not answer .*: using the options the sandbox starts it with: mode tproxy, DNS capture off/m);
+    expect(r.out).toContain('FAIL  rules      1 difference(s) from the desired set (tproxy, ipv4+ipv6, DNS capture off)');
+    expect(r.out).toContain(`fix: weir-cni-agent did not answer, so nothing repairs drifted rules: start it (weirctl sandbox restart node-2 cni-agent --state-dir ${dir} --name ${name}`);
+
+    const restarted = await sandbox('restart', 'node-2', 'cni-agent');
+    expect(restarted.code, restarted.err).toBe(0);
+    expect(restarted.out).toMatch(/^node-2: weir-cni-agent restarted \(pid \d+\)/m);
+    // Its start-up reconciliation put the rule back.
+    expect(await exec('httpbin', 'iptables-save', '-t', 'nat')).toContain('--to-ports 15001');
+    expect((await doctor('httpbin')).code).toBe(0);
   });
 });

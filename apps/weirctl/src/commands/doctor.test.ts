@@ -22,14 +22,15 @@ describe('weirctl doctor flags', () => {
   it('wants exactly one of POD and --netns, and valid addresses', async () => {
     await expect(doctor()).rejects.toThrow('give one POD (sandbox) or --netns PATH (node)');
     await expect(doctor('sleep', '--netns', '/var/run/netns/x')).rejects.toThrow('give one POD');
-    await expect(doctor('--netns', '/x', '--probe', 'example.com:80')).rejects.toThrow('--probe: IP:PORT');
-    await expect(doctor('--netns', '/x', '--probe', '999.1.1.1:80')).rejects.toThrow('--probe: not an IP address');
+    await expect(doctor('--netns', '/x', '--probe', 'example.com:80')).rejects.toThrow('--probe: expected IP:PORT, e.g. 10.244.2.2:8000 (got "example.com:80")');
+    await expect(doctor('--netns', '/x', '--probe', '999.1.1.1:80')).rejects.toThrow('--probe: expected IP:PORT with an IP address, e.g. 10.244.2.2:8000 (got "999.1.1.1:80")');
     await expect(doctor('--netns', '/x', '--mode', 'ebpf')).rejects.toThrow(/--mode: /);
-    await expect(doctor('--netns', '/x', '--ztunnel-admin', 'localhost')).rejects.toThrow('--ztunnel-admin: HOST:PORT');
-    await expect(doctor('--netns', '/x', '--agent-url', '127.0.0.1:8000')).rejects.toThrow('--agent-url: an http:// URL');
+    await expect(doctor('--netns', '/x', '--ztunnel-admin', 'localhost')).rejects.toThrow('--ztunnel-admin: expected HOST:PORT, e.g. 127.0.0.1:15000 (got "localhost")');
+    await expect(doctor('--netns', '/x', '--agent-url', '127.0.0.1:8000')).rejects.toThrow('--agent-url: expected an http:// URL, e.g. http://127.0.0.1:8000 (got "127.0.0.1:8000")');
     await expect(doctor('--netns', '/x', '--iptables-backend', 'ebpf')).rejects.toThrow(/--iptables-backend: /);
     await expect(doctor('--netns', '/x', '--probe-snat-ip', '::1')).rejects.toThrow(/--probe-snat-ip: /);
-    await expect(doctor('--netns', '/x', '--dns-capture=yes')).rejects.toThrow(/--dns-capture/);
+    await expect(doctor('--netns', '/x', '--dns-capture=yes')).rejects.toThrow('flag --dns-capture takes no value');
+    await expect(doctor('--netns', '/x', '--agent', 'http://127.0.0.1:8000')).rejects.toThrow('unknown flag --agent (did you mean --agent-url?)');
   });
 
   it('says when the netns or the sandbox is not there', async () => {

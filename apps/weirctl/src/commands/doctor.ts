@@ -4,10 +4,11 @@ import { parseArgs } from 'node:util';
 import { Topology } from '@weir/topology';
 import { z } from 'zod';
 import { UsageError, type Command, type Io } from '../command.js';
+import { flagIssueError, parseArgsError } from '../flags.js';
 import type { CaptureConfig } from '@weir/cni-agent/capture-rules';
-import { resolveCapture, type ResolvedCapture } from '../doctor/capture-options.js';
+import { AGENT_DEFAULT_CAPTURE, resolveCapture, type CaptureFallback, type ResolvedCapture } from '../doctor/capture-options.js';
 import { formatResults, runDoctor, type DoctorTarget } from '../doctor/doctor.js';
-import { ZTUNNEL_ADMIN_ADDRESS, ZTUNNEL_METRICS_ADDRESS } from '../sandbox/components.js';
+import { SANDBOX_AGENT_CAPTURE, ZTUNNEL_ADMIN_ADDRESS, ZTUNNEL_METRICS_ADDRESS } from '../sandbox/components.js';
 import { DEFAULT_SANDBOX_DIR, DEFAULT_SANDBOX_NAME, requireState, resolveTarget, SandboxError } from '../sandbox/sandbox.js';
 
 /** weir-cni-agent's --ready-address default, reached in the node's netns. */
@@ -43,7 +44,7 @@ Only when the agent does not answer (the output says so) are its defaults used. 
   --probe-snat-ip IP  --probe-snat-ipv6 IP  --iptables-backend auto|legacy|nft|nftables
 `;
 
-const address = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'HOST:PORT');
+const address = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'expected HOST:PORT, e.g. 127.0.0.1:15000');
 
 const Flags = z.strictObject({
   'state-dir': z.string().min(1).default(DEFAULT_SANDBOX_DIR),
@@ -54,10 +55,10 @@ const Flags = z.strictObject({
   'ztunnel-metrics': address.default(ZTUNNEL_METRICS_ADDRESS),
   probe: z
     .string()
-    .regex(/^(\[[0-9a-fA-F:]+\]|[0-9.]+):\d{1,5}$/, 'IP:PORT')
-    .refine((s) => isIP(s.slice(0, s.lastIndexOf(':')).replace(/^\[|\]$/g, '')) !== 0, 'not an IP address')
+    .regex(/^(\[[0-9a-fA-F:]+\]|[0-9.]+):\d{1,5}$/, 'expected IP:PORT, e.g. 10.244.2.2:8000')
+    .refine((s) => isIP(s.slice(0, s.lastIndexOf(':')).replace(/^\[|\]$/g, '')) !== 0, 'expected IP:PORT with an IP address, e.g. 10.244.2.2:8000')
     .optional(),
-  'agent-url': z.url({ protocol: /^https?$/, error: 'an http:// URL' }).default(DEFAULT_AGENT_URL),
+  'agent-url': z.url({ protocol: /^https?$/, error: 'expected an http:// URL, e.g. http://127.0.0.1:8000' }).default(DEFAULT_AGENT_URL),
   mode: z.enum(['tproxy', 'redirect']).optional(),
   'dns-capture': z.boolean().optional(),
   ipv6: z.boolean().optional(),
@@ -97,13 +98,10 @@ export const doctorCommand: Command = {
         },
       }));
     } catch (err) {
-      throw new UsageError((err as Error).message);
+      throw parseArgsError(err, [...Object.keys(Flags.shape), 'no-dns-capture', 'no-ipv6']);
     }
     const parsed = Flags.safeParse(values);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new UsageError(`--${String(issue?.path[0] ?? '')}: ${issue?.message ?? 'invalid'}`);
-    }
+    if (!parsed.success) throw flagIssueError(parsed.error, values);
     const flags = parsed.data;
     if (flags.help) {
       io.out(HELP);
@@ -121,7 +119,7 @@ export const doctorCommand: Command = {
       ...(flags['iptables-backend'] !== undefined ? { backend: flags['iptables-backend'] } : {}),
     };
     // The agent listens in the node's netns: the pod's node in the sandbox, this netns on a node.
-    const capture = (nodeNetns: string | undefined): Promise<ResolvedCapture> => resolveCapture(nodeNetns, flags['agent-url'], overrides);
+    const capture = (nodeNetns: string | undefined, fallback?: CaptureFallback): Promise<ResolvedCapture> => resolveCapture(nodeNetns, flags['agent-url'], overrides, fallback);
     let target: DoctorTarget;
     let note: string;
     try {
@@ -171,6 +169,7 @@ function nodeTarget(netns: string, flags: Flags, resolved: ResolvedCapture): Doc
       agentLog: 'see the istio-cni / weir-cni-agent log on this node',
       ztunnelLog: "see ztunnel's log on this node",
       restartZtunnel: 'restart the ztunnel pod/process of this node',
+      restartAgent: 'restart the weir-cni-agent (istio-cni) pod/process of this node',
       enroll: 'label its namespace or the pod istio.io/dataplane-mode=ambient',
     },
   };
@@ -179,7 +178,7 @@ function nodeTarget(netns: string, flags: Flags, resolved: ResolvedCapture): Doc
 async function sandboxTarget(
   ref: string,
   flags: Flags,
-  capture: (nodeNetns: string) => Promise<ResolvedCapture>,
+  capture: (nodeNetns: string, fallback: CaptureFallback) => Promise<ResolvedCapture>,
 ): Promise<{ target: DoctorTarget; resolved: ResolvedCapture }> {
   const where = { dir: flags['state-dir'], name: flags.name };
   const state = await requireState(where);
@@ -191,7 +190,8 @@ async function sandboxTarget(
   const peers = topology.pods.filter((p) => `${p.namespace}/${p.name}` !== pod.label);
   const peer = peers.find((p) => p.node.name !== spec.node) ?? peers[0];
   const nodeNetns = topology.node(spec.node).netnsPath;
-  const resolved = await capture(nodeNetns);
+  // The sandbox starts every agent with known options: a stopped one is judged by those, not by the defaults.
+  const resolved = await capture(nodeNetns, { capture: { ...AGENT_DEFAULT_CAPTURE, ...SANDBOX_AGENT_CAPTURE }, label: 'the options the sandbox starts it with' });
   const sandboxFlags = `${flags['state-dir'] !== DEFAULT_SANDBOX_DIR ? ` --state-dir ${flags['state-dir']}` : ''}${flags.name !== DEFAULT_SANDBOX_NAME ? ` --name ${flags.name}` : ''}`;
   const target: DoctorTarget = {
     label: pod.label,
@@ -205,8 +205,10 @@ async function sandboxTarget(
     hints: {
       agentLog: `weirctl sandbox logs ${spec.node} cni-agent${sandboxFlags}`,
       ztunnelLog: `weirctl sandbox logs ${spec.node} ztunnel${sandboxFlags}`,
-      restartZtunnel: `the sandbox does not restart components: weirctl sandbox down${sandboxFlags} && weirctl sandbox up${sandboxFlags}`,
+      restartZtunnel: `weirctl sandbox restart ${spec.node} ztunnel${sandboxFlags}`,
+      restartAgent: `weirctl sandbox restart ${spec.node} cni-agent${sandboxFlags}`,
       enroll: `weirctl sandbox label ns/${spec.namespace} istio.io/dataplane-mode=ambient${sandboxFlags}, and no istio.io/dataplane-mode=none on the pod`,
     },
-  };  return { target, resolved };
+  };
+  return { target, resolved };
 }

@@ -13,6 +13,7 @@ import {
 import { z } from 'zod';
 
 import { UsageError, type Command, type Io } from '../command.js';
+import { flagIssueError, parseArgsError } from '../flags.js';
 
 const HELP = `usage: weirctl rules [--mode tproxy|redirect] [--family ipv4|ipv6] [--format iptables|nft]
                      [--no-dns] [--no-inbound-capture] [--host-probe]
@@ -59,33 +60,14 @@ export function parseRulesFlags(argv: readonly string[]): RulesFlags {
       },
     }).values;
   } catch (err) {
-    throw new UsageError(parseArgsMessage(err));
+    throw parseArgsError(err, Object.keys(Flags.shape));
   }
   const parsed = Flags.safeParse(values);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const flag = `--${String(issue?.path[0] ?? '?')}`;
-    throw new UsageError(`${flag}: ${issue?.message ?? 'invalid'} (got ${JSON.stringify(values[String(issue?.path[0])])})`);
-  }
+  if (!parsed.success) throw flagIssueError(parsed.error, values);
   if (parsed.data['host-probe'] && parsed.data.format === 'nft') {
     throw new UsageError('--host-probe: host probe rules use ipset and owner matches; only --format iptables renders them');
   }
   return parsed.data;
-}
-
-function parseArgsMessage(err: unknown): string {
-  const e = err as { code?: string; message?: string };
-  const quoted = /'([^']+)'/.exec(e.message ?? '')?.[1] ?? '';
-  switch (e.code) {
-    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
-      return `unknown flag ${quoted}`;
-    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
-      return `flag ${quoted.split(' ')[0]} ${/argument missing/.test(e.message ?? '') ? 'needs a value' : 'takes no value'}`;
-    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
-      return `unexpected argument ${quoted}`;
-    default:
-      return (e.message ?? String(err)).split('\n')[0] ?? 'bad arguments';
-  }
 }
 
 /** The text `weirctl rules` prints for these flags. */

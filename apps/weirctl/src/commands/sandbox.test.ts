@@ -18,11 +18,15 @@ async function sandbox(...argv: string[]): Promise<{ code: number; out: string; 
 
 describe('weirctl sandbox flags', () => {
   it('rejects bad input with exit status 2 and names the problem', async () => {
-    await expect(command.run(['up', '--nodes', '0'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/--nodes: .*>=1/);
+    await expect(command.run(['up', '--nodes', '0'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toBe('--nodes: at least 1 node (got "0")');
+    await expect(command.run(['up', '--nodes', 'two'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toBe('--nodes: expected a whole number from 1 to 9 (got "two")');
+    await expect(command.run(['up', '--node', '3'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toBe('unknown flag --node (did you mean --nodes?)');
+    await expect(command.run(['restart', 'node-1', 'kubelet'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/restart NODE ztunnel\|cni-agent: unknown component 'kubelet'/);
+    await expect(command.run(['restart', 'node-1'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/^expected 2 arguments, got 1: restart NODE ztunnel\|cni-agent/);
     await expect(command.run(['frobnicate'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/unknown subcommand 'frobnicate'/);
     await expect(command.run(['exec', 'sleep', 'ls'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toBe('exec needs POD -- CMD [ARG…]');
     await expect(command.run(['logs', 'node-1', 'kubelet'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/unknown component 'kubelet'/);
-    await expect(command.run(['up', '--control-plane', 'istiod'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/--control-plane: .*"local"\|"xds"/);
+    await expect(command.run(['up', '--control-plane', 'istiod'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toMatch(/--control-plane: .*"local"\|"xds" \(got "istiod"\)/);
     await expect(command.run(['up', '--control-plane-bin', '/x'], { out: () => {}, err: () => {} }).catch((e: Error) => e.message)).resolves.toBe('--control-plane-bin needs --control-plane xds');
     const help = await sandbox('--help');
     expect(help.code).toBe(0);

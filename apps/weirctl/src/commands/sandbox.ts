@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { netnsCommand } from '@weir/topology';
 import { z } from 'zod';
 import { UsageError, type Command, type Io } from '../command.js';
+import { flagIssueError, parseArgsError } from '../flags.js';
 import {
   DEFAULT_SANDBOX_DIR,
   DEFAULT_SANDBOX_NAME,
@@ -18,9 +19,10 @@ import {
   type SandboxLocation,
   type SandboxStatus,
 } from '../sandbox/sandbox.js';
+import { sandboxRestart } from '../sandbox/restart.js';
 import { parseLabelChange, parseLabelTarget, sandboxAddPod, sandboxLabel, sandboxPolicies, sandboxPolicyApply, sandboxPolicyDelete } from '../sandbox/live.js';
 
-const HELP = `usage: weirctl sandbox <up|status|exec|logs|label|policy|pod|down> [flags]
+const HELP = `usage: weirctl sandbox <up|status|exec|logs|label|policy|pod|restart|down> [flags]
 
 A local cluster in network namespaces on this machine (needs root): nodes node-1..N, namespace demo
 (enrolled: sleep on node-1, httpbin HTTP echo on :8000 on node-2) and namespace legacy (legacy-client on
@@ -45,6 +47,8 @@ node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each
   pod add NAME [-n NS] [--node NODE] [--http-echo PORT] [--label K=V]…
                                 a pod on that node (default demo, node-1; sleep unless --http-echo); returns once
                                 it is captured when enrolled
+  restart NODE ztunnel|cni-agent   stop it if it runs and start it again, as a DaemonSet would after a crash;
+                                returns once the node's enrolled pods are captured and ztunnel is ready
   down                          remove everything up made; safe twice and after a crash
 
 Every subcommand takes these, before or after it (and its verb):
@@ -53,6 +57,8 @@ Every subcommand takes these, before or after it (and its verb):
 `;
 
 const common = { 'state-dir': { type: 'string' }, name: { type: 'string' } } as const;
+
+const SUBCOMMANDS = ['up', 'status', 'exec', 'logs', 'label', 'policy', 'pod', 'restart', 'down'];
 
 /**
  * `--state-dir` and `--name` go anywhere before `--`: before the subcommand, between it and its verb
@@ -89,7 +95,7 @@ const Location = z.object({
 });
 
 const UpFlags = Location.extend({
-  nodes: z.coerce.number().int().min(1).max(9).default(2),
+  nodes: z.coerce.number({ error: 'expected a whole number from 1 to 9' }).int('expected a whole number from 1 to 9').min(1, 'at least 1 node').max(9, 'at most 9 nodes').default(2),
   'agent-bin': z.string().min(1).optional(),
   'ztunnel-bin': z.string().min(1).optional(),
   'cni-bin': z.string().min(1).optional(),
@@ -106,7 +112,7 @@ const LabelFlags = Location.extend({ namespace: z.string().min(1).optional() });
 const PodFlags = Location.extend({
   namespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS label').default('demo'),
   node: z.string().min(1).default('node-1'),
-  'http-echo': z.coerce.number().int().min(1).max(65535).optional(),
+  'http-echo': z.coerce.number({ error: 'expected a TCP port, 1 to 65535' }).int('expected a TCP port, 1 to 65535').min(1, 'expected a TCP port, 1 to 65535').max(65535, 'expected a TCP port, 1 to 65535').optional(),
   label: z.array(z.string()).default([]),
 });
 
@@ -117,7 +123,7 @@ export interface SandboxCommandOptions {
 
 export function createSandboxCommand(options: SandboxCommandOptions = {}): Command {
   return {
-    summary: 'a local cluster in network namespaces: up, status, exec, logs, label, policy, down',
+    summary: 'a local cluster in network namespaces: up, status, exec, logs, label, policy, pod, restart, down',
     async run(argv, io) {
       const [sub, ...rest] = hoistCommonFlags(argv);
       const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
@@ -141,16 +147,20 @@ export function createSandboxCommand(options: SandboxCommandOptions = {}): Comma
             return await policy(rest, io);
           case 'pod':
             return await pod(rest, io);
+          case 'restart':
+            return await restart(rest, io);
           case 'down':
             return await down(rest, io);
           default:
-            throw new UsageError(`unknown subcommand '${sub}' (one of: up, status, exec, logs, label, policy, pod, down)`);
+            throw new UsageError(`unknown subcommand '${sub}' (one of: ${SUBCOMMANDS.join(', ')})`);
         }
       } catch (err) {
         if (err instanceof SandboxError) {
           io.err(`weirctl sandbox ${sub}: ${err.message}\n`);
           return 1;
         }
+        // Name the subcommand the bad flag belongs to: `weirctl sandbox up: unknown flag --node …`.
+        if (err instanceof UsageError && err.command === undefined && SUBCOMMANDS.includes(sub)) err.command = `sandbox ${sub}`;
         throw err;
       }
     },
@@ -207,7 +217,16 @@ function formatStatus(s: SandboxStatus): string {
   }
   const absent = s.components.filter((c) => !c.present);
   if (absent.length > 0) lines.push('', ...absent.map((c) => `${c.name}: NOT PRESENT, ${c.detail}`));
-  const notes = s.nodes.flatMap((n) => n.notes.map((note) => `${n.name}: ${note}`));
+  const notes = s.nodes.flatMap((n) => [
+    ...n.notes.map((note) => `${n.name}: ${note}`),
+    // Stopped since up (a crash, a kill): what that means for the node's pods, and how to bring it back.
+    ...(n.agentPid === null && !n.notes.some((note) => note.startsWith('weir-cni-agent'))
+      ? [`${n.name}: weir-cni-agent is not running: new pods on ${n.name} fail their CNI ADD and drifted rules are not repaired; weirctl sandbox restart ${n.name} cni-agent`]
+      : []),
+    ...(n.ztunnelPid === null && !n.notes.some((note) => note.startsWith('weir-ztunnel'))
+      ? [`${n.name}: weir-ztunnel is not running: traffic of its captured pods is refused; weirctl sandbox restart ${n.name} ztunnel`]
+      : []),
+  ]);
   if (notes.length > 0) lines.push('', ...notes);
   return `${lines.join('\n')}\n`;
 }
@@ -215,7 +234,7 @@ function formatStatus(s: SandboxStatus): string {
 async function exec(argv: readonly string[], io: Io, stdio: 'inherit' | 'io'): Promise<number> {
   const split = argv.indexOf('--');
   if (split < 0) throw new UsageError('exec needs POD -- CMD [ARG…]');
-  const { flags, positionals } = parse(argv.slice(0, split), Location, {}, 1);
+  const { flags, positionals } = parse(argv.slice(0, split), Location, {}, 1, 'exec POD|NODE -- CMD [ARG…]');
   const command = argv.slice(split + 1);
   if (command.length === 0) throw new UsageError('exec needs a command after --');
   const target = await resolveTarget(location(flags), positionals[0] as string);
@@ -234,7 +253,7 @@ async function logs(argv: readonly string[], io: Io): Promise<number> {
   const { flags, positionals } = parse(argv, LogsFlags, { follow: { type: 'boolean', short: 'f' } }, -1);
   // `logs control-plane` (one per sandbox) or `logs NODE ztunnel|cni-agent`.
   const [node, name] = positionals.length === 1 && positionals[0] === 'control-plane' ? [undefined, 'control-plane'] : positionals;
-  if (positionals.length !== (node === undefined ? 1 : 2)) throw new UsageError(`logs needs NODE ztunnel|cni-agent or control-plane (got ${positionals.length} arguments)`);
+  if (positionals.length !== (node === undefined ? 1 : 2)) throw new UsageError(`logs needs NODE ztunnel|cni-agent or control-plane (got ${positionals.length === 1 ? '1 argument' : `${positionals.length} arguments`})`);
   const component = z.enum(['ztunnel', 'cni-agent', 'control-plane']).safeParse(name);
   if (!component.success || (node !== undefined && component.data === 'control-plane')) throw new UsageError(`logs NODE ztunnel|cni-agent: unknown component '${name}' (the control plane: logs control-plane)`);
   if (flags.follow) {
@@ -260,7 +279,7 @@ async function policy(argv: readonly string[], io: Io): Promise<number> {
   const say = (line: string): void => io.out(`${line}\n`);
   switch (verb) {
     case 'apply': {
-      const { flags, positionals } = parse(rest, Location, {}, 1);
+      const { flags, positionals } = parse(rest, Location, {}, 1, 'policy apply FILE');
       const file = positionals[0] as string;
       let text: string;
       try {
@@ -272,7 +291,7 @@ async function policy(argv: readonly string[], io: Io): Promise<number> {
       return 0;
     }
     case 'delete': {
-      const { flags, positionals } = parse(rest, LabelFlags, { namespace: { type: 'string', short: 'n' } }, 1);
+      const { flags, positionals } = parse(rest, LabelFlags, { namespace: { type: 'string', short: 'n' } }, 1, 'policy delete NAME|NS/NAME [-n NS]');
       await sandboxPolicyDelete(location(flags), positionals[0] as string, flags.namespace, say);
       return 0;
     }
@@ -304,6 +323,7 @@ async function pod(argv: readonly string[], io: Io): Promise<number> {
     PodFlags,
     { namespace: { type: 'string', short: 'n' }, node: { type: 'string' }, 'http-echo': { type: 'string' }, label: { type: 'string', multiple: true } },
     1,
+    'pod add NAME [-n NS] [--node NODE] [--http-echo PORT] [--label K=V]…',
   );
   const labels: Record<string, string> = {};
   for (const arg of flags.label) {
@@ -313,6 +333,14 @@ async function pod(argv: readonly string[], io: Io): Promise<number> {
   }
   const app = flags['http-echo'] !== undefined ? { kind: 'http-echo' as const, port: flags['http-echo'] } : { kind: 'sleep' as const };
   await sandboxAddPod(location(flags), { name: positionals[0] as string, namespace: flags.namespace, node: flags.node, labels, app }, (line) => io.out(`${line}\n`));
+  return 0;
+}
+
+async function restart(argv: readonly string[], io: Io): Promise<number> {
+  const { flags, positionals } = parse(argv, Location, {}, 2, 'restart NODE ztunnel|cni-agent');
+  const component = z.enum(['ztunnel', 'cni-agent']).safeParse(positionals[1]);
+  if (!component.success) throw new UsageError(`restart NODE ztunnel|cni-agent: unknown component '${positionals[1]}'`);
+  await sandboxRestart(location(flags), positionals[0] as string, component.data, (line) => io.out(`${line}\n`));
   return 0;
 }
 
@@ -330,22 +358,21 @@ async function down(argv: readonly string[], io: Io): Promise<number> {
 type Options = Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>;
 
 /** parseArgs + zod: a bad flag or value is a UsageError naming it. Exactly `positionalCount` positionals (-1: any). */
-function parse<S extends z.ZodType>(argv: readonly string[], schema: S, options: Options, positionalCount: number): { flags: z.output<S>; positionals: string[] } {
+function parse<S extends z.ZodType>(argv: readonly string[], schema: S, options: Options, positionalCount: number, usage?: string): { flags: z.output<S>; positionals: string[] } {
   let values: Record<string, unknown>;
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({ args: [...argv], strict: true, allowPositionals: true, options: { ...common, ...options } }));
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw parseArgsError(err, [...Object.keys(common), ...Object.keys(options)]);
   }
   if (positionalCount >= 0 && positionals.length !== positionalCount) {
-    throw new UsageError(positionalCount === 0 ? `unexpected argument '${positionals[0]}'` : `expected ${positionalCount} argument(s), got ${positionals.length}; see weirctl sandbox --help`);
+    if (positionalCount === 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    const count = (n: number): string => `${n} argument${n === 1 ? '' : 's'}`;
+    throw new UsageError(`expected ${count(positionalCount)}, got ${positionals.length}${usage !== undefined ? `: ${usage}` : ''}; see weirctl sandbox --help`);
   }
   const parsed = schema.safeParse(values);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new UsageError(`--${String(issue?.path[0] ?? '')}: ${issue?.message ?? 'invalid'}`);
-  }
+  if (!parsed.success) throw flagIssueError(parsed.error, values);
   return { flags: parsed.data, positionals };
 }
 

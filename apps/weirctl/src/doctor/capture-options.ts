@@ -34,8 +34,23 @@ export interface ResolvedCapture {
   note: string;
 }
 
-/** `GET <agentUrl>/debug/config` in `netns` (undefined: this one); flags in `overrides` win. */
-export async function resolveCapture(netns: string | undefined, agentUrl: string, overrides: Partial<CaptureConfig>): Promise<ResolvedCapture> {
+/** What to assume when the agent does not answer: its defaults, or what is known of how it was started. */
+export interface CaptureFallback {
+  capture: CaptureConfig;
+  /** Names it in the output, e.g. "the agent's defaults". */
+  label: string;
+}
+
+/**
+ * `GET <agentUrl>/debug/config` in `netns` (undefined: this one); flags in `overrides` win. When the agent
+ * does not answer: the flags over `fallback` (default: the agent's defaults).
+ */
+export async function resolveCapture(
+  netns: string | undefined,
+  agentUrl: string,
+  overrides: Partial<CaptureConfig>,
+  fallback: CaptureFallback = { capture: AGENT_DEFAULT_CAPTURE, label: "the agent's defaults" },
+): Promise<ResolvedCapture> {
   const url = `${agentUrl.replace(/\/+$/, '')}/debug/config`;
   const where = `${url}${netns === undefined ? '' : ` in ${netns}`}`;
   const flagged = (Object.keys(FLAG_OF) as Array<keyof CaptureConfig>)
@@ -59,11 +74,11 @@ export async function resolveCapture(netns: string | undefined, agentUrl: string
   } else {
     why = r.error;
   }
-  const capture = { ...AGENT_DEFAULT_CAPTURE, ...overrides };
+  const capture = { ...fallback.capture, ...overrides };
   return {
     capture,
     fromAgent: false,
-    note: `weir-cni-agent does not answer (${why}): using ${flagged ? `${flagged} from the command line and ` : ''}the agent's defaults: ${describe(capture)}`,
+    note: `weir-cni-agent does not answer (${why}): using ${flagged ? `${flagged} from the command line and ` : ''}${fallback.label}: ${describe(capture)}`,
   };
 }
 

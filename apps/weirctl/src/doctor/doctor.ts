@@ -27,7 +27,7 @@ export interface DoctorTarget {
   /** Where the probe connects from the pod (a closed port is fine: 15001 accepts first). */
   probe: { host: string; port: number };
   /** How to reach the logs and restart things here (sandbox commands, or generic words on a node). */
-  hints: { agentLog: string; ztunnelLog: string; restartZtunnel: string; enroll: string };
+  hints: { agentLog: string; ztunnelLog: string; restartZtunnel: string; restartAgent: string; enroll: string };
 }
 
 export interface CheckResult {
@@ -80,11 +80,10 @@ async function checkRules(t: DoctorTarget): Promise<CheckResult> {
     name: 'rules',
     ok: false,
     detail: `${changes.length} difference(s) from the desired set (${what}): ${shown.join('; ')}${more}`,
-    fix: `weir-cni-agent puts drifted rules back on its drift check (--drift-interval, default 30 s) and when it restarts; if they stay wrong, its log says why: ${t.hints.agentLog}. ${
-      t.captureFromAgent
-        ? 'A pod annotated ambient.istio.io/dns-capture: "false" has no DNS rules: check it with --no-dns-capture'
-        : "The agent's options were not read from it: pass them (--mode, --[no-]dns-capture, --[no-]ipv6, --probe-snat-ip, --iptables-backend) or its address (--agent-url)"
-    }`,
+    fix: t.captureFromAgent
+      ? `weir-cni-agent puts drifted rules back on its drift check (--drift-interval, default 30 s) and when it restarts; if they stay wrong, its log says why: ${t.hints.agentLog}. A pod annotated ambient.istio.io/dns-capture: "false" has no DNS rules: check it with --no-dns-capture`
+      : // Nothing repairs drift while the agent is down, and its options were guessed: both say so.
+        `weir-cni-agent did not answer, so nothing repairs drifted rules: start it (${t.hints.restartAgent}; ${t.hints.agentLog}); it reconciles every pod's rules when it starts. If it runs elsewhere or with other options, pass its address (--agent-url) or them (--mode, --[no-]dns-capture, --[no-]ipv6, --probe-snat-ip, --iptables-backend)`,
   };
 }
 

@@ -176,76 +176,107 @@ export async function startNodeComponents(
   const plugin = components.find((c) => c.name === 'weir-cni');
 
   if (agent?.present && agent.path !== undefined) {
-    const args = [
-      agent.path,
-      'run',
-      '--node-name', node.name,
-      '--pods-file', files.podsFile,
-      '--zds-socket', zdsSocket,
-      '--run-dir', join(runDir, 'cni'),
-      '--ready-address', AGENT_READY_ADDRESS,
-    ];
-    if (plugin?.present && plugin.path !== undefined) {
-      args.push('--install', '--plugin-binary', plugin.path, '--cni-bin-dir', node.cniBinDir, '--cni-conf-dir', node.cniConfDir);
-    } else {
-      result.notes.push(`weir-cni is not installed in the chain: ${plugin?.detail ?? 'unknown'}`);
-    }
-    say(`${node.name}: starting weir-cni-agent${plugin?.present ? ' (it installs weir-cni into the CNI chain)' : ''}`);
-    // DNS capture off: the sandbox shows the seed's in-pod rule set exactly (`weirctl doctor` reads
-    // this from the agent's /debug/config); the agent's own default (on, as Istio) is covered by its tests.
-    const proc = await node.spawn({ name: `${node.name}.cni-agent`, cmd: process.execPath, args, env: { NODE_NAME: node.name, DNS_CAPTURE: 'false' } });
-    result.agentProcess = proc.name;
-    await waitForAgent(node, proc, plugin?.present === true);
+    if (!plugin?.present || plugin.path === undefined) result.notes.push(`weir-cni is not installed in the chain: ${plugin?.detail ?? 'unknown'}`);
+    result.agentProcess = await startAgent(node, agent.path, plugin?.present ? plugin.path : undefined, files, result, say);
   } else {
     result.notes.push(`weir-cni-agent is not running: ${agent?.detail ?? 'unknown'}; pods are NOT captured`);
     if (plugin?.present) result.notes.push('weir-cni is not installed in the chain: the agent installs it');
   }
 
   if (ztunnel?.present && ztunnel.path !== undefined) {
-    say(`${node.name}: starting weir-ztunnel${source.mode === 'xds' ? ` (xDS and CA: ${source.address})` : ''}`);
-    const env: Record<string, string> = { NODE_NAME: node.name, INPOD_UDS: zdsSocket, IPV6_ENABLED: 'false' };
-    if (source.mode === 'local') {
-      env.LOCAL_XDS_PATH = files.localXds;
-      // One CA for every node, so HBONE between nodes verifies.
-      env.WEIR_CA_CERT = files.caCert;
-      env.WEIR_CA_KEY = files.caKey;
-    } else {
-      // As the Istio chart sets them for ztunnel; no local config or CA (ztunnel refuses two sources).
-      Object.assign(env, {
-        XDS_ADDRESS: source.address,
-        CA_ADDRESS: source.address,
-        XDS_ROOT_CA: source.rootCa,
-        CA_ROOT_CA: source.rootCa,
-        AUTH_TOKEN: source.tokenFile,
-        ALT_XDS_HOSTNAME: source.hostname,
-        ALT_CA_HOSTNAME: source.hostname,
-        POD_NAME: `ztunnel-${node.name}`,
-        POD_NAMESPACE: 'istio-system',
-        INSTANCE_IP: node.ip,
-        ISTIO_META_ENABLE_HBONE: 'true',
-      });
-    }
-    const proc = await node.spawn({ name: `${node.name}.ztunnel`, cmd: process.execPath, args: [ztunnel.path], env });
-    result.ztunnelProcess = proc.name;
-    if (source.mode === 'local') {
-      // The first ztunnel creates the shared CA; the next ones must load it, not race to create their own.
-      await waitFor(async () => (await isFile(files.caCert)) && (await isFile(files.caKey)), 15_000, () => proc.running, `${proc.name} to create the CA at ${files.caCert}`, proc.logFile);
-    }
-    if (result.agentProcess !== undefined) {
-      // Pods come next, and weir-cni fails an enrolled pod's ADD (fail closed) until ztunnel takes it over ZDS;
-      // a runtime would retry the ADD, the sandbox creates each pod once, so the node's data plane must be up.
-      await waitFor(
-        async () => (await node.exec('curl', ['-sf', '-o', '/dev/null', ZTUNNEL_READY_URL])).code === 0,
-        60_000,
-        () => proc.running,
-        `${proc.name} to be ready (${ZTUNNEL_READY_URL}) before pods are created`,
-        proc.logFile,
-      );
-    }
+    // Pods come next, and weir-cni fails an enrolled pod's ADD (fail closed) until ztunnel takes it over ZDS;
+    // a runtime would retry the ADD, the sandbox creates each pod once, so the node's data plane must be up.
+    result.ztunnelProcess = await startZtunnel(node, ztunnel.path, files, source, result, result.agentProcess !== undefined, say);
   } else {
     result.notes.push(`weir-ztunnel is not running: ${ztunnel?.detail ?? 'unknown'}`);
   }
   return result;
+}
+
+/** The capture options the sandbox starts every agent with (`startAgent`), for `doctor` when the agent does not answer. */
+export const SANDBOX_AGENT_CAPTURE = { dnsCapture: false } as const;
+
+/**
+ * weir-cni-agent in the node's netns, with weir-cni installed into the node's chain when `pluginPath` is
+ * given; resolves once it is ready (and the plugin is in the conflist), with its process name.
+ */
+export async function startAgent(
+  node: TopologyNode,
+  agentPath: string,
+  pluginPath: string | undefined,
+  files: SandboxFiles,
+  where: { zdsSocket: string; runDir: string },
+  say: (line: string) => void,
+): Promise<string> {
+  const args = [
+    agentPath,
+    'run',
+    '--node-name', node.name,
+    '--pods-file', files.podsFile,
+    '--zds-socket', where.zdsSocket,
+    '--run-dir', join(where.runDir, 'cni'),
+    '--ready-address', AGENT_READY_ADDRESS,
+  ];
+  if (pluginPath !== undefined) args.push('--install', '--plugin-binary', pluginPath, '--cni-bin-dir', node.cniBinDir, '--cni-conf-dir', node.cniConfDir);
+  say(`${node.name}: starting weir-cni-agent${pluginPath !== undefined ? ' (it installs weir-cni into the CNI chain)' : ''}`);
+  // DNS capture off: the sandbox shows the seed's in-pod rule set exactly (`weirctl doctor` reads
+  // this from the agent's /debug/config); the agent's own default (on, as Istio) is covered by its tests.
+  const proc = await node.spawn({ name: `${node.name}.cni-agent`, cmd: process.execPath, args, env: { NODE_NAME: node.name, DNS_CAPTURE: String(SANDBOX_AGENT_CAPTURE.dnsCapture) } });
+  await waitForAgent(node, proc, pluginPath !== undefined);
+  return proc.name;
+}
+
+/**
+ * weir-ztunnel in the node's netns, fed by the shared files or the test control plane; with `waitReady`,
+ * resolves once its readiness answers (first snapshot from the agent, nothing pending). Returns its process name.
+ */
+export async function startZtunnel(
+  node: TopologyNode,
+  ztunnelPath: string,
+  files: SandboxFiles,
+  source: ZtunnelSource,
+  where: { zdsSocket: string },
+  waitReady: boolean,
+  say: (line: string) => void,
+): Promise<string> {
+  say(`${node.name}: starting weir-ztunnel${source.mode === 'xds' ? ` (xDS and CA: ${source.address})` : ''}`);
+  const env: Record<string, string> = { NODE_NAME: node.name, INPOD_UDS: where.zdsSocket, IPV6_ENABLED: 'false' };
+  if (source.mode === 'local') {
+    env.LOCAL_XDS_PATH = files.localXds;
+    // One CA for every node, so HBONE between nodes verifies.
+    env.WEIR_CA_CERT = files.caCert;
+    env.WEIR_CA_KEY = files.caKey;
+  } else {
+    // As the Istio chart sets them for ztunnel; no local config or CA (ztunnel refuses two sources).
+    Object.assign(env, {
+      XDS_ADDRESS: source.address,
+      CA_ADDRESS: source.address,
+      XDS_ROOT_CA: source.rootCa,
+      CA_ROOT_CA: source.rootCa,
+      AUTH_TOKEN: source.tokenFile,
+      ALT_XDS_HOSTNAME: source.hostname,
+      ALT_CA_HOSTNAME: source.hostname,
+      POD_NAME: `ztunnel-${node.name}`,
+      POD_NAMESPACE: 'istio-system',
+      INSTANCE_IP: node.ip,
+      ISTIO_META_ENABLE_HBONE: 'true',
+    });
+  }
+  const proc = await node.spawn({ name: `${node.name}.ztunnel`, cmd: process.execPath, args: [ztunnelPath], env });
+  if (source.mode === 'local') {
+    // The first ztunnel creates the shared CA; the next ones must load it, not race to create their own.
+    await waitFor(async () => (await isFile(files.caCert)) && (await isFile(files.caKey)), 15_000, () => proc.running, `${proc.name} to create the CA at ${files.caCert}`, proc.logFile);
+  }
+  if (waitReady) {
+    await waitFor(
+      async () => (await node.exec('curl', ['-sf', '-o', '/dev/null', ZTUNNEL_READY_URL])).code === 0,
+      60_000,
+      () => proc.running,
+      `${proc.name} to be ready (${ZTUNNEL_READY_URL})`,
+      proc.logFile,
+    );
+  }
+  return proc.name;
 }
 
 async function waitForAgent(node: TopologyNode, proc: { running: boolean; name: string; logFile: string }, installsPlugin: boolean): Promise<void> {

@@ -167,7 +167,8 @@ export async function sandboxAddPod(where: SandboxLocation, spec: PodSpec, say: 
     pod = await topology.node(spec.node).addPod({ name: spec.name, namespace: spec.namespace, labels: spec.labels, uid });
   } catch (err) {
     await republish(where, state, topology);
-    throw err;
+    // As kubelet would report it: the pod's sandbox was not created (nothing of it is left), and why.
+    throw new SandboxError(`pod ${spec.namespace}/${spec.name} was not created on ${spec.node}: ${(err as Error).message}`, { cause: err });
   }
   try {
     await startApp(pod, spec);
