@@ -24,6 +24,7 @@ import type { Logger } from './logger.js';
 import type { ResponseFlag, TcpTally, ZtunnelMetrics } from './metrics.js';
 import { Socks5Listener } from './socks5/index.js';
 import { newTraceparent } from './traceparent.js';
+import { netnsHasTproxyRules } from './tproxy-rules.js';
 import type { WorkloadStore } from './workload-store.js';
 
 export interface ProxyPorts {
@@ -311,6 +312,7 @@ export class InpodProxy {
       if (this.#stopped) throw stopped();
       await this.#listen(this.#ports.inbound, (s) => this.#onInboundHbone(s));
       if (this.#stopped) throw stopped();
+      if (!this.#transparent) this.#checkInboundCapture();
       if (this.#o.dns) await this.#startDns(this.#o.dns);
       if (this.#stopped) throw stopped();
       if (this.#o.socks5) await this.#startSocks5();
@@ -496,6 +498,31 @@ export class InpodProxy {
         return undefined;
       }
     }
+  }
+
+  /**
+   * Listeners without IP_TRANSPARENT (origSrc `never`, or `auto` without the right) under the seed's
+   * TPROXY rules: the kernel drops every inbound connection, since TPROXY only delivers to transparent
+   * sockets. Refused here rather than run a proxy that silently takes no inbound. Rules loaded by legacy
+   * iptables are not seen; a dump the kernel refuses is logged and the proxy runs.
+   */
+  #checkInboundCapture(): void {
+    let tproxy: boolean;
+    try {
+      tproxy = netnsHasTproxyRules(this.#o.netns);
+    } catch (err) {
+      this.#log.warn({ err }, "cannot read the pod's nftables rules: not checked whether inbound capture needs transparent listeners");
+      return;
+    }
+    if (!tproxy) return;
+    const why =
+      this.#o.origSrc === 'never'
+        ? "origSrc is 'never' (ENABLE_ORIG_SRC=false)"
+        : 'IP_TRANSPARENT is not permitted here (ztunnel needs CAP_NET_ADMIN in the pod netns)';
+    throw new ZtunnelError(
+      'ERR_ZTUNNEL_PROXY_START',
+      `pod ${this.uid}: the pod's inbound capture is TPROXY (tproxy rule mode), which delivers only to transparent listeners, but ${why}: every inbound connection would be dropped; use the redirect rule mode or allow original source`,
+    );
   }
 
   #isOwnPort(port: number): boolean {
@@ -710,26 +737,20 @@ export class InpodProxy {
   }
 
   /** Connects to the app inside the pod: marked, and from the client's own address when transparent works. */
-  async #connectApp(host: string, port: number, clientIp: string, signal?: ConnectTcpOptions['signal']): Promise<net.Socket> {
+  // Not async: the connect's own promise is handed on (an async frame and a second promise per connection otherwise).
+  #connectApp(host: string, port: number, clientIp: string, signal?: ConnectTcpOptions['signal']): Promise<net.Socket> {
     const spoof = this.#transparent && clientIp !== '' && familyOf(clientIp) === familyOf(host) && clientIp !== host;
-    let socket: net.Socket;
-    if (spoof) {
-      const o = this.#podConnectOptions(host, port, signal);
-      o.transparent = true;
-      o.freebind = true;
-      o.bindAddress = clientIp;
-      try {
-        socket = await connectTcp(o);
-      } catch (err) {
-        const errno = errnoOf(err);
-        if (this.#o.origSrc === 'required' || errno === undefined || !SPOOF_ERRNOS.has(errno)) throw err;
-        this.#log.debug({ err, clientIp }, 'source spoofing failed, connecting from the pod address');
-        socket = await connectTcp(this.#podConnectOptions(host, port, signal));
-      }
-    } else {
-      socket = await connectTcp(this.#podConnectOptions(host, port, signal));
-    }
-    return socket;
+    if (!spoof) return connectTcp(this.#podConnectOptions(host, port, signal));
+    const o = this.#podConnectOptions(host, port, signal);
+    o.transparent = true;
+    o.freebind = true;
+    o.bindAddress = clientIp;
+    return connectTcp(o).catch((err: unknown) => {
+      const errno = errnoOf(err);
+      if (this.#o.origSrc === 'required' || errno === undefined || !SPOOF_ERRNOS.has(errno)) throw err;
+      this.#log.debug({ err, clientIp }, 'source spoofing failed, connecting from the pod address');
+      return connectTcp(this.#podConnectOptions(host, port, signal));
+    });
   }
 
   // A connect from inside the pod with the mark (to the local app, or a passthrough destination).
