@@ -4,7 +4,8 @@
  * HBONE CONNECT to loopback stays refused even after something in the pod touched 127.0.0.1:15006;
  * a connection routed through the pod to another address (`ip route add X via <pod>`) is not relayed.
  * In-process ztunnel, real pod netns with Istio's REDIRECT rules, no source spoofing (where the
- * review's experiments let data through).
+ * review's experiments let data through); and a pod with the seed's TPROXY rules, which that
+ * ztunnel refuses to serve (its non-transparent listeners would never get inbound).
  */
 import { createServer, type Server } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -17,7 +18,7 @@ import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger, parseLocalConfig } from '../src/index.js';
-import { EchoApp, capturePod, execFileP, localConfigYaml, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 interface LogRecord {
   msg: string;
@@ -34,7 +35,7 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
   let zds: ZdsServer;
   let zt: Ztunnel;
   let ca: LocalCa;
-  let a: TopologyPod, b: TopologyPod, c: TopologyPod, outside: TopologyPod;
+  let a: TopologyPod, b: TopologyPod, c: TopologyPod, outside: TopologyPod, t: TopologyPod;
   let appB: EchoApp, appC: EchoApp;
   let secret: Server;
   const netns = new Map<TopologyPod, Netns>();
@@ -60,6 +61,7 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
     b = await n1.addPod({ name: 'b', namespace: 'ns2' });
     c = await n1.addPod({ name: 'c', namespace: 'ns2' });
     outside = await n1.addPod({ name: 'outside', namespace: 'ns3' });
+    t = await n1.addPod({ name: 't', namespace: 'ns1' });
     for (const p of [a, b]) await capturePod(p, { mode: 'redirect' });
     for (const p of [a, b, c, outside]) netns.set(p, openNetns(p.netnsPath));
     ca = await LocalCa.create({ trustDomain: 'cluster.local' });
@@ -201,5 +203,16 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
     expect(refused.at(-1)?.error).toBe(`destination ${c.ip} is not an address of this pod (${b.ip})`);
     // Without the route, c is reached directly (the refusal was b's, not the network's).
     expect(await tryConnect(ns(outside), c.ip, 8080)).toBe('ok');
+  });
+
+  it("refuses to start a proxy under the seed's TPROXY rules while origSrc is 'never' (it would drop all inbound)", async () => {
+    await capturePod(t, { mode: 'tproxy' });
+    await expect(zdsAddPod(zds, t, 'sa-t')).rejects.toThrow(
+      `pod ${t.uid}: the pod's inbound capture is TPROXY (tproxy rule mode), which delivers only to transparent listeners, but origSrc is 'never' (ENABLE_ORIG_SRC=false): every inbound connection would be dropped; use the redirect rule mode or allow original source`,
+    );
+    expect(zt.pending()).toContain(`pod ${t.uid}`);
+    for (const port of [15001, 15006, 15008]) expect((await podListeners(t)).get(port), `t:${port}`).toBeUndefined();
+    await zds.removeWorkload(t.uid);
+    expect(zt.pending()).not.toContain(`pod ${t.uid}`);
   });
 });
