@@ -187,6 +187,26 @@ describe('capture bypass with SO_MARK (root, real netns, seed rules, fake API, e
     expect(await markConnect('none', 0x539), `SO_MARK without NET_RAW: ${premise}`).toBe('setsockopt SO_MARK failed: EPERM');
   });
 
+  it('a captured pod gaining an ephemeral container with NET_ADMIN (kubectl debug) is warned about again; released, it is uncounted', async () => {
+    api.setNamespaceLabels('later', AMBIENT);
+    await until('web captured', () => agent!.pods().find((p) => p.uid === web.uid)?.state === 'captured');
+    api.updatePod('later', 'web', (p) => {
+      (p.spec as Record<string, unknown>).ephemeralContainers = [{ name: 'debugger', image: 'x', securityContext: { capabilities: { add: ['NET_ADMIN'] } } }];
+    });
+    const again = await until('second warning', () =>
+      warnings.find((w) => w.msg === 'captured pod can bypass ztunnel capture' && JSON.stringify(w.obj.containers).includes('debugger')),
+    );
+    expect(again.obj.containers).toMatchObject([
+      { name: 'app', reasons: ['keeps NET_RAW (runtime default)'] },
+      { name: 'debugger', kind: 'ephemeralContainer', capabilities: ['NET_ADMIN', 'NET_RAW'], reasons: ['adds NET_ADMIN', 'keeps NET_RAW (runtime default)'], canRewriteRules: true },
+    ]);
+    const gauge = () => agent!.metrics.registry.getSingleMetricAsString('weir_cni_agent_pods_capture_bypassable');
+    expect(await gauge()).toMatch(/^weir_cni_agent_pods_capture_bypassable 1$/m);
+    api.setNamespaceLabels('later', {});
+    await until('web released', () => agent!.pods().find((p) => p.uid === web.uid)?.state === 'idle');
+    expect(await gauge()).toMatch(/^weir_cni_agent_pods_capture_bypassable 0$/m);
+  });
+
   it('enforce: the CNI ADD of a pod that keeps NET_RAW is refused (500: container, capability, fix) and nothing is applied; a pod dropping ALL is captured', async () => {
     const sock = join(runDir, 'pluginevent.sock');
     const fresh = await addPod('fresh', 'apps', [{ name: 'app', image: 'x' }, { name: 'tools', image: 'x', securityContext: { capabilities: { drop: ['ALL'], add: ['NET_ADMIN'] } } }], false);
@@ -205,7 +225,7 @@ describe('capture bypass with SO_MARK (root, real netns, seed rules, fake API, e
     expect(await postCmdAdd(sock, cmdAddBody(safe))).toEqual({ status: 200, text: 'pod captured\n' });
     expect((await istioLines(safe.netnsPath)).length).toBeGreaterThan(0);
     expect(warnings.some((w) => w.obj.pod === 'apps/safe')).toBe(false);
-    // Still one bypassable captured pod (web): the refused one was never captured.
-    expect(await agent!.metrics.registry.getSingleMetricAsString('weir_cni_agent_pods_capture_bypassable')).toMatch(/^weir_cni_agent_pods_capture_bypassable 1$/m);
+    // The refused pod was never captured, and web was released before: none counted.
+    expect(await agent!.metrics.registry.getSingleMetricAsString('weir_cni_agent_pods_capture_bypassable')).toMatch(/^weir_cni_agent_pods_capture_bypassable 0$/m);
   });
 });
