@@ -545,14 +545,14 @@ export class InpodProxy {
   /** The outbound path for a known destination: HBONE to mesh workloads, passthrough otherwise. */
   async #outboundTo(socket: net.Socket, dst: { address: string; port: number }): Promise<void> {
     const srcAddr = hostPort(normalizeIp(socket.remoteAddress), socket.remotePort ?? 0);
-    const dstAddr = hostPort(dst.address, dst.port);
     if (this.#isOwnPort(dst.port)) {
-      this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': dstAddr }, 'connection failed: recursive call to ourselves');
+      this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': hostPort(dst.address, dst.port) }, 'connection failed: recursive call to ourselves');
       return void socket.destroy();
     }
     const resolved = this.#o.store.resolve(dst.address, dst.port);
     const target = resolved?.workload.protocol === 'HBONE' ? resolved : undefined;
-    const src = { addr: srcAddr, ...this.#src() };
+    const me = this.#src();
+    const src = { addr: srcAddr, workload: me.workload, namespace: me.namespace, identity: me.identity };
     if (target) {
       const { workload: w, address, port, service } = target;
       const info: ConnectionInfo = {
@@ -613,7 +613,7 @@ export class InpodProxy {
       {
         direction: 'outbound',
         src,
-        dst: { addr: dstAddr, workload: resolved?.workload.name, namespace: resolved?.workload.namespace, service: resolved?.service?.hostname },
+        dst: { addr: hostPort(dst.address, dst.port), workload: resolved?.workload.name, namespace: resolved?.workload.namespace, service: resolved?.service?.hostname },
         mtls: false,
       },
       this.#o.metrics,
