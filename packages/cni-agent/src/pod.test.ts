@@ -39,6 +39,10 @@ describe('podFromV1 containers', () => {
       [{ initContainers: [{ name: 'setup', securityContext: { capabilities: { drop: [7] } } }] }, /spec\.initContainers\.0\.securityContext\.capabilities\.drop\.0: .*expected string/],
       [{ ephemeralContainers: [{ name: 'dbg', securityContext: 'privileged' }] }, /spec\.ephemeralContainers\.0\.securityContext: .*expected object/],
       [{ containers: [{ securityContext: {} }] }, /spec\.containers\.0\.name: /],
+      [{ containers: [{ name: 'app', securityContext: { capabilities: [] } }] }, /spec\.containers\.0\.securityContext\.capabilities: .*expected object/],
+      [{ containers: { name: 'app' } }, /spec\.containers: .*expected array/],
+      // Every bad field at once, the pod's own and its containers'.
+      [{ hostNetwork: 'yes', containers: [{ name: 'app', securityContext: { privileged: 1 } }] }, /spec\.hostNetwork: .*; spec\.containers\.0\.securityContext\.privileged: /],
     ];
     for (const [spec, field] of bad) {
       let err: unknown;

@@ -76,33 +76,90 @@ export function containerSecurity(spec: {
   return [...of(spec.initContainers, 'initContainer'), ...of(spec.containers, 'container'), ...of(spec.ephemeralContainers, 'ephemeralContainer')];
 }
 
-const v1PodSchema = z.object({
-  metadata: z.object({
-    uid: z.string().min(1),
-    name: z.string().min(1),
-    namespace: z.string().min(1),
-    labels: stringMap,
-    annotations: stringMap,
-    deletionTimestamp: z.unknown().optional(),
-  }),
+const v1PodMetadata = z.object({
+  uid: z.string().min(1),
+  name: z.string().min(1),
+  namespace: z.string().min(1),
+  labels: stringMap,
+  annotations: stringMap,
+  deletionTimestamp: z.unknown().optional(),
+});
+const v1PodSpecFields = {
+  hostNetwork: z.boolean().nullish(),
+  serviceAccountName: z.string().nullish(),
+  nodeName: z.string().nullish(),
+};
+const v1PodStatus = z
+  .object({
+    phase: z.string().nullish(),
+    podIP: z.string().nullish(),
+    podIPs: z.array(z.object({ ip: z.string() })).nullish(),
+  })
+  .nullish();
+
+// Containers are read by readContainers (zod would triple podFromV1's cost, and the pod source calls
+// it for every pod on each lookup); this schema, with them, only explains a pod that fails.
+const v1PodSchema = z.object({ metadata: v1PodMetadata, spec: z.object(v1PodSpecFields).nullish(), status: v1PodStatus });
+const v1PodCheckSchema = z.object({
+  metadata: v1PodMetadata,
   spec: z
     .object({
-      hostNetwork: z.boolean().nullish(),
-      serviceAccountName: z.string().nullish(),
-      nodeName: z.string().nullish(),
+      ...v1PodSpecFields,
       containers: z.array(containerSecuritySchema).nullish(),
       initContainers: z.array(containerSecuritySchema).nullish(),
       ephemeralContainers: z.array(containerSecuritySchema).nullish(),
     })
     .nullish(),
-  status: z
-    .object({
-      phase: z.string().nullish(),
-      podIP: z.string().nullish(),
-      podIPs: z.array(z.object({ ip: z.string() })).nullish(),
-    })
-    .nullish(),
+  status: v1PodStatus,
 });
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function readStrings(v: unknown): string[] | undefined {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) return undefined;
+  for (const s of v) if (typeof s !== 'string' || s.length === 0) return undefined;
+  return v as string[];
+}
+
+/** Appends what containerSecuritySchema accepts, without zod; false for anything it would reject. */
+function readContainers(list: unknown, kind: ContainerSecurity['kind'], out: ContainerSecurity[]): boolean {
+  if (list === undefined || list === null) return true;
+  if (!Array.isArray(list)) return false;
+  for (const c of list as unknown[]) {
+    if (!isObject(c) || typeof c.name !== 'string' || c.name.length === 0) return false;
+    const sc = c.securityContext;
+    let privileged = false;
+    let add: string[] | undefined = [];
+    let drop: string[] | undefined = [];
+    if (sc !== undefined && sc !== null) {
+      if (!isObject(sc)) return false;
+      if (sc.privileged !== undefined && sc.privileged !== null) {
+        if (typeof sc.privileged !== 'boolean') return false;
+        privileged = sc.privileged;
+      }
+      const caps = sc.capabilities;
+      if (caps !== undefined && caps !== null) {
+        if (!isObject(caps)) return false;
+        add = readStrings(caps.add);
+        drop = readStrings(caps.drop);
+        if (!add || !drop) return false;
+      }
+    }
+    out.push({ name: c.name, kind, privileged, add, drop });
+  }
+  return true;
+}
+
+function malformed(obj: unknown, err: z.ZodError | undefined): CniAgentError {
+  const meta = (obj as { metadata?: { namespace?: unknown; name?: unknown } } | null)?.metadata;
+  return new CniAgentError(
+    'ERR_AGENT_MALFORMED_POD',
+    `malformed pod ${String(meta?.namespace)}/${String(meta?.name)}: ${err ? issues(err) : 'spec containers unreadable'}`,
+  );
+}
 
 function issues(err: z.ZodError): string {
   return err.issues.map((i) => `${i.path.join('.') || '<root>'}: ${i.message}`).join('; ');
@@ -111,12 +168,16 @@ function issues(err: z.ZodError): string {
 /** Converts a Kubernetes v1 Pod object; throws ERR_AGENT_MALFORMED_POD naming the bad fields. */
 export function podFromV1(obj: unknown): PodInfo {
   const parsed = v1PodSchema.safeParse(obj);
-  if (!parsed.success) {
-    const meta = (obj as { metadata?: { namespace?: unknown; name?: unknown } } | null)?.metadata;
-    throw new CniAgentError(
-      'ERR_AGENT_MALFORMED_POD',
-      `malformed pod ${String(meta?.namespace)}/${String(meta?.name)}: ${issues(parsed.error)}`,
-    );
+  const rawSpec = (obj as { spec?: Record<string, unknown> | null } | null)?.spec;
+  const containers: ContainerSecurity[] = [];
+  const readable =
+    parsed.success &&
+    readContainers(rawSpec?.initContainers, 'initContainer', containers) &&
+    readContainers(rawSpec?.containers, 'container', containers) &&
+    readContainers(rawSpec?.ephemeralContainers, 'ephemeralContainer', containers);
+  if (!parsed.success || !readable) {
+    const check = v1PodCheckSchema.safeParse(obj);
+    throw malformed(obj, check.success ? undefined : check.error);
   }
   const { metadata, spec, status } = parsed.data;
   const ips = status?.podIPs?.length ? status.podIPs.map((p) => p.ip) : status?.podIP ? [status.podIP] : [];
@@ -133,7 +194,7 @@ export function podFromV1(obj: unknown): PodInfo {
     phase: status?.phase ?? undefined,
     terminating: metadata.deletionTimestamp !== undefined && metadata.deletionTimestamp !== null,
     netnsPath: undefined,
-    containers: containerSecurity(spec ?? {}),
+    containers,
   };
 }
 
