@@ -96,7 +96,7 @@ export function captureBypassOf(containers: readonly ContainerSecurity[], opts: 
 export function describeCaptureBypass(found: readonly BypassContainer[], max = 3): string {
   const parts = found.slice(0, max).map((b) => {
     const what = b.canRewriteRules ? 'set SO_MARK to skip ztunnel and rewrite the in-pod rules' : 'set SO_MARK to skip ztunnel';
-    return `${b.kind === 'container' ? 'container' : b.kind} "${b.name}" ${b.reasons.join(', ')}, so it can ${what}; fix: ${b.fix}`;
+    return `${b.kind} "${b.name}" ${b.reasons.join(', ')}, so it can ${what}; fix: ${b.fix}`;
   });
   if (found.length > max) parts.push(`and ${found.length - max} more`);
   return parts.join('; ');
