@@ -31,7 +31,7 @@ Sandbox: POD is NAME or NAMESPACE/NAME; ztunnel is the one on the pod's node; th
 On a node: --netns is the pod's netns (e.g. /var/run/netns/cni-…, or /proc/<pid of a pod process>/ns/net);
   --ztunnel-netns is where ztunnel's admin and metrics listen (default: this netns; e.g. /proc/<ztunnel pid>/ns/net
   when ztunnel runs in a pod of its own), e.g.
-    weirctl doctor --netns /var/run/netns/cni-1234 --ztunnel-netns /proc/$(pgrep -o ztunnel)/ns/net
+    weirctl doctor --netns /var/run/netns/cni-1234 --ztunnel-netns /proc/$(pgrep -of ztunnel/dist/main.js)/ns/net
   --ztunnel-admin ADDR    default ${ZTUNNEL_ADMIN_ADDRESS}
   --ztunnel-metrics ADDR  default ${ZTUNNEL_METRICS_ADDRESS}
   --probe IP:PORT         default 192.0.2.1:9 (TEST-NET-1: nothing answers; only ztunnel's 15001 accepts)
