@@ -9,6 +9,8 @@ import { createInterface } from 'node:readline';
 import v8 from 'node:v8';
 import { HboneClient, bridge, createHboneServer } from '@weir/hbone';
 
+// As weir-ztunnel applies its V8 flags to itself at start (see HBONE_BENCH_V8_FLAGS in index.mjs).
+for (const flag of (process.env.HBONE_BENCH_V8_FLAGS ?? '').split(/\s+/).filter((x) => x !== '')) v8.setFlagsFromString(flag);
 const [mode, json] = process.argv.slice(2);
 // Exit normally on SIGTERM so --cpu-prof and friends can write their output.
 process.on('SIGTERM', () => process.exit(0));
