@@ -230,8 +230,11 @@ const PER_ROUND = Number(process.env.HBONE_BENCH_OPEN_PER_ROUND ?? 200);
 // throughput runs' warm-up assumes. Without it the samples include V8 compiling the open path.
 const OPEN_WARMUP = Number(process.env.HBONE_BENCH_OPEN_WARMUP ?? 500);
 // Then CHURN tunnels opened and closed gracefully (8 at a time) on the warm session: the CPU both
-// tunnel processes spend per tunnel, the HBONE share of a mesh's per-connection cost (issue 10).
+// tunnel processes spend per tunnel, the HBONE share of a mesh's per-connection cost (issue 10). In
+// 6 rounds alternating Weir and Go, as the latency, so that load on the shared machine (which inflates
+// CPU per operation too: cold caches) weighs on both alike.
 const CHURN = Number(process.env.HBONE_BENCH_CHURN ?? 3000);
+const CHURN_ROUNDS = 6;
 /** Sends a command line and waits for the answer that matches `re` (ending in a newline) printed after it. */
 async function ask(p, command, re, ms = 120_000) {
   const from = p.log.length;
@@ -247,12 +250,11 @@ async function ask(p, command, re, ms = 120_000) {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
-/** Both processes' CPU µs per tunnel over one `churn` command. */
-async function churnCpu(clientProc, serverProc) {
+/** CPU seconds both processes of a system use for one `churn n` command. */
+async function churnRound(clientProc, serverProc, n) {
   const [c0, s0] = [cpuSeconds(clientProc), cpuSeconds(serverProc)];
-  await ask(clientProc, `churn ${CHURN}`, /CHURN-DONE \d+\n/);
-  const us = (a, b) => Number((((b - a) / CHURN) * 1e6).toFixed(1));
-  return { client: us(c0, cpuSeconds(clientProc)), server: us(s0, cpuSeconds(serverProc)) };
+  await ask(clientProc, `churn ${n}`, /CHURN-DONE \d+\n/);
+  return { client: cpuSeconds(clientProc) - c0, server: cpuSeconds(serverProc) - s0 };
 }
 const ws = node('weir-server', serverFiles);
 const wsp = await ready(ws);
@@ -284,14 +286,25 @@ const spread = (p) => {
   return { min: Number(ratios[0].toFixed(3)), median: Number(pct(ratios, 0.5).toFixed(3)), max: Number(ratios.at(-1).toFixed(3)) };
 };
 const roundSpread = { p50: spread(0.5), p99: spread(0.99) };
-const weirChurn = await churnCpu(wl, ws);
-const goChurn = await churnCpu(gl, gs);
+const churnSeconds = { weir: { client: 0, server: 0, n: 0 }, go: { client: 0, server: 0, n: 0 } };
+for (let r = 0; r < CHURN_ROUNDS; r++) {
+  const n = Math.floor(CHURN / CHURN_ROUNDS) + (r < CHURN % CHURN_ROUNDS ? 1 : 0);
+  for (const name of r % 2 === 0 ? ['weir', 'go'] : ['go', 'weir']) {
+    const x = await (name === 'weir' ? churnRound(wl, ws, n) : churnRound(gl, gs, n));
+    churnSeconds[name].client += x.client;
+    churnSeconds[name].server += x.server;
+    churnSeconds[name].n += n;
+  }
+}
+const us = (t) => ({ client: Number(((t.client / t.n) * 1e6).toFixed(1)), server: Number(((t.server / t.n) * 1e6).toFixed(1)) });
+const weirChurn = us(churnSeconds.weir);
+const goChurn = us(churnSeconds.go);
 await stop(wl, gs, gl);
 const ms = (x) => `${x.p50_ms.toFixed(3)}/${x.p90_ms.toFixed(3)}/${x.p99_ms.toFixed(3)}`;
 console.log(`open p50/p90/p99 ms (${ROUNDS} interleaved rounds of ${PER_ROUND} opens after ${OPEN_WARMUP} warm-up): weir ${ms(weirOpen)}   go ${ms(goOpen)}`);
 const sp = (x) => `${x.min}/${x.median}/${x.max}`;
 console.log(`  weir ÷ go per round, min/median/max: p50 ${sp(roundSpread.p50)}   p99 ${sp(roundSpread.p99)}`);
-console.log(`CPU µs per tunnel open + close (${CHURN}, 8 at a time): weir client ${weirChurn.client} + server ${weirChurn.server}   go client ${goChurn.client} + server ${goChurn.server}`);
+console.log(`CPU µs per tunnel open + close (${CHURN} in ${CHURN_ROUNDS} interleaved rounds, 8 at a time): weir client ${weirChurn.client} + server ${weirChurn.server}   go client ${goChurn.client} + server ${goChurn.server}`);
 
 // --- memory per idle tunnel (client + server process RSS growth) ----------------------------------
 const rssOf = async (p) => {
