@@ -232,9 +232,10 @@ describe('weirctl doctor', () => {
   it('fails the rules and probe checks, with the fix, after one in-pod rule is deleted by hand', { timeout: 60_000 }, async () => {
     const rule = ['ISTIO_OUTPUT', '!', '-d', '127.0.0.1/32', '-p', 'tcp', '-m', 'mark', '!', '--mark', '0x539/0xfff', '-j', 'REDIRECT', '--to-ports', '15001'];
     try {
-      // The agent's drift check (every 30 s) may put the rule back while doctor runs: then delete it again.
+      // The agent's drift check (every 30 s) may put the rule back while doctor runs (before its rules check,
+      // or between it and the probe): then delete it again.
       let r = { code: 0, out: '', err: '' };
-      for (let attempt = 0; attempt < 3 && r.code === 0; attempt++) {
+      for (let attempt = 0; attempt < 3 && !/^FAIL {2}probe/m.test(r.out); attempt++) {
         await exec('sleep', 'iptables', '-t', 'nat', '-D', ...rule);
         r = await doctor('sleep');
       }
@@ -282,6 +283,12 @@ describe('weirctl doctor', () => {
     expect((await doctor('sleep')).code).toBe(0);
     expect(await httpThroughZtunnel('/get')).toEqual({ status: '200', viaZtunnel: true });
     expect((await sandbox('logs', 'node-1', 'ztunnel')).out).toMatch(/received netns, starting proxy uid=\S+ name=sleep namespace=demo/);
+    // The killed ztunnel's log stays readable, as kubectl logs --previous.
+    const previous = await sandbox('logs', 'node-1', 'ztunnel', '--previous');
+    expect(previous.code).toBe(0);
+    expect(previous.out).toMatch(/ztunnel started/);
+    expect(previous.out).not.toBe((await sandbox('logs', 'node-1', 'ztunnel')).out);
+    expect((await sandbox('logs', 'node-2', 'ztunnel', '-p')).err).toContain('ztunnel on node-2 has not been restarted: there is no previous log');
   });
 
   it('with the agent killed: existing pods keep working, a new pod fails closed, doctor judges the rules by the sandbox options; restart repairs drift', { timeout: 180_000 }, async () => {

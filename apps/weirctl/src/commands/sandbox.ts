@@ -35,7 +35,8 @@ node-1), with weir-cni-agent and weir-ztunnel on every node and weir-cni in each
      [--agent-bin F] [--ztunnel-bin F] [--cni-bin F] [--control-plane-bin F]   use these binaries instead of the repo's builds
   status [--json]               control plane (mode, health), nodes (netns, address, ZDS socket, agent/ztunnel pids) and pods
   exec POD|NODE -- CMD [ARG…]   run CMD in a pod's (name or namespace/name) or node's netns; exit status passed through
-  logs NODE ztunnel|cni-agent [-f]   print that component's log (-f: keep printing until it exits)
+  logs NODE ztunnel|cni-agent [-f|-p]   print that component's log (-f: keep printing until it exits;
+                                -p/--previous: the log of the process a restart replaced)
   logs control-plane [-f]       the test control plane's log (xds mode)
   label ns/NAME|pod/NS/NAME|pod/NAME [-n NS] KEY=VALUE|KEY- …
                                 set or remove labels live (istio.io/dataplane-mode=ambient enrolls, none opts a pod
@@ -105,7 +106,7 @@ const UpFlags = Location.extend({
 
 const StatusFlags = Location.extend({ json: z.boolean().default(false) });
 
-const LogsFlags = Location.extend({ follow: z.boolean().default(false) });
+const LogsFlags = Location.extend({ follow: z.boolean().default(false), previous: z.boolean().default(false) });
 
 const LabelFlags = Location.extend({ namespace: z.string().min(1).optional() });
 
@@ -250,16 +251,17 @@ async function exec(argv: readonly string[], io: Io, stdio: 'inherit' | 'io'): P
 }
 
 async function logs(argv: readonly string[], io: Io): Promise<number> {
-  const { flags, positionals } = parse(argv, LogsFlags, { follow: { type: 'boolean', short: 'f' } }, -1);
+  const { flags, positionals } = parse(argv, LogsFlags, { follow: { type: 'boolean', short: 'f' }, previous: { type: 'boolean', short: 'p' } }, -1);
   // `logs control-plane` (one per sandbox) or `logs NODE ztunnel|cni-agent`.
   const [node, name] = positionals.length === 1 && positionals[0] === 'control-plane' ? [undefined, 'control-plane'] : positionals;
   if (positionals.length !== (node === undefined ? 1 : 2)) throw new UsageError(`logs needs NODE ztunnel|cni-agent or control-plane (got ${positionals.length === 1 ? '1 argument' : `${positionals.length} arguments`})`);
   const component = z.enum(['ztunnel', 'cni-agent', 'control-plane']).safeParse(name);
   if (!component.success || (node !== undefined && component.data === 'control-plane')) throw new UsageError(`logs NODE ztunnel|cni-agent: unknown component '${name}' (the control plane: logs control-plane)`);
+  if (flags.follow && flags.previous) throw new UsageError('--previous: the previous process has exited, there is nothing to follow (drop -f)');
   if (flags.follow) {
     await followComponentLog(location(flags), node, component.data, io.out);
   } else {
-    io.out(await componentLog(location(flags), node, component.data));
+    io.out(await componentLog(location(flags), node, component.data, flags.previous));
   }
   return 0;
 }

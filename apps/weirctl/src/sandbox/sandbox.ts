@@ -278,16 +278,21 @@ export type LogComponent = 'ztunnel' | 'cni-agent' | 'control-plane';
 
 /**
  * The process record of a node's ztunnel or agent, or of the control plane (`nodeName` undefined): the
- * newest of that name, running or not (a crashed one's log matters most).
+ * newest of that name, running or not (a crashed one's log matters most); with `previous`, the one before
+ * it (the process a `restart` replaced, as `kubectl logs --previous`).
  */
-async function componentRecord(where: SandboxLocation, nodeName: string | undefined, component: LogComponent): Promise<ProcessRecord> {
+async function componentRecord(where: SandboxLocation, nodeName: string | undefined, component: LogComponent, previous = false): Promise<ProcessRecord> {
   const state = await requireState(where);
+  const pick = async (name: string, what: string): Promise<ProcessRecord> => {
+    const records = (await readState(state.topologyStateDir)).processes.filter((p) => p.name === name);
+    const record = records.at(previous ? -2 : -1);
+    if (record) return record;
+    if (previous && records.length === 1) throw new SandboxError(`${what} has not been restarted: there is no previous log (weirctl sandbox logs without --previous)`);
+    throw new SandboxError(`${what} has no process record in ${state.topologyStateDir}`);
+  };
   if (component === 'control-plane') {
     if (state.controlPlane.mode !== 'xds') throw new SandboxError('this sandbox runs no control plane (--control-plane local: ztunnels read LOCAL_XDS_PATH); see weirctl sandbox up --control-plane xds');
-    const name = state.controlPlane.process;
-    const record = (await readState(state.topologyStateDir)).processes.findLast((p) => p.name === name);
-    if (!record) throw new SandboxError(`the control plane has no process record in ${state.topologyStateDir}`);
-    return record;
+    return pick(state.controlPlane.process, 'the control plane');
   }
   if (nodeName === undefined) throw new SandboxError(`${component} runs per node: name one (logs NODE ${component})`);
   const node = state.nodes.find((n) => n.name === nodeName);
@@ -297,14 +302,12 @@ async function componentRecord(where: SandboxLocation, nodeName: string | undefi
     const why = node.notes.find((n) => n.startsWith(component === 'ztunnel' ? 'weir-ztunnel' : 'weir-cni-agent')) ?? 'not started';
     throw new SandboxError(`${component} does not run on ${nodeName}: ${why}`);
   }
-  const record = (await readState(state.topologyStateDir)).processes.findLast((p) => p.name === processName);
-  if (!record) throw new SandboxError(`${component} on ${nodeName} has no process record in ${state.topologyStateDir}`);
-  return record;
+  return pick(processName, `${component} on ${nodeName}`);
 }
 
 /** The log of a node's ztunnel or agent, or of the control plane (`nodeName` undefined). */
-export async function componentLog(where: SandboxLocation, nodeName: string | undefined, component: LogComponent): Promise<string> {
-  return readFile((await componentRecord(where, nodeName, component)).logFile, 'utf8');
+export async function componentLog(where: SandboxLocation, nodeName: string | undefined, component: LogComponent, previous = false): Promise<string> {
+  return readFile((await componentRecord(where, nodeName, component, previous)).logFile, 'utf8');
 }
 
 /** The log so far, then what is appended, until the process exits (or its log is removed by `down`). */
