@@ -66,7 +66,8 @@ export function toCniError(err: unknown, cniVersion: string): CniErrorResult {
   if (err instanceof CniPluginError) {
     const out: CniErrorResult = { cniVersion, code: err.cniCode, msg: err.message };
     const details = err.details ?? (err.cause instanceof Error ? err.cause.message : undefined);
-    if (details) out.details = details;
+    // The runtime prints msg and details together: a cause the message already quotes is said once.
+    if (details && !err.message.includes(details)) out.details = details;
     return out;
   }
   return { cniVersion, code: 999, msg: `weir-cni internal error: ${err instanceof Error ? err.message : String(err)}` };
