@@ -33,7 +33,7 @@ function find(objs: Obj[], kind: string, name: string): Obj {
 
 /** A container's env as the kubelet would give it (fieldRefs resolved to plausible values). */
 function envOf(container: Obj): Record<string, string> {
-  const fieldValues: Record<string, string> = { 'spec.nodeName': 'node-a', 'metadata.namespace': 'weir-system', 'metadata.name': 'pod-a' };
+  const fieldValues: Record<string, string> = { 'spec.nodeName': 'node-a', 'metadata.namespace': 'weir-system', 'metadata.name': 'pod-a', 'status.podIP': '10.0.0.7' };
   return Object.fromEntries(
     (container.env as Obj[]).map((e) => [e.name, e.value ?? fieldValues[e.valueFrom?.fieldRef?.fieldPath] ?? `<unresolved ${JSON.stringify(e.valueFrom)}>`]),
   );
@@ -81,6 +81,7 @@ describe.each(variants)('rendered with %s', (_label, set) => {
     const z = ztunnelConfig.parseConfig(envOf(ztunnel));
     expect(z.inpodUds).toBe(parsed.config!['zds-socket']);
     expect(z.ipv6Enabled).toBe(parsed.config!.ipv6);
+    expect(JSON.stringify(z)).toContain('"instanceIp":"10.0.0.7"'); // the pod IP, not the 1.1.1.1 default
   });
 });
 
