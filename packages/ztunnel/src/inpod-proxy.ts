@@ -476,16 +476,16 @@ export class InpodProxy {
   }
 
   /**
-   * Original destination. TPROXY delivers a connection with its original destination as the local
-   * address: any local port but the listener's own means that, and SO_ORIGINAL_DST (which fails
-   * without a NAT entry: an error and its stack per connection) is not asked. REDIRECT rewrites the
-   * destination to the listener's port: then SO_ORIGINAL_DST, else the local address.
+   * Original destination. REDIRECT (the outbound capture) rewrites it to the listener's port and
+   * SO_ORIGINAL_DST has it; TPROXY (inbound, in the seed's mode) keeps it as the local address, where
+   * SO_ORIGINAL_DST fails (no NAT entry: an error and its stack per connection). `tproxyFirst`: look
+   * at the local address first, and take it unless its port is the listener's own (then REDIRECT).
    */
-  #destination(socket: net.Socket, listenerPort: number): { address: string; port: number } | undefined {
-    const localPort = socket.localPort;
-    if (localPort !== undefined && localPort !== listenerPort) {
+  #destination(socket: net.Socket, listenerPort: number, tproxyFirst: boolean): { address: string; port: number } | undefined {
+    if (tproxyFirst) {
+      const localPort = socket.localPort;
       const address = normalizeIp(socket.localAddress);
-      if (address !== '') return { address, port: localPort };
+      if (localPort !== undefined && localPort !== listenerPort && address !== '') return { address, port: localPort };
     }
     try {
       const d = originalDst(socket);
@@ -534,7 +534,7 @@ export class InpodProxy {
   #onOutbound(socket: net.Socket): void {
     socket.on('error', ignoreError);
     this.#track(socket);
-    const dst = this.#destination(socket, this.#ports.outbound);
+    const dst = this.#destination(socket, this.#ports.outbound, false);
     if (!dst) return void socket.destroy();
     void this.#outboundTo(socket, dst).catch((err) => {
       this.#log.warn({ err }, 'outbound connection failed');
@@ -857,7 +857,7 @@ export class InpodProxy {
   async #inboundPlaintext(socket: net.Socket): Promise<void> {
     const srcIp = normalizeIp(socket.remoteAddress);
     const srcAddr = hostPort(srcIp, socket.remotePort ?? 0);
-    const dst = this.#destination(socket, this.#ports.inboundPlaintext);
+    const dst = this.#destination(socket, this.#ports.inboundPlaintext, true);
     if (!dst) return void socket.destroy();
     if (this.#isOwnPort(dst.port)) {
       this.#log.warn({ 'src.addr': srcAddr, 'dst.addr': hostPort(dst.address, dst.port) }, 'connection failed: recursive call to ourselves');
