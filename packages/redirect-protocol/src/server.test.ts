@@ -96,7 +96,8 @@ describe('ZdsServer', () => {
   it('rejects a closed netns handle without touching the snapshot set', async () => {
     const zt = connect();
     await zt.hello();
-    await until(() => server.connected, 'connected');
+    // the (empty) snapshot arrives after `connected`: wait for it, or a loaded machine reads [] below
+    await until(() => zt.received.some((r) => r.req.kind === 'snapshotSent'), 'snapshot');
     const gone = currentNetns();
     gone.close();
     const err = await server.addWorkload('x', info, gone).catch((e: unknown) => e);
