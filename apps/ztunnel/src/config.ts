@@ -99,6 +99,9 @@ const envSchema = z.object({
   INSTANCE_IP: z.string().trim().refine((s) => isIP(s) !== 0, { message: 'expected an IP address' }).default('1.1.1.1'),
 });
 
+/** Every variable weir-ztunnel reads (besides `ISTIO_META_*` and the launcher's `WEIR_V8_FLAGS`). */
+export const ENV_NAMES: readonly string[] = Object.keys(envSchema.shape);
+
 const serverAddress = /^(https?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^:/[\]]+):\d{1,5}\/?$/;
 
 export interface AppConfig {

@@ -1,8 +1,11 @@
 import { execFile, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { ENV_NAMES } from './config.js';
+import { ENV_HELP } from './usage.js';
 
 const main = join(dirname(fileURLToPath(import.meta.url)), '../dist/main.js');
 const run = promisify(execFile);
@@ -30,7 +33,7 @@ describe('weir-ztunnel', () => {
   }, 30_000);
 
   it('logs JSON with LOG_FORMAT=json and exits 0 after draining on SIGTERM', async () => {
-    const child = spawn(process.execPath, [main], {
+    const child = spawn(process.execPath, [main, 'proxy', 'ztunnel'], {
       env: {
         PATH: process.env.PATH ?? '',
         LOG_FORMAT: 'json',
@@ -43,9 +46,13 @@ describe('weir-ztunnel', () => {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
+    let comm: string | undefined;
     child.stdout.on('data', (d: Buffer) => {
       out += String(d);
-      if (out.includes('"ztunnel started"')) child.kill('SIGTERM');
+      if (out.includes('"ztunnel started"') && comm === undefined) {
+        comm = readFileSync(`/proc/${child.pid}/comm`, 'utf8').trim();
+        child.kill('SIGTERM');
+      }
     });
     const code = await new Promise<number | null>((r) => child.once('exit', r));
     expect(code).toBe(0);
@@ -55,5 +62,18 @@ describe('weir-ztunnel', () => {
       .map((l) => JSON.parse(l) as { level: string; msg: string; config?: Record<string, string> });
     expect(records[0]).toMatchObject({ level: 'info', msg: 'effective configuration', config: { inpod_enabled: 'true', inpod_mark: '1337' } });
     expect(records.map((r) => r.msg)).toContain('shutdown complete');
+    expect(comm).toBe('ztunnel'); // as `ss -p` shows Istio's
+  }, 30_000);
+
+  it('--help lists every variable it reads; an unexpected argument is refused, not taken as a start', async () => {
+    const { stdout } = await run(process.execPath, [main, '--help'], { env: { PATH: process.env.PATH ?? '' } });
+    for (const name of ENV_NAMES) expect(stdout).toMatch(new RegExp(`^  ${name} +\\S`, 'm'));
+    expect(Object.keys(ENV_HELP).sort()).toEqual([...ENV_NAMES].sort());
+    const err = await run(process.execPath, [main, 'run'], { env: { PATH: process.env.PATH ?? '' } }).then(
+      () => expect.unreachable('started on an unexpected argument'),
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(err.code).toBe(2);
+    expect(err.stderr).toBe('weir-ztunnel: unexpected argument "run": it takes none (configuration is by environment, see --help)\n');
   }, 30_000);
 });

@@ -1,16 +1,29 @@
+import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 // The lean entry: Istio's CA client (gRPC) is imported only when CA_ADDRESS is set, the xDS client by
 // Ztunnel only when XDS_ADDRESS is, so a ztunnel on a local config does not carry them in memory.
 import { Ztunnel, createEmbeddedCa, createLogger, loadOrCreateCa, readResolvConfUpstreams, tokenFromFile, type DnsUpstream } from '@weir/ztunnel/core';
 import { ConfigError, effectiveConfigLines, parseConfig, type AppConfig } from './config.js';
+import { usage } from './usage.js';
 
 async function main(): Promise<void> {
-  if (process.argv.includes('--version')) {
+  const args = process.argv.slice(2);
+  if (args.includes('--version')) {
     const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
     process.stdout.write(`weir-ztunnel ${version}\n`);
     return;
   }
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(usage());
+    return;
+  }
+  // Configured by environment only; `proxy ztunnel` is what Istio's chart passes ztunnel.
+  if (args.length > 0 && args.join(' ') !== 'proxy ztunnel') {
+    process.stderr.write(`weir-ztunnel: unexpected argument ${JSON.stringify(args[0])}: it takes none (configuration is by environment, see --help)\n`);
+    process.exit(2);
+  }
+  nameProcess('ztunnel');
   let config: AppConfig;
   try {
     config = parseConfig(process.env);
@@ -126,6 +139,15 @@ async function main(): Promise<void> {
   await ztunnel.start();
   const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
   log.info({ version }, 'ztunnel started');
+}
+
+/** `ss -p`, `top` and `pgrep ztunnel` show the process as ztunnel (its command line stays as it is). */
+function nameProcess(name: string): void {
+  try {
+    writeFileSync('/proc/self/comm', name);
+  } catch {
+    // not Linux, or /proc not mounted: the name is cosmetic
+  }
 }
 
 main().catch((err: unknown) => {

@@ -129,7 +129,7 @@ describe.each(CONTROL_PLANE_MODES)('control plane %s', (mode) => {
     it('exec sleep -- ss -ntlp shows ztunnel listening on 15001, 15006 and 15008 in the pod', async () => {
       for (const pod of ['sleep', 'httpbin']) {
         const ss = await sandbox.execOk(pod, ['ss', '-ntlp']);
-        for (const port of [15001, 15006, 15008]) expect(ss, `${pod}: ${ss}`).toMatch(new RegExp(`LISTEN .*:${port}\\s.*users:\\(\\("node"`));
+        for (const port of [15001, 15006, 15008]) expect(ss, `${pod}: ${ss}`).toMatch(new RegExp(`LISTEN .*:${port}\\s.*users:\\(\\("ztunnel"`));
       }
       // Not enrolled: nothing listens in legacy-client.
       expect(await sandbox.execOk('legacy-client', ['ss', '-ntlp'])).not.toMatch(/:1500[168]\s/);
