@@ -1,9 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 
-import { openNetns, readSysctls, spawnInNetns, writeSysctls, type Netns } from '@weir/netns';
+import { NETLINK_ROUTE, netlinkExchange, openNetns, readSysctls, spawnInNetns, writeSysctls, type Netns } from '@weir/netns';
 
 import type { CommandExecutor } from '../src/executor.js';
+import type { NetlinkExchange } from '../src/rtnetlink.js';
 import type { NetnsSysctls } from '../src/shell-batch.js';
 
 /** Fail (never skip) when the machine cannot run namespace tests, naming what is missing. */
@@ -102,5 +103,17 @@ export function directAt(path: string): { executor: CommandExecutor; sysctls: Ne
       read: (keys) => inNetns((ns) => readSysctls(ns, keys)),
       write: (key, value) => inNetns((ns) => !writeSysctls(ns, { [key]: value }).includes(key)),
     },
+  };
+}
+
+/** Netlink in the netns at `path`, opened per exchange (a test's netns outlives no handle). */
+export function netlinkAt(path: string): NetlinkExchange {
+  return (req, n, protocol = NETLINK_ROUTE) => {
+    const netns = openNetns(path);
+    try {
+      return netlinkExchange(netns, protocol, req, n);
+    } finally {
+      netns.close();
+    }
   };
 }

@@ -1,11 +1,10 @@
 // ipsetList (netlink dump) and ipsetDel against the real kernel, checked with the `ipset` binary's
 // view both ways: our writes read back by `ipset save`, the binary's writes read back by our dump.
-import { NETLINK_ROUTE, netlinkExchange, openNetns } from '@weir/netns';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { IpsetNotFoundError, ipsetAdd, ipsetDel, ipsetList } from '../src/ipset-netlink.js';
 import type { NetlinkExchange } from '../src/rtnetlink.js';
-import { addNetns, delNetns, requireRootTools, sh, uniqueName } from './helpers.js';
+import { addNetns, delNetns, netlinkAt, requireRootTools, sh, uniqueName } from './helpers.js';
 
 requireRootTools(['ip', 'ipset']);
 
@@ -19,14 +18,7 @@ describe('ipsetList and ipsetDel over netlink (root, real netns)', () => {
 
   beforeAll(() => {
     const path = addNetns(name);
-    exchange = (req, n, protocol = NETLINK_ROUTE) => {
-      const netns = openNetns(path);
-      try {
-        return netlinkExchange(netns, protocol, req, n);
-      } finally {
-        netns.close();
-      }
-    };
+    exchange = netlinkAt(path);
     ipset('create', 'p4', 'hash:ip', 'comment');
     ipset('create', 'p6', 'hash:ip', 'family', 'inet6', 'comment');
     ipset('create', 'plain', 'hash:ip');

@@ -1,9 +1,8 @@
-import { NETLINK_ROUTE, netlinkExchange, openNetns } from '@weir/netns';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ipsetAdd } from '../src/ipset-netlink.js';
 import type { NetlinkExchange } from '../src/rtnetlink.js';
-import { addNetns, delNetns, requireRootTools, sh, uniqueName } from './helpers.js';
+import { addNetns, delNetns, netlinkAt, requireRootTools, sh, uniqueName } from './helpers.js';
 
 requireRootTools(['ip', 'ipset']);
 
@@ -13,14 +12,7 @@ describe('ipsetAdd over netlink', () => {
   const ipset = (...args: string[]): string => sh('ip', ['netns', 'exec', name, 'ipset', ...args]);
   beforeAll(() => {
     const path = addNetns(name);
-    exchange = (req, n, protocol = NETLINK_ROUTE) => {
-      const netns = openNetns(path);
-      try {
-        return netlinkExchange(netns, protocol, req, n);
-      } finally {
-        netns.close();
-      }
-    };
+    exchange = netlinkAt(path);
     ipset('create', 'probes-v4', 'hash:ip', 'comment');
     ipset('create', 'probes-v6', 'hash:ip', 'family', 'inet6', 'comment');
   });

@@ -1,14 +1,13 @@
 // A netns with IPv6 off on lo but on on eth0 cannot take the IPv6 capture route
 // (`local ::/0 dev lo table 133`, EACCES): the error must say so, naming lo and eth0, with a stable
 // code, on the rtnetlink path and on the `ip` path. Real kernel, a netns of the test's own.
-import { NETLINK_ROUTE, netlinkExchange, openNetns } from '@weir/netns';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { IptablesError } from '../src/errors.js';
 import { netnsExecutor } from '../src/executor.js';
 import { Ipv6LoopbackDisabledError, RoutingApplier, inpodRouting, ipv6Interfaces } from '../src/routing.js';
 import { applyRouting, missingRouting, readLinks, readRouting, type NetlinkExchange } from '../src/rtnetlink.js';
-import { addNetns, delNetns, requireRootTools, sh, uniqueName } from './helpers.js';
+import { addNetns, delNetns, netlinkAt, requireRootTools, sh, uniqueName } from './helpers.js';
 
 requireRootTools(['ip', 'nsenter']);
 
@@ -22,14 +21,7 @@ describe('IPv6 off on lo, on on eth0 (root, real netns)', () => {
 
   beforeAll(() => {
     path = addNetns(name);
-    exchange = (req, n, protocol = NETLINK_ROUTE) => {
-      const netns = openNetns(path);
-      try {
-        return netlinkExchange(netns, protocol, req, n);
-      } finally {
-        netns.close();
-      }
-    };
+    exchange = netlinkAt(path);
     sh('ip', ['-n', name, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0']);
     sh('ip', ['-n', name, 'link', 'set', 'eth0', 'up']);
     sysctl('net.ipv6.conf.peer0.disable_ipv6', '1');
