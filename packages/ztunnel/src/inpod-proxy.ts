@@ -941,8 +941,8 @@ export class InpodProxy {
     this.closeListeners();
     const deadline = Math.max(0, deadlineMs);
     const serverClosed = this.#hboneServer?.close({ deadlineMs: deadline }) ?? Promise.resolve();
-    // No new outbound tunnels can start (listeners are closed): retire the client's sessions alongside.
-    const clientClosed = this.#hboneClient?.close({ deadlineMs: deadline }) ?? Promise.resolve();
+    // The outbound client stays open while connections drain: one accepted just before the listeners
+    // closed may not have asked for its tunnel yet, and must be proxied, not reset.
     if (this.#live.size > 0 && deadline > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, deadline);
@@ -956,6 +956,7 @@ export class InpodProxy {
       });
     }
     for (const d of [...this.#live]) d.destroy();
+    const clientClosed = this.#hboneClient?.close({ deadlineMs: 0 }) ?? Promise.resolve();
     await this.#dns?.stop();
     await this.#socks5?.stop();
     await serverClosed.catch(() => {});
