@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { access, mkdtemp, rm } from 'node:fs/promises';
+import { access, mkdtemp } from 'node:fs/promises';
 import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +9,7 @@ import { listenTcp, openNetns, type Netns } from '@weir/netns';
 import { execInNetns, Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, KubePodSource, type Logger, type NodeAgent } from '../src/index.js';
-import { istioLines, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer } from './support.js';
+import { istioLines, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest } from './support.js';
 
 const AMBIENT = { 'istio.io/dataplane-mode': 'ambient' };
 const PYTHON = '/usr/bin/python3';
@@ -137,17 +137,21 @@ describe('capture bypass with SO_MARK (root, real netns, seed rules, fake API, e
     await until('ztunnel peer snapshot', () => peer.snapshots > 0);
   }, 90_000);
 
-  afterAll(async () => {
-    await agent?.stop();
-    await peer?.close();
-    if (listener) {
-      listener.server.close();
-      listener.netns.close();
-    }
-    await api?.close();
-    await topo?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(
+    () =>
+      teardownAgentTest({
+        agent,
+        peer,
+        others: () => {
+          listener?.server.close();
+          listener?.netns.close();
+        },
+        api,
+        topo,
+        dir,
+      }),
+    60_000,
+  );
 
   it('a running pod enrolled by label is captured even in enforce mode, and warned about: log line, Event, gauge', async () => {
     api.setNamespaceLabels('later', AMBIENT);

@@ -10,7 +10,7 @@ import { listenTcp, openNetns, type Netns } from '@weir/netns';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, findPodNetnsInProc, KubePodSource, type NodeAgent } from '../src/index.js';
-import { istioLines, nsRun, postCmdAdd, requireRoot, tcpRead, uniq, until, ZtunnelPeer } from './support.js';
+import { istioLines, nsRun, postCmdAdd, requireRoot, tcpRead, uniq, until, ZtunnelPeer, teardownAgentTest } from './support.js';
 
 /** The seed's in-pod rules (tproxy mode, DNS capture off: this agent runs with dnsCapture false), as iptables-save prints them. */
 const SEED_RULES = [
@@ -116,17 +116,23 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
     await until('ztunnel peer snapshot', () => peer.snapshots > 0);
   }, 60_000);
 
-  afterAll(async () => {
-    await agent?.stop();
-    await peer?.close();
-    for (const a of apps) {
-      a.server.close();
-      a.netns.close();
-    }
-    await api?.close();
-    await topo?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(
+    () =>
+      teardownAgentTest({
+        agent,
+        peer,
+        others: () => {
+          for (const a of apps) {
+            a.server.close();
+            a.netns.close();
+          }
+        },
+        api,
+        topo,
+        dir,
+      }),
+    60_000,
+  );
 
   it("serves its effective capture options on /debug/config, the backend as detected", async () => {
     const res = await fetch(`http://127.0.0.1:${agent?.healthAddr?.port}/debug/config`);

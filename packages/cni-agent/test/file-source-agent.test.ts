@@ -1,11 +1,11 @@
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rename, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, FilePodSource, type NodeAgent } from '../src/index.js';
-import { istioLines, requireRoot, uniq, until, ZtunnelPeer } from './support.js';
+import { istioLines, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest } from './support.js';
 
 /** The local sandbox's mode: pods, namespaces and netns paths from a YAML file, no API server. */
 describe('node agent with a static pods file (root, real netns)', () => {
@@ -49,12 +49,7 @@ describe('node agent with a static pods file (root, real netns)', () => {
     peer.start();
   }, 90_000);
 
-  afterAll(async () => {
-    await agent?.stop();
-    await peer?.close();
-    await topo?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(() => teardownAgentTest({ agent, peer, topo, dir }), 60_000);
 
   it('captures a listed pod without a CNI event, releases it on opt-out, forgets it when it leaves the file', async () => {
     await until('captured', () => agent!.pods().find((p) => p.uid === pod.uid)?.state === 'captured');

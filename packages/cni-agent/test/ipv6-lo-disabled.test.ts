@@ -1,14 +1,14 @@
 // A pod whose IPv6 is off on lo but on on eth0 (ipv6: auto): the IPv6 capture route cannot go in.
 // The capture must fail closed (not handed to ztunnel, retried) and say why — in the agent's log,
 // the pod's status and the CNI ADD's failure reason — not as a bare errno.
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rename, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, FilePodSource, type Logger, type NodeAgent } from '../src/index.js';
-import { nsRun, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer } from './support.js';
+import { nsRun, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest } from './support.js';
 
 const WHY = 'IPv6 is disabled on lo but enabled on eth0 in the netns: the IPv6 capture route (ip -6 route replace local ::/0 dev lo table 133) needs IPv6 on lo';
 
@@ -58,12 +58,7 @@ describe('pod with IPv6 off on lo, on on eth0 (root, real netns, ipv6: auto)', (
     peer.start();
   }, 90_000);
 
-  afterAll(async () => {
-    await agent?.stop();
-    await peer?.close();
-    await topo?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(() => teardownAgentTest({ agent, peer, topo, dir }), 60_000);
 
   it('fails closed, naming lo and eth0 and what to set, in the log, the pod status and the CNI ADD answer; captures once lo has IPv6', async () => {
     await until('ztunnel peer snapshot', () => peer.snapshots > 0);

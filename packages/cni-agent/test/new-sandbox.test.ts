@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -9,7 +9,7 @@ import { ZdsClient, type ZdsAddEvent } from '@weir/redirect-protocol';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, KubePodSource, type NodeAgent } from '../src/index.js';
-import { istioLines, postCmdAdd, requireRoot, uniq, until } from './support.js';
+import { istioLines, postCmdAdd, requireRoot, uniq, until, teardownAgentTest } from './support.js';
 
 // Review 5 #1: kubelet retries a pod whose ADD timed out with a new sandbox (a new CNI_NETNS) while
 // ztunnel is still slow to ack the first one. The new sandbox's ADD must not be answered by the old
@@ -99,13 +99,7 @@ describe('which pod and which sandbox a /cmdadd is for (root, real netns, iptabl
     await until('ztunnel peer snapshot', () => peer!.snapshots > 0);
   }, 60_000);
 
-  afterAll(async () => {
-    await agent?.stop();
-    await peer?.close();
-    await api?.close();
-    await topo?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(() => teardownAgentTest({ agent, peer, api, topo, dir }), 60_000);
 
   it("the second sandbox's ADD is answered 200 only with the ISTIO chains in its own netns, and ztunnel ends up holding it", async () => {
     const uid = randomUUID();

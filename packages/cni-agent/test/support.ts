@@ -1,3 +1,4 @@
+import { rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import type { Server } from 'node:net';
 import { listenTcp, type Netns } from '@weir/netns';
@@ -124,4 +125,29 @@ export class ZtunnelPeer {
 export async function tcpRead(fromNetns: string, ip: string, port: number): Promise<string> {
   const r = await execInNetns(fromNetns, 'timeout', ['3', 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${port}; timeout 2 cat <&3`]);
   return r.stdout.trim();
+}
+
+/** What an agent test starts; each part is optional (a failed beforeAll leaves some unset). */
+export interface AgentTestParts {
+  agent?: { stop(): Promise<unknown> } | undefined;
+  peer?: { close(): unknown } | undefined;
+  /** Closed after the agent and peer, before the API server and the topology (e.g. test listeners). */
+  others?: () => void;
+  api?: { close(): Promise<unknown> } | undefined;
+  topo?: { destroy(): Promise<unknown> } | undefined;
+  dir?: string | undefined;
+}
+
+/** afterAll of an agent test: every part is torn down even when an earlier one fails; the errors are thrown together. */
+export async function teardownAgentTest(p: AgentTestParts): Promise<void> {
+  const errors: unknown[] = [];
+  const steps = [() => p.agent?.stop(), () => p.peer?.close(), () => p.others?.(), () => p.api?.close(), () => p.topo?.destroy(), () => (p.dir ? rm(p.dir, { recursive: true, force: true }) : undefined)];
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length > 0) throw new AggregateError(errors, `agent test teardown: ${errors.length} step(s) failed`);
 }
