@@ -1,5 +1,6 @@
-import type { Netns } from '@weir/netns';
+import { currentNetns, type Netns, type NetnsId } from '@weir/netns';
 import type { ZdsAddEvent, ZdsHandler } from '@weir/redirect-protocol';
+import { ZtunnelError } from './errors.js';
 import { InpodProxy, type InpodProxyOptions, type InpodProxyState } from './inpod-proxy.js';
 import type { Logger } from './logger.js';
 import type { ZtunnelMetrics } from './metrics.js';
@@ -11,7 +12,10 @@ interface PodEntry {
   uid: string;
   ev: ZdsAddEvent;
   state: 'Pending' | 'Up';
+  /** Set from the moment its start begins, so a removal can stop a start still in flight. */
   proxy?: InpodProxy;
+  /** The start in flight: resolves when the proxy listens, rejects with why it did not. */
+  starting?: Promise<void>;
   retry?: NodeJS.Timeout;
   lastError?: string;
 }
@@ -34,25 +38,65 @@ export interface InpodManagerOptions {
   retryMs?: number;
   /** How long a replaced or removed proxy's connections may run (Del: 0 — the pod is gone). */
   replaceDeadlineMs?: number;
+  /**
+   * Longest time one ZDS record is worked on before it is answered: what is not done by then is
+   * nacked (and goes on: a proxy start keeps going, the agent's retry is acked once it is up). Below
+   * the node agent's 5 s ack deadline, so a slow pod never costs the connection and the records
+   * queued behind it wait at most this long each. Default 4000.
+   */
+  recordTimeoutMs?: number;
 }
+
+// Kubernetes object names: a namespace is a DNS-1123 label, pod and service account names are
+// DNS-1123 subdomains. The names become the pod's SPIFFE identity and HBONE headers.
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+/**
+ * Rejects an Add that passed the wire decoder but cannot be served correctly, naming the field and
+ * the value seen (JSON-quoted, so control characters show).
+ */
+function checkAdd(ev: ZdsAddEvent): void {
+  const bad = (field: string, value: string, want: string): ZtunnelError =>
+    new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `AddWorkload uid=${JSON.stringify(ev.uid)}: ${field} ${JSON.stringify(value)} ${want}`);
+  if (CONTROL.test(ev.uid) || ev.uid.length > 253) throw bad('uid', ev.uid, 'is not a pod uid (at most 253 printable characters)');
+  const info = ev.workloadInfo;
+  if (info === undefined) return;
+  if (!DNS1123_SUBDOMAIN.test(info.name)) throw bad('workload_info.name', info.name, 'is not a Kubernetes pod name (DNS-1123 subdomain)');
+  if (!DNS1123_LABEL.test(info.namespace)) throw bad('workload_info.namespace', info.namespace, 'is not a Kubernetes namespace name (DNS-1123 label)');
+  if (info.serviceAccount !== '' && !DNS1123_SUBDOMAIN.test(info.serviceAccount)) {
+    throw bad('workload_info.service_account', info.serviceAccount, 'is not a Kubernetes service account name (DNS-1123 subdomain, or empty for default)');
+  }
+}
+
+const ignore = (): void => {};
 
 /**
  * The ZDS handler: one InpodProxy per pod uid, state Pending|Up, retries every 5 s, snapshot
- * reconciliation, readiness.
+ * reconciliation, readiness. An Add is acked only once the pod's listeners are up.
  */
 export class InpodManager implements ZdsHandler {
   readonly #pods = new Map<string, PodEntry>();
   readonly #o: InpodManagerOptions;
   readonly #log: Logger;
+  /** Proxies being drained (replaced or removed) and their netns handles not yet closed. */
+  readonly #draining = new Set<Promise<void>>();
   /** Names seen on this connection before SnapshotSent; undefined once the snapshot is done. */
   #snapshotNames: Set<string> | undefined = new Set();
   #connected = false;
   #everSnapshot = false;
   #closed = false;
+  /** ztunnel's own netns: a pod's netns never is (an agent that found the wrong one hands it over). */
+  readonly #ownNetns: NetnsId;
 
   constructor(o: InpodManagerOptions) {
     this.#o = o;
     this.#log = o.logger.child({ component: 'inpod' });
+    const own = currentNetns();
+    this.#ownNetns = own.id;
+    own.close();
   }
 
   /** Why the node is not ready (empty: ready). */
@@ -76,33 +120,84 @@ export class InpodManager implements ZdsHandler {
     this.#log.warn({ err }, 'node agent connection lost');
   }
 
-  async onAdd(ev: ZdsAddEvent): Promise<void> {
+  onAdd(ev: ZdsAddEvent): Promise<void> {
+    return this.#bounded(this.#add(ev), (ms) => `pod ${ev.uid}: proxy not up within ${ms} ms (still starting; the node agent's retry is acked once it listens)`);
+  }
+
+  async #add(ev: ZdsAddEvent): Promise<void> {
     const { uid, netns } = ev;
+    // Named for the snapshot whatever becomes of this Add: the agent says the pod exists.
     this.#snapshotNames?.add(uid);
+    try {
+      checkAdd(ev);
+      if (netns.sameAs(this.#ownNetns)) {
+        throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `AddWorkload uid=${uid}: the netns (${netns.id.dev}:${netns.id.ino}) is ztunnel's own network namespace, not the pod's`);
+      }
+      const holder = [...this.#pods.values()].find((p) => p.uid !== uid && p.ev.netns.sameAs(netns));
+      if (holder) {
+        // Two proxies in one netns would share its ports (SO_REUSEPORT) under two identities.
+        throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `AddWorkload uid=${uid}: its netns (${netns.id.dev}:${netns.id.ino}) is pod ${holder.uid}'s; a netns belongs to one pod (Del ${holder.uid} first)`);
+      }
+    } catch (err) {
+      netns.close();
+      this.#log.warn({ uid, err }, 'pod add rejected');
+      throw err;
+    }
     const existing = this.#pods.get(uid);
     if (existing && existing.ev.netns.sameAs(netns)) {
-      // Same pod, same netns (a replayed snapshot): keep what runs; the duplicate fd is ours to close.
+      // Same pod, same netns (a replayed snapshot, a retry): the duplicate fd is ours to close.
       netns.close();
       this.#log.debug({ uid }, 'pod already known with this netns');
       if (existing.state === 'Up') return;
-      if (existing.lastError !== undefined) throw new Error(existing.lastError);
-      return;
+      // Acked only once it listens: wait for the start in flight, or make this Add the next attempt.
+      return this.#begin(existing);
     }
     this.#log.info(
       { uid, name: ev.workloadInfo?.name, namespace: ev.workloadInfo?.namespace },
       `pod WorkloadUid("${uid}") received netns, starting proxy`,
     );
     if (existing) {
+      // The pod's sandbox was replaced: the old netns is dead. Its proxy stops listening at once and
+      // drains beside the new one (another netns, no port clash), not in front of it.
       this.#log.info({ uid }, 'pod netns changed, draining old proxy');
-      await this.#remove(existing, this.#o.replaceDeadlineMs ?? 0);
+      void this.#remove(existing, this.#o.replaceDeadlineMs ?? 0);
     }
     const entry: PodEntry = { uid, ev, state: 'Pending' };
     this.#pods.set(uid, entry);
     this.#updateGauges();
-    await this.#start(entry, true);
+    return this.#begin(entry);
   }
 
-  async #start(entry: PodEntry, rethrow: boolean): Promise<void> {
+  /** Answers within recordTimeoutMs: what is not done by then is a nack (the work itself goes on). */
+  async #bounded(work: Promise<void>, late: (ms: number) => string): Promise<void> {
+    work.catch(ignore);
+    const ms = this.#o.recordTimeoutMs ?? 4000;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<'expired'>((r) => (timer = setTimeout(() => r('expired'), ms)));
+    try {
+      if ((await Promise.race([work, expired])) === 'expired') throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', late(ms));
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The start in flight, or a new one now (an Add is the moment to retry a failed start). */
+  #begin(entry: PodEntry): Promise<void> {
+    if (entry.starting) return entry.starting;
+    clearTimeout(entry.retry);
+    const starting = this.#start(entry).finally(() => {
+      if (entry.starting === starting) delete entry.starting;
+    });
+    starting.catch(ignore);
+    entry.starting = starting;
+    return starting;
+  }
+
+  #current(entry: PodEntry): boolean {
+    return this.#pods.get(entry.uid) === entry && !this.#closed;
+  }
+
+  async #start(entry: PodEntry): Promise<void> {
     let proxy: InpodProxy | undefined;
     try {
       proxy = new InpodProxy({
@@ -113,21 +208,22 @@ export class InpodManager implements ZdsHandler {
         metrics: this.#o.metrics,
         logger: this.#o.logger.child({ component: 'proxy' }),
       });
+      entry.proxy = proxy;
       await proxy.start();
     } catch (err) {
+      if (entry.proxy === proxy) delete entry.proxy;
+      // Removed or replaced meanwhile (its stop made the start give up): nothing to retry.
+      if (!this.#current(entry)) throw err;
       entry.lastError = (err as Error).message;
       this.#log.error({ uid: entry.uid, err }, 'failed to start proxy, will retry');
       this.#scheduleRetry(entry);
       this.#updateGauges();
-      if (rethrow) throw err;
-      return;
+      throw err;
     }
-    if (this.#pods.get(entry.uid) !== entry || this.#closed) {
-      // Deleted or replaced while starting.
-      await proxy.stop({ deadlineMs: 0 });
-      return;
+    if (!this.#current(entry)) {
+      // Removed between start()'s last step and here: the removal stopped it already.
+      throw new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${entry.uid}: removed or replaced while its proxy started`);
     }
-    entry.proxy = proxy;
     entry.state = 'Up';
     delete entry.lastError;
     this.#o.metrics.proxiesStarted.inc();
@@ -138,9 +234,9 @@ export class InpodManager implements ZdsHandler {
   #scheduleRetry(entry: PodEntry): void {
     clearTimeout(entry.retry);
     entry.retry = setTimeout(() => {
-      if (this.#pods.get(entry.uid) !== entry || this.#closed) return;
+      if (!this.#current(entry)) return;
       this.#log.info({ uid: entry.uid }, 'retrying proxy start');
-      void this.#start(entry, false);
+      void this.#begin(entry);
     }, this.#o.retryMs ?? 5000);
   }
 
@@ -149,33 +245,44 @@ export class InpodManager implements ZdsHandler {
     if (!this.#pods.has(uid)) this.#log.warn({ uid }, 'keep for a pod this ztunnel has no netns for');
   }
 
-  async onDel(uid: string): Promise<void> {
+  onDel(uid: string): Promise<void> {
     this.#snapshotNames?.delete(uid);
     const entry = this.#pods.get(uid);
     this.#log.info({ uid }, 'pod delete request, draining proxy');
-    if (!entry) return;
-    await this.#remove(entry, 0);
+    if (!entry) return Promise.resolve();
+    return this.#bounded(this.#remove(entry, 0), (ms) => `pod ${uid}: proxy not drained within ${ms} ms (it no longer accepts; the drain goes on)`);
   }
 
-  async onSnapshotSent(): Promise<void> {
+  onSnapshotSent(): Promise<void> {
     this.#log.info({}, 'pod received snapshot sent');
     const keep = this.#snapshotNames ?? new Set<string>();
     this.#snapshotNames = undefined;
     this.#everSnapshot = true;
     const stale = [...this.#pods.values()].filter((p) => !keep.has(p.uid));
     for (const p of stale) this.#log.info({ uid: p.uid }, 'pod not in snapshot, draining proxy');
-    await Promise.all(stale.map((p) => this.#remove(p, 0)));
+    const drained = Promise.all(stale.map((p) => this.#remove(p, 0))).then(ignore);
+    return this.#bounded(drained, (ms) => `snapshot: proxies of pods not named were not drained within ${ms} ms (they no longer accept; the drain goes on)`);
   }
 
-  async #remove(entry: PodEntry, deadlineMs: number): Promise<void> {
+  /**
+   * Forgets the pod at once (no new connections from here on), then stops its proxy, a start still
+   * in flight included, and closes the netns only after that: the start may still be using it.
+   */
+  #remove(entry: PodEntry, deadlineMs: number): Promise<void> {
     clearTimeout(entry.retry);
     if (this.#pods.get(entry.uid) === entry) this.#pods.delete(entry.uid);
     this.#updateGauges();
-    if (entry.proxy) {
-      await entry.proxy.stop({ deadlineMs });
-      this.#o.metrics.proxiesStopped.inc();
-    }
-    entry.ev.netns.close();
+    const { proxy, state } = entry;
+    const done = (async () => {
+      if (proxy) {
+        await proxy.stop({ deadlineMs });
+        if (state === 'Up') this.#o.metrics.proxiesStopped.inc();
+      }
+      entry.ev.netns.close();
+    })();
+    this.#draining.add(done);
+    void done.finally(() => this.#draining.delete(done)).catch(ignore);
+    return done;
   }
 
   #updateGauges(): void {
@@ -212,5 +319,6 @@ export class InpodManager implements ZdsHandler {
     const all = [...this.#pods.values()];
     for (const p of all) clearTimeout(p.retry);
     await Promise.all(all.map((p) => this.#remove(p, o.deadlineMs)));
+    await Promise.all([...this.#draining]);
   }
 }
