@@ -1,13 +1,17 @@
 #!/usr/bin/env node
-/* global process, console */
+/* global process, console, setTimeout */
 // `npm run bench -- latency` (root): HTTP request/response round trips from pod a (n1) to a small HTTP
 // server in pod b (n2), with wrk in pod a: one long-lived connection (wrk -c1, keep-alive), and a new
 // connection per request (wrk -c1 with `Connection: close`, so wrk reconnects after every response).
 // Same four paths as the datapath bench: direct (capture off), weir (both ztunnels), stunnel, go.
 // Prints p50/p90/p99 per path, and per request the proxies' CPU and run-queue wait (from schedstat: how
 // much of a round trip is work and how much is waiting for a CPU); last line: one JSON object.
-import { readFileSync, readdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+// Diagnostics: BENCH_LATENCY_PATHS=weir,go[,direct][,stunnel] runs only those paths (weir and go always);
+// BENCH_STRACE=<dir> runs `strace -c -f` on each ztunnel during the first measured weir round of each mode
+// and prints the syscalls per request (strace slows the round: its latencies are not comparable).
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { printGoal } from '../common/goal.mjs';
@@ -19,6 +23,34 @@ const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: process.env.BENCH_SECONDS ?? '3' }, rounds: { type: 'string', default: process.env.BENCH_ROUNDS ?? '2' } } });
 const SECONDS = Number(values.seconds);
 const ROUNDS = Number(values.rounds);
+const ONLY = new Set(['weir', 'go', ...(process.env.BENCH_LATENCY_PATHS ?? 'direct,stunnel').split(',').map((p) => p.trim())]);
+const STRACE = process.env.BENCH_STRACE ? resolve(process.env.BENCH_STRACE) : undefined;
+
+/** `strace -c -f` attached to each process ({ name, pid }); stop() ends them and resolves to their summaries. */
+async function straceCount(procs, label) {
+  mkdirSync(STRACE, { recursive: true });
+  const runs = procs.map(({ name, pid }) => {
+    const out = join(STRACE, `strace-${name}-${label}.txt`);
+    const p = spawn('strace', ['-c', '-f', '-q', '-o', out, '-p', String(pid)], { stdio: 'ignore' });
+    return { name, out, done: new Promise((r) => p.once('close', r)), p };
+  });
+  // Attaching to every thread takes a moment: let it finish before the round starts.
+  await new Promise((r) => setTimeout(r, 500));
+  return {
+    async stop() {
+      for (const r of runs) r.p.kill('SIGINT');
+      await Promise.all(runs.map((r) => r.done));
+      return runs.map((r) => ({ name: r.name, calls: parseStrace(readFileSync(r.out, 'utf8')) }));
+    },
+  };
+}
+
+/** strace -c's table → Map(syscall → calls). */
+function parseStrace(text) {
+  const calls = new Map();
+  for (const m of text.matchAll(/^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$/gm)) if (m[2] !== 'total') calls.set(m[2], Number(m[1]));
+  return calls;
+}
 
 /** wrk's `Latency Distribution` block → ms per percentile. */
 function parseWrk(text) {
@@ -58,7 +90,7 @@ function schedTotals(pids) {
   return { cpu, wait };
 }
 
-await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 'stunnel4', 'go', 'curl', 'ss'] }, async (mesh) => {
+await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 'stunnel4', 'go', 'curl', 'ss', ...(STRACE ? ['strace'] : [])] }, async (mesh) => {
   const [n1, n2] = mesh.nodes;
   const { a, b } = mesh.pods;
   const certs = await peerCerts(mesh);
@@ -68,16 +100,18 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
   const target = `${b.ip}:8080`;
   const stunnel = await startPeerTunnel(mesh, 'stunnel', { from: n1, to: n2, target, certs, port: 16101 });
   const go = await startPeerTunnel(mesh, 'go', { from: n1, to: n2, target, certs, goBin, port: 16111 });
-  const paths = {
+  const allPaths = {
     direct: { url: `http://${b.ip}:8080/`, capture: false, pids: [] },
     weir: { url: `http://${b.ip}:8080/`, capture: true, pids: mesh.ztunnels.map((z) => z.pid), perf: mesh.ztunnels, gc: true },
     stunnel: { url: `http://${stunnel.host}:${stunnel.port}/`, capture: false, pids: stunnel.procs.map((p) => p.pid) },
     go: { url: `http://${go.host}:${go.port}/`, capture: false, pids: go.procs.map((p) => p.pid) },
   };
+  const paths = Object.fromEntries(Object.entries(allPaths).filter(([n]) => ONLY.has(n)));
   const setCapture = captureToggle(mesh, [a, b]);
   // GCs per request say whether GC pauses can reach the p99: with both ztunnels on the path, a round
   // trip meets a pause about (GCs ÷ requests) of the time.
   const ztunnelGcNow = () => ztunnelGc([n1, n2]);
+  const straced = new Set();
   const wrk = async (path, mode, seconds, measured = false) => {
     const args = ['-t1', '-c1', `-d${seconds}s`, '--latency', ...(mode === 'newconn' ? ['-H', 'Connection: close'] : []), path.url];
     const gc0 = path.gc ? await ztunnelGcNow() : undefined;
@@ -85,9 +119,11 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
     // before and after wrk, so the /metrics scrapes around it are left out).
     const alloc = measured && path.perf && allocProfDir() !== undefined;
     if (alloc) await allocMark(path.perf);
+    const strace = measured && STRACE !== undefined && path.perf && !straced.has(mode) ? (straced.add(mode), await straceCount(path.perf, mode)) : undefined;
     const before = schedTotals(path.pids);
     const r = await a.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000, check: false });
     const after = schedTotals(path.pids);
+    const syscalls = await strace?.stop();
     const allocFiles = alloc ? await allocMark(path.perf) : undefined;
     const gc1 = path.gc ? await ztunnelGcNow() : undefined;
     const out = parseWrk(r.stdout + r.stderr);
@@ -95,6 +131,11 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
     const n = Math.max(1, out.requests);
     const gc = gc0 && gc1 ? { minor: gc1.minor - gc0.minor, major: gc1.major - gc0.major, ms: (gc1.seconds - gc0.seconds) * 1000 } : undefined;
     const allocs = allocFiles?.map((f, i) => ({ name: path.perf[i].name, ...allocSummary(f) }));
+    for (const { name, calls } of syscalls ?? []) {
+      const total = [...calls.values()].reduce((x, y) => x + y, 0);
+      const top = [...calls.entries()].sort((x, y) => y[1] - x[1]).slice(0, 10);
+      console.log(`${name} syscalls per request, ${mode} (strace -c -f, ${n} requests): ${(total / n).toFixed(2)}: ${top.map(([k, v]) => `${k} ${(v / n).toFixed(2)}`).join(', ')}`);
+    }
     return { ...out, cpuUs: (after.cpu - before.cpu) / n / 1000, waitUs: (after.wait - before.wait) / n / 1000, gc, alloc: allocs };
   };
 
@@ -167,7 +208,7 @@ await runMeshBench({ tag: 'lat', pods: { n1: ['a'], n2: ['b'] }, tools: ['wrk', 
     latency_p99_vs_go: round(w('keepalive').p99 / g('keepalive').p99),
     newconn_p99_vs_go: round(w('newconn').p99 / g('newconn').p99),
     newconn_p50_vs_go: round(w('newconn').p50 / g('newconn').p50),
-    latency_p50_vs_ctls: round(w('keepalive').p50 / best('stunnel', 'keepalive').p50),
+    ...(paths.stunnel ? { latency_p50_vs_ctls: round(w('keepalive').p50 / best('stunnel', 'keepalive').p50) } : {}),
     cpu_per_req_vs_go: round(w('keepalive').cpuUs / g('keepalive').cpuUs),
     cpu_per_newconn_vs_go: round(w('newconn').cpuUs / g('newconn').cpuUs),
     ztunnel_gc_per_kreq: { keepalive: gcPerKreq('keepalive'), newconn: gcPerKreq('newconn') },
