@@ -1,4 +1,4 @@
-import { currentNetns, type Netns, type NetnsId } from '@weir/netns';
+import { NETLINK_ROUTE, currentNetns, netlinkExchange, type Netns, type NetnsId } from '@weir/netns';
 import type { ZdsAddEvent, ZdsHandler } from '@weir/redirect-protocol';
 import { ZtunnelError } from './errors.js';
 import { InpodProxy, type InpodProxyOptions, type InpodProxyState } from './inpod-proxy.js';
@@ -18,6 +18,8 @@ interface PodEntry {
   starting?: Promise<void>;
   retry?: NodeJS.Timeout;
   lastError?: string;
+  /** The netns held a pod address when handed over: losing every one means the sandbox was torn down. */
+  networked: boolean;
 }
 
 export interface PodState {
@@ -45,6 +47,12 @@ export interface InpodManagerOptions {
    * queued behind it wait at most this long each. Default 4000.
    */
   recordTimeoutMs?: number;
+  /**
+   * How often each pod netns is checked for the sandbox having been torn down (its pod addresses
+   * gone with the CNI DEL): a node agent that never hands over the replacement sandbox, or never
+   * sends the Del, would otherwise leave a proxy in a dead netns. Default 10000; 0: never.
+   */
+  sandboxCheckMs?: number;
 }
 
 // Kubernetes object names: a namespace is a DNS-1123 label, pod and service account names are
@@ -73,6 +81,46 @@ function checkAdd(ev: ZdsAddEvent): void {
 
 const ignore = (): void => {};
 
+// <linux/rtnetlink.h>, <linux/if_addr.h>
+const RTM_NEWADDR = 20;
+const RTM_GETADDR = 22;
+const NLMSG_ERROR = 2;
+const NLMSG_DONE = 3;
+const RT_SCOPE_UNIVERSE = 0;
+const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Whether the netns holds a global-scope address (a pod IP): a pod sandbox does from its CNI ADD to
+ * its CNI DEL; loopback and link-local ones do not count, nor do the fallback tunnel devices a
+ * kernel may put in every netns. Undefined when netlink cannot tell (never a reason to drop a pod).
+ */
+function hasPodAddress(netns: Netns): boolean | undefined {
+  const req = Buffer.alloc(24);
+  const u32 = (v: number, at: number): number => (LE ? req.writeUInt32LE(v, at) : req.writeUInt32BE(v, at));
+  const u16 = (v: number, at: number): number => (LE ? req.writeUInt16LE(v, at) : req.writeUInt16BE(v, at));
+  u32(req.length, 0);
+  u16(RTM_GETADDR, 4);
+  u16(0x301, 6); // NLM_F_REQUEST | NLM_F_DUMP; ifaddrmsg family AF_UNSPEC: every family
+  u32(1, 8);
+  let reply: Buffer;
+  try {
+    reply = netlinkExchange(netns, NETLINK_ROUTE, req, 1);
+  } catch {
+    return undefined;
+  }
+  for (let at = 0; at + 16 <= reply.length; ) {
+    const len = LE ? reply.readUInt32LE(at) : reply.readUInt32BE(at);
+    const type = LE ? reply.readUInt16LE(at + 4) : reply.readUInt16BE(at + 4);
+    if (len < 16 || at + len > reply.length) break;
+    if (type === NLMSG_ERROR) return undefined;
+    if (type === NLMSG_DONE) break;
+    // ifaddrmsg after the header: family, prefixlen, flags, scope, index.
+    if (type === RTM_NEWADDR && len >= 24 && reply[at + 19] === RT_SCOPE_UNIVERSE) return true;
+    at += (len + 3) & ~3;
+  }
+  return false;
+}
+
 /**
  * The ZDS handler: one InpodProxy per pod uid, state Pending|Up, retries every 5 s, snapshot
  * reconciliation, readiness. An Add is acked only once the pod's listeners are up.
@@ -91,12 +139,32 @@ export class InpodManager implements ZdsHandler {
   /** ztunnel's own netns: a pod's netns never is (an agent that found the wrong one hands it over). */
   readonly #ownNetns: NetnsId;
 
+  /** Pods whose sandbox was found torn down, with that netns: a replayed Add of it is refused. */
+  readonly #deadSandboxes = new Map<string, NetnsId>();
+  readonly #sandboxCheck: NodeJS.Timeout | undefined;
+
   constructor(o: InpodManagerOptions) {
     this.#o = o;
     this.#log = o.logger.child({ component: 'inpod' });
     const own = currentNetns();
     this.#ownNetns = own.id;
     own.close();
+    const every = o.sandboxCheckMs ?? 10_000;
+    if (every > 0) this.#sandboxCheck = setInterval(() => this.#checkSandboxes(), every).unref();
+  }
+
+  /**
+   * Drains the proxies of pods whose netns lost every pod address since it was handed over: the
+   * runtime tore the sandbox down (CNI DEL), so nothing can reach those listeners any more. A netns
+   * that never had one, or that netlink cannot read, is left alone.
+   */
+  #checkSandboxes(): void {
+    for (const entry of [...this.#pods.values()]) {
+      if (!entry.networked || hasPodAddress(entry.ev.netns) !== false) continue;
+      this.#log.info({ uid: entry.uid, netns: `${entry.ev.netns.id.dev}:${entry.ev.netns.id.ino}` }, 'pod netns has no pod address left (sandbox torn down), draining proxy');
+      this.#deadSandboxes.set(entry.uid, entry.ev.netns.id);
+      void this.#remove(entry, 0);
+    }
   }
 
   /** Why the node is not ready (empty: ready). */
@@ -133,6 +201,10 @@ export class InpodManager implements ZdsHandler {
       if (netns.sameAs(this.#ownNetns)) {
         throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `AddWorkload uid=${uid}: the netns (${netns.id.dev}:${netns.id.ino}) is ztunnel's own network namespace, not the pod's`);
       }
+      const dead = this.#deadSandboxes.get(uid);
+      if (dead !== undefined && netns.sameAs(dead) && hasPodAddress(netns) !== true) {
+        throw new ZtunnelError('ERR_ZTUNNEL_PROXY_START', `AddWorkload uid=${uid}: its netns (${netns.id.dev}:${netns.id.ino}) is a torn-down sandbox (no pod address left); hand over the pod's current netns`);
+      }
       const holder = [...this.#pods.values()].find((p) => p.uid !== uid && p.ev.netns.sameAs(netns));
       if (holder) {
         // Two proxies in one netns would share its ports (SO_REUSEPORT) under two identities.
@@ -162,7 +234,8 @@ export class InpodManager implements ZdsHandler {
       this.#log.info({ uid }, 'pod netns changed, draining old proxy');
       void this.#remove(existing, this.#o.replaceDeadlineMs ?? 0);
     }
-    const entry: PodEntry = { uid, ev, state: 'Pending' };
+    this.#deadSandboxes.delete(uid);
+    const entry: PodEntry = { uid, ev, state: 'Pending', networked: hasPodAddress(netns) === true };
     this.#pods.set(uid, entry);
     this.#updateGauges();
     return this.#begin(entry);
@@ -247,6 +320,7 @@ export class InpodManager implements ZdsHandler {
 
   onDel(uid: string): Promise<void> {
     this.#snapshotNames?.delete(uid);
+    this.#deadSandboxes.delete(uid);
     const entry = this.#pods.get(uid);
     this.#log.info({ uid }, 'pod delete request, draining proxy');
     if (!entry) return Promise.resolve();
@@ -258,6 +332,7 @@ export class InpodManager implements ZdsHandler {
     const keep = this.#snapshotNames ?? new Set<string>();
     this.#snapshotNames = undefined;
     this.#everSnapshot = true;
+    for (const uid of this.#deadSandboxes.keys()) if (!keep.has(uid)) this.#deadSandboxes.delete(uid);
     const stale = [...this.#pods.values()].filter((p) => !keep.has(p.uid));
     for (const p of stale) this.#log.info({ uid: p.uid }, 'pod not in snapshot, draining proxy');
     const drained = Promise.all(stale.map((p) => this.#remove(p, 0))).then(ignore);
@@ -316,6 +391,7 @@ export class InpodManager implements ZdsHandler {
   /** Drains every proxy (established connections until the deadline) and closes the netns handles. */
   async close(o: { deadlineMs: number }): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#sandboxCheck);
     const all = [...this.#pods.values()];
     for (const p of all) clearTimeout(p.retry);
     await Promise.all(all.map((p) => this.#remove(p, o.deadlineMs)));

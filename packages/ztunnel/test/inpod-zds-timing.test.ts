@@ -25,11 +25,17 @@ const names: string[] = [];
 let ca: LocalCa;
 let dir: string;
 
-async function makeNetns(): Promise<string> {
+/** A pod netns: lo, and with `ip` an interface holding that address (what the primary CNI plugin gives a sandbox). */
+async function makeNetns(ip?: string): Promise<string> {
   const name = uniqueName('t');
   await run('ip', ['netns', 'add', name]);
   names.push(name);
   await run('ip', ['netns', 'exec', name, 'ip', 'link', 'set', 'lo', 'up']);
+  if (ip !== undefined) {
+    await run('ip', ['-n', name, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0']);
+    await run('ip', ['-n', name, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    await run('ip', ['-n', name, 'link', 'set', 'eth0', 'up']);
+  }
   return name;
 }
 
@@ -55,7 +61,7 @@ function gated(): { identities: IdentityManager; release: () => void } {
   return { identities, release };
 }
 
-function manager(identities: IdentityManager, o: { retryMs?: number; recordTimeoutMs?: number } = {}): { m: InpodManager; lines: string[] } {
+function manager(identities: IdentityManager, o: { retryMs?: number; recordTimeoutMs?: number; sandboxCheckMs?: number } = {}): { m: InpodManager; lines: string[] } {
   const lines: string[] = [];
   const { logger } = createLogger({ write: (l) => lines.push(l) });
   const m = new InpodManager({
@@ -64,6 +70,7 @@ function manager(identities: IdentityManager, o: { retryMs?: number; recordTimeo
     logger,
     retryMs: o.retryMs ?? 200,
     ...(o.recordTimeoutMs !== undefined ? { recordTimeoutMs: o.recordTimeoutMs } : {}),
+    ...(o.sandboxCheckMs !== undefined ? { sandboxCheckMs: o.sandboxCheckMs } : {}),
   });
   return { m, lines };
 }
@@ -247,6 +254,39 @@ describe('a replaced sandbox', () => {
       expect(readdirSync('/proc/self/fd').length).toBe(fdsBefore);
     } finally {
       release();
+      await m.close({ deadlineMs: 0 });
+      identities.close();
+    }
+  });
+
+  it('a sandbox torn down (its pod address gone with the CNI DEL) whose replacement never reaches ztunnel: the stale proxy is drained, live pods are kept, a replay of the dead netns is nacked, the new sandbox is served', async () => {
+    const { identities } = gated();
+    const { m, lines } = manager(identities, { sandboxCheckMs: 150 });
+    const [oldNs, liveNs, loOnlyNs, newNs] = [await makeNetns('10.254.9.2'), await makeNetns('10.254.9.3'), await makeNetns(), await makeNetns('10.254.9.4')];
+    try {
+      m.onConnected();
+      await m.onAdd({ uid: 'u1', workloadInfo: info(), netns: open(oldNs) });
+      await m.onAdd({ uid: 'u2', workloadInfo: info(), netns: open(liveNs) });
+      await m.onAdd({ uid: 'u3', workloadInfo: info(), netns: open(loOnlyNs) });
+      await m.onSnapshotSent();
+      // The runtime replaces u1's sandbox: CNI DEL removes the old one's interface; the agent never
+      // manages to capture the new one, so no Add for it (nor a Del) ever comes.
+      await run('ip', ['-n', oldNs, 'link', 'del', 'eth0']);
+      await waitFor('stale proxy drained', async () => listening(oldNs).length === 0 && !m.pods().some((p) => p.uid === 'u1'), 5000);
+      expect(lines.join('')).toMatch(/pod netns has no pod address left \(sandbox torn down\), draining proxy/);
+      // Several more checks: the live pods stay (one that never had a pod address included).
+      await new Promise((r) => setTimeout(r, 600));
+      expect(m.pods().map((p) => [p.uid, p.state]).sort()).toEqual([['u2', 'Up'], ['u3', 'Up']]);
+      expect(listening(liveNs)).toEqual([15001, 15006, 15008]);
+      expect(listening(loOnlyNs)).toEqual([15001, 15006, 15008]);
+      expect(m.pending()).toEqual([]);
+      // An agent replaying the dead netns (a snapshot after a reconnect) is told so.
+      await expect(m.onAdd({ uid: 'u1', workloadInfo: info(), netns: open(oldNs) })).rejects.toThrow(/uid=u1: its netns .* is a torn-down sandbox/);
+      expect(listening(oldNs)).toEqual([]);
+      // The new sandbox, once captured, is served.
+      await m.onAdd({ uid: 'u1', workloadInfo: info(), netns: open(newNs) });
+      expect(listening(newNs)).toEqual([15001, 15006, 15008]);
+    } finally {
       await m.close({ deadlineMs: 0 });
       identities.close();
     }
