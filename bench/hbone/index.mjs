@@ -128,7 +128,12 @@ const holdPort = holder.address().port;
 // generation kept at 1 MiB semi-spaces), to see hbone as embedded there. On node's command line the
 // growth factor has no effect on Node 20: the young generation still grows to 16 MiB semi-spaces.
 const V8_FLAGS = process.env.HBONE_BENCH_V8_FLAGS ?? '';
-const node = (mode, cfg) => start(process.execPath, ['--expose-gc', join(here, 'nodepeer.mjs'), mode, JSON.stringify(cfg)], { cwd: root });
+// HBONE_BENCH_NODE_ARGS: extra node options for the Weir peers (diagnostics: --trace-gc, --cpu-prof, …).
+const NODE_ARGS = (process.env.HBONE_BENCH_NODE_ARGS ?? '').split(/\s+/).filter((x) => x !== '');
+// HBONE_BENCH_GC=1: the Weir open-latency client and its server record their GC pauses, and the run
+// prints which of the slowest opens overlapped one (diagnostic; the figures themselves are unchanged).
+const GC_DIAG = Boolean(process.env.HBONE_BENCH_GC);
+const node = (mode, cfg) => start(process.execPath, ['--expose-gc', ...NODE_ARGS, join(here, 'nodepeer.mjs'), mode, JSON.stringify(cfg)], { cwd: root });
 const ready = async (p) => Number((await waitLine(p, /READY (\d+)/))[1]);
 const local = (port) => ({ host: '127.0.0.1', port });
 
@@ -200,9 +205,11 @@ function measure(sys, streams) {
 
 // HBONE_BENCH_ONLY=weir,go limits the throughput runs (for tuning); the JSON line needs all four.
 const only = process.env.HBONE_BENCH_ONLY?.split(',');
+// HBONE_BENCH_SKIP=throughput,rss skips those parts (for tuning the open path or memory; no JSON line).
+const SKIP = new Set((process.env.HBONE_BENCH_SKIP ?? '').split(',').filter((x) => x !== ''));
 const results = {};
 for (const [name, setup] of Object.entries(systems)) {
-  if (only && !only.includes(name)) continue;
+  if ((only && !only.includes(name)) || SKIP.has('throughput')) continue;
   const sys = await setup(iperfPort);
   try {
     // Warm up (JIT, TLS sessions, windows) so the measured runs compare steady states.
@@ -265,10 +272,20 @@ const gl = start(goBin, ['-mode', 'open-latency', '-warmup', String(OPEN_WARMUP)
 await Promise.all([waitLine(wl, /OPEN-READY/, 60_000), waitLine(gl, /OPEN-READY/, 60_000)]);
 const samples = { weir: [], go: [] };
 const rounds = [];
+// HBONE_BENCH_GC: each Weir open as [start, end] (wall clock ms), and the GC pauses of its client and server.
+const gcDiag = { opens: [], client: [], server: [] };
+const gcOf = async (p) => JSON.parse((await ask(p, 'gc', /GC (.*)\n/))[1]);
 for (let r = 0; r < ROUNDS; r++) {
   const round = {};
   for (const name of r % 2 === 0 ? ['weir', 'go'] : ['go', 'weir']) {
+    const from = (name === 'weir' ? wl : gl).log.length;
     const lat = JSON.parse((await ask(name === 'weir' ? wl : gl, `round ${PER_ROUND}`, /ROUND (.*)\n/))[1]);
+    if (name === 'weir' && GC_DIAG) {
+      const at = JSON.parse(/ROUNDAT (.*)\n/.exec(wl.log.slice(from))[1]);
+      gcDiag.opens.push(...at.map((t, i) => [t, t + lat[i]]));
+      gcDiag.client.push(...(await gcOf(wl)));
+      gcDiag.server.push(...(await gcOf(ws)));
+    }
     samples[name].push(...lat);
     round[name] = lat.sort((a, b) => a - b);
   }
@@ -304,7 +321,31 @@ const ms = (x) => `${x.p50_ms.toFixed(3)}/${x.p90_ms.toFixed(3)}/${x.p99_ms.toFi
 console.log(`open p50/p90/p99 ms (${ROUNDS} interleaved rounds of ${PER_ROUND} opens after ${OPEN_WARMUP} warm-up): weir ${ms(weirOpen)}   go ${ms(goOpen)}`);
 const sp = (x) => `${x.min}/${x.median}/${x.max}`;
 console.log(`  weir ÷ go per round, min/median/max: p50 ${sp(roundSpread.p50)}   p99 ${sp(roundSpread.p99)}`);
+if (GC_DIAG) {
+  // Of the slowest 1% and 10% of Weir opens, how many overlapped a GC pause in the client or server.
+  const overlaps = (o, evs) => evs.some(([t, d]) => t < o[1] && t + d > o[0]);
+  const byLatency = [...gcDiag.opens].sort((a, b) => b[1] - b[0] - (a[1] - a[0]));
+  const share = (frac) => {
+    const slow = byLatency.slice(0, Math.max(1, Math.round(byLatency.length * frac)));
+    const c = slow.filter((o) => overlaps(o, gcDiag.client)).length;
+    const sv = slow.filter((o) => overlaps(o, gcDiag.server)).length;
+    const either = slow.filter((o) => overlaps(o, gcDiag.client) || overlaps(o, gcDiag.server)).length;
+    return `${slow.length} slowest (≥ ${(slow.at(-1)[1] - slow.at(-1)[0]).toFixed(3)} ms): client GC ${c}, server GC ${sv}, either ${either}`;
+  };
+  const all = gcDiag.opens.filter((o) => overlaps(o, gcDiag.client) || overlaps(o, gcDiag.server)).length;
+  const gcSum = (evs) => {
+    const d = evs.map((e) => e[1]).sort((a, b) => a - b);
+    return `${d.length} pauses (kinds ${[...new Set(evs.map((e) => e[2]))].join('/')}), median ${(d[Math.floor(d.length / 2)] ?? 0).toFixed(3)} ms, max ${(d.at(-1) ?? 0).toFixed(3)} ms`;
+  };
+  console.log(`  GC (HBONE_BENCH_GC): weir client ${gcSum(gcDiag.client)}; server ${gcSum(gcDiag.server)} during ${gcDiag.opens.length} opens (${all} overlapped one)`);
+  console.log(`  ${share(0.01)}; ${share(0.1)}`);
+}
 console.log(`CPU µs per tunnel open + close (${CHURN} in ${CHURN_ROUNDS} interleaved rounds, 8 at a time): weir client ${weirChurn.client} + server ${weirChurn.server}   go client ${goChurn.client} + server ${goChurn.server}`);
+
+if (SKIP.has('rss')) {
+  await stop(ws, iperf);
+  process.exit(0);
+}
 
 // --- memory per idle tunnel (client + server process RSS growth) ----------------------------------
 const rssOf = async (p) => {
@@ -354,6 +395,7 @@ console.log(`  of which live JS heap: client ${heap.client} KiB, server ${heap.s
 
 holder.close();
 await stop(iperf);
+if (SKIP.size > 0) process.exit(0);
 const r = (a, b) => Number((a / b).toFixed(3));
 console.log(
   JSON.stringify({

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
+import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import v8 from 'node:v8';
 import { HboneClient, bridge, createHboneServer } from '@weir/hbone';
@@ -19,6 +20,18 @@ const pem = (f) => readFileSync(f, 'utf8');
 const tlsOpts = { key: pem(cfg.key), cert: pem(cfg.cert), ca: pem(cfg.ca) };
 const CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384';
 
+// HBONE_BENCH_GC=1: record every GC (wall-clock start in ms, duration in ms, kind) and print them on
+// the `gc` command as `GC [[start, ms, kind], …]`, so the orchestrator can tell which slow opens a GC
+// pause in the client or the server overlapped.
+const now = () => performance.timeOrigin + performance.now();
+const GC_DIAG = Boolean(process.env.HBONE_BENCH_GC);
+let gcEvents = [];
+if (GC_DIAG) {
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcEvents.push([Number((performance.timeOrigin + e.startTime).toFixed(3)), Number(e.duration.toFixed(3)), e.detail?.kind ?? e.kind]);
+  }).observe({ entryTypes: ['gc'] });
+}
+
 const nextWaiters = [];
 const nextLine = () => new Promise((r) => nextWaiters.push(r));
 // Any other line is a command (`round N`, `churn N`, `exit`) for the open-latency mode, read in order.
@@ -27,7 +40,10 @@ const commandWaiters = [];
 const nextCommand = () => (commands.length > 0 ? Promise.resolve(commands.shift()) : new Promise((r) => commandWaiters.push(r)));
 createInterface({ input: process.stdin }).on('line', (l) => {
   if (l.trim() === 'next') nextWaiters.shift()?.();
-  else if (l.trim() !== 'rss') {
+  else if (l.trim() === 'gc') {
+    console.log(`GC ${JSON.stringify(gcEvents)}`);
+    gcEvents = [];
+  } else if (l.trim() !== 'rss') {
     const w = commandWaiters.shift();
     if (w) w(l.trim());
     else commands.push(l.trim());
@@ -138,12 +154,16 @@ switch (mode) {
       const n = Number(arg);
       if (cmd === 'round') {
         const lat = [];
+        // With HBONE_BENCH_GC, when each open started (wall clock, ms), printed before the latencies.
+        const at = [];
         for (let i = 0; i < n; i++) {
+          if (GC_DIAG) at.push(Number(now().toFixed(3)));
           const start = process.hrtime.bigint();
           const t = await c.connect(opts);
           lat.push(Number(process.hrtime.bigint() - start) / 1e6);
           await closeGracefully(t);
         }
+        if (at.length > 0) console.log(`ROUNDAT ${JSON.stringify(at)}`);
         console.log(`ROUND ${JSON.stringify(lat)}`);
       } else if (cmd === 'churn') {
         // 8 at a time; the orchestrator reads both processes' CPU before the command and after the answer.

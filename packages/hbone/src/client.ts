@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -126,10 +127,41 @@ interface PendingOpen {
 }
 
 const noop = (): void => {};
+
 // Node 20's request() copies its options and then adds each priority default to the copy one property
 // at a time (setAndValidatePriorityOptions): handing them in already set costs ~5 µs less CPU per open
 // (measured), and the HEADERS frame is the same (these are the defaults, so no PRIORITY flag is sent).
 const REQUEST_OPTIONS = { endStream: false, weight: 16, parent: 0, exclusive: false, silent: false };
+
+// Node 20's request() wraps the stream's start in AsyncResource.prototype.bind, which there also defines
+// the deprecated `asyncResource` accessor (DEP0172) with util.deprecate: setPrototypeOf gives each of its
+// two closures a hidden class of its own, made in old space, and that keeps the closures' scope — which
+// holds the function bound to the new stream — alive until the next full GC. Every tunnel's stream and
+// everything it references (~7 KB) then survives each scavenge, is copied and promoted: scavenges 2-3x
+// longer (the open-latency tail), and full GCs. While request() runs (synchronously; nothing else does)
+// bind is the same bind without that accessor, which nothing in node:http2 reads. Only where Node has
+// the accessor, and only if no one else replaced bind.
+type Bind = (this: AsyncResource, fn: (...args: unknown[]) => unknown, thisArg?: unknown) => unknown;
+const proto = AsyncResource.prototype as unknown as { bind: Bind };
+const nodeBind = proto.bind;
+const leanBind: Bind = function (fn, thisArg) {
+  if (thisArg !== undefined) return this.runInAsyncScope.bind(this, fn, thisArg);
+  const resource = this;
+  return function (this: unknown, ...args: unknown[]): unknown {
+    return resource.runInAsyncScope(fn, this, ...args);
+  };
+};
+const bindHasAccessor = Object.getOwnPropertyDescriptor(new AsyncResource('HboneProbe').bind(noop), 'asyncResource') !== undefined;
+
+function request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
+  if (!bindHasAccessor || proto.bind !== nodeBind) return session.request(headers, REQUEST_OPTIONS);
+  proto.bind = leanBind;
+  try {
+    return session.request(headers, REQUEST_OPTIONS);
+  } finally {
+    proto.bind = nodeBind;
+  }
+}
 
 /**
  * HBONE client: opens tunnels (HTTP/2 CONNECT streams) over pooled mutual-TLS sessions, keyed by
@@ -463,10 +495,7 @@ export class HboneClient {
     const session = e.session!;
     let stream: http2.ClientHttp2Stream;
     try {
-      stream = session.request(
-        o.headers === undefined ? { ':method': 'CONNECT', ':authority': authority } : { ...o.headers, ':method': 'CONNECT', ':authority': authority },
-        REQUEST_OPTIONS,
-      );
+      stream = request(session, o.headers === undefined ? { ':method': 'CONNECT', ':authority': authority } : { ...o.headers, ':method': 'CONNECT', ':authority': authority });
     } catch (cause) {
       this.#retire(e, 'request failed');
       return this.#retry(new HboneError('ERR_HBONE_SESSION', `session to ${peerAuthority} cannot open streams: ${String(cause)}`, { cause }), o, authority, peerAuthority, attempt);
