@@ -145,12 +145,13 @@ type Bind = (this: AsyncResource, fn: (...args: unknown[]) => unknown, thisArg?:
 const proto = AsyncResource.prototype as unknown as { bind: Bind };
 const nodeBind = proto.bind;
 const leanBind: Bind = function (fn, thisArg) {
-  if (thisArg !== undefined) return this.runInAsyncScope.bind(this, fn, thisArg);
-  const resource = this;
+  return thisArg === undefined ? inScopeOf(this, fn) : this.runInAsyncScope.bind(this, fn, thisArg);
+};
+function inScopeOf(resource: AsyncResource, fn: (...args: unknown[]) => unknown): (...args: unknown[]) => unknown {
   return function (this: unknown, ...args: unknown[]): unknown {
     return resource.runInAsyncScope(fn, this, ...args);
   };
-};
+}
 const bindHasAccessor = Object.getOwnPropertyDescriptor(new AsyncResource('HboneProbe').bind(noop), 'asyncResource') !== undefined;
 
 function request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
