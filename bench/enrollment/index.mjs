@@ -14,11 +14,13 @@
 // ztunnel) and RSS per enrolled pod (agent, ztunnel) from /proc. Last line: one JSON object.
 // BENCH_CPU_PROF=<dir>: agent and ztunnel write V8 CPU profiles there, summarized at the end.
 // BENCH_AGENT=<path of main.js>: run that agent build instead of apps/cni-agent/dist/main.js.
+// BENCH_AGENT_LOG=<file>: the agent logs at debug (its `capture timings` lines say where each
+// capture's time went: waiting for a slot, netns, rules, ztunnel's ack) and the log is copied there.
 // BENCH_PERF=<dir>: `perf record -g` (999 Hz) on the agent and its commands during the burst, to
 // <dir>/perf-agent-burst.data (the agent runs with --perf-basic-prof so JS frames have names).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -182,6 +184,7 @@ async function cleanup() {
   cleaned = true;
   runtime?.stop();
   await agent?.stop('SIGTERM', 10_000).catch(() => {});
+  if (process.env.BENCH_AGENT_LOG && agent) writeFileSync(process.env.BENCH_AGENT_LOG, await agent.readLog().catch((err) => `reading the agent log failed: ${err.message}\n`));
   await ztunnel?.stop('SIGTERM', 10_000).catch(() => {});
   await groups?.remove();
   relay?.close();
@@ -250,7 +253,7 @@ try {
       // The periodic drift check would add CPU unrelated to enrollment.
       '--drift-interval', '0',
     ],
-    env: {},
+    env: process.env.BENCH_AGENT_LOG ? { LOG_LEVEL: 'debug' } : {},
   });
   ztunnel = await node.spawn({
     name: 'weir-ztunnel',

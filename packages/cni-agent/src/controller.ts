@@ -471,11 +471,15 @@ export class PodController {
     const wasCaptured = rec.state === 'captured';
     if (!wasCaptured) rec.state = 'pending';
     let step = 'find netns';
+    // Where a capture's time goes (debug line below): waiting for a slot, the netns, rules, ztunnel.
+    const began = process.hrtime.bigint();
+    const marks: [string, bigint][] = [];
     let netns: NetnsHandle | undefined;
     /** The netns this capture is for: a CNI ADD may name another one while it runs. */
     let path: string | undefined;
     try {
       netns = await this.netnsFor(rec);
+      marks.push(['netnsMs', process.hrtime.bigint()]);
       path = rec.netnsPath;
       step = 'apply in-pod rules and host probe ipset';
       // Independent of each other (pod netns vs node netns): run them side by side.
@@ -498,6 +502,7 @@ export class PodController {
         await probe.catch(() => undefined);
       }
       await probe;
+      marks.push(['rulesMs', process.hrtime.bigint()]);
       rec.rulesApplied = true;
       if (report.repaired.length > 0 && rec.enrollStart?.trigger === 'startup') {
         this.opts.metrics.repairs.inc();
@@ -516,6 +521,7 @@ export class PodController {
         throw new CniAgentError('ERR_AGENT_ZTUNNEL', `ztunnel did not take pod ${pod.namespace}/${pod.name} (uid ${rec.uid}): ${describe(cause)}`, { cause });
       }
       rec.inZtunnel = true;
+      marks.push(['ztunnelMs', process.hrtime.bigint()]);
       if (this.superseded(rec, netns, path)) {
         // ztunnel took a netns that is no longer the pod's: the new one's ADD waits for its own
         // capture (queued behind this one), whose Add for the same uid makes ztunnel drop this netns.
@@ -532,6 +538,15 @@ export class PodController {
       rec.lastError = undefined;
       this.opts.bypass?.captured(pod);
       this.log.info({ ...ids, netns: path }, 'pod captured, in-pod rules applied and netns handed to ztunnel');
+      const ms = (a: bigint, b: bigint): number => Number((Number(b - a) / 1e6).toFixed(1));
+      this.log.debug(
+        {
+          ...ids,
+          ...(rec.enrollStart ? { waitedMs: ms(rec.enrollStart.at, began), trigger: rec.enrollStart.trigger } : {}),
+          ...Object.fromEntries(marks.map(([k, at], i) => [k, ms(marks[i - 1]?.[1] ?? began, at)])),
+        },
+        'capture timings',
+      );
       if (rec.enrollStart) {
         const secs = Number(process.hrtime.bigint() - rec.enrollStart.at) / 1e9;
         this.opts.metrics.enrollmentLatency.observe({ trigger: rec.enrollStart.trigger }, secs);

@@ -333,6 +333,8 @@ export class IptablesPodRules implements PodRules {
         onRoundTrip: via.onRoundTrip,
         ...(via.netlink ? { netlink: via.netlink } : {}),
         ...(via.sysctls ? { sysctls: via.sysctls } : {}),
+        // A new pod's rules as one nfnetlink batch, copied from the first pod's restore (iptables-nft only).
+        replay: true,
       }).apply(this.specFor(pod), { likelyNew, fingerprint: this.fingerprints.get(netns) });
       if (r.fingerprint !== undefined) this.fingerprints.set(netns, r.fingerprint);
       else this.fingerprints.delete(netns);

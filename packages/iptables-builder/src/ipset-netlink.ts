@@ -1,6 +1,7 @@
 import { canonicalAddress } from './address.js';
 import { IptablesError } from './errors.js';
-import { concat as cat, type NetlinkExchange } from './rtnetlink.js';
+import { attr, concat as cat, F_ACK, F_DUMP, F_REQUEST, LE, NETLINK_NETFILTER, NLA_F_NESTED, NLMSG_DONE, NLMSG_ERROR } from './netlink-codec.js';
+import type { NetlinkExchange } from './rtnetlink.js';
 
 /** One ipset entry: `add <set> <ip> comment "<comment>"`. */
 export interface IpsetEntry {
@@ -10,7 +11,6 @@ export interface IpsetEntry {
 }
 
 // <linux/netfilter/nfnetlink.h>, <linux/netfilter/ipset/ip_set.h>
-const NETLINK_NETFILTER = 12;
 const NFNL_SUBSYS_IPSET = 6;
 const IPSET_CMD_LIST = 7;
 const IPSET_CMD_ADD = 9;
@@ -24,14 +24,8 @@ const IPSET_ATTR_IP = 1;
 const IPSET_ATTR_COMMENT = 26;
 const IPSET_ATTR_IPADDR_IPV4 = 1;
 const IPSET_ATTR_IPADDR_IPV6 = 2;
-const NLA_F_NESTED = 0x8000;
 const NLA_F_NET_BYTEORDER = 0x4000;
 const NLA_TYPE_MASK = 0x3fff;
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
-const F_REQUEST = 0x1;
-const F_ACK = 0x4;
-const F_DUMP = 0x300;
 /**
  * IPSET_ERR_EXIST: "element already added" to an add, "element is missing" to a del (4105 is
  * IPSET_ERR_INVALID_NETMASK). Without NLM_F_EXCL the kernel already treats both as `-exist` and
@@ -39,16 +33,7 @@ const F_DUMP = 0x300;
  */
 const IPSET_ERR_EXIST = 4103;
 const ENOENT = 2;
-const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
-function attr(type: number, data: Uint8Array): Uint8Array {
-  const out = new Uint8Array(4 + data.length + ((4 - (data.length % 4)) % 4));
-  const v = new DataView(out.buffer);
-  v.setUint16(0, 4 + data.length, LE);
-  v.setUint16(2, type, LE);
-  out.set(data, 4);
-  return out;
-}
 const cstr = (s: string): Uint8Array => new TextEncoder().encode(`${s}\0`);
 
 function checkSetName(set: string): void {

@@ -5,6 +5,7 @@ import { CommandFailedError, IptablesError } from './errors.js';
 import type { CommandExecutor, CommandResult } from './executor.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Family, FamilyRules, RuleRef, RuleSet } from './model.js';
+import { NftInstallReplay } from './nft-replay.js';
 import { parseIptablesSave, type SavedTable } from './parse-iptables.js';
 import { countRule, hasRoute, ipRouteArgs, ipRuleArgs, type PolicyRouting } from './routing.js';
 import { applyRouting, countRuleIn, describeChange, hasRouteIn, missingRouting, readNftGeneration, readRouting, sendRouting, type NetlinkExchange, type RoutingChange, type RoutingState } from './rtnetlink.js';
@@ -85,6 +86,13 @@ export interface NetnsApplierOptions {
    * exec'd one by one (a new pod: just the two restores), with the same results and stops.
    */
   readonly sysctls?: NetnsSysctls;
+  /**
+   * With backend nft, `netlink` and `sysctls`: a netns holding nothing of Weir's gets its rules
+   * by replaying, as one nfnetlink batch, what `iptables-nft-restore` stored for the first such
+   * install in this process (read back and checked; see NftInstallReplay) instead of running the
+   * two restores again. Same rules, same `iptables-save`; the commands run whenever it cannot.
+   */
+  readonly replay?: boolean;
 }
 
 /** One round trip of an apply or remove: what ran and how long it took. */
@@ -149,6 +157,7 @@ export class NetnsApplier {
   readonly #netlink: NetlinkExchange | undefined;
   readonly #onRoundTrip: ((trip: NetnsRoundTrip) => void) | undefined;
   readonly #sysctls: NetnsSysctls | undefined;
+  readonly #replay: boolean;
   #backend: Promise<'legacy' | 'nft'> | undefined;
 
   constructor(options: NetnsApplierOptions) {
@@ -162,6 +171,7 @@ export class NetnsApplier {
     this.#netlink = options.netlink;
     this.#onRoundTrip = options.onRoundTrip;
     this.#sysctls = options.sysctls;
+    this.#replay = options.replay === true && options.netlink !== undefined && options.sysctls !== undefined;
   }
 
   /** The rtnetlink exchange, timed for onRoundTrip under `what`. */
@@ -181,9 +191,20 @@ export class NetnsApplier {
   }
 
   /** Runs a batch through the executor (timed for onRoundTrip). */
-  #batch(script: BatchScript): Promise<BatchOutput> {
+  #batch(script: BatchScript, executor: CommandExecutor = this.#executor): Promise<BatchOutput> {
     const sysctls = this.#sysctls;
-    return this.#timed('batch', () => (sysctls ? script.runDirect(this.#executor, sysctls) : script.run(this.#executor)), (out) => out?.ran ?? []);
+    return this.#timed('batch', () => (sysctls ? script.runDirect(executor, sysctls) : script.run(executor)), (out) => out?.ran ?? []);
+  }
+
+  /** The executor for a batch that may install `specs` fresh: replaying the restores when it can (see `replay`). */
+  #installer(backend: 'legacy' | 'nft', specs: { on: NetnsSpec; off: NetnsSpec }): CommandExecutor {
+    if (!this.#replay || backend !== 'nft' || !this.#netlink) return this.#executor;
+    const fresh = new Map<string, Family>();
+    for (const fam of [...specs.on.ruleSet.families, ...specs.off.ruleSet.families]) {
+      fresh.set(freshCreate(fam, this.#prefix), fam.family);
+      fresh.set(freshRestore(fam, this.#prefix), fam.family);
+    }
+    return new NftInstallReplay({ netlink: this.#netlink, logger: this.#logger }).executor(this.#executor, fresh);
   }
 
   #steps(steps: readonly BatchStep[], opts: { writeSysctls?: ReadonlyMap<string, string>; stopOnFailure?: boolean } = {}): Promise<BatchOutput> {
@@ -312,7 +333,7 @@ export class NetnsApplier {
       (s) => this.#installSteps(s, backend, specs.on, 'fresh1', true),
       (s) => this.#installSteps(s, backend, specs.off, 'fresh0', true),
     );
-    return this.#batch(script);
+    return this.#batch(script, this.#installer(backend, specs));
   }
 
   /**
@@ -378,7 +399,7 @@ export class NetnsApplier {
         routing,
       );
     } else routing(script);
-    const out = await this.#batch(script);
+    const out = await this.#batch(script, optimistic ? this.#installer(backend, specs) : this.#executor);
     if (!this.#netlink || [...out.results.keys()].some((id) => id.startsWith('fresh'))) return out;
     return { ...out, netlinkRouting: await readRouting(this.#nl(this.#netlink, 'read routing'), routingFamilies((out.ipv6 ? specs.on : specs.off).routing)) };
   }

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 
 import { IptablesError } from './errors.js';
 import { inpodRouting } from './routing.js';
-import { concat, missingRouting, readNftGeneration, readRouting, sendRouting, type NetlinkExchange } from './rtnetlink.js';
+import { concat } from './netlink-codec.js';
+import { missingRouting, readNftGeneration, readRouting, sendRouting, type NetlinkExchange } from './rtnetlink.js';
 
 // The wire format against hand-built kernel replies; the real kernel is in test/netns-applier.test.ts.
 

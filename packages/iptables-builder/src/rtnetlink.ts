@@ -1,4 +1,5 @@
 import { IptablesError } from './errors.js';
+import { attributes as attributesOf, concat, F_ACK, F_CREATE, F_DUMP, F_EXCL, F_REPLACE, LE, message, NETLINK_NETFILTER, NLMSG_ERROR, replies as netlinkReplies } from './netlink-codec.js';
 import type { Family } from './model.js';
 import { Ipv6LoopbackDisabledError, type FwmarkRule, type LocalRoute, type PolicyRouting } from './routing.js';
 
@@ -10,21 +11,15 @@ import { Ipv6LoopbackDisabledError, type FwmarkRule, type LocalRoute, type Polic
  */
 export type NetlinkExchange = (request: Uint8Array, replies: number, protocol?: number) => Uint8Array | Promise<Uint8Array>;
 
-const NETLINK_NETFILTER = 12;
 // <linux/netfilter/nfnetlink.h>, <linux/netfilter/nf_tables.h>
+/** The replies of an exchange (a cut message throws, naming rtnetlink). */
+const parse = (bytes: Uint8Array) => netlinkReplies(bytes, 'ERR_IPTABLES_ROUTING_FAILED', 'rtnetlink');
+
 const NFT_MSG_GETGEN = (10 << 8) | 16;
 const NFT_MSG_NEWGEN = (10 << 8) | 15;
 const NFTA_GEN_ID = 1;
 
 // <linux/netlink.h>, <linux/rtnetlink.h>, <linux/fib_rules.h>
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
-const F_REQUEST = 0x1;
-const F_ACK = 0x4;
-const F_REPLACE = 0x100;
-const F_EXCL = 0x200;
-const F_CREATE = 0x400;
-const F_DUMP = 0x300;
 const RTM_NEWLINK = 16;
 const RTM_GETLINK = 18;
 const RTM_NEWROUTE = 24;
@@ -62,25 +57,12 @@ const IFLA_INET6_CONF = 2;
 const DEVCONF_DISABLE_IPV6 = 26;
 
 const AF = { ipv4: 2, ipv6: 10 } as const;
-const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** Policy routing of one netns as rtnetlink reports it (what the diff needs of it). */
 export interface RoutingState {
   readonly rules: readonly FwmarkRule[];
   /** Local routes through `lo`, by family and table (the only kind Weir installs). */
   readonly routes: readonly LocalRoute[];
-}
-
-/** One message; `body` is the family header followed by attributes. */
-function message(type: number, flags: number, seq: number, body: Uint8Array): Uint8Array {
-  const out = new Uint8Array(16 + body.length);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, out.length, LE);
-  v.setUint16(4, type, LE);
-  v.setUint16(6, flags | F_REQUEST, LE);
-  v.setUint32(8, seq, LE);
-  out.set(body, 16);
-  return out;
 }
 
 /** A 12-byte family header (fib_rule_hdr and rtmsg have the same shape) plus u32 attributes. */
@@ -204,12 +186,12 @@ export async function readLinks(exchange: NetlinkExchange): Promise<LinkIpv6[]> 
     const index = new DataView(r.payload.buffer, r.payload.byteOffset + 4, 4).getInt32(0, LE);
     let name = '';
     let ipv6 = false;
-    for (const a of rawAttributes(r.payload.subarray(16))) {
+    for (const a of attributesOf(r.payload.subarray(16))) {
       if (a.type === IFLA_IFNAME) name = new TextDecoder().decode(a.data.subarray(0, a.data.indexOf(0) === -1 ? a.data.length : a.data.indexOf(0)));
       if (a.type !== IFLA_AF_SPEC) continue;
-      for (const fam of rawAttributes(a.data)) {
+      for (const fam of attributesOf(a.data)) {
         if (fam.type !== AF.ipv6) continue;
-        for (const c of rawAttributes(fam.data)) {
+        for (const c of attributesOf(fam.data)) {
           if (c.type !== IFLA_INET6_CONF || c.data.length < (DEVCONF_DISABLE_IPV6 + 1) * 4) continue;
           ipv6 = new DataView(c.data.buffer, c.data.byteOffset + DEVCONF_DISABLE_IPV6 * 4, 4).getInt32(0, LE) === 0;
         }
@@ -310,36 +292,6 @@ export function missingRouting(state: RoutingState, want: PolicyRouting): Routin
   ]);
 }
 
-/** Netlink messages or attributes laid end to end (shared with ipset-netlink.ts). */
-export function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-interface Reply {
-  type: number;
-  seq: number;
-  payload: Uint8Array;
-}
-
-function parse(bytes: Uint8Array): Reply[] {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out: Reply[] = [];
-  for (let at = 0; at + 16 <= bytes.length; ) {
-    const len = v.getUint32(at, LE);
-    if (len < 16 || at + len > bytes.length) throw new IptablesError('ERR_IPTABLES_ROUTING_FAILED', `malformed rtnetlink reply (message length ${len} at ${at} of ${bytes.length})`);
-    const type = v.getUint16(at + 4, LE);
-    if (type !== NLMSG_DONE) out.push({ type, seq: v.getUint32(at + 8, LE), payload: bytes.subarray(at + 16, at + len) });
-    at += (len + 3) & ~3;
-  }
-  return out;
-}
-
 /** The type of every attribute. */
 function attributeTypes(bytes: Uint8Array): number[] {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -348,19 +300,6 @@ function attributeTypes(bytes: Uint8Array): number[] {
     const len = v.getUint16(at, LE);
     if (len < 4) break;
     out.push(v.getUint16(at + 2, LE) & 0x3fff);
-    at += (len + 3) & ~3;
-  }
-  return out;
-}
-
-/** Every attribute with its payload (type without the NESTED/NET_BYTEORDER flags). */
-function rawAttributes(bytes: Uint8Array): { type: number; data: Uint8Array }[] {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out: { type: number; data: Uint8Array }[] = [];
-  for (let at = 0; at + 4 <= bytes.length; ) {
-    const len = v.getUint16(at, LE);
-    if (len < 4 || at + len > bytes.length) break;
-    out.push({ type: v.getUint16(at + 2, LE) & 0x3fff, data: bytes.subarray(at + 4, at + len) });
     at += (len + 3) & ~3;
   }
   return out;
