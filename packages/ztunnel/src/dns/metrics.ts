@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Histogram, type Registry } from '../metrics.js';
 
 /** Labels on ztunnel's DNS metrics. */
 export interface DnsLabels {
