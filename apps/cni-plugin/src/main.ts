@@ -8,12 +8,20 @@ import { isatty } from 'node:tty';
 import { lineLogger, runCni } from '@weir/cni-plugin';
 import * as z from 'zod/mini';
 
-/** LOG_FORMAT, when set, checked with zod (zod/mini: a few KiB in the bundle, where classic zod costs an exec ~30 ms of CPU). */
-function logFormat(): { ok: true; format: 'text' | 'json' } | { ok: false; errors: string[] } {
-  if (process.env['LOG_FORMAT'] === undefined) return { ok: true, format: 'text' };
-  const parsed = z.object({ LOG_FORMAT: z.enum(['text', 'json']) }).safeParse(process.env);
-  if (parsed.success) return { ok: true, format: parsed.data.LOG_FORMAT };
-  return { ok: false, errors: parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`) };
+/** The one variable the plugin reads besides CNI_*: its own name, so no unrelated setting can reach it. */
+const LOG_FORMAT_VAR = 'WEIR_CNI_LOG_FORMAT';
+
+/**
+ * The log format from WEIR_CNI_LOG_FORMAT, checked with zod (zod/mini: a few KiB in the bundle, where
+ * classic zod costs an exec ~30 ms of CPU). The plugin inherits the container runtime's environment, and a
+ * log setting must never fail a pod's ADD or DEL: a bad value is reported and text is used.
+ */
+function logFormat(env: NodeJS.ProcessEnv): { format: 'text' | 'json'; warning?: string } {
+  const value = env[LOG_FORMAT_VAR];
+  if (value === undefined || value === '') return { format: 'text' };
+  const parsed = z.enum(['text', 'json']).safeParse(value);
+  if (parsed.success) return { format: parsed.data };
+  return { format: 'text', warning: `${LOG_FORMAT_VAR} ${JSON.stringify(value)} ignored (text or json), logging as text` };
 }
 
 /**
@@ -60,16 +68,21 @@ async function readStdin(): Promise<Buffer> {
 }
 
 async function main(): Promise<number> {
-  const appEnv = logFormat();
-  if (!appEnv.ok) {
-    for (const e of appEnv.errors) logLine(`weir-cni: ${e}\n`);
-    return 2;
-  }
+  const { format, warning } = logFormat(process.env);
+  let warned = false;
   const stdin = await readStdin();
   const outcome = await runCni(
     { env: process.env, stdin },
     {
-      logger: (level) => lineLogger(level, logLine, { format: appEnv.format }),
+      logger: (level) => {
+        const logger = lineLogger(level, logLine, { format });
+        // Once, whichever logger the command ends up using (the config's level may silence it).
+        if (warning !== undefined && !warned) {
+          warned = true;
+          logger.warn({ variable: LOG_FORMAT_VAR }, warning);
+        }
+        return logger;
+      },
     },
   );
   if (outcome.stdout !== '') writeAll(1, `${outcome.stdout}\n`);

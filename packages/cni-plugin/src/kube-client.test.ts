@@ -115,8 +115,85 @@ describe('tiny kube client', () => {
     const doc = { clusters: [{ name: 'c', cluster: { server: 'https://10.0.0.1:6443/', 'insecure-skip-tls-verify': true } }], users: [{ name: 'u', user: { token: 't' } }], contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }], 'current-context': 'x' };
     await writeFile(json, ` ${JSON.stringify(doc)}`);
     await writeFile(flow, '{clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443/", insecure-skip-tls-verify: true}}], users: [{name: u, user: {token: t}}], contexts: [{name: x, context: {cluster: c, user: u}}], current-context: x}\n');
-    const expected = { server: 'https://10.0.0.1:6443', token: 't', insecureSkipTlsVerify: true, ca: undefined };
+    const expected = { server: 'https://10.0.0.1:6443', token: 't', insecureSkipTlsVerify: true, ca: undefined, tlsServerName: undefined };
     expect(await loadKubeconfig(json)).toMatchObject(expected);
     expect(await loadKubeconfig(flow)).toMatchObject(expected);
+  });
+
+  it('reads the auth-provider tokenFile that @kubernetes/client-node exports (its in-cluster shape)', async () => {
+    const api = await FakeApiServer.start({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca }, token: 'sa-token' });
+    try {
+      api.createPod({ metadata: { name: 'web-0', namespace: 'default' } });
+      await writeFile(join(dir, 'sa-ca.crt'), pki.ca);
+      await writeFile(join(dir, 'sa-token'), 'sa-token');
+      const kc = join(dir, 'kc-exported');
+      await writeFile(
+        kc,
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Config',
+          clusters: [{ name: 'inCluster', cluster: { server: api.url, 'certificate-authority': join(dir, 'sa-ca.crt'), 'insecure-skip-tls-verify': false } }],
+          users: [{ name: 'inClusterUser', user: { 'auth-provider': { name: 'tokenFile', config: { tokenFile: join(dir, 'sa-token') } } } }],
+          contexts: [{ name: 'inClusterContext', context: { cluster: 'inCluster', user: 'inClusterUser' } }],
+          'current-context': 'inClusterContext',
+        }),
+      );
+      expect(await getPod(kc)).toMatchObject({ kind: 'Pod' });
+      expect(api.requests[0]?.authorization).toBe('Bearer sa-token');
+      await rm(join(dir, 'sa-token'));
+      const missing = await loadKubeconfig(kc).catch((e: unknown) => e);
+      expect((missing as CniPluginError).message).toContain(`auth-provider.config.tokenFile ${join(dir, 'sa-token')} cannot be read`);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('refuses credentials it cannot use, naming the field', async () => {
+    const cases: [Record<string, unknown>, Record<string, unknown>, string][] = [
+      [{}, { exec: { command: 'aws' } }, 'users["u"].user.exec is not supported'],
+      [{}, { 'auth-provider': { name: 'oidc', config: {} } }, 'users["u"].user.auth-provider "oidc" is not supported'],
+      [{}, { username: 'admin', password: 'x' }, 'users["u"].user.username is not supported'],
+      [{}, { token: 't', as: 'system:admin' }, 'users["u"].user.as is not supported'],
+      [{ 'proxy-url': 'http://proxy:3128' }, { token: 't' }, 'clusters["c"].cluster.proxy-url is not supported'],
+    ];
+    for (const [[clusterExtra, user, message], i] of cases.map((c, n) => [c, n] as const)) {
+      const kc = join(dir, `kc-unsupported-${i}`);
+      await writeFile(
+        kc,
+        JSON.stringify({
+          clusters: [{ name: 'c', cluster: { server: 'https://10.0.0.1:6443', ...clusterExtra } }],
+          users: [{ name: 'u', user }],
+          contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }],
+          'current-context': 'x',
+        }),
+      );
+      const err = await loadKubeconfig(kc).catch((e: unknown) => e);
+      expect(err, message).toBeInstanceOf(CniPluginError);
+      expect((err as CniPluginError).code).toBe('ERR_CNI_KUBECONFIG');
+      expect((err as CniPluginError).message).toContain(message);
+    }
+  });
+
+  it('checks the server certificate against tls-server-name when given', async () => {
+    const api = await FakeApiServer.start({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca } });
+    try {
+      api.createPod({ metadata: { name: 'web-0', namespace: 'default' } });
+      const write = async (name: string, serverName: string) => {
+        const kc = join(dir, name);
+        const doc = {
+          clusters: [{ name: 'c', cluster: { server: api.url, 'certificate-authority-data': Buffer.from(pki.ca).toString('base64'), 'tls-server-name': serverName } }],
+          users: [{ name: 'u', user: {} }],
+          contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }],
+          'current-context': 'x',
+        };
+        await writeFile(kc, JSON.stringify(doc));
+        return kc;
+      };
+      expect(await getPod(await write('kc-sni-ok', 'localhost'))).toMatchObject({ kind: 'Pod' });
+      const err = await getPod(await write('kc-sni-bad', 'api.example.com')).catch((e: unknown) => e);
+      expect((err as CniPluginError).message).toMatch(/api\.example\.com/);
+    } finally {
+      await api.close();
+    }
   });
 });

@@ -12,6 +12,8 @@ export interface KubeConnection {
   clientCert: Buffer | undefined;
   clientKey: Buffer | undefined;
   insecureSkipTlsVerify: boolean;
+  /** `tls-server-name`: the name the server certificate is checked against instead of the server's host. */
+  tlsServerName: string | undefined;
 }
 
 type Named<T> = { name?: string } & Record<string, T | undefined>;
@@ -21,8 +23,17 @@ function bad(path: string, what: string, cause?: unknown): CniPluginError {
 }
 
 /**
+ * Credentials this client cannot honour. Calling the API without them would fail with a vaguer 401/403
+ * (or, for impersonation, act as someone else), so the loader refuses them by name.
+ */
+const UNSUPPORTED_USER_FIELDS = ['exec', 'username', 'password', 'as', 'as-uid', 'as-groups', 'as-user-extra'] as const;
+const SUPPORTED_AUTH = 'supported: token, tokenFile, auth-provider tokenFile, client-certificate(-data)/client-key(-data)';
+
+/**
  * Reads a kubeconfig (YAML or JSON) and resolves its current context: server, CA, bearer token
- * (`token` or `tokenFile`) and client certificate (inline `-data` or files relative to the kubeconfig).
+ * (`token`, `tokenFile`, or the `auth-provider` `tokenFile` that @kubernetes/client-node exports) and
+ * client certificate (inline `-data` or files relative to the kubeconfig). Anything else it would need
+ * (exec plugins, other auth providers, basic auth, impersonation, a proxy) fails, naming the field.
  */
 export async function loadKubeconfig(path: string): Promise<KubeConnection> {
   let doc: Record<string, unknown>;
@@ -44,6 +55,13 @@ export async function loadKubeconfig(path: string): Promise<KubeConnection> {
   const cluster = find<Record<string, unknown>>('clusters', context?.cluster, 'cluster');
   const user = find<Record<string, unknown>>('users', context?.user, 'user') ?? {};
   if (!cluster || typeof cluster['server'] !== 'string') throw bad(path, `no cluster server for context "${String(contextName ?? '')}"`);
+  const userField = `users[${JSON.stringify(context?.user ?? '')}].user`;
+  for (const field of UNSUPPORTED_USER_FIELDS) {
+    if (user[field] !== undefined) throw bad(path, `${userField}.${field} is not supported by weir-cni (${SUPPORTED_AUTH})`);
+  }
+  if (cluster['proxy-url'] !== undefined) {
+    throw bad(path, `clusters[${JSON.stringify(context?.cluster ?? '')}].cluster.proxy-url is not supported by weir-cni (it connects to the server directly)`);
+  }
   const rel = (p: string) => (isAbsolute(p) ? p : join(dirname(path), p));
   const material = async (dataKey: string, fileKey: string, from: Record<string, unknown>): Promise<Buffer | undefined> => {
     const data = from[dataKey];
@@ -58,12 +76,23 @@ export async function loadKubeconfig(path: string): Promise<KubeConnection> {
     }
     return undefined;
   };
+  let tokenFile = typeof user['tokenFile'] === 'string' && user['tokenFile'] !== '' ? user['tokenFile'] : undefined;
+  let tokenFileField = 'tokenFile';
+  const provider = user['auth-provider'] as { name?: unknown; config?: { tokenFile?: unknown } } | undefined;
+  if (provider !== undefined) {
+    const file = provider?.config?.tokenFile;
+    if (provider?.name !== 'tokenFile' || typeof file !== 'string' || file === '') {
+      throw bad(path, `${userField}.auth-provider "${String(provider?.name)}" is not supported by weir-cni (${SUPPORTED_AUTH})`);
+    }
+    tokenFile ??= file;
+    if (tokenFile === file) tokenFileField = 'auth-provider.config.tokenFile';
+  }
   let token = typeof user['token'] === 'string' && user['token'] !== '' ? user['token'] : undefined;
-  if (token === undefined && typeof user['tokenFile'] === 'string') {
+  if (token === undefined && tokenFile !== undefined) {
     try {
-      token = (await readFile(rel(user['tokenFile']), 'utf8')).trim();
+      token = (await readFile(rel(tokenFile), 'utf8')).trim();
     } catch (err) {
-      throw bad(path, `tokenFile ${user['tokenFile']} cannot be read: ${(err as Error).message}`, err);
+      throw bad(path, `${tokenFileField} ${tokenFile} cannot be read: ${(err as Error).message}`, err);
     }
   }
   return {
@@ -73,6 +102,7 @@ export async function loadKubeconfig(path: string): Promise<KubeConnection> {
     clientCert: await material('client-certificate-data', 'client-certificate', user),
     clientKey: await material('client-key-data', 'client-key', user),
     insecureSkipTlsVerify: cluster['insecure-skip-tls-verify'] === true,
+    tlsServerName: typeof cluster['tls-server-name'] === 'string' && cluster['tls-server-name'] !== '' ? cluster['tls-server-name'] : undefined,
   };
 }
 
@@ -117,6 +147,7 @@ export class KubeClient {
         ...(conn.ca ? { ca: conn.ca } : {}),
         ...(conn.clientCert ? { cert: conn.clientCert } : {}),
         ...(conn.clientKey ? { key: conn.clientKey } : {}),
+        ...(conn.tlsServerName ? { servername: conn.tlsServerName } : {}),
         rejectUnauthorized: !conn.insecureSkipTlsVerify,
       });
     }
