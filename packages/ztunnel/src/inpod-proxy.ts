@@ -25,6 +25,7 @@ import type { ResponseFlag, TcpTally, ZtunnelMetrics } from './metrics.js';
 import { Socks5Listener } from './socks5/index.js';
 import { newTraceparent } from './traceparent.js';
 import { netnsHasTproxyRules } from './tproxy-rules.js';
+import { outboundViaWaypoint, waypointFor } from './waypoint.js';
 import type { WorkloadStore } from './workload-store.js';
 
 export interface ProxyPorts {
@@ -550,9 +551,15 @@ export class InpodProxy {
       return void socket.destroy();
     }
     const resolved = this.#o.store.resolve(dst.address, dst.port);
-    const target = resolved?.workload.protocol === 'HBONE' ? resolved : undefined;
     const me = this.#src();
     const src = { addr: srcAddr, workload: me.workload, namespace: me.namespace, identity: me.identity };
+    // A destination with a waypoint is never reached directly: its L7 policies live in the waypoint.
+    const waypoint = waypointFor(this.#o.store, dst, resolved, () => this.#workload());
+    if (waypoint !== undefined) {
+      const { metrics } = this.#o;
+      return outboundViaWaypoint(waypoint, { socket, src, client: () => this.#client(), headers: this.#hboneHeaders(srcAddr), metrics, accessLog: this.#accessLog });
+    }
+    const target = resolved?.workload.protocol === 'HBONE' ? resolved : undefined;
     if (target) {
       const { workload: w, address, port, service } = target;
       const info: ConnectionInfo = {
