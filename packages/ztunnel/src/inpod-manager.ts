@@ -135,6 +135,8 @@ export class InpodManager implements ZdsHandler {
   #snapshotNames: Set<string> | undefined = new Set();
   #connected = false;
   #everSnapshot = false;
+  /** False once closeListeners() ran (shutting down): nothing is started or bound any more. */
+  #accepting = true;
   #closed = false;
   /** ztunnel's own netns: a pod's netns never is (an agent that found the wrong one hands it over). */
   readonly #ownNetns: NetnsId;
@@ -267,10 +269,11 @@ export class InpodManager implements ZdsHandler {
   }
 
   #current(entry: PodEntry): boolean {
-    return this.#pods.get(entry.uid) === entry && !this.#closed;
+    return this.#pods.get(entry.uid) === entry && !this.#closed && this.#accepting;
   }
 
   async #start(entry: PodEntry): Promise<void> {
+    if (!this.#current(entry)) throw new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${entry.uid}: ztunnel is shutting down, no proxy is started`);
     let proxy: InpodProxy | undefined;
     try {
       proxy = new InpodProxy({
@@ -383,9 +386,17 @@ export class InpodManager implements ZdsHandler {
     }));
   }
 
-  /** SIGTERM: every proxy stops accepting at once (a successor may already listen beside us). */
+  /**
+   * SIGTERM: every proxy stops accepting at once (a successor may already listen beside us), and no
+   * proxy binds any more: starts in flight give up, no retry runs (the successor takes the snapshot).
+   */
   closeListeners(): void {
-    for (const p of this.#pods.values()) p.proxy?.closeListeners();
+    this.#accepting = false;
+    for (const p of this.#pods.values()) {
+      clearTimeout(p.retry);
+      if (p.state === 'Up') p.proxy?.closeListeners();
+      else void p.proxy?.stop({ deadlineMs: 0 });
+    }
   }
 
   /** Drains every proxy (established connections until the deadline) and closes the netns handles. */

@@ -292,3 +292,28 @@ describe('a replaced sandbox', () => {
     }
   });
 });
+
+describe('shutdown', () => {
+  it('after closeListeners() (SIGTERM) a proxy start still in flight binds nothing and no retry runs; a later Add is nacked', async () => {
+    const { identities, release } = gated();
+    const { m } = manager(identities, { retryMs: 100, recordTimeoutMs: 20_000 });
+    const [slowNs, upNs] = [await makeNetns(), await makeNetns()];
+    try {
+      m.onConnected();
+      await m.onAdd({ uid: 'u-up', workloadInfo: info(), netns: open(upNs) });
+      const starting = m.onAdd({ uid: 'u-slow', workloadInfo: info('slow'), netns: open(slowNs) });
+      starting.catch(() => {});
+      m.closeListeners();
+      expect(listening(upNs)).toEqual([]);
+      release();
+      expect(await within(starting, 5000)).toMatch(/^nacked: /);
+      await new Promise((r) => setTimeout(r, 400));
+      expect(listening(slowNs)).toEqual([]);
+      await expect(m.onAdd({ uid: 'u-new', workloadInfo: info(), netns: open(await makeNetns()) })).rejects.toThrow(/shutting down/);
+    } finally {
+      release();
+      await m.close({ deadlineMs: 0 });
+      identities.close();
+    }
+  });
+});
