@@ -66,4 +66,30 @@ describe('parseLocalConfig', () => {
     expect(() => parseLocalConfig('policies: [{name: p, action: Maybe}]')).toThrow(/policies\[0\]\.action/);
     expect(() => parseLocalConfig('a: [')).toThrow(/invalid YAML/);
   });
+  it('accepts a hostname-only workload (a DNS ServiceEntry), but not a workload with neither', () => {
+    const c = parseLocalConfig('workloads: [{name: github, namespace: ext, hostname: api.github.com}]');
+    expect(c.workloads[0]).toMatchObject({ name: 'github', hostname: 'api.github.com', workloadIps: [] });
+    expect(() => parseLocalConfig('workloads: [{name: a, namespace: b}]')).toThrow(
+      'workloads[0].workloadIps: a workload needs at least one address, or a hostname (a DNS workload)',
+    );
+    expect(() => parseLocalConfig('workloads: [{name: a, namespace: b, workloadIps: []}]')).toThrow(/workloads\[0\]\.workloadIps: a workload needs/);
+  });
+
+  it('canonicalizes addresses (workload IPs, VIPs, CIDRs) as the kernel prints them, refuses zone ids', () => {
+    const c = parseLocalConfig(`
+workloads:
+- {name: a, namespace: b, workloadIps: ["FD00:0:0:0::5", "2001:DB8:0:0:1:0:0:1", 10.0.0.5, "::ffff:a00:6"]}
+services:
+- {name: s, namespace: b, hostname: s.b, vips: ["net1/FD00:0::10", "0:0:0:0:0:0:0:1", /10.96.0.1]}
+policies:
+- {name: p, rules: [[[{sourceIps: ["FD00:0::/64", "FD00::1"], notDestinationIps: [10.0.0.0/8]}]]]}
+`);
+    expect(c.workloads[0]!.workloadIps).toEqual(['fd00::5', '2001:db8::1:0:0:1', '10.0.0.5', '::ffff:10.0.0.6']);
+    expect(c.services[0]!.vips).toEqual(['net1/fd00::10', '::1', '/10.96.0.1']);
+    const m = c.policies[0]!.rules[0]![0]![0]!;
+    expect(m.sourceIps).toEqual(['fd00::/64', 'fd00::1']);
+    expect(m.notDestinationIps).toEqual(['10.0.0.0/8']);
+    expect(() => parseLocalConfig('workloads: [{name: a, namespace: b, workloadIps: ["fe80::1%eth0"]}]')).toThrow(/workloadIps\[0\]: not an IP address/);
+    expect(() => parseLocalConfig('policies: [{name: p, rules: [[[{sourceIps: ["fe80::1%eth0/64"]}]]]}]')).toThrow(/sourceIps\[0\]: not an IP address or CIDR/);
+  });
 });

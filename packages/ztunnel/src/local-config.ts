@@ -1,4 +1,4 @@
-import { isIP } from 'node:net';
+import { isIP, SocketAddress } from 'node:net';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ZtunnelError } from './errors.js';
@@ -9,17 +9,34 @@ import { ZtunnelError } from './errors.js';
 const port = z.coerce.number().int().min(1).max(65535);
 const portMap = z.record(z.string().regex(/^\d+$/, 'port must be a number'), port);
 
-const ip = z.string().refine((s) => isIP(s) !== 0, { message: 'not an IP address' });
-const cidr = z.string().refine(
-  (s) => {
-    const [addr, len, extra] = s.split('/');
-    if (extra !== undefined || addr === undefined || isIP(addr) === 0) return false;
-    if (len === undefined) return true;
-    const n = Number(len);
-    return /^\d+$/.test(len) && n <= (isIP(addr) === 4 ? 32 : 128);
-  },
-  { message: 'not an IP address or CIDR' },
-);
+/**
+ * An address as the kernel and Node print it (`FD00:0::5` → `fd00::5`): the data path compares
+ * addresses as strings (socket addresses against the workload state), so a hand-written
+ * non-canonical form would never match and its pod would be taken for one outside the mesh.
+ */
+export function canonicalIp(s: string): string {
+  return new SocketAddress({ address: s, family: isIP(s) === 6 ? 'ipv6' : 'ipv4' }).address;
+}
+
+// A zone id (`fe80::1%eth0`) names a link, never a pod: refused rather than silently dropped.
+const isPlainIp = (s: string): boolean => isIP(s) !== 0 && !s.includes('%');
+const ip = z.string().refine(isPlainIp, { message: 'not an IP address' }).transform(canonicalIp);
+const cidr = z
+  .string()
+  .refine(
+    (s) => {
+      const [addr, len, extra] = s.split('/');
+      if (extra !== undefined || addr === undefined || !isPlainIp(addr)) return false;
+      if (len === undefined) return true;
+      const n = Number(len);
+      return /^\d+$/.test(len) && n <= (isIP(addr) === 4 ? 32 : 128);
+    },
+    { message: 'not an IP address or CIDR' },
+  )
+  .transform((s) => {
+    const slash = s.indexOf('/');
+    return slash < 0 ? canonicalIp(s) : `${canonicalIp(s.slice(0, slash))}${s.slice(slash)}`;
+  });
 
 /** `{exact}`, `{prefix}`, `{suffix}`, `{presence}` — as ztunnel serializes StringMatch; a bare string is exact. */
 const stringMatch = z.union([
@@ -84,39 +101,52 @@ const locality = z.strictObject({
   subzone: z.string().default(''),
 });
 
-const workloadSchema = z.strictObject({
-  uid: z.string().default(''),
-  name: z.string().min(1),
-  namespace: z.string().min(1),
-  serviceAccount: z.string().default('default'),
-  trustDomain: z.string().default(''),
-  workloadIps: z.array(ip).min(1),
-  protocol: z.enum(['TCP', 'HBONE']).default('TCP'),
-  node: z.string().default(''),
-  network: z.string().default(''),
-  clusterId: z.string().default(''),
-  hostname: z.string().default(''),
-  services: z.record(z.string().regex(/^[^/]+\/.+$/, 'service key must be "<namespace>/<hostname>"'), portMap).default({}),
-  waypoint: gatewayAddress.optional(),
-  networkGateway: gatewayAddress.optional(),
-  authorizationPolicies: z.array(z.string()).default([]),
-  status: z.enum(['Healthy', 'Unhealthy']).default('Healthy'),
-  locality: locality.optional(),
-  canonicalName: z.string().default(''),
-  canonicalRevision: z.string().default(''),
-  workloadName: z.string().default(''),
-  workloadType: z.string().default('pod'),
-  networkMode: z.enum(['Standard', 'HostNetwork']).default('Standard'),
-});
+const workloadSchema = z
+  .strictObject({
+    uid: z.string().default(''),
+    name: z.string().min(1),
+    namespace: z.string().min(1),
+    serviceAccount: z.string().default('default'),
+    trustDomain: z.string().default(''),
+    workloadIps: z.array(ip).default([]),
+    protocol: z.enum(['TCP', 'HBONE']).default('TCP'),
+    node: z.string().default(''),
+    network: z.string().default(''),
+    clusterId: z.string().default(''),
+    hostname: z.string().default(''),
+    services: z.record(z.string().regex(/^[^/]+\/.+$/, 'service key must be "<namespace>/<hostname>"'), portMap).default({}),
+    waypoint: gatewayAddress.optional(),
+    networkGateway: gatewayAddress.optional(),
+    authorizationPolicies: z.array(z.string()).default([]),
+    status: z.enum(['Healthy', 'Unhealthy']).default('Healthy'),
+    locality: locality.optional(),
+    canonicalName: z.string().default(''),
+    canonicalRevision: z.string().default(''),
+    workloadName: z.string().default(''),
+    workloadType: z.string().default('pod'),
+    networkMode: z.enum(['Standard', 'HostNetwork']).default('Standard'),
+  })
+  // istiod sends a workload with a hostname and no address for every ServiceEntry with DNS
+  // resolution (and for endpoints given as names): reachable by name only, never by an IP.
+  .refine((w) => w.workloadIps.length > 0 || w.hostname !== '', {
+    path: ['workloadIps'],
+    message: 'a workload needs at least one address, or a hostname (a DNS workload)',
+  });
 export type Workload = z.output<typeof workloadSchema>;
 
-const vip = z.string().refine(
-  (s) => {
+const vip = z
+  .string()
+  .refine(
+    (s) => {
+      const slash = s.indexOf('/');
+      return isPlainIp(slash < 0 ? s : s.slice(slash + 1));
+    },
+    { message: 'VIP must be "<network>/<ip>"' },
+  )
+  .transform((s) => {
     const slash = s.indexOf('/');
-    return isIP(slash < 0 ? s : s.slice(slash + 1)) !== 0;
-  },
-  { message: 'VIP must be "<network>/<ip>"' },
-);
+    return slash < 0 ? canonicalIp(s) : `${s.slice(0, slash + 1)}${canonicalIp(s.slice(slash + 1))}`;
+  });
 
 const serviceSchema = z.strictObject({
   name: z.string().min(1),

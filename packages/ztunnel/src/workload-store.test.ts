@@ -59,6 +59,40 @@ describe('WorkloadStore', () => {
   });
 });
 
+describe('WorkloadStore with workloads the YAML writes differently', () => {
+  it('finds a pod whose IPv6 address the file writes non-canonically by the address the kernel reports', () => {
+    // A socket's remoteAddress / SO_ORIGINAL_DST is always canonical: `fd00::5`.
+    const s = new WorkloadStore({ config: parseLocalConfig('workloads: [{uid: u6, name: v6, namespace: ns1, protocol: HBONE, workloadIps: ["FD00:0:0:0::5"]}]') });
+    expect(s.workloadByIp('fd00::5')?.name).toBe('v6');
+    expect(s.resolve('fd00::5', 8080)).toMatchObject({ workload: { name: 'v6' }, address: 'fd00::5', port: 8080 });
+  });
+
+  it('keeps a hostname-only (DNS) workload out of every address path: IP lookup, VIP endpoints, pod-by-name', () => {
+    const s = new WorkloadStore({
+      config: parseLocalConfig(`
+workloads:
+- {uid: pod-web, name: web, namespace: ns1, workloadIps: [10.0.0.7], protocol: HBONE}
+# A ServiceEntry named like the pod, resolution DNS: istiod sends its hostname, no address.
+- {uid: se-web, name: web, namespace: ns1, hostname: api.example.com, protocol: HBONE,
+   services: {"ns1/api.example.com": {443: 443}}}
+- {uid: se-only, name: ext, namespace: ns1, hostname: ext.example.com, services: {"ns1/ext.example.com": {443: 443}}}
+services:
+- {name: api, namespace: ns1, hostname: api.example.com, vips: [/240.240.0.1], ports: {443: 443}}
+- {name: ext, namespace: ns1, hostname: ext.example.com, vips: [/240.240.0.2], ports: {443: 443}}
+`),
+    });
+    expect(s.config.workloads).toHaveLength(3);
+    expect(s.workloadByUid('se-web')?.hostname).toBe('api.example.com');
+    // The pod stays the pod for ZDS's name lookup, whatever order the state lists them in.
+    expect(s.workloadByName('ns1', 'web')?.uid).toBe('pod-web');
+    // A VIP whose only endpoints have no address is not a mesh destination: no endpoint, no HBONE target.
+    expect(s.resolve('240.240.0.1', 443)).toBeUndefined();
+    expect(s.resolve('240.240.0.2', 443)).toBeUndefined();
+    // No address can ever match them.
+    for (const ip of ['0.0.0.0', '::', '240.240.0.1', '']) expect(s.workloadByIp(ip)).toBeUndefined();
+  });
+});
+
 describe('LocalConfigWatcher', () => {
   it('reloads on replacement, keeps the previous state on a bad file', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'wzt-'));

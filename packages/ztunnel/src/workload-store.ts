@@ -66,7 +66,9 @@ export class WorkloadStore extends EventEmitter<{ change: [] }> {
     for (const w of config.workloads) {
       for (const ip of w.workloadIps) byIp.set(normalizeIp(ip), w);
       if (w.uid !== '') byUid.set(w.uid, w);
-      byName.set(`${w.namespace}/${w.name}`, w);
+      // A workload without addresses (a DNS ServiceEntry's hostname) is never a pod: it must not
+      // stand in for a pod of the same name, which the name lookup (ZDS's pod) would then find.
+      if (w.workloadIps.length > 0) byName.set(`${w.namespace}/${w.name}`, w);
       for (const key of Object.keys(w.services)) {
         const list = endpoints.get(key) ?? [];
         list.push(w);
@@ -118,8 +120,13 @@ export class WorkloadStore extends EventEmitter<{ change: [] }> {
     const service = this.serviceByVip(ip);
     if (!service) return undefined;
     const key = serviceKey(service);
+    // Endpoints known by hostname only have no address to connect to: never picked (upstream
+    // resolves them by DNS on demand; here the VIP is then not a mesh destination).
     const candidates = (this.#endpoints.get(key) ?? []).filter(
-      (w) => w.status === 'Healthy' && (w.services[key]?.[String(port)] !== undefined || service.ports[String(port)] !== undefined),
+      (w) =>
+        w.status === 'Healthy' &&
+        w.workloadIps.length > 0 &&
+        (w.services[key]?.[String(port)] !== undefined || service.ports[String(port)] !== undefined),
     );
     if (candidates.length === 0) return undefined;
     const n = this.#rr.get(key) ?? 0;

@@ -110,12 +110,30 @@ policies:
     expect(p).toEqual(parseLocalConfig(yaml).policies[0]);
   });
 
-  it('names the resource and the field when a resource is bad', () => {
-    expect(() => workloadFromXds('w1', create(WorkloadSchema, { name: 'a', namespace: 'b' }))).toThrow(/workload w1: workloadIps/);
-    expect(() => workloadFromXds('w2', create(WorkloadSchema, { name: '', namespace: 'b', addresses: [ipBytes('10.0.0.1')] }))).toThrow(/workload w2: name/);
-    expect(() => workloadFromXds('w3', create(WorkloadSchema, { name: 'a', namespace: 'b', addresses: [ipBytes('10.0.0.1')], workloadType: 9 as WorkloadType }))).toThrow(
-      'workload w3: unknown workload type 9',
+  it('a hostname-only workload (istiod\'s for a ServiceEntry with resolution DNS) converts, with no address', () => {
+    const w = workloadFromXds(
+      'Kubernetes/networking.istio.io/ServiceEntry/ext/github/api.github.com',
+      create(WorkloadSchema, {
+        uid: 'Kubernetes/networking.istio.io/ServiceEntry/ext/github/api.github.com',
+        name: 'github',
+        namespace: 'ext',
+        hostname: 'api.github.com',
+        services: { 'ext/api.github.com': { ports: [{ servicePort: 443, targetPort: 443 }] } },
+      }),
     );
+    expect(w).toMatchObject({ name: 'github', namespace: 'ext', hostname: 'api.github.com', workloadIps: [], services: { 'ext/api.github.com': { '443': 443 } } });
+  });
+
+  it('reads enum values newer than this build as the default instead of refusing the resource', () => {
+    const w = workloadFromXds('w3', create(WorkloadSchema, { name: 'a', namespace: 'b', addresses: [ipBytes('10.0.0.1')], workloadType: 9 as WorkloadType }));
+    expect(w.workloadType).toBe('deployment');
+    const s = serviceFromXds('s', create(ServiceSchema, { name: 's', namespace: 'n', hostname: 'h', ipFamilies: 9 as IPFamilies }));
+    expect(s.ipFamilies).toBe('Automatic');
+  });
+
+  it('names the resource and the field when a resource is bad', () => {
+    expect(() => workloadFromXds('w1', create(WorkloadSchema, { name: 'a', namespace: 'b' }))).toThrow(/workload w1: workloadIps: a workload needs at least one address, or a hostname/);
+    expect(() => workloadFromXds('w2', create(WorkloadSchema, { name: '', namespace: 'b', addresses: [ipBytes('10.0.0.1')] }))).toThrow(/workload w2: name/);
     expect(() =>
       policyFromXds('p/x', create(AuthorizationSchema, { name: 'x', rules: [{ clauses: [{ matches: [{ destinationPorts: [0] }] }] }] })),
     ).toThrow(/authorization p\/x: rules\[0\]\[0\]\[0\]\.destinationPorts\[0\]/);

@@ -117,7 +117,9 @@ export function workloadFromXds(name: string, w: XdsWorkload): Workload {
       canonicalName: w.canonicalName,
       canonicalRevision: w.canonicalRevision,
       workloadName: w.workloadName,
-      workloadType: WORKLOAD_TYPES[w.workloadType] ?? fail(what, `unknown workload type ${w.workloadType}`),
+      // An enum value newer than this build reads as the default, as ztunnel's generated accessors do:
+      // a label is no reason to drop a workload.
+      workloadType: WORKLOAD_TYPES[w.workloadType] ?? WORKLOAD_TYPES[WorkloadType.DEPLOYMENT],
       networkMode: w.networkMode === NetworkMode.HOST_NETWORK ? 'HostNetwork' : 'Standard',
     },
     what,
@@ -149,7 +151,7 @@ export function serviceFromXds(name: string, s: XdsService): Service {
       subjectAltNames: s.subjectAltNames,
       canonical: s.canonical,
       ...(waypoint ? { waypoint } : {}),
-      ipFamilies: IP_FAMILIES[s.ipFamilies] ?? fail(what, `unknown ip family ${s.ipFamilies}`),
+      ipFamilies: IP_FAMILIES[s.ipFamilies] ?? IP_FAMILIES[IPFamilies.AUTOMATIC],
     },
     what,
   );
