@@ -66,12 +66,12 @@ interface Request {
 /** A fresh install of one family as the kernel stored it: replayable in another netns. */
 interface Install {
   readonly family: Family;
-  /** The iptables-restore text it is the install of. */
-  readonly restore: string;
+  /** `-p` of each rule of the text, by `table chain`. */
+  readonly protocols: ReadonlyMap<string, readonly { proto: number; inv: boolean }[]>;
   readonly tables: readonly string[];
   readonly requests: readonly Request[];
-  /** The requests' bytes as hex, to compare a replayed netns against. */
-  readonly digest: string;
+  /** The rule requests' bytes as hex, to compare a replayed netns against. */
+  readonly rulesDigest: string;
 }
 
 /** `-p` of each `-A` line of an iptables-restore text, by `table chain`, in order. */
@@ -163,6 +163,15 @@ async function readInstall(exchange: NetlinkExchange, family: Family, restore: s
     );
     requests.push({ type: NEWCHAIN, flags: F_CREATE | F_EXCL, body: nfgen(fam, keep), what: `chain ${table} ${name}` });
   }
+  const ruleRequests = rulesOf(fam, rules, protocols);
+  if (ruleRequests === 'foreign') return 'foreign';
+  requests.push(...ruleRequests);
+  return { family, protocols, tables: names, requests, rulesDigest: digestOf(ruleRequests) };
+}
+
+/** The NEWRULE requests recreating `rules` (a GETRULE dump), each with its `-p` as compat; `foreign` when they are not the text's. */
+function rulesOf(fam: number, rules: readonly NetlinkAttribute[][], protocols: ReadonlyMap<string, readonly { proto: number; inv: boolean }[]>): Request[] | 'foreign' {
+  const out: Request[] = [];
   const seen = new Map<string, number>();
   for (const r of rules) {
     const key = `${cstring(find(r, RULE.TABLE))} ${cstring(find(r, RULE.CHAIN))}`;
@@ -173,10 +182,10 @@ async function readInstall(exchange: NetlinkExchange, family: Family, restore: s
     if (!proto || !exprs) return 'foreign';
     const keep = [...[RULE.TABLE, RULE.CHAIN].flatMap((type) => r.filter((a) => a.type === type).map(padded)), freshExpressions(exprs), ...r.filter((a) => a.type === RULE.USERDATA).map(padded)];
     if (proto.proto !== 0) keep.push(nest(RULE.COMPAT, [attr(COMPAT_PROTO, u32be(proto.proto)), attr(COMPAT_FLAGS, u32be(proto.inv ? COMPAT_F_INV : 0))]));
-    requests.push({ type: NEWRULE, flags: F_CREATE | F_APPEND, body: nfgen(fam, keep), what: `rule ${key} #${index + 1}` });
+    out.push({ type: NEWRULE, flags: F_CREATE | F_APPEND, body: nfgen(fam, keep), what: `rule ${key} #${index + 1}` });
   }
   if ([...protocols].some(([key, list]) => (seen.get(key) ?? 0) !== list.length)) return 'foreign';
-  return { family, restore, tables: names, requests, digest: digestOf(requests) };
+  return out;
 }
 
 function digestOf(requests: readonly Request[]): string {
@@ -209,9 +218,9 @@ const installs = new Map<string, Install | null>();
  * the first install of a text runs the command, and what the kernel then holds of that family is
  * read back over nfnetlink (only when it is exactly what the text makes); later installs of the
  * same text send those tables, chains and rules as one nfnetlink batch — atomic, and refused
- * whole when one of the tables exists (then the command runs, as before). After a replay the netns
- * is read back and must match what the command made, byte for byte (counters aside), or the
- * replay is undone and the command runs. `iptables-save` shows the same either way.
+ * whole when one of the tables exists (then the command runs, as before). After a replay the
+ * netns's rules are read back and must match what the command made, byte for byte (counters
+ * aside), or the replay is undone and the command runs. `iptables-save` shows the same either way.
  */
 export class NftInstallReplay {
   readonly #netlink: NetlinkExchange;
@@ -265,8 +274,11 @@ export class NftInstallReplay {
       this.#logger.warn({ family: install.family, request: install.requests[failed]?.what, errno }, 'nftables refused a replayed rule install; installing with iptables-nft-restore from now on');
       return false;
     }
-    const now = await readInstall(this.#netlink, install.family, install.restore).catch(() => undefined);
-    if (typeof now === 'object' && now.digest === install.digest) return true;
+    // The batch made every table and chain as sent (exclusively, all or nothing): the rules are what to check.
+    const now = await dump(this.#netlink, GETRULE, install.family, 'rules')
+      .then((rules) => rulesOf(NFPROTO[install.family], rules, install.protocols))
+      .catch(() => 'foreign' as const);
+    if (now !== 'foreign' && digestOf(now) === install.rulesDigest) return true;
     installs.set(key, null);
     const undo = install.tables.map((name) => ({ type: DELTABLE, flags: 0, body: nfgen(NFPROTO[install.family], [attr(TABLE.NAME, new TextEncoder().encode(`${name}\0`))]), what: `table ${name}` }));
     const undone = await sendBatch(this.#netlink, undo);
