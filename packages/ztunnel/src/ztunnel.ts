@@ -37,7 +37,7 @@ export interface ZtunnelOptions {
    * istiod over Delta ADS (ztunnel's XDS_ADDRESS): feeds the workload store instead of a local
    * config; the node agent is connected only after the first response of every type.
    */
-  xds?: Omit<XdsClientOptions, 'store' | 'logger'>;
+  xds?: Omit<XdsClientOptions, 'store' | 'logger' | 'registry'>;
   /**
    * Issues workload certificates: an embedded LocalCa or a CaClient (Istio's CA); `rootPem` is the
    * mesh trust bundle, read again for every TLS context so a rotated bundle takes effect.
@@ -181,7 +181,7 @@ export class Ztunnel {
   async start(): Promise<void> {
     if (this.#o.xds) {
       const { XdsClient } = await import('./xds/client.js');
-      this.#xds = new XdsClient({ ...this.#o.xds, store: this.store, logger: this.#log.child({ component: 'xds' }) });
+      this.#xds = new XdsClient({ ...this.#o.xds, store: this.store, logger: this.#log.child({ component: 'xds' }), registry: this.metrics.registry });
     }
     if (this.#o.localXdsPath !== undefined) {
       this.#watcher = new LocalConfigWatcher(this.#o.localXdsPath, this.store, this.#log.child({ component: 'xds' }));
