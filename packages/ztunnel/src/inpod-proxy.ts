@@ -8,6 +8,7 @@ import {
   type HboneAbortSignal,
   type HboneConnectContext,
   type HbonePeer,
+  type HboneRequestHeaders,
   type HboneServer,
   type HboneTarget,
   type HboneTlsOptions,
@@ -17,6 +18,7 @@ import { evaluatePolicies, type AuthorizationDecision, type ConnectionAttributes
 import { ConnectionRecord, openTally, type ConnectionInfo } from './connection-record.js';
 import { DnsNameTable, DnsProxy, HostResolver, fdUdpSocketFactory, type DnsMetrics, type DnsUpstream } from './dns/index.js';
 import { TCP_KEEPALIVE, copyBidirectional, tuneSocket } from './copy.js';
+import { isUnknownDestination, isZtunnelPort, markUnknownDestination } from './inbound-target.js';
 import { ZtunnelError } from './errors.js';
 import type { IdentityManager, WorkloadCertificate } from './identity.js';
 import type { Workload } from './local-config.js';
@@ -360,8 +362,8 @@ export class InpodProxy {
     if (this.#hboneServer || this.#stopped || !this.#cert) return this.#hboneServer;
     this.#hboneServer = createHboneServer({
       tls: this.#tls(this.#cert),
-      validateTarget: (t) => this.#isHboneTarget(t.host),
-      authorize: (peer, target) => this.#authorizeHbone(peer, target),
+      validateTarget: (t) => this.#isHboneTarget(t.host) && !isZtunnelPort(t.port, this.#ports),
+      authorize: (peer, target, headers) => this.#authorizeHbone(peer, target, headers),
       connect: (target, ctx) => this.#connectHbone(target, ctx),
       logger: this.#log.child({ component: 'hbone' }),
     });
@@ -811,12 +813,14 @@ export class InpodProxy {
     return p;
   }
 
-  #authorizeHbone(peer: HbonePeer, target: HboneTarget): boolean {
+  #authorizeHbone(peer: HbonePeer, target: HboneTarget, request: HboneRequestHeaders): boolean {
     const p = this.#peerOf(peer);
     const w = this.#workload();
     if (w === undefined) {
       this.#unknownDestination(hostPort(p.ip, peer.remotePort), normalizeIp(target.host), target.port);
-      return false;
+      // Not a policy decision: refused in #connectHbone, so the peer gets 503, not 401 (DENY).
+      markUnknownDestination(request);
+      return true;
     }
     const d = this.#authorize(w, p.ip, p.identity, normalizeIp(target.host), target.port);
     if (!d.allowed) {
@@ -828,6 +832,9 @@ export class InpodProxy {
 
   async #connectHbone(target: HboneTarget, ctx: HboneConnectContext): Promise<Duplex> {
     const { peer } = ctx;
+    if (isUnknownDestination(ctx.headers)) {
+      throw new ZtunnelError('ERR_ZTUNNEL_UNKNOWN_WORKLOAD', `unknown destination ${hostPort(target.host, target.port)}: pod uid ${this.uid} is not in the workload state yet`);
+    }
     const p = this.#peerOf(peer);
     if (this.#log.isLevelEnabled?.('debug') !== false) {
       this.#log.debug(
