@@ -95,4 +95,19 @@ describe('parseConfig', () => {
     expect(parseConfig(['frobnicate', '--node-name', 'n'], {})).toEqual({ ok: false, errors: ['unknown command frobnicate'] });
     expect(parseConfig(['uninstall', '--node-name', 'n'], {})).toMatchObject({ ok: true, command: 'uninstall' });
   });
+
+  it('--uninstall-on-exit needs the DaemonSet name and the Kubernetes API (it removes the plugin only on a real uninstall)', () => {
+    const errors = (argv: string[], env: Record<string, string> = {}) => {
+      const r = parseConfig(['--node-name', 'n', ...argv], env);
+      return r.ok ? [] : r.errors;
+    };
+    expect(errors(['--kube-api', 'http://127.0.0.1:6443', '--uninstall-on-exit'])).toEqual([
+      '--uninstall-on-exit (CNI_UNINSTALL_ON_EXIT): needs --daemonset-name (DAEMONSET_NAME) to tell an uninstall from an upgrade',
+    ]);
+    expect(errors(['--pods-file', 'p.yaml', '--daemonset-name', 'weir-cni-agent'], { CNI_UNINSTALL_ON_EXIT: 'true' })).toEqual([
+      '--uninstall-on-exit (CNI_UNINSTALL_ON_EXIT): needs the Kubernetes API (not --pods-file) to tell an uninstall from an upgrade',
+    ]);
+    expect(errors(['--kube-api', 'http://127.0.0.1:6443', '--daemonset-name', 'weir-cni-agent'], { CNI_UNINSTALL_ON_EXIT: 'true' })).toEqual([]);
+    expect(errors(['--pods-file', 'p.yaml'], { CNI_UNINSTALL_ON_EXIT: 'false' })).toEqual([]);
+  });
 });

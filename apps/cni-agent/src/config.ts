@@ -122,6 +122,14 @@ function crossFieldErrors(raw: Record<string, unknown>): string[] {
   if (sources.length > 1) errors.push(`--pods-file (PODS_FILE): choose one pod source, got ${sources.join(' and ')}`);
   const install = raw.install === true || ['true', '1', 'yes', 'on'].includes(String(raw.install));
   if (install && raw['plugin-binary'] === undefined) errors.push('--plugin-binary (CNI_PLUGIN_BINARY): required with --install');
+  const uninstallOnExit = raw['uninstall-on-exit'] === true || ['true', '1', 'yes', 'on'].includes(String(raw['uninstall-on-exit']));
+  // It removes the plugin only when the agent's DaemonSet is gone or being deleted, which takes both.
+  if (uninstallOnExit && raw['daemonset-name'] === undefined) {
+    errors.push('--uninstall-on-exit (CNI_UNINSTALL_ON_EXIT): needs --daemonset-name (DAEMONSET_NAME) to tell an uninstall from an upgrade');
+  }
+  if (uninstallOnExit && raw['pods-file'] !== undefined) {
+    errors.push('--uninstall-on-exit (CNI_UNINSTALL_ON_EXIT): needs the Kubernetes API (not --pods-file) to tell an uninstall from an upgrade');
+  }
   return errors;
 }
 
@@ -146,8 +154,10 @@ export const USAGE = `usage: weir-cni-agent [run|uninstall] [--flag value ...]
   --runtime-default-caps containerd|cri-o|CAP,...  (RUNTIME_DEFAULT_CAPS, containerd): what a
                               container keeps unless it drops it (containerd's has NET_RAW)
   --iptables-backend auto|legacy|nft  (IPTABLES_BACKEND, auto)
-  --install --plugin-binary FILE [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--uninstall-on-exit]
-  --pod-namespace NS --daemonset-name NAME   (upgrade detection on shutdown)
+  --install --plugin-binary FILE [--cni-bin-dir DIR] [--cni-conf-dir DIR]
+  --uninstall-on-exit --pod-namespace NS --daemonset-name NAME   (CNI_UNINSTALL_ON_EXIT, false): on
+                              SIGTERM remove the plugin and host rules only if that DaemonSet is gone or
+                              being deleted (never on upgrade or restart); off: never remove on exit
   --log-format text|json      (LOG_FORMAT, text)   --log-level LEVEL (LOG_LEVEL, info)`;
 
 export type ConfigResult =

@@ -1,16 +1,23 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { silentLogger } from '@weir/cni-agent';
+import { silentLogger, type Logger } from '@weir/cni-agent';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CniInstaller } from './installer.js';
+import { CniInstaller, type CniInstallerOptions } from './installer.js';
 
 const dirs: string[] = [];
 afterEach(async () => {
   for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
 });
 
-async function setup() {
+/** Records warn lines; the rest is silent. */
+function recordingLogger(): Logger & { warns: string[] } {
+  const warns: string[] = [];
+  const logger: Logger & { warns: string[] } = { ...silentLogger, warns, warn: (_obj: object, msg?: string) => void warns.push(msg ?? ''), child: () => logger };
+  return logger;
+}
+
+async function setup(extra: Partial<CniInstallerOptions> = {}) {
   const root = await mkdtemp(join(tmpdir(), 'weir-install-'));
   dirs.push(root);
   const binDir = join(root, 'opt', 'cni', 'bin');
@@ -25,10 +32,11 @@ async function setup() {
       binDir,
       confDir,
       pluginConfig: { name: 'weir-cni', cni_agent_run_dir: '/var/run/istio-cni' },
-      kubeconfig: { path: join(root, 'run', 'istio-cni-kubeconfig'), content: 'apiVersion: v1\n' },
+      kubeconfig: { path: join(root, 'run', 'istio-cni-kubeconfig'), render: () => Promise.resolve({ content: 'apiVersion: v1\n', sources: [] }) },
       stateFile: join(root, 'run', 'installer-state.json'),
       logger: silentLogger,
       debounceMs: 20,
+      ...extra,
     });
   return { root, binDir, confDir, make };
 }
@@ -109,5 +117,67 @@ describe('CniInstaller', () => {
     expect(await readdir(confDir)).toEqual([]);
     await writeFile(join(confDir, '05-cilium.conflist'), JSON.stringify(bridge));
     expect(await inst.ensureConfig()).toBe(true);
+  });
+
+  it('resyncs periodically: a rewrite the watch cannot see (the config dir replaced) is still repaired', async () => {
+    const { confDir, make } = await setup({ resyncMs: 200 });
+    const conflist = join(confDir, '10-bridge.conflist');
+    await writeFile(conflist, JSON.stringify(bridge));
+    const inst = make();
+    await inst.install();
+    inst.watch();
+    try {
+      // The watched inode goes away with the old directory; a new one takes its path.
+      await rename(confDir, `${confDir}.old`);
+      await mkdir(confDir);
+      await writeFile(conflist, JSON.stringify(bridge));
+      await until(async () => {
+        const d = JSON.parse(await readFile(conflist, 'utf8'));
+        return d.plugins.at(-1)?.type === 'weir-cni';
+      });
+    } finally {
+      await inst.unwatch();
+    }
+  });
+
+  it('says so when another installer keeps taking the last place (ping-pong), and keeps re-adding', async () => {
+    const logger = recordingLogger();
+    const { confDir, make } = await setup({ logger });
+    const conflist = join(confDir, '10-bridge.conflist');
+    await writeFile(conflist, JSON.stringify(bridge));
+    const inst = make();
+    await inst.install();
+    inst.watch();
+    try {
+      const other = { ...bridge, plugins: [...bridge.plugins, { type: 'linkerd-cni' }] };
+      for (let i = 0; i < 5; i++) {
+        await writeFile(conflist, JSON.stringify(other));
+        await until(async () => JSON.parse(await readFile(conflist, 'utf8')).plugins.at(-1)?.type === 'weir-cni');
+      }
+      await until(async () => logger.warns.some((m) => m.includes('CNI config keeps losing the plugin entry')));
+      expect(logger.warns.filter((m) => m.includes('keeps losing'))).toHaveLength(1);
+    } finally {
+      await inst.unwatch();
+    }
+  });
+
+  it('rewrites the kubeconfig when what it renders changes (a rotated token), and only then', async () => {
+    let token = 'one';
+    const { root, make } = await setup({ resyncMs: 100 });
+    const path = join(root, 'run', 'kc');
+    const inst = make();
+    inst.setKubeconfig({ path, render: () => Promise.resolve({ content: `token: ${token}\n`, sources: [] }) });
+    await inst.install();
+    const first = await stat(path);
+    expect(await inst.refreshKubeconfig()).toBe(false);
+    expect((await stat(path)).mtimeMs).toBe(first.mtimeMs);
+    inst.watch();
+    try {
+      token = 'two';
+      await until(async () => (await readFile(path, 'utf8')) === 'token: two\n');
+      expect((await stat(path)).mode & 0o777).toBe(0o600);
+    } finally {
+      await inst.unwatch();
+    }
   });
 });

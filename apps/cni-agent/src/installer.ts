@@ -1,6 +1,6 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from '@weir/cni-agent';
 
@@ -15,13 +15,31 @@ export interface CniInstallerOptions {
   confDir: string;
   /** The plugin's entry in the conflist (without `type`, which is `pluginType`). */
   pluginConfig: Record<string, unknown>;
-  /** Written with mode 0600 when given (the plugin's kubeconfig). */
-  kubeconfig?: { path: string; content: string };
+  /** The plugin's kubeconfig, written with mode 0600 when given. */
+  kubeconfig?: PluginKubeconfigSpec;
   /** Where the installer remembers what it changed, so that uninstall removes exactly that. */
   stateFile: string;
   logger: Logger;
   debounceMs?: number;
+  /**
+   * While watching, also re-check everything this often (default 60 s; 0: never): an inotify watch
+   * can be lost (max_user_watches, the directory replaced), and a rotated token must reach the file.
+   */
+  resyncMs?: number;
 }
+
+/**
+ * Where the plugin kubeconfig goes and how to make it. `render` runs on install and again whenever
+ * one of the `sources` it reported last changes (a rotated service account token) or on resync.
+ */
+export interface PluginKubeconfigSpec {
+  path: string;
+  render: () => Promise<{ content: string; sources: string[] }>;
+}
+
+/** This many conflist rewrites within FLAP_WINDOW_MS means someone else keeps undoing ours. */
+const FLAP_REWRITES = 5;
+const FLAP_WINDOW_MS = 60_000;
 
 interface InstallState {
   /** The conflist file we added the entry to. */
@@ -56,18 +74,22 @@ const CONF_EXT = /\.(conflist|conf|json)$/;
  */
 export class CniInstaller {
   private state: InstallState = {};
-  private watcher: FSWatcher | undefined;
+  private watchers: FSWatcher[] = [];
   private timer: NodeJS.Timeout | undefined;
+  private resyncTimer: NodeJS.Timeout | undefined;
   private working: Promise<void> = Promise.resolve();
+  private rewrites: number[] = [];
+  private flapWarnedAt = 0;
 
-  private kubeconfig: { path: string; content: string } | undefined;
+  private kubeconfig: PluginKubeconfigSpec | undefined;
+  private kubeconfigSources: string[] = [];
 
   constructor(private readonly opts: CniInstallerOptions) {
     this.kubeconfig = opts.kubeconfig;
   }
 
   /** Sets the plugin kubeconfig written by the next install(). */
-  setKubeconfig(kubeconfig: { path: string; content: string }): void {
+  setKubeconfig(kubeconfig: PluginKubeconfigSpec): void {
     this.kubeconfig = kubeconfig;
   }
 
@@ -91,34 +113,87 @@ export class CniInstaller {
     }
     this.state.binary = target;
     this.opts.logger.info({ path: target }, 'installed CNI plugin binary');
-    if (this.kubeconfig) {
-      await mkdir(join(this.kubeconfig.path, '..'), { recursive: true });
-      await writeAtomic(this.kubeconfig.path, this.kubeconfig.content, 0o600);
-      this.state.kubeconfig = this.kubeconfig.path;
-      this.opts.logger.info({ path: this.kubeconfig.path }, 'wrote CNI plugin kubeconfig');
-    }
+    await this.refreshKubeconfig(true);
     await this.ensureConfig();
     await this.saveState();
   }
 
-  /** Re-adds the entry whenever the config dir changes; stop with unwatch(). */
+  /**
+   * Writes the plugin kubeconfig when its rendering differs from the file (or always, on install).
+   * Returns true when it wrote.
+   */
+  async refreshKubeconfig(force = false): Promise<boolean> {
+    if (!this.kubeconfig) return false;
+    const { path } = this.kubeconfig;
+    const { content, sources } = await this.kubeconfig.render();
+    this.kubeconfigSources = sources;
+    this.state.kubeconfig = path;
+    if (!force && (await readFile(path, 'utf8').catch(() => undefined)) === content) return false;
+    await mkdir(dirname(path), { recursive: true });
+    await writeAtomic(path, content, 0o600);
+    this.opts.logger.info({ path }, force ? 'wrote CNI plugin kubeconfig' : 'rewrote CNI plugin kubeconfig (credentials changed)');
+    return true;
+  }
+
+  /**
+   * Re-adds the entry whenever the config dir changes and rewrites the kubeconfig whenever its
+   * sources change (the directory of each, as kubelet swaps projected files by renaming a symlink),
+   * plus a periodic resync; stop with unwatch().
+   */
   watch(): void {
-    this.watcher = watch(this.opts.confDir, () => {
-      clearTimeout(this.timer);
-      this.timer = setTimeout(() => {
-        this.working = this.working
-          .then(() => this.ensureConfig())
-          .then(() => this.saveState())
-          .catch((err: unknown) => this.opts.logger.error({ err: (err as Error).message }, 'cannot re-add CNI plugin to the conflist'));
-      }, this.opts.debounceMs ?? 100);
-    });
-    this.watcher.on('error', (err) => this.opts.logger.warn({ err: err.message }, 'CNI config dir watch error'));
+    const dirs = new Set([this.opts.confDir, ...this.kubeconfigSources.map((f) => dirname(f))]);
+    for (const dir of dirs) {
+      try {
+        const w = watch(dir, () => this.schedule());
+        w.on('error', (err) => this.opts.logger.warn({ dir, err: err.message }, 'CNI install watch error; the periodic resync still runs'));
+        this.watchers.push(w);
+      } catch (err) {
+        this.opts.logger.warn({ dir, err: (err as Error).message }, 'cannot watch; the periodic resync still runs');
+      }
+    }
+    const every = this.opts.resyncMs ?? 60_000;
+    if (every > 0) {
+      this.resyncTimer = setInterval(() => this.schedule(), every);
+      this.resyncTimer.unref();
+    }
+  }
+
+  private schedule(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.working = this.working
+        .then(() => this.resync())
+        .catch((err: unknown) => this.opts.logger.error({ err: (err as Error).message }, 'cannot re-apply the CNI plugin install'));
+    }, this.opts.debounceMs ?? 100);
+  }
+
+  private async resync(): Promise<void> {
+    try {
+      await this.refreshKubeconfig();
+    } catch (err) {
+      this.opts.logger.error({ err: (err as Error).message }, 'cannot rewrite the CNI plugin kubeconfig');
+    }
+    if (await this.ensureConfig()) this.noteRewrite();
+    await this.saveState();
+  }
+
+  /** Another "must be last" installer (istio-cni, linkerd-cni) and this one would take turns forever: say so. */
+  private noteRewrite(): void {
+    const now = Date.now();
+    this.rewrites = [...this.rewrites.filter((t) => now - t < FLAP_WINDOW_MS), now];
+    if (this.rewrites.length >= FLAP_REWRITES && now - this.flapWarnedAt >= FLAP_WINDOW_MS) {
+      this.flapWarnedAt = now;
+      this.opts.logger.warn(
+        { path: this.state.conflist, rewrites: this.rewrites.length, windowSeconds: FLAP_WINDOW_MS / 1000 },
+        'CNI config keeps losing the plugin entry: another component rewrites it (another chained CNI installer?); re-adding each time',
+      );
+    }
   }
 
   async unwatch(): Promise<void> {
     clearTimeout(this.timer);
-    this.watcher?.close();
-    this.watcher = undefined;
+    clearInterval(this.resyncTimer);
+    for (const w of this.watchers.splice(0)) w.close();
     await this.working;
   }
 

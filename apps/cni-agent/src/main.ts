@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-import { AppsV1Api, KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig } from '@kubernetes/client-node';
 import { createNodeAgent, FilePodSource, IptablesPodRules, KubePodSource, RUNTIME_DEFAULT_CAPABILITIES, type PodSource } from '@weir/cni-agent';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { parseConfig, USAGE, type AgentConfig } from './config.js';
 import { CniInstaller } from './installer.js';
 import { createLogger } from './logger.js';
+import { renderPluginKubeconfig } from './plugin-kubeconfig.js';
+import { decideUninstallOnExit } from './uninstall-check.js';
 
 function kubeConfigFor(c: AgentConfig): KubeConfig | undefined {
   const kc = new KubeConfig();
@@ -25,18 +27,6 @@ function kubeConfigFor(c: AgentConfig): KubeConfig | undefined {
   if (c['pods-file']) return undefined;
   kc.loadFromCluster();
   return kc;
-}
-
-/** On shutdown, uninstall only when this is not an upgrade: the DaemonSet is gone or being deleted. */
-async function isRealUninstall(c: AgentConfig, kc: KubeConfig | undefined): Promise<boolean> {
-  if (c['uninstall-on-exit']) return true;
-  if (!kc || !c['daemonset-name']) return false;
-  try {
-    const ds = await kc.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: c['daemonset-name'], namespace: c['pod-namespace'] });
-    return ds.metadata?.deletionTimestamp !== undefined && ds.metadata?.deletionTimestamp !== null;
-  } catch (err) {
-    return (err as { code?: number }).code === 404;
-  }
 }
 
 async function main(): Promise<number> {
@@ -136,11 +126,18 @@ async function main(): Promise<number> {
       logger.info({ signal }, 'shutting down');
       await installer?.unwatch();
       await agent.stop();
-      if (installer && (await isRealUninstall(c, kc))) {
+      if (!installer) return 0;
+      const decision = await decideUninstallOnExit({
+        enabled: c['uninstall-on-exit'],
+        kubeConfig: kc,
+        daemonSet: c['daemonset-name'] ? { name: c['daemonset-name'], namespace: c['pod-namespace'] } : undefined,
+      });
+      if (decision.uninstall) {
+        logger.info({ reason: decision.reason }, 'uninstalling the CNI plugin and host rules');
         await installer.uninstall();
         await teardownHost();
-      } else if (installer) {
-        logger.info({}, 'upgrade or restart: leaving the CNI plugin installed so new pods wait for the agent');
+      } else {
+        logger.info({ reason: decision.reason }, 'leaving the CNI plugin installed so new pods wait for the agent');
       }
       return 0;
     })());
@@ -159,7 +156,20 @@ async function main(): Promise<number> {
   // istio-cni order: the plugin is chained only once the agent can answer it.
   if (installer) {
     if (kc && !c['pods-file']) {
-      installer.setKubeconfig({ path: join(c['run-dir'], 'istio-cni-kubeconfig'), content: kc.exportConfig() });
+      const k = kc;
+      const warned = new Set<string>();
+      installer.setKubeconfig({
+        path: join(c['run-dir'], 'istio-cni-kubeconfig'),
+        // Rendered again when the projected token rotates (the installer watches its sources).
+        render: async () => {
+          const rendered = await renderPluginKubeconfig(k);
+          for (const field of rendered.warnings.filter((f) => !warned.has(f))) {
+            warned.add(field);
+            logger.warn({ field }, 'the CNI plugin cannot use this kubeconfig field: its API fallback (agent down) will fail');
+          }
+          return rendered;
+        },
+      });
     }
     await installer.install();
     installer.watch();
