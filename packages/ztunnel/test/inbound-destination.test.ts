@@ -150,7 +150,14 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
     // yet: it sends plaintext), and HBONE (15008) straight from a peer with a mesh certificate.
     expect(await tryConnect(ns(outside), b.ip, 8080)).not.toBe('ok');
     expect(await tryConnect(ns(a), b.ip, 8080)).not.toBe('ok');
-    expect((await hboneFromOutside({ host: b.ip, port: 8080 })).status).toBe(401);
+    // 503 as ztunnel answers without a local workload: no policy was evaluated, so no 401 (which the
+    // client's ztunnel counts as response_flags DENY) and no "denied by policy" line.
+    expect((await hboneFromOutside({ host: b.ip, port: 8080 })).status).toBe(503);
+    expect(log.filter((r) => r.msg === 'connection failed: denied by policy')).toEqual([]);
+    expect(log.filter((r) => r.msg === 'connection failed: upstream connect').at(-1)?.err).toMatchObject({
+      code: 'ERR_ZTUNNEL_UNKNOWN_WORKLOAD',
+      message: `unknown destination ${b.ip}:8080: pod uid ${b.uid} is not in the workload state yet`,
+    });
     expect(appB.clients.length).toBe(before);
     const unknown = failed((r) => /^unknown destination: /.test(r.error ?? ''));
     expect(unknown.length).toBeGreaterThanOrEqual(3);
@@ -186,6 +193,18 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
     // The check does let b's own address through (the test can pass).
     const own = await hboneFromOutside({ host: b.ip, port: 8080 });
     expect(own.status).toBe(200);
+  });
+
+  it("refuses HBONE targets naming ztunnel's own ports on the pod IP (review 6, section 7)", async () => {
+    setState(true);
+    // 15008 would open a second HBONE session inside the first, sourced from the pod itself; 15006 and
+    // 15001 answered 200 and were then cut by the recursive-call check; the rest are ztunnel's too.
+    for (const port of [15000, 15001, 15006, 15008, 15020, 15021, 15053, 15080]) {
+      expect(await hboneFromOutside({ host: b.ip, port }), `port ${port}`).toEqual({ status: 400, body: '' });
+    }
+    expect(log.filter((r) => r.msg === 'connection failed: authority is not an IP:port this server serves' && r.authority === `${b.ip}:15008`)).toHaveLength(1);
+    // An ordinary app port still passes (the test can tell).
+    expect((await hboneFromOutside({ host: b.ip, port: 8080 })).status).toBe(200);
   });
 
   it('does not relay a connection routed through the pod to another address (finding 5)', async () => {
