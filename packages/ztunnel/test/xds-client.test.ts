@@ -7,6 +7,7 @@ import { TunnelProtocol, WorkloadStatus } from '../src/xds/gen/workload_pb.js';
 import { WorkloadStore } from '../src/workload-store.js';
 import { evaluatePolicies } from '../src/authorization.js';
 import { parseLocalConfig, type LocalConfig } from '../src/local-config.js';
+import { Registry } from '../src/metrics.js';
 import { TestControlPlane, ipBytes, recordingLogger, waitFor, type LogLine } from './support-control-plane.js';
 import { WEB_0_YAML } from './support-xds.js';
 
@@ -163,36 +164,183 @@ describe('XdsClient', () => {
     expect(client.dump().types.every((t) => t.resources.length === 0)).toBe(true);
   });
 
-  it('NACKs a bad resource with the reason and keeps the previous state', async () => {
+  it('NACKs a bad update naming resource and field, keeps the previous version, and takes the next good one', async () => {
     cp.setWorkload(web('10.0.0.5'));
     startClient();
     await client.ready();
     const before = store.config;
     const goodVersion = cp.versions(ADDRESS_TYPE)['cluster1//Pod/default/web-0'];
 
-    // A 5-byte address, and a policy whose match names no match type.
+    // A 5-byte address.
     cp.setWorkload(web('10.0.0.5', { addresses: [new Uint8Array([10, 0, 0, 5, 1])] }));
     const nack = await waitFor('NACK', () => cp.requests.find((r) => r.request.errorDetail !== undefined));
     expect(nack.request.typeUrl).toBe(ADDRESS_TYPE);
-    expect(nack.request.errorDetail?.message).toMatch(/workload cluster1\/\/Pod\/default\/web-0.*addresses\[0\].*5 bytes is not an IPv4/);
+    expect(nack.request.errorDetail?.message).toMatch(/^workload cluster1\/\/Pod\/default\/web-0.*addresses\[0\].*5 bytes is not an IPv4/);
     expect(nack.request.errorDetail?.code).toBe(3);
-    cp.setPolicy({ name: 'bad', namespace: 'default', rules: [{ clauses: [{ matches: [{ namespaces: [{}] }] }] }] });
-    const nack2 = await waitFor('policy NACK', () => cp.requests.find((r) => r.request.typeUrl === AUTHORIZATION_TYPE && r.request.errorDetail));
-    expect(nack2.request.errorDetail?.message).toMatch(/authorization default\/bad.*no exact, prefix, suffix or presence/);
-    cp.setRaw(AUTHORIZATION_TYPE, 'default/garbage', new Uint8Array([0xff, 0xff, 0xff]));
-    await waitFor('decode NACK', () => cp.requests.find((r) => /decode/.test(r.request.errorDetail?.message ?? '')));
 
-    // Nothing changed: same state object, same versions held.
+    // Nothing else was in the response: same state object, the previous version held and advertised.
     expect(store.config).toBe(before);
     expect(store.workloadByIp('10.0.0.5')?.name).toBe('web-0');
     const dump = client.dump().types.find((t) => t.typeUrl === ADDRESS_TYPE)!;
     expect(dump.resources).toEqual([{ name: 'cluster1//Pod/default/web-0', version: goodVersion }]);
     expect(dump.lastNack?.error).toMatch(/5 bytes/);
+    expect(dump.rejected).toEqual([
+      expect.objectContaining({ name: 'cluster1//Pod/default/web-0', version: cp.versions(ADDRESS_TYPE)['cluster1//Pod/default/web-0'], outcome: 'kept-previous' }),
+    ]);
     expect(lines.some((l) => l.level === 'error' && l.obj.type === 'NACK')).toBe(true);
+    expect(lines.find((l) => l.msg === 'xds resource rejected')?.obj).toMatchObject({ resource: 'cluster1//Pod/default/web-0', outcome: 'kept-previous' });
 
-    // A later good push is accepted again.
+    // A later good push is accepted again and clears the rejection.
     cp.setWorkload(web('10.0.0.8'));
     await waitFor('recovered', () => store.workloadByIp('10.0.0.8'));
+    expect(client.dump().types.find((t) => t.typeUrl === ADDRESS_TYPE)!.rejected).toEqual([]);
+  });
+
+  it('applies every good resource of a response and NACKs only the bad ones; a hostname-only workload is good (review 6 #1)', async () => {
+    const registry = new Registry();
+    // istiod's first Address response: every workload and service in one message, here including the
+    // hostname-only workload of a ServiceEntry with resolution DNS, and one this build cannot read.
+    cp.setWorkload(web('10.0.0.5'));
+    cp.setWorkload({ uid: 'Kubernetes/networking.istio.io/ServiceEntry/ext/github/api.github.com', name: 'github', namespace: 'ext', hostname: 'api.github.com' });
+    cp.setService({ name: 'github', namespace: 'ext', hostname: 'api.github.com', addresses: [{ network: '', address: ipBytes('240.240.0.1') }], ports: [{ servicePort: 443, targetPort: 443 }] });
+    cp.setWorkload({ uid: 'u-bad', name: '', namespace: 'default', addresses: [ipBytes('10.0.0.9')] });
+    startClient({ registry });
+    await client.ready();
+
+    // One response held all four: three applied, one NACK naming the bad one and its field only.
+    const initial = await waitFor('the NACK', () => {
+      const answers = cp.requests.filter((r) => r.request.typeUrl === ADDRESS_TYPE && r.request.responseNonce !== '');
+      return answers.length > 0 && answers;
+    });
+    expect(initial).toHaveLength(1);
+    expect(initial[0]!.request.errorDetail?.message).toBe('workload u-bad: name: Too small: expected string to have >=1 characters');
+    expect(store.workloadByIp('10.0.0.5')?.name).toBe('web-0');
+    expect(store.workloadByUid('Kubernetes/networking.istio.io/ServiceEntry/ext/github/api.github.com')).toMatchObject({ hostname: 'api.github.com', workloadIps: [] });
+    expect(store.serviceByVip('240.240.0.1')?.hostname).toBe('api.github.com');
+    expect(store.workloadByUid('u-bad')).toBeUndefined();
+    expect(store.workloadByIp('10.0.0.9')).toBeUndefined();
+    // A destination reached by IP never lands on the address-less workload.
+    expect(store.resolve('240.240.0.1', 443)).toBeUndefined();
+    expect(client.pending()).toEqual([]);
+    const dump = client.dump().types.find((t) => t.typeUrl === ADDRESS_TYPE)!;
+    expect(dump.rejected).toEqual([expect.objectContaining({ name: 'u-bad', outcome: 'not-applied' })]);
+    expect(lines.filter((l) => l.msg === 'xds resource rejected').map((l) => l.obj.resource)).toEqual(['u-bad']);
+    const metrics = await registry.metrics();
+    expect(metrics).toContain(`weir_xds_rejected_resources_total{type_url="${ADDRESS_TYPE}"} 1`);
+    expect(metrics).toContain(`weir_xds_rejected_resources{type_url="${ADDRESS_TYPE}",outcome="not-applied"} 1`);
+  });
+
+  it('applies the good updates and every removal of a mixed response (a resubscription after istiod restarts)', async () => {
+    cp.setWorkload(web('10.0.0.5'));
+    cp.setWorkload({ uid: 'u-db', name: 'db-0', namespace: 'data', addresses: [ipBytes('10.0.0.20')] });
+    cp.setWorkload({ uid: 'u-cache', name: 'cache-0', namespace: 'data', addresses: [ipBytes('10.0.0.21')] });
+    startClient();
+    await client.ready();
+    await cp.stop();
+    await waitFor('disconnect seen', () => !client.dump().connected);
+    // While away: db removed, cache moved, web broken, a new pod.
+    cp.removeWorkload('u-db');
+    cp.setWorkload({ uid: 'u-cache', name: 'cache-0', namespace: 'data', addresses: [ipBytes('10.0.0.22')] });
+    cp.setWorkload(web('10.0.0.5', { addresses: [new Uint8Array(7)] }));
+    cp.setWorkload({ uid: 'u-new', name: 'new-0', namespace: 'default', addresses: [ipBytes('10.0.0.30')] });
+    const from = cp.requests.length;
+    await cp.restart();
+    const nack = await waitFor('NACK of the resync', () => cp.requests.slice(from).find((r) => r.request.errorDetail !== undefined), 5000);
+    expect(nack.request.errorDetail?.message).toMatch(/^workload cluster1\/\/Pod\/default\/web-0\.addresses\[0\]: 7 bytes/);
+    expect(store.workloadByIp('10.0.0.20')).toBeUndefined();
+    expect(store.workloadByIp('10.0.0.21')).toBeUndefined();
+    expect(store.workloadByIp('10.0.0.22')?.name).toBe('cache-0');
+    expect(store.workloadByIp('10.0.0.30')?.name).toBe('new-0');
+    expect(store.workloadByIp('10.0.0.5')?.name).toBe('web-0'); // the previous version, kept
+  });
+
+  it('never lets a rejected authorization policy fail open', async () => {
+    const registry = new Registry();
+    const denyEvil = {
+      name: 'deny-evil',
+      namespace: 'default',
+      scope: Scope.NAMESPACE,
+      action: Action.DENY,
+      rules: [{ clauses: [{ matches: [{ namespaces: [{ matchType: { case: 'exact' as const, value: 'evil' } }] }] }] }],
+    };
+    cp.setWorkload(web('10.0.0.5'));
+    cp.setWorkload({ uid: 'u-db', name: 'db-0', namespace: 'data', addresses: [ipBytes('10.0.0.20')], authorizationPolicies: ['data/only-app'] });
+    cp.setPolicy(denyEvil);
+    startClient({ registry });
+    await client.ready();
+    const w = store.workloadByIp('10.0.0.5')!;
+    const db = store.workloadByIp('10.0.0.20')!;
+    const from = (ns: string, port = 8080) => ({
+      sourceIdentity: { namespace: ns, serviceAccount: 'x', trustDomain: 'cluster.local' },
+      sourceIp: '10.0.0.7',
+      destinationIp: '10.0.0.5',
+      destinationPort: port,
+    });
+    const allowed = (wl: typeof w, ns: string, port = 8080) => evaluatePolicies(store.policiesFor(wl), from(ns, port)).allowed;
+    expect(allowed(w, 'evil')).toBe(false);
+    expect(allowed(w, 'good')).toBe(true);
+
+    // 1. An update of a known policy that does not convert: the last good version stays in force.
+    const nacks = () => cp.requests.filter((r) => r.request.typeUrl === AUTHORIZATION_TYPE && r.request.errorDetail);
+    cp.setPolicy({ ...denyEvil, rules: [{ clauses: [{ matches: [{ destinationPorts: [0] }] }] }] });
+    await waitFor('NACK of the update', () => nacks().length === 1);
+    expect(nacks()[0]!.request.errorDetail?.message).toMatch(/^authorization default\/deny-evil: rules\[0\]\[0\]\[0\]\.destinationPorts\[0\]/);
+    expect(allowed(w, 'evil')).toBe(false);
+    expect(allowed(w, 'good')).toBe(true);
+
+    // 2. A new DENY that does not convert: everything its scope covers is denied until a good version.
+    cp.setPolicy({ name: 'deny-new', namespace: 'default', scope: Scope.NAMESPACE, action: Action.DENY, rules: [{ clauses: [{ matches: [{ namespaces: [{}] }] }] }] });
+    await waitFor('NACK of the new DENY', () => nacks().length === 2);
+    expect(nacks()[1]!.request.errorDetail?.message).toMatch(/^authorization default\/deny-new\.rules\[0\]\[0\]\[0\]\.namespaces\[0\]: string match with no exact, prefix, suffix or presence/);
+    expect(allowed(w, 'good')).toBe(false);
+    expect(evaluatePolicies(store.policiesFor(w), from('good'))).toMatchObject({ reason: 'deny-matched', policy: 'default/deny-new' });
+    expect(allowed(db, 'good')).toBe(true); // another namespace: untouched
+    cp.setPolicy({ name: 'deny-new', namespace: 'default', scope: Scope.NAMESPACE, action: Action.DENY, rules: [{ clauses: [{ matches: [{ destinationPorts: [9999] }] }] }] });
+    await waitFor('the good version replaces the stand-in', () => allowed(w, 'good'));
+    expect(allowed(w, 'good', 9999)).toBe(false);
+
+    // 3. A new ALLOW that does not convert: it admits nothing, so what it selects falls back to deny.
+    expect(allowed(db, 'app')).toBe(true);
+    cp.setPolicy({ name: 'only-app', namespace: 'data', scope: Scope.WORKLOAD_SELECTOR, action: Action.ALLOW, rules: [{ clauses: [{ matches: [{ sourceIps: [{ address: new Uint8Array(5), length: 8 }] }] }] }] });
+    await waitFor('NACK of the new ALLOW', () => nacks().length === 3);
+    expect(allowed(db, 'app')).toBe(false);
+    expect(allowed(w, 'good')).toBe(true); // not selected by it
+
+    // 4. A policy that does not even decode: denied everywhere (its scope is unknown).
+    cp.setRaw(AUTHORIZATION_TYPE, 'default/garbage', new Uint8Array([0xff, 0xff, 0xff]));
+    await waitFor('decode NACK', () => nacks().length === 4);
+    expect(nacks()[3]!.request.errorDetail?.message).toMatch(/^authorization default\/garbage: decode/);
+    expect(allowed(w, 'good')).toBe(false);
+    expect(evaluatePolicies(store.policiesFor(w), from('good'))).toMatchObject({ reason: 'deny-matched', policy: 'default/garbage' });
+
+    // Visible where operators look: the dump, the error log, the metrics.
+    const dump = client.dump().types.find((t) => t.typeUrl === AUTHORIZATION_TYPE)!;
+    expect(dump.rejected.map((r) => [r.name, r.outcome])).toEqual([
+      ['data/only-app', 'fail-closed'],
+      ['default/deny-evil', 'kept-previous'],
+      ['default/garbage', 'fail-closed'],
+    ]);
+    expect(dump.resources.filter((r) => r.failClosed).map((r) => r.name)).toEqual(['data/only-app', 'default/garbage']);
+    const metrics = await registry.metrics();
+    expect(metrics).toContain(`weir_xds_rejected_resources_total{type_url="${AUTHORIZATION_TYPE}"} 4`);
+    expect(metrics).toContain(`weir_xds_rejected_resources{type_url="${AUTHORIZATION_TYPE}",outcome="fail-closed"} 2`);
+    expect(metrics).toContain(`weir_xds_rejected_resources{type_url="${AUTHORIZATION_TYPE}",outcome="kept-previous"} 1`);
+
+    // Removing a policy always applies, stand-in or not.
+    cp.removePolicy('default/garbage');
+    await waitFor('removal', () => allowed(w, 'good'));
+  });
+
+  it('a policy response with only unconvertible resources still counts toward readiness (their stand-ins are applied)', async () => {
+    cp.setWorkload(web('10.0.0.5'));
+    cp.setPolicy({ name: 'bad', namespace: 'default', scope: Scope.NAMESPACE, action: Action.DENY, rules: [{ clauses: [{ matches: [{ destinationPorts: [0] }] }] }] });
+    startClient();
+    await client.ready();
+    const w = store.workloadByIp('10.0.0.5')!;
+    expect(evaluatePolicies(store.policiesFor(w), { sourceIp: '10.0.0.7', destinationIp: '10.0.0.5', destinationPort: 80 })).toMatchObject({
+      allowed: false,
+      policy: 'default/bad',
+    });
   });
 
   it('keeps its state while istiod is away and resumes with the right initial versions', async () => {

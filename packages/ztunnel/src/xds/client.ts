@@ -3,8 +3,9 @@ import * as grpc from '@grpc/grpc-js';
 import { create, fromBinary, type JsonObject } from '@bufbuild/protobuf';
 import type { LocalConfig, Policy, Service, Workload } from '../local-config.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { policyFromXds, serviceFromXds, workloadFromXds } from './convert.js';
-import { AuthorizationSchema } from './gen/authorization_pb.js';
+import { Counter, Gauge, type Registry } from '../metrics.js';
+import { failClosedPolicy, policyFromXds, serviceFromXds, workloadFromXds } from './convert.js';
+import { AuthorizationSchema, type Authorization } from './gen/authorization_pb.js';
 import {
   DeltaDiscoveryRequestSchema,
   DeltaDiscoveryResponseSchema,
@@ -12,7 +13,17 @@ import {
   type DeltaDiscoveryResponse,
 } from './gen/envoy/service/discovery/v3/discovery_pb.js';
 import { AddressSchema } from './gen/workload_pb.js';
-import { authMetadata, channelCredentials, channelOptions, deserializer, grpcTarget, serializer, type ChannelOptions } from './grpc.js';
+import {
+  authMetadata,
+  channelCredentials,
+  channelOptions,
+  checkChannel,
+  deserializer,
+  grpcTarget,
+  isPlaintext,
+  serializer,
+  type ChannelOptions,
+} from './grpc.js';
 
 export const ADDRESS_TYPE = 'type.googleapis.com/istio.workload.Address';
 export const AUTHORIZATION_TYPE = 'type.googleapis.com/istio.security.Authorization';
@@ -49,6 +60,8 @@ export interface XdsClientOptions extends ChannelOptions {
   /** Reconnect backoff; default 10 ms doubling to 15 s (ztunnel's). */
   backoff?: { initialMs: number; maxMs: number };
   logger?: Logger;
+  /** Where the rejection metrics go (`weir_xds_rejected_resources_total`, `weir_xds_rejected_resources`). */
+  registry?: Registry;
 }
 
 type Converted = { kind: 'workload'; value: Workload } | { kind: 'service'; value: Service } | { kind: 'policy'; value: Policy };
@@ -56,21 +69,42 @@ type Converted = { kind: 'workload'; value: Workload } | { kind: 'service'; valu
 interface Held {
   version: string;
   converted: Converted;
+  /** A stand-in for an authorization policy that could not be converted (failClosedPolicy). */
+  failClosed?: true;
+}
+
+/**
+ * What is in force for a resource whose latest version was rejected: its previous version
+ * (`kept-previous`, as Istio keeps the last good config), a deny-side stand-in (`fail-closed`,
+ * authorization policies without a previous version), or nothing (`not-applied`).
+ */
+export type RejectedOutcome = 'kept-previous' | 'fail-closed' | 'not-applied';
+
+interface Rejected {
+  version: string;
+  error: string;
+  at: Date;
+  outcome: RejectedOutcome;
 }
 
 interface TypeState {
   resources: Map<string, Held>;
+  /** Resources whose latest version was rejected, until a good version or a removal. */
+  rejected: Map<string, Rejected>;
   systemVersionInfo: string;
   lastNonce?: string;
   lastAck?: { nonce: string; at: Date };
   lastNack?: { nonce: string; at: Date; error: string };
-  /** A response of this type was ACKed since start (readiness). */
+  /** A response of this type was applied (all of it, or some of it) since start (readiness). */
   synced: boolean;
 }
 
 export interface XdsTypeDump {
   typeUrl: string;
-  resources: { name: string; version: string }[];
+  /** What is held; `failClosed` marks a deny-side stand-in for a rejected policy. */
+  resources: { name: string; version: string; failClosed?: true }[];
+  /** Resources whose latest version was rejected, and what is in force instead. */
+  rejected: { name: string; version: string; error: string; at: string; outcome: RejectedOutcome }[];
   systemVersionInfo: string;
   lastNonce: string | null;
   lastAck: { nonce: string; at: string } | null;
@@ -89,9 +123,12 @@ export interface XdsDump {
 /**
  * A Delta ADS client of istiod, as ztunnel's: subscribes to workloads/services
  * (`istio.workload.Address`) and policies (`istio.security.Authorization`), converts them to the
- * local-config model and replaces the store's state after every accepted response. A response with
- * any bad resource is NACKed with the reasons and changes nothing. On disconnect the state stays;
- * the next stream starts with every held resource's version, so istiod sends only the difference.
+ * local-config model and replaces the store's state after every response. Each resource stands
+ * alone, as upstream: every one that converts is applied, removals always are, and the response is
+ * NACKed naming only the bad ones (resource and field). A rejected resource keeps its previous
+ * version; a rejected authorization policy without one is enforced fail-closed (failClosedPolicy).
+ * A response that applied anything counts toward readiness. On disconnect the state stays; the next
+ * stream starts with every held resource's version, so istiod sends only the difference.
  */
 export class XdsClient extends EventEmitter<{
   ready: [];
@@ -115,13 +152,39 @@ export class XdsClient extends EventEmitter<{
   #ready = false;
   readonly #readyPromise: Promise<void>;
   #resolveReady!: () => void;
+  #rejections: Counter<'type_url'> | undefined;
 
   constructor(options: XdsClientOptions) {
     super();
     this.#o = options;
     this.#log = options.logger ?? silentLogger;
-    for (const t of TYPES) this.#types.set(t, { resources: new Map(), systemVersionInfo: '', synced: false });
+    checkChannel(options);
+    for (const t of TYPES) this.#types.set(t, { resources: new Map(), rejected: new Map(), systemVersionInfo: '', synced: false });
     this.#readyPromise = new Promise((resolve) => (this.#resolveReady = resolve));
+    if (options.registry) this.#registerMetrics(options.registry);
+  }
+
+  #registerMetrics(registry: Registry): void {
+    this.#rejections = new Counter({
+      name: 'weir_xds_rejected_resources_total',
+      help: 'xDS resources rejected (NACKed) because they could not be converted.',
+      labelNames: ['type_url'],
+      registers: [registry],
+    });
+    const types = this.#types;
+    const current = new Gauge({
+      name: 'weir_xds_rejected_resources',
+      help: 'xDS resources whose latest version is rejected, by what is in force instead (kept-previous, fail-closed, not-applied).',
+      labelNames: ['type_url', 'outcome'],
+      registers: [registry],
+      collect() {
+        current.reset();
+        for (const [typeUrl, s] of types) {
+          for (const outcome of ['kept-previous', 'fail-closed', 'not-applied'] as const) current.set({ type_url: typeUrl, outcome }, 0);
+          for (const r of s.rejected.values()) current.inc({ type_url: typeUrl, outcome: r.outcome });
+        }
+      },
+    });
   }
 
   /** Connects and keeps reconnecting until close(). */
@@ -169,7 +232,12 @@ export class XdsClient extends EventEmitter<{
       lastError: this.#lastError,
       types: [...this.#types].map(([typeUrl, s]) => ({
         typeUrl,
-        resources: [...s.resources].map(([name, h]) => ({ name, version: h.version })).sort((a, b) => a.name.localeCompare(b.name)),
+        resources: [...s.resources]
+          .map(([name, h]) => ({ name, version: h.version, ...(h.failClosed ? { failClosed: true as const } : {}) }))
+          .sort((a, b) => a.name.localeCompare(b.name)),
+        rejected: [...s.rejected]
+          .map(([name, r]) => ({ name, version: r.version, error: r.error, at: iso(r.at), outcome: r.outcome }))
+          .sort((a, b) => a.name.localeCompare(b.name)),
         systemVersionInfo: s.systemVersionInfo,
         lastNonce: s.lastNonce ?? null,
         lastAck: s.lastAck ? { nonce: s.lastAck.nonce, at: iso(s.lastAck.at) } : null,
@@ -237,7 +305,8 @@ export class XdsClient extends EventEmitter<{
     let gotResponse = false;
     let md: grpc.Metadata;
     try {
-      md = await authMetadata(this.#o.token, this.#o.node?.clusterId ?? 'Kubernetes');
+      // Never the token in clear (the plaintext channel would also drop it).
+      md = await authMetadata(isPlaintext(this.#o.address) ? undefined : this.#o.token, this.#o.node?.clusterId ?? 'Kubernetes');
     } catch (err) {
       return { error: `reading the xDS token failed: ${(err as Error).message}`, gotResponse };
     }
@@ -291,40 +360,82 @@ export class XdsClient extends EventEmitter<{
       return;
     }
     state.lastNonce = resp.nonce;
+    const at = new Date();
     const errors: string[] = [];
-    const updates = new Map<string, Held>();
+    let applied = 0;
+    // Removals are always applied: keeping a resource istiod deleted is never the safer choice.
+    for (const name of resp.removedResources) {
+      state.resources.delete(name);
+      state.rejected.delete(name);
+      applied++;
+    }
     for (const r of resp.resources) {
+      let converted: Converted;
       try {
-        updates.set(r.name, { version: r.version, converted: decode(typeUrl as TypeUrl, r.name, r.resource) });
+        converted = decode(typeUrl as TypeUrl, r.name, r.resource);
       } catch (err) {
-        errors.push((err as Error).message);
+        const error = (err as Error).message;
+        errors.push(error);
+        const previous = state.resources.get(r.name);
+        let outcome: RejectedOutcome;
+        if (previous !== undefined && !previous.failClosed) {
+          outcome = 'kept-previous';
+        } else if (typeUrl === AUTHORIZATION_TYPE) {
+          // Without a good version to keep, a policy that may deny must not be missing (fail open).
+          const stand = failClosedPolicy(r.name, tryAuthorization(r.resource));
+          state.resources.set(r.name, { version: r.version, converted: { kind: 'policy', value: stand }, failClosed: true });
+          applied++;
+          outcome = 'fail-closed';
+        } else {
+          outcome = 'not-applied';
+        }
+        state.rejected.set(r.name, { version: r.version, error, at, outcome });
+        this.#rejections?.inc({ type_url: typeUrl });
+        log.error({ type_url: typeUrl, resource: r.name, version: r.version, outcome, error }, 'xds resource rejected');
+        continue;
       }
+      state.resources.set(r.name, { version: r.version, converted });
+      state.rejected.delete(r.name);
+      applied++;
+    }
+    if (applied > 0 || errors.length === 0) {
+      state.systemVersionInfo = resp.systemVersionInfo;
+      this.#o.store.replace(this.config());
     }
     if (errors.length > 0) {
       const error = errors.join('; ');
-      state.lastNack = { nonce: resp.nonce, at: new Date(), error };
+      state.lastNack = { nonce: resp.nonce, at, error };
       log.error({ type_url: typeUrl, nonce: resp.nonce, type: 'NACK', error }, 'sending response');
       call.write(create(DeltaDiscoveryRequestSchema, { typeUrl, responseNonce: resp.nonce, errorDetail: { code: grpc.status.INVALID_ARGUMENT, message: error } }));
       this.emit('nack', typeUrl, resp.nonce, error);
-      return;
+    } else {
+      state.lastAck = { nonce: resp.nonce, at };
+      log.debug({ type_url: typeUrl, nonce: resp.nonce, type: 'ACK' }, 'sending response');
+      call.write(create(DeltaDiscoveryRequestSchema, { typeUrl, responseNonce: resp.nonce }));
     }
-    for (const name of resp.removedResources) state.resources.delete(name);
-    for (const [name, h] of updates) state.resources.set(name, h);
-    state.systemVersionInfo = resp.systemVersionInfo;
-    this.#o.store.replace(this.config());
-    state.lastAck = { nonce: resp.nonce, at: new Date() };
-    log.debug({ type_url: typeUrl, nonce: resp.nonce, type: 'ACK' }, 'sending response');
-    call.write(create(DeltaDiscoveryRequestSchema, { typeUrl, responseNonce: resp.nonce }));
-    this.emit('applied', typeUrl, resp.nonce);
-    if (!state.synced) {
+    if (applied > 0 || errors.length === 0) this.emit('applied', typeUrl, resp.nonce);
+    // A response that applied something is the state istiod has for us, less what we refused: waiting
+    // for a push that never comes (istiod does not resend a NACKed version) would keep ztunnel from
+    // ever serving its pods. One that applied nothing does not count.
+    if (!state.synced && (applied > 0 || errors.length === 0)) {
       state.synced = true;
-      log.info({ type_url: typeUrl, resources: state.resources.size }, 'received initial xDS state');
+      log.info({ type_url: typeUrl, resources: state.resources.size, rejected: state.rejected.size }, 'received initial xDS state');
       if (!this.#ready && [...this.#types.values()].every((s) => s.synced)) {
         this.#ready = true;
         this.#resolveReady();
         this.emit('ready');
       }
     }
+  }
+}
+
+/** The policy as far as it decodes, for its fail-closed stand-in; undefined when it does not. */
+function tryAuthorization(any: { typeUrl: string; value: Uint8Array } | undefined): Authorization | undefined {
+  if (any?.typeUrl !== AUTHORIZATION_TYPE) return undefined;
+  try {
+    return fromBinary(AuthorizationSchema, any.value);
+  } catch {
+    return undefined;
   }
 }
 

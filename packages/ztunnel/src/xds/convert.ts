@@ -200,7 +200,7 @@ function match(m: Match, what: string): Record<string, unknown> {
   };
 }
 
-const SCOPES: Record<Scope, string> = {
+const SCOPES: Record<Scope, Policy['scope']> = {
   [Scope.GLOBAL]: 'Global',
   [Scope.NAMESPACE]: 'Namespace',
   [Scope.WORKLOAD_SELECTOR]: 'WorkloadSelector',
@@ -223,4 +223,24 @@ export function policyFromXds(name: string, a: Authorization): Policy {
     },
     what,
   );
+}
+
+/**
+ * What is enforced in place of an authorization policy that could not be converted and has no
+ * earlier good version: it must never allow what the real policy may have denied. A DENY (or an
+ * action this build does not know) becomes "deny everything" in the policy's scope; an ALLOW becomes
+ * an ALLOW that matches nothing, so the workloads it selects fall back to default-deny unless another
+ * ALLOW admits the connection. Namespace and name come from the resource when it decodes, else from
+ * the xDS resource name (`<namespace>/<name>`), so workloads naming the policy still find it. A scope
+ * that is unknown, or a namespace scope without a namespace, becomes global: wider, never narrower.
+ * A dry-run policy stays dry-run (it never decides anything).
+ */
+export function failClosedPolicy(resourceName: string, a: Authorization | undefined): Policy {
+  const slash = resourceName.indexOf('/');
+  const namespace = a?.namespace || (slash > 0 ? resourceName.slice(0, slash) : '');
+  const name = a?.name || resourceName.slice(slash + 1) || resourceName || '(unnamed)';
+  let scope: Policy['scope'] = (a && SCOPES[a.scope]) ?? 'Global';
+  if (scope === 'Namespace' && namespace === '') scope = 'Global';
+  const allow = a?.action === Action.ALLOW;
+  return { name, namespace, scope, action: allow ? 'Allow' : 'Deny', rules: allow ? [] : [[]], dryRun: a?.dryRun ?? false };
 }

@@ -1,5 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
+import { ZtunnelError } from '../errors.js';
+import type { Logger } from '../logger.js';
 
 // grpc-js speaks bytes; protobuf-es makes and reads them. These helpers join the two without a
 // runtime .proto loader, so the generated schemas are the single source of the wire format.
@@ -13,25 +15,67 @@ export function deserializer<D extends DescMessage>(schema: D): (b: Buffer) => M
 }
 
 export interface ChannelOptions {
-  /** `host:port`, or `https://host:port` as Istio writes it. */
+  /**
+   * `https://host:port` as Istio writes it, or `host:port`: TLS, verified against `rootCaPem`.
+   * `http://host:port`: plaintext, only when asked for so (local sandboxes): no bearer token is sent.
+   */
   address: string;
-  /** PEM roots for the server's certificate; absent: plaintext (tests and local sandboxes only). */
+  /** PEM roots for the server's certificate; required unless the address is `http://`. */
   rootCaPem?: string;
   /** Name to verify in the server's certificate instead of the host (ztunnel's ALT_XDS_HOSTNAME). */
   altHostname?: string;
+  /** Where the plaintext warning goes. */
+  logger?: Logger;
 }
 
 /** `https://istiod.istio-system.svc:15012` → `istiod.istio-system.svc:15012`. */
 export function grpcTarget(address: string): string {
-  return address.replace(/^(https?|dns):\/\//, '').replace(/\/+$/, '');
+  return address.replace(/^(https?|dns):\/\//i, '').replace(/\/+$/, '');
 }
+
+/** Only an explicit `http://` dials without TLS; an address without a scheme is TLS, as istiod's 15012. */
+export function isPlaintext(address: string): boolean {
+  return /^http:\/\//i.test(address.trim());
+}
+
+/** Throws unless the address can be dialled as configured (TLS needs the server's root). */
+export function checkChannel(o: ChannelOptions): void {
+  if (!isPlaintext(o.address) && o.rootCaPem === undefined) {
+    throw new ZtunnelError(
+      'ERR_ZTUNNEL_CONFIG',
+      `${o.address}: TLS needs the server's root certificate (rootCaPem); only an explicit http:// address is dialled without TLS`,
+    );
+  }
+}
+
+const warned = new WeakSet<ChannelOptions>();
 
 export function channelCredentials(o: ChannelOptions): grpc.ChannelCredentials {
-  return o.rootCaPem === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(Buffer.from(o.rootCaPem));
+  checkChannel(o);
+  if (!isPlaintext(o.address)) return grpc.credentials.createSsl(Buffer.from(o.rootCaPem!));
+  if (!warned.has(o)) {
+    warned.add(o);
+    o.logger?.warn(
+      { address: o.address },
+      'control plane over plaintext (http://): anyone on the path can read and change the workload state, policies and certificates; the bearer token is not sent',
+    );
+  }
+  return grpc.credentials.createInsecure();
 }
 
-export function channelOptions(o: ChannelOptions): grpc.ChannelOptions {
+// The service-account token is a credential for istiod: a plaintext channel drops it from every
+// call, whoever put it into the call's metadata.
+const dropBearerToken: grpc.Interceptor = (options, nextCall) =>
+  new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.remove('authorization');
+      next(metadata, listener);
+    },
+  });
+
+export function channelOptions(o: ChannelOptions): grpc.ClientOptions {
   return {
+    ...(isPlaintext(o.address) ? { interceptors: [dropBearerToken] } : {}),
     ...(o.altHostname ? { 'grpc.ssl_target_name_override': o.altHostname, 'grpc.default_authority': o.altHostname } : {}),
     // istiod may push large snapshots (ztunnel allows 200 MiB).
     'grpc.max_receive_message_length': 200 * 1024 * 1024,

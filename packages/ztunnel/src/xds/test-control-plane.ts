@@ -37,7 +37,10 @@ export interface TestControlPlaneOptions {
   port?: number;
   /** Serve TLS (default true); the server certificate names localhost, 127.0.0.1 and ::1. */
   tls?: boolean;
-  /** The bearer token clients must send; default random. null: accept any or none. */
+  /**
+   * The bearer token clients must send; default random with TLS, null without (as istiod's
+   * plaintext port: clients never send the token in clear). null: accept any or none.
+   */
   token?: string | null;
   /** Trust domain of the CA; default cluster.local. */
   trustDomain?: string;
@@ -112,7 +115,7 @@ export class TestControlPlane extends EventEmitter<{ request: [RecordedRequest];
     super();
     this.host = o.host ?? '127.0.0.1';
     this.#port = o.port ?? 0;
-    this.token = o.token === undefined ? randomBytes(12).toString('hex') : o.token;
+    this.token = o.token === undefined ? ((o.tls ?? true) ? randomBytes(12).toString('hex') : null) : o.token;
     this.trustDomain = o.trustDomain ?? 'cluster.local';
     this.#tls = o.tls ?? true;
     this.#certTtlSeconds = o.certTtlSeconds;
