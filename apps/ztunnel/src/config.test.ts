@@ -145,4 +145,21 @@ describe('parseConfig', () => {
     expect(problems[2]).toMatch(/^XDS_ADDRESS=.*: https needs XDS_ROOT_CA/);
     expect(() => parseConfig({ XDS_ADDRESS: 'http://127.0.0.1:15010' })).not.toThrow();
   });
+
+  it('dials istiod over TLS unless the address asks for plaintext with http:// (review 6 #7)', () => {
+    // No scheme: TLS, so the root is required, for the CA (which defaults to it) too.
+    expect(() => parseConfig({ XDS_ADDRESS: 'istiod.istio-system.svc:15012' })).toThrow(
+      new ConfigError([
+        `XDS_ADDRESS="istiod.istio-system.svc:15012": without a scheme the address is TLS (https) and needs XDS_ROOT_CA, the PEM file of the server's root (http:// asks for plaintext)`,
+      ]),
+    );
+    expect(() => parseConfig({ CA_ADDRESS: '10.0.0.2:15012' })).toThrow(/^CA_ADDRESS="10.0.0.2:15012": without a scheme the address is TLS \(https\) and needs CA_ROOT_CA/);
+    const c = parseConfig({ XDS_ADDRESS: 'istiod.istio-system.svc:15012', XDS_ROOT_CA: '/root.pem' });
+    expect(c).toMatchObject({ xdsAddress: 'https://istiod.istio-system.svc:15012', caAddress: 'https://istiod.istio-system.svc:15012', caRootCa: '/root.pem' });
+    expect(effectiveConfigLines(c)).toContain('xds_address: https://istiod.istio-system.svc:15012');
+    expect(parseConfig({ XDS_ADDRESS: 'https://[fd00::1]:15012', CA_ADDRESS: '[fd00::2]:15012', XDS_ROOT_CA: '/r.pem' }).caAddress).toBe('https://[fd00::2]:15012');
+    // Plaintext only when asked for.
+    expect(parseConfig({ XDS_ADDRESS: 'http://127.0.0.1:15010' })).toMatchObject({ xdsAddress: 'http://127.0.0.1:15010', caAddress: 'http://127.0.0.1:15010' });
+    expect(() => parseConfig({ XDS_ADDRESS: 'ftp://istiod:15012' })).toThrow(/expected https:\/\/host:port \(or http:\/\/host:port for plaintext\)/);
+  });
 });

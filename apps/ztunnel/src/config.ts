@@ -104,6 +104,15 @@ export const ENV_NAMES: readonly string[] = Object.keys(envSchema.shape);
 
 const serverAddress = /^(https?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^:/[\]]+):\d{1,5}\/?$/;
 
+/**
+ * istiod's address as dialled: TLS unless `http://` asks for plaintext, so `host:port` becomes
+ * `https://host:port` (and then needs its root) instead of plaintext that would carry the token.
+ */
+function withScheme(address: string | undefined): string | undefined {
+  if (address === undefined || /^https?:\/\//i.test(address)) return address;
+  return `https://${address}`;
+}
+
 export interface AppConfig {
   inpodUds: string;
   packetMark: number;
@@ -127,10 +136,13 @@ export interface AppConfig {
   dnsProxy: boolean;
   /** Forward targets for names outside the mesh; undefined: the nameservers of /etc/resolv.conf. */
   dnsUpstreams: { address: string; port: number }[] | undefined;
-  /** istiod's Delta ADS (XDS_ADDRESS); undefined: local config only. */
+  /**
+   * istiod's Delta ADS (XDS_ADDRESS, `https://` added when it has no scheme); undefined: local
+   * config only. `http://` is plaintext, without the bearer token.
+   */
   xdsAddress: string | undefined;
   xdsRootCa: string | undefined;
-  /** Istio's CA (CA_ADDRESS, default XDS_ADDRESS); undefined: the local CA. */
+  /** Istio's CA (CA_ADDRESS, default XDS_ADDRESS; scheme as xdsAddress); undefined: the local CA. */
   caAddress: string | undefined;
   caRootCa: string | undefined;
   /** File holding the bearer token, re-read per connect/request. */
@@ -171,9 +183,10 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
   if (e.XDS_ADDRESS !== undefined && e.LOCAL_XDS_PATH !== undefined) {
     problems.push(`XDS_ADDRESS=${JSON.stringify(e.XDS_ADDRESS)} and LOCAL_XDS_PATH=${JSON.stringify(e.LOCAL_XDS_PATH)}: set one source of workload state, not both`);
   }
-  const caAddress = e.CA_ADDRESS ?? e.XDS_ADDRESS;
+  const xdsAddress = withScheme(e.XDS_ADDRESS);
+  const caAddress = withScheme(e.CA_ADDRESS ?? e.XDS_ADDRESS);
   if (caAddress !== undefined && e.WEIR_CA_CERT !== undefined) {
-    problems.push(`${e.CA_ADDRESS !== undefined ? 'CA_ADDRESS' : 'XDS_ADDRESS (CA_ADDRESS defaults to it)'}=${JSON.stringify(caAddress)} and WEIR_CA_CERT=${JSON.stringify(e.WEIR_CA_CERT)}: certificates come from one CA, not both`);
+    problems.push(`${e.CA_ADDRESS !== undefined ? 'CA_ADDRESS' : 'XDS_ADDRESS (CA_ADDRESS defaults to it)'}=${JSON.stringify(e.CA_ADDRESS ?? e.XDS_ADDRESS)} and WEIR_CA_CERT=${JSON.stringify(e.WEIR_CA_CERT)}: certificates come from one CA, not both`);
   }
   const caRoot = e.CA_ROOT_CA ?? e.XDS_ROOT_CA;
   for (const [name, value, root, rootName] of [
@@ -181,8 +194,11 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
     ['CA_ADDRESS', e.CA_ADDRESS, caRoot, 'CA_ROOT_CA (or XDS_ROOT_CA)'],
   ] as const) {
     if (value === undefined) continue;
-    if (!serverAddress.test(value)) problems.push(`${name}=${JSON.stringify(value)}: expected https://host:port or http://host:port`);
-    else if (value.startsWith('https://') && root === undefined) problems.push(`${name}=${JSON.stringify(value)}: https needs ${rootName}, the PEM file of the server's root`);
+    if (!serverAddress.test(value)) problems.push(`${name}=${JSON.stringify(value)}: expected https://host:port (or http://host:port for plaintext)`);
+    else if (!/^http:\/\//i.test(value) && root === undefined) {
+      const tls = value.startsWith('https://') ? 'https' : 'without a scheme the address is TLS (https) and';
+      problems.push(`${name}=${JSON.stringify(value)}: ${tls} needs ${rootName}, the PEM file of the server's root (http:// asks for plaintext)`);
+    }
   }
   if (e.WEIR_CERT_TTL < 2000) problems.push(`WEIR_CERT_TTL=${JSON.stringify(env.WEIR_CERT_TTL)}: must be at least 2s`);
   if (problems.length > 0) throw new ConfigError(problems);
@@ -209,7 +225,7 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
     socks5: e.WEIR_SOCKS5_ENABLED,
     dnsProxy: e.DNS_PROXY,
     dnsUpstreams: e.WEIR_DNS_UPSTREAMS,
-    xdsAddress: e.XDS_ADDRESS,
+    xdsAddress,
     xdsRootCa: e.XDS_ROOT_CA,
     caAddress,
     caRootCa: caRoot,
