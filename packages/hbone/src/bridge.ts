@@ -42,6 +42,13 @@ export function bridge(tunnel: Duplex, socket: Duplex, o: BridgeOptions = {}): P
 const kBridge = Symbol('hbone.bridge');
 type Side = Duplex & { [kBridge]?: Bridge };
 
+/** The other side of a bridged tunnel or socket (the buffer budget counts what it queues), if bridged. */
+export function bridgedPeer(side: Duplex): Duplex | undefined {
+  const b = (side as Side)[kBridge];
+  if (b === undefined) return undefined;
+  return b.tunnel === side ? b.socket : b.tunnel;
+}
+
 const SOCKET_CORKED = 1;
 const TUNNEL_CORKED = 2;
 const TUNNEL_IS_H2 = 4;

@@ -21,6 +21,8 @@ export type HboneErrorCode =
   | 'ERR_HBONE_INVALID_IDENTITY'
   /** Invalid options or certificates given to this library. */
   | 'ERR_HBONE_CONFIG'
+  /** A new tunnel was refused because paused tunnels hold more than the BufferBudget allows. */
+  | 'ERR_HBONE_BUFFER_BUDGET'
   /** The client or server was closed. */
   | 'ERR_HBONE_CLOSED';
 
