@@ -21,7 +21,7 @@ import { TCP_KEEPALIVE, copyBidirectional, tuneSocket } from './copy.js';
 import { isUnknownDestination, isZtunnelPort, markUnknownDestination } from './inbound-target.js';
 import { ZtunnelError } from './errors.js';
 import type { IdentityManager, WorkloadCertificate } from './identity.js';
-import type { Workload } from './local-config.js';
+import type { Policy, Workload } from './local-config.js';
 import type { Logger } from './logger.js';
 import type { ResponseFlag, TcpTally, ZtunnelMetrics } from './metrics.js';
 import { Socks5Listener } from './socks5/index.js';
@@ -195,6 +195,11 @@ export class InpodProxy {
   readonly #live = new Set<Duplex>();
   /** Authorized inbound connections, re-checked when policies change. */
   readonly #inbound = new Map<Duplex, ConnectionAttributes>();
+  /**
+   * The policies those connections were last decided by. Unchanged policy objects keep their
+   * identity across xDS pushes, so a push of some other workload re-evaluates (and logs) nothing.
+   */
+  #checkedPolicies: readonly Policy[] = [];
   readonly #onStoreChange = (): void => {
     this.#baggage = undefined;
     this.#srcInfo = undefined;
@@ -307,6 +312,7 @@ export class InpodProxy {
       this.#starting = new Promise<void>((r) => (bound = r));
       // A rotation may already have landed through the callback above: keep the newer one.
       this.#cert ??= cert;
+      this.#checkedPolicies = this.#policiesNow();
       this.#o.store.on('change', this.#onStoreChange);
       // Checked after every step: a stop() is waiting for us to give up.
       await this.#listen(this.#ports.outbound, (s) => this.#onOutbound(s));
@@ -664,19 +670,38 @@ export class InpodProxy {
 
   // ---------------------------------------------------------------- inbound
 
-  /** L4 policy for this pod as `w` (known: a pod the store does not know is refused before, never allowed here). */
-  #authorize(w: Workload, sourceIp: string, identity: PeerIdentity | undefined, dstIp: string, dstPort: number): AuthorizationDecision {
-    const policies = this.#o.store.policiesFor(w);
+  /**
+   * L4 policy for this pod as `w` (known: a pod the store does not know is refused before, never
+   * allowed here). Dry-run results are logged, except for the policies in `logged` (a re-check logs
+   * only the dry-run policies that changed since the connection's last decision).
+   */
+  #authorize(
+    w: Workload,
+    sourceIp: string,
+    identity: PeerIdentity | undefined,
+    dstIp: string,
+    dstPort: number,
+    policies: readonly Policy[] = this.#o.store.policiesFor(w),
+    logged?: ReadonlySet<Policy>,
+  ): AuthorizationDecision {
     // What evaluatePolicies answers for no policies, without its per-call objects.
     if (policies.length === 0) return NO_POLICIES;
     return evaluatePolicies(
       policies,
       { sourceIp, sourceIdentity: identity, destinationIp: dstIp, destinationPort: dstPort },
       {
-        onDryRun: (p, matched) =>
-          this.#log.info({ policy: `${p.namespace}/${p.name}`, action: p.action, matched, src: sourceIp }, 'dry-run authorization policy evaluated'),
+        onDryRun: (p, matched) => {
+          if (logged?.has(p) !== true) {
+            this.#log.info({ policy: `${p.namespace}/${p.name}`, action: p.action, matched, src: sourceIp }, 'dry-run authorization policy evaluated');
+          }
+        },
       },
     );
+  }
+
+  #policiesNow(): readonly Policy[] {
+    const w = this.#workload();
+    return w === undefined ? [] : this.#o.store.policiesFor(w);
   }
 
   /**
@@ -708,8 +733,15 @@ export class InpodProxy {
     // Gone from the state (the pod is being deleted, or its entry is being replaced): connections
     // authorized while it was known keep running, as ztunnel keeps the workload it authorized them for.
     if (w === undefined) return;
+    const policies = this.#o.store.policiesFor(w);
+    const before = this.#checkedPolicies;
+    // Only a change of the policies that apply here can change a decision (review 6: every xDS push
+    // re-evaluated every connection and logged every dry-run policy again).
+    if (policies.length === before.length && policies.every((p, i) => p === before[i])) return;
+    this.#checkedPolicies = policies;
+    const logged = new Set(before);
     for (const [d, attrs] of this.#inbound) {
-      const decision = this.#authorize(w, attrs.sourceIp, attrs.sourceIdentity, attrs.destinationIp, attrs.destinationPort);
+      const decision = this.#authorize(w, attrs.sourceIp, attrs.sourceIdentity, attrs.destinationIp, attrs.destinationPort, policies, logged);
       if (decision.allowed) continue;
       this.#log.info(
         { src: attrs.sourceIp, dst: hostPort(attrs.destinationIp, attrs.destinationPort), policy: decision.policy, reason: decision.reason },
