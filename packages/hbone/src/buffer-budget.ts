@@ -237,7 +237,7 @@ export class BudgetSession {
   held = 0;
   /** Over `maxSessionBytes` at the last check: refuses new streams. */
   over = false;
-  /** When a stream was last admitted (ms, monotonic), for idle-session timeouts. */
+  /** When a stream was last admitted or a tunnel closed (ms, monotonic), for idle-session timeouts. */
   lastActive = performance.now();
   #closed = false;
 
@@ -282,6 +282,7 @@ export function releaseTunnel(t: Duplex): void {
   const account = tracked[kAccount];
   if (account === undefined) return;
   tracked[kAccount] = undefined;
+  account.lastActive = performance.now();
   if (account.tunnels.delete(tracked)) account.budget.tunnelRemoved();
 }
 

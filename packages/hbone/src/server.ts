@@ -10,6 +10,8 @@ import { SpiffeId, identitiesFromCertificate } from './identity.js';
 import { type HboneLogger, silentLogger } from './logger.js';
 import { type HboneTlsOptions, type ResolvedTls, resolveTls } from './tls-options.js';
 import { HboneError } from './errors.js';
+import { type BudgetSession, type BufferBudget, type BufferBudgetOptions, releaseTunnel, resolveBudget } from './buffer-budget.js';
+import { InboundGuard } from './inbound-guard.js';
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_INADEQUATE_SECURITY, HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY } = http2.constants;
 const MiB = 1024 * 1024;
@@ -60,6 +62,14 @@ export interface HboneServerOptions {
   maxSessionMemory?: number;
   /** TLS handshake deadline, default 10 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * Bounds bytes held by tunnels whose upstream stopped reading (per session and in total) and TLS
+   * handshakes in progress; share one BufferBudget between servers and clients for a process-wide bound.
+   * Default: a budget of this server's own with BufferBudget's defaults.
+   */
+  bufferBudget?: BufferBudget | BufferBudgetOptions;
+  /** An authenticated session with no tunnel for this long is closed (GOAWAY). Default 10 min. */
+  idleSessionTimeoutMs?: number;
 }
 
 export interface HboneServer {
@@ -82,6 +92,7 @@ interface SessionState {
   peer: HbonePeer;
   /** The peer's identity as text, for log lines. */
   src: string | undefined;
+  budget: BudgetSession;
 }
 
 class Server implements HboneServer {
@@ -98,11 +109,15 @@ class Server implements HboneServer {
   /** Streams admitted and waiting for their upstream connect. */
   #connecting = 0;
   #closing = false;
+  readonly #budget: BufferBudget;
+  readonly #guard: InboundGuard;
 
   constructor(o: HboneServerOptions) {
     this.#o = o;
     this.#log = o.logger ?? silentLogger;
     this.#tls = resolveTls(o.tls);
+    this.#budget = resolveBudget(o.bufferBudget, this.#log);
+    this.#guard = new InboundGuard(this.#budget, o.idleSessionTimeoutMs ?? 600_000, this.#log);
     const streamWindow = o.streamWindowSize ?? 4 * MiB;
     this.#h2 = http2.createSecureServer({
       ...this.#secureOptions(this.#tls),
@@ -127,6 +142,7 @@ class Server implements HboneServer {
         maxFrameSize: MiB,
       },
     });
+    this.#guard.attach(this.#h2);
     this.#h2.on('connection', (socket: net.Socket) => {
       this.#sockets.add(socket);
       // Read now: a failed handshake is reported after the socket is destroyed, when it no longer has an address.
@@ -135,6 +151,7 @@ class Server implements HboneServer {
       socket.setNoDelay(true);
     });
     this.#h2.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
+      if (this.#guard.wasRefused(socket)) return;
       this.#log.warn({ err, src: this.#sourceOf(socket), code: (err as { code?: string }).code }, 'connection failed: TLS handshake');
     });
     this.#h2.on('unknownProtocol', (socket: tls.TLSSocket) => {
@@ -213,6 +230,7 @@ class Server implements HboneServer {
       for (const s of this.#sessions.keys()) s.destroy();
     }
     for (const socket of this.#sockets) socket.destroy();
+    this.#guard.stop();
     await Promise.all(closed);
   }
 
@@ -246,8 +264,10 @@ class Server implements HboneServer {
       session.destroy();
       return;
     }
-    this.#sessions.set(session, { peer, src: peer.identity.toString() });
+    const budget = this.#budget.session(`${peer.remoteAddress}:${peer.remotePort}`, 'inbound');
+    this.#sessions.set(session, { peer, src: peer.identity.toString(), budget });
     session.once('close', () => this.#sessions.delete(session));
+    this.#guard.addSession(session, budget);
     session.on('error', (err: Error) => this.#log.debug({ err, src: peer.identity?.toString() }, 'session error'));
     session.setLocalWindowSize(connectionWindow);
     if (this.#closing) session.close();
@@ -270,6 +290,11 @@ class Server implements HboneServer {
     }
     const { peer, src } = state;
     const log = this.#log;
+    const overBudget = state.budget.admit();
+    if (overBudget !== undefined) {
+      log.debug({ src, peer: state.budget.peer }, overBudget.message);
+      return refuse(stream, 503);
+    }
     const method = headers[HTTP2_HEADER_METHOD];
     const authority = headers[HTTP2_HEADER_AUTHORITY];
     if (method !== 'CONNECT') {
@@ -320,6 +345,7 @@ class Server implements HboneServer {
     const report = this.#o.onTunnelClosed === undefined ? undefined : { peer, target, headers: parsed, started: performance.now() };
     const tunnel = new ServerTunnel(stream, upstream, this.#onTunnelClosed, report);
     this.#tunnels.add(tunnel);
+    state.budget.track(stream);
     stream.respond(OK_HEADERS, OK_OPTIONS);
     tunnel.start();
   }
@@ -327,6 +353,7 @@ class Server implements HboneServer {
   /** Both sides of a tunnel closed; one function shared by every tunnel. */
   readonly #onTunnelClosed = (t: ServerTunnel, result: BridgeResult): void => {
     this.#tunnels.delete(t);
+    releaseTunnel(t.tunnel);
     const r = t.report;
     if (r !== undefined) this.#o.onTunnelClosed?.({ ...result, peer: r.peer, target: r.target, headers: r.headers, durationMs: performance.now() - r.started });
   };
