@@ -256,7 +256,7 @@ export class BudgetSession {
     return new HboneError('ERR_HBONE_BUFFER_BUDGET', `tunnel refused: buffer budget exceeded (${this.direction} ${this.peer}): ${why}`);
   }
 
-  /** Counts a tunnel until releaseTunnel(); a session already closed resets it. */
+  /** Counts a tunnel until releaseTunnel() (a session already closed has no tunnels left to count). */
   track(t: Tunnel): void {
     const tracked = t as Tracked;
     if (this.#closed || tracked[kAccount] !== undefined) return;

@@ -4,6 +4,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { type HboneTarget, formatAuthority } from './authority.js';
 import { HboneError } from './errors.js';
+import { type BudgetSession, type BufferBudget, type BufferBudgetOptions, releaseTunnel, resolveBudget } from './buffer-budget.js';
 import { identitiesFromCertificate } from './identity.js';
 import { type HboneLogger, silentLogger } from './logger.js';
 import { type HboneTlsOptions, type ResolvedTls, resolveTls } from './tls-options.js';
@@ -37,6 +38,12 @@ export interface HboneClientOptions {
   connectionWindowSize?: number;
   /** nghttp2 memory cap per session in MiB, default 64. */
   maxSessionMemory?: number;
+  /**
+   * Bounds bytes held by tunnels whose reader stopped (per session and in total): over it the largest
+   * are reset and connect() rejects with ERR_HBONE_BUFFER_BUDGET. Share one BufferBudget for a
+   * process-wide bound. Default: a budget of this client's own with BufferBudget's defaults.
+   */
+  bufferBudget?: BufferBudget | BufferBudgetOptions;
   logger?: HboneLogger;
 }
 
@@ -83,6 +90,8 @@ class PooledSession {
   draining = false;
   closed = false;
   goaway: string | undefined;
+  /** Its tunnels' share of the client's BufferBudget. */
+  budget: BudgetSession | undefined;
   /** The lowest last-stream-id of the peer's GOAWAYs: streams above it were never processed (RFC 9113 §6.8). */
   goawayLastStreamId: number | undefined;
   lastError: Error | undefined;
@@ -176,10 +185,12 @@ export class HboneClient {
   #identityKey: string;
   readonly #pools = new Map<string, PooledSession[]>();
   #closed = false;
+  readonly #budget: BufferBudget;
 
   constructor(o: HboneClientOptions) {
     this.#o = o;
     this.#log = o.logger ?? silentLogger;
+    this.#budget = resolveBudget(o.bufferBudget, this.#log);
     this.#tls = resolveTls(o.tls);
     this.#identityKey = this.#tls.identity.toString();
   }
@@ -299,6 +310,7 @@ export class HboneClient {
       }
     }
     const e = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100);
+    e.budget = this.#budget.session(peerAuthority, 'outbound');
     this.#listen(e);
     list.push(e);
     e.pending++;
@@ -494,6 +506,12 @@ export class HboneClient {
 
   #request(e: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
     const session = e.session!;
+    const overBudget = e.budget?.admit();
+    if (overBudget !== undefined) {
+      this.#log.debug({ peer: peerAuthority, target: authority }, overBudget.message);
+      this.#maybeIdle(e);
+      return Promise.reject(overBudget);
+    }
     let stream: http2.ClientHttp2Stream;
     try {
       stream = request(session, o.headers === undefined ? { ':method': 'CONNECT', ':authority': authority } : { ...o.headers, ':method': 'CONNECT', ':authority': authority });
@@ -557,6 +575,7 @@ export class HboneClient {
   #listen(e: PooledSession): void {
     const closed = (stream: http2.ClientHttp2Stream): void => {
       e.open--;
+      releaseTunnel(stream);
       this.#maybeIdle(e);
       const p = e.opening.get(stream);
       if (p !== undefined) this.#closedUnanswered(e, stream, p);
@@ -567,6 +586,7 @@ export class HboneClient {
       settled(e, stream, p);
       const status = Number(headers[':status']);
       if (status === 200) {
+        e.budget?.track(stream);
         p.resolve(stream);
         return;
       }
@@ -631,6 +651,7 @@ export class HboneClient {
   }
 
   #remove(e: PooledSession): void {
+    e.budget?.close();
     const list = this.#pools.get(e.key);
     if (list === undefined) return;
     const i = list.indexOf(e);
