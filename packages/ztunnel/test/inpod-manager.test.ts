@@ -105,7 +105,9 @@ describe('InpodManager', () => {
   });
 
   it('nacks a proxy that cannot bind, keeps it Pending (not ready) and retries until it starts', async () => {
-    const { m, lines, identities } = manager(200);
+    // The retry comes late enough for the check below to see what the failed start left (nothing
+    // but the blocker), also on a loaded machine: a retry in progress holds 15001 for a moment.
+    const { m, lines, identities } = manager(2000);
     const ns = await makeNetns();
     // Something else holds 15006 in the pod (no SO_REUSEPORT on either side).
     const blocker = net.createServer();
@@ -120,7 +122,7 @@ describe('InpodManager', () => {
     expect(await listening(ns)).toEqual([15006]);
     await new Promise<void>((r) => blocker.close(() => r()));
     handle.close();
-    await waitFor('proxy up after retry', async () => m.pods()[0]?.state === 'Up', 5000);
+    await waitFor('proxy up after retry', async () => m.pods()[0]?.state === 'Up', 10_000);
     expect(m.pending()).toEqual([]);
     expect(lines.join('')).toContain('retrying proxy start');
     await m.close({ deadlineMs: 0 });
