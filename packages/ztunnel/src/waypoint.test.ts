@@ -1,7 +1,11 @@
+import { create } from '@bufbuild/protobuf';
 import { describe, expect, it } from 'vitest';
 import { parseLocalConfig } from './local-config.js';
 import { waypointFor } from './waypoint.js';
 import { WorkloadStore } from './workload-store.js';
+import { serviceFromXds, workloadFromXds } from './xds/convert.js';
+import { ServiceSchema, WorkloadSchema } from './xds/gen/workload_pb.js';
+import { ipBytes } from './xds/test-control-plane.js';
 
 // The shapes convert.ts writes from xDS GatewayAddress: {address: "<network>/<ip>"} or {hostname: {namespace, hostname}}.
 const yaml = `
@@ -69,5 +73,34 @@ describe('waypointFor', () => {
     expect(decide('10.96.0.2', 80, store.workloadByUid('wp'))).toBeUndefined();
     expect(decide('10.0.0.6', 8080)).toBeUndefined();
     expect(decide('192.0.2.1', 443)).toBeUndefined();
+  });
+
+  it('reads waypoints as istiod sends them (xDS GatewayAddress, address or hostname form, through convert.ts)', () => {
+    const base = parseLocalConfig(yaml);
+    const svc = serviceFromXds(
+      'b/ratings.b.svc.cluster.local',
+      create(ServiceSchema, {
+        name: 'ratings',
+        namespace: 'b',
+        hostname: 'ratings.b.svc.cluster.local',
+        addresses: [{ network: '', address: ipBytes('10.96.0.7') }],
+        ports: [{ servicePort: 9080, targetPort: 9080 }],
+        waypoint: { destination: { case: 'address', value: { network: '', address: ipBytes('10.96.0.9') } }, hboneMtlsPort: 15008 },
+      }),
+    );
+    const pod = workloadFromXds(
+      'Kubernetes//Pod/b/details-0',
+      create(WorkloadSchema, {
+        uid: 'Kubernetes//Pod/b/details-0',
+        name: 'details-0',
+        namespace: 'b',
+        addresses: [ipBytes('10.0.0.7')],
+        waypoint: { destination: { case: 'hostname', value: { namespace: 'b', hostname: 'waypoint.b.svc.cluster.local' } }, hboneMtlsPort: 15008 },
+      }),
+    );
+    const s = new WorkloadStore({ config: { ...base, services: [...base.services, svc], workloads: [...base.workloads, pod] } });
+    const at = (ip: string, port: number) => waypointFor(s, { address: ip, port }, s.resolve(ip, port), () => undefined);
+    expect(at('10.96.0.7', 9080)).toMatchObject({ kind: 'route', waypoint: '10.96.0.9', peer: { host: '10.0.0.9', port: 15008 } });
+    expect(at('10.0.0.7', 9080)).toMatchObject({ kind: 'route', waypoint: 'b/waypoint.b.svc.cluster.local', peer: { host: '10.0.0.9', port: 15008 } });
   });
 });
