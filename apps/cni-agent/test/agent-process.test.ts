@@ -10,6 +10,7 @@ import { listenTcp, openNetns, type Netns } from '@weir/netns';
 import { Topology, type SupervisedProcess, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { istioLines, nsRun, requireRoot, tcpRead, uniq, until, ZtunnelPeer } from '../../../packages/cni-agent/test/support.js';
+import { DaemonSetApi } from './daemonset-api.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const AGENT = resolve(here, '../dist/main.js');
@@ -25,6 +26,7 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
   let topo: Topology;
   let node: TopologyNode;
   let api: FakeApiServer;
+  let dsApi: DaemonSetApi;
   let dir: string;
   let runDir: string;
   let zdsSocket: string;
@@ -36,7 +38,7 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
   let web: TopologyPod;
   let client: TopologyPod;
 
-  async function startAgent(): Promise<SupervisedProcess> {
+  async function startAgent(extraArgs: string[] = []): Promise<SupervisedProcess> {
     const p = await node.spawn({
       name: uniq('agent'),
       cmd: process.execPath,
@@ -51,10 +53,15 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
         '--cni-bin-dir', node.cniBinDir,
         '--cni-conf-dir', node.cniConfDir,
         '--drift-interval', '1s',
+        ...extraArgs,
       ],
       env: { LOG_FORMAT: 'json', LOG_LEVEL: 'debug' },
     });
-    await until('agent ready', async () => (await node.exec('curl', ['-sf', 'http://127.0.0.1:18000/readyz'])).stdout === 'ready\n', 60_000);
+    try {
+      await until('agent ready', async () => (await node.exec('curl', ['-sf', 'http://127.0.0.1:18000/readyz'])).stdout === 'ready\n', 60_000);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}; agent log: ${(await p.readLog()).slice(-3000)}`);
+    }
     return p;
   }
 
@@ -88,10 +95,12 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
     api = await FakeApiServer.start();
     api.createNamespace('apps', AMBIENT);
     api.createNamespace('plain');
+    // apps/v1 DaemonSets (the agent's upgrade check) in front of the fake.
+    dsApi = await DaemonSetApi.start(api);
     // The fake API listens on the test's loopback; relay it into the node netns through a unix socket.
     const relaySock = join(dir, 'api.sock');
     relays.push(
-      await topo.spawn({ name: uniq('relay-host'), netns: '/proc/self/ns/net'.replace('self', String(process.pid)), cmd: 'socat', args: [`UNIX-LISTEN:${relaySock},fork`, `TCP:127.0.0.1:${new URL(api.url).port}`] }),
+      await topo.spawn({ name: uniq('relay-host'), netns: '/proc/self/ns/net'.replace('self', String(process.pid)), cmd: 'socat', args: [`UNIX-LISTEN:${relaySock},fork`, `TCP:127.0.0.1:${new URL(dsApi.url).port}`] }),
     );
     relays.push(await node.spawn({ name: uniq('relay-node'), cmd: 'socat', args: ['TCP-LISTEN:16443,bind=127.0.0.1,fork,reuseaddr', `UNIX-CONNECT:${relaySock}`] }));
     apiUrl = 'http://127.0.0.1:16443';
@@ -112,6 +121,7 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
     }
     for (const r of relays) await r.stop().catch(() => undefined);
     await topo?.destroy();
+    await dsApi?.close();
     await api?.close();
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 60_000);
@@ -180,5 +190,28 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
     conflist = JSON.parse(await readFile(node.conflistPath, 'utf8')) as { plugins: { type: string }[] };
     expect(conflist.plugins.map((p) => p.type)).not.toContain('weir-cni');
     expect(existsSync(join(node.cniBinDir, 'weir-cni'))).toBe(false);
+  });
+
+  it('--uninstall-on-exit: SIGTERM while the DaemonSet exists (upgrade) keeps the plugin; once it is being deleted, removes it', async () => {
+    const chained = async () =>
+      (JSON.parse(await readFile(node.conflistPath, 'utf8')) as { plugins: { type: string }[] }).plugins.some((p) => p.type === 'weir-cni');
+    const args = ['--uninstall-on-exit', '--daemonset-name', 'weir-cni-agent', '--pod-namespace', 'weir-system'];
+    dsApi.set('weir-system', 'weir-cni-agent');
+    agent = await startAgent(args);
+    await until('plugin chained', chained);
+    expect(await agent.stop('SIGTERM', 30_000)).toMatchObject({ code: 0 });
+    expect(await agent.readLog()).toContain('DaemonSet weir-system/weir-cni-agent still exists (upgrade or restart)');
+    agent = undefined;
+    expect(await chained()).toBe(true);
+    expect(existsSync(join(node.cniBinDir, 'weir-cni'))).toBe(true);
+
+    agent = await startAgent(args);
+    dsApi.set('weir-system', 'weir-cni-agent', { deleting: true });
+    expect(await agent.stop('SIGTERM', 30_000)).toMatchObject({ code: 0 });
+    expect(await agent.readLog()).toContain('DaemonSet weir-system/weir-cni-agent is being deleted');
+    agent = undefined;
+    expect(await chained()).toBe(false);
+    expect(existsSync(join(node.cniBinDir, 'weir-cni'))).toBe(false);
+    expect(dsApi.requests.map((r) => r.status)).toEqual([200, 200]);
   });
 });
