@@ -64,6 +64,8 @@ async function main(): Promise<number> {
           ambient_enabled: true,
           exclude_namespaces: c['exclude-namespaces'],
           plugin_log_level: c['log-level'] === 'trace' ? 'debug' : c['log-level'],
+          // The plugin's "skip the node agent's own pod" applies in the agent's namespace, not istio-system.
+          pod_namespace: c['pod-namespace'],
           ...(c['pods-file'] ? {} : { kubernetes: { kubeconfig: join(c['run-dir'], 'istio-cni-kubeconfig') } }),
         },
         stateFile: join(c['run-dir'], 'installer-state.json'),

@@ -35,8 +35,14 @@ function isDaemonSetNotFound(err: unknown, name: string): boolean {
  * On shutdown, whether to take the plugin out of the node's CNI chain: only for a real uninstall,
  * i.e. the agent's DaemonSet is gone or being deleted (istio-cni asks the same question). During an
  * upgrade or a restart the DaemonSet is still there, and the plugin must stay so that new pods wait
- * for the next agent instead of starting uncaptured. When the API cannot say, the plugin stays too:
- * a stalled pod start is recoverable, an uncaptured one is not.
+ * for the next agent instead of starting uncaptured.
+ *
+ * `helm uninstall` deletes the DaemonSet and, right after it, the agent's ServiceAccount and RBAC,
+ * before the garbage collector has even deleted the pods: by SIGTERM the read usually answers 401 (the
+ * ServiceAccount is gone) or 403 (its Role is), not 404. Those are taken as the uninstall they are
+ * (an upgrade or a restart keeps both), as istio-cni takes any failed read. Anything else that leaves
+ * the question open (5xx, a timeout, no connection, a 404 that does not name the DaemonSet) keeps the
+ * plugin: a stalled pod start is recoverable, an uncaptured one is not.
  */
 export async function decideUninstallOnExit(opts: UninstallCheckOptions): Promise<UninstallDecision> {
   if (!opts.enabled) return { uninstall: false, reason: 'uninstall-on-exit is off' };
@@ -59,6 +65,10 @@ export async function decideUninstallOnExit(opts: UninstallCheckOptions): Promis
   } catch (err) {
     if (isDaemonSetNotFound(err, ds.name)) return { uninstall: true, reason: `DaemonSet ${ds.namespace}/${ds.name} is gone` };
     const e = err as { code?: unknown; message?: unknown };
+    if (e.code === 401 || e.code === 403) {
+      const gone = e.code === 401 ? 'ServiceAccount' : 'RBAC';
+      return { uninstall: true, reason: `DaemonSet ${ds.namespace}/${ds.name} cannot be read (HTTP ${e.code}): the agent's ${gone} is gone, so its release is being removed` };
+    }
     const what = typeof e.code === 'number' ? `HTTP ${e.code}` : String(e.message ?? err);
     return { uninstall: false, reason: `cannot read DaemonSet ${ds.namespace}/${ds.name} (${what}), so it may be an upgrade` };
   } finally {

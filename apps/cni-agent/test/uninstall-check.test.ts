@@ -46,16 +46,33 @@ describe('uninstall on exit: only when the agent DaemonSet is gone or being dele
     // A 404 for the route (here: the fake alone, which serves no apps/v1) is not "the DaemonSet is gone".
     const noRoute = await decideUninstallOnExit({ enabled: true, kubeConfig: kubeConfig(api.url), daemonSet });
     expect(noRoute).toEqual({ uninstall: false, reason: 'cannot read DaemonSet weir-system/weir-cni-agent (HTTP 404), so it may be an upgrade' });
-    // Forbidden (RBAC) and server errors.
-    for (const status of [403, 500]) {
+    // Server trouble says nothing about an uninstall.
+    for (const status of [500, 503]) {
       api.failNext(1, status);
       const viaFake = await decideUninstallOnExit({ enabled: true, kubeConfig: kubeConfig(api.url), daemonSet });
-      expect(viaFake).toMatchObject({ uninstall: false, reason: `cannot read DaemonSet weir-system/weir-cni-agent (HTTP ${status}), so it may be an upgrade` });
+      expect(viaFake).toEqual({ uninstall: false, reason: `cannot read DaemonSet weir-system/weir-cni-agent (HTTP ${status}), so it may be an upgrade` });
     }
     // Nobody listening.
     const down = await FakeApiServer.start();
     const url = down.url;
     await down.close();
     expect(await decideUninstallOnExit({ enabled: true, kubeConfig: kubeConfig(url), daemonSet })).toMatchObject({ uninstall: false });
+  });
+
+  it('takes 401/403 as the uninstall they are: helm deletes the ServiceAccount and RBAC right after the DaemonSet', async () => {
+    const secured = await FakeApiServer.start({ token: 'agent-token' });
+    try {
+      // The ServiceAccount is gone: its token no longer authenticates.
+      const unauthenticated = await decideUninstallOnExit({ enabled: true, kubeConfig: kubeConfig(secured.url), daemonSet });
+      expect(unauthenticated).toMatchObject({ uninstall: true });
+      expect(unauthenticated.reason).toContain('(HTTP 401)');
+    } finally {
+      await secured.close();
+    }
+    // The Role is gone.
+    api.failNext(1, 403);
+    const forbidden = await decideUninstallOnExit({ enabled: true, kubeConfig: kubeConfig(api.url), daemonSet });
+    expect(forbidden).toMatchObject({ uninstall: true });
+    expect(forbidden.reason).toContain('(HTTP 403)');
   });
 });
