@@ -3,6 +3,8 @@ export type { HboneConnectContext, HbonePeer, HboneServer, HboneServerOptions, H
 export { HboneClient } from './client.js';
 export type { HboneAbortSignal, HboneClientOptions, HboneClientStats, HboneConnectOptions } from './client.js';
 export { bridge } from './bridge.js';
+export { BufferBudget } from './buffer-budget.js';
+export type { BufferBudgetOptions, BufferBudgetStats } from './buffer-budget.js';
 export type { BridgeOptions, BridgeResult } from './bridge.js';
 export { SpiffeId, certificateMatchesIdentities, identitiesFromCertificate } from './identity.js';
 export { formatAuthority, parseAuthority } from './authority.js';

@@ -1,0 +1,328 @@
+import type { ChildProcess } from 'node:child_process';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import { Duplex } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BufferBudget, HboneClient, type HboneError, type HboneLogger, bridge, createHboneServer } from '../src/index.js';
+import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, exchange, makePki, random, sha256, tcpServer, tlsOf } from './helpers.js';
+import { Peers } from './peers.js';
+
+// Review 6 #2: tunnels whose reader stopped must not make the process hold 4 MiB each, per stream,
+// without bound. Each flood runs in a child process; this process is the side that would buffer, and
+// its RSS is the sanity check beside the budget's own accounting.
+
+const MiB = 1024 * 1024;
+const peers = new Peers();
+let pki: Pki;
+let files: Record<string, string>;
+/** Accepts connections and never reads them: an app that stopped reading. */
+let stuck: TcpServer;
+let echo: TcpServer;
+
+beforeAll(async () => {
+  pki = await makePki();
+  const dir = await peers.tmp('budget');
+  files = await peers.files(dir, {
+    'client.key': pki.client.keyPem,
+    'client.crt': pki.client.chainPem,
+    'server.key': pki.server.keyPem,
+    'server.crt': pki.server.chainPem,
+    'root.crt': pki.ca.rootPem,
+  });
+  stuck = await tcpServer((s) => s.pause());
+  echo = await echoServer();
+});
+
+afterAll(async () => {
+  await peers.stopAll();
+  await stuck?.close();
+  await echo?.close();
+});
+
+interface Line {
+  level: string;
+  obj: Record<string, unknown>;
+  msg: string | undefined;
+}
+function recordingLogger(lines: Line[]): HboneLogger {
+  const at =
+    (level: string) =>
+    (obj: object, msg?: string): void =>
+      void lines.push({ level, obj: obj as Record<string, unknown>, msg });
+  const logger: HboneLogger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => logger };
+  return logger;
+}
+
+/** An upstream that takes no bytes: its writes never complete. */
+function stalledApp(): Duplex {
+  return new Duplex({
+    read() {},
+    write(_chunk, _enc, _cb) {},
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const rss = (): number => process.memoryUsage().rss;
+
+/** Waits for a line on the child's stdout that `match` accepts; fails with the child's log. */
+function lineFrom(p: ChildProcess, match: (l: string) => boolean, ms: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`no matching line from the child within ${ms} ms:\n${peers.logOf(p)}`)), ms);
+    const onData = (b: Buffer): void => {
+      buf += b.toString();
+      for (const l of buf.split('\n')) {
+        if (match(l)) {
+          clearTimeout(timer);
+          p.stdout?.off('data', onData);
+          resolve(l);
+          return;
+        }
+      }
+    };
+    p.stdout?.on('data', onData);
+    p.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`child exited (${code}) early:\n${peers.logOf(p)}`));
+    });
+  });
+}
+
+/**
+ * Samples this process's RSS growth every 100 ms for `ms` while `poll` runs; stops early (and fails)
+ * once the growth passes `failAboveMiB`, so a regression does not take the machine's memory with it.
+ */
+async function watchRss(ms: number, failAboveMiB: number, poll: () => void = () => {}): Promise<number> {
+  const base = rss();
+  let peak = 0;
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    await sleep(100);
+    poll();
+    peak = Math.max(peak, rss() - base);
+    if (peak > failAboveMiB * MiB) break;
+  }
+  return peak / MiB;
+}
+
+describe('buffer budget: inbound (15008 side)', () => {
+  it('one session × 200 streams into an app that stopped reading: the largest tunnels are reset, new streams refused, memory stays bounded, other sessions flow', async () => {
+    const lines: Line[] = [];
+    const server = createHboneServer({
+      tls: tlsOf(pki.server),
+      // Port 9 is the app that stopped reading; the kernel buffers of a real socket would only slow the flood down.
+      connect: (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)),
+      logger: recordingLogger(lines),
+      bufferBudget: { maxSessionBytes: 8 * MiB, maxBytes: 64 * MiB },
+    });
+    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    const script = fileURLToPath(new URL('./peers/h2flood.mjs', import.meta.url));
+    const cfg = { port, key: files['client.key'], cert: files['client.crt'], ca: files['root.crt'], authority: '127.0.0.1:9', streams: 200, seconds: 9 };
+    const flood = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
+    const result = lineFrom(flood, (l) => l.startsWith('{'), 30_000);
+    result.catch(() => {});
+    const legit = new HboneClient({ tls: tlsOf(pki.client) });
+    try {
+      await lineFrom(flood, (l) => l === 'READY', 15_000);
+      // A client on a session of its own moves 8 MiB both ways while the flood runs.
+      const transfer = (async () => {
+        const t = await legit.connect({ peer: { host: '127.0.0.1', port }, target: { host: '127.0.0.1', port: echo.port }, expectedIdentities: [SERVER_ID] });
+        const data = random(8 * MiB);
+        const back = await exchange(t, data);
+        t.destroy();
+        return sha256(back) === sha256(data);
+      })();
+      const growthMiB = await watchRss(7000, 100);
+      expect(await transfer).toBe(true);
+      // Old code: up to 200 × 4 MiB stream windows (+ 256 KiB of bridge queue each) ≈ 850 MiB, as fast as the flood comes.
+      expect(growthMiB).toBeLessThan(100);
+      const report = JSON.parse(await result) as { ok: number; status: Record<string, number>; resets: Record<string, number> };
+      // Reset with ENHANCE_YOUR_CALM (0xb), and refused with 503 while the session was over budget.
+      expect(report.resets['11'] ?? 0).toBeGreaterThan(0);
+      expect(report.status['503'] ?? 0).toBeGreaterThan(0);
+      const resets = lines.filter((l) => l.msg === 'tunnel reset: buffer budget exceeded');
+      expect(resets.length).toBeGreaterThan(0);
+      for (const r of resets) {
+        expect(r.level).toBe('warn');
+        expect(r.obj['direction']).toBe('inbound');
+        expect(r.obj['peer']).toMatch(/^127\.0\.0\.1:\d+$/);
+        expect(r.obj['heldBytes']).toBeGreaterThan(0);
+      }
+      // Only the flooding session was shed: its address, never the legitimate client's.
+      expect(new Set(resets.map((r) => r.obj['peer'])).size).toBe(1);
+    } finally {
+      await legit.close({ deadlineMs: 200 });
+      await server.close({ deadlineMs: 200 });
+    }
+  }, 60_000);
+
+  it('counts what paused tunnels hold in the budget (stats) and stops counting when they close', async () => {
+    const budget = new BufferBudget({ maxSessionBytes: 64 * MiB, maxBytes: 256 * MiB, checkIntervalMs: 50 });
+    const server = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), bufferBudget: budget });
+    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    const session = http2.connect(`https://127.0.0.1:${port}`, { key: pki.client.keyPem, cert: pki.client.chainPem, ca: pki.ca.rootPem, checkServerIdentity: () => undefined });
+    session.on('error', () => {});
+    try {
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      for (let i = 0; i < 10; i++) {
+        const req = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${stuck.port}` });
+        req.on('error', () => {});
+        const pump = (): void => {
+          while (!req.destroyed && req.write(chunk));
+        };
+        req.on('drain', pump);
+        req.once('response', pump);
+      }
+      const end = Date.now() + 10_000;
+      while (Date.now() < end && !(budget.stats().holdingTunnels === 10 && budget.stats().heldBytes > 10 * MiB)) await sleep(50);
+      const s = budget.stats();
+      expect(s.tunnels).toBe(10);
+      expect(s.holdingTunnels).toBe(10);
+      // Each holds its upstream's 256 KiB bridge queue and what its stream window let in.
+      expect(s.heldBytes).toBeGreaterThan(10 * MiB);
+      expect(s.resets).toBe(0);
+    } finally {
+      session.destroy();
+    }
+    const end = Date.now() + 5000;
+    while (Date.now() < end && budget.stats().tunnels > 0) await sleep(50);
+    expect(budget.stats().tunnels).toBe(0);
+    await sleep(120);
+    expect(budget.stats().heldBytes).toBe(0);
+    await server.close({ deadlineMs: 200 });
+  }, 30_000);
+
+  it('closes an authenticated session that has no tunnel for idleSessionTimeoutMs, not one with a tunnel', async () => {
+    const server = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), idleSessionTimeoutMs: 400 });
+    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    const connect = (): http2.ClientHttp2Session => {
+      const s = http2.connect(`https://127.0.0.1:${port}`, { key: pki.client.keyPem, cert: pki.client.chainPem, ca: pki.ca.rootPem, checkServerIdentity: () => undefined });
+      s.on('error', () => {});
+      return s;
+    };
+    const closedWithin = (s: http2.ClientHttp2Session, ms: number): Promise<boolean> =>
+      new Promise((r) => {
+        const t = setTimeout(() => r(false), ms);
+        s.once('goaway', () => {
+          clearTimeout(t);
+          r(true);
+        });
+      });
+    const idle = connect();
+    const busy = connect();
+    try {
+      await new Promise((r) => busy.once('remoteSettings', r));
+      const tunnel = busy.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` });
+      tunnel.on('error', () => {});
+      await new Promise((r) => tunnel.once('response', r));
+      const busyGone = closedWithin(busy, 1500);
+      expect(await closedWithin(idle, 3000)).toBe(true);
+      expect(await busyGone).toBe(false);
+      tunnel.close();
+      expect(await closedWithin(busy, 3000)).toBe(true);
+    } finally {
+      idle.destroy();
+      busy.destroy();
+      await server.close({ deadlineMs: 200 });
+    }
+  }, 20_000);
+
+  it('caps TLS handshakes in progress (maxPendingHandshakes): connections past it are closed at once', async () => {
+    const server = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), bufferBudget: { maxPendingHandshakes: 4 } });
+    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    // Connections that never send a ClientHello.
+    const silent: net.Socket[] = [];
+    const closed = new Set<net.Socket>();
+    try {
+      for (let i = 0; i < 10; i++) {
+        const s = net.connect({ host: '127.0.0.1', port });
+        s.on('error', () => {});
+        s.once('close', () => closed.add(s));
+        await new Promise((r) => s.once('connect', r));
+        silent.push(s);
+      }
+      await sleep(1000);
+      expect(closed.size).toBe(6);
+      expect(silent.slice(0, 4).every((s) => !closed.has(s))).toBe(true);
+      // Once they go, handshakes are taken again.
+      for (const s of silent) s.destroy();
+      await sleep(100);
+      const c = new HboneClient({ tls: tlsOf(pki.client) });
+      try {
+        const t = await c.connect({ peer: { host: '127.0.0.1', port }, target: { host: '127.0.0.1', port: echo.port }, expectedIdentities: [SERVER_ID] });
+        expect((await exchange(t, Buffer.from('after'))).toString()).toBe('after');
+        t.destroy();
+      } finally {
+        await c.close({ deadlineMs: 200 });
+      }
+    } finally {
+      for (const s of silent) s.destroy();
+      await server.close({ deadlineMs: 200 });
+    }
+  }, 20_000);
+});
+
+describe('buffer budget: outbound (client side)', () => {
+  let firehose: ChildProcess;
+  let firehosePort: number;
+
+  beforeAll(async () => {
+    const script = fileURLToPath(new URL('./peers/h2firehose.mjs', import.meta.url));
+    firehose = peers.spawn(process.execPath, [script, JSON.stringify({ key: files['server.key'], cert: files['server.crt'], ca: files['root.crt'] })]);
+    firehosePort = Number((await lineFrom(firehose, (l) => l.startsWith('PORT '), 15_000)).slice(5));
+  });
+
+  it('100 tunnels bridged to apps that stopped reading: the largest are reset, connect() is refused while over budget, memory stays bounded', async () => {
+    const lines: Line[] = [];
+    const budget = new BufferBudget({ maxSessionBytes: 8 * MiB, maxBytes: 32 * MiB, logger: recordingLogger(lines) });
+    const client = new HboneClient({ tls: tlsOf(pki.client), bufferBudget: budget });
+    const apps: net.Socket[] = [];
+    const results: Promise<{ reset: boolean }>[] = [];
+    const refusals: HboneError[] = [];
+    const open = async (): Promise<void> => {
+      try {
+        const t = await client.connect({ peer: { host: '127.0.0.1', port: firehosePort }, target: { host: '10.0.0.1', port: 8080 }, expectedIdentities: [SERVER_ID] });
+        // The app's end of its connection: the stuck server never reads it.
+        const app = await dial(stuck.port);
+        apps.push(app as net.Socket);
+        results.push(bridge(t, app));
+      } catch (err) {
+        if ((err as HboneError).code === 'ERR_HBONE_BUFFER_BUDGET') refusals.push(err as HboneError);
+        else throw err;
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: 100 }, open));
+      // Apps keep opening connections while the others are stuck.
+      let opening: Promise<void> = Promise.resolve();
+      let maxHeld = 0;
+      let maxTunnels = 0;
+      const growthMiB = await watchRss(7000, 120, () => {
+        opening = opening.then(open);
+        maxHeld = Math.max(maxHeld, budget.stats().heldBytes);
+        maxTunnels = Math.max(maxTunnels, budget.stats().tunnels);
+      });
+      await opening;
+      // The budget's own count, after each check's shedding, never passes the process limit.
+      expect(maxTunnels).toBeGreaterThanOrEqual(50);
+      expect(maxHeld).toBeGreaterThan(4 * MiB);
+      expect(maxHeld).toBeLessThanOrEqual(32 * MiB);
+      expect(budget.stats().resets).toBeGreaterThan(0);
+      expect(budget.stats().refused).toBe(refusals.length);
+      // Old code: 100 × 4 MiB stream windows ≈ 420 MiB (+130 MiB within 5 s here, growing).
+      expect(growthMiB).toBeLessThan(120);
+      const done = await Promise.all(results.map((p) => Promise.race([p, sleep(10).then(() => undefined)])));
+      expect(done.filter((r) => r?.reset === true).length).toBeGreaterThan(0);
+      const resets = lines.filter((l) => l.msg === 'tunnel reset: buffer budget exceeded');
+      expect(resets.length).toBeGreaterThan(0);
+      expect(resets[0]!.obj['direction']).toBe('outbound');
+      expect(resets[0]!.obj['peer']).toBe(`127.0.0.1:${firehosePort}`);
+      expect(refusals.length).toBeGreaterThan(0);
+      expect(refusals[0]!.message).toContain('buffer budget exceeded');
+    } finally {
+      for (const a of apps) a.destroy();
+      await client.close({ deadlineMs: 200 });
+    }
+  }, 60_000);
+});
