@@ -147,9 +147,9 @@ const REQUEST_OPTIONS = { endStream: false, weight: 16, parent: 0, exclusive: fa
 // two closures a hidden class of its own, made in old space, and that keeps the closures' scope — which
 // holds the function bound to the new stream — alive until the next full GC. Every tunnel's stream and
 // everything it references (~7 KB) then survives each scavenge, is copied and promoted: scavenges 2-3x
-// longer (the open-latency tail), and full GCs. While request() runs (synchronously; nothing else does)
-// bind is the same bind without that accessor, which nothing in node:http2 reads. Only where Node has
-// the accessor, and only if no one else replaced bind.
+// longer (the open-latency tail), and full GCs. While request() runs (synchronously: only Node's code
+// and async_hooks init hooks run meanwhile) bind is the same bind without that accessor, which nothing
+// in node:http2 reads. Only where Node has the accessor, and only if no one else replaced bind.
 type Bind = (this: AsyncResource, fn: (...args: unknown[]) => unknown, thisArg?: unknown) => unknown;
 const proto = AsyncResource.prototype as unknown as { bind: Bind };
 const nodeBind = proto.bind;
