@@ -12,4 +12,11 @@ describe('v8Flags', () => {
     expect(() => v8Flags('--ok nope')).toThrow(V8FlagsError);
     expect(() => v8Flags('--ok nope')).toThrow(/"nope" is not of the form --name or --name=value/);
   });
+
+  it('refuses flags that abort V8 when set in a running process, whatever their spelling', () => {
+    for (const f of ['--single-threaded-gc', '--single_threaded', '--no-parallel-marking']) {
+      expect(() => v8Flags(`--semi-space-growth-factor=1 ${f}`)).toThrow(/aborts V8 at its next full GC/);
+    }
+    expect(v8Flags('--no-parallel-scavenge --no-concurrent-marking')).toEqual(['--no-parallel-scavenge', '--no-concurrent-marking']);
+  });
 });

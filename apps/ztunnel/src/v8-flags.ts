@@ -24,6 +24,13 @@
  */
 export const DEFAULT_V8_FLAGS = '--semi-space-growth-factor=1 --heap-growing-percent=300';
 
+/**
+ * Flags that, set from inside a running process (as here), abort it at its next full GC (Node 20.20: `Check
+ * failed: concurrent_marking_handle_ …` for the single-threaded ones, `… concurrent_marking()->IsStopped()` for
+ * parallel marking; `--no-concurrent-marking`, `--no-parallel-scavenge`, `--no-concurrent-sweeping` do not).
+ */
+const ABORTING_FLAGS = new Set(['single-threaded', 'single-threaded-gc', 'no-parallel-marking']);
+
 export class V8FlagsError extends Error {
   readonly code = 'ERR_ZTUNNEL_V8_FLAGS';
 }
@@ -33,5 +40,11 @@ export function v8Flags(value: string | undefined): string[] {
   const tokens = (value ?? DEFAULT_V8_FLAGS).split(/\s+/).filter((t) => t !== '');
   const bad = tokens.filter((t) => !/^--[a-z0-9][a-z0-9_-]*(=\S+)?$/.test(t));
   if (bad.length > 0) throw new V8FlagsError(`WEIR_V8_FLAGS=${JSON.stringify(value)}: ${bad.map((b) => JSON.stringify(b)).join(', ')} is not of the form --name or --name=value (V8 itself warns about, and skips, flags it does not know)`);
+  const aborting = tokens.filter((t) => ABORTING_FLAGS.has(t.slice(2).split('=')[0]!.replaceAll('_', '-')));
+  if (aborting.length > 0) {
+    throw new V8FlagsError(
+      `WEIR_V8_FLAGS=${JSON.stringify(value)}: ${aborting.map((b) => JSON.stringify(b)).join(', ')} aborts V8 at its next full GC when set after start; pass it on node's command line instead`,
+    );
+  }
   return tokens;
 }
