@@ -5,6 +5,7 @@ import {
   HboneError,
   bridge,
   createHboneServer,
+  type BufferBudget,
   type HboneAbortSignal,
   type HboneConnectContext,
   type HbonePeer,
@@ -67,6 +68,8 @@ export interface InpodProxyOptions {
   logger: Logger;
   /** Outbound TCP connect timeout (ztunnel: 10 s). */
   connectTimeoutMs?: number;
+  /** Bounds what paused HBONE tunnels hold, shared by every pod's client and server (one per process). */
+  bufferBudget?: BufferBudget;
   /** SOCKS5 on 127.0.0.1:15080 into the outbound path; default off (as current ztunnel). */
   socks5?: boolean;
   /** DNS proxy on 15053 (UDP+TCP, 127.0.0.1 and ::1 where lo has IPv6); undefined: off. */
@@ -359,6 +362,7 @@ export class InpodProxy {
       // the CONNECT answer keeps the client's default (15 s): the peer first connects to its app,
       // with its own 10 s timeout, before it answers.
       connectTimeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+      ...(this.#o.bufferBudget ? { bufferBudget: this.#o.bufferBudget } : {}),
     });
     return this.#hboneClient;
   }
@@ -372,6 +376,7 @@ export class InpodProxy {
       authorize: (peer, target, headers) => this.#authorizeHbone(peer, target, headers),
       connect: (target, ctx) => this.#connectHbone(target, ctx),
       logger: this.#log.child({ component: 'hbone' }),
+      ...(this.#o.bufferBudget ? { bufferBudget: this.#o.bufferBudget } : {}),
     });
     return this.#hboneServer;
   }

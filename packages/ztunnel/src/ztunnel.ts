@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net';
+import { BufferBudget, type BufferBudgetOptions } from '@weir/hbone';
 import { ZdsClient } from '@weir/redirect-protocol';
 import { createAdminServer, createMetricsServer, createReadinessServer, parseListenAddress, type HttpEndpoint, type ListenAddress } from './admin.js';
 import type { CaCertificateDump } from './ca-client/ca-client.js';
@@ -9,6 +10,7 @@ import type { OrigSrcMode, ProxyPorts } from './inpod-proxy.js';
 import type { LocalConfig } from './local-config.js';
 import { silentLogger, type LogLevel, type Logger } from './logger.js';
 import { ZtunnelMetrics } from './metrics.js';
+import { registerBufferBudgetMetrics } from './buffer-budget-metrics.js';
 import { DnsMetrics, DnsNameTable, type DnsUpstream } from './dns/index.js';
 import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
 // Types only: the xDS client (gRPC, generated protobuf) is loaded by start() when `xds` is set, so a
@@ -83,6 +85,12 @@ export interface ZtunnelOptions {
   dnsUpstreams?: DnsUpstream[];
   /** Default `cluster.local`. */
   clusterDomain?: string;
+  /**
+   * One budget for every pod's HBONE tunnels: bytes held by tunnels whose reader stopped (default 256 MiB
+   * in all, 32 MiB per HBONE session; the chart's memory limit is 1 GiB) and TLS handshakes in progress
+   * on 15008 (default 512). Over it the tunnels holding the most are reset and new ones refused.
+   */
+  bufferBudget?: BufferBudgetOptions;
 }
 
 type EndpointName = 'admin' | 'metrics' | 'readiness';
@@ -117,8 +125,11 @@ export class Ztunnel {
     }
     this.metrics = new ZtunnelMetrics({ processMetrics: o.processMetrics ?? false });
     this.identities = new IdentityManager(o.ca, { ttlSeconds: o.certTtlSeconds ?? 86_400, logger: this.#log.child({ component: 'identity' }) });
+    const bufferBudget = new BufferBudget({ logger: this.#log.child({ component: 'hbone' }), ...o.bufferBudget });
+    registerBufferBudgetMetrics(this.metrics.registry, bufferBudget);
     this.manager = new InpodManager({
       proxy: {
+        bufferBudget,
         store: this.store,
         identities: this.identities,
         trustBundle: () => o.ca.rootPem,
