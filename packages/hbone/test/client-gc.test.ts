@@ -1,7 +1,7 @@
 import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks';
 import { Duplex } from 'node:stream';
-import v8 from 'node:v8';
-import vm from 'node:vm';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HboneClient, createHboneServer, type HboneServer } from '../src/index.js';
 import { SERVER_ID, makePki, tlsOf } from './helpers.js';
