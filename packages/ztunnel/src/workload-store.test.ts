@@ -2,6 +2,7 @@ import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { DnsNameTable } from './dns/name-table.js';
 import { parseLocalConfig } from './local-config.js';
 import { LocalConfigWatcher, WorkloadStore } from './workload-store.js';
 
@@ -90,6 +91,12 @@ services:
     expect(s.resolve('240.240.0.2', 443)).toBeUndefined();
     // No address can ever match them.
     for (const ip of ['0.0.0.0', '::', '240.240.0.1', '']) expect(s.workloadByIp(ip)).toBeUndefined();
+    // The DNS proxy answers the service's VIP; the workload's own name has no address, so it is left
+    // to the upstream resolver rather than answered empty.
+    const names = new DnsNameTable(s);
+    expect(names.lookup('api.example.com')).toMatchObject({ v4: ['240.240.0.1'], v6: [] });
+    s.replace({ ...s.config, services: [] });
+    expect(names.lookup('api.example.com')).toBeUndefined();
   });
 });
 
