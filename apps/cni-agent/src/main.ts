@@ -123,9 +123,12 @@ async function main(): Promise<number> {
   });
 
   let stopping: Promise<number> | undefined;
+  let installing: Promise<void> | undefined;
   const stop = (signal: string): Promise<number> =>
     (stopping ??= (async () => {
       logger.info({ signal }, 'shutting down');
+      // An install still writing would put the plugin back after an uninstall: let it finish first.
+      await installing?.catch(() => undefined);
       await installer?.unwatch();
       await agent.stop();
       if (!installer) return 0;
@@ -156,7 +159,7 @@ async function main(): Promise<number> {
     return 1;
   }
   // istio-cni order: the plugin is chained only once the agent can answer it.
-  if (installer) {
+  if (installer && !stopping) {
     if (kc && !c['pods-file']) {
       const k = kc;
       const warned = new Set<string>();
@@ -173,8 +176,8 @@ async function main(): Promise<number> {
         },
       });
     }
-    await installer.install();
-    installer.watch();
+    installing = installer.install().then(() => installer.watch());
+    await installing;
   }
   return done;
 }
