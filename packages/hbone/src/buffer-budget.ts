@@ -42,16 +42,81 @@ type Tunnel = Duplex & { close(code?: number): void; readonly closed: boolean };
 const kAccount = Symbol('hbone.budgetAccount');
 type Tracked = Tunnel & { [kAccount]?: BudgetSession | undefined };
 
+/** Chunks looked at per queue and check; the rest of a longer queue are assumed to keep as much each as those seen did. */
+const MAX_CHUNKS_SCANNED = 256;
+/** JS heap per queued chunk (its Buffer object and queue slot): what one-byte DATA frames cost beyond their byte. */
+const CHUNK_OVERHEAD = 128;
+
+interface StreamInternals {
+  _readableState?: { buffer?: unknown; bufferIndex?: number };
+  _writableState?: { buffered?: { chunk?: unknown }[]; bufferedIndex?: number };
+}
+
 /**
  * What a tunnel holds in memory: unread bytes of its stream (Node hands every DATA frame to JS as it
  * arrives and consumes the connection window at once, so only the stream window bounds them) and
- * what the bridge to its socket has queued either way.
+ * what the bridge to its socket has queued either way. Node keeps a received DATA frame as a slice of
+ * the whole buffer the session read it in, and as a JS object of its own, so a queue of small frames
+ * keeps far more alive than its length: each queue counts the larger of its length and the buffers
+ * its chunks keep alive (`seen`: each buffer once per check, whichever tunnel holds it), plus a heap
+ * cost per chunk.
  */
-function heldBy(s: Duplex): number {
-  let n = s.readableLength + s.writableLength;
+function heldBy(s: Duplex, seen: Set<ArrayBufferLike>): number {
+  let n = queued(s, seen);
   const peer = bridgedPeer(s);
-  if (peer !== undefined) n += peer.readableLength + peer.writableLength;
+  if (peer !== undefined) n += queued(peer, seen);
   return n;
+}
+
+function queued(d: Duplex, seen: Set<ArrayBufferLike>): number {
+  const readable = d.readableLength;
+  const writable = d.writableLength;
+  if (readable === 0 && writable === 0) return 0;
+  const { _readableState: r, _writableState: w } = d as Duplex & StreamInternals;
+  let n = 0;
+  if (readable > 0) n += r === undefined ? readable : Math.max(readable, readableKept(r.buffer, r.bufferIndex ?? 0, seen));
+  if (writable > 0) n += w?.buffered === undefined ? writable : Math.max(writable, arrayKept(w.buffered, w.bufferedIndex ?? 0, seen, true));
+  return n;
+}
+
+/** Node 20.x keeps a readable's chunks in an array from `bufferIndex` (newer) or a linked list (older). */
+function readableKept(buffer: unknown, start: number, seen: Set<ArrayBufferLike>): number {
+  if (Array.isArray(buffer)) return arrayKept(buffer, start, seen, false);
+  const total = (buffer as { length?: number } | undefined)?.length ?? 0;
+  let node = (buffer as { head?: { data: unknown; next: unknown } | null } | undefined)?.head;
+  let kept = 0;
+  let scanned = 0;
+  while (node && scanned < MAX_CHUNKS_SCANNED) {
+    kept += keptBy(node.data, seen);
+    scanned++;
+    node = node.next as typeof node;
+  }
+  return extrapolate(kept, scanned, total);
+}
+
+function arrayKept(list: unknown[], start: number, seen: Set<ArrayBufferLike>, entries: boolean): number {
+  let kept = 0;
+  const end = Math.min(list.length, start + MAX_CHUNKS_SCANNED);
+  for (let i = start; i < end; i++) {
+    const item = list[i];
+    kept += keptBy(entries ? (item as { chunk?: unknown } | undefined)?.chunk : item, seen);
+  }
+  return extrapolate(kept, end - start, list.length - start);
+}
+
+function keptBy(chunk: unknown, seen: Set<ArrayBufferLike>): number {
+  const b = backing(chunk);
+  if (b === undefined || seen.has(b)) return CHUNK_OVERHEAD;
+  seen.add(b);
+  return CHUNK_OVERHEAD + b.byteLength;
+}
+
+function extrapolate(kept: number, scanned: number, total: number): number {
+  return scanned === 0 || total <= scanned ? kept : kept + Math.ceil((kept / scanned) * (total - scanned));
+}
+
+function backing(chunk: unknown): ArrayBufferLike | undefined {
+  return chunk instanceof Uint8Array ? chunk.buffer : undefined;
 }
 
 /**
@@ -171,12 +236,13 @@ export class BufferBudget {
     let holding = 0;
     let sessionsOver = 0;
     const holders: Holder[] = [];
+    const seen = new Set<ArrayBufferLike>();
     for (const s of this.#sessions) {
       let held = 0;
       const first = holders.length;
       for (const t of s.tunnels) {
         if (t.closed || t.destroyed) continue;
-        const h = heldBy(t);
+        const h = heldBy(t, seen);
         if (h === 0) continue;
         held += h;
         holders.push({ tunnel: t, session: s, held: h });
