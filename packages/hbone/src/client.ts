@@ -32,7 +32,7 @@ export interface HboneClientOptions {
   pingIntervalMs?: number;
   /** Default 20 s. */
   pingTimeoutMs?: number;
-  /** Per-stream receive window, default 4 MiB. */
+  /** Per-stream receive window, default 1 MiB: what a tunnel whose reader stopped holds (see the server's). */
   streamWindowSize?: number;
   /** Per-connection receive window, default 16 MiB. */
   connectionWindowSize?: number;
@@ -388,7 +388,7 @@ export class HboneClient {
         // reset answers from peers that send more than `:status` (Go adds date, nghttpx server and via).
         settings: {
           enablePush: false,
-          initialWindowSize: this.#o.streamWindowSize ?? 4 * MiB,
+          initialWindowSize: this.#o.streamWindowSize ?? MiB,
           maxFrameSize: MiB,
         },
       });

@@ -54,7 +54,11 @@ export interface HboneServerOptions {
   logger?: HboneLogger;
   /** Default 200 (as ztunnel). */
   maxConcurrentStreams?: number;
-  /** Per-stream receive window, default 4 MiB (as ztunnel). */
+  /**
+   * Per-stream receive window, default 1 MiB (ztunnel: 4 MiB). Node returns the connection window as data
+   * arrives, so this is what a stream whose reader stopped holds, and × maxConcurrentStreams a session;
+   * 1 MiB carries as much as 4 MiB here (DESIGN.md) and caps a session at 200 MiB between budget checks.
+   */
   streamWindowSize?: number;
   /** Per-connection receive window, default 16 MiB (as ztunnel). */
   connectionWindowSize?: number;
@@ -118,7 +122,7 @@ class Server implements HboneServer {
     this.#tls = resolveTls(o.tls);
     this.#budget = resolveBudget(o.bufferBudget, this.#log);
     this.#guard = new InboundGuard(this.#budget, o.idleSessionTimeoutMs ?? 600_000, this.#log);
-    const streamWindow = o.streamWindowSize ?? 4 * MiB;
+    const streamWindow = o.streamWindowSize ?? MiB;
     this.#h2 = http2.createSecureServer({
       ...this.#secureOptions(this.#tls),
       requestCert: true,
