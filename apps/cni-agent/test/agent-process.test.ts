@@ -62,6 +62,8 @@ describe('weir-cni-agent process (root, real netns, real CNI chain with weir-cni
     } catch (err) {
       throw new Error(`${(err as Error).message}; agent log: ${(await p.readLog()).slice(-3000)}`);
     }
+    // Ready comes first, then the plugin is chained (istio-cni's order).
+    await until('plugin chained', async () => (await readFile(node.conflistPath, 'utf8')).includes('"weir-cni"'), 30_000);
     return p;
   }
 
