@@ -260,7 +260,8 @@ describe('buffer budget: inbound (15008 side)', () => {
   }, 20_000);
 
   it('caps TLS handshakes in progress (maxPendingHandshakes): connections past it are closed at once', async () => {
-    const server = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), bufferBudget: { maxPendingHandshakes: 4 } });
+    const budget = new BufferBudget({ maxPendingHandshakes: 4 });
+    const server = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), bufferBudget: budget });
     const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
     // Connections that never send a ClientHello.
     const silent: net.Socket[] = [];
@@ -276,6 +277,7 @@ describe('buffer budget: inbound (15008 side)', () => {
       await sleep(1000);
       expect(closed.size).toBe(6);
       expect(silent.slice(0, 4).every((s) => !closed.has(s))).toBe(true);
+      expect(budget.stats()).toMatchObject({ pendingHandshakes: 4, handshakesRefused: 6 });
       // Once they go, handshakes are taken again.
       for (const s of silent) s.destroy();
       await sleep(100);
@@ -283,6 +285,8 @@ describe('buffer budget: inbound (15008 side)', () => {
       try {
         const t = await c.connect({ peer: { host: '127.0.0.1', port }, target: { host: '127.0.0.1', port: echo.port }, expectedIdentities: [SERVER_ID] });
         expect((await exchange(t, Buffer.from('after'))).toString()).toBe('after');
+        // A finished handshake no longer counts, while its session lives on.
+        expect(budget.stats().pendingHandshakes).toBe(0);
         t.destroy();
       } finally {
         await c.close({ deadlineMs: 200 });
