@@ -8,6 +8,7 @@
 //      request is a new TCP connection, hence a new HBONE stream), weir vs direct vs the Go tunnel
 //   3. both ztunnels' RSS at 0, 1,000 and 10,000 concurrent idle connections a → b (through the mesh)
 // Last line: one JSON object.
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -32,6 +33,31 @@ async function settledRss(pid) {
   }
   return s.sort((x, y) => x - y)[2];
 }
+
+/**
+ * BENCH_MEM_BREAKDOWN: where a ztunnel's resident memory is (from /proc/<pid>/smaps, read from outside): the node
+ * binary's pages (shared, file-backed), V8's heap (its 256 KiB pages, and code pages), malloc (the brk heap and the
+ * other anonymous mappings: thread arenas, stacks), in MiB.
+ */
+function memBreakdown(pid) {
+  const kib = { node: 0, libs: 0, v8: 0, brk: 0, other: 0 };
+  let bucket;
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (m) {
+      const size = (parseInt(m[2], 16) - parseInt(m[1], 16)) / 1024;
+      const [, , , perms, name] = m;
+      bucket = name === process.execPath || name.endsWith('/node') ? 'node' : name === '[heap]' ? 'brk' : name.startsWith('/') ? 'libs' : name === '' && (size === 256 || perms.includes('x')) ? 'v8' : 'other';
+      continue;
+    }
+    const r = /^Rss:\s+(\d+)/.exec(line);
+    if (r) kib[bucket] += Number(r[1]);
+  }
+  return Object.entries(kib).map(([k, v]) => `${k} ${(v / 1024).toFixed(1)}`).join(', ');
+}
+const breakdown = (label, pid) => {
+  if (process.env.BENCH_MEM_BREAKDOWN) console.log(`  memory of ${label} (MiB): ${memBreakdown(pid)}`);
+};
 
 const t0 = Date.now();
 const fillers = Array.from({ length: PODS - 1 }, (_, i) => `f${i + 1}`);
@@ -59,6 +85,7 @@ await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, de
   const add = await burst('add');
   await sleep(5000); // enrollment's garbage: let the heap settle before calling it idle
   const idle100 = await settledRss(z1.pid);
+  breakdown(`ztunnel n1, idle, ${PODS} pods`, z1.pid);
   const del = await burst('del');
   await sleep(3000);
   const afterDel = await settledRss(z1.pid);
@@ -101,6 +128,8 @@ await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, de
   const accepted = async () => Number([...(await mesh.topo.process('hold-server').readLog()).matchAll(/ACCEPTED (\d+)/g)].at(-1)?.[1] ?? 0);
   await sleep(3000); // the new-connection run's sockets close and their memory settles
   const rss = { 0: [await settledRss(z1.pid), await settledRss(z2.pid)] };
+  breakdown('ztunnel n1, 0 connections', z1.pid);
+  breakdown('ztunnel n2, 0 connections', z2.pid);
   const steps = [1000, IDLE].filter((n, i, xs) => n <= IDLE && xs.indexOf(n) === i);
   let held = 0;
   for (const n of steps) {
@@ -114,6 +143,8 @@ await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, de
     });
     await sleep(2000);
     rss[n] = [await settledRss(z1.pid), await settledRss(z2.pid)];
+    breakdown(`ztunnel n1, ${n} connections`, z1.pid);
+    breakdown(`ztunnel n2, ${n} connections`, z2.pid);
   }
   console.log('idle connections a → b   ztunnel n1 RSS MiB   ztunnel n2 RSS MiB');
   for (const [n, [r1, r2]] of Object.entries(rss)) console.log(`${String(n).padStart(24)}   ${(r1 / 1024).toFixed(1).padStart(18)}   ${(r2 / 1024).toFixed(1).padStart(18)}`);
