@@ -150,7 +150,8 @@ function nameProcess(name: string): void {
   }
 }
 
-main().catch((err: unknown) => {
+/** Settles once ztunnel is started (or the process exits). */
+export const started: Promise<void> = main().catch((err: unknown) => {
   process.stderr.write(`weir-ztunnel: ${(err as Error).stack ?? String(err)}\n`);
   process.exit(1);
 });

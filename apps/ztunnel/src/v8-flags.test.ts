@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_V8_FLAGS, V8FlagsError, v8Flags } from './v8-flags.js';
+import { DEFAULT_V8_FLAGS, STARTUP_INTERRUPT_BUDGET, V8_INTERRUPT_BUDGET, V8FlagsError, startupV8Flags, v8Flags } from './v8-flags.js';
 
 describe('v8Flags', () => {
   it('gives the defaults when WEIR_V8_FLAGS is unset, none when it is empty, else its tokens', () => {
@@ -18,5 +18,17 @@ describe('v8Flags', () => {
       expect(() => v8Flags(`--semi-space-growth-factor=1 ${f}`)).toThrow(/aborts V8 at its next full GC/);
     }
     expect(v8Flags('--no-parallel-scavenge --no-concurrent-marking')).toEqual(['--no-parallel-scavenge', '--no-concurrent-marking']);
+  });
+});
+
+describe('startupV8Flags', () => {
+  it('raises the interrupt budget while starting and gives V8 its own back once started', () => {
+    expect(STARTUP_INTERRUPT_BUDGET).toBeGreaterThan(V8_INTERRUPT_BUDGET);
+    expect(startupV8Flags(v8Flags(undefined))).toEqual({ starting: [`--interrupt-budget=${STARTUP_INTERRUPT_BUDGET}`], started: ['--interrupt-budget=67584'] });
+  });
+
+  it('leaves the budget alone when WEIR_V8_FLAGS sets one, whatever its spelling', () => {
+    for (const f of ['--interrupt-budget=1000', '--interrupt_budget=1000']) expect(startupV8Flags(v8Flags(f))).toEqual({ starting: [], started: [] });
+    expect(startupV8Flags(v8Flags('--interrupt-budget-for-feedback-allocation=100')).starting).toHaveLength(1);
   });
 });
