@@ -129,9 +129,9 @@ class CallbackBridge extends Bridge {
 /**
  * Chunks at least this big are bulk data (HTTP/2 DATA frames and TLS records carry up to 16 KiB): more
  * probably follow in this event-loop turn, so they are corked and leave together in one writev from a
- * setImmediate. A smaller chunk is the end of what arrived (a request, a response, the tail of a burst):
- * it is written at once, with whatever was corked before it, so a round trip waits for no deferral and
- * allocates no immediate.
+ * setImmediate. A smaller chunk joins a batch already corked this turn (a bulk stream's frames straddle
+ * TLS records, so bursts hold small fragments); otherwise it is a message of its own (a request, a
+ * response) and is written at once: a round trip then waits for no deferral and allocates no immediate.
  */
 export const COALESCE_MIN = 4096;
 
@@ -140,17 +140,12 @@ function onTunnelData(this: Side, chunk: Buffer): void {
   b.tunnelToSocket += chunk.length;
   const dst = b.socket;
   if (dst.writableEnded || dst.destroyed) return;
-  if (chunk.length >= COALESCE_MIN) {
-    if ((b.flags & SOCKET_CORKED) === 0) {
-      b.flags |= SOCKET_CORKED;
-      dst.cork();
-      setImmediate(uncorkSocket, b);
-    }
-    dst.write(chunk);
-  } else {
-    dst.write(chunk);
-    if ((b.flags & SOCKET_CORKED) !== 0) uncorkSocket(b);
+  if (chunk.length >= COALESCE_MIN && (b.flags & SOCKET_CORKED) === 0) {
+    b.flags |= SOCKET_CORKED;
+    dst.cork();
+    setImmediate(uncorkSocket, b);
   }
+  dst.write(chunk);
   if (dst.writableLength >= b.toSocketLimit) this.pause();
 }
 
@@ -162,31 +157,21 @@ function onSocketData(this: Side, chunk: Buffer): void {
   // An HTTP/2 stream is not corked: nghttp2 already queues every DATA frame written in this turn and
   // sends them in one TLS write from its own immediate; a cork released from setImmediate would hold
   // the bytes one more event-loop turn (an extra epoll_wait between the read and the write).
-  if ((b.flags & TUNNEL_IS_H2) !== 0) dst.write(chunk);
-  else if (chunk.length >= COALESCE_MIN) {
-    if ((b.flags & TUNNEL_CORKED) === 0) {
-      b.flags |= TUNNEL_CORKED;
-      dst.cork();
-      setImmediate(uncorkTunnel, b);
-    }
-    dst.write(chunk);
-  } else {
-    dst.write(chunk);
-    if ((b.flags & TUNNEL_CORKED) !== 0) uncorkTunnel(b);
+  if (chunk.length >= COALESCE_MIN && (b.flags & (TUNNEL_IS_H2 | TUNNEL_CORKED)) === 0) {
+    b.flags |= TUNNEL_CORKED;
+    dst.cork();
+    setImmediate(uncorkTunnel, b);
   }
+  dst.write(chunk);
   if (dst.writableLength >= b.toTunnelLimit) this.pause();
 }
 
-// Also run early by a small chunk; the immediate then finds nothing corked (or a later cork of the
-// same turn, which it releases: still once per turn at most).
 function uncorkSocket(b: Bridge): void {
-  if ((b.flags & SOCKET_CORKED) === 0) return;
   b.flags &= ~SOCKET_CORKED;
   b.socket.uncork();
 }
 
 function uncorkTunnel(b: Bridge): void {
-  if ((b.flags & TUNNEL_CORKED) === 0) return;
   b.flags &= ~TUNNEL_CORKED;
   b.tunnel.uncork();
 }
