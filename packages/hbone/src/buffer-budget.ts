@@ -20,7 +20,7 @@ export interface BufferBudgetOptions {
 }
 
 export interface BufferBudgetStats {
-  /** Tunnels tracked (open HBONE streams, both directions). */
+  /** Streams tracked: tunnels both directions, and inbound CONNECTs waiting for their upstream. */
   tunnels: number;
   /** Tunnels that held bytes at the last check, and those bytes. */
   holdingTunnels: number;
@@ -241,7 +241,11 @@ export class BufferBudget {
       let held = 0;
       const first = holders.length;
       for (const t of s.tunnels) {
-        if (t.closed || t.destroyed) continue;
+        // A stream refused or failed before it became a tunnel is let go here, not by a listener of its own.
+        if (t.destroyed) {
+          releaseTunnel(t);
+          continue;
+        }
         const h = heldBy(t, seen);
         if (h === 0) continue;
         held += h;
@@ -269,7 +273,7 @@ export class BufferBudget {
     let released = 0;
     for (const h of holders) {
       if (released >= excess) break;
-      if (h.tunnel.closed || h.tunnel.destroyed) continue;
+      if (h.tunnel.destroyed) continue;
       released += h.held;
       h.session.held -= h.held;
       this.#resets++;
@@ -284,7 +288,9 @@ export class BufferBudget {
         },
         'tunnel reset: buffer budget exceeded',
       );
-      h.tunnel.close(NGHTTP2_ENHANCE_YOUR_CALM);
+      // A stream both sides ended can still hold what its reader did not take: only destroying frees it.
+      if (h.tunnel.closed) h.tunnel.destroy();
+      else h.tunnel.close(NGHTTP2_ENHANCE_YOUR_CALM);
     }
     return released;
   }

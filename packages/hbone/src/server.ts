@@ -299,6 +299,8 @@ class Server implements HboneServer {
       log.debug({ src, peer: state.budget.peer }, overBudget.message);
       return refuse(stream, 503);
     }
+    // Counted from now: what a client sends before the 200 waits unread while the upstream connects.
+    state.budget.track(stream);
     const method = headers[HTTP2_HEADER_METHOD];
     const authority = headers[HTTP2_HEADER_AUTHORITY];
     if (method !== 'CONNECT') {
@@ -349,7 +351,6 @@ class Server implements HboneServer {
     const report = this.#o.onTunnelClosed === undefined ? undefined : { peer, target, headers: parsed, started: performance.now() };
     const tunnel = new ServerTunnel(stream, upstream, this.#onTunnelClosed, report);
     this.#tunnels.add(tunnel);
-    state.budget.track(stream);
     stream.respond(OK_HEADERS, OK_OPTIONS);
     tunnel.start();
   }

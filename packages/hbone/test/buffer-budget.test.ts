@@ -157,6 +157,34 @@ describe('buffer budget: inbound (15008 side)', () => {
     }
   }, 60_000);
 
+  it('counts what a client sends before the 200 while the upstream connect hangs', async () => {
+    const lines: Line[] = [];
+    const server = createHboneServer({
+      tls: tlsOf(pki.server),
+      // An app whose accept queue is full: the connect neither succeeds nor fails until the client gives up.
+      connect: (_t, ctx) => new Promise((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error))),
+      logger: recordingLogger(lines),
+      bufferBudget: { maxSessionBytes: 8 * MiB, maxBytes: 64 * MiB },
+    });
+    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    const script = fileURLToPath(new URL('./peers/h2flood.mjs', import.meta.url));
+    const cfg = { port, key: files['client.key'], cert: files['client.crt'], ca: files['root.crt'], authority: '127.0.0.1:9', streams: 200, seconds: 8, early: true };
+    const flood = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
+    const result = lineFrom(flood, (l) => l.startsWith('{'), 30_000);
+    result.catch(() => {});
+    try {
+      await lineFrom(flood, (l) => l === 'READY', 15_000);
+      const growthMiB = await watchRss(6000, 100);
+      // Counted only once a tunnel: 200 × the 1 MiB stream window, for as long as the connect takes.
+      expect(growthMiB).toBeLessThan(100);
+      const report = JSON.parse(await result) as { resets: Record<string, number> };
+      expect(report.resets['11'] ?? 0).toBeGreaterThan(0);
+      expect(lines.some((l) => l.msg === 'tunnel reset: buffer budget exceeded')).toBe(true);
+    } finally {
+      await server.close({ deadlineMs: 200 });
+    }
+  }, 60_000);
+
   it('counts the read buffers that tiny DATA frames of paused streams keep alive, not only their bytes', async () => {
     const lines: Line[] = [];
     const sink = await tcpServer((s) => s.resume());

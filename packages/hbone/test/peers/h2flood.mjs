@@ -1,8 +1,8 @@
 /* global process, console, Buffer, setTimeout */
 // A mesh client that keeps sending on many CONNECT streams of one HTTP/2 session (as fast as the
 // server's windows allow) while whatever is behind the server does not read: review 6 #2, inbound.
-// argv[2]: JSON { port, key, cert, ca, authority, streams, seconds }. Streams reset or refused are
-// opened again. Prints `READY` once every stream was answered the first time, then one JSON line
+// argv[2]: JSON { port, key, cert, ca, authority, streams, seconds, early? }. Streams reset or refused are
+// opened again. Prints `READY` once every stream was answered the first time (early: opened), then one JSON line
 // with what happened: { ok, status: {code: n}, resets: {code: n}, written } and exits.
 import { readFileSync } from 'node:fs';
 import * as http2 from 'node:http2';
@@ -26,9 +26,21 @@ function open() {
   if (stopping || session.destroyed || session.closed) return;
   const req = session.request({ ':method': 'CONNECT', ':authority': cfg.authority });
   let first = true;
+  const pump = () => {
+    while (!req.destroyed) {
+      out.written += chunk.length;
+      if (!req.write(chunk)) return;
+    }
+  };
   req.on('error', () => {});
+  req.on('drain', pump);
+  // early: send before the answer (a CONNECT's data may precede the 200).
+  if (cfg.early) {
+    pump();
+    if (++answered === cfg.streams) console.log('READY');
+  }
   req.on('response', (h) => {
-    if (first && ++answered === cfg.streams) console.log('READY');
+    if (!cfg.early && first && ++answered === cfg.streams) console.log('READY');
     first = false;
     const status = Number(h[':status']);
     if (status !== 200) {
@@ -36,14 +48,7 @@ function open() {
       return;
     }
     out.ok++;
-    const pump = () => {
-      while (!req.destroyed) {
-        out.written += chunk.length;
-        if (!req.write(chunk)) return;
-      }
-    };
-    req.on('drain', pump);
-    pump();
+    if (!cfg.early) pump();
   });
   req.on('close', () => {
     if (req.rstCode !== undefined && req.rstCode !== 0) out.resets[req.rstCode] = (out.resets[req.rstCode] ?? 0) + 1;
