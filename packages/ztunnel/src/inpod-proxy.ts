@@ -2,11 +2,8 @@ import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   HboneClient,
-  HboneError,
-  bridge,
   createHboneServer,
   type BufferBudget,
-  type HboneAbortSignal,
   type HboneConnectContext,
   type HbonePeer,
   type HboneRequestHeaders,
@@ -24,10 +21,11 @@ import { ZtunnelError } from './errors.js';
 import type { IdentityManager, WorkloadCertificate } from './identity.js';
 import type { Policy, Workload } from './local-config.js';
 import type { Logger } from './logger.js';
-import type { ResponseFlag, TcpTally, ZtunnelMetrics } from './metrics.js';
+import type { TcpTally, ZtunnelMetrics } from './metrics.js';
 import { Socks5Listener } from './socks5/index.js';
 import { newTraceparent } from './traceparent.js';
 import { netnsHasTproxyRules } from './tproxy-rules.js';
+import { tunnelOutbound } from './outbound-tunnel.js';
 import { outboundViaWaypoint, waypointFor } from './waypoint.js';
 import type { WorkloadStore } from './workload-store.js';
 
@@ -115,31 +113,6 @@ interface PeerInfo {
 }
 const peerInfo = new WeakMap<HbonePeer, PeerInfo>();
 
-/**
- * The downstream socket's close as the abort signal of its tunnel open: an AbortController, its
- * signal and a closure per connection were ~3% of the outbound ztunnel's CPU per new connection.
- */
-class DownstreamClosed implements HboneAbortSignal {
-  constructor(readonly socket: net.Socket) {}
-
-  get aborted(): boolean {
-    return this.socket.destroyed;
-  }
-
-  get reason(): Error {
-    return new Error('downstream closed');
-  }
-
-  addEventListener(_type: 'abort', listener: () => void): void {
-    // 'close' fires once: on(), not once() (a wrapper per call); the client removes it when settled.
-    this.socket.on('close', listener);
-  }
-
-  removeEventListener(_type: 'abort', listener: () => void): void {
-    this.socket.off('close', listener);
-  }
-}
-
 /** A mesh destination's per-workload constants for outbound tunnels, kept until the store changes. */
 interface OutboundPeer {
   identity: string;
@@ -172,16 +145,6 @@ function podIpsOf(w: Workload | undefined): ReadonlySet<string> {
 
 // Errors where retrying a connect without source spoofing can help (no IP_TRANSPARENT, address not bindable).
 const SPOOF_ERRNOS = new Set([1, 13, 22, 99]); // EPERM EACCES EINVAL EADDRNOTAVAIL
-
-function flagFor(err: unknown): ResponseFlag {
-  if (err instanceof HboneError) {
-    if (err.code === 'ERR_HBONE_TLS' || err.code === 'ERR_HBONE_IDENTITY_MISMATCH') return 'TLS_FAILURE';
-    // Only a tunnel that was never established hints at a NetworkPolicy; an unanswered CONNECT is CONNECT.
-    if (err.code === 'ERR_HBONE_TIMEOUT') return 'NETWORK_POLICY';
-    if (err.code === 'ERR_HBONE_STATUS' && err.status === 401) return 'DENY';
-  }
-  return 'CONNECT';
-}
 
 /**
  * One pod's proxy: listeners on 15001/15006/15008 inside the pod's netns, an HBONE client for its
@@ -599,33 +562,15 @@ export class InpodProxy {
       info.dst.identity = identity;
       const record = new ConnectionRecord(info, this.#o.metrics, this.#accessLog, known.tally);
       const sans = service?.subjectAltNames;
-      let tunnel: Duplex;
-      try {
-        tunnel = await this.#client().connect({
+      await tunnelOutbound(socket, record, (signal) =>
+        this.#client().connect({
           peer: { host: address, port: this.#ports.inbound },
           target: { host: address, port },
           expectedIdentities: sans === undefined || sans.length === 0 ? known.expected : [identity, ...sans],
           headers: this.#hboneHeaders(srcAddr),
-          signal: new DownstreamClosed(socket),
-        });
-      } catch (err) {
-        const flag = flagFor(err);
-        const hint = flag === 'NETWORK_POLICY' ? ' (maybe a NetworkPolicy is blocking HBONE port 15008?)' : '';
-        record.fail(flag, `${(err as Error).message}${hint}`);
-        socket.destroy();
-        return;
-      }
-      if (socket.destroyed) {
-        tunnel.destroy();
-        record.fail('CONNECT', 'downstream closed before the tunnel was up');
-        return;
-      }
-      const bridged = bridge(tunnel, socket);
-      // A socket handed over paused (the SOCKS5 listener stops it after the handshake) stays paused
-      // with only 'data' listeners attached: start it explicitly, now that the bridge is listening.
-      socket.resume();
-      // Not awaited: an idle connection then holds one small callback, not this whole async frame.
-      void bridged.then((r) => record.complete(r.tunnelToSocket, r.socketToTunnel));
+          signal,
+        }),
+      );
       return;
     }
     // Not a mesh workload: plain TCP, still from inside the pod and marked so the pod's rules let it out.

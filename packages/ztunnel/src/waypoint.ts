@@ -1,9 +1,10 @@
 import { isIP, type Socket } from 'node:net';
-import { HboneError, bridge, type HboneClient } from '@weir/hbone';
+import type { HboneClient } from '@weir/hbone';
 import { ConnectionRecord, type ConnectionInfo, type Endpoint } from './connection-record.js';
 import type { Service, Workload } from './local-config.js';
 import type { Logger } from './logger.js';
-import type { ResponseFlag, ZtunnelMetrics } from './metrics.js';
+import { tunnelOutbound } from './outbound-tunnel.js';
+import type { ZtunnelMetrics } from './metrics.js';
 import type { ResolvedDestination, WorkloadStore } from './workload-store.js';
 
 // Waypoints (Istio ambient L7): a service or workload with `waypoint` must be reached through that
@@ -161,15 +162,6 @@ export interface WaypointOutbound {
   accessLog: Logger;
 }
 
-function flagOf(err: unknown): ResponseFlag {
-  if (err instanceof HboneError) {
-    if (err.code === 'ERR_HBONE_TLS' || err.code === 'ERR_HBONE_IDENTITY_MISMATCH') return 'TLS_FAILURE';
-    if (err.code === 'ERR_HBONE_TIMEOUT') return 'NETWORK_POLICY';
-    if (err.code === 'ERR_HBONE_STATUS' && err.status === 401) return 'DENY';
-  }
-  return 'CONNECT';
-}
-
 /**
  * Carries a connection as `d` says: tunnelled to the waypoint, or refused with the access log's
  * `connection failed` (`waypoint required: …`) and `istio_tcp_connections_failed_total`.
@@ -197,28 +189,10 @@ export async function outboundViaWaypoint(d: WaypointDecision, o: WaypointOutbou
     socket.destroy();
     return;
   }
-  const abort = new AbortController();
-  const onClose = (): void => abort.abort(new Error('downstream closed'));
-  socket.once('close', onClose);
-  let tunnel;
-  try {
-    tunnel = await o.client().connect({ peer: d.peer, target: d.target, expectedIdentities: [d.identity], headers: o.headers, signal: abort.signal });
-  } catch (err) {
-    const flag = flagOf(err);
-    const hint = flag === 'NETWORK_POLICY' ? ' (maybe a NetworkPolicy is blocking HBONE port 15008?)' : '';
-    record.fail(flag, `waypoint ${d.waypoint} (${hostPort(d.peer.host, d.peer.port)}): ${(err as Error).message}${hint}`);
-    socket.destroy();
-    return;
-  } finally {
-    socket.off('close', onClose);
-  }
-  if (socket.destroyed) {
-    tunnel.destroy();
-    record.fail('CONNECT', 'downstream closed before the tunnel was up');
-    return;
-  }
-  const bridged = bridge(tunnel, socket);
-  // A socket handed over paused (SOCKS5) starts once the bridge listens.
-  socket.resume();
-  void bridged.then((r) => record.complete(r.tunnelToSocket, r.socketToTunnel));
+  await tunnelOutbound(
+    socket,
+    record,
+    (signal) => o.client().connect({ peer: d.peer, target: d.target, expectedIdentities: [d.identity], headers: o.headers, signal }),
+    `waypoint ${d.waypoint} (${hostPort(d.peer.host, d.peer.port)}): `,
+  );
 }
