@@ -18,7 +18,7 @@ import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger, parseLocalConfig } from '../src/index.js';
-import { EchoApp, capturePod, execFileP, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, execFileP, localConfigYaml, podListeners, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 interface LogRecord {
   msg: string;
@@ -68,22 +68,13 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
     zds = new ZdsServer({ path: join(dir, 'zds.sock') });
     await zds.start();
     const { logger } = createLogger({ level: 'debug', format: 'json', write: (l) => log.push(JSON.parse(l) as LogRecord) });
-    zt = new Ztunnel({
-      inpodUds: zds.path,
+    zt = testZtunnel(zds, {
       localConfig: parseLocalConfig(localConfigYaml([{ pod: a, serviceAccount: 'sa-a', node: 'n1' }])),
       ca,
-      nodeName: 'n1',
       origSrc: 'never',
-      adminAddress: null,
-      metricsAddress: null,
-      readinessAddress: null,
-      dnsProxy: false,
       logger,
-      proxyRetryMs: 300,
     });
-    const acked = new Promise<void>((r) => zds.once('snapshotAcked', () => r()));
-    await zt.start();
-    await acked;
+    await startAcked(zt, zds);
     // b is handed over by the node agent before istiod has pushed its workload (the real order).
     await zdsAddPod(zds, a, 'sa-a');
     await zdsAddPod(zds, b, 'sa-b');

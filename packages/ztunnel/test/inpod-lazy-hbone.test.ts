@@ -13,7 +13,7 @@ import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InpodProxy, Ztunnel, createLogger, parseLocalConfig, type CertificateSource, type WorkloadCertificate } from '../src/index.js';
-import { EchoApp, capturePod, gatedIdentities, httpGet, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, gatedIdentities, httpGet, localConfigYaml, podListeners, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 const HOUR = 3_600_000;
 const GARBAGE_PEM = '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n';
@@ -135,21 +135,13 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
     zds = new ZdsServer({ path: join(dir, 'zds.sock') });
     await zds.start();
     const { logger } = createLogger({ level: 'debug', format: 'json', write: (l) => log.push(JSON.parse(l) as LogRecord) });
-    zt = new Ztunnel({
-      inpodUds: zds.path,
+    zt = testZtunnel(zds, {
       localConfig,
       ca,
-      nodeName: 'n1',
-      adminAddress: null,
-      metricsAddress: null,
       readinessAddress: '127.0.0.1:0',
-      dnsProxy: false,
       logger,
-      proxyRetryMs: 300,
     });
-    const acked = new Promise<void>((r) => zds.once('snapshotAcked', () => r()));
-    await zt.start();
-    await acked;
+    await startAcked(zt, zds);
     for (const [pod, sa] of enrolled) await zdsAddPod(zds, pod, sa);
     await waitFor('every proxy up', async () => zt.pending().length === 0 && zt.manager.pods().length === enrolled.length);
     appB = await EchoApp.start(b, 8080);

@@ -7,6 +7,7 @@ import { connectTcp, listenTcp, openNetns, type Netns } from '@weir/netns';
 import type { ZdsServer } from '@weir/redirect-protocol';
 import type { TopologyPod } from '@weir/topology';
 import { IdentityManager, type CertificateSource } from '../src/identity.js';
+import { Ztunnel, type ZtunnelOptions } from '../src/ztunnel.js';
 
 export const execFileP = promisify(execFile);
 
@@ -206,4 +207,19 @@ export function gatedIdentities(ca: CertificateSource): { identities: IdentityMa
     },
   });
   return { identities, release };
+}
+
+/**
+ * A Ztunnel on `zds` with the in-process test defaults (node n1, no admin, metrics or readiness
+ * server, no DNS proxy, a failed proxy start retried after 300 ms); `options` override them.
+ */
+export function testZtunnel(zds: ZdsServer, options: Omit<ZtunnelOptions, 'inpodUds' | 'nodeName'> & { nodeName?: string }): Ztunnel {
+  return new Ztunnel({ inpodUds: zds.path, nodeName: 'n1', adminAddress: null, metricsAddress: null, readinessAddress: null, dnsProxy: false, proxyRetryMs: 300, ...options });
+}
+
+/** Starts `zt` and waits until the node agent side (`zds`) saw its first snapshot acked. */
+export async function startAcked(zt: Ztunnel, zds: ZdsServer): Promise<void> {
+  const acked = new Promise<void>((r) => zds.once('snapshotAcked', () => r()));
+  await zt.start();
+  await acked;
 }

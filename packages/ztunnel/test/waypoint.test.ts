@@ -16,7 +16,7 @@ import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger, parseLocalConfig } from '../src/index.js';
-import { EchoApp, capturePod, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 interface LogRecord {
   msg: string;
@@ -94,22 +94,13 @@ services:
     zds = new ZdsServer({ path: join(dir, 'zds.sock') });
     await zds.start();
     const { logger } = createLogger({ level: 'info', format: 'json', write: (l) => log.push(JSON.parse(l) as LogRecord) });
-    zt = new Ztunnel({
-      inpodUds: zds.path,
+    zt = testZtunnel(zds, {
       localConfig: parseLocalConfig('workloads: []'),
       ca,
-      nodeName: 'n1',
       origSrc: 'never',
-      adminAddress: null,
-      metricsAddress: null,
-      readinessAddress: null,
-      dnsProxy: false,
       logger,
-      proxyRetryMs: 300,
     });
-    const acked = new Promise<void>((r) => zds.once('snapshotAcked', () => r()));
-    await zt.start();
-    await acked;
+    await startAcked(zt, zds);
     setState({});
     await zdsAddPod(zds, a, 'sa-a');
     await waitFor('the proxy of a', async () => zt.pending().length === 0 && zt.manager.pods().length === 1);

@@ -16,7 +16,7 @@ import { Ztunnel, createLogger } from '../src/index.js';
 import { Action, Scope } from '../src/xds/gen/authorization_pb.js';
 import { TunnelProtocol } from '../src/xds/gen/workload_pb.js';
 import { TestControlPlane, ipBytes } from './support-control-plane.js';
-import { EchoApp, capturePod, requireRoot, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, requireRoot, startAcked, testZtunnel, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 let topo: Topology;
 let dir: string;
@@ -67,22 +67,13 @@ beforeAll(async () => {
   zds = new ZdsServer({ path: join(dir, 'zds.sock') });
   await zds.start();
   const { logger } = createLogger({ level: 'debug', format: 'json', write: (l) => log.push(JSON.parse(l) as { msg: string }) });
-  zt = new Ztunnel({
-    inpodUds: zds.path,
+  zt = testZtunnel(zds, {
     xds: { address: `https://${cp.address}`, rootCaPem: cp.rootCaPem, token: () => cp.token ?? undefined, backoff: { initialMs: 10, maxMs: 100 } },
     ca: await LocalCa.create({ trustDomain: 'cluster.local' }),
-    nodeName: 'n1',
     origSrc: 'never',
-    adminAddress: null,
-    metricsAddress: null,
-    readinessAddress: null,
-    dnsProxy: false,
     logger,
-    proxyRetryMs: 300,
   });
-  const acked = new Promise<void>((r) => zds.once('snapshotAcked', () => r()));
-  await zt.start();
-  await acked;
+  await startAcked(zt, zds);
   await zdsAddPod(zds, a, 'sa-a');
   await zdsAddPod(zds, b, 'sa-b');
   await waitFor('both proxies up', async () => zt.pending().length === 0 && zt.manager.pods().length === 2);
