@@ -281,7 +281,11 @@ export class HboneClient {
     await Promise.race([Promise.all(waits), deadline]);
     clearTimeout(timer);
     for (const e of entries) e.session?.destroy();
-    await Promise.all(waits);
+    // Destroyed sessions hold nothing more, but Node does not always emit their 'close' (seen with a
+    // peer still flooding a paused tunnel's session): wait for it briefly, never forever.
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(waits), new Promise<void>((r) => (grace = setTimeout(r, 1000)))]);
+    clearTimeout(grace);
   }
 
   #closedPromise(e: PooledSession): Promise<void> {
