@@ -1,20 +1,23 @@
 // The addon works in worker threads, and a worker that ends with sockets still open neither
 // crashes nor hangs (its loop must close every handle the addon opened).
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { expect, it } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
 
 const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+// A terminated worker leaves its listening socket's file behind (as any process that exits without closing).
+const dir = mkdtempSync(join(tmpdir(), 'weir-wk-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function workerCode(ending: string): string {
   return `
 const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
 const { parentPort } = await import('node:worker_threads');
 const here = n.currentNetns();
-const server = n.listenSeqpacket(${JSON.stringify(join(tmpdir(), 'weir-wk-'))} + process.pid + '-' + Math.random() + '.sock');
+const server = n.listenSeqpacket(${JSON.stringify(join(dir, 'w-'))} + Math.random() + '.sock');
 server.on('connection', (s) => s.on('message', (d) => s.send(d)));
 const c = await n.connectSeqpacket(server.path);
 c.on('error', () => {});
