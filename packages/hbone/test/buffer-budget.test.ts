@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BufferBudget, HboneClient, type HboneError, type HboneLogger, bridge, createHboneServer } from '../src/index.js';
+import { BufferBudget, HboneClient, type HboneError, type HboneLogger, type HboneServer, type HboneServerOptions, bridge, createHboneServer } from '../src/index.js';
 import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, exchange, makePki, random, sha256, tcpServer, tlsOf } from './helpers.js';
 import { Peers } from './peers.js';
 
@@ -106,19 +106,22 @@ async function watchRss(ms: number, failAboveMiB: number, poll: () => void = () 
   return peak / MiB;
 }
 
+/** An HBONE server on a loopback port with a small budget (8 MiB a session, 64 MiB in all), logging into `lines`. */
+async function budgetedServer(lines: Line[], connect: HboneServerOptions['connect']): Promise<{ server: HboneServer; port: number }> {
+  const server = createHboneServer({ tls: tlsOf(pki.server), connect, logger: recordingLogger(lines), bufferBudget: { maxSessionBytes: 8 * MiB, maxBytes: 64 * MiB } });
+  return { server, port: (await server.listen({ host: '127.0.0.1', port: 0 })).port };
+}
+
+/** The client certificate, key and root, as the peer scripts take them. */
+const peerTls = (): { key: string; cert: string; ca: string } => ({ key: files['client.key'] as string, cert: files['client.crt'] as string, ca: files['root.crt'] as string });
+
 describe('buffer budget: inbound (15008 side)', () => {
   it('one session × 200 streams into an app that stopped reading: the largest tunnels are reset, new streams refused, memory stays bounded, other sessions flow', async () => {
     const lines: Line[] = [];
-    const server = createHboneServer({
-      tls: tlsOf(pki.server),
-      // Port 9 is the app that stopped reading; the kernel buffers of a real socket would only slow the flood down.
-      connect: (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)),
-      logger: recordingLogger(lines),
-      bufferBudget: { maxSessionBytes: 8 * MiB, maxBytes: 64 * MiB },
-    });
-    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    // Port 9 is the app that stopped reading; the kernel buffers of a real socket would only slow the flood down.
+    const { server, port } = await budgetedServer(lines, (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)));
     const script = fileURLToPath(new URL('./peers/h2flood.mjs', import.meta.url));
-    const cfg = { port, key: files['client.key'], cert: files['client.crt'], ca: files['root.crt'], authority: '127.0.0.1:9', streams: 200, seconds: 9 };
+    const cfg = { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 9 };
     const flood = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
     const result = lineFrom(flood, (l) => l.startsWith('{'), 30_000);
     result.catch(() => {});
@@ -159,16 +162,10 @@ describe('buffer budget: inbound (15008 side)', () => {
 
   it('counts what a client sends before the 200 while the upstream connect hangs', async () => {
     const lines: Line[] = [];
-    const server = createHboneServer({
-      tls: tlsOf(pki.server),
-      // An app whose accept queue is full: the connect neither succeeds nor fails until the client gives up.
-      connect: (_t, ctx) => new Promise((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error))),
-      logger: recordingLogger(lines),
-      bufferBudget: { maxSessionBytes: 8 * MiB, maxBytes: 64 * MiB },
-    });
-    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    // An app whose accept queue is full: the connect neither succeeds nor fails until the client gives up.
+    const { server, port } = await budgetedServer(lines, (_t, ctx) => new Promise((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error))));
     const script = fileURLToPath(new URL('./peers/h2flood.mjs', import.meta.url));
-    const cfg = { port, key: files['client.key'], cert: files['client.crt'], ca: files['root.crt'], authority: '127.0.0.1:9', streams: 200, seconds: 8, early: true };
+    const cfg = { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 8, early: true };
     const flood = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
     const result = lineFrom(flood, (l) => l.startsWith('{'), 30_000);
     result.catch(() => {});
@@ -188,15 +185,9 @@ describe('buffer budget: inbound (15008 side)', () => {
   it('counts the read buffers that tiny DATA frames of paused streams keep alive, not only their bytes', async () => {
     const lines: Line[] = [];
     const sink = await tcpServer((s) => s.resume());
-    const server = createHboneServer({
-      tls: tlsOf(pki.server),
-      connect: (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)),
-      logger: recordingLogger(lines),
-      bufferBudget: { maxSessionBytes: 8 * MiB, maxBytes: 64 * MiB },
-    });
-    const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+    const { server, port } = await budgetedServer(lines, (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)));
     const script = fileURLToPath(new URL('./peers/h2interleave.mjs', import.meta.url));
-    const cfg = { port, key: files['client.key'], cert: files['client.crt'], ca: files['root.crt'], stalled: '127.0.0.1:9', sink: `127.0.0.1:${sink.port}`, streams: 20, seconds: 9 };
+    const cfg = { port, ...peerTls(), stalled: '127.0.0.1:9', sink: `127.0.0.1:${sink.port}`, streams: 20, seconds: 9 };
     const p = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
     const result = lineFrom(p, (l) => l.startsWith('{'), 30_000);
     result.catch(() => {});

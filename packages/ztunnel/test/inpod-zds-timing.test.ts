@@ -76,6 +76,19 @@ function manager(identities: IdentityManager, o: { retryMs?: number; recordTimeo
 }
 
 /** 'pending' when p has not settled within ms, else how it settled. */
+/**
+ * Adds pod u1 in netns `first`, then (the agent's ack deadline passed and it reconnected; the new
+ * connection's snapshot names the pod again) adds u1 again in netns `second`.
+ */
+function addAcrossReconnect(m: InpodManager, first: string, second: string = first): { first: Promise<void>; second: Promise<void> } {
+  m.onConnected();
+  const one = m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(first) });
+  one.catch(() => {});
+  m.onDisconnected();
+  m.onConnected();
+  return { first: one, second: m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(second) }) };
+}
+
 async function within(p: Promise<unknown>, ms: number): Promise<string> {
   const t = new Promise<string>((r) => setTimeout(() => r('pending'), ms));
   return Promise.race([p.then(() => 'acked', (err: Error) => `nacked: ${err.message}`), t]);
@@ -110,13 +123,7 @@ describe('InpodManager: an ack means the pod is proxied', () => {
     const { m } = manager(identities, { recordTimeoutMs: 20_000 });
     const ns = await makeNetns();
     try {
-      m.onConnected();
-      const first = m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(ns) });
-      first.catch(() => {});
-      // The agent's ack deadline passed, it dropped the connection; the new one's snapshot names the pod again.
-      m.onDisconnected();
-      m.onConnected();
-      const second = m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(ns) });
+      const { first, second } = addAcrossReconnect(m, ns);
       expect(await within(second, 300)).toBe('pending');
       expect(listening(ns)).toEqual([]);
       release();
@@ -138,12 +145,7 @@ describe('InpodManager: an ack means the pod is proxied', () => {
     const ns = await makeNetns();
     const unblock = await block(ns, 15006);
     try {
-      m.onConnected();
-      const first = m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(ns) });
-      first.catch(() => {});
-      m.onDisconnected();
-      m.onConnected();
-      const second = m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(ns) });
+      const { first, second } = addAcrossReconnect(m, ns);
       expect(await within(second, 300)).toBe('pending');
       release();
       expect(await within(second, 10_000)).toMatch(/^nacked: pod u1: cannot listen on 0\.0\.0\.0:15006/);
@@ -237,12 +239,7 @@ describe('a replaced sandbox', () => {
     const [oldNs, newNs] = [await makeNetns(), await makeNetns()];
     const fdsBefore = readdirSync('/proc/self/fd').length;
     try {
-      m.onConnected();
-      const old = m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(oldNs) });
-      old.catch(() => {});
-      m.onDisconnected();
-      m.onConnected();
-      const repl = m.onAdd({ uid: 'u1', workloadInfo: info('slow'), netns: open(newNs) });
+      const { first: old, second: repl } = addAcrossReconnect(m, oldNs, newNs);
       release();
       await repl;
       expect(await within(old, 5000)).toMatch(/^nacked: /);
