@@ -43,6 +43,17 @@ async function setup(extra: Partial<CniInstallerOptions> = {}) {
 
 const bridge = { cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'bridge', bridge: 'cni0' }, { type: 'portmap' }] };
 
+/** An installer over a node whose primary config is the bridge conflist, installed and watching it. */
+async function watching(extra: Partial<CniInstallerOptions> = {}) {
+  const { confDir, make } = await setup(extra);
+  const conflist = join(confDir, '10-bridge.conflist');
+  await writeFile(conflist, JSON.stringify(bridge));
+  const inst = make();
+  await inst.install();
+  inst.watch();
+  return { confDir, conflist, inst };
+}
+
 async function until(cond: () => Promise<boolean>, ms = 3000): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
@@ -93,12 +104,7 @@ describe('CniInstaller', () => {
   });
 
   it('puts the entry back when another component rewrites the conflist', async () => {
-    const { confDir, make } = await setup();
-    const conflist = join(confDir, '10-bridge.conflist');
-    await writeFile(conflist, JSON.stringify(bridge));
-    const inst = make();
-    await inst.install();
-    inst.watch();
+    const { conflist, inst } = await watching();
     try {
       await writeFile(conflist, JSON.stringify({ ...bridge, plugins: [{ type: 'bridge', bridge: 'cni1' }] }));
       await until(async () => {
@@ -120,12 +126,7 @@ describe('CniInstaller', () => {
   });
 
   it('resyncs periodically: a rewrite the watch cannot see (the config dir replaced) is still repaired', async () => {
-    const { confDir, make } = await setup({ resyncMs: 200 });
-    const conflist = join(confDir, '10-bridge.conflist');
-    await writeFile(conflist, JSON.stringify(bridge));
-    const inst = make();
-    await inst.install();
-    inst.watch();
+    const { confDir, conflist, inst } = await watching({ resyncMs: 200 });
     try {
       // The watched inode goes away with the old directory; a new one takes its path.
       await rename(confDir, `${confDir}.old`);
@@ -142,12 +143,7 @@ describe('CniInstaller', () => {
 
   it('says so when another installer keeps taking the last place (ping-pong), and keeps re-adding', async () => {
     const logger = recordingLogger();
-    const { confDir, make } = await setup({ logger });
-    const conflist = join(confDir, '10-bridge.conflist');
-    await writeFile(conflist, JSON.stringify(bridge));
-    const inst = make();
-    await inst.install();
-    inst.watch();
+    const { conflist, inst } = await watching({ logger });
     try {
       const other = { ...bridge, plugins: [...bridge.plugins, { type: 'linkerd-cni' }] };
       for (let i = 0; i < 5; i++) {
