@@ -18,7 +18,7 @@ import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger, parseLocalConfig } from '../src/index.js';
-import { EchoApp, capturePod, execFileP, localConfigYaml, podListeners, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, execFileP, localConfigYaml, podListeners, handOver, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 interface LogRecord {
   msg: string;
@@ -76,9 +76,7 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
     });
     await startAcked(zt, zds);
     // b is handed over by the node agent before istiod has pushed its workload (the real order).
-    await zdsAddPod(zds, a, 'sa-a');
-    await zdsAddPod(zds, b, 'sa-b');
-    await waitFor('both proxies up', async () => zt.pending().length === 0 && zt.manager.pods().length === 2);
+    await handOver(zds, zt, [[a, 'sa-a'], [b, 'sa-b']]);
     appB = await EchoApp.start(b, 8080);
     appC = await EchoApp.start(c, 8080);
     // A service of b's that only listens on its loopback.

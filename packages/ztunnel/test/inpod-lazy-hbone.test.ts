@@ -13,7 +13,7 @@ import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InpodProxy, Ztunnel, createLogger, parseLocalConfig, type CertificateSource, type WorkloadCertificate } from '../src/index.js';
-import { EchoApp, capturePod, gatedIdentities, httpGet, localConfigYaml, podListeners, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, gatedIdentities, httpGet, localConfigYaml, podListeners, handOver, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor } from './support.js';
 
 const HOUR = 3_600_000;
 const GARBAGE_PEM = '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n';
@@ -142,8 +142,7 @@ describe('lazy HBONE client and server of a pod proxy (real pods, ZDS, TLS)', ()
       logger,
     });
     await startAcked(zt, zds);
-    for (const [pod, sa] of enrolled) await zdsAddPod(zds, pod, sa);
-    await waitFor('every proxy up', async () => zt.pending().length === 0 && zt.manager.pods().length === enrolled.length);
+    await handOver(zds, zt, enrolled);
     appB = await EchoApp.start(b, 8080);
     for (const p of [badkey, badpem, expired]) apps.set(p, await EchoApp.start(p, 8080));
     // The sink stands for a pod on another node: its HBONE port records the client certificate it is shown.

@@ -223,3 +223,9 @@ export async function startAcked(zt: Ztunnel, zds: ZdsServer): Promise<void> {
   await zt.start();
   await acked;
 }
+
+/** Hands `pods` (pod, service account) to `zt` over `zds` and waits until every one has its proxy up. */
+export async function handOver(zds: ZdsServer, zt: Ztunnel, pods: readonly (readonly [TopologyPod, string])[]): Promise<void> {
+  for (const [pod, sa] of pods) await zdsAddPod(zds, pod, sa);
+  await waitFor(`${pods.length} proxies up`, async () => zt.pending().length === 0 && zt.manager.pods().length === pods.length);
+}

@@ -16,7 +16,7 @@ import { ZdsServer } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger, parseLocalConfig } from '../src/index.js';
-import { EchoApp, capturePod, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, handOver, requireRoot, startAcked, testZtunnel, tryConnect, uniqueName, waitFor } from './support.js';
 
 interface LogRecord {
   msg: string;
@@ -102,8 +102,7 @@ services:
     });
     await startAcked(zt, zds);
     setState({});
-    await zdsAddPod(zds, a, 'sa-a');
-    await waitFor('the proxy of a', async () => zt.pending().length === 0 && zt.manager.pods().length === 1);
+    await handOver(zds, zt, [[a, 'sa-a']]);
   }, 120_000);
 
   afterAll(async () => {

@@ -16,7 +16,7 @@ import { Ztunnel, createLogger } from '../src/index.js';
 import { Action, Scope } from '../src/xds/gen/authorization_pb.js';
 import { TunnelProtocol } from '../src/xds/gen/workload_pb.js';
 import { TestControlPlane, ipBytes } from './support-control-plane.js';
-import { EchoApp, capturePod, requireRoot, startAcked, testZtunnel, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, handOver, requireRoot, startAcked, testZtunnel, uniqueName, waitFor } from './support.js';
 
 let topo: Topology;
 let dir: string;
@@ -74,9 +74,7 @@ beforeAll(async () => {
     logger,
   });
   await startAcked(zt, zds);
-  await zdsAddPod(zds, a, 'sa-a');
-  await zdsAddPod(zds, b, 'sa-b');
-  await waitFor('both proxies up', async () => zt.pending().length === 0 && zt.manager.pods().length === 2);
+  await handOver(zds, zt, [[a, 'sa-a'], [b, 'sa-b']]);
   appB = await EchoApp.start(b, 8080);
 }, 120_000);
 
