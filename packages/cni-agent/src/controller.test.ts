@@ -162,6 +162,43 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('the redirection annotation holds no capture slot: slow API writes do not delay other pods', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    let release!: () => void;
+    const apiBlocked = new Promise<void>((r) => (release = r));
+    p.source.setRedirection = async (x, v) => {
+      await apiBlocked;
+      p.annotations.set(x.uid, v);
+    };
+    // concurrency 3: with the annotation inside the slot, the fourth capture would wait for the API.
+    const first = ['s0', 's1', 's2'].map((n) => pod(n));
+    await Promise.all(first.map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 2000)));
+    const late = pod('s3');
+    await c.cmdAdd(late, join(dir, 's3'), [], now(), 2000);
+    expect(p.annotations.size).toBe(0);
+    release();
+    await until(() => ['s0', 's1', 's2', 's3'].every((n) => p.annotations.get(`uid-${n}`) === 'enabled'));
+    await c.stop();
+  });
+
+  it('a failed annotation is written again later; the pod stays captured meanwhile', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    let failures = 2;
+    p.source.setRedirection = async (x, v) => {
+      if (failures-- > 0) throw new Error('apiserver: 500');
+      p.annotations.set(x.uid, v);
+    };
+    const web = pod('ann');
+    await c.cmdAdd(web, join(dir, 'ann'), [], now(), 2000);
+    await until(() => p.annotations.get('uid-ann') === 'enabled');
+    expect(failures).toBe(-1);
+    expect(c.status()[0]?.state).toBe('captured');
+    expect(p.calls.filter((x) => x === 'zds add uid-ann')).toHaveLength(1);
+    await c.stop();
+  });
+
   it('cmdAdd never resolves for a pod it did not capture: the agent found it enrolled, the cache (not caught up) says not', async () => {
     const p = new Ports();
     const c = controller(p);

@@ -74,6 +74,8 @@ interface PodRecord {
   inZtunnel: boolean;
   /** We set the redirection annotation (the source's copy of the pod may not show it yet). */
   annotated: boolean;
+  /** Writing the annotation is queued on the pod's chain (outside the capture slots). */
+  annotating: boolean;
   /** A capture of this pod is running (not merely queued). */
   capturing: boolean;
   /** Its /cmdadd was answered 500 (timed out) while the capture still waited in the queue. */
@@ -279,6 +281,7 @@ export class PodController {
         hostProbe: false,
         inZtunnel: false,
         annotated: false,
+        annotating: false,
         capturing: false,
         staleCmdAdd: false,
         lastError: undefined,
@@ -289,7 +292,11 @@ export class PodController {
   }
 
   private enqueue(rec: PodRecord, job: () => Promise<void>): Promise<void> {
-    rec.chain = rec.chain.then(() => this.sem.run(job)).catch((err: unknown) => {
+    return this.chain(rec, () => this.sem.run(job));
+  }
+
+  private chain(rec: PodRecord, job: () => Promise<void>): Promise<void> {
+    rec.chain = rec.chain.then(job).catch((err: unknown) => {
       this.log.error({ uid: rec.uid, err: describe(err) }, 'unexpected error in pod work');
     });
     return rec.chain;
@@ -333,6 +340,7 @@ export class PodController {
     if (this.wants(rec.pod)) {
       if (rec.state === 'captured' && rec.waiters.length === 0 && this.holdsCurrent(rec)) {
         rec.enrollStart = undefined;
+        this.annotateLater(rec);
         return;
       }
       if (rec.state === 'idle' && rec.waiters.length === 0 && this.podIps(rec).length === 0 && !rec.netnsPath) {
@@ -614,16 +622,32 @@ export class PodController {
       this.updateGauges();
       return;
     }
-    if (pod.annotations[REDIRECTION_ANNOTATION] !== 'enabled' && !rec.annotated) {
-      try {
-        await this.opts.source.setRedirection(pod, 'enabled');
-        rec.annotated = true;
-      } catch (err) {
-        // Captured all the same; the annotation is only a report. Try again later.
-        this.opts.metrics.failures.inc({ reason: 'annotate_failed' });
-        this.log.warn({ ...ids, err: describe(err) }, 'cannot annotate pod redirection enabled; retrying');
-        this.scheduleRetry(rec, backoffDelay(++rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000));
-      }
+    this.annotateLater(rec);
+  }
+
+  /**
+   * The redirection annotation is a report, not part of the capture: an API round trip that must
+   * not hold a capture slot while other pods' CNI ADDs wait for one. Queued on the pod's own chain,
+   * after the work in flight; once per pod at a time.
+   */
+  private annotateLater(rec: PodRecord): void {
+    if (rec.annotating || rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
+    rec.annotating = true;
+    void this.chain(rec, () => this.annotate(rec));
+  }
+
+  private async annotate(rec: PodRecord): Promise<void> {
+    rec.annotating = false;
+    const pod = rec.pod;
+    if (this.stopped || rec.deleted || rec.state !== 'captured' || rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
+    try {
+      await this.opts.source.setRedirection(pod, 'enabled');
+      rec.annotated = true;
+    } catch (err) {
+      // Captured all the same. The retry's reconcile finds the pod captured and queues this again.
+      this.opts.metrics.failures.inc({ reason: 'annotate_failed' });
+      this.log.warn({ uid: rec.uid, name: pod.name, namespace: pod.namespace, err: describe(err) }, 'cannot annotate pod redirection enabled; retrying');
+      this.scheduleRetry(rec, backoffDelay(++rec.attempt, this.opts.retryInitialMs ?? 200, this.opts.retryMaxMs ?? 30_000));
     }
   }
 
