@@ -1,35 +1,61 @@
 import { openSync } from 'node:fs';
 import { currentNetns, type Netns } from '@weir/netns';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ClientSession, type ZdsAddEvent, type ZdsHandler } from './client-session.js';
+import { ClientSession, type ClientSessionOptions, type ZdsAddEvent, type ZdsHandler } from './client-session.js';
 import { decodeAck, decodeHello, encodeRequest, type ZdsRequest } from './codec.js';
 import { ZdsProtocolError } from './errors.js';
 import { silentLogger } from './logger.js';
-import { memoryPair, type MemorySocket } from './test-support/memory-socket.js';
+import { MemorySocket } from './test-support/memory-socket.js';
 import { openFdCount, until } from './test-support/peers.js';
 
 const info = { name: 'web-0', namespace: 'default', serviceAccount: 'web' };
 
-/** Records handler calls; uids in `fail` are nacked with "cannot start <uid>". */
+/**
+ * Records handler calls; uids in `fail` are nacked with "cannot start <uid>". A call whose key
+ * (`add:a`, `del:d`, `snapshotSent`) was held finishes only once its gate is opened.
+ */
 class RecordingHandler implements ZdsHandler {
   calls: string[] = [];
   adds: ZdsAddEvent[] = [];
   fail = new Set<string>();
+  /** Calls begun and not finished, now and at most so far. */
+  running = 0;
+  maxRunning = 0;
+  readonly #gates = new Map<string, Promise<void>>();
+
+  hold(key: string): () => void {
+    let open!: () => void;
+    this.#gates.set(key, new Promise<void>((r) => (open = r)));
+    return open;
+  }
+
+  async #call(key: string): Promise<void> {
+    this.calls.push(key);
+    this.maxRunning = Math.max(this.maxRunning, ++this.running);
+    try {
+      await this.#gates.get(key);
+    } finally {
+      this.running--;
+    }
+  }
+
   async onAdd(ev: ZdsAddEvent): Promise<void> {
-    this.calls.push(`add:${ev.uid}`);
     this.adds.push(ev);
+    await this.#call(`add:${ev.uid}`);
     if (this.fail.has(ev.uid)) throw new Error(`cannot start ${ev.uid}`);
   }
   async onKeep(uid: string): Promise<void> {
-    this.calls.push(`keep:${uid}`);
+    await this.#call(`keep:${uid}`);
   }
   async onDel(uid: string): Promise<void> {
-    this.calls.push(`del:${uid}`);
+    await this.#call(`del:${uid}`);
   }
   async onSnapshotSent(): Promise<void> {
-    this.calls.push('snapshotSent');
+    await this.#call('snapshotSent');
   }
 }
+
+const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 30));
 
 let agent: MemorySocket;
 let session: ClientSession;
@@ -38,10 +64,39 @@ let replies: string[];
 let netns: Netns;
 let fdsBefore: number;
 
-beforeEach(async () => {
-  fdsBefore = openFdCount();
-  netns = currentNetns();
-  const [a, z] = memoryPair();
+/**
+ * The ztunnel end of a memory pair whose delivery can be paused like a SeqpacketSocket's: records
+ * that arrive while paused wait, in order, for resume().
+ */
+class PausableSocket extends MemorySocket {
+  paused = false;
+  pauses = 0;
+  readonly #held: [Buffer, number[]][] = [];
+
+  pause(): void {
+    this.paused = true;
+    this.pauses++;
+  }
+
+  resume(): void {
+    this.paused = false;
+    while (!this.paused && this.#held.length > 0) super.emit('message', ...this.#held.shift()!);
+  }
+
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'message' && this.paused) {
+      this.#held.push(args as [Buffer, number[]]);
+      return true;
+    }
+    return super.emit(event, ...args);
+  }
+}
+
+/** A session on a fresh pair (the ztunnel end `z`), with the agent end recording the answers. */
+async function openSession(z: MemorySocket = new MemorySocket(), options: ClientSessionOptions = {}): Promise<void> {
+  const a = new MemorySocket();
+  a.peer = z;
+  z.peer = a;
   agent = a;
   replies = [];
   let first = true;
@@ -54,10 +109,16 @@ beforeEach(async () => {
       replies.push(decodeAck(data, 0).error);
     }
   });
-  handler = new RecordingHandler();
-  session = new ClientSession(z, handler, silentLogger);
+  session = new ClientSession(z, handler, silentLogger, options);
   await session.hello();
   await until(() => replies.length === 1, 'hello');
+}
+
+beforeEach(async () => {
+  fdsBefore = openFdCount();
+  netns = currentNetns();
+  handler = new RecordingHandler();
+  await openSession();
 });
 
 afterEach(async () => {
@@ -159,5 +220,93 @@ describe('ClientSession', () => {
     await until(() => replies.length === 2, 'the nack');
     expect(Buffer.byteLength(replies[1]!)).toBeLessThanOrEqual(1016);
     expect(replies[1]).toMatch(/^é+$/);
+  });
+});
+
+describe('ClientSession: records worked on side by side, answered in order', () => {
+  it('begins every handler call as its record arrives and acks in record order when a later Add finishes first', async () => {
+    handler.fail.add('a');
+    const a = handler.hold('add:a');
+    const b = handler.hold('add:b');
+    await send({ kind: 'add', uid: 'a', workloadInfo: info }, [netns.fd]);
+    await send({ kind: 'add', uid: 'b', workloadInfo: info }, [netns.fd]);
+    await send({ kind: 'del', uid: 'c' });
+    await until(() => handler.calls.length === 3, 'three handler calls begun');
+    expect(handler.calls).toEqual(['add:a', 'add:b', 'del:c']);
+    expect(handler.running).toBe(2);
+    b();
+    await settle();
+    // b and c are done, but a's answer goes first
+    expect(replies).toEqual(['hello']);
+    a();
+    await until(() => replies.length === 4, 'three answers');
+    expect(replies.slice(1)).toEqual(['cannot start a', '', '']);
+    expect(session.acked).toBe(3);
+  });
+
+  it('does not ack SnapshotSent before the records before it are answered', async () => {
+    const a = handler.hold('add:a');
+    await send({ kind: 'add', uid: 'a', workloadInfo: info }, [netns.fd]);
+    await send({ kind: 'snapshotSent' });
+    await until(() => handler.calls.length === 2, 'both calls begun');
+    await settle();
+    expect(replies).toEqual(['hello']);
+    a();
+    await until(() => replies.length === 3, 'two acks');
+    expect(replies.slice(1)).toEqual(['', '']);
+  });
+
+  it('works on at most maxInFlight records at once, pausing the socket until an answer frees a slot', async () => {
+    session.close();
+    const z = new PausableSocket();
+    await openSession(z, { maxInFlight: 3 });
+    const uids = ['d1', 'd2', 'd3', 'd4', 'd5', 'd6'];
+    const gates = uids.map((u) => handler.hold(`del:${u}`));
+    for (const uid of uids) await send({ kind: 'del', uid });
+    await until(() => handler.calls.length === 3, 'three calls begun');
+    await settle();
+    expect(handler.calls).toEqual(['del:d1', 'del:d2', 'del:d3']);
+    expect(z.paused).toBe(true);
+    // A later record done frees nothing: its answer waits for d1's.
+    gates[1]!();
+    await settle();
+    expect(handler.calls).toHaveLength(3);
+    expect(replies).toEqual(['hello']);
+    gates[0]!();
+    await until(() => handler.calls.length === 5, 'd4 and d5 begun once d1 and d2 were answered');
+    expect(replies.slice(1)).toEqual(['', '']);
+    expect(z.paused).toBe(true);
+    for (const open of gates) open();
+    await until(() => replies.length === 7, 'six acks');
+    expect(handler.calls).toEqual(uids.map((u) => `del:${u}`));
+    expect(replies.slice(1)).toEqual(['', '', '', '', '', '']);
+    expect(handler.maxRunning).toBe(3);
+    expect(z.paused).toBe(false);
+  });
+
+  it('nacks a violation only after the records before it are answered, and works on nothing after it', async () => {
+    const a = handler.hold('add:a');
+    await send({ kind: 'add', uid: 'a', workloadInfo: info }, [netns.fd]);
+    await send(Buffer.from('ff01', 'hex'));
+    await send({ kind: 'add', uid: 'z', workloadInfo: info }, [netns.fd]);
+    await send({ kind: 'del', uid: 'y' });
+    await settle();
+    expect(handler.calls).toEqual(['add:a']);
+    expect(replies).toEqual(['hello']);
+    expect(agent.closed).toBe(false);
+    a();
+    expect((await violation()).violation).toBe('malformed');
+    expect(replies.slice(1)).toEqual(['', expect.stringMatching(/^protocol error: /)]);
+    expect(handler.calls).toEqual(['add:a']);
+  });
+
+  it('nacks a handler that throws instead of returning a promise', async () => {
+    handler.onKeep = () => {
+      throw new Error('keep refused');
+    };
+    await send({ kind: 'keep', uid: 'k' });
+    await send({ kind: 'del', uid: 'd' });
+    await until(() => replies.length === 3, 'two answers');
+    expect(replies.slice(1)).toEqual(['keep refused', '']);
   });
 });

@@ -14,7 +14,9 @@ export interface ZdsAddEvent {
 
 /**
  * ztunnel's reactions to the agent. A handler that throws or rejects makes the record a nack with
- * the error's message; the connection stays.
+ * the error's message; the connection stays. Calls overlap: each is made as its record arrives, in
+ * record order, while earlier ones may still be pending, so whatever depends on the agent's order must
+ * be decided synchronously, before a call's first await.
  */
 export interface ZdsHandler {
   onAdd(ev: ZdsAddEvent): Promise<void>;
@@ -39,28 +41,53 @@ function describe(req: ZdsRequest): string {
   return req.kind === 'snapshotSent' ? 'SnapshotSent' : `${req.kind} uid=${req.uid}`;
 }
 
+/** What a record came to: the Ack's error ('' = ack), or a protocol violation (nack, then the end). */
+type Answer = { reply: string; violation?: undefined } | { violation: ZdsError };
+
+const ACK: Answer = { reply: '' };
+
+/** Records worked on at once by default: beyond it the socket is not read (the kernel queue pushes back on the agent). */
+const DEFAULT_MAX_RECORDS_IN_FLIGHT = 16;
+
+/** A record socket that can stop delivering records for a while (@weir/netns's SeqpacketSocket can). */
+export type ZdsSessionSocket = RecordSocket & { pause?(): void; resume?(): void };
+
+export interface ClientSessionOptions {
+  /** Records whose handler call may run at once (default 16). */
+  maxInFlight?: number;
+}
+
 /**
  * ztunnel's side of one agent connection: sends the hello, turns each record into one handler call
- * (strictly one at a time, in order) and answers it with an Ack. A protocol violation is nacked and
- * ends the session; the client then reconnects.
+ * and answers it with an Ack. Handler calls begin as the records arrive, synchronously and in record
+ * order (so the handler's state follows the agent's order), and may then run side by side, up to
+ * `maxInFlight`; their Acks go out strictly in record order, since an Ack carries no id and the agent
+ * matches them to its records first in, first out. A protocol violation is nacked after the Acks of
+ * the records before it and ends the session; the client then reconnects.
  */
 export class ClientSession {
   #snapshotDone = false;
   #closed = false;
+  /** A violation was seen: the records after it are not worked on (the session ends once it is nacked). */
+  #violated = false;
   #acked = 0;
-  #chain: Promise<void> = Promise.resolve();
+  /** Records taken and not yet answered, oldest first. */
+  readonly #answers: Promise<Answer>[] = [];
+  #sending = false;
+  #paused = false;
+  readonly #maxInFlight: number;
   #end!: (err: ZdsError | undefined) => void;
   /** Settles once, when the session is over, with why (undefined: closed by us). */
   readonly done = new Promise<ZdsError | undefined>((resolve) => (this.#end = resolve));
 
   constructor(
-    private readonly socket: RecordSocket,
+    private readonly socket: ZdsSessionSocket,
     private readonly handler: ZdsHandler,
     private readonly log: ZdsLogger,
+    options: ClientSessionOptions = {},
   ) {
-    socket.on('message', (data, fds) => {
-      this.#chain = this.#chain.then(() => this.#handle(data, fds));
-    });
+    this.#maxInFlight = Math.max(1, options.maxInFlight ?? DEFAULT_MAX_RECORDS_IN_FLIGHT);
+    socket.on('message', (data, fds) => this.#onRecord(data, fds));
     socket.on('close', () => this.#finish(new ZdsError('ERR_ZDS_DISCONNECTED', 'the node agent closed the ZDS connection')));
     socket.on('error', (err) => this.#finish(transportError(err, 'node agent')));
   }
@@ -85,13 +112,22 @@ export class ClientSession {
     this.#end(err);
   }
 
-  async #handle(data: Buffer, fds: number[]): Promise<void> {
-    if (this.#closed) {
+  #onRecord(data: Buffer, fds: number[]): void {
+    if (this.#closed || this.#violated) {
       closeFds(fds);
       return;
     }
+    this.#answers.push(this.#begin(data, fds));
+    if (this.#answers.length >= this.#maxInFlight && !this.#paused && this.socket.pause) {
+      this.#paused = true;
+      this.socket.pause();
+    }
+    if (!this.#sending) void this.#sendAnswers();
+  }
+
+  /** Checks the record and begins its handler call, now; what it comes to is answered in turn. */
+  #begin(data: Buffer, fds: number[]): Promise<Answer> {
     let req: ZdsRequest;
-    let netns: Netns | undefined;
     try {
       req = decodeRequest(data, fds.length);
       if (req.kind === 'keep' && this.#snapshotDone) {
@@ -102,45 +138,73 @@ export class ClientSession {
       }
     } catch (err) {
       closeFds(fds);
-      await this.#violation(err as ZdsError);
-      return;
+      return this.#violation(err as ZdsError);
     }
+    let netns: Netns | undefined;
     if (req.kind === 'add') {
       try {
         netns = this.#adopt(fds[0]!, req.uid);
       } catch (err) {
-        await this.#violation(err as ZdsError);
-        return;
+        return this.#violation(err as ZdsError);
       }
     }
-    let reply = '';
+    this.log.debug({ record: describe(req) }, 'zds record received');
+    let call: Promise<void>;
     try {
-      this.log.debug({ record: describe(req) }, 'zds record received');
       switch (req.kind) {
         case 'add':
-          await this.handler.onAdd({ uid: req.uid, workloadInfo: req.workloadInfo, netns: netns! });
+          call = this.handler.onAdd({ uid: req.uid, workloadInfo: req.workloadInfo, netns: netns! });
           break;
         case 'keep':
-          await this.handler.onKeep(req.uid);
+          call = this.handler.onKeep(req.uid);
           break;
         case 'del':
-          await this.handler.onDel(req.uid);
+          call = this.handler.onDel(req.uid);
           break;
         case 'snapshotSent':
           this.#snapshotDone = true;
-          await this.handler.onSnapshotSent();
+          call = this.handler.onSnapshotSent();
           break;
       }
     } catch (err) {
-      reply = fitAckError(err instanceof Error ? err.message : String(err));
-      this.log.warn({ record: describe(req), err: reply }, 'handler failed, sending nack');
+      call = Promise.reject(err);
     }
-    if (this.#closed) return;
+    return call.then(
+      () => ACK,
+      (err: unknown) => {
+        const reply = fitAckError(err instanceof Error ? err.message : String(err));
+        this.log.warn({ record: describe(req), err: reply }, 'handler failed, sending nack');
+        return { reply };
+      },
+    );
+  }
+
+  /** Answers the records in their order, each once it is done. */
+  async #sendAnswers(): Promise<void> {
+    this.#sending = true;
     try {
-      await this.socket.send(encodeAck(reply));
-      this.#acked++;
-    } catch (err) {
-      this.#finish(transportError(err as Error, 'node agent'));
+      while (this.#answers.length > 0 && !this.#closed) {
+        const answer = await this.#answers[0]!;
+        if (this.#closed) return;
+        if (answer.violation) {
+          await this.#nackViolation(answer.violation);
+          return;
+        }
+        try {
+          await this.socket.send(encodeAck(answer.reply));
+          this.#acked++;
+        } catch (err) {
+          this.#finish(transportError(err as Error, 'node agent'));
+          return;
+        }
+        this.#answers.shift();
+        if (this.#paused && this.#answers.length < this.#maxInFlight) {
+          this.#paused = false;
+          this.socket.resume?.();
+        }
+      }
+    } finally {
+      this.#sending = false;
     }
   }
 
@@ -155,8 +219,14 @@ export class ClientSession {
     }
   }
 
+  /** A violation: nothing after it is worked on; it is nacked in its turn, after the records before it. */
+  #violation(err: ZdsError): Promise<Answer> {
+    this.#violated = true;
+    return Promise.resolve({ violation: err });
+  }
+
   /** Istio's ztunnel answers a bad record with a nack, then drops the connection. */
-  async #violation(err: ZdsError): Promise<void> {
+  async #nackViolation(err: ZdsError): Promise<void> {
     this.log.error({ err: err.message, code: err.code }, 'zds protocol error, reconnecting');
     try {
       await this.socket.send(encodeAck(fitAckError(`protocol error: ${err.message}`)));
