@@ -94,6 +94,11 @@ class PooledSession {
   budget: BudgetSession | undefined;
   /** The lowest last-stream-id of the peer's GOAWAYs: streams above it were never processed (RFC 9113 §6.8). */
   goawayLastStreamId: number | undefined;
+  /**
+   * The client's session count when the first GOAWAY came: sessions up to it may be to the same
+   * draining server (pooled beside this one), so an open it refused is retried on a later one.
+   */
+  goawayAfter: number | undefined;
   lastError: Error | undefined;
   idleTimer: NodeJS.Timeout | undefined;
   pingTimer: NodeJS.Timeout | undefined;
@@ -111,6 +116,8 @@ class PooledSession {
   constructor(
     readonly key: string,
     max: number,
+    /** This client's sessions made before it, plus one. */
+    readonly born: number,
   ) {
     this.max = max;
   }
@@ -185,6 +192,8 @@ export class HboneClient {
   #identityKey: string;
   readonly #pools = new Map<string, PooledSession[]>();
   #closed = false;
+  /** Sessions made so far (PooledSession.born). */
+  #born = 0;
   readonly #budget: BufferBudget;
 
   constructor(o: HboneClientOptions) {
@@ -213,15 +222,16 @@ export class HboneClient {
   }
 
   // Not async: on a warm session an open is one promise, settled by the peer's answer.
-  #attempt(o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+  // `after`: only sessions born after it (a retry of an open refused by a GOAWAY).
+  #attempt(o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after = 0): Promise<http2.ClientHttp2Stream> {
     if (this.#closed) return Promise.reject(new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed'));
-    const entry = this.#acquire(o, peerAuthority);
-    if (!entry.established) return this.#attemptWhenReady(entry, o, authority, peerAuthority, attempt);
+    const entry = this.#acquire(o, peerAuthority, after);
+    if (!entry.established) return this.#attemptWhenReady(entry, o, authority, peerAuthority, attempt, after);
     entry.pending--;
-    return this.#open(entry, o, authority, peerAuthority, attempt);
+    return this.#open(entry, o, authority, peerAuthority, attempt, after);
   }
 
-  async #attemptWhenReady(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+  async #attemptWhenReady(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after: number): Promise<http2.ClientHttp2Stream> {
     try {
       await this.#waitReady(entry, o.signal);
     } catch (err) {
@@ -230,23 +240,23 @@ export class HboneClient {
       throw err;
     }
     entry.pending--;
-    return this.#open(entry, o, authority, peerAuthority, attempt);
+    return this.#open(entry, o, authority, peerAuthority, attempt, after);
   }
 
-  #open(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+  #open(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after: number): Promise<http2.ClientHttp2Stream> {
     if ((entry.open >= entry.max || entry.draining || entry.closed) && attempt < 5) {
       // Capped by the peer's SETTINGS, or retired while we waited: find another.
       this.#maybeIdle(entry);
-      return this.#attempt(o, authority, peerAuthority, attempt + 1);
+      return this.#attempt(o, authority, peerAuthority, attempt + 1, Math.max(after, entry.goawayAfter ?? 0));
     }
     return this.#request(entry, o, authority, peerAuthority, attempt);
   }
 
   /** A stream the peer did not process (refused, or above a GOAWAY's last stream) is safe to retry on a new session. */
-  #retry(err: HboneError, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
+  #retry(err: HboneError, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after = 0): Promise<http2.ClientHttp2Stream> {
     if (attempt >= 2) return Promise.reject(err);
     this.#log.debug({ peer: peerAuthority, reason: err.message }, 'retrying tunnel on a new session');
-    return this.#attempt(o, authority, peerAuthority, attempt + 1);
+    return this.#attempt(o, authority, peerAuthority, attempt + 1, after);
   }
 
   /** New TLS material for new sessions; live sessions finish their streams and retire. */
@@ -298,7 +308,7 @@ export class HboneClient {
     });
   }
 
-  #acquire(o: HboneConnectOptions, peerAuthority: string): PooledSession {
+  #acquire(o: HboneConnectOptions, peerAuthority: string, after: number): PooledSession {
     const ids = o.expectedIdentities;
     const expected = ids.length === 1 ? ids : [...new Set(ids)].sort();
     const key = `${this.#identityKey}\n${expected.length === 1 ? expected[0] : expected.join(' ')}\n${peerAuthority}`;
@@ -308,12 +318,12 @@ export class HboneClient {
       this.#pools.set(key, list);
     }
     for (const e of list) {
-      if (e.hasRoom()) {
+      if (e.born > after && e.hasRoom()) {
         e.pending++;
         return e;
       }
     }
-    const e = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100);
+    const e = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100, ++this.#born);
     e.budget = this.#budget.session(peerAuthority, 'outbound');
     this.#listen(e);
     list.push(e);
@@ -473,6 +483,7 @@ export class HboneClient {
       const reason = opaque !== undefined && opaque.length > 0 ? ` (${opaque.toString('utf8')})` : '';
       e.goaway = `peer sent GOAWAY code ${code} last stream ${lastStreamId}${reason}`;
       e.goawayLastStreamId = Math.min(lastStreamId, e.goawayLastStreamId ?? lastStreamId);
+      e.goawayAfter ??= this.#born;
       log.debug({ code, lastStreamId }, 'hbone session received GOAWAY, retiring it');
       this.#retire(e, e.goaway);
     });
@@ -620,7 +631,8 @@ export class HboneClient {
     // GOAWAY's code (RFC 9113 §6.8; Node destroys the session on an error code, failing the stream
     // with the session's error); nor was one refused with REFUSED_STREAM (§8.7).
     const unprocessed = e.goawayLastStreamId !== undefined && stream.id !== undefined && stream.id > e.goawayLastStreamId;
-    if (unprocessed || (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined)) p.resolve(this.#retry(err, p.o, p.authority, p.peerAuthority, p.attempt));
+    // After a GOAWAY the other sessions of its time may be to the same draining server: a later one.
+    if (unprocessed || (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined)) p.resolve(this.#retry(err, p.o, p.authority, p.peerAuthority, p.attempt, e.goawayAfter));
     else p.reject(err);
   }
 

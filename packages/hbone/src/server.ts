@@ -112,7 +112,12 @@ class Server implements HboneServer {
   readonly #tunnels = new Set<ServerTunnel>();
   /** Streams admitted and waiting for their upstream connect. */
   #connecting = 0;
+  /** Accepted TCP sockets whose TLS handshake has not finished: close() lets them finish and sends them GOAWAY. */
+  readonly #handshaking = new Set<net.Socket>();
   #closing = false;
+  #closed = false;
+  /** While close() drains: resolves it once no session and no handshake is left. */
+  #drainCheck: (() => void) | undefined;
   readonly #budget: BufferBudget;
   readonly #guard: InboundGuard;
 
@@ -149,11 +154,17 @@ class Server implements HboneServer {
     this.#guard.attach(this.#h2);
     this.#h2.on('connection', (socket: net.Socket) => {
       this.#sockets.add(socket);
+      this.#handshaking.add(socket);
       // Read now: a failed handshake is reported after the socket is destroyed, when it no longer has an address.
       this.#sources.set(socket, `${socket.remoteAddress}:${socket.remotePort}`);
-      socket.once('close', () => this.#sockets.delete(socket));
+      socket.once('close', () => {
+        this.#sockets.delete(socket);
+        this.#handshakeEnded(socket);
+      });
       socket.setNoDelay(true);
     });
+    // After node:http2's own listener, which has made the session (and #onSession has seen it) by now.
+    this.#h2.on('secureConnection', (socket: tls.TLSSocket) => this.#handshakeEnded(parentOf(socket)));
     this.#h2.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
       if (this.#guard.wasRefused(socket)) return;
       this.#log.warn({ err, src: this.#sourceOf(socket), code: (err as { code?: string }).code }, 'connection failed: TLS handshake');
@@ -183,12 +194,16 @@ class Server implements HboneServer {
    * TCP socket it wraps as `_parent` (not in Node's typings).
    */
   #sourceOf(socket: tls.TLSSocket): string {
-    const parent = (socket as tls.TLSSocket & { _parent?: unknown })._parent;
-    return this.#sources.get(parent as net.Socket) ?? `${socket.remoteAddress}:${socket.remotePort}`;
+    return this.#sources.get(parentOf(socket)) ?? `${socket.remoteAddress}:${socket.remotePort}`;
+  }
+
+  #handshakeEnded(socket: net.Socket): void {
+    if (this.#handshaking.delete(socket)) this.#drainCheck?.();
   }
 
   handleConnection(socket: net.Socket): void {
-    if (this.#closing) {
+    // During the drain a connection is still served as one accepted before close(): handshake, then GOAWAY.
+    if (this.#closed) {
       socket.destroy();
       return;
     }
@@ -217,25 +232,41 @@ class Server implements HboneServer {
     return { sessions: this.#sessions.size, tunnels: this.#connecting + this.#tunnels.size };
   }
 
+  /**
+   * As Go's http2 and ztunnel (hyper) shut down: GOAWAY to every session, and a connection accepted
+   * before (or handed in during) the drain finishes its TLS handshake and then gets GOAWAY with
+   * last-stream-id 0 (NO_ERROR), so its client sends its streams again elsewhere, instead of a reset
+   * in the middle of the handshake. Drained once no session and no handshake is left.
+   */
   async close(o: { deadlineMs?: number } = {}): Promise<void> {
     this.#closing = true;
     const deadlineMs = o.deadlineMs ?? 5000;
     if (this.#h2.listening) this.#h2.close();
-    const sessions = [...this.#sessions.keys()];
-    const closed = sessions.map((s) => new Promise<void>((r) => (s.closed || s.destroyed ? r() : s.once('close', () => r()))));
-    for (const s of sessions) if (!s.closed && !s.destroyed) s.close();
+    for (const s of this.#sessions.keys()) if (!s.closed && !s.destroyed) s.close();
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((r) => (timer = setTimeout(() => r('deadline'), deadlineMs)));
-    const outcome = await Promise.race([Promise.all(closed).then(() => 'drained' as const), deadline]);
+    const drained = new Promise<'drained'>((r) => {
+      this.#drainCheck = () => {
+        if (this.#sessions.size === 0 && this.#handshaking.size === 0) r('drained');
+      };
+      this.#drainCheck();
+    });
+    const outcome = await Promise.race([drained, deadline]);
     clearTimeout(timer);
+    this.#drainCheck = undefined;
+    this.#closed = true;
+    const sessions = [...this.#sessions.keys()];
     if (outcome === 'deadline') {
-      this.#log.warn({ sessions: this.#sessions.size, tunnels: this.#connecting + this.#tunnels.size }, 'drain deadline reached, resetting remaining tunnels');
+      this.#log.warn(
+        { sessions: sessions.length, tunnels: this.#connecting + this.#tunnels.size, handshakes: this.#handshaking.size },
+        'drain deadline reached, resetting remaining tunnels',
+      );
       for (const t of this.#tunnels) t.socket.destroy();
-      for (const s of this.#sessions.keys()) s.destroy();
+      for (const s of sessions) s.destroy();
     }
     for (const socket of this.#sockets) socket.destroy();
     this.#guard.stop();
-    await Promise.all(closed);
+    await Promise.all(sessions.map((s) => new Promise<void>((r) => (s.closed || s.destroyed ? r() : s.once('close', () => r())))));
   }
 
   #onSession(session: http2.ServerHttp2Session, connectionWindow: number): void {
@@ -270,7 +301,10 @@ class Server implements HboneServer {
     }
     const budget = this.#budget.session(`${peer.remoteAddress}:${peer.remotePort}`, 'inbound');
     this.#sessions.set(session, { peer, src: peer.identity.toString(), budget });
-    session.once('close', () => this.#sessions.delete(session));
+    session.once('close', () => {
+      this.#sessions.delete(session);
+      this.#drainCheck?.();
+    });
     this.#guard.addSession(session, budget);
     session.on('error', (err: Error) => this.#log.debug({ err, src: peer.identity?.toString() }, 'session error'));
     session.setLocalWindowSize(connectionWindow);
@@ -430,6 +464,14 @@ class ConnectContext implements HboneConnectContext {
     this.#pending = false;
     if (this.#abort !== undefined) this.#stream.off('close', this.#abort.onClose);
   }
+}
+
+/**
+ * The TCP socket a server-side TLSSocket wraps, kept as `_parent` (not in Node's typings): the one
+ * 'connection' saw, also once the TLS socket is destroyed.
+ */
+function parentOf(socket: tls.TLSSocket): net.Socket {
+  return ((socket as tls.TLSSocket & { _parent?: net.Socket })._parent ?? socket) as net.Socket;
 }
 
 function refuse(stream: http2.ServerHttp2Stream, status: number): undefined {
