@@ -7,6 +7,7 @@ import {
   type HboneConnectContext,
   type HbonePeer,
   type HboneRequestHeaders,
+  type HboneAbortSignal,
   type HboneServer,
   type HboneTarget,
   type HboneTlsOptions,
@@ -25,7 +26,7 @@ import type { TcpTally, ZtunnelMetrics } from './metrics.js';
 import { Socks5Listener } from './socks5/index.js';
 import { newTraceparent } from './traceparent.js';
 import { netnsHasTproxyRules } from './tproxy-rules.js';
-import { tunnelOutbound } from './outbound-tunnel.js';
+import { DownstreamClosed, tunnelOutbound } from './outbound-tunnel.js';
 import { outboundViaWaypoint, waypointFor } from './waypoint.js';
 import type { WorkloadStore } from './workload-store.js';
 
@@ -72,6 +73,14 @@ export interface InpodProxyOptions {
   socks5?: boolean;
   /** DNS proxy on 15053 (UDP+TCP, 127.0.0.1 and ::1 where lo has IPv6); undefined: off. */
   dns?: { upstreams: DnsUpstream[]; metrics: DnsMetrics; clusterDomain?: string; nameTable?: DnsNameTable } | undefined;
+  /**
+   * Fetch the pod's certificate before binding, and fail start() when the CA does: an ack then also
+   * means mTLS is ready, at the cost of a CA round trip per enrollment. Default false: bind at once and
+   * fetch it in the background (as ztunnel does); mTLS connections that come first wait for it.
+   */
+  awaitCertificate?: boolean;
+  /** Retry delays of the background certificate fetch while the CA fails: doubling, jittered (default 500 ms to 30 s). */
+  certificateRetry?: { initialMs: number; maxMs: number };
 }
 
 export interface InpodProxyState {
@@ -199,13 +208,24 @@ export class InpodProxy {
   // memory) and most pods on a node carry no mesh traffic in one direction or the other.
   #hboneServer: HboneServer | undefined;
   #hboneClient: HboneClient | undefined;
-  /** The pod's current certificate; rotations replace it. */
+  /** The pod's current certificate; rotations replace it. Undefined until the first one arrives. */
   #cert: WorkloadCertificate | undefined;
+  readonly #onRotate = (next: WorkloadCertificate): void => {
+    this.#cert = next;
+    this.#hboneServer?.setTls(this.#tls(next));
+    this.#hboneClient?.setTls(this.#tls(next));
+  };
+  /** Connections waiting for the first certificate (#certified()). */
+  readonly #certWaiters = new Set<{ resolve: () => void; reject: (err: Error) => void }>();
+  /** Why the last fetch of the first certificate failed (named in the waiters' error). */
+  #certError: string | undefined;
+  #certRetry: NodeJS.Timeout | undefined;
+  #certBackoffMs = 0;
   #socks5: Socks5Listener | undefined;
   #dns: DnsProxy | undefined;
   #releaseCert: (() => void) | undefined;
   #stopped = false;
-  /** start() past its certificate fetch, binding: stop() waits for it to finish or give all back. */
+  /** start() binding: stop() waits for it to finish or give all back. */
   #starting: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   /** Releases everything held; once, shared by a failing start() and stop(). */
@@ -253,31 +273,35 @@ export class InpodProxy {
   }
 
   /**
-   * Fetches the pod's certificate and binds the three listeners; on failure releases everything.
-   * A stop() before it is done makes it fail with ERR_ZTUNNEL_PROXY_STOPPED, holding nothing; that
-   * stop() resolves only once nothing is bound (it does not wait for the certificate fetch, which
-   * holds nothing in the pod: the certificate is released when it arrives).
+   * Binds the listeners (15001/15006/15008, and DNS/SOCKS5 when on) and resolves: the pod's traffic is
+   * captured from then on. Its certificate is fetched in the background from the same moment, as
+   * ztunnel prefetches it (see #certified() for the connections that come first); with
+   * `awaitCertificate` it is fetched before binding instead, and start() fails when the CA does. On
+   * failure everything is released. A stop() before it is done makes it fail with
+   * ERR_ZTUNNEL_PROXY_STOPPED, holding nothing; that stop() resolves once nothing is bound (it never
+   * waits for the certificate fetch, which holds nothing in the pod: the certificate is released when
+   * it arrives).
    */
   async start(): Promise<void> {
     const stopped = (): ZtunnelError => new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped while starting`);
     if (this.#stopped) throw stopped();
+    if (this.#o.awaitCertificate === true) {
+      try {
+        await this.#fetchCertificate(false);
+      } catch (err) {
+        this.#stopped = true;
+        await this.#release(0);
+        throw err;
+      }
+      // stop() ran during the fetch and has already torn down (the fetch gave the certificate back).
+      if (this.#stopped) throw stopped();
+    } else {
+      this.#fetchCertificate(true).catch(ignoreError);
+    }
     let bound: (() => void) | undefined;
     try {
-      const { cert, release } = await this.#o.identities.acquire(this.identity, (next) => {
-        this.#cert = next;
-        this.#hboneServer?.setTls(this.#tls(next));
-        this.#hboneClient?.setTls(this.#tls(next));
-      });
-      if (this.#stopped) {
-        // stop() ran during the fetch and has already torn down: give this back ourselves.
-        release();
-        throw stopped();
-      }
-      this.#releaseCert = release;
       // No await since the check above: stop() either ran before it or sees this.
       this.#starting = new Promise<void>((r) => (bound = r));
-      // A rotation may already have landed through the callback above: keep the newer one.
-      this.#cert ??= cert;
       this.#checkedPolicies = this.#policiesNow();
       this.#o.store.on('change', this.#onStoreChange);
       // Checked after every step: a stop() is waiting for us to give up.
@@ -301,6 +325,68 @@ export class InpodProxy {
       this.#starting = undefined;
       bound?.();
     }
+  }
+
+  /**
+   * One ask for the pod's certificate. What arrives after a stop is given back at once; a failure is
+   * logged and, with `retry`, asked again after a doubling, jittered delay until a certificate comes or
+   * the proxy stops (IdentityManager retries only certificates it has handed out).
+   */
+  async #fetchCertificate(retry: boolean): Promise<void> {
+    let got: { cert: WorkloadCertificate; release: () => void };
+    try {
+      got = await this.#o.identities.acquire(this.identity, this.#onRotate);
+    } catch (err) {
+      if (this.#stopped) throw err;
+      this.#certError = (err as Error).message;
+      if (retry) {
+        const { initialMs, maxMs } = this.#o.certificateRetry ?? { initialMs: 500, maxMs: 30_000 };
+        this.#certBackoffMs = this.#certBackoffMs === 0 ? initialMs : Math.min(maxMs, this.#certBackoffMs * 2);
+        const delay = Math.round(this.#certBackoffMs / 2 + (Math.random() * this.#certBackoffMs) / 2);
+        this.#log.warn({ identity: this.identity, err, retry_ms: delay, waiting: this.#certWaiters.size }, 'failed to fetch certificate, retrying');
+        this.#certRetry = setTimeout(() => {
+          if (!this.#stopped) this.#fetchCertificate(true).catch(ignoreError);
+        }, delay);
+      }
+      throw err;
+    }
+    if (this.#stopped) return got.release();
+    this.#releaseCert = got.release;
+    // A rotation may already have landed through #onRotate: keep the newer one.
+    this.#cert ??= got.cert;
+    this.#certError = undefined;
+    this.#log.debug({ identity: this.identity, serial: got.cert.serial, waiting: this.#certWaiters.size }, 'certificate ready');
+    for (const w of this.#certWaiters) w.resolve();
+  }
+
+  /**
+   * Resolves once the pod has its certificate: at once, except for a connection that comes before the
+   * first one arrived, which waits for it, at most the connect timeout. It fails (the connection is
+   * closed, never served without mTLS nor let around the proxy) when none comes by then, the proxy
+   * stops, or `signal` (the downstream going away) aborts.
+   */
+  #certified(signal?: HboneAbortSignal): Promise<void> {
+    if (this.#cert) return Promise.resolve();
+    if (this.#stopped) return Promise.reject(new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped, no new tunnels`));
+    if (signal?.aborted === true) return Promise.reject(signal.reason as Error);
+    const ms = this.#o.connectTimeoutMs ?? 10_000;
+    return new Promise<void>((resolve, reject) => {
+      const settle = (err?: Error): void => {
+        clearTimeout(timer);
+        this.#certWaiters.delete(waiter);
+        signal?.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve();
+      };
+      const waiter = { resolve: () => settle(), reject: settle };
+      const onAbort = (): void => settle(signal?.reason as Error);
+      const timer = setTimeout(() => {
+        const why = this.#certError ?? 'the CA has not answered yet';
+        settle(new ZtunnelError('ERR_ZTUNNEL_IDENTITY', `pod ${this.uid}: no certificate for ${this.identity} within ${ms} ms (${why})`));
+      }, ms);
+      this.#certWaiters.add(waiter);
+      signal?.addEventListener('abort', onAbort);
+    });
   }
 
   /** The HBONE client for this pod's outbound tunnels (dialled from inside the pod, marked). */
@@ -532,6 +618,7 @@ export class InpodProxy {
     // A destination with a waypoint is never reached directly: its L7 policies live in the waypoint.
     const waypoint = waypointFor(this.#o.store, dst, resolved, () => this.#workload());
     if (waypoint !== undefined) {
+      if (!this.#cert) await this.#certified(new DownstreamClosed(socket));
       const { metrics } = this.#o;
       return outboundViaWaypoint(waypoint, { socket, src, client: () => this.#client(), headers: this.#hboneHeaders(srcAddr), metrics, accessLog: this.#accessLog });
     }
@@ -562,15 +649,15 @@ export class InpodProxy {
       info.dst.identity = identity;
       const record = new ConnectionRecord(info, this.#o.metrics, this.#accessLog, known.tally);
       const sans = service?.subjectAltNames;
-      await tunnelOutbound(socket, record, (signal) =>
+      const open = (signal: HboneAbortSignal): Promise<Duplex> =>
         this.#client().connect({
           peer: { host: address, port: this.#ports.inbound },
           target: { host: address, port },
           expectedIdentities: sans === undefined || sans.length === 0 ? known.expected : [identity, ...sans],
           headers: this.#hboneHeaders(srcAddr),
           signal,
-        }),
-      );
+        });
+      await tunnelOutbound(socket, record, (signal) => (this.#cert ? open(signal) : this.#certified(signal).then(() => open(signal))));
       return;
     }
     // Not a mesh workload: plain TCP, still from inside the pod and marked so the pod's rules let it out.
@@ -764,6 +851,18 @@ export class InpodProxy {
   #onInboundHbone(socket: net.Socket): void {
     socket.on('error', ignoreError);
     this.#log.debug({ src: socket.remoteAddress }, 'inbound HBONE connection');
+    if (this.#cert) return this.#serveHbone(socket);
+    // Before the pod's first certificate: the handshake waits for it (the ClientHello stays buffered).
+    this.#certified(new DownstreamClosed(socket)).then(
+      () => this.#serveHbone(socket),
+      (err: unknown) => {
+        if (!this.#stopped && !socket.destroyed) this.#log.warn({ src: socket.remoteAddress, err }, 'inbound HBONE connection closed: no certificate for this pod');
+        socket.destroy();
+      },
+    );
+  }
+
+  #serveHbone(socket: net.Socket): void {
     let server: HboneServer | undefined;
     try {
       server = this.#server();
@@ -935,6 +1034,9 @@ export class InpodProxy {
   async #releaseAll(deadlineMs: number): Promise<void> {
     this.#o.store.off('change', this.#onStoreChange);
     this.closeListeners();
+    clearTimeout(this.#certRetry);
+    const stopped = new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped before its certificate arrived`);
+    for (const w of this.#certWaiters) w.reject(stopped);
     const deadline = Math.max(0, deadlineMs);
     const serverClosed = this.#hboneServer?.close({ deadlineMs: deadline }) ?? Promise.resolve();
     // The outbound client stays open while connections drain: one accepted just before the listeners

@@ -9,11 +9,11 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsMetrics } from '../src/dns/index.js';
 import { IdentityManager } from '../src/identity.js';
-import { InpodProxy } from '../src/inpod-proxy.js';
+import { InpodProxy, type InpodProxyOptions } from '../src/inpod-proxy.js';
 import { createLogger } from '../src/logger.js';
 import { ZtunnelMetrics } from '../src/metrics.js';
 import { WorkloadStore } from '../src/workload-store.js';
-import { gatedIdentities, requireRoot, uniqueName } from './support.js';
+import { gatedIdentities, requireRoot, uniqueName, waitFor } from './support.js';
 
 const run = promisify(execFile);
 const PORTS = [15001, 15006, 15008, 15053];
@@ -45,7 +45,7 @@ afterAll(async () => {
   if (name) await run('ip', ['netns', 'del', name]).catch(() => {});
 });
 
-function proxy(identities: IdentityManager): InpodProxy {
+function proxy(identities: IdentityManager, extra: Partial<InpodProxyOptions> = {}): InpodProxy {
   return new InpodProxy({
     uid: `uid-${name}`,
     workloadInfo: { name: 'p', namespace: 'ns', serviceAccount: 'sa' },
@@ -62,6 +62,7 @@ function proxy(identities: IdentityManager): InpodProxy {
     logger: createLogger({ write: () => {} }).logger,
     dns: { upstreams: [{ address: '127.0.0.53', port: 53 }], metrics: new DnsMetrics(new Registry()) },
     socks5: true,
+    ...extra,
   });
 }
 
@@ -70,14 +71,14 @@ const ticks = async (n: number): Promise<void> => {
 };
 
 describe('InpodProxy.stop() during start()', () => {
-  it('at 0..40 event-loop turns into start(): once stop() resolves nothing listens and the certificate is released', async () => {
+  it.each([false, true])('at 0..40 event-loop turns into start() (awaitCertificate: %s): once stop() resolves nothing listens and the certificate is released', async (awaitCertificate) => {
     const identities = new IdentityManager(ca);
     // Another user keeps the certificate cached, so most stops land in the binding steps, not the fetch.
     const held = await identities.acquire(`spiffe://cluster.local/ns/ns/sa/sa`, () => {});
     const outcomes = new Set<string>();
     try {
       for (let n = 0; n <= 40; n++) {
-        const p = proxy(identities);
+        const p = proxy(identities, { awaitCertificate });
         const started = p.start().then(
           () => 'started',
           (e: { code?: string }) => String(e.code),
@@ -99,10 +100,27 @@ describe('InpodProxy.stop() during start()', () => {
     expect(identities.certificates()).toEqual([]);
   });
 
-  it('during the certificate fetch: stop() resolves at once, start() then binds nothing and releases the certificate', async () => {
+  it('during the certificate fetch, which start() does not wait for: once stop() resolves nothing listens, and the certificate is released as it arrives', async () => {
     const { identities, release: issue } = gatedIdentities(ca);
     try {
       const p = proxy(identities);
+      await p.start();
+      expect(listening().length).toBeGreaterThanOrEqual(5);
+      expect(identities.certificates()).toMatchObject([{ state: 'Initializing' }]);
+      await p.stop({ deadlineMs: 0 });
+      expect(listening()).toEqual([]);
+      issue();
+      await waitFor('the certificate released', async () => identities.certificates().length === 0);
+      expect(listening()).toEqual([]);
+    } finally {
+      identities.close();
+    }
+  });
+
+  it('awaitCertificate, during the certificate fetch: stop() resolves at once, start() then binds nothing and releases the certificate', async () => {
+    const { identities, release: issue } = gatedIdentities(ca);
+    try {
+      const p = proxy(identities, { awaitCertificate: true });
       const started = p.start().catch((e: unknown) => e);
       await ticks(3);
       await p.stop({ deadlineMs: 0 });

@@ -65,7 +65,8 @@ function manager(identities: IdentityManager, o: { retryMs?: number; recordTimeo
   const lines: string[] = [];
   const { logger } = createLogger({ write: (l) => lines.push(l) });
   const m = new InpodManager({
-    proxy: { store: new WorkloadStore(), identities, trustBundle: ca.rootPem, trustDomain: 'cluster.local', mark: 1337, reusePort: false, origSrc: 'auto', ipv6: false },
+    // Certificate first: the gated CA is what makes a proxy start slow here.
+    proxy: { store: new WorkloadStore(), identities, trustBundle: ca.rootPem, trustDomain: 'cluster.local', mark: 1337, reusePort: false, origSrc: 'auto', ipv6: false, awaitCertificate: true },
     metrics: new ZtunnelMetrics(),
     logger,
     retryMs: o.retryMs ?? 200,
