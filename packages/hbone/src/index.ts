@@ -1,5 +1,5 @@
 export { createHboneServer } from './server.js';
-export type { HboneConnectContext, HbonePeer, HboneServer, HboneServerOptions, HboneTunnelClosed } from './server.js';
+export type { HboneAuthorizeResult, HboneConnectContext, HbonePeer, HboneRefusal, HboneServer, HboneServerOptions, HboneTunnelClosed } from './server.js';
 export { HboneClient } from './client.js';
 export type { HboneAbortSignal, HboneClientOptions, HboneClientStats, HboneConnectOptions } from './client.js';
 export { bridge } from './bridge.js';

@@ -40,10 +40,29 @@ export interface HboneTunnelClosed extends BridgeResult {
   durationMs: number;
 }
 
+/**
+ * A refusal from `authorize` with its own status: `{ allow: false, status: 503, reason: 'unknown
+ * destination …' }`. Without `status` (or with 401) it is a policy denial. `reason` is logged (the
+ * `connection failed` line), never sent to the client.
+ */
+export interface HboneRefusal {
+  allow: false;
+  /** 400–599; default 401. */
+  status?: number;
+  reason?: string;
+}
+
+/** `authorize`'s answer: true (or `{ allow: true }`) admits, false answers 401, an HboneRefusal its status. */
+export type HboneAuthorizeResult = boolean | { allow: true } | HboneRefusal;
+
 export interface HboneServerOptions {
   tls: HboneTlsOptions;
-  /** Policy hook: false (or a throw) answers 401. Default: allow every authenticated peer. */
-  authorize?: (peer: HbonePeer, target: HboneTarget, headers: HboneRequestHeaders) => boolean | Promise<boolean>;
+  /**
+   * Policy hook: true admits; false answers 401 (denied by policy); `{ allow: false, status, reason }`
+   * answers that status (e.g. 503 for a destination not known yet). A throw answers 401.
+   * Default: allow every authenticated peer.
+   */
+  authorize?: (peer: HbonePeer, target: HboneTarget, headers: HboneRequestHeaders) => HboneAuthorizeResult | Promise<HboneAuthorizeResult>;
   /** Opens the upstream; must resolve only once it is connected. A rejection answers 503. */
   connect: (target: HboneTarget, ctx: HboneConnectContext) => Promise<Duplex>;
   /** Targets this server serves (e.g. only the pod's own IPs); false answers 400. Default: all. */
@@ -319,7 +338,7 @@ class Server implements HboneServer {
     void this.#admit(stream, headers);
   }
 
-  /** Checks the request, authorizes it and connects the upstream, then runs the tunnel; answers 400/401/503 itself. */
+  /** Checks the request, authorizes it and connects the upstream, then runs the tunnel; answers 400/401/503 (or authorize's status) itself. */
   async #admit(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
     const state = this.#sessions.get(stream.session as http2.ServerHttp2Session);
     if (state === undefined) {
@@ -350,18 +369,15 @@ class Server implements HboneServer {
     const parsed = parseRequestHeaders(headers);
     const authorize = this.#o.authorize;
     if (authorize !== undefined) {
-      let allowed = false;
+      let verdict: HboneAuthorizeResult = false;
       try {
-        const verdict = authorize(peer, target, parsed);
+        const v = authorize(peer, target, parsed);
         // A synchronous verdict costs no event-loop turn.
-        allowed = typeof verdict === 'boolean' ? verdict : await verdict;
+        verdict = typeof v === 'boolean' ? v : isThenable(v) ? await v : v;
       } catch (err) {
         log.error({ err, src, dst }, 'authorize hook threw; denying');
       }
-      if (!allowed) {
-        log.warn({ src, dst }, 'connection failed: denied by policy');
-        return refuse(stream, 401);
-      }
+      if (verdict !== true && (verdict === false || !verdict.allow)) return this.#refused(stream, verdict, src, dst);
     }
     if (stream.closed || stream.destroyed) return;
     const ctx = new ConnectContext(peer, parsed, stream, dst!);
@@ -387,6 +403,19 @@ class Server implements HboneServer {
     this.#tunnels.add(tunnel);
     stream.respond(OK_HEADERS, OK_OPTIONS);
     tunnel.start();
+  }
+
+  /** Answers a CONNECT `authorize` did not admit: 401 for a denial, else the refusal's status. */
+  #refused(stream: http2.ServerHttp2Stream, verdict: false | HboneRefusal, src: string | undefined, dst: string | undefined): undefined {
+    const reason = verdict === false ? undefined : verdict.reason;
+    let status = verdict === false ? 401 : (verdict.status ?? 401);
+    if (!Number.isInteger(status) || status < 400 || status > 599) {
+      this.#log.error({ src, dst, status, reason }, `authorize hook refused with status ${String(status)}, not 400-599; denying (401)`);
+      status = 401;
+    }
+    if (status === 401) this.#log.warn({ src, dst, reason }, 'connection failed: denied by policy');
+    else this.#log.warn({ src, dst, status, reason }, 'connection failed: refused by authorize');
+    return refuse(stream, status);
   }
 
   /** Both sides of a tunnel closed; one function shared by every tunnel. */
@@ -472,6 +501,10 @@ class ConnectContext implements HboneConnectContext {
  */
 function parentOf(socket: tls.TLSSocket): net.Socket {
   return ((socket as tls.TLSSocket & { _parent?: net.Socket })._parent ?? socket) as net.Socket;
+}
+
+function isThenable<T>(v: T | Promise<T>): v is Promise<T> {
+  return typeof (v as { then?: unknown }).then === 'function';
 }
 
 function refuse(stream: http2.ServerHttp2Stream, status: number): undefined {
