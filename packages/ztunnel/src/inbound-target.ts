@@ -12,19 +12,3 @@ const ZTUNNEL_PORTS: ReadonlySet<number> = new Set([15000, 15001, 15006, 15008, 
 export function isZtunnelPort(port: number, ports: ProxyPorts): boolean {
   return ZTUNNEL_PORTS.has(port) || port === ports.outbound || port === ports.inbound || port === ports.inboundPlaintext;
 }
-
-/**
- * HBONE requests to a pod the workload state does not know. authorize lets them pass and connect
- * refuses them, so the peer gets 503 (what ztunnel answers without a local workload) and the HBONE
- * server logs an upstream failure, not 401 and "denied by policy": no policy was evaluated. Keyed by
- * the request's parsed headers, the one object the server hands to both hooks.
- */
-const unknownDestination = new WeakSet<object>();
-
-export function markUnknownDestination(request: object): void {
-  unknownDestination.add(request);
-}
-
-export function isUnknownDestination(request: object): boolean {
-  return unknownDestination.has(request);
-}

@@ -6,7 +6,7 @@ import {
   type BufferBudget,
   type HboneConnectContext,
   type HbonePeer,
-  type HboneRequestHeaders,
+  type HboneAuthorizeResult,
   type HboneAbortSignal,
   type HboneServer,
   type HboneTarget,
@@ -17,7 +17,7 @@ import { evaluatePolicies, type AuthorizationDecision, type ConnectionAttributes
 import { ConnectionRecord, openTally, type ConnectionInfo } from './connection-record.js';
 import { DnsNameTable, DnsProxy, HostResolver, fdUdpSocketFactory, type DnsMetrics, type DnsUpstream } from './dns/index.js';
 import { TCP_KEEPALIVE, copyBidirectional, tuneSocket } from './copy.js';
-import { isUnknownDestination, isZtunnelPort, markUnknownDestination } from './inbound-target.js';
+import { isZtunnelPort } from './inbound-target.js';
 import { ZtunnelError } from './errors.js';
 import type { IdentityManager, WorkloadCertificate } from './identity.js';
 import type { Policy, Workload } from './local-config.js';
@@ -422,7 +422,7 @@ export class InpodProxy {
     this.#hboneServer = createHboneServer({
       tls: this.#tls(this.#cert),
       validateTarget: (t) => this.#isHboneTarget(t.host) && !isZtunnelPort(t.port, this.#ports),
-      authorize: (peer, target, headers) => this.#authorizeHbone(peer, target, headers),
+      authorize: (peer, target) => this.#authorizeHbone(peer, target),
       connect: (target, ctx) => this.#connectHbone(target, ctx),
       logger: this.#log.child({ component: 'hbone' }),
       ...(this.#o.bufferBudget ? { bufferBudget: this.#o.bufferBudget } : {}),
@@ -894,14 +894,13 @@ export class InpodProxy {
     return p;
   }
 
-  #authorizeHbone(peer: HbonePeer, target: HboneTarget, request: HboneRequestHeaders): boolean {
+  #authorizeHbone(peer: HbonePeer, target: HboneTarget): HboneAuthorizeResult {
     const p = this.#peerOf(peer);
     const w = this.#workload();
     if (w === undefined) {
       this.#unknownDestination(hostPort(p.ip, peer.remotePort), normalizeIp(target.host), target.port);
-      // Not a policy decision: refused in #connectHbone, so the peer gets 503, not 401 (DENY).
-      markUnknownDestination(request);
-      return true;
+      // Not a policy decision: 503 as ztunnel answers without a local workload, not 401 (DENY).
+      return { allow: false, status: 503, reason: `unknown destination ${hostPort(target.host, target.port)}: pod uid ${this.uid} is not in the workload state yet` };
     }
     const d = this.#authorize(w, p.ip, p.identity, normalizeIp(target.host), target.port);
     if (!d.allowed) {
@@ -913,9 +912,6 @@ export class InpodProxy {
 
   async #connectHbone(target: HboneTarget, ctx: HboneConnectContext): Promise<Duplex> {
     const { peer } = ctx;
-    if (isUnknownDestination(ctx.headers)) {
-      throw new ZtunnelError('ERR_ZTUNNEL_UNKNOWN_WORKLOAD', `unknown destination ${hostPort(target.host, target.port)}: pod uid ${this.uid} is not in the workload state yet`);
-    }
     const p = this.#peerOf(peer);
     if (this.#log.isLevelEnabled?.('debug') !== false) {
       this.#log.debug(

@@ -143,10 +143,12 @@ describe('inbound goes only to this pod, as the workload state knows it', () => 
     // client's ztunnel counts as response_flags DENY) and no "denied by policy" line.
     expect((await hboneFromOutside({ host: b.ip, port: 8080 })).status).toBe(503);
     expect(log.filter((r) => r.msg === 'connection failed: denied by policy')).toEqual([]);
-    expect(log.filter((r) => r.msg === 'connection failed: upstream connect').at(-1)?.err).toMatchObject({
-      code: 'ERR_ZTUNNEL_UNKNOWN_WORKLOAD',
-      message: `unknown destination ${b.ip}:8080: pod uid ${b.uid} is not in the workload state yet`,
+    // Refused by authorize with its own status: connect never ran, so no upstream failure either.
+    expect(log.filter((r) => r.msg === 'connection failed: refused by authorize').at(-1)).toMatchObject({
+      status: 503,
+      reason: `unknown destination ${b.ip}:8080: pod uid ${b.uid} is not in the workload state yet`,
     });
+    expect(log.filter((r) => r.msg === 'connection failed: upstream connect')).toEqual([]);
     expect(appB.clients.length).toBe(before);
     const unknown = failed((r) => /^unknown destination: /.test(r.error ?? ''));
     expect(unknown.length).toBeGreaterThanOrEqual(3);
