@@ -43,8 +43,9 @@ export interface InpodManagerOptions {
   /**
    * Longest time one ZDS record is worked on before it is answered: what is not done by then is
    * nacked (and goes on: a proxy start keeps going, the agent's retry is acked once it is up). Below
-   * the node agent's 5 s ack deadline, so a slow pod never costs the connection and the records
-   * queued behind it wait at most this long each. Default 4000.
+   * the node agent's 5 s ack deadline, so a slow pod never costs the connection: the records after it
+   * are worked on meanwhile, and their acks (sent in record order) wait at most this long for its
+   * answer. Default 4000.
    */
   recordTimeoutMs?: number;
   /**
@@ -123,7 +124,11 @@ function hasPodAddress(netns: Netns): boolean | undefined {
 
 /**
  * The ZDS handler: one InpodProxy per pod uid, state Pending|Up, retries every 5 s, snapshot
- * reconciliation, readiness. An Add is acked only once the pod's listeners are up.
+ * reconciliation, readiness. An Add is acked only once the pod's listeners are up (its certificate
+ * may still be on its way: the proxy's mTLS connections wait for it). Records are handled side by
+ * side (the ZDS session calls in record order without waiting for the previous call), so every
+ * decision that depends on that order (the pod table, the snapshot's names) is taken synchronously
+ * when a call begins, before its first await.
  */
 export class InpodManager implements ZdsHandler {
   readonly #pods = new Map<string, PodEntry>();
