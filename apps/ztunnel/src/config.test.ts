@@ -86,6 +86,30 @@ describe('parseConfig', () => {
     expect(parseConfig({ DNS_PROXY: 'off' }).dnsProxy).toBe(false);
   });
 
+  it('reads the HBONE buffer budget as sizes, defaulting to BufferBudget\'s 256Mi / 32Mi, and refuses a bad one', () => {
+    const d = parseConfig({});
+    expect(d.hboneBufferBudget).toEqual({ maxBytes: 256 * 1024 * 1024, maxSessionBytes: 32 * 1024 * 1024 });
+    expect(effectiveConfigLines(d)).toEqual(expect.arrayContaining(['hbone_buffer_budget: 256Mi', 'hbone_session_buffer_budget: 32Mi']));
+    const c = parseConfig({ WEIR_HBONE_BUFFER_BUDGET: '1Gi', WEIR_HBONE_SESSION_BUFFER_BUDGET: '49152KiB' });
+    expect(c.hboneBufferBudget).toEqual({ maxBytes: 1024 ** 3, maxSessionBytes: 48 * 1024 * 1024 });
+    expect(effectiveConfigLines(c)).toEqual(expect.arrayContaining(['hbone_buffer_budget: 1Gi', 'hbone_session_buffer_budget: 48Mi']));
+    expect(parseConfig({ WEIR_HBONE_SESSION_BUFFER_BUDGET: '1048577' }).hboneBufferBudget.maxSessionBytes).toBe(1048577);
+    const problems = (env: Record<string, string>): string => {
+      try {
+        parseConfig(env);
+      } catch (err) {
+        return (err as ConfigError).problems.join('\n');
+      }
+      return expect.unreachable(`accepted ${JSON.stringify(env)}`);
+    };
+    expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '256MB' })).toMatch(/^WEIR_HBONE_BUFFER_BUDGET="256MB": expected a size like 256Mi, 32MiB, 1Gi or a number of bytes$/m);
+    expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '-1' })).toMatch(/^WEIR_HBONE_BUFFER_BUDGET="-1": expected a size/m);
+    expect(problems({ WEIR_HBONE_SESSION_BUFFER_BUDGET: '64Ki' })).toMatch(/^WEIR_HBONE_SESSION_BUFFER_BUDGET="64Ki": must be at least 1Mi/m);
+    expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '99999999999Gi' })).toMatch(/^WEIR_HBONE_BUFFER_BUDGET="99999999999Gi": too large/m);
+    expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '16Mi' })).toMatch(/^WEIR_HBONE_SESSION_BUFFER_BUDGET="32Mi": must not exceed WEIR_HBONE_BUFFER_BUDGET \(16Mi\)$/m);
+    expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '16Mi', WEIR_HBONE_SESSION_BUFFER_BUDGET: '20Mi' })).toMatch(/^WEIR_HBONE_SESSION_BUFFER_BUDGET="20Mi": must not exceed/m);
+  });
+
   it('names each bad variable and its value', () => {
     try {
       parseConfig({ PACKET_MARK: 'abc', INPOD_PORT_REUSE: 'maybe', WEIR_METRICS_ADDR: 'nope', CONNECTION_TERMINATION_DEADLINE: '5 parsecs' });

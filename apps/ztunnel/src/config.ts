@@ -30,6 +30,27 @@ const address = z
 
 const nonEmpty = z.string().trim().min(1, 'must not be empty');
 
+const MiB = 1024 * 1024;
+const SIZE_UNITS: Record<string, number> = { '': 1, Ki: 1024, Mi: MiB, Gi: 1024 * MiB };
+
+/** `256Mi`, `32MiB`, `1Gi`, `512Ki` (binary units, as Kubernetes quantities), or a bare number of bytes → bytes. */
+const byteSize = z
+  .string()
+  .trim()
+  .regex(/^\d+((Ki|Mi|Gi)B?)?$/, 'expected a size like 256Mi, 32MiB, 1Gi or a number of bytes')
+  .transform((s) => {
+    const m = /^(\d+)(Ki|Mi|Gi)?/.exec(s)!;
+    return Number(m[1]) * SIZE_UNITS[m[2] ?? '']!;
+  })
+  .refine((n) => Number.isSafeInteger(n), { message: 'too large' })
+  .refine((n) => n >= MiB, { message: 'must be at least 1Mi (a paused tunnel alone holds up to its 1 MiB stream window)' });
+
+/** Bytes as the size they were likely given in (`256Mi`), for the effective configuration. */
+function formatSize(n: number): string {
+  for (const unit of ['Gi', 'Mi', 'Ki'] as const) if (n % SIZE_UNITS[unit]! === 0) return `${n / SIZE_UNITS[unit]!}${unit}`;
+  return String(n);
+}
+
 /** `10.0.0.10`, `10.0.0.10:5353`, `fd00::10`, `[fd00::10]:53`, comma-separated → DNS upstreams. */
 const upstreamList = z
   .string()
@@ -87,6 +108,9 @@ const envSchema = z.object({
   WEIR_SOCKS5_ENABLED: bool.default(false),
   DNS_PROXY: bool.default(true),
   WEIR_DNS_UPSTREAMS: upstreamList.optional(),
+  // @weir/hbone's BufferBudget defaults (256 MiB for the process, 32 MiB per HTTP/2 session).
+  WEIR_HBONE_BUFFER_BUDGET: byteSize.default(256 * MiB),
+  WEIR_HBONE_SESSION_BUFFER_BUDGET: byteSize.default(32 * MiB),
   XDS_ADDRESS: nonEmpty.optional(),
   XDS_ROOT_CA: nonEmpty.optional(),
   CA_ADDRESS: nonEmpty.optional(),
@@ -136,6 +160,11 @@ export interface AppConfig {
   dnsProxy: boolean;
   /** Forward targets for names outside the mesh; undefined: the nameservers of /etc/resolv.conf. */
   dnsUpstreams: { address: string; port: number }[] | undefined;
+  /**
+   * Bytes HBONE tunnels whose reader stopped may hold, in the whole process and per HTTP/2 session;
+   * past them the largest are reset and new streams refused (@weir/hbone BufferBudget).
+   */
+  hboneBufferBudget: { maxBytes: number; maxSessionBytes: number };
   /**
    * istiod's Delta ADS (XDS_ADDRESS, `https://` added when it has no scheme); undefined: local
    * config only. `http://` is plaintext, without the bearer token.
@@ -201,6 +230,11 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
     }
   }
   if (e.WEIR_CERT_TTL < 2000) problems.push(`WEIR_CERT_TTL=${JSON.stringify(env.WEIR_CERT_TTL)}: must be at least 2s`);
+  if (e.WEIR_HBONE_SESSION_BUFFER_BUDGET > e.WEIR_HBONE_BUFFER_BUDGET) {
+    problems.push(
+      `WEIR_HBONE_SESSION_BUFFER_BUDGET=${JSON.stringify(env.WEIR_HBONE_SESSION_BUFFER_BUDGET ?? formatSize(e.WEIR_HBONE_SESSION_BUFFER_BUDGET))}: must not exceed WEIR_HBONE_BUFFER_BUDGET (${formatSize(e.WEIR_HBONE_BUFFER_BUDGET)})`,
+    );
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   const any = e.IPV6_ENABLED ? '[::]' : '0.0.0.0';
   const graceDeadline = e.TERMINATION_GRACE_PERIOD_SECONDS !== undefined ? Math.max(0, e.TERMINATION_GRACE_PERIOD_SECONDS - 5) * 1000 : undefined;
@@ -225,6 +259,7 @@ export function parseConfig(env: Record<string, string | undefined>): AppConfig 
     socks5: e.WEIR_SOCKS5_ENABLED,
     dnsProxy: e.DNS_PROXY,
     dnsUpstreams: e.WEIR_DNS_UPSTREAMS,
+    hboneBufferBudget: { maxBytes: e.WEIR_HBONE_BUFFER_BUDGET, maxSessionBytes: e.WEIR_HBONE_SESSION_BUFFER_BUDGET },
     xdsAddress,
     xdsRootCa: e.XDS_ROOT_CA,
     caAddress,
@@ -276,6 +311,8 @@ export function effectiveConfigLines(c: AppConfig): string[] {
     ['socks5_enabled', c.socks5],
     ['dns_proxy', c.dnsProxy],
     ['dns_upstreams', c.dnsProxy ? (c.dnsUpstreams ? c.dnsUpstreams.map((u) => (u.address.includes(':') ? `[${u.address}]:${u.port}` : `${u.address}:${u.port}`)).join(',') : 'resolv.conf') : null],
+    ['hbone_buffer_budget', formatSize(c.hboneBufferBudget.maxBytes)],
+    ['hbone_session_buffer_budget', formatSize(c.hboneBufferBudget.maxSessionBytes)],
     ['log_level', c.logLevel],
   ];
   return entries.map(([k, v]) => `${k}: ${v === null ? '~' : String(v)}`);

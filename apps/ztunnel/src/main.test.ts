@@ -65,6 +65,48 @@ describe('weir-ztunnel', () => {
     expect(comm).toBe('ztunnel'); // as `ss -p` shows Istio's
   }, 30_000);
 
+  it('takes the HBONE buffer budget from WEIR_HBONE_BUFFER_BUDGET / WEIR_HBONE_SESSION_BUFFER_BUDGET (its limit metric shows it)', async () => {
+    const child = spawn(process.execPath, [main], {
+      env: {
+        PATH: process.env.PATH ?? '',
+        LOG_FORMAT: 'json',
+        INPOD_UDS: `/tmp/weir-ztunnel-test-${process.pid}/missing.sock`,
+        WEIR_ADMIN_ADDR: '127.0.0.1:0',
+        WEIR_METRICS_ADDR: '127.0.0.1:0',
+        WEIR_READINESS_ADDR: '127.0.0.1:0',
+        CONNECTION_TERMINATION_DEADLINE: '100ms',
+        WEIR_HBONE_BUFFER_BUDGET: '96Mi',
+        WEIR_HBONE_SESSION_BUFFER_BUDGET: '8Mi',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const records: { msg: string; component?: string; address?: string; config?: Record<string, string> }[] = [];
+      let buf = '';
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', (d: Buffer) => {
+          buf += String(d);
+          let nl: number;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            records.push(JSON.parse(buf.slice(0, nl)) as (typeof records)[number]);
+            buf = buf.slice(nl + 1);
+            if (records.at(-1)!.msg === 'ztunnel started') resolve();
+          }
+        });
+        child.once('exit', (code) => reject(new Error(`weir-ztunnel exited (${code}) before it started`)));
+      });
+      expect(records[0]?.config).toMatchObject({ hbone_buffer_budget: '96Mi', hbone_session_buffer_budget: '8Mi' });
+      const metrics = records.find((r) => r.component === 'metrics' && r.address !== undefined)?.address;
+      expect(metrics).toBeDefined();
+      const text = await (await fetch(`http://${metrics}/metrics`)).text();
+      expect(text).toMatch(new RegExp(`^weir_hbone_buffer_budget_bytes ${96 * 1024 * 1024}$`, 'm'));
+    } finally {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+  }, 30_000);
+
   it('--help lists every variable it reads; an unexpected argument is refused, not taken as a start', async () => {
     const { stdout } = await run(process.execPath, [main, '--help'], { env: { PATH: process.env.PATH ?? '' } });
     for (const name of ENV_NAMES) expect(stdout).toMatch(new RegExp(`^  ${name} +\\S`, 'm'));

@@ -119,6 +119,7 @@ async function main(): Promise<void> {
     socks5: config.socks5,
     dnsProxy: config.dnsProxy,
     dnsUpstreams,
+    bufferBudget: config.hboneBufferBudget,
   });
   let stopping = false;
   const shutdown = (signal: string): void => {
