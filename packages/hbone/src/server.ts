@@ -101,7 +101,11 @@ export interface HboneServer {
   listen(o: net.ListenOptions): Promise<net.AddressInfo>;
   /** Swap key/cert/bundle for new handshakes; established sessions are untouched. */
   setTls(tls: HboneTlsOptions): void;
-  /** GOAWAY to every session, stop accepting, let open streams finish until `deadlineMs` (default 5000), then reset the rest. */
+  /**
+   * Stop accepting, GOAWAY to every session, let open streams and TLS handshakes in progress finish
+   * until `deadlineMs` (default 5000; a finished handshake gets GOAWAY too), then reset the rest.
+   * Calling it again returns the same promise.
+   */
   close(o?: { deadlineMs?: number }): Promise<void>;
   /** Live sessions and tunnels (for metrics and tests). */
   stats(): { sessions: number; tunnels: number };
@@ -133,7 +137,7 @@ class Server implements HboneServer {
   #connecting = 0;
   /** Accepted TCP sockets whose TLS handshake has not finished: close() lets them finish and sends them GOAWAY. */
   readonly #handshaking = new Set<net.Socket>();
-  #closing = false;
+  #closing: Promise<void> | undefined;
   #closed = false;
   /** While close() drains: resolves it once no session and no handshake is left. */
   #drainCheck: (() => void) | undefined;
@@ -257,9 +261,11 @@ class Server implements HboneServer {
    * last-stream-id 0 (NO_ERROR), so its client sends its streams again elsewhere, instead of a reset
    * in the middle of the handshake. Drained once no session and no handshake is left.
    */
-  async close(o: { deadlineMs?: number } = {}): Promise<void> {
-    this.#closing = true;
-    const deadlineMs = o.deadlineMs ?? 5000;
+  close(o: { deadlineMs?: number } = {}): Promise<void> {
+    return (this.#closing ??= this.#drain(o.deadlineMs ?? 5000));
+  }
+
+  async #drain(deadlineMs: number): Promise<void> {
     if (this.#h2.listening) this.#h2.close();
     for (const s of this.#sessions.keys()) if (!s.closed && !s.destroyed) s.close();
     let timer: NodeJS.Timeout | undefined;
@@ -327,7 +333,7 @@ class Server implements HboneServer {
     this.#guard.addSession(session, budget);
     session.on('error', (err: Error) => this.#log.debug({ err, src: peer.identity?.toString() }, 'session error'));
     session.setLocalWindowSize(connectionWindow);
-    if (this.#closing) session.close();
+    if (this.#closing !== undefined) session.close();
   }
 
   // One shared listener: per-stream closures cost memory on every idle tunnel.
