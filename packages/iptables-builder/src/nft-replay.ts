@@ -49,8 +49,12 @@ const NFPROTO: Record<Family, number> = { ipv4: 2, ipv6: 10 };
 const EEXIST = 17;
 const PROTOCOLS: Record<string, number> = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58, 'ipv6-icmp': 58, sctp: 132, all: 0 };
 
-const text = new TextDecoder();
-const cstring = (a: NetlinkAttribute | undefined): string => (a ? text.decode(a.data).replace(/\0.*$/s, '') : '');
+/** A NUL-terminated name (tables, chains, expressions: ASCII) without a TextDecoder per attribute. */
+function cstring(a: NetlinkAttribute | undefined): string {
+  if (!a) return '';
+  const end = a.data.indexOf(0);
+  return Buffer.from(a.data.buffer, a.data.byteOffset, end < 0 ? a.data.length : end).toString('latin1');
+}
 const find = (attrs: readonly NetlinkAttribute[], type: number): NetlinkAttribute | undefined => attrs.find((a) => a.type === type);
 
 /** One request of an install: a table, chain or rule, as iptables-nft-restore sent it. */
@@ -70,8 +74,12 @@ interface Install {
   readonly protocols: ReadonlyMap<string, readonly { proto: number; inv: boolean }[]>;
   readonly tables: readonly string[];
   readonly requests: readonly Request[];
-  /** The rule requests' bytes as hex, to compare a replayed netns against. */
-  readonly rulesDigest: string;
+  /** The rule requests, to compare a replayed netns against. */
+  readonly rules: readonly Request[];
+  /** All requests as one nfnetlink batch, made on the first replay. */
+  batch?: Uint8Array;
+  /** What the first replay that checked out read back (readBackOf), to check later ones by. */
+  readBack?: Uint8Array;
 }
 
 /** `-p` of each `-A` line of an iptables-restore text, by `table chain`, in order. */
@@ -112,11 +120,14 @@ function nfgen(family: number, body: readonly Uint8Array[] = []): Uint8Array {
 const u32be = (n: number): Uint8Array => Uint8Array.of(n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff);
 const ZERO_COUNTERS = [attr(COUNTER_BYTES, new Uint8Array(8)), attr(COUNTER_PACKETS, new Uint8Array(8))];
 
+const COUNTER_NAME = Buffer.from('counter\0', 'latin1');
+
 /** A rule's expressions with every counter at zero (as a new rule starts). */
 function freshExpressions(list: NetlinkAttribute): Uint8Array {
   const elems = attributes(list.data).map((elem) => {
     const parts = attributes(elem.data);
-    if (cstring(find(parts, EXPR_NAME)) !== 'counter') return padded(elem);
+    const name = find(parts, EXPR_NAME)?.data;
+    if (name === undefined || Buffer.compare(COUNTER_NAME, name) !== 0) return padded(elem);
     return nest(LIST_ELEM, parts.map((p) => (p.type === EXPR_DATA ? nest(EXPR_DATA, ZERO_COUNTERS) : padded(p))));
   });
   return nest(RULE.EXPRESSIONS, elems);
@@ -166,7 +177,7 @@ async function readInstall(exchange: NetlinkExchange, family: Family, restore: s
   const ruleRequests = rulesOf(fam, rules, protocols);
   if (ruleRequests === 'foreign') return 'foreign';
   requests.push(...ruleRequests);
-  return { family, protocols, tables: names, requests, rulesDigest: digestOf(ruleRequests) };
+  return { family, protocols, tables: names, requests, rules: ruleRequests };
 }
 
 /** The NEWRULE requests recreating `rules` (a GETRULE dump), each with its `-p` as compat; `foreign` when they are not the text's. */
@@ -188,16 +199,43 @@ function rulesOf(fam: number, rules: readonly NetlinkAttribute[][], protocols: R
   return out;
 }
 
-function digestOf(requests: readonly Request[]): string {
-  return requests.map((r) => `${r.type}:${Buffer.from(r.body).toString('hex')}`).join('\n');
+function sameRequests(a: readonly Request[], b: readonly Request[]): boolean {
+  return a.length === b.length && a.every((r, i) => r.type === b[i]?.type && Buffer.compare(r.body, b[i].body) === 0);
 }
 
-/** Sends `requests` as one nfnetlink batch (all or nothing); the errno of each request, in order. */
-async function sendBatch(exchange: NetlinkExchange, requests: readonly Request[]): Promise<number[]> {
+/** The attributes a rule check compares (handles and positions are the kernel's numbering). */
+const READ_BACK = new Set<number>([RULE.TABLE, RULE.CHAIN, RULE.EXPRESSIONS, RULE.USERDATA]);
+
+/** A rules dump's compared attributes as sent, end to end, in dump order. */
+function readBackOf(rules: readonly NetlinkAttribute[][]): Uint8Array {
+  return concat(rules.flatMap((r) => r.filter((a) => READ_BACK.has(a.type)).map((a) => a.raw)));
+}
+
+/** Whether readBackOf(rules) would equal `want`, without making it. */
+function sameReadBack(rules: readonly NetlinkAttribute[][], want: Uint8Array): boolean {
+  let at = 0;
+  for (const r of rules) {
+    for (const a of r) {
+      if (!READ_BACK.has(a.type)) continue;
+      const { raw } = a;
+      if (at + raw.length > want.length) return false;
+      for (let i = 0; i < raw.length; i++) if (raw[i] !== want[at + i]) return false;
+      at += raw.length;
+    }
+  }
+  return at === want.length;
+}
+
+/** `requests` as one nfnetlink batch: BATCH_BEGIN, each with an ACK asked and seq = its index + 1, BATCH_END. */
+function batchOf(requests: readonly Request[]): Uint8Array {
   const batch = nfgen(0, []);
   new DataView(batch.buffer).setUint16(2, NFNL_SUBSYS_NFTABLES, false);
-  const parts = [message(NFNL_MSG_BATCH_BEGIN, 0, 0, batch), ...requests.map((r, i) => message(r.type, r.flags | F_ACK, i + 1, r.body)), message(NFNL_MSG_BATCH_END, 0, requests.length + 1, batch)];
-  const got = replies(await exchange(concat(parts), requests.length, NETLINK_NETFILTER), 'ERR_IPTABLES_RESTORE_FAILED', 'nftables batch');
+  return concat([message(NFNL_MSG_BATCH_BEGIN, 0, 0, batch), ...requests.map((r, i) => message(r.type, r.flags | F_ACK, i + 1, r.body)), message(NFNL_MSG_BATCH_END, 0, requests.length + 1, batch)]);
+}
+
+/** Sends `requests` (as `batch`, made by batchOf) all or nothing; the errno of each request, in order. */
+async function sendBatch(exchange: NetlinkExchange, requests: readonly Request[], batch = batchOf(requests)): Promise<number[]> {
+  const got = replies(await exchange(batch, requests.length, NETLINK_NETFILTER), 'ERR_IPTABLES_RESTORE_FAILED', 'nftables batch');
   const errnos = requests.map(() => 0);
   for (const r of got) if (r.type === NLMSG_ERROR && r.seq >= 1 && r.seq <= requests.length) errnos[r.seq - 1] = errnoOf(r);
   return errnos;
@@ -264,7 +302,7 @@ export class NftInstallReplay {
 
   /** True when `install` is in the netns now; false when the command must run instead. */
   async #replay(install: Install, key: string): Promise<boolean> {
-    const errnos = await sendBatch(this.#netlink, install.requests);
+    const errnos = await sendBatch(this.#netlink, install.requests, (install.batch ??= batchOf(install.requests)));
     const failed = errnos.findIndex((e) => e !== 0);
     if (failed >= 0) {
       const errno = errnos[failed] ?? 0;
@@ -275,10 +313,14 @@ export class NftInstallReplay {
       return false;
     }
     // The batch made every table and chain as sent (exclusively, all or nothing): the rules are what to check.
-    const now = await dump(this.#netlink, GETRULE, install.family, 'rules')
-      .then((rules) => rulesOf(NFPROTO[install.family], rules, install.protocols))
-      .catch(() => 'foreign' as const);
-    if (now !== 'foreign' && digestOf(now) === install.rulesDigest) return true;
+    const rules = await dump(this.#netlink, GETRULE, install.family, 'rules').catch(() => undefined);
+    // Byte for byte what an earlier replay read back: the same rules, without decoding each expression.
+    if (rules && install.readBack && sameReadBack(rules, install.readBack)) return true;
+    const now = rules ? rulesOf(NFPROTO[install.family], rules, install.protocols) : 'foreign';
+    if (now !== 'foreign' && sameRequests(now, install.rules)) {
+      install.readBack ??= readBackOf(rules!);
+      return true;
+    }
     installs.set(key, null);
     const undo = install.tables.map((name) => ({ type: DELTABLE, flags: 0, body: nfgen(NFPROTO[install.family], [attr(TABLE.NAME, new TextEncoder().encode(`${name}\0`))]), what: `table ${name}` }));
     const undone = await sendBatch(this.#netlink, undo);

@@ -3,7 +3,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { desiredFromFamily, reconcileRestore } from '../src/diff.js';
 import type { Family } from '../src/model.js';
 import { NetnsApplier, type NetnsSpec } from '../src/netns-applier.js';
+import { attributes } from '../src/netlink-codec.js';
 import { NftInstallReplay } from '../src/nft-replay.js';
+import type { NetlinkExchange } from '../src/rtnetlink.js';
 import { inpodRules } from '../src/presets.js';
 import { inpodRouting } from '../src/routing.js';
 import { addNetns, delNetns, directAt, netlinkAt, recording, requireRootTools, sh, uniqueName } from './helpers.js';
@@ -20,11 +22,14 @@ function netns(tag: string): string {
   return name;
 }
 
-/** A fresh install's restore text per family, as NetnsApplier renders it. */
-function freshTexts(prefix: string, tproxy = true): Map<string, Family> {
+/**
+ * A fresh install's restore text per family, as NetnsApplier renders it. What was learnt is kept
+ * per text for the process: `tag` (a comment line) makes a test's texts its own.
+ */
+function freshTexts(prefix: string, tproxy = true, tag = ''): Map<string, Family> {
   const out = new Map<string, Family>();
   for (const fam of inpodRules({ ipv6: true, mode: tproxy ? 'tproxy' : 'redirect' }).families) {
-    out.set(reconcileRestore(fam.family, desiredFromFamily(fam), [], prefix), fam.family);
+    out.set(`${tag && `# ${tag}\n`}${reconcileRestore(fam.family, desiredFromFamily(fam), [], prefix)}`, fam.family);
   }
   return out;
 }
@@ -32,10 +37,19 @@ function freshTexts(prefix: string, tproxy = true): Map<string, Family> {
 const cmdOf = (f: Family): string => (f === 'ipv4' ? 'iptables-nft-restore' : 'ip6tables-nft-restore');
 
 /** Runs each text's restore in `name` through a replaying executor; returns the commands that really ran. */
-async function install(name: string, texts: Map<string, Family>): Promise<string[]> {
+async function install(name: string, texts: Map<string, Family>, tamper?: (dump: Uint8Array) => void): Promise<string[]> {
   const path = `/var/run/netns/${name}`;
   const inner = recording(directAt(path).executor);
-  const exec = new NftInstallReplay({ netlink: netlinkAt(path) }).executor(inner, texts);
+  const netlink = netlinkAt(path);
+  const exchange: NetlinkExchange = tamper
+    ? async (req, n, protocol) => {
+        const reply = await netlink(req, n, protocol);
+        // A GETRULE dump (nfnetlink subsystem 10, message 7) is what a replay is checked by.
+        if (new DataView(req.buffer, req.byteOffset).getUint16(4, true) === ((10 << 8) | 7)) tamper(reply);
+        return reply;
+      }
+    : netlink;
+  const exec = new NftInstallReplay({ netlink: exchange }).executor(inner, texts);
   for (const [input, family] of texts) {
     const r = await exec.run(cmdOf(family), ['--noflush'], { input });
     expect(r.code, r.stderr).toBe(0);
@@ -93,6 +107,50 @@ describe('NftInstallReplay (real netns, iptables-nft)', () => {
     expect(await install(next, texts)).toEqual(['iptables-nft-restore']);
     expect(saved(next, 'ipv4')).not.toContain('10.8.8.8');
     expect(await install(netns('rpg'), texts)).toEqual([]);
+  });
+
+  it('checks every replay by what it reads back: a rule that differs is undone and the command runs; counters alone may differ', async () => {
+    const texts = freshTexts('ISTIO', false, 'read back different');
+    const first = netns('rpk');
+    expect(await install(first, texts)).toEqual(['iptables-nft-restore', 'ip6tables-nft-restore']);
+    // The first replay is checked expression by expression; later ones against what it read back.
+    expect(await install(netns('rpl'), texts)).toEqual([]);
+    expect(await install(netns('rpm'), texts)).toEqual([]);
+    // The first expression of the first rule read back under another name ('payload' → 'Payload' …).
+    let renamed = 0;
+    const rename = (dump: Uint8Array): void => {
+      const rule = attributes(dump.subarray(20)).find((a) => a.type === 4);
+      const name = rule && attributes(attributes(rule.data)[0]?.data ?? new Uint8Array()).find((a) => a.type === 1);
+      if (name?.data[0] === undefined) return;
+      name.data[0] ^= 0x20;
+      renamed++;
+    };
+    const odd = netns('rpn');
+    expect(await install(odd, texts, rename)).toEqual(['iptables-nft-restore', 'ip6tables-nft-restore']);
+    expect(renamed).toBe(2);
+    for (const family of ['ipv4', 'ipv6'] as const) expect(saved(odd, family)).toBe(saved(first, family));
+    // The text is no longer replayed once a replay read back different.
+    expect(await install(netns('rpo'), texts)).toEqual(['iptables-nft-restore', 'ip6tables-nft-restore']);
+
+    // Packets counted between the replay and its check: the rules are still the text's.
+    const counted = freshTexts('ISTIO', false, 'counted');
+    expect(await install(netns('rpq'), counted)).toHaveLength(2);
+    expect(await install(netns('rpr'), counted)).toEqual([]);
+    const count = (dump: Uint8Array): void => {
+      for (const rule of attributes(dump.subarray(20)).filter((a) => a.type === 4)) {
+        for (const elem of attributes(rule.data)) {
+          const parts = attributes(elem.data);
+          if (Buffer.from(parts.find((a) => a.type === 1)?.data ?? []).toString('latin1') !== 'counter\0') continue;
+          const packets = attributes(parts.find((a) => a.type === 2)?.data ?? new Uint8Array()).find((a) => a.type === 2);
+          if (packets) packets.data[7] = 3;
+          if (packets) counts++;
+          return;
+        }
+      }
+    };
+    let counts = 0;
+    expect(await install(netns('rps'), counted, count)).toEqual([]);
+    expect(counts).toBe(2);
   });
 
   it('NetnsApplier with replay: the second new pod runs no command; the applier reads it in sync, repairs drift and removes it', async () => {
