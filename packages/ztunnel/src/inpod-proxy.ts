@@ -214,6 +214,8 @@ export class InpodProxy {
     this.#cert = next;
     this.#hboneServer?.setTls(this.#tls(next));
     this.#hboneClient?.setTls(this.#tls(next));
+    // Another pod of this identity may bring a newer one before our own first fetch answers.
+    for (const w of this.#certWaiters) w.resolve();
   };
   /** Connections waiting for the first certificate (#certified()). */
   readonly #certWaiters = new Set<{ resolve: () => void; reject: (err: Error) => void }>();
