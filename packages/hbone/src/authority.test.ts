@@ -1,5 +1,6 @@
+import { isIP } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { formatAuthority, parseAuthority } from './authority.js';
+import { formatAuthority, isIPv4, parseAuthority } from './authority.js';
 
 describe('authority', () => {
   it.each([
@@ -15,6 +16,28 @@ describe('authority', () => {
     'rejects %j',
     (a) => expect(parseAuthority(a)).toBeUndefined(),
   );
+
+  it('isIPv4 accepts exactly what net.isIP calls IPv4', () => {
+    const fixed = ['0.0.0.0', '255.255.255.255', '1.2.3.04', '01.2.3.4', '1.2.3.256', '1.2.3', '1.2.3.4.5', '1..2.3', '.1.2.3', '1.2.3.', '1.2.3.4 ', ' 1.2.3.4', '1.2.3.-4', '1.2.3.4\n', '١.2.3.4', '100.200.250.199', '999.1.1.1', '1.2.3.0000', '10.0.0.1', ''];
+    // Random strings over the characters that matter, biased towards almost-valid addresses.
+    let seed = 7;
+    const rand = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const chars = '0123456789.....x:';
+    const random = Array.from({ length: 20_000 }, () => {
+      if (rand(2) === 0) return Array.from({ length: 4 }, () => String(rand(300)).padStart(rand(3) === 0 ? 2 : 1, '0')).join('.');
+      return Array.from({ length: rand(17) }, () => chars[rand(chars.length)]).join('');
+    });
+    const wrong = [...fixed, ...random].filter((s) => isIPv4(s) !== (isIP(s) === 4));
+    expect(wrong).toEqual([]);
+  });
+
+  it.each(['10.0.0.1:00080', '10.0.0.1:1', '10.0.0.1:65535'])('parses the port of %s as before', (a) => {
+    expect(parseAuthority(a)?.port).toBe(Number(a.split(':')[1]));
+  });
+
+  it.each(['10.0.0.1:123456', '10.0.0.1:8 ', '10.0.0.1:00000', '10.0.0.1:-1', '10.0.0.1:1e3', '10.0.0.1:0x10'])('rejects the port of %j', (a) => {
+    expect(parseAuthority(a)).toBeUndefined();
+  });
 
   it('refuses to format a hostname', () => {
     expect(() => formatAuthority({ host: 'example.com', port: 80 })).toThrow(/not an IP literal/);
