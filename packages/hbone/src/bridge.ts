@@ -56,6 +56,9 @@ const SOCKET_IS_H2 = 8;
 const RESET = 16;
 const TUNNEL_DONE = 32;
 const SOCKET_DONE = 64;
+/** A 'drain' listener is on that writer (added at its first pause: most tunnels never pause). */
+const TUNNEL_DRAIN = 128;
+const SOCKET_DRAIN = 256;
 
 /** Both directions of one tunnel ↔ socket pair; `finished` runs once both sides are closed. */
 export abstract class Bridge {
@@ -94,9 +97,6 @@ export abstract class Bridge {
     socket.on('close', onSocketClose);
     tunnel.on('end', onTunnelEnd);
     socket.on('end', onSocketEnd);
-    // 'drain' fires once the writer's buffer empties after any write that went over its high-water mark.
-    tunnel.on('drain', onTunnelDrain);
-    socket.on('drain', onSocketDrain);
     tunnel.on('data', onTunnelData);
     socket.on('data', onSocketData);
   }
@@ -146,7 +146,15 @@ function onTunnelData(this: Side, chunk: Buffer): void {
     setImmediate(uncorkSocket, b);
   }
   dst.write(chunk);
-  if (dst.writableLength >= b.toSocketLimit) this.pause();
+  if (dst.writableLength >= b.toSocketLimit) {
+    this.pause();
+    // 'drain' fires once the writer's buffer empties after a write that went over its high-water
+    // mark (never from inside write()), so a listener added now hears it.
+    if ((b.flags & SOCKET_DRAIN) === 0) {
+      b.flags |= SOCKET_DRAIN;
+      dst.on('drain', onSocketDrain);
+    }
+  }
 }
 
 function onSocketData(this: Side, chunk: Buffer): void {
@@ -163,7 +171,13 @@ function onSocketData(this: Side, chunk: Buffer): void {
     setImmediate(uncorkTunnel, b);
   }
   dst.write(chunk);
-  if (dst.writableLength >= b.toTunnelLimit) this.pause();
+  if (dst.writableLength >= b.toTunnelLimit) {
+    this.pause();
+    if ((b.flags & TUNNEL_DRAIN) === 0) {
+      b.flags |= TUNNEL_DRAIN;
+      dst.on('drain', onTunnelDrain);
+    }
+  }
 }
 
 function uncorkSocket(b: Bridge): void {
