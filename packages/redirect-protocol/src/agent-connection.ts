@@ -24,10 +24,10 @@ export interface AgentConnectionOptions {
 
 /**
  * The agent's side of one ztunnel connection: waits for ZdsHello{V1}, then sends queued records,
- * up to `maxInFlight` ahead of their Acks. ztunnel handles the records of a connection one at a
- * time, in order, and acks each (Istio's ztunnel and ours alike), so Acks are matched to records
- * first in, first out; pipelining spares ztunnel the wait for our next record after each Ack (one
- * agent event-loop turn, long in a burst of enrollments). ztunnel speaks only when spoken to, so
+ * up to `maxInFlight` ahead of their Acks. ztunnel acks the records of a connection in order
+ * (Istio's handles them one at a time; ours works on several at once and still acks in order), so
+ * Acks are matched to records first in, first out; pipelining spares ztunnel the wait for our next
+ * record after each Ack (one agent event-loop turn, long in a burst of enrollments). ztunnel speaks only when spoken to, so
  * any other record is a protocol error and ends the connection.
  */
 export class AgentConnection {
