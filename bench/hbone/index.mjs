@@ -1,9 +1,9 @@
-/* global process, console, setTimeout, clearTimeout */
+/* global process, console, setTimeout, clearTimeout, structuredClone */
 // HBONE benchmark: TCP source → tunnel client → tunnel server → TCP sink, for Weir and, in the same
 // run, a plain Node TLS pipe, stunnel, and Go's standard-library HTTP/2 CONNECT tunnel.
 // Source and sink are iperf3; each tunnel side is its own process. Prints a table, then one JSON line.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -275,11 +275,41 @@ const rounds = [];
 // HBONE_BENCH_GC: each Weir open as [start, end] (wall clock ms), and the GC pauses of its client and server.
 const gcDiag = { opens: [], client: [], server: [] };
 const gcOf = async (p) => JSON.parse((await ask(p, 'gc', /GC (.*)\n/))[1]);
+// HBONE_BENCH_SCHED=1: how long each peer's threads waited for a CPU while runnable (the kernel's
+// /proc/<pid>/task/<tid>/schedstat: ns on CPU, ns runnable but waiting, timeslices) during its own
+// rounds, per open + close; read between rounds, so nothing measured changes.
+const SCHED_DIAG = Boolean(process.env.HBONE_BENCH_SCHED);
+const schedOf = (p) => {
+  const all = [0, 0, 0];
+  let main = [0, 0, 0];
+  for (const tid of readdirSync(`/proc/${p.pid}/task`)) {
+    let v;
+    try {
+      v = readFileSync(`/proc/${p.pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ').map(Number);
+    } catch {
+      continue; // a thread that exited meanwhile
+    }
+    for (let i = 0; i < 3; i++) all[i] += v[i];
+    if (Number(tid) === p.pid) main = v;
+  }
+  return { all, main };
+};
+const schedDiag = { weir: { client: { all: [0, 0, 0], main: [0, 0, 0] }, server: { all: [0, 0, 0], main: [0, 0, 0] } } };
+schedDiag.go = structuredClone(schedDiag.weir);
+const addSched = (acc, before, after) => {
+  for (const k of ['all', 'main']) for (let i = 0; i < 3; i++) acc[k][i] += after[k][i] - before[k][i];
+};
 for (let r = 0; r < ROUNDS; r++) {
   const round = {};
   for (const name of r % 2 === 0 ? ['weir', 'go'] : ['go', 'weir']) {
     const from = (name === 'weir' ? wl : gl).log.length;
+    const [cp, sp] = name === 'weir' ? [wl, ws] : [gl, gs];
+    const sched0 = SCHED_DIAG ? [schedOf(cp), schedOf(sp)] : undefined;
     const lat = JSON.parse((await ask(name === 'weir' ? wl : gl, `round ${PER_ROUND}`, /ROUND (.*)\n/))[1]);
+    if (sched0 !== undefined) {
+      addSched(schedDiag[name].client, sched0[0], schedOf(cp));
+      addSched(schedDiag[name].server, sched0[1], schedOf(sp));
+    }
     if (name === 'weir' && GC_DIAG) {
       const at = JSON.parse(/ROUNDAT (.*)\n/.exec(wl.log.slice(from))[1]);
       gcDiag.opens.push(...at.map((t, i) => [t, t + lat[i]]));
@@ -339,6 +369,12 @@ if (GC_DIAG) {
   };
   console.log(`  GC (HBONE_BENCH_GC): weir client ${gcSum(gcDiag.client)}; server ${gcSum(gcDiag.server)} during ${gcDiag.opens.length} opens (${all} overlapped one)`);
   console.log(`  ${share(0.01)}; ${share(0.1)}`);
+}
+if (SCHED_DIAG) {
+  // µs per open + close: on a CPU, and runnable but waiting for one (all threads; Node's main thread in brackets).
+  const per = (x, i) => ((x[i] / 1000) / (ROUNDS * PER_ROUND)).toFixed(1);
+  const side = (d) => `on CPU ${per(d.all, 0)} (main ${per(d.main, 0)}), waiting ${per(d.all, 1)} (main ${per(d.main, 1)}) in ${(d.all[2] / (ROUNDS * PER_ROUND)).toFixed(1)} slices`;
+  for (const name of ['weir', 'go']) console.log(`  scheduler (HBONE_BENCH_SCHED) ${name} µs per open in the rounds: client ${side(schedDiag[name].client)}; server ${side(schedDiag[name].server)}`);
 }
 console.log(`CPU µs per tunnel open + close (${CHURN} in ${CHURN_ROUNDS} interleaved rounds, 8 at a time): weir client ${weirChurn.client} + server ${weirChurn.server}   go client ${goChurn.client} + server ${goChurn.server}`);
 
