@@ -1033,8 +1033,10 @@ export class InpodProxy {
     this.#o.store.off('change', this.#onStoreChange);
     this.closeListeners();
     clearTimeout(this.#certRetry);
-    const stopped = new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped before its certificate arrived`);
-    for (const w of this.#certWaiters) w.reject(stopped);
+    if (this.#certWaiters.size > 0) {
+      const stopped = new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped before its certificate arrived`);
+      for (const w of this.#certWaiters) w.reject(stopped);
+    }
     const deadline = Math.max(0, deadlineMs);
     const serverClosed = this.#hboneServer?.close({ deadlineMs: deadline }) ?? Promise.resolve();
     // The outbound client stays open while connections drain: one accepted just before the listeners
