@@ -276,8 +276,8 @@ export class InpodProxy {
 
   /**
    * Binds the listeners (15001/15006/15008, and DNS/SOCKS5 when on) and resolves: the pod's traffic is
-   * captured from then on. Its certificate is fetched in the background from the same moment, as
-   * ztunnel prefetches it (see #certified() for the connections that come first); with
+   * captured from then on. Its certificate is then fetched in the background, as upstream ztunnel
+   * prefetches it (see #certified() for the connections that come first); with
    * `awaitCertificate` it is fetched before binding instead, and start() fails when the CA does. On
    * failure everything is released. A stop() before it is done makes it fail with
    * ERR_ZTUNNEL_PROXY_STOPPED, holding nothing; that stop() resolves once nothing is bound (it never
@@ -297,8 +297,6 @@ export class InpodProxy {
       }
       // stop() ran during the fetch and has already torn down (the fetch gave the certificate back).
       if (this.#stopped) throw stopped();
-    } else {
-      this.#fetchCertificate(true).catch(ignoreError);
     }
     let bound: (() => void) | undefined;
     try {
@@ -318,6 +316,9 @@ export class InpodProxy {
       if (this.#stopped) throw stopped();
       if (this.#o.socks5) await this.#startSocks5();
       if (this.#stopped) throw stopped();
+      // Asked once everything is bound: the key generation and signing (or CSR) do not hold up the
+      // Add's ack, and a connection that comes first waits for the certificate all the same.
+      if (this.#o.awaitCertificate !== true) this.#fetchCertificate(true).catch(ignoreError);
     } catch (err) {
       // Not stop(): it may be waiting for this very start(), through #starting.
       this.#stopped = true;
