@@ -309,4 +309,42 @@ describe('ClientSession: records worked on side by side, answered in order', () 
     await until(() => replies.length === 3, 'two answers');
     expect(replies.slice(1)).toEqual(['keep refused', '']);
   });
+
+  it('answers a handler that returns no promise in its own slot, without throwing out of the socket callback', async () => {
+    const uncaught: unknown[] = [];
+    const onUncaught = (err: unknown): void => void uncaught.push(err);
+    const others = process.listeners('uncaughtException');
+    process.removeAllListeners('uncaughtException');
+    process.on('uncaughtException', onUncaught);
+    try {
+      const calls: string[] = [];
+      // what a plain JS handler (or one typed `any`) may return: nothing, a value, a thenable whose `then` throws
+      Object.assign(handler, {
+        onKeep: (uid: string) => void calls.push(`keep:${uid}`),
+        onDel: (uid: string) => {
+          calls.push(`del:${uid}`);
+          return uid === 'bad' ? { then: () => { throw new Error('then refused'); } } : 42;
+        },
+      });
+      const slow = handler.hold('add:a');
+      await send({ kind: 'add', uid: 'a', workloadInfo: info }, [netns.fd]);
+      await send({ kind: 'keep', uid: 'k' });
+      await send({ kind: 'del', uid: 'bad' });
+      await send({ kind: 'del', uid: 'd' });
+      await send({ kind: 'snapshotSent' });
+      await settle();
+      // every call begun as its record arrived, none answered before the held Add
+      expect(calls).toEqual(['keep:k', 'del:bad', 'del:d']);
+      expect(handler.calls).toEqual(['add:a', 'snapshotSent']);
+      expect(replies).toEqual(['hello']);
+      slow();
+      await until(() => replies.length === 6, 'five answers');
+      expect(replies.slice(1)).toEqual(['', '', 'then refused', '', '']);
+      expect(uncaught).toEqual([]);
+      expect(agent.closed).toBe(false);
+    } finally {
+      process.off('uncaughtException', onUncaught);
+      for (const l of others) process.on('uncaughtException', l);
+    }
+  });
 });

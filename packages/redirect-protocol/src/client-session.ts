@@ -149,21 +149,23 @@ export class ClientSession {
       }
     }
     this.log.debug({ record: describe(req) }, 'zds record received');
-    let call: Promise<void>;
+    // Promise.resolve: a handler that returns no promise (plain JS, or typed `any`) still gets its
+    // record's answer in its slot; `.then` on its result would throw out of the socket's callback.
+    let call: Promise<unknown>;
     try {
       switch (req.kind) {
         case 'add':
-          call = this.handler.onAdd({ uid: req.uid, workloadInfo: req.workloadInfo, netns: netns! });
+          call = Promise.resolve(this.handler.onAdd({ uid: req.uid, workloadInfo: req.workloadInfo, netns: netns! }));
           break;
         case 'keep':
-          call = this.handler.onKeep(req.uid);
+          call = Promise.resolve(this.handler.onKeep(req.uid));
           break;
         case 'del':
-          call = this.handler.onDel(req.uid);
+          call = Promise.resolve(this.handler.onDel(req.uid));
           break;
         case 'snapshotSent':
           this.#snapshotDone = true;
-          call = this.handler.onSnapshotSent();
+          call = Promise.resolve(this.handler.onSnapshotSent());
           break;
       }
     } catch (err) {
