@@ -182,6 +182,24 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('annotation writes run two at a time (each in parallel is another API connection)', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    let active = 0;
+    let most = 0;
+    p.source.setRedirection = async (x, v) => {
+      most = Math.max(most, ++active);
+      await new Promise((r) => setTimeout(r, 20));
+      active--;
+      p.annotations.set(x.uid, v);
+    };
+    const pods = Array.from({ length: 8 }, (_, i) => pod(`w${i}`));
+    await Promise.all(pods.map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 2000)));
+    await until(() => pods.every((x) => p.annotations.get(x.uid) === 'enabled'));
+    expect(most).toBe(2);
+    await c.stop();
+  });
+
   it('a failed annotation is written again later; the pod stays captured meanwhile', async () => {
     const p = new Ports();
     const c = controller(p);

@@ -96,6 +96,11 @@ export class PodController {
   private readonly records = new Map<string, PodRecord>();
   private readonly log: Logger;
   private readonly sem: Semaphore;
+  /**
+   * Annotation writes at once: in a burst every capture ends with one, and each write in parallel
+   * is another API connection (a TCP and TLS handshake on the agent and on the API server).
+   */
+  private readonly apiWrites = new Semaphore(2);
   private readonly hints: NetnsHints;
   private stopped = false;
 
@@ -641,8 +646,12 @@ export class PodController {
     const pod = rec.pod;
     if (this.stopped || rec.deleted || rec.state !== 'captured' || rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
     try {
-      await this.opts.source.setRedirection(pod, 'enabled');
-      rec.annotated = true;
+      await this.apiWrites.run(async () => {
+        // Deleted or stopping while it waited for a write slot: nothing to report any more.
+        if (this.stopped || rec.deleted) return;
+        await this.opts.source.setRedirection(pod, 'enabled');
+        rec.annotated = true;
+      });
     } catch (err) {
       // Captured all the same. The retry's reconcile finds the pod captured and queues this again.
       this.opts.metrics.failures.inc({ reason: 'annotate_failed' });
