@@ -10,6 +10,11 @@ export class Semaphore {
 
   constructor(private readonly limit: number) {}
 
+  /** Nothing running and nothing waiting. */
+  get idle(): boolean {
+    return this.active === 0 && this.waiting.length === 0;
+  }
+
   async run<T>(fn: () => Promise<T>): Promise<T> {
     if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
     this.active++;

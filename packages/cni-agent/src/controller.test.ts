@@ -182,6 +182,24 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('annotations wait while other captures run (a burst keeps the CPU for captures) and are written once they are done', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    let open!: () => void;
+    const held = new Promise<void>((r) => (open = r));
+    p.zdsGate = (path) => (path.endsWith('/slow') ? held : undefined);
+    const slow = pod('slow');
+    const slowAdd = c.cmdAdd(slow, join(dir, 'slow'), [], now(), 5000);
+    const quick = pod('quick');
+    await c.cmdAdd(quick, join(dir, 'quick'), [], now(), 2000);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(p.annotations.size).toBe(0);
+    open();
+    await slowAdd;
+    await until(() => p.annotations.get('uid-quick') === 'enabled' && p.annotations.get('uid-slow') === 'enabled');
+    await c.stop();
+  });
+
   it('annotation writes run two at a time (each in parallel is another API connection)', async () => {
     const p = new Ports();
     const c = controller(p);

@@ -45,6 +45,9 @@ type Trigger = 'cmdadd' | 'watch' | 'startup';
 
 /** Pods a drift pass checks at once (see checkDrift). */
 const DRIFT_CONCURRENCY = 2;
+/** Longest a redirection annotation waits for the captures to go quiet, and how often it looks. */
+const REPORT_DEFER_MS = 2000;
+const REPORT_CHECK_MS = 50;
 
 interface Waiter {
   /** The CNI_NETNS of its ADD: only a capture of that netns answers it. */
@@ -101,6 +104,9 @@ export class PodController {
    * is another API connection (a TCP and TLS handshake on the agent and on the API server).
    */
   private readonly apiWrites = new Semaphore(2);
+  /** Pods whose annotation waits for the captures to go quiet (annotateLater), and since when. */
+  private readonly reports = new Map<PodRecord, number>();
+  private reportCheck: NodeJS.Timeout | undefined;
   private readonly hints: NetnsHints;
   private stopped = false;
 
@@ -253,6 +259,8 @@ export class PodController {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearTimeout(this.reportCheck);
+    this.reports.clear();
     for (const rec of this.records.values()) {
       clearTimeout(rec.retry);
       for (const w of rec.waiters.splice(0)) w.reject(new CniAgentError('ERR_AGENT_STOPPED', 'agent is stopping'));
@@ -631,14 +639,31 @@ export class PodController {
   }
 
   /**
-   * The redirection annotation is a report, not part of the capture: an API round trip that must
-   * not hold a capture slot while other pods' CNI ADDs wait for one. Queued on the pod's own chain,
-   * after the work in flight; once per pod at a time.
+   * The redirection annotation is a report, not part of the capture: an API round trip (and the
+   * watch event it brings back) that must not hold a capture slot, nor take the agent's CPU from the
+   * captures of a burst. Written once no capture runs or waits (at the latest REPORT_DEFER_MS
+   * later), on the pod's own chain; once per pod at a time.
    */
   private annotateLater(rec: PodRecord): void {
     if (rec.annotating || rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
     rec.annotating = true;
-    void this.chain(rec, () => this.annotate(rec));
+    this.reports.set(rec, Date.now());
+    this.checkReports();
+  }
+
+  private checkReports(): void {
+    if (this.reportCheck !== undefined || this.reports.size === 0) return;
+    const [, oldest] = this.reports.entries().next().value as [PodRecord, number];
+    if (this.sem.idle || this.stopped || Date.now() - oldest >= REPORT_DEFER_MS) {
+      for (const rec of this.reports.keys()) void this.chain(rec, () => this.annotate(rec));
+      this.reports.clear();
+      return;
+    }
+    this.reportCheck = setTimeout(() => {
+      this.reportCheck = undefined;
+      this.checkReports();
+    }, REPORT_CHECK_MS);
+    this.reportCheck.unref?.();
   }
 
   private async annotate(rec: PodRecord): Promise<void> {
