@@ -1,6 +1,16 @@
 import { isIP } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { formatAuthority, isIPv4, parseAuthority } from './authority.js';
+import { HboneError } from './errors.js';
+
+function thrownBy(f: () => unknown): unknown {
+  try {
+    f();
+  } catch (err) {
+    return err;
+  }
+  return undefined;
+}
 
 describe('authority', () => {
   it.each([
@@ -41,5 +51,13 @@ describe('authority', () => {
 
   it('refuses to format a hostname', () => {
     expect(() => formatAuthority({ host: 'example.com', port: 80 })).toThrow(/not an IP literal/);
+  });
+
+  it.each([null, undefined, 10, {}, { length: 8 }, ['1.2.3.4'], Symbol('h')])('refuses to format the non-string host %s with the typed error', (host) => {
+    expect(thrownBy(() => formatAuthority({ host, port: 80 } as never))).toMatchObject({ constructor: HboneError, code: 'ERR_HBONE_INVALID_AUTHORITY' });
+  });
+
+  it.each([undefined, '80', Symbol('p')])('refuses to format the port %s with the typed error', (port) => {
+    expect(thrownBy(() => formatAuthority({ host: '10.0.0.1', port } as never))).toMatchObject({ constructor: HboneError, code: 'ERR_HBONE_INVALID_AUTHORITY' });
   });
 });

@@ -69,9 +69,10 @@ function parsePort(s: string): number | undefined {
 
 /** Formats a target as an authority: `1.2.3.4:80`, `[fd00::1]:80`. */
 export function formatAuthority(t: HboneTarget): string {
-  const kind = isIPv4(t.host) ? 4 : isIP(t.host);
+  // An untyped caller's non-string host gets the typed error too, not isIPv4's TypeError.
+  const kind = typeof t.host !== 'string' ? 0 : isIPv4(t.host) ? 4 : isIP(t.host);
   if (kind === 0 || !Number.isInteger(t.port) || t.port < 1 || t.port > 65535) {
-    throw new HboneError('ERR_HBONE_INVALID_AUTHORITY', `target ${t.host}:${t.port} is not an IP literal with a port 1-65535`);
+    throw new HboneError('ERR_HBONE_INVALID_AUTHORITY', `target ${String(t.host)}:${String(t.port)} is not an IP literal with a port 1-65535`);
   }
   return kind === 6 ? `[${t.host}]:${t.port}` : `${t.host}:${t.port}`;
 }

@@ -13,7 +13,7 @@ import { HboneError } from './errors.js';
 import { type BudgetSession, type BufferBudget, type BufferBudgetOptions, releaseTunnel, resolveBudget } from './buffer-budget.js';
 import { InboundGuard } from './inbound-guard.js';
 
-const { NGHTTP2_NO_ERROR, NGHTTP2_INADEQUATE_SECURITY, HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY } = http2.constants;
+const { NGHTTP2_NO_ERROR, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_INTERNAL_ERROR, HTTP2_HEADER_METHOD, HTTP2_HEADER_AUTHORITY } = http2.constants;
 const MiB = 1024 * 1024;
 
 /** The authenticated peer of an HBONE session. */
@@ -58,14 +58,15 @@ export type HboneAuthorizeResult = boolean | { allow: true } | HboneRefusal;
 export interface HboneServerOptions {
   tls: HboneTlsOptions;
   /**
-   * Policy hook: true admits; false answers 401 (denied by policy); `{ allow: false, status, reason }`
-   * answers that status (e.g. 503 for a destination not known yet). A throw answers 401.
+   * Policy hook: true or `{ allow: true }` admits; false answers 401 (denied by policy); `{ allow: false,
+   * status, reason }` answers that status (e.g. 503 for a destination not known yet). A throw, a
+   * rejection or any other answer (undefined, `{ allow: 1 }`) answers 401.
    * Default: allow every authenticated peer.
    */
   authorize?: (peer: HbonePeer, target: HboneTarget, headers: HboneRequestHeaders) => HboneAuthorizeResult | Promise<HboneAuthorizeResult>;
   /** Opens the upstream; must resolve only once it is connected. A rejection answers 503. */
   connect: (target: HboneTarget, ctx: HboneConnectContext) => Promise<Duplex>;
-  /** Targets this server serves (e.g. only the pod's own IPs); false answers 400. Default: all. */
+  /** Targets this server serves (e.g. only the pod's own IPs); anything but true (or a throw) answers 400. Default: all. */
   validateTarget?: (target: HboneTarget) => boolean;
   /** Client trust domains accepted; default only the server certificate's own. Others are refused with GOAWAY. */
   trustDomains?: string[];
@@ -344,77 +345,116 @@ class Server implements HboneServer {
     void this.#admit(stream, headers);
   }
 
-  /** Checks the request, authorizes it and connects the upstream, then runs the tunnel; answers 400/401/503 (or authorize's status) itself. */
+  /**
+   * Checks the request, authorizes it and connects the upstream, then runs the tunnel; answers
+   * 400/401/503 (or authorize's status) itself. Never rejects: its caller does not wait for it, and an
+   * unexpected throw (a hook answering a shape its type forbids) answers 500 instead of becoming an
+   * unhandled rejection, which would exit the process.
+   */
   async #admit(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
-    const state = this.#sessions.get(stream.session as http2.ServerHttp2Session);
-    if (state === undefined) {
-      stream.close(NGHTTP2_INADEQUATE_SECURITY);
-      return;
-    }
-    const { peer, src } = state;
     const log = this.#log;
-    const overBudget = state.budget.admit();
-    if (overBudget !== undefined) {
-      log.debug({ src, peer: state.budget.peer }, overBudget.message);
-      return refuse(stream, 503);
-    }
-    // Counted from now: what a client sends before the 200 waits unread while the upstream connects.
-    state.budget.track(stream);
-    const method = headers[HTTP2_HEADER_METHOD];
-    const authority = headers[HTTP2_HEADER_AUTHORITY];
-    if (method !== 'CONNECT') {
-      log.warn({ src, method }, 'connection failed: method is not CONNECT');
-      return refuse(stream, 400);
-    }
-    const dst = typeof authority === 'string' ? authority : undefined;
-    const target = parseAuthority(dst);
-    if (target === undefined || (this.#o.validateTarget !== undefined && !this.#o.validateTarget(target))) {
-      log.warn({ src, authority }, 'connection failed: authority is not an IP:port this server serves');
-      return refuse(stream, 400);
-    }
-    const parsed = parseRequestHeaders(headers);
-    const authorize = this.#o.authorize;
-    if (authorize !== undefined) {
-      let verdict: HboneAuthorizeResult = false;
-      try {
-        const v = authorize(peer, target, parsed);
-        // A synchronous verdict costs no event-loop turn.
-        verdict = typeof v === 'boolean' ? v : isThenable(v) ? await v : v;
-      } catch (err) {
-        log.error({ err, src, dst }, 'authorize hook threw; denying');
-      }
-      if (verdict !== true && (verdict === false || !verdict.allow)) return this.#refused(stream, verdict, src, dst);
-    }
-    if (stream.closed || stream.destroyed) return;
-    const ctx = new ConnectContext(peer, parsed, stream, dst!);
-    let upstream: Duplex;
-    this.#connecting++;
+    let src: string | undefined;
+    let dst: string | undefined;
+    let upstream: Duplex | undefined;
     try {
-      upstream = await this.#o.connect(target, ctx);
+      const state = this.#sessions.get(stream.session as http2.ServerHttp2Session);
+      if (state === undefined) {
+        stream.close(NGHTTP2_INADEQUATE_SECURITY);
+        return;
+      }
+      const peer = state.peer;
+      src = state.src;
+      const overBudget = state.budget.admit();
+      if (overBudget !== undefined) {
+        log.debug({ src, peer: state.budget.peer }, overBudget.message);
+        return refuse(stream, 503);
+      }
+      // Counted from now: what a client sends before the 200 waits unread while the upstream connects.
+      state.budget.track(stream);
+      const method = headers[HTTP2_HEADER_METHOD];
+      const authority = headers[HTTP2_HEADER_AUTHORITY];
+      if (method !== 'CONNECT') {
+        log.warn({ src, method }, 'connection failed: method is not CONNECT');
+        return refuse(stream, 400);
+      }
+      dst = typeof authority === 'string' ? authority : undefined;
+      const target = parseAuthority(dst);
+      if (target === undefined || !this.#serves(target, src, dst)) {
+        log.warn({ src, authority }, 'connection failed: authority is not an IP:port this server serves');
+        return refuse(stream, 400);
+      }
+      const parsed = parseRequestHeaders(headers);
+      const authorize = this.#o.authorize;
+      if (authorize !== undefined) {
+        // unknown, not HboneAuthorizeResult: a JS (or `any`-typed) hook can answer anything.
+        let verdict: unknown = false;
+        try {
+          const v: unknown = authorize(peer, target, parsed);
+          // A synchronous verdict costs no event-loop turn.
+          verdict = typeof v === 'boolean' ? v : isThenable(v) ? await v : v;
+        } catch (err) {
+          log.error({ err, src, dst }, 'authorize hook threw; denying');
+        }
+        // Fail closed: only exactly true or { allow: true } admits; a truthy `allow` that is not true does not.
+        if (verdict !== true && !(typeof verdict === 'object' && verdict !== null && (verdict as { allow?: unknown }).allow === true)) {
+          return this.#refused(stream, verdict, src, dst);
+        }
+      }
+      if (stream.closed || stream.destroyed) return;
+      const ctx = new ConnectContext(peer, parsed, stream, dst!);
+      this.#connecting++;
+      try {
+        upstream = await this.#o.connect(target, ctx);
+      } catch (err) {
+        log.warn({ err, src, dst }, 'connection failed: upstream connect');
+        return refuse(stream, 503);
+      } finally {
+        this.#connecting--;
+        ctx.settled();
+      }
+      if (stream.closed || stream.destroyed) {
+        upstream.destroy();
+        return;
+      }
+      log.debug({ src, dst }, 'handling new stream');
+      // Peer, target and headers stay with an idle tunnel only when someone will read them at its end.
+      const report = this.#o.onTunnelClosed === undefined ? undefined : { peer, target, headers: parsed, started: performance.now() };
+      const tunnel = new ServerTunnel(stream, upstream, this.#onTunnelClosed, report);
+      this.#tunnels.add(tunnel);
+      stream.respond(OK_HEADERS, OK_OPTIONS);
+      tunnel.start();
     } catch (err) {
-      log.warn({ err, src, dst }, 'connection failed: upstream connect');
-      return refuse(stream, 503);
-    } finally {
-      this.#connecting--;
-      ctx.settled();
+      log.error({ err, src, dst }, 'connection failed: admitting the stream threw; answering 500');
+      if (stream.headersSent) stream.close(NGHTTP2_INTERNAL_ERROR);
+      else refuse(stream, 500);
+      if (typeof upstream?.destroy === 'function') upstream.destroy();
     }
-    if (stream.closed || stream.destroyed) {
-      upstream.destroy();
-      return;
-    }
-    log.debug({ src, dst }, 'handling new stream');
-    // Peer, target and headers stay with an idle tunnel only when someone will read them at its end.
-    const report = this.#o.onTunnelClosed === undefined ? undefined : { peer, target, headers: parsed, started: performance.now() };
-    const tunnel = new ServerTunnel(stream, upstream, this.#onTunnelClosed, report);
-    this.#tunnels.add(tunnel);
-    stream.respond(OK_HEADERS, OK_OPTIONS);
-    tunnel.start();
   }
 
-  /** Answers a CONNECT `authorize` did not admit: 401 for a denial, else the refusal's status. */
-  #refused(stream: http2.ServerHttp2Stream, verdict: false | HboneRefusal, src: string | undefined, dst: string | undefined): undefined {
-    const reason = verdict === false ? undefined : verdict.reason;
-    let status = verdict === false ? 401 : (verdict.status ?? 401);
+  /** `validateTarget`'s answer; a throw counts as false (400), like authorize's counts as a denial. */
+  #serves(target: HboneTarget, src: string | undefined, dst: string | undefined): boolean {
+    const validate = this.#o.validateTarget;
+    if (validate === undefined) return true;
+    try {
+      return validate(target) === true;
+    } catch (err) {
+      this.#log.error({ err, src, dst }, 'validateTarget hook threw; refusing the target');
+      return false;
+    }
+  }
+
+  /**
+   * Answers a CONNECT `authorize` did not admit: 401 for false, the status of an HboneRefusal
+   * (`allow === false`), and 401 for anything else, logged as an error because the hook is broken.
+   */
+  #refused(stream: http2.ServerHttp2Stream, verdict: unknown, src: string | undefined, dst: string | undefined): undefined {
+    let refusal: HboneRefusal | undefined;
+    if (typeof verdict === 'object' && verdict !== null && (verdict as { allow?: unknown }).allow === false) refusal = verdict as HboneRefusal;
+    else if (verdict !== false) {
+      this.#log.error({ src, dst }, `authorize hook answered ${describeVerdict(verdict)}, not true, false or { allow: true | false }; denying (401)`);
+    }
+    const reason = refusal?.reason;
+    let status = refusal?.status ?? 401;
     if (!Number.isInteger(status) || status < 400 || status > 599) {
       this.#log.error({ src, dst, status, reason }, `authorize hook refused with status ${String(status)}, not 400-599; denying (401)`);
       status = 401;
@@ -509,8 +549,22 @@ function parentOf(socket: tls.TLSSocket): net.Socket {
   return ((socket as tls.TLSSocket & { _parent?: net.Socket })._parent ?? socket) as net.Socket;
 }
 
-function isThenable<T>(v: T | Promise<T>): v is Promise<T> {
-  return typeof (v as { then?: unknown }).then === 'function';
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return typeof v === 'object' && v !== null && typeof (v as { then?: unknown }).then === 'function';
+}
+
+/** A broken verdict for the log, briefly: `undefined`, `"true"`, `{ allow: "yes" }`, `{ allow: an object }`. */
+function describeVerdict(v: unknown): string {
+  if (typeof v !== 'object' || v === null) return describeValue(v);
+  return 'allow' in v ? `{ allow: ${describeValue(v.allow)} }` : 'an object without allow';
+}
+
+function describeValue(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (v === null) return 'null';
+  if (typeof v === 'function') return 'a function';
+  if (typeof v === 'object') return 'an object';
+  return String(v);
 }
 
 function refuse(stream: http2.ServerHttp2Stream, status: number): undefined {
