@@ -67,6 +67,62 @@ describe('IdentityManager', () => {
   });
 });
 
+describe('IdentityManager.whenAvailable', () => {
+  const id = 'spiffe://cluster.local/ns/ns1/sa/web';
+
+  it('tells an acquirer whose fetch failed when another one gets a certificate for the identity, and only then', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    let fail = true;
+    const mgr = new IdentityManager({
+      issueWorkloadCertificate: async (o) => {
+        if (fail) throw new Error('UNAVAILABLE');
+        return ca.issueWorkloadCertificate(o);
+      },
+    });
+    const woken: string[] = [];
+    await expect(mgr.acquire(id, () => {})).rejects.toThrow(/UNAVAILABLE/);
+    const stop = mgr.whenAvailable(id, () => woken.push('a'));
+    const stopOther = mgr.whenAvailable('spiffe://cluster.local/ns/ns1/sa/other', () => woken.push('other'));
+    // Another failed fetch for the identity: nothing to take.
+    await expect(mgr.acquire(id, () => {})).rejects.toThrow(/UNAVAILABLE/);
+    await Promise.resolve();
+    expect(woken).toEqual([]);
+    fail = false;
+    // Pod B of the same identity: the waiting acquirer hears of it, and takes the held one without an ask.
+    const b = await mgr.acquire(id, () => {});
+    expect(woken).toEqual(['a']);
+    const a = await mgr.acquire(id, () => {});
+    expect(a.cert.serial).toBe(b.cert.serial);
+    stop();
+    // Already held when watching starts: told once, soon (not from inside the call).
+    const late: string[] = [];
+    const stopLate = mgr.whenAvailable(id, () => late.push('late'));
+    expect(late).toEqual([]);
+    await Promise.resolve();
+    expect(late).toEqual(['late']);
+    stopLate();
+    stopOther();
+    a.release();
+    b.release();
+    mgr.close();
+  });
+
+  it('does not tell of a certificate that is already expired when the source answers', async () => {
+    const ca = await LocalCa.create({ trustDomain: 'cluster.local' });
+    const expired = await ca.issueWorkloadCertificate({ identity: id, ttlSeconds: 1 });
+    await new Promise((r) => setTimeout(r, expired.notAfter.getTime() - Date.now() + 50));
+    const mgr = new IdentityManager({ issueWorkloadCertificate: () => Promise.resolve(expired) });
+    const woken: string[] = [];
+    const stop = mgr.whenAvailable(id, () => woken.push('a'));
+    const got = await mgr.acquire(id, () => {});
+    await Promise.resolve();
+    expect(woken).toEqual([]);
+    stop();
+    got.release();
+    mgr.close();
+  });
+});
+
 describe('IdentityManager during a CA outage', () => {
   it('backs off while the source re-serves its cached certificate, and drops it once expired (fail closed)', async () => {
     const ca = await LocalCa.create({ trustDomain: 'cluster.local' });

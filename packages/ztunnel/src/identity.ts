@@ -110,6 +110,8 @@ export interface CertificateState {
  */
 export class IdentityManager {
   readonly #entries = new Map<string, Entry>();
+  /** whenAvailable() listeners by identity: acquirers whose fetch failed, waiting for any valid certificate. */
+  readonly #watchers = new Map<string, Set<() => void>>();
   readonly #logger: Logger;
   readonly #ttlSeconds: number;
 
@@ -200,7 +202,45 @@ export class IdentityManager {
       this.#logger.warn({ identity: e.identity, serial: cert.serial, expiry, retry_ms: retryMs }, 'certificate not renewed: the source returned one due for refresh, retrying');
     }
     if (rotated) for (const user of e.users) user(cert);
+    this.#announce(e.identity);
     return cert;
+  }
+
+  /**
+   * Calls `listener` whenever a valid certificate for `identity` is held from now on, however it came
+   * (e.g. another pod of the identity fetched it), and once soon when one is held already: an acquirer
+   * whose fetch failed then acquires again at once instead of waiting for its own retry. Call the
+   * returned function to stop.
+   */
+  whenAvailable(identity: string, listener: () => void): () => void {
+    let set = this.#watchers.get(identity);
+    if (!set) this.#watchers.set(identity, (set = new Set()));
+    const watching = set;
+    watching.add(listener);
+    const held = this.#entries.get(identity)?.cert;
+    // A certificate that landed between the caller's failed acquire and this call.
+    if (held && Date.now() < held.notAfter.getTime()) {
+      queueMicrotask(() => {
+        if (watching.has(listener)) listener();
+      });
+    }
+    return () => {
+      watching.delete(listener);
+      if (watching.size === 0 && this.#watchers.get(identity) === watching) this.#watchers.delete(identity);
+    };
+  }
+
+  #announce(identity: string): void {
+    const set = this.#watchers.get(identity);
+    if (!set) return;
+    // A copy: listeners acquire (and may stop watching) from inside the call.
+    for (const listener of [...set]) {
+      try {
+        listener();
+      } catch (err) {
+        this.#logger.error({ identity, err }, 'certificate availability listener failed');
+      }
+    }
   }
 
   /**
@@ -270,6 +310,7 @@ export class IdentityManager {
   close(): void {
     for (const e of this.#entries.values()) clearTimeout(e.timer);
     this.#entries.clear();
+    this.#watchers.clear();
   }
 }
 

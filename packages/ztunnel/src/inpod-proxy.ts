@@ -79,8 +79,16 @@ export interface InpodProxyOptions {
    * fetch it in the background (as ztunnel does); mTLS connections that come first wait for it.
    */
   awaitCertificate?: boolean;
-  /** Retry delays of the background certificate fetch while the CA fails: doubling, jittered (default 500 ms to 30 s). */
+  /**
+   * Retry delays of the background certificate fetch while the CA fails: doubling, jittered (default
+   * 500 ms to 30 s); at most half the connect timeout while connections wait for the certificate.
+   */
   certificateRetry?: { initialMs: number; maxMs: number };
+  /**
+   * Connections that may wait for the pod's first certificate at once (default 1024); beyond it new
+   * ones are closed at once, so a CA outage cannot pin the node's fds (each waits up to the connect timeout).
+   */
+  maxCertificateWaiters?: number;
 }
 
 export interface InpodProxyState {
@@ -222,7 +230,18 @@ export class InpodProxy {
   /** Why the last fetch of the first certificate failed (named in the waiters' error). */
   #certError: string | undefined;
   #certRetry: NodeJS.Timeout | undefined;
+  /** When #certRetry fires (Date.now() time). */
+  #certRetryAt = 0;
   #certBackoffMs = 0;
+  /** An acquire is in flight: a wake-up (#certAvailable) does not start another. */
+  #certFetching = false;
+  /** Stops IdentityManager's whenAvailable() for this identity, watched while a fetch has failed. */
+  #unwatchCert: (() => void) | undefined;
+  /** What connections beyond maxCertificateWaiters are refused with (one error: no stack per refusal). */
+  #tooManyWaiting: ZtunnelError | undefined;
+  /** Refusals since the last log line about them, and when that was (logged once per wait period). */
+  #refusedWaiting = 0;
+  #refusedLoggedAt = 0;
   #socks5: Socks5Listener | undefined;
   #dns: DnsProxy | undefined;
   #releaseCert: (() => void) | undefined;
@@ -337,6 +356,7 @@ export class InpodProxy {
    */
   async #fetchCertificate(retry: boolean): Promise<void> {
     let got: { cert: WorkloadCertificate; release: () => void };
+    this.#certFetching = true;
     try {
       got = await this.#o.identities.acquire(this.identity, this.#onRotate);
     } catch (err) {
@@ -345,14 +365,20 @@ export class InpodProxy {
       if (retry) {
         const { initialMs, maxMs } = this.#o.certificateRetry ?? { initialMs: 500, maxMs: 30_000 };
         this.#certBackoffMs = this.#certBackoffMs === 0 ? initialMs : Math.min(maxMs, this.#certBackoffMs * 2);
-        const delay = Math.round(this.#certBackoffMs / 2 + (Math.random() * this.#certBackoffMs) / 2);
+        let delay = Math.round(this.#certBackoffMs / 2 + (Math.random() * this.#certBackoffMs) / 2);
+        if (this.#certWaiters.size > 0) delay = Math.min(delay, this.#waitingRetryMs());
         this.#log.warn({ identity: this.identity, err, retry_ms: delay, waiting: this.#certWaiters.size }, 'failed to fetch certificate, retrying');
-        this.#certRetry = setTimeout(() => {
-          if (!this.#stopped) this.#fetchCertificate(true).catch(ignoreError);
-        }, delay);
+        this.#retryCertificate(delay);
+        // IdentityManager drops a failed acquirer: without this, a certificate another pod of this
+        // identity gets once the CA is back would reach this pod only at its own (backed-off) retry.
+        this.#unwatchCert ??= this.#o.identities.whenAvailable(this.identity, this.#certAvailable);
       }
       throw err;
+    } finally {
+      this.#certFetching = false;
     }
+    this.#unwatchCert?.();
+    this.#unwatchCert = undefined;
     if (this.#stopped) return got.release();
     this.#releaseCert = got.release;
     // A rotation may already have landed through #onRotate: keep the newer one.
@@ -362,17 +388,45 @@ export class InpodProxy {
     for (const w of this.#certWaiters) w.resolve();
   }
 
+  #retryCertificate(delay: number): void {
+    clearTimeout(this.#certRetry);
+    this.#certRetryAt = Date.now() + delay;
+    this.#certRetry = setTimeout(() => {
+      this.#certRetry = undefined;
+      if (!this.#stopped) this.#fetchCertificate(true).catch(ignoreError);
+    }, delay);
+  }
+
+  /** The retry delay while connections wait: a quarter to half the connect timeout, so one lands within their wait. */
+  #waitingRetryMs(): number {
+    const ms = this.#o.connectTimeoutMs ?? 10_000;
+    return Math.round(ms / 4 + (Math.random() * ms) / 4);
+  }
+
+  /** IdentityManager holds a valid certificate for this identity now (another pod fetched it): take it. */
+  readonly #certAvailable = (): void => {
+    if (this.#stopped || this.#cert !== undefined || this.#certFetching) return;
+    clearTimeout(this.#certRetry);
+    this.#certRetry = undefined;
+    this.#fetchCertificate(true).catch(ignoreError);
+  };
+
   /**
    * Resolves once the pod has its certificate: at once, except for a connection that comes before the
    * first one arrived, which waits for it, at most the connect timeout. It fails (the connection is
    * closed, never served without mTLS nor let around the proxy) when none comes by then, the proxy
-   * stops, or `signal` (the downstream going away) aborts.
+   * stops, or `signal` (the downstream going away) aborts; at once when maxCertificateWaiters
+   * connections are waiting already.
    */
   #certified(signal?: HboneAbortSignal): Promise<void> {
     if (this.#cert) return Promise.resolve();
     if (this.#stopped) return Promise.reject(new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped, no new tunnels`));
     if (signal?.aborted === true) return Promise.reject(signal.reason as Error);
     const ms = this.#o.connectTimeoutMs ?? 10_000;
+    const max = this.#o.maxCertificateWaiters ?? 1024;
+    if (this.#certWaiters.size >= max) return Promise.reject(this.#refuseWaiter(max, ms));
+    // A retry backed off beyond the wait would come too late for this connection: bring it forward.
+    if (this.#certRetry !== undefined && this.#certRetryAt - Date.now() > ms / 2) this.#retryCertificate(this.#waitingRetryMs());
     return new Promise<void>((resolve, reject) => {
       const settle = (err?: Error): void => {
         clearTimeout(timer);
@@ -390,6 +444,25 @@ export class InpodProxy {
       this.#certWaiters.add(waiter);
       signal?.addEventListener('abort', onAbort);
     });
+  }
+
+  /** A connection beyond maxCertificateWaiters: refused, and logged once per wait period with the count. */
+  #refuseWaiter(max: number, ms: number): ZtunnelError {
+    this.#tooManyWaiting ??= new ZtunnelError(
+      'ERR_ZTUNNEL_IDENTITY',
+      `pod ${this.uid}: ${max} connections already wait for a certificate for ${this.identity}; connection closed`,
+    );
+    this.#refusedWaiting++;
+    const now = Date.now();
+    if (now - this.#refusedLoggedAt >= ms) {
+      this.#log.warn(
+        { identity: this.identity, waiting: this.#certWaiters.size, refused: this.#refusedWaiting, err: this.#certError },
+        'connections closed: too many waiting for the certificate',
+      );
+      this.#refusedLoggedAt = now;
+      this.#refusedWaiting = 0;
+    }
+    return this.#tooManyWaiting;
   }
 
   /** The HBONE client for this pod's outbound tunnels (dialled from inside the pod, marked). */
@@ -603,7 +676,8 @@ export class InpodProxy {
     const dst = this.#destination(socket, this.#ports.outbound, false);
     if (!dst) return void socket.destroy();
     void this.#outboundTo(socket, dst).catch((err) => {
-      this.#log.warn({ err }, 'outbound connection failed');
+      // Refusals beyond maxCertificateWaiters are logged once per wait period (#refuseWaiter).
+      if (err !== this.#tooManyWaiting) this.#log.warn({ err }, 'outbound connection failed');
       socket.destroy();
     });
   }
@@ -859,7 +933,7 @@ export class InpodProxy {
     this.#certified(new DownstreamClosed(socket)).then(
       () => this.#serveHbone(socket),
       (err: unknown) => {
-        if (!this.#stopped && !socket.destroyed) this.#log.warn({ src: socket.remoteAddress, err }, 'inbound HBONE connection closed: no certificate for this pod');
+        if (!this.#stopped && !socket.destroyed && err !== this.#tooManyWaiting) this.#log.warn({ src: socket.remoteAddress, err }, 'inbound HBONE connection closed: no certificate for this pod');
         socket.destroy();
       },
     );
@@ -1034,6 +1108,8 @@ export class InpodProxy {
     this.#o.store.off('change', this.#onStoreChange);
     this.closeListeners();
     clearTimeout(this.#certRetry);
+    this.#unwatchCert?.();
+    this.#unwatchCert = undefined;
     if (this.#certWaiters.size > 0) {
       const stopped = new ZtunnelError('ERR_ZTUNNEL_PROXY_STOPPED', `pod ${this.uid}: proxy stopped before its certificate arrived`);
       for (const w of this.#certWaiters) w.reject(stopped);
