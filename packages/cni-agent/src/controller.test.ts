@@ -182,21 +182,25 @@ describe('PodController', () => {
     await c.stop();
   });
 
-  it('annotations wait while other captures run (a burst keeps the CPU for captures) and are written once they are done', async () => {
+  it('report(): an Event write waits while captures run or wait (a burst keeps the CPU for captures), then runs; a failed one throws nowhere', async () => {
     const p = new Ports();
     const c = controller(p);
     let open!: () => void;
     const held = new Promise<void>((r) => (open = r));
-    p.zdsGate = (path) => (path.endsWith('/slow') ? held : undefined);
-    const slow = pod('slow');
-    const slowAdd = c.cmdAdd(slow, join(dir, 'slow'), [], now(), 5000);
-    const quick = pod('quick');
-    await c.cmdAdd(quick, join(dir, 'quick'), [], now(), 2000);
+    let holding = false;
+    p.zdsGate = (path) => (path.endsWith('/held') ? ((holding = true), held) : undefined);
+    const slow = c.cmdAdd(pod('held'), join(dir, 'held'), [], now(), 5000);
+    await until(() => holding);
+    const written: string[] = [];
+    c.report(async () => void written.push('event'));
+    c.report(async () => {
+      throw new Error('apiserver: 500');
+    });
     await new Promise((r) => setTimeout(r, 200));
-    expect(p.annotations.size).toBe(0);
+    expect(written).toEqual([]);
     open();
-    await slowAdd;
-    await until(() => p.annotations.get('uid-quick') === 'enabled' && p.annotations.get('uid-slow') === 'enabled');
+    await slow;
+    await until(() => written.length === 1);
     await c.stop();
   });
 

@@ -45,7 +45,7 @@ type Trigger = 'cmdadd' | 'watch' | 'startup';
 
 /** Pods a drift pass checks at once (see checkDrift). */
 const DRIFT_CONCURRENCY = 2;
-/** Longest a redirection annotation waits for the captures to go quiet, and how often it looks. */
+/** Longest an Event waits for the captures to go quiet (report()), and how often it looks. */
 const REPORT_DEFER_MS = 2000;
 const REPORT_CHECK_MS = 50;
 
@@ -104,8 +104,8 @@ export class PodController {
    * is another API connection (a TCP and TLS handshake on the agent and on the API server).
    */
   private readonly apiWrites = new Semaphore(2);
-  /** Pods whose annotation waits for the captures to go quiet (annotateLater), and since when. */
-  private readonly reports = new Map<PodRecord, number>();
+  /** API writes that only inform (Events), waiting for the captures to go quiet (report()). */
+  private reports: { at: number; run: () => void }[] = [];
   private reportCheck: NodeJS.Timeout | undefined;
   private readonly hints: NetnsHints;
   private stopped = false;
@@ -260,7 +260,7 @@ export class PodController {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.reportCheck);
-    this.reports.clear();
+    this.reports = [];
     for (const rec of this.records.values()) {
       clearTimeout(rec.retry);
       for (const w of rec.waiters.splice(0)) w.reject(new CniAgentError('ERR_AGENT_STOPPED', 'agent is stopping'));
@@ -639,24 +639,36 @@ export class PodController {
   }
 
   /**
-   * The redirection annotation is a report, not part of the capture: an API round trip (and the
-   * watch event it brings back) that must not hold a capture slot, nor take the agent's CPU from the
-   * captures of a burst. Written once no capture runs or waits (at the latest REPORT_DEFER_MS
-   * later), on the pod's own chain; once per pod at a time.
+   * The redirection annotation tells istiod (and so every ztunnel) the pod is captured: written as
+   * soon as the capture is done, but not inside its capture slot, where an API round trip would
+   * hold up other pods' CNI ADDs. On the pod's own chain, after the work in flight; once at a time.
    */
   private annotateLater(rec: PodRecord): void {
     if (rec.annotating || rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
     rec.annotating = true;
-    this.reports.set(rec, Date.now());
+    void this.chain(rec, () => this.annotate(rec));
+  }
+
+  /**
+   * Runs `write`, an API write that only informs (a Kubernetes Event), once no capture runs or
+   * waits (at the latest REPORT_DEFER_MS later), sharing the annotations' two write slots: in a
+   * burst the agent's CPU goes to captures first. Its failure is logged, never thrown.
+   */
+  report(write: () => Promise<void>): void {
+    if (this.stopped) return;
+    const run = (): void =>
+      void this.apiWrites.run(write).catch((err: unknown) => this.log.warn({ err: describe(err) }, 'reporting to the API failed'));
+    this.reports.push({ at: Date.now(), run });
     this.checkReports();
   }
 
   private checkReports(): void {
-    if (this.reportCheck !== undefined || this.reports.size === 0) return;
-    const [, oldest] = this.reports.entries().next().value as [PodRecord, number];
-    if (this.sem.idle || this.stopped || Date.now() - oldest >= REPORT_DEFER_MS) {
-      for (const rec of this.reports.keys()) void this.chain(rec, () => this.annotate(rec));
-      this.reports.clear();
+    const oldest = this.reports[0];
+    if (this.reportCheck !== undefined || oldest === undefined) return;
+    if (this.sem.idle || this.stopped || Date.now() - oldest.at >= REPORT_DEFER_MS) {
+      const due = this.reports;
+      this.reports = [];
+      for (const r of due) r.run();
       return;
     }
     this.reportCheck = setTimeout(() => {
