@@ -16,8 +16,8 @@
 // BENCH_AGENT=<path of main.js>: run that agent build instead of apps/cni-agent/dist/main.js.
 // BENCH_AGENT_LOG=<file>: the agent logs at debug (its `capture timings` lines say where each
 // capture's time went: waiting for a slot, netns, rules, ztunnel's ack) and the log is copied there.
-// BENCH_PERF=<dir>: `perf record -g` (999 Hz) on the agent and its commands during the burst, to
-// <dir>/perf-agent-burst.data (the agent runs with --perf-basic-prof so JS frames have names).
+// BENCH_PERF=<dir>: `perf record -g` (999 Hz) on the agent and its commands, and on ztunnel, during the
+// burst, to <dir>/perf-{agent,ztunnel}-burst.data (both run with --perf-basic-prof: JS frames have names).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -258,7 +258,7 @@ try {
   ztunnel = await node.spawn({
     name: 'weir-ztunnel',
     cmd: process.execPath,
-    args: [...prof('ztunnel'), ZTUNNEL],
+    args: [...prof('ztunnel'), ...(perfDir ? ['--perf-basic-prof'] : []), ZTUNNEL],
     env: { INPOD_UDS: zdsSocket, NODE_NAME: 'n1', CONNECTION_TERMINATION_DEADLINE: '1s' },
   });
   const curl = async (url) => {
@@ -338,7 +338,8 @@ try {
   async function enroll(label, group, mode) {
     const h0 = cmdaddBuckets(await agentMetrics());
     // The agent's process tree (its restores too: perf follows the children it spawns from now on).
-    const perf = perfDir && mode === 'burst' ? spawn('perf', ['record', '-q', '-F', '999', '-g', '-o', join(perfDir, 'perf-agent-burst.data'), '-p', String(agentPid)], { stdio: 'ignore' }) : undefined;
+    const perfOf = (who, pid) => spawn('perf', ['record', '-q', '-F', '999', '-g', '-o', join(perfDir, `perf-${who}-burst.data`), '-p', String(pid)], { stdio: 'ignore' });
+    const perf = perfDir && mode === 'burst' ? [perfOf('agent', agentPid), perfOf('ztunnel', ztunnel.pid)] : undefined;
     if (perf) await sleep(500);
     const c0 = await cpuNow();
     const start = now();
@@ -375,8 +376,8 @@ try {
     });
     const c1 = await cpuNow();
     if (perf) {
-      perf.kill('SIGINT');
-      await new Promise((resolve) => perf.once('close', resolve));
+      for (const p of perf) p.kill('SIGINT');
+      await Promise.all(perf.map((p) => new Promise((resolve) => p.once('close', resolve))));
     }
     const agent = agentSide(h0, cmdaddBuckets(await agentMetrics()), GOAL_AGENT_P99_MS);
     const failed = results.filter((r) => r.code !== 0);
