@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
-import { FakeApiServer } from '@weir/fake-apiserver';
+import { FakeApiServer, createTestPki } from '@weir/fake-apiserver';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PodController } from './controller.js';
 import { CniAgentError } from './errors.js';
@@ -81,6 +81,10 @@ describe('KubePodSource', () => {
     expect(server.getPod('apps', 'web-0')?.metadata.annotations?.['ambient.istio.io/redirection']).toBe('enabled');
     await src.setRedirection(web0, null);
     expect(server.getPod('apps', 'web-0')?.metadata.annotations?.['ambient.istio.io/redirection']).toBeUndefined();
+    await expect(src.setRedirection({ ...web0, name: 'gone' }, 'enabled')).rejects.toMatchObject({
+      code: 'ERR_AGENT_KUBE_API',
+      message: 'Kubernetes API PATCH pods/apps/gone/status failed: HTTP 404: pods "gone" not found',
+    });
 
     await src.recordEvent(web0, { type: 'Warning', reason: 'AmbientCaptureFailed', message: 'netns gone' });
     expect(server.events[0]).toMatchObject({ reason: 'AmbientCaptureFailed', involvedObject: { name: 'web-0', kind: 'Pod' } });
@@ -350,5 +354,24 @@ describe('KubePodSource API connections', () => {
     for (let i = 0; i < 4; i++) await src.setRedirection(web, i % 2 ? null : 'enabled');
     expect(auth).toEqual(Array(4).fill('Bearer tok-1'));
     expect(connections).toBe(1);
+  });
+  it('annotates over HTTPS with a bearer token (the CA and token from the kubeconfig)', async () => {
+    const pki = await createTestPki();
+    const server = await FakeApiServer.start({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca }, token: 'tok-https' });
+    const dir = await mkdtemp(join(tmpdir(), 'weir-agent-kube-'));
+    const kc = new KubeConfig();
+    kc.loadFromFile(await server.kubeconfig(join(dir, 'kubeconfig'), { token: 'tok-https' }));
+    const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1' });
+    cleanups.push(async () => {
+      await src.stop();
+      await server.close();
+      await rm(dir, { recursive: true, force: true });
+    });
+    server.createPod(pod('web-0', 'node-1'));
+    const web0 = { uid: 'u1', name: 'web-0', namespace: 'apps' } as PodInfo;
+    for (let i = 0; i < 3; i++) await src.setRedirection(web0, i % 2 ? null : 'enabled');
+    expect(server.getPod('apps', 'web-0')?.metadata.annotations?.['ambient.istio.io/redirection']).toBe('enabled');
+    const patches = server.requests.filter((r) => r.method === 'PATCH');
+    expect(patches.map((r) => r.authorization)).toEqual(Array(3).fill('Bearer tok-https'));
   });
 });
