@@ -6,7 +6,7 @@ import type { Logger } from './logger.js';
 import type { ZtunnelMetrics } from './metrics.js';
 
 /** Everything an InpodProxy needs except what ZDS gives per pod. */
-export type ProxyFactoryOptions = Omit<InpodProxyOptions, 'uid' | 'workloadInfo' | 'netns' | 'logger' | 'metrics'>;
+export type ProxyFactoryOptions = Omit<InpodProxyOptions, 'uid' | 'workloadInfo' | 'netns' | 'logger' | 'metrics' | 'prefetch'>;
 
 interface PodEntry {
   uid: string;
@@ -82,6 +82,12 @@ function checkAdd(ev: ZdsAddEvent): void {
 
 const ignore = (): void => {};
 
+/**
+ * The longest a started pod's certificate prefetch waits for the ZDS Adds to quiet down: a steady
+ * stream of Adds delays the certificates by at most this, never starves them.
+ */
+const PREFETCH_MAX_DELAY_MS = 1000;
+
 // <linux/rtnetlink.h>, <linux/if_addr.h>
 const RTM_NEWADDR = 20;
 const RTM_GETADDR = 22;
@@ -150,6 +156,15 @@ export class InpodManager implements ZdsHandler {
   readonly #deadSandboxes = new Map<string, NetnsId>();
   readonly #sandboxCheck: NodeJS.Timeout | undefined;
 
+  /** ZDS Adds not answered yet: certificate prefetches wait for none to be (#queuePrefetch). */
+  #addsInFlight = 0;
+  /** Started proxies' first certificate fetches, oldest first, not run yet. */
+  readonly #prefetches: (() => void)[] = [];
+  /** Runs them PREFETCH_MAX_DELAY_MS after the oldest was queued, Adds or not. */
+  #prefetchDeadline: NodeJS.Timeout | undefined;
+  /** Runs them once the acks of the Adds just answered have gone out. */
+  #prefetchIdle: NodeJS.Immediate | undefined;
+
   constructor(o: InpodManagerOptions) {
     this.#o = o;
     this.#log = o.logger.child({ component: 'inpod' });
@@ -196,7 +211,46 @@ export class InpodManager implements ZdsHandler {
   }
 
   onAdd(ev: ZdsAddEvent): Promise<void> {
-    return this.#bounded(this.#add(ev), (ms) => `pod ${ev.uid}: proxy not up within ${ms} ms (still starting; the node agent's retry is acked once it listens)`);
+    this.#addsInFlight++;
+    const answered = this.#bounded(this.#add(ev), (ms) => `pod ${ev.uid}: proxy not up within ${ms} ms (still starting; the node agent's retry is acked once it listens)`);
+    void answered
+      .finally(() => {
+        if (--this.#addsInFlight === 0) this.#prefetchWhenIdle();
+      })
+      .catch(ignore);
+    return answered;
+  }
+
+  /**
+   * The proxies' prefetch scheduler. A pod's certificate (key generation, CSR, the CA's answer) costs
+   * this thread a share of an enrollment: in a burst of Adds it would delay the next pods' acks, which
+   * the node agent's CNI ADDs wait for. So the fetches wait until no Add is being worked on, at most
+   * PREFETCH_MAX_DELAY_MS; a connection that needs the certificate before then starts it itself.
+   */
+  readonly #queuePrefetch = (fetch: () => void): void => {
+    if (this.#closed) return;
+    this.#prefetches.push(fetch);
+    this.#prefetchDeadline ??= setTimeout(() => this.#runPrefetches(), PREFETCH_MAX_DELAY_MS).unref();
+    if (this.#addsInFlight === 0) this.#prefetchWhenIdle();
+  };
+
+  #prefetchWhenIdle(): void {
+    if (this.#prefetches.length === 0 || this.#prefetchIdle !== undefined) return;
+    // Not now: the ack of the Add just answered is sent in the microtasks after its answer.
+    this.#prefetchIdle = setImmediate(() => {
+      this.#prefetchIdle = undefined;
+      if (this.#addsInFlight === 0) this.#runPrefetches();
+    }).unref();
+  }
+
+  #runPrefetches(): void {
+    clearTimeout(this.#prefetchDeadline);
+    this.#prefetchDeadline = undefined;
+    clearImmediate(this.#prefetchIdle);
+    this.#prefetchIdle = undefined;
+    const due = this.#prefetches.splice(0);
+    if (this.#closed) return;
+    for (const fetch of due) fetch();
   }
 
   async #add(ev: ZdsAddEvent): Promise<void> {
@@ -288,6 +342,7 @@ export class InpodManager implements ZdsHandler {
         netns: entry.ev.netns,
         metrics: this.#o.metrics,
         logger: this.#o.logger.child({ component: 'proxy' }),
+        prefetch: this.#queuePrefetch,
       });
       entry.proxy = proxy;
       await proxy.start();
@@ -408,6 +463,8 @@ export class InpodManager implements ZdsHandler {
   async close(o: { deadlineMs: number }): Promise<void> {
     this.#closed = true;
     clearInterval(this.#sandboxCheck);
+    // Queued prefetches are dropped: their proxies are stopping.
+    this.#runPrefetches();
     const all = [...this.#pods.values()];
     for (const p of all) clearTimeout(p.retry);
     await Promise.all(all.map((p) => this.#remove(p, o.deadlineMs)));

@@ -89,6 +89,14 @@ export interface InpodProxyOptions {
    * ones are closed at once, so a CA outage cannot pin the node's fds (each waits up to the connect timeout).
    */
   maxCertificateWaiters?: number;
+  /**
+   * How the first certificate fetch after start() is scheduled (without `awaitCertificate`): called
+   * once start() has bound everything, with the fetch to run when it suits (e.g. once no enrollment
+   * waits for its ack). Running it later is harmless: it does nothing once the proxy stopped, has or
+   * is fetching its certificate, or a connection already started it (one that comes first never waits
+   * for the scheduler). Default: at once.
+   */
+  prefetch?: (fetch: () => void) => void;
 }
 
 export interface InpodProxyState {
@@ -235,6 +243,8 @@ export class InpodProxy {
   #certBackoffMs = 0;
   /** An acquire is in flight: a wake-up (#certAvailable) does not start another. */
   #certFetching = false;
+  /** The first fetch has begun (from the prefetch or a connection): a later prefetch does nothing. */
+  #certAsked = false;
   /** Stops IdentityManager's whenAvailable() for this identity, watched while a fetch has failed. */
   #unwatchCert: (() => void) | undefined;
   /** What connections beyond maxCertificateWaiters are refused with (one error: no stack per refusal). */
@@ -296,7 +306,8 @@ export class InpodProxy {
   /**
    * Binds the listeners (15001/15006/15008, and DNS/SOCKS5 when on) and resolves: the pod's traffic is
    * captured from then on. Its certificate is then fetched in the background, as upstream ztunnel
-   * prefetches it (see #certified() for the connections that come first); with
+   * prefetches it, when the `prefetch` scheduler runs the fetch (see #certified() for the connections
+   * that come first); with
    * `awaitCertificate` it is fetched before binding instead, and start() fails when the CA does. On
    * failure everything is released. A stop() before it is done makes it fail with
    * ERR_ZTUNNEL_PROXY_STOPPED, holding nothing; that stop() resolves once nothing is bound (it never
@@ -336,8 +347,11 @@ export class InpodProxy {
       if (this.#o.socks5) await this.#startSocks5();
       if (this.#stopped) throw stopped();
       // Asked once everything is bound: the key generation and signing (or CSR) do not hold up the
-      // Add's ack, and a connection that comes first waits for the certificate all the same.
-      if (this.#o.awaitCertificate !== true) this.#fetchCertificate(true).catch(ignoreError);
+      // Add's ack, and a connection that comes first starts it and waits for it.
+      if (this.#o.awaitCertificate !== true) {
+        if (this.#o.prefetch) this.#o.prefetch(this.#prefetch);
+        else this.#prefetch();
+      }
     } catch (err) {
       // Not stop(): it may be waiting for this very start(), through #starting.
       this.#stopped = true;
@@ -357,6 +371,7 @@ export class InpodProxy {
   async #fetchCertificate(retry: boolean): Promise<void> {
     let got: { cert: WorkloadCertificate; release: () => void };
     this.#certFetching = true;
+    this.#certAsked = true;
     try {
       got = await this.#o.identities.acquire(this.identity, this.#onRotate);
     } catch (err) {
@@ -403,6 +418,12 @@ export class InpodProxy {
     return Math.round(ms / 4 + (Math.random() * ms) / 4);
   }
 
+  /** The first fetch, when nothing started it yet (the scheduler may call it late, or after a stop). */
+  readonly #prefetch = (): void => {
+    if (this.#stopped || this.#cert !== undefined || this.#certFetching || this.#certAsked) return;
+    this.#fetchCertificate(true).catch(ignoreError);
+  };
+
   /** IdentityManager holds a valid certificate for this identity now (another pod fetched it): take it. */
   readonly #certAvailable = (): void => {
     if (this.#stopped || this.#cert !== undefined || this.#certFetching) return;
@@ -425,6 +446,8 @@ export class InpodProxy {
     const ms = this.#o.connectTimeoutMs ?? 10_000;
     const max = this.#o.maxCertificateWaiters ?? 1024;
     if (this.#certWaiters.size >= max) return Promise.reject(this.#refuseWaiter(max, ms));
+    // Before the scheduled prefetch ran: this connection needs the certificate now.
+    this.#prefetch();
     // A retry backed off beyond the wait would come too late for this connection: bring it forward.
     if (this.#certRetry !== undefined && this.#certRetryAt - Date.now() > ms / 2) this.#retryCertificate(this.#waitingRetryMs());
     return new Promise<void>((resolve, reject) => {
