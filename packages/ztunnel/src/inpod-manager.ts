@@ -158,12 +158,12 @@ export class InpodManager implements ZdsHandler {
 
   /** ZDS Adds not answered yet: certificate prefetches wait for none to be (#queuePrefetch). */
   #addsInFlight = 0;
-  /** Started proxies' first certificate fetches, oldest first, not run yet. */
-  readonly #prefetches: (() => void)[] = [];
-  /** Runs them PREFETCH_MAX_DELAY_MS after the oldest was queued, Adds or not. */
+  /** Started proxies' first certificate fetches not run yet, oldest first, with when each was queued. */
+  readonly #prefetches: { fetch: () => void; at: number }[] = [];
+  /** Wakes the pump when the oldest is due (PREFETCH_MAX_DELAY_MS after it was queued), Adds or not. */
   #prefetchDeadline: NodeJS.Timeout | undefined;
-  /** Runs them once the acks of the Adds just answered have gone out. */
-  #prefetchIdle: NodeJS.Immediate | undefined;
+  /** The pump's next turn (#pumpPrefetches). */
+  #prefetchTurn: NodeJS.Immediate | undefined;
 
   constructor(o: InpodManagerOptions) {
     this.#o = o;
@@ -215,7 +215,7 @@ export class InpodManager implements ZdsHandler {
     const answered = this.#bounded(this.#add(ev), (ms) => `pod ${ev.uid}: proxy not up within ${ms} ms (still starting; the node agent's retry is acked once it listens)`);
     void answered
       .finally(() => {
-        if (--this.#addsInFlight === 0) this.#prefetchWhenIdle();
+        if (--this.#addsInFlight === 0) this.#schedulePump();
       })
       .catch(ignore);
     return answered;
@@ -229,28 +229,42 @@ export class InpodManager implements ZdsHandler {
    */
   readonly #queuePrefetch = (fetch: () => void): void => {
     if (this.#closed) return;
-    this.#prefetches.push(fetch);
-    this.#prefetchDeadline ??= setTimeout(() => this.#runPrefetches(), PREFETCH_MAX_DELAY_MS).unref();
-    if (this.#addsInFlight === 0) this.#prefetchWhenIdle();
+    this.#prefetches.push({ fetch, at: Date.now() });
+    if (this.#addsInFlight === 0) this.#schedulePump();
+    else this.#armPrefetchDeadline();
   };
 
-  #prefetchWhenIdle(): void {
-    if (this.#prefetches.length === 0 || this.#prefetchIdle !== undefined) return;
+  #schedulePump(): void {
+    if (this.#prefetches.length === 0 || this.#prefetchTurn !== undefined || this.#closed) return;
     // Not now: the ack of the Add just answered is sent in the microtasks after its answer.
-    this.#prefetchIdle = setImmediate(() => {
-      this.#prefetchIdle = undefined;
-      if (this.#addsInFlight === 0) this.#runPrefetches();
-    }).unref();
+    this.#prefetchTurn = setImmediate(() => this.#pumpPrefetches()).unref();
   }
 
-  #runPrefetches(): void {
+  #armPrefetchDeadline(): void {
+    const oldest = this.#prefetches[0];
+    if (oldest === undefined || this.#prefetchDeadline !== undefined) return;
+    const wait = Math.max(0, oldest.at + PREFETCH_MAX_DELAY_MS - Date.now());
+    this.#prefetchDeadline = setTimeout(() => {
+      this.#prefetchDeadline = undefined;
+      this.#schedulePump();
+    }, wait).unref();
+  }
+
+  /**
+   * One fetch per event-loop turn, so Adds arriving meanwhile are read and worked on between them (a
+   * deadline that came due in a burst does not start a second's worth of fetches in one go). While
+   * Adds are in flight only the overdue ones run; the rest wait for the Adds or their own deadline.
+   */
+  #pumpPrefetches(): void {
+    this.#prefetchTurn = undefined;
+    const next = this.#prefetches[0];
+    if (next === undefined || this.#closed) return;
+    if (this.#addsInFlight > 0 && Date.now() - next.at < PREFETCH_MAX_DELAY_MS) return this.#armPrefetchDeadline();
+    this.#prefetches.shift();
     clearTimeout(this.#prefetchDeadline);
     this.#prefetchDeadline = undefined;
-    clearImmediate(this.#prefetchIdle);
-    this.#prefetchIdle = undefined;
-    const due = this.#prefetches.splice(0);
-    if (this.#closed) return;
-    for (const fetch of due) fetch();
+    next.fetch();
+    this.#schedulePump();
   }
 
   async #add(ev: ZdsAddEvent): Promise<void> {
@@ -464,7 +478,9 @@ export class InpodManager implements ZdsHandler {
     this.#closed = true;
     clearInterval(this.#sandboxCheck);
     // Queued prefetches are dropped: their proxies are stopping.
-    this.#runPrefetches();
+    this.#prefetches.length = 0;
+    clearTimeout(this.#prefetchDeadline);
+    clearImmediate(this.#prefetchTurn);
     const all = [...this.#pods.values()];
     for (const p of all) clearTimeout(p.retry);
     await Promise.all(all.map((p) => this.#remove(p, o.deadlineMs)));
