@@ -171,9 +171,11 @@ describe('buffer budget: inbound (15008 side)', () => {
     result.catch(() => {});
     try {
       await lineFrom(flood, (l) => l === 'READY', 15_000);
-      const growthMiB = await watchRss(6000, 100);
-      // Counted only once a tunnel: 200 × the 1 MiB stream window, for as long as the connect takes.
-      expect(growthMiB).toBeLessThan(100);
+      const growthMiB = await watchRss(6000, 150);
+      // Uncounted until a tunnel: 200 × the 1 MiB stream window, refilled as fast as the flood comes, for as long as
+      // the connect takes. Counted, the session stays at its 8 MiB; the rest is the shed streams' chunks V8 and
+      // nghttp2 free late (80–110 MiB here under load, so the bound leaves room above that and below 200).
+      expect(growthMiB).toBeLessThan(150);
       const report = JSON.parse(await result) as { resets: Record<string, number> };
       expect(report.resets['11'] ?? 0).toBeGreaterThan(0);
       expect(lines.some((l) => l.msg === 'tunnel reset: buffer budget exceeded')).toBe(true);
