@@ -2,22 +2,14 @@
 // the certificate fetched in the background (as ztunnel prefetches it). mTLS connections that come
 // before it wait for it and are served once it arrives, or fail closed when the CA keeps failing.
 // Real pods (topology), in-pod rules, ZDS over a unix seqpacket socket, TLS.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import * as tls from 'node:tls';
-import { connectTcp, openNetns, type Netns } from '@weir/netns';
-import { LocalCa } from '@weir/pki';
-import { ZdsClient, ZdsServer } from '@weir/redirect-protocol';
-import { Topology, type TopologyPod } from '@weir/topology';
+import { connectTcp } from '@weir/netns';
+import type { LocalCa } from '@weir/pki';
+import type { TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IdentityManager, type CertificateSource, type WorkloadCertificate } from '../src/identity.js';
-import { InpodManager } from '../src/inpod-manager.js';
-import { parseLocalConfig } from '../src/local-config.js';
-import { createLogger } from '../src/logger.js';
-import { ZtunnelMetrics } from '../src/metrics.js';
-import { WorkloadStore } from '../src/workload-store.js';
-import { EchoApp, capturePod, localConfigYaml, podListeners, requireRoot, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
+import type { CertificateSource, WorkloadCertificate } from '../src/identity.js';
+import { CertWorld } from './cert-support.js';
+import { type EchoApp, podListeners, tryConnect, waitFor, zdsAddPod } from './support.js';
 
 /** Bounds a connection's wait for its pod's first certificate (the proxies' connect timeout). */
 const CONNECT_TIMEOUT_MS = 3000;
@@ -41,105 +33,29 @@ class ScriptedCa implements CertificateSource {
   }
 }
 
-interface LogRecord {
-  msg: string;
-  uid?: string;
-  error?: string;
-  direction?: string;
-  'src.workload'?: string;
-  'dst.workload'?: string;
-  [k: string]: unknown;
-}
-
 describe('pod certificates fetched in the background (real pods, ZDS, TLS)', () => {
-  let topo: Topology;
-  let dir: string;
-  let ca: ScriptedCa;
-  let identities: IdentityManager;
-  let m: InpodManager;
-  let zds: ZdsServer;
-  let client: ZdsClient;
-  const log: LogRecord[] = [];
+  const world = new CertWorld({
+    tag: 'c',
+    // raw is not in the mesh: a raw TLS client from there reaches a pod's 15008 as another node's ztunnel would.
+    pods: { a: 'sa-a', b: 'sa-b', slow: 'sa-slow', fail: 'sa-fail', raw: null },
+    ca: (local) => new ScriptedCa(local),
+    proxy: { connectTimeoutMs: CONNECT_TIMEOUT_MS, certificateRetry: { initialMs: 100, maxMs: 400 } },
+  });
+  const { log } = world;
   let a: TopologyPod, b: TopologyPod, slow: TopologyPod, fail: TopologyPod, raw: TopologyPod;
-  const apps: EchoApp[] = [];
   let appB: EchoApp, appSlow: EchoApp, appFail: EchoApp;
-  const handles: Netns[] = [];
-  const ns = (pod: TopologyPod): Netns => {
-    const h = openNetns(pod.netnsPath);
-    handles.push(h);
-    return h;
-  };
-  const state = (pod: TopologyPod) => m.pods().find((p) => p.uid === pod.uid);
-  const certOf = (sa: string) => identities.certificates().find((c) => c.identity.endsWith(`/sa/${sa}`));
 
   beforeAll(async () => {
-    requireRoot();
-    dir = await mkdtemp(join(tmpdir(), 'wzt-cert-'));
-    topo = await Topology.create({ name: uniqueName('c') });
-    const n1 = await topo.addNode({ name: 'n1' });
-    a = await n1.addPod({ name: 'a', namespace: 'ns1' });
-    b = await n1.addPod({ name: 'b', namespace: 'ns1' });
-    slow = await n1.addPod({ name: 'slow', namespace: 'ns1' });
-    fail = await n1.addPod({ name: 'fail', namespace: 'ns1' });
-    // Not in the mesh: a raw TLS client from here reaches a pod's 15008 as another node's ztunnel would.
-    raw = await n1.addPod({ name: 'raw', namespace: 'ns1' });
-    for (const p of [a, b, slow, fail]) await capturePod(p);
-    ca = new ScriptedCa(await LocalCa.create({ trustDomain: 'cluster.local' }));
-    identities = new IdentityManager(ca);
-    const store = new WorkloadStore({
-      trustDomain: 'cluster.local',
-      config: parseLocalConfig(
-        localConfigYaml([
-          { pod: a, serviceAccount: 'sa-a', node: 'n1' },
-          { pod: b, serviceAccount: 'sa-b', node: 'n1' },
-          { pod: slow, serviceAccount: 'sa-slow', node: 'n1' },
-          { pod: fail, serviceAccount: 'sa-fail', node: 'n1' },
-        ]),
-      ),
-    });
-    const { logger } = createLogger({ level: 'debug', format: 'json', write: (l) => log.push(JSON.parse(l) as LogRecord) });
-    m = new InpodManager({
-      proxy: {
-        store,
-        identities,
-        trustBundle: ca.ca.rootPem,
-        trustDomain: 'cluster.local',
-        mark: 1337,
-        reusePort: true,
-        origSrc: 'auto',
-        ipv6: false,
-        connectTimeoutMs: CONNECT_TIMEOUT_MS,
-        certificateRetry: { initialMs: 100, maxMs: 400 },
-      },
-      metrics: new ZtunnelMetrics(),
-      logger,
-      retryMs: 300,
-    });
-    zds = new ZdsServer({ path: join(dir, 'zds.sock'), ackTimeoutMs: 5000 });
-    await zds.start();
-    client = new ZdsClient({ path: zds.path, backoff: { initialMs: 10, maxMs: 100 } });
-    client.start(m);
-    await waitFor('ztunnel connected, snapshot acked', async () => zds.connected && m.pending().length === 0);
-    for (const [pod, port] of [
-      [b, 8080],
-      [slow, 8080],
-      [fail, 8080],
-    ] as const) {
-      apps.push(await EchoApp.start(pod, port));
-    }
-    [appB, appSlow, appFail] = apps as [EchoApp, EchoApp, EchoApp];
+    await world.start();
+    ({ a, b, slow, fail, raw } = world.pods);
+    appB = await world.echo(b, 8080);
+    appSlow = await world.echo(slow, 8080);
+    appFail = await world.echo(fail, 8080);
   }, 180_000);
 
   afterAll(async () => {
-    ca?.open();
-    for (const app of apps) await app.close();
-    for (const h of handles) h.close();
-    await client?.close();
-    await zds?.close();
-    await m?.close({ deadlineMs: 0 });
-    identities?.close();
-    await topo?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    world.ca?.open();
+    await world.close();
   }, 60_000);
 
   it('acks every Add once its listeners are up, also while the CA is slow or failing', async () => {
@@ -154,7 +70,7 @@ describe('pod certificates fetched in the background (real pods, ZDS, TLS)', () 
         ] as const
       ).map(async ([pod, sa]) => {
         const t0 = Date.now();
-        await zdsAddPod(zds, pod, sa);
+        await zdsAddPod(world.zds, pod, sa);
         acked[pod.name] = Date.now() - t0;
         // Acked: the pod's traffic is captured by listeners at this moment.
         const listeners = await podListeners(pod);
@@ -164,12 +80,12 @@ describe('pod certificates fetched in the background (real pods, ZDS, TLS)', () 
     // Not waiting for a CA that does not answer (the node agent's ack deadline is 5 s).
     expect(acked.slow).toBeLessThan(2000);
     expect(acked.fail).toBeLessThan(2000);
-    expect(m.pods().map((p) => [p.uid, p.state]).sort()).toEqual([a, b, slow, fail].map((p) => [p.uid, 'Up']).sort());
-    expect(m.pending()).toEqual([]);
-    await waitFor('the healthy pods certified', async () => certOf('sa-a')?.state === 'Available' && certOf('sa-b')?.state === 'Available');
-    expect(certOf('sa-slow')?.state).toBe('Initializing');
+    expect(world.m.pods().map((p) => [p.uid, p.state]).sort()).toEqual([a, b, slow, fail].map((p) => [p.uid, 'Up']).sort());
+    expect(world.m.pending()).toEqual([]);
+    await waitFor('the healthy pods certified', async () => world.certOf('sa-a')?.state === 'Available' && world.certOf('sa-b')?.state === 'Available');
+    expect(world.certOf('sa-slow')?.state).toBe('Initializing');
     // The failing fetch is retried in the background, with a growing delay, and logged.
-    await waitFor('sa-fail asked three times', async () => (ca.asks.get('sa-fail') ?? 0) >= 3);
+    await waitFor('sa-fail asked three times', async () => (world.ca.asks.get('sa-fail') ?? 0) >= 3);
     const retries = log.filter((r) => r.msg === 'failed to fetch certificate, retrying' && r.uid === fail.uid);
     expect(retries.length).toBeGreaterThanOrEqual(2);
     expect(retries[0]).toMatchObject({ identity: 'spiffe://cluster.local/ns/ns1/sa/sa-fail' });
@@ -177,23 +93,23 @@ describe('pod certificates fetched in the background (real pods, ZDS, TLS)', () 
   });
 
   it('a connection made before the certificate arrives waits for it and is served once it does, inbound and outbound', async () => {
-    expect(certOf('sa-slow')?.state).toBe('Initializing');
+    expect(world.certOf('sa-slow')?.state).toBe('Initializing');
     const t0 = Date.now();
     // a → slow: a's tunnel reaches slow's 15008, whose handshake waits for slow's certificate.
-    const inbound = tryConnect(ns(a), slow.ip, 8080, 10_000);
+    const inbound = tryConnect(world.ns(a), slow.ip, 8080, 10_000);
     // slow → b: slow's outbound tunnel needs slow's certificate to dial.
-    const outbound = tryConnect(ns(slow), b.ip, 8080, 10_000);
+    const outbound = tryConnect(world.ns(slow), b.ip, 8080, 10_000);
     await waitFor('the inbound tunnel at slow', async () => log.some((r) => r.msg === 'inbound HBONE connection' && r.uid === slow.uid));
     await new Promise((r) => setTimeout(r, 500));
     expect(appSlow.clients).toEqual([]);
     expect(appB.clients).not.toContain(slow.ip);
-    ca.open();
+    world.ca.open();
     expect(await inbound).toBe('ok');
     expect(await outbound).toBe('ok');
     expect(Date.now() - t0).toBeLessThan(CONNECT_TIMEOUT_MS);
     expect(appSlow.clients).toEqual([a.ip]);
     expect(appB.clients).toContain(slow.ip);
-    expect(certOf('sa-slow')?.state).toBe('Available');
+    expect(world.certOf('sa-slow')?.state).toBe('Available');
     // Over mTLS: slow's side knows the caller by its certificate.
     const served = await waitFor('the inbound connection logged at slow', async () =>
       log.find((r) => r.msg === 'connection complete' && r.direction === 'inbound' && r['dst.workload'] === 'slow'),
@@ -202,10 +118,10 @@ describe('pod certificates fetched in the background (real pods, ZDS, TLS)', () 
   });
 
   it('fails closed when the CA keeps failing: no tunnel either way, no plaintext, nothing around the proxy', async () => {
-    expect(certOf('sa-fail')?.state).not.toBe('Available');
+    expect(world.certOf('sa-fail')?.state).not.toBe('Available');
     // Outbound: the tunnel waits for the certificate up to the connect timeout, then the connection is closed.
     const t0 = Date.now();
-    expect(await tryConnect(ns(fail), b.ip, 8080, 10_000)).not.toBe('ok');
+    expect(await tryConnect(world.ns(fail), b.ip, 8080, 10_000)).not.toBe('ok');
     expect(Date.now() - t0).toBeGreaterThanOrEqual(CONNECT_TIMEOUT_MS - 100);
     expect(appB.clients).not.toContain(fail.ip);
     const failed = await waitFor('the outbound failure logged', async () =>
@@ -214,11 +130,11 @@ describe('pod certificates fetched in the background (real pods, ZDS, TLS)', () 
     expect(failed.error).toMatch(/no certificate for spiffe:\/\/cluster\.local\/ns\/ns1\/sa\/sa-fail within 3000 ms \(.*UNAVAILABLE: istiod CA is unreachable\)/);
 
     // Inbound HBONE, from a TLS client that would be accepted: no handshake, the connection is closed.
-    const peer = await ca.ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/ns1/sa/sa-a' });
-    const socket = await connectTcp({ netns: ns(raw), family: 4, host: fail.ip, port: 15008, timeoutMs: 2000 });
+    const peer = await world.ca.ca.issueWorkloadCertificate({ identity: 'spiffe://cluster.local/ns/ns1/sa/sa-a' });
+    const socket = await connectTcp({ netns: world.ns(raw), family: 4, host: fail.ip, port: 15008, timeoutMs: 2000 });
     const t1 = Date.now();
     const outcome = await new Promise<string>((resolve) => {
-      const t = tls.connect({ socket, key: peer.keyPem, cert: peer.chainPem, ca: ca.ca.rootPem, ALPNProtocols: ['h2'], servername: 'fail', checkServerIdentity: () => undefined });
+      const t = tls.connect({ socket, key: peer.keyPem, cert: peer.chainPem, ca: world.ca.ca.rootPem, ALPNProtocols: ['h2'], servername: 'fail', checkServerIdentity: () => undefined });
       t.once('secureConnect', () => resolve('handshake completed'));
       t.once('error', (err) => resolve(`error: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
       t.once('close', () => resolve('closed'));
@@ -228,16 +144,16 @@ describe('pod certificates fetched in the background (real pods, ZDS, TLS)', () 
     await waitFor('the inbound refusal logged', async () => log.some((r) => r.msg === 'inbound HBONE connection closed: no certificate for this pod' && r.uid === fail.uid));
     expect(appFail.clients).toEqual([]);
     // The pod stays enrolled, its listeners up: its traffic never goes around the proxy.
-    expect(state(fail)?.state).toBe('Up');
+    expect(world.state(fail)?.state).toBe('Up');
   });
 
   it('a Del while the certificate is still failing stops the retries and holds nothing for the pod', async () => {
-    await zds.removeWorkload(fail.uid);
-    expect(state(fail)).toBeUndefined();
-    const asks = ca.asks.get('sa-fail') ?? 0;
+    await world.zds.removeWorkload(fail.uid);
+    expect(world.state(fail)).toBeUndefined();
+    const asks = world.ca.asks.get('sa-fail') ?? 0;
     await new Promise((r) => setTimeout(r, 1000));
-    expect(ca.asks.get('sa-fail') ?? 0).toBe(asks);
-    expect(certOf('sa-fail')).toBeUndefined();
+    expect(world.ca.asks.get('sa-fail') ?? 0).toBe(asks);
+    expect(world.certOf('sa-fail')).toBeUndefined();
     const listeners = await podListeners(fail);
     for (const port of [15001, 15006, 15008]) expect(listeners.get(port), `fail:${port}`).toBeUndefined();
   });
