@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HboneClient, createHboneServer, type HboneLogger, type HboneServer } from '../src/index.js';
-import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, makePki, roundTrip, tlsOf } from './helpers.js';
+import type { HboneLogger } from '../src/index.js';
+import { type HboneEcho, dial, hboneEcho, roundTrip } from './helpers.js';
 
 // Hooks written in plain JS (or typed `any`) can answer shapes the types forbid: a missing `return`
 // in an async branch, `{ allow: 'yes' }`, `{ allow: decision }`, a connect that resolves to nothing.
@@ -28,12 +28,7 @@ const verdicts: Record<string, () => unknown> = {
   'object-allow': () => ({ allow: true }),
 };
 
-let pki: Pki;
-let echo: TcpServer;
-let server: HboneServer;
-let port: number;
-let client: HboneClient;
-let connects = 0;
+let bed: HboneEcho;
 const unhandled: unknown[] = [];
 const onUnhandled = (r: unknown): void => void unhandled.push(r);
 const errors: string[] = [];
@@ -42,10 +37,7 @@ const logger: HboneLogger = { debug: noop, info: noop, warn: noop, error: (_obj,
 
 beforeAll(async () => {
   process.on('unhandledRejection', onUnhandled);
-  pki = await makePki();
-  echo = await echoServer();
-  server = createHboneServer({
-    tls: tlsOf(pki.server),
+  bed = await hboneEcho({
     logger,
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the point is shapes the types forbid
     authorize: ((_peer: unknown, _target: unknown, headers: { raw: Record<string, unknown> }) => verdicts[headers.raw['x-verdict'] as string]!()) as any,
@@ -54,31 +46,20 @@ beforeAll(async () => {
       return true;
     },
     connect: (t) => {
-      connects++;
       // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a JS connect with a missing return
       if (t.port === EMPTY_UPSTREAM_PORT) return Promise.resolve(undefined as any);
       return dial(t.port, t.host);
     },
   });
-  port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
-  client = new HboneClient({ tls: tlsOf(pki.client) });
 });
 
 afterAll(async () => {
   process.off('unhandledRejection', onUnhandled);
-  await client?.close({ deadlineMs: 200 });
-  await server?.close({ deadlineMs: 500 });
-  await echo?.close();
+  await bed?.close();
 });
 
-function open(verdict: string, targetPort = echo.port): Promise<unknown> {
-  return client.connect({
-    peer: { host: '127.0.0.1', port },
-    target: { host: '127.0.0.1', port: targetPort },
-    expectedIdentities: [SERVER_ID],
-    headers: { 'x-verdict': verdict },
-    signal: AbortSignal.timeout(5000),
-  });
+function open(verdict: string, targetPort?: number): Promise<unknown> {
+  return bed.open({ targetPort, headers: { 'x-verdict': verdict }, signal: AbortSignal.timeout(5000) });
 }
 
 /** Lets a rejection that nobody handles reach the process's 'unhandledRejection'. */
@@ -86,21 +67,21 @@ const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 100));
 
 describe('authorize answers the types forbid', () => {
   it.each(['async-undefined', 'async-null', 'sync-undefined', 'sync-null'])('%s is a 401, not an unhandled rejection', async (v) => {
-    const before = connects;
+    const before = bed.connects;
     await expect(open(v)).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 401 });
     await settle();
     expect(unhandled).toEqual([]);
-    expect(connects).toBe(before);
+    expect(bed.connects).toBe(before);
   });
 
   it.each(['allow-yes', 'allow-1', 'async-allow-1', 'allow-decision', 'status-without-allow-false', 'string', 'number'])(
     '%s is refused with 401 (only allow === true admits)',
     async (v) => {
-      const before = connects;
+      const before = bed.connects;
       await expect(open(v)).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 401 });
       await settle();
       expect(unhandled).toEqual([]);
-      expect(connects).toBe(before);
+      expect(bed.connects).toBe(before);
     },
   );
 
@@ -115,17 +96,17 @@ describe('authorize answers the types forbid', () => {
       const t = (await open(v)) as Duplex;
       expect((await roundTrip(t, Buffer.from(v))).toString()).toBe(v);
     }
-    expect(client.stats().sessions).toBe(1);
+    expect(bed.client.stats().sessions).toBe(1);
   });
 });
 
 describe('other hooks that throw or answer nothing', () => {
   it('a throwing validateTarget is a 400, not an unhandled rejection', async () => {
-    const before = connects;
+    const before = bed.connects;
     await expect(open('object-allow', THROWING_TARGET_PORT)).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 400 });
     await settle();
     expect(unhandled).toEqual([]);
-    expect(connects).toBe(before);
+    expect(bed.connects).toBe(before);
     expect(errors.some((m) => m.includes('validateTarget hook threw'))).toBe(true);
   });
 
@@ -135,6 +116,6 @@ describe('other hooks that throw or answer nothing', () => {
     expect(unhandled).toEqual([]);
     expect(errors.some((m) => m.includes('admitting the stream threw'))).toBe(true);
     // Nothing half-started stays behind: no tunnel, and the session carries on.
-    expect(server.stats()).toEqual({ sessions: 1, tunnels: 0 });
+    expect(bed.server.stats()).toEqual({ sessions: 1, tunnels: 0 });
   });
 });

@@ -1,8 +1,8 @@
 import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HboneClient, createHboneServer, type HboneAuthorizeResult, type HboneLogger, type HboneServer } from '../src/index.js';
-import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, makePki, roundTrip, tlsOf } from './helpers.js';
+import type { HboneAuthorizeResult, HboneLogger } from '../src/index.js';
+import { type HboneEcho, hboneEcho, roundTrip } from './helpers.js';
 import { Peers } from './peers.js';
 
 // What `authorize` answers, as a real client sees it: HboneClient's ERR_HBONE_STATUS, and python3-h2's
@@ -12,12 +12,7 @@ const SCRIPT = fileURLToPath(new URL('./peers/h2client.py', import.meta.url));
 const UNKNOWN_PORT = 9;
 
 const peers = new Peers();
-let pki: Pki;
-let echo: TcpServer;
-let server: HboneServer;
-let port: number;
-let client: HboneClient;
-let connects = 0;
+let bed: HboneEcho;
 const lines: { level: string; obj: Record<string, unknown>; msg: string }[] = [];
 
 function recorder(level: string): (obj: object, msg?: string) => void {
@@ -47,40 +42,21 @@ function verdictOf(name: string | undefined, targetPort: number): HboneAuthorize
 }
 
 beforeAll(async () => {
-  pki = await makePki();
-  echo = await echoServer();
-  server = createHboneServer({
-    tls: tlsOf(pki.server),
-    logger,
-    authorize: (_peer, target, headers) => verdictOf(headers.raw['x-verdict'] as string | undefined, target.port),
-    connect: (t) => {
-      connects++;
-      return dial(t.port, t.host);
-    },
-  });
-  port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
-  client = new HboneClient({ tls: tlsOf(pki.client) });
+  bed = await hboneEcho({ logger, authorize: (_peer, target, headers) => verdictOf(headers.raw['x-verdict'] as string | undefined, target.port) });
 });
 
 afterAll(async () => {
   await peers.stopAll();
-  await client?.close({ deadlineMs: 200 });
-  await server?.close({ deadlineMs: 500 });
-  await echo?.close();
+  await bed?.close();
 });
 
-function open(verdict: string | undefined, targetPort = echo.port): Promise<unknown> {
-  return client.connect({
-    peer: { host: '127.0.0.1', port },
-    target: { host: '127.0.0.1', port: targetPort },
-    expectedIdentities: [SERVER_ID],
-    ...(verdict === undefined ? {} : { headers: { 'x-verdict': verdict } }),
-  });
+function open(verdict: string | undefined, targetPort?: number): Promise<unknown> {
+  return bed.open({ targetPort, ...(verdict === undefined ? {} : { headers: { 'x-verdict': verdict } }) });
 }
 
 describe('authorize verdicts as statuses', () => {
   it('answers 401 for false and { allow: false }, the refusal status for { allow: false, status }, 401 for a throw or a status outside 400-599', async () => {
-    const before = connects;
+    const before = bed.connects;
     await expect(open('false')).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 401 });
     await expect(open('object-deny')).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 401 });
     await expect(open(undefined, UNKNOWN_PORT)).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 503 });
@@ -88,11 +64,11 @@ describe('authorize verdicts as statuses', () => {
     await expect(open('bad-status')).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 401 });
     await expect(open('throw')).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 401 });
     // Refused before the upstream: connect was never called.
-    expect(connects).toBe(before);
+    expect(bed.connects).toBe(before);
     // The session survives refusals, and { allow: true } admits.
     const t = (await open('object-allow')) as Duplex;
     expect((await roundTrip(t, Buffer.from('allowed'))).toString()).toBe('allowed');
-    expect(client.stats().sessions).toBe(1);
+    expect(bed.client.stats().sessions).toBe(1);
   });
 
   it('logs a denial as "denied by policy" and another status as "refused by authorize", with the reason', () => {
@@ -109,10 +85,10 @@ describe('authorize verdicts as statuses', () => {
 
   it('python3-h2 sees the same statuses: 503 for the refusal, 200 when admitted', async () => {
     const dir = await peers.tmp('py');
-    const f = await peers.files(dir, { 'client.key': pki.client.keyPem, 'client.crt': pki.client.chainPem, 'root.crt': pki.ca.rootPem });
+    const f = await peers.files(dir, { 'client.key': bed.pki.client.keyPem, 'client.crt': bed.pki.client.chainPem, 'root.crt': bed.pki.ca.rootPem });
     const py = (authority: string): Promise<{ out: string }> =>
-      peers.run(PYTHON, [SCRIPT, '127.0.0.1', String(port), authority, f['client.crt']!, f['client.key']!, f['root.crt']!, '10']);
+      peers.run(PYTHON, [SCRIPT, '127.0.0.1', String(bed.port), authority, f['client.crt']!, f['client.key']!, f['root.crt']!, '10']);
     expect((await py(`127.0.0.1:${UNKNOWN_PORT}`)).out).toContain('"status": 503');
-    expect((await py(`127.0.0.1:${echo.port}`)).out).toContain('"status": 200');
+    expect((await py(`127.0.0.1:${bed.echo.port}`)).out).toContain('"status": 200');
   });
 });

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { LocalCa, type WorkloadCertificate } from '@weir/pki';
-import type { HboneTlsOptions } from '../src/index.js';
+import { HboneClient, createHboneServer, type HboneServer, type HboneServerOptions, type HboneTlsOptions } from '../src/index.js';
 
 export const TD = 'cluster.local';
 export const SERVER_ID = `spiffe://${TD}/ns/server-ns/sa/server-sa`;
@@ -108,4 +108,66 @@ export async function exchange(d: Duplex, data: Buffer): Promise<Buffer> {
   d.write(data);
   await done;
   return Buffer.concat(chunks);
+}
+
+export interface HboneEcho {
+  pki: Pki;
+  echo: TcpServer;
+  server: HboneServer;
+  /** The HBONE server's port on 127.0.0.1. */
+  port: number;
+  client: HboneClient;
+  /** How many times the server called connect (reached for an upstream). */
+  connects: number;
+  /** A tunnel from `client` through `server` to 127.0.0.1:targetPort (default the echo server). */
+  open(o?: { targetPort?: number; headers?: Record<string, string>; signal?: AbortSignal }): Promise<Duplex>;
+  close(): Promise<void>;
+}
+
+/**
+ * An echo server behind an HBONE server (its TLS from a fresh PKI, the rest of its options from
+ * `options`; connect defaults to dialing the target) and a client trusting it.
+ */
+export async function hboneEcho(options: Omit<HboneServerOptions, 'tls' | 'connect'> & Partial<Pick<HboneServerOptions, 'connect'>>): Promise<HboneEcho> {
+  const pki = await makePki();
+  const echo = await echoServer();
+  const connect = options.connect ?? ((t) => dial(t.port, t.host));
+  const server = createHboneServer({
+    ...options,
+    tls: tlsOf(pki.server),
+    connect: (t, ctx) => {
+      bed.connects++;
+      return connect(t, ctx);
+    },
+  });
+  let port: number;
+  try {
+    port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
+  } catch (err) {
+    await echo.close();
+    throw err;
+  }
+  const client = new HboneClient({ tls: tlsOf(pki.client) });
+  const bed: HboneEcho = {
+    pki,
+    echo,
+    server,
+    port,
+    client,
+    connects: 0,
+    open: (o = {}) =>
+      client.connect({
+        peer: { host: '127.0.0.1', port },
+        target: { host: '127.0.0.1', port: o.targetPort ?? echo.port },
+        expectedIdentities: [SERVER_ID],
+        ...(o.headers ? { headers: o.headers } : {}),
+        ...(o.signal ? { signal: o.signal } : {}),
+      }),
+    close: async () => {
+      await client.close({ deadlineMs: 200 });
+      await server.close({ deadlineMs: 500 });
+      await echo.close();
+    },
+  };
+  return bed;
 }
