@@ -10,6 +10,20 @@ import { ENV_HELP } from './usage.js';
 const main = join(dirname(fileURLToPath(import.meta.url)), '../dist/main.js');
 const run = promisify(execFile);
 
+/** The environment of a ztunnel that starts here: JSON logs, no node agent yet (its socket is missing), servers on free ports. */
+function startEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH ?? '',
+    LOG_FORMAT: 'json',
+    INPOD_UDS: `/tmp/weir-ztunnel-test-${process.pid}/missing.sock`,
+    WEIR_ADMIN_ADDR: '127.0.0.1:0',
+    WEIR_METRICS_ADDR: '127.0.0.1:0',
+    WEIR_READINESS_ADDR: '127.0.0.1:0',
+    CONNECTION_TERMINATION_DEADLINE: '100ms',
+    ...extra,
+  };
+}
+
 describe('weir-ztunnel', () => {
   it('refuses to start on a bad value, naming each bad variable', async () => {
     const err = await run(process.execPath, [main], {
@@ -34,15 +48,7 @@ describe('weir-ztunnel', () => {
 
   it('logs JSON with LOG_FORMAT=json and exits 0 after draining on SIGTERM', async () => {
     const child = spawn(process.execPath, [main, 'proxy', 'ztunnel'], {
-      env: {
-        PATH: process.env.PATH ?? '',
-        LOG_FORMAT: 'json',
-        INPOD_UDS: `/tmp/weir-ztunnel-test-${process.pid}/missing.sock`,
-        WEIR_ADMIN_ADDR: '127.0.0.1:0',
-        WEIR_METRICS_ADDR: '127.0.0.1:0',
-        WEIR_READINESS_ADDR: '127.0.0.1:0',
-        CONNECTION_TERMINATION_DEADLINE: '100ms',
-      },
+      env: startEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -67,17 +73,7 @@ describe('weir-ztunnel', () => {
 
   it('takes the HBONE buffer budget from WEIR_HBONE_BUFFER_BUDGET / WEIR_HBONE_SESSION_BUFFER_BUDGET (its limit metric shows it)', async () => {
     const child = spawn(process.execPath, [main], {
-      env: {
-        PATH: process.env.PATH ?? '',
-        LOG_FORMAT: 'json',
-        INPOD_UDS: `/tmp/weir-ztunnel-test-${process.pid}/missing.sock`,
-        WEIR_ADMIN_ADDR: '127.0.0.1:0',
-        WEIR_METRICS_ADDR: '127.0.0.1:0',
-        WEIR_READINESS_ADDR: '127.0.0.1:0',
-        CONNECTION_TERMINATION_DEADLINE: '100ms',
-        WEIR_HBONE_BUFFER_BUDGET: '96Mi',
-        WEIR_HBONE_SESSION_BUFFER_BUDGET: '8Mi',
-      },
+      env: startEnv({ WEIR_HBONE_BUFFER_BUDGET: '96Mi', WEIR_HBONE_SESSION_BUFFER_BUDGET: '8Mi' }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     try {
