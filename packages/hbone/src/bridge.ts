@@ -146,15 +146,7 @@ function onTunnelData(this: Side, chunk: Buffer): void {
     setImmediate(uncorkSocket, b);
   }
   dst.write(chunk);
-  if (dst.writableLength >= b.toSocketLimit) {
-    this.pause();
-    // 'drain' fires once the writer's buffer empties after a write that went over its high-water
-    // mark (never from inside write()), so a listener added now hears it.
-    if ((b.flags & SOCKET_DRAIN) === 0) {
-      b.flags |= SOCKET_DRAIN;
-      dst.on('drain', onSocketDrain);
-    }
-  }
+  if (dst.writableLength >= b.toSocketLimit) pauseUntilDrained(b, this, dst, SOCKET_DRAIN);
 }
 
 function onSocketData(this: Side, chunk: Buffer): void {
@@ -171,12 +163,17 @@ function onSocketData(this: Side, chunk: Buffer): void {
     setImmediate(uncorkTunnel, b);
   }
   dst.write(chunk);
-  if (dst.writableLength >= b.toTunnelLimit) {
-    this.pause();
-    if ((b.flags & TUNNEL_DRAIN) === 0) {
-      b.flags |= TUNNEL_DRAIN;
-      dst.on('drain', onTunnelDrain);
-    }
+  if (dst.writableLength >= b.toTunnelLimit) pauseUntilDrained(b, this, dst, TUNNEL_DRAIN);
+}
+
+/** `src` wrote past `dst`'s limit: paused until `dst` drains (its listener added once, at its first pause). */
+function pauseUntilDrained(b: Bridge, src: Side, dst: Duplex, drainFlag: number): void {
+  src.pause();
+  // 'drain' fires once the writer's buffer empties after a write that went over its high-water
+  // mark (never from inside write()), so a listener added now hears it.
+  if ((b.flags & drainFlag) === 0) {
+    b.flags |= drainFlag;
+    dst.on('drain', onWriterDrain);
   }
 }
 
@@ -190,14 +187,10 @@ function uncorkTunnel(b: Bridge): void {
   b.tunnel.uncork();
 }
 
-function onTunnelDrain(this: Side): void {
-  const src = this[kBridge]!.socket;
-  if (src.isPaused()) src.resume();
-}
-
-function onSocketDrain(this: Side): void {
-  const src = this[kBridge]!.tunnel;
-  if (src.isPaused()) src.resume();
+/** A writer drained: its source, the other side, reads again. */
+function onWriterDrain(this: Side): void {
+  const src = bridgedPeer(this);
+  if (src?.isPaused()) src.resume();
 }
 
 // nghttp2 ends a stream's readable before Node records an RST_STREAM's code: look again after

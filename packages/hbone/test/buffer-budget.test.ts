@@ -115,19 +115,26 @@ async function budgetedServer(lines: Line[], connect: HboneServerOptions['connec
 /** The client certificate, key and root, as the peer scripts take them. */
 const peerTls = (): { key: string; cert: string; ca: string } => ({ key: files['client.key'] as string, cert: files['client.crt'] as string, ca: files['root.crt'] as string });
 
+/**
+ * Starts test/peers/`name` with `cfg` (JSON on argv): `ready` once it printed READY, `result` its
+ * report line (the JSON it prints when done).
+ */
+function peerScript(name: string, cfg: object): { ready: Promise<string>; result: Promise<string> } {
+  const child = peers.spawn(process.execPath, [fileURLToPath(new URL(`./peers/${name}`, import.meta.url)), JSON.stringify(cfg)]);
+  const result = lineFrom(child, (l) => l.startsWith('{'), 30_000);
+  result.catch(() => {});
+  return { ready: lineFrom(child, (l) => l === 'READY', 15_000), result };
+}
+
 describe('buffer budget: inbound (15008 side)', () => {
   it('one session × 200 streams into an app that stopped reading: the largest tunnels are reset, new streams refused, memory stays bounded, other sessions flow', async () => {
     const lines: Line[] = [];
     // Port 9 is the app that stopped reading; the kernel buffers of a real socket would only slow the flood down.
     const { server, port } = await budgetedServer(lines, (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)));
-    const script = fileURLToPath(new URL('./peers/h2flood.mjs', import.meta.url));
-    const cfg = { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 9 };
-    const flood = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
-    const result = lineFrom(flood, (l) => l.startsWith('{'), 30_000);
-    result.catch(() => {});
+    const { ready, result } = peerScript('h2flood.mjs', { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 9 });
     const legit = new HboneClient({ tls: tlsOf(pki.client) });
     try {
-      await lineFrom(flood, (l) => l === 'READY', 15_000);
+      await ready;
       // A client on a session of its own moves 8 MiB both ways while the flood runs.
       const transfer = (async () => {
         const t = await legit.connect({ peer: { host: '127.0.0.1', port }, target: { host: '127.0.0.1', port: echo.port }, expectedIdentities: [SERVER_ID] });
@@ -164,13 +171,9 @@ describe('buffer budget: inbound (15008 side)', () => {
     const lines: Line[] = [];
     // An app whose accept queue is full: the connect neither succeeds nor fails until the client gives up.
     const { server, port } = await budgetedServer(lines, (_t, ctx) => new Promise((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error))));
-    const script = fileURLToPath(new URL('./peers/h2flood.mjs', import.meta.url));
-    const cfg = { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 8, early: true };
-    const flood = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
-    const result = lineFrom(flood, (l) => l.startsWith('{'), 30_000);
-    result.catch(() => {});
+    const { ready, result } = peerScript('h2flood.mjs', { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 8, early: true });
     try {
-      await lineFrom(flood, (l) => l === 'READY', 15_000);
+      await ready;
       const growthMiB = await watchRss(6000, 150);
       // Uncounted until a tunnel: 200 × the 1 MiB stream window, refilled as fast as the flood comes, for as long as
       // the connect takes. Counted, the session stays at its 8 MiB; the rest is the shed streams' chunks V8 and
@@ -188,13 +191,9 @@ describe('buffer budget: inbound (15008 side)', () => {
     const lines: Line[] = [];
     const sink = await tcpServer((s) => s.resume());
     const { server, port } = await budgetedServer(lines, (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)));
-    const script = fileURLToPath(new URL('./peers/h2interleave.mjs', import.meta.url));
-    const cfg = { port, ...peerTls(), stalled: '127.0.0.1:9', sink: `127.0.0.1:${sink.port}`, streams: 20, seconds: 9 };
-    const p = peers.spawn(process.execPath, [script, JSON.stringify(cfg)]);
-    const result = lineFrom(p, (l) => l.startsWith('{'), 30_000);
-    result.catch(() => {});
+    const { ready, result } = peerScript('h2interleave.mjs', { port, ...peerTls(), stalled: '127.0.0.1:9', sink: `127.0.0.1:${sink.port}`, streams: 20, seconds: 9 });
     try {
-      await lineFrom(p, (l) => l === 'READY', 15_000);
+      await ready;
       const growthMiB = await watchRss(7000, 200);
       // Counting bytes only: ~20 bytes per turn counted, a JS Buffer per byte and the read buffers they
       // are slices of kept (+60 MiB/s here). What remains is V8 collecting the reset tunnels' chunks late.

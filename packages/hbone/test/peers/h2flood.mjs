@@ -4,19 +4,10 @@
 // argv[2]: JSON { port, key, cert, ca, authority, streams, seconds, early? }. Streams reset or refused are
 // opened again. Prints `READY` once every stream was answered the first time (early: opened), then one JSON line
 // with what happened: { ok, status: {code: n}, resets: {code: n}, written } and exits.
-import { readFileSync } from 'node:fs';
-import * as http2 from 'node:http2';
+import { connectPeer, reportAfter } from './client-session.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const pem = (f) => readFileSync(f);
-const session = http2.connect(`https://127.0.0.1:${cfg.port}`, {
-  key: pem(cfg.key),
-  cert: pem(cfg.cert),
-  ca: pem(cfg.ca),
-  checkServerIdentity: () => undefined,
-  ALPNProtocols: ['h2'],
-});
-session.on('error', (e) => console.error(`session error ${e.message}`));
+const session = connectPeer(cfg);
 const out = { ok: 0, status: {}, resets: {}, written: 0 };
 const chunk = Buffer.alloc(64 * 1024, 7);
 let answered = 0;
@@ -59,9 +50,6 @@ function open() {
 session.once('remoteSettings', () => {
   for (let i = 0; i < cfg.streams; i++) open();
 });
-setTimeout(() => {
+reportAfter(cfg.seconds, session, out, () => {
   stopping = true;
-  console.log(JSON.stringify(out));
-  session.destroy();
-  setTimeout(() => process.exit(0), 100);
-}, cfg.seconds * 1000);
+});

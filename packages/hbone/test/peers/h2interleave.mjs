@@ -4,13 +4,10 @@
 // records as 64 KiB for a stream whose app reads everything. Node keeps each byte as a slice of the
 // buffer the session read it in. argv[2]: JSON { port, key, cert, ca, stalled, sink, streams, seconds }.
 // Prints `READY` once all streams are answered, then one JSON line { ok, status, resets, turns }.
-import { readFileSync } from 'node:fs';
-import * as http2 from 'node:http2';
+import { connectPeer, reportAfter } from './client-session.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const pem = (f) => readFileSync(f);
-const session = http2.connect(`https://127.0.0.1:${cfg.port}`, { key: pem(cfg.key), cert: pem(cfg.cert), ca: pem(cfg.ca), checkServerIdentity: () => undefined });
-session.on('error', (e) => console.error(`session error ${e.message}`));
+const session = connectPeer(cfg);
 const out = { ok: 0, status: {}, resets: {}, turns: 0 };
 const tiny = [];
 let bulk;
@@ -71,9 +68,6 @@ session.once('remoteSettings', () => {
     req.once('close', () => setTimeout(() => reopenTiny(i), 20));
   }
 });
-setTimeout(() => {
+reportAfter(cfg.seconds, session, out, () => {
   stopping = true;
-  console.log(JSON.stringify(out));
-  session.destroy();
-  setTimeout(() => process.exit(0), 100);
-}, cfg.seconds * 1000);
+});
