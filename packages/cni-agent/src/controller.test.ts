@@ -150,6 +150,13 @@ async function until(cond: () => boolean): Promise<void> {
 
 const now = (): bigint => process.hrtime.bigint();
 
+/** A promise held until `open()`: a slow API write, a ztunnel that has not acked yet. */
+function gate(): { held: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const held = new Promise<void>((r) => (open = r));
+  return { held, open };
+}
+
 describe('PodController', () => {
   it('cmdAdd resolves only once rules, probe ipset and ztunnel are done, then annotates', async () => {
     const p = new Ports();
@@ -165,10 +172,9 @@ describe('PodController', () => {
   it('the redirection annotation holds no capture slot: slow API writes do not delay other pods', async () => {
     const p = new Ports();
     const c = controller(p);
-    let release!: () => void;
-    const apiBlocked = new Promise<void>((r) => (release = r));
+    const api = gate();
     p.source.setRedirection = async (x, v) => {
-      await apiBlocked;
+      await api.held;
       p.annotations.set(x.uid, v);
     };
     // concurrency 3: with the annotation inside the slot, the fourth capture would wait for the API.
@@ -177,7 +183,7 @@ describe('PodController', () => {
     const late = pod('s3');
     await c.cmdAdd(late, join(dir, 's3'), [], now(), 2000);
     expect(p.annotations.size).toBe(0);
-    release();
+    api.open();
     await until(() => ['s0', 's1', 's2', 's3'].every((n) => p.annotations.get(`uid-${n}`) === 'enabled'));
     await c.stop();
   });
@@ -185,10 +191,9 @@ describe('PodController', () => {
   it('report(): an Event write waits while captures run or wait (a burst keeps the CPU for captures), then runs; a failed one throws nowhere', async () => {
     const p = new Ports();
     const c = controller(p);
-    let open!: () => void;
-    const held = new Promise<void>((r) => (open = r));
+    const ack = gate();
     let holding = false;
-    p.zdsGate = (path) => (path.endsWith('/held') ? ((holding = true), held) : undefined);
+    p.zdsGate = (path) => (path.endsWith('/held') ? ((holding = true), ack.held) : undefined);
     const slow = c.cmdAdd(pod('held'), join(dir, 'held'), [], now(), 5000);
     await until(() => holding);
     const written: string[] = [];
@@ -198,7 +203,7 @@ describe('PodController', () => {
     });
     await new Promise((r) => setTimeout(r, 200));
     expect(written).toEqual([]);
-    open();
+    ack.open();
     await slow;
     await until(() => written.length === 1);
     await c.stop();
@@ -432,14 +437,13 @@ describe('PodController', () => {
       const p = new Ports();
       const c = controller(p);
       const { s1, s2 } = sandboxes();
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
-      p.zdsGate = (path) => (path === s1 ? gate : undefined);
+      const ack = gate();
+      p.zdsGate = (path) => (path === s1 ? ack.held : undefined);
       const web = pod('web', { netnsPath: undefined });
       await expect(c.cmdAdd(web, s1, [], now(), 100)).rejects.toThrow(/not captured within 100 ms/);
       const add2 = c.cmdAdd(web, s2, [], now(), 3000).then(() => [...p.trace]);
       await new Promise((r) => setTimeout(r, 30));
-      release();
+      ack.open();
       const atAnswer = await add2;
       expect(atAnswer).toEqual(['apply web s1', 'zds add uid-web s1', 'apply web s2', 'zds add uid-web s2']);
       expect(c.status()[0]).toMatchObject({ state: 'captured', netns: s2 });
