@@ -54,6 +54,11 @@ export interface InpodManagerOptions {
    * sends the Del, would otherwise leave a proxy in a dead netns. Default 10000; 0: never.
    */
   sandboxCheckMs?: number;
+  /**
+   * The longest a started pod's certificate prefetch waits for the ZDS Adds to quiet down: a steady
+   * stream of Adds delays the certificates by at most this, never starves them. Default 1000.
+   */
+  prefetchMaxDelayMs?: number;
 }
 
 // Kubernetes object names: a namespace is a DNS-1123 label, pod and service account names are
@@ -82,10 +87,6 @@ function checkAdd(ev: ZdsAddEvent): void {
 
 const ignore = (): void => {};
 
-/**
- * The longest a started pod's certificate prefetch waits for the ZDS Adds to quiet down: a steady
- * stream of Adds delays the certificates by at most this, never starves them.
- */
 const PREFETCH_MAX_DELAY_MS = 1000;
 
 // <linux/rtnetlink.h>, <linux/if_addr.h>
@@ -160,13 +161,15 @@ export class InpodManager implements ZdsHandler {
   #addsInFlight = 0;
   /** Started proxies' first certificate fetches not run yet, oldest first, with when each was queued. */
   readonly #prefetches: { fetch: () => void; at: number }[] = [];
-  /** Wakes the pump when the oldest is due (PREFETCH_MAX_DELAY_MS after it was queued), Adds or not. */
+  /** Wakes the pump when the oldest is due (prefetchMaxDelayMs after it was queued), Adds or not. */
   #prefetchDeadline: NodeJS.Timeout | undefined;
   /** The pump's next turn (#pumpPrefetches). */
   #prefetchTurn: NodeJS.Immediate | undefined;
+  readonly #prefetchMaxDelayMs: number;
 
   constructor(o: InpodManagerOptions) {
     this.#o = o;
+    this.#prefetchMaxDelayMs = o.prefetchMaxDelayMs ?? PREFETCH_MAX_DELAY_MS;
     this.#log = o.logger.child({ component: 'inpod' });
     const own = currentNetns();
     this.#ownNetns = own.id;
@@ -225,7 +228,7 @@ export class InpodManager implements ZdsHandler {
    * The proxies' prefetch scheduler. A pod's certificate (key generation, CSR, the CA's answer) costs
    * this thread a share of an enrollment: in a burst of Adds it would delay the next pods' acks, which
    * the node agent's CNI ADDs wait for. So the fetches wait until no Add is being worked on, at most
-   * PREFETCH_MAX_DELAY_MS; a connection that needs the certificate before then starts it itself.
+   * prefetchMaxDelayMs; a connection that needs the certificate before then starts it itself.
    */
   readonly #queuePrefetch = (fetch: () => void): void => {
     if (this.#closed) return;
@@ -243,7 +246,7 @@ export class InpodManager implements ZdsHandler {
   #armPrefetchDeadline(): void {
     const oldest = this.#prefetches[0];
     if (oldest === undefined || this.#prefetchDeadline !== undefined) return;
-    const wait = Math.max(0, oldest.at + PREFETCH_MAX_DELAY_MS - Date.now());
+    const wait = Math.max(0, oldest.at + this.#prefetchMaxDelayMs - Date.now());
     this.#prefetchDeadline = setTimeout(() => {
       this.#prefetchDeadline = undefined;
       this.#schedulePump();
@@ -259,7 +262,7 @@ export class InpodManager implements ZdsHandler {
     this.#prefetchTurn = undefined;
     const next = this.#prefetches[0];
     if (next === undefined || this.#closed) return;
-    if (this.#addsInFlight > 0 && Date.now() - next.at < PREFETCH_MAX_DELAY_MS) return this.#armPrefetchDeadline();
+    if (this.#addsInFlight > 0 && Date.now() - next.at < this.#prefetchMaxDelayMs) return this.#armPrefetchDeadline();
     this.#prefetches.shift();
     clearTimeout(this.#prefetchDeadline);
     this.#prefetchDeadline = undefined;

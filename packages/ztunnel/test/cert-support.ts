@@ -8,7 +8,7 @@ import { LocalCa } from '@weir/pki';
 import { ZdsClient, ZdsServer, type ZdsHandler } from '@weir/redirect-protocol';
 import { Topology, type TopologyPod } from '@weir/topology';
 import { IdentityManager, type CertificateSource } from '../src/identity.js';
-import { InpodManager, type ProxyFactoryOptions } from '../src/inpod-manager.js';
+import { InpodManager, type InpodManagerOptions, type ProxyFactoryOptions } from '../src/inpod-manager.js';
 import { parseLocalConfig } from '../src/local-config.js';
 import { createLogger, type Logger } from '../src/logger.js';
 import { ZtunnelMetrics } from '../src/metrics.js';
@@ -35,6 +35,8 @@ export interface CertWorldOptions<C extends CertificateSource, N extends string>
   ca: (local: LocalCa) => C;
   /** Overrides of the proxies' options (connectTimeoutMs, certificateRetry, maxCertificateWaiters…). */
   proxy?: Partial<ProxyFactoryOptions>;
+  /** Overrides of the manager's options (prefetchMaxDelayMs…). */
+  manager?: Partial<Omit<InpodManagerOptions, 'proxy' | 'metrics' | 'logger'>>;
   /** Keep the debug log as JSON records in `log` (default); false: a silent logger. */
   log?: boolean;
   /** What the ZDS client drives, given the manager; default the manager itself. */
@@ -92,7 +94,7 @@ export class CertWorld<C extends CertificateSource, N extends string> {
         ? createLogger({ write: () => {} })
         : createLogger({ level: 'debug', format: 'json', write: (l) => this.log.push(JSON.parse(l) as LogRecord) })
     ).logger;
-    this.m = new InpodManager({ proxy: this.proxy, metrics: this.metrics, logger: this.logger, retryMs: 300 });
+    this.m = new InpodManager({ retryMs: 300, ...this.o.manager, proxy: this.proxy, metrics: this.metrics, logger: this.logger });
     this.zds = new ZdsServer({ path: join(this.#dir, 'zds.sock'), ackTimeoutMs: 5000 });
     await this.zds.start();
     this.#client = new ZdsClient({ path: this.zds.path, backoff: { initialMs: 10, maxMs: 100 } });
