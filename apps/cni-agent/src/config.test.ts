@@ -17,6 +17,7 @@ describe('parseConfig', () => {
       'ready-address': { host: '0.0.0.0', port: 8000 },
       'exclude-namespaces': ['kube-system'],
       'drift-interval': 30_000,
+      'capture-concurrency': 8,
       'log-format': 'text',
     });
   });
@@ -59,7 +60,7 @@ describe('parseConfig', () => {
   });
 
   it('reads the environment, and flags win over it', () => {
-    const env = { NODE_NAME: 'env-node', REDIRECT_MODE: 'redirect', DNS_CAPTURE: 'true', LOG_FORMAT: 'json', READY_ADDRESS: '[::1]:9000', KUBE_API: 'http://127.0.0.1:6443', EXCLUDE_NAMESPACES: 'a, b', DRIFT_INTERVAL: '500ms' };
+    const env = { NODE_NAME: 'env-node', REDIRECT_MODE: 'redirect', DNS_CAPTURE: 'true', LOG_FORMAT: 'json', READY_ADDRESS: '[::1]:9000', KUBE_API: 'http://127.0.0.1:6443', EXCLUDE_NAMESPACES: 'a, b', DRIFT_INTERVAL: '500ms', CAPTURE_CONCURRENCY: '2' };
     const r = parseConfig(['--node-name', 'flag-node'], env);
     expect(r.ok && r.config).toMatchObject({
       'node-name': 'flag-node',
@@ -70,6 +71,7 @@ describe('parseConfig', () => {
       'kube-api': 'http://127.0.0.1:6443',
       'exclude-namespaces': ['a', 'b'],
       'drift-interval': 500,
+      'capture-concurrency': 2,
     });
   });
 
@@ -79,7 +81,7 @@ describe('parseConfig', () => {
   });
 
   it('reports every bad field on its own line, naming flag and variable', () => {
-    const r = parseConfig(['--mode', 'ebpf', '--ready-address', 'nope', '--kube-api', 'http://x:1', '--kubeconfig', 'k', '--install'], {});
+    const r = parseConfig(['--mode', 'ebpf', '--ready-address', 'nope', '--kube-api', 'http://x:1', '--kubeconfig', 'k', '--install', '--capture-concurrency', '0'], {});
     expect(r.ok).toBe(false);
     if (r.ok) return;
     expect(r.errors).toEqual(
@@ -89,8 +91,13 @@ describe('parseConfig', () => {
         expect.stringMatching(/^--ready-address \(READY_ADDRESS\): host:port/),
         expect.stringMatching(/^--pods-file \(PODS_FILE\): choose one pod source, got kubeconfig and kube-api/),
         '--plugin-binary (CNI_PLUGIN_BINARY): required with --install',
+        '--capture-concurrency (CAPTURE_CONCURRENCY): a whole number from 1 to 64',
       ]),
     );
+    for (const bad of ['eight', '2.5', '65', '0x10']) {
+      const r2 = parseConfig(['--node-name', 'n', '--capture-concurrency', bad], {});
+      expect(r2.ok ? [] : r2.errors, bad).toEqual(['--capture-concurrency (CAPTURE_CONCURRENCY): a whole number from 1 to 64']);
+    }
     expect(parseConfig(['--nope'], {}).ok).toBe(false);
     expect(parseConfig(['frobnicate', '--node-name', 'n'], {})).toEqual({ ok: false, errors: ['unknown command frobnicate'] });
     expect(parseConfig(['uninstall', '--node-name', 'n'], {})).toMatchObject({ ok: true, command: 'uninstall' });

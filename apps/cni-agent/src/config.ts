@@ -17,6 +17,7 @@ const ENV: Record<string, string> = {
   'probe-snat-ip': 'PROBE_SNAT_IP',
   'probe-snat-ipv6': 'PROBE_SNAT_IPV6',
   'drift-interval': 'DRIFT_INTERVAL',
+  'capture-concurrency': 'CAPTURE_CONCURRENCY',
   'capture-bypass': 'CAPTURE_BYPASS',
   'runtime-default-caps': 'RUNTIME_DEFAULT_CAPS',
   'iptables-backend': 'IPTABLES_BACKEND',
@@ -88,6 +89,13 @@ export const configSchema = z
     'probe-snat-ip': z.ipv4().default('169.254.7.127'),
     'probe-snat-ipv6': z.ipv6().default('fd16:9254:7127:1337:ffff:ffff:ffff:ffff'),
     'drift-interval': duration.default(30_000),
+    // Pods captured at once (netns work, rules, the ztunnel ack); more wait for a slot, in order.
+    'capture-concurrency': z
+      .string()
+      .regex(/^[1-9]\d?$/, 'a whole number from 1 to 64')
+      .transform(Number)
+      .refine((n) => n <= 64, 'a whole number from 1 to 64')
+      .default(8),
     // Pods with a container holding NET_RAW/NET_ADMIN (or privileged) can set SO_MARK and skip
     // capture: warn (log + Event + metric), enforce (refuse their CNI ADD: they do not start), off.
     'capture-bypass': z.enum(['warn', 'enforce', 'off']).default('warn'),
@@ -148,6 +156,7 @@ export const USAGE = `usage: weir-cni-agent [run|uninstall] [--flag value ...]
   --exclude-namespaces A,B    (EXCLUDE_NAMESPACES, kube-system)
   --probe-snat-ip IP          (PROBE_SNAT_IP, 169.254.7.127)
   --drift-interval 30s        (DRIFT_INTERVAL; 0 disables)
+  --capture-concurrency N     (CAPTURE_CONCURRENCY, 8): pods captured at once; the rest wait in order
   --capture-bypass warn|enforce|off  (CAPTURE_BYPASS, warn): pods whose containers keep NET_RAW or
                               NET_ADMIN (or are privileged) can set SO_MARK and skip ztunnel; enforce
                               refuses their CNI ADD (the pod does not start)

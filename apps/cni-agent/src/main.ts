@@ -101,6 +101,7 @@ async function main(): Promise<number> {
       dnsCapture: c['dns-capture'],
       ipv6: c.ipv6,
       captureBypass: c['capture-bypass'],
+      captureConcurrency: c['capture-concurrency'],
       excludeNamespaces: c['exclude-namespaces'].join(','),
       ready: `${c['ready-address'].host}:${c['ready-address'].port}`,
     },
@@ -115,6 +116,7 @@ async function main(): Promise<number> {
     rules: rulesOptions,
     health: c['ready-address'],
     driftIntervalMs: c['drift-interval'],
+    concurrency: c['capture-concurrency'],
     captureBypass: {
       mode: c['capture-bypass'],
       runtimeDefaultCapabilities: Array.isArray(c['runtime-default-caps']) ? c['runtime-default-caps'] : RUNTIME_DEFAULT_CAPABILITIES[c['runtime-default-caps']],
