@@ -44,7 +44,7 @@ const variants: [string, string[]][] = [
   ['k3s', ['profile=k3s']],
   ['minikube', ['profile=minikube']],
   ['gke', ['profile=gke']],
-  ['everything on', ['ipv6=true', 'dnsCapture=true', 'redirectMode=redirect', 'iptablesBackend=nft', 'logLevel=debug', 'logFormat=json', 'istiod.address=istiod.istio-system.svc:15012', 'ca.secretName=weir-ca', 'excludedNamespaces={kube-system,monitoring}', 'image.pullSecrets={regcred}']],
+  ['everything on', ['ipv6=true', 'dnsCapture=true', 'redirectMode=redirect', 'iptablesBackend=nft', 'logLevel=debug', 'logFormat=json', 'istiod.address=istiod.istio-system.svc:15012', 'ca.secretName=weir-ca', 'excludedNamespaces={kube-system,monitoring}', 'image.pullSecrets={regcred}', 'agent.captureConcurrency=4']],
 ];
 
 it('helm lint --strict passes for the defaults and every profile', async () => {
