@@ -17,7 +17,8 @@
 // BENCH_AGENT_LOG=<file>: the agent logs at debug (its `capture timings` lines say where each
 // capture's time went: waiting for a slot, netns, rules, ztunnel's ack) and the log is copied there.
 // BENCH_PERF=<dir>: `perf record -g` (999 Hz) on the agent and its commands, and on ztunnel, during the
-// burst, to <dir>/perf-{agent,ztunnel}-burst.data (both run with --perf-basic-prof: JS frames have names).
+// burst, to <dir>/perf-{agent,ztunnel}-burst.data (both run with --perf-basic-prof and
+// --interpreted-frames-native-stack: JS frames have names, interpreted and baseline ones too).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -240,7 +241,7 @@ try {
     cmd: process.execPath,
     args: [
       ...prof('agent'),
-      ...(perfDir ? ['--perf-basic-prof'] : []),
+      ...(perfDir ? ['--perf-basic-prof', '--interpreted-frames-native-stack'] : []),
       AGENT,
       '--node-name', 'n1',
       '--kubeconfig', kubeconfig,
@@ -258,7 +259,7 @@ try {
   ztunnel = await node.spawn({
     name: 'weir-ztunnel',
     cmd: process.execPath,
-    args: [...prof('ztunnel'), ...(perfDir ? ['--perf-basic-prof'] : []), ZTUNNEL],
+    args: [...prof('ztunnel'), ...(perfDir ? ['--perf-basic-prof', '--interpreted-frames-native-stack'] : []), ZTUNNEL],
     env: { INPOD_UDS: zdsSocket, NODE_NAME: 'n1', CONNECTION_TERMINATION_DEADLINE: '1s' },
   });
   const curl = async (url) => {
