@@ -395,39 +395,55 @@ const rssOf = async (p) => {
     await new Promise((r) => setTimeout(r, 20));
   }
 };
-const rs = ws; // reuse the Weir server from the latency run (already warm)
-const rc = node('weir-rss', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, n: TUNNELS });
-const [, clientBaseText, clientBaseHeap, clientBaseYoung] = await waitLine(rc, /BASE (\d+) HEAP (\d+) YOUNG (\d+)/, 60_000);
-const clientBase = Number(clientBaseText);
-const serverBaseAll = await rssOf(rs);
-const serverBase = serverBaseAll.rss;
-rc.stdin.write('next\n');
-const clientMid = Number((await waitLine(rc, /MID (\d+)/, 180_000))[1]);
-const serverMid = (await rssOf(rs)).rss;
-rc.stdin.write('next\n');
-const [, clientEndText, nText, sessionsText, clientEndHeap, clientEndYoung] = await waitLine(rc, /END (\d+) (\d+) (\d+) HEAP (\d+) YOUNG (\d+)/, 180_000);
-const serverEndAll = await rssOf(rs);
-const serverEnd = serverEndAll.rss;
-await stop(rc, rs);
-const n = Number(nText);
-const kib = (bytes, count) => Number((bytes / count / 1024).toFixed(2));
-const rss = {
-  client: kib(Number(clientEndText) - clientBase, n),
-  server: kib(serverEnd - serverBase, n),
-  // Second half only: what each further tunnel costs once heaps and pools have their size.
-  marginal: kib(Number(clientEndText) - clientMid + (serverEnd - serverMid), n - Math.floor(n / 2)),
-};
+/**
+ * RSS growth of a client process opening TUNNELS idle tunnels through a server process (both report
+ * after a GC at the start, the middle and the end), per tunnel in KiB, with the live JS heap and
+ * young generation parts.
+ */
+async function idleGrowth(rc, rs) {
+  const [, clientBaseText, clientBaseHeap, clientBaseYoung] = await waitLine(rc, /BASE (\d+) HEAP (\d+) YOUNG (\d+)/, 60_000);
+  const clientBase = Number(clientBaseText);
+  const serverBaseAll = await rssOf(rs);
+  const serverBase = serverBaseAll.rss;
+  rc.stdin.write('next\n');
+  const clientMid = Number((await waitLine(rc, /MID (\d+)/, 180_000))[1]);
+  const serverMid = (await rssOf(rs)).rss;
+  rc.stdin.write('next\n');
+  const [, clientEndText, nText, sessionsText, clientEndHeap, clientEndYoung] = await waitLine(rc, /END (\d+) (\d+) (\d+) HEAP (\d+) YOUNG (\d+)/, 180_000);
+  const serverEndAll = await rssOf(rs);
+  const serverEnd = serverEndAll.rss;
+  await stop(rc, rs);
+  const n = Number(nText);
+  const kib = (bytes, count) => Number((bytes / count / 1024).toFixed(2));
+  return {
+    n,
+    sessions: sessionsText,
+    client: kib(Number(clientEndText) - clientBase, n),
+    server: kib(serverEnd - serverBase, n),
+    // Second half only: what each further tunnel costs once heaps and pools have their size.
+    marginal: kib(Number(clientEndText) - clientMid + (serverEnd - serverMid), n - Math.floor(n / 2)),
+    // Where the RSS growth is: live JS objects, V8's young generation (a one-off growth to its maximum,
+    // spread over the tunnels), and the rest (native http2/nghttp2 stream state, sockets, allocator slack).
+    heapClient: kib(Number(clientEndHeap) - Number(clientBaseHeap), n),
+    heapServer: kib(serverEndAll.heap - serverBaseAll.heap, n),
+    youngClient: kib(Number(clientEndYoung) - Number(clientBaseYoung), n),
+    youngServer: kib(serverEndAll.young - serverBaseAll.young, n),
+  };
+}
+// Weir: the server from the latency run (already warm).
+const rss = await idleGrowth(node('weir-rss', { ...clientFiles, peer: local(wsp), target: local(holdPort), expect: SERVER_ID, n: TUNNELS }), ws);
+const n = rss.n;
 const perTunnelKiB = rss.client + rss.server;
-// Where the RSS growth is: live JS objects, V8's young generation (a one-off growth to its maximum,
-// spread over the tunnels), and the rest (native http2/nghttp2 stream state, sockets, allocator slack).
-const heap = {
-  client: kib(Number(clientEndHeap) - Number(clientBaseHeap), n),
-  server: kib(serverEndAll.heap - serverBaseAll.heap, n),
-  youngClient: kib(Number(clientEndYoung) - Number(clientBaseYoung), n),
-  youngServer: kib(serverEndAll.young - serverBaseAll.young, n),
-};
-console.log(`idle tunnels: ${n} on ${sessionsText} sessions; RSS growth per tunnel: client ${rss.client} KiB + server ${rss.server} KiB = ${perTunnelKiB.toFixed(2)} KiB (marginal ${rss.marginal} KiB)`);
-console.log(`  of which live JS heap: client ${heap.client} KiB, server ${heap.server} KiB; V8 young generation growth: client ${heap.youngClient} KiB, server ${heap.youngServer} KiB`);
+console.log(`idle tunnels: ${n} on ${rss.sessions} sessions; RSS growth per tunnel: client ${rss.client} KiB + server ${rss.server} KiB = ${perTunnelKiB.toFixed(2)} KiB (marginal ${rss.marginal} KiB)`);
+console.log(`  of which live JS heap: client ${rss.heapClient} KiB, server ${rss.heapServer} KiB; V8 young generation growth: client ${rss.youngClient} KiB, server ${rss.youngServer} KiB`);
+// For scale: the same tunnels through a bare node:http2 client and server (no Weir code, Node's
+// defaults, the streams piped as a first HBONE on node:http2 would), measured the same way.
+const bareServer = node('h2-server', serverFiles);
+const bare = await idleGrowth(node('h2-rss', { ...clientFiles, peer: local(await ready(bareServer)), target: local(holdPort), n: TUNNELS }), bareServer);
+const barePerTunnelKiB = bare.client + bare.server;
+console.log(
+  `  bare node:http2 tunnel (no Weir code): client ${bare.client} KiB + server ${bare.server} KiB = ${barePerTunnelKiB.toFixed(2)} KiB per idle tunnel on ${bare.sessions} sessions (live JS heap ${bare.heapClient} + ${bare.heapServer} KiB, young generation ${bare.youngClient} + ${bare.youngServer} KiB); Weir ÷ bare ${(perTunnelKiB / barePerTunnelKiB).toFixed(2)}`,
+);
 
 holder.close();
 await stop(iperf);
@@ -448,10 +464,13 @@ console.log(
     rss_per_tunnel_kib_client: rss.client,
     rss_per_tunnel_kib_server: rss.server,
     rss_per_tunnel_kib_marginal: rss.marginal,
-    heap_per_tunnel_kib_client: heap.client,
-    heap_per_tunnel_kib_server: heap.server,
-    young_gen_per_tunnel_kib_client: heap.youngClient,
-    young_gen_per_tunnel_kib_server: heap.youngServer,
+    heap_per_tunnel_kib_client: rss.heapClient,
+    heap_per_tunnel_kib_server: rss.heapServer,
+    young_gen_per_tunnel_kib_client: rss.youngClient,
+    young_gen_per_tunnel_kib_server: rss.youngServer,
+    rss_per_tunnel_kib_bare_h2: Number(barePerTunnelKiB.toFixed(2)),
+    rss_per_tunnel_kib_bare_h2_client: bare.client,
+    rss_per_tunnel_kib_bare_h2_server: bare.server,
     cpu_per_gib_1s_vs_go: r(results.weir.cpu1, results.go.cpu1),
     cpu_per_gib_4s_vs_go: r(results.weir.cpu4, results.go.cpu4),
     gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),

@@ -3,6 +3,7 @@
 // argv[2] = mode, argv[3] = JSON config. Prints `READY <port>` when listening and answers `rss` on
 // stdin with `RSS <bytes> HEAP <heap used> YOUNG <new space size>` (after a GC), so the orchestrator can measure memory per tunnel.
 import { readFileSync } from 'node:fs';
+import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
@@ -70,6 +71,34 @@ const dialTcp = (host, port) =>
     });
     s.once('error', reject);
   });
+
+/**
+ * Opens cfg.n idle tunnels with `open` in two halves, reporting RSS (after GC) at the start, the
+ * middle and the end; the orchestrator has the server report its own at the same points. 200
+ * tunnels opened and closed first: the peers' open path warm, as on a running proxy.
+ */
+async function idleTunnels(open, sessions) {
+  const warm = [];
+  for (let i = 0; i < 200; i++) warm.push(await open());
+  for (const t of warm) t.destroy();
+  const settledRss = async () => {
+    globalThis.gc?.();
+    await new Promise((r) => setTimeout(r, 300));
+    globalThis.gc?.();
+    return process.memoryUsage().rss;
+  };
+  const tunnels = [];
+  const openMany = async (n) => {
+    for (let i = 0; i < n; i += 100) tunnels.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, open))));
+  };
+  console.log(`BASE ${await settledRss()} ${heapFigures()}`);
+  await nextLine();
+  await openMany(Math.floor(cfg.n / 2));
+  console.log(`MID ${await settledRss()}`);
+  await nextLine();
+  await openMany(cfg.n - tunnels.length);
+  console.log(`END ${await settledRss()} ${tunnels.length} ${sessions()} ${heapFigures()}`);
+}
 
 const listen = (server) => server.listen(0, '127.0.0.1', () => console.log(`READY ${server.address().port}`));
 
@@ -182,30 +211,52 @@ switch (mode) {
     break;
   }
   case 'weir-rss': {
-    // Opens cfg.n idle tunnels in two halves, reporting RSS (after GC) at the start, the middle and
-    // the end; the orchestrator has the server report its own at the same points.
     const c = new HboneClient({ tls: tlsOpts });
     const opts = { peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] };
-    const warm = [];
-    for (let i = 0; i < 200; i++) warm.push(await c.connect(opts));
-    for (const t of warm) t.destroy();
-    const settledRss = async () => {
-      globalThis.gc?.();
-      await new Promise((r) => setTimeout(r, 300));
-      globalThis.gc?.();
-      return process.memoryUsage().rss;
+    await idleTunnels(() => c.connect(opts), () => c.stats().sessions);
+    break;
+  }
+  case 'h2-server': {
+    // A bare HBONE server on node:http2, for scale: mutual TLS 1.3, CONNECT → a TCP connection to
+    // the target → 200, piped both ways. No Weir code, Node's default settings.
+    const s = http2.createSecureServer({ ...tlsOpts, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' });
+    s.on('stream', (stream, headers) => {
+      stream.on('error', () => {});
+      const authority = headers[':authority'] ?? '';
+      const at = authority.lastIndexOf(':');
+      if (headers[':method'] !== 'CONNECT' || at < 0) return stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      const up = net.connect({ host: authority.slice(0, at), port: Number(authority.slice(at + 1)), noDelay: true });
+      up.on('error', () => stream.destroy());
+      up.once('connect', () => {
+        stream.respond({ ':status': 200 });
+        stream.pipe(up);
+        up.pipe(stream);
+      });
+    });
+    listen(s);
+    break;
+  }
+  case 'h2-rss': {
+    // The same idle tunnels as weir-rss through a bare node:http2 client: a new session per 100
+    // streams (as the Weir pool), CONNECT, 200. No Weir code, Node's default settings.
+    const sessions = [];
+    let session;
+    let streams = 0;
+    const open = () => {
+      if (session === undefined || streams === 100) {
+        session = http2.connect(`https://${cfg.peer.host}:${cfg.peer.port}`, { ...tlsOpts, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+        session.on('error', () => {});
+        sessions.push(session);
+        streams = 0;
+      }
+      streams++;
+      const stream = session.request({ ':method': 'CONNECT', ':authority': `${cfg.target.host}:${cfg.target.port}` });
+      return new Promise((resolve, reject) => {
+        stream.once('response', (h) => (h[':status'] === 200 ? resolve(stream) : reject(new Error(`status ${h[':status']}`))));
+        stream.once('error', reject);
+      });
     };
-    const tunnels = [];
-    const open = async (n) => {
-      for (let i = 0; i < n; i += 100) tunnels.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, () => c.connect(opts)))));
-    };
-    console.log(`BASE ${await settledRss()} ${heapFigures()}`);
-    await nextLine();
-    await open(Math.floor(cfg.n / 2));
-    console.log(`MID ${await settledRss()}`);
-    await nextLine();
-    await open(cfg.n - tunnels.length);
-    console.log(`END ${await settledRss()} ${tunnels.length} ${c.stats().sessions} ${heapFigures()}`);
+    await idleTunnels(open, () => sessions.filter((x) => !x.closed && !x.destroyed).length);
     break;
   }
   default:

@@ -158,8 +158,11 @@ describe('IdentityManager with a source that answers with stale certificates', (
     const source = {
       calls: 0,
       answered: 0,
+      /** Date.now() at each ask: gaps are lower-bounded by the backoff timers whatever the load. */
+      askedAt: [] as number[],
       issueWorkloadCertificate: () => {
         source.calls++;
+        source.askedAt.push(Date.now());
         return issue().finally(() => source.answered++);
       },
     };
@@ -252,10 +255,15 @@ describe('IdentityManager with a source that answers with stale certificates', (
     try {
       expect(first.cert.serial).toBe(cert.serial);
       expect(m.certificates()[0]).toMatchObject({ state: 'Unavailable', error: expect.stringContaining(`expired at ${cert.notAfter.toISOString()}`) });
-      await new Promise((r) => setTimeout(r, 1_400));
-      // Asks at 0 and after 0.5-1 s; the next one is 1-2 s after that.
-      expect(source.calls).toBeGreaterThanOrEqual(2);
-      expect(source.calls).toBeLessThanOrEqual(3);
+      // Asks at 0 and after 0.5-1 s; the next one is 1-2 s after that. Timers never fire early, so
+      // the gaps prove the backoff however late a starved event loop runs them.
+      const until = Date.now() + 5_000;
+      while (source.calls < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      expect(source.calls, 'the source is asked again after the backoff').toBeGreaterThanOrEqual(2);
+      await new Promise((r) => setTimeout(r, 1_000));
+      const [a0, a1, a2] = source.askedAt;
+      expect(a1! - a0!).toBeGreaterThanOrEqual(495);
+      if (a2 !== undefined) expect(a2 - a1!).toBeGreaterThanOrEqual(995);
       expect(lines.length).toBe(source.answered);
       for (const l of lines) expect(l.obj).toMatchObject({ identity: id, serial: cert.serial, expiry: cert.notAfter.toISOString() });
       expect(rotated).toEqual([]);
@@ -268,7 +276,7 @@ describe('IdentityManager with a source that answers with stale certificates', (
       first.release();
       m.close();
     }
-  }, 10_000);
+  }, 20_000);
 
   it('backs off while every answer is a new certificate already due for refresh', async () => {
     const ca = await LocalCa.create({ trustDomain: 'cluster.local' });

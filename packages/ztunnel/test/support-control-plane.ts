@@ -7,8 +7,12 @@ import type { Logger } from '../src/logger.js';
 export { TestControlPlane, ipBytes } from '../src/xds/test-control-plane.js';
 export type { IssuedCertificate, RecordedRequest, TestControlPlaneOptions } from '../src/xds/test-control-plane.js';
 
-/** Polls `cond` until it returns a truthy value or `timeoutMs` passes (then throws, naming `what`). */
-export async function waitFor<T>(what: string, cond: () => T | undefined | false | null, timeoutMs = 1000): Promise<T> {
+/**
+ * Polls `cond` until it returns a truthy value or `timeoutMs` passes (then throws, naming `what`).
+ * The default is generous: on a loaded CI machine an in-process gRPC round trip can take seconds;
+ * a test that means "promptly" asserts its own bound.
+ */
+export async function waitFor<T>(what: string, cond: () => T | undefined | false | null, timeoutMs = 10_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = cond();
