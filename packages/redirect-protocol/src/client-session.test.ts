@@ -55,7 +55,11 @@ class RecordingHandler implements ZdsHandler {
   }
 }
 
-const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 30));
+/**
+ * Lets what was sent be handled: 30 ms, then one more turn of the immediates queue (FIFO), so the
+ * MemorySocket deliveries queued before it have run even if a starved loop fires the timer first.
+ */
+const settle = (): Promise<void> => new Promise((r) => setTimeout(() => setImmediate(r), 30));
 
 let agent: MemorySocket;
 let session: ClientSession;
@@ -125,7 +129,8 @@ afterEach(async () => {
   session.close();
   for (const a of handler.adds) a.netns.close();
   netns.close();
-  await new Promise((r) => setTimeout(r, 20));
+  // Received fds are closed on later turns of the loop: wait for it rather than a fixed 20 ms.
+  await until(() => openFdCount() === fdsBefore, 'the fds opened by the test to be closed', 5000).catch(() => {});
   expect(openFdCount()).toBe(fdsBefore);
 });
 

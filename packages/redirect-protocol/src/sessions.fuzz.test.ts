@@ -69,7 +69,8 @@ describe('state machines under random records', () => {
         session.close();
         await session.done;
         for (const a of adds) a.netns.close();
-        await new Promise((r) => setTimeout(r, 5));
+        // Fds in flight are closed on a later turn of the loop: wait for them, not a fixed 5 ms.
+        await until(() => openFdCount() === before, 'the fds to be closed', 2000).catch(() => {});
         expect(ended === 'open' || ended === undefined || ended instanceof ZdsError).toBe(true);
         expect(openFdCount()).toBe(before);
       }),
@@ -102,7 +103,7 @@ describe('state machines under random records', () => {
           await server.close();
           await until(() => errors.length === 1, 'the disconnect');
           for (const fds of received) for (const fd of fds) closeSync(fd);
-          await new Promise((r) => setTimeout(r, 5));
+          await until(() => openFdCount() === before, 'the fds to be closed', 2000).catch(() => {});
           expect(errors[0] === undefined || errors[0] instanceof ZdsError).toBe(true);
           expect(openFdCount()).toBe(before);
         },
