@@ -229,7 +229,9 @@ describe('ZDS: bad records from the node agent', () => {
       }
       expect(outcomes.get('protocol error') ?? 0).toBeGreaterThan(0);
       expect(listening(ns1)).toEqual([]);
-      await new Promise((r) => setTimeout(r, 200));
+      // Closes run on later turns of the loop: wait for them rather than a fixed 200 ms.
+      const fdsUntil = Date.now() + 5_000;
+      while (fdCount() !== fdsBefore && Date.now() < fdsUntil) await new Promise((r) => setTimeout(r, 50));
       expect(fdCount()).toBe(fdsBefore);
       expect(unhandled).toEqual([]);
       expect(agent.fdsReceived).toBe(0);
