@@ -116,10 +116,11 @@ class Ports {
 
 let ports: Ports;
 
-function controller(p: Ports, logger?: PodControllerOptions['logger']): PodController {
+function controller(p: Ports, logger?: PodControllerOptions['logger'], over: Partial<PodControllerOptions> = {}): PodController {
   ports = p;
   return new PodController({
     ...(logger ? { logger } : {}),
+    ...over,
     source: p.source,
     rules: p.rules,
     ztunnel: p.ztunnel,
@@ -206,6 +207,32 @@ describe('PodController', () => {
     ack.open();
     await slow;
     await until(() => written.length === 1);
+    await c.stop();
+  });
+
+  it('API writes that never answer (a black-holed API connection) give their write slot back at apiWriteTimeoutMs, and never hold up a pod\'s own work', async () => {
+    const p = new Ports();
+    const c = controller(p, undefined, { apiWriteTimeoutMs: 300 });
+    const hung = new Set(['uid-h1']);
+    p.source.setRedirection = (x, v) => (hung.has(x.uid) ? new Promise(() => undefined) : (p.annotations.set(x.uid, v), Promise.resolve()));
+    // Both write slots taken by Events that never answer.
+    c.report(() => new Promise(() => undefined));
+    c.report(() => new Promise(() => undefined));
+    await new Promise((r) => setTimeout(r, 50));
+    const [h1, a, b] = [pod('h1'), pod('a1'), pod('b1')];
+    for (const x of [h1, a, b]) await c.cmdAdd(x, join(dir, x.name), [], now(), 2000);
+    // Deleted while its annotation waits for a slot: the cleanup does not wait for the API.
+    c.podDeleted(a);
+    await until(() => p.calls.includes('zds del uid-a1') && p.calls.includes('probe- a1'));
+    // A new sandbox for a pod whose annotation waits is captured at once.
+    writeFileSync(join(dir, 'b1-2'), '');
+    await c.cmdAdd(b, join(dir, 'b1-2'), [], now(), 2000);
+    // The slots come back: the healthy annotation is written; h1's, which never answers, is given up and retried.
+    await until(() => p.annotations.get('uid-b1') === 'enabled');
+    expect(p.annotations.has('uid-a1')).toBe(false);
+    await until(() => c.status().find((x) => x.uid === 'uid-h1')?.state === 'captured');
+    hung.clear();
+    await until(() => p.annotations.get('uid-h1') === 'enabled');
     await c.stop();
   });
 

@@ -37,6 +37,12 @@ export interface PodControllerOptions {
   retryMaxMs?: number;
   /** Captures running at once. */
   concurrency?: number;
+  /**
+   * The longest one API write (the redirection annotation, an Event) holds one of the two write
+   * slots, whatever the source does: a write on a black-holed API connection is given up then (an
+   * annotation is retried, an Event dropped). Default 30000.
+   */
+  apiWriteTimeoutMs?: number;
   /** Told of every capture and release (the capture-bypass warning and gauge). */
   bypass?: Pick<CaptureBypassGuard, 'captured' | 'released'>;
 }
@@ -47,6 +53,12 @@ type Trigger = 'cmdadd' | 'watch' | 'startup';
 const DRIFT_CONCURRENCY = 2;
 /** Longest an Event waits for the captures to go quiet (report()), and how often it looks. */
 const REPORT_DEFER_MS = 2000;
+/**
+ * Default apiWriteTimeoutMs: client-node's Event write has no timeout of its own, and a black-holed
+ * API connection would otherwise keep a write slot (and the annotations queued behind it) for as long
+ * as TCP takes to give up.
+ */
+const API_WRITE_TIMEOUT_MS = 30_000;
 const REPORT_CHECK_MS = 50;
 
 interface Waiter {
@@ -88,6 +100,17 @@ interface PodRecord {
 
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** `work`, or a rejection once `ms` passed (the work itself goes on; its outcome is then dropped). */
+function withinDeadline(work: Promise<void>, ms: number): Promise<void> {
+  work.catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    timer.unref?.();
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -646,7 +669,9 @@ export class PodController {
   private annotateLater(rec: PodRecord): void {
     if (rec.annotating || rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
     rec.annotating = true;
-    void this.chain(rec, () => this.annotate(rec));
+    // The write slot first, then the pod's chain: waiting for a slot never holds up the pod's own
+    // work (a release, a deletion's cleanup, the next sandbox's capture).
+    void this.apiWrites.run(() => this.chain(rec, () => this.annotate(rec)));
   }
 
   /**
@@ -657,7 +682,7 @@ export class PodController {
   report(write: () => Promise<void>): void {
     if (this.stopped) return;
     const run = (): void =>
-      void this.apiWrites.run(write).catch((err: unknown) => this.log.warn({ err: describe(err) }, 'reporting to the API failed'));
+      void this.apiWrites.run(() => withinDeadline(write(), this.opts.apiWriteTimeoutMs ?? API_WRITE_TIMEOUT_MS)).catch((err: unknown) => this.log.warn({ err: describe(err) }, 'reporting to the API failed'));
     this.reports.push({ at: Date.now(), run });
     this.checkReports();
   }
@@ -678,17 +703,15 @@ export class PodController {
     this.reportCheck.unref?.();
   }
 
+  /** Runs in a write slot, on the pod's chain (annotateLater). */
   private async annotate(rec: PodRecord): Promise<void> {
     rec.annotating = false;
     const pod = rec.pod;
+    // Deleted, released or stopping while it waited: nothing to write any more.
     if (this.stopped || rec.deleted || rec.state !== 'captured' || rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
     try {
-      await this.apiWrites.run(async () => {
-        // Deleted or stopping while it waited for a write slot: nothing to report any more.
-        if (this.stopped || rec.deleted) return;
-        await this.opts.source.setRedirection(pod, 'enabled');
-        rec.annotated = true;
-      });
+      await withinDeadline(this.opts.source.setRedirection(pod, 'enabled'), this.opts.apiWriteTimeoutMs ?? API_WRITE_TIMEOUT_MS);
+      rec.annotated = true;
     } catch (err) {
       // Captured all the same. The retry's reconcile finds the pod captured and queues this again.
       this.opts.metrics.failures.inc({ reason: 'annotate_failed' });

@@ -355,6 +355,37 @@ describe('KubePodSource API connections', () => {
     expect(auth).toEqual(Array(4).fill('Bearer tok-1'));
     expect(connections).toBe(1);
   });
+  it('rejects a PATCH whose connection is cut after the answer began (200 or 500), instead of waiting forever', async () => {
+    let status = 200;
+    const server = createServer((req, res) => {
+      req.resume();
+      res.writeHead(status, { 'content-type': 'application/json', 'content-length': '1000' });
+      res.write('{"kind":');
+      setTimeout(() => req.socket.destroy(), 50);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+      users: [{ name: 'u', token: 't' }],
+      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+      currentContext: 'x',
+    });
+    const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1' });
+    cleanups.push(() => src.stop());
+    const web = { uid: 'u1', name: 'web', namespace: 'apps' } as PodInfo;
+    for (status of [200, 500]) {
+      const t0 = Date.now();
+      await expect(src.setRedirection(web, 'enabled')).rejects.toMatchObject({
+        code: 'ERR_AGENT_KUBE_API',
+        message: expect.stringContaining(`connection closed before the answer ended (status ${status})`),
+      });
+      // Settled by the close, not by the 30 s timeout.
+      expect(Date.now() - t0).toBeLessThan(10_000);
+    }
+  });
+
   it('annotates over HTTPS with a bearer token (the CA and token from the kubeconfig)', async () => {
     const pki = await createTestPki();
     const server = await FakeApiServer.start({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.ca }, token: 'tok-https' });

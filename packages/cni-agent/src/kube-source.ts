@@ -373,11 +373,26 @@ export class KubePodSource implements PodSource {
     const agent = ctx.getAgent();
     const send = url.protocol === 'http:' ? httpRequest : httpsRequest;
     await new Promise<void>((resolve, reject) => {
+      // Idle time on the socket is bounded by `timeout`; this bounds the whole exchange (an answer
+      // trickling in), so the write slot it holds is always given back.
+      const deadline = setTimeout(() => req.destroy(new Error(`not answered within ${PATCH_TIMEOUT_MS} ms`)), PATCH_TIMEOUT_MS);
+      deadline.unref?.();
+      const settle = (err?: Error): void => {
+        clearTimeout(deadline);
+        if (err) reject(err);
+        else resolve();
+      };
       const req = send(url, { method: 'PATCH', headers, timeout: PATCH_TIMEOUT_MS, ...(agent ? { agent } : {}) }, (res) => {
+        // A connection cut after the headers ends the answer without 'end' (and without 'error' when
+        // nothing listens for it): settled here, or the write would never finish.
+        res.once('error', () => undefined);
+        res.once('close', () => {
+          if (!res.complete) settle(apiFailure(what, new Error(`connection closed before the answer ended (status ${res.statusCode ?? 0})`)));
+        });
         const status = res.statusCode ?? 0;
         if (status >= 200 && status < 300) {
           res.resume();
-          res.once('end', resolve);
+          res.once('end', () => settle());
           return;
         }
         // The API's Status object says why (`pods "web-0" not found`); a little of it is enough.
@@ -386,10 +401,10 @@ export class KubePodSource implements PodSource {
         res.on('data', (chunk: string) => {
           if (text.length < 4096) text += chunk;
         });
-        res.once('end', () => reject(apiFailure(what, { statusCode: status, body: statusBody(text) })));
+        res.once('end', () => settle(apiFailure(what, { statusCode: status, body: statusBody(text) })));
       });
       req.once('timeout', () => req.destroy(new Error(`no answer within ${PATCH_TIMEOUT_MS} ms`)));
-      req.once('error', (err) => reject(apiFailure(what, err)));
+      req.once('error', (err) => settle(apiFailure(what, err)));
       req.end(body);
     });
   }
