@@ -52,7 +52,7 @@ describe('HboneServer.close() and handshakes in progress', () => {
     // The server has accepted it (its 'connection' ran) before close() starts.
     await new Promise((r) => setTimeout(r, 50));
     const started = performance.now();
-    const closing = server.close({ deadlineMs: 4000 });
+    const closing = server.close({ deadlineMs: 10_000 });
     await new Promise((r) => setTimeout(r, 100));
     const session = http2.connect(`https://127.0.0.1:${port}`, {
       createConnection: () =>
@@ -71,8 +71,8 @@ describe('HboneServer.close() and handshakes in progress', () => {
     expect(await reqClosed).toBe(http2.constants.NGHTTP2_REFUSED_STREAM);
     expect(opened()).toBe(0);
     await closing;
-    // Drained as soon as that session closed, not at the deadline.
-    expect(performance.now() - started).toBeLessThan(3000);
+    // Drained as soon as that session closed, not at the (10 s) deadline.
+    expect(performance.now() - started).toBeLessThan(5000);
     session.destroy();
   });
 
