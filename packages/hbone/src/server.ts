@@ -277,8 +277,19 @@ class Server implements HboneServer {
       };
       this.#drainCheck();
     });
+    // A connection that has sent nothing (a port scan, a TCP health check) has no handshake to finish:
+    // after a second's grace for a ClientHello on its way it is closed, so it does not hold the
+    // drain up to the deadline or its handshake timeout (handshakeTimeoutMs, 10 s).
+    const silent = (): Set<net.Socket> => new Set([...this.#handshaking].filter((s) => s.bytesRead === 0));
+    let quiet = silent();
+    const sweep = setInterval(() => {
+      for (const s of quiet) if (s.bytesRead === 0) s.destroy();
+      quiet = silent();
+    }, SILENT_CONNECTION_GRACE_MS);
+    sweep.unref();
     const outcome = await Promise.race([drained, deadline]);
     clearTimeout(timer);
+    clearInterval(sweep);
     this.#drainCheck = undefined;
     this.#closed = true;
     const sessions = [...this.#sessions.keys()];
@@ -479,6 +490,8 @@ class Server implements HboneServer {
 const OK_HEADERS = { ':status': 200 };
 const OK_OPTIONS = { endStream: false, sendDate: false };
 const BRIDGE_MAX_BUFFERED = 256 * 1024;
+/** How long a connection that has sent no byte may hold up a drain (see #drain). */
+const SILENT_CONNECTION_GRACE_MS = 1000;
 
 interface TunnelReport {
   peer: HbonePeer;
