@@ -3,7 +3,7 @@ import { openSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { adoptNetnsFd, connectTcp, createTcpListener, currentNetns, listenTcp, openNetns, type Netns } from '../src/index.js';
-import { TestNetns, countFds, requireRootAndTools } from './helpers.js';
+import { TestNetns, countFds, fdCountBackTo, requireRootAndTools, stableFdCount } from './helpers.js';
 
 let nsA: TestNetns;
 let home: Netns;
@@ -19,11 +19,8 @@ afterAll(() => {
   home?.close();
 });
 
-const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 100));
-
 it('1,000 open/close cycles of a netns leak no fds (and failures leak none either)', async () => {
-  await settle();
-  const before = countFds();
+  const before = await stableFdCount();
   for (let i = 0; i < 1000; i++) {
     const ns = openNetns(nsA.path);
     expect(ns.fd).toBeGreaterThan(2);
@@ -38,8 +35,7 @@ it('1,000 open/close cycles of a netns leak no fds (and failures leak none eithe
 
 it('1,000 listener create/close cycles inside a netns leak no fds and never move the thread', async () => {
   const a = openNetns(nsA.path);
-  await settle();
-  const before = countFds();
+  const before = await stableFdCount();
   const { closeSync } = await import('node:fs');
   for (let i = 0; i < 1000; i++) {
     closeSync(createTcpListener({ netns: a, host: '127.0.0.1', port: 0, mark: 0x539, reusePort: true }));
@@ -56,8 +52,7 @@ it('1,000 listener create/close cycles inside a netns leak no fds and never move
     });
   }
   await new Promise<void>((resolve) => held.close(() => resolve()));
-  await settle();
-  expect(countFds()).toBe(before);
+  expect(await fdCountBackTo(before)).toBe(before);
   const now = currentNetns();
   expect(now.sameAs(home)).toBe(true);
   now.close();

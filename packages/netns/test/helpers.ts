@@ -94,6 +94,30 @@ export function countFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
+const tick = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * The fd count once it has held still for 200 ms (at most 5 s): sockets of earlier work finish
+ * closing on later turns of the loop, which a fixed sleep may not cover on a loaded machine.
+ */
+export async function stableFdCount(): Promise<number> {
+  const end = Date.now() + 5000;
+  let n = countFds();
+  for (let still = Date.now(); Date.now() - still < 200 && Date.now() < end; ) {
+    await tick(20);
+    const m = countFds();
+    if (m !== n) [n, still] = [m, Date.now()];
+  }
+  return n;
+}
+
+/** The fd count after waiting (at most 5 s) for it to come back to `n`: a leak still shows. */
+export async function fdCountBackTo(n: number): Promise<number> {
+  const end = Date.now() + 5000;
+  while (countFds() !== n && Date.now() < end) await tick(20);
+  return countFds();
+}
+
 /** A TCP port that is free on the host's loopback right now. */
 export async function freeHostPort(): Promise<number> {
   const s = net.createServer();

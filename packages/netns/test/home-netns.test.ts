@@ -9,7 +9,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { connectTcp, createTcpListener, currentNetns, listenTcp, netlinkExchange, openNetns, socketNetnsId, type Netns } from '../src/index.js';
-import { TestNetns, countFds, requireRootAndTools, run } from './helpers.js';
+import { TestNetns, fdCountBackTo, requireRootAndTools, run, stableFdCount } from './helpers.js';
 
 const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
 let nsA: TestNetns;
@@ -162,8 +162,7 @@ it('each worker thread keeps its own home fd, returns home, and closes the fd wh
   try {
     // Warm this thread's own cache first, so that only the workers' fds are counted.
     (await connectTcp({ netns: a, family: 4, host: '127.0.0.1', port })).destroy();
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    const before = countFds();
+    const before = await stableFdCount();
     const code = `
 const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
 const { parentPort } = await import('node:worker_threads');
@@ -190,8 +189,7 @@ c.close(); host.close(); a.close();
       }),
     );
     expect(results).toEqual([0, 1, 2].map(() => ({ ok: 50, home: true })));
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(countFds()).toBe(before);
+    expect(await fdCountBackTo(before)).toBe(before);
     const now = currentNetns();
     expect(now.sameAs(home)).toBe(true);
     now.close();

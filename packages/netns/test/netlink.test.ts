@@ -2,6 +2,7 @@
 // its rules, not the host's), the calling thread is back home afterwards, and a thread that cannot
 // get back aborts the process loudly instead of running on in the wrong netns.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readlinkSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NETLINK_ROUTE, currentNetns, netlinkExchange, openNetns, type Netns } from '../src/index.js';
@@ -196,8 +197,21 @@ describe('netlinkExchange', () => {
     // the initial user namespace): it may enter T, but not return to the host netns.
     const owner: ChildProcess = spawn('unshare', ['-U', '-r', '-n', 'sleep', '60'], { stdio: 'ignore' });
     try {
-      await new Promise((r) => setTimeout(r, 300));
       const pid = owner.pid!;
+      // Until unshare has made both namespaces (a fixed 300 ms could end first on a loaded machine,
+      // and the check below would then run in the host's namespaces).
+      const mine = (ns: string): string => readlinkSync(`/proc/self/ns/${ns}`);
+      const its = (ns: string): string => {
+        try {
+          return readlinkSync(`/proc/${pid}/ns/${ns}`);
+        } catch {
+          return mine(ns);
+        }
+      };
+      const end = Date.now() + 10_000;
+      while ((its('user') === mine('user') || its('net') === mine('net')) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      expect(its('user'), 'unshare made its user namespace').not.toBe(mine('user'));
+      expect(its('net'), 'unshare made its netns').not.toBe(mine('net'));
       const code = `
 const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
 const req = new Uint8Array(32); const v = new DataView(req.buffer); v.setUint32(0, 32, true); v.setUint16(4, ${RTM_GETLINK}, true); v.setUint16(6, 0x301, true);

@@ -10,7 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetnsError, openNetns, readSysctls, spawnInNetns, writeSysctls, type Netns } from '../src/index.js';
 import { native } from '../src/native.js';
-import { TestNetns, countFds, requireRootAndTools, uniqueName } from './helpers.js';
+import { TestNetns, countFds, fdCountBackTo, requireRootAndTools, stableFdCount, uniqueName } from './helpers.js';
 
 let nsA: TestNetns;
 let nsB: TestNetns;
@@ -238,8 +238,7 @@ console.log(JSON.stringify(out));
   it('a worker terminated while its child runs leaves no zombie and no fd', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'weir-wkspawn-'));
     const pidFile = join(dir, 'pid');
-    await sleep(50);
-    const before = countFds();
+    const before = await stableFdCount();
     const w = new Worker(
       `
 const n = await import(${JSON.stringify(pathToFileURL(dist).href)});
@@ -266,8 +265,7 @@ ns.close(); // the child is started: only its own fds stay open
       expect(await exited).toBe(1);
       expect(existsSync(`/proc/${pid}/status`)).toBe(false);
       expect(childFds()).toEqual([]);
-      await sleep(50);
-      expect(countFds()).toBe(before);
+      expect(await fdCountBackTo(before)).toBe(before);
       expect(stderr).toBe('');
     } finally {
       await w.terminate();

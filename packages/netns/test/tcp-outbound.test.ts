@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetnsError, connectTcp, createTcpSocket, currentNetns, listenTcp, openNetns, socketNetnsId, tcpKeepalive, type Netns } from '../src/index.js';
-import { TestNetns, countFds, readAll, requireRootAndTools, ruleCounter, vethPair } from './helpers.js';
+import { TestNetns, fdCountBackTo, readAll, requireRootAndTools, ruleCounter, stableFdCount, vethPair } from './helpers.js';
 
 let nsA: TestNetns;
 let nsB: TestNetns;
@@ -249,8 +249,7 @@ describe('connectTcp from a netns', () => {
   });
 
   it('handles 200 concurrent connects, each in A with the mark, and leaks no fds', async () => {
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    const before = countFds();
+    const before = await stableFdCount();
     const sockets = await Promise.all(
       Array.from({ length: 200 }, (_, i) => connectTcp({ netns: a, family: i % 2 ? 4 : 6, mark: 0x539, host: i % 2 ? addr.b4 : addr.b6, port: serverPort, timeoutMs: 10_000 })),
     );
@@ -258,13 +257,12 @@ describe('connectTcp from a netns', () => {
     const replies = await Promise.all(sockets.map((s) => readAll(s)));
     expect(new Set(replies)).toEqual(new Set(['from B']));
     await Promise.all(sockets.map((s) => settled(s)));
-    expect(countFds()).toBe(before);
+    expect(await fdCountBackTo(before)).toBe(before);
   });
 
   it('maps failures to typed errors and leaks no fds', async () => {
     // Sockets of earlier tests finish closing first, so the count is stable.
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    const before = countFds();
+    const before = await stableFdCount();
     await expect(connectTcp({ netns: a, family: 4, host: addr.b4, port: 1 })).rejects.toMatchObject({
       code: 'ERR_NETNS_CONNECTION_REFUSED',
       sysCode: 'ECONNREFUSED',
@@ -303,8 +301,7 @@ describe('connectTcp from a netns', () => {
     } finally {
       await new Promise<void>((resolve) => local.close(() => resolve()));
     }
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    expect(countFds()).toBe(before);
+    expect(await fdCountBackTo(before)).toBe(before);
   });
 
   it('a refused connect is ERR_NETNS_CONNECTION_REFUSED with errno 111 naming host:port (never a bare poll error)', async () => {
