@@ -141,8 +141,9 @@ function controller(p: Ports, logger?: PodControllerOptions['logger'], over: Par
   });
 }
 
+/** Polls until cond holds; 10 s, so a loaded machine is not mistaken for a stuck controller. */
 async function until(cond: () => boolean): Promise<void> {
-  const end = Date.now() + 3000;
+  const end = Date.now() + 10_000;
   while (!cond()) {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 5));

@@ -18,9 +18,10 @@ describe('AgentMetrics', () => {
     expect(first.endsWith('\n') && !first.endsWith('\n\n')).toBe(true);
     for (const block of first.trimEnd().split('\n\n')) expect(block).toMatch(/^# HELP \S+ /);
 
-    // Burn CPU so that a fresh collection would show a different CPU time.
-    const until = performance.now() + 30;
-    while (performance.now() < until) Math.sqrt(Math.random());
+    // Burn 30 ms of this process's user CPU (not of the wall clock: under load the process may get
+    // little of it) so that a fresh collection would show a different CPU time.
+    const user0 = process.cpuUsage().user;
+    while (process.cpuUsage().user - user0 < 30_000) Math.sqrt(Math.random());
     m.podsEnrolled.set(2);
     const second = await m.registry.metrics();
     expect(sample(second, 'weir_cni_agent_pods_enrolled')).toBe('2');
