@@ -54,7 +54,7 @@ async function watching(extra: Partial<CniInstallerOptions> = {}) {
   return { confDir, conflist, inst };
 }
 
-async function until(cond: () => Promise<boolean>, ms = 3000): Promise<void> {
+async function until(cond: () => Promise<boolean>, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
     if (Date.now() > end) throw new Error('condition not met in time');
