@@ -47,9 +47,10 @@ async function httpThroughZtunnel(path: string): Promise<{ status: string; viaZt
   };
   await logged();
   const r = await call(sandboxCommand, ['exec', 'sleep', ...where, '--', 'curl', '-s', '-m', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${httpbinIp}:8000${path}`]);
-  // The access log line is written when the connection ends, just after curl returns.
+  // The access log line is written when the connection ends, just after curl returns; 5 s for a
+  // loaded machine (2 s was not always enough for ztunnel's log to reach \`sandbox logs\`).
   let viaZtunnel = false;
-  for (let i = 0; i < 10 && !viaZtunnel; i++) {
+  for (let i = 0; i < 25 && !viaZtunnel; i++) {
     await new Promise((resolve) => setTimeout(resolve, 200));
     viaZtunnel = await logged();
   }
