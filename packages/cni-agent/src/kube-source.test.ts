@@ -1,6 +1,6 @@
 import { statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, request, type IncomingMessage } from 'node:http';
+import { createServer, request, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -325,6 +325,22 @@ describe('KubePodSource namespaces fetched ahead of the watch', () => {
   });
 });
 
+/** A KubePodSource whose API is `server` (plain HTTP, listening on it now), with a bearer token. */
+async function sourceFor(server: Server, token: string): Promise<KubePodSource> {
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+    users: [{ name: 'u', token }],
+    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+    currentContext: 'x',
+  });
+  const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1' });
+  cleanups.push(() => src.stop());
+  return src;
+}
+
 describe('KubePodSource API connections', () => {
   it('reuses one keep-alive connection for its API calls (client-node alone opens one per call), with the credentials on each', async () => {
     let connections = 0;
@@ -338,18 +354,8 @@ describe('KubePodSource API connections', () => {
       });
     });
     server.on('connection', () => connections++);
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
     server.keepAliveTimeout = 10_000;
-    const kc = new KubeConfig();
-    kc.loadFromOptions({
-      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
-      users: [{ name: 'u', token: 'tok-1' }],
-      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-      currentContext: 'x',
-    });
-    const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1' });
-    cleanups.push(() => src.stop());
+    const src = await sourceFor(server, 'tok-1');
     const web = { uid: 'u1', name: 'web', namespace: 'apps' } as PodInfo;
     for (let i = 0; i < 4; i++) await src.setRedirection(web, i % 2 ? null : 'enabled');
     expect(auth).toEqual(Array(4).fill('Bearer tok-1'));
@@ -363,17 +369,7 @@ describe('KubePodSource API connections', () => {
       res.write('{"kind":');
       setTimeout(() => req.socket.destroy(), 50);
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-    const kc = new KubeConfig();
-    kc.loadFromOptions({
-      clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
-      users: [{ name: 'u', token: 't' }],
-      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-      currentContext: 'x',
-    });
-    const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1' });
-    cleanups.push(() => src.stop());
+    const src = await sourceFor(server, 't');
     const web = { uid: 'u1', name: 'web', namespace: 'apps' } as PodInfo;
     for (status of [200, 500]) {
       const t0 = Date.now();
