@@ -160,18 +160,24 @@ function gate(): { held: Promise<void>; open: () => void } {
 }
 
 describe('PodController', () => {
-  it('cmdAdd resolves only once rules, probe ipset and ztunnel are done, then annotates', async () => {
+  it('cmdAdd resolves only once rules, probe ipset and ztunnel are done and the pod is annotated (as istio-cni answers)', async () => {
     const p = new Ports();
     const c = controller(p);
     const web = pod('web', { ips: [], netnsPath: undefined });
     await c.cmdAdd(web, join(dir, 'web'), ['10.0.0.9'], now(), 2000);
     expect(p.calls).toEqual(['probe+ web 10.0.0.9', 'apply web', 'zds add uid-web']);
     expect(c.status()[0]).toMatchObject({ state: 'captured', netns: join(dir, 'web') });
-    await until(() => p.annotations.get('uid-web') === 'enabled');
+    expect(p.annotations.get('uid-web')).toBe('enabled');
+    // Already annotated (a new sandbox of the same pod): answered without another write.
+    let writes = 0;
+    p.source.setRedirection = async () => void writes++;
+    writeFileSync(join(dir, 'web-2'), '');
+    await c.cmdAdd({ ...web, annotations: { 'ambient.istio.io/redirection': 'enabled' } }, join(dir, 'web-2'), ['10.0.0.9'], now(), 2000);
+    expect(writes).toBe(0);
     await c.stop();
   });
 
-  it('the redirection annotation holds no capture slot: slow API writes do not delay other pods', async () => {
+  it('the redirection annotation holds no capture slot: slow API writes delay the answers, not other pods\' captures', async () => {
     const p = new Ports();
     const c = controller(p);
     const api = gate();
@@ -180,13 +186,15 @@ describe('PodController', () => {
       p.annotations.set(x.uid, v);
     };
     // concurrency 3: with the annotation inside the slot, the fourth capture would wait for the API.
-    const first = ['s0', 's1', 's2'].map((n) => pod(n));
-    await Promise.all(first.map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 2000)));
-    const late = pod('s3');
-    await c.cmdAdd(late, join(dir, 's3'), [], now(), 2000);
+    const pods = ['s0', 's1', 's2', 's3'].map((n) => pod(n));
+    let answered = 0;
+    const adds = pods.map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 5000).then(() => void answered++));
+    await until(() => pods.every((x) => p.calls.includes(`zds add ${x.uid}`)));
+    expect(answered).toBe(0);
     expect(p.annotations.size).toBe(0);
     api.open();
-    await until(() => ['s0', 's1', 's2', 's3'].every((n) => p.annotations.get(`uid-${n}`) === 'enabled'));
+    await Promise.all(adds);
+    expect(pods.map((x) => p.annotations.get(x.uid))).toEqual(Array(4).fill('enabled'));
     await c.stop();
   });
 
@@ -221,17 +229,26 @@ describe('PodController', () => {
     c.report(() => new Promise(() => undefined));
     await new Promise((r) => setTimeout(r, 50));
     const [h1, a, b] = [pod('h1'), pod('a1'), pod('b1')];
-    for (const x of [h1, a, b]) await c.cmdAdd(x, join(dir, x.name), [], now(), 2000);
+    const adds = [h1, a, b].map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 5000));
+    await until(() => [h1, a, b].every((x) => p.calls.includes(`zds add ${x.uid}`)));
     // Deleted while its annotation waits for a slot: the cleanup does not wait for the API.
     c.podDeleted(a);
     await until(() => p.calls.includes('zds del uid-a1') && p.calls.includes('probe- a1'));
     // A new sandbox for a pod whose annotation waits is captured at once.
     writeFileSync(join(dir, 'b1-2'), '');
-    await c.cmdAdd(b, join(dir, 'b1-2'), [], now(), 2000);
-    // The slots come back: the healthy annotation is written; h1's, which never answers, is given up and retried.
-    await until(() => p.annotations.get('uid-b1') === 'enabled');
+    const b2 = c.cmdAdd(b, join(dir, 'b1-2'), [], now(), 5000);
+    await until(() => p.trace.includes('zds add uid-b1 b1-2'));
+    // The slots come back: the healthy annotation is written and answers b's ADDs; h1's write, which
+    // never answers, is given up at the deadline: its ADD fails (the runtime retries it), the pod stays
+    // captured and the annotation is retried.
+    const [h1Add, aAdd, bAdd] = await Promise.allSettled(adds);
+    await b2;
+    expect(p.annotations.get('uid-b1')).toBe('enabled');
+    expect(bAdd?.status).toBe('fulfilled');
+    expect(aAdd).toMatchObject({ status: 'rejected', reason: { code: 'ERR_AGENT_POD_NOT_FOUND' } });
+    expect(h1Add).toMatchObject({ status: 'rejected', reason: { code: 'ERR_AGENT_KUBE_API', message: expect.stringContaining('no answer within 300 ms') } });
     expect(p.annotations.has('uid-a1')).toBe(false);
-    await until(() => c.status().find((x) => x.uid === 'uid-h1')?.state === 'captured');
+    expect(c.status().find((x) => x.uid === 'uid-h1')?.state).toBe('captured');
     hung.clear();
     await until(() => p.annotations.get('uid-h1') === 'enabled');
     await c.stop();
@@ -264,7 +281,11 @@ describe('PodController', () => {
       p.annotations.set(x.uid, v);
     };
     const web = pod('ann');
-    await c.cmdAdd(web, join(dir, 'ann'), [], now(), 2000);
+    // Not answered 200 unannotated: the ADD fails with the API's error (the runtime retries it).
+    await expect(c.cmdAdd(web, join(dir, 'ann'), [], now(), 2000)).rejects.toMatchObject({
+      code: 'ERR_AGENT_KUBE_API',
+      message: expect.stringContaining('captured, but writing its ambient.istio.io/redirection annotation failed: apiserver: 500'),
+    });
     await until(() => p.annotations.get('uid-ann') === 'enabled');
     expect(failures).toBe(-1);
     expect(c.status()[0]?.state).toBe('captured');

@@ -91,6 +91,8 @@ interface PodRecord {
   annotated: boolean;
   /** Writing the annotation is queued on the pod's chain (outside the capture slots). */
   annotating: boolean;
+  /** CNI ADDs of the captured pod waiting for its annotation (istio-cni answers once it is written). */
+  annotationWaiters: { resolve(): void; reject(err: Error): void }[];
   /** A capture of this pod is running (not merely queued). */
   capturing: boolean;
   /** Its /cmdadd was answered 500 (timed out) while the capture still waited in the queue. */
@@ -177,9 +179,14 @@ export class PodController {
     let waiter: Waiter | undefined;
     const done = new Promise<void>((resolve, reject) => rec.waiters.push((waiter = { netnsPath, resolve, reject })));
     this.kick(rec, 'cmdadd');
+    let captured = false;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
+        if (captured) {
+          reject(new CniAgentError('ERR_AGENT_KUBE_API', `pod ${pod.namespace}/${pod.name} captured, but its ${REDIRECTION_ANNOTATION} annotation was not written within ${timeoutMs} ms (retrying)`));
+          return;
+        }
         // Still queued behind other captures (a burst on a busy node): the runtime now fails this
         // ADD and tears the sandbox down or retries it, so capturing it at its turn would spend the
         // CPU that pods still waiting for their answer need. It is retried later instead.
@@ -190,9 +197,22 @@ export class PodController {
     });
     try {
       await Promise.race([done, timeout]);
+      captured = true;
+      // As istio-cni, the ADD is answered once the pod is annotated as captured: istiod (and through it
+      // every ztunnel) then treats it as a mesh workload from its start, not plaintext for a while.
+      await Promise.race([this.annotation(rec), timeout]);
     } finally {
       clearTimeout(timer);
     }
+    this.opts.metrics.enrollmentLatency.observe({ trigger: 'cmdadd' }, Number(process.hrtime.bigint() - receivedAt) / 1e9);
+  }
+
+  /** Resolves once the captured pod carries the redirection annotation, writing it if need be. */
+  private annotation(rec: PodRecord): Promise<void> {
+    if (rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return Promise.resolve();
+    const written = new Promise<void>((resolve, reject) => rec.annotationWaiters.push({ resolve, reject }));
+    this.annotateLater(rec);
+    return written;
   }
 
   /** Every pod whose first attempt is done (used once at startup, before serving ztunnel). */
@@ -287,6 +307,7 @@ export class PodController {
     for (const rec of this.records.values()) {
       clearTimeout(rec.retry);
       for (const w of rec.waiters.splice(0)) w.reject(new CniAgentError('ERR_AGENT_STOPPED', 'agent is stopping'));
+      this.settleAnnotation(rec, new CniAgentError('ERR_AGENT_STOPPED', 'agent is stopping'));
     }
     await Promise.all([...this.records.values()].map((r) => r.chain));
     for (const rec of this.records.values()) rec.netns?.close();
@@ -318,6 +339,7 @@ export class PodController {
         inZtunnel: false,
         annotated: false,
         annotating: false,
+        annotationWaiters: [],
         capturing: false,
         staleCmdAdd: false,
         lastError: undefined,
@@ -592,8 +614,10 @@ export class PodController {
         'capture timings',
       );
       if (rec.enrollStart) {
-        const secs = Number(process.hrtime.bigint() - rec.enrollStart.at) / 1e9;
-        this.opts.metrics.enrollmentLatency.observe({ trigger: rec.enrollStart.trigger }, secs);
+        // A CNI ADD's is observed when it is answered (cmdAdd), after the annotation.
+        if (rec.enrollStart.trigger !== 'cmdadd') {
+          this.opts.metrics.enrollmentLatency.observe({ trigger: rec.enrollStart.trigger }, Number(process.hrtime.bigint() - rec.enrollStart.at) / 1e9);
+        }
         rec.enrollStart = undefined;
       }
       for (const w of rec.waiters.splice(0)) {
@@ -667,7 +691,8 @@ export class PodController {
    * hold up other pods' CNI ADDs. On the pod's own chain, after the work in flight; once at a time.
    */
   private annotateLater(rec: PodRecord): void {
-    if (rec.annotating || rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
+    if (rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return this.settleAnnotation(rec);
+    if (rec.annotating) return;
     rec.annotating = true;
     // The write slot first, then the pod's chain: waiting for a slot never holds up the pod's own
     // work (a release, a deletion's cleanup, the next sandbox's capture).
@@ -703,16 +728,29 @@ export class PodController {
     this.reportCheck.unref?.();
   }
 
+  /** Answers the CNI ADDs waiting for the annotation: written (no error), or why it was not. */
+  private settleAnnotation(rec: PodRecord, err?: Error): void {
+    for (const w of rec.annotationWaiters.splice(0)) {
+      if (err) w.reject(err);
+      else w.resolve();
+    }
+  }
+
   /** Runs in a write slot, on the pod's chain (annotateLater). */
   private async annotate(rec: PodRecord): Promise<void> {
     rec.annotating = false;
     const pod = rec.pod;
+    if (rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return this.settleAnnotation(rec);
     // Deleted, released or stopping while it waited: nothing to write any more.
-    if (this.stopped || rec.deleted || rec.state !== 'captured' || rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return;
+    if (this.stopped || rec.deleted || rec.state !== 'captured') {
+      return this.settleAnnotation(rec, new CniAgentError('ERR_AGENT_STOPPED', `pod ${pod.namespace}/${pod.name} was ${rec.deleted ? 'deleted' : this.stopped ? 'left as the agent stopped' : 'released'} before its annotation was written`));
+    }
     try {
       await withinDeadline(this.opts.source.setRedirection(pod, 'enabled'), this.opts.apiWriteTimeoutMs ?? API_WRITE_TIMEOUT_MS);
       rec.annotated = true;
+      this.settleAnnotation(rec);
     } catch (err) {
+      this.settleAnnotation(rec, new CniAgentError('ERR_AGENT_KUBE_API', `pod ${pod.namespace}/${pod.name} captured, but writing its ${REDIRECTION_ANNOTATION} annotation failed: ${describe(err)} (retrying)`, { cause: err }));
       // Captured all the same. The retry's reconcile finds the pod captured and queues this again.
       this.opts.metrics.failures.inc({ reason: 'annotate_failed' });
       this.log.warn({ uid: rec.uid, name: pod.name, namespace: pod.namespace, err: describe(err) }, 'cannot annotate pod redirection enabled; retrying');
@@ -783,6 +821,7 @@ export class PodController {
     const ids = { uid: rec.uid, name: rec.pod.name, namespace: rec.pod.namespace };
     clearTimeout(rec.retry);
     for (const w of rec.waiters.splice(0)) w.reject(new CniAgentError('ERR_AGENT_POD_NOT_FOUND', `pod ${ids.namespace}/${ids.name} was deleted`));
+    this.settleAnnotation(rec, new CniAgentError('ERR_AGENT_POD_NOT_FOUND', `pod ${ids.namespace}/${ids.name} was deleted`));
     try {
       if (rec.inZtunnel || rec.state !== 'idle') {
         await this.opts.ztunnel.removeWorkload(rec.uid).catch((err: unknown) => {
