@@ -125,10 +125,11 @@ export class PodController {
   private readonly log: Logger;
   private readonly sem: Semaphore;
   /**
-   * Annotation writes at once: in a burst every capture ends with one, and each write in parallel
-   * is another API connection (a TCP and TLS handshake on the agent and on the API server).
+   * API writes at once: in a burst every CNI ADD waits for its pod's annotation, so more than two
+   * (the limit while the ADD did not wait for it) shortens the burst's tail; each write in parallel is
+   * another keep-alive API connection (HTTP/1.1: a TCP and TLS handshake once, on both sides).
    */
-  private readonly apiWrites = new Semaphore(2);
+  private readonly apiWrites = new Semaphore(4);
   /** API writes that only inform (Events), waiting for the captures to go quiet (report()). */
   private reports: { at: number; run: () => void }[] = [];
   private reportCheck: NodeJS.Timeout | undefined;
@@ -701,7 +702,7 @@ export class PodController {
 
   /**
    * Runs `write`, an API write that only informs (a Kubernetes Event), once no capture runs or
-   * waits (at the latest REPORT_DEFER_MS later), sharing the annotations' two write slots: in a
+   * waits (at the latest REPORT_DEFER_MS later), sharing the annotations' write slots: in a
    * burst the agent's CPU goes to captures first. Its failure is logged, never thrown.
    */
   report(write: () => Promise<void>): void {
