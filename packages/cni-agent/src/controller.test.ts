@@ -228,7 +228,8 @@ describe('PodController', () => {
     for (let i = 0; i < 4; i++) c.report(() => new Promise(() => undefined));
     await new Promise((r) => setTimeout(r, 50));
     const [h1, a, b] = [pod('h1'), pod('a1'), pod('b1')];
-    const adds = [h1, a, b].map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 5000));
+    // Settled as they come (a's is rejected while the test still waits for its cleanup).
+    const adds = Promise.allSettled([h1, a, b].map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 5000)));
     await until(() => [h1, a, b].every((x) => p.calls.includes(`zds add ${x.uid}`)));
     // Deleted while its annotation waits for a slot: the cleanup does not wait for the API.
     c.podDeleted(a);
@@ -240,7 +241,7 @@ describe('PodController', () => {
     // The slots come back: the healthy annotation is written and answers b's ADDs; h1's write, which
     // never answers, is given up at the deadline: its ADD fails (the runtime retries it), the pod stays
     // captured and the annotation is retried.
-    const [h1Add, aAdd, bAdd] = await Promise.allSettled(adds);
+    const [h1Add, aAdd, bAdd] = await adds;
     await b2;
     expect(p.annotations.get('uid-b1')).toBe('enabled');
     expect(bAdd?.status).toBe('fulfilled');
