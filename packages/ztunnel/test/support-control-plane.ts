@@ -12,10 +12,11 @@ export type { IssuedCertificate, RecordedRequest, TestControlPlaneOptions } from
  * The default is generous: on a loaded CI machine an in-process gRPC round trip can take seconds;
  * a test that means "promptly" asserts its own bound.
  */
-export async function waitFor<T>(what: string, cond: () => T | undefined | false | null, timeoutMs = 10_000): Promise<T> {
+export async function waitFor<T>(what: string, cond: () => T | undefined | false | null | Promise<T | undefined | false | null>, timeoutMs = 10_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const v = cond();
+    // Awaited: an async condition's promise is truthy, it would pass at once.
+    const v = await cond();
     if (v) return v;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
