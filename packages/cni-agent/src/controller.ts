@@ -38,7 +38,7 @@ export interface PodControllerOptions {
   /** Captures running at once. */
   concurrency?: number;
   /**
-   * The longest one API write (the redirection annotation, an Event) holds one of the two write
+   * The longest one API write (the redirection annotation, an Event) holds one of the API write
    * slots, whatever the source does: a write on a black-holed API connection is given up then (an
    * annotation is retried, an Event dropped). Default 30000.
    */
