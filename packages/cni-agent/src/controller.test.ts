@@ -378,6 +378,24 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('a pod enrolled again before the watch shows its annotation removed gets it written again before its ADD is answered', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    const web = pod('again');
+    await c.cmdAdd(web, join(dir, 'again'), [], now(), 2000);
+    expect(p.annotations.get('uid-again')).toBe('enabled');
+    // Released: the annotation is removed, but the source's copy of the pod still shows it.
+    const stale = { 'ambient.istio.io/redirection': 'enabled' };
+    c.podChanged(pod('again', { labels: { 'istio.io/dataplane-mode': 'none' }, annotations: stale }));
+    await until(() => c.status()[0]?.state === 'idle');
+    expect(p.annotations.get('uid-again')).toBeNull();
+    // Enrolled again with a new sandbox, the cache not caught up yet.
+    writeFileSync(join(dir, 'again-2'), '');
+    await c.cmdAdd(pod('again', { annotations: stale }), join(dir, 'again-2'), [], now(), 2000);
+    expect(p.annotations.get('uid-again')).toBe('enabled');
+    await c.stop();
+  });
+
   it('releases on label removal (retrying a failed removal), forgets on deletion without netns work', async () => {
     const p = new Ports();
     const c = controller(p);

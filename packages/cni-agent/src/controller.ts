@@ -89,6 +89,8 @@ interface PodRecord {
   inZtunnel: boolean;
   /** We set the redirection annotation (the source's copy of the pod may not show it yet). */
   annotated: boolean;
+  /** We removed it (a release): the source's copy may still show it until the watch catches up. */
+  unannotated: boolean;
   /** Writing the annotation is queued on the pod's chain (outside the capture slots). */
   annotating: boolean;
   /** CNI ADDs of the captured pod waiting for its annotation (istio-cni answers once it is written). */
@@ -102,6 +104,11 @@ interface PodRecord {
 
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** Whether the pod carries the redirection annotation: we wrote it, or the source says so and we did not remove it since. */
+function hasAnnotation(rec: PodRecord): boolean {
+  return rec.annotated || (!rec.unannotated && rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled');
 }
 
 /** `work`, or a rejection once `ms` passed (the work itself goes on; its outcome is then dropped). */
@@ -210,7 +217,7 @@ export class PodController {
 
   /** Resolves once the captured pod carries the redirection annotation, writing it if need be. */
   private annotation(rec: PodRecord): Promise<void> {
-    if (rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return Promise.resolve();
+    if (hasAnnotation(rec)) return Promise.resolve();
     const written = new Promise<void>((resolve, reject) => rec.annotationWaiters.push({ resolve, reject }));
     this.annotateLater(rec);
     return written;
@@ -339,6 +346,7 @@ export class PodController {
         hostProbe: false,
         inZtunnel: false,
         annotated: false,
+        unannotated: false,
         annotating: false,
         annotationWaiters: [],
         capturing: false,
@@ -692,7 +700,7 @@ export class PodController {
    * hold up other pods' CNI ADDs. On the pod's own chain, after the work in flight; once at a time.
    */
   private annotateLater(rec: PodRecord): void {
-    if (rec.annotated || rec.pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return this.settleAnnotation(rec);
+    if (hasAnnotation(rec)) return this.settleAnnotation(rec);
     if (rec.annotating) return;
     rec.annotating = true;
     // The write slot first, then the pod's chain: waiting for a slot never holds up the pod's own
@@ -741,7 +749,7 @@ export class PodController {
   private async annotate(rec: PodRecord): Promise<void> {
     rec.annotating = false;
     const pod = rec.pod;
-    if (rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] === 'enabled') return this.settleAnnotation(rec);
+    if (hasAnnotation(rec)) return this.settleAnnotation(rec);
     // Deleted, released or stopping while it waited: nothing to write any more.
     if (this.stopped || rec.deleted || rec.state !== 'captured') {
       return this.settleAnnotation(rec, new CniAgentError('ERR_AGENT_STOPPED', `pod ${pod.namespace}/${pod.name} was ${rec.deleted ? 'deleted' : this.stopped ? 'left as the agent stopped' : 'released'} before its annotation was written`));
@@ -749,6 +757,7 @@ export class PodController {
     try {
       await withinDeadline(this.opts.source.setRedirection(pod, 'enabled'), this.opts.apiWriteTimeoutMs ?? API_WRITE_TIMEOUT_MS);
       rec.annotated = true;
+      rec.unannotated = false;
       this.settleAnnotation(rec);
     } catch (err) {
       this.settleAnnotation(rec, new CniAgentError('ERR_AGENT_KUBE_API', `pod ${pod.namespace}/${pod.name} captured, but writing its ${REDIRECTION_ANNOTATION} annotation failed: ${describe(err)} (retrying)`, { cause: err }));
@@ -798,6 +807,7 @@ export class PodController {
       if (rec.annotated || pod.annotations[REDIRECTION_ANNOTATION] !== undefined) {
         await this.opts.source.setRedirection(pod, null);
         rec.annotated = false;
+        rec.unannotated = true;
       }
       this.dropNetns(rec);
       this.hints.set(rec.uid, undefined);
