@@ -118,10 +118,23 @@ function directExecutor(netns: Netns): CommandExecutor {
   };
 }
 
-/** The pod netns's sysctls, read and written in-process. */
-function netnsSysctls(netns: Netns): NetnsSysctls {
+/** What NetnsApplier reads to tell whether IPv6 is on in a netns: on when any of these is 0. */
+const DISABLE_IPV6_ANY = 'net.ipv6.conf.*.disable_ipv6';
+const DISABLE_IPV6_ALL = 'net.ipv6.conf.all.disable_ipv6';
+
+/**
+ * The pod netns's sysctls, read and written in-process. "Any interface's disable_ipv6 is 0" is
+ * answered by `all` alone when that is 0 (the kernel's default): one file instead of listing the
+ * directory and reading every interface's (a /proc/sys lookup costs more the more netns a node has).
+ */
+export function netnsSysctls(netns: Netns): NetnsSysctls {
   return {
-    read: (keys) => readSysctls(netns, keys),
+    read: (keys) => {
+      const i = keys.indexOf(DISABLE_IPV6_ANY);
+      if (i < 0) return readSysctls(netns, keys);
+      const quick = readSysctls(netns, keys.map((k, j) => (j === i ? DISABLE_IPV6_ALL : k)));
+      return quick.get(DISABLE_IPV6_ALL) === '0' ? quick : readSysctls(netns, keys);
+    },
     write: (key, value) => !writeSysctls(netns, { [key]: value }).includes(key),
   };
 }

@@ -159,6 +159,69 @@ describe('KubePodSource lookups for /cmdadd', () => {
     await expect(src.fetchNamespace('other')).rejects.toMatchObject({ code: 'ERR_AGENT_KUBE_API', message: expect.stringContaining('GET namespace other failed: HTTP 500') });
   });
 
+  it('records a core/v1 Warning Event on the pod (a plain JSON POST: every field istio-cni sets); a refused write is logged, never thrown', async () => {
+    const server = await FakeApiServer.start();
+    const dir = await mkdtemp(join(tmpdir(), 'weir-agent-kube-'));
+    const kc = new KubeConfig();
+    kc.loadFromFile(await server.kubeconfig(join(dir, 'kubeconfig')));
+    const warned: { obj: object; msg: string | undefined }[] = [];
+    const logger = { info: () => undefined, debug: () => undefined, error: () => undefined, warn: (obj: object, msg?: string) => void warned.push({ obj, msg }), child: () => logger };
+    const src = new KubePodSource({ kubeConfig: kc, nodeName: 'node-1', logger, component: 'weir-test' });
+    cleanups.push(async () => {
+      await src.stop();
+      await server.close();
+      await rm(dir, { recursive: true, force: true });
+    });
+    const web0 = server.createPod(pod('web-0', 'node-1'));
+    const info = { uid: web0.metadata.uid, name: 'web-0', namespace: 'apps' } as PodInfo;
+    const before = Date.now();
+    await src.recordEvent(info, { type: 'Warning', reason: 'AmbientCaptureBypassable', message: 'captured, but container "app" keeps NET_RAW' });
+    const post = server.requests.find((r) => r.method === 'POST');
+    expect(post).toMatchObject({ path: '/api/v1/namespaces/apps/events', contentType: 'application/json', status: 201 });
+    const ev = server.events[0] as Record<string, unknown> & { metadata: { name: string }; firstTimestamp: string; lastTimestamp: string };
+    expect(ev).toMatchObject({
+      kind: 'Event',
+      metadata: { namespace: 'apps', name: expect.stringMatching(/^web-0\./) },
+      involvedObject: { apiVersion: 'v1', kind: 'Pod', name: 'web-0', namespace: 'apps', uid: web0.metadata.uid },
+      type: 'Warning',
+      reason: 'AmbientCaptureBypassable',
+      message: 'captured, but container "app" keeps NET_RAW',
+      source: { component: 'weir-test', host: 'node-1' },
+      reportingComponent: 'weir-test',
+      reportingInstance: 'node-1',
+      count: 1,
+    });
+    expect(ev.firstTimestamp).toBe(ev.lastTimestamp);
+    expect(Date.parse(ev.firstTimestamp)).toBeGreaterThanOrEqual(before - 1000);
+
+    server.failNext(1, 403, { method: 'POST', path: '/api/v1/namespaces/apps/events' });
+    await expect(src.recordEvent(info, { type: 'Warning', reason: 'AmbientCaptureFailed', message: 'netns gone' })).resolves.toBeUndefined();
+    expect(server.events).toHaveLength(1);
+    expect(warned).toEqual([{ obj: { err: expect.stringMatching(/^Kubernetes API POST events\/apps \(AmbientCaptureFailed on pod web-0\) failed: HTTP 403/), pod: 'apps/web-0' }, msg: 'cannot record pod event' }]);
+  });
+
+  it('converts each watched pod and namespace once: lookups return the same object until the watch delivers a new version', async () => {
+    const { server, src, seen, handlers } = await setup();
+    server.createNamespace('apps', { 'istio.io/dataplane-mode': 'ambient' });
+    server.createPod(pod('web-0', 'node-1', { v: '1' }));
+    await src.start(handlers);
+    const first = src.pod('apps', 'web-0');
+    expect(first).toMatchObject({ name: 'web-0', labels: { v: '1' } });
+    expect(src.pod('apps', 'web-0')).toBe(first);
+    expect(await src.fetchPod('apps', 'web-0', first?.uid)).toBe(first);
+    expect(src.pods()[0]).toBe(first);
+    const ns = src.namespace('apps');
+    expect(await src.fetchNamespace('apps')).toBe(ns);
+    server.updatePod('apps', 'web-0', (p) => {
+      p.metadata.labels = { v: '2' };
+    });
+    await until(() => seen.some((s) => s.includes('"v":"2"')), 'the update');
+    const second = src.pod('apps', 'web-0');
+    expect(second).not.toBe(first);
+    expect(second).toMatchObject({ labels: { v: '2' } });
+    expect(src.pod('apps', 'web-0')).toBe(second);
+  });
+
   it('refuses a kubeconfig without a current cluster with ERR_AGENT_KUBECONFIG', () => {
     const kc = new KubeConfig();
     kc.loadFromOptions({ clusters: [], users: [], contexts: [{ name: 'x', cluster: 'missing', user: 'u' }], currentContext: 'x' });

@@ -56,7 +56,8 @@ function statusBody(text: string): unknown {
   }
 }
 
-const PATCH_TIMEOUT_MS = 30_000;
+/** The longest one API write (send) takes, answer included. */
+const WRITE_TIMEOUT_MS = 30_000;
 
 function apiFailure(what: string, err: unknown): CniAgentError {
   const status = statusCode(err);
@@ -127,6 +128,11 @@ export class KubePodSource implements PodSource {
    * until the watch delivers this version or a later one.
    */
   private readonly fetchedNs = new Map<string, V1Namespace>();
+  /**
+   * What each watched object converts to, converted once: a pod is looked up on its CNI ADD and its
+   * namespace on every reconcile, and the informer hands out the same object until the next event.
+   */
+  private readonly converted = new WeakMap<object, PodInfo | NamespaceInfo>();
 
   constructor(private readonly opts: KubePodSourceOptions) {
     this.log = (opts.logger ?? silentLogger).child({ scope: 'kube' });
@@ -166,7 +172,7 @@ export class KubePodSource implements PodSource {
         const fetched = name !== undefined ? this.fetchedNs.get(name) : undefined;
         if (fetched && isNewer(fetched, obj)) return;
         if (name !== undefined) this.fetchedNs.delete(name);
-        this.handlers?.namespaceChanged(namespaceFromV1(obj));
+        this.handlers?.namespaceChanged(this.nsInfo(obj));
       } catch (err) {
         this.invalid(err);
       }
@@ -180,7 +186,7 @@ export class KubePodSource implements PodSource {
     });
     const onPod = (obj: V1Pod): void => {
       try {
-        this.handlers?.podChanged(podFromV1(obj));
+        this.handlers?.podChanged(this.podInfo(obj));
       } catch (err) {
         this.invalid(err);
       }
@@ -189,7 +195,7 @@ export class KubePodSource implements PodSource {
     podInformer.on('update', onPod);
     podInformer.on('delete', (obj: V1Pod) => {
       try {
-        this.handlers?.podDeleted(podFromV1(obj));
+        this.handlers?.podDeleted(this.podInfo(obj));
       } catch (err) {
         this.invalid(err);
       }
@@ -197,6 +203,20 @@ export class KubePodSource implements PodSource {
     // Namespaces first: a pod's enrollment depends on its namespace's labels.
     await this.startSynced(this.track(nsInformer as ListWatch<KubernetesObject>, 'namespaces'));
     await this.startSynced(this.track(podInformer as ListWatch<KubernetesObject>, `pods on node ${this.opts.nodeName}`));
+  }
+
+  /** podFromV1 of a watched (or fetched) object, once per object; throws as it does. */
+  private podInfo(obj: V1Pod | KubernetesObject): PodInfo {
+    let info = this.converted.get(obj) as PodInfo | undefined;
+    if (!info) this.converted.set(obj, (info = podFromV1(obj)));
+    return info;
+  }
+
+  /** namespaceFromV1, once per object. */
+  private nsInfo(obj: V1Namespace): NamespaceInfo {
+    let info = this.converted.get(obj) as NamespaceInfo | undefined;
+    if (!info) this.converted.set(obj, (info = namespaceFromV1(obj)));
+    return info;
   }
 
   private invalid(err: unknown): void {
@@ -274,7 +294,7 @@ export class KubePodSource implements PodSource {
     const out: PodInfo[] = [];
     for (const obj of this.podInformer()?.list() ?? []) {
       try {
-        out.push(podFromV1(obj));
+        out.push(this.podInfo(obj));
       } catch {
         // Reported when it arrived.
       }
@@ -286,7 +306,7 @@ export class KubePodSource implements PodSource {
     const obj = this.podInformer()?.get(name, namespace);
     if (!obj) return undefined;
     try {
-      return podFromV1(obj);
+      return this.podInfo(obj);
     } catch {
       return undefined;
     }
@@ -325,7 +345,7 @@ export class KubePodSource implements PodSource {
     const obj = this.namespaceObject(name);
     if (!obj) return undefined;
     try {
-      return namespaceFromV1(obj);
+      return this.nsInfo(obj);
     } catch {
       return undefined;
     }
@@ -358,31 +378,38 @@ export class KubePodSource implements PodSource {
   }
 
   /**
-   * A merge patch of the pod's status subresource, sent as is through the kubeconfig's
-   * authentication and the keep-alive agent: client-node's generated client costs ~4× the CPU
-   * (its request pipeline, and the whole V1Pod answer deserialized into model classes), once per
-   * capture, and a burst of captures is when the agent's CPU is short.
+   * A merge patch of the pod's status subresource, sent as is (see send): client-node's generated
+   * client costs ~4× the CPU (its request pipeline, and the whole V1Pod answer deserialized into
+   * model classes), once per capture, and a burst of captures is when the agent's CPU is short.
    */
   async setRedirection(pod: PodInfo, value: 'enabled' | null): Promise<void> {
-    const what = `PATCH pods/${pod.namespace}/${pod.name}/status`;
     const body = JSON.stringify({ metadata: { annotations: { [REDIRECTION_ANNOTATION]: value } } });
-    const ctx = new RequestContext(`${this.server}/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/pods/${encodeURIComponent(pod.name)}/status`, HttpMethod.PATCH);
+    await this.send('PATCH', `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/pods/${encodeURIComponent(pod.name)}/status`, body, PatchStrategy.MergePatch, `PATCH pods/${pod.namespace}/${pod.name}/status`);
+  }
+
+  /**
+   * One API write with a JSON body through the kubeconfig's authentication and the keep-alive
+   * agent; the answer's body is read only when it is an error (its Status says why). Rejects with
+   * ERR_AGENT_KUBE_API naming `what`.
+   */
+  private async send(method: 'PATCH' | 'POST', path: string, body: string, contentType: string, what: string): Promise<void> {
+    const ctx = new RequestContext(`${this.server}${path}`, method === 'PATCH' ? HttpMethod.PATCH : HttpMethod.POST);
     await this.auth.applySecurityAuthentication(ctx);
     const url = new URL(ctx.getUrl());
-    const headers = { ...ctx.getHeaders(), 'content-type': PatchStrategy.MergePatch, accept: 'application/json', 'content-length': String(Buffer.byteLength(body)) };
+    const headers = { ...ctx.getHeaders(), 'content-type': contentType, accept: 'application/json', 'content-length': String(Buffer.byteLength(body)) };
     const agent = ctx.getAgent();
     const send = url.protocol === 'http:' ? httpRequest : httpsRequest;
     await new Promise<void>((resolve, reject) => {
       // Idle time on the socket is bounded by `timeout`; this bounds the whole exchange (an answer
       // trickling in), so the write slot it holds is always given back.
-      const deadline = setTimeout(() => req.destroy(new Error(`not answered within ${PATCH_TIMEOUT_MS} ms`)), PATCH_TIMEOUT_MS);
+      const deadline = setTimeout(() => req.destroy(new Error(`not answered within ${WRITE_TIMEOUT_MS} ms`)), WRITE_TIMEOUT_MS);
       deadline.unref?.();
       const settle = (err?: Error): void => {
         clearTimeout(deadline);
         if (err) reject(err);
         else resolve();
       };
-      const req = send(url, { method: 'PATCH', headers, timeout: PATCH_TIMEOUT_MS, ...(agent ? { agent } : {}) }, (res) => {
+      const req = send(url, { method, headers, timeout: WRITE_TIMEOUT_MS, ...(agent ? { agent } : {}) }, (res) => {
         // A connection cut after the headers ends the answer without 'end' (and without 'error' when
         // nothing listens for it): settled here, or the write would never finish.
         res.once('error', () => undefined);
@@ -403,31 +430,37 @@ export class KubePodSource implements PodSource {
         });
         res.once('end', () => settle(apiFailure(what, { statusCode: status, body: statusBody(text) })));
       });
-      req.once('timeout', () => req.destroy(new Error(`no answer within ${PATCH_TIMEOUT_MS} ms`)));
+      req.once('timeout', () => req.destroy(new Error(`no answer within ${WRITE_TIMEOUT_MS} ms`)));
       req.once('error', (err) => settle(apiFailure(what, err)));
       req.end(body);
     });
   }
 
+  /**
+   * A core/v1 Event on the pod, POSTed as plain JSON (see send): through client-node's generated
+   * client each cost ~1 ms of CPU more, and the capture-bypass warning writes one per captured pod
+   * that keeps the runtime's NET_RAW (most pods, in `warn` mode). A failure is logged, not thrown.
+   */
   async recordEvent(pod: PodInfo, event: PodEvent): Promise<void> {
-    const now = new Date();
+    const now = new Date().toISOString();
+    const component = this.opts.component ?? 'weir-cni-agent';
+    const body = JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Event',
+      metadata: { generateName: `${pod.name}.`, namespace: pod.namespace },
+      involvedObject: { apiVersion: 'v1', kind: 'Pod', name: pod.name, namespace: pod.namespace, uid: pod.uid },
+      type: event.type,
+      reason: event.reason,
+      message: event.message,
+      source: { component, host: this.opts.nodeName },
+      reportingComponent: component,
+      reportingInstance: this.opts.nodeName,
+      firstTimestamp: now,
+      lastTimestamp: now,
+      count: 1,
+    });
     try {
-      await this.api.createNamespacedEvent({
-        namespace: pod.namespace,
-        body: {
-          metadata: { generateName: `${pod.name}.`, namespace: pod.namespace },
-          involvedObject: { apiVersion: 'v1', kind: 'Pod', name: pod.name, namespace: pod.namespace, uid: pod.uid },
-          type: event.type,
-          reason: event.reason,
-          message: event.message,
-          source: { component: this.opts.component ?? 'weir-cni-agent', host: this.opts.nodeName },
-          reportingComponent: this.opts.component ?? 'weir-cni-agent',
-          reportingInstance: this.opts.nodeName,
-          firstTimestamp: now,
-          lastTimestamp: now,
-          count: 1,
-        },
-      });
+      await this.send('POST', `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`, body, 'application/json', `POST events/${pod.namespace} (${event.reason} on pod ${pod.name})`);
     } catch (err) {
       this.log.warn({ err: (err as Error).message, pod: `${pod.namespace}/${pod.name}` }, 'cannot record pod event');
     }
