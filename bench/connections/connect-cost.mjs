@@ -37,16 +37,10 @@ try {
   const server = await lib.listenTcp({ netns: handles.this, host: '127.0.0.1', port: 9000 });
   const accepted = [];
   server.on('connection', (s) => accepted.push(s.on('error', () => {})));
-  // This build as ztunnel uses it now (keepalive in the connect call, the abort signal made only for a connect
-  // that waits); --other as ztunnel used @weir/netns before (setTcpKeepalive after the connect, an eager signal).
-  const connect = async (name) => {
-    const b = builds[name];
-    const o = { netns: handles[name], family: 4, mark: 1337, host: '127.0.0.1', port: 9999, noDelay: true, timeoutMs: 10_000 };
-    if (name === 'this') return b.connectTcp({ ...o, keepalive: KA, signal: () => new AbortController().signal });
-    const s = await b.connectTcp({ ...o, signal: new AbortController().signal });
-    b.setTcpKeepalive(s, KA);
-    return s;
-  };
+  // Both builds called alike, as ztunnel calls connectTcp (keepalive in the connect call, the abort signal made
+  // only for a connect that waits).
+  const connect = (name) =>
+    builds[name].connectTcp({ netns: handles[name], family: 4, mark: 1337, host: '127.0.0.1', port: 9999, noDelay: true, timeoutMs: 10_000, keepalive: KA, signal: () => new AbortController().signal });
   const session = new Session();
   session.connect();
   const post = (m, p) => new Promise((res, rej) => session.post(m, p, (e, r) => (e ? rej(e) : res(r))));

@@ -8,12 +8,12 @@
 //      request is a new TCP connection, hence a new HBONE stream), weir vs direct vs the Go tunnel
 //   3. both ztunnels' RSS at 0, 1,000 and 10,000 concurrent idle connections a → b (through the mesh)
 // Last line: one JSON object.
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { printGoal } from '../common/goal.mjs';
-import { buildGoPeer, captureToggle, enroll, machine, peerCerts, quantile, round, rssKiB, runMeshBench, sleep, startPeerTunnel, waitFor } from '../common/mesh.mjs';
+import { buildGoPeer, captureToggle, cpuSeconds, enroll, machine, peerCerts, quantile, round, rssKiB, runMeshBench, sleep, startPeerTunnel, waitFor } from '../common/mesh.mjs';
 import { perfRecord } from '../common/profiling.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -59,6 +59,46 @@ const breakdown = (label, pid) => {
   if (process.env.BENCH_MEM_BREAKDOWN) console.log(`  memory of ${label} (MiB): ${memBreakdown(pid)}`);
 };
 
+const TCP_EVENTS = ['TcpRetransSegs', 'TcpExtTCPSynRetrans', 'TcpExtListenOverflows', 'TcpExtListenDrops', 'TcpAttemptFails', 'TcpEstabResets', 'TcpOutRsts', 'TcpExtTW', 'TcpExtTWRecycled', 'TcpExtTCPTimeWaitOverflow', 'TcpExtDelayedACKs', 'TcpExtTCPAbortOnData', 'TcpExtTCPAbortOnClose', 'TcpExtPAWSEstab', 'TcpExtTCPChallengeACK'];
+
+/** Absolute TCP counters (nstat, history untouched) summed over the given pods/nodes. */
+async function tcpCounters(where) {
+  const sum = {};
+  for (const w of where) {
+    const out = (await w.exec('nstat', ['-asz'], { check: false })).stdout;
+    for (const m of out.matchAll(/^(\w+)\s+(\d+)/gm)) if (TCP_EVENTS.includes(m[1])) sum[m[1]] = (sum[m[1]] ?? 0) + Number(m[2]);
+  }
+  return sum;
+}
+const tcpDelta = (x, y) => Object.fromEntries(TCP_EVENTS.map((k) => [k, (y[k] ?? 0) - (x[k] ?? 0)]).filter(([, v]) => v !== 0));
+const tcpLine = (d, conns) => Object.entries(d).map(([k, v]) => `${k.replace(/^Tcp(Ext)?/, '')} ${((v / conns) * 1000).toFixed(1)}`).join(', ');
+
+/** Machine-wide CPU jiffies from /proc/stat: [busy, total]. */
+function machineCpu() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((x, y) => x + y, 0);
+  return [total - f[3] - f[4], total];
+}
+
+/** ns a process's threads spent runnable but waiting for a CPU (schedstat; threads alive now). */
+function runqNs(pid) {
+  let wait = 0;
+  let tids = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0;
+  }
+  for (const tid of tids) {
+    try {
+      wait += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+    } catch {
+      // The thread exited between readdir and read.
+    }
+  }
+  return wait;
+}
+
 const t0 = Date.now();
 const fillers = Array.from({ length: PODS - 1 }, (_, i) => `f${i + 1}`);
 await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, defer: fillers, tools: ['wrk', 'go', 'curl', 'ss'] }, async (mesh) => {
@@ -103,24 +143,54 @@ await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, de
   await waitFor('servers in b', async () => (await b.exec('ss', ['-Hltn', 'sport = :8080 or sport = :9000'])).stdout.trim().split('\n').length >= 2);
   const go = await startPeerTunnel(mesh, 'go', { from: n1, to: n2, target: `${b.ip}:8080`, certs, goBin, port: 16201 });
   const paths = {
-    direct: { url: `http://${b.ip}:8080/`, capture: false },
-    weir: { url: `http://${b.ip}:8080/`, capture: true },
-    go: { url: `http://${go.host}:${go.port}/`, capture: false },
+    direct: { url: `http://${b.ip}:8080/`, capture: false, procs: [] },
+    weir: { url: `http://${b.ip}:8080/`, capture: true, procs: mesh.ztunnels },
+    go: { url: `http://${go.host}:${go.port}/`, capture: false, procs: go.procs.map((p, i) => ({ name: `go-${i === 0 ? 'n1' : 'n2'}`, pid: p.pid })) },
   };
+  // Per proxy process over the measured run: CPU µs per connection, and its CPU time ÷ wall time. One
+  // ztunnel near 100% is its one event-loop thread saturated: the rate cannot grow past it whatever the cores.
+  const cpuPerConn = {};
   const setCapture = captureToggle(mesh, [a, b]);
+  // Where a connection can stall without CPU: SYN retransmits, listen queue overflows, resets, TIME-WAIT
+  // collisions (nstat in the pods' and nodes' netns, summed).
+  const nstatWhere = [a, b, n1, n2];
   const rate = {};
   for (const [name, path] of Object.entries(paths)) {
     await setCapture(path.capture);
     await a.exec('wrk', ['-t1', '-c8', '-d2s', '-H', 'Connection: close', path.url], { timeoutMs: 30_000, check: false });
     // BENCH_PERF: both ztunnels during the measured Weir run.
     const perf = path.capture ? perfRecord(mesh.ztunnels, 'newconn', SECONDS) : undefined;
-    const r = await a.exec('wrk', ['-t1', '-c8', `-d${SECONDS}s`, '-H', 'Connection: close', path.url], { timeoutMs: (SECONDS + 30) * 1000, check: false });
+    const tcp0 = await tcpCounters(nstatWhere);
+    const cpu0 = path.procs.map((p) => cpuSeconds(p.pid));
+    const q0 = path.procs.map((p) => runqNs(p.pid));
+    const m0 = machineCpu();
+    const w0 = process.hrtime.bigint();
+    const r = await a.exec('wrk', ['-t1', '-c8', `-d${SECONDS}s`, '--latency', '-H', 'Connection: close', path.url], { timeoutMs: (SECONDS + 30) * 1000, check: false });
+    const wall = Number(process.hrtime.bigint() - w0) / 1e9;
+    const cpu = path.procs.map((p, i) => cpuSeconds(p.pid) - cpu0[i]);
+    const q = path.procs.map((p, i) => (runqNs(p.pid) - q0[i]) / 1e9);
+    const m1 = machineCpu();
+    const machineBusy = (m1[0] - m0[0]) / Math.max(1, m1[1] - m0[1]);
+    const tcp = tcpDelta(tcp0, await tcpCounters(nstatWhere));
     await perf;
     const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
     if (!m) throw new Error(`wrk through ${name} gave no rate:\n${r.stdout}${r.stderr}`);
     const errors = /Socket errors: (.*)/.exec(r.stdout)?.[1];
     rate[name] = Number(m[1]);
-    console.log(`new connections/s ${name.padEnd(7)} ${rate[name].toFixed(0).padStart(6)}${errors ? `   (socket errors: ${errors})` : ''}`);
+    const conns = Math.max(1, rate[name] * wall);
+    let cost = '';
+    if (path.procs.length > 0) {
+      const total = cpu.reduce((x, y) => x + y, 0);
+      cpuPerConn[name] = {
+        total: round((total / conns) * 1e6, 0),
+        ...Object.fromEntries(path.procs.map((p, i) => [p.name, { us: round((cpu[i] / conns) * 1e6, 0), busy: round(cpu[i] / wall, 2), runq: round(q[i] / wall, 2) }])),
+      };
+      cost = `   CPU µs per connection ${cpuPerConn[name].total} (${path.procs.map((p, i) => `${p.name} ${((cpu[i] / conns) * 1e6).toFixed(0)} µs, on a CPU ${((cpu[i] / wall) * 100).toFixed(0)}% / waiting for one ${((q[i] / wall) * 100).toFixed(0)}% of the run`).join('; ')})`;
+    }
+    cost += `; machine ${(machineBusy * 100).toFixed(0)}% busy`;
+    console.log(`new connections/s ${name.padEnd(7)} ${rate[name].toFixed(0).padStart(6)}${errors ? `   (socket errors: ${errors})` : ''}${cost}`);
+    const lat = [...r.stdout.matchAll(/^\s+(50|90|99)%\s+(\S+)\s*$/gm)].map((m) => `p${m[1]} ${m[2]}`).join(', ');
+    console.log(`  ${name}: per request (connect to response) ${lat}; TCP events (nstat, per 1000 connections): ${tcpLine(tcp, conns) || 'none'}`);
   }
 
   // --- idle connections ------------------------------------------------------------------------------
@@ -171,6 +241,7 @@ await runMeshBench({ tag: 'conn', pods: { n1: ['a', ...fillers], n2: ['b'] }, de
     newconn_per_s_vs_go: round(rate.weir / rate.go),
     newconn_per_s_vs_direct: round(rate.weir / rate.direct),
     conn_per_s: Object.fromEntries(Object.entries(rate).map(([k, v]) => [k, round(v, 0)])),
+    newconn_cpu_us: cpuPerConn,
     rss_mib: Object.fromEntries(Object.entries(rss).map(([k, [r1, r2]]) => [k, { n1: round(r1 / 1024, 1), n2: round(r2 / 1024, 1) }])),
     pods: PODS,
     idle: IDLE,
