@@ -5,14 +5,26 @@ import { dirname } from 'node:path';
  * Remembers the netns path each captured pod came with (the CNI_NETNS of its ADD), so that a
  * restarted agent finds pods whose netns holds no process for the /proc scan to match.
  */
+/**
+ * How long a change waits for more before the file is written: a burst of captures rewrites it
+ * once or twice instead of once per pod (each a write and a rename of every pod's hint). A hint
+ * lost to a crash in that window only means a /proc scan after the restart.
+ */
+const WRITE_DELAY_MS = 500;
+
 export class NetnsHints {
   private readonly map = new Map<string, string>();
   private writing: Promise<void> = Promise.resolve();
+  /** Changes not written yet (a write is scheduled or queued). */
   private dirty = false;
+  private timer: NodeJS.Timeout | undefined;
   /** The directory exists (created once, not on every write of a burst). */
   private dirReady = false;
 
-  constructor(private readonly file: string | undefined) {}
+  constructor(
+    private readonly file: string | undefined,
+    private readonly delayMs = WRITE_DELAY_MS,
+  ) {}
 
   async load(): Promise<void> {
     if (!this.file) return;
@@ -41,9 +53,18 @@ export class NetnsHints {
   }
 
   private flush(): void {
-    const file = this.file;
-    if (!file || this.dirty) return;
+    if (!this.file || this.dirty) return;
     this.dirty = true;
+    this.timer = setTimeout(() => this.writeNow(), this.delayMs);
+    this.timer.unref?.();
+  }
+
+  /** Queues the write of what the map holds then (after a write in flight). */
+  private writeNow(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const file = this.file;
+    if (!file) return;
     this.writing = this.writing.then(async () => {
       this.dirty = false;
       const tmp = `${file}.${process.pid}.tmp`;
@@ -61,7 +82,9 @@ export class NetnsHints {
     });
   }
 
+  /** Resolves once every change so far is written (a scheduled write runs now). */
   async flushed(): Promise<void> {
+    if (this.timer !== undefined) this.writeNow();
     await this.writing;
   }
 }
