@@ -219,6 +219,32 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('an annotation takes the next free API write slot ahead of Events queued for one (a CNI ADD waits for it, nothing waits for an Event)', async () => {
+    const p = new Ports();
+    const c = controller(p);
+    const order: string[] = [];
+    p.source.setRedirection = async (x, v) => {
+      order.push(`annotate ${x.name}`);
+      p.annotations.set(x.uid, v);
+    };
+    const busy = [gate(), gate(), gate(), gate()];
+    // Every write slot taken by a slow Event, six more queued behind them.
+    for (const g of busy) c.report(() => g.held);
+    for (let i = 0; i < 6; i++) c.report(async () => void order.push(`event ${i}`));
+    const x = pod('x1');
+    const add = c.cmdAdd(x, join(dir, x.name), [], now(), 5000);
+    await until(() => p.calls.includes(`zds add ${x.uid}`));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(order).toEqual([]);
+    // One slot comes free: the annotation gets it, the ADD is answered, the Events still wait.
+    busy[0]?.open();
+    await add;
+    expect(order).toEqual(['annotate x1']);
+    for (const g of busy) g.open();
+    await until(() => order.length === 7);
+    await c.stop();
+  });
+
   it('API writes that never answer (a black-holed API connection) give their write slot back at apiWriteTimeoutMs, and never hold up a pod\'s own work', async () => {
     const p = new Ports();
     const c = controller(p, undefined, { apiWriteTimeoutMs: 300 });

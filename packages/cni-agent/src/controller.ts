@@ -704,8 +704,10 @@ export class PodController {
     if (rec.annotating) return;
     rec.annotating = true;
     // The write slot first, then the pod's chain: waiting for a slot never holds up the pod's own
-    // work (a release, a deletion's cleanup, the next sandbox's capture).
-    void this.apiWrites.run(() => this.chain(rec, () => this.annotate(rec)));
+    // work (a release, a deletion's cleanup, the next sandbox's capture). Ahead of any Event waiting
+    // for a slot: a CNI ADD waits for this write, nothing waits for an Event (a burst's warnings,
+    // one per pod, all come due at once).
+    void this.apiWrites.run(() => this.chain(rec, () => this.annotate(rec)), true);
   }
 
   /**
