@@ -219,6 +219,34 @@ describe('PodController', () => {
     await c.stop();
   });
 
+  it('at debug, says where an answered ADD\'s time went: the capture, then the annotation write', async () => {
+    const p = new Ports();
+    const lines: { obj: Record<string, unknown>; msg: string | undefined }[] = [];
+    const logger: PodControllerOptions['logger'] = {
+      info: () => undefined,
+      warn: () => undefined,
+      error: () => undefined,
+      debug: (obj: object, msg?: string) => void lines.push({ obj: obj as Record<string, unknown>, msg }),
+      child: () => logger!,
+    };
+    const c = controller(p, logger);
+    const slow = gate();
+    p.source.setRedirection = async (x, v) => {
+      await slow.held;
+      p.annotations.set(x.uid, v);
+    };
+    const x = pod('t1');
+    const add = c.cmdAdd(x, join(dir, x.name), [], now(), 5000);
+    await until(() => p.calls.includes(`zds add ${x.uid}`));
+    await new Promise((r) => setTimeout(r, 60));
+    slow.open();
+    await add;
+    const line = lines.find((l) => l.msg === 'cmdadd answered, pod captured and annotated');
+    expect(line?.obj).toMatchObject({ uid: x.uid, name: 't1', capturedMs: expect.any(Number), annotationMs: expect.any(Number) });
+    expect(line?.obj.annotationMs as number).toBeGreaterThanOrEqual(50);
+    await c.stop();
+  });
+
   it('an annotation takes the next free API write slot ahead of Events queued for one (a CNI ADD waits for it, nothing waits for an Event)', async () => {
     const p = new Ports();
     const c = controller(p);

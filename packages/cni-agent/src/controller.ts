@@ -203,16 +203,24 @@ export class PodController {
         reject(new CniAgentError('ERR_AGENT_ZTUNNEL', `pod ${pod.namespace}/${pod.name} not captured within ${timeoutMs} ms (still pending, retrying)`));
       }, timeoutMs);
     });
+    let capturedAt = receivedAt;
     try {
       await Promise.race([done, timeout]);
       captured = true;
+      capturedAt = process.hrtime.bigint();
       // As istio-cni, the ADD is answered once the pod is annotated as captured: istiod (and through it
       // every ztunnel) then treats it as a mesh workload from its start, not plaintext for a while.
       await Promise.race([this.annotation(rec), timeout]);
     } finally {
       clearTimeout(timer);
     }
-    this.opts.metrics.enrollmentLatency.observe({ trigger: 'cmdadd' }, Number(process.hrtime.bigint() - receivedAt) / 1e9);
+    const answeredAt = process.hrtime.bigint();
+    this.opts.metrics.enrollmentLatency.observe({ trigger: 'cmdadd' }, Number(answeredAt - receivedAt) / 1e9);
+    // With `capture timings`, where an ADD's time went: the capture, then its annotation write.
+    this.log.debug(
+      { uid: rec.uid, name: pod.name, namespace: pod.namespace, capturedMs: Number((Number(capturedAt - receivedAt) / 1e6).toFixed(1)), annotationMs: Number((Number(answeredAt - capturedAt) / 1e6).toFixed(1)) },
+      'cmdadd answered, pod captured and annotated',
+    );
   }
 
   /** Resolves once the captured pod carries the redirection annotation, writing it if need be. */
