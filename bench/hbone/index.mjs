@@ -269,8 +269,17 @@ const wl = node('weir-open-latency', { ...clientFiles, peer: local(wsp), target:
 const gs = start(goBin, ['-mode', 'server', '-cert', f['server.crt'], '-key', f['server.key'], '-ca', f['root.crt']]);
 const gsp = Number((await waitLine(gs, /LISTENING \S+:(\d+)/))[1]);
 const gl = start(goBin, ['-mode', 'open-latency', '-warmup', String(OPEN_WARMUP), '-peer', `127.0.0.1:${gsp}`, '-target', `127.0.0.1:${holdPort}`, '-cert', f['client.crt'], '-key', f['client.key'], '-ca', f['root.crt'], '-expect', SERVER_ID]);
-await Promise.all([waitLine(wl, /OPEN-READY/, 60_000), waitLine(gl, /OPEN-READY/, 60_000)]);
-const samples = { weir: [], go: [] };
+// HBONE_BENCH_BARE=1: a bare node:http2 CONNECT client and server (nodepeer.mjs h2-open-latency and
+// h2-server: no Weir code, Node's defaults) take their turn in the same rounds, measured the same way:
+// what any HBONE on node:http2 gets, for scale. Off by default: a third system lengthens the pause
+// between one system's rounds, and a round's first opens are slower after a pause (see below).
+const BARE = Boolean(process.env.HBONE_BENCH_BARE);
+const bs = BARE ? node('h2-server', serverFiles) : undefined;
+const bl = BARE ? node('h2-open-latency', { ...clientFiles, peer: local(await ready(bs)), target: local(holdPort), warmup: OPEN_WARMUP }) : undefined;
+await Promise.all([waitLine(wl, /OPEN-READY/, 60_000), waitLine(gl, /OPEN-READY/, 60_000), ...(BARE ? [waitLine(bl, /OPEN-READY/, 60_000)] : [])]);
+const openPeers = { weir: [wl, ws], go: [gl, gs], ...(BARE ? { bare: [bl, bs] } : {}) };
+const openSystems = Object.keys(openPeers);
+const samples = Object.fromEntries(openSystems.map((x) => [x, []]));
 const rounds = [];
 // HBONE_BENCH_GC: each Weir open as [start, end] (wall clock ms), and the GC pauses of its client and server.
 const gcDiag = { opens: [], client: [], server: [] };
@@ -296,16 +305,18 @@ const schedOf = (p) => {
 };
 const schedDiag = { weir: { client: { all: [0, 0, 0], main: [0, 0, 0] }, server: { all: [0, 0, 0], main: [0, 0, 0] } } };
 schedDiag.go = structuredClone(schedDiag.weir);
+if (BARE) schedDiag.bare = structuredClone(schedDiag.weir);
 const addSched = (acc, before, after) => {
   for (const k of ['all', 'main']) for (let i = 0; i < 3; i++) acc[k][i] += after[k][i] - before[k][i];
 };
 for (let r = 0; r < ROUNDS; r++) {
   const round = {};
-  for (const name of r % 2 === 0 ? ['weir', 'go'] : ['go', 'weir']) {
-    const from = (name === 'weir' ? wl : gl).log.length;
-    const [cp, sp] = name === 'weir' ? [wl, ws] : [gl, gs];
+  // Each system first in turn (weir, go alternating when there are two).
+  for (const name of [...openSystems.slice(r % openSystems.length), ...openSystems.slice(0, r % openSystems.length)]) {
+    const [cp, sp] = openPeers[name];
+    const from = cp.log.length;
     const sched0 = SCHED_DIAG ? [schedOf(cp), schedOf(sp)] : undefined;
-    const lat = JSON.parse((await ask(name === 'weir' ? wl : gl, `round ${PER_ROUND}`, /ROUND (.*)\n/))[1]);
+    const lat = JSON.parse((await ask(cp, `round ${PER_ROUND}`, /ROUND (.*)\n/))[1]);
     if (sched0 !== undefined) {
       addSched(schedDiag[name].client, sched0[0], schedOf(cp));
       addSched(schedDiag[name].server, sched0[1], schedOf(sp));
@@ -328,6 +339,14 @@ const summary = (lat) => {
 };
 const weirOpen = summary(samples.weir);
 const goOpen = summary(samples.go);
+const bareOpen = BARE ? summary(samples.bare) : undefined;
+// How many of a system's slowest 1% were the first open of a round: after a pause (the other systems'
+// rounds, the orchestrator's commands) both processes are descheduled and their caches cold, and the
+// first opens of a round are slower for every system (15 rounds: up to half of the 30 slowest).
+const firstOfRound = (lat) => {
+  const worst = lat.map((ms, i) => [ms, i]).sort((a, b) => b[0] - a[0]).slice(0, Math.max(1, Math.round(lat.length / 100)));
+  return `${worst.filter(([, i]) => i % PER_ROUND === 0).length} of ${worst.length}`;
+};
 const spread = (p) => {
   const ratios = rounds.map((x) => pct(x.weir, p) / pct(x.go, p)).sort((a, b) => a - b);
   return { min: Number(ratios[0].toFixed(3)), median: Number(pct(ratios, 0.5).toFixed(3)), max: Number(ratios.at(-1).toFixed(3)) };
@@ -346,11 +365,13 @@ for (let r = 0; r < CHURN_ROUNDS; r++) {
 const us = (t) => ({ client: Number(((t.client / t.n) * 1e6).toFixed(1)), server: Number(((t.server / t.n) * 1e6).toFixed(1)) });
 const weirChurn = us(churnSeconds.weir);
 const goChurn = us(churnSeconds.go);
-await stop(wl, gs, gl);
+await stop(wl, gs, gl, ...(BARE ? [bl, bs] : []));
 const ms = (x) => `${x.p50_ms.toFixed(3)}/${x.p90_ms.toFixed(3)}/${x.p99_ms.toFixed(3)}`;
 console.log(`open p50/p90/p99 ms (${ROUNDS} interleaved rounds of ${PER_ROUND} opens after ${OPEN_WARMUP} warm-up): weir ${ms(weirOpen)}   go ${ms(goOpen)}`);
 const sp = (x) => `${x.min}/${x.median}/${x.max}`;
 console.log(`  weir ÷ go per round, min/median/max: p50 ${sp(roundSpread.p50)}   p99 ${sp(roundSpread.p99)}`);
+console.log(`  of the slowest 1%, a round's first open: ${openSystems.map((x) => `${x} ${firstOfRound(samples[x])}`).join(', ')}`);
+if (BARE) console.log(`  bare node:http2 (HBONE_BENCH_BARE, no Weir code) open p50/p90/p99 ms ${ms(bareOpen)}; weir ÷ bare p50 ${(weirOpen.p50_ms / bareOpen.p50_ms).toFixed(3)} p99 ${(weirOpen.p99_ms / bareOpen.p99_ms).toFixed(3)}`);
 if (GC_DIAG) {
   // Of the slowest 1% and 10% of Weir opens, how many overlapped a GC pause in the client or server.
   const overlaps = (o, evs) => evs.some(([t, d]) => t < o[1] && t + d > o[0]);
@@ -374,7 +395,7 @@ if (SCHED_DIAG) {
   // µs per open + close: on a CPU, and runnable but waiting for one (all threads; Node's main thread in brackets).
   const per = (x, i) => ((x[i] / 1000) / (ROUNDS * PER_ROUND)).toFixed(1);
   const side = (d) => `on CPU ${per(d.all, 0)} (main ${per(d.main, 0)}), waiting ${per(d.all, 1)} (main ${per(d.main, 1)}) in ${(d.all[2] / (ROUNDS * PER_ROUND)).toFixed(1)} slices`;
-  for (const name of ['weir', 'go']) console.log(`  scheduler (HBONE_BENCH_SCHED) ${name} µs per open in the rounds: client ${side(schedDiag[name].client)}; server ${side(schedDiag[name].server)}`);
+  for (const name of openSystems) console.log(`  scheduler (HBONE_BENCH_SCHED) ${name} µs per open in the rounds: client ${side(schedDiag[name].client)}; server ${side(schedDiag[name].server)}`);
 }
 console.log(`CPU µs per tunnel open + close (${CHURN} in ${CHURN_ROUNDS} interleaved rounds, 8 at a time): weir client ${weirChurn.client} + server ${weirChurn.server}   go client ${goChurn.client} + server ${goChurn.server}`);
 
@@ -475,7 +496,7 @@ console.log(
     cpu_per_gib_4s_vs_go: r(results.weir.cpu4, results.go.cpu4),
     gbps: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.s1.toFixed(3)), s4: Number(v.s4.toFixed(3)) }])),
     cpu_s_per_gib: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { s1: Number(v.cpu1.toFixed(3)), s4: Number(v.cpu4.toFixed(3)) }])),
-    open_ms: { weir: weirOpen, go: goOpen },
+    open_ms: { weir: weirOpen, go: goOpen, ...(BARE ? { bare_h2: bareOpen } : {}) },
     open_cpu_us: { weir: weirChurn, go: goChurn },
     v8_flags: V8_FLAGS,
     open_warmup: OPEN_WARMUP,

@@ -100,6 +100,54 @@ async function idleTunnels(open, sessions) {
   console.log(`END ${await settledRss()} ${tunnels.length} ${sessions()} ${heapFigures()}`);
 }
 
+/**
+ * The open-latency client's command loop (as hbonepeer.go -mode open-latency), on a warm session (one
+ * tunnel held open): `round N` opens N tunnels one at a time with `open`, closing each gracefully, and
+ * prints `ROUND [ms, …]` (open called → 200 received); `churn N` opens and closes N, 8 at a time, and
+ * prints `CHURN-DONE N`; `exit` closes the session with `close`.
+ */
+async function openLatency(open, close) {
+  const warm = await open();
+  // Graceful (END_STREAM both ways, as a finished connection; no RST_STREAM, so no reset budget).
+  const closeGracefully = (t) =>
+    new Promise((r) => {
+      t.once('close', r);
+      t.resume();
+      t.end();
+    });
+  console.log('OPEN-READY');
+  for (;;) {
+    const [cmd, arg] = (await nextCommand()).split(' ');
+    const n = Number(arg);
+    if (cmd === 'round') {
+      const lat = [];
+      // With HBONE_BENCH_GC, when each open started (wall clock, ms), printed before the latencies.
+      const at = [];
+      for (let i = 0; i < n; i++) {
+        if (GC_DIAG) at.push(Number(now().toFixed(3)));
+        const start = process.hrtime.bigint();
+        const t = await open();
+        lat.push(Number(process.hrtime.bigint() - start) / 1e6);
+        await closeGracefully(t);
+      }
+      if (at.length > 0) console.log(`ROUNDAT ${JSON.stringify(at)}`);
+      console.log(`ROUND ${JSON.stringify(lat)}`);
+    } else if (cmd === 'churn') {
+      // 8 at a time; the orchestrator reads both processes' CPU before the command and after the answer.
+      let left = n;
+      const worker = async () => {
+        while (left-- > 0) await closeGracefully(await open());
+      };
+      await Promise.all(Array.from({ length: 8 }, worker));
+      console.log(`CHURN-DONE ${n}`);
+    } else if (cmd === 'exit') break;
+  }
+  warm.destroy();
+  await close();
+  process.exitCode = 0;
+  setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50).unref();
+}
+
 const listen = (server) => server.listen(0, '127.0.0.1', () => console.log(`READY ${server.address().port}`));
 
 switch (mode) {
@@ -157,9 +205,7 @@ switch (mode) {
     break;
   }
   case 'weir-open-latency': {
-    // Serves the orchestrator's commands on stdin (as hbonepeer.go -mode open-latency): `round N`
-    // opens N tunnels one at a time on the warm session, closing each gracefully, and prints
-    // `ROUND [ms, …]` (connect() called → 200 received); `churn N` prints `CHURN-DONE N`.
+    // Serves the orchestrator's commands on stdin (as hbonepeer.go -mode open-latency), see openLatency.
     const opts = { peer: cfg.peer, target: cfg.target, expectedIdentities: [cfg.expect] };
     // JIT warm-up (a proxy runs warm): opens on a session of their own, so the measured session
     // starts with a fresh RST_STREAM budget (the server's nghttp2 limits resets per session).
@@ -169,45 +215,33 @@ switch (mode) {
       await w.close({ deadlineMs: 100 });
     }
     const c = new HboneClient({ tls: tlsOpts });
-    const warm = await c.connect(opts);
-    // Graceful (END_STREAM both ways, as a finished connection; no RST_STREAM, so no reset budget).
-    const closeGracefully = (t) =>
-      new Promise((r) => {
-        t.once('close', r);
-        t.resume();
-        t.end();
+    await openLatency(() => c.connect(opts), () => c.close({ deadlineMs: 100 }));
+    break;
+  }
+  case 'h2-open-latency': {
+    // The same rounds through a bare node:http2 client (no Weir code, Node's defaults) to the bare
+    // h2-server: what any HBONE on node:http2 gets, for scale (HBONE_BENCH_BARE in index.mjs).
+    const session = () => {
+      const s = http2.connect(`https://${cfg.peer.host}:${cfg.peer.port}`, { ...tlsOpts, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+      s.on('error', () => {});
+      return s;
+    };
+    const open = (s) =>
+      new Promise((resolve, reject) => {
+        const stream = s.request({ ':method': 'CONNECT', ':authority': `${cfg.target.host}:${cfg.target.port}` });
+        stream.once('response', (h) => (h[':status'] === 200 ? resolve(stream) : reject(new Error(`status ${h[':status']}`))));
+        stream.once('error', reject);
       });
-    console.log('OPEN-READY');
-    for (;;) {
-      const [cmd, arg] = (await nextCommand()).split(' ');
-      const n = Number(arg);
-      if (cmd === 'round') {
-        const lat = [];
-        // With HBONE_BENCH_GC, when each open started (wall clock, ms), printed before the latencies.
-        const at = [];
-        for (let i = 0; i < n; i++) {
-          if (GC_DIAG) at.push(Number(now().toFixed(3)));
-          const start = process.hrtime.bigint();
-          const t = await c.connect(opts);
-          lat.push(Number(process.hrtime.bigint() - start) / 1e6);
-          await closeGracefully(t);
-        }
-        if (at.length > 0) console.log(`ROUNDAT ${JSON.stringify(at)}`);
-        console.log(`ROUND ${JSON.stringify(lat)}`);
-      } else if (cmd === 'churn') {
-        // 8 at a time; the orchestrator reads both processes' CPU before the command and after the answer.
-        let left = n;
-        const worker = async () => {
-          while (left-- > 0) await closeGracefully(await c.connect(opts));
-        };
-        await Promise.all(Array.from({ length: 8 }, worker));
-        console.log(`CHURN-DONE ${n}`);
-      } else if (cmd === 'exit') break;
+    if (cfg.warmup > 0) {
+      const w = session();
+      for (let i = 0; i < cfg.warmup; i++) (await open(w)).destroy();
+      w.close();
     }
-    warm.destroy();
-    await c.close({ deadlineMs: 100 });
-    process.exitCode = 0;
-    setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50).unref();
+    const s = session();
+    await openLatency(
+      () => open(s),
+      () => new Promise((r) => s.close(r)),
+    );
     break;
   }
   case 'weir-rss': {
