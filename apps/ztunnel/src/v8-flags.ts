@@ -21,9 +21,10 @@
  * `--no-parallel-scavenge`: the young-generation GC on the JS thread alone. A scavenge of ztunnel's 1 MiB
  * semi-space is short work, and in parallel it wakes V8's worker threads and waits for them to join; on a node
  * whose CPUs are busy (the case a proxy must serve well) those threads queue for a CPU while the event loop
- * stands still. Measured in bench latency (2 vCPUs shared with other work, same minutes, two pairs of runs):
- * each scavenge 0.9 ms instead of 1.6 ms, both ztunnels' CPU per new connection 1566–1666 µs instead of
- * 1813–2014 µs (−14–17%), new-connection p99 6.2–7.2 ms instead of 6.9–12.4 ms.
+ * stands still. Measured in bench latency (2 vCPUs shared with other work, runs of both settings in the same
+ * minutes): each scavenge in the new-connection rounds 0.7–0.9 ms instead of 1.6–1.7 ms, i.e. 30–41 instead of
+ * 77–79 ms of event-loop pause per 1,000 new connections (both ztunnels); the CPU per new connection moved
+ * within the machine's noise (−17% to +50% over six pairs, most of them lower).
  *
  * All are read whenever V8 resizes or collects, so setting them from inside the process works; `--max-semi-space-size`
  * and `--min-semi-space-size` only count on node's command line (V8 reads them when it creates the heap),
