@@ -5,7 +5,9 @@
 //   1. ztunnel RSS with 1 pod; 99 more handed over ZDS in a burst (ack latency, pods/s); RSS idle with
 //      100 pods; the 99 removed in a burst (same figures) and handed over again
 //   2. new connections per second from a to an HTTP server in b (wrk -c8, `Connection: close`, so every
-//      request is a new TCP connection, hence a new HBONE stream), weir vs direct vs the Go tunnel
+//      request is a new TCP connection, hence a new HBONE stream), weir vs direct vs the Go tunnel; per proxy
+//      process its CPU µs per connection and its share of the run on a CPU and waiting for one, the machine's
+//      busy share, wrk's per-request latency and TCP events (nstat: SYN retransmits, overflows, resets)
 //   3. both ztunnels' RSS at 0, 1,000 and 10,000 concurrent idle connections a → b (through the mesh)
 // Last line: one JSON object.
 import { readFileSync, readdirSync } from 'node:fs';
