@@ -1,6 +1,4 @@
 #!/usr/bin/env node
-// First: its flags apply to the code compiled after it (see v8-flags.ts).
-import './v8-flags.js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { createNodeAgent, FilePodSource, IptablesPodRules, KubePodSource, RUNTIME_DEFAULT_CAPABILITIES, type PodSource } from '@weir/cni-agent';
 import { createRequire } from 'node:module';

@@ -408,8 +408,10 @@ describe('KubePodSource API connections', () => {
   it('reuses one keep-alive connection for its API calls (client-node alone opens one per call), with the credentials on each', async () => {
     let connections = 0;
     const auth: (string | undefined)[] = [];
+    const agents: (string | undefined)[] = [];
     const server = createServer((req, res) => {
       auth.push(req.headers.authorization);
+      agents.push(req.headers['user-agent']);
       req.resume();
       req.on('end', () => {
         res.writeHead(200, { 'content-type': 'application/json' });
@@ -422,6 +424,8 @@ describe('KubePodSource API connections', () => {
     const web = { uid: 'u1', name: 'web', namespace: 'apps' } as PodInfo;
     for (let i = 0; i < 4; i++) await src.setRedirection(web, i % 2 ? null : 'enabled');
     expect(auth).toEqual(Array(4).fill('Bearer tok-1'));
+    // Named in the API server's audit log.
+    expect(agents).toEqual(Array(4).fill('weir-cni-agent'));
     expect(connections).toBe(1);
   });
   it('rejects a PATCH whose connection is cut after the answer began (200 or 500), instead of waiting forever', async () => {

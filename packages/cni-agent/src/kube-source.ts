@@ -366,7 +366,7 @@ export class KubePodSource implements PodSource {
       if (statusCode(err) === 404) return undefined;
       throw apiFailure(`GET namespace ${name}`, err);
     }
-    const ns = namespaceFromV1(obj);
+    const ns = this.nsInfo(obj);
     const watched = this.informers[0]?.informer.get(name);
     if (watched && !isNewer(obj, watched)) return this.namespace(name);
     const fetched = this.fetchedNs.get(name);
@@ -396,7 +396,8 @@ export class KubePodSource implements PodSource {
     const ctx = new RequestContext(`${this.server}${path}`, method === 'PATCH' ? HttpMethod.PATCH : HttpMethod.POST);
     await this.auth.applySecurityAuthentication(ctx);
     const url = new URL(ctx.getUrl());
-    const headers = { ...ctx.getHeaders(), 'content-type': contentType, accept: 'application/json', 'content-length': String(Buffer.byteLength(body)) };
+    // The user agent names the writer in the API server's audit log.
+    const headers = { ...ctx.getHeaders(), 'user-agent': 'weir-cni-agent', 'content-type': contentType, accept: 'application/json', 'content-length': String(Buffer.byteLength(body)) };
     const agent = ctx.getAgent();
     const send = url.protocol === 'http:' ? httpRequest : httpsRequest;
     await new Promise<void>((resolve, reject) => {
