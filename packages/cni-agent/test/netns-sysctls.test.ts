@@ -19,10 +19,21 @@ describe('netnsSysctls (root, real netns)', () => {
     await requireRoot();
     execFileSync('ip', ['netns', 'add', name]);
     netns = openNetns(path);
+    // A fresh netns inherits its IPv6 defaults from the host's `default`, or from init_net with
+    // net.core.devconf_inherit_init_net=1: the tests below start from IPv6 on, which they need.
+    const all = await nsRun(path, 'sysctl', ['-n', 'net.ipv6.conf.all.disable_ipv6']).catch((err: unknown) => {
+      throw new Error(`this test needs IPv6 in the kernel (net.ipv6.conf.all.disable_ipv6 unreadable in a new netns): ${String(err)}`);
+    });
+    if (all.trim() !== '0') await nsRun(path, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=0']);
   });
   afterAll(() => {
     netns?.close();
-    execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+    // beforeAll may have failed before the netns existed: its error is the one to see.
+    try {
+      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+    } catch {
+      // nothing to delete
+    }
   });
 
   it('with net.ipv6.conf.all.disable_ipv6 = 0 reads that one key for the IPv6 glob, and the other keys as asked', async () => {
