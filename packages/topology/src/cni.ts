@@ -1,6 +1,6 @@
 import { access, constants, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CniPluginError, TopologyError } from './errors.js';
+import { CniInvocationError, TopologyError } from './errors.js';
 import type { Logger } from './logger.js';
 import { run } from './run.js';
 
@@ -89,7 +89,7 @@ export async function execPlugin(
   try {
     await access(binary, constants.X_OK);
   } catch (err) {
-    throw new CniPluginError(config.type, command, undefined, `failed to find plugin "${config.type}" in path [${context.binDir}]`, { cause: err });
+    throw new CniInvocationError(config.type, command, undefined, `failed to find plugin "${config.type}" in path [${context.binDir}]`, { cause: err });
   }
   const env = {
     CNI_COMMAND: command,
@@ -112,7 +112,7 @@ export async function execPlugin(
   if (result.code !== 0) {
     const error = parseJson(result.stdout) as { code?: number; msg?: string; details?: string } | undefined;
     const detail = error?.msg !== undefined ? `${error.msg}${error.details ? `; ${error.details}` : ''}` : result.stderr.trim() || result.stdout.trim();
-    throw new CniPluginError(
+    throw new CniInvocationError(
       config.type,
       command,
       error?.code,
@@ -122,7 +122,7 @@ export async function execPlugin(
   if (command !== 'ADD') return undefined;
   const parsed = parseJson(result.stdout);
   if (typeof parsed !== 'object' || parsed === null) {
-    throw new CniPluginError(config.type, command, undefined, `CNI plugin ${config.type} ADD printed no JSON result: ${JSON.stringify(result.stdout.slice(0, 200))}`);
+    throw new CniInvocationError(config.type, command, undefined, `CNI plugin ${config.type} ADD printed no JSON result: ${JSON.stringify(result.stdout.slice(0, 200))}`);
   }
   return parsed as CniResult;
 }

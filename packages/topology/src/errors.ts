@@ -21,7 +21,7 @@ export class TopologyError extends Error {
 }
 
 /** A CNI plugin answered an error (or unparsable output): names the plugin, command and pod. */
-export class CniPluginError extends TopologyError {
+export class CniInvocationError extends TopologyError {
   constructor(
     readonly plugin: string,
     readonly command: string,
@@ -30,6 +30,6 @@ export class CniPluginError extends TopologyError {
     options?: { cause?: unknown },
   ) {
     super('TOPOLOGY_CNI_FAILED', message, options);
-    this.name = 'CniPluginError';
+    this.name = 'CniInvocationError';
   }
 }

@@ -19,7 +19,7 @@ export { listNetns, ownedByPrefix } from './netns.js';
 export { readState, stateFilePath } from './state.js';
 export type { TopologyState, NodeState, PodState } from './state.js';
 export type { TeardownReport } from './teardown.js';
-export { TopologyError, CniPluginError } from './errors.js';
+export { TopologyError, CniInvocationError } from './errors.js';
 export type { TopologyErrorCode } from './errors.js';
 export { silentLogger } from './logger.js';
 export type { Logger } from './logger.js';

@@ -13,7 +13,7 @@ import {
   type CniResult,
 } from './cni.js';
 import type { TopologyContext } from './context.js';
-import { CniPluginError, TopologyError } from './errors.js';
+import { CniInvocationError, TopologyError } from './errors.js';
 import { assertName } from './names.js';
 import { createNetns, deleteNetns, netnsPath } from './netns.js';
 import { TopologyPod } from './pod.js';
@@ -163,7 +163,7 @@ export class TopologyNode {
     await this.context.save();
     try {
       if (ip === undefined || (this.state.podCidr6 !== undefined && ip6 === undefined)) {
-        throw new CniPluginError(list.plugins.at(-1)?.type ?? '?', 'ADD', undefined, `CNI chain ${list.name} returned no IPv4 (or, dual stack, no IPv6) address for pod ${options.namespace}/${options.name}: ${JSON.stringify(result)}`);
+        throw new CniInvocationError(list.plugins.at(-1)?.type ?? '?', 'ADD', undefined, `CNI chain ${list.name} returned no IPv4 (or, dual stack, no IPv6) address for pod ${options.namespace}/${options.name}: ${JSON.stringify(result)}`);
       }
       await this.context.spawn({
         name: `${options.namespace}.${options.name}.pause`,

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  CniPluginError,
+  CniInvocationError,
   Topology,
   cniArgs,
   httpEcho,
@@ -207,8 +207,8 @@ describe('two nodes, two pods each', () => {
   it('rolls back a pod whose chain ADD fails, reporting the plugin error', async () => {
     await node2.installCniPlugin({ type: 'record', binary: recordPlugin, config: { recordDir: join(topo.stateDir, 'fail'), fail: 'yes' } });
     const error = await node2.addPod({ name: 'doomed', namespace: 'demo' }).catch((err: unknown) => err);
-    expect(error).toBeInstanceOf(CniPluginError);
-    expect((error as CniPluginError).cniCode).toBe(11);
+    expect(error).toBeInstanceOf(CniInvocationError);
+    expect((error as CniInvocationError).cniCode).toBe(11);
     expect((error as Error).message).toContain('CNI plugin record ADD for pod demo/doomed failed');
     expect((error as Error).message).toContain('asked to fail; fail=yes');
     expect(await netnsOwnedBy(`${name}-demo-doomed`)).toEqual([]);
