@@ -55,6 +55,12 @@ export interface InpodManagerOptions {
    */
   sandboxCheckMs?: number;
   /**
+   * How long the ZDS Adds must have been quiet (none arrived, none being worked on) before started
+   * pods' certificate prefetches run: a gap between two Adds of a burst is not the burst's end.
+   * Default 250.
+   */
+  prefetchQuietMs?: number;
+  /**
    * The longest a started pod's certificate prefetch waits for the ZDS Adds to quiet down: a steady
    * stream of Adds delays the certificates by at most this, never starves them. Default 1000.
    */
@@ -87,6 +93,7 @@ function checkAdd(ev: ZdsAddEvent): void {
 
 const ignore = (): void => {};
 
+const PREFETCH_QUIET_MS = 250;
 const PREFETCH_MAX_DELAY_MS = 1000;
 
 // <linux/rtnetlink.h>, <linux/if_addr.h>
@@ -159,16 +166,21 @@ export class InpodManager implements ZdsHandler {
 
   /** ZDS Adds not answered yet: certificate prefetches wait for none to be (#queuePrefetch). */
   #addsInFlight = 0;
+  /** When the last ZDS Add arrived (performance.now()): prefetches wait prefetchQuietMs after it. */
+  #lastAddAt = -Infinity;
   /** Started proxies' first certificate fetches not run yet, oldest first, with when each was queued. */
   readonly #prefetches: { fetch: () => void; at: number }[] = [];
-  /** Wakes the pump when the oldest is due (prefetchMaxDelayMs after it was queued), Adds or not. */
-  #prefetchDeadline: NodeJS.Timeout | undefined;
+  /** Wakes the scheduler when the Adds may have gone quiet or the oldest prefetch is due. */
+  #prefetchWake: NodeJS.Timeout | undefined;
+  #prefetchWakeAt = Infinity;
   /** The pump's next turn (#pumpPrefetches). */
   #prefetchTurn: NodeJS.Immediate | undefined;
+  readonly #prefetchQuietMs: number;
   readonly #prefetchMaxDelayMs: number;
 
   constructor(o: InpodManagerOptions) {
     this.#o = o;
+    this.#prefetchQuietMs = o.prefetchQuietMs ?? PREFETCH_QUIET_MS;
     this.#prefetchMaxDelayMs = o.prefetchMaxDelayMs ?? PREFETCH_MAX_DELAY_MS;
     this.#log = o.logger.child({ component: 'inpod' });
     const own = currentNetns();
@@ -215,10 +227,11 @@ export class InpodManager implements ZdsHandler {
 
   onAdd(ev: ZdsAddEvent): Promise<void> {
     this.#addsInFlight++;
+    this.#lastAddAt = performance.now();
     const answered = this.#bounded(this.#add(ev), (ms) => `pod ${ev.uid}: proxy not up within ${ms} ms (still starting; the node agent's retry is acked once it listens)`);
     void answered
       .finally(() => {
-        if (--this.#addsInFlight === 0) this.#schedulePump();
+        if (--this.#addsInFlight === 0) this.#schedulePrefetches();
       })
       .catch(ignore);
     return answered;
@@ -226,48 +239,59 @@ export class InpodManager implements ZdsHandler {
 
   /**
    * The proxies' prefetch scheduler. A pod's certificate (key generation, CSR, the CA's answer) costs
-   * this thread a share of an enrollment: in a burst of Adds it would delay the next pods' acks, which
-   * the node agent's CNI ADDs wait for. So the fetches wait until no Add is being worked on, at most
-   * prefetchMaxDelayMs; a connection that needs the certificate before then starts it itself.
+   * this process a share of an enrollment: in a burst of Adds it would take CPU from the next pods'
+   * acks and from the node agent, whose CNI ADDs wait for them. So the fetches wait until the Adds
+   * have been quiet for prefetchQuietMs (no Add arrived, none being worked on: a burst has gaps with
+   * none in flight), at most prefetchMaxDelayMs; a connection that needs the certificate before then
+   * starts it itself.
    */
   readonly #queuePrefetch = (fetch: () => void): void => {
     if (this.#closed) return;
-    this.#prefetches.push({ fetch, at: Date.now() });
-    if (this.#addsInFlight === 0) this.#schedulePump();
-    else this.#armPrefetchDeadline();
+    this.#prefetches.push({ fetch, at: performance.now() });
+    this.#schedulePrefetches();
   };
 
-  #schedulePump(): void {
-    if (this.#prefetches.length === 0 || this.#prefetchTurn !== undefined || this.#closed) return;
-    // Not now: the ack of the Add just answered is sent in the microtasks after its answer.
-    this.#prefetchTurn = setImmediate(() => this.#pumpPrefetches()).unref();
-  }
-
-  #armPrefetchDeadline(): void {
+  /** Runs the pump in the next turn when the oldest prefetch may run, else wakes up when it may. */
+  #schedulePrefetches(): void {
     const oldest = this.#prefetches[0];
-    if (oldest === undefined || this.#prefetchDeadline !== undefined) return;
-    const wait = Math.max(0, oldest.at + this.#prefetchMaxDelayMs - Date.now());
-    this.#prefetchDeadline = setTimeout(() => {
-      this.#prefetchDeadline = undefined;
-      this.#schedulePump();
-    }, wait).unref();
+    if (oldest === undefined || this.#prefetchTurn !== undefined || this.#closed) return;
+    const quietAt = this.#addsInFlight > 0 ? Infinity : this.#lastAddAt + this.#prefetchQuietMs;
+    const at = Math.min(quietAt, oldest.at + this.#prefetchMaxDelayMs);
+    const wait = at - performance.now();
+    if (wait <= 0) {
+      clearTimeout(this.#prefetchWake);
+      this.#prefetchWake = undefined;
+      this.#prefetchWakeAt = Infinity;
+      // Not now: the ack of the Add just answered is sent in the microtasks after its answer.
+      this.#prefetchTurn = setImmediate(() => this.#pumpPrefetches()).unref();
+      return;
+    }
+    // An Add that arrives meanwhile moves the quiet point later: the wake-up looks again then.
+    if (this.#prefetchWake !== undefined && this.#prefetchWakeAt <= at) return;
+    clearTimeout(this.#prefetchWake);
+    this.#prefetchWakeAt = at;
+    this.#prefetchWake = setTimeout(() => {
+      this.#prefetchWake = undefined;
+      this.#prefetchWakeAt = Infinity;
+      this.#schedulePrefetches();
+    }, Math.ceil(wait)).unref();
   }
 
   /**
    * One fetch per event-loop turn, so Adds arriving meanwhile are read and worked on between them (a
-   * deadline that came due in a burst does not start a second's worth of fetches in one go). While
-   * Adds are in flight only the overdue ones run; the rest wait for the Adds or their own deadline.
+   * deadline that came due in a burst does not start a second's worth of fetches in one go). Once
+   * Adds come again only the overdue ones run; the rest wait for the next quiet or their deadline.
    */
   #pumpPrefetches(): void {
     this.#prefetchTurn = undefined;
     const next = this.#prefetches[0];
     if (next === undefined || this.#closed) return;
-    if (this.#addsInFlight > 0 && Date.now() - next.at < this.#prefetchMaxDelayMs) return this.#armPrefetchDeadline();
+    const now = performance.now();
+    const quiet = this.#addsInFlight === 0 && now - this.#lastAddAt >= this.#prefetchQuietMs;
+    if (!quiet && now - next.at < this.#prefetchMaxDelayMs) return this.#schedulePrefetches();
     this.#prefetches.shift();
-    clearTimeout(this.#prefetchDeadline);
-    this.#prefetchDeadline = undefined;
     next.fetch();
-    this.#schedulePump();
+    this.#schedulePrefetches();
   }
 
   async #add(ev: ZdsAddEvent): Promise<void> {
@@ -482,7 +506,7 @@ export class InpodManager implements ZdsHandler {
     clearInterval(this.#sandboxCheck);
     // Queued prefetches are dropped: their proxies are stopping.
     this.#prefetches.length = 0;
-    clearTimeout(this.#prefetchDeadline);
+    clearTimeout(this.#prefetchWake);
     clearImmediate(this.#prefetchTurn);
     const all = [...this.#pods.values()];
     for (const p of all) clearTimeout(p.retry);

@@ -1,6 +1,7 @@
 // Enrollment acks come before certificate prefetches: in a burst of ZDS Adds the pods' certificate
-// fetches (key generation, signing or CSR + CA call) wait until no Add is being worked on (at most
-// prefetchMaxDelayMs, 1 s by default), so they do not delay the next pods' acks, which the node agent's CNI ADDs wait for. A
+// fetches (key generation, signing or CSR + CA call) wait until the Adds have been quiet for
+// prefetchQuietMs (none arrived, none being worked on; at most prefetchMaxDelayMs, 1 s by default),
+// so they do not take CPU from the next pods' acks, which the node agent's CNI ADDs wait for. A
 // connection that needs a certificate before its prefetch ran starts the fetch itself; a proxy
 // stopped before it ran fetches nothing.
 // Real pods (topology), in-pod rules, ZDS over a unix seqpacket socket, TLS.
@@ -26,12 +27,19 @@ class RecordingCa implements CertificateSource {
     return this.events.filter((e) => e === `ca:${sa}`).length;
   }
 
+  /** When each service account was first asked for (Date.now()). */
+  readonly askedAt = new Map<string, number>();
+
   issueWorkloadCertificate(o: { identity: string; ttlSeconds?: number }): Promise<WorkloadCertificate> {
-    this.events.push(`ca:${o.identity.slice(o.identity.lastIndexOf('/') + 1)}`);
+    const sa = o.identity.slice(o.identity.lastIndexOf('/') + 1);
+    this.events.push(`ca:${sa}`);
+    if (!this.askedAt.has(sa)) this.askedAt.set(sa, Date.now());
     this.addsInFlightAtAsk.push(this.addsInFlight());
     return this.ca.issueWorkloadCertificate(o);
   }
 }
+
+const QUIET_MS = 1500;
 
 describe('certificate prefetches wait for the ZDS acks (real pods, ZDS, TLS)', () => {
   const events: string[] = [];
@@ -40,12 +48,13 @@ describe('certificate prefetches wait for the ZDS acks (real pods, ZDS, TLS)', (
   const ackedAt = new Map<string, number>();
   const world = new CertWorld({
     tag: 'f',
-    pods: { p1: 'sa-p1', p2: 'sa-p2', p3: 'sa-p3', p4: 'sa-p4', p5: 'sa-p5', early: 'sa-early', stopped: 'sa-stopped' },
+    pods: { p1: 'sa-p1', p2: 'sa-p2', p3: 'sa-p3', p4: 'sa-p4', p5: 'sa-p5', early: 'sa-early', stopped: 'sa-stopped', s1: 'sa-s1', s2: 'sa-s2', s3: 'sa-s3', s4: 'sa-s4' },
     ca: (local) => new RecordingCa(local, events, () => addsInFlight),
     log: false,
     // Far beyond how long a burst of Adds takes even on a loaded machine: a prefetch runs because the
-    // Adds went quiet, never because this deadline passed.
-    manager: { prefetchMaxDelayMs: 10_000 },
+    // Adds went quiet, never because this deadline passed. The quiet window is far longer than the
+    // gaps between the Adds the tests send one after another.
+    manager: { prefetchMaxDelayMs: 10_000, prefetchQuietMs: QUIET_MS },
     // The manager, noting when it answered each Add and how many were being worked on.
     handler: (m) => ({
       onConnected: () => m.onConnected(),
@@ -113,7 +122,7 @@ describe('certificate prefetches wait for the ZDS acks (real pods, ZDS, TLS)', (
     expect(acks.every((i) => i >= 0)).toBe(true);
     const lastAck = Math.max(...burst.map((pod) => ackedAt.get(pod.uid)!));
     await waitFor('every burst pod certified', async () => burst.every((pod) => world.certOf(`sa-${pod.name}`)?.state === 'Available'), 8000);
-    // Well before the 10 s deadline: the fetches ran because the Adds were answered.
+    // Well before the 10 s deadline: the fetches ran because the Adds went quiet.
     expect(Date.now() - lastAck).toBeLessThan(8000);
     // Each pod's certificate is asked for only after its Add was answered, and never while another was worked on.
     for (const pod of burst) expect(events.indexOf(`ca:sa-${pod.name}`), events.join(' ')).toBeGreaterThan(events.indexOf(`ack:${pod.uid}`));
@@ -121,6 +130,26 @@ describe('certificate prefetches wait for the ZDS acks (real pods, ZDS, TLS)', (
     for (const pod of burst) expect(world.ca.asks(`sa-${pod.name}`), pod.name).toBe(1);
     // And they work: p1 → p2 over mTLS.
     expect(await tryConnect(world.ns(burst[0]!), burst[1]!.ip, 8080, 10_000)).toBe('ok');
+  });
+
+  it('Adds one after another (none in flight between them): no CA request until they have been quiet for prefetchQuietMs', async () => {
+    const { s1, s2, s3, s4 } = world.pods;
+    const seq = [s1, s2, s3, s4];
+    const before = events.length;
+    let lastSent = 0;
+    for (const pod of seq) {
+      // Each Add answered before the next is sent, 100 ms apart: a gap in the burst, not its end.
+      if (lastSent > 0) await new Promise((r) => setTimeout(r, 100));
+      lastSent = Date.now();
+      await zdsAddPod(world.zds, pod, `sa-${pod.name}`);
+    }
+    await waitFor('every pod of the sequence certified', async () => seq.every((pod) => world.certOf(`sa-${pod.name}`)?.state === 'Available'), 10_000);
+    const mine = events.slice(before);
+    const lastAck = mine.indexOf(`ack:${s4.uid}`);
+    for (const pod of seq) expect(mine.indexOf(`ca:sa-${pod.name}`), mine.join(' ')).toBeGreaterThan(lastAck);
+    // Not before the window after the last Add (it arrived after lastSent; timers may run a ms early).
+    const firstAsk = Math.min(...seq.map((pod) => world.ca.askedAt.get(`sa-${pod.name}`)!));
+    expect(firstAsk - lastSent).toBeGreaterThanOrEqual(QUIET_MS - 5);
   });
 
   it('a connection that comes before the prefetch ran starts the fetch at once and is served', async () => {
