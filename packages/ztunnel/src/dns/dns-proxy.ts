@@ -150,7 +150,9 @@ export class DnsProxy {
       await Promise.all(this.#closeAll());
       throw err;
     }
-    this.#log.info({ listeners: this.#listeners.join(',') }, 'dns proxy started');
+    // Debug: a pod's proxy starts one per Add, with the same listeners each time (admin config_dump
+    // lists them); at info it was a third of an enrollment's log lines.
+    this.#log.debug({ listeners: this.#listeners.join(',') }, 'dns proxy started');
   }
 
   async #bind(family: 4 | 6, host: string, port: number): Promise<void> {
@@ -242,6 +244,6 @@ export class DnsProxy {
     const closing = this.#closeAll();
     for (const c of this.#clients) c.destroy();
     await Promise.all([...closing, this.#starting]);
-    this.#log.info({}, 'dns proxy stopped');
+    this.#log.debug({}, 'dns proxy stopped');
   }
 }
