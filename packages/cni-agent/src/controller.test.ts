@@ -247,7 +247,7 @@ describe('PodController', () => {
     await c.stop();
   });
 
-  it('an annotation takes the next free API write slot ahead of Events queued for one (a CNI ADD waits for it, nothing waits for an Event)', async () => {
+  it('Events hold at most two of the four API write slots and start only while no CNI ADD waits: an annotation never queues behind them', async () => {
     const p = new Ports();
     const c = controller(p);
     const order: string[] = [];
@@ -255,36 +255,54 @@ describe('PodController', () => {
       order.push(`annotate ${x.name}`);
       p.annotations.set(x.uid, v);
     };
-    const busy = [gate(), gate(), gate(), gate()];
-    // Every write slot taken by a slow Event, six more queued behind them.
-    for (const g of busy) c.report(() => g.held);
+    const slow = [gate(), gate(), gate()];
+    let started = 0;
+    for (const g of slow) {
+      c.report(async () => {
+        started++;
+        await g.held;
+      });
+    }
     for (let i = 0; i < 6; i++) c.report(async () => void order.push(`event ${i}`));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(started).toBe(2);
+    const ack = gate();
+    let holding = false;
+    p.zdsGate = (path) => (path.endsWith('/x1') ? ((holding = true), ack.held) : undefined);
     const x = pod('x1');
     const add = c.cmdAdd(x, join(dir, x.name), [], now(), 5000);
-    await until(() => p.calls.includes(`zds add ${x.uid}`));
-    await new Promise((r) => setTimeout(r, 20));
-    expect(order).toEqual([]);
-    // One slot comes free: the annotation gets it, the ADD is answered, the Events still wait.
-    busy[0]?.open();
+    await until(() => holding);
+    // An Event ends while the ADD waits for ztunnel: the next one waits too.
+    slow[0]?.open();
+    await new Promise((r) => setTimeout(r, 120));
+    expect(started).toBe(2);
+    // Two write slots are free all along: the annotation is written at once.
+    ack.open();
     await add;
     expect(order).toEqual(['annotate x1']);
-    for (const g of busy) g.open();
+    // Quiet again: the queued Events go, in order.
+    await until(() => started === 3);
+    for (const g of slow) g.open();
     await until(() => order.length === 7);
+    expect(order).toEqual(['annotate x1', ...Array.from({ length: 6 }, (_, i) => `event ${i}`)]);
     await c.stop();
   });
 
   it('API writes that never answer (a black-holed API connection) give their write slot back at apiWriteTimeoutMs, and never hold up a pod\'s own work', async () => {
     const p = new Ports();
     const c = controller(p, undefined, { apiWriteTimeoutMs: 300 });
-    const hung = new Set(['uid-h1']);
-    p.source.setRedirection = (x, v) => (hung.has(x.uid) ? new Promise(() => undefined) : (p.annotations.set(x.uid, v), Promise.resolve()));
-    // Every write slot taken by Events that never answer.
-    for (let i = 0; i < 4; i++) c.report(() => new Promise(() => undefined));
+    const hung = new Set(['uid-h1', 'uid-h2']);
+    const writing: string[] = [];
+    p.source.setRedirection = (x, v) => (writing.push(x.uid), hung.has(x.uid) ? new Promise(() => undefined) : (p.annotations.set(x.uid, v), Promise.resolve()));
+    // Every write slot taken by writes that never answer: two Events (the most they take), then two annotations.
+    for (let i = 0; i < 2; i++) c.report(() => new Promise(() => undefined));
     await new Promise((r) => setTimeout(r, 50));
-    const [h1, a, b] = [pod('h1'), pod('a1'), pod('b1')];
+    const [h1, h2, a, b] = [pod('h1'), pod('h2'), pod('a1'), pod('b1')];
+    const hungAdds = Promise.allSettled([h1, h2].map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 5000)));
+    await until(() => writing.includes('uid-h1') && writing.includes('uid-h2'));
     // Settled as they come (a's is rejected while the test still waits for its cleanup).
-    const adds = Promise.allSettled([h1, a, b].map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 5000)));
-    await until(() => [h1, a, b].every((x) => p.calls.includes(`zds add ${x.uid}`)));
+    const adds = Promise.allSettled([a, b].map((x) => c.cmdAdd(x, join(dir, x.name), [], now(), 5000)));
+    await until(() => [a, b].every((x) => p.calls.includes(`zds add ${x.uid}`)));
     // Deleted while its annotation waits for a slot: the cleanup does not wait for the API.
     c.podDeleted(a);
     await until(() => p.calls.includes('zds del uid-a1') && p.calls.includes('probe- a1'));
@@ -295,16 +313,17 @@ describe('PodController', () => {
     // The slots come back: the healthy annotation is written and answers b's ADDs; h1's write, which
     // never answers, is given up at the deadline: its ADD fails (the runtime retries it), the pod stays
     // captured and the annotation is retried.
-    const [h1Add, aAdd, bAdd] = await adds;
+    const [aAdd, bAdd] = await adds;
+    const [h1Add, h2Add] = await hungAdds;
     await b2;
     expect(p.annotations.get('uid-b1')).toBe('enabled');
     expect(bAdd?.status).toBe('fulfilled');
     expect(aAdd).toMatchObject({ status: 'rejected', reason: { code: 'ERR_AGENT_POD_NOT_FOUND' } });
-    expect(h1Add).toMatchObject({ status: 'rejected', reason: { code: 'ERR_AGENT_KUBE_API', message: expect.stringContaining('no answer within 300 ms') } });
+    for (const add of [h1Add, h2Add]) expect(add).toMatchObject({ status: 'rejected', reason: { code: 'ERR_AGENT_KUBE_API', message: expect.stringContaining('no answer within 300 ms') } });
     expect(p.annotations.has('uid-a1')).toBe(false);
     expect(c.status().find((x) => x.uid === 'uid-h1')?.state).toBe('captured');
     hung.clear();
-    await until(() => p.annotations.get('uid-h1') === 'enabled');
+    await until(() => p.annotations.get('uid-h1') === 'enabled' && p.annotations.get('uid-h2') === 'enabled');
     await c.stop();
   });
 

@@ -51,8 +51,13 @@ type Trigger = 'cmdadd' | 'watch' | 'startup';
 
 /** Pods a drift pass checks at once (see checkDrift). */
 const DRIFT_CONCURRENCY = 2;
-/** Longest an Event waits for the captures to go quiet (report()), and how often it looks. */
-const REPORT_DEFER_MS = 2000;
+/**
+ * Longest an Event waits for the agent to go quiet (report()): on a node that never does (pods
+ * coming all the time), Events still go out, this late.
+ */
+const REPORT_DEFER_MS = 10_000;
+/** Events written at once: a quiet moment between two CNI ADDs starts no more than this. */
+const REPORTS_AT_ONCE = 2;
 /**
  * Default apiWriteTimeoutMs: client-node's Event write has no timeout of its own, and a black-holed
  * API connection would otherwise keep a write slot (and the annotations queued behind it) for as long
@@ -138,8 +143,11 @@ export class PodController {
    */
   private readonly apiWrites = new Semaphore(4);
   /** API writes that only inform (Events), waiting for the captures to go quiet (report()). */
-  private reports: { at: number; run: () => void }[] = [];
+  private reports: { at: number; write: () => Promise<void> }[] = [];
   private reportCheck: NodeJS.Timeout | undefined;
+  private reportsInFlight = 0;
+  /** CNI ADDs not answered yet (the agent is quiet when there are none and no capture runs or waits). */
+  private addsInFlight = 0;
   private readonly hints: NetnsHints;
   private stopped = false;
 
@@ -174,6 +182,15 @@ export class PodController {
    * and acked by ztunnel, rejects with the reason otherwise (the pod stays pending and retried).
    */
   async cmdAdd(pod: PodInfo, netnsPath: string, ips: string[], receivedAt: bigint, timeoutMs: number): Promise<void> {
+    this.addsInFlight++;
+    try {
+      await this.cmdAddNow(pod, netnsPath, ips, receivedAt, timeoutMs);
+    } finally {
+      this.addsInFlight--;
+    }
+  }
+
+  private async cmdAddNow(pod: PodInfo, netnsPath: string, ips: string[], receivedAt: bigint, timeoutMs: number): Promise<void> {
     const rec = this.record(pod);
     rec.pod = pod;
     rec.eventIps = ips;
@@ -720,31 +737,47 @@ export class PodController {
 
   /**
    * Runs `write`, an API write that only informs (a Kubernetes Event), once no capture runs or
-   * waits (at the latest REPORT_DEFER_MS later), sharing the annotations' write slots: in a
-   * burst the agent's CPU goes to captures first. Its failure is logged, never thrown.
+   * waits and no CNI ADD is unanswered (at the latest REPORT_DEFER_MS later), sharing the
+   * annotations' write slots: in a burst the agent's CPU goes to captures first. Its failure is
+   * logged, never thrown.
    */
   report(write: () => Promise<void>): void {
     if (this.stopped) return;
-    const run = (): void =>
-      void this.apiWrites.run(() => withinDeadline(write(), this.opts.apiWriteTimeoutMs ?? API_WRITE_TIMEOUT_MS)).catch((err: unknown) => this.log.warn({ err: describe(err) }, 'reporting to the API failed'));
-    this.reports.push({ at: Date.now(), run });
+    this.reports.push({ at: Date.now(), write });
     this.checkReports();
   }
 
+  /**
+   * Starts the Events that may go now: while the agent is quiet (no capture running or waiting, no
+   * CNI ADD unanswered), or once one waited REPORT_DEFER_MS; REPORTS_AT_ONCE at a time, each one's
+   * end looking again, so a quiet moment in a burst does not send every Event queued so far into the
+   * write slots the next ADDs' annotations need.
+   */
   private checkReports(): void {
-    const oldest = this.reports[0];
-    if (this.reportCheck !== undefined || oldest === undefined) return;
-    if (this.sem.idle || this.stopped || Date.now() - oldest.at >= REPORT_DEFER_MS) {
-      const due = this.reports;
-      this.reports = [];
-      for (const r of due) r.run();
-      return;
+    while (this.reportsInFlight < REPORTS_AT_ONCE && !this.stopped) {
+      const oldest = this.reports[0];
+      if (oldest === undefined) return;
+      if (!(this.quiet() || Date.now() - oldest.at >= REPORT_DEFER_MS)) break;
+      this.reports.shift();
+      this.reportsInFlight++;
+      void this.apiWrites
+        .run(() => withinDeadline(oldest.write(), this.opts.apiWriteTimeoutMs ?? API_WRITE_TIMEOUT_MS))
+        .catch((err: unknown) => this.log.warn({ err: describe(err) }, 'reporting to the API failed'))
+        .finally(() => {
+          this.reportsInFlight--;
+          this.checkReports();
+        });
     }
+    if (this.reportCheck !== undefined || this.reports.length === 0 || this.stopped) return;
     this.reportCheck = setTimeout(() => {
       this.reportCheck = undefined;
       this.checkReports();
     }, REPORT_CHECK_MS);
     this.reportCheck.unref?.();
+  }
+
+  private quiet(): boolean {
+    return this.sem.idle && this.addsInFlight === 0;
   }
 
   /** Answers the CNI ADDs waiting for the annotation: written (no error), or why it was not. */
