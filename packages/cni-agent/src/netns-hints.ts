@@ -1,3 +1,4 @@
+import { writeSync } from 'node:fs';
 import { mkdir, open, readFile, rename, truncate, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
@@ -99,7 +100,10 @@ export class NetnsHints {
         return;
       }
       this.journal ??= await this.openJournal();
-      await this.journal.write(lines.join(''));
+      // A synchronous append: a line or a few to the page cache, cheaper on a busy agent's thread than
+      // the thread-pool round trip of an asynchronous write (once per capture in a burst).
+      const text = Buffer.from(lines.join(''));
+      for (let off = 0; off < text.length; ) off += writeSync(this.journal.fd, text, off);
       this.journalLines += lines.length;
     } catch {
       // Kept for the next change's write (reopened then). Until one lands, a restart falls back to the
