@@ -39,7 +39,7 @@ class RecordingCa implements CertificateSource {
   }
 }
 
-const QUIET_MS = 1500;
+const QUIET_MS = 2500;
 
 describe('certificate prefetches wait for the ZDS acks (real pods, ZDS, TLS)', () => {
   const events: string[] = [];
@@ -143,7 +143,7 @@ describe('certificate prefetches wait for the ZDS acks (real pods, ZDS, TLS)', (
       lastSent = Date.now();
       await zdsAddPod(world.zds, pod, `sa-${pod.name}`);
     }
-    await waitFor('every pod of the sequence certified', async () => seq.every((pod) => world.certOf(`sa-${pod.name}`)?.state === 'Available'), 10_000);
+    await waitFor('every pod of the sequence certified', async () => seq.every((pod) => world.certOf(`sa-${pod.name}`)?.state === 'Available'), QUIET_MS + 8000);
     const mine = events.slice(before);
     const lastAck = mine.indexOf(`ack:${s4.uid}`);
     for (const pod of seq) expect(mine.indexOf(`ca:sa-${pod.name}`), mine.join(' ')).toBeGreaterThan(lastAck);
@@ -196,7 +196,7 @@ describe('certificate prefetches wait for the ZDS acks (real pods, ZDS, TLS)', (
     const readded = zdsAddPod(world.zds, p4, 'sa-p4');
     const removed = world.zds.removeWorkload(p3.uid);
     await Promise.all([added, readded, removed]);
-    await waitFor('p4 certified again', async () => world.certOf('sa-p4')?.state === 'Available', 5000);
+    await waitFor('p4 certified again', async () => world.certOf('sa-p4')?.state === 'Available', 10_000);
     await new Promise((r) => setTimeout(r, 1500));
     expect(events.slice(before).filter((e) => e.startsWith('ca:'))).toEqual(['ca:sa-p4']);
     expect(world.certOf('sa-p3')).toBeUndefined();
