@@ -1,3 +1,6 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { createLogger, formatTextLine } from './logger.js';
 
@@ -21,6 +24,21 @@ describe('createLogger', () => {
     expect(lines).toHaveLength(1);
     expect(JSON.parse(lines[0]!)).toMatchObject({ level: 'debug', component: 'proxy', x: 1, msg: 'shown' });
     expect(control.level).toBe('debug');
+  });
+
+  it('forgets children once they are collected (a long-running ztunnel makes several per pod)', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const control = createLogger({ write: () => {} });
+    for (let i = 0; i < 2000; i++) control.logger.child({ component: 'inpod', uid: `u${i}` }).info({}, 'made');
+    const kept = control.logger.child({ component: 'kept' });
+    for (let i = 0; i < 100 && control.childCount > 1; i++) {
+      gc();
+      await sleep(10);
+    }
+    expect(control.childCount).toBe(1);
+    control.setLevel('debug');
+    expect(kept.isLevelEnabled?.('debug')).toBe(true);
   });
 
   it('renders errors by message', () => {

@@ -67,13 +67,18 @@ export interface LogControl {
   readonly level: LogLevel;
   /** Changes the level of the root logger and every child made from it. */
   setLevel(level: LogLevel): void;
+  /** Children still tracked for setLevel (those not yet garbage collected). */
+  readonly childCount: number;
 }
 
 /** A pino logger writing ztunnel-shaped text (default) or JSON lines, with a runtime level switch. */
 export function createLogger(options: CreateLoggerOptions = {}): LogControl {
   const write = options.write ?? ((line: string) => process.stdout.write(line));
   const format = options.format ?? 'text';
+  // Children (several per pod) are found again for setLevel; a collected one leaves its entry via
+  // the registry, so the set does not grow with every pod ever enrolled.
   const children = new Set<WeakRef<PinoLogger>>();
+  const collected = new FinalizationRegistry<WeakRef<PinoLogger>>((ref) => children.delete(ref));
   let level: LogLevel = options.level ?? 'info';
   const destination = {
     write(line: string): void {
@@ -88,13 +93,18 @@ export function createLogger(options: CreateLoggerOptions = {}): LogControl {
       timestamp: format === 'json' ? pino.stdTimeFunctions.isoTime : pino.stdTimeFunctions.epochTime,
       formatters: format === 'json' ? { level: (label) => ({ level: label }) } : {},
       onChild: (child) => {
-        children.add(new WeakRef(child));
+        const ref = new WeakRef(child);
+        children.add(ref);
+        collected.register(child, ref);
       },
     },
     destination,
   );
   return {
     logger: root as unknown as Logger,
+    get childCount() {
+      return children.size;
+    },
     get level() {
       return level;
     },
@@ -104,7 +114,6 @@ export function createLogger(options: CreateLoggerOptions = {}): LogControl {
       for (const ref of children) {
         const child = ref.deref();
         if (child) child.level = next;
-        else children.delete(ref);
       }
     },
   };
