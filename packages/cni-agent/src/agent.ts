@@ -10,8 +10,7 @@ import { silentLogger, type Logger } from './logger.js';
 import type { CaptureConfig } from './capture-rules.js';
 import { AgentMetrics } from './metrics.js';
 import { NetnsHints } from './netns-hints.js';
-import type { PodInfo } from './pod.js';
-import type { PodEvent, PodSource } from './pod-source.js';
+import type { PodSource } from './pod-source.js';
 import type { EnrollmentRule, OpenNetns, PodRules, WorkloadHandoff } from './ports.js';
 
 /** ztunnel's side of ZDS as the agent drives it (the shape of @weir/redirect-protocol's ZdsServer). */
@@ -95,9 +94,15 @@ export class NodeAgent {
     } catch {
       // No /proc: the scan finds nothing either.
     }
-    // Its Events are reports: written when the captures leave the agent's CPU to them (PodController.report).
-    const reports = { recordEvent: async (pod: PodInfo, ev: PodEvent) => this.controller.report(() => opts.source.recordEvent(pod, ev)) };
-    this.bypass = new CaptureBypassGuard({ mode: 'warn', ...opts.captureBypass, source: reports, metrics: this.metrics, logger: opts.logger ?? silentLogger });
+    // Its warnings and Events are reports: made when the captures leave the agent's CPU to them (PodController.report).
+    this.bypass = new CaptureBypassGuard({
+      mode: 'warn',
+      ...opts.captureBypass,
+      source: opts.source,
+      report: (work) => this.controller.report(work),
+      metrics: this.metrics,
+      logger: opts.logger ?? silentLogger,
+    });
     this.controller = new PodController({
       bypass: this.bypass,
       source: opts.source,

@@ -144,7 +144,7 @@ function pod(name: string, containers: ContainerSecurity[]): PodInfo {
   };
 }
 
-function guard(mode: CaptureBypassMode) {
+function guard(mode: CaptureBypassMode, report?: (work: () => Promise<void>) => void) {
   const events: { pod: string; event: PodEvent }[] = [];
   const warnings: { obj: Record<string, unknown>; msg: string | undefined }[] = [];
   const logger: Logger = {
@@ -160,6 +160,7 @@ function guard(mode: CaptureBypassMode) {
     source: { recordEvent: async (p, event) => void events.push({ pod: `${p.namespace}/${p.name}`, event }) },
     metrics,
     logger,
+    ...(report ? { report } : {}),
   });
   const gauge = async (): Promise<number> => (await metrics.podsCaptureBypassable.get()).values[0]?.value ?? 0;
   return { g, events, warnings, gauge };
@@ -225,6 +226,22 @@ describe('CaptureBypassGuard', () => {
     g.captured(web);
     expect(warnings.map((w) => w.msg)).toContain('captured pod can bypass ztunnel capture');
     expect(await gauge()).toBe(1);
+  });
+
+  it('with report: the warning line and Event wait for it (the gauge does not); one for a pod released or flagged anew meanwhile says nothing', async () => {
+    const later: (() => Promise<void>)[] = [];
+    const { g, warnings, events, gauge } = guard('warn', (work) => void later.push(work));
+    g.captured(pod('web', [c('app')]));
+    g.captured(pod('gone', [c('app')]));
+    g.captured(pod('debugged', [c('app', { drop: ['ALL'] }), c('debugger', { kind: 'ephemeralContainer', add: ['NET_RAW'] })]));
+    g.captured(pod('debugged', [c('app', { drop: ['ALL'] }), c('debugger', { kind: 'ephemeralContainer', add: ['NET_ADMIN'] })]));
+    expect(await gauge()).toBe(3);
+    expect(warnings).toEqual([]);
+    expect(events).toEqual([]);
+    g.released('uid-gone');
+    for (const work of later.splice(0)) await work();
+    expect(warnings.map((w) => w.obj.pod)).toEqual(['apps/web', 'apps/debugged']);
+    expect(events.map((e) => e.event.message)).toEqual([expect.stringContaining('container "app" keeps NET_RAW'), expect.stringContaining('"debugger" adds NET_ADMIN')]);
   });
 
   it('off: admits everything, says nothing, counts nothing', async () => {

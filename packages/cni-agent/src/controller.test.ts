@@ -386,7 +386,7 @@ describe('PodController', () => {
     const web = pod('web', { netnsPath: undefined });
     await expect(c.cmdAdd(web, join(dir, 'web'), [], now(), 2000)).rejects.toThrow(/applying in-pod rules for apps\/web .*iptables-restore: line 3 failed/);
     expect(c.status()[0]?.state).toBe('pending');
-    await until(() => c.status()[0]?.state === 'captured');
+    await until(() => c.status()[0]?.state === 'captured' && p.events.length > 0);
     expect(p.events[0]).toMatchObject({ type: 'Warning', reason: 'AmbientCaptureFailed' });
     await c.stop();
   });

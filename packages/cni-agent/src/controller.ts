@@ -710,7 +710,8 @@ export class PodController {
       );
       for (const w of rec.waiters.splice(0)) w.reject(err as Error);
       if (rec.attempt <= 3) {
-        void this.opts.source.recordEvent(pod, { type: 'Warning', reason: 'AmbientCaptureFailed', message: rec.lastError });
+        const message = rec.lastError;
+        this.report(() => this.opts.source.recordEvent(pod, { type: 'Warning', reason: 'AmbientCaptureFailed', message }));
       }
       this.scheduleRetry(rec, retryInMs);
       this.updateGauges();

@@ -161,6 +161,9 @@ describe('capture bypass with SO_MARK (root, real netns, seed rules, fake API, e
     expect(lines).toContain('-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001');
     expect(lines).toContain('-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT');
 
+    // The line and the Event are reports: made once no capture runs (the gauge at once).
+    expect(await agent!.metrics.registry.getSingleMetricAsString('weir_cni_agent_pods_capture_bypassable')).toMatch(/^weir_cni_agent_pods_capture_bypassable 1$/m);
+    await until('warning line', () => warnings.some((w) => w.msg === 'captured pod can bypass ztunnel capture'));
     const warned = warnings.filter((w) => w.msg === 'captured pod can bypass ztunnel capture');
     expect(warned).toHaveLength(1);
     expect(warned[0]!.obj).toMatchObject({
