@@ -5,7 +5,7 @@ export type { InpodManagerOptions, PodState, ProxyFactoryOptions } from './inpod
 export { InpodProxy, DEFAULT_PORTS } from './inpod-proxy.js';
 export type { InpodProxyOptions, InpodProxyState, OrigSrcMode, PodWorkloadInfo, ProxyPorts } from './inpod-proxy.js';
 export { WorkloadStore, LocalConfigWatcher } from './workload-store.js';
-export type { ResolvedDestination } from './workload-store.js';
+export type { DnsEndpoint, ResolvedDestination } from './workload-store.js';
 export { parseLocalConfig } from './local-config.js';
 export type { LocalConfig, Policy, RbacMatch, Service, ServiceAccountMatch, StringMatch, Workload } from './local-config.js';
 export { evaluatePolicies, policyMatches, parseSpiffeIdentity, formatSpiffeIdentity } from './authorization.js';

@@ -1,3 +1,4 @@
+import { lookup } from 'node:dns/promises';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
@@ -760,19 +761,38 @@ export class InpodProxy {
       await tunnelOutbound(socket, record, (signal) => (this.#cert ? open(signal) : this.#certified(signal).then(() => open(signal))));
       return;
     }
+    // A service whose endpoints are known by hostname only (a ServiceEntry with DNS resolution) is
+    // reached at what the name resolves to now: its VIP leads nowhere.
+    const byName = resolved === undefined ? this.#o.store.dnsEndpoint(dst.address, dst.port) : undefined;
+    const named = resolved ?? byName;
     // Not a mesh workload: plain TCP, still from inside the pod and marked so the pod's rules let it out.
     const record = new ConnectionRecord(
       {
         direction: 'outbound',
         src,
-        dst: { addr: hostPort(dst.address, dst.port), workload: resolved?.workload.name, namespace: resolved?.workload.namespace, service: resolved?.service?.hostname },
+        dst: { addr: hostPort(dst.address, dst.port), workload: named?.workload.name, namespace: named?.workload.namespace, service: named?.service?.hostname },
         mtls: false,
       },
       this.#o.metrics,
       this.#accessLog,
     );
-    const host = resolved?.address ?? dst.address;
-    const port = resolved?.port ?? dst.port;
+    let host = resolved?.address ?? dst.address;
+    let port = resolved?.port ?? dst.port;
+    if (byName) {
+      let address: string | undefined;
+      try {
+        address = await this.#resolveEndpointName(byName.hostname, net.isIPv6(dst.address) ? 6 : 4);
+      } catch (err) {
+        record.fail('CONNECT', `resolving ${byName.hostname}: ${(err as Error).message}`);
+        return void socket.destroy();
+      }
+      if (address === undefined) {
+        record.fail('CONNECT', `${byName.hostname} resolves to no address`);
+        return void socket.destroy();
+      }
+      host = address;
+      port = byName.port;
+    }
     let upstream: net.Socket;
     try {
       upstream = await connectTcp(this.#podConnectOptions(host, port, undefined));
@@ -782,6 +802,23 @@ export class InpodProxy {
       return;
     }
     void copyBidirectional(socket, upstream).then((r) => record.complete(r.sent, r.received));
+  }
+
+  /**
+   * An endpoint's hostname → one address, `family` first: through the pod's DNS proxy's upstream
+   * resolvers when it runs (as the pod would), else the node's resolver. The mesh's own names are not
+   * consulted: they map the service's hostname back to its VIP.
+   */
+  async #resolveEndpointName(hostname: string, family: 4 | 6): Promise<string | undefined> {
+    if (this.#dns) return this.#dns.resolveUpstream(hostname, family);
+    try {
+      return (await lookup(hostname, { family })).address;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOTFOUND' || (err as NodeJS.ErrnoException).code === 'ENODATA') {
+        return (await lookup(hostname).catch(() => undefined))?.address;
+      }
+      throw err;
+    }
   }
 
   /** What ztunnel sends with CONNECT: who is calling (baggage), the original client, a fresh trace. */

@@ -89,6 +89,10 @@ services:
     // A VIP whose only endpoints have no address is not a mesh destination: no endpoint, no HBONE target.
     expect(s.resolve('240.240.0.1', 443)).toBeUndefined();
     expect(s.resolve('240.240.0.2', 443)).toBeUndefined();
+    // They are handed out by name instead, to be resolved when a connection comes.
+    expect(s.dnsEndpoint('240.240.0.2', 443)).toMatchObject({ hostname: 'ext.example.com', port: 443, workload: { uid: 'se-only' }, service: { name: 'ext' } });
+    expect(s.dnsEndpoint('240.240.0.2', 80)).toBeUndefined();
+    expect(s.dnsEndpoint('10.0.0.7', 443)).toBeUndefined();
     // No address can ever match them.
     for (const ip of ['0.0.0.0', '::', '240.240.0.1', '']) expect(s.workloadByIp(ip)).toBeUndefined();
     // The DNS proxy answers the service's VIP; the workload's own name has no address, so it is left
@@ -97,6 +101,28 @@ services:
     expect(names.lookup('api.example.com')).toMatchObject({ v4: ['240.240.0.1'], v6: [] });
     s.replace({ ...s.config, services: [] });
     expect(names.lookup('api.example.com')).toBeUndefined();
+  });
+
+  it('hands out hostname endpoints only when the VIP has no healthy endpoint with an address', () => {
+    const s = new WorkloadStore({
+      config: parseLocalConfig(`
+workloads:
+- {name: a, namespace: ns1, hostname: a.example.com, services: {"ns1/x.example.com": {443: 8443}}}
+- {name: b, namespace: ns1, hostname: b.example.com, services: {"ns1/x.example.com": {443: 8443}}}
+- {name: c, namespace: ns1, hostname: c.example.com, status: Unhealthy, services: {"ns1/x.example.com": {443: 8443}}}
+- {name: ip, namespace: ns1, workloadIps: [10.0.0.9], status: Unhealthy, services: {"ns1/x.example.com": {443: 8443}}}
+services:
+- {name: x, namespace: ns1, hostname: x.example.com, vips: [/240.240.0.3], ports: {443: 443}}
+`),
+    });
+    // Round robin over the healthy ones, with the endpoint's target port; the unhealthy ones never.
+    const picked = [0, 1, 2, 3].map(() => s.dnsEndpoint('240.240.0.3', 443));
+    expect(picked.map((e) => e?.hostname)).toEqual(['a.example.com', 'b.example.com', 'a.example.com', 'b.example.com']);
+    expect(picked.every((e) => e?.port === 8443)).toBe(true);
+    // Once an endpoint with an address is healthy, the VIP resolves to it, and not by name.
+    s.replace({ ...s.config, workloads: s.config.workloads.map((w) => (w.name === 'ip' ? { ...w, status: 'Healthy' as const } : w)) });
+    expect(s.dnsEndpoint('240.240.0.3', 443)).toBeUndefined();
+    expect(s.resolve('240.240.0.3', 443)).toMatchObject({ address: '10.0.0.9', port: 8443 });
   });
 });
 

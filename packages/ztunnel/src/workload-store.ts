@@ -17,6 +17,15 @@ export interface ResolvedDestination {
   service?: Service;
 }
 
+/** A service endpoint known only by hostname: where to connect once the name is resolved. */
+export interface DnsEndpoint {
+  workload: Workload;
+  hostname: string;
+  /** The port on the endpoint (the service port mapped to its target port). */
+  port: number;
+  service: Service;
+}
+
 /** Strips an optional `<network>/` prefix from a VIP. */
 function vipAddress(vip: string): string {
   const slash = vip.indexOf('/');
@@ -120,8 +129,8 @@ export class WorkloadStore extends EventEmitter<{ change: [] }> {
     const service = this.serviceByVip(ip);
     if (!service) return undefined;
     const key = serviceKey(service);
-    // Endpoints known by hostname only have no address to connect to: never picked (upstream
-    // resolves them by DNS on demand; here the VIP is then not a mesh destination).
+    // Endpoints known by hostname only have no address to connect to: never picked here
+    // (dnsEndpoint() hands them out, for the caller to resolve on demand).
     const candidates = (this.#endpoints.get(key) ?? []).filter(
       (w) =>
         w.status === 'Healthy' &&
@@ -136,6 +145,28 @@ export class WorkloadStore extends EventEmitter<{ change: [] }> {
     const family = ip.includes(':') ? 6 : 4;
     const address = workload.workloadIps.find((a) => (a.includes(':') ? 6 : 4) === family) ?? workload.workloadIps[0]!;
     return { workload, address, port: target, service };
+  }
+
+  /**
+   * For a service VIP none of whose healthy endpoints has an address, but some are known by hostname
+   * (istiod's workload for a ServiceEntry with DNS resolution): one of those (round robin) and its
+   * target port, for the caller to resolve by DNS when the connection comes. Undefined otherwise
+   * (`resolve()` answers for VIPs with addressable endpoints).
+   */
+  dnsEndpoint(ip: string, port: number): DnsEndpoint | undefined {
+    const service = this.serviceByVip(ip);
+    if (!service) return undefined;
+    const key = serviceKey(service);
+    const serves = (w: Workload): boolean => w.services[key]?.[String(port)] !== undefined || service.ports[String(port)] !== undefined;
+    const endpoints = (this.#endpoints.get(key) ?? []).filter((w) => w.status === 'Healthy' && serves(w));
+    if (endpoints.some((w) => w.workloadIps.length > 0)) return undefined;
+    const candidates = endpoints.filter((w) => w.hostname !== '');
+    if (candidates.length === 0) return undefined;
+    const n = this.#rr.get(key) ?? 0;
+    this.#rr.set(key, n + 1);
+    const workload = candidates[n % candidates.length]!;
+    const target = Number(workload.services[key]?.[String(port)] ?? service.ports[String(port)] ?? port) || port;
+    return { workload, hostname: workload.hostname, port: target, service };
   }
 
   /** Policies that apply to a destination workload: its namespace's, global ones and those it names. */

@@ -15,10 +15,15 @@ import { Topology, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Ztunnel, createLogger } from '../src/index.js';
 import { Dnsmasq, digShort, requireDnsTools } from './support-dns.js';
-import { EchoApp, capturePod, execFileP, httpGet, localConfigYaml, podListeners, uniqueName, waitFor, zdsAddPod } from './support.js';
+import { EchoApp, capturePod, echoTransfer, execFileP, httpGet, localConfigYaml, podListeners, tryConnect, uniqueName, waitFor, zdsAddPod } from './support.js';
 
 const VIP = '10.96.0.10';
 const SERVICE = 'web.ns2.svc.cluster.local';
+// ServiceEntries with DNS resolution: a VIP each (as istiod auto-allocates), endpoints known by hostname only.
+const EXT_VIP = '240.240.0.7';
+const EXT_HOST = 'api.external.test';
+const GONE_VIP = '240.240.0.8';
+const GONE_HOST = 'gone.external.test';
 
 describe('ztunnel with the DNS proxy (in-pod DNS capture, real ZDS, real netns)', () => {
   let topo: Topology;
@@ -67,7 +72,11 @@ describe('ztunnel with the DNS proxy (in-pod DNS capture, real ZDS, real netns)'
     outside = await n1.addPod({ name: 'outside', namespace: 'ns3' });
     await execFileP('ip', ['netns', 'exec', noV6.netns, 'sysctl', '-qw', 'net.ipv6.conf.lo.disable_ipv6=1']);
     // The node's resolver (the cluster DNS as ztunnel sees it), outside the mesh.
-    dnsmasq = await Dnsmasq.start(resolver.netns, resolver.ip, ['--address=/upstream.test/192.0.2.1', `--address=/echo.upstream.test/${outside.ip}`]);
+    dnsmasq = await Dnsmasq.start(resolver.netns, resolver.ip, [
+      '--address=/upstream.test/192.0.2.1',
+      `--address=/echo.upstream.test/${outside.ip}`,
+      `--address=/${EXT_HOST}/${outside.ip}`,
+    ]);
     const configPath = join(dir, 'local.yaml');
     await writeFile(
       configPath,
@@ -78,7 +87,15 @@ describe('ztunnel with the DNS proxy (in-pod DNS capture, real ZDS, real netns)'
           { pod: noV6, serviceAccount: 'sa-a', node: 'n1' },
         ],
         '',
-        `- {name: web, namespace: ns2, hostname: ${SERVICE}, vips: ["/${VIP}"], ports: {80: 8080}}`,
+        [
+          `- {name: web, namespace: ns2, hostname: ${SERVICE}, vips: ["/${VIP}"], ports: {80: 8080}}`,
+          `- {name: ext, namespace: ext, hostname: ${EXT_HOST}, vips: ["/${EXT_VIP}"], ports: {80: 9090}}`,
+          `- {name: gone, namespace: ext, hostname: ${GONE_HOST}, vips: ["/${GONE_VIP}"], ports: {80: 9090}}`,
+        ].join('\n'),
+        [
+          `- {name: ext-dns, namespace: ext, hostname: ${EXT_HOST}, services: {"ext/${EXT_HOST}": {80: 9090}}}`,
+          `- {name: gone-dns, namespace: ext, hostname: ${GONE_HOST}, services: {"ext/${GONE_HOST}": {80: 9090}}}`,
+        ].join('\n'),
       ),
     );
     zds = new ZdsServer({ path: join(dir, 'zds.sock') });
@@ -227,6 +244,24 @@ describe('ztunnel with the DNS proxy (in-pod DNS capture, real ZDS, real netns)'
     expect(await socks('echo.upstream.test', 9090, 'via socks upstream')).toBe('via socks upstream');
     expect(appOutside.clients.at(-1)).toBe(a.ip);
     expect(dnsmasq.log).toMatch(/echo\.upstream\.test from/);
+  });
+
+  it('reaches a service whose endpoints are known by hostname at what the name resolves to, and refuses one that resolves to nothing', async () => {
+    // The pod's DNS answers the ServiceEntry's name with its VIP, as istiod's auto-allocation does.
+    expect(digShort((await dig(a, EXT_HOST)).stdout)).toEqual([EXT_VIP]);
+    const before = appOutside.clients.length;
+    const r = await echoTransfer(nsA, EXT_VIP, 80, 256 * 1024);
+    expect(r.bytes).toBe(256 * 1024);
+    expect(r.received).toBe(r.sent);
+    expect(appOutside.clients.length).toBe(before + 1);
+    expect(appOutside.clients.at(-1)).toBe(a.ip);
+    await waitFor('access log of the DNS endpoint', async () =>
+      lines.some((l) => /connection complete/.test(l) && l.includes(`dst.addr=${EXT_VIP}:80`) && l.includes(`dst.service=${EXT_HOST}`) && l.includes('dst.workload=ext-dns')),
+    );
+    // No address for the name: the connection is closed, never sent on to the VIP.
+    expect(await tryConnect(nsA, GONE_VIP, 80)).not.toBe('ok');
+    await waitFor('the refusal, with the name', async () => lines.some((l) => l.includes(`${GONE_HOST} resolves to no address`)));
+    expect(dnsmasq.log).toMatch(new RegExp(`${GONE_HOST.replace(/\./g, '\\.')} from`));
   });
 
   it('contains hostile input through the capture: malformed datagrams and a query burst leave it answering', async () => {

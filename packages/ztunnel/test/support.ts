@@ -53,8 +53,11 @@ export interface LocalWorkloadSpec {
   services?: string;
 }
 
-/** ztunnel local config YAML for the given pods (HBONE workloads), plus policy and service list YAML. */
-export function localConfigYaml(workloads: LocalWorkloadSpec[], policies = '', services = ''): string {
+/**
+ * ztunnel local config YAML for the given pods (HBONE workloads), plus policy and service list YAML
+ * and further workload list items (e.g. hostname-only ones).
+ */
+export function localConfigYaml(workloads: LocalWorkloadSpec[], policies = '', services = '', moreWorkloads = ''): string {
   const w = workloads
     .map(
       ({ pod, serviceAccount, node, services: svc }) =>
@@ -62,7 +65,7 @@ export function localConfigYaml(workloads: LocalWorkloadSpec[], policies = '', s
         `trustDomain: cluster.local, workloadIps: ["${pod.ip}"], protocol: HBONE, node: ${node}${svc ? `, services: ${svc}` : ''}}`,
     )
     .join('\n');
-  return `workloads:\n${w}\n${policies ? `policies:\n${policies}\n` : ''}${services ? `services:\n${services}\n` : ''}`;
+  return `workloads:\n${w}\n${moreWorkloads ? `${moreWorkloads}\n` : ''}${policies ? `policies:\n${policies}\n` : ''}${services ? `services:\n${services}\n` : ''}`;
 }
 
 /** Listening sockets in a pod's netns (`ss -Htlnp`): port → owning pids. */

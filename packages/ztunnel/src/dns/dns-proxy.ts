@@ -117,6 +117,11 @@ export class DnsProxy {
     return this.#hosts.resolve(name);
   }
 
+  /** A name → one IP from the upstream resolvers only (`family` first), for endpoints known by hostname. */
+  resolveUpstream(name: string, family: 4 | 6): Promise<string | undefined> {
+    return this.#hosts.resolveUpstream(name, family);
+  }
+
   /** Forwards in flight and TCP clients connected, for the admin dump and for tests of the limits. */
   stats(): { inflight: number; tcpClients: number } {
     return { inflight: this.#resolver.inflight, tcpClients: this.#clients.size };

@@ -25,8 +25,16 @@ export class HostResolver {
   async resolve(name: string): Promise<string | undefined> {
     const found = this.#o.table.lookup(name, this.#o.namespace);
     if (found) return found.v4[0] ?? found.v6[0];
+    return this.resolveUpstream(name);
+  }
+
+  /**
+   * Asks only the upstream resolvers, `family` first: for a service endpoint known by hostname, whose
+   * name the mesh state maps back to the service's own VIP.
+   */
+  async resolveUpstream(name: string, family: 4 | 6 = 4): Promise<string | undefined> {
     if (!this.#o.forwarder) return undefined;
-    for (const type of ['A', 'AAAA'] as const) {
+    for (const type of family === 4 ? (['A', 'AAAA'] as const) : (['AAAA', 'A'] as const)) {
       const query = dnsPacket.encode({
         type: 'query',
         id: randomInt(0x10000),
