@@ -158,8 +158,15 @@ export function inpodSuite(mode: InpodMode): void {
             }
           }),
         );
-        const inA = await established(a);
-        const inB = await established(b);
+        // A segment just sent and not yet acked (the peer delays its ACK) shows the retransmit timer,
+        // `timer:(on,…)`, in place of the keepalive one: look again once it is acked.
+        let inA = await established(a);
+        let inB = await established(b);
+        for (let i = 0; i < 20 && [...inA, ...inB].some(([, , rest]) => rest.includes('timer:(on,')); i++) {
+          await new Promise((r) => setTimeout(r, 100));
+          inA = await established(a);
+          inB = await established(b);
+        }
         const picked = {
           'accepted on 15001 (pod a)': inA.filter(([, peer]) => peer === `${me.address}:${me.port}`),
           'HBONE dialled to b:15008 (pod a)': inA.filter(([, peer]) => peer === `${b.ip}:15008`),
