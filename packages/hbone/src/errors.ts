@@ -40,3 +40,46 @@ export class HboneError extends Error {
     this.status = options?.status;
   }
 }
+
+/** HTTP/2 error codes (RFC 9113 §7), by name: the number goes on the wire in RST_STREAM and GOAWAY. */
+export const H2_ERROR_CODES = {
+  NO_ERROR: 0x0,
+  PROTOCOL_ERROR: 0x1,
+  INTERNAL_ERROR: 0x2,
+  FLOW_CONTROL_ERROR: 0x3,
+  SETTINGS_TIMEOUT: 0x4,
+  STREAM_CLOSED: 0x5,
+  FRAME_SIZE_ERROR: 0x6,
+  REFUSED_STREAM: 0x7,
+  CANCEL: 0x8,
+  COMPRESSION_ERROR: 0x9,
+  CONNECT_ERROR: 0xa,
+  ENHANCE_YOUR_CALM: 0xb,
+  INADEQUATE_SECURITY: 0xc,
+  HTTP_1_1_REQUIRED: 0xd,
+} as const;
+export type H2ErrorCodeName = keyof typeof H2_ERROR_CODES;
+
+/**
+ * The peer broke HTTP/2 or HPACK (raised by the internal h2 codec). `scope` says what to tear down:
+ * 'connection' → GOAWAY with `h2Code` and close; 'stream' → RST_STREAM `streamId` with `h2Code`.
+ * Not an HboneError: the session layer turns it into one (ERR_HBONE_SESSION, this as the cause), so
+ * the public HboneErrorCode union stays as it is.
+ */
+export class H2ProtocolError extends Error {
+  readonly code = 'ERR_HBONE_H2_PROTOCOL';
+  /** The error code's number on the wire (`H2_ERROR_CODES[h2Code]`). */
+  readonly h2CodeNumber: number;
+  constructor(
+    readonly h2Code: H2ErrorCodeName,
+    readonly scope: 'connection' | 'stream',
+    /** The stream at fault; 0 for a connection error not tied to one stream. */
+    readonly streamId: number,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'H2ProtocolError';
+    this.h2CodeNumber = H2_ERROR_CODES[h2Code];
+  }
+}
