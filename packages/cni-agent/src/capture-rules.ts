@@ -73,11 +73,18 @@ export function ipv6GuardFamily(ztunnelMark = 0x539, markMask = 0xfff): FamilyRu
   };
 }
 
-/** Whether a netns has IPv6 on: any `disable_ipv6` is 0 (no /proc/sys/net/ipv6 at all: off). */
+/**
+ * Whether a netns has IPv6 on: an interface's `disable_ipv6` is 0 (no /proc/sys/net/ipv6 at all:
+ * off). `all` and `default` are not interfaces: with `all` at 0 and every interface at 1 there is no
+ * IPv6 to capture (nor a lo to route it to).
+ */
 export async function podHasIpv6(exec: CommandExecutor): Promise<boolean> {
-  const r = await exec.run('sh', ['-c', 'cat /proc/sys/net/ipv6/conf/*/disable_ipv6 2>/dev/null; true']);
+  const r = await exec.run('sh', ['-c', 'grep -H . /proc/sys/net/ipv6/conf/*/disable_ipv6 2>/dev/null; true']);
   if (r.code !== 0) throw new CniAgentError('ERR_AGENT_RULES', `reading disable_ipv6 in the pod netns failed (exit ${r.code}): ${r.stderr.trim()}`);
-  return r.stdout.split('\n').some((l) => l.trim() === '0');
+  return r.stdout.split('\n').some((l) => {
+    const m = /^\/proc\/sys\/net\/ipv6\/conf\/([^/]+)\/disable_ipv6:(\d+)$/.exec(l.trim());
+    return m !== null && m[1] !== 'all' && m[1] !== 'default' && m[2] === '0';
+  });
 }
 
 /**

@@ -38,8 +38,8 @@ export interface IptablesPodRulesOptions {
    */
   dnsCapture?: boolean;
   /**
-   * IPv6 capture. `auto` (default): follow the pod — when its netns has IPv6 on (any
-   * `net.ipv6.conf.*.disable_ipv6` is 0, e.g. the fe80:: on eth0) the IPv6 half of the rules and
+   * IPv6 capture. `auto` (default): follow the pod — when its netns has IPv6 on (an interface's
+   * `net.ipv6.conf.<if>.disable_ipv6` is 0, e.g. the fe80:: on eth0; `all` and `default` do not count) the IPv6 half of the rules and
    * routing goes in too. `true`: always (also the host's IPv6 probe ipset and SNAT). `false`: never
    * capture IPv6, but a pod with IPv6 on gets the IPv6 guard (all TCP but loopback dropped), so
    * IPv6 can never carry traffic around ztunnel.
@@ -120,20 +120,28 @@ function directExecutor(netns: Netns): CommandExecutor {
 
 /** What NetnsApplier reads to tell whether IPv6 is on in a netns: on when any of these is 0. */
 const DISABLE_IPV6_ANY = 'net.ipv6.conf.*.disable_ipv6';
-const DISABLE_IPV6_ALL = 'net.ipv6.conf.all.disable_ipv6';
+const DISABLE_IPV6_LO = 'net.ipv6.conf.lo.disable_ipv6';
+/** Not an interface's state: `all` is only what was last written to every interface, `default` the template of new ones. */
+const DISABLE_IPV6_NOT_A_LINK = ['net.ipv6.conf.all.disable_ipv6', 'net.ipv6.conf.default.disable_ipv6'];
 
 /**
- * The pod netns's sysctls, read and written in-process. "Any interface's disable_ipv6 is 0" is
- * answered by `all` alone when that is 0 (the kernel's default): one file instead of listing the
- * directory and reading every interface's (a /proc/sys lookup costs more the more netns a node has).
+ * The pod netns's sysctls, read and written in-process. The IPv6 glob is answered with the
+ * interfaces' own values only: with `all` at 0 and IPv6 off on every interface the pod has no IPv6
+ * (and the IPv6 capture route on lo cannot go in), so `all` and `default` must not count. `lo` at 0
+ * answers it alone (one file instead of listing the directory and reading every interface's; a
+ * /proc/sys lookup costs more the more netns a node has): the pod has IPv6, on the interface its
+ * IPv6 capture needs.
  */
 export function netnsSysctls(netns: Netns): NetnsSysctls {
   return {
     read: (keys) => {
       const i = keys.indexOf(DISABLE_IPV6_ANY);
       if (i < 0) return readSysctls(netns, keys);
-      const quick = readSysctls(netns, keys.map((k, j) => (j === i ? DISABLE_IPV6_ALL : k)));
-      return quick.get(DISABLE_IPV6_ALL) === '0' ? quick : readSysctls(netns, keys);
+      const quick = readSysctls(netns, keys.map((k, j) => (j === i ? DISABLE_IPV6_LO : k)));
+      if (quick.get(DISABLE_IPV6_LO) === '0') return quick;
+      const full = readSysctls(netns, keys);
+      for (const key of DISABLE_IPV6_NOT_A_LINK) if (!keys.includes(key)) full.delete(key);
+      return full;
     },
     write: (key, value) => !writeSysctls(netns, { [key]: value }).includes(key),
   };
