@@ -15,8 +15,9 @@ export interface BridgeResult {
 
 export interface BridgeOptions {
   /**
-   * Bytes a writer may hold before its reader is paused. Above Node's 16 KiB default so one
-   * event-loop turn can hand a socket several HTTP/2 DATA frames as one write; still a hard bound.
+   * Bytes a writer may hold before its reader is paused. Above Node's default high-water mark (16 KiB
+   * on Node 20, 64 KiB since 22) so one event-loop turn can hand a socket several HTTP/2 DATA frames as
+   * one write; still a hard bound. A writer whose high-water mark is higher than this is paused at that mark.
    */
   maxBuffered?: number;
 }

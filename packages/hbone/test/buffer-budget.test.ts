@@ -5,6 +5,7 @@ import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BufferBudget, HboneClient, type HboneError, type HboneLogger, type HboneServer, type HboneServerOptions, bridge, createHboneServer } from '../src/index.js';
+import { DEFAULT_MAX_BUFFERED, bridgedPeer } from '../src/bridge.js';
 import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, exchange, makePki, random, sha256, tcpServer, tlsOf } from './helpers.js';
 import { Peers } from './peers.js';
 
@@ -210,7 +211,13 @@ describe('buffer budget: inbound (15008 side)', () => {
 
   it('counts what paused tunnels hold in the budget (stats) and stops counting when they close', async () => {
     const budget = new BufferBudget({ maxSessionBytes: 64 * MiB, maxBytes: 256 * MiB, checkIntervalMs: 50 });
-    const server = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), bufferBudget: budget });
+    const upstreams: Duplex[] = [];
+    const connect = async (t: { host: string; port: number }): Promise<Duplex> => {
+      const u = await dial(t.port, t.host);
+      upstreams.push(u);
+      return u;
+    };
+    const server = createHboneServer({ tls: tlsOf(pki.server), connect, bufferBudget: budget });
     const port = (await server.listen({ host: '127.0.0.1', port: 0 })).port;
     const session = http2.connect(`https://127.0.0.1:${port}`, { key: pki.client.keyPem, cert: pki.client.chainPem, ca: pki.ca.rootPem, checkServerIdentity: () => undefined });
     session.on('error', () => {});
@@ -225,13 +232,22 @@ describe('buffer budget: inbound (15008 side)', () => {
         req.on('drain', pump);
         req.once('response', pump);
       }
+      // What the tunnels hold, read from the streams themselves (the high-water marks are Node's: 16 KiB on
+      // Node 20, 64 KiB since 22): each upstream's bridge queue, and what its paused tunnel has unread.
+      const tunnels = (): Duplex[] => upstreams.map((u) => bridgedPeer(u)).filter((t): t is Duplex => t !== undefined);
+      const queued = (): number => upstreams.reduce((n, u) => n + u.writableLength, 0) + tunnels().reduce((n, t) => n + t.readableLength, 0);
+      const paused = (): boolean => upstreams.length === 10 && upstreams.every((u) => u.writableLength >= Math.max(DEFAULT_MAX_BUFFERED, u.writableHighWaterMark));
       const end = Date.now() + 10_000;
-      while (Date.now() < end && !(budget.stats().holdingTunnels === 10 && budget.stats().heldBytes > 10 * MiB)) await sleep(50);
+      while (Date.now() < end && !(paused() && budget.stats().holdingTunnels === 10 && budget.stats().heldBytes >= queued())) await sleep(50);
       const s = budget.stats();
       expect(s.tunnels).toBe(10);
       expect(s.holdingTunnels).toBe(10);
-      // Each holds its upstream's 256 KiB bridge queue and what its stream window let in.
-      expect(s.heldBytes).toBeGreaterThan(10 * MiB);
+      expect(paused()).toBe(true);
+      // Each holds its upstream's 256 KiB bridge queue and what its stream window let in past its high-water mark.
+      expect(tunnels()).toHaveLength(10);
+      for (const t of tunnels()) expect(t.readableLength).toBeGreaterThanOrEqual(t.readableHighWaterMark);
+      expect(s.heldBytes).toBeGreaterThanOrEqual(queued());
+      expect(s.heldBytes).toBeGreaterThan(10 * DEFAULT_MAX_BUFFERED);
       expect(s.resets).toBe(0);
     } finally {
       session.destroy();
