@@ -11,7 +11,7 @@ import type { CaptureConfig } from './capture-rules.js';
 import { AgentMetrics } from './metrics.js';
 import { NetnsHints } from './netns-hints.js';
 import type { PodSource } from './pod-source.js';
-import type { EnrollmentRule, OpenNetns, PodRules, WorkloadHandoff } from './ports.js';
+import type { EnrollmentRule, NetnsHoldsIp, OpenNetns, PodRules, WorkloadHandoff } from './ports.js';
 
 /** ztunnel's side of ZDS as the agent drives it (the shape of @weir/redirect-protocol's ZdsServer). */
 export interface ZtunnelServer extends WorkloadHandoff {
@@ -30,6 +30,8 @@ export interface NodeAgentOptions {
   rules: PodRules;
   ztunnel: ZtunnelServer;
   openNetns: OpenNetns;
+  /** Whether a netns holds one of a pod's IPs: a pods-file path or a hint is used only then. */
+  netnsHoldsIp: NetnsHoldsIp;
   /** The enrollment rule shared with the CNI plugin (`isAmbientEnrolled`). */
   enrolled: EnrollmentRule;
   /** Validates a `/cmdadd` body (the plugin's `cmdAddEventSchema`); throws for a bad one. */
@@ -109,6 +111,7 @@ export class NodeAgent {
       rules: opts.rules,
       ztunnel: opts.ztunnel,
       openNetns: opts.openNetns,
+      netnsHoldsIp: opts.netnsHoldsIp,
       enrolled: opts.enrolled,
       metrics: this.metrics,
       logger: opts.logger ?? silentLogger,

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PodController, type PodControllerOptions } from './controller.js';
 import { AgentMetrics } from './metrics.js';
+import { NetnsHints } from './netns-hints.js';
 import type { NamespaceInfo, PodInfo } from './pod.js';
 import type { PodEvent, PodSource } from './pod-source.js';
 import type { NetnsHandle, PodRules, RepairReport, WorkloadHandoff } from './ports.js';
@@ -50,6 +51,10 @@ class Ports {
   trace: string[] = [];
   /** Every handle openNetns returned. */
   opened: NetnsHandle[] = [];
+  /** Netns files (basename) holding none of any pod's IPs: another pod's netns, a recreated sandbox's path. */
+  foreign = new Set<string>();
+  /** Netns files asked whether they hold a pod's IPs. */
+  ipChecks: string[] = [];
   /** Netns paths whose handle reports another device than the file (same inode): a different netns. */
   wrongDev = new Set<string>();
   /** Holds the ZDS add of a netns path until the promise settles (a slow ztunnel ack). */
@@ -131,6 +136,11 @@ function controller(p: Ports, logger?: PodControllerOptions['logger'], over: Par
       const h: NetnsHandle = { fd: 99, id, path, get closed() { return closed; }, close: () => void (closed = true) };
       p.opened.push(h);
       return h;
+    },
+    netnsHoldsIp: (ns) => {
+      const file = (ns.path ?? '').split('/').pop() ?? '';
+      p.ipChecks.push(file);
+      return !p.foreign.has(file);
     },
     enrolled: (p, ns) => p.labels['istio.io/dataplane-mode'] !== 'none' && ns?.labels['istio.io/dataplane-mode'] === 'ambient',
     metrics: new AgentMetrics({ processMetrics: false }),
@@ -657,5 +667,86 @@ describe('PodController', () => {
     expect(msg).not.toContain('traffic is blocked until it completes');
     await until(() => c.status()[0]?.state === 'captured');
     await c.stop();
+  });
+
+  describe('a netns path that is not the ADD\'s (a hint, the pods file) is used only when it holds one of the pod\'s IPs', () => {
+    function warnings(): { lines: { obj: Record<string, unknown>; msg: string | undefined }[]; logger: PodControllerOptions['logger'] } {
+      const lines: { obj: Record<string, unknown>; msg: string | undefined }[] = [];
+      const logger: PodControllerOptions['logger'] = {
+        info: () => undefined,
+        warn: (obj: object, msg?: string) => void lines.push({ obj: obj as Record<string, unknown>, msg }),
+        error: () => undefined,
+        debug: () => undefined,
+        child: () => logger!,
+      };
+      return { lines, logger };
+    }
+
+    it('a hint naming another pod\'s netns is removed and logged, never captured; the pod stays pending naming why', async () => {
+      const p = new Ports();
+      pod('other');
+      p.foreign.add('other');
+      const hints = new NetnsHints(undefined);
+      hints.set('uid-web', join(dir, 'other'));
+      const { lines, logger } = warnings();
+      const c = controller(p, logger, { hints });
+      c.podChanged(pod('web', { netnsPath: undefined }));
+      await until(() => (c.status()[0]?.lastError ?? '').includes('not found'));
+      expect(p.ipChecks).toEqual(['other']);
+      expect(p.trace).toEqual([]);
+      expect(hints.get('uid-web')).toBeUndefined();
+      expect(c.status()[0]).toMatchObject({ state: 'pending' });
+      expect(c.status()[0]?.lastError).toContain(`${join(dir, 'other')} (hint): it holds none of the pod's IPs 10.0.0.5`);
+      const line = lines.find((l) => l.msg?.startsWith('netns path not proven the pod\'s'));
+      expect(line?.obj).toMatchObject({ uid: 'uid-web', netns: join(dir, 'other'), from: 'hint', reason: expect.stringContaining("holds none of the pod's IPs 10.0.0.5") });
+      await c.stop();
+    });
+
+    it('a pods-file path naming another netns is not captured either', async () => {
+      const p = new Ports();
+      pod('recreated');
+      p.foreign.add('recreated');
+      const c = controller(p);
+      c.podChanged(pod('web', { netnsPath: join(dir, 'recreated') }));
+      await until(() => (c.status()[0]?.lastError ?? '').includes('not found'));
+      expect(p.trace).toEqual([]);
+      expect(c.status()[0]?.lastError).toContain(`${join(dir, 'recreated')} (pods-file): it holds none of the pod's IPs`);
+      await c.stop();
+    });
+
+    it('a valid hint is captured (no scan needed); the ADD\'s own netns is taken without the check', async () => {
+      const p = new Ports();
+      pod('sandbox');
+      const hints = new NetnsHints(undefined);
+      hints.set('uid-web', join(dir, 'sandbox'));
+      const c = controller(p, undefined, { hints });
+      c.podChanged(pod('web', { netnsPath: undefined }));
+      await until(() => c.status()[0]?.state === 'captured');
+      expect(p.trace).toEqual(['apply web sandbox', 'zds add uid-web sandbox']);
+      expect(p.ipChecks).toEqual(['sandbox']);
+      expect(hints.get('uid-web')).toBe(join(dir, 'sandbox'));
+      // The runtime's CNI_NETNS is authoritative (its IPs may not even be on it in a fake like this).
+      pod('s2');
+      p.foreign.add('s2');
+      await c.cmdAdd(pod('web', { netnsPath: undefined }), join(dir, 's2'), ['10.0.0.5'], now(), 2000);
+      expect(p.trace.slice(-2)).toEqual(['apply web s2', 'zds add uid-web s2']);
+      expect(p.ipChecks).toEqual(['sandbox']);
+      await c.stop();
+    });
+
+    it('with no IPs known, a hint or pods-file path proves nothing and is not used (the /proc scan decides)', async () => {
+      const p = new Ports();
+      pod('quiet');
+      const hints = new NetnsHints(undefined);
+      hints.set('uid-web', join(dir, 'quiet'));
+      const c = controller(p, undefined, { hints });
+      c.podChanged(pod('web', { ips: [], netnsPath: join(dir, 'quiet') }));
+      await until(() => (c.status()[0]?.lastError ?? '').includes('not found'));
+      expect(p.trace).toEqual([]);
+      expect(p.ipChecks).toEqual([]);
+      expect(c.status()[0]?.lastError).toContain('the pod has no IPs yet to check it against');
+      expect(c.status()[0]?.lastError).toContain('/proc scan');
+      await c.stop();
+    });
   });
 });

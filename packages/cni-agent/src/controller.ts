@@ -7,7 +7,7 @@ import type { AgentMetrics } from './metrics.js';
 import { NetnsHints } from './netns-hints.js';
 import { REDIRECTION_ANNOTATION, type NamespaceInfo, type PodInfo } from './pod.js';
 import type { PodSource } from './pod-source.js';
-import type { EnrollmentRule, NetnsHandle, OpenNetns, PodRules, WorkloadHandoff } from './ports.js';
+import type { EnrollmentRule, NetnsHandle, NetnsHoldsIp, OpenNetns, PodRules, WorkloadHandoff } from './ports.js';
 import { findPodNetnsInProc } from './proc-scan.js';
 
 export type PodState = 'idle' | 'pending' | 'captured' | 'releasing';
@@ -26,6 +26,11 @@ export interface PodControllerOptions {
   rules: PodRules;
   ztunnel: WorkloadHandoff;
   openNetns: OpenNetns;
+  /**
+   * Checks a netns path that is not the CNI_NETNS of the ADD being served (the pods file's, a hint,
+   * one found earlier) before the pod's rules go in it: such a path may name another pod's netns now.
+   */
+  netnsHoldsIp: NetnsHoldsIp;
   enrolled: EnrollmentRule;
   metrics: AgentMetrics;
   logger?: Logger;
@@ -80,6 +85,8 @@ interface PodRecord {
   netns: NetnsHandle | undefined;
   /** Path the netns came from (CNI_NETNS, the pods file, a hint or /proc). */
   netnsPath: string | undefined;
+  /** `netnsPath` is the CNI_NETNS of the pod's last ADD: the runtime's word, used without a check. */
+  netnsFromAdd: boolean;
   /** IPs from the CNI event, used while the API has not reported the pod's IPs yet. */
   eventIps: string[];
   attempt: number;
@@ -197,6 +204,7 @@ export class PodController {
     // Only the wanted path changes here. The handle belongs to the pod's chain, where a capture of a
     // previous sandbox may still be running: it sees the new path and leaves this ADD to the queued one.
     rec.netnsPath = netnsPath;
+    rec.netnsFromAdd = true;
     rec.enrollStart = { at: receivedAt, trigger: 'cmdadd' };
     rec.attempt = 0;
     rec.staleCmdAdd = false;
@@ -359,6 +367,7 @@ export class PodController {
         state: 'idle',
         netns: undefined,
         netnsPath: pod.netnsPath,
+        netnsFromAdd: false,
         eventIps: [],
         attempt: 0,
         retry: undefined,
@@ -465,7 +474,15 @@ export class PodController {
     return rec.pod.ips.length > 0 ? rec.pod.ips : rec.eventIps;
   }
 
-  /** Opens (or reuses) the pod's netns: its known path, a remembered hint, else a /proc scan. */
+  /**
+   * Opens (or reuses) the pod's netns: its known path, a remembered hint, else a /proc scan. Only the
+   * CNI_NETNS of the ADD being served is taken as is; any other path (the pods file's, a hint, one
+   * found earlier) may be stale — the sandbox was recreated and the path names another netns now,
+   * maybe another pod's — so it is used only when that netns holds one of the pod's IPs. With no IPs
+   * known yet nothing proves it, so it is not used either (the /proc scan, which at least finds a
+   * process in the pod's cgroup, decides): capturing another pod's netns under this pod's identity is
+   * worse than a pod left pending.
+   */
   private async netnsFor(rec: PodRecord): Promise<NetnsHandle> {
     if (this.holdsCurrent(rec)) return rec.netns;
     if (rec.netns) {
@@ -473,18 +490,37 @@ export class PodController {
       this.dropNetns(rec);
       rec.rulesApplied = false;
     }
-    const candidates = [rec.netnsPath, rec.pod.netnsPath, this.hints.get(rec.uid)].filter(
-      (p): p is string => p !== undefined,
-    );
+    const hint = this.hints.get(rec.uid);
+    const known = rec.netnsFromAdd ? 'cni-add' : rec.netnsPath === hint ? 'hint' : rec.netnsPath === rec.pod.netnsPath ? 'pods-file' : 'last-found';
+    const candidates: { path: string | undefined; from: 'cni-add' | 'last-found' | 'pods-file' | 'hint' }[] = [
+      { path: rec.netnsPath, from: known },
+      { path: rec.pod.netnsPath, from: 'pods-file' },
+      { path: hint, from: 'hint' },
+    ];
     const errors: string[] = [];
-    for (const path of new Set(candidates)) {
+    const tried = new Set<string>();
+    for (const { path, from } of candidates) {
+      if (path === undefined || tried.has(path)) continue;
+      tried.add(path);
+      let netns: NetnsHandle;
       try {
-        rec.netns = this.opts.openNetns(path);
-        rec.netnsPath = path;
-        return rec.netns;
+        netns = this.opts.openNetns(path);
       } catch (err) {
         errors.push(`${path}: ${describe(err)}`);
+        continue;
       }
+      const stale = from === 'cni-add' ? undefined : this.notThePods(rec, netns);
+      if (stale !== undefined) {
+        netns.close();
+        errors.push(`${path} (${from}): ${stale}`);
+        if (from === 'hint') this.hints.set(rec.uid, undefined);
+        this.log.warn({ uid: rec.uid, name: rec.pod.name, namespace: rec.pod.namespace, netns: path, from, reason: stale }, 'netns path not proven the pod\'s, not used; scanning /proc');
+        continue;
+      }
+      rec.netns = netns;
+      rec.netnsPath = path;
+      rec.netnsFromAdd = from === 'cni-add';
+      return rec.netns;
     }
     const found = await findPodNetnsInProc({
       uid: rec.uid,
@@ -499,6 +535,7 @@ export class PodController {
       try {
         rec.netns = this.opts.openNetns(found.path);
         rec.netnsPath = found.path;
+        rec.netnsFromAdd = false;
         return rec.netns;
       } catch (err) {
         errors.push(`${found.path}: ${describe(err)}`);
@@ -510,6 +547,19 @@ export class PodController {
         errors.length ? errors.join('; ') : 'no known path, and no process in /proc in the pod cgroup with a netns holding its IPs'
       }`,
     );
+  }
+
+  /** Why an open netns (not the ADD's) is not proven the pod's; undefined when it holds one of the pod's IPs. */
+  private notThePods(rec: PodRecord, netns: NetnsHandle): string | undefined {
+    if ((this.opts.hostNetnsInodes ?? []).includes(netns.id.ino)) return `it is the node's netns (inode ${netns.id.ino})`;
+    const ips = this.podIps(rec);
+    if (ips.length === 0) return 'the pod has no IPs yet to check it against';
+    try {
+      if (!this.opts.netnsHoldsIp(netns, ips)) return `it holds none of the pod's IPs ${ips.join(',')} (a recreated sandbox's path, or another pod's netns)`;
+    } catch (err) {
+      return `cannot tell whether it holds the pod's IPs ${ips.join(',')}: ${describe(err)}`;
+    }
+    return undefined;
   }
 
   /** An open handle on the netns the pod has now (the last CNI ADD's, or the one found). */

@@ -7,6 +7,7 @@ import { IptablesPodRules, type IptablesPodRulesOptions } from './iptables-rules
 import { silentLogger, type Logger } from './logger.js';
 import type { PodSource } from './pod-source.js';
 import type { NetnsHandle } from './ports.js';
+import { holdsPodIp, netnsLocalAddresses } from './proc-scan.js';
 
 export interface CreateNodeAgentOptions {
   nodeName: string;
@@ -59,6 +60,7 @@ export function createNodeAgent(opts: CreateNodeAgentOptions): NodeAgent {
     captureConfig: () => rules.captureConfig(),
     ztunnel,
     openNetns: (path): NetnsHandle => openNetns(path),
+    netnsHoldsIp: (netns, ips) => holdsPodIp(netnsLocalAddresses(netns as Netns), ips),
     enrolled: (pod, ns) => isAmbientEnrolled(pod, ns, { excludeNamespaces: exclude }),
     parseCmdAdd: (body): CmdAddEvent => cmdAddEventSchema.parse(body),
     logger,

@@ -29,8 +29,8 @@ export {
   type PodInfo,
 } from './pod.js';
 export type { PodEvent, PodSource, PodSourceHandlers } from './pod-source.js';
-export type { EnrollmentRule, NetnsHandle, OpenNetns, PodRules, RepairReport, WorkloadHandoff } from './ports.js';
-export { findPodNetnsInProc, type ProcNetnsMatch, type ProcScanOptions } from './proc-scan.js';
+export type { EnrollmentRule, NetnsHandle, NetnsHoldsIp, OpenNetns, PodRules, RepairReport, WorkloadHandoff } from './ports.js';
+export { findPodNetnsInProc, holdsPodIp, netnsLocalAddresses, type ProcNetnsMatch, type ProcScanOptions } from './proc-scan.js';
 export { createNodeAgent, type CreateNodeAgentOptions } from './create-agent.js';
 export { DNS_CAPTURE_ANNOTATION, IptablesPodRules, type IptablesPodRulesOptions } from './iptables-rules.js';
 export { inpodCapture, IPV6_GUARD_CHAINS, ipv6GuardFamily, podHasIpv6, type CaptureConfig } from './capture-rules.js';

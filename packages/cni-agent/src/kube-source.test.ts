@@ -365,6 +365,8 @@ describe('KubePodSource namespaces fetched ahead of the watch', () => {
         const st = statSync(path);
         return { fd: 99, id: { dev: st.dev, ino: st.ino }, path, get closed() { return closed; }, close: () => void (closed = true) };
       },
+      // Captured from its ADD's netns only: no other path is ever proven the pod's here.
+      netnsHoldsIp: () => false,
       enrolled: (_p, ns) => ns?.labels['istio.io/dataplane-mode'] === 'ambient',
       metrics: new AgentMetrics({ processMetrics: false }),
       procRoot: '/nonexistent-proc',

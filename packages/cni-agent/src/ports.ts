@@ -11,6 +11,12 @@ export interface NetnsHandle {
 
 export type OpenNetns = (path: string) => NetnsHandle;
 
+/**
+ * Whether an open netns holds one of these IPs as a local address (the check of the /proc scan, on
+ * a handle). Throws when it cannot tell: a path that is not proven the pod's is not used.
+ */
+export type NetnsHoldsIp = (netns: NetnsHandle, ips: readonly string[]) => boolean;
+
 /** What drifted and was put back. */
 export interface RepairReport {
   /** True when anything was (re)applied. */
