@@ -46,11 +46,16 @@ interface Line {
   obj: Record<string, unknown>;
   msg: string | undefined;
 }
+/**
+ * Keeps what a real logger writes, not the objects: kept, the errors of the reset streams kept those
+ * streams' unread bytes alive in this process (~0.4 MiB per stream after a full GC, 90-145 MiB in the
+ * connect-hangs test) and in the RSS these tests bound.
+ */
 function recordingLogger(lines: Line[]): HboneLogger {
   const at =
     (level: string) =>
     (obj: object, msg?: string): void =>
-      void lines.push({ level, obj: obj as Record<string, unknown>, msg });
+      void lines.push({ level, obj: Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, v instanceof Error ? String(v) : v])), msg });
   const logger: HboneLogger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => logger };
   return logger;
 }
