@@ -1,0 +1,452 @@
+// H2Session over real loopback sockets (h2c): our client ↔ our server, each against node:http2
+// (nghttp2), and hostile peers writing raw frames with the codec's serializers.
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { H2_ERROR_CODES, HboneError } from '../errors.js';
+import {
+  CLIENT_PREFACE,
+  FrameReader,
+  FrameType,
+  encodeDataHeader,
+  encodeFrame,
+  encodeGoaway,
+  encodeHeaders,
+  encodePing,
+  encodeRstStream,
+  encodeSettings,
+  encodeSettingsAck,
+  encodeWindowUpdate,
+} from './frames.js';
+import type { Frame, GoawayFrame, RstStreamFrame } from './frames.js';
+import { HpackDecoder, HpackEncoder } from './hpack.js';
+import { H2Session, Tunnel, isRetryable } from './session.js';
+import type { H2SessionOptions } from './session.js';
+
+const cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const f of cleanup.splice(0)) f();
+});
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+async function listen(onSocket: (s: net.Socket) => void): Promise<number> {
+  const server = net.createServer(onSocket);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  cleanup.push(() => server.close());
+  return (server.address() as net.AddressInfo).port;
+}
+
+async function dial(port: number): Promise<net.Socket> {
+  const s = net.connect(port, '127.0.0.1');
+  await once(s, 'connect');
+  cleanup.push(() => s.destroy());
+  return s;
+}
+
+/** Echo: every tunnel is answered 200 and sends back what it reads. */
+function echo(t: Tunnel): void {
+  t.on('error', () => {});
+  t.respond(200);
+  t.pipe(t);
+}
+
+async function pair(server: Partial<H2SessionOptions> = {}, client: Partial<H2SessionOptions> = {}): Promise<{ client: H2Session; server: Promise<H2Session> }> {
+  let resolve!: (s: H2Session) => void;
+  const serverSession = new Promise<H2Session>((r) => (resolve = r));
+  const port = await listen((socket) => resolve(new H2Session(socket, { role: 'server', onConnect: echo, ...server })));
+  const socket = await dial(port);
+  return { client: new H2Session(socket, { role: 'client', ...client }), server: serverSession };
+}
+
+/** Everything until END_STREAM (not `for await`, which destroys the tunnel — a reset — when done). */
+function readAll(t: Tunnel): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  t.on('data', (c: Buffer) => parts.push(c));
+  t.resume(); // also after an explicit pause()
+  return new Promise((resolve, reject) => {
+    t.once('end', () => resolve(Buffer.concat(parts)));
+    t.once('error', reject);
+  });
+}
+
+const closed = (t: Tunnel): Promise<void> => new Promise((r) => t.once('close', () => r()));
+
+/** A hand-driven peer: raw frames out, frames in (HEADERS decoded). */
+class Raw {
+  readonly frames: Frame[] = [];
+  readonly decoder = new HpackDecoder();
+  readonly encoder = new HpackEncoder();
+  readonly closed: Promise<unknown>;
+  #waiters: { match: (f: Frame) => boolean; resolve: (f: Frame) => void }[] = [];
+
+  constructor(
+    readonly socket: net.Socket,
+    server: boolean,
+  ) {
+    const reader = new FrameReader(
+      {
+        frame: (f) => {
+          if (f.type === FrameType.HEADERS) this.decoder.decode(f.block, f.streamId);
+          this.frames.push(f);
+          for (const w of this.#waiters.splice(0)) {
+            if (w.match(f)) w.resolve(f);
+            else this.#waiters.push(w);
+          }
+        },
+        streamError: (e) => {
+          throw e;
+        },
+      },
+      { expectPreface: server },
+    );
+    socket.on('data', (c: Buffer) => reader.push(c));
+    socket.on('error', () => {});
+    this.closed = new Promise((r) => socket.once('close', r));
+  }
+
+  next(match: (f: Frame) => boolean): Promise<Frame> {
+    const seen = this.frames.find(match);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
+  }
+
+  goaway(): Promise<GoawayFrame> {
+    return this.next((f) => f.type === FrameType.GOAWAY) as Promise<GoawayFrame>;
+  }
+
+  rst(id: number): Promise<RstStreamFrame> {
+    return this.next((f) => f.type === FrameType.RST_STREAM && f.streamId === id) as Promise<RstStreamFrame>;
+  }
+
+  connect(id: number, fields: string[] = [':method', 'CONNECT', ':authority', '10.0.0.1:80'], endStream = false): void {
+    this.socket.write(encodeHeaders(id, this.encoder.encode(fields), endStream));
+  }
+}
+
+/** A raw client against our server session (preface + SETTINGS sent, the server's SETTINGS ACKed). */
+async function rawClient(options: Partial<H2SessionOptions> = {}, sendSettings = true): Promise<{ raw: Raw; session: Promise<H2Session>; closeError: Promise<HboneError | undefined> }> {
+  let resolve!: (s: H2Session) => void;
+  let closed!: (e: HboneError | undefined) => void;
+  const session = new Promise<H2Session>((r) => (resolve = r));
+  const closeError = new Promise<HboneError | undefined>((r) => (closed = r));
+  const port = await listen((socket) => resolve(new H2Session(socket, { role: 'server', onConnect: echo, onClose: closed, ...options })));
+  const socket = await dial(port);
+  const raw = new Raw(socket, false);
+  socket.write(CLIENT_PREFACE);
+  if (sendSettings) {
+    socket.write(encodeSettings({}));
+    await raw.next((f) => f.type === FrameType.SETTINGS && !f.ack);
+    socket.write(encodeSettingsAck());
+  }
+  return { raw, session, closeError };
+}
+
+const { NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, REFUSED_STREAM, CANCEL, CONNECT_ERROR, ENHANCE_YOUR_CALM } = H2_ERROR_CODES;
+
+describe('H2Session: our client ↔ our server', () => {
+  it('echoes 50 concurrent tunnels byte for byte', async () => {
+    const { client } = await pair();
+    const runs = Array.from({ length: 50 }, async (_, i) => {
+      const t = await client.connect(`10.0.0.${i}:80`, ['x-weir', String(i)]);
+      const done = closed(t);
+      const payload = randomBytes(64 * 1024 + i * 997);
+      const back = readAll(t);
+      t.end(payload);
+      const got = await back;
+      expect(sha(got)).toBe(sha(payload));
+      await done;
+      return t.rstCode;
+    });
+    expect(await Promise.all(runs)).toEqual(Array<number>(50).fill(NO_ERROR));
+    expect(client.activeStreams).toBe(0);
+  });
+
+  it('passes the request to onConnect and reports a refusal as ERR_HBONE_STATUS', async () => {
+    const seen: unknown[] = [];
+    const { client } = await pair({
+      onConnect: (t, req) => {
+        seen.push(req);
+        t.respond(401);
+      },
+    });
+    const err = await client.connect('10.1.2.3:8080', ['baggage', 'a=b']).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(HboneError);
+    expect((err as HboneError).code).toBe('ERR_HBONE_STATUS');
+    expect((err as HboneError).status).toBe(401);
+    expect(seen).toEqual([{ authority: '10.1.2.3:8080', headers: ['baggage', 'a=b'] }]);
+    expect(client.activeStreams).toBe(0);
+  });
+
+  it('half-closes each way: END_STREAM ↔ end()', async () => {
+    let serverTunnel!: Tunnel;
+    const { client } = await pair({
+      onConnect: (t) => {
+        serverTunnel = t;
+        t.respond(200);
+      },
+    });
+    const t = await client.connect('10.0.0.1:80');
+    const done = Promise.all([closed(t), closed(serverTunnel)]);
+    t.end('request');
+    expect((await readAll(serverTunnel)).toString()).toBe('request'); // the server saw END_STREAM
+    const back = readAll(t);
+    serverTunnel.write('still talking after the client closed its side');
+    serverTunnel.end();
+    expect((await back).toString()).toBe('still talking after the client closed its side');
+    await done;
+    expect([t.rstCode, serverTunnel.rstCode]).toEqual([NO_ERROR, NO_ERROR]);
+  });
+
+  it('resets both ways: close(code) and destroy() ↔ RST_STREAM, rstCode on each side', async () => {
+    const tunnels: Tunnel[] = [];
+    const { client } = await pair({
+      onConnect: (t) => {
+        tunnels.push(t);
+        t.on('error', () => {});
+        t.respond(200);
+      },
+    });
+    const a = await client.connect('10.0.0.1:80');
+    a.on('error', () => {});
+    const sa = tunnels[0]!;
+    const saClosed = closed(sa);
+    a.close(CONNECT_ERROR);
+    await saClosed;
+    expect(sa.rstCode).toBe(CONNECT_ERROR);
+    expect(a.rstCode).toBe(CONNECT_ERROR);
+
+    const b = await client.connect('10.0.0.2:80');
+    const bErr = once(b, 'error');
+    tunnels[1]!.destroy(); // no error: CANCEL
+    const [e] = (await bErr) as [HboneError];
+    expect(e.code).toBe('ERR_HBONE_SESSION');
+    expect(b.rstCode).toBe(CANCEL);
+    expect(client.activeStreams).toBe(0);
+  });
+
+  it('stops an unread tunnel at about its window, then delivers everything once read', async () => {
+    let serverTunnel!: Tunnel;
+    const window = 65535;
+    const { client } = await pair({
+      streamWindow: window,
+      onConnect: (t) => {
+        serverTunnel = t;
+        t.respond(200);
+        t.pause();
+      },
+    });
+    const t = await client.connect('10.0.0.1:80');
+    t.on('error', () => {}); // the server never ends its side: the tunnel is cut at cleanup
+    const payload = randomBytes(1024 * 1024);
+    let finished = false;
+    t.end(payload, () => (finished = true));
+    await new Promise((r) => setTimeout(r, 300));
+    const buffered = serverTunnel.readableLength;
+    expect(buffered).toBeGreaterThanOrEqual(window - 16384);
+    expect(buffered).toBeLessThanOrEqual(window + 32768); // window + what was credited before the pause
+    expect(finished).toBe(false);
+    expect(sha(await readAll(serverTunnel))).toBe(sha(payload));
+  });
+
+  it('answers PING with the round-trip time', async () => {
+    const { client } = await pair();
+    const rtt = await client.ping();
+    expect(rtt).toBeGreaterThanOrEqual(0);
+    expect(rtt).toBeLessThan(1000);
+  });
+
+  it('drains on close(): GOAWAY, open tunnels finish, new ones are refused as retryable, then both ends close', async () => {
+    const { client, server } = await pair();
+    const t = await client.connect('10.0.0.1:80');
+    const s = await server;
+    const closing = s.close();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(client.canOpen).toBe(false);
+    const refusedErr = await client.connect('10.0.0.2:80').catch((e: unknown) => e);
+    expect(isRetryable(refusedErr)).toBe(true);
+    const back = readAll(t);
+    t.end('after goaway');
+    expect((await back).toString()).toBe('after goaway');
+    await closing;
+    expect(s.closed).toBe(true);
+    expect(client.closed).toBe(true);
+  });
+
+  it('fails streams above a GOAWAY last-stream-id as retryable', async () => {
+    const port = await listen((socket) => {
+      const raw = new Raw(socket, true);
+      socket.write(encodeSettings({}));
+      void raw.next((f) => f.type === FrameType.HEADERS && f.streamId === 3).then(() => {
+        socket.write(encodeHeaders(1, raw.encoder.encode([':status', '200']), false));
+        socket.write(encodeGoaway(1, NO_ERROR));
+      });
+    });
+    const client = new H2Session(await dial(port), { role: 'client' });
+    const one = client.connect('10.0.0.1:80');
+    const three = client.connect('10.0.0.3:80').catch((e: unknown) => e);
+    const t = await one;
+    t.on('error', () => {});
+    expect(t.id).toBe(1);
+    expect(isRetryable(await three)).toBe(true);
+  });
+});
+
+describe('H2Session ↔ node:http2 (h2c)', () => {
+  it('our client → node:http2 server', async () => {
+    const server = http2.createServer();
+    server.on('stream', (stream, headers) => {
+      expect(headers[':method']).toBe('CONNECT');
+      expect(headers[':authority']).toBe('10.0.0.9:443');
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanup.push(() => server.close());
+    const client = new H2Session(await dial((server.address() as net.AddressInfo).port), { role: 'client' });
+    cleanup.push(() => client.destroy());
+    const runs = Array.from({ length: 10 }, async () => {
+      const t = await client.connect('10.0.0.9:443');
+      const payload = randomBytes(300 * 1024);
+      const back = readAll(t);
+      t.end(payload);
+      expect(sha(await back)).toBe(sha(payload));
+    });
+    await Promise.all(runs);
+    expect(await client.ping()).toBeLessThan(1000);
+  });
+
+  it('node:http2 client → our server', async () => {
+    const port = await listen((socket) => new H2Session(socket, { role: 'server', onConnect: echo }));
+    const client = http2.connect(`http://127.0.0.1:${port}`);
+    cleanup.push(() => client.destroy());
+    const runs = Array.from({ length: 10 }, async () => {
+      const req = client.request({ ':method': 'CONNECT', ':authority': '10.0.0.9:443' });
+      const [headers] = (await once(req, 'response')) as [http2.IncomingHttpHeaders];
+      expect(headers[':status']).toBe(200);
+      const payload = randomBytes(300 * 1024);
+      const parts: Buffer[] = [];
+      req.on('data', (c: Buffer) => parts.push(c));
+      req.end(payload);
+      await once(req, 'end');
+      expect(sha(Buffer.concat(parts))).toBe(sha(payload));
+    });
+    await Promise.all(runs);
+    // A request with :path is malformed for CONNECT: that stream is reset, the connection lives on.
+    const bad = client.request({ ':method': 'GET', ':path': '/' }, { endStream: true });
+    bad.on('error', () => {});
+    const [headers] = (await once(bad, 'response')) as [http2.IncomingHttpHeaders];
+    expect(headers[':status']).toBe(405);
+    const ping = await new Promise<number>((r, j) => client.ping((err, ms) => (err ? j(err) : r(ms))));
+    expect(ping).toBeLessThan(1000);
+  });
+});
+
+describe('H2Session against hostile and broken peers', () => {
+  it('resets a CONNECT carrying :path or :scheme (stream error) and keeps serving', async () => {
+    const { raw } = await rawClient();
+    raw.connect(1, [':method', 'CONNECT', ':authority', 'a:1', ':path', '/']);
+    expect((await raw.rst(1)).errorCode).toBe(PROTOCOL_ERROR);
+    raw.connect(3, [':method', 'CONNECT', ':scheme', 'https', ':authority', 'a:1']);
+    expect((await raw.rst(3)).errorCode).toBe(PROTOCOL_ERROR);
+    raw.connect(5);
+    const h = await raw.next((f) => f.type === FrameType.HEADERS && f.streamId === 5);
+    expect(h.streamId).toBe(5);
+  });
+
+  it('refuses streams beyond MAX_CONCURRENT_STREAMS with REFUSED_STREAM', async () => {
+    const { raw } = await rawClient({ maxConcurrentStreams: 2 });
+    raw.connect(1);
+    raw.connect(3);
+    raw.connect(5);
+    expect((await raw.rst(5)).errorCode).toBe(REFUSED_STREAM);
+    expect(raw.frames.some((f) => f.type === FrameType.RST_STREAM && f.streamId !== 5)).toBe(false);
+  });
+
+  it('ends the connection when the first frame is not SETTINGS', async () => {
+    const { raw } = await rawClient({}, false);
+    raw.socket.write(encodePing(Buffer.alloc(8), false));
+    expect((await raw.goaway()).errorCode).toBe(PROTOCOL_ERROR);
+    await raw.closed;
+  });
+
+  it('sends GOAWAY SETTINGS_TIMEOUT when our SETTINGS go unACKed', async () => {
+    const port = await listen((socket) => new H2Session(socket, { role: 'server', onConnect: echo, settingsTimeoutMs: 100 }));
+    const raw = new Raw(await dial(port), false);
+    raw.socket.write(Buffer.concat([CLIENT_PREFACE, encodeSettings({})]));
+    expect((await raw.goaway()).errorCode).toBe(SETTINGS_TIMEOUT);
+  });
+
+  it('trips the rapid-reset guard: GOAWAY ENHANCE_YOUR_CALM', async () => {
+    const { raw, closeError } = await rawClient({ maxResets: 20 });
+    const out: Buffer[] = [];
+    for (let id = 1; id < 2 * 30; id += 2) {
+      out.push(encodeHeaders(id, raw.encoder.encode([':method', 'CONNECT', ':authority', 'a:1']), false), encodeRstStream(id, CANCEL));
+    }
+    raw.socket.write(Buffer.concat(out));
+    expect((await raw.goaway()).errorCode).toBe(ENHANCE_YOUR_CALM);
+    expect((await closeError)?.message).toMatch(/ENHANCE_YOUR_CALM/);
+  });
+
+  it('trips the empty-DATA guard', async () => {
+    const { raw } = await rawClient({ maxEmptyDataFrames: 50 });
+    raw.connect(1);
+    raw.socket.write(Buffer.concat(Array.from({ length: 60 }, () => encodeDataHeader(1, 0, false))));
+    expect((await raw.goaway()).errorCode).toBe(ENHANCE_YOUR_CALM);
+  });
+
+  for (const [name, frame] of [
+    ['PING', encodePing(Buffer.alloc(8), false)],
+    ['SETTINGS', encodeSettings({})],
+  ] as const) {
+    it(`drops a peer that floods ${name} without reading the ACKs (bounded control queue)`, async () => {
+      const { raw, closeError } = await rawClient({ maxQueuedControlFrames: 100 });
+      raw.socket.pause(); // never reads: the ACKs pile up on the server
+      const burst = Buffer.concat(Array.from({ length: 4000 }, () => frame));
+      let sent = 0;
+      let closed = false;
+      void raw.closed.then(() => (closed = true));
+      while (!closed && sent < 64 * 1024 * 1024) {
+        if (!raw.socket.write(burst)) await Promise.race([once(raw.socket, 'drain').catch(() => undefined), raw.closed]);
+        sent += burst.length;
+      }
+      const err = await closeError;
+      expect(err?.message).toMatch(/control frames/);
+    });
+  }
+
+  it('WINDOW_UPDATE overflow: RST FLOW_CONTROL_ERROR on a stream, GOAWAY on the connection', async () => {
+    const { raw } = await rawClient();
+    raw.connect(1);
+    await raw.next((f) => f.type === FrameType.HEADERS && f.streamId === 1);
+    raw.socket.write(encodeWindowUpdate(1, 0x7fffffff));
+    expect((await raw.rst(1)).errorCode).toBe(FLOW_CONTROL_ERROR);
+    raw.socket.write(encodeWindowUpdate(0, 0x7fffffff));
+    expect((await raw.goaway()).errorCode).toBe(FLOW_CONTROL_ERROR);
+  });
+
+  it('DATA beyond the stream window is a stream error; frames on an idle stream a connection error', async () => {
+    // A tunnel nobody reads: the first frame is credited (it fits the readable buffer), the rest not.
+    const { raw } = await rawClient({ streamWindow: 16384, onConnect: (t) => (t.on('error', () => {}), t.respond(200)) });
+    raw.connect(1);
+    await raw.next((f) => f.type === FrameType.HEADERS && f.streamId === 1);
+    const big = Buffer.alloc(16384);
+    raw.socket.write(Buffer.concat([encodeDataHeader(1, big.length, false), big, encodeDataHeader(1, big.length, false), big, encodeDataHeader(1, 1, false), Buffer.alloc(1)]));
+    expect((await raw.rst(1)).errorCode).toBe(FLOW_CONTROL_ERROR);
+    raw.socket.write(encodeFrame(FrameType.DATA, 0, 9, Buffer.alloc(1)));
+    expect((await raw.goaway()).errorCode).toBe(PROTOCOL_ERROR);
+  });
+
+  it('client: a field block needing more than 8 CONTINUATION frames is refused before it is sent', async () => {
+    const { client } = await pair({ maxHeaderListSize: 100_000 });
+    const err = await client.connect('10.0.0.1:80', ['x-big', '~'.repeat(9 * 16384 + 100)]).catch((e: unknown) => e);
+    expect((err as HboneError).code).toBe('ERR_HBONE_CONFIG');
+    const t = await client.connect('10.0.0.1:80', ['x-big', 'v'.repeat(3 * 16384)]);
+    t.on('error', () => {});
+    expect(t.id).toBe(1);
+  });
+});
