@@ -91,6 +91,7 @@ class Raw {
       {
         frame: (f) => {
           if (f.type === FrameType.HEADERS) this.decoder.decode(f.block, f.streamId);
+          if (f.type === FrameType.PING && !f.ack) socket.write(encodePing(Buffer.from(f.opaque), true));
           this.frames.push(f);
           for (const w of this.#waiters.splice(0)) {
             if (w.match(f)) w.resolve(f);
@@ -292,6 +293,31 @@ describe('H2Session: our client ↔ our server', () => {
     t.on('error', () => {});
     expect(t.id).toBe(1);
     expect(isRetryable(await three)).toBe(true);
+  });
+  it('honours the peer window, INITIAL_WINDOW_SIZE changes included (the window may go negative)', async () => {
+    let raw!: Raw;
+    const port = await listen((socket) => {
+      raw = new Raw(socket, true);
+      socket.write(encodeSettings({ initialWindowSize: 1000 }));
+      void raw.next((f) => f.type === FrameType.SETTINGS && !f.ack).then(() => socket.write(encodeSettingsAck()));
+      void raw.next((f) => f.type === FrameType.HEADERS).then(() => socket.write(encodeHeaders(1, raw.encoder.encode([':status', '200']), false)));
+    });
+    const client = new H2Session(await dial(port), { role: 'client' });
+    const t = await client.connect('10.0.0.1:80');
+    t.on('error', () => {});
+    const received = (): number => raw.frames.reduce((n, f) => n + (f.type === FrameType.DATA ? f.data.length : 0), 0);
+    const settle = async (): Promise<number> => {
+      await client.ping(); // a round trip: whatever the client could send has arrived
+      await new Promise((r) => setTimeout(r, 20));
+      return received();
+    };
+    t.write(Buffer.alloc(5000));
+    expect(await settle()).toBe(1000);
+    // Window 1000 − 1000 sent = 0; INITIAL_WINDOW_SIZE 500 takes it to −500, +600 leaves 100.
+    raw.socket.write(Buffer.concat([encodeSettings({ initialWindowSize: 500 }), encodeWindowUpdate(1, 600)]));
+    expect(await settle()).toBe(1100);
+    raw.socket.write(encodeWindowUpdate(1, 4000));
+    expect(await settle()).toBe(5000);
   });
 });
 

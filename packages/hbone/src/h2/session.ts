@@ -684,9 +684,9 @@ export class H2Session {
     if (this.#server || (t.flags & RESPONDED) !== 0) {
       // Trailers: they must end the stream and carry no pseudo-fields (§8.1).
       const list = fields ?? [];
-      if (!f.endStream) this.#streamError(t, streamProtocolError(id, `HEADERS on stream ${id} after the ${this.#server ? 'request' : 'response'} without END_STREAM`));
+      if ((t.flags & REMOTE_END) !== 0) this.#streamError(t, new H2ProtocolError('STREAM_CLOSED', 'stream', id, `HEADERS on stream ${id} after END_STREAM`));
+      else if (!f.endStream) this.#streamError(t, streamProtocolError(id, `HEADERS on stream ${id} after the ${this.#server ? 'request' : 'response'} without END_STREAM`));
       else if (list.some((v, i) => i % 2 === 0 && v.startsWith(':'))) this.#streamError(t, streamProtocolError(id, `trailers on stream ${id} carry a pseudo-field`));
-      else if ((t.flags & REMOTE_END) !== 0) this.#streamError(t, new H2ProtocolError('STREAM_CLOSED', 'stream', id, `HEADERS on stream ${id} after END_STREAM`));
       else this.#remoteEnd(t);
       return;
     }
