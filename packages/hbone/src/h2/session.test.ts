@@ -319,6 +319,31 @@ describe('H2Session: our client ↔ our server', () => {
     raw.socket.write(encodeWindowUpdate(1, 4000));
     expect(await settle()).toBe(5000);
   });
+
+  it('bounds what it queues for a peer that grants windows but stops reading', async () => {
+    const port = await listen((socket) => {
+      const raw = new Raw(socket, true);
+      socket.write(Buffer.concat([encodeSettings({ initialWindowSize: 0x7fffffff }), encodeWindowUpdate(0, 0x7fffffff - 65535)]));
+      void raw.next((f) => f.type === FrameType.HEADERS).then(() => {
+        socket.write(encodeHeaders(1, raw.encoder.encode([':status', '200']), false));
+        setTimeout(() => socket.pause(), 20); // reads the SETTINGS ACK and PING, then nothing
+      });
+    });
+    const socket = await dial(port);
+    const client = new H2Session(socket, { role: 'client' });
+    const t = await client.connect('10.0.0.1:80');
+    t.on('error', () => {});
+    await client.ping();
+    const chunk = Buffer.alloc(1024 * 1024);
+    let written = 0;
+    for (let i = 0; i < 64; i++) t.write(chunk, () => written++);
+    await new Promise((r) => setTimeout(r, 500));
+    // Each write waits for the connection to drain: what is queued is about one chunk, not 64 MiB.
+    expect(socket.writableLength).toBeLessThanOrEqual(2 * chunk.length);
+    expect(written).toBeLessThan(32);
+    expect(t.writableLength).toBeGreaterThan(32 * chunk.length);
+  });
+
 });
 
 describe('H2Session ↔ node:http2 (h2c)', () => {
