@@ -409,6 +409,23 @@ describe('H2Session against hostile and broken peers', () => {
     expect(h.streamId).toBe(5);
   });
 
+  it('a throwing onConnect resets that stream (INTERNAL_ERROR), and a bad HPACK block ends the connection (COMPRESSION_ERROR)', async () => {
+    let calls = 0;
+    const { raw } = await rawClient({
+      onConnect: (t) => {
+        if (++calls === 1) throw new Error('handler bug');
+        echo(t);
+      },
+    });
+    raw.connect(1);
+    expect((await raw.rst(1)).errorCode).toBe(H2_ERROR_CODES.INTERNAL_ERROR);
+    raw.connect(3);
+    await raw.next((f) => f.type === FrameType.HEADERS && f.streamId === 3);
+    raw.socket.write(encodeFrame(FrameType.HEADERS, 0x4, 5, Buffer.from([0x80]))); // index 0 is invalid
+    expect((await raw.goaway()).errorCode).toBe(H2_ERROR_CODES.COMPRESSION_ERROR);
+    await raw.closed;
+  });
+
   it('refuses streams beyond MAX_CONCURRENT_STREAMS with REFUSED_STREAM', async () => {
     const { raw } = await rawClient({ maxConcurrentStreams: 2 });
     raw.connect(1);

@@ -748,7 +748,8 @@ export class H2Session {
         t.rstCode = INTERNAL_ERROR;
         this.#control(encodeRstStream(id, INTERNAL_ERROR));
         this.#remove(t);
-        t.destroy(sessionError(`onConnect failed for stream ${id}: ${(err as Error).message}`, err));
+        // The error goes to the tunnel only if the handler got as far as listening for one.
+        t.destroy(t.listenerCount('error') > 0 ? sessionError(`onConnect failed for stream ${id}: ${(err as Error).message}`, err) : undefined);
       }
     }
   }
