@@ -426,6 +426,21 @@ describe('H2Session against hostile and broken peers', () => {
     await raw.closed;
   });
 
+  it('ignores DATA on a stream it reset, giving the connection window back', async () => {
+    const { raw } = await rawClient();
+    raw.connect(1, [':method', 'CONNECT', ':authority', 'a:1', ':path', '/']);
+    await raw.rst(1);
+    // 17 MiB on the reset stream: more than the 16 MiB connection window unless it is credited back.
+    const piece = Buffer.alloc(16384);
+    const frames = Buffer.concat(Array.from({ length: 64 }, () => [encodeDataHeader(1, piece.length, false), piece]).flat());
+    for (let i = 0; i < 17; i++) raw.socket.write(frames);
+    raw.connect(3);
+    raw.socket.write(Buffer.concat([encodeDataHeader(3, 5, true), Buffer.from('hello')]));
+    const echoed = await raw.next((f) => f.type === FrameType.DATA && f.streamId === 3 && f.data.length > 0);
+    expect((echoed as { data: Buffer }).data.toString()).toBe('hello');
+    expect(raw.frames.some((f) => f.type === FrameType.GOAWAY)).toBe(false);
+  });
+
   it('refuses streams beyond MAX_CONCURRENT_STREAMS with REFUSED_STREAM', async () => {
     const { raw } = await rawClient({ maxConcurrentStreams: 2 });
     raw.connect(1);
