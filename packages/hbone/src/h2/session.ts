@@ -89,6 +89,11 @@ interface PendingPing {
   reject: (err: HboneError) => void;
 }
 
+// allowHalfOpen (the default): each direction ends on its own. The readable buffer is fixed at 16 KiB
+// (Node 22 raised the default to 64 KiB): what is credited to the peer before a paused reader stops
+// crediting is that buffer, so it stays the same on every Node version.
+const TUNNEL_OPTIONS = { readableHighWaterMark: 16384 } as const;
+
 /**
  * One CONNECT stream as a Duplex: end() sends END_STREAM, END_STREAM received ends the readable;
  * destroy() resets the stream (CANCEL, or INTERNAL_ERROR with an error); close(code) resets it with
@@ -114,7 +119,7 @@ export class Tunnel extends Duplex {
     sendWindow: number,
     recvWindow: number,
   ) {
-    super(); // allowHalfOpen: each direction ends on its own
+    super(TUNNEL_OPTIONS);
     this.sendWindow = sendWindow;
     this.recvWindow = recvWindow;
   }
