@@ -180,11 +180,14 @@ c.close(); host.close(); a.close();
     const results = await Promise.all(
       [0, 1, 2].map(async () => {
         const w = new Worker(code, { eval: true });
+        // Listened for from the start: a worker that exits right after its last message has both
+        // emitted in one go (its port is drained at exit), before an await could add the listener.
+        const exited = new Promise((resolve) => w.once('exit', resolve));
         const msg = await new Promise((resolve, reject) => {
           w.once('message', resolve);
           w.once('error', reject);
         });
-        await new Promise((resolve) => w.once('exit', resolve));
+        await exited;
         return msg;
       }),
     );
