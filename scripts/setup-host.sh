@@ -11,7 +11,7 @@ apt-get install -y -qq --no-install-recommends \
   iptables nftables iproute2 ipset kmod \
   containernetworking-plugins \
   nghttp2-proxy nghttp2-client tinyproxy stunnel4 socat curl \
-  golang-go python3-h2 protobuf-compiler \
+  golang-go python3-h2 protobuf-compiler libprotobuf-dev \
   iperf3 wrk tcpdump dnsutils dnsmasq-base \
   libcap2-bin util-linux procps psmisc strace \
   podman buildah runc debootstrap \

@@ -21,6 +21,8 @@ export async function httpGetUrl(netns: string | undefined, url: string): Promis
 export interface ZtunnelDump {
   policies: Array<Record<string, unknown> & { name: string; namespace: string }>;
   pods: Array<{ uid: string; state: string; name?: string; namespace?: string; netns: { dev: number; ino: number }; lastError?: string }>;
+  /** The mesh state's workloads (what outbound and inbound resolve addresses against). */
+  workloads: Array<{ workloadIps?: string[] }>;
   /** Present when ztunnel runs against a control plane (XDS_ADDRESS). */
   xds: { address: string; connected: boolean; lastError: string | null } | null;
 }
@@ -30,7 +32,7 @@ export async function ztunnelDump(netns: string | undefined, admin: string): Pro
   if (!r.ok) return r;
   try {
     const dump = JSON.parse(r.body) as Partial<ZtunnelDump>;
-    return { ok: true, dump: { policies: dump.policies ?? [], pods: dump.pods ?? [], xds: dump.xds ?? null } };
+    return { ok: true, dump: { policies: dump.policies ?? [], pods: dump.pods ?? [], workloads: dump.workloads ?? [], xds: dump.xds ?? null } };
   } catch (err) {
     return { ok: false, error: `${admin}/config_dump is not JSON: ${(err as Error).message}` };
   }

@@ -36,7 +36,7 @@ const WKT = '/usr/include';
 
 function protoc(args: string[], input: Uint8Array | string): Buffer {
   if (!existsSync(`${WKT}/google/protobuf/struct.proto`)) {
-    throw new Error(`protoc well-known types missing at ${WKT}/google/protobuf: install Debian protobuf-compiler (scripts/setup-host.sh)`);
+    throw new Error(`protoc well-known types missing at ${WKT}/google/protobuf: install Debian libprotobuf-dev (scripts/setup-host.sh)`);
   }
   try {
     return execFileSync('protoc', [...args, `-I${protoDir}`, `-I${WKT}`, ...FILES], { input, stdio: ['pipe', 'pipe', 'pipe'] });

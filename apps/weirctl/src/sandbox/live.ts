@@ -182,8 +182,30 @@ export async function sandboxAddPod(where: SandboxLocation, spec: PodSpec, say: 
   const enrolled = isEnrolled(spec, state.namespaces.find((n) => n.name === spec.namespace));
   const app = spec.app.kind === 'http-echo' ? `, HTTP echo on :${spec.app.port}` : '';
   say(`pod ${spec.namespace}/${spec.name} on ${spec.node}: ${pod.ip}${enrolled ? ' (enrolled: ambient)' : ''}${app}`);
-  if (enrolled) await awaitEnrollment(state, topology, spec, true, Date.now(), say);
+  if (enrolled) {
+    const started = Date.now();
+    await awaitEnrollment(state, topology, spec, true, started, say);
+    await awaitWorkloadKnown(state, topology, pod.ip, started, say);
+  }
   return { ip: pod.ip };
+}
+
+/**
+ * Wait until every running ztunnel's mesh state has the new pod at its address: until then a
+ * connection to it is not a mesh destination for the caller's ztunnel, and its own refuses inbound.
+ */
+async function awaitWorkloadKnown(state: SandboxState, topology: Topology, ip: string, started: number, say: (line: string) => void): Promise<void> {
+  const nodes = state.nodes.filter((n) => n.ztunnelProcess !== undefined && topology.process(n.ztunnelProcess)?.running === true);
+  if (nodes.length === 0) return;
+  await Promise.all(
+    nodes.map((n) =>
+      waitUntil(`ztunnel on ${n.name} to know ${ip}`, async () => {
+        const dump = await ztunnelDump(topology.node(n.name).netnsPath, ZTUNNEL_ADMIN_ADDRESS);
+        return dump.ok && dump.dump.workloads.some((w) => (w.workloadIps ?? []).includes(ip));
+      }),
+    ),
+  );
+  say(`in the mesh state of ztunnel on ${nodes.map((n) => n.name).join(', ')} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 
 /** A policy's key in the state and in `/config_dump`: `namespace/name` (namespace '' for Global ones). */
