@@ -1,6 +1,6 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { canonicalAddress } from '@weir/iptables-builder';
-import { NETLINK_ROUTE, netlinkExchange, type Netns } from '@weir/netns';
+import { listAddresses, type Netns } from '@weir/netns';
 
 export interface ProcNetnsMatch {
   pid: number;
@@ -80,67 +80,13 @@ export function holdsPodIp(addrs: ReadonlySet<string>, ips: readonly string[]): 
   return ips.some((ip) => addrs.has(canonicalIp(ip)));
 }
 
-// <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_addr.h>
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
-const RTM_NEWADDR = 20;
-const RTM_GETADDR = 22;
-const IFA_ADDRESS = 1;
-const IFA_LOCAL = 2;
-const AF_INET = 2;
-const AF_INET6 = 10;
-const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
 /**
  * The local addresses of an open netns (canonical), from one RTM_GETADDR dump made inside it
- * (netlinkExchange of @weir/netns: no process needed in the netns, no exec), as netnsAddresses reads
- * them through a process's /proc: IPv4 local addresses and every IPv6 address.
+ * (no process needed in the netns, no exec), as netnsAddresses reads them through a process's
+ * /proc: IPv4 local addresses and every IPv6 address.
  */
 export function netnsLocalAddresses(netns: Netns): Set<string> {
-  const req = Buffer.alloc(24);
-  const u32 = (v: number, at: number): number => (LE ? req.writeUInt32LE(v, at) : req.writeUInt32BE(v, at));
-  const u16 = (v: number, at: number): number => (LE ? req.writeUInt16LE(v, at) : req.writeUInt16BE(v, at));
-  u32(req.length, 0);
-  u16(RTM_GETADDR, 4);
-  u16(0x301, 6); // NLM_F_REQUEST | NLM_F_DUMP; ifaddrmsg family AF_UNSPEC: every family
-  u32(1, 8);
-  const reply = netlinkExchange(netns, NETLINK_ROUTE, req, 1);
-  const r32 = (at: number): number => (LE ? reply.readUInt32LE(at) : reply.readUInt32BE(at));
-  const r16 = (at: number): number => (LE ? reply.readUInt16LE(at) : reply.readUInt16BE(at));
-  const out = new Set<string>();
-  for (let at = 0; at + 16 <= reply.length; ) {
-    const len = r32(at);
-    const type = r16(at + 4);
-    if (len < 16 || at + len > reply.length) break;
-    if (type === NLMSG_ERROR && len >= 20) {
-      const errno = -(LE ? reply.readInt32LE(at + 16) : reply.readInt32BE(at + 16));
-      if (errno !== 0) throw new Error(`rtnetlink address dump failed: errno ${errno}`);
-    }
-    if (type === NLMSG_DONE) break;
-    if (type === RTM_NEWADDR && len >= 24) {
-      const family = reply[at + 16];
-      let local: string | undefined;
-      let address: string | undefined;
-      // rtattrs after the 8-byte ifaddrmsg.
-      for (let a = at + 24; a + 4 <= at + len; ) {
-        const alen = r16(a);
-        const atype = r16(a + 2);
-        if (alen < 4 || a + alen > at + len) break;
-        const data = reply.subarray(a + 4, a + alen);
-        let ip: string | undefined;
-        if (family === AF_INET && data.length === 4) ip = [...data].join('.');
-        if (family === AF_INET6 && data.length === 16) ip = canonicalIp((data.toString('hex').match(/.{4}/g) ?? []).join(':'));
-        if (atype === IFA_LOCAL) local = ip;
-        if (atype === IFA_ADDRESS) address = ip;
-        a += (alen + 3) & ~3;
-      }
-      // IPv4: IFA_LOCAL is the local address (IFA_ADDRESS is the peer's on a point-to-point link).
-      const ip = family === AF_INET ? (local ?? address) : address;
-      if (ip !== undefined) out.add(ip);
-    }
-    at += (len + 3) & ~3;
-  }
-  return out;
+  return new Set(listAddresses(netns).map((a) => canonicalIp(a.address)));
 }
 
 /**

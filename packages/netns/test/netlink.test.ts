@@ -5,7 +5,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NETLINK_ROUTE, currentNetns, netlinkExchange, openNetns, type Netns } from '../src/index.js';
+import { NETLINK_ROUTE, currentNetns, listAddresses, netlinkExchange, openNetns, type Netns } from '../src/index.js';
 import { TestNetns, countFds, requireRootAndTools, run, uniqueName } from './helpers.js';
 
 const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
@@ -224,6 +224,53 @@ console.log('STILL RUNNING');
       expect(r.stderr).toMatch(/FATAL: setns back to the original network namespace failed/);
     } finally {
       owner.kill();
+    }
+  });
+});
+
+describe('listAddresses', () => {
+  let t: TestNetns | undefined;
+  let ns: Netns | undefined;
+
+  beforeAll(() => {
+    requireRootAndTools();
+    t = new TestNetns('la');
+    // Both ends of a veth pair in the one netns, each with an address of its own.
+    const a = uniqueName('la-a').slice(0, 15);
+    const b = uniqueName('la-b').slice(0, 15);
+    t.ip('link', 'add', a, 'type', 'veth', 'peer', 'name', b);
+    t.ip('link', 'set', a, 'up');
+    t.ip('link', 'set', b, 'up');
+    t.ip('addr', 'add', '10.77.0.5/24', 'dev', a);
+    t.ip('addr', 'add', '10.77.1.1', 'peer', '10.77.1.2', 'dev', b);
+    t.ip('-6', 'addr', 'add', 'fd00:0:0:7::5/64', 'dev', a, 'nodad');
+    ns = openNetns(t.path);
+  });
+
+  afterAll(() => {
+    ns?.close();
+    t?.delete();
+  });
+
+  it("lists the netns's own addresses, both families, with scope, prefix and interface", () => {
+    const found = listAddresses(ns!);
+    const by = (address: string) => found.find((f) => f.address === address);
+    expect(by('127.0.0.1')).toMatchObject({ family: 4, scope: 254, prefixLength: 8 });
+    expect(by('10.77.0.5')).toMatchObject({ family: 4, scope: 0, prefixLength: 24 });
+    // Point-to-point: the local address, not the peer's.
+    expect(by('10.77.1.1')).toMatchObject({ family: 4, scope: 0 });
+    expect(by('10.77.1.2')).toBeUndefined();
+    expect(by('fd00:0:0:7::5')).toMatchObject({ family: 6, scope: 0, prefixLength: 64 });
+    expect(by('::1')).toMatchObject({ family: 6, scope: 254 });
+    expect(found.some((f) => f.family === 6 && f.scope === 253 && f.address.startsWith('fe80::'))).toBe(true);
+    const ifindex = Number(t!.ip('-o', 'link', 'show', 'lo').split(':')[0]);
+    expect(by('127.0.0.1')?.ifindex).toBe(ifindex);
+    // Nothing of the host's.
+    const host = currentNetns();
+    try {
+      expect(listAddresses(host).some((f) => f.address === '10.77.0.5')).toBe(false);
+    } finally {
+      host.close();
     }
   });
 });

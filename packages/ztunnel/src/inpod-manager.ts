@@ -1,4 +1,4 @@
-import { NETLINK_ROUTE, currentNetns, netlinkExchange, type Netns, type NetnsId } from '@weir/netns';
+import { currentNetns, listAddresses, type Netns, type NetnsId } from '@weir/netns';
 import type { ZdsAddEvent, ZdsHandler } from '@weir/redirect-protocol';
 import { ZtunnelError } from './errors.js';
 import { InpodProxy, type InpodProxyOptions, type InpodProxyState } from './inpod-proxy.js';
@@ -96,13 +96,8 @@ const ignore = (): void => {};
 const PREFETCH_QUIET_MS = 250;
 const PREFETCH_MAX_DELAY_MS = 1000;
 
-// <linux/rtnetlink.h>, <linux/if_addr.h>
-const RTM_NEWADDR = 20;
-const RTM_GETADDR = 22;
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
+/** rtnetlink's global address scope (<linux/rtnetlink.h>). */
 const RT_SCOPE_UNIVERSE = 0;
-const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /**
  * Whether the netns holds a global-scope address (a pod IP): a pod sandbox does from its CNI ADD to
@@ -110,30 +105,11 @@ const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
  * kernel may put in every netns. Undefined when netlink cannot tell (never a reason to drop a pod).
  */
 function hasPodAddress(netns: Netns): boolean | undefined {
-  const req = Buffer.alloc(24);
-  const u32 = (v: number, at: number): number => (LE ? req.writeUInt32LE(v, at) : req.writeUInt32BE(v, at));
-  const u16 = (v: number, at: number): number => (LE ? req.writeUInt16LE(v, at) : req.writeUInt16BE(v, at));
-  u32(req.length, 0);
-  u16(RTM_GETADDR, 4);
-  u16(0x301, 6); // NLM_F_REQUEST | NLM_F_DUMP; ifaddrmsg family AF_UNSPEC: every family
-  u32(1, 8);
-  let reply: Buffer;
   try {
-    reply = netlinkExchange(netns, NETLINK_ROUTE, req, 1);
+    return listAddresses(netns).some((a) => a.scope === RT_SCOPE_UNIVERSE);
   } catch {
     return undefined;
   }
-  for (let at = 0; at + 16 <= reply.length; ) {
-    const len = LE ? reply.readUInt32LE(at) : reply.readUInt32BE(at);
-    const type = LE ? reply.readUInt16LE(at + 4) : reply.readUInt16BE(at + 4);
-    if (len < 16 || at + len > reply.length) break;
-    if (type === NLMSG_ERROR) return undefined;
-    if (type === NLMSG_DONE) break;
-    // ifaddrmsg after the header: family, prefixlen, flags, scope, index.
-    if (type === RTM_NEWADDR && len >= 24 && reply[at + 19] === RT_SCOPE_UNIVERSE) return true;
-    at += (len + 3) & ~3;
-  }
-  return false;
 }
 
 /**
