@@ -9,7 +9,7 @@ import { listenTcp, openNetns, type Netns } from '@weir/netns';
 import { execInNetns, Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, KubePodSource, type Logger, type NodeAgent } from '../src/index.js';
-import { istioLines, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest } from './support.js';
+import { istioLines, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest, TEST_AGENT_TIMING } from './support.js';
 
 const AMBIENT = { 'istio.io/dataplane-mode': 'ambient' };
 const PYTHON = '/usr/bin/python3';
@@ -125,9 +125,7 @@ describe('capture bypass with SO_MARK (root, real netns, seed rules, fake API, e
       zdsSocket: join(dir, 'ztunnel.sock'),
       rules: { hostNetnsPath: node.netnsPath, dnsCapture: false },
       health: false,
-      driftIntervalMs: 0,
-      retryInitialMs: 50,
-      retryMaxMs: 300,
+      ...TEST_AGENT_TIMING,
       captureBypass: { mode: 'enforce' },
       logger,
     });

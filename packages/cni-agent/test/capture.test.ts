@@ -10,7 +10,7 @@ import { listenTcp, openNetns, type Netns } from '@weir/netns';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, findPodNetnsInProc, KubePodSource, type NodeAgent } from '../src/index.js';
-import { istioLines, nsRun, postCmdAdd, requireRoot, tcpRead, uniq, until, ZtunnelPeer, teardownAgentTest } from './support.js';
+import { istioLines, nsRun, postCmdAdd, requireRoot, tcpRead, uniq, until, ZtunnelPeer, teardownAgentTest, TEST_AGENT_TIMING } from './support.js';
 
 /** The seed's in-pod rules (tproxy mode, DNS capture off: this agent runs with dnsCapture false), as iptables-save prints them. */
 const SEED_RULES = [
@@ -87,9 +87,7 @@ describe('node agent capture (root, real netns, iptables, ZDS peer, fake API)', 
       zdsSocket,
       rules: { hostNetnsPath: node.netnsPath, dnsCapture: false },
       health: { host: '127.0.0.1', port: 0 },
-      driftIntervalMs: 0,
-      retryInitialMs: 50,
-      retryMaxMs: 300,
+      ...TEST_AGENT_TIMING,
       zdsAckTimeoutMs: 2000,
     });
     await a.start();

@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeAgent, FilePodSource, type Logger, type NodeAgent } from '../src/index.js';
-import { nsRun, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest } from './support.js';
+import { createNodeAgent, FilePodSource, type NodeAgent } from '../src/index.js';
+import { nsRun, postCmdAdd, recordingLogger, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest, TEST_AGENT_TIMING } from './support.js';
 
 const WHY = 'IPv6 is disabled on lo but enabled on eth0 in the netns: the IPv6 capture route (ip -6 route replace local ::/0 dev lo table 133) needs IPv6 on lo';
 
@@ -19,12 +19,7 @@ describe('pod with IPv6 off on lo, on on eth0 (root, real netns, ipv6: auto)', (
   let dir: string;
   let peer: ZtunnelPeer;
   let agent: NodeAgent | undefined;
-  const lines: { level: string; obj: Record<string, unknown>; msg: string | undefined }[] = [];
-  const at =
-    (level: string) =>
-    (obj: object, msg?: string): void =>
-      void lines.push({ level, obj: obj as Record<string, unknown>, msg });
-  const logger: Logger = { info: at('info'), warn: at('warn'), error: at('error'), debug: () => undefined, child: () => logger };
+  const { logger, lines } = recordingLogger();
 
   beforeAll(async () => {
     await requireRoot();
@@ -48,9 +43,7 @@ describe('pod with IPv6 off on lo, on on eth0 (root, real netns, ipv6: auto)', (
       zdsSocket: join(dir, 'ztunnel.sock'),
       rules: { hostNetnsPath: node.netnsPath, ipv6: 'auto', dnsCapture: false },
       health: false,
-      driftIntervalMs: 0,
-      retryInitialMs: 50,
-      retryMaxMs: 300,
+      ...TEST_AGENT_TIMING,
       logger,
     });
     await agent.start();

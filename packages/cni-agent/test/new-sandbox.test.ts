@@ -9,7 +9,7 @@ import { ZdsClient, type ZdsAddEvent } from '@weir/redirect-protocol';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeAgent, KubePodSource, type NodeAgent } from '../src/index.js';
-import { istioLines, postCmdAdd, requireRoot, uniq, until, teardownAgentTest } from './support.js';
+import { istioLines, postCmdAdd, requireRoot, uniq, until, teardownAgentTest, TEST_AGENT_TIMING } from './support.js';
 
 // Review 5 #1: kubelet retries a pod whose ADD timed out with a new sandbox (a new CNI_NETNS) while
 // ztunnel is still slow to ack the first one. The new sandbox's ADD must not be answered by the old
@@ -87,9 +87,7 @@ describe('which pod and which sandbox a /cmdadd is for (root, real netns, iptabl
       runDir,
       zdsSocket,
       rules: { hostNetnsPath: node.netnsPath, dnsCapture: false },
-      driftIntervalMs: 0,
-      retryInitialMs: 50,
-      retryMaxMs: 300,
+      ...TEST_AGENT_TIMING,
       cmdAddTimeoutMs: CMD_ADD_TIMEOUT_MS,
       zdsAckTimeoutMs: ACK_DELAY_MS + 6000,
     });

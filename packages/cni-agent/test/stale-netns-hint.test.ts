@@ -12,9 +12,9 @@ import { openNetns } from '@weir/netns';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeAgent, FilePodSource, type Logger, type NodeAgent } from '../src/index.js';
+import { createNodeAgent, FilePodSource, type NodeAgent } from '../src/index.js';
 import { netnsAddresses, netnsLocalAddresses } from '../src/proc-scan.js';
-import { istioLines, nsRun, requireRoot, teardownAgentTest, uniq, until, ZtunnelPeer } from './support.js';
+import { istioLines, nsRun, recordingLogger, requireRoot, teardownAgentTest, uniq, until, ZtunnelPeer, TEST_AGENT_TIMING } from './support.js';
 
 describe('netns hints that are stale (root, real netns, iptables, ZDS peer)', () => {
   let topo: Topology;
@@ -27,12 +27,7 @@ describe('netns hints that are stale (root, real netns, iptables, ZDS peer)', ()
   /** A pod sandbox with no process in it (netns only): only its hint can find it. */
   const quiet = { name: uniq('agentfix-q'), uid: randomUUID(), ip: '10.250.7.2' };
   const quietPath = `/var/run/netns/${quiet.name}`;
-  const lines: { level: string; obj: Record<string, unknown>; msg: string | undefined }[] = [];
-  const at =
-    (level: string) =>
-    (obj: object, msg?: string): void =>
-      void lines.push({ level, obj: obj as Record<string, unknown>, msg });
-  const logger: Logger = { info: at('info'), warn: at('warn'), error: at('error'), debug: () => undefined, child: () => logger };
+  const { logger, lines } = recordingLogger();
 
   beforeAll(async () => {
     await requireRoot();
@@ -70,9 +65,7 @@ describe('netns hints that are stale (root, real netns, iptables, ZDS peer)', ()
       zdsSocket: join(dir, 'ztunnel.sock'),
       rules: { hostNetnsPath: node.netnsPath, dnsCapture: false },
       health: false,
-      driftIntervalMs: 0,
-      retryInitialMs: 50,
-      retryMaxMs: 300,
+      ...TEST_AGENT_TIMING,
       logger,
     });
     await agent.start();

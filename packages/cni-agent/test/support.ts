@@ -4,6 +4,7 @@ import type { Server } from 'node:net';
 import { listenTcp, type Netns } from '@weir/netns';
 import { ZdsClient, type ZdsAddEvent } from '@weir/redirect-protocol';
 import { execInNetns } from '@weir/topology';
+import type { Logger } from '../src/index.js';
 
 /** Fails (never skips) when the machine cannot run these tests, naming what is missing. */
 export async function requireRoot(): Promise<void> {
@@ -151,3 +152,24 @@ export async function teardownAgentTest(p: AgentTestParts): Promise<void> {
   }
   if (errors.length > 0) throw new AggregateError(errors, `agent test teardown: ${errors.length} step(s) failed`);
 }
+
+/** A logged line as the agent wrote it: level, fields, message. */
+export interface LoggedLine {
+  level: string;
+  obj: Record<string, unknown>;
+  msg: string | undefined;
+}
+
+/** A Logger that keeps every info/warn/error line (debug dropped) in `lines`, children included. */
+export function recordingLogger(): { logger: Logger; lines: LoggedLine[] } {
+  const lines: LoggedLine[] = [];
+  const at =
+    (level: string) =>
+    (obj: object, msg?: string): void =>
+      void lines.push({ level, obj: obj as Record<string, unknown>, msg });
+  const logger: Logger = { info: at('info'), warn: at('warn'), error: at('error'), debug: () => undefined, child: () => logger };
+  return { logger, lines };
+}
+
+/** Agent timings for tests: no drift pass, retries fast enough for a test's patience. */
+export const TEST_AGENT_TIMING = { driftIntervalMs: 0, retryInitialMs: 50, retryMaxMs: 300 } as const;
