@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { rng } from '../../test/h2-peer.js';
 import { H2ProtocolError } from '../errors.js';
 import {
   CLIENT_PREFACE,
@@ -102,18 +103,6 @@ const EXPECTED: Frame[] = [
   { type: FrameType.DATA, streamId: 5, data: Buffer.alloc(0), first: true, flowLength: 0, endStream: true },
   { type: FrameType.GOAWAY, streamId: 0, lastStreamId: 5, errorCode: 0, debugData: Buffer.from('bye') },
 ];
-
-/** mulberry32: seeded, so a failing fuzz case is reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('FrameReader', () => {
   it('parses every frame type from one chunk', () => {

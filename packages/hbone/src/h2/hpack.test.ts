@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { rng } from '../../test/h2-peer.js';
 import { H2ProtocolError } from '../errors.js';
 import { HpackDecoder, HpackEncoder, huffmanDecode, huffmanEncode, huffmanLength } from './hpack.js';
 
@@ -76,18 +77,6 @@ const C = {
     ]),
   },
 };
-
-/** A deterministic PRNG (mulberry32) so a failing fuzz case is reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('HPACK decoder: RFC 7541 Appendix C', () => {
   it('C.2 single fields: literal with indexing, without indexing, never indexed, indexed', () => {

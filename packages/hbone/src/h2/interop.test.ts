@@ -4,80 +4,21 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
+import { RawPeer } from '../../test/h2-peer.js';
 import {
   CLIENT_PREFACE,
-  FrameReader,
   FrameType,
   encodeDataHeader,
   encodeGoaway,
   encodeHeaders,
   encodePing,
   encodeSettings,
-  encodeSettingsAck,
 } from './frames.js';
-import type { Frame } from './frames.js';
-import { HpackDecoder, HpackEncoder } from './hpack.js';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
   for (const f of cleanup.splice(0)) f();
 });
-
-/** Our side of one connection: frames in (HEADERS decoded), a waiter for the next matching frame. */
-class Peer {
-  readonly frames: Frame[] = [];
-  readonly headers = new Map<number, string[][]>();
-  readonly data = new Map<number, Buffer[]>();
-  readonly blocks: Buffer[] = [];
-  readonly decoder = new HpackDecoder();
-  readonly encoder = new HpackEncoder();
-  readonly reader: FrameReader;
-  #waiters: { match: (f: Frame) => boolean; resolve: (f: Frame) => void }[] = [];
-
-  constructor(
-    readonly socket: net.Socket,
-    server: boolean,
-  ) {
-    this.reader = new FrameReader(
-      {
-        frame: (f) => {
-          if (f.type === FrameType.HEADERS) {
-            this.blocks.push(Buffer.from(f.block));
-            const list = this.headers.get(f.streamId) ?? [];
-            list.push(this.decoder.decode(f.block, f.streamId));
-            this.headers.set(f.streamId, list);
-          } else if (f.type === FrameType.DATA) {
-            const list = this.data.get(f.streamId) ?? [];
-            list.push(Buffer.from(f.data));
-            this.data.set(f.streamId, list);
-          } else if (f.type === FrameType.SETTINGS && !f.ack) {
-            socket.write(encodeSettingsAck());
-          }
-          this.frames.push(f);
-          for (const w of this.#waiters.splice(0)) {
-            if (w.match(f)) w.resolve(f);
-            else this.#waiters.push(w);
-          }
-        },
-        streamError: (e) => {
-          throw e;
-        },
-      },
-      { expectPreface: server },
-    );
-    socket.on('data', (chunk: Buffer) => this.reader.push(chunk));
-  }
-
-  next(match: (f: Frame) => boolean): Promise<Frame> {
-    const seen = this.frames.find(match);
-    if (seen !== undefined) return Promise.resolve(seen);
-    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
-  }
-
-  body(streamId: number): string {
-    return Buffer.concat(this.data.get(streamId) ?? []).toString();
-  }
-}
 
 const headerObject = (flat: string[] | undefined): Record<string, string> => {
   const o: Record<string, string> = {};
@@ -89,9 +30,9 @@ const LONG = 'k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deploym
 
 describe('h2 codec ↔ nghttp2 (node:http2, h2c)', () => {
   it('decodes what a node:http2 client sends, and the client accepts our SETTINGS, HEADERS, DATA, PING ACK, GOAWAY', async () => {
-    const peers: Peer[] = [];
+    const peers: RawPeer[] = [];
     const server = net.createServer((socket) => {
-      const peer = new Peer(socket, true);
+      const peer = new RawPeer(socket, { expectPreface: true, ackSettings: true });
       peers.push(peer);
       socket.write(encodeSettings({ maxConcurrentStreams: 100, initialWindowSize: 1 << 20, maxHeaderListSize: 65536 }));
     });
@@ -182,7 +123,7 @@ describe('h2 codec ↔ nghttp2 (node:http2, h2c)', () => {
     const socket = net.connect(port, '127.0.0.1');
     cleanup.push(() => socket.destroy());
     await once(socket, 'connect');
-    const peer = new Peer(socket, false);
+    const peer = new RawPeer(socket, { expectPreface: false, ackSettings: true });
 
     const get = (path: string): string[] => [':method', 'GET', ':scheme', 'http', ':path', path, ':authority', `127.0.0.1:${port}`, 'baggage', LONG, 'x-big', 'q'.repeat(20000)];
     socket.write(Buffer.concat([CLIENT_PREFACE, encodeSettings({ enablePush: 0, initialWindowSize: 1 << 20, maxHeaderListSize: 65536 })]));

@@ -5,10 +5,10 @@ import { once } from 'node:events';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { RawPeer } from '../../test/h2-peer.js';
 import { H2_ERROR_CODES, HboneError } from '../errors.js';
 import {
   CLIENT_PREFACE,
-  FrameReader,
   FrameType,
   encodeDataHeader,
   encodeFrame,
@@ -20,8 +20,6 @@ import {
   encodeSettingsAck,
   encodeWindowUpdate,
 } from './frames.js';
-import type { Frame, GoawayFrame, RstStreamFrame } from './frames.js';
-import { HpackDecoder, HpackEncoder } from './hpack.js';
 import { H2Session, Tunnel, isRetryable } from './session.js';
 import type { H2SessionOptions } from './session.js';
 
@@ -75,68 +73,15 @@ function readAll(t: Tunnel): Promise<Buffer> {
 
 const closed = (t: Tunnel): Promise<void> => new Promise((r) => t.once('close', () => r()));
 
-/** A hand-driven peer: raw frames out, frames in (HEADERS decoded). */
-class Raw {
-  readonly frames: Frame[] = [];
-  readonly decoder = new HpackDecoder();
-  readonly encoder = new HpackEncoder();
-  readonly closed: Promise<unknown>;
-  #waiters: { match: (f: Frame) => boolean; resolve: (f: Frame) => void }[] = [];
-
-  constructor(
-    readonly socket: net.Socket,
-    server: boolean,
-  ) {
-    const reader = new FrameReader(
-      {
-        frame: (f) => {
-          if (f.type === FrameType.HEADERS) this.decoder.decode(f.block, f.streamId);
-          if (f.type === FrameType.PING && !f.ack) socket.write(encodePing(Buffer.from(f.opaque), true));
-          this.frames.push(f);
-          for (const w of this.#waiters.splice(0)) {
-            if (w.match(f)) w.resolve(f);
-            else this.#waiters.push(w);
-          }
-        },
-        streamError: (e) => {
-          throw e;
-        },
-      },
-      { expectPreface: server },
-    );
-    socket.on('data', (c: Buffer) => reader.push(c));
-    socket.on('error', () => {});
-    this.closed = new Promise((r) => socket.once('close', r));
-  }
-
-  next(match: (f: Frame) => boolean): Promise<Frame> {
-    const seen = this.frames.find(match);
-    if (seen !== undefined) return Promise.resolve(seen);
-    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
-  }
-
-  goaway(): Promise<GoawayFrame> {
-    return this.next((f) => f.type === FrameType.GOAWAY) as Promise<GoawayFrame>;
-  }
-
-  rst(id: number): Promise<RstStreamFrame> {
-    return this.next((f) => f.type === FrameType.RST_STREAM && f.streamId === id) as Promise<RstStreamFrame>;
-  }
-
-  connect(id: number, fields: string[] = [':method', 'CONNECT', ':authority', '10.0.0.1:80'], endStream = false): void {
-    this.socket.write(encodeHeaders(id, this.encoder.encode(fields), endStream));
-  }
-}
-
 /** A raw client against our server session (preface + SETTINGS sent, the server's SETTINGS ACKed). */
-async function rawClient(options: Partial<H2SessionOptions> = {}, sendSettings = true): Promise<{ raw: Raw; session: Promise<H2Session>; closeError: Promise<HboneError | undefined> }> {
+async function rawClient(options: Partial<H2SessionOptions> = {}, sendSettings = true): Promise<{ raw: RawPeer; session: Promise<H2Session>; closeError: Promise<HboneError | undefined> }> {
   let resolve!: (s: H2Session) => void;
   let closed!: (e: HboneError | undefined) => void;
   const session = new Promise<H2Session>((r) => (resolve = r));
   const closeError = new Promise<HboneError | undefined>((r) => (closed = r));
   const port = await listen((socket) => resolve(new H2Session(socket, { role: 'server', onConnect: echo, onClose: closed, ...options })));
   const socket = await dial(port);
-  const raw = new Raw(socket, false);
+  const raw = new RawPeer(socket, { expectPreface: false, answerPings: true });
   socket.write(CLIENT_PREFACE);
   if (sendSettings) {
     socket.write(encodeSettings({}));
@@ -279,7 +224,7 @@ describe('H2Session: our client ↔ our server', () => {
 
   it('fails streams above a GOAWAY last-stream-id as retryable', async () => {
     const port = await listen((socket) => {
-      const raw = new Raw(socket, true);
+      const raw = new RawPeer(socket, { expectPreface: true, answerPings: true });
       socket.write(encodeSettings({}));
       void raw.next((f) => f.type === FrameType.HEADERS && f.streamId === 3).then(() => {
         socket.write(encodeHeaders(1, raw.encoder.encode([':status', '200']), false));
@@ -295,9 +240,9 @@ describe('H2Session: our client ↔ our server', () => {
     expect(isRetryable(await three)).toBe(true);
   });
   it('honours the peer window, INITIAL_WINDOW_SIZE changes included (the window may go negative)', async () => {
-    let raw!: Raw;
+    let raw!: RawPeer;
     const port = await listen((socket) => {
-      raw = new Raw(socket, true);
+      raw = new RawPeer(socket, { expectPreface: true, answerPings: true });
       socket.write(encodeSettings({ initialWindowSize: 1000 }));
       void raw.next((f) => f.type === FrameType.SETTINGS && !f.ack).then(() => socket.write(encodeSettingsAck()));
       void raw.next((f) => f.type === FrameType.HEADERS).then(() => socket.write(encodeHeaders(1, raw.encoder.encode([':status', '200']), false)));
@@ -322,7 +267,7 @@ describe('H2Session: our client ↔ our server', () => {
 
   it('bounds what it queues for a peer that grants windows but stops reading', async () => {
     const port = await listen((socket) => {
-      const raw = new Raw(socket, true);
+      const raw = new RawPeer(socket, { expectPreface: true, answerPings: true });
       socket.write(Buffer.concat([encodeSettings({ initialWindowSize: 0x7fffffff }), encodeWindowUpdate(0, 0x7fffffff - 65535)]));
       void raw.next((f) => f.type === FrameType.HEADERS).then(() => {
         socket.write(encodeHeaders(1, raw.encoder.encode([':status', '200']), false));
@@ -459,7 +404,7 @@ describe('H2Session against hostile and broken peers', () => {
 
   it('sends GOAWAY SETTINGS_TIMEOUT when our SETTINGS go unACKed', async () => {
     const port = await listen((socket) => new H2Session(socket, { role: 'server', onConnect: echo, settingsTimeoutMs: 100 }));
-    const raw = new Raw(await dial(port), false);
+    const raw = new RawPeer(await dial(port), { expectPreface: false, answerPings: true });
     raw.socket.write(Buffer.concat([CLIENT_PREFACE, encodeSettings({})]));
     expect((await raw.goaway()).errorCode).toBe(SETTINGS_TIMEOUT);
   });
