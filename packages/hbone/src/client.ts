@@ -1,15 +1,15 @@
-import { AsyncResource } from 'node:async_hooks';
-import * as http2 from 'node:http2';
 import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { type HboneTarget, formatAuthority } from './authority.js';
-import { HboneError } from './errors.js';
+import { H2ProtocolError, H2_ERROR_CODES, HboneError } from './errors.js';
 import { type BudgetSession, type BufferBudget, type BufferBudgetOptions, releaseTunnel, resolveBudget } from './buffer-budget.js';
+import { H2Session, type OpenWaiter, type Tunnel, isRetryable } from './h2/session.js';
 import { identitiesFromCertificate } from './identity.js';
 import { type HboneLogger, silentLogger } from './logger.js';
 import { type HboneTlsOptions, type ResolvedTls, resolveTls } from './tls-options.js';
 
-const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const { CANCEL } = H2_ERROR_CODES;
 const MiB = 1024 * 1024;
 
 export interface HboneClientOptions {
@@ -32,12 +32,13 @@ export interface HboneClientOptions {
   pingIntervalMs?: number;
   /** Default 20 s. */
   pingTimeoutMs?: number;
-  /** Per-stream receive window, default 1 MiB: what a tunnel whose reader stopped holds (see the server's). */
+  /**
+   * Per-stream receive window, default 1 MiB: what a tunnel whose reader stopped can be sent before
+   * the peer must wait (unread bytes are not credited back).
+   */
   streamWindowSize?: number;
-  /** Per-connection receive window, default 16 MiB. */
+  /** Per-connection receive window, default 16 MiB: bounds what all of a session's paused tunnels hold together. */
   connectionWindowSize?: number;
-  /** nghttp2 memory cap per session in MiB, default 64. */
-  maxSessionMemory?: number;
   /**
    * Bounds bytes held by tunnels whose reader stopped (per session and in total): over it the largest
    * are reset and connect() rejects with ERR_HBONE_BUFFER_BUDGET. Share one BufferBudget for a
@@ -71,6 +72,16 @@ export interface HboneAbortSignal {
   removeEventListener(type: 'abort', listener: () => void): void;
 }
 
+/**
+ * A tunnel from connect(): a Duplex whose end() sends END_STREAM and whose destroy() resets the stream
+ * (CANCEL); close(code) resets it with an HTTP/2 error code. `rstCode` is set once it has closed: 0
+ * when both directions ended cleanly, else the RST_STREAM code (sent or received).
+ */
+export interface HboneTunnel extends Duplex {
+  readonly rstCode: number | undefined;
+  close(code?: number): void;
+}
+
 export interface HboneClientStats {
   sessions: number;
   streams: number;
@@ -78,13 +89,11 @@ export interface HboneClientStats {
 
 /** One HTTP/2 session to a peer, shared by up to `max` tunnels. */
 class PooledSession {
-  session: http2.ClientHttp2Session | undefined;
+  session: H2Session | undefined;
+  socket: tls.TLSSocket | undefined;
   ready: Promise<void> | undefined;
   /** Tunnels waiting for this session to come up. */
   pending = 0;
-  /** Streams opened on it and not yet closed. */
-  open = 0;
-  max: number;
   /** TLS done, the peer's SETTINGS seen: streams can be opened at once. */
   established = false;
   draining = false;
@@ -92,99 +101,99 @@ class PooledSession {
   goaway: string | undefined;
   /** Its tunnels' share of the client's BufferBudget. */
   budget: BudgetSession | undefined;
-  /** The lowest last-stream-id of the peer's GOAWAYs: streams above it were never processed (RFC 9113 §6.8). */
-  goawayLastStreamId: number | undefined;
   /**
    * The client's session count when the first GOAWAY came: sessions up to it may be to the same
    * draining server (pooled beside this one), so an open it refused is retried on a later one.
    */
   goawayAfter: number | undefined;
-  lastError: Error | undefined;
   idleTimer: NodeJS.Timeout | undefined;
   pingTimer: NodeJS.Timeout | undefined;
   /** Runs while `opening` is not empty: fails opens the peer left unanswered too long. */
   sweepTimer: NodeJS.Timeout | undefined;
-
-  /** Streams sent and not answered yet; the session's shared stream listeners settle them. */
-  readonly opening = new Map<http2.ClientHttp2Stream, PendingOpen>();
-  // Listeners shared by every stream of this session: per-stream closures cost memory on every idle
-  // tunnel, and adding and removing listeners per open costs CPU (each one emits an event).
-  onStreamClose: (this: http2.ClientHttp2Stream) => void = noop;
-  onStreamError: (this: http2.ClientHttp2Stream, err: Error) => void = noop;
-  onStreamResponse: (this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders) => void = noop;
+  /** CONNECTs sent and not answered yet, in send order. */
+  readonly opening = new Set<PendingOpen>();
+  readonly closeWaiters: (() => void)[] = [];
 
   constructor(
     readonly key: string,
-    max: number,
+    /** maxStreamsPerSession; the peer's SETTINGS may lower it. */
+    readonly max: number,
     /** This client's sessions made before it, plus one. */
     readonly born: number,
-  ) {
-    this.max = max;
+  ) {}
+
+  /** Streams opened on it and not yet closed. */
+  get open(): number {
+    return this.session?.activeStreams ?? 0;
+  }
+
+  get limit(): number {
+    const peerMax = this.session?.peerMaxConcurrentStreams ?? Infinity;
+    return Math.max(1, Math.min(this.max, peerMax));
   }
 
   hasRoom(): boolean {
-    return !this.draining && !this.closed && this.open + this.pending < this.max;
+    return !this.draining && !this.closed && this.open + this.pending < this.limit;
   }
 }
 
-/** A CONNECT sent and not answered yet. */
-interface PendingOpen {
-  resolve: (stream: http2.ClientHttp2Stream | Promise<http2.ClientHttp2Stream>) => void;
-  reject: (err: unknown) => void;
-  o: HboneConnectOptions;
-  authority: string;
-  peerAuthority: string;
-  attempt: number;
-  /** When the CONNECT was sent (Date.now()), for the response deadline. */
-  sentAt: number;
-  /** The stream's error, if any, for the message when it closes unanswered. */
-  error: Error | undefined;
-  onAbort: (() => void) | undefined;
-}
+/**
+ * A CONNECT sent and not answered yet: the session settles it (answer, reset, GOAWAY, connection
+ * lost), or the client does (abort, response deadline) after taking it off its tunnel.
+ */
+class PendingOpen implements OpenWaiter {
+  tunnel: Tunnel | undefined = undefined;
+  /** When the CONNECT was sent (performance.now()), for the response deadline. */
+  readonly sentAt = performance.now();
+  onAbort: (() => void) | undefined = undefined;
 
-const noop = (): void => {};
+  constructor(
+    readonly client: OpenOutcome,
+    readonly e: PooledSession,
+    readonly o: HboneConnectOptions,
+    readonly authority: string,
+    readonly peerAuthority: string,
+    readonly attempt: number,
+    readonly done: (t: HboneTunnel | Promise<HboneTunnel>) => void,
+    readonly fail: (err: unknown) => void,
+  ) {}
 
-// Node 20's request() copies its options and then adds each priority default to the copy one property
-// at a time (setAndValidatePriorityOptions): handing them in already set costs ~5 µs less CPU per open
-// (measured), and the HEADERS frame is the same (these are the defaults, so no PRIORITY flag is sent).
-const REQUEST_OPTIONS = { endStream: false, weight: 16, parent: 0, exclusive: false, silent: false };
-
-// Node 20's request() wraps the stream's start in AsyncResource.prototype.bind, which there also defines
-// the deprecated `asyncResource` accessor (DEP0172) with util.deprecate: setPrototypeOf gives each of its
-// two closures a hidden class of its own, made in old space, and that keeps the closures' scope — which
-// holds the function bound to the new stream — alive until the next full GC. Every tunnel's stream and
-// everything it references (~7 KB) then survives each scavenge, is copied and promoted: scavenges 2-3x
-// longer (the open-latency tail), and full GCs. While request() runs (synchronously: only Node's code
-// and async_hooks init hooks run meanwhile) bind is the same bind without that accessor, which nothing
-// in node:http2 reads. Only where Node has the accessor, and only if no one else replaced bind.
-type Bind = (this: AsyncResource, fn: (...args: unknown[]) => unknown, thisArg?: unknown) => unknown;
-const proto = AsyncResource.prototype as unknown as { bind: Bind };
-const nodeBind = proto.bind;
-const leanBind: Bind = function (fn, thisArg) {
-  return thisArg === undefined ? inScopeOf(this, fn) : this.runInAsyncScope.bind(this, fn, thisArg);
-};
-function inScopeOf(resource: AsyncResource, fn: (...args: unknown[]) => unknown): (...args: unknown[]) => unknown {
-  return function (this: unknown, ...args: unknown[]): unknown {
-    return resource.runInAsyncScope(fn, this, ...args);
-  };
-}
-const bindHasAccessor = Object.getOwnPropertyDescriptor(new AsyncResource('HboneProbe').bind(noop), 'asyncResource') !== undefined;
-
-function request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
-  if (!bindHasAccessor || proto.bind !== nodeBind) return session.request(headers, REQUEST_OPTIONS);
-  proto.bind = leanBind;
-  try {
-    return session.request(headers, REQUEST_OPTIONS);
-  } finally {
-    proto.bind = nodeBind;
+  resolve(t: Tunnel): void {
+    this.settle();
+    this.e.budget?.track(t);
+    this.done(t);
   }
+
+  reject(err: HboneError): void {
+    this.settle();
+    this.client.failed(this, err);
+  }
+
+  /** Answered, closed or given up: nothing else may settle it. */
+  settle(): void {
+    this.e.opening.delete(this);
+    if (this.tunnel !== undefined) this.tunnel.waiter = undefined;
+    if (this.onAbort !== undefined) this.o.signal?.removeEventListener('abort', this.onAbort);
+  }
+
+  /** Settles it now and resets its stream (the peer may still answer; that answer is dropped). */
+  cancel(err: HboneError): void {
+    this.settle();
+    this.tunnel?.close(CANCEL);
+    this.fail(err);
+  }
+}
+
+/** What a PendingOpen reports to its client when the session fails it. */
+interface OpenOutcome {
+  failed(p: PendingOpen, err: HboneError): void;
 }
 
 /**
  * HBONE client: opens tunnels (HTTP/2 CONNECT streams) over pooled mutual-TLS sessions, keyed by
  * (own identity, expected peer identities, peer address).
  */
-export class HboneClient {
+export class HboneClient implements OpenOutcome {
   readonly #o: HboneClientOptions;
   readonly #log: HboneLogger;
   #tls: ResolvedTls;
@@ -195,6 +204,8 @@ export class HboneClient {
   /** Sessions made so far (PooledSession.born). */
   #born = 0;
   readonly #budget: BufferBudget;
+  // One listener shared by every tunnel: a closure per tunnel costs memory on every idle one.
+  readonly #onTunnelError = (err: Error): void => this.#log.debug({ err }, 'tunnel stream error');
 
   constructor(o: HboneClientOptions) {
     this.#o = o;
@@ -204,8 +215,8 @@ export class HboneClient {
     this.#identityKey = this.#tls.identity.toString();
   }
 
-  /** Opens a tunnel; resolves once the peer answered 200, with the stream as the tunnel's Duplex. */
-  connect(o: HboneConnectOptions): Promise<http2.ClientHttp2Stream> {
+  /** Opens a tunnel; resolves once the peer answered 200. */
+  connect(o: HboneConnectOptions): Promise<HboneTunnel> {
     let authority: string;
     let peerAuthority: string;
     try {
@@ -223,7 +234,7 @@ export class HboneClient {
 
   // Not async: on a warm session an open is one promise, settled by the peer's answer.
   // `after`: only sessions born after it (a retry of an open refused by a GOAWAY).
-  #attempt(o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after = 0): Promise<http2.ClientHttp2Stream> {
+  #attempt(o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after = 0): Promise<HboneTunnel> {
     if (this.#closed) return Promise.reject(new HboneError('ERR_HBONE_CLOSED', 'HboneClient is closed'));
     const entry = this.#acquire(o, peerAuthority, after);
     if (!entry.established) return this.#attemptWhenReady(entry, o, authority, peerAuthority, attempt, after);
@@ -231,7 +242,7 @@ export class HboneClient {
     return this.#open(entry, o, authority, peerAuthority, attempt, after);
   }
 
-  async #attemptWhenReady(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after: number): Promise<http2.ClientHttp2Stream> {
+  async #attemptWhenReady(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after: number): Promise<HboneTunnel> {
     try {
       await this.#waitReady(entry, o.signal);
     } catch (err) {
@@ -243,8 +254,8 @@ export class HboneClient {
     return this.#open(entry, o, authority, peerAuthority, attempt, after);
   }
 
-  #open(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after: number): Promise<http2.ClientHttp2Stream> {
-    if ((entry.open >= entry.max || entry.draining || entry.closed) && attempt < 5) {
+  #open(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after: number): Promise<HboneTunnel> {
+    if ((entry.open >= entry.limit || entry.draining || entry.closed) && attempt < 5) {
       // Capped by the peer's SETTINGS, or retired while we waited: find another.
       this.#maybeIdle(entry);
       return this.#attempt(o, authority, peerAuthority, attempt + 1, Math.max(after, entry.goawayAfter ?? 0));
@@ -253,7 +264,7 @@ export class HboneClient {
   }
 
   /** A stream the peer did not process (refused, or above a GOAWAY's last stream) is safe to retry on a new session. */
-  #retry(err: HboneError, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after = 0): Promise<http2.ClientHttp2Stream> {
+  #retry(err: HboneError, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after = 0): Promise<HboneTunnel> {
     if (attempt >= 2) return Promise.reject(err);
     this.#log.debug({ peer: peerAuthority, reason: err.message }, 'retrying tunnel on a new session');
     return this.#attempt(o, authority, peerAuthority, attempt + 1, after);
@@ -290,19 +301,18 @@ export class HboneClient {
     const deadline = new Promise<void>((r) => (timer = setTimeout(r, o.deadlineMs ?? 5000)));
     await Promise.race([Promise.all(waits), deadline]);
     clearTimeout(timer);
-    for (const e of entries) e.session?.destroy();
-    // Destroyed sessions hold nothing more, but Node does not always emit their 'close' (seen with a
-    // peer still flooding a paused tunnel's session): wait for it briefly, never forever.
-    let grace: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(waits), new Promise<void>((r) => (grace = setTimeout(r, 1000)))]);
-    clearTimeout(grace);
+    for (const e of entries) {
+      if (e.session !== undefined) e.session.destroy();
+      else e.socket?.destroy();
+    }
+    await Promise.all(waits);
   }
 
   #closedPromise(e: PooledSession): Promise<void> {
     return new Promise((r) => {
       if (e.ready === undefined) return r();
       e.ready.then(
-        () => (e.session === undefined || e.session.destroyed ? r() : e.session.once('close', () => r())),
+        () => (e.closed ? r() : e.closeWaiters.push(r)),
         () => r(),
       );
     });
@@ -325,7 +335,6 @@ export class HboneClient {
     }
     const e = new PooledSession(key, this.#o.maxStreamsPerSession ?? 100, ++this.#born);
     e.budget = this.#budget.session(peerAuthority, 'outbound');
-    this.#listen(e);
     list.push(e);
     e.pending++;
     e.ready = this.#establish(e, o.peer, peerAuthority, [...expected], this.#tls);
@@ -357,7 +366,6 @@ export class HboneClient {
     const timeoutMs = this.#o.connectTimeoutMs ?? 10_000;
     const log = this.#log.child({ peer: peerAuthority });
     let raw: net.Socket | undefined;
-    let tlsSocket: tls.TLSSocket | undefined;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -374,7 +382,7 @@ export class HboneClient {
     try {
       raw = await Promise.race([this.#tcp(peer, peerAuthority), timeout]);
       raw.setNoDelay(true);
-      tlsSocket = tls.connect({
+      const tlsSocket = tls.connect({
         socket: raw,
         secureContext: t.context,
         ALPNProtocols: ['h2'],
@@ -382,6 +390,7 @@ export class HboneClient {
         // Identity is checked below against the SPIFFE URI SANs, not a hostname; and no SNI is sent.
         checkServerIdentity: () => undefined,
       });
+      e.socket = tlsSocket;
       await Promise.race([handshake(tlsSocket, peerAuthority), timeout]);
       if (tlsSocket.alpnProtocol !== 'h2') {
         throw new HboneError('ERR_HBONE_TLS', `peer ${peerAuthority} negotiated ALPN ${String(tlsSocket.alpnProtocol)}, not h2`);
@@ -394,58 +403,42 @@ export class HboneClient {
           `peer ${peerAuthority} presented identities [${seen.join(', ')}] (subjectAltName: ${cert?.subjectAltName ?? 'none'}), expected one of [${expected.join(', ')}]`,
         );
       }
-      const connected = tlsSocket;
-      const session = http2.connect(`https://${peerAuthority}`, {
-        createConnection: () => connected,
-        maxSessionMemory: this.#o.maxSessionMemory ?? 64,
-        // maxHeaderListPairs left at Node's default, as on the server (see there): a lower one would
-        // reset answers from peers that send more than `:status` (Go adds date, nghttpx server and via).
-        settings: {
-          enablePush: false,
-          initialWindowSize: this.#o.streamWindowSize ?? MiB,
-          maxFrameSize: MiB,
+      // The peer's first SETTINGS makes the session usable. With TLS 1.3 the peer judges our
+      // certificate after our handshake is done: a refusal arrives as an alert (a socket error) or,
+      // from servers that send none, as the connection closing before any frame.
+      let settings!: () => void;
+      let lost!: (err: HboneError) => void;
+      const settled = new Promise<void>((resolve, reject) => {
+        settings = resolve;
+        lost = reject;
+      });
+      e.session = new H2Session(tlsSocket, {
+        role: 'client',
+        streamWindow: this.#o.streamWindowSize ?? MiB,
+        connectionWindow: this.#o.connectionWindowSize ?? 16 * MiB,
+        onRemoteSettings: () => {
+          if (!e.established) settings();
+        },
+        onGoaway: (code, lastStreamId) => this.#goaway(e, code, lastStreamId, log),
+        onStreamClosed: (tunnel) => {
+          releaseTunnel(tunnel);
+          this.#maybeIdle(e);
+        },
+        onClose: (error) => {
+          if (!e.established) lost(establishFailure(error, peerAuthority, t));
+          this.#sessionClosed(e, error, log);
         },
       });
-      e.session = session;
-      this.#watch(e, session, log);
-      // With TLS 1.3 the peer judges our certificate after our handshake is done: its alert arrives
-      // as a socket error that the session does not always surface, so watch the socket too.
-      const socketFailed = new Promise<never>((_, reject) => {
-        connected.once('error', (cause: Error) => reject(classify(cause, peerAuthority)));
-        // An h2 server's first frame is SETTINGS; closing before it (Node servers do so without an
-        // alert) is the peer refusing our certificate after the handshake.
-        connected.once('close', () =>
-          reject(
-            new HboneError(
-              'ERR_HBONE_TLS',
-              `peer ${peerAuthority} closed the connection right after the TLS handshake, before any HTTP/2 frame: it refused our certificate (${t.identity.toString()}) or TLS parameters`,
-            ),
-          ),
-        );
-      });
-      socketFailed.catch(() => {});
-      connected.on('error', (err: Error) => {
-        e.lastError = err;
-        if (!session.destroyed) session.destroy(err);
-      });
-      await Promise.race([settingsReceived(session, peerAuthority), timeout, socketFailed]);
-      session.setLocalWindowSize(this.#o.connectionWindowSize ?? 16 * MiB);
-      const configured = e.max;
-      const applyPeerMax = (settings: http2.Settings): void => {
-        const peerMax = settings.maxConcurrentStreams;
-        e.max = peerMax === undefined ? configured : Math.max(1, Math.min(configured, peerMax));
-      };
-      applyPeerMax(session.remoteSettings);
-      // The peer may change its limit later (e.g. lower it under load).
-      session.on('remoteSettings', applyPeerMax);
-      log.debug({ maxStreams: e.max }, 'hbone session established');
+      await Promise.race([settled, timeout]);
+      this.#keepAlive(e, log);
+      log.debug({ maxStreams: e.limit }, 'hbone session established');
       e.established = true;
       this.#maybeIdle(e);
     } catch (err) {
       e.closed = true;
       this.#remove(e);
       if (e.session !== undefined) e.session.destroy();
-      else (tlsSocket ?? raw)?.destroy();
+      else (e.socket ?? raw)?.destroy();
       throw classify(err, peerAuthority);
     } finally {
       clearTimeout(timer);
@@ -474,86 +467,97 @@ export class HboneClient {
     });
   }
 
-  #watch(e: PooledSession, session: http2.ClientHttp2Session, log: HboneLogger): void {
-    session.on('error', (err: Error) => {
-      e.lastError = err;
-      log.debug({ err }, 'hbone session error');
-    });
-    session.on('goaway', (code: number, lastStreamId: number, opaque?: Buffer) => {
-      const reason = opaque !== undefined && opaque.length > 0 ? ` (${opaque.toString('utf8')})` : '';
-      e.goaway = `peer sent GOAWAY code ${code} last stream ${lastStreamId}${reason}`;
-      e.goawayLastStreamId = Math.min(lastStreamId, e.goawayLastStreamId ?? lastStreamId);
-      e.goawayAfter ??= this.#born;
-      log.debug({ code, lastStreamId }, 'hbone session received GOAWAY, retiring it');
-      this.#retire(e, e.goaway);
-    });
-    session.once('close', () => {
-      e.closed = true;
-      clearInterval(e.pingTimer);
-      clearInterval(e.sweepTimer);
-      e.sweepTimer = undefined;
-      clearTimeout(e.idleTimer);
-      this.#remove(e);
-    });
-    const interval = this.#o.pingIntervalMs ?? 10_000;
+  #goaway(e: PooledSession, code: number, lastStreamId: number, log: HboneLogger): void {
+    e.goaway = `peer sent GOAWAY code ${code} last stream ${lastStreamId}`;
+    e.goawayAfter ??= this.#born;
+    log.debug({ code, lastStreamId }, 'hbone session received GOAWAY, retiring it');
+    this.#retire(e, e.goaway);
+  }
+
+  #sessionClosed(e: PooledSession, error: HboneError | undefined, log: HboneLogger): void {
+    e.closed = true;
+    if (error !== undefined) log.debug({ err: error }, 'hbone session error');
+    clearInterval(e.pingTimer);
+    clearInterval(e.sweepTimer);
+    e.sweepTimer = undefined;
+    clearTimeout(e.idleTimer);
+    this.#remove(e);
+    for (const w of e.closeWaiters.splice(0)) w();
+  }
+
+  /** PING every pingIntervalMs; a peer that leaves one unanswered for pingTimeoutMs loses the session. */
+  #keepAlive(e: PooledSession, log: HboneLogger): void {
+    const session = e.session!;
     const pingTimeout = this.#o.pingTimeoutMs ?? 20_000;
     let outstanding = false;
     e.pingTimer = setInterval(() => {
-      if (outstanding || session.destroyed || session.connecting) return;
+      if (outstanding || session.closed) return;
       outstanding = true;
       const deadline = setTimeout(() => {
         log.warn({ timeoutMs: pingTimeout }, 'hbone session PING not answered, closing it');
         session.destroy(new HboneError('ERR_HBONE_TIMEOUT', `peer did not answer PING within ${pingTimeout} ms`));
       }, pingTimeout);
       deadline.unref();
-      const sent = session.ping((err) => {
-        outstanding = false;
-        clearTimeout(deadline);
-        if (err !== null) log.debug({ err }, 'PING failed');
-      });
-      if (!sent) {
-        outstanding = false;
-        clearTimeout(deadline);
-      }
-    }, interval);
+      session.ping().then(
+        () => {
+          outstanding = false;
+          clearTimeout(deadline);
+        },
+        (err: unknown) => {
+          outstanding = false;
+          clearTimeout(deadline);
+          log.debug({ err }, 'PING failed');
+        },
+      );
+    }, this.#o.pingIntervalMs ?? 10_000);
     e.pingTimer.unref();
   }
 
-  #request(e: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<http2.ClientHttp2Stream> {
-    const session = e.session!;
+  #request(e: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number): Promise<HboneTunnel> {
     const overBudget = e.budget?.admit();
     if (overBudget !== undefined) {
       this.#log.debug({ peer: peerAuthority, target: authority }, overBudget.message);
       this.#maybeIdle(e);
       return Promise.reject(overBudget);
     }
-    let stream: http2.ClientHttp2Stream;
-    try {
-      stream = request(session, o.headers === undefined ? { ':method': 'CONNECT', ':authority': authority } : { ...o.headers, ':method': 'CONNECT', ':authority': authority });
-    } catch (cause) {
-      this.#retire(e, 'request failed');
-      return this.#retry(new HboneError('ERR_HBONE_SESSION', `session to ${peerAuthority} cannot open streams: ${String(cause)}`, { cause }), o, authority, peerAuthority, attempt);
-    }
-    e.open++;
-    // Errors after the tunnel is handed over surface through 'close'/rstCode to whoever owns it; never crash.
-    stream.on('close', e.onStreamClose);
-    stream.on('error', e.onStreamError);
-    stream.on('response', e.onStreamResponse);
-    if (e.sweepTimer === undefined) this.#armSweep(e);
     return new Promise((resolve, reject) => {
-      const p: PendingOpen = { resolve, reject, o, authority, peerAuthority, attempt, sentAt: Date.now(), error: undefined, onAbort: undefined };
-      e.opening.set(stream, p);
+      const p = new PendingOpen(this, e, o, authority, peerAuthority, attempt, resolve, reject);
+      try {
+        p.tunnel = e.session!.open(authority, o.headers === undefined ? NO_HEADERS : flatHeaders(o.headers), p);
+        // Errors after the tunnel is handed over surface through 'close'/rstCode to whoever owns it: never crash.
+        p.tunnel.on('error', this.#onTunnelError);
+      } catch (err) {
+        if (!isRetryable(err)) return reject(err);
+        this.#retire(e, 'cannot open streams');
+        return resolve(this.#retry(err as HboneError, o, authority, peerAuthority, attempt, e.goawayAfter));
+      }
+      e.opening.add(p);
+      if (e.sweepTimer === undefined) this.#armSweep(e);
       const signal = o.signal;
       if (signal !== undefined) {
-        p.onAbort = (): void => {
-          e.opening.delete(stream);
-          stream.close(NGHTTP2_CANCEL);
-          reject(new HboneError('ERR_HBONE_ABORTED', `CONNECT ${authority} via ${peerAuthority} aborted`, { cause: signal.reason }));
-        };
+        p.onAbort = (): void => p.cancel(new HboneError('ERR_HBONE_ABORTED', `CONNECT ${authority} via ${peerAuthority} aborted`, { cause: signal.reason }));
         if (signal.aborted) p.onAbort();
         else signal.addEventListener('abort', p.onAbort, { once: true });
       }
     });
+  }
+
+  /** @internal The session failed an open (PendingOpen.reject): retried when the peer never processed it. */
+  failed(p: PendingOpen, err: HboneError): void {
+    if (err.code === 'ERR_HBONE_STATUS') {
+      p.fail(new HboneError('ERR_HBONE_STATUS', `peer ${p.peerAuthority} answered CONNECT ${p.authority} with status ${err.status}`, { status: err.status, cause: err }));
+      return;
+    }
+    const e = p.e;
+    const message = `peer ${p.peerAuthority} closed CONNECT ${p.authority} before answering: ${e.goaway ?? err.message}`;
+    // A connection lost to a socket error (a TLS alert among them) is reported as that error.
+    const socketError = err.cause instanceof H2ProtocolError ? undefined : err.cause;
+    const wrapped = socketError !== undefined ? classify(socketError, p.peerAuthority, message) : new HboneError(err.code, message, { cause: err });
+    // Safe to send again: a stream above a GOAWAY's last-stream-id was not processed, whatever the
+    // GOAWAY's code (RFC 9113 §6.8), nor was one refused with REFUSED_STREAM (§8.7). After a GOAWAY
+    // the other sessions of its time may be to the same draining server: a later one.
+    if (isRetryable(err)) p.done(this.#retry(wrapped, p.o, p.authority, p.peerAuthority, p.attempt, e.goawayAfter));
+    else p.fail(wrapped);
   }
 
   /**
@@ -569,13 +573,11 @@ export class HboneClient {
         e.sweepTimer = undefined;
         return;
       }
-      const cutoff = Date.now() - timeoutMs;
-      for (const [stream, p] of e.opening) {
+      const cutoff = performance.now() - timeoutMs;
+      for (const p of e.opening) {
         if (p.sentAt > cutoff) break;
-        settled(e, stream, p);
-        stream.close(NGHTTP2_CANCEL);
         this.#log.debug({ peer: p.peerAuthority, target: p.authority, timeoutMs }, 'CONNECT not answered in time, stream reset');
-        p.reject(
+        p.cancel(
           new HboneError(
             'ERR_HBONE_RESPONSE_TIMEOUT',
             `peer ${p.peerAuthority} did not answer CONNECT ${p.authority} within ${timeoutMs} ms (stream reset)${e.goaway ? `; ${e.goaway}` : ''}`,
@@ -584,56 +586,6 @@ export class HboneClient {
       }
     }, every);
     e.sweepTimer.unref();
-  }
-
-  /** The shared stream listeners of a new session. */
-  #listen(e: PooledSession): void {
-    const closed = (stream: http2.ClientHttp2Stream): void => {
-      e.open--;
-      releaseTunnel(stream);
-      this.#maybeIdle(e);
-      const p = e.opening.get(stream);
-      if (p !== undefined) this.#closedUnanswered(e, stream, p);
-    };
-    const answered = (stream: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders): void => {
-      const p = e.opening.get(stream);
-      if (p === undefined) return;
-      settled(e, stream, p);
-      const status = Number(headers[':status']);
-      if (status === 200) {
-        e.budget?.track(stream);
-        p.resolve(stream);
-        return;
-      }
-      stream.close(NGHTTP2_CANCEL);
-      p.reject(new HboneError('ERR_HBONE_STATUS', `peer ${p.peerAuthority} answered CONNECT ${p.authority} with status ${status}`, { status }));
-    };
-    const log = this.#log;
-    e.onStreamClose = function (this: http2.ClientHttp2Stream) {
-      closed(this);
-    };
-    e.onStreamResponse = function (this: http2.ClientHttp2Stream, headers: http2.IncomingHttpHeaders) {
-      answered(this, headers);
-    };
-    e.onStreamError = function (this: http2.ClientHttp2Stream, err: Error) {
-      const p = e.opening.get(this);
-      if (p !== undefined) p.error = err;
-      else log.debug({ err }, 'tunnel stream error');
-    };
-  }
-
-  #closedUnanswered(e: PooledSession, stream: http2.ClientHttp2Stream, p: PendingOpen): void {
-    settled(e, stream, p);
-    const code = stream.rstCode;
-    const why = e.goaway ?? e.lastError?.message ?? p.error?.message ?? `stream reset with code ${code}`;
-    const err = classify(e.lastError ?? p.error, p.peerAuthority, `peer ${p.peerAuthority} closed CONNECT ${p.authority} before answering: ${why}`);
-    // Safe to send again: a stream above a GOAWAY's last-stream-id was not processed, whatever the
-    // GOAWAY's code (RFC 9113 §6.8; Node destroys the session on an error code, failing the stream
-    // with the session's error); nor was one refused with REFUSED_STREAM (§8.7).
-    const unprocessed = e.goawayLastStreamId !== undefined && stream.id !== undefined && stream.id > e.goawayLastStreamId;
-    // After a GOAWAY the other sessions of its time may be to the same draining server: a later one.
-    if (unprocessed || (code === NGHTTP2_REFUSED_STREAM && e.lastError === undefined)) p.resolve(this.#retry(err, p.o, p.authority, p.peerAuthority, p.attempt, e.goawayAfter));
-    else p.reject(err);
   }
 
   #retire(e: PooledSession, reason: string): void {
@@ -645,9 +597,9 @@ export class HboneClient {
 
   /** Closes a session with no streams if it is retired, else arms its idle timer. */
   #maybeIdle(e: PooledSession): void {
-    if (e.open > 0 || e.pending > 0 || e.session === undefined || e.closed) return;
+    if (e.open > 0 || e.pending > 0 || e.session === undefined || e.closed || e.session.closed) return;
     if (e.draining) {
-      if (!e.session.closed) e.session.close();
+      void e.session.close();
       this.#remove(e);
       return;
     }
@@ -676,15 +628,31 @@ export class HboneClient {
   }
 }
 
+const NO_HEADERS: readonly string[] = [];
+
+/** Request headers as the session takes them: [name, value, …], names lower-cased as HTTP/2 requires. */
+function flatHeaders(h: Record<string, string>): string[] {
+  const out: string[] = [];
+  for (const name of Object.keys(h)) out.push(name.toLowerCase(), String(h[name]));
+  return out;
+}
+
+/**
+ * Why a session closed before the peer's SETTINGS: a TLS alert (the peer refused our certificate
+ * after the TLS 1.3 handshake), or a close without one.
+ */
+function establishFailure(error: HboneError | undefined, peerAuthority: string, t: ResolvedTls): HboneError {
+  if (error?.cause instanceof H2ProtocolError) return error;
+  if (error?.cause !== undefined) return classify(error.cause, peerAuthority, error.message);
+  return new HboneError(
+    'ERR_HBONE_TLS',
+    `peer ${peerAuthority} closed the connection right after the TLS handshake, before any HTTP/2 frame: it refused our certificate (${t.identity.toString()}) or TLS parameters`,
+  );
+}
+
 /** What AbortSignal.throwIfAborted() throws: the reason, or an AbortError when the signal gave none. */
 function abortReason(signal: HboneAbortSignal): unknown {
   return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
-}
-
-/** The open is answered, closed or aborted: nothing else may settle it. */
-function settled(e: PooledSession, stream: http2.ClientHttp2Stream, p: PendingOpen): void {
-  e.opening.delete(stream);
-  if (p.onAbort !== undefined) p.o.signal?.removeEventListener('abort', p.onAbort);
 }
 
 function handshake(s: tls.TLSSocket, peerAuthority: string): Promise<void> {
@@ -699,31 +667,6 @@ function handshake(s: tls.TLSSocket, peerAuthority: string): Promise<void> {
     };
     s.once('secureConnect', onOk);
     s.once('error', onError);
-  });
-}
-
-function settingsReceived(session: http2.ClientHttp2Session, peerAuthority: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const cleanup = (): void => {
-      session.off('remoteSettings', onSettings);
-      session.off('close', onClose);
-      session.off('error', onError);
-    };
-    const onSettings = (): void => {
-      cleanup();
-      resolve();
-    };
-    let lastError: Error | undefined;
-    const onError = (err: Error): void => {
-      lastError = err;
-    };
-    const onClose = (): void => {
-      cleanup();
-      reject(classify(lastError, peerAuthority, `HTTP/2 session to ${peerAuthority} closed before the peer's SETTINGS${lastError ? `: ${lastError.message}` : ''}`));
-    };
-    session.once('remoteSettings', onSettings);
-    session.once('close', onClose);
-    session.on('error', onError);
   });
 }
 

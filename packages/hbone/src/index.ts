@@ -1,7 +1,7 @@
 export { createHboneServer } from './server.js';
 export type { HboneAuthorizeResult, HboneConnectContext, HbonePeer, HboneRefusal, HboneServer, HboneServerOptions, HboneTunnelClosed } from './server.js';
 export { HboneClient } from './client.js';
-export type { HboneAbortSignal, HboneClientOptions, HboneClientStats, HboneConnectOptions } from './client.js';
+export type { HboneAbortSignal, HboneClientOptions, HboneClientStats, HboneConnectOptions, HboneTunnel } from './client.js';
 export { bridge } from './bridge.js';
 export { BufferBudget } from './buffer-budget.js';
 export type { BufferBudgetOptions, BufferBudgetStats } from './buffer-budget.js';

@@ -2,7 +2,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import type * as tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HboneClient, createHboneServer, type HboneServer } from '../src/index.js';
+import { HboneClient, createHboneServer, type HboneServer, type HboneTunnel } from '../src/index.js';
 import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, makePki, roundTrip, tcpServer, tlsOf } from './helpers.js';
 
 let pki: Pki;
@@ -83,7 +83,7 @@ describe('HboneClient session pool', () => {
 
   it('counts idleness from the last tunnel: a timer firing while a tunnel is open, or a reuse, keeps the session', async () => {
     const c = client({ idleTimeoutMs: 400 });
-    const open = (): Promise<http2.ClientHttp2Stream> => c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] });
+    const open = (): Promise<HboneTunnel> => c.connect({ peer: { host: '127.0.0.1', port }, target: target(), expectedIdentities: [SERVER_ID] });
     const sleep = (ms: number): Promise<unknown> => new Promise((r) => setTimeout(r, ms));
     await roundTrip(await open(), Buffer.from('a'));
     await waitFor(() => c.stats().streams === 0);

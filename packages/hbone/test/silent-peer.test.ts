@@ -1,4 +1,5 @@
 import * as http2 from 'node:http2';
+import { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HboneClient, HboneError } from '../src/index.js';
 import { SERVER_ID, type Pki, makePki } from './helpers.js';
@@ -192,11 +193,11 @@ describe('GOAWAY with an error code', () => {
       // Streams 3 and 5 were not: both succeed on a second session.
       expect(b).not.toBeInstanceOf(Error);
       expect(d).not.toBeInstanceOf(Error);
-      expect([(b as http2.ClientHttp2Stream).session, (d as http2.ClientHttp2Stream).session].every((x) => x !== undefined && x.encrypted === true)).toBe(true);
+      expect([b, d].every((x) => x instanceof Duplex)).toBe(true);
       expect(sessions.length).toBe(2);
       expect(c.stats()).toEqual({ sessions: 1, streams: 2 });
-      (b as http2.ClientHttp2Stream).destroy();
-      (d as http2.ClientHttp2Stream).destroy();
+      (b as Duplex).destroy();
+      (d as Duplex).destroy();
     } finally {
       await c.close({ deadlineMs: 200 });
     }

@@ -51,6 +51,10 @@ export interface H2SessionOptions {
   onClose?: (error: HboneError | undefined) => void;
   /** The peer sent GOAWAY: open no more tunnels on this session. */
   onGoaway?: (errorCode: number, lastStreamId: number) => void;
+  /** The peer's SETTINGS arrived (the first one: the connection is usable; later ones may change its limits). */
+  onRemoteSettings?: () => void;
+  /** A tunnel left the session (ended both ways, reset or failed), before its 'close' event: one hook for all, no listener per tunnel. */
+  onStreamClosed?: (tunnel: Tunnel) => void;
   /** SETTINGS_MAX_CONCURRENT_STREAMS we announce and enforce (server; default 100). */
   maxConcurrentStreams?: number;
   /** Receive window per stream (default 4 MiB, as ztunnel). */
@@ -77,7 +81,8 @@ export interface ConnectRequest {
   headers: string[];
 }
 
-interface Waiter {
+/** Who waits for the answer to a CONNECT: settled once, by the response, a reset or the session's end. */
+export interface OpenWaiter {
   resolve: (t: Tunnel) => void;
   reject: (err: HboneError) => void;
 }
@@ -111,7 +116,7 @@ export class Tunnel extends Duplex {
   pendingChunk: Buffer | undefined = undefined;
   /** @internal */ pendingOff = 0;
   /** @internal */ pendingCb: ((err?: Error | null) => void) | undefined = undefined;
-  /** @internal client: the connect() promise until the response */ waiter: Waiter | undefined = undefined;
+  /** @internal client: the connect() promise until the response */ waiter: OpenWaiter | undefined = undefined;
 
   constructor(
     readonly session: H2Session,
@@ -202,6 +207,8 @@ export class H2Session {
   readonly #onConnect: ((tunnel: Tunnel, request: ConnectRequest) => void) | undefined;
   readonly #onClose: ((error: HboneError | undefined) => void) | undefined;
   readonly #onGoaway: ((errorCode: number, lastStreamId: number) => void) | undefined;
+  readonly #onRemoteSettings: (() => void) | undefined;
+  readonly #onStreamClosed: ((tunnel: Tunnel) => void) | undefined;
   // Our side.
   readonly #maxConcurrent: number;
   readonly #streamWindow: number;
@@ -251,6 +258,8 @@ export class H2Session {
     this.#onConnect = options.onConnect;
     this.#onClose = options.onClose;
     this.#onGoaway = options.onGoaway;
+    this.#onRemoteSettings = options.onRemoteSettings;
+    this.#onStreamClosed = options.onStreamClosed;
     this.#maxConcurrent = options.maxConcurrentStreams ?? 100;
     this.#streamWindow = options.streamWindow ?? 4 * MiB;
     this.#connWindow = options.connectionWindow ?? 16 * MiB;
@@ -318,29 +327,42 @@ export class H2Session {
    * says whether the peer never processed it (GOAWAY, stream limit) so another session may take it.
    */
   connect(authority: string, headers: readonly string[] = []): Promise<Tunnel> {
-    if (this.#server) return Promise.reject(new HboneError('ERR_HBONE_CONFIG', 'connect() on a server session'));
+    return new Promise<Tunnel>((resolve, reject) => {
+      try {
+        this.open(authority, headers, { resolve, reject });
+      } catch (err) {
+        reject(err as HboneError);
+      }
+    });
+  }
+
+  /**
+   * connect() without a promise of its own: sends the CONNECT and returns its tunnel at once (to
+   * reset it before the answer: `tunnel.close(CANCEL)`, after clearing `tunnel.waiter` to settle the
+   * open yourself); `waiter` is settled as connect()'s promise would be. Throws the HboneError
+   * connect() would reject with when the CONNECT cannot be sent.
+   */
+  open(authority: string, headers: readonly string[], waiter: OpenWaiter): Tunnel {
+    if (this.#server) throw new HboneError('ERR_HBONE_CONFIG', 'open() on a server session');
     if (!this.canOpen) {
-      return Promise.reject(
-        this.#closed
-          ? (this.#error ?? sessionError('HTTP/2 session is closed'))
-          : refused(this.#nextId, `HTTP/2 session cannot open a stream (goaway=${this.#goawaySent || this.#goawayReceived >= 0}, ${this.#streams.size} of ${this.#peerMaxConcurrent} streams)`),
-      );
+      throw this.#closed
+        ? (this.#error ?? sessionError('HTTP/2 session is closed'))
+        : refused(this.#nextId, `HTTP/2 session cannot open a stream (goaway=${this.#goawaySent || this.#goawayReceived >= 0}, ${this.#streams.size} of ${this.#peerMaxConcurrent} streams)`);
     }
     const fields = [':method', 'CONNECT', ':authority', authority, ...headers];
     const fault = this.#checkOutgoing(fields);
-    if (fault !== undefined) return Promise.reject(new HboneError('ERR_HBONE_CONFIG', fault));
+    if (fault !== undefined) throw new HboneError('ERR_HBONE_CONFIG', fault);
     const block = this.#encoder.encode(fields);
     if (block.length > (MAX_CONTINUATIONS + 1) * this.#peerMaxFrame) {
-      return Promise.reject(new HboneError('ERR_HBONE_CONFIG', `CONNECT header block of ${block.length} bytes needs more than ${MAX_CONTINUATIONS} CONTINUATION frames`));
+      throw new HboneError('ERR_HBONE_CONFIG', `CONNECT header block of ${block.length} bytes needs more than ${MAX_CONTINUATIONS} CONTINUATION frames`);
     }
     const id = this.#nextId;
     this.#nextId += 2;
     const t = new Tunnel(this, id, this.#peerInitialWindow, this.#localInitialWindow);
+    t.waiter = waiter;
     this.#streams.set(id, t);
     this.#out(encodeHeaders(id, block, false, this.#peerMaxFrame));
-    return new Promise<Tunnel>((resolve, reject) => {
-      t.waiter = { resolve, reject };
-    });
+    return t;
   }
 
   /** Sends a PING; resolves with the round-trip time in ms (keepalive). */
@@ -832,6 +854,7 @@ export class H2Session {
       if (delta > 0) for (const t of [...this.#streams.values()]) this.#resume(t);
     }
     this.#control(encodeSettingsAck());
+    this.#onRemoteSettings?.();
   }
 
   #settingsAcked(): void {
@@ -853,6 +876,12 @@ export class H2Session {
 
   #goaway(lastStreamId: number, errorCode: number, debug: Buffer): void {
     this.#goawayReceived = this.#goawayReceived < 0 ? lastStreamId : Math.min(this.#goawayReceived, lastStreamId);
+    if (errorCode !== NO_ERROR) {
+      const message = `peer sent GOAWAY ${codeName(errorCode)}: ${debug.toString('latin1').slice(0, 200)}`;
+      this.#error ??= sessionError(message, new H2ProtocolError(CODE_NAMES.get(errorCode) ?? 'INTERNAL_ERROR', 'connection', lastStreamId, message));
+    }
+    // First: whoever retries the refused streams below must already know this session is going.
+    this.#onGoaway?.(errorCode, lastStreamId);
     // Streams we opened that the peer will not process: safe to open again elsewhere (§6.8).
     for (const t of [...this.#streams.values()]) {
       if ((t.id & 1) !== (this.#server ? 0 : 1) || t.id <= lastStreamId) continue;
@@ -864,11 +893,15 @@ export class H2Session {
         t.destroy();
       } else t.destroy(err);
     }
-    if (errorCode !== NO_ERROR) {
-      this.#error ??= sessionError(`peer sent GOAWAY ${codeName(errorCode)}: ${debug.toString('latin1').slice(0, 200)}`);
+    if (errorCode === NO_ERROR) {
+      this.#maybeFinish();
+      return;
     }
-    this.#onGoaway?.(errorCode, lastStreamId);
-    this.#maybeFinish();
+    // An error code ends the connection (§5.4.1): what it still carries fails now, not at some timeout.
+    this.flush();
+    this.#teardown();
+    this.#socket.end();
+    this.#destroyLater();
   }
 
   #windowUpdate(id: number, increment: number): void {
@@ -971,6 +1004,7 @@ export class H2Session {
     const unread = t.unread;
     t.unread = 0;
     if (this.#streams.get(t.id) === t) this.#streams.delete(t.id);
+    this.#onStreamClosed?.(t);
     if (!this.#closed) {
       this.#creditConnection(unread);
       this.#maybeFinish();
