@@ -305,7 +305,11 @@ export class HboneClient implements OpenOutcome {
       if (e.session !== undefined) e.session.destroy();
       else e.socket?.destroy();
     }
-    await Promise.all(waits);
+    // A session still inside its socket factory has nothing to destroy yet: it fails within
+    // connectTimeoutMs; wait for it briefly, never that long.
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(waits), new Promise<void>((r) => (grace = setTimeout(r, 1000)))]);
+    clearTimeout(grace);
   }
 
   #closedPromise(e: PooledSession): Promise<void> {
