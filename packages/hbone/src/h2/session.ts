@@ -10,6 +10,7 @@ import {
   CLIENT_PREFACE,
   DEFAULT_MAX_FRAME_SIZE,
   FrameReader,
+  MAX_MAX_FRAME_SIZE,
   FrameType,
   MAX_WINDOW,
   encodeDataHeader,
@@ -72,6 +73,11 @@ export interface H2SessionOptions {
   maxEmptyDataFrames?: number;
   /** Our SETTINGS_MAX_HEADER_LIST_SIZE (default 16384). */
   maxHeaderListSize?: number;
+  /**
+   * Our SETTINGS_MAX_FRAME_SIZE (default 1 MiB, as ztunnel): a peer that takes it sends a socket read's
+   * worth of tunnel bytes as one DATA frame instead of one per 16 KiB.
+   */
+  maxFrameSize?: number;
 }
 
 export interface ConnectRequest {
@@ -217,6 +223,7 @@ export class H2Session {
   readonly #resetWindowMs: number;
   readonly #maxQueuedControl: number;
   readonly #maxEmptyData: number;
+  readonly #maxFrameSize: number;
   #localInitialWindow = DEFAULT_WINDOW; // ours as the peer has ACKed it
   #settingsTimer: NodeJS.Timeout | undefined;
   #nextId: number;
@@ -267,6 +274,10 @@ export class H2Session {
     this.#resetWindowMs = options.resetWindowMs ?? 30_000;
     this.#maxQueuedControl = options.maxQueuedControlFrames ?? 1000;
     this.#maxEmptyData = options.maxEmptyDataFrames ?? 100;
+    this.#maxFrameSize = options.maxFrameSize ?? MiB;
+    if (!Number.isInteger(this.#maxFrameSize) || this.#maxFrameSize < DEFAULT_MAX_FRAME_SIZE || this.#maxFrameSize > MAX_MAX_FRAME_SIZE) {
+      throw new HboneError('ERR_HBONE_CONFIG', `maxFrameSize ${this.#maxFrameSize} outside ${DEFAULT_MAX_FRAME_SIZE}..${MAX_MAX_FRAME_SIZE}`);
+    }
     for (const [k, v] of [
       ['streamWindow', this.#streamWindow],
       ['connectionWindow', this.#connWindow],
@@ -289,6 +300,7 @@ export class H2Session {
     socket.on('close', () => this.#onSocketClose());
 
     const settings: Settings = { initialWindowSize: this.#streamWindow, maxHeaderListSize };
+    if (this.#maxFrameSize !== DEFAULT_MAX_FRAME_SIZE) settings.maxFrameSize = this.#maxFrameSize;
     if (this.#server) settings.maxConcurrentStreams = this.#maxConcurrent;
     else settings.enablePush = 0;
     if (!this.#server) this.#out(CLIENT_PREFACE);
@@ -637,9 +649,15 @@ export class H2Session {
     if (t.flags & DONE) {
       this.#creditConnection(n);
     } else if (n > 0) {
+      // Credited back only if the reader's buffer took it below its mark: a paused tunnel then holds
+      // at most that mark plus its window, whatever the frame size.
+      const more = t.push(f.data);
       if (t.flags & PAUSED) t.unread += n;
-      else this.#consumed(t, n);
-      if (!t.push(f.data)) t.flags |= PAUSED;
+      else if (more) this.#consumed(t, n);
+      else {
+        t.flags |= PAUSED;
+        t.unread += n;
+      }
     }
     if (f.endStream) {
       if (this.#dataLeft > 0) this.#settlePadding();
@@ -863,6 +881,8 @@ export class H2Session {
     this.#settingsTimer = undefined;
     const delta = this.#streamWindow - this.#localInitialWindow;
     this.#localInitialWindow = this.#streamWindow;
+    // Larger frames are accepted only once the peer knows it may send them.
+    this.#reader.setMaxFrameSize(this.#maxFrameSize);
     for (const t of this.#streams.values()) t.recvWindow += delta;
   }
 
