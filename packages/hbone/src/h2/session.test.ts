@@ -354,6 +354,7 @@ describe('H2Session ↔ node:http2 (h2c)', () => {
     bad.on('error', () => {});
     const [headers] = (await once(bad, 'response')) as [http2.IncomingHttpHeaders];
     expect(headers[':status']).toBe(405);
+    expect(headers['allow']).toBe('CONNECT');
     const ping = await new Promise<number>((r, j) => client.ping((err, ms) => (err ? j(err) : r(ms))));
     expect(ping).toBeLessThan(1000);
   });

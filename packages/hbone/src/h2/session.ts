@@ -755,9 +755,9 @@ export class H2Session {
     const t = new Tunnel(this, id, this.#peerInitialWindow, this.#localInitialWindow);
     this.#streams.set(id, t);
     if (method !== 'CONNECT') {
-      // Well-formed but not what this server does.
+      // Well-formed but not what this server does: 405 names the one method it serves (RFC 9110 §15.5.6).
       t.on('error', ignoreError);
-      this.respondTo(t, 405, []);
+      this.respondTo(t, 405, ['allow', 'CONNECT']);
       return;
     }
     if (endStream) this.#remoteEnd(t);
