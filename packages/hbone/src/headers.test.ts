@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseBaggage, parseForwarded, parseRequestHeaders, parseTraceparent } from './headers.js';
+import { connectHeaders, parseBaggage, parseForwarded, parseRequestHeaders, parseTraceparent } from './headers.js';
 
 describe('request headers', () => {
   it('parses ztunnel baggage', () => {
@@ -70,5 +70,22 @@ describe('request headers', () => {
     expect(h.traceparent).toBeUndefined();
     expect('baggage' in h).toBe(false);
     expect(JSON.stringify(h)).toBe(JSON.stringify({ raw: { ':method': 'CONNECT', ':authority': '10.0.0.1:80', traceparent: 'garbage' } }));
+  });
+
+  it('turns a CONNECT\'s flat fields into raw headers: pseudo-fields included, repeats joined, __proto__ only a name', () => {
+    const raw = connectHeaders('10.0.0.1:80', ['baggage', 'service.name=web', 'x-via', 'a', 'x-via', 'b', '__proto__', 'x', 'traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01']);
+    expect({ ...raw }).toStrictEqual({
+      ':method': 'CONNECT',
+      ':authority': '10.0.0.1:80',
+      baggage: 'service.name=web',
+      'x-via': 'a, b',
+      ['__proto__']: 'x',
+      traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+    });
+    expect(Object.getPrototypeOf(raw)).toBeNull();
+    const h = parseRequestHeaders(raw);
+    expect(Object.keys(h)).toEqual(['raw', 'baggage', 'traceparent']);
+    expect(h.baggage).toEqual({ 'service.name': 'web' });
+    expect(h.traceparent?.traceId).toBe('4bf92f3577b34da6a3ce929d0e0e4736');
   });
 });

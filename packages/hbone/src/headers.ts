@@ -1,4 +1,10 @@
-import type { IncomingHttpHeaders } from 'node:http2';
+/**
+ * Request fields by lowercase name, pseudo-fields (`:method`, `:authority`) included, as node:http2's
+ * IncomingHttpHeaders (which is accepted wherever this is).
+ */
+export interface HboneRawHeaders {
+  [name: string]: string | string[] | undefined;
+}
 
 export interface TraceParent {
   version: string;
@@ -21,7 +27,7 @@ export interface ForwardedElement {
  * and `structuredClone` see them as they would on any headers object.
  */
 export interface HboneRequestHeaders {
-  raw: IncomingHttpHeaders;
+  raw: HboneRawHeaders;
   /** W3C baggage, `k8s.namespace.name=…,service.name=…` → record (values URI-decoded). */
   baggage?: Record<string, string>;
   /** RFC 7239 `Forwarded`, one element per hop. */
@@ -36,12 +42,30 @@ export interface HboneRequestHeaders {
  * path): until then it is an own enumerable getter, shared by every object, that replaces itself with
  * the parsed value; reading the object any way (spread, keys, JSON) reads the getter.
  */
-export function parseRequestHeaders(raw: IncomingHttpHeaders): HboneRequestHeaders {
+export function parseRequestHeaders(raw: HboneRawHeaders): HboneRequestHeaders {
   const h: HboneRequestHeaders = { raw };
   if (raw['baggage'] !== undefined) Object.defineProperty(h, 'baggage', LAZY_BAGGAGE);
   if (raw['forwarded'] !== undefined) Object.defineProperty(h, 'forwarded', LAZY_FORWARDED);
   if (raw['traceparent'] !== undefined) Object.defineProperty(h, 'traceparent', LAZY_TRACEPARENT);
   return h;
+}
+
+/**
+ * A CONNECT's fields as raw headers: the server's H2Session hands them over flat ([name, value, …],
+ * pseudo-fields apart). A null-prototype object as node:http2 made (a field named `__proto__` is a
+ * field); a repeated field's values are joined with ', ' (RFC 9110 §5.3).
+ */
+export function connectHeaders(authority: string, fields: readonly string[]): HboneRawHeaders {
+  const raw = Object.create(null) as Record<string, string>;
+  raw[':method'] = 'CONNECT';
+  raw[':authority'] = authority;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const name = fields[i]!;
+    const value = fields[i + 1]!;
+    const seen = raw[name];
+    raw[name] = seen === undefined ? value : `${seen}, ${value}`;
+  }
+  return raw;
 }
 
 type Parsed = 'baggage' | 'forwarded' | 'traceparent';

@@ -1,7 +1,7 @@
-import type * as http2 from 'node:http2';
 import type * as net from 'node:net';
 import type * as tls from 'node:tls';
 import type { BudgetSession, BufferBudget } from './buffer-budget.js';
+import type { H2Session } from './h2/session.js';
 import type { HboneLogger } from './logger.js';
 
 /** Refusals are logged at most this often (with the count since), so a handshake flood is not a log flood. */
@@ -19,7 +19,7 @@ export class InboundGuard {
   /** Raw sockets whose handshake counts against the budget. */
   readonly #pending = new Set<net.Socket>();
   readonly #refused = new WeakSet<net.Socket>();
-  readonly #sessions = new Map<http2.ServerHttp2Session, BudgetSession>();
+  readonly #sessions = new Map<H2Session, BudgetSession>();
   #idleTimer: NodeJS.Timeout | undefined;
   #refusedSinceLog = 0;
   #lastRefusalLog = -Infinity;
@@ -31,7 +31,7 @@ export class InboundGuard {
   }
 
   /** Counts handshakes on `server` (before its TLS listener sees a connection) and releases them once done. */
-  attach(server: http2.Http2SecureServer): void {
+  attach(server: tls.Server): void {
     server.prependListener('connection', (socket: net.Socket) => this.#onConnection(socket));
     server.on('secureConnection', (socket: tls.TLSSocket) => this.#handshakeDone(parentOf(socket)));
   }
@@ -41,17 +41,21 @@ export class InboundGuard {
     return this.#refused.has(parentOf(socket));
   }
 
-  /** An authenticated session: closed once it has had no tunnel for the idle timeout. */
-  addSession(session: http2.ServerHttp2Session, account: BudgetSession): void {
+  /** An authenticated session: closed once it has had no tunnel for the idle timeout. Call sessionClosed() when it is gone. */
+  addSession(session: H2Session, account: BudgetSession): void {
     this.#sessions.set(session, account);
-    session.once('close', () => {
-      this.#sessions.delete(session);
-      account.close();
-    });
     if (this.#idleTimer === undefined) {
       this.#idleTimer = setInterval(() => this.#closeIdle(), Math.max(10, Math.min(30_000, this.#idleTimeoutMs / 4)));
       this.#idleTimer.unref();
     }
+  }
+
+  /** The session closed: its budget account is closed with it. */
+  sessionClosed(session: H2Session): void {
+    const account = this.#sessions.get(session);
+    if (account === undefined) return;
+    this.#sessions.delete(session);
+    account.close();
   }
 
   stop(): void {
@@ -90,9 +94,10 @@ export class InboundGuard {
     }
     const cutoff = performance.now() - this.#idleTimeoutMs;
     for (const [session, account] of this.#sessions) {
-      if (account.tunnels.size > 0 || account.lastActive > cutoff || session.closed || session.destroyed) continue;
+      if (account.tunnels.size > 0 || account.lastActive > cutoff || session.closed) continue;
       this.#log.debug({ peer: account.peer, idleTimeoutMs: this.#idleTimeoutMs }, 'hbone session idle, closing');
-      session.close();
+      // GOAWAY; with no stream open the connection closes at once, and the server's onClose calls sessionClosed().
+      void session.close();
     }
   }
 }

@@ -10,7 +10,7 @@ export { SpiffeId, certificateMatchesIdentities, identitiesFromCertificate } fro
 export { formatAuthority, parseAuthority } from './authority.js';
 export type { HboneTarget } from './authority.js';
 export { parseRequestHeaders } from './headers.js';
-export type { ForwardedElement, HboneRequestHeaders, TraceParent } from './headers.js';
+export type { ForwardedElement, HboneRawHeaders, HboneRequestHeaders, TraceParent } from './headers.js';
 export type { HboneTlsOptions } from './tls-options.js';
 export type { HboneLogger } from './logger.js';
 export { HboneError } from './errors.js';

@@ -84,6 +84,14 @@ describe('hostile and misconfigured peers', () => {
       const err = await connectWith(new HboneClient({ tls: { ...tlsOf(evil), ca: both } }), [SERVER_ID], { host: '127.0.0.1', port: p });
       expect(err).toBeInstanceOf(HboneError);
       expect((err as HboneError).message).toContain('not in trust domain cluster.local');
+      // On the wire: GOAWAY(INADEQUATE_SECURITY) before any stream, the reason as its debug data.
+      const goaway = await new Promise<unknown>((resolve) => {
+        const session = http2.connect(`https://127.0.0.1:${p}`, { key: evil.keyPem, cert: evil.chainPem, ca: both, checkServerIdentity: () => undefined });
+        session.on('error', () => {});
+        session.once('goaway', (code, lastStreamId, debug) => resolve({ code, lastStreamId, debug: debug?.toString() }));
+        session.once('close', () => resolve('closed without GOAWAY'));
+      });
+      expect(goaway).toEqual({ code: http2.constants.NGHTTP2_INADEQUATE_SECURITY, lastStreamId: 0, debug: 'client identity spiffe://evil.local/ns/x/sa/y is not in trust domain cluster.local' });
     } finally {
       await s.close({ deadlineMs: 200 });
     }
@@ -182,6 +190,36 @@ describe('hostile and misconfigured peers', () => {
     }
   });
 
+  it('closes a client that does not speak h2: no ALPN after the handshake, only http/1.1 in it', async () => {
+    const lines: { obj: Record<string, unknown>; msg: string | undefined }[] = [];
+    const record = (obj: object, msg?: string): void => void lines.push({ obj: obj as Record<string, unknown>, msg });
+    const logger = { debug: record, info: record, warn: record, error: record, child: () => logger };
+    const s = createHboneServer({ tls: tlsOf(pki.server), connect: (t) => dial(t.port, t.host), logger });
+    const p = (await s.listen({ host: '127.0.0.1', port: 0 })).port;
+    /** A TLS client with a valid certificate offering `alpn`: how its connection ended, and its local address. */
+    const attempt = (alpn: string[] | undefined): Promise<{ outcome: string; src: string }> =>
+      new Promise((resolve) => {
+        const c = tls.connect({ host: '127.0.0.1', port: p, ...tlsOf(pki.client), ...(alpn ? { ALPNProtocols: alpn } : {}), checkServerIdentity: () => undefined });
+        let src = '';
+        let outcome = 'closed';
+        c.once('secureConnect', () => (src = `${c.localAddress}:${c.localPort}`));
+        c.on('data', () => (outcome = 'got data'));
+        c.once('error', (e: NodeJS.ErrnoException) => (outcome = `error ${e.code ?? e.message}`));
+        c.once('close', () => resolve({ outcome, src }));
+      });
+    try {
+      const none = await attempt(undefined);
+      expect(none.outcome).toBe('closed');
+      expect(lines.find((l) => l.msg === 'connection failed: ALPN is not h2')?.obj).toMatchObject({ src: none.src, alpn: false });
+      // The TLS layer refuses it with a no_application_protocol alert (RFC 7301 §3.2).
+      expect((await attempt(['http/1.1'])).outcome).toBe('error ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL');
+      await expect.poll(() => lines.find((l) => l.msg === 'connection failed: TLS handshake')?.obj.code).toBe('ERR_SSL_NO_APPLICATION_PROTOCOL');
+      expect(s.stats().sessions).toBe(0);
+    } finally {
+      await s.close({ deadlineMs: 200 });
+    }
+  });
+
   it('refuses a TLS 1.2-only client unless TLS 1.2 was asked for', async () => {
     const tryTls12 = (p: number): Promise<string> =>
       new Promise((resolve) => {
@@ -205,9 +243,10 @@ describe('hostile and misconfigured peers', () => {
     }
   });
 
-  it('answers 400 to non-CONNECT methods and to hostname or malformed authorities', async () => {
+  it('answers 405 to non-CONNECT methods and 400 to hostname or malformed authorities', async () => {
     const cred = { key: pki.client.keyPem, cert: pki.client.chainPem };
-    expect(await rawConnect(cred, { ':method': 'GET', ':path': '/', ':authority': `127.0.0.1:${echo.port}` })).toBe('status 400');
+    // Method Not Allowed (RFC 9110 §15.5.6): the server knows GET and serves only CONNECT.
+    expect(await rawConnect(cred, { ':method': 'GET', ':path': '/', ':authority': `127.0.0.1:${echo.port}` })).toBe('status 405');
     expect(await rawConnect(cred, { ':method': 'CONNECT', ':authority': `localhost:${echo.port}` })).toBe('status 400');
     expect(await rawConnect(cred, { ':method': 'CONNECT', ':authority': 'example.com:443' })).toBe('status 400');
     expect(await rawConnect(cred, { ':method': 'CONNECT', ':authority': '127.0.0.1:0' })).toBe('status 400');
@@ -218,13 +257,13 @@ describe('hostile and misconfigured peers', () => {
     const url = `https://127.0.0.1:${port}/`;
     const ng = await peers.run('nghttp', ['-v', `--cert=${files['client.crt']}`, `--key=${files['client.key']}`, '-H', ':method: CONNECT', '-H', `:authority: 127.0.0.1:${echo.port}`, url], { timeoutMs: 15_000 });
     expect(ng.out).not.toMatch(/:status: 200/);
-    // nghttp2 on the server resets a CONNECT carrying :path/:scheme as malformed (RFC 9113 §8.5).
+    // The server resets a CONNECT carrying :path/:scheme as malformed (RFC 9113 §8.5).
     expect(ng.out).toMatch(/recv RST_STREAM frame[^\n]*\n\s*\(error_code=PROTOCOL_ERROR/);
     const curl = await peers.run('curl', ['-sS', '--http2', '-k', '-X', 'CONNECT', '--cert', files['client.crt']!, '--key', files['client.key']!, '-o', '/dev/null', '-w', '%{http_code}', '-H', `Host: 127.0.0.1:${echo.port}`, url], { timeoutMs: 15_000 });
     expect(curl.out).not.toMatch(/^200/);
     expect(curl.out).toContain('PROTOCOL_ERROR');
     const get = await peers.run('curl', ['-sS', '--http2', '-k', '--cert', files['client.crt']!, '--key', files['client.key']!, '-o', '/dev/null', '-w', '%{http_code}', url], { timeoutMs: 15_000 });
-    expect(get.out).toBe('400');
+    expect(get.out).toBe('405');
     await serverStillServes();
   });
 

@@ -91,7 +91,7 @@ async function rawClient(options: Partial<H2SessionOptions> = {}, sendSettings =
   return { raw, session, closeError };
 }
 
-const { NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, REFUSED_STREAM, CANCEL, CONNECT_ERROR, ENHANCE_YOUR_CALM } = H2_ERROR_CODES;
+const { NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, REFUSED_STREAM, CANCEL, CONNECT_ERROR, ENHANCE_YOUR_CALM, INADEQUATE_SECURITY } = H2_ERROR_CODES;
 
 describe('H2Session: our client ↔ our server', () => {
   it('echoes 50 concurrent tunnels byte for byte', async () => {
@@ -222,6 +222,23 @@ describe('H2Session: our client ↔ our server', () => {
     expect(client.closed).toBe(true);
   });
 
+  it('terminate(code, reason): GOAWAY with that code and the reason as debug data, open tunnels fail, then the socket closes', async () => {
+    const { raw, session, closeError } = await rawClient();
+    raw.connect(1);
+    await raw.next((f) => f.type === FrameType.HEADERS && f.streamId === 1);
+    const s = await session;
+    s.terminate(INADEQUATE_SECURITY, 'client identity spiffe://evil.local/ns/x/sa/y is not in trust domain cluster.local');
+    const goaway = await raw.goaway();
+    expect(goaway).toMatchObject({ errorCode: INADEQUATE_SECURITY, lastStreamId: 1 });
+    expect(goaway.debugData.toString()).toBe('client identity spiffe://evil.local/ns/x/sa/y is not in trust domain cluster.local');
+    await raw.closed;
+    expect(s.closed).toBe(true);
+    expect((await closeError)?.message).toMatch(/INADEQUATE_SECURITY.*not in trust domain/);
+    // Closed already: a second terminate sends nothing more.
+    s.terminate(PROTOCOL_ERROR, 'again');
+    expect(raw.frames.filter((f) => f.type === FrameType.GOAWAY)).toHaveLength(1);
+  });
+
   it('fails streams above a GOAWAY last-stream-id as retryable', async () => {
     const port = await listen((socket) => {
       const raw = new RawPeer(socket, { expectPreface: true, answerPings: true });
@@ -337,6 +354,7 @@ describe('H2Session ↔ node:http2 (h2c)', () => {
     bad.on('error', () => {});
     const [headers] = (await once(bad, 'response')) as [http2.IncomingHttpHeaders];
     expect(headers[':status']).toBe(405);
+    expect(headers['allow']).toBe('CONNECT');
     const ping = await new Promise<number>((r, j) => client.ping((err, ms) => (err ? j(err) : r(ms))));
     expect(ping).toBeLessThan(1000);
   });

@@ -408,6 +408,21 @@ export class H2Session {
     this.#socket.destroy();
   }
 
+  /**
+   * Ends the connection with GOAWAY(`code`) carrying `reason` as its debug data (e.g. INADEQUATE_SECURITY
+   * for a peer refused after the handshake), then closes it: every stream is reset, `reason` reported to
+   * onClose. The socket is ended, not destroyed, so the GOAWAY is not lost to a TCP reset.
+   */
+  terminate(code: number, reason: string): void {
+    if (this.#closed) return;
+    this.#error ??= sessionError(`HTTP/2 session terminated (${codeName(code)}): ${reason}`);
+    this.#sendGoaway(code, reason);
+    this.flush();
+    this.#teardown();
+    this.#socket.end();
+    this.#destroyLater();
+  }
+
   // ---- tunnel hooks (called by Tunnel) ----
 
   /** @internal */
@@ -780,9 +795,9 @@ export class H2Session {
     const t = new Tunnel(this, id, this.#peerInitialWindow, this.#localInitialWindow);
     this.#streams.set(id, t);
     if (method !== 'CONNECT') {
-      // Well-formed but not what this server does.
+      // Well-formed but not what this server does: 405 names the one method it serves (RFC 9110 §15.5.6).
       t.on('error', ignoreError);
-      this.respondTo(t, 405, []);
+      this.respondTo(t, 405, ['allow', 'CONNECT']);
       return;
     }
     if (endStream) this.#remoteEnd(t);
