@@ -1,7 +1,13 @@
-import * as http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
+import { H2_ERROR_CODES } from './errors.js';
 
-const { NGHTTP2_CONNECT_ERROR, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
+const { CONNECT_ERROR, CANCEL, NO_ERROR } = H2_ERROR_CODES;
+
+/** An HTTP/2 stream as a tunnel: ours (src/h2) or a node:http2 stream an embedder passes in. */
+interface Http2Stream extends Duplex {
+  readonly rstCode: number | undefined;
+  close(code?: number): void;
+}
 
 /** Bytes moved by a finished bridge and how it ended. */
 export interface BridgeResult {
@@ -24,8 +30,8 @@ export interface BridgeOptions {
 
 export const DEFAULT_MAX_BUFFERED = 256 * 1024;
 
-function isHttp2Stream(d: Duplex): d is http2.Http2Stream {
-  return 'rstCode' in d && typeof (d as Partial<http2.Http2Stream>).close === 'function';
+function isHttp2Stream(d: Duplex): d is Http2Stream {
+  return 'rstCode' in d && typeof (d as Partial<Http2Stream>).close === 'function';
 }
 
 /**
@@ -155,9 +161,9 @@ function onSocketData(this: Side, chunk: Buffer): void {
   b.socketToTunnel += chunk.length;
   const dst = b.tunnel;
   if (dst.writableEnded || dst.destroyed) return;
-  // An HTTP/2 stream is not corked: nghttp2 already queues every DATA frame written in this turn and
-  // sends them in one TLS write from its own immediate; a cork released from setImmediate would hold
-  // the bytes one more event-loop turn (an extra epoll_wait between the read and the write).
+  // An HTTP/2 stream is not corked: its session already sends every DATA frame written in this turn
+  // in one TLS write (ours from a nextTick, node:http2's from its own immediate); a cork released from
+  // setImmediate would hold the bytes one more event-loop turn (an extra epoll_wait between the read and the write).
   if (chunk.length >= COALESCE_MIN && (b.flags & (TUNNEL_IS_H2 | TUNNEL_CORKED)) === 0) {
     b.flags |= TUNNEL_CORKED;
     dst.cork();
@@ -194,8 +200,8 @@ function onWriterDrain(this: Side): void {
   if (src?.isPaused()) src.resume();
 }
 
-// nghttp2 ends a stream's readable before Node records an RST_STREAM's code: look again after
-// this turn so a reset becomes a TCP reset (on 'close'), not a FIN.
+// node:http2 (an embedder's stream) ends a stream's readable before Node records an RST_STREAM's code:
+// look again after this turn so a reset becomes a TCP reset (on 'close'), not a FIN.
 function onTunnelEnd(this: Side): void {
   const b = this[kBridge]!;
   if ((b.flags & TUNNEL_IS_H2) !== 0) setImmediate(forwardEnd, b.tunnel, b.socket);
@@ -209,7 +215,7 @@ function onSocketEnd(this: Side): void {
 }
 
 function forwardEnd(src: Duplex, dst: Duplex): void {
-  if (isHttp2Stream(src) && src.rstCode !== undefined && src.rstCode !== NGHTTP2_NO_ERROR) return;
+  if (isHttp2Stream(src) && src.rstCode !== undefined && src.rstCode !== NO_ERROR) return;
   if (!dst.writableEnded && !dst.destroyed) dst.end();
 }
 
@@ -218,7 +224,7 @@ function ignoreError(): void {
 }
 
 function onSocketError(this: Side): void {
-  resetTunnel(this[kBridge]!, NGHTTP2_CONNECT_ERROR);
+  resetTunnel(this[kBridge]!, CONNECT_ERROR);
 }
 
 function resetSocket(b: Bridge): void {
@@ -233,7 +239,7 @@ function resetTunnel(b: Bridge, code: number): void {
   b.flags |= RESET;
   const t = b.tunnel;
   if (t.destroyed) return;
-  if ((b.flags & TUNNEL_IS_H2) !== 0) (t as http2.Http2Stream).close(code);
+  if ((b.flags & TUNNEL_IS_H2) !== 0) (t as Http2Stream).close(code);
   else t.destroy();
 }
 
@@ -244,8 +250,8 @@ function destroySocket(this: Duplex): void {
 function onTunnelClose(this: Side): void {
   const b = this[kBridge]!;
   const socket = b.socket;
-  const code = (b.flags & TUNNEL_IS_H2) !== 0 ? (b.tunnel as http2.Http2Stream).rstCode : undefined;
-  if (code !== undefined && code !== NGHTTP2_NO_ERROR) {
+  const code = (b.flags & TUNNEL_IS_H2) !== 0 ? (b.tunnel as Http2Stream).rstCode : undefined;
+  if (code !== undefined && code !== NO_ERROR) {
     resetSocket(b);
   } else if (!socket.destroyed) {
     // The stream is gone: finish what was already written to the socket, then let it go.
@@ -262,9 +268,9 @@ function onSocketClose(this: Side): void {
   const b = this[kBridge]!;
   const tunnel = b.tunnel;
   const errored = (b.socket as Duplex & { errored?: unknown }).errored;
-  if (errored) resetTunnel(b, NGHTTP2_CONNECT_ERROR);
+  if (errored) resetTunnel(b, CONNECT_ERROR);
   else if (!tunnel.destroyed) {
-    if (!tunnel.readableEnded) resetTunnel(b, NGHTTP2_CANCEL);
+    if (!tunnel.readableEnded) resetTunnel(b, CANCEL);
     else if (!tunnel.writableEnded) tunnel.end();
   }
   b.sideDone(SOCKET_DONE);

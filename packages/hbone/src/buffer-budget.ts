@@ -1,10 +1,9 @@
-import * as http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { bridgedPeer } from './bridge.js';
-import { HboneError } from './errors.js';
+import { H2_ERROR_CODES, HboneError } from './errors.js';
 import { type HboneLogger, silentLogger } from './logger.js';
 
-const { NGHTTP2_ENHANCE_YOUR_CALM } = http2.constants;
+const { ENHANCE_YOUR_CALM } = H2_ERROR_CODES;
 const MiB = 1024 * 1024;
 
 export interface BufferBudgetOptions {
@@ -290,7 +289,7 @@ export class BufferBudget {
       );
       // A stream both sides ended can still hold what its reader did not take: only destroying frees it.
       if (h.tunnel.closed) h.tunnel.destroy();
-      else h.tunnel.close(NGHTTP2_ENHANCE_YOUR_CALM);
+      else h.tunnel.close(ENHANCE_YOUR_CALM);
     }
     return released;
   }
