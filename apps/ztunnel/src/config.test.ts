@@ -86,10 +86,10 @@ describe('parseConfig', () => {
     expect(parseConfig({ DNS_PROXY: 'off' }).dnsProxy).toBe(false);
   });
 
-  it('reads the HBONE buffer budget as sizes, defaulting to BufferBudget\'s 256Mi / 32Mi, and refuses a bad one', () => {
+  it('reads the HBONE buffer budget as sizes, defaulting to BufferBudget\'s 256Mi / 12Mi, and refuses a bad one', () => {
     const d = parseConfig({});
-    expect(d.hboneBufferBudget).toEqual({ maxBytes: 256 * 1024 * 1024, maxSessionBytes: 32 * 1024 * 1024 });
-    expect(effectiveConfigLines(d)).toEqual(expect.arrayContaining(['hbone_buffer_budget: 256Mi', 'hbone_session_buffer_budget: 32Mi']));
+    expect(d.hboneBufferBudget).toEqual({ maxBytes: 256 * 1024 * 1024, maxSessionBytes: 12 * 1024 * 1024 });
+    expect(effectiveConfigLines(d)).toEqual(expect.arrayContaining(['hbone_buffer_budget: 256Mi', 'hbone_session_buffer_budget: 12Mi']));
     const c = parseConfig({ WEIR_HBONE_BUFFER_BUDGET: '1Gi', WEIR_HBONE_SESSION_BUFFER_BUDGET: '49152KiB' });
     expect(c.hboneBufferBudget).toEqual({ maxBytes: 1024 ** 3, maxSessionBytes: 48 * 1024 * 1024 });
     expect(effectiveConfigLines(c)).toEqual(expect.arrayContaining(['hbone_buffer_budget: 1Gi', 'hbone_session_buffer_budget: 48Mi']));
@@ -106,7 +106,7 @@ describe('parseConfig', () => {
     expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '-1' })).toMatch(/^WEIR_HBONE_BUFFER_BUDGET="-1": expected a size/m);
     expect(problems({ WEIR_HBONE_SESSION_BUFFER_BUDGET: '64Ki' })).toMatch(/^WEIR_HBONE_SESSION_BUFFER_BUDGET="64Ki": must be at least 1Mi/m);
     expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '99999999999Gi' })).toMatch(/^WEIR_HBONE_BUFFER_BUDGET="99999999999Gi": too large/m);
-    expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '16Mi' })).toMatch(/^WEIR_HBONE_SESSION_BUFFER_BUDGET="32Mi": must not exceed WEIR_HBONE_BUFFER_BUDGET \(16Mi\)$/m);
+    expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '8Mi' })).toMatch(/^WEIR_HBONE_SESSION_BUFFER_BUDGET="12Mi": must not exceed WEIR_HBONE_BUFFER_BUDGET \(8Mi\)$/m);
     expect(problems({ WEIR_HBONE_BUFFER_BUDGET: '16Mi', WEIR_HBONE_SESSION_BUFFER_BUDGET: '20Mi' })).toMatch(/^WEIR_HBONE_SESSION_BUFFER_BUDGET="20Mi": must not exceed/m);
   });
 

@@ -9,7 +9,12 @@ const MiB = 1024 * 1024;
 export interface BufferBudgetOptions {
   /** Bytes every tunnel under this budget may hold unread, together; past it the largest are reset. Default 256 MiB. */
   maxBytes?: number;
-  /** Bytes the tunnels of one HTTP/2 session may hold; past it that session's largest are reset. Default 32 MiB. */
+  /**
+   * Bytes the tunnels of one HTTP/2 session may hold; past it that session's largest are reset. Default
+   * 12 MiB: below the sessions' default 16 MiB connection window, so tunnels whose reader stopped are
+   * reset before they hold all of it, which would stall every other tunnel of their session. Keep it
+   * below the connection window when changing either.
+   */
   maxSessionBytes?: number;
   /** TLS handshakes in progress at once on every server sharing this budget; more connections are closed at once. Default 512. */
   maxPendingHandshakes?: number;
@@ -146,7 +151,7 @@ export class BufferBudget {
 
   constructor(o: BufferBudgetOptions = {}) {
     this.maxBytes = positive(o.maxBytes ?? 256 * MiB, 'maxBytes');
-    this.maxSessionBytes = positive(o.maxSessionBytes ?? 32 * MiB, 'maxSessionBytes');
+    this.maxSessionBytes = positive(o.maxSessionBytes ?? 12 * MiB, 'maxSessionBytes');
     this.maxPendingHandshakes = positive(o.maxPendingHandshakes ?? 512, 'maxPendingHandshakes');
     this.#intervalMs = positive(o.checkIntervalMs ?? 100, 'checkIntervalMs');
     this.#log = o.logger ?? silentLogger;

@@ -87,7 +87,7 @@ export interface ZtunnelOptions {
   clusterDomain?: string;
   /**
    * One budget for every pod's HBONE tunnels: bytes held by tunnels whose reader stopped (default 256 MiB
-   * in all, 32 MiB per HBONE session; the chart's memory limit is 1 GiB) and TLS handshakes in progress
+   * in all, 12 MiB per HBONE session; the chart's memory limit is 1 GiB) and TLS handshakes in progress
    * on 15008 (default 512). Over it the tunnels holding the most are reset and new ones refused.
    */
   bufferBudget?: BufferBudgetOptions;
