@@ -132,8 +132,13 @@ class PooledSession {
     return Math.max(1, Math.min(this.max, peerMax));
   }
 
+  /** The connection is gone or going: its socket may still close a moment after the session failed. */
+  get dead(): boolean {
+    return this.closed || this.session?.closed === true;
+  }
+
   hasRoom(): boolean {
-    return !this.draining && !this.closed && this.open + this.pending < this.limit;
+    return !this.draining && !this.dead && this.open + this.pending < this.limit;
   }
 }
 
@@ -255,7 +260,7 @@ export class HboneClient implements OpenOutcome {
   }
 
   #open(entry: PooledSession, o: HboneConnectOptions, authority: string, peerAuthority: string, attempt: number, after: number): Promise<HboneTunnel> {
-    if ((entry.open >= entry.limit || entry.draining || entry.closed) && attempt < 5) {
+    if ((entry.open >= entry.limit || entry.draining || entry.dead) && attempt < 5) {
       // Capped by the peer's SETTINGS, or retired while we waited: find another.
       this.#maybeIdle(entry);
       return this.#attempt(o, authority, peerAuthority, attempt + 1, Math.max(after, entry.goawayAfter ?? 0));
@@ -370,6 +375,7 @@ export class HboneClient implements OpenOutcome {
     const timeoutMs = this.#o.connectTimeoutMs ?? 10_000;
     const log = this.#log.child({ peer: peerAuthority });
     let raw: net.Socket | undefined;
+    let tcp: Promise<net.Socket> | undefined;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -384,7 +390,10 @@ export class HboneClient implements OpenOutcome {
       );
     });
     try {
-      raw = await Promise.race([this.#tcp(peer, peerAuthority), timeout]);
+      tcp = this.#tcp(peer, peerAuthority);
+      raw = await Promise.race([tcp, timeout]);
+      // Until TLS has taken it over (or it is destroyed), an error on it must not crash the process.
+      raw.on('error', ignore);
       raw.setNoDelay(true);
       const tlsSocket = tls.connect({
         socket: raw,
@@ -442,7 +451,9 @@ export class HboneClient implements OpenOutcome {
       e.closed = true;
       this.#remove(e);
       if (e.session !== undefined) e.session.destroy();
-      else (e.socket ?? raw)?.destroy();
+      else if (raw !== undefined) (e.socket ?? raw).destroy();
+      // A connection that comes up after the deadline is nobody's: closed as soon as it exists.
+      else tcp?.then(destroySocket, ignore);
       throw classify(err, peerAuthority);
     } finally {
       clearTimeout(timer);
@@ -633,6 +644,14 @@ export class HboneClient implements OpenOutcome {
 }
 
 const NO_HEADERS: readonly string[] = [];
+
+function destroySocket(s: net.Socket): void {
+  s.destroy();
+}
+
+function ignore(): void {
+  // An error on a socket that is being given up or handed over: its new owner reports what matters.
+}
 
 /** Request headers as the session takes them: [name, value, …], names lower-cased as HTTP/2 requires. */
 function flatHeaders(h: Record<string, string>): string[] {

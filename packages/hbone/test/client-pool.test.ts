@@ -1,8 +1,10 @@
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
-import type * as tls from 'node:tls';
+import * as tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HboneClient, createHboneServer, type HboneServer, type HboneTunnel } from '../src/index.js';
+import { FrameType, encodeHeaders, encodeSettings, encodeWindowUpdate } from '../src/h2/frames.js';
+import { RawPeer } from './h2-peer.js';
 import { SERVER_ID, type Pki, type TcpServer, dial, echoServer, makePki, roundTrip, tcpServer, tlsOf } from './helpers.js';
 
 let pki: Pki;
@@ -123,6 +125,51 @@ describe('HboneClient session pool', () => {
       message: expect.stringContaining('NetworkPolicy'),
     });
     expect(c.stats().sessions).toBe(0);
+  });
+
+  it('closes a connection its socket factory makes after connectTimeoutMs (nobody would own it)', async () => {
+    const silent = await tcpServer(() => {});
+    cleanups.push(() => silent.close());
+    let late: net.Socket | undefined;
+    const c = client({
+      connectTimeoutMs: 100,
+      socketFactory: async (p) => {
+        await new Promise((r) => setTimeout(r, 300));
+        const s = net.connect(p.port, p.host);
+        await new Promise((r) => s.once('connect', r));
+        late = s;
+        return s;
+      },
+    });
+    await expect(c.connect({ peer: { host: '127.0.0.1', port: silent.port }, target: target(), expectedIdentities: [SERVER_ID] })).rejects.toMatchObject({ code: 'ERR_HBONE_TIMEOUT' });
+    await new Promise((r) => setTimeout(r, 400));
+    expect(late).toBeDefined();
+    expect(late?.destroyed).toBe(true);
+  });
+
+  it('opens a new session for a tunnel asked for right after its session failed (before the failed socket closed)', async () => {
+    // A hand-driven server: on the first connection, a WINDOW_UPDATE on a stream never opened after the
+    // 200 — a connection error: our session sends GOAWAY and ends, its socket closes up to 1 s later.
+    let connections = 0;
+    const raw = tls.createServer({ key: pki.server.keyPem, cert: pki.server.chainPem, ca: pki.ca.rootPem, requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] }, (s) => {
+      const n = ++connections;
+      const peer = new RawPeer(s, { expectPreface: true, ackSettings: true, answerPings: true });
+      s.write(encodeSettings({}));
+      void peer.next((f) => f.type === FrameType.HEADERS).then((f) => {
+        s.write(encodeHeaders(f.streamId, peer.encoder.encode([':status', '200']), false));
+        if (n === 1) setTimeout(() => s.write(encodeWindowUpdate(99, 1)), 50);
+      });
+    });
+    await new Promise<void>((r) => raw.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => raw.close(() => r())));
+    const c = client();
+    const o = { peer: { host: '127.0.0.1', port: (raw.address() as net.AddressInfo).port }, target: target(), expectedIdentities: [SERVER_ID] };
+    const first = await c.connect(o);
+    first.on('error', () => {});
+    await new Promise((r) => first.once('close', r));
+    const second = await c.connect(o);
+    second.destroy();
+    expect(connections).toBe(2);
   });
 
   it('refuses new tunnels once closed, including callers that were waiting for a session', async () => {

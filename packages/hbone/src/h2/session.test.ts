@@ -6,6 +6,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RawPeer } from '../../test/h2-peer.js';
+import { roundTrip } from '../../test/helpers.js';
 import { H2_ERROR_CODES, HboneError } from '../errors.js';
 import {
   CLIENT_PREFACE,
@@ -196,6 +197,51 @@ describe('H2Session: our client ↔ our server', () => {
     expect(buffered).toBeLessThanOrEqual(window + 32768); // window + what was credited before the pause
     expect(finished).toBe(false);
     expect(sha(await readAll(serverTunnel))).toBe(sha(payload));
+  });
+
+  it('gives the window of a paused tunnel the peer ended back to the connection, once read: the next tunnel is not stalled', async () => {
+    const { client } = await pair(
+      {
+        onConnect: (t, req) => {
+          t.on('error', () => {});
+          t.respond(200);
+          // 'a' sends more than its reader's buffer takes, then ends its side; 'b' needs the window 'a' used.
+          if (req.authority === 'a:1') t.end(Buffer.alloc(99_000, 1));
+          else t.write(Buffer.alloc(60_000, 2));
+        },
+      },
+      { connectionWindow: 100_000, streamWindow: 100_000 },
+    );
+    const a = await client.connect('a:1');
+    a.on('error', () => {});
+    await new Promise((r) => setTimeout(r, 100)); // arrives while nobody reads: the tunnel is paused
+    let gotA = 0;
+    a.on('data', (c: Buffer) => (gotA += c.length));
+    await once(a, 'end');
+    expect(gotA).toBe(99_000);
+    const b = await client.connect('b:1');
+    b.on('error', () => {});
+    let gotB = 0;
+    b.on('data', (c: Buffer) => (gotB += c.length));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(gotB).toBe(60_000);
+  });
+
+  it('a client counts no resets against the rapid-reset guard: refusals (HEADERS + RST_STREAM NO_ERROR) past its limit leave the session up', async () => {
+    const { client } = await pair(
+      {
+        onConnect: (t, req) => {
+          if (req.authority !== 'healthy:1') return t.respond(503);
+          echo(t);
+        },
+      },
+      { maxResets: 20 },
+    );
+    const healthy = await client.connect('healthy:1');
+    healthy.on('error', () => {});
+    for (let i = 0; i < 40; i++) await expect(client.connect('10.0.0.1:80')).rejects.toMatchObject({ code: 'ERR_HBONE_STATUS', status: 503 });
+    expect(client.closed).toBe(false);
+    expect((await roundTrip(healthy, Buffer.from('still here'))).toString()).toBe('still here');
   });
 
   it('answers PING with the round-trip time', async () => {
@@ -438,6 +484,28 @@ describe('H2Session against hostile and broken peers', () => {
     expect((await closeError)?.message).toMatch(/ENHANCE_YOUR_CALM/);
   });
 
+  it('cuts off a client that sends refused requests and reads nothing: the answers count as frames it is owed', async () => {
+    const { raw, session, closeError } = await rawClient({
+      maxQueuedControlFrames: 100,
+      onConnect: (t) => {
+        t.on('error', () => {});
+        t.respond(400);
+      },
+    });
+    raw.socket.pause();
+    const s = await session;
+    let id = 1;
+    // Until the answers fill both sockets' buffers, then 100 more: the session ends instead of queueing.
+    for (let round = 0; round < 400 && !s.closed; round++) {
+      const out: Buffer[] = [];
+      for (let i = 0; i < 2000; i++, id += 2) out.push(encodeHeaders(id, raw.encoder.encode([':method', 'CONNECT', ':authority', '10.0.0.1:80']), true));
+      if (!raw.socket.write(Buffer.concat(out))) await Promise.race([once(raw.socket, 'drain'), new Promise((r) => setTimeout(r, 200))]);
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(s.closed).toBe(true);
+    expect((await closeError)?.message).toMatch(/control frames without reading/);
+  }, 60_000);
+
   it('trips the empty-DATA guard', async () => {
     const { raw } = await rawClient({ maxEmptyDataFrames: 50 });
     raw.connect(1);
@@ -485,6 +553,15 @@ describe('H2Session against hostile and broken peers', () => {
     expect((await raw.rst(1)).errorCode).toBe(FLOW_CONTROL_ERROR);
     raw.socket.write(encodeFrame(FrameType.DATA, 0, 9, Buffer.alloc(1)));
     expect((await raw.goaway()).errorCode).toBe(PROTOCOL_ERROR);
+  });
+
+  it('client: a header value HPACK cannot carry as is (outside Latin-1, or a control character) is refused before it is sent', async () => {
+    const { client } = await pair();
+    await expect(client.connect('10.0.0.1:80', ['baggage', 'k=€'])).rejects.toMatchObject({ code: 'ERR_HBONE_CONFIG', message: expect.stringMatching(/baggage .*outside Latin-1/) });
+    await expect(client.connect('10.0.0.1:80', ['baggage', 'k=\x01'])).rejects.toMatchObject({ code: 'ERR_HBONE_CONFIG' });
+    const t = await client.connect('10.0.0.1:80', ['baggage', 'k=caf\u00e9']);
+    t.on('error', () => {});
+    expect(client.activeStreams).toBe(1);
   });
 
   it('client: a field block needing more than 8 CONTINUATION frames is refused before it is sent', async () => {

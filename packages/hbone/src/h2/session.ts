@@ -440,9 +440,10 @@ export class H2Session {
       this.#resume(t);
       return;
     }
-    // Refused: the answer ends our side; the request side is cut short with NO_ERROR (§8.1).
+    // Refused: the answer ends our side; the request side is cut short with NO_ERROR (§8.1). Counted as
+    // a frame we owe: a client that sends refused requests and reads nothing is cut off, not queued for.
     t.flags |= LOCAL_END;
-    this.#out(encodeHeaders(t.id, block, true, this.#peerMaxFrame));
+    this.#control(encodeHeaders(t.id, block, true, this.#peerMaxFrame));
     if ((t.flags & REMOTE_END) === 0) this.#control(encodeRstStream(t.id, NO_ERROR));
     t.rstCode = NO_ERROR;
     this.#remove(t);
@@ -569,7 +570,9 @@ export class H2Session {
         return; // deprecated (§5.3.2); allowed on any stream, idle included
       case FrameType.RST_STREAM: {
         this.#idleCheck(f.streamId, 'RST_STREAM');
-        this.#countReset();
+        // The rapid-reset guard is a server's (CVE-2023-44487): a client is told NO_ERROR after every
+        // refused CONNECT (§8.1), and a busy one is refused more than the guard's limit.
+        if (this.#server) this.#countReset();
         const t = this.#streams.get(f.streamId);
         if (t === undefined) return; // closed: nothing to do
         t.rstCode = f.errorCode;
@@ -1003,6 +1006,14 @@ export class H2Session {
   #remoteEnd(t: Tunnel): void {
     t.flags |= REMOTE_END;
     t.push(null);
+    // Node calls no _read() after the end is pushed, so what a paused reader held would never be given
+    // back: nothing more can come on this stream, and its buffer is bounded, so the connection gets it now.
+    if (t.flags & PAUSED) {
+      t.flags &= ~PAUSED;
+      const n = t.unread;
+      t.unread = 0;
+      this.#creditConnection(n);
+    }
     if (t.flags & LOCAL_END) this.#completed(t);
   }
 
@@ -1141,7 +1152,9 @@ export class H2Session {
       const name = fields[i] ?? '';
       const value = fields[i + 1] ?? '';
       if (!/^:?[a-z0-9!#$%&'*+\-.^_`|~]+$/.test(name)) return `invalid header name ${JSON.stringify(name)}`;
-      if (/[\0\r\n]/.test(value)) return `header ${name} has a value with NUL, CR or LF`;
+      // Field values are octets (RFC 9110 §5.5): HPACK writes each character as one, so a character
+      // past U+00FF would arrive as another one.
+      if (/[^\t\x20-\x7e\x80-\xff]/.test(value)) return `header ${name} has a value with a control character or one outside Latin-1`;
       if (i >= 4 && !this.#server && name.startsWith(':')) return `extra pseudo-header ${name}`;
     }
     return undefined;
