@@ -30,6 +30,13 @@ const DEFAULT_WINDOW = 65535;
 /** nghttp2 refuses a field block spread over more CONTINUATION frames than this. */
 const MAX_CONTINUATIONS = 8;
 const MAX_OUTSTANDING_PINGS = 10;
+/**
+ * Bytes the connection may have queued before a tunnel's write waits for it to drain. Not the socket's
+ * high-water mark (16 KiB): a socket read's worth of DATA is over it as soon as it is written (corked
+ * until the end of the turn), and waiting for each write to reach the kernel before taking the next
+ * left the connection idle between writes when the kernel's buffer was full (a veth, not loopback).
+ */
+const WRITE_QUEUE_LIMIT = 512 * 1024;
 const { NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL } = H2_ERROR_CODES;
 
 // Tunnel.flags bits.
@@ -498,7 +505,7 @@ export class H2Session {
       this.#sendWindow -= n;
       off += n;
     }
-    if (this.#socket.writableNeedDrain) {
+    if (this.#socket.writableLength > WRITE_QUEUE_LIMIT) {
       // Backpressure: the tunnel's next write waits until the connection drains.
       t.pendingCb = cb;
       this.#drainWaiters.push(t);
