@@ -137,13 +137,16 @@ describe('buffer budget: inbound (15008 side)', () => {
     const lines: Line[] = [];
     // Port 9 is the app that stopped reading; the kernel buffers of a real socket would only slow the flood down.
     const { server, port } = await budgetedServer(lines, (t) => (t.port === 9 ? Promise.resolve(stalledApp()) : dial(t.port, t.host)));
-    const { ready, result } = peerScript('h2flood.mjs', { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 9 });
     const legit = new HboneClient({ tls: tlsOf(pki.client) });
+    // Opened before the flood: while the flood holds more than the process budget, every session refuses
+    // new streams (503), and this open would race it.
+    const legitTunnel = await legit.connect({ peer: { host: '127.0.0.1', port }, target: { host: '127.0.0.1', port: echo.port }, expectedIdentities: [SERVER_ID] });
+    const { ready, result } = peerScript('h2flood.mjs', { port, ...peerTls(), authority: '127.0.0.1:9', streams: 200, seconds: 9 });
     try {
       await ready;
       // A client on a session of its own moves 8 MiB both ways while the flood runs.
       const transfer = (async () => {
-        const t = await legit.connect({ peer: { host: '127.0.0.1', port }, target: { host: '127.0.0.1', port: echo.port }, expectedIdentities: [SERVER_ID] });
+        const t = legitTunnel;
         const data = random(8 * MiB);
         const back = await exchange(t, data);
         t.destroy();
