@@ -108,7 +108,7 @@ const envSchema = z.object({
   WEIR_SOCKS5_ENABLED: bool.default(false),
   DNS_PROXY: bool.default(true),
   WEIR_DNS_UPSTREAMS: upstreamList.optional(),
-  // @weir/hbone's BufferBudget defaults (256 MiB for the process, 12 MiB per HTTP/2 session: under its 16 MiB connection window).
+  // @weir/hbone's BufferBudget defaults (256 MiB for the process, 12 MiB per HTTP/2 session: ¾ of its 16 MiB connection window).
   WEIR_HBONE_BUFFER_BUDGET: byteSize.default(256 * MiB),
   WEIR_HBONE_SESSION_BUFFER_BUDGET: byteSize.default(12 * MiB),
   XDS_ADDRESS: nonEmpty.optional(),

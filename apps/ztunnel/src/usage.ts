@@ -27,7 +27,7 @@ export const ENV_HELP: Readonly<Record<string, string>> = {
   DNS_PROXY: 'DNS proxy on 15053 in each pod (default true)',
   WEIR_DNS_UPSTREAMS: 'DNS upstreams, e.g. 10.96.0.10,[fd00::10]:53 (default /etc/resolv.conf)',
   WEIR_HBONE_BUFFER_BUDGET: 'bytes HBONE tunnels whose reader stopped may hold in the whole process, e.g. 512Mi (default 256Mi)',
-  WEIR_HBONE_SESSION_BUFFER_BUDGET: 'the same per HTTP/2 session (default 12Mi, under the 16 MiB HTTP/2 connection window; at most WEIR_HBONE_BUFFER_BUDGET)',
+  WEIR_HBONE_SESSION_BUFFER_BUDGET: 'the same per HTTP/2 session (default 12Mi, ¾ of the 16 MiB HTTP/2 connection window; at most WEIR_HBONE_BUFFER_BUDGET)',
   XDS_ADDRESS: 'istiod, e.g. https://istiod.istio-system.svc:15012 (Delta xDS; TLS without a scheme; http:// is plaintext, sends no token)',
   XDS_ROOT_CA: "istiod's root certificate (PEM path)",
   CA_ADDRESS: 'Istio CA (default XDS_ADDRESS; TLS unless http://, as XDS_ADDRESS)',

@@ -11,9 +11,9 @@ export interface BufferBudgetOptions {
   maxBytes?: number;
   /**
    * Bytes the tunnels of one HTTP/2 session may hold; past it that session's largest are reset. Default
-   * 12 MiB: below the sessions' default 16 MiB connection window, so tunnels whose reader stopped are
-   * reset before they hold all of it, which would stall every other tunnel of their session. Keep it
-   * below the connection window when changing either.
+   * 12 MiB: ¾ of the sessions' default 16 MiB connection window, so tunnels whose reader stopped are
+   * reset before they hold all of it, which would stall every other tunnel of their session (window is
+   * given back a quarter at a time). Keep it at most ¾ of connectionWindowSize when changing either.
    */
   maxSessionBytes?: number;
   /** TLS handshakes in progress at once on every server sharing this budget; more connections are closed at once. Default 512. */

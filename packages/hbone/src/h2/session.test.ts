@@ -227,6 +227,56 @@ describe('H2Session: our client ↔ our server', () => {
     expect(gotB).toBe(60_000);
   });
 
+  it('a paused tunnel the peer ended holds its connection window until read: unread bytes stay within the connection window', async () => {
+    const MiB = 1024 * 1024;
+    const held: Tunnel[] = [];
+    const { client } = await pair(
+      {
+        streamWindow: MiB,
+        connectionWindow: 16 * MiB,
+        onConnect: (t) => {
+          t.on('error', () => {});
+          t.respond(200);
+          held.push(t); // never read
+        },
+      },
+      {},
+    );
+    const tunnels = await Promise.all(Array.from({ length: 40 }, () => client.connect('10.0.0.1:80')));
+    for (const t of tunnels) {
+      t.on('error', () => {});
+      t.end(Buffer.alloc(MiB));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(held.reduce((n, t) => n + t.readableLength, 0)).toBeLessThanOrEqual(16 * MiB);
+  });
+
+  it('a write parked on a connection over its queue limit resumes, also with a socket high-water mark above that limit (no drain below it)', async () => {
+    // The writing side's socket: 'drain' comes only after a write that reached this mark.
+    const server = net.createServer({ highWaterMark: 1024 * 1024 }, (socket) =>
+      new H2Session(socket, {
+        role: 'server',
+        onConnect: (t) => {
+          t.on('error', () => {});
+          t.respond(200);
+          t.write(Buffer.alloc(600 * 1024));
+          t.end(Buffer.alloc(10));
+        },
+      }),
+    );
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanup.push(() => server.close());
+    const socket = await dial((server.address() as net.AddressInfo).port);
+    const client = new H2Session(socket, { role: 'client' });
+    const t = await client.connect('10.0.0.1:80');
+    t.on('error', () => {});
+    let n = 0;
+    t.on('data', (c: Buffer) => (n += c.length));
+    await once(t, 'end');
+    expect(n).toBe(600 * 1024 + 10);
+  });
+
   it('a client counts no resets against the rapid-reset guard: refusals (HEADERS + RST_STREAM NO_ERROR) past its limit leave the session up', async () => {
     const { client } = await pair(
       {

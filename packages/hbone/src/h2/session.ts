@@ -206,6 +206,11 @@ function uncork(session: H2Session): void {
   session.flush();
 }
 
+/** Shared 'end' listener (no closure per tunnel). */
+function readToEnd(this: Tunnel): void {
+  this.session.readEnded(this);
+}
+
 function ignoreError(): void {
   // A tunnel refused before anyone held it: its error has no listener to go to.
 }
@@ -466,6 +471,15 @@ export class H2Session {
     this.#rejectWaiter(t, sessionError(`stream ${t.id} reset locally (${codeName(code)})`));
   }
 
+  /** @internal a paused tunnel the peer ended was read to its end: the connection gets its window back. */
+  readEnded(t: Tunnel): void {
+    if (t.flags & DONE || t.unread === 0) return;
+    t.flags &= ~PAUSED;
+    const n = t.unread;
+    t.unread = 0;
+    this.#creditConnection(n);
+  }
+
   /** @internal the tunnel's reader wants more: credit what it held back. */
   readResumed(t: Tunnel): void {
     if ((t.flags & PAUSED) === 0) return;
@@ -505,7 +519,8 @@ export class H2Session {
       this.#sendWindow -= n;
       off += n;
     }
-    if (this.#socket.writableLength > WRITE_QUEUE_LIMIT) {
+    // Only when 'drain' will come: a socket whose high-water mark is above the limit emits none below it.
+    if (this.#socket.writableLength > WRITE_QUEUE_LIMIT && this.#socket.writableNeedDrain) {
       // Backpressure: the tunnel's next write waits until the connection drains.
       t.pendingCb = cb;
       this.#drainWaiters.push(t);
@@ -1014,13 +1029,8 @@ export class H2Session {
     t.flags |= REMOTE_END;
     t.push(null);
     // Node calls no _read() after the end is pushed, so what a paused reader held would never be given
-    // back: nothing more can come on this stream, and its buffer is bounded, so the connection gets it now.
-    if (t.flags & PAUSED) {
-      t.flags &= ~PAUSED;
-      const n = t.unread;
-      t.unread = 0;
-      this.#creditConnection(n);
-    }
+    // back that way: it is, once the reader has taken it all ('end'), or when the stream is removed.
+    if (t.flags & PAUSED) t.once('end', readToEnd);
     if (t.flags & LOCAL_END) this.#completed(t);
   }
 
