@@ -161,9 +161,10 @@ describe('buffer budget: inbound (15008 side)', () => {
       // Now the 64 MiB budget, plus the heap's own growth (50–95 MiB seen, most of it V8's young generation).
       expect(growthMiB).toBeLessThan(150);
       const report = JSON.parse(await result) as { ok: number; status: Record<string, number>; resets: Record<string, number> };
-      // Reset with ENHANCE_YOUR_CALM (0xb), and refused with 503 while the session was over budget.
+      // Reset with ENHANCE_YOUR_CALM (0xb), and refused with 503 while the session was over budget: counted
+      // where the 503 is sent (node:http2's client does not always report a 503 that comes with RST_STREAM in one read).
       expect(report.resets['11'] ?? 0).toBeGreaterThan(0);
-      expect(report.status['503'] ?? 0).toBeGreaterThan(0);
+      expect(lines.filter((l) => l.msg?.startsWith('tunnel refused: buffer budget exceeded')).length).toBeGreaterThan(0);
       const resets = lines.filter((l) => l.msg === 'tunnel reset: buffer budget exceeded');
       expect(resets.length).toBeGreaterThan(0);
       for (const r of resets) {
