@@ -19,9 +19,14 @@ export function requireRootTools(tools: readonly string[]): void {
   }
 }
 
-/** A unique name (≤15 chars, usable for netns and interfaces). */
+let named = 0;
+
+/**
+ * A unique name (≤15 chars, usable for netns and interfaces): the pid keeps processes apart, a counter the
+ * names of one process (two random bytes alone once collided with a namespace of the same run).
+ */
 export function uniqueName(tag: string): string {
-  return `w${tag}${process.pid.toString(36)}${randomBytes(2).toString('hex')}`.slice(0, 15);
+  return `w${tag}${process.pid.toString(36)}${(named++).toString(36)}${randomBytes(2).toString('hex')}`.slice(0, 15);
 }
 
 export function sh(cmd: string, args: readonly string[], input?: string): string {
