@@ -8,8 +8,8 @@ import { FakeApiServer } from '@weir/fake-apiserver';
 import { listenTcp, openNetns, type Netns } from '@weir/netns';
 import { execInNetns, Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeAgent, KubePodSource, type Logger, type NodeAgent } from '../src/index.js';
-import { istioLines, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest, TEST_AGENT_TIMING } from './support.js';
+import { KubePodSource, type Logger, type NodeAgent } from '../src/index.js';
+import { istioLines, postCmdAdd, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest, startAgentWithPeer } from './support.js';
 
 const AMBIENT = { 'istio.io/dataplane-mode': 'ambient' };
 const PYTHON = '/usr/bin/python3';
@@ -118,20 +118,14 @@ describe('capture bypass with SO_MARK (root, real netns, seed rules, fake API, e
       listener?.peers.push(String(s.remoteAddress));
       s.end('reached-peer-directly\n');
     });
-    agent = createNodeAgent({
-      nodeName: 'n1',
-      source: new KubePodSource({ kubeConfig: kc, nodeName: 'n1', backoffInitialMs: 50 }),
+    ({ agent, peer } = await startAgentWithPeer({
+      dir,
       runDir,
-      zdsSocket: join(dir, 'ztunnel.sock'),
+      source: new KubePodSource({ kubeConfig: kc, nodeName: 'n1', backoffInitialMs: 50 }),
       rules: { hostNetnsPath: node.netnsPath, dnsCapture: false },
-      health: false,
-      ...TEST_AGENT_TIMING,
       captureBypass: { mode: 'enforce' },
       logger,
-    });
-    await agent.start();
-    peer = new ZtunnelPeer(join(dir, 'ztunnel.sock'));
-    peer.start();
+    }));
     await until('ztunnel peer snapshot', () => peer.snapshots > 0);
   }, 90_000);
 

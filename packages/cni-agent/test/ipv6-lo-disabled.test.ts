@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeAgent, FilePodSource, type NodeAgent } from '../src/index.js';
-import { nsRun, postCmdAdd, recordingLogger, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest, TEST_AGENT_TIMING } from './support.js';
+import { FilePodSource, type NodeAgent } from '../src/index.js';
+import { nsRun, postCmdAdd, recordingLogger, requireRoot, uniq, until, ZtunnelPeer, teardownAgentTest, startAgentWithPeer } from './support.js';
 
 const WHY = 'IPv6 is disabled on lo but enabled on eth0 in the netns: the IPv6 capture route (ip -6 route replace local ::/0 dev lo table 133) needs IPv6 on lo';
 
@@ -36,19 +36,7 @@ describe('pod with IPv6 off on lo, on on eth0 (root, real netns, ipv6: auto)', (
     };
     await writeFile(`${file}.tmp`, stringify(doc));
     await rename(`${file}.tmp`, file);
-    agent = createNodeAgent({
-      nodeName: 'n1',
-      source: new FilePodSource({ path: file, nodeName: 'n1' }),
-      runDir: join(dir, 'run'),
-      zdsSocket: join(dir, 'ztunnel.sock'),
-      rules: { hostNetnsPath: node.netnsPath, ipv6: 'auto', dnsCapture: false },
-      health: false,
-      ...TEST_AGENT_TIMING,
-      logger,
-    });
-    await agent.start();
-    peer = new ZtunnelPeer(join(dir, 'ztunnel.sock'));
-    peer.start();
+    ({ agent, peer } = await startAgentWithPeer({ dir, source: new FilePodSource({ path: file, nodeName: 'n1' }), rules: { hostNetnsPath: node.netnsPath, ipv6: 'auto', dnsCapture: false }, logger }));
   }, 90_000);
 
   afterAll(() => teardownAgentTest({ agent, peer, topo, dir }), 60_000);

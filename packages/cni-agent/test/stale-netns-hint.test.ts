@@ -12,9 +12,9 @@ import { openNetns } from '@weir/netns';
 import { Topology, type TopologyNode, type TopologyPod } from '@weir/topology';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeAgent, FilePodSource, type NodeAgent } from '../src/index.js';
+import { FilePodSource, type NodeAgent } from '../src/index.js';
 import { netnsAddresses, netnsLocalAddresses } from '../src/proc-scan.js';
-import { istioLines, nsRun, recordingLogger, requireRoot, teardownAgentTest, uniq, until, ZtunnelPeer, TEST_AGENT_TIMING } from './support.js';
+import { istioLines, nsRun, recordingLogger, requireRoot, teardownAgentTest, uniq, until, ZtunnelPeer, startAgentWithPeer } from './support.js';
 
 describe('netns hints that are stale (root, real netns, iptables, ZDS peer)', () => {
   let topo: Topology;
@@ -58,19 +58,7 @@ describe('netns hints that are stale (root, real netns, iptables, ZDS peer)', ()
     // As a previous agent left them: web's sandbox was recreated and its old path now names db's netns.
     await mkdir(join(dir, 'run'), { recursive: true });
     await writeFile(join(dir, 'run', 'pod-netns.json'), JSON.stringify({ [web.uid]: other.netnsPath, [quiet.uid]: quietPath }));
-    agent = createNodeAgent({
-      nodeName: 'n1',
-      source: new FilePodSource({ path: file, nodeName: 'n1' }),
-      runDir: join(dir, 'run'),
-      zdsSocket: join(dir, 'ztunnel.sock'),
-      rules: { hostNetnsPath: node.netnsPath, dnsCapture: false },
-      health: false,
-      ...TEST_AGENT_TIMING,
-      logger,
-    });
-    await agent.start();
-    peer = new ZtunnelPeer(join(dir, 'ztunnel.sock'));
-    peer.start();
+    ({ agent, peer } = await startAgentWithPeer({ dir, source: new FilePodSource({ path: file, nodeName: 'n1' }), rules: { hostNetnsPath: node.netnsPath, dnsCapture: false }, logger }));
   }, 90_000);
 
   afterAll(async () => {

@@ -1,10 +1,11 @@
 import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { request } from 'node:http';
 import type { Server } from 'node:net';
 import { listenTcp, type Netns } from '@weir/netns';
 import { ZdsClient, type ZdsAddEvent } from '@weir/redirect-protocol';
 import { execInNetns } from '@weir/topology';
-import type { Logger } from '../src/index.js';
+import { createNodeAgent, type CreateNodeAgentOptions, type Logger, type NodeAgent } from '../src/index.js';
 
 /** Fails (never skips) when the machine cannot run these tests, naming what is missing. */
 export async function requireRoot(): Promise<void> {
@@ -173,3 +174,22 @@ export function recordingLogger(): { logger: Logger; lines: LoggedLine[] } {
 
 /** Agent timings for tests: no drift pass, retries fast enough for a test's patience. */
 export const TEST_AGENT_TIMING = { driftIntervalMs: 0, retryInitialMs: 50, retryMaxMs: 300 } as const;
+
+/**
+ * The beforeAll of most agent tests: a node agent with the test timings, no health server and its ZDS
+ * socket in `dir`, started, and a ZtunnelPeer on that socket. An agent that fails to start is stopped.
+ */
+export async function startAgentWithPeer(o: { dir: string } & Omit<CreateNodeAgentOptions, 'nodeName' | 'zdsSocket' | 'runDir'> & { runDir?: string }): Promise<{ agent: NodeAgent; peer: ZtunnelPeer }> {
+  const { dir, runDir, ...rest } = o;
+  const zdsSocket = join(dir, 'ztunnel.sock');
+  const agent = createNodeAgent({ nodeName: 'n1', runDir: runDir ?? join(dir, 'run'), zdsSocket, health: false, ...TEST_AGENT_TIMING, ...rest });
+  try {
+    await agent.start();
+  } catch (err) {
+    await agent.stop().catch(() => undefined);
+    throw err;
+  }
+  const peer = new ZtunnelPeer(zdsSocket);
+  peer.start();
+  return { agent, peer };
+}
